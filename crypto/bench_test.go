@@ -3,6 +3,9 @@ package crypto
 import (
 	"crypto/aes"
 	"crypto/cipher"
+	"crypto/rand"
+	"crypto/rsa"
+	"fmt"
 	"testing"
 )
 
@@ -72,6 +75,37 @@ func BenchmarkXAES(b *testing.B) {
 			for b.Loop() {
 				var err error
 				if out, err = tc.aead.Open(out[:0], nonce, ct, nil); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+func BenchmarkWrapAESKW(b *testing.B) {
+	kek, key := NewDataKey(), NewDataKey()
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := WrapAESKW(kek, key); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func BenchmarkUnwrapRSA(b *testing.B) {
+	for _, bits := range []int{2048, 3072, 4096} {
+		b.Run(fmt.Sprintf("%s/%d", WrapRSAOAEP256, bits), func(b *testing.B) {
+			priv, err := rsa.GenerateKey(rand.Reader, bits)
+			if err != nil {
+				b.Fatal(err)
+			}
+			w, err := WrapRSA(WrapRSAOAEP256, &priv.PublicKey, NewDataKey())
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, err := UnwrapRSA(WrapRSAOAEP256, priv, w); err != nil {
 					b.Fatal(err)
 				}
 			}
