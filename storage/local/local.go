@@ -149,15 +149,19 @@ func (b *Backend) OpenChunk(ctx context.Context, key string, create bool) (stora
 
 // withDirs runs create, which makes a name in the directory of key, after
 // creating the missing directories. Delete prunes empty directories, so a
-// directory may vanish between the two steps; create is retried then.
+// directory may vanish before create has filled it; both steps are
+// retried then, a bounded number of times.
 func (b *Backend) withDirs(key string, create func() error) error {
 	dir := filepath.Dir(b.path(key))
 	var err error
 	for range mkdirRetries {
-		if err = os.MkdirAll(dir, dirPerm); err != nil {
-			return err
+		// MkdirAll itself fails with ENOENT when a parent it has just made
+		// is pruned before it makes the child: retry that as well.
+		err = os.MkdirAll(dir, dirPerm)
+		if err == nil {
+			err = create()
 		}
-		if err = create(); !errors.Is(err, fs.ErrNotExist) {
+		if !errors.Is(err, fs.ErrNotExist) {
 			return err
 		}
 	}
