@@ -112,3 +112,23 @@ func BenchmarkUnwrapRSA(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkLayerSealParallel seals from GOMAXPROCS goroutines at once through
+// one Layer, as a disk's many I/O goroutines do; it shows the shared Layer
+// does not serialise them.
+func BenchmarkLayerSealParallel(b *testing.B) {
+	for _, alg := range layerAlgs {
+		b.Run(string(alg), func(b *testing.B) {
+			l := newTestLayer(b, alg, NewDataKey())
+			b.SetBytes(unitSize)
+			b.ReportAllocs()
+			b.RunParallel(func(pb *testing.PB) {
+				pt, ad := pattern(unitSize), blockAD(1)
+				out := make([]byte, 0, unitSize+l.Overhead())
+				for pb.Next() {
+					out = l.Seal(out[:0], pt, ad)
+				}
+			})
+		})
+	}
+}
