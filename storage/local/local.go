@@ -122,15 +122,17 @@ func (b *Backend) OpenChunk(ctx context.Context, key string, create bool) (stora
 		return nil, err
 	}
 	p := b.path(key)
+	// Opening first, rather than always passing O_CREATE, keeps the
+	// common case (the chunk exists) to one syscall and tells us whether
+	// a name was made that Sync must make durable.
 	f, err := os.OpenFile(p, os.O_RDWR, 0)
-	if err == nil {
+	switch {
+	case err == nil:
 		return &chunk{b: b, f: f}, nil
-	}
-	if !notFound(err) || !create {
-		if notFound(err) {
-			return nil, notFoundErr(key)
-		}
+	case !notFound(err):
 		return nil, fmt.Errorf("open chunk %s: %w", key, err)
+	case !create:
+		return nil, notFoundErr(key)
 	}
 	c := &chunk{b: b}
 	err = b.withDirs(key, func() error {

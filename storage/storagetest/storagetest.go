@@ -34,8 +34,9 @@ type Options struct {
 }
 
 // Run runs the conformance suite. open returns a new, empty Backend for
-// one subtest; Run closes it at the end of that subtest. At most one
-// Options may be given.
+// one subtest; Run closes it at the end of that subtest. Subtests run in
+// parallel, so open is called concurrently. At most one Options may be
+// given.
 func Run(t *testing.T, open func(t *testing.T) storage.Backend, opts ...Options) {
 	require.LessOrEqual(t, len(opts), 1, "storagetest.Run takes at most one Options")
 	var o Options
