@@ -335,8 +335,9 @@ func (b *Backend) List(ctx context.Context, prefix string) ([]string, error) {
 	return keys, nil
 }
 
-// Usage sums st_blocks*512 of the files under prefix: the space really
-// allocated, so holes cost nothing.
+// Usage sums st_blocks*512 of the object files under prefix: the space
+// really allocated, so holes cost nothing. Directories and temporary
+// files are not objects and are not counted.
 func (b *Backend) Usage(ctx context.Context, prefix string) (int64, error) {
 	if err := b.check(ctx, prefix, true); err != nil {
 		return 0, err
