@@ -191,7 +191,8 @@ func (t *Tree) RemoveVM(vm string) error {
 	return nil
 }
 
-// Images lists the image names of vm, sorted; nil if there is no such VM.
+// Images lists the image names of vm, sorted: nil if there is no such VM,
+// empty if its directory holds no image.
 func (t *Tree) Images(vm string) []string {
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -199,7 +200,7 @@ func (t *Tree) Images(vm string) []string {
 	if d == nil {
 		return nil
 	}
-	return slices.Sorted(maps.Keys(d.images))
+	return append([]string{}, slices.Sorted(maps.Keys(d.images))...)
 }
 
 // VMs lists the VM directories, sorted.
