@@ -6,6 +6,7 @@ import (
 	"fmt"
 	iofs "io/fs"
 	"maps"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -15,6 +16,7 @@ import (
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
 )
 
 // ErrUnmounted is returned by changes to a Tree after Unmount.
@@ -191,7 +193,8 @@ func (t *Tree) RemoveVM(vm string) error {
 	return nil
 }
 
-// Images lists the image names of vm, sorted; nil if there is no such VM.
+// Images lists the image names of vm, sorted: nil if there is no such VM,
+// empty if its directory holds no image.
 func (t *Tree) Images(vm string) []string {
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -199,7 +202,7 @@ func (t *Tree) Images(vm string) []string {
 	if d == nil {
 		return nil
 	}
-	return slices.Sorted(maps.Keys(d.images))
+	return append([]string{}, slices.Sorted(maps.Keys(d.images))...)
 }
 
 // VMs lists the VM directories, sorted.
@@ -237,7 +240,7 @@ func (t *Tree) Unmount() error {
 	}
 	t.mu.Unlock()
 
-	if err := t.server.Unmount(); err != nil {
+	if err := t.unmount(); err != nil {
 		select {
 		case <-t.done: // unmounted from outside already
 		default:
@@ -249,6 +252,28 @@ func (t *Tree) Unmount() error {
 	t.unmounted = true
 	t.mu.Unlock()
 	return nil
+}
+
+// unmount detaches the mount; the server stops once the kernel has let go.
+// As root it calls umount(2) itself, so that a busy mount is reported as
+// EBUSY rather than as the text of a failed helper; others need fusermount.
+func (t *Tree) unmount() error {
+	if os.Geteuid() != 0 {
+		return t.server.Unmount()
+	}
+	var err error
+	// Like go-fuse, retry briefly: a file closed just now may still be
+	// held by the kernel for a moment.
+	delay := time.Duration(0)
+	for range 5 {
+		if err = unix.Unmount(t.dir, 0); err == nil || errors.Is(err, unix.EINVAL) {
+			// EINVAL: not a mount point (any more).
+			return nil
+		}
+		delay = 2*delay + 5*time.Millisecond
+		time.Sleep(delay)
+	}
+	return err
 }
 
 // Wait blocks until the server stops: after Unmount, or when the mount is
