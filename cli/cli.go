@@ -1,216 +1,268 @@
-// Package cli is the hostcrypt command line: groups and verbs close to the
-// Azure CLI's, talking to hostcryptd over its unix socket and to keystored
-// over TLS. cmd/hostcrypt only calls Main.
-//
-// A command is registered once in commands() with its path ("disk create",
-// "vm disk attach"), its flags and its action. Every flag takes its value
-// after a space or '=', booleans included (--enabled false); lists are
-// comma-separated; a stray positional argument is an error.
+// Package cli implements the hostcrypt command line: global options, a
+// small registry of GROUP VERB commands, and shared flag and output
+// helpers. Each command group lives in its own file and is listed once in
+// groups below; groups that talk to hostcryptd over its unix socket are
+// added the same way.
 package cli
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"os"
+	"os/signal"
 	"sort"
 	"strings"
 
 	"github.com/spf13/pflag"
+
+	"hostcrypt/keystore/client"
 )
 
-// Env is what a command runs with: the resolved endpoints and the output.
+// Command is one GROUP VERB of the CLI.
+type Command struct {
+	Group, Verb string
+	Short       string
+	Run         func(c *Context, args []string) error
+}
+
+// groups lists every command group; a new group is one file and one line here.
+var groups = []func() []Command{keyvaultCommands, keyCommands, eventsCommands, identityCommands, diskCommands, vmCommands}
+
+// Env is what a run of the CLI sees of its process.
 type Env struct {
 	Stdout, Stderr io.Writer
-	Output         string // table or json
-	HostSocket     string
-	KeystoreURL    string
-	KeystoreCA     string
-	TokenFile      string
+	Getenv         func(string) string
 }
 
-// Command is one verb of a group.
-type Command struct {
-	Path  string // words before the flags, e.g. "vm disk attach"
-	Short string
-	// Setup declares the command's flags on fl and returns its action.
-	Setup func(fl *pflag.FlagSet) func(ctx context.Context, e *Env) error
+// Context is handed to every command: endpoints, output format, writers.
+type Context struct {
+	Ctx     context.Context
+	Stdout  io.Writer
+	Stderr  io.Writer
+	Output  string // table or json
+	Command string // "group verb", for flag-set names and messages
+
+	keystoreURL, keystoreCA, tokenFile, hostSocket string
+	getenv                                         func(string) string
+	resolved                                       bool
+	ks                                             *client.Client
 }
 
-// usageError is a mistake on the command line: exit status 2.
-type usageError struct{ msg string }
-
-func (u usageError) Error() string { return u.msg }
-
-func usagef(format string, args ...any) error { return usageError{fmt.Sprintf(format, args...)} }
-
-// Main runs the command line args (without the program name) and returns
-// the exit status.
-func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	e := &Env{Stdout: stdout, Stderr: stderr}
-	err := run(ctx, e, args)
-	if err == nil {
-		return 0
-	}
-	fmt.Fprintf(stderr, "hostcrypt: %v\n", err)
-	var u usageError
-	if errors.As(err, &u) {
-		return 2
-	}
-	return 1
+// globalFlags adds the options every command accepts, before or after
+// GROUP VERB, as the Azure CLI does.
+func (c *Context) globalFlags(fs *pflag.FlagSet) {
+	fs.StringVar(&c.keystoreURL, "keystore", c.keystoreURL, "key store URL, e.g. https://127.0.0.1:8443 (env HOSTCRYPT_KEYSTORE)")
+	fs.StringVar(&c.keystoreCA, "keystore-ca", c.keystoreCA, "CA certificate of the key store (env HOSTCRYPT_KEYSTORE_CA)")
+	fs.StringVar(&c.tokenFile, "token-file", c.tokenFile, "file holding the bearer token (env HOSTCRYPT_TOKEN_FILE)")
+	fs.StringVar(&c.hostSocket, "host-socket", c.hostSocket, "hostcryptd socket (env HOSTCRYPT_SOCKET)")
+	fs.StringVarP(&c.Output, "output", "o", c.Output, "output format: table or json")
 }
 
-func globalFlags(fl *pflag.FlagSet, e *Env) {
-	fl.StringVar(&e.HostSocket, "host-socket", "", "hostcryptd's control socket (env HOSTCRYPT_SOCKET)")
-	fl.StringVar(&e.KeystoreURL, "keystore", "", "key store URL (env HOSTCRYPT_KEYSTORE)")
-	fl.StringVar(&e.KeystoreCA, "keystore-ca", "", "CA certificate of the key store (env HOSTCRYPT_KEYSTORE_CA)")
-	fl.StringVar(&e.TokenFile, "token-file", "", "file holding the bearer token (env HOSTCRYPT_TOKEN_FILE)")
-	fl.StringVarP(&e.Output, "output", "o", "table", "output format: table or json")
+func (c *Context) checkOutput() error {
+	if c.Output != "table" && c.Output != "json" {
+		return fmt.Errorf("--output %q is not valid; use table or json", c.Output)
+	}
+	return nil
 }
 
-func run(ctx context.Context, e *Env, args []string) error {
-	global := pflag.NewFlagSet("hostcrypt", pflag.ContinueOnError)
-	global.SetOutput(io.Discard)
-	global.SetInterspersed(false)
-	globalFlags(global, e)
-	help := global.BoolP("help", "h", false, "")
-	if err := global.Parse(args); err != nil {
-		return usagef("%v", err)
+// Keystore returns a client of the key store the options name.
+func (c *Context) Keystore() (*client.Client, error) {
+	if c.ks != nil {
+		return c.ks, nil
 	}
-	rest := global.Args()
-	cmds := commands()
-	if *help || len(rest) == 0 {
-		printUsage(e.Stdout, cmds, "")
-		return nil
+	if err := c.resolveEndpoints(); err != nil {
+		return nil, err
 	}
-	cmd, n := match(cmds, rest)
-	if cmd == nil {
-		prefix := strings.Join(rest[:min(n+1, len(rest))], " ")
-		if n > 0 || groupExists(cmds, rest[0]) {
-			printUsage(e.Stderr, cmds, strings.Join(rest[:max(n, 1)], " "))
+	if c.keystoreURL == "" {
+		return nil, errors.New("no key store given: pass --keystore URL, or set HOSTCRYPT_KEYSTORE (keystored writes it to DIR/address)")
+	}
+	if c.tokenFile == "" {
+		return nil, errors.New("no token given: pass --token-file FILE, or set HOSTCRYPT_TOKEN_FILE (e.g. DIR/admin.token)")
+	}
+	ks, err := client.New(c.keystoreURL, c.keystoreCA, c.tokenFile)
+	if err != nil {
+		return nil, err
+	}
+	c.ks = ks
+	return ks, nil
+}
+
+// HostSocket is hostcryptd's socket, for groups that talk to it.
+func (c *Context) HostSocket() (string, error) {
+	if err := c.resolveEndpoints(); err != nil {
+		return "", err
+	}
+	if c.hostSocket == "" {
+		return "", errors.New("no hostcryptd socket given: pass --host-socket PATH, or set HOSTCRYPT_SOCKET")
+	}
+	return c.hostSocket, nil
+}
+
+// Main runs the CLI and returns the process exit status.
+func Main(args []string, env Env) int {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	defer stop()
+	if err := run(ctx, args, env); err != nil {
+		if !errors.Is(err, pflag.ErrHelp) {
+			fmt.Fprintln(env.Stderr, "hostcrypt:", describe(err))
 		}
-		return usagef("unknown command %q (see hostcrypt --help)", prefix)
+		return 1
 	}
-	fl := pflag.NewFlagSet("hostcrypt "+cmd.Path, pflag.ContinueOnError)
-	fl.SetOutput(io.Discard)
-	fl.SortFlags = false
-	action := cmd.Setup(fl)
-	// Global flags are accepted after the verb too (hostcrypt disk list -o
-	// json). Declaring them again resets their variables, so keep what was
-	// given before the group and set it again.
-	given := map[string]string{}
-	global.Visit(func(f *pflag.Flag) { given[f.Name] = f.Value.String() })
-	globalFlags(fl, e)
-	for name, v := range given {
-		fl.Set(name, v)
+	return 0
+}
+
+func describe(err error) string {
+	var ce *client.Error
+	if errors.As(err, &ce) {
+		code := ce.Code
+		if ce.InnerCode != "" {
+			code = ce.InnerCode
+		}
+		return fmt.Sprintf("%s: %s (HTTP %d)", code, ce.Message, ce.Status)
 	}
-	cmdHelp := fl.BoolP("help", "h", false, "show this help")
-	if err := fl.Parse(rest[n:]); err != nil {
-		return usagef("%s: %v", cmd.Path, err)
+	return err.Error()
+}
+
+func run(ctx context.Context, args []string, env Env) error {
+	c := &Context{Ctx: ctx, Stdout: env.Stdout, Stderr: env.Stderr, Output: "table", getenv: env.Getenv}
+	fs := pflag.NewFlagSet("hostcrypt", pflag.ContinueOnError)
+	fs.SetOutput(env.Stderr)
+	fs.SetInterspersed(false)
+	c.globalFlags(fs)
+	cmds := map[string]map[string]Command{}
+	for _, g := range groups {
+		for _, cmd := range g() {
+			if cmds[cmd.Group] == nil {
+				cmds[cmd.Group] = map[string]Command{}
+			}
+			cmds[cmd.Group][cmd.Verb] = cmd
+		}
 	}
-	if *cmdHelp {
-		fmt.Fprintf(e.Stdout, "hostcrypt %s — %s\n\nFlags:\n%s", cmd.Path, cmd.Short, fl.FlagUsages())
-		return nil
-	}
-	if fl.NArg() > 0 {
-		return usagef("%s: unexpected argument %q (every value goes after a --flag)", cmd.Path, fl.Arg(0))
-	}
-	if e.Output != "table" && e.Output != "json" {
-		return usagef("--output %q: use table or json", e.Output)
-	}
-	if err := resolveEndpoints(e); err != nil {
+	fs.Usage = func() { usage(env.Stderr, cmds) }
+	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	return action(ctx, e)
-}
-
-// match finds the command whose path is the longest prefix of args; n is
-// the number of words it used (or, with no match, that matched a group).
-func match(cmds []Command, args []string) (*Command, int) {
-	var best *Command
-	bestN := 0
-	for i := range cmds {
-		words := strings.Fields(cmds[i].Path)
-		if len(words) > len(args) || len(words) <= bestN {
-			continue
-		}
-		ok := true
-		for j, w := range words {
-			if args[j] != w {
-				ok = false
-				break
-			}
-		}
-		if ok {
-			best, bestN = &cmds[i], len(words)
+	if err := c.checkOutput(); err != nil {
+		return err
+	}
+	rest := fs.Args()
+	if len(rest) == 0 {
+		usage(env.Stderr, cmds)
+		return errors.New("no command given")
+	}
+	verbs, ok := cmds[rest[0]]
+	if !ok {
+		return fmt.Errorf("unknown command group %q; run hostcrypt --help", rest[0])
+	}
+	// A group with a single verb named like the group (events) takes no verb.
+	if cmd, ok := verbs[""]; ok && (len(rest) == 1 || strings.HasPrefix(rest[1], "-")) {
+		c.Command = rest[0]
+		return cmd.Run(c, rest[1:])
+	}
+	if len(rest) < 2 {
+		return fmt.Errorf("%s needs a verb: %s", rest[0], verbList(verbs))
+	}
+	// Two-word verbs (vm disk attach) are registered with a space.
+	verb, tail := rest[1], rest[2:]
+	if len(tail) > 0 {
+		if _, ok := verbs[verb+" "+tail[0]]; ok {
+			verb, tail = verb+" "+tail[0], tail[1:]
 		}
 	}
-	if best == nil {
-		for len(args) > 0 && groupExists(cmds, strings.Join(args, " ")) {
-			return nil, len(args)
-		}
-		return nil, 0
+	cmd, ok := verbs[verb]
+	if !ok {
+		return fmt.Errorf("unknown verb %q for %s; use one of: %s", verb, rest[0], verbList(verbs))
 	}
-	return best, bestN
+	c.Command = rest[0] + " " + verb
+	return cmd.Run(c, tail)
 }
 
-func groupExists(cmds []Command, group string) bool {
-	for _, c := range cmds {
-		if strings.HasPrefix(c.Path, group+" ") {
-			return true
+func verbList(verbs map[string]Command) string {
+	var names []string
+	for v := range verbs {
+		if v != "" {
+			names = append(names, v)
 		}
 	}
-	return false
+	sort.Strings(names)
+	return strings.Join(names, ", ")
 }
 
-func printUsage(w io.Writer, cmds []Command, group string) {
-	fmt.Fprintln(w, "usage: hostcrypt [--host-socket PATH] [--keystore URL --keystore-ca FILE --token-file FILE] [-o table|json] GROUP VERB [flags]")
-	fmt.Fprintln(w)
-	sorted := append([]Command(nil), cmds...)
-	sort.Slice(sorted, func(i, j int) bool { return sorted[i].Path < sorted[j].Path })
-	for _, c := range sorted {
-		if group == "" || strings.HasPrefix(c.Path, group+" ") {
-			fmt.Fprintf(w, "  %-28s %s\n", c.Path, c.Short)
+func usage(w io.Writer, cmds map[string]map[string]Command) {
+	fmt.Fprintln(w, "usage: hostcrypt [--keystore URL --keystore-ca FILE --token-file FILE] [-o table|json] GROUP VERB [flags]")
+	var gs []string
+	for g := range cmds {
+		gs = append(gs, g)
+	}
+	sort.Strings(gs)
+	for _, g := range gs {
+		var vs []string
+		for v := range cmds[g] {
+			vs = append(vs, v)
+		}
+		sort.Strings(vs)
+		for _, v := range vs {
+			fmt.Fprintf(w, "  %-32s %s\n", strings.TrimSpace(g+" "+v), cmds[g][v].Short)
 		}
 	}
-	fmt.Fprintln(w, "\nRun 'hostcrypt GROUP VERB --help' for a command's flags.")
 }
 
-// resolveEndpoints fills what the flags left empty from the environment, then
-// from the KEY=VALUE file named by HOSTCRYPT_CONFIG.
-func resolveEndpoints(e *Env) error {
+// resolveEndpoints fills endpoints not given as flags from the environment,
+// then from the KEY=VALUE file named by HOSTCRYPT_CONFIG.
+func (c *Context) resolveEndpoints() error {
+	if c.resolved {
+		return nil
+	}
+	c.resolved = true
+	getenv := c.getenv
 	file := map[string]string{}
-	if path := os.Getenv("HOSTCRYPT_CONFIG"); path != "" {
-		raw, err := os.ReadFile(path)
-		if err != nil {
-			return fmt.Errorf("HOSTCRYPT_CONFIG: %w", err)
-		}
-		for i, line := range strings.Split(string(raw), "\n") {
-			line = strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(line), "export "))
-			if line == "" || strings.HasPrefix(line, "#") {
-				continue
-			}
-			k, v, ok := strings.Cut(line, "=")
-			if !ok {
-				return fmt.Errorf("%s line %d: want KEY=VALUE, got %q", path, i+1, line)
-			}
-			file[strings.TrimSpace(k)] = strings.Trim(strings.TrimSpace(v), `"'`)
+	if path := getenv("HOSTCRYPT_CONFIG"); path != "" {
+		var err error
+		if file, err = readConfig(path); err != nil {
+			return err
 		}
 	}
-	for _, f := range []struct {
-		dst *string
-		key string
+	for _, e := range []struct {
+		v    *string
+		name string
 	}{
-		{&e.HostSocket, "HOSTCRYPT_SOCKET"}, {&e.KeystoreURL, "HOSTCRYPT_KEYSTORE"},
-		{&e.KeystoreCA, "HOSTCRYPT_KEYSTORE_CA"}, {&e.TokenFile, "HOSTCRYPT_TOKEN_FILE"},
+		{&c.keystoreURL, "HOSTCRYPT_KEYSTORE"},
+		{&c.keystoreCA, "HOSTCRYPT_KEYSTORE_CA"},
+		{&c.tokenFile, "HOSTCRYPT_TOKEN_FILE"},
+		{&c.hostSocket, "HOSTCRYPT_SOCKET"},
 	} {
-		if *f.dst == "" {
-			*f.dst = os.Getenv(f.key)
+		if *e.v == "" {
+			*e.v = getenv(e.name)
 		}
-		if *f.dst == "" {
-			*f.dst = file[f.key]
+		if *e.v == "" {
+			*e.v = file[e.name]
 		}
 	}
 	return nil
+}
+
+func readConfig(path string) (map[string]string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("HOSTCRYPT_CONFIG: %w", err)
+	}
+	defer f.Close()
+	out := map[string]string{}
+	sc := bufio.NewScanner(f)
+	for n := 1; sc.Scan(); n++ {
+		line := strings.TrimSpace(sc.Text())
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		line = strings.TrimPrefix(line, "export ")
+		k, v, ok := strings.Cut(line, "=")
+		if !ok {
+			return nil, fmt.Errorf("%s:%d: want KEY=VALUE", path, n)
+		}
+		out[strings.TrimSpace(k)] = strings.Trim(strings.TrimSpace(v), `"'`)
+	}
+	return out, sc.Err()
 }

@@ -4,120 +4,95 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/spf13/pflag"
 )
 
-// boolValue is a boolean that always takes a value, true or false, after a
-// space or '=' (a plain pflag bool would swallow "--enabled false" as
-// "--enabled" plus a stray "false").
-type boolValue struct {
-	v   *bool
-	set bool
+// flags is a verb's flag set plus what it needs to check its input.
+type flags struct {
+	*pflag.FlagSet
+	c        *Context
+	required []string
 }
 
-func (b *boolValue) String() string {
-	if b.v == nil {
-		return "false"
-	}
-	return strconv.FormatBool(*b.v)
+func newFlags(c *Context) *flags {
+	fs := pflag.NewFlagSet("hostcrypt "+c.Command, pflag.ContinueOnError)
+	fs.SetOutput(c.Stderr)
+	c.globalFlags(fs)
+	return &flags{FlagSet: fs, c: c}
 }
 
-func (b *boolValue) Set(s string) error {
-	switch s {
-	case "true":
-		*b.v = true
-	case "false":
-		*b.v = false
-	default:
-		return fmt.Errorf("%q is not true or false", s)
-	}
-	b.set = true
-	return nil
-}
-
-func (b *boolValue) Type() string { return "true|false" }
-
-// optBool declares a true|false flag; the returned func says whether it was
-// given and its value.
-func optBool(fl *pflag.FlagSet, name string, def bool, usage string) func() (value, given bool) {
-	v := def
-	bv := &boolValue{v: &v}
-	fl.Var(bv, name, usage)
-	return func() (bool, bool) { return v, bv.set }
-}
-
-// sizeValue is a size in bytes written with binary units: 512M is 512 MiB,
-// 8G is 8 GiB; K, M, G, T (with an optional "i" and "B") or plain bytes.
-type sizeValue struct{ v *int64 }
-
-func (s sizeValue) String() string {
-	if s.v == nil || *s.v == 0 {
-		return ""
-	}
-	return formatSize(*s.v)
-}
-
-func (s sizeValue) Set(str string) error {
-	n, err := parseSize(str)
-	if err != nil {
+// parse parses args; stray positional arguments and missing required
+// flags are errors.
+func (f *flags) parse(args []string) error {
+	if err := f.Parse(args); err != nil {
 		return err
 	}
-	*s.v = n
+	if err := f.c.checkOutput(); err != nil {
+		return err
+	}
+	if f.NArg() > 0 {
+		return fmt.Errorf("%s: unexpected argument %q (every value is given with a flag)", f.c.Command, f.Arg(0))
+	}
+	for _, name := range f.required {
+		if !f.Changed(name) {
+			return fmt.Errorf("%s: --%s is required", f.c.Command, name)
+		}
+	}
 	return nil
 }
 
-func (s sizeValue) Type() string { return "size" }
+func (f *flags) requiredString(name, usage string) *string {
+	f.required = append(f.required, name)
+	return f.String(name, "", usage+" (required)")
+}
 
-func sizeFlag(fl *pflag.FlagSet, name, usage string) *int64 {
-	var v int64
-	fl.Var(sizeValue{&v}, name, usage)
+// tristate is a true|false flag that takes its value after a space or
+// '=' (unlike a plain pflag bool) and remembers whether it was given.
+type tristate struct {
+	set, val bool
+}
+
+func (t *tristate) String() string {
+	if !t.set {
+		return ""
+	}
+	return strconv.FormatBool(t.val)
+}
+
+func (t *tristate) Set(s string) error {
+	switch s {
+	case "true":
+		t.val = true
+	case "false":
+		t.val = false
+	default:
+		return fmt.Errorf("want true or false, not %q", s)
+	}
+	t.set = true
+	return nil
+}
+
+func (t *tristate) Type() string { return "true|false" }
+
+// ptr returns nil when the flag was not given.
+func (t *tristate) ptr() *bool {
+	if !t.set {
+		return nil
+	}
+	v := t.val
 	return &v
 }
 
-func parseSize(s string) (int64, error) {
-	t := strings.TrimSpace(s)
-	t = strings.TrimSuffix(strings.TrimSuffix(t, "B"), "i")
-	shift := 0
-	if t != "" {
-		switch t[len(t)-1] {
-		case 'K', 'k':
-			shift = 10
-		case 'M', 'm':
-			shift = 20
-		case 'G', 'g':
-			shift = 30
-		case 'T', 't':
-			shift = 40
-		}
-		if shift > 0 {
-			t = t[:len(t)-1]
-		}
-	}
-	n, err := strconv.ParseInt(t, 10, 64)
-	if err != nil || n < 0 {
-		return 0, fmt.Errorf("size %q: use a whole number with a binary unit, e.g. 512M (MiB) or 8G (GiB)", s)
-	}
-	if n > (1<<62)>>shift {
-		return 0, fmt.Errorf("size %q is too large", s)
-	}
-	return n << shift, nil
+func (f *flags) boolValue(name, usage string) *tristate {
+	t := &tristate{}
+	f.Var(t, name, usage)
+	return t
 }
 
-func formatSize(n int64) string {
-	for _, u := range []struct {
-		shift uint
-		name  string
-	}{{40, "T"}, {30, "G"}, {20, "M"}, {10, "K"}} {
-		if n >= 1<<u.shift && n%(1<<u.shift) == 0 {
-			return fmt.Sprintf("%d%s", n>>u.shift, u.name)
-		}
-	}
-	return strconv.FormatInt(n, 10)
-}
-
-// splitList splits a comma-separated flag value, refusing empty items.
-func splitList(flag, s string) ([]string, error) {
+// list splits a comma-separated flag value; empty items are errors.
+func list(name, s string) ([]string, error) {
 	if s == "" {
 		return nil, nil
 	}
@@ -125,16 +100,42 @@ func splitList(flag, s string) ([]string, error) {
 	for i, p := range parts {
 		parts[i] = strings.TrimSpace(p)
 		if parts[i] == "" {
-			return nil, usagef("--%s %q: an empty item in the comma-separated list", flag, s)
+			return nil, fmt.Errorf("--%s %q has an empty item", name, s)
 		}
 	}
 	return parts, nil
 }
 
-// need reports a missing required flag.
-func need(flag, v string) error {
-	if v == "" {
-		return usagef("--%s is required", flag)
+// tags parses k=v,k2=v2.
+func tags(s string) (map[string]string, error) {
+	items, err := list("tags", s)
+	if err != nil || items == nil {
+		return nil, err
 	}
-	return nil
+	out := map[string]string{}
+	for _, it := range items {
+		k, v, ok := strings.Cut(it, "=")
+		if !ok || k == "" {
+			return nil, fmt.Errorf("--tags item %q is not key=value", it)
+		}
+		out[k] = v
+	}
+	return out, nil
+}
+
+// timeArg parses an RFC 3339 time, a date, or Unix seconds.
+func timeArg(name, s string) (*int64, error) {
+	if s == "" {
+		return nil, nil
+	}
+	for _, layout := range []string{time.RFC3339, "2006-01-02T15:04:05", "2006-01-02"} {
+		if t, err := time.Parse(layout, s); err == nil {
+			u := t.Unix()
+			return &u, nil
+		}
+	}
+	if u, err := strconv.ParseInt(s, 10, 64); err == nil {
+		return &u, nil
+	}
+	return nil, fmt.Errorf("--%s %q is not a time; use e.g. 2030-01-31T00:00:00Z or 2030-01-31", name, s)
 }

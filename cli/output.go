@@ -3,42 +3,57 @@ package cli
 import (
 	"encoding/json"
 	"fmt"
-	"io"
+	"strconv"
 	"strings"
 	"text/tabwriter"
+	"time"
 )
 
-// table is what a resource looks like in table output.
-type table struct {
-	headers []string
-	rows    [][]string
-}
-
-// print writes v as JSON (as the API returned it) or as the table.
-func (e *Env) print(v any, t table) error {
-	if e.Output == "json" {
-		enc := json.NewEncoder(e.Stdout)
+// show prints v as JSON (-o json) or as a table with the given columns,
+// one row per item; a single resource is a one-row table.
+func (c *Context) show(v any, header []string, rows [][]string) error {
+	if c.Output == "json" {
+		enc := json.NewEncoder(c.Stdout)
 		enc.SetIndent("", "  ")
 		return enc.Encode(v)
 	}
-	return writeTable(e.Stdout, t)
-}
-
-func writeTable(w io.Writer, t table) error {
-	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, strings.Join(t.headers, "\t"))
-	dashes := make([]string, len(t.headers))
-	for i, h := range t.headers {
-		dashes[i] = strings.Repeat("-", len(h))
-	}
-	fmt.Fprintln(tw, strings.Join(dashes, "\t"))
-	for _, r := range t.rows {
+	tw := tabwriter.NewWriter(c.Stdout, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, strings.Join(header, "\t"))
+	for _, r := range rows {
 		fmt.Fprintln(tw, strings.Join(r, "\t"))
 	}
 	return tw.Flush()
 }
 
-// warn prints a warning on stderr; it never asks anything.
-func (e *Env) warn(format string, args ...any) {
-	fmt.Fprintf(e.Stderr, "WARNING: "+format+"\n", args...)
+// showList is show for list verbs: JSON prints an array, never null.
+func showList[T any](c *Context, items []T, header []string, row func(*T) []string) error {
+	if items == nil {
+		items = []T{}
+	}
+	rows := make([][]string, 0, len(items))
+	for i := range items {
+		rows = append(rows, row(&items[i]))
+	}
+	return c.show(items, header, rows)
+}
+
+func unixTime(u *int64) string {
+	if u == nil {
+		return "-"
+	}
+	return time.Unix(*u, 0).UTC().Format(time.RFC3339)
+}
+
+func boolStr(b *bool) string {
+	if b == nil {
+		return "-"
+	}
+	return strconv.FormatBool(*b)
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
 }

@@ -1,17 +1,12 @@
-// Command hostcrypt is the command line for hostcryptd and keystored.
+// Command hostcrypt is the command line of hostcrypt (see package cli).
 package main
 
 import (
-	"context"
 	"os"
-	"os/signal"
 
 	"hostcrypt/cli"
 )
 
 func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
-	code := cli.Main(ctx, os.Args[1:], os.Stdout, os.Stderr)
-	stop()
-	os.Exit(code)
+	os.Exit(cli.Main(os.Args[1:], cli.Env{Stdout: os.Stdout, Stderr: os.Stderr, Getenv: os.Getenv}))
 }
