@@ -294,3 +294,41 @@ func TestHostBadInput(t *testing.T) {
 	after := h.ok("-o", "json", "disk", "list") + h.ok("-o", "json", "vm", "list")
 	require.Equal(t, before, after)
 }
+
+// TestHostIntegrityAlarm flips one bit of a stored block under a running VM:
+// reading it fails with EIO, and disk show and vm show count the failure.
+func TestHostIntegrityAlarm(t *testing.T) {
+	h := newHost(t, startKeystore(t))
+	h.ok("disk", "create", "--name", "d1", "--size", "16M")
+	h.ok("vm", "create", "--name", "vm1", "--os-disk-size", "16M", "--data-disks", "d1")
+	img := h.img("vm1", "data-0.img")
+	sh(t, "dd if=/dev/urandom of="+img+" bs=64k count=4 oflag=direct conv=notrunc,fsync status=none")
+	var d diskJSON
+	h.json(&d, "disk", "show", "--name", "d1")
+	chunk := filepath.Join(h.storage, d.StoragePrefix, "chunks", "00000000")
+	// Slot A of block 2 starts at 8192 + 2*4136; flip a bit inside its ciphertext.
+	f, err := os.OpenFile(chunk, os.O_RDWR, 0)
+	require.NoError(t, err)
+	b := make([]byte, 1)
+	off := int64(8192 + 2*4136 + 100)
+	_, err = f.ReadAt(b, off)
+	require.NoError(t, err)
+	b[0] ^= 0x20
+	_, err = f.WriteAt(b, off)
+	require.NoError(t, err)
+	require.NoError(t, f.Close())
+
+	_, errOut, code := runCmd("dd", "if="+img, "of=/dev/null", "bs=4k", "skip=2", "count=1", "iflag=direct", "status=none")
+	require.NotEqual(t, 0, code)
+	require.Contains(t, errOut, "Input/output error")
+	// The neighbours still read.
+	sh(t, "dd if="+img+" of=/dev/null bs=4k skip=3 count=1 iflag=direct status=none")
+	h.json(&d, "disk", "show", "--name", "d1")
+	require.GreaterOrEqual(t, d.IntegrityErrors, uint64(1))
+	var vm struct {
+		IntegrityErrors uint64 `json:"integrityErrors"`
+	}
+	h.json(&vm, "vm", "show", "--name", "vm1")
+	require.GreaterOrEqual(t, vm.IntegrityErrors, uint64(1))
+	require.Contains(t, h.logs.String(), "integrity alarm")
+}
