@@ -77,14 +77,25 @@ func (o Options) nodeOptions() *gofs.Options {
 	// Failed lookups are cached too: AddImage invalidates the negative
 	// entry, so a new image still appears at once.
 	negative := o.EntryTimeout
+	// go-fuse reports through the standard log package; send it to slog.
+	// The request trace of Debug comes at Info so that it shows when asked
+	// for; go-fuse's own complaints (a panic in a handler) are warnings.
+	traceLevel := slog.LevelWarn
+	if o.Debug {
+		traceLevel = slog.LevelInfo
+	}
 	return &gofs.Options{
 		EntryTimeout:    &entry,
 		AttrTimeout:     &attr,
 		NegativeTimeout: &negative,
+		Logger:          slog.NewLogLogger(o.Logger.Handler(), slog.LevelWarn),
+		// st_ino 0 reads as "no inode" to some tools.
+		RootStableAttr: &gofs.StableAttr{Ino: 1},
 		MountOptions: fuse.MountOptions{
 			FsName:     Name,
 			Name:       Name,
 			Debug:      o.Debug,
+			Logger:     slog.NewLogLogger(o.Logger.Handler(), traceLevel),
 			AllowOther: o.AllowOther,
 			// Let the kernel check modes; without it any user allowed
 			// into the mount could open a 0600 image.
