@@ -186,3 +186,13 @@ func (n *nullImage) WriteAt(p []byte, off int64) (int, error) { return len(p), n
 func (n *nullImage) Discard(off, len int64) error             { return nil }
 func (n *nullImage) Sync() error                              { return nil }
 func (n *nullImage) Size() int64                              { return n.size }
+
+// TestNoDescriptorLeak checks that a process started after the mount does
+// not inherit the FUSE connection: it could serve the mount itself, and it
+// would keep a dead daemon's mount hanging instead of failing.
+func TestNoDescriptorLeak(t *testing.T) {
+	tree := mountTree(t, Options{})
+	require.NoError(t, tree.AddImage("vm", "os.img", newFake(t, 4096)))
+	out := mustRun(t, "sh", "-c", `ls -l /proc/$$/fd/; true`)
+	require.NotContains(t, out, "/dev/fuse")
+}

@@ -65,7 +65,7 @@ func Mount(dir string, opts Options) (*Tree, error) {
 		done: make(chan struct{}),
 	}
 	t.root = &dirNode{tree: t, created: time.Now()}
-	server, err := gofs.Mount(abs, t.root, opts.nodeOptions())
+	server, err := startServer(abs, t.root, opts.nodeOptions())
 	if err != nil {
 		return nil, fmt.Errorf("fs: mount %s: %w", abs, err)
 	}
