@@ -33,13 +33,13 @@ func startServer(abs string, root gofs.InodeEmbedder, o *gofs.Options) (*fuse.Se
 		syscall.ForkLock.RLock()
 		server, err = fuse.NewServer(raw, abs, &direct)
 		if err == nil {
-			err = closeOnExecDevFUSE()
+			if cerr := closeOnExecDevFUSE(); cerr != nil {
+				// Without /proc we cannot find the descriptor; the
+				// mount works, children may inherit it.
+				o.Logger.Printf("warning: %s: %v", abs, cerr)
+			}
 		}
 		syscall.ForkLock.RUnlock()
-		if err != nil && server != nil {
-			_ = server.Unmount()
-			return nil, err
-		}
 		if err != nil {
 			o.Logger.Printf("direct mount of %s failed, trying fusermount: %v", abs, err)
 			server = nil
