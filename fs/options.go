@@ -50,6 +50,9 @@ type Options struct {
 	// Logger receives diagnostics that have no caller to return them to
 	// (failed kernel notifications). Default: slog.Default().
 	Logger *slog.Logger
+
+	// helperOnly mounts through fusermount even as root (tests).
+	helperOnly bool
 }
 
 func (o Options) withDefaults() Options {
@@ -110,7 +113,7 @@ func (o Options) nodeOptions() *gofs.Options {
 			// Each write would otherwise cost a GETXATTR round trip.
 			DisableXAttrs: true,
 			// mount(2) directly when we may, fusermount otherwise.
-			DirectMount: os.Geteuid() == 0,
+			DirectMount: os.Geteuid() == 0 && !o.helperOnly,
 		},
 	}
 }

@@ -196,3 +196,14 @@ func TestNoDescriptorLeak(t *testing.T) {
 	out := mustRun(t, "sh", "-c", `ls -l /proc/$$/fd/; true`)
 	require.NotContains(t, out, "/dev/fuse")
 }
+
+// TestFusermountPath mounts through the fusermount helper, the way a
+// non-root daemon (or a failed direct mount) does.
+func TestFusermountPath(t *testing.T) {
+	requireTool(t, "fusermount3")
+	tree := mountTree(t, Options{helperOnly: true})
+	require.NoError(t, tree.AddImage("vm", "os.img", newFake(t, 4096)))
+	require.Equal(t, "4096 0o100600 0\n", python(t, statScript, imgPath(tree, "vm", "os.img")))
+	out := mustRun(t, "sh", "-c", `ls -l /proc/$$/fd/; true`)
+	require.NotContains(t, out, "/dev/fuse")
+}

@@ -229,7 +229,10 @@ func (t *Tree) Resized(vm, name string) {
 
 // Unmount unmounts the tree and waits until the server has stopped. It
 // fails, leaving the tree mounted, while the mount is busy (an image open,
-// a loop device attached). Unmounting twice is not an error.
+// a loop device attached); as root the error wraps syscall.EBUSY.
+// Unmounting twice is not an error. If the mount was already detached from
+// outside (umount -l) while files in it are open, Unmount waits until they
+// are closed.
 func (t *Tree) Unmount() error {
 	t.ctl.Lock()
 	defer t.ctl.Unlock()
