@@ -207,3 +207,16 @@ func TestFusermountPath(t *testing.T) {
 	out := mustRun(t, "sh", "-c", `ls -l /proc/$$/fd/; true`)
 	require.NotContains(t, out, "/dev/fuse")
 }
+
+func TestUnmountedFromOutside(t *testing.T) {
+	requireRoot(t)
+	requireFUSE(t)
+	dir := t.TempDir()
+	tree, err := Mount(dir, Options{})
+	require.NoError(t, err)
+	mustRun(t, "umount", dir)
+	tree.Wait()
+	require.ErrorIs(t, tree.AddImage("vm", "os.img", newFake(t, 4096)), ErrUnmounted)
+	require.NoError(t, tree.Unmount())
+	requireNotMounted(t, dir)
+}

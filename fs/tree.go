@@ -98,7 +98,7 @@ func (t *Tree) AddImage(vm, name string, img Image) error {
 
 	ctx := context.Background()
 	t.mu.Lock()
-	if t.unmounted {
+	if t.unmounted || !t.live() { // by Unmount, or from outside
 		t.mu.Unlock()
 		return fmt.Errorf("fs: add %s/%s: %w", vm, name, ErrUnmounted)
 	}
