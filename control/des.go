@@ -11,8 +11,8 @@ import (
 	"strings"
 	"time"
 
-	"hostcrypt/disk"
 	hcrypto "hostcrypt/crypto"
+	"hostcrypt/disk"
 )
 
 // CustomerKeys performs key operations as one identity (a disk encryption
@@ -245,7 +245,9 @@ func (h *Host) desByID(id string) (*DiskEncryptionSet, bool) {
 
 type wrapFunc func(ctx context.Context, dek []byte) (disk.WrappedKey, error)
 
-func (f wrapFunc) WrapKey(ctx context.Context, dek []byte) (disk.WrappedKey, error) { return f(ctx, dek) }
+func (f wrapFunc) WrapKey(ctx context.Context, dek []byte) (disk.WrappedKey, error) {
+	return f(ctx, dek)
+}
 
 type unwrapFunc func(ctx context.Context, w disk.WrappedKey) ([]byte, error)
 

@@ -14,9 +14,9 @@ import (
 // of the directory) after every change: a crash leaves the old or the new
 // state, never a mix.
 type state struct {
-	Version int              `json:"version"`
-	Disks   map[string]*Disk `json:"disks"`
-	VMs     map[string]*VM   `json:"vms"`
+	Version int                           `json:"version"`
+	Disks   map[string]*Disk              `json:"disks"`
+	VMs     map[string]*VM                `json:"vms"`
 	DES     map[string]*DiskEncryptionSet `json:"diskEncryptionSets"`
 	// Credentials of the disk encryption sets' identities, by set name.
 	// They are bearer tokens for the key store, never keys; the file is
