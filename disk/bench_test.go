@@ -1,0 +1,120 @@
+package disk
+
+import (
+	"fmt"
+	mrand "math/rand/v2"
+	"testing"
+)
+
+// The engine benchmarks run on the local backend in a temporary directory,
+// so they measure crypto + page-cache I/O, the work the daemon does per
+// request. Compare with BenchmarkSealBlock / BenchmarkOpenBlock to see the
+// encryption share of the time.
+
+const benchSize = 256 << 20
+
+func benchDisk(b *testing.B, layers int, fill bool) *testDisk {
+	td := newTestDisk(b, benchSize, layers, 0)
+	if fill {
+		p := randBytes(1 << 20)
+		for off := int64(0); off < benchSize; off += int64(len(p)) {
+			if _, err := td.WriteAt(p, off); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	return td
+}
+
+func BenchmarkEngine(b *testing.B) {
+	for _, layers := range []int{1, 2} {
+		b.Run(fmt.Sprintf("layers=%d/randwrite-4k", layers), func(b *testing.B) {
+			td := benchDisk(b, layers, true)
+			b.SetBytes(4096)
+			b.ResetTimer()
+			b.RunParallel(func(pb *testing.PB) {
+				r := mrand.New(mrand.NewPCG(mrand.Uint64(), 1))
+				p := randBytes(4096)
+				for pb.Next() {
+					if _, err := td.WriteAt(p, r.Int64N(benchSize/4096)*4096); err != nil {
+						b.Fatal(err)
+					}
+				}
+			})
+		})
+		b.Run(fmt.Sprintf("layers=%d/randread-4k", layers), func(b *testing.B) {
+			td := benchDisk(b, layers, true)
+			b.SetBytes(4096)
+			b.ResetTimer()
+			b.RunParallel(func(pb *testing.PB) {
+				r := mrand.New(mrand.NewPCG(mrand.Uint64(), 1))
+				p := make([]byte, 4096)
+				for pb.Next() {
+					if _, err := td.ReadAt(p, r.Int64N(benchSize/4096)*4096); err != nil {
+						b.Fatal(err)
+					}
+				}
+			})
+		})
+		b.Run(fmt.Sprintf("layers=%d/seqwrite-1m", layers), func(b *testing.B) {
+			td := benchDisk(b, layers, false)
+			p := randBytes(1 << 20)
+			b.SetBytes(int64(len(p)))
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				if _, err := td.WriteAt(p, int64(i%(benchSize>>20))<<20); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+		b.Run(fmt.Sprintf("layers=%d/seqread-1m", layers), func(b *testing.B) {
+			td := benchDisk(b, layers, true)
+			p := make([]byte, 1<<20)
+			b.SetBytes(int64(len(p)))
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				if _, err := td.ReadAt(p, int64(i%(benchSize>>20))<<20); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+// BenchmarkSealBlock is the encryption work alone for one 4 KiB block.
+func BenchmarkSealBlock(b *testing.B) {
+	for _, layers := range []int{1, 2} {
+		b.Run(fmt.Sprintf("layers=%d", layers), func(b *testing.B) {
+			td := newTestDisk(b, 1<<20, layers, 0)
+			plain := randBytes(BlockSize)
+			dst := make([]byte, td.lay.slotSize)
+			tmp := make([]byte, td.lay.slotSize)
+			b.SetBytes(BlockSize)
+			b.ReportAllocs()
+			for i := 0; i < b.N; i++ {
+				td.sealBlock(dst, plain, int64(i), tmp)
+			}
+		})
+	}
+}
+
+// BenchmarkOpenBlock is the decryption work alone for one 4 KiB block.
+func BenchmarkOpenBlock(b *testing.B) {
+	for _, layers := range []int{1, 2} {
+		b.Run(fmt.Sprintf("layers=%d", layers), func(b *testing.B) {
+			td := newTestDisk(b, 1<<20, layers, 0)
+			plain := randBytes(BlockSize)
+			sealed := make([]byte, td.lay.slotSize)
+			tmp := make([]byte, td.lay.slotSize)
+			td.sealBlock(sealed, plain, 7, tmp)
+			dst := make([]byte, BlockSize)
+			b.SetBytes(BlockSize)
+			b.ReportAllocs()
+			for i := 0; i < b.N; i++ {
+				if err := td.openBlock(dst, sealed, 7, tmp); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}

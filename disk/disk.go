@@ -1,0 +1,865 @@
+package disk
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"syscall"
+
+	hcrypto "hostcrypt/crypto"
+	"hostcrypt/storage"
+)
+
+// Disk is an open encrypted disk. All methods are safe for concurrent use.
+//
+// There is no per-disk lock on the data path: I/O locks only the striped
+// locks of the blocks it touches (readers share, writers exclude), so writers
+// to different blocks of one disk run in parallel.
+type Disk struct {
+	be     storage.Backend
+	prefix string
+	log    *slog.Logger
+	vol    [16]byte
+	lay    layout
+	layers []hcrypto.Layer // [0] = layer 1 (data key), [1] = layer 2 (infrastructure key)
+	sector int
+	cbytes int64 // plaintext bytes per chunk
+
+	size  atomic.Int64
+	mu    sync.Mutex // guards meta and growth of table
+	meta  *Metadata
+	table atomic.Pointer[[]atomic.Pointer[chunk]]
+
+	stripes [nStripes]stripe
+	bufs    sync.Pool
+
+	closed     atomic.Bool
+	integrity  atomic.Uint64
+	closeOnce  sync.Once
+	closeError error
+}
+
+// Blocks are locked in groups of stripeBlocks consecutive blocks; group g uses
+// stripe g mod nStripes.
+const (
+	nStripes     = 256
+	stripeBlocks = 16
+)
+
+type stripe struct {
+	sync.RWMutex
+	_ [40]byte // keep stripes on separate cache lines
+}
+
+type chunk struct {
+	idx    int64
+	mu     sync.Mutex // serialises loading and creating the chunk object
+	st     atomic.Pointer[chunkState]
+	absent atomic.Bool // known not to exist in the backend yet
+	dirty  atomic.Bool // written since the last Sync
+}
+
+type chunkState struct {
+	obj storage.Chunk
+	sel []byte // one selector per block; a byte is read and written under its block's stripe lock
+}
+
+// Stats are counters of an open disk.
+type Stats struct {
+	// IntegrityErrors counts blocks that failed authentication on read.
+	IntegrityErrors uint64
+	// ChunksOpen counts chunk objects currently open.
+	ChunksOpen int
+}
+
+// IOError is returned for a block that could not be read or written. It
+// matches syscall.EIO with errors.Is, so the FUSE layer answers EIO, and the
+// cause (ErrIntegrity, ErrClosed, an I/O error).
+type IOError struct {
+	Disk  string
+	Block int64
+	Err   error
+}
+
+func (e *IOError) Error() string {
+	return fmt.Sprintf("disk %s block %d: %v", e.Disk, e.Block, e.Err)
+}
+
+func (e *IOError) Unwrap() []error { return []error{e.Err, syscall.EIO} }
+
+func newDisk(be storage.Backend, prefix string, m *Metadata, keys [][]byte) (*Disk, error) {
+	vol, err := m.volumeID()
+	if err != nil {
+		return nil, err
+	}
+	d := &Disk{
+		be:     be,
+		prefix: prefix,
+		log:    slog.Default().With("disk", prefix),
+		vol:    vol,
+		sector: m.SectorSize,
+		cbytes: int64(m.ChunkBlocks) * BlockSize,
+		meta:   m,
+	}
+	overhead := 0
+	for i, k := range keys {
+		l, err := hcrypto.NewLayer(layerAlgorithm(i+1), k, vol[:])
+		if err != nil {
+			d.wipeLayers()
+			return nil, fmt.Errorf("disk %s layer %d: %w", prefix, i+1, err)
+		}
+		d.layers = append(d.layers, l)
+		overhead += l.Overhead()
+	}
+	d.lay = newLayout(m.ChunkBlocks, overhead)
+	d.size.Store(m.Size)
+	t := make([]atomic.Pointer[chunk], d.chunkCount(m.Size))
+	d.table.Store(&t)
+	return d, nil
+}
+
+func (d *Disk) chunkCount(size int64) int64 { return (size + d.cbytes - 1) / d.cbytes }
+
+// Size is the disk's size in bytes.
+func (d *Disk) Size() int64 { return d.size.Load() }
+
+// SectorSize is the logical sector size (512 or 4096).
+func (d *Disk) SectorSize() int { return d.sector }
+
+// VolumeID is the disk's identity bound into every block.
+func (d *Disk) VolumeID() string { return fmt.Sprintf("%x", d.vol) }
+
+// Layers is 1 for single and 2 for double encryption.
+func (d *Disk) Layers() int { return len(d.layers) }
+
+// Stats returns the disk's counters.
+func (d *Disk) Stats() Stats {
+	s := Stats{IntegrityErrors: d.integrity.Load()}
+	for i := range *d.table.Load() {
+		if c := (*d.table.Load())[i].Load(); c != nil && c.st.Load() != nil {
+			s.ChunksOpen++
+		}
+	}
+	return s
+}
+
+// chunk returns the chunk record for index i, creating the record (not the
+// object) on first use.
+func (d *Disk) chunk(i int64) *chunk {
+	t := d.table.Load()
+	if c := (*t)[i].Load(); c != nil {
+		return c
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	t = d.table.Load()
+	if c := (*t)[i].Load(); c != nil {
+		return c
+	}
+	c := &chunk{idx: i}
+	(*t)[i].Store(c)
+	return c
+}
+
+// state returns the loaded chunk, loading it from the backend on first use.
+// A chunk that does not exist yet is created when create is set and reported
+// as nil otherwise (it reads as zeros).
+func (d *Disk) state(c *chunk, create bool) (*chunkState, error) {
+	if st := c.st.Load(); st != nil {
+		return st, nil
+	}
+	if !create && c.absent.Load() {
+		return nil, nil
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if st := c.st.Load(); st != nil {
+		return st, nil
+	}
+	ctx := context.Background()
+	key := chunkKey(d.prefix, c.idx)
+	if !c.absent.Load() {
+		obj, err := d.be.OpenChunk(ctx, key, false)
+		switch {
+		case err == nil:
+			st, err := d.load(c, obj)
+			if err != nil {
+				obj.Close()
+				return nil, err
+			}
+			c.st.Store(st)
+			return st, nil
+		case errors.Is(err, storage.ErrNotFound):
+			c.absent.Store(true)
+		default:
+			return nil, err
+		}
+	}
+	if !create {
+		return nil, nil
+	}
+	obj, err := d.be.OpenChunk(ctx, key, true)
+	if err != nil {
+		return nil, err
+	}
+	h := d.header(c.idx)
+	if _, err := obj.WriteAt(h.marshal(), 0); err != nil {
+		obj.Close()
+		return nil, err
+	}
+	st := &chunkState{obj: obj, sel: make([]byte, d.lay.chunkBlocks)}
+	c.st.Store(st)
+	c.absent.Store(false)
+	c.dirty.Store(true)
+	return st, nil
+}
+
+func (d *Disk) header(idx int64) chunkHeader {
+	return chunkHeader{
+		Version:     FormatVersion,
+		Layers:      uint16(len(d.layers)),
+		BlockSize:   BlockSize,
+		ChunkBlocks: uint32(d.lay.chunkBlocks),
+		SlotSize:    uint32(d.lay.slotSize),
+		ChunkIndex:  uint64(idx),
+		VolumeID:    d.vol,
+	}
+}
+
+// load reads and checks an existing chunk's header and selectors.
+func (d *Disk) load(c *chunk, obj storage.Chunk) (*chunkState, error) {
+	buf := make([]byte, headerSize+d.lay.chunkBlocks)
+	if _, err := obj.ReadAt(buf, 0); err != nil {
+		return nil, err
+	}
+	h, err := parseChunkHeader(buf[:headerSize])
+	if err == nil && h != d.header(c.idx) {
+		err = fmt.Errorf("%w: it belongs to volume %x chunk %d (%d layers)", errBadHeader, h.VolumeID, h.ChunkIndex, h.Layers)
+	}
+	if err != nil {
+		d.alarm(c.idx*int64(d.lay.chunkBlocks), 0, err)
+		return nil, &IOError{Disk: d.prefix, Block: c.idx * int64(d.lay.chunkBlocks), Err: fmt.Errorf("chunk %d: %w: %w", c.idx, ErrIntegrity, err)}
+	}
+	// Keep only the selectors, not the header page they were read with.
+	return &chunkState{obj: obj, sel: bytes.Clone(buf[headerSize:])}, nil
+}
+
+// alarm records an integrity failure: a counter and a log line. It never logs
+// data or keys.
+func (d *Disk) alarm(block int64, layer int, err error) {
+	d.integrity.Add(1)
+	d.log.Error("integrity alarm: stored data failed authentication", "block", block, "layer", layer, "err", err)
+}
+
+// lockBlocks locks the stripes covering absolute blocks [b0, b1) in ascending
+// stripe order (so that two ranges can never deadlock) and returns the unlock.
+func (d *Disk) lockBlocks(b0, b1 int64, write bool) func() {
+	g0, g1 := b0/stripeBlocks, (b1-1)/stripeBlocks
+	var lo, hi [2]int // up to two ascending index ranges [lo, hi]
+	ranges := 1
+	if g1-g0+1 >= nStripes {
+		lo[0], hi[0] = 0, nStripes-1
+	} else {
+		s0, s1 := int(g0%nStripes), int(g1%nStripes)
+		if s0 <= s1 {
+			lo[0], hi[0] = s0, s1
+		} else { // wraps around: lock the low part first
+			lo[0], hi[0], lo[1], hi[1] = 0, s1, s0, nStripes-1
+			ranges = 2
+		}
+	}
+	for r := 0; r < ranges; r++ {
+		for s := lo[r]; s <= hi[r]; s++ {
+			if write {
+				d.stripes[s].Lock()
+			} else {
+				d.stripes[s].RLock()
+			}
+		}
+	}
+	return func() {
+		for r := 0; r < ranges; r++ {
+			for s := lo[r]; s <= hi[r]; s++ {
+				if write {
+					d.stripes[s].Unlock()
+				} else {
+					d.stripes[s].RUnlock()
+				}
+			}
+		}
+	}
+}
+
+func (d *Disk) getBuf(n int) *[]byte {
+	if p, ok := d.bufs.Get().(*[]byte); ok && cap(*p) >= n {
+		*p = (*p)[:n]
+		return p
+	}
+	b := make([]byte, n)
+	return &b
+}
+
+func (d *Disk) putBuf(p *[]byte) { d.bufs.Put(p) }
+
+// checkRange validates an I/O and returns the length that fits the disk.
+func (d *Disk) checkRange(n int, off int64) (int, error) {
+	size := d.size.Load()
+	if off < 0 {
+		return 0, fmt.Errorf("disk %s: negative offset %d: %w", d.prefix, off, ErrRange)
+	}
+	if off >= size {
+		return 0, io.EOF
+	}
+	return int(min(int64(n), size-off)), nil
+}
+
+// ReadAt reads len(p) bytes at off. Never-written ranges read as zeros. A
+// block that fails authentication fails the read with an *IOError matching
+// ErrIntegrity and syscall.EIO; no byte of it is returned.
+func (d *Disk) ReadAt(p []byte, off int64) (int, error) {
+	n, err := d.checkRange(len(p), off)
+	if err != nil || n == 0 {
+		return 0, err
+	}
+	done := 0
+	for done < n {
+		pos := off + int64(done)
+		in := int(min(int64(n-done), d.cbytes-pos%d.cbytes))
+		if err := d.readChunk(pos/d.cbytes, p[done:done+in], pos%d.cbytes); err != nil {
+			return done, err
+		}
+		done += in
+	}
+	if n < len(p) {
+		return n, io.EOF
+	}
+	return n, nil
+}
+
+func (d *Disk) readChunk(ci int64, p []byte, coff int64) error {
+	b0 := int(coff / BlockSize)
+	b1 := int((coff + int64(len(p)) + BlockSize - 1) / BlockSize)
+	base := ci * int64(d.lay.chunkBlocks)
+	unlock := d.lockBlocks(base+int64(b0), base+int64(b1), false)
+	defer unlock()
+	if d.closed.Load() {
+		return &IOError{Disk: d.prefix, Block: base + int64(b0), Err: ErrClosed}
+	}
+	st, err := d.state(d.chunk(ci), false)
+	if err != nil {
+		return d.ioErr(base+int64(b0), err)
+	}
+	if st == nil {
+		clear(p)
+		return nil
+	}
+	bp := d.getBuf((b1 - b0) * d.lay.slotSize)
+	defer d.putBuf(bp)
+	raw := *bp
+	ss := d.lay.slotSize
+	for i := b0; i < b1; {
+		slot, ok, err := slotOf(st.sel[i])
+		if err != nil {
+			err = fmt.Errorf("%w: %w", ErrIntegrity, err)
+			d.alarm(base+int64(i), 0, err)
+			return d.ioErr(base+int64(i), err)
+		}
+		if !ok {
+			lo, hi := d.within(i, coff, len(p))
+			clear(p[lo:hi])
+			i++
+			continue
+		}
+		j := i + 1
+		for j < b1 && st.sel[j] == st.sel[i] {
+			j++
+		}
+		run := raw[(i-b0)*ss : (j-b0)*ss]
+		if _, err := st.obj.ReadAt(run, d.lay.slotOffset(slot, i)); err != nil {
+			return d.ioErr(base+int64(i), err)
+		}
+		err = d.parallel(j-i, func(lo, hi int, tmp []byte) error {
+			for k := i + lo; k < i+hi; k++ {
+				if err := d.openInto(p, coff, k, base, run[(k-i)*ss:(k-i+1)*ss], tmp); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		i = j
+	}
+	return nil
+}
+
+// within returns where block i of a chunk lies in a request buffer that
+// starts at chunk offset coff and is n bytes long.
+func (d *Disk) within(i int, coff int64, n int) (lo, hi int) {
+	start := int64(i) * BlockSize
+	l := max(coff, start)
+	h := min(coff+int64(n), start+BlockSize)
+	return int(l - coff), int(h - coff)
+}
+
+// openInto opens the sealed block k (chunk-relative) and puts the part of it
+// that the request covers into p. tmp holds at least 2 blocks of scratch.
+func (d *Disk) openInto(p []byte, coff int64, k int, base int64, sealed, tmp []byte) error {
+	lo, hi := d.within(k, coff, len(p))
+	dst := p[lo:hi]
+	if hi-lo != BlockSize {
+		dst = tmp[:BlockSize]
+	}
+	if err := d.openBlock(dst, sealed, base+int64(k), tmp[BlockSize:]); err != nil {
+		return err
+	}
+	if hi-lo != BlockSize {
+		start := int(int64(k)*BlockSize - coff) // may be negative for the first block
+		copy(p[lo:hi], dst[lo-start:hi-start])
+	}
+	return nil
+}
+
+// openBlock authenticates and decrypts one stored slot into dst (BlockSize
+// bytes). scratch must hold BlockSize+overhead bytes for a second layer.
+func (d *Disk) openBlock(dst, sealed []byte, block int64, scratch []byte) error {
+	var ad [adLen]byte
+	if len(d.layers) == 2 {
+		inner, err := d.layers[1].Open(scratch[:0], sealed, blockAD(&ad, &d.vol, uint64(block), 2))
+		if err != nil {
+			d.alarm(block, 2, err)
+			return d.ioErr(block, err)
+		}
+		sealed = inner
+	}
+	out, err := d.layers[0].Open(dst[:0], sealed, blockAD(&ad, &d.vol, uint64(block), 1))
+	if err == nil && len(out) != BlockSize {
+		err = fmt.Errorf("%w: opened block is %d bytes", ErrIntegrity, len(out))
+	}
+	if err != nil {
+		d.alarm(block, 1, err)
+		return d.ioErr(block, err)
+	}
+	if &out[0] != &dst[0] {
+		copy(dst, out)
+	}
+	return nil
+}
+
+// sealBlock seals one plaintext block into dst (exactly one slot).
+func (d *Disk) sealBlock(dst, plain []byte, block int64, scratch []byte) {
+	var ad [adLen]byte
+	src := plain
+	if len(d.layers) == 2 {
+		src = d.layers[0].Seal(scratch[:0], plain, blockAD(&ad, &d.vol, uint64(block), 1))
+		out := d.layers[1].Seal(dst[:0], src, blockAD(&ad, &d.vol, uint64(block), 2))
+		if &out[0] != &dst[0] {
+			copy(dst, out)
+		}
+		return
+	}
+	out := d.layers[0].Seal(dst[:0], src, blockAD(&ad, &d.vol, uint64(block), 1))
+	if &out[0] != &dst[0] {
+		copy(dst, out)
+	}
+}
+
+func (d *Disk) ioErr(block int64, err error) error {
+	var ioe *IOError
+	if errors.As(err, &ioe) {
+		return err
+	}
+	return &IOError{Disk: d.prefix, Block: block, Err: err}
+}
+
+// parallelMin is the run length from which sealing and opening are spread
+// over several goroutines. A 1 MiB request with one request in flight (fio
+// psync) otherwise keeps one core busy while the other idles.
+const parallelMin = 64
+
+// parallel runs fn over [0, n) split into parts, each with its own scratch
+// buffer of two slots, and returns the first error.
+func (d *Disk) parallel(n int, fn func(lo, hi int, tmp []byte) error) error {
+	workers := 1
+	if n >= parallelMin {
+		workers = min(runtime.GOMAXPROCS(0), n/(parallelMin/2))
+	}
+	if workers <= 1 {
+		bp := d.getBuf(2 * d.lay.slotSize)
+		defer d.putBuf(bp)
+		return fn(0, n, *bp)
+	}
+	var wg sync.WaitGroup
+	errs := make([]error, workers)
+	per := (n + workers - 1) / workers
+	for w := 0; w < workers; w++ {
+		lo, hi := w*per, min(n, (w+1)*per)
+		wg.Go(func() {
+			bp := d.getBuf(2 * d.lay.slotSize)
+			defer d.putBuf(bp)
+			errs[w] = fn(lo, hi, *bp)
+		})
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
+var zeroBlock [BlockSize]byte
+
+func isZero(b []byte) bool {
+	for len(b) >= 8 {
+		if b[0]|b[1]|b[2]|b[3]|b[4]|b[5]|b[6]|b[7] != 0 {
+			return false
+		}
+		b = b[8:]
+	}
+	for _, c := range b {
+		if c != 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// WriteAt writes len(p) bytes at off. Partial blocks are read, merged and
+// sealed again; whole zero blocks are stored as holes. A write past the end
+// of the disk is refused with ErrRange.
+func (d *Disk) WriteAt(p []byte, off int64) (int, error) {
+	if off < 0 || off+int64(len(p)) > d.size.Load() {
+		return 0, fmt.Errorf("disk %s: write of %d bytes at %d: %w (size %d)", d.prefix, len(p), off, ErrRange, d.size.Load())
+	}
+	done := 0
+	for done < len(p) {
+		pos := off + int64(done)
+		in := int(min(int64(len(p)-done), d.cbytes-pos%d.cbytes))
+		if err := d.writeChunk(pos/d.cbytes, p[done:done+in], pos%d.cbytes); err != nil {
+			return done, err
+		}
+		done += in
+	}
+	return done, nil
+}
+
+func (d *Disk) writeChunk(ci int64, p []byte, coff int64) error {
+	b0 := int(coff / BlockSize)
+	b1 := int((coff + int64(len(p)) + BlockSize - 1) / BlockSize)
+	n := b1 - b0
+	base := ci * int64(d.lay.chunkBlocks)
+	unlock := d.lockBlocks(base+int64(b0), base+int64(b1), true)
+	defer unlock()
+	if d.closed.Load() {
+		return &IOError{Disk: d.prefix, Block: base + int64(b0), Err: ErrClosed}
+	}
+	c := d.chunk(ci)
+	st, err := d.state(c, false)
+	if err != nil {
+		return d.ioErr(base+int64(b0), err)
+	}
+	if st == nil {
+		if isZero(p) {
+			return nil // zeros onto a chunk that does not exist: nothing to store
+		}
+		if st, err = d.state(c, true); err != nil {
+			return d.ioErr(base+int64(b0), err)
+		}
+	}
+	ss := d.lay.slotSize
+	bp := d.getBuf(n*ss + n + 2*BlockSize + 2*ss)
+	defer d.putBuf(bp)
+	buf := *bp
+	slots, newSel := buf[:n*ss], buf[n*ss:n*ss+n]
+	head, tail := buf[n*ss+n:n*ss+n+BlockSize], buf[n*ss+n+BlockSize:n*ss+n+2*BlockSize]
+	scratch := buf[n*ss+n+2*BlockSize:]
+
+	// The plaintext of block k: the request's bytes for a whole block, or the
+	// old block merged with the request's bytes for a partial one.
+	plain := func(k int) []byte {
+		lo, hi := d.within(k, coff, len(p))
+		switch {
+		case hi-lo == BlockSize:
+			return p[lo:hi]
+		case k == b0:
+			return head
+		default:
+			return tail
+		}
+	}
+	merge := func(k int, blk []byte) error {
+		lo, hi := d.within(k, coff, len(p))
+		if err := d.readPlain(st, k, base, blk, scratch); err != nil {
+			return err
+		}
+		start := int(int64(k)*BlockSize - coff)
+		copy(blk[lo-start:hi-start], p[lo:hi])
+		return nil
+	}
+	if lo, hi := d.within(b0, coff, len(p)); hi-lo != BlockSize {
+		if err := merge(b0, head); err != nil {
+			return err
+		}
+	}
+	if lo, hi := d.within(b1-1, coff, len(p)); n > 1 && hi-lo != BlockSize {
+		if err := merge(b1-1, tail); err != nil {
+			return err
+		}
+	}
+
+	err = d.parallel(n, func(lo, hi int, tmp []byte) error {
+		for k := b0 + lo; k < b0+hi; k++ {
+			src := plain(k)
+			if isZero(src) {
+				newSel[k-b0] = selNone
+				continue
+			}
+			_, sel := nextSlot(st.sel[k])
+			newSel[k-b0] = sel
+			d.sealBlock(slots[(k-b0)*ss:(k-b0+1)*ss], src, base+int64(k), tmp)
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	// Data first, into the slots not holding the current versions; then the
+	// selectors. A crash in between leaves the old versions selected.
+	for i := b0; i < b1; {
+		if newSel[i-b0] == selNone {
+			i++
+			continue
+		}
+		j := i + 1
+		for j < b1 && newSel[j-b0] == newSel[i-b0] {
+			j++
+		}
+		slot, _, _ := slotOf(newSel[i-b0])
+		if _, err := st.obj.WriteAt(slots[(i-b0)*ss:(j-b0)*ss], d.lay.slotOffset(slot, i)); err != nil {
+			return d.ioErr(base+int64(i), err)
+		}
+		i = j
+	}
+	if _, err := st.obj.WriteAt(newSel, d.lay.selOffset(b0)); err != nil {
+		return d.ioErr(base+int64(b0), err)
+	}
+	copy(st.sel[b0:b1], newSel)
+	c.dirty.Store(true)
+	return nil
+}
+
+// readPlain reads the current plaintext of block k of a loaded chunk into dst
+// (BlockSize bytes), using two slots of scratch. The caller holds the block's
+// stripe lock.
+func (d *Disk) readPlain(st *chunkState, k int, base int64, dst, scratch []byte) error {
+	slot, ok, err := slotOf(st.sel[k])
+	if err != nil {
+		err = fmt.Errorf("%w: %w", ErrIntegrity, err)
+		d.alarm(base+int64(k), 0, err)
+		return d.ioErr(base+int64(k), err)
+	}
+	if !ok {
+		clear(dst)
+		return nil
+	}
+	ss := d.lay.slotSize
+	sealed := scratch[:ss]
+	if _, err := st.obj.ReadAt(sealed, d.lay.slotOffset(slot, k)); err != nil {
+		return d.ioErr(base+int64(k), err)
+	}
+	return d.openBlock(dst, sealed, base+int64(k), scratch[ss:2*ss])
+}
+
+// Discard drops the range [off, off+n): afterwards it reads as zeros, and the
+// space of whole blocks is given back to the backend (punched).
+func (d *Disk) Discard(off, n int64) error {
+	size := d.size.Load()
+	if off < 0 || n < 0 || off+n > size {
+		return fmt.Errorf("disk %s: discard of %d bytes at %d: %w (size %d)", d.prefix, n, off, ErrRange, size)
+	}
+	end := off + n
+	first := (off + BlockSize - 1) / BlockSize * BlockSize
+	last := end / BlockSize * BlockSize
+	if first >= last { // no whole block inside: write zeros
+		return d.writeZeros(off, n)
+	}
+	if err := d.writeZeros(off, first-off); err != nil {
+		return err
+	}
+	if err := d.writeZeros(last, end-last); err != nil {
+		return err
+	}
+	for pos := first; pos < last; {
+		ci := pos / d.cbytes
+		in := min(last-pos, d.cbytes-pos%d.cbytes)
+		if err := d.discardChunk(ci, int((pos%d.cbytes)/BlockSize), int(in/BlockSize)); err != nil {
+			return err
+		}
+		pos += in
+	}
+	return nil
+}
+
+// writeZeros zeroes a small range through the write path (partial blocks).
+func (d *Disk) writeZeros(off, n int64) error {
+	for n > 0 {
+		in := min(n, BlockSize-off%BlockSize)
+		if _, err := d.WriteAt(zeroBlock[:in], off); err != nil {
+			return err
+		}
+		off, n = off+in, n-in
+	}
+	return nil
+}
+
+// ZeroRange makes [off, off+n) read as zeros; it is the same as Discard.
+func (d *Disk) ZeroRange(off, n int64) error { return d.Discard(off, n) }
+
+func (d *Disk) discardChunk(ci int64, b0, n int) error {
+	base := ci * int64(d.lay.chunkBlocks)
+	unlock := d.lockBlocks(base+int64(b0), base+int64(b0+n), true)
+	defer unlock()
+	if d.closed.Load() {
+		return &IOError{Disk: d.prefix, Block: base + int64(b0), Err: ErrClosed}
+	}
+	c := d.chunk(ci)
+	st, err := d.state(c, false)
+	if err != nil || st == nil {
+		return err
+	}
+	clear(st.sel[b0 : b0+n])
+	if _, err := st.obj.WriteAt(st.sel[b0:b0+n], d.lay.selOffset(b0)); err != nil {
+		return d.ioErr(base+int64(b0), err)
+	}
+	c.dirty.Store(true)
+	ss := int64(d.lay.slotSize)
+	for s := 0; s < 2; s++ {
+		if err := st.obj.PunchHole(d.lay.slotOffset(s, b0), int64(n)*ss); err != nil {
+			return d.ioErr(base+int64(b0), err)
+		}
+	}
+	return nil
+}
+
+// Sync makes every completed write durable in the backend.
+func (d *Disk) Sync() error {
+	var errs []error
+	t := d.table.Load()
+	for i := range *t {
+		c := (*t)[i].Load()
+		if c == nil || !c.dirty.Swap(false) {
+			continue
+		}
+		if st := c.st.Load(); st != nil {
+			if err := st.obj.Sync(); err != nil {
+				c.dirty.Store(true)
+				errs = append(errs, fmt.Errorf("disk %s chunk %d: %w", d.prefix, c.idx, err))
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// SeekData returns the offset of the first byte at or after off that lies in a
+// written block, or an error matching syscall.ENXIO when there is none.
+func (d *Disk) SeekData(off int64) (int64, error) { return d.seek(off, true) }
+
+// SeekHole returns the offset of the first never-written (or discarded) block
+// at or after off; the end of the disk counts as a hole.
+func (d *Disk) SeekHole(off int64) (int64, error) { return d.seek(off, false) }
+
+func (d *Disk) seek(off int64, data bool) (int64, error) {
+	size := d.size.Load()
+	if off < 0 || off >= size {
+		return 0, syscall.ENXIO
+	}
+	cb := int64(d.lay.chunkBlocks)
+	for b := off / BlockSize; b*BlockSize < size; {
+		ci := b / cb
+		st, err := d.state(d.chunk(ci), false)
+		if err != nil {
+			return 0, err
+		}
+		if st == nil {
+			if !data {
+				return max(off, b*BlockSize), nil
+			}
+			b = (ci + 1) * cb
+			continue
+		}
+		for ; b < (ci+1)*cb && b*BlockSize < size; b++ {
+			unlock := d.lockBlocks(b, b+1, false)
+			written := st.sel[b-ci*cb] != selNone
+			unlock()
+			if written == data {
+				return max(off, b*BlockSize), nil
+			}
+		}
+	}
+	if data {
+		return 0, syscall.ENXIO
+	}
+	return size, nil
+}
+
+// Resize grows the disk to size bytes (a multiple of the sector size).
+// Shrinking is refused: it would destroy data.
+func (d *Disk) Resize(ctx context.Context, size int64) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if size < d.meta.Size {
+		return fmt.Errorf("disk %s: shrinking from %d to %d bytes is not supported; create a new, smaller disk and copy the data", d.prefix, d.meta.Size, size)
+	}
+	if err := checkGeometry(size, d.sector); err != nil {
+		return fmt.Errorf("disk %s: %w", d.prefix, err)
+	}
+	m := *d.meta
+	m.Size = size
+	if err := writeMetadata(ctx, d.be, d.prefix, &m); err != nil {
+		return err
+	}
+	d.meta = &m
+	old := d.table.Load()
+	if n := d.chunkCount(size); n > int64(len(*old)) {
+		t := make([]atomic.Pointer[chunk], n)
+		for i := range *old {
+			t[i].Store((*old)[i].Load())
+		}
+		d.table.Store(&t)
+	}
+	d.size.Store(size)
+	return nil
+}
+
+// Close makes every write durable, closes the chunk objects and wipes the
+// disk's keys from memory. It waits for I/O in flight; later I/O fails with
+// ErrClosed.
+func (d *Disk) Close() error {
+	d.closeOnce.Do(func() {
+		unlock := d.lockBlocks(0, nStripes*stripeBlocks, true)
+		defer unlock()
+		d.closed.Store(true)
+		err := d.Sync()
+		t := d.table.Load()
+		for i := range *t {
+			if c := (*t)[i].Load(); c != nil {
+				if st := c.st.Swap(nil); st != nil {
+					err = errors.Join(err, st.obj.Close())
+				}
+			}
+		}
+		d.wipeLayers()
+		d.closeError = err
+	})
+	return d.closeError
+}
+
+func (d *Disk) wipeLayers() {
+	for _, l := range d.layers {
+		l.Close()
+	}
+}

@@ -1,0 +1,620 @@
+package disk
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"errors"
+	"io"
+	mrand "math/rand/v2"
+	"os"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"hostcrypt/internal/leakscan"
+	"hostcrypt/storage/local"
+)
+
+func randBytes(n int) []byte {
+	b := make([]byte, n)
+	rand.Read(b)
+	return b
+}
+
+func TestUnwrittenReadsZeros(t *testing.T) {
+	td := newTestDisk(t, 8<<20, 1, 0)
+	buf := bytes.Repeat([]byte{0xAA}, 12345)
+	n, err := td.ReadAt(buf, 1000)
+	require.NoError(t, err)
+	require.Equal(t, len(buf), n)
+	require.True(t, isZero(buf))
+}
+
+func TestReadWriteShapes(t *testing.T) {
+	for _, layers := range []int{1, 2} {
+		td := newTestDisk(t, 4<<20, layers, 8) // 32 KiB chunks: requests cross chunks
+		model := make([]byte, td.Size())
+		for _, w := range []struct{ off, n int64 }{
+			{0, 4096}, {512, 512}, {4000, 200}, {1000, 70000}, {32768 - 100, 200},
+			{4<<20 - 512, 512}, {1 << 20, 1 << 20}, {12345, 1},
+		} {
+			p := randBytes(int(w.n))
+			n, err := td.WriteAt(p, w.off)
+			require.NoError(t, err)
+			require.EqualValues(t, w.n, n)
+			copy(model[w.off:], p)
+		}
+		got := make([]byte, td.Size())
+		_, err := td.ReadAt(got, 0)
+		require.NoError(t, err)
+		require.True(t, bytes.Equal(model, got), "layers=%d", layers)
+	}
+}
+
+func TestBounds(t *testing.T) {
+	td := newTestDisk(t, 1<<20, 1, 0)
+	_, err := td.WriteAt(make([]byte, 10), td.Size()-5)
+	require.ErrorIs(t, err, ErrRange)
+	_, err = td.WriteAt(make([]byte, 10), -1)
+	require.ErrorIs(t, err, ErrRange)
+	buf := make([]byte, 10)
+	n, err := td.ReadAt(buf, td.Size()-4)
+	require.Equal(t, 4, n)
+	require.ErrorIs(t, err, io.EOF)
+	n, err = td.ReadAt(buf, td.Size())
+	require.Equal(t, 0, n)
+	require.ErrorIs(t, err, io.EOF)
+	require.ErrorIs(t, td.Discard(td.Size()-4096, 8192), ErrRange)
+}
+
+// TestDifferential runs random writes, discards and reads, aligned and not,
+// against a plain byte-slice model, for single and double encryption, with
+// reopen in between.
+func TestDifferential(t *testing.T) {
+	for _, layers := range []int{1, 2} {
+		seed := uint64(time.Now().UnixNano())
+		t.Logf("layers=%d seed=%d", layers, seed)
+		runOps(t, layers, mrand.New(mrand.NewPCG(seed, 7)), 400)
+	}
+}
+
+func runOps(t *testing.T, layers int, r *mrand.Rand, ops int) {
+	td := newTestDisk(t, 3<<20, layers, 16)
+	size := td.Size()
+	model := make([]byte, size)
+	pick := func() (int64, int64) {
+		switch r.IntN(4) {
+		case 0: // sector aligned, 512-byte units
+			off := r.Int64N(size/512) * 512
+			return off, min(size-off, int64(1+r.IntN(24))*512)
+		case 1: // block aligned
+			off := r.Int64N(size/4096) * 4096
+			return off, min(size-off, int64(1+r.IntN(80))*4096)
+		default: // anywhere
+			off := r.Int64N(size)
+			return off, min(size-off, 1+r.Int64N(200000))
+		}
+	}
+	for i := 0; i < ops; i++ {
+		off, n := pick()
+		switch op := r.IntN(10); {
+		case op < 5:
+			p := make([]byte, n)
+			if r.IntN(5) == 0 {
+				clear(p) // zeros are stored as holes
+			} else {
+				for j := range p {
+					p[j] = byte(r.Uint32())
+				}
+			}
+			_, err := td.WriteAt(p, off)
+			require.NoError(t, err)
+			copy(model[off:], p)
+		case op < 7:
+			require.NoError(t, td.Discard(off, n))
+			clear(model[off : off+n])
+		case op < 9:
+			got := make([]byte, n)
+			_, err := td.ReadAt(got, off)
+			require.NoError(t, err)
+			require.True(t, bytes.Equal(model[off:off+n], got), "op %d read %d@%d", i, n, off)
+		default:
+			td.reopen(t)
+		}
+	}
+	got := make([]byte, size)
+	_, err := td.ReadAt(got, 0)
+	require.NoError(t, err)
+	require.True(t, bytes.Equal(model, got))
+}
+
+// FuzzDiskOps drives the differential test from the fuzzer's seed bytes.
+func FuzzDiskOps(f *testing.F) {
+	f.Add(uint64(1), uint64(2), false)
+	f.Add(uint64(99), uint64(3), true)
+	f.Fuzz(func(t *testing.T, a, b uint64, double bool) {
+		layers := 1
+		if double {
+			layers = 2
+		}
+		runOps(t, layers, mrand.New(mrand.NewPCG(a, b)), 40)
+	})
+}
+
+func TestReopenAfterSync(t *testing.T) {
+	for _, layers := range []int{1, 2} {
+		td := newTestDisk(t, 16<<20, layers, 0)
+		p := randBytes(3 << 20)
+		_, err := td.WriteAt(p, 5<<20+512)
+		require.NoError(t, err)
+		require.NoError(t, td.Sync())
+		td.reopen(t)
+		got := make([]byte, len(p))
+		_, err = td.ReadAt(got, 5<<20+512)
+		require.NoError(t, err)
+		require.True(t, bytes.Equal(p, got))
+		require.Equal(t, layers, td.Layers())
+	}
+}
+
+// TestConcurrentWriters: many goroutines write disjoint ranges (checked
+// exactly) and overlapping ranges (checked for torn blocks: every 512-byte
+// sector must hold one writer's bytes whole).
+func TestConcurrentWriters(t *testing.T) {
+	td := newTestDisk(t, 8<<20, 1, 64)
+	const writers = 8
+	var wg sync.WaitGroup
+	region := td.Size() / 2 / writers
+	want := make([][]byte, writers)
+	for w := 0; w < writers; w++ {
+		want[w] = randBytes(int(region))
+		wg.Go(func() {
+			r := mrand.New(mrand.NewPCG(uint64(w), 1))
+			base := int64(w) * region
+			// Disjoint: own region, random pieces, then the whole to be sure.
+			for i := 0; i < 50; i++ {
+				off := r.Int64N(region - 9000)
+				n := 1 + r.Int64N(9000)
+				_, err := td.WriteAt(want[w][off:off+n], base+off)
+				assert.NoError(t, err)
+			}
+			_, err := td.WriteAt(want[w], base)
+			assert.NoError(t, err)
+			// Overlapping: the second half of the disk, sector-aligned,
+			// each write filled with one value.
+			half := td.Size() / 2
+			for i := 0; i < 60; i++ {
+				off := half + r.Int64N(half/512-40)*512
+				n := int64(1+r.IntN(32)) * 512
+				_, err := td.WriteAt(bytes.Repeat([]byte{byte(w*60 + i + 1)}, int(n)), off)
+				assert.NoError(t, err)
+				got := make([]byte, n)
+				_, err = td.ReadAt(got, off)
+				assert.NoError(t, err)
+			}
+		})
+	}
+	wg.Wait()
+	for w := 0; w < writers; w++ {
+		got := make([]byte, region)
+		_, err := td.ReadAt(got, int64(w)*region)
+		require.NoError(t, err)
+		require.True(t, bytes.Equal(want[w], got), "writer %d", w)
+	}
+	half := make([]byte, td.Size()/2)
+	_, err := td.ReadAt(half, td.Size()/2)
+	require.NoError(t, err)
+	for s := 0; s < len(half); s += 512 {
+		sector := half[s : s+512]
+		require.Equal(t, bytes.Repeat(sector[:1], 512), sector, "torn sector at %d", s)
+	}
+}
+
+// TestWritersToDifferentBlocksRunInParallel proves there is no per-disk lock
+// on the write path: two writers to different blocks must both be inside the
+// backend's WriteAt at the same moment, or the test times out.
+func TestWritersToDifferentBlocksRunInParallel(t *testing.T) {
+	dir := t.TempDir()
+	lb, err := local.Open(dir)
+	require.NoError(t, err)
+	hb := &hookBackend{Backend: lb}
+	ring := keyring{newKEK("k/1")}
+	d, err := Create(context.Background(), hb, "d", CreateOptions{Size: 8 << 20, Layers: wrappers(ring)})
+	require.NoError(t, err)
+	defer d.Close()
+	// Create both chunks first so that only data writes are watched.
+	_, err = d.WriteAt(randBytes(4096), 0)
+	require.NoError(t, err)
+	_, err = d.WriteAt(randBytes(4096), 1<<20)
+	require.NoError(t, err)
+
+	b := newBarrier(2)
+	var once sync.Once
+	hb.onWrite = func(p []byte, off int64) (bool, int, error) {
+		if len(p) < BlockSize {
+			return false, 0, nil // selectors
+		}
+		b.arrive()
+		select {
+		case <-b.ch:
+			return false, 0, nil
+		case <-time.After(10 * time.Second):
+			once.Do(func() {
+				t.Error("the second writer never reached the backend while the first was inside it: writes are serialised")
+			})
+			return false, 0, nil
+		}
+	}
+	var wg sync.WaitGroup
+	for _, off := range []int64{8192, 1<<20 + 8192} {
+		wg.Go(func() {
+			_, err := d.WriteAt(randBytes(4096), off)
+			assert.NoError(t, err)
+		})
+	}
+	wg.Wait()
+}
+
+// TestTornWriteKeepsOldVersion: a data write cut short (as by a crash) never
+// damages the current version of a block.
+func TestTornWriteKeepsOldVersion(t *testing.T) {
+	dir := t.TempDir()
+	lb, err := local.Open(dir)
+	require.NoError(t, err)
+	hb := &hookBackend{Backend: lb}
+	ring := keyring{newKEK("k/1")}
+	d, err := Create(context.Background(), hb, "d", CreateOptions{Size: 4 << 20, Layers: wrappers(ring)})
+	require.NoError(t, err)
+	old := randBytes(64 << 10)
+	_, err = d.WriteAt(old, 0)
+	require.NoError(t, err)
+	// The next data write stops half-way through and fails.
+	hb.onWrite = func(p []byte, off int64) (bool, int, error) {
+		if len(p) >= BlockSize {
+			return true, len(p) / 2, errInjected
+		}
+		return false, 0, nil
+	}
+	_, err = d.WriteAt(randBytes(64<<10), 0)
+	require.ErrorIs(t, err, errInjected)
+	hb.onWrite = nil
+	require.NoError(t, d.Close())
+	d, err = Open(context.Background(), lb, "d", ring)
+	require.NoError(t, err)
+	defer d.Close()
+	got := make([]byte, len(old))
+	_, err = d.ReadAt(got, 0)
+	require.NoError(t, err)
+	require.True(t, bytes.Equal(old, got))
+}
+
+func chunkFile(td *testDisk, idx int) string {
+	return filepath.Join(td.dir, filepath.FromSlash(chunkKey(td.name, int64(idx))))
+}
+
+// patch changes bytes of a chunk file in place, as an attacker with access to
+// the backing directory would.
+func patch(t *testing.T, path string, off int64, fn func(b []byte)) {
+	t.Helper()
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	require.NoError(t, err)
+	defer f.Close()
+	b := make([]byte, 4096+200)
+	n, err := f.ReadAt(b, off)
+	if err != nil && !errors.Is(err, io.EOF) {
+		require.NoError(t, err)
+	}
+	fn(b[:n])
+	_, err = f.WriteAt(b[:n], off)
+	require.NoError(t, err)
+}
+
+func requireIntegrity(t *testing.T, td *testDisk, off int64, plain []byte) {
+	t.Helper()
+	got := make([]byte, BlockSize)
+	n, err := td.ReadAt(got, off)
+	require.Error(t, err)
+	require.ErrorIs(t, err, ErrIntegrity)
+	require.ErrorIs(t, err, syscall.EIO)
+	require.NotErrorIs(t, err, ErrWrongKey)
+	require.Zero(t, n)
+	if plain != nil {
+		require.False(t, bytes.Contains(got, plain[:64]), "tampered read returned data")
+	}
+}
+
+func TestTamper(t *testing.T) {
+	const cb = 16
+	setup := func(t *testing.T, layers int) (*testDisk, []byte) {
+		td := newTestDisk(t, 2<<20, layers, cb)
+		data := randBytes(8 * BlockSize)
+		_, err := td.WriteAt(data, 0)
+		require.NoError(t, err)
+		require.NoError(t, td.Sync())
+		td.reopen(t)
+		return td, data
+	}
+	for _, layers := range []int{1, 2} {
+		t.Run("bitflip", func(t *testing.T) {
+			td, data := setup(t, layers)
+			lay := td.lay
+			patch(t, chunkFile(td, 0), lay.slotOffset(0, 3)+100, func(b []byte) { b[0] ^= 0x04 })
+			requireIntegrity(t, td, 3*BlockSize, data[3*BlockSize:])
+			// Neighbours are unaffected.
+			got := make([]byte, BlockSize)
+			_, err := td.ReadAt(got, 2*BlockSize)
+			require.NoError(t, err)
+			require.Equal(t, data[2*BlockSize:3*BlockSize], got)
+			require.EqualValues(t, 1, td.Stats().IntegrityErrors)
+		})
+		t.Run("swap", func(t *testing.T) {
+			td, data := setup(t, layers)
+			lay := td.lay
+			f := chunkFile(td, 0)
+			raw, err := os.ReadFile(f)
+			require.NoError(t, err)
+			s1 := raw[lay.slotOffset(0, 1) : lay.slotOffset(0, 1)+int64(lay.slotSize)]
+			s2 := raw[lay.slotOffset(0, 2) : lay.slotOffset(0, 2)+int64(lay.slotSize)]
+			a, b := bytes.Clone(s1), bytes.Clone(s2)
+			copy(s1, b)
+			copy(s2, a)
+			require.NoError(t, os.WriteFile(f, raw, 0o600))
+			td.reopen(t)
+			requireIntegrity(t, td, 1*BlockSize, data[BlockSize:])
+			requireIntegrity(t, td, 2*BlockSize, data[2*BlockSize:])
+		})
+		t.Run("copied from another disk", func(t *testing.T) {
+			td, data := setup(t, layers)
+			other, _ := setup(t, layers)
+			lay := td.lay
+			// The same block of another disk (same keys would not help: the
+			// volume id is bound into every block).
+			src, err := os.ReadFile(chunkFile(other, 0))
+			require.NoError(t, err)
+			slot := src[lay.slotOffset(0, 5) : lay.slotOffset(0, 5)+int64(lay.slotSize)]
+			patch(t, chunkFile(td, 0), lay.slotOffset(0, 5), func(b []byte) { copy(b, slot) })
+			td.reopen(t)
+			requireIntegrity(t, td, 5*BlockSize, data[5*BlockSize:])
+			// A whole chunk object from another disk is refused by its header.
+			require.NoError(t, os.WriteFile(chunkFile(td, 0), src, 0o600))
+			td.reopen(t)
+			requireIntegrity(t, td, 0, data)
+		})
+		t.Run("selector flip", func(t *testing.T) {
+			td, data := setup(t, layers)
+			patch(t, chunkFile(td, 0), td.lay.selOffset(4), func(b []byte) { b[0] ^= 0x10 })
+			td.reopen(t)
+			requireIntegrity(t, td, 4*BlockSize, data[4*BlockSize:])
+		})
+		t.Run("chunk moved to another index", func(t *testing.T) {
+			td := newTestDisk(t, 2<<20, layers, cb)
+			data := randBytes(2 * cb * BlockSize)
+			_, err := td.WriteAt(data, 0)
+			require.NoError(t, err)
+			require.NoError(t, td.Sync())
+			c0, err := os.ReadFile(chunkFile(td, 0))
+			require.NoError(t, err)
+			require.NoError(t, os.WriteFile(chunkFile(td, 1), c0, 0o600))
+			td.reopen(t)
+			requireIntegrity(t, td, int64(cb*BlockSize), data[cb*BlockSize:])
+		})
+	}
+}
+
+func TestWrongKey(t *testing.T) {
+	td := newTestDisk(t, 1<<20, 1, 0)
+	_, err := td.WriteAt(randBytes(4096), 0)
+	require.NoError(t, err)
+	require.NoError(t, td.Disk.Close())
+	// A ring whose key has the right id but other bytes: the wrap does not open.
+	wrong := keyring{newKEK(td.ring[0].id)}
+	_, err = Open(context.Background(), td.be, td.name, wrong)
+	require.ErrorIs(t, err, ErrWrongKey)
+	require.NotErrorIs(t, err, ErrIntegrity)
+	// A wrap that opens but holds another disk's key: the key check catches it.
+	m, err := ReadMetadata(context.Background(), td.be, td.name)
+	require.NoError(t, err)
+	foreign, err := td.ring[0].WrapKey(context.Background(), randBytes(32))
+	require.NoError(t, err)
+	m.Layers[0].WrappedKeys = []WrappedKey{foreign}
+	require.NoError(t, writeMetadata(context.Background(), td.be, td.name, m))
+	_, err = Open(context.Background(), td.be, td.name, td.ring)
+	require.ErrorIs(t, err, ErrWrongKey)
+}
+
+func TestNoPlaintextAtRest(t *testing.T) {
+	for _, layers := range []int{1, 2} {
+		td := newTestDisk(t, 8<<20, layers, 0)
+		pattern := randBytes(1 << 20)
+		_, err := td.WriteAt(pattern, 1<<20)
+		require.NoError(t, err)
+		_, err = td.WriteAt(pattern[:100000], 3<<20+7) // unaligned too
+		require.NoError(t, err)
+		require.NoError(t, td.Disk.Close())
+		hits, err := leakscan.Scan(td.dir, pattern, 16)
+		require.NoError(t, err)
+		require.Empty(t, hits, "plaintext found at rest")
+	}
+}
+
+func TestDiscardAndSparse(t *testing.T) {
+	td := newTestDisk(t, 1<<30, 1, 0)
+	ctx := context.Background()
+	used0, err := td.be.Usage(ctx, "")
+	require.NoError(t, err)
+	_, err = td.WriteAt(randBytes(1<<20), 512<<20)
+	require.NoError(t, err)
+	_, err = td.WriteAt(randBytes(4096), 1<<30-4096)
+	require.NoError(t, err)
+	require.NoError(t, td.Sync())
+	used1, err := td.be.Usage(ctx, "")
+	require.NoError(t, err)
+	// 1 MiB + 4 KiB written to a 1 GiB disk: storage stays near that.
+	require.Less(t, used1-used0, int64(2<<20), "storage use %d", used1-used0)
+
+	require.NoError(t, td.Discard(512<<20, 1<<20))
+	require.NoError(t, td.Sync())
+	used2, err := td.be.Usage(ctx, "")
+	require.NoError(t, err)
+	require.Less(t, used2, used1-(512<<10), "discard gave back no space")
+	got := make([]byte, 1<<20)
+	_, err = td.ReadAt(got, 512<<20)
+	require.NoError(t, err)
+	require.True(t, isZero(got))
+
+	// Zero writes cost nothing.
+	_, err = td.WriteAt(make([]byte, 4<<20), 100<<20)
+	require.NoError(t, err)
+	used3, err := td.be.Usage(ctx, "")
+	require.NoError(t, err)
+	require.Equal(t, used2, used3)
+}
+
+func TestSeekDataHole(t *testing.T) {
+	td := newTestDisk(t, 64<<20, 1, 0)
+	_, err := td.WriteAt(randBytes(8192), 10<<20)
+	require.NoError(t, err)
+	off, err := td.SeekData(0)
+	require.NoError(t, err)
+	require.EqualValues(t, 10<<20, off)
+	off, err = td.SeekHole(10 << 20)
+	require.NoError(t, err)
+	require.EqualValues(t, 10<<20+8192, off)
+	off, err = td.SeekHole(0)
+	require.NoError(t, err)
+	require.EqualValues(t, 0, off)
+	off, err = td.SeekData(10<<20 + 100)
+	require.NoError(t, err)
+	require.EqualValues(t, 10<<20+100, off)
+	_, err = td.SeekData(10<<20 + 8192)
+	require.ErrorIs(t, err, syscall.ENXIO)
+}
+
+func TestResize(t *testing.T) {
+	td := newTestDisk(t, 4<<20, 1, 0)
+	p := randBytes(1 << 20)
+	_, err := td.WriteAt(p, 3<<20)
+	require.NoError(t, err)
+	ctx := context.Background()
+	require.Error(t, td.Resize(ctx, 2<<20), "shrinking must be refused")
+	require.Error(t, td.Resize(ctx, 10<<20+1), "not a sector multiple")
+	require.NoError(t, td.Resize(ctx, 10<<20))
+	require.EqualValues(t, 10<<20, td.Size())
+	_, err = td.WriteAt(p, 9<<20)
+	require.NoError(t, err)
+	td.reopen(t)
+	require.EqualValues(t, 10<<20, td.Size())
+	for _, off := range []int64{3 << 20, 9 << 20} {
+		got := make([]byte, len(p))
+		_, err = td.ReadAt(got, off)
+		require.NoError(t, err)
+		require.True(t, bytes.Equal(p, got))
+	}
+}
+
+func TestCreateRefusesBadGeometry(t *testing.T) {
+	dir := t.TempDir()
+	be, err := local.Open(dir)
+	require.NoError(t, err)
+	ring := keyring{newKEK("k")}
+	for _, c := range []struct {
+		size   int64
+		sector int
+	}{{0, 512}, {1<<20 + 100, 512}, {1<<20 + 512, 4096}, {512 << 10, 512}, {1 << 20, 1024}} {
+		_, err := Create(context.Background(), be, "x", CreateOptions{Size: c.size, SectorSize: c.sector, Layers: wrappers(ring)})
+		require.Error(t, err, "%+v", c)
+	}
+	list, err := be.List(context.Background(), "")
+	require.NoError(t, err)
+	require.Empty(t, list, "a refused create left objects behind")
+	_, err = Create(context.Background(), be, "x", CreateOptions{Size: 1 << 20, Layers: wrappers(ring)})
+	require.NoError(t, err)
+	_, err = Create(context.Background(), be, "x", CreateOptions{Size: 1 << 20, Layers: wrappers(ring)})
+	require.Error(t, err, "duplicate")
+}
+
+func TestRewrap(t *testing.T) {
+	ctx := context.Background()
+	td := newTestDisk(t, 2<<20, 2, 0)
+	p := randBytes(100000)
+	_, err := td.WriteAt(p, 777)
+	require.NoError(t, err)
+	require.NoError(t, td.Disk.Close())
+
+	k2 := newKEK("test/kek1/v2")
+	both := append(keyring{k2}, td.ring...)
+	w, err := Rewrap(ctx, td.be, td.name, 1, both, k2)
+	require.NoError(t, err)
+	require.Equal(t, k2.id, w.KeyID)
+	m, err := ReadMetadata(ctx, td.be, td.name)
+	require.NoError(t, err)
+	require.Len(t, m.Layers[0].WrappedKeys, 1)
+	require.Equal(t, k2.id, m.Layers[0].WrappedKeys[0].KeyID)
+
+	// The old key alone no longer opens the disk; the new one does.
+	_, err = Open(ctx, td.be, td.name, td.ring)
+	require.Error(t, err)
+	td.ring = keyring{k2, td.ring[1]}
+	d, err := Open(ctx, td.be, td.name, td.ring)
+	require.NoError(t, err)
+	got := make([]byte, len(p))
+	_, err = d.ReadAt(got, 777)
+	require.NoError(t, err)
+	require.True(t, bytes.Equal(p, got))
+	require.NoError(t, d.Close())
+
+	// A crash between the two metadata writes leaves both wraps, and either opens.
+	k3 := newKEK("test/kek1/v3")
+	fb := &failingMeta{Backend: td.be, failAfter: 1}
+	_, err = Rewrap(ctx, fb, td.name, 1, td.ring, k3)
+	require.ErrorIs(t, err, errInjected)
+	m, err = ReadMetadata(ctx, td.be, td.name)
+	require.NoError(t, err)
+	require.Len(t, m.Layers[0].WrappedKeys, 2)
+	for _, ring := range []keyring{{k3, td.ring[1]}, {k2, td.ring[1]}} {
+		d, err := Open(ctx, td.be, td.name, ring)
+		require.NoError(t, err)
+		require.NoError(t, d.Close())
+	}
+}
+
+func TestDestroy(t *testing.T) {
+	ctx := context.Background()
+	td := newTestDisk(t, 8<<20, 1, 0)
+	_, err := td.WriteAt(randBytes(5<<20), 0)
+	require.NoError(t, err)
+	require.NoError(t, td.Disk.Close())
+	m, err := ReadMetadata(ctx, td.be, td.name)
+	require.NoError(t, err)
+	wrapped := m.Layers[0].WrappedKeys[0].Value
+
+	// Keys first: even if removing the chunks fails, the wrapped key is gone.
+	fb := &failingDelete{Backend: td.be}
+	require.Error(t, Destroy(ctx, fb, td.name))
+	raw, err := td.be.ReadMeta(ctx, metaKey(td.name))
+	require.NoError(t, err)
+	require.False(t, bytes.Contains(raw, []byte(b64(wrapped))))
+	_, err = Open(ctx, td.be, td.name, td.ring)
+	require.ErrorIs(t, err, ErrNotFound)
+
+	require.NoError(t, Destroy(ctx, td.be, td.name))
+	left, err := td.be.List(ctx, td.name)
+	require.NoError(t, err)
+	require.Empty(t, left)
+}
+
+func TestCloseWipesAndRefuses(t *testing.T) {
+	td := newTestDisk(t, 1<<20, 1, 0)
+	require.NoError(t, td.Disk.Close())
+	_, err := td.ReadAt(make([]byte, 10), 0)
+	require.ErrorIs(t, err, ErrClosed)
+	require.ErrorIs(t, err, syscall.EIO)
+	_, err = td.WriteAt(make([]byte, 10), 0)
+	require.ErrorIs(t, err, ErrClosed)
+}

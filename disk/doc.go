@@ -1,0 +1,22 @@
+// Package disk is the encrypted disk engine: it stores a virtual disk in a
+// storage backend as chunk objects of sealed 4 KiB blocks, and serves ReadAt,
+// WriteAt, Discard, Sync and the rest on plaintext offsets.
+//
+// The format is specified in docs/FORMAT.md. In short: every 4 KiB block is
+// sealed on its own with XAES-256-GCM under the disk's data key (layer 1) and,
+// for double encryption, sealed again with XChaCha20-Poly1305 under an
+// independent infrastructure key (layer 2). The additional data binds each
+// block to the disk's volume id and the block's index. Each block has two
+// slots; a new version always goes to the slot not holding the current one,
+// and a one-byte selector is switched only after the data is written, so a
+// write cut short never destroys the previous version.
+//
+// The engine knows nothing of key stores: keys arrive wrapped, through the
+// KeyWrapper and KeyUnwrapper interfaces, and the unwrapped keys live only in
+// the open Disk until Close wipes them.
+//
+// Concurrency: the data path takes only striped block locks (readers share,
+// writers exclude), never a per-disk lock, so requests to different blocks of
+// one disk run in parallel; large requests also spread their sealing over the
+// available cores.
+package disk

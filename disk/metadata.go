@@ -1,0 +1,156 @@
+package disk
+
+import (
+	"context"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"hostcrypt/storage"
+)
+
+// Metadata is the disk's metadata object, stored as JSON beside its chunks.
+// It holds everything needed to open the disk again given access to the keys
+// that wrap its data keys: the geometry, the format version and, per layer,
+// the wrapped data key with the id of the key that wraps it.
+type Metadata struct {
+	Format      int         `json:"format"`
+	VolumeID    string      `json:"volumeId"`
+	Size        int64       `json:"size"`
+	SectorSize  int         `json:"sectorSize"`
+	BlockSize   int         `json:"blockSize"`
+	ChunkBlocks int         `json:"chunkBlocks"`
+	Created     time.Time   `json:"created"`
+	Layers      []LayerMeta `json:"layers"`
+	// Destroyed marks a disk whose keys were shredded and whose removal may
+	// not have finished.
+	Destroyed bool `json:"destroyed,omitempty"`
+}
+
+// LayerMeta describes one encryption layer. Layer 1 is sealed with the disk's
+// data key, layer 2 (double encryption) with an independent infrastructure
+// key over layer 1's output.
+type LayerMeta struct {
+	Layer     int    `json:"layer"`
+	Algorithm string `json:"algorithm"`
+	// KeyCheck is a public commitment to the layer's key; it tells a wrong key
+	// from corrupted data.
+	KeyCheck []byte `json:"keyCheck"`
+	// WrappedKeys holds one wrap of the layer's key, or two while a re-wrap is
+	// in progress (the new one first).
+	WrappedKeys []WrappedKey `json:"wrappedKeys"`
+}
+
+// WrappedKey is a data key encrypted by a key-encryption key.
+type WrappedKey struct {
+	// KeyID names the wrapping key with its version: a key store key id such
+	// as https://host/vaults/v/keys/k/version, or a platform key id.
+	KeyID     string    `json:"kid"`
+	Algorithm string    `json:"alg"`
+	Value     []byte    `json:"value"`
+	Created   time.Time `json:"created"`
+}
+
+func metaKey(prefix string) string { return prefix + "/meta.json" }
+
+func chunkKey(prefix string, idx int64) string {
+	return fmt.Sprintf("%s/chunks/%08x", prefix, idx)
+}
+
+// ReadMetadata loads and checks the metadata of the disk stored under prefix.
+func ReadMetadata(ctx context.Context, be storage.Backend, prefix string) (*Metadata, error) {
+	raw, err := be.ReadMeta(ctx, metaKey(prefix))
+	if err != nil {
+		if errors.Is(err, storage.ErrNotFound) {
+			return nil, fmt.Errorf("disk %s: %w", prefix, ErrNotFound)
+		}
+		return nil, fmt.Errorf("disk %s: reading metadata: %w", prefix, err)
+	}
+	var m Metadata
+	if err := json.Unmarshal(raw, &m); err != nil {
+		return nil, fmt.Errorf("disk %s: metadata is not valid JSON: %w", prefix, err)
+	}
+	if m.Destroyed {
+		return nil, fmt.Errorf("disk %s was destroyed: %w", prefix, ErrNotFound)
+	}
+	if err := m.validate(); err != nil {
+		return nil, fmt.Errorf("disk %s: %w", prefix, err)
+	}
+	return &m, nil
+}
+
+func writeMetadata(ctx context.Context, be storage.Backend, prefix string, m *Metadata) error {
+	if err := m.validate(); err != nil {
+		return err
+	}
+	raw, err := json.MarshalIndent(m, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := be.WriteMeta(ctx, metaKey(prefix), raw); err != nil {
+		return fmt.Errorf("disk %s: writing metadata: %w", prefix, err)
+	}
+	return nil
+}
+
+func (m *Metadata) validate() error {
+	if m.Format != FormatVersion {
+		return fmt.Errorf("format version %d is not supported (this build reads version %d)", m.Format, FormatVersion)
+	}
+	if m.BlockSize != BlockSize {
+		return fmt.Errorf("block size %d is not supported", m.BlockSize)
+	}
+	if m.ChunkBlocks < 8 || m.ChunkBlocks > 65536 || m.ChunkBlocks&(m.ChunkBlocks-1) != 0 {
+		return fmt.Errorf("chunk of %d blocks: must be a power of two from 8 to 65536", m.ChunkBlocks)
+	}
+	if err := checkGeometry(m.Size, m.SectorSize); err != nil {
+		return err
+	}
+	if _, err := m.volumeID(); err != nil {
+		return err
+	}
+	if len(m.Layers) < 1 || len(m.Layers) > 2 {
+		return fmt.Errorf("%d encryption layers: must be 1 or 2", len(m.Layers))
+	}
+	for i, l := range m.Layers {
+		if l.Layer != i+1 {
+			return fmt.Errorf("layer %d listed in position %d", l.Layer, i+1)
+		}
+		if want := layerAlgorithm(l.Layer); l.Algorithm != string(want) {
+			return fmt.Errorf("layer %d algorithm %q: this version uses %q", l.Layer, l.Algorithm, want)
+		}
+		if len(l.WrappedKeys) == 0 {
+			return fmt.Errorf("layer %d has no wrapped key", l.Layer)
+		}
+	}
+	return nil
+}
+
+func (m *Metadata) volumeID() ([16]byte, error) {
+	var v [16]byte
+	b, err := hex.DecodeString(m.VolumeID)
+	if err != nil || len(b) != len(v) {
+		return v, fmt.Errorf("volume id %q is not 32 hex digits", m.VolumeID)
+	}
+	copy(v[:], b)
+	return v, nil
+}
+
+// MinSize is the smallest disk: 1 MiB.
+const MinSize = 1 << 20
+
+// checkGeometry enforces the rules for a disk's size and logical sector size.
+func checkGeometry(size int64, sector int) error {
+	if sector != 512 && sector != 4096 {
+		return fmt.Errorf("logical sector size %d: use 512 or 4096", sector)
+	}
+	if size < MinSize {
+		return fmt.Errorf("size %d bytes: a disk is at least 1 MiB", size)
+	}
+	if size%int64(sector) != 0 {
+		return fmt.Errorf("size %d bytes is not a multiple of the %d-byte sector size", size, sector)
+	}
+	return nil
+}
