@@ -6,8 +6,12 @@ import (
 	"bufio"
 	"context"
 	"crypto/rand"
+	"crypto/rsa"
+	"crypto/sha256"
+	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
+	"encoding/pem"
 	"fmt"
 	"io"
 	"os"
@@ -233,6 +237,37 @@ func TestKeystoreAcceptance(t *testing.T) {
 		assert.Equal(t, "accvault", r.Vault)
 	}
 	assert.Equal(t, ident.TenantID, recs[3].CallerTenantID)
+
+	// A rotation policy set with the CLI runs by itself when its time comes.
+	admin.ok(nil, "key", "create", "--vault-name", "accvault", "--name", "auto")
+	var pol client.RotationPolicy
+	admin.ok(&pol, "key", "rotation-policy", "--vault-name", "accvault", "--name", "auto", "--rotate-after", "P30D", "--notify-before-expiry", "P10D", "--expiry-time", "P90D")
+	require.Len(t, pol.LifetimeActions, 2)
+	assert.Contains(t, admin.fails("key", "rotation-policy", "--vault-name", "accvault", "--name", "auto", "--rotate-after", "P1D"), "7 days")
+	require.NoError(t, hooks.AdvanceClock(ctx, 31*24*time.Hour))
+	var autoVersions []client.KeyItem
+	admin.ok(&autoVersions, "key", "list-versions", "--vault-name", "accvault", "--name", "auto")
+	require.Len(t, autoVersions, 2, "the policy rotated the key")
+	require.NotNil(t, autoVersions[1].Attributes.EXP, "the new version expires per expiryTime")
+
+	// Import an RSA key from a PEM file; it wraps and its private parts never come back.
+	pk, err := rsa.GenerateKey(rand.Reader, 2048)
+	require.NoError(t, err)
+	der, err := x509.MarshalPKCS8PrivateKey(pk)
+	require.NoError(t, err)
+	pemFile := filepath.Join(t.TempDir(), "key.pem")
+	require.NoError(t, os.WriteFile(pemFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600))
+	var imported kb
+	admin.ok(&imported, "key", "import", "--vault-name", "accvault", "--name", "byok", "--pem-file", pemFile, "--hsm", "true")
+	assert.Equal(t, "RSA-HSM", imported.Key.Kty)
+	assert.Empty(t, imported.Key.D)
+	var w3 opResult
+	admin.ok(&w3, "key", "wrap", "--id", imported.Key.Kid, "--value", b64(dek))
+	raw, err := base64.RawURLEncoding.DecodeString(w3.Value)
+	require.NoError(t, err)
+	plain, err := rsa.DecryptOAEP(sha256.New(), nil, pk, raw, nil)
+	require.NoError(t, err, "the key store wrapped with the imported key")
+	assert.Equal(t, dek, plain)
 
 	// The unwrapped key is in no file under DIR and not in the daemon's output.
 	p.stop()
