@@ -754,9 +754,17 @@ func (h *Host) DetachDisk(ctx context.Context, vmName, diskName string) (*VM, er
 func (h *Host) showVM(vm *VM) *VM {
 	c := *vm
 	c.StorageProfile.DataDisks = slices.Clone(vm.StorageProfile.DataDisks)
+	for _, n := range vmDiskNames(vm) {
+		if d := h.st.Disks[n]; d != nil {
+			c.IntegrityErrors += h.showDisk(d).IntegrityErrors
+		}
+	}
 	if rv := h.running[vm.Name]; rv != nil {
-		for f := range rv.images {
+		for f, od := range rv.images {
 			c.Images = append(c.Images, vm.Name+"/"+f)
+			if od.resource == "" {
+				c.IntegrityErrors += od.d.Stats().IntegrityErrors
+			}
 		}
 		slices.Sort(c.Images)
 	}
