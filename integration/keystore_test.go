@@ -220,7 +220,7 @@ func TestKeystoreAcceptance(t *testing.T) {
 		{"KeyWrap", ident.PrincipalID, 403, "KeyExpired", kid2},
 		{"KeyUnwrap", ident.PrincipalID, 200, "", kid2},
 		{"VaultAccessPolicyChange", adminID, 200, "", ""},
-		{"KeyUnwrap", ident.PrincipalID, 403, "ForbiddenByPolicy", ""},
+		{"KeyUnwrap", ident.PrincipalID, 403, "ForbiddenByPolicy", kid1},
 		{"KeyCreate", adminID, 200, "", soon.Key.Kid},
 	}
 	require.GreaterOrEqual(t, len(recs), len(steps))

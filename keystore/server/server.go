@@ -249,6 +249,14 @@ func (s *Server) handle(mux *http.ServeMux, pattern, op string, h handlerFunc) {
 	mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		c := &call{w: w, r: r, reqID: newID(), op: op, vault: r.PathValue("vault"), status: http.StatusOK}
+		if name := r.PathValue("name"); name != "" && strings.HasPrefix(pattern[strings.Index(pattern, " ")+1:], "/vaults/{vault}/keys/") {
+			// Until a handler resolves the version, a refused call is
+			// audited with the key id its path names.
+			c.kid = s.baseURL + "/vaults/" + c.vault + "/keys/" + name
+			if v := r.PathValue("version"); v != "" {
+				c.kid += "/" + v
+			}
+		}
 		w.Header().Set("x-ms-request-id", c.reqID)
 		r.Body = http.MaxBytesReader(w, r.Body, s.cfg.MaxBodyBytes)
 		var (
