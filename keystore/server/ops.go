@@ -230,19 +230,19 @@ func (s *Server) restoreKey(c *call) (any, error) {
 	if err := decode(c, &req); err != nil {
 		return nil, err
 	}
-	raw, err := unb64(req.Value)
-	var blob backupBlob
-	if err != nil || json.Unmarshal(raw, &blob) != nil || blob.Format != backupFormat {
-		return nil, badParam("value is not a key backup made by `hostcrypt key backup`")
-	}
 	var out KeyBundle
-	err = s.db.Update(func(tx *bolt.Tx) error {
+	err := s.db.Update(func(tx *bolt.Tx) error {
 		v, err := loadVault(tx, c.vault)
 		if err != nil {
 			return err
 		}
 		if err := c.authorize(v, "restore"); err != nil {
 			return err
+		}
+		raw, err := unb64(req.Value)
+		var blob backupBlob
+		if err != nil || json.Unmarshal(raw, &blob) != nil || blob.Format != backupFormat {
+			return badParam("value is not a key backup made by `hostcrypt key backup`")
 		}
 		if blob.TenantID != v.TenantID {
 			return errf(http.StatusBadRequest, "BadParameter", "BackupTenantMismatch", "the backup belongs to tenant %s and vault %s is in tenant %s; a key backup restores only into a vault of the same tenant", blob.TenantID, v.Name, v.TenantID)
