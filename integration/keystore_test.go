@@ -103,7 +103,7 @@ func TestKeystoreAcceptance(t *testing.T) {
 	require.Equal(t, b64(dek), unwrapped.Value)
 
 	// Disable: unwrap fails with KeyDisabled; enable: works again.
-	admin.ok(nil, "key", "set-attributes", "--vault-name", "accvault", "--name", "cmk", "--enabled", "false")
+	admin.ok(nil, "key", "set-attributes", "--id", kid1, "--enabled", "false")
 	msg := id.fails("key", "unwrap", "--id", kid1, "--value", wrapped.Value)
 	assert.Contains(t, msg, "KeyDisabled")
 	assert.Contains(t, msg, "accvault")
@@ -125,6 +125,9 @@ func TestKeystoreAcceptance(t *testing.T) {
 	var versions []client.KeyItem
 	admin.ok(&versions, "key", "list-versions", "--vault-name", "accvault", "--name", "cmk")
 	require.Len(t, versions, 2)
+	var shown kb
+	admin.ok(&shown, "key", "show", "--id", kid1)
+	require.Equal(t, kid1, shown.Key.Kid)
 
 	// exp in the past: wrap refused, unwrap works.
 	admin.ok(nil, "key", "set-attributes", "--vault-name", "accvault", "--name", "cmk", "--expires", time.Now().Add(-time.Hour).UTC().Format(time.RFC3339))
@@ -216,6 +219,7 @@ func TestKeystoreAcceptance(t *testing.T) {
 		{"KeyWrap", ident.PrincipalID, 200, "", kid2},
 		{"KeyUnwrap", ident.PrincipalID, 200, "", kid1},
 		{"KeyListVersions", adminID, 200, "", ""},
+		{"KeyGet", adminID, 200, "", kid1},
 		{"KeyUpdate", adminID, 200, "", kid2},
 		{"KeyWrap", ident.PrincipalID, 403, "KeyExpired", kid2},
 		{"KeyUnwrap", ident.PrincipalID, 200, "", kid2},
