@@ -106,9 +106,10 @@ func Main(args []string, env Env) int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
 	if err := run(ctx, args, env); err != nil {
-		if !errors.Is(err, pflag.ErrHelp) {
-			fmt.Fprintln(env.Stderr, "hostcrypt:", describe(err))
+		if errors.Is(err, pflag.ErrHelp) {
+			return 0 // asked for help, got it
 		}
+		fmt.Fprintln(env.Stderr, "hostcrypt:", describe(err))
 		return 1
 	}
 	return 0

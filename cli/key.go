@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"math/big"
+	"net/url"
 	"os"
 	"strings"
 
@@ -53,17 +54,46 @@ func (c *Context) showKey(b *client.KeyBundle) error {
 }
 
 // keyRef is how a verb names a key: --vault-name and --name (with
-// --version where a version matters).
+// --version where a version matters), or --id with a key id.
 type keyRef struct {
-	vault, name, version *string
+	vault, name, version, id *string
+	f                        *flags
 }
 
 func (f *flags) keyRef(withVersion bool) keyRef {
-	r := keyRef{vault: f.requiredString("vault-name", "vault name"), name: f.requiredString("name", "key name")}
+	r := keyRef{vault: f.requiredString("vault-name", "vault name"), name: f.requiredString("name", "key name"), f: f}
 	if withVersion {
 		r.version = f.String("version", "", "key version (default: the current one)")
+		r.id = f.String("id", "", "key id https://HOST:PORT/vaults/V/keys/K[/VERSION], instead of --vault-name, --name and --version")
+		f.required = f.required[:len(f.required)-2] // checked in resolve
 	}
 	return r
+}
+
+// resolve fills vault, name and version from --id when it was given.
+func (r keyRef) resolve() error {
+	if r.id == nil {
+		return nil
+	}
+	if *r.id == "" {
+		if *r.vault == "" || *r.name == "" {
+			return fmt.Errorf("%s: name the key with --vault-name and --name, or with --id", r.f.c.Command)
+		}
+		return nil
+	}
+	if *r.vault != "" || *r.name != "" || *r.version != "" {
+		return fmt.Errorf("%s: give --id or --vault-name/--name/--version, not both", r.f.c.Command)
+	}
+	u, err := url.Parse(*r.id)
+	parts := strings.Split(strings.Trim(u.Path, "/"), "/")
+	if err != nil || (len(parts) != 4 && len(parts) != 5) || parts[0] != "vaults" || parts[2] != "keys" {
+		return fmt.Errorf("--id %q is not a key id like https://HOST:PORT/vaults/V/keys/K/VERSION", *r.id)
+	}
+	*r.vault, *r.name = parts[1], parts[3]
+	if len(parts) == 5 {
+		*r.version = parts[4]
+	}
+	return nil
 }
 
 // attrFlags are the attribute flags shared by create, import and set-attributes.
@@ -213,6 +243,9 @@ func keyShow(c *Context, args []string) error {
 	if err := f.parse(args); err != nil {
 		return err
 	}
+	if err := ref.resolve(); err != nil {
+		return err
+	}
 	ks, err := c.Keystore()
 	if err != nil {
 		return err
@@ -282,6 +315,9 @@ func keySetAttributes(c *Context, args []string) error {
 	ref := f.keyRef(true)
 	af := f.attrFlags()
 	if err := f.parse(args); err != nil {
+		return err
+	}
+	if err := ref.resolve(); err != nil {
 		return err
 	}
 	attrs, ops, tg, err := af.build()

@@ -56,6 +56,11 @@ func run(args []string) error {
 		return err
 	}
 	abs, _ := filepath.Abs(*dir)
+	if s.Created() {
+		fmt.Printf("keystored: initialised a new key store in %s\n", abs)
+	} else {
+		fmt.Printf("keystored: loaded the key store in %s\n", abs)
+	}
 	fmt.Printf("keystored: listening on %s\n", s.BaseURL())
 	fmt.Printf("keystored: CA certificate %s\n", filepath.Join(abs, "ca.pem"))
 	fmt.Printf("keystored: admin token %s\n", filepath.Join(abs, "admin.token"))

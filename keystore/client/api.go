@@ -2,7 +2,6 @@ package client
 
 import (
 	"context"
-	"encoding/json"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -268,12 +267,6 @@ func (c *Client) PlatformWrap(ctx context.Context, name, version string, key []b
 func (c *Client) PlatformUnwrap(ctx context.Context, kid string, wrapped []byte) ([]byte, error) {
 	_, out, err := c.keyOp(ctx, kid, "unwrapkey", A256KWP, wrapped)
 	return out, err
-}
-
-// Raw sends any request and returns the raw JSON answer (the CLI's -o json).
-func (c *Client) Raw(ctx context.Context, method, path string, query url.Values, body any) (json.RawMessage, error) {
-	var out json.RawMessage
-	return out, c.do(ctx, method, path, query, body, &out)
 }
 
 // AdvanceClock moves the server's clock forward; only servers built with

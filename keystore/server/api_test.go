@@ -18,6 +18,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"hostcrypt/internal/leakscan"
 	"hostcrypt/keystore/client"
 )
 
@@ -559,6 +560,12 @@ func TestImportAndNoSecretsAtRest(t *testing.T) {
 			require.NoError(t, err)
 			assert.Equal(t, os.FileMode(0o600), info.Mode().Perm(), name)
 		}
+	}
+	// No 16-byte window of the private key's encodings is anywhere under DIR.
+	for sname, secret := range secrets {
+		hits, err := leakscan.Scan(e.dir, secret, 16)
+		require.NoError(t, err)
+		assert.Empty(t, hits, "a window of %s found under the state directory", sname)
 	}
 	info, err := os.Stat(e.dir)
 	require.NoError(t, err)

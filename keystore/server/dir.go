@@ -23,6 +23,8 @@ import (
 	"time"
 
 	"golang.org/x/crypto/argon2"
+
+	"hostcrypt/crypto"
 )
 
 // Files in the state directory.
@@ -168,11 +170,7 @@ func newID() string {
 }
 
 // wipe overwrites key material that is no longer needed.
-func wipe(b []byte) {
-	for i := range b {
-		b[i] = 0
-	}
-}
+func wipe(b []byte) { crypto.Wipe(b) }
 
 // writeFileAtomic writes a 0600 file by write-temp, fsync, rename, fsync dir.
 func writeFileAtomic(path string, data []byte) error {

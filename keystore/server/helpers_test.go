@@ -34,7 +34,7 @@ func (c *fakeClock) Advance(d time.Duration) {
 }
 
 type env struct {
-	t        *testing.T
+	t        testing.TB
 	dir      string
 	s        *Server
 	clock    *fakeClock
@@ -46,13 +46,13 @@ type env struct {
 
 type envOpt func(*Config)
 
-func startEnv(t *testing.T, opts ...envOpt) *env {
+func startEnv(t testing.TB, opts ...envOpt) *env {
 	t.Helper()
 	dir := filepath.Join(t.TempDir(), "ks")
 	return startEnvIn(t, dir, &fakeClock{now: time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)}, opts...)
 }
 
-func startEnvIn(t *testing.T, dir string, clock *fakeClock, opts ...envOpt) *env {
+func startEnvIn(t testing.TB, dir string, clock *fakeClock, opts ...envOpt) *env {
 	t.Helper()
 	cfg := Config{Dir: dir, Listen: "127.0.0.1:0", Clock: clock, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), TickInterval: time.Hour, WebhookRetryMin: 10 * time.Millisecond}
 	for _, o := range opts {

@@ -149,7 +149,8 @@ type keyCreateReq struct {
 	Crv            string            `json:"crv"`
 }
 
-// newKeyMaterial generates key material for kty/size in vault v.
+// checkKty validates a key type and size for vault v and returns the
+// type as Key Vault spells it.
 func checkKty(v *vault, kty string, size int) (string, error) {
 	if v.Name == PlatformVault {
 		if ct, ok := canonical([]string{"oct-HSM", "oct"}, kty); ok {
@@ -686,6 +687,7 @@ func (s *Server) purgeKey(c *call) (any, error) {
 }
 
 func (s *Server) purge(tx *bolt.Tx, k *key) error {
+	s.log.Info("key purged", "vault", k.Vault, "key", k.Name)
 	if err := tx.Bucket(bucketKeys).Delete([]byte(keyID(k.Vault, k.Name))); err != nil {
 		return err
 	}

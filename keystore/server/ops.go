@@ -4,15 +4,16 @@ import (
 	"crypto/hmac"
 	"crypto/rand"
 	"crypto/rsa"
-	"crypto/sha1"
 	"crypto/sha256"
 	"crypto/x509"
 	"encoding/json"
-	"hash"
+	"math/big"
 	"net/http"
 	"strings"
 
 	bolt "go.etcd.io/bbolt"
+
+	"hostcrypt/crypto"
 )
 
 var randReader = rand.Reader
@@ -110,28 +111,22 @@ func (s *Server) cryptoOp(vaultName, name string, kv *keyVersion, alg string, wr
 			return nil, err
 		}
 		if wrap {
-			return wrapKWP(kek.([]byte), in)
+			return crypto.WrapAESKWP(kek.([]byte), in)
 		}
-		out, err := unwrapKWP(kek.([]byte), in)
+		out, err := crypto.UnwrapAESKWP(kek.([]byte), in)
 		if err != nil {
 			return nil, badParam("the value does not unwrap with %s: it was wrapped by another key or altered", where)
 		}
 		return out, nil
 	}
-	var h hash.Hash
-	switch alg {
-	case "RSA-OAEP-256":
-		h = sha256.New()
-	case "RSA-OAEP":
-		h = sha1.New()
-	default:
+	if alg != crypto.WrapRSAOAEP256 && alg != crypto.WrapRSAOAEP {
 		return nil, badParam("algorithm %q is not supported; use RSA-OAEP-256 or RSA-OAEP", alg)
 	}
 	if wrap {
-		pub := &rsa.PublicKey{N: bigFromBytes(kv.N), E: kv.E}
-		out, err := rsa.EncryptOAEP(h, randReader, pub, in, nil)
+		pub := &rsa.PublicKey{N: new(big.Int).SetBytes(kv.N), E: kv.E}
+		out, err := crypto.WrapRSA(alg, pub, in)
 		if err != nil {
-			return nil, badParam("value is too long to wrap with %s: %v", where, err)
+			return nil, badParam("value is too long to wrap with %s", where)
 		}
 		return out, nil
 	}
@@ -139,7 +134,7 @@ func (s *Server) cryptoOp(vaultName, name string, kv *keyVersion, alg string, wr
 	if err != nil {
 		return nil, err
 	}
-	out, err := rsa.DecryptOAEP(h, nil, pk.(*rsa.PrivateKey), in, nil)
+	out, err := crypto.UnwrapRSA(alg, pk.(*rsa.PrivateKey), in)
 	if err != nil {
 		return nil, badParam("the value does not unwrap with %s and %s: it was wrapped by another key version or algorithm, or altered", where, alg)
 	}
@@ -235,19 +230,19 @@ func (s *Server) restoreKey(c *call) (any, error) {
 	if err := decode(c, &req); err != nil {
 		return nil, err
 	}
-	raw, err := unb64(req.Value)
-	var blob backupBlob
-	if err != nil || json.Unmarshal(raw, &blob) != nil || blob.Format != backupFormat {
-		return nil, badParam("value is not a key backup made by `hostcrypt key backup`")
-	}
 	var out KeyBundle
-	err = s.db.Update(func(tx *bolt.Tx) error {
+	err := s.db.Update(func(tx *bolt.Tx) error {
 		v, err := loadVault(tx, c.vault)
 		if err != nil {
 			return err
 		}
 		if err := c.authorize(v, "restore"); err != nil {
 			return err
+		}
+		raw, err := unb64(req.Value)
+		var blob backupBlob
+		if err != nil || json.Unmarshal(raw, &blob) != nil || blob.Format != backupFormat {
+			return badParam("value is not a key backup made by `hostcrypt key backup`")
 		}
 		if blob.TenantID != v.TenantID {
 			return errf(http.StatusBadRequest, "BadParameter", "BackupTenantMismatch", "the backup belongs to tenant %s and vault %s is in tenant %s; a key backup restores only into a vault of the same tenant", blob.TenantID, v.Name, v.TenantID)

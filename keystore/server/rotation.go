@@ -235,6 +235,97 @@ func (p *rotationPolicy) action(typ string) *Trigger {
 	return nil
 }
 
+type rotation struct {
+	vault, name string
+	cur         keyVersion
+}
+
+// duePass finds what the clock has made due at now. With apply it raises
+// the events, marks the versions and purges inside tx; it returns the
+// rotations to run, which generate keys outside any transaction.
+func (s *Server) duePass(tx *bolt.Tx, now time.Time, apply bool) (work bool, due []rotation, err error) {
+	var keys []*key
+	err = tx.Bucket(bucketKeys).ForEach(func(_, raw []byte) error {
+		var k key
+		if err := jsonUnmarshal(raw, &k); err != nil {
+			return err
+		}
+		keys = append(keys, &k)
+		return nil
+	})
+	if err != nil {
+		return false, nil, err
+	}
+	for _, k := range keys {
+		if k.Deleted != nil {
+			if k.PurgeAfter != nil && !now.Before(*k.PurgeAfter) {
+				work = true
+				if apply {
+					if err := s.purge(tx, k); err != nil {
+						return work, nil, err
+					}
+				}
+			}
+			continue
+		}
+		p := k.Policy
+		if p == nil {
+			p = &defaultPolicy
+		}
+		var notify *isoDuration
+		if t := p.action("Notify"); t != nil {
+			d, _ := parseISODuration(t.TimeBeforeExpiry)
+			notify = &d
+		}
+		changed := false
+		for _, kv := range k.Versions {
+			if kv.EXP == nil {
+				continue
+			}
+			if notify != nil && !kv.Notified && !now.Before(notify.subFrom(*kv.EXP)) && now.Before(*kv.EXP) {
+				kv.Notified, changed = true, true
+				if apply {
+					if err := s.emitKeyEvent(tx, "KeyNearExpiry", k, kv); err != nil {
+						return true, nil, err
+					}
+				}
+			}
+			if !kv.Expired && !now.Before(*kv.EXP) {
+				kv.Expired, kv.Notified, changed = true, true, true
+				if apply {
+					if err := s.emitKeyEvent(tx, "KeyExpired", k, kv); err != nil {
+						return true, nil, err
+					}
+				}
+			}
+		}
+		if changed {
+			work = true
+			if apply {
+				if err := saveKey(tx, k); err != nil {
+					return work, nil, err
+				}
+			}
+		}
+		if t := p.action("Rotate"); t != nil {
+			cur := k.current()
+			rotate := false
+			if t.TimeAfterCreate != "" {
+				d, _ := parseISODuration(t.TimeAfterCreate)
+				rotate = !now.Before(d.addTo(cur.Created))
+			} else if cur.EXP != nil {
+				d, _ := parseISODuration(t.TimeBeforeExpiry)
+				rotate = !now.Before(d.subFrom(*cur.EXP))
+			}
+			if rotate {
+				work = true
+				due = append(due, rotation{k.Vault, k.Name, *cur})
+			}
+		}
+	}
+	return work, due, nil
+}
+
 // RunDue runs everything the clock has made due: near-expiry and expiry
 // events, policy rotations and purges of soft-deleted keys past their
 // retention. The scheduler calls it every tick; tests call it after moving
@@ -243,81 +334,22 @@ func (s *Server) RunDue() error {
 	s.runMu.Lock()
 	defer s.runMu.Unlock()
 	now := s.clock.Now()
-	type rotation struct {
-		vault, name string
-		cur         keyVersion
+	// Look first in a read transaction: most passes find nothing to do,
+	// and a write transaction would cost an fsync every tick.
+	var work bool
+	err := s.db.View(func(tx *bolt.Tx) error {
+		var err error
+		work, _, err = s.duePass(tx, now, false)
+		return err
+	})
+	if err != nil || !work {
+		return err
 	}
 	var due []rotation
-	err := s.db.Update(func(tx *bolt.Tx) error {
-		var keys []*key
-		err := tx.Bucket(bucketKeys).ForEach(func(_, raw []byte) error {
-			var k key
-			if err := jsonUnmarshal(raw, &k); err != nil {
-				return err
-			}
-			keys = append(keys, &k)
-			return nil
-		})
-		if err != nil {
-			return err
-		}
-		for _, k := range keys {
-			if k.Deleted != nil {
-				if k.PurgeAfter != nil && !now.Before(*k.PurgeAfter) {
-					if err := s.purge(tx, k); err != nil {
-						return err
-					}
-				}
-				continue
-			}
-			p := k.Policy
-			if p == nil {
-				p = &defaultPolicy
-			}
-			var notify *isoDuration
-			if t := p.action("Notify"); t != nil {
-				d, _ := parseISODuration(t.TimeBeforeExpiry)
-				notify = &d
-			}
-			changed := false
-			for _, kv := range k.Versions {
-				if kv.EXP == nil {
-					continue
-				}
-				if notify != nil && !kv.Notified && !now.Before(notify.subFrom(*kv.EXP)) && now.Before(*kv.EXP) {
-					kv.Notified, changed = true, true
-					if err := s.emitKeyEvent(tx, "KeyNearExpiry", k, kv); err != nil {
-						return err
-					}
-				}
-				if !kv.Expired && !now.Before(*kv.EXP) {
-					kv.Expired, kv.Notified, changed = true, true, true
-					if err := s.emitKeyEvent(tx, "KeyExpired", k, kv); err != nil {
-						return err
-					}
-				}
-			}
-			if changed {
-				if err := saveKey(tx, k); err != nil {
-					return err
-				}
-			}
-			if t := p.action("Rotate"); t != nil {
-				cur := k.current()
-				rotate := false
-				if t.TimeAfterCreate != "" {
-					d, _ := parseISODuration(t.TimeAfterCreate)
-					rotate = !now.Before(d.addTo(cur.Created))
-				} else if cur.EXP != nil {
-					d, _ := parseISODuration(t.TimeBeforeExpiry)
-					rotate = !now.Before(d.subFrom(*cur.EXP))
-				}
-				if rotate {
-					due = append(due, rotation{k.Vault, k.Name, *cur})
-				}
-			}
-		}
-		return nil
+	err = s.db.Update(func(tx *bolt.Tx) error {
+		var err error
+		_, due, err = s.duePass(tx, now, true)
+		return err
 	})
 	if err != nil {
 		return err

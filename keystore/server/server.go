@@ -61,6 +61,7 @@ type Server struct {
 	ln      net.Listener
 	http    *http.Server
 	baseURL string
+	created bool
 
 	privCache sync.Map // vault/name/version -> crypto key material (see ops.go)
 
@@ -102,11 +103,11 @@ func Open(cfg Config) (*Server, error) {
 	if err := ensureDir(cfg.Dir); err != nil {
 		return nil, err
 	}
-	master, _, err := loadOrCreateMasterKey(cfg.Dir, cfg.Passphrase)
+	master, created, err := loadOrCreateMasterKey(cfg.Dir, cfg.Passphrase)
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, log: cfg.Logger, clock: cfg.Clock, master: master, hub: newHub(), webhooks: map[string]context.CancelFunc{}}
+	s := &Server{cfg: cfg, log: cfg.Logger, clock: cfg.Clock, master: master, created: created, hub: newHub(), webhooks: map[string]context.CancelFunc{}}
 	ok := false
 	defer func() {
 		if !ok {
@@ -159,6 +160,9 @@ func Open(cfg Config) (*Server, error) {
 
 // BaseURL is https://HOST:PORT of the listening server.
 func (s *Server) BaseURL() string { return s.baseURL }
+
+// Created says whether this start initialised the state directory.
+func (s *Server) Created() bool { return s.created }
 
 // TenantID is the default tenant.
 func (s *Server) TenantID() string { return s.tenant }
@@ -249,6 +253,14 @@ func (s *Server) handle(mux *http.ServeMux, pattern, op string, h handlerFunc) {
 	mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		c := &call{w: w, r: r, reqID: newID(), op: op, vault: r.PathValue("vault"), status: http.StatusOK}
+		if name := r.PathValue("name"); name != "" && strings.HasPrefix(pattern[strings.Index(pattern, " ")+1:], "/vaults/{vault}/keys/") {
+			// Until a handler resolves the version, a refused call is
+			// audited with the key id its path names.
+			c.kid = s.baseURL + "/vaults/" + c.vault + "/keys/" + name
+			if v := r.PathValue("version"); v != "" {
+				c.kid += "/" + v
+			}
+		}
 		w.Header().Set("x-ms-request-id", c.reqID)
 		r.Body = http.MaxBytesReader(w, r.Body, s.cfg.MaxBodyBytes)
 		var (
