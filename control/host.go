@@ -41,8 +41,11 @@ type Config struct {
 	Keys      Keys
 	Tree      Tree
 	Location  string
-	Log       *slog.Logger
-	Now       func() time.Time
+	// DEKLease is how long a customer-key disk serves I/O after the last
+	// successful check of its key (default 1 h).
+	DEKLease time.Duration
+	Log      *slog.Logger
+	Now      func() time.Time
 }
 
 // Host is the compute control plane: it owns the VM and disk resources, opens
@@ -83,6 +86,13 @@ func New(cfg Config) (*Host, error) {
 		return nil, err
 	}
 	return &Host{cfg: cfg, log: cfg.Log, st: st, running: map[string]*runningVM{}}, nil
+}
+
+func (h *Host) lease() time.Duration {
+	if h.cfg.DEKLease > 0 {
+		return h.cfg.DEKLease
+	}
+	return time.Hour
 }
 
 func (h *Host) save() error {
@@ -465,6 +475,9 @@ func tempPrefix(vm string) string { return "temp/" + vm }
 // start opens every disk of vm and shows it in the tree. On failure nothing
 // stays open or visible.
 func (h *Host) start(ctx context.Context, vm *VM) (err error) {
+	if err := h.checkStartKeys(ctx, vm); err != nil {
+		return err
+	}
 	rv := &runningVM{images: map[string]*openDisk{}}
 	defer func() {
 		if err != nil {
@@ -500,7 +513,10 @@ func (h *Host) start(ctx context.Context, vm *VM) (err error) {
 		}
 	}
 	h.running[vm.Name] = rv
-	vm.PowerState, vm.PowerStateReason = PowerRunning, ""
+	for _, cd := range h.cmkDisksOf(vm.Name) {
+		cd.d.SetLease(time.Now().Add(h.lease()))
+	}
+	vm.PowerState, vm.PowerStateReason, vm.KeyWarning = PowerRunning, "", ""
 	for _, name := range vmDiskNames(vm) {
 		h.st.Disks[name].DiskState = DiskAttached
 	}

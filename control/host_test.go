@@ -13,6 +13,7 @@ import (
 	"slices"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 
@@ -419,4 +420,46 @@ func TestDiskEncryptionSets(t *testing.T) {
 	require.Empty(t, f.tree.list())
 
 	requireCode(t, f.h.DeleteDES(ctx, "des1"), http.StatusConflict)
+}
+
+func TestCheckKeysStopsVMAndLeases(t *testing.T) {
+	f := newFixture(t)
+	ids := &fakeIdentities{fakeKeys: f.keys, grants: map[string]bool{"cred-des/des1": true}}
+	f.cfg.Keys = ids
+	f.cfg.DEKLease = time.Hour
+	var err error
+	f.h, err = New(f.cfg)
+	require.NoError(t, err)
+	ctx := context.Background()
+	_, err = f.h.CreateDES(ctx, CreateDESRequest{Name: "des1", KeyURL: "https://h/vaults/v/keys/k/1"})
+	require.NoError(t, err)
+	_, err = f.h.CreateDisk(ctx, CreateDiskRequest{Name: "c1", SizeBytes: 8 << 20, DiskEncryptionSet: "des1"})
+	require.NoError(t, err)
+	_, err = f.h.CreateVM(ctx, CreateVMRequest{Name: "vm1", OsDiskSizeBytes: 8 << 20, DataDisks: []AttachedDisk{{Name: "c1"}}})
+	require.NoError(t, err)
+	mc := MonitorConfig{Interval: time.Second, Lease: time.Hour, OnExpiry: ExpiryShutdown}
+
+	f.h.CheckKeys(ctx, mc)
+	vm, err := f.h.ShowVM("vm1")
+	require.NoError(t, err)
+	require.Equal(t, PowerRunning, vm.PowerState)
+
+	// A lease in the past fails I/O with EIO until a check renews it.
+	img := f.tree.get("vm1/data-0.img")
+	img.(interface{ SetLease(time.Time) }).SetLease(time.Now().Add(-time.Second))
+	_, err = img.ReadAt(make([]byte, 512), 0)
+	require.ErrorIs(t, err, disk.ErrLeaseExpired)
+	f.h.CheckKeys(ctx, mc)
+	_, err = img.ReadAt(make([]byte, 512), 0)
+	require.NoError(t, err)
+
+	ids.grants["cred-des/des1"] = false
+	f.h.CheckKeys(ctx, mc)
+	vm, err = f.h.ShowVM("vm1")
+	require.NoError(t, err)
+	require.Equal(t, PowerStopped, vm.PowerState)
+	require.Contains(t, vm.PowerStateReason, "https://h/vaults/v/keys/k/1")
+	require.Empty(t, f.tree.list())
+	_, err = f.h.StartVM(ctx, "vm1")
+	require.Error(t, err)
 }

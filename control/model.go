@@ -73,11 +73,14 @@ type Encryption struct {
 
 // VM is a virtual machine as the API shows it.
 type VM struct {
-	Name              string          `json:"name"`
-	ID                string          `json:"id"`
-	Location          string          `json:"location"`
-	PowerState        string          `json:"powerState"`
-	PowerStateReason  string          `json:"powerStateReason,omitempty"`
+	Name             string `json:"name"`
+	ID               string `json:"id"`
+	Location         string `json:"location"`
+	PowerState       string `json:"powerState"`
+	PowerStateReason string `json:"powerStateReason,omitempty"`
+	// KeyWarning says that the key store could not be asked about the VM's
+	// customer keys at the last check; it is not a revocation.
+	KeyWarning        string          `json:"keyWarning,omitempty"`
 	SecurityProfile   SecurityProfile `json:"securityProfile"`
 	StorageProfile    StorageProfile  `json:"storageProfile"`
 	TempDiskSizeBytes int64           `json:"tempDiskSizeBytes"`

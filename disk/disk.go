@@ -11,6 +11,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
 
 	hcrypto "hostcrypt/crypto"
 	"hostcrypt/storage"
@@ -40,6 +41,7 @@ type Disk struct {
 	bufs    sync.Pool
 
 	closed     atomic.Bool
+	leaseUntil atomic.Int64 // unix nanoseconds; 0: no lease
 	integrity  atomic.Uint64
 	closeOnce  sync.Once
 	closeError error
@@ -137,6 +139,30 @@ func (d *Disk) VolumeID() string { return fmt.Sprintf("%x", d.vol) }
 
 // Layers is 1 for single and 2 for double encryption.
 func (d *Disk) Layers() int { return len(d.layers) }
+
+// SetLease limits how long the disk serves I/O: after until, every read and
+// write fails with ErrLeaseExpired (EIO) until the lease is extended. The
+// zero time removes the limit. The host extends the lease each time it has
+// confirmed with the key store that the disk's key may still be used.
+func (d *Disk) SetLease(until time.Time) {
+	if until.IsZero() {
+		d.leaseUntil.Store(0)
+		return
+	}
+	d.leaseUntil.Store(until.UnixNano())
+}
+
+// usable reports why I/O must not proceed: the disk is closed or its lease
+// ran out. The caller holds the stripe locks of the blocks it touches.
+func (d *Disk) usable(block int64) error {
+	if d.closed.Load() {
+		return &IOError{Disk: d.prefix, Block: block, Err: ErrClosed}
+	}
+	if l := d.leaseUntil.Load(); l != 0 && time.Now().UnixNano() > l {
+		return &IOError{Disk: d.prefix, Block: block, Err: ErrLeaseExpired}
+	}
+	return nil
+}
 
 // Stats returns the disk's counters.
 func (d *Disk) Stats() Stats {
@@ -348,8 +374,8 @@ func (d *Disk) readChunk(ci int64, p []byte, coff int64) error {
 	base := ci * int64(d.lay.chunkBlocks)
 	unlock := d.lockBlocks(base+int64(b0), base+int64(b1), false)
 	defer unlock()
-	if d.closed.Load() {
-		return &IOError{Disk: d.prefix, Block: base + int64(b0), Err: ErrClosed}
+	if err := d.usable(base + int64(b0)); err != nil {
+		return err
 	}
 	st, err := d.state(d.chunk(ci), false)
 	if err != nil {
@@ -554,8 +580,8 @@ func (d *Disk) writeChunk(ci int64, p []byte, coff int64) error {
 	base := ci * int64(d.lay.chunkBlocks)
 	unlock := d.lockBlocks(base+int64(b0), base+int64(b1), true)
 	defer unlock()
-	if d.closed.Load() {
-		return &IOError{Disk: d.prefix, Block: base + int64(b0), Err: ErrClosed}
+	if err := d.usable(base + int64(b0)); err != nil {
+		return err
 	}
 	c := d.chunk(ci)
 	st, err := d.state(c, false)
@@ -723,8 +749,8 @@ func (d *Disk) discardChunk(ci int64, b0, n int) error {
 	base := ci * int64(d.lay.chunkBlocks)
 	unlock := d.lockBlocks(base+int64(b0), base+int64(b0+n), true)
 	defer unlock()
-	if d.closed.Load() {
-		return &IOError{Disk: d.prefix, Block: base + int64(b0), Err: ErrClosed}
+	if err := d.usable(base + int64(b0)); err != nil {
+		return err
 	}
 	c := d.chunk(ci)
 	st, err := d.state(c, false)

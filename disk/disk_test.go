@@ -618,3 +618,23 @@ func TestCloseWipesAndRefuses(t *testing.T) {
 	_, err = td.WriteAt(make([]byte, 10), 0)
 	require.ErrorIs(t, err, ErrClosed)
 }
+
+func TestLease(t *testing.T) {
+	td := newTestDisk(t, 1<<20, 1, 0)
+	p := randBytes(4096)
+	td.SetLease(time.Now().Add(time.Hour))
+	_, err := td.WriteAt(p, 0)
+	require.NoError(t, err)
+	td.SetLease(time.Now().Add(-time.Second))
+	_, err = td.ReadAt(make([]byte, 4096), 0)
+	require.ErrorIs(t, err, ErrLeaseExpired)
+	require.ErrorIs(t, err, syscall.EIO)
+	_, err = td.WriteAt(p, 4096)
+	require.ErrorIs(t, err, ErrLeaseExpired)
+	require.ErrorIs(t, td.Discard(0, 4096), ErrLeaseExpired)
+	td.SetLease(time.Time{})
+	got := make([]byte, 4096)
+	_, err = td.ReadAt(got, 0)
+	require.NoError(t, err)
+	require.Equal(t, p, got)
+}

@@ -36,6 +36,9 @@ var (
 	ErrRange = errors.New("beyond the end of the disk")
 	// ErrClosed: the disk was closed (or fenced); its keys are gone.
 	ErrClosed = errors.New("disk is closed")
+	// ErrLeaseExpired: the host could not confirm in time that the disk's
+	// key may still be used.
+	ErrLeaseExpired = errors.New("data key lease expired: the key store has not confirmed the key in time")
 )
 
 func layerAlgorithm(layer int) hcrypto.Algorithm {

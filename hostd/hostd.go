@@ -51,6 +51,15 @@ func (c *Config) check() error {
 	if c.Socket == "" {
 		c.Socket = filepath.Join(c.StateDir, "hostcryptd.sock")
 	}
+	if c.KeyCheck <= 0 {
+		c.KeyCheck = time.Minute
+	}
+	if c.DEKLease <= 0 {
+		c.DEKLease = time.Hour
+	}
+	if c.OnKeyExpiry == "" {
+		c.OnKeyExpiry = "shutdown"
+	}
 	if c.Log == nil {
 		c.Log = slog.Default()
 	}
@@ -107,12 +116,19 @@ func Run(ctx context.Context, cfg Config, ready func()) error {
 		}
 	}()
 	host, err := control.New(control.Config{
-		StateDir: cfg.StateDir, Storage: sb, HostLocal: hb, Keys: keys, Tree: tree, Log: log,
+		StateDir: cfg.StateDir, Storage: sb, HostLocal: hb, Keys: keys, Tree: tree, Log: log, DEKLease: cfg.DEKLease,
 	})
 	if err != nil {
 		return err
 	}
 	host.Recover(ctx)
+
+	// Key-state enforcement: a periodic check, woken at once by key events.
+	mctx, stopMonitor := context.WithCancel(ctx)
+	defer stopMonitor()
+	wake := make(chan struct{}, 1)
+	go keys.watchEvents(mctx, wake, log)
+	go host.MonitorKeys(mctx, control.MonitorConfig{Interval: cfg.KeyCheck, Lease: cfg.DEKLease, OnExpiry: cfg.OnKeyExpiry}, wake)
 
 	l, err := control.Listen(cfg.Socket)
 	if err != nil {

@@ -2,7 +2,10 @@ package hostd
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"log/slog"
+	"time"
 
 	"hostcrypt/control"
 	"hostcrypt/disk"
@@ -66,4 +69,58 @@ func (c *customerKeys) UnwrapKey(ctx context.Context, w disk.WrappedKey) ([]byte
 		return nil, fmt.Errorf("unwrapping with %s: %w", w.KeyID, err)
 	}
 	return dek, nil
+}
+
+// Classify tells a revocation from an expiry and from an outage: only a
+// clear answer of the key store revokes; no answer, or a server error, is an
+// outage.
+func (k *keyService) Classify(err error) control.KeyProblem {
+	var ce *client.Error
+	switch {
+	case client.IsUnreachable(err), errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled):
+		return control.KeyUnreachable
+	case errors.As(err, &ce) && ce.Status >= 500:
+		return control.KeyUnreachable
+	case client.IsKeyExpired(err):
+		return control.KeyExpired
+	}
+	return control.KeyRevoked
+}
+
+// watchEvents long-polls the key store's event stream and wakes the key
+// monitor on every key or policy event, so a disable or a revocation is
+// enforced at once rather than at the next interval.
+func (k *keyService) watchEvents(ctx context.Context, wake chan<- struct{}, log *slog.Logger) {
+	var after uint64
+	// Start from now: earlier events were handled by earlier checks.
+	if evs, err := k.c.Events(ctx, 0, 0); err == nil && len(evs) > 0 {
+		after = evs[len(evs)-1].Sequence
+	}
+	backoff := time.Second
+	for ctx.Err() == nil {
+		evs, err := k.c.Events(ctx, after, 25*time.Second)
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			log.Warn("key store event stream: retrying", "err", err, "in", backoff)
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(backoff):
+			}
+			backoff = min(2*backoff, time.Minute)
+			continue
+		}
+		backoff = time.Second
+		for _, e := range evs {
+			after = max(after, e.Sequence)
+		}
+		if len(evs) > 0 {
+			select {
+			case wake <- struct{}{}:
+			default:
+			}
+		}
+	}
 }
