@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"fmt"
 	"strconv"
 
 	"hostcrypt/control"
@@ -11,6 +12,7 @@ func desCommands() []Command {
 		{"des", "create", "create a disk encryption set and its identity", desCreate},
 		{"des", "show", "show a disk encryption set and whether its identity can use its key", desShow},
 		{"des", "list", "list disk encryption sets", desList},
+		{"des", "update", "switch to another key (version) or change auto-rotation; disks are re-wrapped", desUpdate},
 		{"des", "delete", "delete a disk encryption set no disk uses", desDelete},
 	}
 }
@@ -74,4 +76,22 @@ func desDelete(c *Context, args []string) error {
 		return err
 	}
 	return c.call("DELETE", "/des/"+esc(*name), nil, nil)
+}
+
+func desUpdate(c *Context, args []string) error {
+	f := newFlags(c)
+	name := f.requiredString("name", "disk encryption set name")
+	keyURL := f.String("key-url", "", "versioned key id to switch to")
+	rot := f.boolValue("enable-auto-key-rotation", "re-wrap disks to new key versions automatically (true|false)")
+	if err := f.parse(args); err != nil {
+		return err
+	}
+	if *keyURL == "" && !rot.set {
+		return fmt.Errorf("%s: nothing to update; give --key-url or --enable-auto-key-rotation", c.Command)
+	}
+	var d control.DiskEncryptionSet
+	if err := c.call("PATCH", "/des/"+esc(*name), control.UpdateDESRequest{KeyURL: *keyURL, EnableAutoKeyRotation: rot.ptr()}, &d); err != nil {
+		return err
+	}
+	return c.show(&d, desHeader, [][]string{desRow(&d)})
 }

@@ -30,6 +30,7 @@ import (
 //	GET    /des                         list disk encryption sets
 //	POST   /des                         create (CreateDESRequest)
 //	GET    /des/{name}                  show, with a live check of key access
+//	PATCH  /des/{name}                  update (UpdateDESRequest): switch key, auto-rotation
 //	DELETE /des/{name}                  delete
 //
 // Errors come as {"error":{"code":…,"message":…}} with a 4xx or 5xx status.
@@ -115,6 +116,13 @@ func Handler(h *Host) http.Handler {
 		return h.CreateDES(r.Context(), req)
 	})
 	handle("GET /des/{name}", func(r *http.Request) (any, error) { return h.ShowDES(r.Context(), r.PathValue("name")) })
+	handle("PATCH /des/{name}", func(r *http.Request) (any, error) {
+		var req UpdateDESRequest
+		if err := decode(r, &req); err != nil {
+			return nil, err
+		}
+		return h.UpdateDES(r.Context(), r.PathValue("name"), req)
+	})
 	handle("DELETE /des/{name}", func(r *http.Request) (any, error) {
 		return nil, h.DeleteDES(r.Context(), r.PathValue("name"))
 	})

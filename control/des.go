@@ -21,6 +21,8 @@ type CustomerKeys interface {
 	// WrapKey wraps dek with the key version kid names (RSA-OAEP-256).
 	WrapKey(ctx context.Context, kid string, dek []byte) (disk.WrappedKey, error)
 	UnwrapKey(ctx context.Context, w disk.WrappedKey) ([]byte, error)
+	// LatestKeyID returns the id of the current version of kid's key.
+	LatestKeyID(ctx context.Context, kid string) (string, error)
 }
 
 // Identities creates and deletes system-assigned identities, and acts as one.

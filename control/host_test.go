@@ -339,6 +339,7 @@ func ptr[T any](v T) *T { return &v }
 type fakeIdentities struct {
 	*fakeKeys
 	grants map[string]bool // credential -> may use keys
+	latest string
 }
 
 func (f *fakeIdentities) CreateIdentity(_ context.Context, name string) (Identity, string, error) {
@@ -462,4 +463,8 @@ func TestCheckKeysStopsVMAndLeases(t *testing.T) {
 	require.Empty(t, f.tree.list())
 	_, err = f.h.StartVM(ctx, "vm1")
 	require.Error(t, err)
+}
+
+func (c *fakeCustomer) LatestKeyID(context.Context, string) (string, error) {
+	return c.f.latest, nil
 }

@@ -57,6 +57,9 @@ func (c *Config) check() error {
 	if c.DEKLease <= 0 {
 		c.DEKLease = time.Hour
 	}
+	if c.Rotation <= 0 {
+		c.Rotation = time.Hour
+	}
 	if c.OnKeyExpiry == "" {
 		c.OnKeyExpiry = "shutdown"
 	}
@@ -127,8 +130,10 @@ func Run(ctx context.Context, cfg Config, ready func()) error {
 	mctx, stopMonitor := context.WithCancel(ctx)
 	defer stopMonitor()
 	wake := make(chan struct{}, 1)
-	go keys.watchEvents(mctx, wake, log)
+	rotateWake := make(chan struct{}, 1)
+	go keys.watchEvents(mctx, []chan<- struct{}{wake, rotateWake}, log)
 	go host.MonitorKeys(mctx, control.MonitorConfig{Interval: cfg.KeyCheck, Lease: cfg.DEKLease, OnExpiry: cfg.OnKeyExpiry}, wake)
+	go host.RotateLoop(mctx, cfg.Rotation, rotateWake)
 
 	l, err := control.Listen(cfg.Socket)
 	if err != nil {

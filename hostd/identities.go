@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"time"
 
 	"hostcrypt/control"
@@ -90,7 +91,7 @@ func (k *keyService) Classify(err error) control.KeyProblem {
 // watchEvents long-polls the key store's event stream and wakes the key
 // monitor on every key or policy event, so a disable or a revocation is
 // enforced at once rather than at the next interval.
-func (k *keyService) watchEvents(ctx context.Context, wake chan<- struct{}, log *slog.Logger) {
+func (k *keyService) watchEvents(ctx context.Context, wake []chan<- struct{}, log *slog.Logger) {
 	var after uint64
 	// Start from now: earlier events were handled by earlier checks.
 	if evs, err := k.c.Events(ctx, 0, 0); err == nil && len(evs) > 0 {
@@ -117,10 +118,27 @@ func (k *keyService) watchEvents(ctx context.Context, wake chan<- struct{}, log 
 			after = max(after, e.Sequence)
 		}
 		if len(evs) > 0 {
-			select {
-			case wake <- struct{}{}:
-			default:
+			for _, w := range wake {
+				select {
+				case w <- struct{}{}:
+				default:
+				}
 			}
 		}
 	}
+}
+
+// LatestKeyID returns the current version's id of the key kid belongs to.
+func (c *customerKeys) LatestKeyID(ctx context.Context, kid string) (string, error) {
+	cl, err := c.client()
+	if err != nil {
+		return "", err
+	}
+	defer cl.Close()
+	unversioned := kid[:strings.LastIndex(kid, "/")]
+	b, err := cl.GetKeyByID(ctx, unversioned)
+	if err != nil {
+		return "", err
+	}
+	return b.Key.Kid, nil
 }
