@@ -104,4 +104,3 @@ func TestHostKeyRotation(t *testing.T) {
 	h.ok("vm", "stop", "--name", "vm1")
 	h.ok("vm", "start", "--name", "vm1")
 }
-
