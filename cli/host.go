@@ -55,7 +55,7 @@ func diskCommands() []Command {
 		{"disk", "create", "create an empty managed disk", diskCreate},
 		{"disk", "show", "show a disk", diskShow},
 		{"disk", "list", "list disks", diskList},
-		{"disk", "update", "grow a disk (also while its VM runs)", diskUpdate},
+		{"disk", "update", "grow a disk (also while its VM runs), or switch it between platform and customer keys", diskUpdate},
 		{"disk", "delete", "delete a disk: its wrapped keys are destroyed first", diskDelete},
 	}
 }
@@ -111,14 +111,17 @@ func diskUpdate(c *Context, args []string) error {
 	f := newFlags(c)
 	name := f.requiredString("name", "disk name")
 	size := f.size("size", "new size, larger than the current one")
+	des := f.String("disk-encryption-set", "", "move the disk to this disk encryption set (customer-managed key)")
+	enc := f.String("encryption-type", "", "EncryptionAtRestWithPlatformKey to move the disk back to a platform key")
 	if err := f.parse(args); err != nil {
 		return err
 	}
-	if !f.Changed("size") {
-		return fmt.Errorf("%s: nothing to update; give --size", c.Command)
+	if !f.Changed("size") && *des == "" && *enc == "" {
+		return fmt.Errorf("%s: nothing to update; give --size, --disk-encryption-set or --encryption-type", c.Command)
 	}
+	req := control.UpdateDiskRequest{SizeBytes: size.v, DiskEncryptionSet: *des, EncryptionType: *enc}
 	var d control.Disk
-	if err := c.call("PATCH", "/disks/"+esc(*name), control.UpdateDiskRequest{SizeBytes: size.v}, &d); err != nil {
+	if err := c.call("PATCH", "/disks/"+esc(*name), req, &d); err != nil {
 		return err
 	}
 	return c.showDisk(&d)

@@ -255,9 +255,13 @@ func (h *Host) ListDisks() []*Disk {
 	return out
 }
 
-// UpdateDiskRequest changes a disk. Only growing is supported here.
+// UpdateDiskRequest changes a disk: its size (grow only), or its keys.
 type UpdateDiskRequest struct {
 	SizeBytes int64 `json:"sizeBytes,omitempty"`
+	// EncryptionType and DiskEncryptionSet switch a disk between platform
+	// and customer keys (re-wrapping its data key, not its data).
+	EncryptionType    string `json:"encryptionType,omitempty"`
+	DiskEncryptionSet string `json:"diskEncryptionSet,omitempty"`
 }
 
 // UpdateDisk grows a disk, also while its VM runs (the image shows the new
@@ -269,8 +273,14 @@ func (h *Host) UpdateDisk(ctx context.Context, name string, r UpdateDiskRequest)
 	if !ok {
 		return nil, notFound("disk", name)
 	}
+	if r.EncryptionType != "" || r.DiskEncryptionSet != "" {
+		if r.SizeBytes != 0 {
+			return nil, badRequest("change the size and the keys of disk %q in two updates", name)
+		}
+		return h.switchDiskKeys(ctx, d, r)
+	}
 	if r.SizeBytes == 0 {
-		return nil, badRequest("nothing to update: give the new size (--size)")
+		return nil, badRequest("nothing to update: give the new size (--size), --encryption-type or --disk-encryption-set")
 	}
 	if r.SizeBytes < d.DiskSizeBytes {
 		return nil, badRequest("disk %q is %d bytes; shrinking to %d is not supported (it would destroy data)", name, d.DiskSizeBytes, r.SizeBytes)
@@ -308,6 +318,53 @@ func (h *Host) UpdateDisk(ctx context.Context, name string, r UpdateDiskRequest)
 	}
 	d.DiskSizeBytes = r.SizeBytes
 	d.DiskSizeGB = r.SizeBytes >> 30
+	if err := h.save(); err != nil {
+		return nil, err
+	}
+	return h.showDisk(d), nil
+}
+
+// switchDiskKeys moves a disk between platform and customer keys by
+// re-wrapping its data key; the data is not touched. Only while the disk is
+// unattached or its VM deallocated, as Azure requires.
+func (h *Host) switchDiskKeys(ctx context.Context, d *Disk, r UpdateDiskRequest) (*Disk, error) {
+	if d.ManagedBy != "" && h.st.VMs[d.ManagedBy] != nil && h.st.VMs[d.ManagedBy].PowerState != PowerDeallocated {
+		return nil, conflict("disk %q is attached to VM %q; deallocate the VM first (vm deallocate --name %s) to change its keys", d.Name, d.ManagedBy, d.ManagedBy)
+	}
+	var des *DiskEncryptionSet
+	switch {
+	case r.DiskEncryptionSet != "":
+		var ok bool
+		if des, ok = h.desByID(r.DiskEncryptionSet); !ok {
+			return nil, notFound("disk encryption set", r.DiskEncryptionSet)
+		}
+		if r.EncryptionType == "" {
+			r.EncryptionType = EncCustomerKey
+		}
+		if r.EncryptionType != EncCustomerKey {
+			return nil, badRequest("switching disk %q to a disk encryption set: the encryption type is %s (double encryption of an existing disk needs its data re-encrypted, which this version does not do)", d.Name, EncCustomerKey)
+		}
+	case r.EncryptionType == EncPlatformKey:
+	default:
+		return nil, badRequest("encryption type %q: give %s (with no set) or a --disk-encryption-set", r.EncryptionType, EncPlatformKey)
+	}
+	if d.Encryption.Type == EncPlatformAndCustomerKey {
+		return nil, badRequest("disk %q is double-encrypted; switching it to a single layer would need its data re-encrypted, which this version does not do", d.Name)
+	}
+	wrappers, err := h.wrappersFor(ctx, r.EncryptionType, des)
+	if err != nil {
+		return nil, err
+	}
+	w, err := disk.Rewrap(ctx, h.cfg.Storage, d.StoragePrefix, 1, h.unwrapperFor(d), wrappers[0])
+	if err != nil {
+		return nil, fmt.Errorf("re-wrapping the key of disk %q: %w", d.Name, err)
+	}
+	d.KeyID = w.KeyID
+	d.Encryption = Encryption{Type: r.EncryptionType}
+	if des != nil {
+		d.Encryption.DiskEncryptionSetID = des.ID
+	}
+	h.log.Info("disk keys switched", "disk", d.Name, "encryption", d.Encryption.Type, "key", w.KeyID)
 	if err := h.save(); err != nil {
 		return nil, err
 	}

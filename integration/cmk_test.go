@@ -45,7 +45,7 @@ func TestHostCustomerKeys(t *testing.T) {
 	_, errOut, code = h.run("disk", "create", "--name", "c1", "--size", "16M", "--disk-encryption-set", "des1")
 	require.NotEqual(t, 0, code)
 	require.Contains(t, errOut, principal)
-	require.Contains(t, errOut, "wrapKey")
+	require.Contains(t, errOut, "key permission 'wrapKey'")
 
 	h.ok("keyvault", "set-policy", "--name", "vault1", "--object-id", principal, "--key-permissions", "get,wrapKey,unwrapKey")
 	h.json(&des, "des", "show", "--name", "des1")
@@ -113,4 +113,31 @@ func TestHostCustomerKeys(t *testing.T) {
 	_, errOut, code = h.run("des", "delete", "--name", "des1")
 	require.NotEqual(t, 0, code)
 	require.True(t, strings.Contains(errOut, "c1") && strings.Contains(errOut, "c2"), errOut)
+}
+
+// TestHostSwitchDiskKeys moves a populated disk from the platform key to a
+// customer key and back by re-wrapping its data key; its data is unchanged,
+// and the switch is refused while its VM runs.
+func TestHostSwitchDiskKeys(t *testing.T) {
+	h := newHost(t, startKeystore(t))
+	kid, _ := cmkVM(t, h)
+	h.ok("disk", "create", "--name", "p1", "--size", "16M")
+	h.ok("vm", "disk", "attach", "--vm-name", "vm1", "--name", "p1")
+	img := h.img("vm1", "data-1.img")
+	sum := writePattern(t, img)
+	_, errOut, code := h.run("disk", "update", "--name", "p1", "--disk-encryption-set", "des1")
+	require.NotEqual(t, 0, code)
+	require.Contains(t, errOut, "deallocate")
+	h.ok("vm", "deallocate", "--name", "vm1")
+
+	var d diskJSON
+	h.json(&d, "disk", "update", "--name", "p1", "--disk-encryption-set", "des1")
+	require.Equal(t, kid, d.KeyID)
+	h.ok("vm", "start", "--name", "vm1")
+	require.Equal(t, sum, readBack(t, img))
+	h.ok("vm", "deallocate", "--name", "vm1")
+	h.json(&d, "disk", "update", "--name", "p1", "--encryption-type", "EncryptionAtRestWithPlatformKey")
+	require.Contains(t, d.KeyID, "/vaults/platform/")
+	h.ok("vm", "start", "--name", "vm1")
+	require.Equal(t, sum, readBack(t, img))
 }
