@@ -638,3 +638,33 @@ func TestLease(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, p, got)
 }
+
+// TestDoubleLayersSeparate: for a double-encrypted block, removing layer 2
+// with the infrastructure key leaves bytes with no plaintext in them that
+// layer 1 (the data key) then opens; the data key alone opens nothing.
+func TestDoubleLayersSeparate(t *testing.T) {
+	td := newTestDisk(t, 1<<20, 2, 8)
+	plain := randBytes(BlockSize)
+	_, err := td.WriteAt(plain, 3*BlockSize)
+	require.NoError(t, err)
+	require.NoError(t, td.Sync())
+	raw, err := os.ReadFile(chunkFile(td, 0))
+	require.NoError(t, err)
+	slot := raw[td.lay.slotOffset(0, 3) : td.lay.slotOffset(0, 3)+int64(td.lay.slotSize)]
+
+	var ad [adLen]byte
+	// The data key's layer cannot open the stored slot by itself.
+	_, err = td.layers[0].Open(nil, slot, blockAD(&ad, &td.vol, 3, 1))
+	require.ErrorIs(t, err, ErrIntegrity)
+	// The infrastructure key removes layer 2 ...
+	inner, err := td.layers[1].Open(nil, slot, blockAD(&ad, &td.vol, 3, 2))
+	require.NoError(t, err)
+	require.Len(t, inner, BlockSize+td.layers[0].Overhead())
+	for i := 0; i+16 <= len(plain); i++ {
+		require.False(t, bytes.Contains(inner, plain[i:i+16]), "plaintext under layer 1")
+	}
+	// ... and the data key opens what is left.
+	got, err := td.layers[0].Open(nil, inner, blockAD(&ad, &td.vol, 3, 1))
+	require.NoError(t, err)
+	require.Equal(t, plain, got)
+}
