@@ -5,6 +5,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"time"
 
 	"hostcrypt/control"
 )
@@ -124,7 +125,46 @@ func diskUpdate(c *Context, args []string) error {
 	if err := c.call("PATCH", "/disks/"+esc(*name), req, &d); err != nil {
 		return err
 	}
+	if d.Conversion != nil {
+		if err := c.waitConversion(&d); err != nil {
+			return err
+		}
+	}
 	return c.showDisk(&d)
+}
+
+// waitConversion follows a disk's re-encryption, drawing its progress on
+// stderr, until it finishes. Interrupting the CLI does not stop it: the
+// daemon carries on (and resumes after a restart).
+func (c *Context) waitConversion(d *control.Disk) error {
+	last := ""
+	for d.Conversion != nil {
+		cv := d.Conversion
+		if cv.Error != "" {
+			return fmt.Errorf("converting disk %s stopped: %s", d.Name, cv.Error)
+		}
+		pct := 100 * cv.NextChunk / max(cv.TotalChunks, 1)
+		bar := strings.Repeat("#", int(pct/5)) + strings.Repeat(".", 20-int(pct/5))
+		line := fmt.Sprintf("\rconverting %s to %s [%s] %3d%% (%d/%d chunks)", d.Name, cv.TargetEncryptionType, bar, pct, cv.NextChunk, cv.TotalChunks)
+		if line != last {
+			fmt.Fprint(c.Stderr, line)
+			last = line
+		}
+		select {
+		case <-c.Ctx.Done():
+			fmt.Fprintln(c.Stderr)
+			return c.Ctx.Err()
+		case <-time.After(300 * time.Millisecond):
+		}
+		// A fresh value: a field the answer leaves out must not keep its old value.
+		var fresh control.Disk
+		if err := c.call("GET", "/disks/"+esc(d.Name), nil, &fresh); err != nil {
+			return err
+		}
+		*d = fresh
+	}
+	fmt.Fprintf(c.Stderr, "\rconverting %s: done%s\n", d.Name, strings.Repeat(" ", 50))
+	return nil
 }
 
 func diskDelete(c *Context, args []string) error {

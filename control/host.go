@@ -58,6 +58,12 @@ type Host struct {
 	mu      sync.Mutex
 	st      *state
 	running map[string]*runningVM
+
+	// bg is cancelled at Shutdown; background work (conversions) runs under
+	// it and is waited for with bgWG.
+	bg       context.Context
+	cancelBg context.CancelFunc
+	bgWG     sync.WaitGroup
 }
 
 type runningVM struct {
@@ -85,7 +91,8 @@ func New(cfg Config) (*Host, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Host{cfg: cfg, log: cfg.Log, st: st, running: map[string]*runningVM{}}, nil
+	bg, cancel := context.WithCancel(context.Background())
+	return &Host{cfg: cfg, log: cfg.Log, st: st, running: map[string]*runningVM{}, bg: bg, cancelBg: cancel}, nil
 }
 
 func (h *Host) lease() time.Duration {
@@ -273,6 +280,9 @@ func (h *Host) UpdateDisk(ctx context.Context, name string, r UpdateDiskRequest)
 	if !ok {
 		return nil, notFound("disk", name)
 	}
+	if err := converting(d); err != nil {
+		return nil, err
+	}
 	if r.EncryptionType != "" || r.DiskEncryptionSet != "" {
 		if r.SizeBytes != 0 {
 			return nil, badRequest("change the size and the keys of disk %q in two updates", name)
@@ -341,15 +351,24 @@ func (h *Host) switchDiskKeys(ctx context.Context, d *Disk, r UpdateDiskRequest)
 		if r.EncryptionType == "" {
 			r.EncryptionType = EncCustomerKey
 		}
-		if r.EncryptionType != EncCustomerKey {
-			return nil, badRequest("switching disk %q to a disk encryption set: the encryption type is %s (double encryption of an existing disk needs its data re-encrypted, which this version does not do)", d.Name, EncCustomerKey)
+	case r.EncryptionType == EncPlatformAndCustomerKey:
+		var ok bool
+		if des, ok = h.desByID(d.Encryption.DiskEncryptionSetID); !ok {
+			return nil, badRequest("double encryption needs a disk encryption set: give --disk-encryption-set")
 		}
 	case r.EncryptionType == EncPlatformKey:
 	default:
 		return nil, badRequest("encryption type %q: give %s (with no set) or a --disk-encryption-set", r.EncryptionType, EncPlatformKey)
 	}
 	if d.Encryption.Type == EncPlatformAndCustomerKey {
-		return nil, badRequest("disk %q is double-encrypted; switching it to a single layer would need its data re-encrypted, which this version does not do", d.Name)
+		return nil, badRequest("disk %q is double-encrypted; switching it back to a single layer is not supported", d.Name)
+	}
+	switch r.EncryptionType {
+	case EncPlatformAndCustomerKey:
+		return h.startConversion(ctx, d, des)
+	case EncPlatformKey, EncCustomerKey:
+	default:
+		return nil, badRequest("encryption type %q: use %s, %s or %s", r.EncryptionType, EncPlatformKey, EncCustomerKey, EncPlatformAndCustomerKey)
 	}
 	wrappers, err := h.wrappersFor(ctx, r.EncryptionType, des)
 	if err != nil {
@@ -393,6 +412,9 @@ func (h *Host) DeleteDisk(ctx context.Context, name string) error {
 	}
 	if d.ManagedBy != "" {
 		return conflict("disk %q is attached to VM %q; detach it first (vm disk detach --vm-name %s --name %s)", name, d.ManagedBy, d.ManagedBy, name)
+	}
+	if err := converting(d); err != nil {
+		return err
 	}
 	if err := disk.Destroy(ctx, h.cfg.Storage, d.StoragePrefix); err != nil && !errors.Is(err, disk.ErrNotFound) {
 		return fmt.Errorf("deleting disk %q: %w", name, err)
@@ -507,7 +529,7 @@ func (h *Host) checkAttachable(name string) error {
 	if d.ManagedBy != "" {
 		return conflict("disk %q is already attached to VM %q; a disk is attached to one VM at a time", name, d.ManagedBy)
 	}
-	return nil
+	return converting(d)
 }
 
 func vmDiskNames(vm *VM) []string {
@@ -532,6 +554,13 @@ func tempPrefix(vm string) string { return "temp/" + vm }
 // start opens every disk of vm and shows it in the tree. On failure nothing
 // stays open or visible.
 func (h *Host) start(ctx context.Context, vm *VM) (err error) {
+	for _, n := range vmDiskNames(vm) {
+		if d := h.st.Disks[n]; d != nil {
+			if err := converting(d); err != nil {
+				return err
+			}
+		}
+	}
 	if err := h.checkStartKeys(ctx, vm); err != nil {
 		return err
 	}
@@ -896,6 +925,12 @@ func (h *Host) ListVMs() []*VM {
 func (h *Host) Recover(ctx context.Context) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	for name, d := range h.st.Disks {
+		if d.Conversion != nil && d.Conversion.Error == "" {
+			h.log.Info("resuming disk conversion", "disk", name, "chunk", d.Conversion.NextChunk, "of", d.Conversion.TotalChunks)
+			h.goConvert(name)
+		}
+	}
 	names := make([]string, 0, len(h.st.VMs))
 	for n, vm := range h.st.VMs {
 		if vm.PowerState == PowerRunning {
@@ -917,6 +952,8 @@ func (h *Host) Recover(ctx context.Context) {
 // the tree, keeping their power state so that they come back on the next
 // start.
 func (h *Host) Shutdown() error {
+	h.cancelBg()
+	h.bgWG.Wait()
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	var errs []error

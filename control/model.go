@@ -58,6 +58,20 @@ type Disk struct {
 	IntegrityErrors uint64 `json:"integrityErrors"`
 	// StoragePrefix is where the disk lives in the storage backend.
 	StoragePrefix string `json:"storagePrefix"`
+	// Conversion is set while the disk's data is re-encrypted into another
+	// layout (turning double encryption on).
+	Conversion *Conversion `json:"conversion,omitempty"`
+}
+
+// Conversion is the progress of re-encrypting a disk. It is persisted after
+// every chunk, so an interrupted conversion resumes where it stopped.
+type Conversion struct {
+	TargetEncryptionType string    `json:"targetEncryptionType"`
+	TargetPrefix         string    `json:"targetPrefix"`
+	NextChunk            int64     `json:"nextChunk"`
+	TotalChunks          int64     `json:"totalChunks"`
+	Started              time.Time `json:"started"`
+	Error                string    `json:"error,omitempty"`
 }
 
 // Sku is a disk's performance tier.

@@ -668,3 +668,37 @@ func TestDoubleLayersSeparate(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, plain, got)
 }
+
+func TestCopyChunksResumes(t *testing.T) {
+	src := newTestDisk(t, 4<<20, 1, 16) // 64 KiB chunks
+	data := randBytes(1 << 20)
+	_, err := src.WriteAt(data, 1<<20)
+	require.NoError(t, err)
+	_, err = src.WriteAt(data[:5000], 3<<20+100)
+	require.NoError(t, err)
+	dstRing := keyring{newKEK("a"), newKEK("b")}
+	dst, err := Create(context.Background(), src.be, "disks/d2", CreateOptions{Size: 4 << 20, ChunkBlocks: 16, Layers: wrappers(dstRing)})
+	require.NoError(t, err)
+	defer dst.Close()
+	// Stop after a few chunks, as a crash would, then resume.
+	stopAt := int64(20)
+	var next int64
+	err = CopyChunks(context.Background(), src.Disk, dst, 0, func(n int64) error {
+		next = n
+		if n == stopAt {
+			return errInjected
+		}
+		return nil
+	})
+	require.ErrorIs(t, err, errInjected)
+	require.NoError(t, CopyChunks(context.Background(), src.Disk, dst, next, func(n int64) error { next = n; return nil }))
+	require.Equal(t, src.ChunkCount(), next)
+	want := make([]byte, 4<<20)
+	got := make([]byte, 4<<20)
+	_, err = src.ReadAt(want, 0)
+	require.NoError(t, err)
+	_, err = dst.ReadAt(got, 0)
+	require.NoError(t, err)
+	require.True(t, bytes.Equal(want, got))
+	require.Equal(t, 2, dst.Layers())
+}

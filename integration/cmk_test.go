@@ -3,9 +3,12 @@ package integration
 import (
 	"encoding/json"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 )
@@ -140,4 +143,70 @@ func TestHostSwitchDiskKeys(t *testing.T) {
 	require.Contains(t, d.KeyID, "/vaults/platform/")
 	h.ok("vm", "start", "--name", "vm1")
 	require.Equal(t, sum, readBack(t, img))
+}
+
+// TestHostConvertToDouble turns double encryption on for a populated CMK
+// disk; the conversion is interrupted by kill -9 and resumes after the
+// restart; every byte is kept and the disk ends with two layers.
+func TestHostConvertToDouble(t *testing.T) {
+	h := newHost(t, startKeystore(t))
+	cmkVM(t, h)
+	h.ok("disk", "create", "--name", "big", "--size", "256M", "--disk-encryption-set", "des1")
+	h.ok("vm", "disk", "attach", "--vm-name", "vm1", "--name", "big")
+	img := h.img("vm1", "data-1.img")
+	sh(t, "dd if=/dev/urandom of="+img+" bs=1M count=200 oflag=direct conv=notrunc,fsync status=none")
+	sum := sh(t, "dd if="+img+" bs=1M iflag=direct status=none | sha256sum")
+	h.ok("vm", "deallocate", "--name", "vm1")
+	var before diskJSON
+	h.json(&before, "disk", "show", "--name", "big")
+
+	// Start the conversion without waiting, then kill the daemon mid-way.
+	type conv struct {
+		Conversion *struct {
+			NextChunk   int64 `json:"nextChunk"`
+			TotalChunks int64 `json:"totalChunks"`
+		} `json:"conversion"`
+		StoragePrefix string `json:"storagePrefix"`
+	}
+	cli := exec.Command(filepath.Join(bins(t), "hostcrypt"), "--host-socket", h.socket(), "disk", "update", "--name", "big",
+		"--encryption-type", "EncryptionAtRestWithPlatformAndCustomerKeys")
+	var stderr lockedBuffer
+	cli.Stderr = &stderr
+	require.NoError(t, cli.Start())
+	var c conv
+	waitFor(t, 60*time.Second, "the conversion to be under way", func() bool {
+		c = conv{}
+		h.json(&c, "disk", "show", "--name", "big")
+		return c.Conversion != nil && c.Conversion.NextChunk > 2
+	})
+	require.Less(t, c.Conversion.NextChunk, c.Conversion.TotalChunks, "the conversion finished before it could be interrupted")
+	h.stop(syscall.SIGKILL)
+	cli.Wait()
+	require.Contains(t, stderr.String(), "converting big")
+
+	h.start()
+	defer func() {
+		if t.Failed() {
+			t.Logf("hostcryptd log:\n%s", h.logs.String())
+		}
+	}()
+	waitFor(t, 120*time.Second, "the resumed conversion to finish", func() bool {
+		c = conv{}
+		h.json(&c, "disk", "show", "--name", "big")
+		return c.Conversion == nil
+	})
+	var d2 struct {
+		Encryption struct {
+			Type string `json:"type"`
+		} `json:"encryption"`
+	}
+	h.json(&d2, "disk", "show", "--name", "big")
+	require.Equal(t, "EncryptionAtRestWithPlatformAndCustomerKeys", d2.Encryption.Type)
+	raw, err := os.ReadFile(filepath.Join(h.storage, c.StoragePrefix, "meta.json"))
+	require.NoError(t, err)
+	require.Contains(t, string(raw), "XChaCha20-Poly1305")
+	_, err = os.Stat(filepath.Join(h.storage, before.StoragePrefix))
+	require.ErrorIs(t, err, os.ErrNotExist, "the single-layer copy must be destroyed after the conversion")
+	h.ok("vm", "start", "--name", "vm1")
+	require.Equal(t, sum, sh(t, "dd if="+img+" bs=1M iflag=direct status=none | sha256sum"))
 }

@@ -1,0 +1,127 @@
+package control
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"hostcrypt/disk"
+)
+
+// converting refuses what must wait for a disk's conversion to finish.
+func converting(d *Disk) error {
+	if c := d.Conversion; c != nil {
+		if c.Error != "" {
+			return conflict("disk %q stopped converting to %s at chunk %d of %d: %s; fix the cause and restart hostcryptd to resume", d.Name, c.TargetEncryptionType, c.NextChunk, c.TotalChunks, c.Error)
+		}
+		return conflict("disk %q is being converted to %s (%d of %d chunks); wait for it to finish", d.Name, c.TargetEncryptionType, c.NextChunk, c.TotalChunks)
+	}
+	return nil
+}
+
+// startConversion turns double encryption on for an existing disk: its data
+// is re-encrypted, chunk by chunk, into a new disk object with a fresh data
+// key under the set's key plus an independent platform-wrapped
+// infrastructure key, in the background. The caller holds h.mu.
+func (h *Host) startConversion(ctx context.Context, d *Disk, des *DiskEncryptionSet) (*Disk, error) {
+	if d.Sku.Name == "UltraSSD_LRS" || d.Sku.Name == "PremiumV2_LRS" {
+		return nil, badRequest("double encryption (%s) is not supported on %s disks", EncPlatformAndCustomerKey, d.Sku.Name)
+	}
+	wrappers, err := h.wrappersFor(ctx, EncPlatformAndCustomerKey, des)
+	if err != nil {
+		return nil, err
+	}
+	target := "disks/" + newID()
+	nd, err := disk.Create(ctx, h.cfg.Storage, target, disk.CreateOptions{
+		Size: d.DiskSizeBytes, SectorSize: d.LogicalSectorSize, Layers: wrappers,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("disk %q: preparing the double-encrypted copy: %w", d.Name, err)
+	}
+	total := nd.ChunkCount()
+	if err := nd.Close(); err != nil {
+		return nil, err
+	}
+	d.Encryption.DiskEncryptionSetID = des.ID
+	d.Conversion = &Conversion{TargetEncryptionType: EncPlatformAndCustomerKey, TargetPrefix: target,
+		TotalChunks: total, Started: h.cfg.Now().UTC()}
+	if err := h.save(); err != nil {
+		return nil, err
+	}
+	h.log.Info("converting disk to double encryption", "disk", d.Name, "chunks", total)
+	h.goConvert(d.Name)
+	return h.showDisk(d), nil
+}
+
+func (h *Host) goConvert(name string) {
+	h.bgWG.Add(1)
+	go func() {
+		defer h.bgWG.Done()
+		h.runConversion(h.bg, name)
+	}()
+}
+
+func (h *Host) runConversion(ctx context.Context, name string) {
+	h.mu.Lock()
+	d := h.st.Disks[name]
+	if d == nil || d.Conversion == nil {
+		h.mu.Unlock()
+		return
+	}
+	conv := *d.Conversion
+	src, dst, unw := d.StoragePrefix, conv.TargetPrefix, h.unwrapperFor(d)
+	h.mu.Unlock()
+
+	err := h.copyForConversion(ctx, name, src, dst, conv.NextChunk, unw)
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if err != nil {
+		if ctx.Err() == nil {
+			d.Conversion.Error = err.Error()
+			h.log.Error("disk conversion stopped", "disk", name, "err", err)
+		}
+		_ = h.save()
+		return
+	}
+	m, err := disk.ReadMetadata(ctx, h.cfg.Storage, dst)
+	if err != nil {
+		d.Conversion.Error = err.Error()
+		_ = h.save()
+		return
+	}
+	d.StoragePrefix = dst
+	d.Encryption.Type = conv.TargetEncryptionType
+	d.KeyID = m.Layers[0].WrappedKeys[0].KeyID
+	d.Conversion = nil
+	if err := h.save(); err != nil {
+		h.log.Error("saving a finished conversion", "disk", name, "err", err)
+		return
+	}
+	// The old copy goes last: keys first, then data.
+	if err := disk.Destroy(ctx, h.cfg.Storage, src); err != nil && !errors.Is(err, disk.ErrNotFound) {
+		h.log.Error("removing the single-layer copy after conversion", "disk", name, "prefix", src, "err", err)
+	}
+	h.log.Info("disk converted to double encryption", "disk", name)
+}
+
+func (h *Host) copyForConversion(ctx context.Context, name, src, dst string, from int64, unw disk.KeyUnwrapper) error {
+	s, err := disk.Open(ctx, h.cfg.Storage, src, unw)
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+	t, err := disk.Open(ctx, h.cfg.Storage, dst, unw)
+	if err != nil {
+		return err
+	}
+	defer t.Close()
+	return disk.CopyChunks(ctx, s, t, from, func(next int64) error {
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		if d := h.st.Disks[name]; d != nil && d.Conversion != nil {
+			d.Conversion.NextChunk = next
+			return h.save()
+		}
+		return errors.New("the disk's conversion was cancelled")
+	})
+}
