@@ -29,6 +29,9 @@ type Config struct {
 	TokenFile   string
 	Socket      string // default STATE/hostcryptd.sock
 	Debug       bool
+	// Pprof, when set, serves net/http/pprof on this loopback address, for
+	// profiling the data path.
+	Pprof       string
 	KeyCheck    time.Duration
 	DEKLease    time.Duration
 	Rotation    time.Duration
@@ -92,6 +95,11 @@ func Run(ctx context.Context, cfg Config, ready func()) error {
 	}
 	if err := os.MkdirAll(cfg.MountDir, 0o755); err != nil {
 		return err
+	}
+	if cfg.Pprof != "" {
+		if err := servePprof(ctx, cfg.Pprof, log); err != nil {
+			return err
+		}
 	}
 	keys, err := connectKeys(ctx, cfg)
 	if err != nil {

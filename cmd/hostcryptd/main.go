@@ -32,6 +32,7 @@ func main() {
 	fl.DurationVar(&c.Rotation, "rotation-interval", time.Hour, "how often new key versions are looked for")
 	fl.StringVar(&c.OnKeyExpiry, "on-key-expiry", "shutdown", "shutdown|next-start: what an expired key does to a running VM")
 	fl.BoolVar(&c.Debug, "debug", false, "log every FUSE request")
+	fl.StringVar(&c.Pprof, "pprof", "", "serve the Go profiler on this loopback HOST:PORT")
 	if err := fl.Parse(os.Args[1:]); err != nil {
 		os.Exit(2)
 	}
