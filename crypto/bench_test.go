@@ -3,6 +3,9 @@ package crypto
 import (
 	"crypto/aes"
 	"crypto/cipher"
+	"crypto/rand"
+	"crypto/rsa"
+	"fmt"
 	"testing"
 )
 
@@ -75,6 +78,57 @@ func BenchmarkXAES(b *testing.B) {
 					b.Fatal(err)
 				}
 			}
+		})
+	}
+}
+
+func BenchmarkWrapAESKW(b *testing.B) {
+	kek, key := NewDataKey(), NewDataKey()
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := WrapAESKW(kek, key); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func BenchmarkUnwrapRSA(b *testing.B) {
+	for _, bits := range []int{2048, 3072, 4096} {
+		b.Run(fmt.Sprintf("%s/%d", WrapRSAOAEP256, bits), func(b *testing.B) {
+			priv, err := rsa.GenerateKey(rand.Reader, bits)
+			if err != nil {
+				b.Fatal(err)
+			}
+			w, err := WrapRSA(WrapRSAOAEP256, &priv.PublicKey, NewDataKey())
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, err := UnwrapRSA(WrapRSAOAEP256, priv, w); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+// BenchmarkLayerSealParallel seals from GOMAXPROCS goroutines at once through
+// one Layer, as a disk's many I/O goroutines do; it shows the shared Layer
+// does not serialise them.
+func BenchmarkLayerSealParallel(b *testing.B) {
+	for _, alg := range layerAlgs {
+		b.Run(string(alg), func(b *testing.B) {
+			l := newTestLayer(b, alg, NewDataKey())
+			b.SetBytes(unitSize)
+			b.ReportAllocs()
+			b.RunParallel(func(pb *testing.PB) {
+				pt, ad := pattern(unitSize), blockAD(1)
+				out := make([]byte, 0, unitSize+l.Overhead())
+				for pb.Next() {
+					out = l.Seal(out[:0], pt, ad)
+				}
+			})
 		})
 	}
 }

@@ -21,8 +21,13 @@ const (
 	AlgXChaCha20Poly1305 Algorithm = "XChaCha20-Poly1305"
 )
 
-// MinSecretSize is the shortest secret NewLayer accepts.
-const MinSecretSize = 16
+const (
+	// MinSecretSize is the shortest secret NewLayer accepts.
+	MinSecretSize = 16
+	// LayerNonceSize is the size of the random nonce that starts every
+	// sealed unit, for both algorithms.
+	LayerNonceSize = 24
+)
 
 // Layer seals and opens fixed-size units (4 KiB on a disk, though any length
 // works) with a fresh random 192-bit nonce per seal. The sealed form is
@@ -36,14 +41,15 @@ type Layer interface {
 	// Overhead is the number of bytes a sealed unit adds: nonce plus tag.
 	Overhead() int
 	// Seal appends nonce || ciphertext || tag to dst and returns the
-	// result. The nonce comes from crypto/rand. To seal in place, place
-	// plaintext at dst[len(dst)+NonceSize:] of a buffer with room for the
-	// tag; otherwise plaintext must not overlap dst's spare capacity.
+	// result. The nonce comes from crypto/rand. To seal in place, put the
+	// plaintext at dst[len(dst)+LayerNonceSize:] in a buffer with room for
+	// the tag; otherwise plaintext must not overlap dst's spare capacity.
 	// Seal panics after Close.
 	Seal(dst, plaintext, ad []byte) []byte
 	// Open authenticates sealed under ad and appends its plaintext to dst.
 	// Any failure, short input included, is ErrIntegrity; after Close it is
-	// ErrClosed.
+	// ErrClosed. To open in place, let n be LayerNonceSize and pass
+	// dst = sealed[n:n]; the plaintext then lands at sealed[n:].
 	Open(dst, sealed, ad []byte) ([]byte, error)
 	// Close wipes the key material the Layer holds. See Wipe for what Go
 	// can and cannot clear.
@@ -85,7 +91,7 @@ func NewLayer(alg Algorithm, secret, salt []byte) (Layer, error) {
 		// x/crypto keeps its key copy unexported; it goes with the object.
 		l.aead, l.wipe = a, func() {}
 	}
-	l.nonceSize = l.aead.NonceSize()
+	l.nonceSize = l.aead.NonceSize() // LayerNonceSize for both
 	l.overhead = l.nonceSize + l.aead.Overhead()
 	return l, nil
 }

@@ -59,11 +59,13 @@ func TestLayerSealInPlace(t *testing.T) {
 		l := newTestLayer(t, alg, NewDataKey())
 		pt := pattern(unitSize)
 		buf := make([]byte, unitSize+l.Overhead())
-		copy(buf[24:], pt)
-		sealed := l.Seal(buf[:0], buf[24:24+unitSize], nil)
+		copy(buf[LayerNonceSize:], pt)
+		sealed := l.Seal(buf[:0], buf[LayerNonceSize:LayerNonceSize+unitSize], nil)
 		assert.Equal(t, &buf[0], &sealed[0], "%s: sealed into the caller's buffer", alg)
-		got, err := l.Open(nil, sealed, nil)
+		assert.Len(t, sealed, len(buf))
+		got, err := l.Open(sealed[LayerNonceSize:LayerNonceSize], sealed, nil)
 		require.NoError(t, err)
+		assert.Equal(t, &buf[LayerNonceSize], &got[0], "%s: opened in place", alg)
 		assert.Equal(t, pt, got)
 	}
 }

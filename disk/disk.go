@@ -1,6 +1,7 @@
 package disk
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -245,7 +246,8 @@ func (d *Disk) load(c *chunk, obj storage.Chunk) (*chunkState, error) {
 		d.alarm(c.idx*int64(d.lay.chunkBlocks), 0, err)
 		return nil, &IOError{Disk: d.prefix, Block: c.idx * int64(d.lay.chunkBlocks), Err: fmt.Errorf("chunk %d: %w: %w", c.idx, ErrIntegrity, err)}
 	}
-	return &chunkState{obj: obj, sel: buf[headerSize:]}, nil
+	// Keep only the selectors, not the header page they were read with.
+	return &chunkState{obj: obj, sel: bytes.Clone(buf[headerSize:])}, nil
 }
 
 // alarm records an integrity failure: a counter and a log line. It never logs

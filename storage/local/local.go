@@ -122,15 +122,17 @@ func (b *Backend) OpenChunk(ctx context.Context, key string, create bool) (stora
 		return nil, err
 	}
 	p := b.path(key)
+	// Opening first, rather than always passing O_CREATE, keeps the
+	// common case (the chunk exists) to one syscall and tells us whether
+	// a name was made that Sync must make durable.
 	f, err := os.OpenFile(p, os.O_RDWR, 0)
-	if err == nil {
+	switch {
+	case err == nil:
 		return &chunk{b: b, f: f}, nil
-	}
-	if !notFound(err) || !create {
-		if notFound(err) {
-			return nil, notFoundErr(key)
-		}
+	case !notFound(err):
 		return nil, fmt.Errorf("open chunk %s: %w", key, err)
+	case !create:
+		return nil, notFoundErr(key)
 	}
 	c := &chunk{b: b}
 	err = b.withDirs(key, func() error {
@@ -149,15 +151,23 @@ func (b *Backend) OpenChunk(ctx context.Context, key string, create bool) (stora
 
 // withDirs runs create, which makes a name in the directory of key, after
 // creating the missing directories. Delete prunes empty directories, so a
-// directory may vanish between the two steps; create is retried then.
+// directory may vanish before create has filled it; both steps are
+// retried then, a bounded number of times.
 func (b *Backend) withDirs(key string, create func() error) error {
 	dir := filepath.Dir(b.path(key))
 	var err error
 	for range mkdirRetries {
-		if err = os.MkdirAll(dir, dirPerm); err != nil {
-			return err
+		// MkdirAll itself fails when a directory it made or found is
+		// pruned before it is done: with ENOENT making a child, or with
+		// EEXIST when the name vanished between its mkdir and its stat.
+		// (A file in the way gives ENOTDIR, which is not retried.)
+		err = os.MkdirAll(dir, dirPerm)
+		if err == nil {
+			err = create()
+		} else if errors.Is(err, fs.ErrExist) {
+			continue
 		}
-		if err = create(); !errors.Is(err, fs.ErrNotExist) {
+		if !errors.Is(err, fs.ErrNotExist) {
 			return err
 		}
 	}
@@ -168,11 +178,20 @@ func (b *Backend) withDirs(key string, create func() error) error {
 // the root, making new names along the path durable. It is only used
 // after creating names, which is rare next to data I/O.
 func (b *Backend) syncDirs(key string) error {
-	for d := filepath.Dir(b.path(key)); ; d = filepath.Dir(d) {
-		if err := syncDir(d); err != nil {
+	return b.syncUp(filepath.Dir(b.path(key)), true)
+}
+
+// syncUp fsyncs dir, then its parents up to the root if all is set. A
+// directory that a concurrent Delete has pruned is skipped: its removal is
+// made durable by syncing its parent, which comes next. Without all, the
+// first directory still there is the last one synced.
+func (b *Backend) syncUp(dir string, all bool) error {
+	for d := dir; ; d = filepath.Dir(d) {
+		err := syncDir(d)
+		if err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return err
 		}
-		if d == b.dir || len(d) <= len(b.dir) {
+		if err == nil && !all || len(d) <= len(b.dir) {
 			return nil
 		}
 	}
@@ -273,7 +292,7 @@ func (b *Backend) Delete(ctx context.Context, key string) error {
 		}
 		return fmt.Errorf("delete %s: %w", key, &fs.PathError{Op: "unlink", Path: p, Err: err})
 	}
-	if err := syncDir(filepath.Dir(p)); err != nil {
+	if err := b.syncUp(filepath.Dir(p), false); err != nil {
 		return fmt.Errorf("delete %s: %w", key, err)
 	}
 	b.prune(filepath.Dir(p))
@@ -316,8 +335,9 @@ func (b *Backend) List(ctx context.Context, prefix string) ([]string, error) {
 	return keys, nil
 }
 
-// Usage sums st_blocks*512 of the files under prefix: the space really
-// allocated, so holes cost nothing.
+// Usage sums st_blocks*512 of the object files under prefix: the space
+// really allocated, so holes cost nothing. Directories and temporary
+// files are not objects and are not counted.
 func (b *Backend) Usage(ctx context.Context, prefix string) (int64, error) {
 	if err := b.check(ctx, prefix, true); err != nil {
 		return 0, err

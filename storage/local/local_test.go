@@ -1,9 +1,14 @@
 package local_test
 
 import (
+	"fmt"
+	"io/fs"
+	"os"
 	"path/filepath"
+	"sync"
 	"testing"
 
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"hostcrypt/storage"
@@ -25,4 +30,152 @@ func TestConformance(t *testing.T) {
 			return b2
 		},
 	})
+}
+
+func TestPermissions(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "new", "store")
+	b, err := local.Open(dir)
+	require.NoError(t, err)
+	defer b.Close()
+	ctx := t.Context()
+	require.NoError(t, b.WriteMeta(ctx, "disks/d1/meta", []byte("m")))
+	c, err := b.OpenChunk(ctx, "disks/d1/chunks/0", true)
+	require.NoError(t, err)
+	require.NoError(t, c.Close())
+
+	for _, tc := range []struct {
+		rel  string
+		mode os.FileMode
+	}{
+		{".", 0o700 | os.ModeDir},
+		{"disks", 0o700 | os.ModeDir},
+		{"disks/d1", 0o700 | os.ModeDir},
+		{"disks/d1/chunks", 0o700 | os.ModeDir},
+		{"disks/d1/meta", 0o600},
+		{"disks/d1/chunks/0", 0o600},
+	} {
+		fi, err := os.Stat(filepath.Join(dir, tc.rel))
+		require.NoError(t, err)
+		require.Equal(t, tc.mode, fi.Mode(), tc.rel)
+	}
+}
+
+func TestOpenNotADirectory(t *testing.T) {
+	f := filepath.Join(t.TempDir(), "file")
+	require.NoError(t, os.WriteFile(f, nil, 0o600))
+	_, err := local.Open(f)
+	require.Error(t, err)
+}
+
+func TestWriteMetaLeavesNoTempFiles(t *testing.T) {
+	b := open(t).(*local.Backend)
+	ctx := t.Context()
+	for i := range 10 {
+		require.NoError(t, b.WriteMeta(ctx, "a/b/meta", []byte{byte(i)}))
+	}
+	var names []string
+	require.NoError(t, filepath.WalkDir(b.Dir(), func(p string, d fs.DirEntry, err error) error {
+		if !d.IsDir() {
+			names = append(names, d.Name())
+		}
+		return err
+	}))
+	require.Equal(t, []string{"meta"}, names)
+}
+
+// TestInterruptedWriteMeta leaves what a crash between creating and
+// renaming the temporary file would, and checks that it stays invisible.
+func TestInterruptedWriteMeta(t *testing.T) {
+	b := open(t).(*local.Backend)
+	ctx := t.Context()
+	require.NoError(t, b.WriteMeta(ctx, "d/meta", []byte("old")))
+	for _, name := range []string{"d/.tmp-123", ".tmp-456", "d/.hidden/x"} {
+		p := filepath.Join(b.Dir(), filepath.FromSlash(name))
+		require.NoError(t, os.MkdirAll(filepath.Dir(p), 0o700))
+		require.NoError(t, os.WriteFile(p, []byte("new, half writ"), 0o600))
+	}
+
+	got, err := b.ReadMeta(ctx, "d/meta")
+	require.NoError(t, err)
+	require.Equal(t, "old", string(got))
+	keys, err := b.List(ctx, "")
+	require.NoError(t, err)
+	require.Equal(t, []string{"d/meta"}, keys)
+	u, err := b.Usage(ctx, "")
+	require.NoError(t, err)
+	require.LessOrEqual(t, u, int64(4096), "only the object counts")
+
+	// The next write still works and the leftovers stay harmless.
+	require.NoError(t, b.WriteMeta(ctx, "d/meta", []byte("new")))
+	got, err = b.ReadMeta(ctx, "d/meta")
+	require.NoError(t, err)
+	require.Equal(t, "new", string(got))
+}
+
+// TestCloseKeepsChunks: Close closes nothing the caller still holds.
+func TestCloseKeepsChunks(t *testing.T) {
+	b := open(t)
+	c, err := b.OpenChunk(t.Context(), "c", true)
+	require.NoError(t, err)
+	defer c.Close()
+	require.NoError(t, b.Close())
+	_, err = c.WriteAt([]byte("still here"), 0)
+	require.NoError(t, err)
+	require.NoError(t, c.Sync())
+}
+
+// TestDeletePrunesDirectories: deleting the last object under a directory
+// removes the directories it leaves empty, but never the root.
+func TestDeletePrunesDirectories(t *testing.T) {
+	b := open(t).(*local.Backend)
+	ctx := t.Context()
+	require.NoError(t, b.WriteMeta(ctx, "a/keep", nil))
+	c, err := b.OpenChunk(ctx, "a/b/c/chunk", true)
+	require.NoError(t, err)
+	require.NoError(t, c.Close())
+	require.NoError(t, b.Delete(ctx, "a/b/c/chunk"))
+	_, err = os.Stat(filepath.Join(b.Dir(), "a", "b"))
+	require.ErrorIs(t, err, fs.ErrNotExist)
+	require.NoError(t, b.Delete(ctx, "a/keep"))
+	entries, err := os.ReadDir(b.Dir())
+	require.NoError(t, err)
+	require.Empty(t, entries)
+}
+
+// TestCreateRacesDelete: a create into a directory that a concurrent
+// Delete is pruning must still succeed.
+func TestCreateRacesDelete(t *testing.T) {
+	b := open(t)
+	ctx := t.Context()
+	var wg sync.WaitGroup
+	for w := range 4 {
+		wg.Go(func() {
+			for i := range 100 {
+				key := fmt.Sprintf("x/y/%d-%d", w, i)
+				if !assert.NoError(t, b.WriteMeta(ctx, key, nil)) {
+					return
+				}
+				assert.NoError(t, b.Delete(ctx, key))
+			}
+		})
+	}
+	wg.Wait()
+	keys, err := b.List(ctx, "")
+	require.NoError(t, err)
+	require.Empty(t, keys)
+}
+
+// TestKeyIsObjectAndPrefix: on this backend a key cannot be both an
+// object and the parent of another object; that is an error, not
+// corruption.
+func TestKeyIsObjectAndPrefix(t *testing.T) {
+	b := open(t)
+	ctx := t.Context()
+	require.NoError(t, b.WriteMeta(ctx, "a", []byte("x")))
+	require.Error(t, b.WriteMeta(ctx, "a/b", []byte("y")))
+	_, err := b.OpenChunk(ctx, "a/b", true)
+	require.Error(t, err)
+	got, err := b.ReadMeta(ctx, "a")
+	require.NoError(t, err)
+	require.Equal(t, "x", string(got))
 }

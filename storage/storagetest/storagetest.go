@@ -34,8 +34,9 @@ type Options struct {
 }
 
 // Run runs the conformance suite. open returns a new, empty Backend for
-// one subtest; Run closes it at the end of that subtest. At most one
-// Options may be given.
+// one subtest; Run closes it at the end of that subtest. Subtests run in
+// parallel, so open is called concurrently. At most one Options may be
+// given.
 func Run(t *testing.T, open func(t *testing.T) storage.Backend, opts ...Options) {
 	require.LessOrEqual(t, len(opts), 1, "storagetest.Run takes at most one Options")
 	var o Options
@@ -237,6 +238,9 @@ func (s *suite) notFound(t *testing.T) {
 	got, err := b.ReadMeta(ctx, "dir/meta")
 	require.NoError(t, err)
 	require.Equal(t, "m", string(got), "failed lookups must not disturb the object")
+	keys, err := b.List(ctx, "")
+	require.NoError(t, err)
+	require.Equal(t, []string{"dir/meta"}, keys, "failed lookups must create nothing")
 }
 
 func (s *suite) meta(t *testing.T) {
@@ -385,11 +389,14 @@ func (s *suite) chunkOffsets(t *testing.T) {
 	require.True(t, bytes.Equal(model, readAt(t, c, 0, len(model))), "whole chunk")
 	require.NoError(t, c.Sync())
 
-	// A second handle on the same object sees the same bytes.
-	c2, err := b.OpenChunk(t.Context(), "c", false)
-	require.NoError(t, err)
-	defer c2.Close()
-	require.True(t, bytes.Equal(model, readAt(t, c2, 0, len(model))), "second handle")
+	// Other handles on the same object see the same bytes; opening with
+	// create set must not truncate an existing chunk.
+	for _, create := range []bool{false, true} {
+		c2, err := b.OpenChunk(t.Context(), "c", create)
+		require.NoError(t, err)
+		require.True(t, bytes.Equal(model, readAt(t, c2, 0, len(model))), "second handle, create=%v", create)
+		require.NoError(t, c2.Close())
+	}
 }
 
 func (s *suite) chunkConcurrent(t *testing.T) {

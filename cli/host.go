@@ -1,0 +1,259 @@
+package cli
+
+import (
+	"fmt"
+	"net/url"
+	"strconv"
+	"strings"
+
+	"hostcrypt/control"
+)
+
+// call sends one request to hostcryptd over its socket.
+func (c *Context) call(method, path string, in, out any) error {
+	sock, err := c.HostSocket()
+	if err != nil {
+		return err
+	}
+	return control.NewClient(sock).Do(c.Ctx, method, path, in, out)
+}
+
+func esc(s string) string { return url.PathEscape(s) }
+
+var diskHeader = []string{"NAME", "SIZE", "SKU", "SECTOR", "ENCRYPTION", "STATE", "VM", "KEY", "INTEGRITY-ERRORS"}
+
+func diskRow(d *control.Disk) []string {
+	return []string{d.Name, formatSize(d.DiskSizeBytes), d.Sku.Name, strconv.Itoa(d.LogicalSectorSize),
+		d.Encryption.Type, d.DiskState, orDash(d.ManagedBy), d.KeyID, strconv.FormatUint(d.IntegrityErrors, 10)}
+}
+
+func (c *Context) showDisk(d *control.Disk) error {
+	return c.show(d, diskHeader, [][]string{diskRow(d)})
+}
+
+var vmHeader = []string{"NAME", "POWER-STATE", "ENCRYPTION-AT-HOST", "OS-DISK", "DATA-DISKS", "TEMP-DISK", "REASON"}
+
+func vmRow(v *control.VM) []string {
+	var dd []string
+	for _, d := range v.StorageProfile.DataDisks {
+		dd = append(dd, fmt.Sprintf("%d:%s:%s", *d.Lun, d.Name, d.Caching))
+	}
+	temp := "-"
+	if v.TempDiskSizeBytes > 0 {
+		temp = formatSize(v.TempDiskSizeBytes)
+	}
+	return []string{v.Name, v.PowerState, strconv.FormatBool(v.SecurityProfile.EncryptionAtHost),
+		v.StorageProfile.OsDisk.Name + ":" + v.StorageProfile.OsDisk.Caching, orDash(strings.Join(dd, ",")), temp, orDash(v.PowerStateReason)}
+}
+
+func (c *Context) showVM(v *control.VM) error {
+	return c.show(v, vmHeader, [][]string{vmRow(v)})
+}
+
+func diskCommands() []Command {
+	return []Command{
+		{"disk", "create", "create an empty managed disk", diskCreate},
+		{"disk", "show", "show a disk", diskShow},
+		{"disk", "list", "list disks", diskList},
+		{"disk", "update", "grow a disk (also while its VM runs)", diskUpdate},
+		{"disk", "delete", "delete a disk: its wrapped keys are destroyed first", diskDelete},
+	}
+}
+
+func diskCreate(c *Context, args []string) error {
+	f := newFlags(c)
+	name := f.requiredString("name", "disk name")
+	size := f.size("size", "size with a binary unit, e.g. 512M or 8G (required)")
+	sku := f.String("sku", "Premium_LRS", "Standard_LRS, StandardSSD_LRS, Premium_LRS, PremiumV2_LRS or UltraSSD_LRS")
+	sector := f.Int("logical-sector-size", 512, "512 or 4096")
+	des := f.String("disk-encryption-set", "", "disk encryption set (customer-managed key)")
+	enc := f.String("encryption-type", "", "EncryptionAtRestWithPlatformKey (default), …WithCustomerKey or …WithPlatformAndCustomerKeys")
+	if err := f.parse(args); err != nil {
+		return err
+	}
+	if !f.Changed("size") {
+		return fmt.Errorf("%s: --size is required", c.Command)
+	}
+	var d control.Disk
+	err := c.call("POST", "/disks", control.CreateDiskRequest{Name: *name, SizeBytes: size.v, Sku: *sku,
+		LogicalSectorSize: *sector, EncryptionType: *enc, DiskEncryptionSet: *des}, &d)
+	if err != nil {
+		return err
+	}
+	return c.showDisk(&d)
+}
+
+func diskShow(c *Context, args []string) error {
+	f := newFlags(c)
+	name := f.requiredString("name", "disk name")
+	if err := f.parse(args); err != nil {
+		return err
+	}
+	var d control.Disk
+	if err := c.call("GET", "/disks/"+esc(*name), nil, &d); err != nil {
+		return err
+	}
+	return c.showDisk(&d)
+}
+
+func diskList(c *Context, args []string) error {
+	if err := newFlags(c).parse(args); err != nil {
+		return err
+	}
+	var ds []control.Disk
+	if err := c.call("GET", "/disks", nil, &ds); err != nil {
+		return err
+	}
+	return showList(c, ds, diskHeader, diskRow)
+}
+
+func diskUpdate(c *Context, args []string) error {
+	f := newFlags(c)
+	name := f.requiredString("name", "disk name")
+	size := f.size("size", "new size, larger than the current one")
+	if err := f.parse(args); err != nil {
+		return err
+	}
+	if !f.Changed("size") {
+		return fmt.Errorf("%s: nothing to update; give --size", c.Command)
+	}
+	var d control.Disk
+	if err := c.call("PATCH", "/disks/"+esc(*name), control.UpdateDiskRequest{SizeBytes: size.v}, &d); err != nil {
+		return err
+	}
+	return c.showDisk(&d)
+}
+
+func diskDelete(c *Context, args []string) error {
+	f := newFlags(c)
+	name := f.requiredString("name", "disk name")
+	if err := f.parse(args); err != nil {
+		return err
+	}
+	return c.call("DELETE", "/disks/"+esc(*name), nil, nil)
+}
+
+func vmCommands() []Command {
+	return []Command{
+		{"vm", "create", "create and start a VM", vmCreate},
+		{"vm", "start", "start a VM; its images appear in the mount", vmAction("POST", "/start")},
+		{"vm", "stop", "stop a VM; its disks are flushed, its keys wiped, its images gone", vmAction("POST", "/stop")},
+		{"vm", "deallocate", "stop a VM and destroy its temp disk", vmAction("POST", "/deallocate")},
+		{"vm", "show", "show a VM", vmAction("GET", "")},
+		{"vm", "list", "list VMs", vmList},
+		{"vm", "delete", "delete a VM that is not running (its disks stay)", vmDelete},
+		{"vm", "disk attach", "attach a data disk (at once on a running VM)", vmDiskAttach},
+		{"vm", "disk detach", "detach a data disk (flushed first)", vmDiskDetach},
+	}
+}
+
+// parseDataDisks reads --data-disks d1,d2:ReadOnly (LUNs 0, 1, … in order).
+func parseDataDisks(s string) ([]control.AttachedDisk, error) {
+	items, err := list("data-disks", s)
+	if err != nil {
+		return nil, err
+	}
+	var out []control.AttachedDisk
+	for _, it := range items {
+		name, mode, _ := strings.Cut(it, ":")
+		out = append(out, control.AttachedDisk{Name: name, Caching: mode})
+	}
+	return out, nil
+}
+
+func vmCreate(c *Context, args []string) error {
+	f := newFlags(c)
+	name := f.requiredString("name", "VM name")
+	osDisk := f.String("os-disk", "", "an existing disk to boot from")
+	osSize := f.size("os-disk-size", "size of a new OS disk (instead of --os-disk)")
+	osCaching := f.String("os-disk-caching", "ReadWrite", "None, ReadOnly or ReadWrite")
+	data := f.String("data-disks", "", "data disks, LUN 0, 1, … in order, e.g. d1,d2:ReadOnly")
+	temp := f.size("temp-disk-size", "size of the temp disk (none if not given)")
+	eah := f.boolValue("encryption-at-host", "encrypt the host cache and the temp disk (true|false, default true)")
+	if err := f.parse(args); err != nil {
+		return err
+	}
+	if (*osDisk == "") == (osSize.v == 0) {
+		return fmt.Errorf("%s: give exactly one of --os-disk or --os-disk-size", c.Command)
+	}
+	dds, err := parseDataDisks(*data)
+	if err != nil {
+		return err
+	}
+	var vm control.VM
+	err = c.call("POST", "/vms", control.CreateVMRequest{Name: *name, OsDisk: *osDisk, OsDiskSizeBytes: osSize.v,
+		OsDiskCaching: *osCaching, DataDisks: dds, TempDiskSize: temp.v, EncryptionAtHost: eah.ptr()}, &vm)
+	if err != nil {
+		return err
+	}
+	return c.showVM(&vm)
+}
+
+func vmAction(method, suffix string) func(*Context, []string) error {
+	return func(c *Context, args []string) error {
+		f := newFlags(c)
+		name := f.requiredString("name", "VM name")
+		if err := f.parse(args); err != nil {
+			return err
+		}
+		var vm control.VM
+		if err := c.call(method, "/vms/"+esc(*name)+suffix, nil, &vm); err != nil {
+			return err
+		}
+		return c.showVM(&vm)
+	}
+}
+
+func vmList(c *Context, args []string) error {
+	if err := newFlags(c).parse(args); err != nil {
+		return err
+	}
+	var vms []control.VM
+	if err := c.call("GET", "/vms", nil, &vms); err != nil {
+		return err
+	}
+	return showList(c, vms, vmHeader, vmRow)
+}
+
+func vmDelete(c *Context, args []string) error {
+	f := newFlags(c)
+	name := f.requiredString("name", "VM name")
+	if err := f.parse(args); err != nil {
+		return err
+	}
+	return c.call("DELETE", "/vms/"+esc(*name), nil, nil)
+}
+
+func vmDiskAttach(c *Context, args []string) error {
+	f := newFlags(c)
+	vmName := f.requiredString("vm-name", "VM name")
+	name := f.requiredString("name", "disk name")
+	lun := f.Int("lun", 0, "LUN (default: the lowest free one)")
+	caching := f.String("caching", "None", "None, ReadOnly or ReadWrite")
+	if err := f.parse(args); err != nil {
+		return err
+	}
+	req := control.AttachRequest{Disk: *name, Caching: *caching}
+	if f.Changed("lun") {
+		req.Lun = lun
+	}
+	var vm control.VM
+	if err := c.call("POST", "/vms/"+esc(*vmName)+"/disks", req, &vm); err != nil {
+		return err
+	}
+	return c.showVM(&vm)
+}
+
+func vmDiskDetach(c *Context, args []string) error {
+	f := newFlags(c)
+	vmName := f.requiredString("vm-name", "VM name")
+	name := f.requiredString("name", "disk name")
+	if err := f.parse(args); err != nil {
+		return err
+	}
+	var vm control.VM
+	if err := c.call("DELETE", "/vms/"+esc(*vmName)+"/disks/"+esc(*name), nil, &vm); err != nil {
+		return err
+	}
+	return c.showVM(&vm)
+}

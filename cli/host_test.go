@@ -1,0 +1,120 @@
+package cli
+
+import (
+	"encoding/json"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"hostcrypt/control"
+)
+
+func TestParseSize(t *testing.T) {
+	for in, want := range map[string]int64{
+		"512M": 512 << 20, "8G": 8 << 30, "1T": 1 << 40, "64K": 64 << 10, "1048576": 1 << 20,
+		"2GiB": 2 << 30, "3Gi": 3 << 30, "0": 0, "16m": 16 << 20,
+	} {
+		got, err := parseSize(in)
+		require.NoError(t, err, in)
+		assert.Equal(t, want, got, in)
+	}
+	for _, bad := range []string{"", "lots", "-1G", "1.5G", "1P", "G", "99999999999T"} {
+		_, err := parseSize(bad)
+		assert.Error(t, err, bad)
+	}
+	assert.Equal(t, "512M", formatSize(512<<20))
+	assert.Equal(t, "1536M", formatSize(1536<<20))
+	assert.Equal(t, "1000", formatSize(1000))
+}
+
+// fakeHost serves the control API on a unix socket and records the requests.
+type fakeHost struct {
+	socket string
+	mu     sync.Mutex
+	seen   []string
+	bodies []json.RawMessage
+}
+
+func newFakeHost(t *testing.T) *fakeHost {
+	h := &fakeHost{socket: filepath.Join(t.TempDir(), "s.sock")}
+	l, err := control.Listen(h.socket)
+	require.NoError(t, err)
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var body json.RawMessage
+		json.NewDecoder(r.Body).Decode(&body)
+		h.mu.Lock()
+		h.seen = append(h.seen, r.Method+" "+r.URL.Path)
+		h.bodies = append(h.bodies, body)
+		h.mu.Unlock()
+		switch {
+		case r.URL.Path == "/vms" && r.Method == "GET":
+			w.Write([]byte(`[]`))
+		case r.URL.Path == "/disks/nope":
+			w.WriteHeader(404)
+			w.Write([]byte(`{"error":{"code":"ResourceNotFound","message":"disk \"nope\" does not exist"}}`))
+		default:
+			w.Write([]byte(`{"name":"x","storageProfile":{"osDisk":{"name":"o"}}}`))
+		}
+	})}
+	go srv.Serve(l)
+	t.Cleanup(func() { srv.Close() })
+	return h
+}
+
+func TestHostCommands(t *testing.T) {
+	h := newFakeHost(t)
+	env := map[string]string{"HOSTCRYPT_SOCKET": h.socket}
+
+	_, _, err := runCLI(t, env, "vm", "create", "--name", "vm1", "--os-disk-size=2G",
+		"--data-disks", "d1,d2:ReadOnly", "--encryption-at-host", "true", "--temp-disk-size", "1G")
+	require.NoError(t, err)
+	require.Equal(t, []string{"POST /vms"}, h.seen)
+	var req control.CreateVMRequest
+	require.NoError(t, json.Unmarshal(h.bodies[0], &req))
+	assert.EqualValues(t, 2<<30, req.OsDiskSizeBytes)
+	assert.EqualValues(t, 1<<30, req.TempDiskSize)
+	assert.Equal(t, []control.AttachedDisk{{Name: "d1"}, {Name: "d2", Caching: "ReadOnly"}}, req.DataDisks)
+	require.NotNil(t, req.EncryptionAtHost)
+	assert.True(t, *req.EncryptionAtHost)
+
+	_, _, err = runCLI(t, env, "vm", "disk", "attach", "--vm-name", "vm1", "--name", "d3", "--lun", "0", "--caching=ReadWrite")
+	require.NoError(t, err)
+	var att control.AttachRequest
+	require.NoError(t, json.Unmarshal(h.bodies[1], &att))
+	require.NotNil(t, att.Lun)
+	assert.Equal(t, control.AttachRequest{Disk: "d3", Lun: att.Lun, Caching: "ReadWrite"}, att)
+	assert.Equal(t, 0, *att.Lun)
+	assert.Equal(t, "POST /vms/vm1/disks", h.seen[1])
+
+	// A list prints a JSON array; flags after the verb work.
+	out, _, err := runCLI(t, nil, "vm", "list", "--host-socket", h.socket, "-o", "json")
+	require.NoError(t, err)
+	assert.JSONEq(t, `[]`, out)
+
+	for _, c := range []struct {
+		args []string
+		msg  string
+	}{
+		{[]string{"disk", "list", "stray"}, "unexpected argument"},
+		{[]string{"vm", "create", "--name", "v", "--os-disk-size", "1G", "--encryption-at-host", "maybe"}, "true or false"},
+		{[]string{"vm", "create", "--name", "v", "--os-disk-size", "1G", "--encryption-at-host"}, "needs an argument"},
+		{[]string{"vm", "create", "--name", "v"}, "exactly one of --os-disk or --os-disk-size"},
+		{[]string{"disk", "create", "--name", "v", "--size", "big"}, "binary unit"},
+		{[]string{"disk", "create", "--name", "v"}, "--size is required"},
+		{[]string{"disk", "show", "--name", "nope"}, "does not exist"},
+		{[]string{"vm", "create", "--name", "v", "--data-disks", "a,,b", "--os-disk", "o"}, "empty item"},
+	} {
+		_, _, err := runCLI(t, env, c.args...)
+		require.Error(t, err, "%v", c.args)
+		assert.Contains(t, err.Error(), c.msg, "%v", c.args)
+	}
+	_, _, err = runCLI(t, nil, "disk", "list")
+	require.ErrorContains(t, err, "HOSTCRYPT_SOCKET")
+	_, _, err = runCLI(t, map[string]string{"HOSTCRYPT_SOCKET": filepath.Join(os.TempDir(), "nonexistent.sock")}, "disk", "list")
+	require.ErrorContains(t, err, "cannot reach hostcryptd")
+}

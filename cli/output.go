@@ -1,0 +1,59 @@
+package cli
+
+import (
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+)
+
+// show prints v as JSON (-o json) or as a table with the given columns,
+// one row per item; a single resource is a one-row table.
+func (c *Context) show(v any, header []string, rows [][]string) error {
+	if c.Output == "json" {
+		enc := json.NewEncoder(c.Stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(v)
+	}
+	tw := tabwriter.NewWriter(c.Stdout, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, strings.Join(header, "\t"))
+	for _, r := range rows {
+		fmt.Fprintln(tw, strings.Join(r, "\t"))
+	}
+	return tw.Flush()
+}
+
+// showList is show for list verbs: JSON prints an array, never null.
+func showList[T any](c *Context, items []T, header []string, row func(*T) []string) error {
+	if items == nil {
+		items = []T{}
+	}
+	rows := make([][]string, 0, len(items))
+	for i := range items {
+		rows = append(rows, row(&items[i]))
+	}
+	return c.show(items, header, rows)
+}
+
+func unixTime(u *int64) string {
+	if u == nil {
+		return "-"
+	}
+	return time.Unix(*u, 0).UTC().Format(time.RFC3339)
+}
+
+func boolStr(b *bool) string {
+	if b == nil {
+		return "-"
+	}
+	return strconv.FormatBool(*b)
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}

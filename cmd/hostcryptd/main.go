@@ -1,0 +1,49 @@
+// Command hostcryptd is the host: it serves each running VM's encrypted disks
+// as image files in a FUSE mount and runs the compute control plane.
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/spf13/pflag"
+
+	"hostcrypt/hostd"
+)
+
+func main() {
+	var c hostd.Config
+	fl := pflag.NewFlagSet("hostcryptd", pflag.ContinueOnError)
+	fl.StringVar(&c.StateDir, "state", "", "directory for the control plane's state and socket")
+	fl.StringVar(&c.StorageDir, "storage", "", "backing directory for the encrypted disks")
+	fl.StringVar(&c.HostDir, "host-dir", "", "host-local directory (temp disks, host cache)")
+	fl.StringVar(&c.MountDir, "mount", "", "where the FUSE tree of VM images is mounted")
+	fl.StringVar(&c.KeystoreURL, "keystore", "", "key store URL, e.g. https://127.0.0.1:8443")
+	fl.StringVar(&c.KeystoreCA, "keystore-ca", "", "CA certificate that signed the key store's certificate")
+	fl.StringVar(&c.TokenFile, "token-file", "", "file holding the platform bearer token")
+	fl.StringVar(&c.Socket, "socket", "", "control socket (default STATE/hostcryptd.sock)")
+	fl.DurationVar(&c.KeyCheck, "key-check-interval", time.Minute, "how often key states are checked")
+	fl.DurationVar(&c.DEKLease, "dek-lease", time.Hour, "how long a data key is used without a successful re-check")
+	fl.DurationVar(&c.Rotation, "rotation-interval", time.Hour, "how often new key versions are looked for")
+	fl.StringVar(&c.OnKeyExpiry, "on-key-expiry", "shutdown", "shutdown|next-start: what an expired key does to a running VM")
+	fl.BoolVar(&c.Debug, "debug", false, "log every FUSE request")
+	if err := fl.Parse(os.Args[1:]); err != nil {
+		os.Exit(2)
+	}
+	if fl.NArg() > 0 {
+		fmt.Fprintf(os.Stderr, "hostcryptd: unexpected argument %q\n", fl.Arg(0))
+		os.Exit(2)
+	}
+	c.Log = slog.New(slog.NewTextHandler(os.Stderr, nil))
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	if err := hostd.Run(ctx, c, nil); err != nil {
+		fmt.Fprintf(os.Stderr, "hostcryptd: %v\n", err)
+		os.Exit(1)
+	}
+}

@@ -1,0 +1,824 @@
+package control
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"slices"
+	"sort"
+	"sync"
+	"time"
+
+	"hostcrypt/disk"
+	hfs "hostcrypt/fs"
+	"hostcrypt/storage"
+)
+
+// Keys is what the control plane needs of the key store: wrapping new data
+// keys with the platform key, and unwrapping any wrap a disk carries.
+type Keys interface {
+	disk.KeyWrapper
+	disk.KeyUnwrapper
+}
+
+// Tree is the FUSE tree the running VMs' disks appear in.
+type Tree interface {
+	AddImage(vm, name string, img hfs.Image) error
+	RemoveImage(vm, name string) error
+	RemoveVM(vm string) error
+}
+
+// Config is what a Host is built from.
+type Config struct {
+	StateDir string
+	// Storage holds the persisted disks.
+	Storage storage.Backend
+	// HostLocal holds what lives on the host only: the temp disks.
+	HostLocal storage.Backend
+	Keys      Keys
+	Tree      Tree
+	Location  string
+	Log       *slog.Logger
+	Now       func() time.Time
+}
+
+// Host is the compute control plane: it owns the VM and disk resources, opens
+// a running VM's disks and shows them in the tree, and persists everything in
+// the state directory. Its methods are safe for concurrent use; they are
+// serialised by one control-plane lock, which the data path never takes.
+type Host struct {
+	cfg     Config
+	log     *slog.Logger
+	mu      sync.Mutex
+	st      *state
+	running map[string]*runningVM
+}
+
+type runningVM struct {
+	images map[string]*openDisk // file name in the tree -> open disk
+}
+
+type openDisk struct {
+	d        *disk.Disk
+	resource string // disk resource name; "" for the temp disk
+}
+
+// New loads the state and returns a Host. Call Recover to bring back the VMs
+// that were running.
+func New(cfg Config) (*Host, error) {
+	if cfg.Log == nil {
+		cfg.Log = slog.Default()
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.Location == "" {
+		cfg.Location = "local"
+	}
+	st, err := loadState(cfg.StateDir)
+	if err != nil {
+		return nil, err
+	}
+	return &Host{cfg: cfg, log: cfg.Log, st: st, running: map[string]*runningVM{}}, nil
+}
+
+func (h *Host) save() error {
+	if err := h.st.save(h.cfg.StateDir); err != nil {
+		return fmt.Errorf("saving state: %w", err)
+	}
+	return nil
+}
+
+func newID() string {
+	b := make([]byte, 16)
+	rand.Read(b)
+	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:])
+}
+
+// CreateDiskRequest is the body of a disk creation.
+type CreateDiskRequest struct {
+	Name              string `json:"name"`
+	SizeBytes         int64  `json:"sizeBytes"`
+	Sku               string `json:"sku,omitempty"`
+	LogicalSectorSize int    `json:"logicalSectorSize,omitempty"`
+	EncryptionType    string `json:"encryptionType,omitempty"`
+	DiskEncryptionSet string `json:"diskEncryptionSet,omitempty"`
+}
+
+// CreateDisk creates an empty managed disk encrypted with a platform key.
+func (h *Host) CreateDisk(ctx context.Context, r CreateDiskRequest) (*Disk, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.createDisk(ctx, r)
+}
+
+func (h *Host) createDisk(ctx context.Context, r CreateDiskRequest) (*Disk, error) {
+	if err := checkName("disk", r.Name); err != nil {
+		return nil, err
+	}
+	if _, ok := h.st.Disks[r.Name]; ok {
+		return nil, conflict("disk %q already exists; choose another name or delete it first", r.Name)
+	}
+	if r.Sku == "" {
+		r.Sku = "Premium_LRS"
+	}
+	if err := checkSku(r.Sku); err != nil {
+		return nil, err
+	}
+	if r.LogicalSectorSize == 0 {
+		r.LogicalSectorSize = 512
+	}
+	if r.LogicalSectorSize != 512 && r.LogicalSectorSize != 4096 {
+		return nil, badRequest("logical sector size %d: use 512 or 4096", r.LogicalSectorSize)
+	}
+	if r.SizeBytes < disk.MinSize || r.SizeBytes%int64(r.LogicalSectorSize) != 0 {
+		return nil, badRequest("size %d bytes: a disk is at least 1 MiB and a multiple of its %d-byte sector size", r.SizeBytes, r.LogicalSectorSize)
+	}
+	if r.EncryptionType == "" {
+		r.EncryptionType = EncPlatformKey
+	}
+	switch {
+	case r.DiskEncryptionSet != "" || r.EncryptionType == EncCustomerKey || r.EncryptionType == EncPlatformAndCustomerKey:
+		return nil, errorf(http.StatusNotImplemented, "NotSupported",
+			"customer-managed keys and disk encryption sets are not available in this version; create the disk with %s", EncPlatformKey)
+	case r.EncryptionType != EncPlatformKey:
+		return nil, badRequest("encryption type %q: use %s, %s or %s", r.EncryptionType, EncPlatformKey, EncCustomerKey, EncPlatformAndCustomerKey)
+	}
+	uid := newID()
+	prefix := "disks/" + uid
+	d, err := disk.Create(ctx, h.cfg.Storage, prefix, disk.CreateOptions{
+		Size: r.SizeBytes, SectorSize: r.LogicalSectorSize, Layers: []disk.KeyWrapper{h.cfg.Keys},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("creating disk %q: %w", r.Name, err)
+	}
+	if err := d.Close(); err != nil {
+		return nil, err
+	}
+	m, err := disk.ReadMetadata(ctx, h.cfg.Storage, prefix)
+	if err != nil {
+		return nil, err
+	}
+	res := &Disk{
+		Name:              r.Name,
+		ID:                diskID(h.cfg.Location, r.Name),
+		UniqueID:          uid,
+		Location:          h.cfg.Location,
+		Sku:               Sku{Name: r.Sku},
+		DiskSizeBytes:     r.SizeBytes,
+		DiskSizeGB:        r.SizeBytes >> 30,
+		LogicalSectorSize: r.LogicalSectorSize,
+		Encryption:        Encryption{Type: r.EncryptionType},
+		DiskState:         DiskUnattached,
+		TimeCreated:       h.cfg.Now().UTC(),
+		KeyID:             m.Layers[0].WrappedKeys[0].KeyID,
+		StoragePrefix:     prefix,
+	}
+	h.st.Disks[r.Name] = res
+	if err := h.save(); err != nil {
+		delete(h.st.Disks, r.Name)
+		return nil, errors.Join(err, disk.Destroy(ctx, h.cfg.Storage, prefix))
+	}
+	h.log.Info("disk created", "disk", r.Name, "size", r.SizeBytes, "encryption", r.EncryptionType)
+	return h.showDisk(res), nil
+}
+
+// showDisk returns a copy of a disk resource with its live counters.
+func (h *Host) showDisk(d *Disk) *Disk {
+	c := *d
+	for _, rv := range h.running {
+		for _, od := range rv.images {
+			if od.resource == d.Name {
+				c.IntegrityErrors += od.d.Stats().IntegrityErrors
+			}
+		}
+	}
+	return &c
+}
+
+// ShowDisk returns one disk.
+func (h *Host) ShowDisk(name string) (*Disk, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	d, ok := h.st.Disks[name]
+	if !ok {
+		return nil, notFound("disk", name)
+	}
+	return h.showDisk(d), nil
+}
+
+// ListDisks returns every disk, sorted by name.
+func (h *Host) ListDisks() []*Disk {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	out := make([]*Disk, 0, len(h.st.Disks))
+	for _, d := range h.st.Disks {
+		out = append(out, h.showDisk(d))
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+// UpdateDiskRequest changes a disk. Only growing is supported here.
+type UpdateDiskRequest struct {
+	SizeBytes int64 `json:"sizeBytes,omitempty"`
+}
+
+// UpdateDisk grows a disk, also while its VM runs (the image shows the new
+// size at once).
+func (h *Host) UpdateDisk(ctx context.Context, name string, r UpdateDiskRequest) (*Disk, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	d, ok := h.st.Disks[name]
+	if !ok {
+		return nil, notFound("disk", name)
+	}
+	if r.SizeBytes == 0 {
+		return nil, badRequest("nothing to update: give the new size (--size)")
+	}
+	if r.SizeBytes < d.DiskSizeBytes {
+		return nil, badRequest("disk %q is %d bytes; shrinking to %d is not supported (it would destroy data)", name, d.DiskSizeBytes, r.SizeBytes)
+	}
+	if r.SizeBytes%int64(d.LogicalSectorSize) != 0 {
+		return nil, badRequest("size %d bytes is not a multiple of disk %q's %d-byte sector size", r.SizeBytes, name, d.LogicalSectorSize)
+	}
+	if r.SizeBytes == d.DiskSizeBytes {
+		return h.showDisk(d), nil
+	}
+	if od := h.openDiskOf(name); od != nil {
+		if err := od.Resize(ctx, r.SizeBytes); err != nil {
+			return nil, err
+		}
+		if rs, ok := h.cfg.Tree.(interface{ Resized(vm, name string) }); ok {
+			vm := d.ManagedBy
+			for file, o := range h.running[vm].images {
+				if o.resource == name {
+					rs.Resized(vm, file)
+				}
+			}
+		}
+	} else {
+		dd, err := disk.Open(ctx, h.cfg.Storage, d.StoragePrefix, h.cfg.Keys)
+		if err != nil {
+			return nil, fmt.Errorf("opening disk %q: %w", name, err)
+		}
+		err = dd.Resize(ctx, r.SizeBytes)
+		if cerr := dd.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
+	d.DiskSizeBytes = r.SizeBytes
+	d.DiskSizeGB = r.SizeBytes >> 30
+	if err := h.save(); err != nil {
+		return nil, err
+	}
+	return h.showDisk(d), nil
+}
+
+func (h *Host) openDiskOf(name string) *disk.Disk {
+	for _, rv := range h.running {
+		for _, od := range rv.images {
+			if od.resource == name {
+				return od.d
+			}
+		}
+	}
+	return nil
+}
+
+// DeleteDisk crypto-shreds an unattached disk: its wrapped keys are destroyed
+// first, then its data.
+func (h *Host) DeleteDisk(ctx context.Context, name string) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	d, ok := h.st.Disks[name]
+	if !ok {
+		return notFound("disk", name)
+	}
+	if d.ManagedBy != "" {
+		return conflict("disk %q is attached to VM %q; detach it first (vm disk detach --vm-name %s --name %s)", name, d.ManagedBy, d.ManagedBy, name)
+	}
+	if err := disk.Destroy(ctx, h.cfg.Storage, d.StoragePrefix); err != nil && !errors.Is(err, disk.ErrNotFound) {
+		return fmt.Errorf("deleting disk %q: %w", name, err)
+	}
+	delete(h.st.Disks, name)
+	h.log.Info("disk deleted", "disk", name)
+	return h.save()
+}
+
+// CreateVMRequest is the body of a VM creation.
+type CreateVMRequest struct {
+	Name             string         `json:"name"`
+	OsDisk           string         `json:"osDisk,omitempty"`
+	OsDiskSizeBytes  int64          `json:"osDiskSizeBytes,omitempty"`
+	OsDiskCaching    string         `json:"osDiskCaching,omitempty"`
+	DataDisks        []AttachedDisk `json:"dataDisks,omitempty"`
+	TempDiskSize     int64          `json:"tempDiskSizeBytes,omitempty"`
+	EncryptionAtHost *bool          `json:"encryptionAtHost,omitempty"`
+}
+
+// CreateVM creates a VM with its OS disk (new or existing) and data disks,
+// and starts it.
+func (h *Host) CreateVM(ctx context.Context, r CreateVMRequest) (*VM, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if err := checkName("VM", r.Name); err != nil {
+		return nil, err
+	}
+	if _, ok := h.st.VMs[r.Name]; ok {
+		return nil, conflict("VM %q already exists; choose another name or delete it first", r.Name)
+	}
+	if r.EncryptionAtHost != nil && !*r.EncryptionAtHost {
+		return nil, errorf(http.StatusNotImplemented, "NotSupported", "VMs without encryption at host are not available in this version; leave --encryption-at-host at true")
+	}
+	if (r.OsDisk == "") == (r.OsDiskSizeBytes == 0) {
+		return nil, badRequest("give exactly one of --os-disk (an existing disk) or --os-disk-size (a new one)")
+	}
+	if r.OsDiskCaching == "" {
+		r.OsDiskCaching = CacheReadWrite
+	}
+	if err := checkCaching(r.OsDiskCaching); err != nil {
+		return nil, err
+	}
+	if r.TempDiskSize != 0 && (r.TempDiskSize < disk.MinSize || r.TempDiskSize%512 != 0) {
+		return nil, badRequest("temp disk size %d bytes: at least 1 MiB and a multiple of 512", r.TempDiskSize)
+	}
+	// Check every data disk before changing anything.
+	seen := map[string]bool{}
+	if r.OsDisk != "" {
+		if err := h.checkAttachable(r.OsDisk); err != nil {
+			return nil, err
+		}
+		seen[r.OsDisk] = true
+	}
+	for i := range r.DataDisks {
+		dd := &r.DataDisks[i]
+		if dd.Caching == "" {
+			dd.Caching = CacheNone
+		}
+		if err := checkCaching(dd.Caching); err != nil {
+			return nil, err
+		}
+		if seen[dd.Name] {
+			return nil, badRequest("disk %q is listed twice", dd.Name)
+		}
+		seen[dd.Name] = true
+		if err := h.checkAttachable(dd.Name); err != nil {
+			return nil, err
+		}
+		lun := i
+		dd.Lun = &lun
+	}
+	osName := r.OsDisk
+	if osName == "" {
+		osName = r.Name + "_OsDisk"
+		if _, err := h.createDisk(ctx, CreateDiskRequest{Name: osName, SizeBytes: r.OsDiskSizeBytes}); err != nil {
+			return nil, err
+		}
+	}
+	vm := &VM{
+		Name:              r.Name,
+		ID:                vmID(r.Name),
+		Location:          h.cfg.Location,
+		PowerState:        PowerDeallocated,
+		SecurityProfile:   SecurityProfile{EncryptionAtHost: true},
+		StorageProfile:    StorageProfile{OsDisk: AttachedDisk{Name: osName, Caching: r.OsDiskCaching}, DataDisks: r.DataDisks},
+		TempDiskSizeBytes: r.TempDiskSize,
+		TimeCreated:       h.cfg.Now().UTC(),
+	}
+	if vm.StorageProfile.DataDisks == nil {
+		vm.StorageProfile.DataDisks = []AttachedDisk{}
+	}
+	h.st.VMs[r.Name] = vm
+	for _, name := range vmDiskNames(vm) {
+		h.st.Disks[name].ManagedBy = r.Name
+		h.st.Disks[name].DiskState = DiskReserved
+	}
+	if err := h.save(); err != nil {
+		return nil, err
+	}
+	if err := h.start(ctx, vm); err != nil {
+		return nil, fmt.Errorf("VM %q was created but did not start: %w", r.Name, err)
+	}
+	return h.showVM(vm), nil
+}
+
+func (h *Host) checkAttachable(name string) error {
+	d, ok := h.st.Disks[name]
+	if !ok {
+		return notFound("disk", name)
+	}
+	if d.ManagedBy != "" {
+		return conflict("disk %q is already attached to VM %q; a disk is attached to one VM at a time", name, d.ManagedBy)
+	}
+	return nil
+}
+
+func vmDiskNames(vm *VM) []string {
+	names := []string{vm.StorageProfile.OsDisk.Name}
+	for _, d := range vm.StorageProfile.DataDisks {
+		names = append(names, d.Name)
+	}
+	return names
+}
+
+func imageName(lun *int) string {
+	if lun == nil {
+		return "os.img"
+	}
+	return fmt.Sprintf("data-%d.img", *lun)
+}
+
+const tempImage = "temp.img"
+
+func tempPrefix(vm string) string { return "temp/" + vm }
+
+// start opens every disk of vm and shows it in the tree. On failure nothing
+// stays open or visible.
+func (h *Host) start(ctx context.Context, vm *VM) (err error) {
+	rv := &runningVM{images: map[string]*openDisk{}}
+	defer func() {
+		if err != nil {
+			h.closeAll(vm.Name, rv)
+		}
+	}()
+	attach := func(ad AttachedDisk) error {
+		d := h.st.Disks[ad.Name]
+		od, err := disk.Open(ctx, h.cfg.Storage, d.StoragePrefix, h.cfg.Keys)
+		if err != nil {
+			return fmt.Errorf("opening disk %q: %w", ad.Name, err)
+		}
+		file := imageName(ad.Lun)
+		rv.images[file] = &openDisk{d: od, resource: ad.Name}
+		return h.cfg.Tree.AddImage(vm.Name, file, od)
+	}
+	if err := attach(vm.StorageProfile.OsDisk); err != nil {
+		return err
+	}
+	for _, dd := range vm.StorageProfile.DataDisks {
+		if err := attach(dd); err != nil {
+			return err
+		}
+	}
+	if vm.TempDiskSizeBytes > 0 {
+		td, err := h.openTemp(ctx, vm)
+		if err != nil {
+			return err
+		}
+		rv.images[tempImage] = &openDisk{d: td}
+		if err := h.cfg.Tree.AddImage(vm.Name, tempImage, td); err != nil {
+			return err
+		}
+	}
+	h.running[vm.Name] = rv
+	vm.PowerState, vm.PowerStateReason = PowerRunning, ""
+	for _, name := range vmDiskNames(vm) {
+		h.st.Disks[name].DiskState = DiskAttached
+	}
+	if err := h.save(); err != nil {
+		delete(h.running, vm.Name)
+		return err
+	}
+	h.log.Info("VM started", "vm", vm.Name, "images", len(rv.images))
+	return nil
+}
+
+// openTemp opens the VM's temp disk, creating an empty one if it has none
+// (first start, or after a deallocation destroyed it). It lives on the host,
+// never in storage, encrypted with a platform-wrapped key.
+func (h *Host) openTemp(ctx context.Context, vm *VM) (*disk.Disk, error) {
+	d, err := disk.Open(ctx, h.cfg.HostLocal, tempPrefix(vm.Name), h.cfg.Keys)
+	if errors.Is(err, disk.ErrNotFound) {
+		// A destroyed temp disk whose removal was cut short: finish it.
+		_ = disk.Destroy(ctx, h.cfg.HostLocal, tempPrefix(vm.Name))
+		d, err = disk.Create(ctx, h.cfg.HostLocal, tempPrefix(vm.Name), disk.CreateOptions{
+			Size: vm.TempDiskSizeBytes, SectorSize: 512, Layers: []disk.KeyWrapper{h.cfg.Keys},
+		})
+	}
+	if err != nil {
+		return nil, fmt.Errorf("temp disk of VM %q: %w", vm.Name, err)
+	}
+	return d, nil
+}
+
+// closeAll removes a VM's images from the tree, then flushes and closes its
+// disks, which wipes their keys from memory.
+func (h *Host) closeAll(vm string, rv *runningVM) error {
+	var errs []error
+	files := make([]string, 0, len(rv.images))
+	for f := range rv.images {
+		files = append(files, f)
+	}
+	slices.Sort(files)
+	for _, f := range files {
+		if err := h.cfg.Tree.RemoveImage(vm, f); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	_ = h.cfg.Tree.RemoveVM(vm)
+	for _, f := range files {
+		od := rv.images[f]
+		if od.resource != "" {
+			h.st.Disks[od.resource].IntegrityErrors += od.d.Stats().IntegrityErrors
+		}
+		if err := od.d.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("flushing %s of VM %q: %w", f, vm, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (h *Host) vm(name string) (*VM, error) {
+	vm, ok := h.st.VMs[name]
+	if !ok {
+		return nil, notFound("VM", name)
+	}
+	return vm, nil
+}
+
+// StartVM starts a stopped or deallocated VM.
+func (h *Host) StartVM(ctx context.Context, name string) (*VM, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	vm, err := h.vm(name)
+	if err != nil {
+		return nil, err
+	}
+	if vm.PowerState == PowerRunning {
+		return nil, conflict("VM %q is already running", name)
+	}
+	if err := h.start(ctx, vm); err != nil {
+		return nil, err
+	}
+	return h.showVM(vm), nil
+}
+
+// StopVM stops a running VM: its images disappear, every disk is flushed and
+// closed and its keys wiped. The temp disk is kept.
+func (h *Host) StopVM(ctx context.Context, name, reason string) (*VM, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	vm, err := h.vm(name)
+	if err != nil {
+		return nil, err
+	}
+	if vm.PowerState != PowerRunning {
+		return nil, conflict("VM %q is not running (it is %s)", name, vm.PowerState)
+	}
+	if err := h.stop(vm, PowerStopped, reason); err != nil {
+		return nil, err
+	}
+	return h.showVM(vm), nil
+}
+
+func (h *Host) stop(vm *VM, state, reason string) error {
+	var err error
+	if rv := h.running[vm.Name]; rv != nil {
+		err = h.closeAll(vm.Name, rv)
+		delete(h.running, vm.Name)
+	}
+	if reason == "" {
+		reason = "stopped by the user"
+	}
+	vm.PowerState, vm.PowerStateReason = state, reason
+	h.log.Info("VM stopped", "vm", vm.Name, "state", state, "reason", reason)
+	return errors.Join(err, h.save())
+}
+
+// DeallocateVM stops a VM (if running) and destroys its temp disk: the key
+// first, then the file. Its disks become Reserved.
+func (h *Host) DeallocateVM(ctx context.Context, name string) (*VM, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	vm, err := h.vm(name)
+	if err != nil {
+		return nil, err
+	}
+	if vm.PowerState == PowerDeallocated {
+		return h.showVM(vm), nil
+	}
+	if err := h.stop(vm, PowerDeallocated, "deallocated by the user"); err != nil {
+		return nil, err
+	}
+	if err := h.destroyTemp(ctx, vm.Name); err != nil {
+		return nil, err
+	}
+	for _, n := range vmDiskNames(vm) {
+		h.st.Disks[n].DiskState = DiskReserved
+	}
+	return h.showVM(vm), h.save()
+}
+
+func (h *Host) destroyTemp(ctx context.Context, vm string) error {
+	err := disk.Destroy(ctx, h.cfg.HostLocal, tempPrefix(vm))
+	if err != nil && !errors.Is(err, disk.ErrNotFound) {
+		return fmt.Errorf("destroying the temp disk of VM %q: %w", vm, err)
+	}
+	return nil
+}
+
+// DeleteVM deletes a VM that is not running. Its disks stay, unattached; its
+// temp disk is destroyed.
+func (h *Host) DeleteVM(ctx context.Context, name string) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	vm, err := h.vm(name)
+	if err != nil {
+		return err
+	}
+	if vm.PowerState == PowerRunning {
+		return conflict("VM %q is running; stop or deallocate it first (vm deallocate --name %s)", name, name)
+	}
+	if err := h.destroyTemp(ctx, name); err != nil {
+		return err
+	}
+	for _, n := range vmDiskNames(vm) {
+		if d := h.st.Disks[n]; d != nil {
+			d.ManagedBy, d.DiskState = "", DiskUnattached
+		}
+	}
+	delete(h.st.VMs, name)
+	return h.save()
+}
+
+// AttachRequest attaches a disk to a VM.
+type AttachRequest struct {
+	Disk    string `json:"disk"`
+	Lun     *int   `json:"lun,omitempty"`
+	Caching string `json:"caching,omitempty"`
+}
+
+// AttachDisk attaches a disk as a data disk; on a running VM its image
+// appears at once.
+func (h *Host) AttachDisk(ctx context.Context, vmName string, r AttachRequest) (*VM, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	vm, err := h.vm(vmName)
+	if err != nil {
+		return nil, err
+	}
+	if err := h.checkAttachable(r.Disk); err != nil {
+		return nil, err
+	}
+	if r.Caching == "" {
+		r.Caching = CacheNone
+	}
+	if err := checkCaching(r.Caching); err != nil {
+		return nil, err
+	}
+	used := map[int]string{}
+	for _, dd := range vm.StorageProfile.DataDisks {
+		used[*dd.Lun] = dd.Name
+	}
+	lun := 0
+	if r.Lun != nil {
+		lun = *r.Lun
+		if lun < 0 || lun > 63 {
+			return nil, badRequest("LUN %d: use 0 to 63", lun)
+		}
+		if other, ok := used[lun]; ok {
+			return nil, conflict("LUN %d of VM %q is in use by disk %q; pick a free LUN or leave --lun out", lun, vmName, other)
+		}
+	} else {
+		for used[lun] != "" {
+			lun++
+		}
+	}
+	ad := AttachedDisk{Name: r.Disk, Lun: &lun, Caching: r.Caching}
+	d := h.st.Disks[r.Disk]
+	if rv := h.running[vmName]; rv != nil {
+		od, err := disk.Open(ctx, h.cfg.Storage, d.StoragePrefix, h.cfg.Keys)
+		if err != nil {
+			return nil, fmt.Errorf("opening disk %q: %w", r.Disk, err)
+		}
+		file := imageName(&lun)
+		if err := h.cfg.Tree.AddImage(vmName, file, od); err != nil {
+			od.Close()
+			return nil, err
+		}
+		rv.images[file] = &openDisk{d: od, resource: r.Disk}
+		d.DiskState = DiskAttached
+	} else {
+		d.DiskState = DiskReserved
+	}
+	d.ManagedBy = vmName
+	vm.StorageProfile.DataDisks = append(vm.StorageProfile.DataDisks, ad)
+	sort.Slice(vm.StorageProfile.DataDisks, func(i, j int) bool {
+		return *vm.StorageProfile.DataDisks[i].Lun < *vm.StorageProfile.DataDisks[j].Lun
+	})
+	return h.showVM(vm), h.save()
+}
+
+// DetachDisk detaches a data disk; on a running VM its image disappears and
+// the disk is flushed and closed first.
+func (h *Host) DetachDisk(ctx context.Context, vmName, diskName string) (*VM, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	vm, err := h.vm(vmName)
+	if err != nil {
+		return nil, err
+	}
+	if vm.StorageProfile.OsDisk.Name == diskName {
+		return nil, conflict("disk %q is the OS disk of VM %q; an OS disk cannot be detached", diskName, vmName)
+	}
+	i := slices.IndexFunc(vm.StorageProfile.DataDisks, func(a AttachedDisk) bool { return a.Name == diskName })
+	if i < 0 {
+		return nil, notFound("data disk of VM "+vmName, diskName)
+	}
+	ad := vm.StorageProfile.DataDisks[i]
+	if rv := h.running[vmName]; rv != nil {
+		file := imageName(ad.Lun)
+		if err := h.cfg.Tree.RemoveImage(vmName, file); err != nil {
+			return nil, err
+		}
+		if od := rv.images[file]; od != nil {
+			h.st.Disks[diskName].IntegrityErrors += od.d.Stats().IntegrityErrors
+			if err := od.d.Close(); err != nil {
+				return nil, fmt.Errorf("flushing disk %q: %w", diskName, err)
+			}
+			delete(rv.images, file)
+		}
+	}
+	vm.StorageProfile.DataDisks = slices.Delete(vm.StorageProfile.DataDisks, i, i+1)
+	d := h.st.Disks[diskName]
+	d.ManagedBy, d.DiskState = "", DiskUnattached
+	return h.showVM(vm), h.save()
+}
+
+func (h *Host) showVM(vm *VM) *VM {
+	c := *vm
+	c.StorageProfile.DataDisks = slices.Clone(vm.StorageProfile.DataDisks)
+	if rv := h.running[vm.Name]; rv != nil {
+		for f := range rv.images {
+			c.Images = append(c.Images, vm.Name+"/"+f)
+		}
+		slices.Sort(c.Images)
+	}
+	return &c
+}
+
+// ShowVM returns one VM.
+func (h *Host) ShowVM(name string) (*VM, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	vm, err := h.vm(name)
+	if err != nil {
+		return nil, err
+	}
+	return h.showVM(vm), nil
+}
+
+// ListVMs returns every VM, sorted by name.
+func (h *Host) ListVMs() []*VM {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	out := make([]*VM, 0, len(h.st.VMs))
+	for _, vm := range h.st.VMs {
+		out = append(out, h.showVM(vm))
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+// Recover starts again every VM that was running when the daemon last
+// stopped (cleanly or not). A VM that cannot start is marked stopped with the
+// reason.
+func (h *Host) Recover(ctx context.Context) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	names := make([]string, 0, len(h.st.VMs))
+	for n, vm := range h.st.VMs {
+		if vm.PowerState == PowerRunning {
+			names = append(names, n)
+		}
+	}
+	slices.Sort(names)
+	for _, n := range names {
+		vm := h.st.VMs[n]
+		if err := h.start(ctx, vm); err != nil {
+			h.log.Error("VM did not come back after restart", "vm", n, "err", err)
+			vm.PowerState, vm.PowerStateReason = PowerStopped, "could not start after a host restart: "+err.Error()
+			_ = h.save()
+		}
+	}
+}
+
+// Shutdown flushes and closes every running VM's disks and removes them from
+// the tree, keeping their power state so that they come back on the next
+// start.
+func (h *Host) Shutdown() error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	var errs []error
+	for name, rv := range h.running {
+		errs = append(errs, h.closeAll(name, rv))
+		delete(h.running, name)
+	}
+	return errors.Join(errs...)
+}

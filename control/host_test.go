@@ -1,0 +1,334 @@
+package control
+
+import (
+	"bytes"
+	"context"
+	"crypto/aes"
+	"crypto/cipher"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"net/http"
+	"path/filepath"
+	"slices"
+	"sync"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	hcrypto "hostcrypt/crypto"
+	"hostcrypt/disk"
+	hfs "hostcrypt/fs"
+	"hostcrypt/storage/local"
+)
+
+// fakeKeys wraps with an in-memory AES-GCM key: the unit tests' platform key.
+type fakeKeys struct {
+	mu      sync.Mutex
+	key     []byte
+	unwraps int
+}
+
+func (k *fakeKeys) gcm() cipher.AEAD {
+	b, _ := aes.NewCipher(k.key)
+	g, _ := cipher.NewGCM(b)
+	return g
+}
+
+func (k *fakeKeys) WrapKey(_ context.Context, dek []byte) (disk.WrappedKey, error) {
+	n := make([]byte, 12)
+	rand.Read(n)
+	return disk.WrappedKey{KeyID: "platform/test/v1", Algorithm: "A256GCM", Value: k.gcm().Seal(n, n, dek, nil)}, nil
+}
+
+func (k *fakeKeys) UnwrapKey(_ context.Context, w disk.WrappedKey) ([]byte, error) {
+	k.mu.Lock()
+	k.unwraps++
+	k.mu.Unlock()
+	out, err := k.gcm().Open(nil, w.Value[:12], w.Value[12:], nil)
+	if err != nil {
+		return nil, hcrypto.ErrWrongKey
+	}
+	return out, nil
+}
+
+// fakeTree records which images are visible.
+type fakeTree struct {
+	mu     sync.Mutex
+	images map[string]hfs.Image
+}
+
+func (t *fakeTree) AddImage(vm, name string, img hfs.Image) error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if _, ok := t.images[vm+"/"+name]; ok {
+		return fmt.Errorf("%s/%s exists", vm, name)
+	}
+	t.images[vm+"/"+name] = img
+	return nil
+}
+
+func (t *fakeTree) RemoveImage(vm, name string) error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	delete(t.images, vm+"/"+name)
+	return nil
+}
+
+func (t *fakeTree) RemoveVM(string) error { return nil }
+
+func (t *fakeTree) list() []string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	var out []string
+	for k := range t.images {
+		out = append(out, k)
+	}
+	slices.Sort(out)
+	return out
+}
+
+func (t *fakeTree) get(p string) hfs.Image {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.images[p]
+}
+
+type fixture struct {
+	h    *Host
+	tree *fakeTree
+	keys *fakeKeys
+	cfg  Config
+}
+
+func newFixture(t *testing.T) *fixture {
+	dir := t.TempDir()
+	sb, err := local.Open(filepath.Join(dir, "storage"))
+	require.NoError(t, err)
+	hb, err := local.Open(filepath.Join(dir, "host"))
+	require.NoError(t, err)
+	f := &fixture{tree: &fakeTree{images: map[string]hfs.Image{}}, keys: &fakeKeys{key: hcrypto.NewDataKey()}}
+	f.cfg = Config{StateDir: filepath.Join(dir, "state"), Storage: sb, HostLocal: hb, Keys: f.keys, Tree: f.tree}
+	f.h, err = New(f.cfg)
+	require.NoError(t, err)
+	t.Cleanup(func() { f.h.Shutdown() })
+	return f
+}
+
+// restart simulates a daemon restart on the same directories.
+func (f *fixture) restart(t *testing.T, clean bool) {
+	if clean {
+		require.NoError(t, f.h.Shutdown())
+	}
+	f.tree.images = map[string]hfs.Image{}
+	var err error
+	f.h, err = New(f.cfg)
+	require.NoError(t, err)
+	f.h.Recover(context.Background())
+}
+
+func requireCode(t *testing.T, err error, status int) {
+	t.Helper()
+	var e *Error
+	require.True(t, errors.As(err, &e), "want a refusal, got %v", err)
+	require.Equal(t, status, e.Status, e.Message)
+}
+
+func TestDiskLifecycle(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	d, err := f.h.CreateDisk(ctx, CreateDiskRequest{Name: "d1", SizeBytes: 64 << 20})
+	require.NoError(t, err)
+	require.Equal(t, DiskUnattached, d.DiskState)
+	require.Equal(t, EncPlatformKey, d.Encryption.Type)
+	require.Equal(t, "platform/test/v1", d.KeyID)
+	require.Equal(t, 512, d.LogicalSectorSize)
+
+	d, err = f.h.UpdateDisk(ctx, "d1", UpdateDiskRequest{SizeBytes: 128 << 20})
+	require.NoError(t, err)
+	require.EqualValues(t, 128<<20, d.DiskSizeBytes)
+	m, err := disk.ReadMetadata(ctx, f.cfg.Storage, d.StoragePrefix)
+	require.NoError(t, err)
+	require.EqualValues(t, 128<<20, m.Size)
+
+	require.NoError(t, f.h.DeleteDisk(ctx, "d1"))
+	_, err = f.h.ShowDisk("d1")
+	requireCode(t, err, http.StatusNotFound)
+	left, err := f.cfg.Storage.List(ctx, d.StoragePrefix)
+	require.NoError(t, err)
+	require.Empty(t, left, "storage of a deleted disk remains")
+}
+
+func TestBadInputChangesNothing(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	_, err := f.h.CreateDisk(ctx, CreateDiskRequest{Name: "d1", SizeBytes: 8 << 20})
+	require.NoError(t, err)
+	_, err = f.h.CreateDisk(ctx, CreateDiskRequest{Name: "d2", SizeBytes: 8 << 20})
+	require.NoError(t, err)
+	_, err = f.h.CreateVM(ctx, CreateVMRequest{Name: "vm1", OsDiskSizeBytes: 8 << 20, DataDisks: []AttachedDisk{{Name: "d1"}}})
+	require.NoError(t, err)
+	before, err := f.cfg.Storage.List(ctx, "")
+	require.NoError(t, err)
+	disks, vms := f.h.ListDisks(), f.h.ListVMs()
+
+	cases := []struct {
+		name   string
+		status int
+		call   func() error
+	}{
+		{"duplicate disk", 409, func() error {
+			_, err := f.h.CreateDisk(ctx, CreateDiskRequest{Name: "d1", SizeBytes: 8 << 20})
+			return err
+		}},
+		{"size 0", 400, func() error { _, err := f.h.CreateDisk(ctx, CreateDiskRequest{Name: "x", SizeBytes: 0}); return err }},
+		{"size not sector multiple", 400, func() error {
+			_, err := f.h.CreateDisk(ctx, CreateDiskRequest{Name: "x", SizeBytes: 8<<20 + 512, LogicalSectorSize: 4096})
+			return err
+		}},
+		{"bad sector size", 400, func() error {
+			_, err := f.h.CreateDisk(ctx, CreateDiskRequest{Name: "x", SizeBytes: 8 << 20, LogicalSectorSize: 1024})
+			return err
+		}},
+		{"bad sku", 400, func() error {
+			_, err := f.h.CreateDisk(ctx, CreateDiskRequest{Name: "x", SizeBytes: 8 << 20, Sku: "Gold"})
+			return err
+		}},
+		{"bad name", 400, func() error {
+			_, err := f.h.CreateDisk(ctx, CreateDiskRequest{Name: "../x", SizeBytes: 8 << 20})
+			return err
+		}},
+		{"shrink", 400, func() error { _, err := f.h.UpdateDisk(ctx, "d2", UpdateDiskRequest{SizeBytes: 4 << 20}); return err }},
+		{"start running VM", 409, func() error { _, err := f.h.StartVM(ctx, "vm1"); return err }},
+		{"delete attached disk", 409, func() error { return f.h.DeleteDisk(ctx, "d1") }},
+		{"delete running VM", 409, func() error { return f.h.DeleteVM(ctx, "vm1") }},
+		{"attach attached disk", 409, func() error { _, err := f.h.AttachDisk(ctx, "vm1", AttachRequest{Disk: "d1"}); return err }},
+		{"unknown VM", 404, func() error { _, err := f.h.ShowVM("nope"); return err }},
+		{"unknown disk", 404, func() error { _, err := f.h.AttachDisk(ctx, "vm1", AttachRequest{Disk: "nope"}); return err }},
+		{"LUN in use", 409, func() error {
+			lun := 0
+			_, err := f.h.AttachDisk(ctx, "vm1", AttachRequest{Disk: "d2", Lun: &lun})
+			return err
+		}},
+		{"bad caching", 400, func() error {
+			_, err := f.h.AttachDisk(ctx, "vm1", AttachRequest{Disk: "d2", Caching: "Sometimes"})
+			return err
+		}},
+		{"duplicate VM", 409, func() error { _, err := f.h.CreateVM(ctx, CreateVMRequest{Name: "vm1", OsDisk: "d2"}); return err }},
+		{"VM with attached disk", 409, func() error { _, err := f.h.CreateVM(ctx, CreateVMRequest{Name: "vm2", OsDisk: "d1"}); return err }},
+		{"VM with two OS disks", 400, func() error {
+			_, err := f.h.CreateVM(ctx, CreateVMRequest{Name: "vm2", OsDisk: "d2", OsDiskSizeBytes: 8 << 20})
+			return err
+		}},
+		{"detach OS disk", 409, func() error { _, err := f.h.DetachDisk(ctx, "vm1", "vm1_OsDisk"); return err }},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			requireCode(t, c.call(), c.status)
+		})
+	}
+	after, err := f.cfg.Storage.List(ctx, "")
+	require.NoError(t, err)
+	require.Equal(t, before, after, "a refused request changed storage")
+	require.Equal(t, disks, f.h.ListDisks())
+	require.Equal(t, vms, f.h.ListVMs())
+}
+
+func TestVMLifecycleAndPersistence(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	_, err := f.h.CreateDisk(ctx, CreateDiskRequest{Name: "data1", SizeBytes: 16 << 20})
+	require.NoError(t, err)
+	vm, err := f.h.CreateVM(ctx, CreateVMRequest{Name: "vm1", OsDiskSizeBytes: 8 << 20,
+		DataDisks: []AttachedDisk{{Name: "data1"}}, TempDiskSize: 4 << 20})
+	require.NoError(t, err)
+	require.Equal(t, PowerRunning, vm.PowerState)
+	require.Equal(t, []string{"vm1/data-0.img", "vm1/os.img", "vm1/temp.img"}, f.tree.list())
+	d, err := f.h.ShowDisk("data1")
+	require.NoError(t, err)
+	require.Equal(t, DiskAttached, d.DiskState)
+	require.Equal(t, "vm1", d.ManagedBy)
+
+	pattern := make([]byte, 1<<20)
+	rand.Read(pattern)
+	for _, img := range []string{"vm1/os.img", "vm1/data-0.img", "vm1/temp.img"} {
+		_, err := f.tree.get(img).WriteAt(pattern, 512)
+		require.NoError(t, err)
+	}
+
+	// A crash (no Shutdown): the VM comes back running with its data.
+	f.restart(t, false)
+	vm, err = f.h.ShowVM("vm1")
+	require.NoError(t, err)
+	require.Equal(t, PowerRunning, vm.PowerState)
+	check := func(img string, want []byte) {
+		t.Helper()
+		got := make([]byte, len(want))
+		_, err := f.tree.get(img).ReadAt(got, 512)
+		require.NoError(t, err)
+		require.True(t, bytes.Equal(want, got), img)
+	}
+	for _, img := range []string{"vm1/os.img", "vm1/data-0.img", "vm1/temp.img"} {
+		check(img, pattern)
+	}
+
+	// Stop keeps the temp disk; deallocate destroys it.
+	_, err = f.h.StopVM(ctx, "vm1", "")
+	require.NoError(t, err)
+	require.Empty(t, f.tree.list())
+	_, err = f.h.StartVM(ctx, "vm1")
+	require.NoError(t, err)
+	check("vm1/temp.img", pattern)
+	_, err = f.h.DeallocateVM(ctx, "vm1")
+	require.NoError(t, err)
+	d, _ = f.h.ShowDisk("data1")
+	require.Equal(t, DiskReserved, d.DiskState)
+	left, err := f.cfg.HostLocal.List(ctx, "temp/vm1")
+	require.NoError(t, err)
+	require.Empty(t, left, "temp disk survived deallocation")
+	_, err = f.h.StartVM(ctx, "vm1")
+	require.NoError(t, err)
+	check("vm1/temp.img", make([]byte, len(pattern)))
+	check("vm1/data-0.img", pattern)
+
+	// Hot-plug.
+	_, err = f.h.CreateDisk(ctx, CreateDiskRequest{Name: "data2", SizeBytes: 8 << 20})
+	require.NoError(t, err)
+	vm, err = f.h.AttachDisk(ctx, "vm1", AttachRequest{Disk: "data2"})
+	require.NoError(t, err)
+	require.Contains(t, f.tree.list(), "vm1/data-1.img")
+	require.Len(t, vm.StorageProfile.DataDisks, 2)
+	_, err = f.tree.get("vm1/data-1.img").WriteAt(pattern, 0)
+	require.NoError(t, err)
+	_, err = f.h.DetachDisk(ctx, "vm1", "data2")
+	require.NoError(t, err)
+	require.NotContains(t, f.tree.list(), "vm1/data-1.img")
+	// Detach flushed it: reopened elsewhere, the data is there.
+	_, err = f.h.AttachDisk(ctx, "vm1", AttachRequest{Disk: "data2", Lun: ptr(5)})
+	require.NoError(t, err)
+	got := make([]byte, len(pattern))
+	_, err = f.tree.get("vm1/data-5.img").ReadAt(got, 0)
+	require.NoError(t, err)
+	require.True(t, bytes.Equal(pattern, got))
+
+	// Growing a disk of a running VM shows at once.
+	_, err = f.h.UpdateDisk(ctx, "data2", UpdateDiskRequest{SizeBytes: 32 << 20})
+	require.NoError(t, err)
+	require.EqualValues(t, 32<<20, f.tree.get("vm1/data-5.img").Size())
+
+	// Clean shutdown and restart: running again.
+	f.restart(t, true)
+	vm, err = f.h.ShowVM("vm1")
+	require.NoError(t, err)
+	require.Equal(t, PowerRunning, vm.PowerState)
+	require.Len(t, f.tree.list(), 4)
+
+	_, err = f.h.DeallocateVM(ctx, "vm1")
+	require.NoError(t, err)
+	require.NoError(t, f.h.DeleteVM(ctx, "vm1"))
+	d, _ = f.h.ShowDisk("data1")
+	require.Equal(t, DiskUnattached, d.DiskState)
+	require.Empty(t, d.ManagedBy)
+}
+
+func ptr[T any](v T) *T { return &v }

@@ -1,0 +1,147 @@
+// Package hostd is the hostcryptd process: it wires the storage backend, the
+// key store, the FUSE tree and the control plane together, serves the control
+// API on a unix socket, and shuts everything down cleanly on a signal.
+package hostd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"os"
+	"path/filepath"
+	"time"
+
+	"hostcrypt/control"
+	hfs "hostcrypt/fs"
+	"hostcrypt/storage/local"
+)
+
+// Config is hostcryptd's command line.
+type Config struct {
+	StateDir    string
+	StorageDir  string
+	HostDir     string
+	MountDir    string
+	KeystoreURL string
+	KeystoreCA  string
+	TokenFile   string
+	Socket      string // default STATE/hostcryptd.sock
+	Debug       bool
+	KeyCheck    time.Duration
+	DEKLease    time.Duration
+	Rotation    time.Duration
+	OnKeyExpiry string
+	Log         *slog.Logger
+}
+
+func (c *Config) check() error {
+	for _, f := range []struct{ flag, v string }{
+		{"--state", c.StateDir}, {"--storage", c.StorageDir}, {"--host-dir", c.HostDir}, {"--mount", c.MountDir},
+		{"--keystore", c.KeystoreURL}, {"--keystore-ca", c.KeystoreCA}, {"--token-file", c.TokenFile},
+	} {
+		if f.v == "" {
+			return fmt.Errorf("%s is required (see hostcryptd --help)", f.flag)
+		}
+	}
+	if c.OnKeyExpiry != "" && c.OnKeyExpiry != "shutdown" && c.OnKeyExpiry != "next-start" {
+		return fmt.Errorf("--on-key-expiry %q: use shutdown or next-start", c.OnKeyExpiry)
+	}
+	if c.Socket == "" {
+		c.Socket = filepath.Join(c.StateDir, "hostcryptd.sock")
+	}
+	if c.Log == nil {
+		c.Log = slog.Default()
+	}
+	return nil
+}
+
+// Run starts the daemon and serves until ctx is cancelled, then flushes every
+// disk, unmounts and returns. ready, if not nil, is called once the tree is
+// mounted and the API is served.
+func Run(ctx context.Context, cfg Config, ready func()) error {
+	if err := cfg.check(); err != nil {
+		return err
+	}
+	log := cfg.Log
+	if _, err := os.Stat("/dev/fuse"); err != nil {
+		return fmt.Errorf("FUSE is not available (/dev/fuse: %v); load the fuse module or install fuse3", err)
+	}
+	for _, d := range []string{cfg.StateDir, cfg.StorageDir, cfg.HostDir} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return err
+		}
+	}
+	if err := os.MkdirAll(cfg.MountDir, 0o755); err != nil {
+		return err
+	}
+	if err := hfs.CleanStaleMount(cfg.MountDir); err != nil {
+		return fmt.Errorf("mount point %s: %w", cfg.MountDir, err)
+	}
+	keys, err := connectKeys(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	sb, err := local.Open(cfg.StorageDir)
+	if err != nil {
+		return fmt.Errorf("storage %s: %w", cfg.StorageDir, err)
+	}
+	defer sb.Close()
+	hb, err := local.Open(cfg.HostDir)
+	if err != nil {
+		return fmt.Errorf("host directory %s: %w", cfg.HostDir, err)
+	}
+	defer hb.Close()
+
+	tree, err := hfs.Mount(cfg.MountDir, hfs.Options{Debug: cfg.Debug})
+	if err != nil {
+		return fmt.Errorf("mounting %s: %w", cfg.MountDir, err)
+	}
+	unmounted := false
+	defer func() {
+		if !unmounted {
+			tree.Unmount()
+		}
+	}()
+	host, err := control.New(control.Config{
+		StateDir: cfg.StateDir, Storage: sb, HostLocal: hb, Keys: keys, Tree: tree, Log: log,
+	})
+	if err != nil {
+		return err
+	}
+	host.Recover(ctx)
+
+	l, err := control.Listen(cfg.Socket)
+	if err != nil {
+		return err
+	}
+	srv := &http.Server{Handler: control.Handler(host), ReadHeaderTimeout: 10 * time.Second}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(l) }()
+	log.Info("hostcryptd ready", "mount", cfg.MountDir, "socket", cfg.Socket)
+	if ready != nil {
+		ready()
+	}
+
+	select {
+	case <-ctx.Done():
+	case err := <-served:
+		if err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("control API stopped", "err", err)
+		}
+	}
+	log.Info("shutting down: flushing every disk")
+	sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	_ = srv.Shutdown(sctx)
+	os.Remove(cfg.Socket)
+	serr := host.Shutdown()
+	uerr := tree.Unmount()
+	unmounted = true
+	if err := errors.Join(serr, uerr); err != nil {
+		return fmt.Errorf("shutdown: %w", err)
+	}
+	log.Info("hostcryptd stopped cleanly")
+	return nil
+}

@@ -1,0 +1,127 @@
+package hostd
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"hostcrypt/control"
+	"hostcrypt/keystore/server"
+)
+
+func requireFUSE(t *testing.T) {
+	t.Helper()
+	_, err := os.Stat("/dev/fuse")
+	if (err != nil || os.Getuid() != 0) && os.Getenv("CI") == "" {
+		t.Skip("needs root and /dev/fuse")
+	}
+}
+
+// TestRunServesImages starts the daemon in-process against a real key store
+// over TLS, creates a VM through the control socket, writes its image from
+// another process and reads it back after a restart.
+func TestRunServesImages(t *testing.T) {
+	requireFUSE(t)
+	ksDir := t.TempDir()
+	ks, err := server.Open(server.Config{Dir: ksDir, Listen: "127.0.0.1:0"})
+	require.NoError(t, err)
+	go ks.Serve()
+	t.Cleanup(func() { ks.Shutdown(context.Background()) })
+
+	root := t.TempDir()
+	cfg := Config{
+		StateDir: filepath.Join(root, "state"), StorageDir: filepath.Join(root, "storage"),
+		HostDir: filepath.Join(root, "host"), MountDir: filepath.Join(root, "mnt"),
+		KeystoreURL: ks.BaseURL(), KeystoreCA: filepath.Join(ksDir, "ca.pem"), TokenFile: filepath.Join(ksDir, "platform.token"),
+	}
+	cfg.Socket = filepath.Join(cfg.StateDir, "hostcryptd.sock")
+	// start runs the daemon; the returned stop is idempotent and returns
+	// Run's result.
+	start := func() (stop func() error) {
+		ctx, cancel := context.WithCancel(context.Background())
+		ready := make(chan struct{})
+		done := make(chan struct{})
+		var runErr error
+		go func() { runErr = Run(ctx, cfg, func() { close(ready) }); close(done) }()
+		select {
+		case <-ready:
+		case <-done:
+			t.Fatalf("hostcryptd did not start: %v", runErr)
+		case <-time.After(30 * time.Second):
+			t.Fatal("hostcryptd did not get ready")
+		}
+		stop = func() error {
+			cancel()
+			<-done
+			return runErr
+		}
+		t.Cleanup(func() { stop() })
+		return stop
+	}
+	stop := start()
+	c := control.NewClient(cfg.Socket)
+	ctx := context.Background()
+	var vm control.VM
+	require.NoError(t, c.Do(ctx, "POST", "/vms", control.CreateVMRequest{Name: "vm1", OsDiskSizeBytes: 16 << 20, TempDiskSize: 8 << 20}, &vm))
+	require.Equal(t, control.PowerRunning, vm.PowerState)
+
+	img := filepath.Join(cfg.MountDir, "vm1", "os.img")
+	pattern := make([]byte, 1<<20)
+	rand.Read(pattern)
+	src := filepath.Join(t.TempDir(), "pattern")
+	require.NoError(t, os.WriteFile(src, pattern, 0o600))
+	out, err := exec.Command("dd", "if="+src, "of="+img, "bs=64k", "seek=1", "conv=notrunc,fsync", "oflag=direct", "status=none").CombinedOutput()
+	require.NoError(t, err, string(out))
+
+	var d control.Disk
+	require.NoError(t, c.Do(ctx, "GET", "/disks/vm1_OsDisk", nil, &d))
+	require.Contains(t, d.KeyID, "/vaults/platform/keys/"+platformKeyName+"/", "the data key is wrapped by a versioned platform key")
+
+	// A clean stop unmounts; a restart brings the VM back running.
+	require.NoError(t, stop())
+	_, err = os.Stat(img)
+	require.Error(t, err)
+	start()
+	got, err := exec.Command("dd", "if="+img, "bs=64k", "skip=1", "count=16", "iflag=direct", "status=none").Output()
+	require.NoError(t, err)
+	require.True(t, bytes.Equal(pattern, got))
+}
+
+// TestRunRefusesBadSetups: clear errors, nothing mounted.
+func TestRunRefusesBadSetups(t *testing.T) {
+	requireFUSE(t)
+	root := t.TempDir()
+	base := Config{
+		StateDir: filepath.Join(root, "state"), StorageDir: filepath.Join(root, "storage"),
+		HostDir: filepath.Join(root, "host"), MountDir: filepath.Join(root, "mnt"),
+		KeystoreURL: "https://127.0.0.1:1", KeystoreCA: filepath.Join(root, "ca.pem"), TokenFile: filepath.Join(root, "token"),
+	}
+	cfg := base
+	cfg.TokenFile = ""
+	require.ErrorContains(t, Run(context.Background(), cfg, nil), "--token-file is required")
+
+	cfg = base
+	cfg.OnKeyExpiry = "later"
+	require.ErrorContains(t, Run(context.Background(), cfg, nil), "--on-key-expiry")
+
+	// A mount point with files in it is refused.
+	cfg = base
+	require.NoError(t, os.MkdirAll(cfg.MountDir, 0o755))
+	require.NoError(t, os.WriteFile(filepath.Join(cfg.MountDir, "x"), nil, 0o600))
+	require.Error(t, Run(context.Background(), cfg, nil))
+	require.NoError(t, os.Remove(filepath.Join(cfg.MountDir, "x")))
+
+	// An unreachable or untrusted key store is refused.
+	require.NoError(t, os.WriteFile(cfg.KeystoreCA, []byte("not a certificate"), 0o600))
+	require.NoError(t, os.WriteFile(cfg.TokenFile, []byte("t"), 0o600))
+	err := Run(context.Background(), cfg, nil)
+	require.Error(t, err)
+	require.Contains(t, err.Error(), "key store")
+}

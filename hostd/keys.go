@@ -1,0 +1,61 @@
+package hostd
+
+import (
+	"context"
+	"fmt"
+
+	"hostcrypt/disk"
+	"hostcrypt/keystore/client"
+)
+
+// platformKeyName is the platform key that wraps the data keys of disks
+// encrypted with platform-managed keys, and of temp disks.
+const platformKeyName = "disk-encryption"
+
+// keyService is the control plane's view of the key store: it wraps new data
+// keys with the current version of the platform key and unwraps any wrap a
+// disk carries, naming the exact key version that wrapped it.
+type keyService struct {
+	c *client.Client
+}
+
+// connectKeys connects to the key store as the platform and makes sure the
+// platform key exists. It fails when the key store cannot be reached or its
+// certificate is not signed by the given CA.
+func connectKeys(ctx context.Context, cfg Config) (*keyService, error) {
+	c, err := client.New(cfg.KeystoreURL, cfg.KeystoreCA, cfg.TokenFile)
+	if err != nil {
+		return nil, fmt.Errorf("key store %s: %w", cfg.KeystoreURL, err)
+	}
+	_, err = c.GetKey(ctx, client.PlatformVault, platformKeyName, "")
+	if client.IsNotFound(err) {
+		_, err = c.CreatePlatformKey(ctx, platformKeyName)
+	}
+	if err != nil {
+		if client.IsUnreachable(err) {
+			return nil, fmt.Errorf("cannot reach or trust the key store at %s (check --keystore and --keystore-ca): %w", cfg.KeystoreURL, err)
+		}
+		return nil, fmt.Errorf("key store %s: preparing the platform key: %w", cfg.KeystoreURL, err)
+	}
+	return &keyService{c: c}, nil
+}
+
+func (k *keyService) WrapKey(ctx context.Context, dek []byte) (disk.WrappedKey, error) {
+	kid, wrapped, err := k.c.PlatformWrap(ctx, platformKeyName, "", dek)
+	if err != nil {
+		return disk.WrappedKey{}, fmt.Errorf("wrapping with the platform key: %w", err)
+	}
+	return disk.WrappedKey{KeyID: kid, Algorithm: client.A256KWP, Value: wrapped}, nil
+}
+
+func (k *keyService) UnwrapKey(ctx context.Context, w disk.WrappedKey) ([]byte, error) {
+	switch w.Algorithm {
+	case client.A256KWP:
+		dek, err := k.c.PlatformUnwrap(ctx, w.KeyID, w.Value)
+		if err != nil {
+			return nil, fmt.Errorf("unwrapping with %s: %w", w.KeyID, err)
+		}
+		return dek, nil
+	}
+	return nil, fmt.Errorf("key %s: wrap algorithm %q is not supported by this host", w.KeyID, w.Algorithm)
+}

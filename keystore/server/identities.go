@@ -1,0 +1,284 @@
+package server
+
+import (
+	"net/http"
+	"net/url"
+	"strconv"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// IdentityJSON is an identity; Token is returned once, on creation.
+type IdentityJSON struct {
+	PrincipalID string    `json:"principalId"`
+	TenantID    string    `json:"tenantId"`
+	Type        string    `json:"type"`
+	DisplayName string    `json:"displayName,omitempty"`
+	Created     time.Time `json:"created"`
+	Token       string    `json:"token,omitempty"`
+}
+
+type identityReq struct {
+	Type        string `json:"type"`
+	TenantID    string `json:"tenantId"`
+	DisplayName string `json:"displayName"`
+}
+
+func (c *call) requireKind(what string, kinds ...string) error {
+	for _, k := range kinds {
+		if c.p.Kind == k {
+			return nil
+		}
+	}
+	return forbiddenByPolicy("caller %s (%s) may not %s", c.p.ObjectID, c.p.Kind, what)
+}
+
+func (s *Server) createIdentity(c *call) (any, error) {
+	var req identityReq
+	if err := decode(c, &req); err != nil {
+		return nil, err
+	}
+	if err := c.requireKind("create identities; the platform principal or an administrator can", kindPlatform, kindAdmin); err != nil {
+		return nil, err
+	}
+	typ := kindSystem
+	if req.Type != "" {
+		var ok bool
+		if typ, ok = canonical([]string{kindSystem, kindUser}, req.Type); !ok {
+			return nil, badParam("identity type %q is not valid; use SystemAssigned or User", req.Type)
+		}
+	}
+	tenant := req.TenantID
+	if tenant == "" {
+		tenant = c.p.TenantID
+	}
+	if len(tenant) > 64 || len(req.DisplayName) > 128 {
+		return nil, badParam("tenantId or displayName is too long")
+	}
+	token := newToken()
+	p := principal{ObjectID: newID(), TenantID: tenant, Kind: typ, DisplayName: req.DisplayName, TokenHash: tokenHash(token), Created: s.clock.Now().UTC()}
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		if err := putJSON(tx, bucketPrincipals, p.ObjectID, p); err != nil {
+			return err
+		}
+		return tx.Bucket(bucketTokens).Put([]byte(p.TokenHash), []byte(p.ObjectID))
+	})
+	if err != nil {
+		return nil, err
+	}
+	c.status = http.StatusCreated
+	return IdentityJSON{PrincipalID: p.ObjectID, TenantID: p.TenantID, Type: p.Kind, DisplayName: p.DisplayName, Created: p.Created, Token: token}, nil
+}
+
+func (s *Server) getIdentity(c *call) (any, error) {
+	id := c.r.PathValue("id")
+	if id != c.p.ObjectID {
+		if err := c.requireKind("read other identities", kindPlatform, kindAdmin); err != nil {
+			return nil, err
+		}
+	}
+	var p principal
+	err := s.db.View(func(tx *bolt.Tx) error {
+		ok, err := getJSON(tx, bucketPrincipals, id, &p)
+		if err == nil && !ok {
+			err = errf(http.StatusNotFound, "IdentityNotFound", "", "identity %s not found", id)
+		}
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return IdentityJSON{PrincipalID: p.ObjectID, TenantID: p.TenantID, Type: p.Kind, DisplayName: p.DisplayName, Created: p.Created}, nil
+}
+
+// deleteIdentity revokes an identity: its token stops working at once.
+func (s *Server) deleteIdentity(c *call) (any, error) {
+	if err := c.requireKind("delete identities", kindPlatform, kindAdmin); err != nil {
+		return nil, err
+	}
+	id := c.r.PathValue("id")
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		var p principal
+		ok, err := getJSON(tx, bucketPrincipals, id, &p)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			return errf(http.StatusNotFound, "IdentityNotFound", "", "identity %s not found", id)
+		}
+		if p.Kind == kindAdmin || p.Kind == kindPlatform {
+			return badParam("identity %s is the key store's own %s principal and cannot be deleted", id, p.Kind)
+		}
+		if err := tx.Bucket(bucketTokens).Delete([]byte(p.TokenHash)); err != nil {
+			return err
+		}
+		return tx.Bucket(bucketPrincipals).Delete([]byte(id))
+	})
+	if err != nil {
+		return nil, err
+	}
+	c.status = http.StatusNoContent
+	return nil, nil
+}
+
+func queryUint(q url.Values, name string) (uint64, error) {
+	v := q.Get(name)
+	if v == "" {
+		return 0, nil
+	}
+	n, err := strconv.ParseUint(v, 10, 64)
+	if err != nil {
+		return 0, badParam("query parameter %s=%q is not a non-negative integer", name, v)
+	}
+	return n, nil
+}
+
+func queryLimit(q url.Values) (int, error) {
+	n, err := queryUint(q, "limit")
+	if err != nil {
+		return 0, err
+	}
+	if n == 0 || n > 1000 {
+		n = 1000
+	}
+	return int(n), nil
+}
+
+func (s *Server) readAudit(c *call) (any, error) {
+	if err := c.requireKind("read the audit log; an administrator can", kindAdmin); err != nil {
+		return nil, err
+	}
+	q := c.r.URL.Query()
+	after, err := queryUint(q, "after")
+	if err != nil {
+		return nil, err
+	}
+	limit, err := queryLimit(q)
+	if err != nil {
+		return nil, err
+	}
+	vaultName := q.Get("vault")
+	recs, err := s.audit.Read(after, limit, func(r *AuditRecord) bool { return vaultName == "" || r.Vault == vaultName })
+	if err != nil {
+		return nil, err
+	}
+	return map[string]any{"value": recs}, nil
+}
+
+func (s *Server) readEventsAPI(c *call) (any, error) {
+	if err := c.requireKind("read key events; an administrator or the platform can", kindAdmin, kindPlatform); err != nil {
+		return nil, err
+	}
+	q := c.r.URL.Query()
+	after, err := queryUint(q, "after")
+	if err != nil {
+		return nil, err
+	}
+	limit, err := queryLimit(q)
+	if err != nil {
+		return nil, err
+	}
+	var wait time.Duration
+	if w := q.Get("wait"); w != "" {
+		if wait, err = time.ParseDuration(w); err != nil || wait < 0 {
+			return nil, badParam("wait=%q is not a duration such as 30s", w)
+		}
+		wait = min(wait, time.Minute)
+	}
+	vaultName := q.Get("vault")
+	tenantVaults := map[string]bool{}
+	if c.p.Kind == kindAdmin {
+		s.db.View(func(tx *bolt.Tx) error {
+			return tx.Bucket(bucketVaults).ForEach(func(k, _ []byte) error {
+				if v, err := loadVault(tx, string(k)); err == nil && v.TenantID == c.p.TenantID {
+					tenantVaults[v.Name] = true
+				}
+				return nil
+			})
+		})
+	}
+	match := func(ev *Event) bool {
+		if vaultName != "" && ev.Data.VaultName != vaultName {
+			return false
+		}
+		return c.p.Kind == kindPlatform || tenantVaults[ev.Data.VaultName]
+	}
+	evs, err := s.waitEvents(c.r.Context(), after, limit, wait, match)
+	if err != nil {
+		return nil, err
+	}
+	return map[string]any{"value": evs}, nil
+}
+
+type webhookReq struct {
+	URL   string `json:"url"`
+	Vault string `json:"vault"`
+}
+
+func (s *Server) createWebhook(c *call) (any, error) {
+	var req webhookReq
+	if err := decode(c, &req); err != nil {
+		return nil, err
+	}
+	if err := c.requireKind("register webhooks; an administrator can", kindAdmin); err != nil {
+		return nil, err
+	}
+	u, err := url.Parse(req.URL)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return nil, badParam("webhook url %q is not an http(s) URL", req.URL)
+	}
+	w := webhook{ID: newID(), URL: req.URL, Vault: req.Vault, Tenant: c.p.TenantID}
+	err = s.db.Update(func(tx *bolt.Tx) error {
+		// Deliver events from now on, not the whole history.
+		if k, _ := tx.Bucket(bucketEvents).Cursor().Last(); k != nil {
+			w.Cursor = bigEndian(k)
+		}
+		return putJSON(tx, bucketWebhooks, w.ID, w)
+	})
+	if err != nil {
+		return nil, err
+	}
+	s.startWebhook(w)
+	c.status = http.StatusCreated
+	return w, nil
+}
+
+func (s *Server) listWebhooks(c *call) (any, error) {
+	if err := c.requireKind("list webhooks", kindAdmin); err != nil {
+		return nil, err
+	}
+	out := []webhook{}
+	err := s.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketWebhooks).ForEach(func(_, raw []byte) error {
+			var w webhook
+			if err := jsonUnmarshal(raw, &w); err != nil {
+				return err
+			}
+			if w.Tenant == c.p.TenantID {
+				out = append(out, w)
+			}
+			return nil
+		})
+	})
+	return map[string]any{"value": out}, err
+}
+
+func (s *Server) deleteWebhook(c *call) (any, error) {
+	if err := c.requireKind("delete webhooks", kindAdmin); err != nil {
+		return nil, err
+	}
+	id := c.r.PathValue("id")
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		if tx.Bucket(bucketWebhooks).Get([]byte(id)) == nil {
+			return errf(http.StatusNotFound, "WebhookNotFound", "", "webhook %s not found", id)
+		}
+		return tx.Bucket(bucketWebhooks).Delete([]byte(id))
+	})
+	if err != nil {
+		return nil, err
+	}
+	s.stopWebhook(id)
+	c.status = http.StatusNoContent
+	return nil, nil
+}

@@ -1,0 +1,380 @@
+// Package server is the key store: a TLS REST server that plays Azure Key
+// Vault (API 7.4) for hostcrypt. It owns vaults, RSA keys and their
+// versions, platform AES keys, identities, access policies, rotation
+// policies, the audit log and the key event stream. State lives in a bbolt
+// database under the state directory; private key material in it is sealed
+// under a master key, itself optionally sealed under a passphrase.
+package server
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// Clock tells the time. The scheduler, expiry and rotation read it; tests
+// replace it (see testhooks_on.go for the build-tagged hook).
+type Clock interface{ Now() time.Time }
+
+type realClock struct{}
+
+func (realClock) Now() time.Time { return time.Now() }
+
+// Config configures a Server.
+type Config struct {
+	Dir        string
+	Listen     string // host:port; port 0 picks a free one
+	Passphrase []byte // nil: the master key is not passphrase-sealed
+	Clock      Clock  // nil: the real clock (or the test-hook clock in testhooks builds)
+	Logger     *slog.Logger
+
+	AuditMaxBytes   int64         // rotate the audit log past this size (default 16 MiB)
+	TickInterval    time.Duration // how often the scheduler runs (default 1 s)
+	WebhookRetryMin time.Duration // first webhook retry delay (default 1 s)
+	MaxBodyBytes    int64         // request body limit (default 1 MiB)
+}
+
+// Server is a running key store.
+type Server struct {
+	cfg     Config
+	log     *slog.Logger
+	clock   Clock
+	db      *bolt.DB
+	master  []byte
+	tenant  string
+	audit   *auditLog
+	hub     *hub
+	ln      net.Listener
+	http    *http.Server
+	baseURL string
+
+	privCache sync.Map // vault/name/version -> crypto key material (see ops.go)
+
+	ctx      context.Context
+	cancel   context.CancelFunc
+	wg       sync.WaitGroup
+	whMu     sync.Mutex
+	webhooks map[string]context.CancelFunc
+	runMu    sync.Mutex // one scheduler pass at a time
+}
+
+// Open initialises the state directory on first start (master key, CA,
+// tokens), loads it on later starts, and listens. Serve starts serving.
+func Open(cfg Config) (*Server, error) {
+	if cfg.Dir == "" {
+		return nil, errors.New("a state directory is required (--dir)")
+	}
+	if cfg.Listen == "" {
+		cfg.Listen = "127.0.0.1:8443"
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, nil))
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = defaultClock()
+	}
+	if cfg.AuditMaxBytes == 0 {
+		cfg.AuditMaxBytes = 16 << 20
+	}
+	if cfg.TickInterval == 0 {
+		cfg.TickInterval = time.Second
+	}
+	if cfg.WebhookRetryMin == 0 {
+		cfg.WebhookRetryMin = time.Second
+	}
+	if cfg.MaxBodyBytes == 0 {
+		cfg.MaxBodyBytes = 1 << 20
+	}
+	if err := ensureDir(cfg.Dir); err != nil {
+		return nil, err
+	}
+	master, _, err := loadOrCreateMasterKey(cfg.Dir, cfg.Passphrase)
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{cfg: cfg, log: cfg.Logger, clock: cfg.Clock, master: master, hub: newHub(), webhooks: map[string]context.CancelFunc{}}
+	ok := false
+	defer func() {
+		if !ok {
+			s.closeState()
+		}
+	}()
+	if s.db, err = openState(cfg.Dir); err != nil {
+		return nil, err
+	}
+	if s.tenant, err = initPrincipals(s.db, cfg.Dir, s.clock.Now()); err != nil {
+		return nil, err
+	}
+	if s.audit, err = openAuditLog(filepath.Join(cfg.Dir, dirAudit), cfg.AuditMaxBytes); err != nil {
+		return nil, err
+	}
+	ca, caKey, err := loadOrCreateCA(cfg.Dir)
+	if err != nil {
+		return nil, err
+	}
+	host, _, err := net.SplitHostPort(cfg.Listen)
+	if err != nil {
+		return nil, fmt.Errorf("--listen %q: %w", cfg.Listen, err)
+	}
+	cert, err := issueServerCert(cfg.Dir, ca, caKey, host)
+	if err != nil {
+		return nil, err
+	}
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return nil, err
+	}
+	s.ln = ln
+	s.baseURL = "https://" + ln.Addr().String()
+	if err := writeFileAtomic(filepath.Join(cfg.Dir, fileAddress), []byte(s.baseURL+"\n")); err != nil {
+		ln.Close()
+		return nil, err
+	}
+	s.http = &http.Server{
+		Handler:           s.routes(),
+		TLSConfig:         &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{cert}},
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
+	}
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	ok = true
+	return s, nil
+}
+
+// BaseURL is https://HOST:PORT of the listening server.
+func (s *Server) BaseURL() string { return s.baseURL }
+
+// TenantID is the default tenant.
+func (s *Server) TenantID() string { return s.tenant }
+
+// Serve serves until Shutdown; it also runs the scheduler and webhooks.
+func (s *Server) Serve() error {
+	var hooks []webhook
+	s.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketWebhooks).ForEach(func(_, v []byte) error {
+			var w webhook
+			if json.Unmarshal(v, &w) == nil {
+				hooks = append(hooks, w)
+			}
+			return nil
+		})
+	})
+	for _, w := range hooks {
+		s.startWebhook(w)
+	}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		t := time.NewTicker(s.cfg.TickInterval)
+		defer t.Stop()
+		for {
+			select {
+			case <-s.ctx.Done():
+				return
+			case <-t.C:
+				if err := s.RunDue(); err != nil {
+					s.log.Error("scheduler pass failed", "err", err)
+				}
+			}
+		}
+	}()
+	err := s.http.ServeTLS(s.ln, "", "")
+	if errors.Is(err, http.ErrServerClosed) {
+		return nil
+	}
+	return err
+}
+
+// Shutdown stops accepting requests, waits for those in flight, and closes the state.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.cancel() // ends long polls and webhook senders
+	err := s.http.Shutdown(ctx)
+	if err != nil {
+		s.http.Close()
+	}
+	s.wg.Wait()
+	s.closeState()
+	return err
+}
+
+func (s *Server) closeState() {
+	if s.audit != nil {
+		s.audit.Close()
+	}
+	if s.db != nil {
+		s.db.Close()
+	}
+	s.privCache.Range(func(k, _ any) bool { s.privCache.Delete(k); return true })
+	wipe(s.master)
+}
+
+func (s *Server) kid(vault, name, version string) string {
+	return s.baseURL + "/vaults/" + vault + "/keys/" + name + "/" + version
+}
+
+// call is one request in flight: who made it and what the audit line says.
+type call struct {
+	w      http.ResponseWriter
+	r      *http.Request
+	p      *principal
+	reqID  string
+	op     string
+	vault  string
+	kid    string
+	status int
+}
+
+type handlerFunc func(c *call) (any, error)
+
+// handle registers h behind authentication, the body limit, the error
+// envelope and the audit log. Every request, allowed or denied, leaves
+// exactly one audit line before its answer is sent.
+func (s *Server) handle(mux *http.ServeMux, pattern, op string, h handlerFunc) {
+	mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		c := &call{w: w, r: r, reqID: newID(), op: op, vault: r.PathValue("vault"), status: http.StatusOK}
+		w.Header().Set("x-ms-request-id", c.reqID)
+		r.Body = http.MaxBytesReader(w, r.Body, s.cfg.MaxBodyBytes)
+		var (
+			out any
+			err error
+		)
+		func() {
+			defer func() {
+				if v := recover(); v != nil {
+					s.log.Error("handler panic", "op", op, "panic", fmt.Sprint(v))
+					err = errors.New("panic")
+				}
+			}()
+			if err = s.authenticate(c); err == nil {
+				out, err = h(c)
+			}
+		}()
+		rec := &AuditRecord{
+			Time: s.clock.Now().UTC(), OperationName: op, Vault: c.vault, Kid: c.kid,
+			RequestID: c.reqID, ClientIP: r.RemoteAddr,
+		}
+		if c.p != nil {
+			rec.CallerObjectID, rec.CallerTenantID, rec.CallerType = c.p.ObjectID, c.p.TenantID, c.p.Kind
+		}
+		var body any = out
+		if err != nil {
+			ae := asAPIError(err)
+			if ae.Status == http.StatusInternalServerError {
+				s.log.Error("request failed", "op", op, "vault", c.vault, "kid", c.kid, "err", err)
+			}
+			c.status = ae.Status
+			rec.ErrorCode = ae.Code
+			if ae.Inner != "" {
+				rec.ErrorCode = ae.Inner
+			}
+			env := map[string]any{"code": ae.Code, "message": ae.Message}
+			if ae.Inner != "" {
+				env["innererror"] = map[string]string{"code": ae.Inner}
+			}
+			body = map[string]any{"error": env}
+			if ae.Status == http.StatusUnauthorized {
+				w.Header().Set("WWW-Authenticate", `Bearer realm="hostcrypt-keystore"`)
+			}
+		}
+		rec.ResultCode = c.status
+		rec.ResultType = resultType(c.status)
+		rec.DurationMs = float64(time.Since(start).Microseconds()) / 1000
+		if aerr := s.audit.Append(rec); aerr != nil {
+			// A request that cannot be audited is not answered as done.
+			s.log.Error("audit append failed", "err", aerr)
+			c.status = http.StatusServiceUnavailable
+			body = map[string]any{"error": map[string]any{"code": "AuditUnavailable", "message": "the audit log cannot be written; the request may have been applied, check and retry"}}
+		}
+		w.Header().Set("Content-Type", "application/json; charset=utf-8")
+		w.WriteHeader(c.status)
+		if body != nil {
+			json.NewEncoder(w).Encode(body)
+		}
+	})
+}
+
+func resultType(status int) string {
+	switch {
+	case status < 300:
+		return "Success"
+	case status == 401:
+		return "Unauthorized"
+	case status == 403:
+		return "Forbidden"
+	case status == 404:
+		return "NotFound"
+	case status < 500:
+		return "BadRequest"
+	}
+	return "Failed"
+}
+
+func (s *Server) authenticate(c *call) error {
+	h := c.r.Header.Get("Authorization")
+	token, ok := strings.CutPrefix(h, "Bearer ")
+	if !ok || token == "" {
+		return errf(http.StatusUnauthorized, "Unauthorized", "", "request has no bearer token; pass --token-file or set HOSTCRYPT_TOKEN_FILE")
+	}
+	var p principal
+	err := s.db.View(func(tx *bolt.Tx) error {
+		id := tx.Bucket(bucketTokens).Get([]byte(tokenHash(strings.TrimSpace(token))))
+		if id == nil {
+			return errf(http.StatusUnauthorized, "Unauthorized", "", "the bearer token is not valid (wrong token, or its identity was deleted)")
+		}
+		found, err := getJSON(tx, bucketPrincipals, string(id), &p)
+		if err == nil && !found {
+			err = errf(http.StatusUnauthorized, "Unauthorized", "", "the bearer token is not valid (its identity was deleted)")
+		}
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	c.p = &p
+	return nil
+}
+
+// decode reads a JSON body strictly: unknown fields, trailing data and
+// oversized bodies are errors the caller can act on.
+func decode(c *call, v any) error {
+	dec := json.NewDecoder(c.r.Body)
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return errf(http.StatusRequestEntityTooLarge, "RequestTooLarge", "", "request body is larger than %d bytes", mbe.Limit)
+		}
+		if errors.Is(err, io.EOF) {
+			return badParam("request body is empty; a JSON object is required")
+		}
+		return badParam("request body is not valid JSON for this operation: %s", jsonMsg(err))
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return badParam("request body has data after the JSON object")
+	}
+	return nil
+}
+
+func jsonMsg(err error) string {
+	msg := err.Error()
+	return strings.TrimPrefix(msg, "json: ")
+}
+
+func newVersion() string { return hex.EncodeToString(randBytes(16)) }

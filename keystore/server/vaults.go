@@ -1,0 +1,351 @@
+package server
+
+import (
+	"net/http"
+	"regexp"
+	"sort"
+	"strings"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+var vaultNameRE = regexp.MustCompile(`^[a-zA-Z][a-zA-Z0-9-]{1,22}[a-zA-Z0-9]$`)
+
+// VaultJSON is a vault as the API returns it (Azure Resource Manager shape).
+type VaultJSON struct {
+	ID         string              `json:"id"`
+	Name       string              `json:"name"`
+	Type       string              `json:"type"`
+	Location   string              `json:"location"`
+	Properties VaultPropertiesJSON `json:"properties"`
+}
+
+// VaultPropertiesJSON are a vault's properties.
+type VaultPropertiesJSON struct {
+	TenantID                  string             `json:"tenantId"`
+	Sku                       SkuJSON            `json:"sku"`
+	AccessPolicies            []AccessPolicyJSON `json:"accessPolicies"`
+	EnableSoftDelete          bool               `json:"enableSoftDelete"`
+	SoftDeleteRetentionInDays int                `json:"softDeleteRetentionInDays"`
+	EnablePurgeProtection     bool               `json:"enablePurgeProtection"`
+	AllowedTenants            []string           `json:"allowedTenants"`
+	VaultURI                  string             `json:"vaultUri"`
+}
+
+// SkuJSON is a vault's pricing tier.
+type SkuJSON struct {
+	Family string `json:"family"`
+	Name   string `json:"name"`
+}
+
+// AccessPolicyJSON grants a principal permissions on a vault.
+type AccessPolicyJSON struct {
+	TenantID    string          `json:"tenantId"`
+	ObjectID    string          `json:"objectId"`
+	Permissions PermissionsJSON `json:"permissions"`
+}
+
+// PermissionsJSON lists permissions by object kind; only keys exist here.
+type PermissionsJSON struct {
+	Keys []string `json:"keys"`
+}
+
+func (s *Server) vaultJSON(v *vault) VaultJSON {
+	aps := []AccessPolicyJSON{}
+	for _, ap := range v.AccessPolicies {
+		aps = append(aps, AccessPolicyJSON{TenantID: ap.TenantID, ObjectID: ap.ObjectID, Permissions: PermissionsJSON{Keys: ap.Permissions.Keys}})
+	}
+	allowed := v.AllowedTenants
+	if allowed == nil {
+		allowed = []string{}
+	}
+	return VaultJSON{
+		ID: "/vaults/" + v.Name, Name: v.Name, Type: "Microsoft.KeyVault/vaults", Location: v.Location,
+		Properties: VaultPropertiesJSON{
+			TenantID: v.TenantID, Sku: SkuJSON{Family: "A", Name: v.Sku}, AccessPolicies: aps,
+			EnableSoftDelete: true, SoftDeleteRetentionInDays: v.SoftDeleteRetentionInDays,
+			EnablePurgeProtection: v.EnablePurgeProtection, AllowedTenants: allowed,
+			VaultURI: s.baseURL + "/vaults/" + v.Name,
+		},
+	}
+}
+
+func loadVault(tx *bolt.Tx, name string) (*vault, error) {
+	var v vault
+	ok, err := getJSON(tx, bucketVaults, name, &v)
+	if err != nil {
+		return nil, err
+	}
+	if !ok {
+		return nil, vaultNotFound(name)
+	}
+	return &v, nil
+}
+
+// canManage says whether the caller may manage the vault itself: an
+// administrator of its tenant or its creator.
+func (c *call) canManage(v *vault) error {
+	if v.Name == PlatformVault {
+		return forbiddenByPolicy("vault %s is reserved for the platform and has no access policies", v.Name)
+	}
+	if (c.p.Kind == kindAdmin && c.p.TenantID == v.TenantID) || v.CreatedBy == c.p.ObjectID {
+		return nil
+	}
+	return forbiddenByPolicy("caller %s may not manage vault %s; an administrator of tenant %s can", c.p.ObjectID, v.Name, v.TenantID)
+}
+
+// authorize checks that the caller may perform perm on keys of vault v:
+// the platform vault only for the platform principal; otherwise the
+// caller's tenant must be the vault's or one it allows, and an access
+// policy must grant perm.
+func (c *call) authorize(v *vault, perm string) error {
+	if v.Name == PlatformVault {
+		if c.p.Kind == kindPlatform {
+			return nil
+		}
+		return forbiddenByPolicy("vault %s is reserved for the platform principal; caller %s may not use it", v.Name, c.p.ObjectID)
+	}
+	if !v.tenantAllowed(c.p.TenantID) {
+		return errf(http.StatusForbidden, "Forbidden", "TenantNotAllowed",
+			"caller %s belongs to tenant %s but vault %s is in tenant %s; its owner can allow the tenant with `hostcrypt keyvault update --name %s --allowed-tenants %s`",
+			c.p.ObjectID, c.p.TenantID, v.Name, v.TenantID, v.Name, c.p.TenantID)
+	}
+	if ap := v.policyFor(c.p.ObjectID); ap != nil {
+		for _, k := range ap.Permissions.Keys {
+			if k == perm {
+				return nil
+			}
+		}
+	}
+	return forbiddenByPolicy("caller %s does not have key permission '%s' on vault %s; grant it with `hostcrypt keyvault set-policy --name %s --object-id %s --key-permissions %s`",
+		c.p.ObjectID, perm, v.Name, v.Name, c.p.ObjectID, perm)
+}
+
+type vaultCreateReq struct {
+	Location   string `json:"location"`
+	Properties struct {
+		Sku                       *SkuJSON `json:"sku"`
+		TenantID                  string   `json:"tenantId"`
+		EnableSoftDelete          *bool    `json:"enableSoftDelete"`
+		SoftDeleteRetentionInDays *int     `json:"softDeleteRetentionInDays"`
+		EnablePurgeProtection     *bool    `json:"enablePurgeProtection"`
+		AllowedTenants            []string `json:"allowedTenants"`
+	} `json:"properties"`
+}
+
+func (s *Server) createVault(c *call) (any, error) {
+	var req vaultCreateReq
+	if err := decode(c, &req); err != nil {
+		return nil, err
+	}
+	name := c.r.PathValue("vault")
+	if !vaultNameRE.MatchString(name) || strings.Contains(name, "--") {
+		return nil, badParam("vault name %q is not valid: 3-24 letters, digits and single hyphens, starting with a letter and ending with a letter or digit", name)
+	}
+	if name == PlatformVault {
+		return nil, errf(http.StatusConflict, "VaultNameReserved", "", "vault name %s is reserved for the platform; choose another name", name)
+	}
+	if c.p.Kind != kindAdmin && c.p.Kind != kindUser {
+		return nil, forbiddenByPolicy("caller %s (%s) may not create vaults; an administrator or user can", c.p.ObjectID, c.p.Kind)
+	}
+	p := req.Properties
+	v := vault{Name: name, Location: strings.ToLower(req.Location), TenantID: c.p.TenantID, Sku: "standard",
+		SoftDeleteRetentionInDays: 90, CreatedBy: c.p.ObjectID, Created: s.clock.Now().UTC()}
+	if v.Location == "" {
+		v.Location = "local"
+	}
+	if p.TenantID != "" && p.TenantID != c.p.TenantID {
+		return nil, badParam("properties.tenantId %s is not the caller's tenant %s; a vault belongs to its creator's tenant", p.TenantID, c.p.TenantID)
+	}
+	if p.Sku != nil {
+		sku, ok := canonical([]string{"standard", "premium"}, p.Sku.Name)
+		if !ok {
+			return nil, badParam("sku %q is not valid; use standard or premium (premium for RSA-HSM keys)", p.Sku.Name)
+		}
+		v.Sku = sku
+	}
+	if p.EnableSoftDelete != nil && !*p.EnableSoftDelete {
+		return nil, badParam("soft delete cannot be turned off; it is always on, as in Key Vault")
+	}
+	if p.SoftDeleteRetentionInDays != nil {
+		d := *p.SoftDeleteRetentionInDays
+		if d < 7 || d > 90 {
+			return nil, badParam("softDeleteRetentionInDays %d is out of range; use 7 to 90 days", d)
+		}
+		v.SoftDeleteRetentionInDays = d
+	}
+	if p.EnablePurgeProtection != nil {
+		v.EnablePurgeProtection = *p.EnablePurgeProtection
+	}
+	v.AllowedTenants = p.AllowedTenants
+	v.AccessPolicies = []accessPolicy{{TenantID: c.p.TenantID, ObjectID: c.p.ObjectID, Permissions: permissions{Keys: append([]string(nil), allKeyPermissions...)}}}
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		if tx.Bucket(bucketVaults).Get([]byte(name)) != nil {
+			return errf(http.StatusConflict, "VaultAlreadyExists", "", "vault %s already exists; choose another name or use `hostcrypt keyvault show --name %s`", name, name)
+		}
+		return putJSON(tx, bucketVaults, name, v)
+	})
+	if err != nil {
+		return nil, err
+	}
+	c.status = http.StatusCreated
+	return s.vaultJSON(&v), nil
+}
+
+func (s *Server) getVault(c *call) (any, error) {
+	var out VaultJSON
+	err := s.db.View(func(tx *bolt.Tx) error {
+		v, err := loadVault(tx, c.vault)
+		if err != nil {
+			return err
+		}
+		if c.canManage(v) != nil && v.policyFor(c.p.ObjectID) == nil && !(v.Name == PlatformVault && c.p.Kind == kindPlatform) {
+			return forbiddenByPolicy("caller %s has no access to vault %s", c.p.ObjectID, v.Name)
+		}
+		out = s.vaultJSON(v)
+		return nil
+	})
+	return out, err
+}
+
+func (s *Server) listVaults(c *call) (any, error) {
+	out := []VaultJSON{}
+	err := s.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketVaults).ForEach(func(k, raw []byte) error {
+			v, err := loadVault(tx, string(k))
+			if err != nil {
+				return err
+			}
+			if c.canManage(v) == nil || v.policyFor(c.p.ObjectID) != nil || (v.Name == PlatformVault && c.p.Kind == kindPlatform) {
+				out = append(out, s.vaultJSON(v))
+			}
+			return nil
+		})
+	})
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return map[string]any{"value": out}, err
+}
+
+type vaultUpdateReq struct {
+	Properties struct {
+		EnablePurgeProtection *bool     `json:"enablePurgeProtection"`
+		AllowedTenants        *[]string `json:"allowedTenants"`
+	} `json:"properties"`
+}
+
+func (s *Server) updateVault(c *call) (any, error) {
+	var req vaultUpdateReq
+	if err := decode(c, &req); err != nil {
+		return nil, err
+	}
+	var out VaultJSON
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		v, err := loadVault(tx, c.vault)
+		if err != nil {
+			return err
+		}
+		if err := c.canManage(v); err != nil {
+			return err
+		}
+		if pp := req.Properties.EnablePurgeProtection; pp != nil {
+			if !*pp && v.EnablePurgeProtection {
+				return badParam("purge protection of vault %s cannot be turned off once on, as in Key Vault", v.Name)
+			}
+			v.EnablePurgeProtection = *pp
+		}
+		if at := req.Properties.AllowedTenants; at != nil {
+			v.AllowedTenants = *at
+		}
+		out = s.vaultJSON(v)
+		return putJSON(tx, bucketVaults, v.Name, v)
+	})
+	return out, err
+}
+
+type policyReq struct {
+	TenantID    string          `json:"tenantId"`
+	Permissions PermissionsJSON `json:"permissions"`
+}
+
+func (s *Server) setPolicy(c *call) (any, error) {
+	var req policyReq
+	if err := decode(c, &req); err != nil {
+		return nil, err
+	}
+	objectID := c.r.PathValue("objectId")
+	if len(objectID) == 0 || len(objectID) > 64 {
+		return nil, badParam("object id %q is not valid", objectID)
+	}
+	perms := []string{}
+	for _, p := range req.Permissions.Keys {
+		if strings.EqualFold(p, "all") {
+			perms = append([]string(nil), allKeyPermissions...)
+			break
+		}
+		cp, ok := canonical(allKeyPermissions, p)
+		if !ok {
+			return nil, badParam("key permission %q is not known; use any of %s", p, strings.Join(allKeyPermissions, ","))
+		}
+		perms = append(perms, cp)
+	}
+	var out VaultJSON
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		v, err := loadVault(tx, c.vault)
+		if err != nil {
+			return err
+		}
+		if err := c.canManage(v); err != nil {
+			return err
+		}
+		tenant := req.TenantID
+		if tenant == "" {
+			var p principal
+			if ok, _ := getJSON(tx, bucketPrincipals, objectID, &p); ok {
+				tenant = p.TenantID
+			} else {
+				tenant = v.TenantID
+			}
+		}
+		if ap := v.policyFor(objectID); ap != nil {
+			ap.TenantID, ap.Permissions.Keys = tenant, perms
+		} else {
+			v.AccessPolicies = append(v.AccessPolicies, accessPolicy{TenantID: tenant, ObjectID: objectID, Permissions: permissions{Keys: perms}})
+		}
+		if err := putJSON(tx, bucketVaults, v.Name, v); err != nil {
+			return err
+		}
+		out = s.vaultJSON(v)
+		return s.appendEvent(tx, "VaultAccessPolicyChanged", v.Name, v.Name, EventData{Id: s.baseURL + "/vaults/" + v.Name, VaultName: v.Name, ObjectType: "Vault", ObjectName: v.Name})
+	})
+	return out, err
+}
+
+func (s *Server) deletePolicy(c *call) (any, error) {
+	objectID := c.r.PathValue("objectId")
+	var out VaultJSON
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		v, err := loadVault(tx, c.vault)
+		if err != nil {
+			return err
+		}
+		if err := c.canManage(v); err != nil {
+			return err
+		}
+		kept := v.AccessPolicies[:0]
+		for _, ap := range v.AccessPolicies {
+			if ap.ObjectID != objectID {
+				kept = append(kept, ap)
+			}
+		}
+		if len(kept) == len(v.AccessPolicies) {
+			return errf(http.StatusNotFound, "AccessPolicyNotFound", "", "vault %s has no access policy for object id %s", v.Name, objectID)
+		}
+		v.AccessPolicies = kept
+		if err := putJSON(tx, bucketVaults, v.Name, v); err != nil {
+			return err
+		}
+		out = s.vaultJSON(v)
+		return s.appendEvent(tx, "VaultAccessPolicyChanged", v.Name, v.Name, EventData{Id: s.baseURL + "/vaults/" + v.Name, VaultName: v.Name, ObjectType: "Vault", ObjectName: v.Name})
+	})
+	return out, err
+}
