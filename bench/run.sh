@@ -264,7 +264,8 @@ start_hostcrypt() { # DIR LABEL
   mkdir -p "$ks" "$d/state" "$d/storage" "$d/host" "$d/mnt"
   spawn "$d/keystored.log" bin/keystored --dir "$ks" --listen 127.0.0.1:0
   pid=$SPAWNED
-  # keystored prints the address it listens on; port 0 picks a free one.
+  # keystored prints the address it listens on (port 0 picks a free one),
+  # and writes it to DIR/address.
   if ! wait_until 30 "$pid" grep -qoE 'https://127\.0\.0\.1:[0-9]+' "$d/keystored.log" ||
     ! wait_until 10 "$pid" test -s "$ks/platform.token"; then
     WHY="keystored did not start: $(tail -n 1 "$d/keystored.log")"

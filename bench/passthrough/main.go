@@ -230,16 +230,41 @@ func (n *node) wrap(fh fs.FileHandle, fuseFlags uint32) (fs.FileHandle, uint32, 
 	if n.tuned {
 		fuseFlags |= fuse.FOPEN_DIRECT_IO | fuse.FOPEN_PARALLEL_DIRECT_WRITES
 	}
-	return &file{LoopbackFile: lf}, fuseFlags, 0
+	return &file{LoopbackFile: lf, copyReads: n.tuned}, fuseFlags, 0
 }
 
 // file is a loopback file that refuses to hand its descriptor to the kernel
 // for passthrough; every read and write therefore goes through the daemon.
 type file struct {
 	*fs.LoopbackFile
+	copyReads bool
 }
 
-var _ = (fs.FilePassthroughFder)((*file)(nil))
+var (
+	_ = (fs.FilePassthroughFder)((*file)(nil))
+	_ = (fs.FileReader)((*file)(nil))
+)
+
+// Read, when tuned, reads into the request's own buffer and hands it back
+// as a vector, which go-fuse writes to the kernel with one writev. That is
+// the path an encrypting daemon takes (its plaintext exists only in its
+// memory, there is no file to splice from), and it avoids go-fuse's splice
+// of a 1 MiB reply: header and data do not fit the 1 MiB pipe, so every
+// such read would fail, log, and fall back to a copy anyway.
+func (f *file) Read(ctx context.Context, buf []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	if !f.copyReads {
+		return f.LoopbackFile.Read(ctx, buf, off)
+	}
+	fd, ok := f.LoopbackFile.PassthroughFd()
+	if !ok {
+		return nil, syscall.EBADF
+	}
+	n, err := syscall.Pread(fd, buf, off)
+	if err != nil {
+		return nil, fs.ToErrno(err)
+	}
+	return fuse.ReadResultVector([][]byte{buf[:n]}), 0
+}
 
 // PassthroughFd reports that no backing descriptor is available.
 func (f *file) PassthroughFd() (int, bool) { return -1, false }
