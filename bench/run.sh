@@ -411,9 +411,10 @@ run_target() {
     say "$label: $WHY"
     record "$label" failed "$WHY"
   fi
+  say "$label: stopping"
+  stop_all
   # Keep the daemons' logs with the results, then free the disk space.
   cp "$dir"/*.log "$OUT/$label/" 2>/dev/null || true
-  stop_all
   rm -rf "$dir"
 }
 
