@@ -199,10 +199,23 @@ func render(r *run) string {
 		writeRow(&b, cells)
 	}
 
+	// The machine's load just before each job, when the suite measured it
+	// (WAIT_IDLE): on a shared machine it says which numbers to trust.
+	busy := r.hasField("pre_busy")
 	b.WriteString("\nPer job: p99 completion latency, the daemon's CPU time per I/O, " +
-		"and throughput as a multiple of the passthrough's and of gocryptfs's in this run.\n\n")
-	b.WriteString("| target | job | throughput | p99 µs | daemon CPU µs/I/O | × passthrough | × gocryptfs |\n")
-	b.WriteString("| --- | --- | ---: | ---: | ---: | ---: | ---: |\n")
+		"and throughput as a multiple of the passthrough's and of gocryptfs's in this run")
+	if busy {
+		b.WriteString("; \"busy before\" is how busy the machine was with other work just before the job")
+	}
+	b.WriteString(".\n\n| target | job | throughput | p99 µs | daemon CPU µs/I/O | × passthrough | × gocryptfs |")
+	if busy {
+		b.WriteString(" busy before |")
+	}
+	b.WriteString("\n| --- | --- | ---: | ---: | ---: | ---: | ---: |")
+	if busy {
+		b.WriteString(" ---: |")
+	}
+	b.WriteString("\n")
 	for _, t := range r.targets {
 		if t.status != "ok" {
 			continue
@@ -213,17 +226,25 @@ func render(r *run) string {
 				continue
 			}
 			if res.failed {
-				writeRow(&b, []string{t.label, job, "failed", "", "", "", ""})
+				cells := []string{t.label, job, "failed", "", "", "", ""}
+				if busy {
+					cells = append(cells, "")
+				}
+				writeRow(&b, cells)
 				continue
 			}
 			tp := formatThroughput(job, throughput(res))
 			if m := res.fields["mode"]; m != "" && m != "direct" {
 				tp += " (" + m + ")"
 			}
-			writeRow(&b, []string{t.label, job, tp,
+			cells := []string{t.label, job, tp,
 				strconv.FormatFloat(res.p99us, 'f', 0, 64),
 				res.fields["daemon_us_per_io"],
-				r.ratio(res, refPassthrough), r.ratio(res, refGocryptfs)})
+				r.ratio(res, refPassthrough), r.ratio(res, refGocryptfs)}
+			if busy {
+				cells = append(cells, res.fields["pre_busy"])
+			}
+			writeRow(&b, cells)
 		}
 	}
 
@@ -240,6 +261,19 @@ func render(r *run) string {
 		b.WriteString("\n" + strings.Join(notes, "\n") + "\n")
 	}
 	return b.String()
+}
+
+// hasField reports whether any result carries a measured (not "-") value
+// for the key.
+func (r *run) hasField(key string) bool {
+	for _, byJob := range r.results {
+		for _, res := range byJob {
+			if v := res.fields[key]; v != "" && v != "-" {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // cell formats one job of one target, or says why there is no number.

@@ -79,6 +79,20 @@ func TestRenderRatiosAndSkips(t *testing.T) {
 	assert.NotContains(t, out, "| cmk |")
 }
 
+func TestRenderBusyColumnOnlyWhenMeasured(t *testing.T) {
+	r := &run{
+		targets: []target{{label: "passthrough", status: "ok"}},
+		results: map[string]map[string]result{"passthrough": {
+			"rand-read-4k": {label: "passthrough", job: "rand-read-4k", iops: 70000, p99us: 600,
+				fields: map[string]string{"mode": "direct", "daemon_us_per_io": "25.0", "pre_busy": "-"}},
+		}},
+	}
+	assert.NotContains(t, render(r), "busy before")
+
+	r.results["passthrough"]["rand-read-4k"].fields["pre_busy"] = "12%"
+	assert.Contains(t, render(r), "| passthrough | rand-read-4k | 70.0k | 600 | 25.0 | 1.00 | – | 12% |\n")
+}
+
 func TestUpdateFile(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "PERFORMANCE.md")
 
