@@ -73,11 +73,13 @@ func Run(ctx context.Context, cfg Config, ready func()) error {
 			return err
 		}
 	}
-	if err := os.MkdirAll(cfg.MountDir, 0o755); err != nil {
-		return err
-	}
+	// A dead mount left by a killed daemon must go first: until then even
+	// mkdir on the mount point fails.
 	if err := hfs.CleanStaleMount(cfg.MountDir); err != nil {
 		return fmt.Errorf("mount point %s: %w", cfg.MountDir, err)
+	}
+	if err := os.MkdirAll(cfg.MountDir, 0o755); err != nil {
+		return err
 	}
 	keys, err := connectKeys(ctx, cfg)
 	if err != nil {
