@@ -21,7 +21,7 @@
 # failure or Ctrl-C.
 set -euo pipefail
 
-ALL_TARGETS="passthrough gocryptfs hostcrypt-pmk cmk cmk-double cmk-readonly cmk-readwrite cmk-readwrite-noeah"
+ALL_TARGETS="raw passthrough gocryptfs hostcrypt-pmk cmk cmk-double cmk-readonly cmk-readwrite cmk-readwrite-noeah"
 TARGETS=${TARGETS:-$ALL_TARGETS}
 RUNTIME=${RUNTIME:-8}
 SIZE=${SIZE:-1G}
@@ -172,6 +172,11 @@ build() {
 FIO_TARGET=""
 DAEMON_PIDS=""
 WHY=""
+
+start_raw() { # DIR: the backing file system itself, no FUSE, no daemon
+  mkdir -p "$1/data"
+  FIO_TARGET=$1/data
+}
 
 start_passthrough() { # DIR tuned|stock
   local d=$1
@@ -335,7 +340,7 @@ hc_setup() {
 # skip_reason LABEL: prints why LABEL cannot run in this build, nothing if it can.
 skip_reason() {
   case $1 in
-  passthrough | passthrough-stock | gocryptfs) ;;
+  raw | passthrough | passthrough-stock | gocryptfs) ;;
   hostcrypt-* | cmk*)
     if [[ -n $HOSTCRYPT_MISSING ]]; then
       echo "$HOSTCRYPT_MISSING"
@@ -357,6 +362,7 @@ skip_reason() {
 # What each target is, for the notes under the table.
 describe() {
   case $1 in
+  raw) echo "the backing file system ($(findmnt -n -o FSTYPE -T "$BENCH_TMPDIR")) itself, no FUSE: the machine's limit" ;;
   passthrough) echo "unencrypted go-fuse v2.12.1 loopback, kernel passthrough off, tuned options (bench/passthrough)" ;;
   passthrough-stock) echo "the same loopback with go-fuse's default options" ;;
   gocryptfs) echo "$(gocryptfs -version 2>/dev/null | cut -d';' -f1), default settings (AES-256-GCM)" ;;
@@ -388,6 +394,7 @@ run_target() {
   FIO_TARGET="" DAEMON_PIDS="" WHY=""
   say "$label: starting"
   case $label in
+  raw) start_raw "$dir" && started=1 ;;
   passthrough) start_passthrough "$dir" tuned && started=1 ;;
   passthrough-stock) start_passthrough "$dir" stock && started=1 ;;
   gocryptfs) start_gocryptfs "$dir" && started=1 ;;
