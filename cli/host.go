@@ -31,7 +31,7 @@ func (c *Context) showDisk(d *control.Disk) error {
 	return c.show(d, diskHeader, [][]string{diskRow(d)})
 }
 
-var vmHeader = []string{"NAME", "POWER-STATE", "ENCRYPTION-AT-HOST", "OS-DISK", "DATA-DISKS", "TEMP-DISK", "REASON"}
+var vmHeader = []string{"NAME", "POWER-STATE", "ENCRYPTION-AT-HOST", "OS-DISK", "DATA-DISKS", "TEMP-DISK", "INTEGRITY-ERRORS", "REASON"}
 
 func vmRow(v *control.VM) []string {
 	var dd []string
@@ -43,7 +43,7 @@ func vmRow(v *control.VM) []string {
 		temp = formatSize(v.TempDiskSizeBytes)
 	}
 	return []string{v.Name, v.PowerState, strconv.FormatBool(v.SecurityProfile.EncryptionAtHost),
-		v.StorageProfile.OsDisk.Name + ":" + v.StorageProfile.OsDisk.Caching, orDash(strings.Join(dd, ",")), temp, orDash(v.PowerStateReason)}
+		v.StorageProfile.OsDisk.Name + ":" + v.StorageProfile.OsDisk.Caching, orDash(strings.Join(dd, ",")), temp, strconv.FormatUint(v.IntegrityErrors, 10), orDash(v.PowerStateReason)}
 }
 
 func (c *Context) showVM(v *control.VM) error {

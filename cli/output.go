@@ -57,3 +57,8 @@ func orDash(s string) string {
 	}
 	return s
 }
+
+// warnf prints a warning on stderr; it never asks anything.
+func (c *Context) warnf(format string, args ...any) {
+	fmt.Fprintf(c.Stderr, "WARNING: "+format+"\n", args...)
+}

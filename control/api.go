@@ -27,6 +27,10 @@ import (
 //	POST   /vms/{name}/start|stop|deallocate
 //	POST   /vms/{name}/disks            attach (AttachRequest)
 //	DELETE /vms/{name}/disks/{disk}     detach
+//	GET    /des                         list disk encryption sets
+//	POST   /des                         create (CreateDESRequest)
+//	GET    /des/{name}                  show, with a live check of key access
+//	DELETE /des/{name}                  delete
 //
 // Errors come as {"error":{"code":…,"message":…}} with a 4xx or 5xx status.
 
@@ -101,6 +105,18 @@ func Handler(h *Host) http.Handler {
 	})
 	handle("DELETE /vms/{name}/disks/{disk}", func(r *http.Request) (any, error) {
 		return h.DetachDisk(r.Context(), r.PathValue("name"), r.PathValue("disk"))
+	})
+	handle("GET /des", func(r *http.Request) (any, error) { return h.ListDES(r.Context()), nil })
+	handle("POST /des", func(r *http.Request) (any, error) {
+		var req CreateDESRequest
+		if err := decode(r, &req); err != nil {
+			return nil, err
+		}
+		return h.CreateDES(r.Context(), req)
+	})
+	handle("GET /des/{name}", func(r *http.Request) (any, error) { return h.ShowDES(r.Context(), r.PathValue("name")) })
+	handle("DELETE /des/{name}", func(r *http.Request) (any, error) {
+		return nil, h.DeleteDES(r.Context(), r.PathValue("name"))
 	})
 	handle("/", func(r *http.Request) (any, error) {
 		return nil, errorf(http.StatusNotFound, "NotFound", "no API at %s %s", r.Method, r.URL.Path)

@@ -137,20 +137,40 @@ func (h *Host) createDisk(ctx context.Context, r CreateDiskRequest) (*Disk, erro
 	if r.SizeBytes < disk.MinSize || r.SizeBytes%int64(r.LogicalSectorSize) != 0 {
 		return nil, badRequest("size %d bytes: a disk is at least 1 MiB and a multiple of its %d-byte sector size", r.SizeBytes, r.LogicalSectorSize)
 	}
-	if r.EncryptionType == "" {
-		r.EncryptionType = EncPlatformKey
-	}
+	var des *DiskEncryptionSet
 	switch {
-	case r.DiskEncryptionSet != "" || r.EncryptionType == EncCustomerKey || r.EncryptionType == EncPlatformAndCustomerKey:
-		return nil, errorf(http.StatusNotImplemented, "NotSupported",
-			"customer-managed keys and disk encryption sets are not available in this version; create the disk with %s", EncPlatformKey)
-	case r.EncryptionType != EncPlatformKey:
+	case r.DiskEncryptionSet != "":
+		var ok bool
+		if des, ok = h.desByID(r.DiskEncryptionSet); !ok {
+			return nil, notFound("disk encryption set", r.DiskEncryptionSet)
+		}
+		if r.EncryptionType == "" {
+			r.EncryptionType = des.EncryptionType
+		}
+		if r.EncryptionType == EncPlatformKey {
+			return nil, badRequest("a disk with disk encryption set %q uses customer-managed keys: use %s or %s, or leave out --disk-encryption-set", des.Name, EncCustomerKey, EncPlatformAndCustomerKey)
+		}
+	case r.EncryptionType == "":
+		r.EncryptionType = EncPlatformKey
+	case r.EncryptionType == EncCustomerKey || r.EncryptionType == EncPlatformAndCustomerKey:
+		return nil, badRequest("encryption type %s needs a disk encryption set (--disk-encryption-set)", r.EncryptionType)
+	}
+	switch r.EncryptionType {
+	case EncPlatformKey, EncCustomerKey, EncPlatformAndCustomerKey:
+	default:
 		return nil, badRequest("encryption type %q: use %s, %s or %s", r.EncryptionType, EncPlatformKey, EncCustomerKey, EncPlatformAndCustomerKey)
+	}
+	if r.EncryptionType == EncPlatformAndCustomerKey && (r.Sku == "UltraSSD_LRS" || r.Sku == "PremiumV2_LRS") {
+		return nil, badRequest("double encryption (%s) is not supported on %s disks; use %s", EncPlatformAndCustomerKey, r.Sku, EncCustomerKey)
+	}
+	wrappers, err := h.wrappersFor(ctx, r.EncryptionType, des)
+	if err != nil {
+		return nil, err
 	}
 	uid := newID()
 	prefix := "disks/" + uid
 	d, err := disk.Create(ctx, h.cfg.Storage, prefix, disk.CreateOptions{
-		Size: r.SizeBytes, SectorSize: r.LogicalSectorSize, Layers: []disk.KeyWrapper{h.cfg.Keys},
+		Size: r.SizeBytes, SectorSize: r.LogicalSectorSize, Layers: wrappers,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("creating disk %q: %w", r.Name, err)
@@ -176,6 +196,9 @@ func (h *Host) createDisk(ctx context.Context, r CreateDiskRequest) (*Disk, erro
 		TimeCreated:       h.cfg.Now().UTC(),
 		KeyID:             m.Layers[0].WrappedKeys[0].KeyID,
 		StoragePrefix:     prefix,
+	}
+	if des != nil {
+		res.Encryption.DiskEncryptionSetID = des.ID
 	}
 	h.st.Disks[r.Name] = res
 	if err := h.save(); err != nil {
@@ -261,7 +284,7 @@ func (h *Host) UpdateDisk(ctx context.Context, name string, r UpdateDiskRequest)
 			}
 		}
 	} else {
-		dd, err := disk.Open(ctx, h.cfg.Storage, d.StoragePrefix, h.cfg.Keys)
+		dd, err := disk.Open(ctx, h.cfg.Storage, d.StoragePrefix, h.unwrapperFor(d))
 		if err != nil {
 			return nil, fmt.Errorf("opening disk %q: %w", name, err)
 		}
@@ -450,7 +473,7 @@ func (h *Host) start(ctx context.Context, vm *VM) (err error) {
 	}()
 	attach := func(ad AttachedDisk) error {
 		d := h.st.Disks[ad.Name]
-		od, err := disk.Open(ctx, h.cfg.Storage, d.StoragePrefix, h.cfg.Keys)
+		od, err := disk.Open(ctx, h.cfg.Storage, d.StoragePrefix, h.unwrapperFor(d))
 		if err != nil {
 			return fmt.Errorf("opening disk %q: %w", ad.Name, err)
 		}
@@ -693,7 +716,7 @@ func (h *Host) AttachDisk(ctx context.Context, vmName string, r AttachRequest) (
 	ad := AttachedDisk{Name: r.Disk, Lun: &lun, Caching: r.Caching}
 	d := h.st.Disks[r.Disk]
 	if rv := h.running[vmName]; rv != nil {
-		od, err := disk.Open(ctx, h.cfg.Storage, d.StoragePrefix, h.cfg.Keys)
+		od, err := disk.Open(ctx, h.cfg.Storage, d.StoragePrefix, h.unwrapperFor(d))
 		if err != nil {
 			return nil, fmt.Errorf("opening disk %q: %w", r.Disk, err)
 		}
@@ -754,9 +777,17 @@ func (h *Host) DetachDisk(ctx context.Context, vmName, diskName string) (*VM, er
 func (h *Host) showVM(vm *VM) *VM {
 	c := *vm
 	c.StorageProfile.DataDisks = slices.Clone(vm.StorageProfile.DataDisks)
+	for _, n := range vmDiskNames(vm) {
+		if d := h.st.Disks[n]; d != nil {
+			c.IntegrityErrors += h.showDisk(d).IntegrityErrors
+		}
+	}
 	if rv := h.running[vm.Name]; rv != nil {
-		for f := range rv.images {
+		for f, od := range rv.images {
 			c.Images = append(c.Images, vm.Name+"/"+f)
+			if od.resource == "" {
+				c.IntegrityErrors += od.d.Stats().IntegrityErrors
+			}
 		}
 		slices.Sort(c.Images)
 	}

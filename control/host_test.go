@@ -332,3 +332,91 @@ func TestVMLifecycleAndPersistence(t *testing.T) {
 }
 
 func ptr[T any](v T) *T { return &v }
+
+// fakeIdentities adds identities and customer keys to fakeKeys: a customer
+// key is an AES key per kid, usable only by principals granted it.
+type fakeIdentities struct {
+	*fakeKeys
+	grants map[string]bool // credential -> may use keys
+}
+
+func (f *fakeIdentities) CreateIdentity(_ context.Context, name string) (Identity, string, error) {
+	cred := "cred-" + name
+	return Identity{Type: "SystemAssigned", PrincipalID: "p-" + name, TenantID: "t"}, cred, nil
+}
+
+func (f *fakeIdentities) DeleteIdentity(context.Context, string) error { return nil }
+
+func (f *fakeIdentities) As(cred string) CustomerKeys { return &fakeCustomer{f: f, cred: cred} }
+
+type fakeCustomer struct {
+	f    *fakeIdentities
+	cred string
+}
+
+func (c *fakeCustomer) WrapKey(ctx context.Context, kid string, dek []byte) (disk.WrappedKey, error) {
+	if !c.f.grants[c.cred] {
+		return disk.WrappedKey{}, errors.New("ForbiddenByPolicy: wrapKey not granted")
+	}
+	w, err := c.f.fakeKeys.WrapKey(ctx, dek)
+	w.KeyID, w.Algorithm = kid, "RSA-OAEP-256"
+	return w, err
+}
+
+func (c *fakeCustomer) UnwrapKey(ctx context.Context, w disk.WrappedKey) ([]byte, error) {
+	if !c.f.grants[c.cred] {
+		return nil, errors.New("ForbiddenByPolicy: unwrapKey not granted")
+	}
+	return c.f.fakeKeys.UnwrapKey(ctx, w)
+}
+
+func TestDiskEncryptionSets(t *testing.T) {
+	f := newFixture(t)
+	ids := &fakeIdentities{fakeKeys: f.keys, grants: map[string]bool{}}
+	f.cfg.Keys = ids
+	var err error
+	f.h, err = New(f.cfg)
+	require.NoError(t, err)
+	ctx := context.Background()
+	kid := "https://127.0.0.1:8443/vaults/vault1/keys/k1/0123abcd"
+
+	for _, bad := range []string{"", "http://x/vaults/v/keys/k/1", "https://x/vaults/v/keys/k", "https://x/keys/k/1"} {
+		_, err := f.h.CreateDES(ctx, CreateDESRequest{Name: "d", KeyURL: bad})
+		requireCode(t, err, http.StatusBadRequest)
+	}
+	des, err := f.h.CreateDES(ctx, CreateDESRequest{Name: "des1", KeyURL: kid})
+	require.NoError(t, err)
+	require.Equal(t, "p-des/des1", des.Identity.PrincipalID)
+	require.NotEqual(t, "ok", des.KeyAccess)
+	require.Contains(t, des.KeyAccess, "set-policy")
+
+	_, err = f.h.CreateDisk(ctx, CreateDiskRequest{Name: "c1", SizeBytes: 8 << 20, DiskEncryptionSet: "des1"})
+	require.ErrorContains(t, err, "p-des/des1")
+	_, err = f.h.CreateDisk(ctx, CreateDiskRequest{Name: "c1", SizeBytes: 8 << 20, EncryptionType: EncCustomerKey})
+	requireCode(t, err, http.StatusBadRequest)
+	_, err = f.h.CreateDisk(ctx, CreateDiskRequest{Name: "c1", SizeBytes: 8 << 20, DiskEncryptionSet: "nope"})
+	requireCode(t, err, http.StatusNotFound)
+
+	ids.grants["cred-des/des1"] = true
+	des, err = f.h.ShowDES(ctx, "des1")
+	require.NoError(t, err)
+	require.Equal(t, "ok", des.KeyAccess)
+	_, err = f.h.CreateDisk(ctx, CreateDiskRequest{Name: "u1", SizeBytes: 8 << 20, Sku: "UltraSSD_LRS", DiskEncryptionSet: "des1", EncryptionType: EncPlatformAndCustomerKey})
+	requireCode(t, err, http.StatusBadRequest)
+	d, err := f.h.CreateDisk(ctx, CreateDiskRequest{Name: "c1", SizeBytes: 8 << 20, DiskEncryptionSet: "des1", EncryptionType: EncPlatformAndCustomerKey})
+	require.NoError(t, err)
+	require.Equal(t, kid, d.KeyID)
+	require.Equal(t, des.ID, d.Encryption.DiskEncryptionSetID)
+
+	_, err = f.h.CreateVM(ctx, CreateVMRequest{Name: "vm1", OsDisk: "c1"})
+	require.NoError(t, err)
+	_, err = f.h.StopVM(ctx, "vm1", "")
+	require.NoError(t, err)
+	// Access revoked: the VM cannot start, and the error names the identity.
+	ids.grants["cred-des/des1"] = false
+	_, err = f.h.StartVM(ctx, "vm1")
+	require.ErrorContains(t, err, "p-des/des1")
+	require.Empty(t, f.tree.list())
+
+	requireCode(t, f.h.DeleteDES(ctx, "des1"), http.StatusConflict)
+}

@@ -85,6 +85,9 @@ type VM struct {
 	// Images lists the files the VM's disks appear as in the mount while it
 	// runs.
 	Images []string `json:"images,omitempty"`
+	// IntegrityErrors counts blocks of the VM's disks (temp disk included)
+	// that failed authentication.
+	IntegrityErrors uint64 `json:"integrityErrors"`
 }
 
 // SecurityProfile holds a VM's host-side encryption setting.

@@ -17,6 +17,11 @@ type state struct {
 	Version int              `json:"version"`
 	Disks   map[string]*Disk `json:"disks"`
 	VMs     map[string]*VM   `json:"vms"`
+	DES     map[string]*DiskEncryptionSet `json:"diskEncryptionSets"`
+	// Credentials of the disk encryption sets' identities, by set name.
+	// They are bearer tokens for the key store, never keys; the file is
+	// 0600 in a 0700 directory.
+	Credentials map[string]string `json:"credentials"`
 }
 
 const stateFile = "state.json"
@@ -30,7 +35,8 @@ func loadState(dir string) (*state, error) {
 	}
 	raw, err := os.ReadFile(filepath.Join(dir, stateFile))
 	if errors.Is(err, fs.ErrNotExist) {
-		return &state{Version: 1, Disks: map[string]*Disk{}, VMs: map[string]*VM{}}, nil
+		return &state{Version: 1, Disks: map[string]*Disk{}, VMs: map[string]*VM{},
+			DES: map[string]*DiskEncryptionSet{}, Credentials: map[string]string{}}, nil
 	}
 	if err != nil {
 		return nil, err
@@ -44,6 +50,12 @@ func loadState(dir string) (*state, error) {
 	}
 	if s.VMs == nil {
 		s.VMs = map[string]*VM{}
+	}
+	if s.DES == nil {
+		s.DES = map[string]*DiskEncryptionSet{}
+	}
+	if s.Credentials == nil {
+		s.Credentials = map[string]string{}
 	}
 	return &s, nil
 }

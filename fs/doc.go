@@ -33,8 +33,8 @@
 //   - Namespace changes (create, mkdir, mknod, unlink, rmdir, rename, link,
 //     symlink) and attribute changes (chmod, chown, utimes, truncate to a
 //     different size) fail with EPERM: the layout belongs to the daemon.
-//     Truncating to the current size succeeds, so O_TRUNC-free tools that
-//     "set" the size they already have keep working.
+//     Truncating to the current size succeeds: tools that set the size an
+//     image already has keep working.
 //   - Extended attributes are disabled at the protocol level (the kernel gets
 //     ENOSYS once and stops asking), so setxattr reports EOPNOTSUPP. Without
 //     this every write would cost an extra GETXATTR round trip for
@@ -47,6 +47,13 @@
 //   - Errors from the engine that wrap a syscall.Errno reach the caller as that
 //     errno; anything else is EIO.
 //   - After RemoveImage, file descriptors still open on the image get EIO for
-//     every operation; the Image is never called again once RemoveImage has
-//     returned.
+//     every operation (close still succeeds, and fstat shows nlink 0); the
+//     Image is never called again once RemoveImage has returned. RemoveImage
+//     waits for the engine calls in flight, so a call stuck in the engine
+//     holds it up.
+//   - A grown image (Tree.Resized) shows its new size at the next stat or
+//     lseek(SEEK_END); until then the kernel may cut asynchronous direct
+//     reads at the old size.
+//   - Inode numbers are never reused within a mount: an image removed and
+//     added again under the same name is a new file to the kernel.
 package fs

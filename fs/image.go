@@ -12,6 +12,8 @@ import (
 // that would serialise them. Neither ReadAt nor WriteAt may keep p after
 // returning (the buffers belong to the FUSE server and are reused).
 //
+// Size is called on every request and must be cheap.
+//
 // Errors that wrap a syscall.Errno are passed to the caller as that errno;
 // an integrity failure or a revoked key should wrap syscall.EIO. Any other
 // error becomes EIO.

@@ -323,7 +323,8 @@ t("reopen", lambda: os.open(sys.argv[1], os.O_RDONLY))
 func fioRun(t testing.TB, args ...string) fioJob {
 	t.Helper()
 	requireTool(t, "fio")
-	out := mustRun(t, "fio", append([]string{"--output-format=json"}, args...)...)
+	// No verify state files left in the working directory.
+	out := mustRun(t, "fio", append([]string{"--output-format=json", "--verify_state_save=0"}, args...)...)
 	var rep struct {
 		Jobs []fioJob `json:"jobs"`
 	}

@@ -138,3 +138,15 @@ print(n)
 	require.NoError(t, walker.Wait())
 	t.Logf("tree walked %s times", strings.TrimSpace(out.String()))
 }
+
+func TestInodeNumbers(t *testing.T) {
+	tree := mountTree(t, Options{})
+	require.NoError(t, tree.AddImage("vm", "os.img", newFake(t, 4096)))
+	require.NoError(t, tree.AddImage("vm", "temp.img", newFake(t, 4096)))
+	out := python(t, `
+import os, sys
+inos = [os.stat(p).st_ino for p in sys.argv[1:]]
+print(0 not in inos, len(set(inos)) == len(inos))
+`, tree.Dir(), tree.Dir()+"/vm", imgPath(tree, "vm", "os.img"), imgPath(tree, "vm", "temp.img"))
+	require.Equal(t, "True True\n", out)
+}

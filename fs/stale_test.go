@@ -186,3 +186,37 @@ func (n *nullImage) WriteAt(p []byte, off int64) (int, error) { return len(p), n
 func (n *nullImage) Discard(off, len int64) error             { return nil }
 func (n *nullImage) Sync() error                              { return nil }
 func (n *nullImage) Size() int64                              { return n.size }
+
+// TestNoDescriptorLeak checks that a process started after the mount does
+// not inherit the FUSE connection: it could serve the mount itself, and it
+// would keep a dead daemon's mount hanging instead of failing.
+func TestNoDescriptorLeak(t *testing.T) {
+	tree := mountTree(t, Options{})
+	require.NoError(t, tree.AddImage("vm", "os.img", newFake(t, 4096)))
+	out := mustRun(t, "sh", "-c", `ls -l /proc/$$/fd/; true`)
+	require.NotContains(t, out, "/dev/fuse")
+}
+
+// TestFusermountPath mounts through the fusermount helper, the way a
+// non-root daemon (or a failed direct mount) does.
+func TestFusermountPath(t *testing.T) {
+	requireTool(t, "fusermount3")
+	tree := mountTree(t, Options{helperOnly: true})
+	require.NoError(t, tree.AddImage("vm", "os.img", newFake(t, 4096)))
+	require.Equal(t, "4096 0o100600 0\n", python(t, statScript, imgPath(tree, "vm", "os.img")))
+	out := mustRun(t, "sh", "-c", `ls -l /proc/$$/fd/; true`)
+	require.NotContains(t, out, "/dev/fuse")
+}
+
+func TestUnmountedFromOutside(t *testing.T) {
+	requireRoot(t)
+	requireFUSE(t)
+	dir := t.TempDir()
+	tree, err := Mount(dir, Options{})
+	require.NoError(t, err)
+	mustRun(t, "umount", dir)
+	tree.Wait()
+	require.ErrorIs(t, tree.AddImage("vm", "os.img", newFake(t, 4096)), ErrUnmounted)
+	require.NoError(t, tree.Unmount())
+	requireNotMounted(t, dir)
+}

@@ -65,7 +65,7 @@ func Mount(dir string, opts Options) (*Tree, error) {
 		done: make(chan struct{}),
 	}
 	t.root = &dirNode{tree: t, created: time.Now()}
-	server, err := gofs.Mount(abs, t.root, opts.nodeOptions())
+	server, err := startServer(abs, t.root, opts.nodeOptions())
 	if err != nil {
 		return nil, fmt.Errorf("fs: mount %s: %w", abs, err)
 	}
@@ -98,7 +98,7 @@ func (t *Tree) AddImage(vm, name string, img Image) error {
 
 	ctx := context.Background()
 	t.mu.Lock()
-	if t.unmounted {
+	if t.unmounted || !t.live() { // by Unmount, or from outside
 		t.mu.Unlock()
 		return fmt.Errorf("fs: add %s/%s: %w", vm, name, ErrUnmounted)
 	}
@@ -229,7 +229,10 @@ func (t *Tree) Resized(vm, name string) {
 
 // Unmount unmounts the tree and waits until the server has stopped. It
 // fails, leaving the tree mounted, while the mount is busy (an image open,
-// a loop device attached). Unmounting twice is not an error.
+// a loop device attached); as root the error wraps syscall.EBUSY.
+// Unmounting twice is not an error. If the mount was already detached from
+// outside (umount -l) while files in it are open, Unmount waits until they
+// are closed.
 func (t *Tree) Unmount() error {
 	t.ctl.Lock()
 	defer t.ctl.Unlock()

@@ -16,7 +16,8 @@ const platformKeyName = "disk-encryption"
 // keys with the current version of the platform key and unwraps any wrap a
 // disk carries, naming the exact key version that wrapped it.
 type keyService struct {
-	c *client.Client
+	c       *client.Client
+	url, ca string
 }
 
 // connectKeys connects to the key store as the platform and makes sure the
@@ -37,7 +38,7 @@ func connectKeys(ctx context.Context, cfg Config) (*keyService, error) {
 		}
 		return nil, fmt.Errorf("key store %s: preparing the platform key: %w", cfg.KeystoreURL, err)
 	}
-	return &keyService{c: c}, nil
+	return &keyService{c: c, url: cfg.KeystoreURL, ca: cfg.KeystoreCA}, nil
 }
 
 func (k *keyService) WrapKey(ctx context.Context, dek []byte) (disk.WrappedKey, error) {

@@ -294,3 +294,87 @@ func TestHostBadInput(t *testing.T) {
 	after := h.ok("-o", "json", "disk", "list") + h.ok("-o", "json", "vm", "list")
 	require.Equal(t, before, after)
 }
+
+// TestHostIntegrityAlarm flips one bit of a stored block under a running VM:
+// reading it fails with EIO, and disk show and vm show count the failure.
+func TestHostIntegrityAlarm(t *testing.T) {
+	h := newHost(t, startKeystore(t))
+	h.ok("disk", "create", "--name", "d1", "--size", "16M")
+	h.ok("vm", "create", "--name", "vm1", "--os-disk-size", "16M", "--data-disks", "d1")
+	img := h.img("vm1", "data-0.img")
+	sh(t, "dd if=/dev/urandom of="+img+" bs=64k count=4 oflag=direct conv=notrunc,fsync status=none")
+	var d diskJSON
+	h.json(&d, "disk", "show", "--name", "d1")
+	chunk := filepath.Join(h.storage, d.StoragePrefix, "chunks", "00000000")
+	// Slot A of block 2 starts at 8192 + 2*4136; flip a bit inside its ciphertext.
+	f, err := os.OpenFile(chunk, os.O_RDWR, 0)
+	require.NoError(t, err)
+	b := make([]byte, 1)
+	off := int64(8192 + 2*4136 + 100)
+	_, err = f.ReadAt(b, off)
+	require.NoError(t, err)
+	b[0] ^= 0x20
+	_, err = f.WriteAt(b, off)
+	require.NoError(t, err)
+	require.NoError(t, f.Close())
+
+	_, errOut, code := runCmd("dd", "if="+img, "of=/dev/null", "bs=4k", "skip=2", "count=1", "iflag=direct", "status=none")
+	require.NotEqual(t, 0, code)
+	require.Contains(t, errOut, "Input/output error")
+	// The neighbours still read.
+	sh(t, "dd if="+img+" of=/dev/null bs=4k skip=3 count=1 iflag=direct status=none")
+	h.json(&d, "disk", "show", "--name", "d1")
+	require.GreaterOrEqual(t, d.IntegrityErrors, uint64(1))
+	var vm struct {
+		IntegrityErrors uint64 `json:"integrityErrors"`
+	}
+	h.json(&vm, "vm", "show", "--name", "vm1")
+	require.GreaterOrEqual(t, vm.IntegrityErrors, uint64(1))
+	require.Contains(t, h.logs.String(), "integrity alarm")
+}
+
+// TestHostHolesAndRefusals: fallocate punch hole discards through the engine
+// (reads zeros, storage shrinks), SEEK_DATA/SEEK_HOLE see the written
+// extents, and namespace changes in the mount are refused with EPERM.
+func TestHostHolesAndRefusals(t *testing.T) {
+	h := newHost(t, startKeystore(t))
+	h.ok("disk", "create", "--name", "d1", "--size", "64M")
+	h.ok("vm", "create", "--name", "vm1", "--os-disk-size", "16M", "--data-disks", "d1")
+	img := h.img("vm1", "data-0.img")
+	sh(t, "dd if=/dev/urandom of="+img+" bs=1M count=8 seek=16 oflag=direct conv=notrunc,fsync status=none")
+	var d diskJSON
+	h.json(&d, "disk", "show", "--name", "d1")
+	usage := func() int64 {
+		out := sh(t, "du -s --block-size=1 "+filepath.Join(h.storage, d.StoragePrefix)+" | cut -f1")
+		n, err := strconv.ParseInt(strings.TrimSpace(out), 10, 64)
+		require.NoError(t, err)
+		return n
+	}
+	before := usage()
+	out := sh(t, fmt.Sprintf(`python3 -c '
+import os
+fd = os.open("%s", os.O_RDONLY)
+print(os.lseek(fd, 0, os.SEEK_DATA), os.lseek(fd, 16<<20, os.SEEK_HOLE))'`, img))
+	require.Equal(t, fmt.Sprintf("%d %d\n", 16<<20, 24<<20), out)
+
+	sh(t, "fallocate --punch-hole --offset $((18<<20)) --length $((4<<20)) "+img)
+	sh(t, "sync")
+	require.Less(t, usage(), before-(3<<20), "punching 4 MiB gave back no storage")
+	zeros := sh(t, "dd if="+img+" bs=1M skip=18 count=4 iflag=direct status=none | tr -d '\\0' | wc -c")
+	require.Equal(t, "0", strings.TrimSpace(zeros))
+	kept := sh(t, "dd if="+img+" bs=1M skip=16 count=2 iflag=direct status=none | tr -d '\\0' | wc -c")
+	require.NotEqual(t, "0", strings.TrimSpace(kept))
+
+	for _, c := range []string{
+		"touch " + filepath.Join(h.mount, "vm1", "new.img"),
+		"rm " + img,
+		"mv " + img + " " + filepath.Join(h.mount, "vm1", "x.img"),
+		"chmod 644 " + img,
+	} {
+		_, errOut, code := runCmd("bash", "-c", c)
+		require.NotEqual(t, 0, code, c)
+		require.Contains(t, strings.ToLower(errOut), "not permitted", c)
+	}
+	_, err := os.Stat(img)
+	require.NoError(t, err)
+}
