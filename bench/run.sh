@@ -437,7 +437,8 @@ date: $(date -u '+%Y-%m-%d %H:%M UTC')
 machine: ${cpu:-unknown CPU}, $(nproc) CPUs, $mem, kernel $(uname -r), backing file system $(findmnt -n -o FSTYPE -T "$BENCH_TMPDIR")
 versions: $("$GO" version | cut -d' ' -f3), go-fuse $fuse_version, $(fio --version), $(gocryptfs -version 2>/dev/null | cut -d';' -f1)
 commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD 2>/dev/null || echo " (with local changes)")
-jobs: $RUNTIME s each (fio time_based), on a $SIZE file written in full first, O_DIRECT, page cache dropped before each job; targets run one after another
+jobs: $RUNTIME s each (fio time_based), on a $SIZE file written in full first, O_DIRECT, page cache $([[ ${DROP_CACHES:-1} == 1 ]] && echo "dropped before each job" || echo "kept between jobs"); targets run one after another$(
+    ((${WAIT_IDLE:-0} > 0)) && echo "; each job waited up to $WAIT_IDLE s for the machine to be less than ${IDLE_BUSY_PCT:-15} % busy")
 EOF
 }
 
