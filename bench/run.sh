@@ -44,8 +44,9 @@ WORK=""
 PIDS=()   # processes to stop, in start order
 MOUNTS=() # mount points to make sure are gone
 
-# stop_pid PID [GRACE]: SIGTERM to the process group PID leads (every process
-# here is started by spawn as a session leader), SIGKILL after GRACE seconds.
+# stop_pid PID [GRACE]: SIGTERM to the process group PID leads (spawn starts
+# every process with setsid, as the leader of its own group), SIGKILL after
+# GRACE seconds.
 stop_pid() {
   local pid=$1 grace=${2:-30} i
   kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
@@ -102,8 +103,9 @@ trap cleanup EXIT
 trap 'say "interrupted"; exit 130' INT
 trap 'say "terminated"; exit 143' TERM
 
-# spawn LOG CMD...: starts CMD in its own session (so that Ctrl-C reaches this
-# script first, which then stops it in order) and tracks it; sets SPAWNED.
+# spawn LOG CMD...: starts CMD with setsid, in its own process group (so that
+# Ctrl-C reaches this script first, which then stops it in order), and tracks
+# it; sets SPAWNED.
 spawn() {
   local log=$1
   shift
@@ -403,7 +405,7 @@ run_target() {
   if ((started)); then
     say "$label: running the fio suite on ${FIO_TARGET#"$WORK/"}"
     # In the background, so that a signal reaches this script at once; in
-    # its own session, so that cleanup can stop fio with it.
+    # its own process group, so that cleanup can stop fio with it.
     DAEMON_PIDS=$DAEMON_PIDS setsid bench/fio-suite.sh "$FIO_TARGET" "$label" "$OUT/$label" \
       >"$OUT/$label/lines.txt" &
     PIDS+=("$!")
