@@ -127,6 +127,18 @@ wait_until() {
   return 1
 }
 
+# not_started NAME PID LOG: why NAME is not up, for the notes under the table.
+not_started() {
+  local name=$1 pid=$2 log=$3 rc=0 last
+  last=$(grep -v '^[[:space:]]*$' "$log" 2>/dev/null | tail -n 1)
+  if kill -0 "$pid" 2>/dev/null; then
+    echo "$name did not become ready in time: ${last:-no output}"
+  else
+    wait "$pid" 2>/dev/null || rc=$?
+    echo "$name exited with status $rc: ${last:-no output}"
+  fi
+}
+
 # --- dependencies and builds ------------------------------------------------
 
 deps() {
@@ -187,7 +199,7 @@ start_passthrough() { # DIR tuned|stock
   spawn "$d/passthrough.log" "$WORK/bin/passthrough" --backing "$d/backing" --mount "$d/mnt" \
     --options "$2" --ready-file "$d/ready"
   if ! wait_until 30 "$SPAWNED" test -e "$d/ready"; then
-    WHY="the passthrough did not mount: $(tail -n 1 "$d/passthrough.log")"
+    WHY=$(not_started "the passthrough" "$SPAWNED" "$d/passthrough.log")
     return 1
   fi
   FIO_TARGET=$d/mnt
@@ -206,7 +218,7 @@ start_gocryptfs() { # DIR
   # -fg keeps the daemon's own PID, whose CPU time the suite counts.
   spawn "$d/gocryptfs.log" gocryptfs -fg -q -passfile "$d/password" "$d/cipher" "$d/mnt"
   if ! wait_until 30 "$SPAWNED" mountpoint -q "$d/mnt"; then
-    WHY="gocryptfs did not mount: $(tail -n 1 "$d/gocryptfs.log")"
+    WHY=$(not_started gocryptfs "$SPAWNED" "$d/gocryptfs.log")
     return 1
   fi
   FIO_TARGET=$d/mnt
@@ -275,7 +287,7 @@ start_hostcrypt() { # DIR LABEL
   # and writes it to DIR/address.
   if ! wait_until 30 "$pid" grep -qoE 'https://127\.0\.0\.1:[0-9]+' "$d/keystored.log" ||
     ! wait_until 10 "$pid" test -s "$ks/platform.token"; then
-    WHY="keystored did not start: $(tail -n 1 "$d/keystored.log")"
+    WHY=$(not_started keystored "$pid" "$d/keystored.log")
     return 1
   fi
   KEYSTORE_URL=$(grep -oE 'https://127\.0\.0\.1:[0-9]+' "$d/keystored.log" | head -n 1)
@@ -287,7 +299,7 @@ start_hostcrypt() { # DIR LABEL
     --keystore-ca "$ks/ca.pem" --token-file "$ks/platform.token"
   pid=$SPAWNED
   if ! wait_until 30 "$pid" test -S "$HC_SOCK" || ! wait_until 30 "$pid" mountpoint -q "$d/mnt"; then
-    WHY="hostcryptd did not start: $(tail -n 1 "$d/hostcryptd.log")"
+    WHY=$(not_started hostcryptd "$pid" "$d/hostcryptd.log")
     return 1
   fi
 
