@@ -53,9 +53,13 @@ func TestMountedBinary(t *testing.T) {
 	if _, err := os.Stat("/dev/fuse"); err != nil {
 		t.Skip("no /dev/fuse")
 	}
+	goCmd, err := exec.LookPath("go")
+	if err != nil {
+		t.Skip("no go command to build the binary with")
+	}
 	dir := t.TempDir()
 	bin := filepath.Join(dir, "passthrough")
-	build := exec.Command("go", "build", "-o", bin, ".")
+	build := exec.Command(goCmd, "build", "-o", bin, ".")
 	out, err := build.CombinedOutput()
 	require.NoError(t, err, "%s", out)
 
