@@ -44,3 +44,11 @@ lint:
 
 clean:
 	rm -rf $(BIN)
+
+# The fio comparison of docs/PERFORMANCE.md: passthrough, gocryptfs and the
+# hostcryptd disks side by side (root; installs fio, fuse3 and gocryptfs).
+# TARGETS, RUNTIME, SIZE, WAIT_IDLE and UPDATE_DOCS=1 are read from the
+# environment, e.g. `TARGETS="passthrough gocryptfs" make bench-fio`.
+.PHONY: bench-fio
+bench-fio:
+	@GO=$(GO) bench/run.sh

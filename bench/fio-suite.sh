@@ -1,0 +1,288 @@
+#!/usr/bin/env bash
+# fio-suite.sh — the five fio jobs every target of the benchmark runs.
+#
+# Usage: fio-suite.sh TARGET LABEL [OUTDIR]
+#
+#   TARGET  a directory on the file system under test (the suite creates and
+#           uses TARGET/fio-test.img), or an existing file such as a disk image
+#           served by hostcryptd (used as it is: never created, truncated or
+#           grown, only written in full before the jobs).
+#   LABEL   the target's name, the first column of every result line.
+#   OUTDIR  where fio's JSON, stderr and command line per job go
+#           (default: ./fio-results/LABEL-DATE).
+#
+# Environment, all optional:
+#   RUNTIME      seconds per job (default 8)
+#   SIZE         size of the test file (default 1G)
+#   JOBS         the jobs to run, in order (default: all five)
+#   DAEMON_PIDS  PIDs of the daemon(s) serving TARGET: their CPU time during
+#                each job is reported (daemon_cpu_s, daemon_us_per_io) and
+#                their peak resident memory (daemon_hwm_kib)
+#   DROP_CACHES  1 (default): sync and drop the page cache before each job
+#   WAIT_IDLE    wait up to this many seconds before each job for the whole
+#                machine to be less than IDLE_BUSY_PCT (default 15) % busy;
+#                0 (default) does not wait
+#   FIO          the fio binary (default fio)
+#
+# Output, one line per job on stdout:
+#   LABEL JOB MiB/s IOPS p99_us key=value...
+# MiB/s and IOPS count reads and writes together; p99_us is fio's completion
+# latency p99 (for the mixed job the worse of read and write). The key=value
+# fields: mode=direct|buffered, ios (I/Os completed), the read and write
+# split for the mixed job, fio's own CPU use, the daemon's CPU, and the whole
+# machine's busy and steal percentages during the job. Progress goes to
+# stderr. The exit status is 0 when every job produced a result.
+#
+# Each job runs with O_DIRECT. A file system that refuses O_DIRECT (EINVAL)
+# gets the job again with buffered I/O (plus an fsync at the end of writing
+# jobs) and the line says mode=buffered.
+set -euo pipefail
+
+if (($# < 2 || $# > 3)); then
+  sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0" >&2
+  exit 2
+fi
+
+TARGET=${1%/}
+LABEL=$2
+OUTDIR=${3:-fio-results/$LABEL-$(date +%Y%m%d-%H%M%S)}
+RUNTIME=${RUNTIME:-8}
+SIZE=${SIZE:-1G}
+DROP_CACHES=${DROP_CACHES:-1}
+WAIT_IDLE=${WAIT_IDLE:-0}
+IDLE_BUSY_PCT=${IDLE_BUSY_PCT:-15}
+DAEMON_PIDS=${DAEMON_PIDS:-}
+FIO=${FIO:-fio}
+ALL_JOBS="seq-write-1M seq-read-1M rand-write-4k rand-read-4k rand-rw-4k"
+JOBS=${JOBS:-$ALL_JOBS}
+
+say() { printf '[fio-suite %s %s] %s\n' "$(date +%H:%M:%S)" "$LABEL" "$*" >&2; }
+fail() { say "error: $*"; exit 1; }
+
+# The parameters that make each job what it is.
+job_params() {
+  case $1 in
+  seq-write-1M) echo "--rw=write --bs=1M --ioengine=psync" ;;
+  seq-read-1M) echo "--rw=read --bs=1M --ioengine=psync" ;;
+  rand-write-4k) echo "--rw=randwrite --bs=4k --ioengine=libaio --iodepth=32" ;;
+  rand-read-4k) echo "--rw=randread --bs=4k --ioengine=libaio --iodepth=32" ;;
+  rand-rw-4k) echo "--rw=randrw --rwmixread=70 --bs=4k --ioengine=libaio --iodepth=16 --numjobs=2" ;;
+  *) return 1 ;;
+  esac
+}
+
+for job in $JOBS; do
+  job_params "$job" >/dev/null || fail "unknown job $job (known: $ALL_JOBS)"
+done
+command -v "$FIO" >/dev/null || fail "fio is not installed"
+command -v python3 >/dev/null || fail "python3 is not installed (it reads fio's JSON)"
+
+WANT=$(numfmt --from=iec "$SIZE")
+if [[ -d $TARGET ]]; then
+  FILE=$TARGET/fio-test.img
+  IMAGE=0
+elif [[ -f $TARGET || -b $TARGET ]]; then
+  FILE=$TARGET
+  IMAGE=1
+  have=$(stat -L -c %s "$FILE")
+  [[ -b $FILE ]] && have=$(blockdev --getsize64 "$FILE")
+  ((have >= WANT)) || fail "$FILE holds $have bytes, less than SIZE=$SIZE"
+else
+  fail "$TARGET is neither a directory nor a file"
+fi
+mkdir -p "$OUTDIR"
+OUTDIR=$(cd "$OUTDIR" && pwd)
+
+drop_caches() {
+  sync
+  echo 3 >/proc/sys/vm/drop_caches 2>/dev/null ||
+    say "warning: cannot drop the page cache (not root?)"
+}
+
+# CPU clock ticks (user + system, all threads) used so far by DAEMON_PIDS.
+daemon_ticks() {
+  local pid sum=0 rest
+  local -a f
+  [[ -n $DAEMON_PIDS ]] || return 0
+  for pid in $DAEMON_PIDS; do
+    rest=$(<"/proc/$pid/stat") || { say "warning: daemon $pid is gone"; return 0; }
+    # The command name may hold spaces; count fields after its ")".
+    read -r -a f <<<"${rest##*) }"
+    sum=$((sum + f[11] + f[12]))
+  done
+  echo "$sum"
+}
+
+# Sum of the daemons' peak resident set sizes, KiB.
+daemon_hwm() {
+  local pid sum=0 kib
+  [[ -n $DAEMON_PIDS ]] || return 0
+  for pid in $DAEMON_PIDS; do
+    kib=$(awk '/^VmHWM:/ {print $2}' "/proc/$pid/status" 2>/dev/null) || return 0
+    sum=$((sum + ${kib:-0}))
+  done
+  echo "$sum"
+}
+
+# "busy steal total" jiffies of the whole machine.
+machine_ticks() {
+  awk '$1 == "cpu" { t = 0; for (i = 2; i <= 9; i++) t += $i; print t - $5 - $6, $9, t }' /proc/stat
+}
+
+# busy% and steal% between two machine_ticks samples.
+machine_pct() {
+  awk -v a="$1" -v b="$2" 'BEGIN { split(a, x); split(b, y); t = y[3] - x[3]; if (t <= 0) t = 1
+    printf "%.0f %.1f", 100 * (y[1] - x[1]) / t, 100 * (y[2] - x[2]) / t }'
+}
+
+# Waits (at most WAIT_IDLE s) for a quiet machine; prints the last busy %.
+settle() {
+  local start=$SECONDS a b pct
+  while :; do
+    a=$(machine_ticks); sleep 2; b=$(machine_ticks)
+    read -r pct _ <<<"$(machine_pct "$a" "$b")"
+    if ((pct < IDLE_BUSY_PCT)) || ((SECONDS - start >= WAIT_IDLE)); then break; fi
+  done
+  ((pct < IDLE_BUSY_PCT)) || say "warning: machine still ${pct}% busy, running anyway"
+  echo "$pct"
+}
+
+# Writes the whole test file once so that reads find real, allocated data.
+# An image file is overwritten in place; a new file is created.
+prep() {
+  local start=$SECONDS
+  local -a args=(--name=prep --filename="$FILE" --size="$SIZE" --rw=write --bs=1M
+    --ioengine=psync --output-format=json --output="$OUTDIR/prep.json")
+  ((IMAGE)) && args+=(--fallocate=none)
+  say "writing $FILE in full ($SIZE)"
+  if ! "$FIO" "${args[@]}" --direct=0 --end_fsync=1 2>"$OUTDIR/prep.err"; then
+    # Some daemons take only aligned direct writes.
+    "$FIO" "${args[@]}" --direct=1 2>>"$OUTDIR/prep.err" ||
+      fail "writing $FILE failed: $(tail -n 3 "$OUTDIR/prep.err")"
+  fi
+  local have
+  have=$(stat -L -c %s "$FILE")
+  ((have >= WANT)) || fail "after writing, $FILE holds $have bytes, not $WANT"
+  say "written in $((SECONDS - start)) s"
+}
+
+# fio_job JOB direct|buffered: runs one job, fio's JSON in OUTDIR/JOB.json.
+fio_job() {
+  local job=$1 mode=$2 out=$OUTDIR/$1
+  local -a args
+  read -r -a args <<<"$(job_params "$job")"
+  args+=(--name="$job" --filename="$FILE" --size="$SIZE" --runtime="$RUNTIME" --time_based
+    --group_reporting --invalidate=1 --output-format=json --output="$out.json")
+  ((IMAGE)) && args+=(--fallocate=none)
+  if [[ $mode == direct ]]; then
+    args+=(--direct=1)
+  else
+    args+=(--direct=0)
+    [[ $job == *write* || $job == *rw* ]] && args+=(--end_fsync=1)
+  fi
+  printf '%q ' "$FIO" "${args[@]}" >"$out.cmd"
+  echo >>"$out.cmd"
+  # A wedged daemon must not hang the whole run.
+  timeout --kill-after=20 $((RUNTIME + 240)) "$FIO" "${args[@]}" 2>"$out.err"
+}
+
+# Did the last attempt of JOB fail because O_DIRECT was refused?
+refused_direct() {
+  grep -qiE 'invalid argument|einval|direct' "$OUTDIR/$1.err" 2>/dev/null && return 0
+  [[ -s $OUTDIR/$1.json ]] && python3 - "$OUTDIR/$1.json" <<'EOF' 2>/dev/null
+import json, sys
+text = open(sys.argv[1], errors="replace").read()
+sys.exit(0 if json.loads(text[text.index("{"):])["jobs"][0].get("error") == 22 else 1)
+EOF
+}
+
+# Prints "MiB/s IOPS p99_us ios key=value..." from one fio JSON file.
+summarise() {
+  python3 - "$1" <<'EOF'
+import json, sys
+text = open(sys.argv[1], errors="replace").read()
+job = json.loads(text[text.index("{"):])["jobs"][0]  # fio may warn before the JSON
+def p99(side):
+    d = job[side]
+    if d["io_bytes"] == 0:
+        return None
+    return d.get("clat_ns", {}).get("percentile", {}).get("99.000000", 0) / 1000
+r, w = job["read"], job["write"]
+lat = [x for x in (p99("read"), p99("write")) if x is not None]
+fields = ["%.1f" % ((r["bw_bytes"] + w["bw_bytes"]) / 2**20), "%.0f" % (r["iops"] + w["iops"]),
+          "%.1f" % max(lat + [0]), str(r["total_ios"] + w["total_ios"])]
+if len(lat) == 2:
+    fields += ["r_iops=%.0f" % r["iops"], "w_iops=%.0f" % w["iops"],
+               "r_p99_us=%.1f" % lat[0], "w_p99_us=%.1f" % lat[1]]
+fields += ["fio_usr=%.1f%%" % job["usr_cpu"], "fio_sys=%.1f%%" % job["sys_cpu"],
+           "fio_err=%d" % job.get("error", 0)]
+print(" ".join(fields))
+EOF
+}
+
+run_one() {
+  local job=$1 mode=direct rc=0 busy_before=- t0 t1 m0 m1
+  ((WAIT_IDLE > 0)) && busy_before=$(settle)%
+  [[ $DROP_CACHES == 1 ]] && drop_caches
+  t0=$(daemon_ticks); m0=$(machine_ticks)
+  fio_job "$job" direct || rc=$?
+  if ((rc != 0)) && refused_direct "$job"; then
+    say "$job: O_DIRECT refused, running it buffered"
+    for ext in json err cmd; do
+      [[ -e $OUTDIR/$job.$ext ]] && mv "$OUTDIR/$job.$ext" "$OUTDIR/$job.direct-refused.$ext"
+    done
+    mode=buffered
+    drop_caches
+    t0=$(daemon_ticks); m0=$(machine_ticks)
+    rc=0
+    fio_job "$job" buffered || rc=$?
+  fi
+  t1=$(daemon_ticks); m1=$(machine_ticks)
+  if ((rc != 0)); then
+    say "$job failed (exit $rc): $(tail -n 3 "$OUTDIR/$job.err" | tr '\n' ' ')"
+    echo "$LABEL $job FAILED - - mode=$mode rc=$rc"
+    return 1
+  fi
+  local summary bw iops p99 ios rest cpu=n/a per_io=n/a busy steal
+  if ! summary=$(summarise "$OUTDIR/$job.json"); then
+    echo "$LABEL $job FAILED - - mode=$mode unreadable-json"
+    return 1
+  fi
+  read -r bw iops p99 ios rest <<<"$summary"
+  if [[ -n $t0 && -n $t1 ]]; then
+    read -r cpu per_io <<<"$(awk -v a="$t0" -v b="$t1" -v hz="$(getconf CLK_TCK)" -v n="$ios" \
+      'BEGIN { s = (b - a) / hz; printf "%.2f %.1f", s, (n > 0 ? 1e6 * s / n : 0) }')"
+  fi
+  read -r busy steal <<<"$(machine_pct "$m0" "$m1")"
+  echo "$LABEL $job $bw $iops $p99 mode=$mode ios=$ios $rest daemon_cpu_s=$cpu" \
+    "daemon_us_per_io=$per_io daemon_hwm_kib=$(daemon_hwm)" \
+    "sys_busy=$busy% steal=$steal% pre_busy=$busy_before"
+}
+
+main() {
+  {
+    echo "label: $LABEL"
+    echo "file: $FILE"
+    echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+    echo "kernel: $(uname -r)"
+    echo "fio: $("$FIO" --version)"
+    echo "cpus: $(nproc)"
+    echo "runtime_s: $RUNTIME size: $SIZE drop_caches: $DROP_CACHES wait_idle: $WAIT_IDLE"
+    echo "daemon_pids: ${DAEMON_PIDS:-none}"
+    findmnt -T "$FILE" 2>/dev/null || true
+  } >"$OUTDIR/env.txt"
+  say "jobs: $JOBS; ${RUNTIME}s each; results in $OUTDIR"
+  prep
+  echo "# LABEL JOB MiB/s IOPS p99_us key=value..."
+  local job line failed=0
+  : >"$OUTDIR/summary.txt"
+  for job in $JOBS; do
+    say "$job"
+    line=$(run_one "$job") || failed=$((failed + 1))
+    echo "$line" | tee -a "$OUTDIR/summary.txt"
+  done
+  say "done, $failed job(s) failed"
+  ((failed == 0))
+}
+
+main

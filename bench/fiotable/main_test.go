@@ -1,0 +1,130 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+func TestParseLine(t *testing.T) {
+	tests := []struct {
+		name    string
+		line    string
+		want    result
+		wantErr bool
+	}{
+		{
+			name: "direct job",
+			line: "passthrough rand-write-4k 60.1 15381 11599.9 mode=direct ios=46159 daemon_us_per_io=29.2",
+			want: result{label: "passthrough", job: "rand-write-4k", mibs: 60.1, iops: 15381, p99us: 11599.9,
+				fields: map[string]string{"mode": "direct", "ios": "46159", "daemon_us_per_io": "29.2"}},
+		},
+		{
+			name: "failed job",
+			line: "gocryptfs seq-read-1M FAILED - - mode=direct rc=1",
+			want: result{label: "gocryptfs", job: "seq-read-1M", failed: true,
+				fields: map[string]string{"mode": "direct", "rc": "1"}},
+		},
+		{name: "too short", line: "a b c", wantErr: true},
+		{name: "not a number", line: "a b x 1 2", wantErr: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := parseLine(tt.line)
+			if tt.wantErr {
+				assert.Error(t, err)
+				return
+			}
+			require.NoError(t, err)
+			assert.Equal(t, tt.want, got)
+		})
+	}
+}
+
+func TestFormatThroughput(t *testing.T) {
+	assert.Equal(t, "4718", formatThroughput("seq-write-1M", 4718.4))
+	assert.Equal(t, "126.0k", formatThroughput("rand-write-4k", 125990))
+	assert.Equal(t, "950", formatThroughput("rand-read-4k", 950))
+}
+
+func TestRenderRatiosAndSkips(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, text string) {
+		require.NoError(t, os.WriteFile(filepath.Join(dir, name), []byte(text), 0o644))
+	}
+	write("meta.txt", "date: 2026-11-28\nruntime per job: 8 s\n")
+	write("targets.txt", "passthrough ok\ngocryptfs ok\nhostcrypt-pmk ok\ncmk skipped the CLI has no des group yet\n")
+	write("lines.txt", strings.Join([]string{
+		"# LABEL JOB MiB/s IOPS p99_us key=value...",
+		"passthrough seq-write-1M 4000.0 4000 900.0 mode=direct daemon_us_per_io=300.0",
+		"passthrough rand-write-4k 400.0 100000 500.0 mode=direct daemon_us_per_io=29.0",
+		"gocryptfs seq-write-1M 1000.0 1000 3000.0 mode=direct daemon_us_per_io=900.0",
+		"gocryptfs rand-write-4k 25.0 6400 9000.0 mode=direct daemon_us_per_io=81.0",
+		"hostcrypt-pmk seq-write-1M 2000.0 2000 1500.0 mode=direct daemon_us_per_io=500.0",
+		"hostcrypt-pmk rand-write-4k FAILED - - mode=direct rc=1",
+	}, "\n"))
+	r, err := load(dir)
+	require.NoError(t, err)
+	out := render(r)
+	assert.Contains(t, out, "- runtime per job: 8 s\n")
+	assert.Contains(t, out, "| passthrough | 4000 | – | 100.0k | – | – |\n")
+	assert.Contains(t, out, "| hostcrypt-pmk | 2000 | – | failed | – | – |\n")
+	assert.Contains(t, out, "| hostcrypt-pmk | seq-write-1M | 2000 | 1500 | 500.0 | 0.50 | 2.00 |\n")
+	assert.Contains(t, out, "| gocryptfs | rand-write-4k | 6.4k | 9000 | 81.0 | 0.06 | 1.00 |\n")
+	assert.Contains(t, out, "- `cmk` skipped: the CLI has no des group yet\n")
+	assert.NotContains(t, out, "| cmk |")
+}
+
+func TestRenderBusyColumnOnlyWhenMeasured(t *testing.T) {
+	r := &run{
+		targets: []target{{label: "passthrough", status: "ok"}},
+		results: map[string]map[string]result{"passthrough": {
+			"rand-read-4k": {label: "passthrough", job: "rand-read-4k", iops: 70000, p99us: 600,
+				fields: map[string]string{"mode": "direct", "daemon_us_per_io": "25.0", "pre_busy": "-"}},
+		}},
+	}
+	assert.NotContains(t, render(r), "busy before")
+
+	r.results["passthrough"]["rand-read-4k"].fields["pre_busy"] = "12%"
+	assert.Contains(t, render(r), "| passthrough | rand-read-4k | 70.0k | 600 | 25.0 | 1.00 | – | 12% |\n")
+}
+
+func TestUpdateFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "PERFORMANCE.md")
+
+	require.NoError(t, updateFile(path, "first\n"))
+	doc, err := os.ReadFile(path)
+	require.NoError(t, err)
+	assert.Contains(t, string(doc), startMarker+"\nfirst\n"+endMarker)
+	assert.Contains(t, string(doc), "How to reproduce")
+
+	// Text outside the markers survives a second run.
+	edited := strings.Replace(string(doc), "# Performance\n", "# Performance\n\nIntro by hand.\n", 1) +
+		"\n## Profiles\n"
+	require.NoError(t, os.WriteFile(path, []byte(edited), 0o644))
+	require.NoError(t, updateFile(path, "second\n"))
+	doc, err = os.ReadFile(path)
+	require.NoError(t, err)
+	assert.Contains(t, string(doc), startMarker+"\nsecond\n"+endMarker)
+	assert.NotContains(t, string(doc), "first")
+	assert.Contains(t, string(doc), "Intro by hand.")
+	assert.Contains(t, string(doc), "## Profiles\n")
+}
+
+func TestUpdateFileWithoutMarkers(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "PERFORMANCE.md")
+	require.NoError(t, os.WriteFile(path, []byte("# Performance\n\nWritten by hand.\n"), 0o644))
+	require.NoError(t, updateFile(path, "table\n"))
+	doc, err := os.ReadFile(path)
+	require.NoError(t, err)
+	assert.True(t, strings.HasPrefix(string(doc), "# Performance\n\nWritten by hand.\n"))
+	assert.Contains(t, string(doc), startMarker+"\ntable\n"+endMarker)
+
+	// Markers in the wrong order are an error, not a guess.
+	require.NoError(t, os.WriteFile(path, []byte(endMarker+"\n"+startMarker+"\n"), 0o644))
+	assert.Error(t, updateFile(path, "table\n"))
+}

@@ -1,0 +1,487 @@
+#!/usr/bin/env bash
+# bench/run.sh — the fio comparison of docs/PERFORMANCE.md, in one run.
+#
+# Builds the passthrough reference and the daemons, then for each target in
+# turn starts it on fresh directories, runs bench/fio-suite.sh against it,
+# and stops it again. Writes bench/results/latest.md (and, with UPDATE_DOCS=1,
+# the table in docs/PERFORMANCE.md). Run as root on Debian: it installs fio,
+# fuse3 and gocryptfs when they are missing.
+#
+# Environment, all optional:
+#   TARGETS       targets in run order (default: all of them, see ALL_TARGETS)
+#   RUNTIME       seconds per fio job (default 8)
+#   SIZE          file and disk size (default 1G)
+#   UPDATE_DOCS   1: also write the table into docs/PERFORMANCE.md
+#   BENCH_TMPDIR  where the targets' backing directories go (default /var/tmp;
+#                 not /tmp, which may be a tmpfs in memory)
+#   WAIT_IDLE     passed to the suite: wait for a quiet machine before each job
+#   GO            the go command (default: go)
+#
+# Every mount and process it started is gone when it exits, also after a
+# failure or Ctrl-C.
+set -euo pipefail
+
+ALL_TARGETS="raw passthrough gocryptfs hostcrypt-pmk cmk cmk-double cmk-readonly cmk-readwrite cmk-readwrite-noeah"
+TARGETS=${TARGETS:-$ALL_TARGETS}
+RUNTIME=${RUNTIME:-8}
+SIZE=${SIZE:-1G}
+UPDATE_DOCS=${UPDATE_DOCS:-0}
+BENCH_TMPDIR=${BENCH_TMPDIR:-/var/tmp}
+GO=${GO:-go}
+export RUNTIME SIZE
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+RESULTS=bench/results
+OUT=$RESULTS/latest
+
+say() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { say "error: $*"; exit 1; }
+
+# --- what this run started, so that cleanup can undo it --------------------
+
+WORK=""
+PIDS=()   # processes to stop, in start order
+MOUNTS=() # mount points to make sure are gone
+
+# stop_pid PID [GRACE]: SIGTERM to the process group PID leads (spawn starts
+# every process with setsid, as the leader of its own group), SIGKILL after
+# GRACE seconds.
+stop_pid() {
+  local pid=$1 grace=${2:-30} i
+  kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
+  kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
+  for ((i = 0; i < grace * 10; i++)); do
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  if kill -0 "$pid" 2>/dev/null; then
+    say "warning: process $pid still running after ${grace} s, killing it"
+    kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
+  fi
+  wait "$pid" 2>/dev/null || true
+}
+
+# Stops everything started since the last call, newest first, and makes sure
+# no mount and no loop device of the work directory is left.
+stop_all() {
+  local i m dev
+  for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
+    stop_pid "${PIDS[i]}"
+  done
+  PIDS=()
+  for m in "${MOUNTS[@]}"; do
+    if mountpoint -q "$m" 2>/dev/null; then
+      say "warning: $m still mounted, unmounting it"
+      fusermount3 -u -z "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || say "warning: cannot unmount $m"
+    fi
+  done
+  MOUNTS=()
+  if [[ -n $WORK ]] && command -v losetup >/dev/null; then
+    while read -r dev; do
+      [[ -n $dev ]] || continue
+      say "warning: detaching $dev left on a file of this run"
+      losetup -d "$dev" || true
+    done < <(losetup -a 2>/dev/null | grep -F "($WORK/" | cut -d: -f1)
+  fi
+}
+
+cleanup() {
+  local rc=$?
+  trap - EXIT INT TERM
+  stop_all
+  if [[ -n $WORK && -d $WORK ]]; then
+    if grep -qF " $WORK/" /proc/self/mountinfo; then
+      say "warning: something is still mounted under $WORK; leaving it in place"
+    else
+      rm -rf "$WORK"
+    fi
+  fi
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'say "interrupted"; exit 130' INT
+trap 'say "terminated"; exit 143' TERM
+
+# spawn LOG CMD...: starts CMD with setsid, in its own process group (so that
+# Ctrl-C reaches this script first, which then stops it in order), and tracks
+# it; sets SPAWNED.
+spawn() {
+  local log=$1
+  shift
+  setsid "$@" >"$log" 2>&1 </dev/null &
+  SPAWNED=$!
+  PIDS+=("$SPAWNED")
+}
+
+# wait_until SECONDS PID CMD...: polls CMD until it succeeds; fails early if
+# PID exits.
+wait_until() {
+  local limit=$1 pid=$2 i
+  shift 2
+  for ((i = 0; i < limit * 10; i++)); do
+    "$@" 2>/dev/null && return 0
+    kill -0 "$pid" 2>/dev/null || return 1
+    sleep 0.1
+  done
+  return 1
+}
+
+# not_started NAME PID LOG: why NAME is not up, for the notes under the table.
+not_started() {
+  local name=$1 pid=$2 log=$3 rc=0 last
+  last=$(grep -v '^[[:space:]]*$' "$log" 2>/dev/null | tail -n 1)
+  if kill -0 "$pid" 2>/dev/null; then
+    echo "$name did not become ready in time: ${last:-no output}"
+  else
+    wait "$pid" 2>/dev/null || rc=$?
+    echo "$name exited with status $rc: ${last:-no output}"
+  fi
+}
+
+# --- dependencies and builds ------------------------------------------------
+
+deps() {
+  local need=()
+  command -v fio >/dev/null || need+=(fio)
+  command -v fusermount3 >/dev/null || need+=(fuse3)
+  command -v gocryptfs >/dev/null || need+=(gocryptfs)
+  command -v python3 >/dev/null || need+=(python3)
+  command -v setsid >/dev/null || need+=(util-linux)
+  ((${#need[@]})) || return 0
+  command -v apt-get >/dev/null || die "missing ${need[*]}, and no apt-get to install them"
+  say "installing ${need[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+}
+
+HOSTCRYPT_MISSING="" # why the hostcryptd targets cannot run, empty if they can
+
+build() {
+  mkdir -p "$WORK/bin"
+  say "building the passthrough reference and the table tool"
+  "$GO" build -o "$WORK/bin/passthrough" ./bench/passthrough
+  "$GO" build -o "$WORK/bin/fiotable" ./bench/fiotable
+  say "building the daemons (make build)"
+  if ! make --no-print-directory build GO="$GO" >"$WORK/make-build.log" 2>&1; then
+    HOSTCRYPT_MISSING="\`make build\` failed: $(grep -v '^make' "$WORK/make-build.log" | tail -n 1)"
+  else
+    local b
+    for b in keystored hostcryptd hostcrypt; do
+      if [[ ! -x bin/$b ]]; then
+        HOSTCRYPT_MISSING="\`make build\` produced no bin/$b yet"
+        break
+      fi
+    done
+  fi
+  [[ -z $HOSTCRYPT_MISSING ]] || say "hostcryptd targets will be skipped: $HOSTCRYPT_MISSING"
+}
+
+# --- targets ------------------------------------------------------------------
+# A start_* function starts one target in directory $1 and sets FIO_TARGET
+# (a directory or an image file) and DAEMON_PIDS; on failure it sets WHY and
+# returns 1. It must not rely on set -e: it runs inside an "if".
+
+FIO_TARGET=""
+DAEMON_PIDS=""
+WHY=""
+
+start_raw() { # DIR: the backing file system itself, no FUSE, no daemon
+  mkdir -p "$1/data"
+  FIO_TARGET=$1/data
+}
+
+start_passthrough() { # DIR tuned|stock
+  local d=$1
+  mkdir -p "$d/backing" "$d/mnt"
+  MOUNTS+=("$d/mnt")
+  spawn "$d/passthrough.log" "$WORK/bin/passthrough" --backing "$d/backing" --mount "$d/mnt" \
+    --options "$2" --ready-file "$d/ready"
+  if ! wait_until 30 "$SPAWNED" test -e "$d/ready"; then
+    WHY=$(not_started "the passthrough" "$SPAWNED" "$d/passthrough.log")
+    return 1
+  fi
+  FIO_TARGET=$d/mnt
+  DAEMON_PIDS=$SPAWNED
+}
+
+start_gocryptfs() { # DIR
+  local d=$1
+  mkdir -p "$d/cipher" "$d/mnt"
+  (umask 077 && head -c 24 /dev/urandom | base64 >"$d/password")
+  if ! gocryptfs -init -q -passfile "$d/password" "$d/cipher" >"$d/init.log" 2>&1; then
+    WHY="gocryptfs -init failed: $(tail -n 1 "$d/init.log")"
+    return 1
+  fi
+  MOUNTS+=("$d/mnt")
+  # -fg keeps the daemon's own PID, whose CPU time the suite counts.
+  spawn "$d/gocryptfs.log" gocryptfs -fg -q -passfile "$d/password" "$d/cipher" "$d/mnt"
+  if ! wait_until 30 "$SPAWNED" mountpoint -q "$d/mnt"; then
+    WHY=$(not_started gocryptfs "$SPAWNED" "$d/gocryptfs.log")
+    return 1
+  fi
+  FIO_TARGET=$d/mnt
+  DAEMON_PIDS=$SPAWNED
+}
+
+# The hostcryptd targets: one data disk of SIZE on a VM named bench, at LUN 0.
+# Their settings differ only in what hc_setup below creates.
+KEYSTORE_URL=""
+HC_SOCK=""
+HC_KS_DIR=""
+
+# The CLI against this run's daemons: hc_host talks to hostcryptd only,
+# hc_vault to the key store as its administrator.
+hc_host() {
+  bin/hostcrypt --host-socket "$HC_SOCK" "$@"
+}
+hc_vault() {
+  bin/hostcrypt --keystore "$KEYSTORE_URL" --keystore-ca "$HC_KS_DIR/ca.pem" \
+    --token-file "$HC_KS_DIR/admin.token" "$@"
+}
+
+# run_hc LOG DESCRIPTION hc_host|hc_vault ARGS...: one CLI call, logged to LOG;
+# its output is also left in LOG.out.
+run_hc() {
+  local log=$1 what=$2
+  shift 2
+  echo "+ hostcrypt ${*:2}" >>"$log"
+  if ! "$@" >"$log.out" 2>&1; then
+    cat "$log.out" >>"$log"
+    WHY="$what failed: $(tail -n 1 "$log.out")"
+    return 1
+  fi
+  cat "$log.out" >>"$log"
+}
+
+# json_field NAME: the first value of key NAME anywhere in the JSON on stdin.
+json_field() {
+  python3 -c '
+import json, sys
+def find(v, name):
+    if isinstance(v, dict):
+        if name in v and not isinstance(v[name], (dict, list)):
+            return v[name]
+        v = list(v.values())
+    if isinstance(v, list):
+        for x in v:
+            r = find(x, name)
+            if r is not None:
+                return r
+    return None
+r = find(json.load(sys.stdin), sys.argv[1])
+if r is None:
+    sys.exit(1)
+print(r)' "$1"
+}
+
+start_hostcrypt() { # DIR LABEL
+  local d=$1 label=$2 ks pid
+  ks=$d/keystore
+  HC_KS_DIR=$ks
+  mkdir -p "$ks" "$d/state" "$d/storage" "$d/host" "$d/mnt"
+  spawn "$d/keystored.log" bin/keystored --dir "$ks" --listen 127.0.0.1:0
+  pid=$SPAWNED
+  # keystored prints the address it listens on (port 0 picks a free one),
+  # and writes it to DIR/address.
+  if ! wait_until 30 "$pid" grep -qoE 'https://127\.0\.0\.1:[0-9]+' "$d/keystored.log" ||
+    ! wait_until 10 "$pid" test -s "$ks/platform.token"; then
+    WHY=$(not_started keystored "$pid" "$d/keystored.log")
+    return 1
+  fi
+  KEYSTORE_URL=$(grep -oE 'https://127\.0\.0\.1:[0-9]+' "$d/keystored.log" | head -n 1)
+
+  MOUNTS+=("$d/mnt")
+  HC_SOCK=$d/state/hostcryptd.sock
+  spawn "$d/hostcryptd.log" bin/hostcryptd --state "$d/state" --storage "$d/storage" \
+    --host-dir "$d/host" --mount "$d/mnt" --keystore "$KEYSTORE_URL" \
+    --keystore-ca "$ks/ca.pem" --token-file "$ks/platform.token"
+  pid=$SPAWNED
+  if ! wait_until 30 "$pid" test -S "$HC_SOCK" || ! wait_until 30 "$pid" mountpoint -q "$d/mnt"; then
+    WHY=$(not_started hostcryptd "$pid" "$d/hostcryptd.log")
+    return 1
+  fi
+
+  hc_setup "$d/cli.log" "$label" || return 1
+  if ! wait_until 30 "$pid" test -f "$d/mnt/bench/data-0.img"; then
+    WHY="vm create returned, but bench/data-0.img did not appear in the mount"
+    return 1
+  fi
+  FIO_TARGET=$d/mnt/bench/data-0.img
+  DAEMON_PIDS=$pid
+}
+
+# hc_setup LOG LABEL: creates the VM "bench" with data disk d1 (LUN 0) the way
+# the target LABEL wants it.
+hc_setup() {
+  local log=$1 label=$2 caching=None type="" eah=true
+  case $label in
+  hostcrypt-pmk)
+    run_hc "$log" "disk create" hc_host disk create --name d1 --size "$SIZE" || return 1
+    run_hc "$log" "vm create" hc_host vm create --name bench --os-disk-size 1G --data-disks d1:None ||
+      return 1
+    return 0
+    ;;
+  cmk) type=EncryptionAtRestWithCustomerKey ;;
+  cmk-double) type=EncryptionAtRestWithPlatformAndCustomerKeys ;;
+  cmk-readonly) type=EncryptionAtRestWithCustomerKey caching=ReadOnly ;;
+  cmk-readwrite) type=EncryptionAtRestWithCustomerKey caching=ReadWrite ;;
+  cmk-readwrite-noeah) type=EncryptionAtRestWithCustomerKey caching=ReadWrite eah=false ;;
+  *)
+    WHY="unknown hostcrypt target $label"
+    return 1
+    ;;
+  esac
+  # Customer-managed key: vault, RSA key, disk encryption set, and access for
+  # the set's identity, as a user would do it.
+  local kid principal
+  run_hc "$log" "keyvault create" hc_vault keyvault create --name benchvault || return 1
+  run_hc "$log" "key create" hc_vault -o json key create --vault-name benchvault --name benchkey \
+    --kty RSA --size 2048 || return 1
+  kid=$(json_field kid <"$log.out") || { WHY="key create printed no kid"; return 1; }
+  run_hc "$log" "des create" hc_host -o json des create --name benchdes --key-url "$kid" \
+    --encryption-type "$type" || return 1
+  principal=$(json_field principalId <"$log.out") || { WHY="des create printed no principalId"; return 1; }
+  run_hc "$log" "keyvault set-policy" hc_vault keyvault set-policy --name benchvault --object-id "$principal" \
+    --key-permissions get,wrapKey,unwrapKey || return 1
+  run_hc "$log" "disk create" hc_host disk create --name d1 --size "$SIZE" --disk-encryption-set benchdes \
+    --encryption-type "$type" || return 1
+  run_hc "$log" "vm create" hc_host vm create --name bench --os-disk-size 1G --data-disks "d1:$caching" \
+    --encryption-at-host "$eah" || return 1
+}
+
+# skip_reason LABEL: prints why LABEL cannot run in this build, nothing if it can.
+skip_reason() {
+  case $1 in
+  raw | passthrough | passthrough-stock | gocryptfs) ;;
+  hostcrypt-* | cmk*)
+    if [[ -n $HOSTCRYPT_MISSING ]]; then
+      echo "$HOSTCRYPT_MISSING"
+      return
+    fi
+    ;;&
+  cmk*)
+    # Customer-managed keys need the CLI's des group; the cached rows need
+    # host caching. Each row runs as soon as the CLI has what it needs.
+    if ! bin/hostcrypt des --help >/dev/null 2>&1; then
+      echo "the CLI has no \`des\` group yet (\`hostcrypt des --help\` fails)"
+    elif [[ $1 == cmk-read* ]] && ! bin/hostcrypt vm create --help 2>&1 | grep -qi caching; then
+      echo "the CLI has no disk caching yet (\`hostcrypt vm create --help\` does not mention it)"
+    fi
+    ;;
+  esac
+}
+
+# What each target is, for the notes under the table.
+describe() {
+  case $1 in
+  raw) echo "the backing file system ($(findmnt -n -o FSTYPE -T "$BENCH_TMPDIR")) itself, no FUSE: the machine's limit" ;;
+  passthrough) echo "unencrypted go-fuse v2.12.1 loopback, kernel passthrough off, tuned options (bench/passthrough)" ;;
+  passthrough-stock) echo "the same loopback with go-fuse's default options" ;;
+  gocryptfs) echo "$(gocryptfs -version 2>/dev/null | cut -d';' -f1), default settings (AES-256-GCM)" ;;
+  hostcrypt-pmk) echo "hostcryptd data disk, platform-managed key, cache None" ;;
+  cmk) echo "hostcryptd data disk, customer-managed key, cache None" ;;
+  cmk-double) echo "hostcryptd data disk, platform and customer keys (double encryption), cache None" ;;
+  cmk-readonly) echo "hostcryptd data disk, customer-managed key, cache ReadOnly" ;;
+  cmk-readwrite) echo "hostcryptd data disk, customer-managed key, cache ReadWrite" ;;
+  cmk-readwrite-noeah) echo "hostcryptd data disk, customer-managed key, cache ReadWrite, encryption at host off" ;;
+  esac
+}
+
+# record LABEL STATUS [WHY]: a line of targets.txt, without this run's paths.
+record() {
+  local line="$*"
+  [[ -z $WORK ]] || line=${line//"$WORK"/<work dir>}
+  echo "$line" >>"$OUT/targets.txt"
+}
+
+run_target() {
+  local label=$1 why dir=$WORK/$1 started=0 rc=0
+  why=$(skip_reason "$label")
+  if [[ -n $why ]]; then
+    say "$label: skipped: $why"
+    record "$label" skipped "$why"
+    return 0
+  fi
+  mkdir -p "$dir" "$OUT/$label"
+  FIO_TARGET="" DAEMON_PIDS="" WHY=""
+  say "$label: starting"
+  case $label in
+  raw) start_raw "$dir" && started=1 ;;
+  passthrough) start_passthrough "$dir" tuned && started=1 ;;
+  passthrough-stock) start_passthrough "$dir" stock && started=1 ;;
+  gocryptfs) start_gocryptfs "$dir" && started=1 ;;
+  *) start_hostcrypt "$dir" "$label" && started=1 ;;
+  esac
+  if ((started)); then
+    say "$label: running the fio suite on ${FIO_TARGET#"$WORK/"}"
+    # In the background, so that a signal reaches this script at once; in
+    # its own process group, so that cleanup can stop fio with it.
+    DAEMON_PIDS=$DAEMON_PIDS setsid bench/fio-suite.sh "$FIO_TARGET" "$label" "$OUT/$label" \
+      >"$OUT/$label/lines.txt" &
+    PIDS+=("$!")
+    wait "$!" || rc=$?
+    grep -v '^#' "$OUT/$label/lines.txt" >>"$OUT/lines.txt" || true
+    if grep -qv '^#' "$OUT/$label/lines.txt"; then
+      record "$label" ok "$(describe "$label")"
+    else
+      record "$label" failed "the fio suite produced no result (exit $rc; see $OUT/$label/)"
+    fi
+  else
+    say "$label: $WHY"
+    record "$label" failed "$WHY"
+  fi
+  say "$label: stopping"
+  stop_all
+  # Keep the daemons' logs with the results, then free the disk space.
+  cp "$dir"/*.log "$OUT/$label/" 2>/dev/null || true
+  rm -rf "$dir"
+}
+
+# --- the run ------------------------------------------------------------------
+
+meta() {
+  local cpu mem fuse_version
+  cpu=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)
+  mem=$(awk '/^MemTotal:/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo)
+  fuse_version=$("$GO" list -m -f '{{.Version}}' github.com/hanwen/go-fuse/v2 2>/dev/null || echo unknown)
+  cat <<EOF
+date: $(date -u '+%Y-%m-%d %H:%M UTC')
+machine: ${cpu:-unknown CPU}, $(nproc) CPUs, $mem, kernel $(uname -r), backing file system $(findmnt -n -o FSTYPE -T "$BENCH_TMPDIR")
+versions: $("$GO" version | cut -d' ' -f3), go-fuse $fuse_version, $(fio --version), $(gocryptfs -version 2>/dev/null | cut -d';' -f1)
+commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD 2>/dev/null || echo " (with local changes)")
+jobs: $RUNTIME s each (fio time_based), on a $SIZE file written in full first, O_DIRECT, page cache $([[ ${DROP_CACHES:-1} == 1 ]] && echo "dropped before each job" || echo "kept between jobs"); targets run one after another$(
+    ((${WAIT_IDLE:-0} > 0)) && echo "; each job waited up to $WAIT_IDLE s for the machine to be less than ${IDLE_BUSY_PCT:-15} % busy")
+EOF
+}
+
+main() {
+  [[ $(id -u) == 0 ]] || die "run as root (FUSE mounts, dropping the page cache, apt-get)"
+  local start=$SECONDS label
+  for label in $TARGETS; do
+    [[ -n $(describe "$label") ]] || die "unknown target $label (known: $ALL_TARGETS passthrough-stock)"
+  done
+  deps
+  mkdir -p "$BENCH_TMPDIR"
+  WORK=$(mktemp -d "$BENCH_TMPDIR/hostcrypt-bench.XXXXXX")
+  build
+  rm -rf "$OUT"
+  mkdir -p "$OUT"
+  : >"$OUT/lines.txt"
+  : >"$OUT/targets.txt"
+  meta >"$OUT/meta.txt"
+  for label in $TARGETS; do
+    run_target "$label"
+  done
+  echo "wall time: $(((SECONDS - start) / 60)) min $(((SECONDS - start) % 60)) s for the whole run" >>"$OUT/meta.txt"
+  "$WORK/bin/fiotable" --dir "$OUT" >"$RESULTS/latest.md"
+  if [[ $UPDATE_DOCS == 1 ]]; then
+    "$WORK/bin/fiotable" --dir "$OUT" --update docs/PERFORMANCE.md >/dev/null
+    say "table written into docs/PERFORMANCE.md"
+  fi
+  cat "$RESULTS/latest.md"
+  say "done in $((SECONDS - start)) s; table in $RESULTS/latest.md, fio output in $OUT/"
+}
+
+main
