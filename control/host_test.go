@@ -255,9 +255,10 @@ func TestVMLifecycleAndPersistence(t *testing.T) {
 	for _, img := range []string{"vm1/os.img", "vm1/data-0.img", "vm1/temp.img"} {
 		_, err := f.tree.get(img).WriteAt(pattern, 512)
 		require.NoError(t, err)
+		require.NoError(t, f.tree.get(img).Sync()) // the guest's fsync
 	}
 
-	// A crash (no Shutdown): the VM comes back running with its data.
+	// A crash (no Shutdown): the VM comes back running with its synced data.
 	f.restart(t, false)
 	vm, err = f.h.ShowVM("vm1")
 	require.NoError(t, err)

@@ -45,6 +45,7 @@ type Disk struct {
 	integrity  atomic.Uint64
 	closeOnce  sync.Once
 	closeError error
+	stop       chan struct{} // closed by Close: ends the flusher
 }
 
 // Blocks are locked in groups of stripeBlocks consecutive blocks; group g uses
@@ -69,7 +70,12 @@ type chunk struct {
 
 type chunkState struct {
 	obj storage.Chunk
-	sel []byte // one selector per block; a byte is read and written under its block's stripe lock
+	// sel is the current selector of each block, psel the one last written to
+	// the chunk object. A write goes to the slot psel does not name, so the
+	// version a persisted selector names is never overwritten; sel is
+	// persisted by Sync, after the data it names is durable. A byte of
+	// either is read and written under its block's stripe lock.
+	sel, psel []byte
 }
 
 // Stats are counters of an open disk.
@@ -123,6 +129,8 @@ func newDisk(be storage.Backend, prefix string, m *Metadata, keys [][]byte) (*Di
 	d.size.Store(m.Size)
 	t := make([]atomic.Pointer[chunk], d.chunkCount(m.Size))
 	d.table.Store(&t)
+	d.stop = make(chan struct{})
+	go d.flusher()
 	return d, nil
 }
 
@@ -239,7 +247,7 @@ func (d *Disk) state(c *chunk, create bool) (*chunkState, error) {
 		obj.Close()
 		return nil, err
 	}
-	st := &chunkState{obj: obj, sel: make([]byte, d.lay.chunkBlocks)}
+	st := &chunkState{obj: obj, sel: make([]byte, d.lay.chunkBlocks), psel: make([]byte, d.lay.chunkBlocks)}
 	c.st.Store(st)
 	c.absent.Store(false)
 	c.dirty.Store(true)
@@ -273,7 +281,8 @@ func (d *Disk) load(c *chunk, obj storage.Chunk) (*chunkState, error) {
 		return nil, &IOError{Disk: d.prefix, Block: c.idx * int64(d.lay.chunkBlocks), Err: fmt.Errorf("chunk %d: %w: %w", c.idx, ErrIntegrity, err)}
 	}
 	// Keep only the selectors, not the header page they were read with.
-	return &chunkState{obj: obj, sel: bytes.Clone(buf[headerSize:])}, nil
+	sel := bytes.Clone(buf[headerSize:])
+	return &chunkState{obj: obj, sel: sel, psel: bytes.Clone(sel)}, nil
 }
 
 // alarm records an integrity failure: a counter and a log line. It never logs
@@ -644,7 +653,7 @@ func (d *Disk) writeChunk(ci int64, p []byte, coff int64) error {
 				newSel[k-b0] = selNone
 				continue
 			}
-			_, sel := nextSlot(st.sel[k])
+			_, sel := nextSlot(st.psel[k])
 			newSel[k-b0] = sel
 			d.sealBlock(slots[(k-b0)*ss:(k-b0+1)*ss], src, base+int64(k), tmp)
 		}
@@ -653,8 +662,9 @@ func (d *Disk) writeChunk(ci int64, p []byte, coff int64) error {
 	if err != nil {
 		return err
 	}
-	// Data first, into the slots not holding the current versions; then the
-	// selectors. A crash in between leaves the old versions selected.
+	// Data into the slots not named by the persisted selectors; the new
+	// selectors stay in memory until Sync persists them, after the data is
+	// durable. A crash before that leaves the old versions selected.
 	for i := b0; i < b1; {
 		if newSel[i-b0] == selNone {
 			i++
@@ -666,12 +676,16 @@ func (d *Disk) writeChunk(ci int64, p []byte, coff int64) error {
 		}
 		slot, _, _ := slotOf(newSel[i-b0])
 		if _, err := st.obj.WriteAt(slots[(i-b0)*ss:(j-b0)*ss], d.lay.slotOffset(slot, i)); err != nil {
+			// A block whose current version was not persisted yet may have
+			// just been overwritten: it falls back to its persisted version.
+			for k := b0; k < b1; k++ {
+				if newSel[k-b0] != selNone && st.sel[k] == newSel[k-b0] {
+					st.sel[k] = st.psel[k]
+				}
+			}
 			return d.ioErr(base+int64(i), err)
 		}
 		i = j
-	}
-	if _, err := st.obj.WriteAt(newSel, d.lay.selOffset(b0)); err != nil {
-		return d.ioErr(base+int64(b0), err)
 	}
 	copy(st.sel[b0:b1], newSel)
 	c.dirty.Store(true)
@@ -757,10 +771,13 @@ func (d *Disk) discardChunk(ci int64, b0, n int) error {
 	if err != nil || st == nil {
 		return err
 	}
+	// The selectors go to the chunk at once, before the slots are punched:
+	// a persisted selector must never name a punched slot.
 	clear(st.sel[b0 : b0+n])
 	if _, err := st.obj.WriteAt(st.sel[b0:b0+n], d.lay.selOffset(b0)); err != nil {
 		return d.ioErr(base+int64(b0), err)
 	}
+	clear(st.psel[b0 : b0+n])
 	c.dirty.Store(true)
 	ss := int64(d.lay.slotSize)
 	for s := 0; s < 2; s++ {
@@ -771,23 +788,79 @@ func (d *Disk) discardChunk(ci int64, b0, n int) error {
 	return nil
 }
 
-// Sync makes every completed write durable in the backend.
-func (d *Disk) Sync() error {
+// Sync makes every completed write durable in the backend. For each chunk
+// written since the last Sync: the data is made durable, then the selectors
+// that name it are written and made durable in turn, so that a selector on
+// stable storage never names data that is not. Writers to that chunk wait
+// for the two syncs; other chunks are not held up.
+func (d *Disk) Sync() error { return d.sync(false) }
+
+// sync is Sync; held says the caller already holds every stripe lock.
+func (d *Disk) sync(held bool) error {
 	var errs []error
 	t := d.table.Load()
 	for i := range *t {
 		c := (*t)[i].Load()
-		if c == nil || !c.dirty.Swap(false) {
+		if c == nil || !c.dirty.Load() {
 			continue
 		}
-		if st := c.st.Load(); st != nil {
-			if err := st.obj.Sync(); err != nil {
-				c.dirty.Store(true)
-				errs = append(errs, fmt.Errorf("disk %s chunk %d: %w", d.prefix, c.idx, err))
-			}
+		if err := d.syncChunk(c, held); err != nil {
+			errs = append(errs, fmt.Errorf("disk %s chunk %d: %w", d.prefix, c.idx, err))
 		}
 	}
 	return errors.Join(errs...)
+}
+
+func (d *Disk) syncChunk(c *chunk, held bool) error {
+	if !held {
+		base := c.idx * int64(d.lay.chunkBlocks)
+		unlock := d.lockBlocks(base, base+int64(d.lay.chunkBlocks), false)
+		defer unlock()
+	}
+	st := c.st.Load()
+	if st == nil || !c.dirty.Swap(false) {
+		return nil
+	}
+	err := st.obj.Sync()
+	if err == nil {
+		lo, hi := 0, len(st.sel)
+		for lo < hi && st.sel[lo] == st.psel[lo] {
+			lo++
+		}
+		for hi > lo && st.sel[hi-1] == st.psel[hi-1] {
+			hi--
+		}
+		if lo < hi {
+			if _, err = st.obj.WriteAt(st.sel[lo:hi], d.lay.selOffset(lo)); err == nil {
+				if err = st.obj.Sync(); err == nil {
+					copy(st.psel[lo:hi], st.sel[lo:hi])
+				}
+			}
+		}
+	}
+	if err != nil {
+		c.dirty.Store(true)
+	}
+	return err
+}
+
+// flushEvery is how often an open disk syncs by itself, so that a guest that
+// never flushes still has its writes persisted within seconds.
+const flushEvery = 5 * time.Second
+
+func (d *Disk) flusher() {
+	t := time.NewTicker(flushEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-d.stop:
+			return
+		case <-t.C:
+			if err := d.Sync(); err != nil && !d.closed.Load() {
+				d.log.Error("background sync failed", "err", err)
+			}
+		}
+	}
 }
 
 // SeekData returns the offset of the first byte at or after off that lies in a
@@ -866,10 +939,11 @@ func (d *Disk) Resize(ctx context.Context, size int64) error {
 // ErrClosed.
 func (d *Disk) Close() error {
 	d.closeOnce.Do(func() {
+		close(d.stop)
 		unlock := d.lockBlocks(0, nStripes*stripeBlocks, true)
 		defer unlock()
 		d.closed.Store(true)
-		err := d.Sync()
+		err := d.sync(true)
 		t := d.table.Load()
 		for i := range *t {
 			if c := (*t)[i].Load(); c != nil {
