@@ -170,7 +170,7 @@ func TestHostConvertToDouble(t *testing.T) {
 	}
 	cli := exec.Command(filepath.Join(bins(t), "hostcrypt"), "--host-socket", h.socket(), "disk", "update", "--name", "big",
 		"--encryption-type", "EncryptionAtRestWithPlatformAndCustomerKeys")
-	var stderr lockedBuffer
+	var stderr syncBuffer
 	cli.Stderr = &stderr
 	require.NoError(t, cli.Start())
 	var c conv

@@ -70,13 +70,13 @@ type hostKS struct {
 	dir  string
 	url  string
 	cmd  *exec.Cmd
-	logs *lockedBuffer
+	logs *syncBuffer
 }
 
 func startKeystore(t *testing.T) *hostKS {
 	t.Helper()
 	b := bins(t)
-	ks := &hostKS{dir: filepath.Join(t.TempDir(), "ks"), logs: &lockedBuffer{}}
+	ks := &hostKS{dir: filepath.Join(t.TempDir(), "ks"), logs: &syncBuffer{}}
 	ks.cmd = exec.Command(filepath.Join(b, "keystored"), "--dir", ks.dir, "--listen", "127.0.0.1:0")
 	ks.cmd.Stdout, ks.cmd.Stderr = ks.logs, ks.logs
 	require.NoError(t, ks.cmd.Start())
@@ -105,7 +105,7 @@ type host struct {
 	state, storage, hostDir, mount string
 	cmd                            *exec.Cmd
 	exited                         chan struct{}
-	logs                           *lockedBuffer
+	logs                           *syncBuffer
 	extra                          []string
 }
 
@@ -130,7 +130,7 @@ func (h *host) start() {
 	args := append([]string{"--state", h.state, "--storage", h.storage, "--host-dir", h.hostDir, "--mount", h.mount,
 		"--keystore", h.ks.url, "--keystore-ca", filepath.Join(h.ks.dir, "ca.pem"),
 		"--token-file", filepath.Join(h.ks.dir, "platform.token")}, h.extra...)
-	h.logs = &lockedBuffer{}
+	h.logs = &syncBuffer{}
 	h.cmd = exec.Command(filepath.Join(bins(t), "hostcryptd"), args...)
 	h.cmd.Stdout, h.cmd.Stderr = h.logs, h.logs
 	require.NoError(t, h.cmd.Start())
@@ -237,21 +237,4 @@ func isMounted(dir string) bool {
 		}
 	}
 	return false
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }

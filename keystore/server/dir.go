@@ -16,6 +16,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"hostcrypt/internal/atomicfile"
 	"math/big"
 	"net"
 	"os"
@@ -173,32 +174,7 @@ func newID() string {
 func wipe(b []byte) { crypto.Wipe(b) }
 
 // writeFileAtomic writes a 0600 file by write-temp, fsync, rename, fsync dir.
-func writeFileAtomic(path string, data []byte) error {
-	tmp := path + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
-	if err != nil {
-		return err
-	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return err
-	}
-	if d, err := os.Open(filepath.Dir(path)); err == nil {
-		d.Sync()
-		d.Close()
-	}
-	return nil
-}
+func writeFileAtomic(path string, data []byte) error { return atomicfile.Write(path, data, 0o600) }
 
 // loadOrCreateCA returns the CA certificate and key, creating them on first start.
 func loadOrCreateCA(dir string) (*x509.Certificate, *ecdsa.PrivateKey, error) {
