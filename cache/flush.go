@@ -1,0 +1,137 @@
+package cache
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+)
+
+// maxRun bounds one remote write of consecutive dirty pages.
+const maxRun = 256
+
+// Flush writes every dirty page back to the remote, syncs the remote
+// chunks it wrote, and commits the dirty-page index without them. It does
+// nothing in None and ReadOnly, which hold no dirty pages.
+func (c *Cache) Flush(ctx context.Context) error {
+	if err := c.check(); err != nil {
+		return err
+	}
+	if c.mode != ReadWrite {
+		return nil
+	}
+	c.flushMu.Lock()
+	defer c.flushMu.Unlock()
+	c.mu.Lock()
+	work := map[*object][]*page{}
+	for _, o := range c.objs {
+		if len(o.dirty) == 0 && !o.remoteDirty {
+			continue
+		}
+		work[o] = nil
+		for _, pg := range o.dirty {
+			work[o] = append(work[o], pg)
+		}
+	}
+	c.mu.Unlock()
+	var errs []error
+	var wrote int64
+	for o, pgs := range work {
+		if err := ctx.Err(); err != nil {
+			errs = append(errs, err)
+			break
+		}
+		slices.SortFunc(pgs, func(a, b *page) int { return int(a.n - b.n) })
+		n, err := c.writeBack(o, pgs)
+		wrote += n
+		if err != nil {
+			errs = append(errs, fmt.Errorf("write back %s: %w", o.key, err))
+		}
+	}
+	if wrote > 0 {
+		c.flushes.Add(1)
+		c.writtenBack.Add(wrote)
+	}
+	errs = append(errs, c.commit())
+	return errors.Join(errs...)
+}
+
+// writeBack writes pgs (dirty pages of o, in order) to the remote in runs
+// of consecutive pages, syncs it, and marks clean every page not written
+// again meanwhile. It returns the bytes written.
+func (c *Cache) writeBack(o *object, pgs []*page) (int64, error) {
+	o.wb.Lock()
+	defer o.wb.Unlock()
+	if o.deleted.Load() {
+		return 0, nil
+	}
+	c.mu.Lock()
+	o.remoteDirty = false
+	c.mu.Unlock()
+	vers := make([]uint64, len(pgs))
+	los := make([]int64, len(pgs))
+	his := make([]int64, len(pgs))
+	ok := make([]bool, len(pgs))
+	buf := make([]byte, 0, maxRun*PageSize)
+	var wrote int64
+	fail := func(err error) (int64, error) {
+		c.mu.Lock()
+		o.remoteDirty = true
+		c.mu.Unlock()
+		return wrote, err
+	}
+	for i := 0; i < len(pgs); {
+		run := buf[:0]
+		j := i
+		// A run is consecutive pages whose dirty extents join up.
+		for ; j < len(pgs) && j-i < maxRun; j++ {
+			pg := pgs[j]
+			if j > i && (pg.n != pgs[j-1].n+1 || his[j-1] != PageSize) {
+				break
+			}
+			pg.rw.RLock()
+			if pg.gone.Load() {
+				pg.rw.RUnlock()
+				break
+			}
+			c.mu.Lock()
+			vers[j], los[j], his[j] = pg.ver, int64(pg.lo), int64(pg.hi)
+			c.mu.Unlock()
+			if j > i && los[j] != 0 {
+				pg.rw.RUnlock()
+				break
+			}
+			m := his[j] - los[j]
+			run = run[:len(run)+int(m)]
+			err := c.readSlot(run[len(run)-int(m):], pg.slot, los[j])
+			pg.rw.RUnlock()
+			if err != nil {
+				return fail(err)
+			}
+			ok[j] = true
+		}
+		if j == i {
+			i++ // a page dropped meanwhile
+			continue
+		}
+		if _, err := o.remote.WriteAt(run, pgs[i].n*PageSize+los[i]); err != nil {
+			return fail(err)
+		}
+		wrote += int64(len(run))
+		i = j
+	}
+	if err := o.remote.Sync(); err != nil {
+		return fail(err)
+	}
+	c.mu.Lock()
+	for j, pg := range pgs {
+		if ok[j] && !pg.gone.Load() && pg.dirty && pg.ver == vers[j] {
+			pg.dirty = false
+			delete(o.dirty, pg.n)
+			c.dirty -= PageSize
+			pg.elem = c.clean.PushFront(pg)
+		}
+	}
+	c.mu.Unlock()
+	return wrote, nil
+}
