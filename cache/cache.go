@@ -109,6 +109,10 @@ type Cache struct {
 	cached  int64     // bytes of present pages
 	dirty   int64     // bytes of dirty pages
 	indexed []int32   // slots named by the committed index
+	// changes counts changes to dirty pages (writes, write-backs, drops);
+	// committed is its value at the last successful commit, so a Sync
+	// with nothing new since then costs nothing.
+	changes, committed uint64
 
 	hits, misses, evictions, flushes, writtenBack atomic.Int64
 

@@ -258,6 +258,7 @@ func (c *Cache) writePresent(o *object, pn int64, src []byte, inPage int64, dirt
 // markDirty records that bytes [lo, hi) of pg were written; called with
 // c.mu held.
 func (c *Cache) markDirty(pg *page, lo, hi int64) {
+	c.changes++
 	if pg.dirty {
 		pg.lo, pg.hi = min(pg.lo, int32(lo)), max(pg.hi, int32(hi))
 		return
@@ -368,6 +369,7 @@ func (c *Cache) unlink(pg *page) {
 		delete(o.dirty, pg.n)
 		c.dirty -= PageSize
 		pg.dirty = false
+		c.changes++
 	}
 	if pg.elem != nil {
 		c.clean.Remove(pg.elem)
@@ -556,6 +558,9 @@ func (c *Cache) punch(o *object, off, n int64) error {
 		if _, err := c.writePresent(o, pg.n, make([]byte, hi-lo), lo-start, false); err != nil {
 			return err
 		}
+		c.mu.Lock()
+		c.changes++
+		c.mu.Unlock()
 	}
 	return nil
 }

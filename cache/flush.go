@@ -129,6 +129,7 @@ func (c *Cache) writeBack(o *object, pgs []*page) (int64, error) {
 			pg.dirty = false
 			delete(o.dirty, pg.n)
 			c.dirty -= PageSize
+			c.changes++
 			pg.elem = c.clean.PushFront(pg)
 		}
 	}

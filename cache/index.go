@@ -129,10 +129,11 @@ func (c *Cache) commit() error {
 	c.commitMu.Lock()
 	defer c.commitMu.Unlock()
 	c.mu.Lock()
-	if c.dirty == 0 && len(c.indexed) == 0 {
+	if c.changes == c.committed || c.dirty == 0 && len(c.indexed) == 0 {
 		c.mu.Unlock()
-		return nil
+		return nil // the committed index is up to date
 	}
+	changes := c.changes
 	var es []entry
 	for _, o := range c.objs {
 		for _, pg := range o.dirty {
@@ -159,6 +160,7 @@ func (c *Cache) commit() error {
 		}
 		return fmt.Errorf("cache %s: commit dirty-page index: %w", c.dir, err)
 	}
+	c.committed = changes
 	old := c.indexed
 	for _, s := range old {
 		c.slots[s].inIndex = false

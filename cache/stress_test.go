@@ -3,6 +3,8 @@ package cache_test
 import (
 	"bytes"
 	mrand "math/rand/v2"
+	"os"
+	"path/filepath"
 	"sync"
 	"testing"
 
@@ -159,4 +161,32 @@ func TestPinnedSlotAfterPunch(t *testing.T) {
 	got := e.remoteBytes(t, "k", 0, cache.PageSize)
 	require.True(t, bytes.Equal(got, a) || bytes.Equal(got, make([]byte, cache.PageSize)),
 		"the punched page is its synced version or zeros, never another page's bytes")
+}
+
+// TestSyncWithNothingNewIsFree: the engine syncs every chunk it wrote, one
+// after another; only the first of those commits the index.
+func TestSyncWithNothingNewIsFree(t *testing.T) {
+	e := newEnv(t)
+	c := e.open(t, cache.ReadWrite, cache.MinBytes)
+	defer c.Close()
+	a, err := c.OpenChunk(t.Context(), "a", true)
+	require.NoError(t, err)
+	b, err := c.OpenChunk(t.Context(), "b", true)
+	require.NoError(t, err)
+	writeAt(t, a, []byte("a"), 0)
+	writeAt(t, b, []byte("b"), 0)
+	require.NoError(t, a.Sync())
+	idx := filepath.Join(e.cacheDir, "dirty.idx")
+	before, err := os.Stat(idx)
+	require.NoError(t, err)
+	require.NoError(t, b.Sync())
+	require.NoError(t, a.Sync())
+	after, err := os.Stat(idx)
+	require.NoError(t, err)
+	require.True(t, os.SameFile(before, after), "the index was not rewritten")
+	writeAt(t, b, []byte("B"), 0)
+	require.NoError(t, b.Sync())
+	after, err = os.Stat(idx)
+	require.NoError(t, err)
+	require.False(t, os.SameFile(before, after), "a new write is committed")
 }
