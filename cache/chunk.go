@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sync"
 
 	"hostcrypt/storage"
 )
@@ -119,8 +120,12 @@ func (h *chunk) WriteAt(p []byte, off int64) (int, error) {
 	if h.c.mode == ReadOnly {
 		return h.c.writeThrough(h.o, p, off)
 	}
-	err := span(off, int64(len(p)), func(pn, lo, hi, inPage int64) error {
-		return h.c.writePage(h.o, pn, p[lo:hi], inPage)
+	pre, seq, err := h.c.prefetchEdges(h.o, off, int64(len(p)))
+	if err != nil {
+		return 0, err
+	}
+	err = span(off, int64(len(p)), func(pn, lo, hi, inPage int64) error {
+		return h.c.writePage(h.o, pn, p[lo:hi], inPage, pre[pn], seq)
 	})
 	if err != nil {
 		return 0, err
@@ -409,17 +414,27 @@ func (c *Cache) dropRange(o *object, lo, hi int64) {
 // cached page, or into a new one filled from the remote first when src does
 // not cover it. With no room even after a flush, the write goes straight to
 // the remote.
-func (c *Cache) writePage(o *object, pn int64, src []byte, inPage int64) error {
+//
+// pre, if not nil, is the page as read from the remote when o.writeSeq was
+// preSeq, to use instead of reading it again.
+func (c *Cache) writePage(o *object, pn int64, src []byte, inPage int64, pre []byte, preSeq uint64) error {
 	for attempt := 0; ; attempt++ {
 		if ok, err := c.writePresent(o, pn, src, inPage, true); ok || err != nil {
 			return err
 		}
-		c.mu.Lock()
-		seq := o.writeSeq
-		c.mu.Unlock()
-		img := make([]byte, PageSize)
 		full := len(src) == PageSize
-		if !full {
+		var img []byte
+		var seq uint64
+		switch {
+		case pre != nil && attempt == 0:
+			img, seq = pre, preSeq
+		case full:
+			img = make([]byte, PageSize)
+		default:
+			c.mu.Lock()
+			seq = o.writeSeq
+			c.mu.Unlock()
+			img = make([]byte, PageSize)
 			if _, err := o.remote.ReadAt(img, pn*PageSize); err != nil {
 				return err
 			}
@@ -450,6 +465,56 @@ func (c *Cache) writePage(o *object, pn int64, src []byte, inPage int64) error {
 		_, err = c.writePresent(o, pn, src, inPage, true)
 		return err
 	}
+}
+
+// prefetchEdges reads from the remote, in one call when they are close,
+// the pages at either end of [off, off+n) that the write covers in part and
+// that are not cached: a sealed block's slot straddles two or three pages,
+// and filling them one after the other would double the latency of a
+// first write. It returns them by page number, with the o.writeSeq they
+// were read at.
+func (c *Cache) prefetchEdges(o *object, off, n int64) (map[int64][]byte, uint64, error) {
+	first, last := off/PageSize, (off+n-1)/PageSize
+	c.mu.Lock()
+	seq := o.writeSeq
+	var need []int64
+	if (off%PageSize != 0 || (off+n)%PageSize != 0 && first == last) && o.pages[first] == nil {
+		need = append(need, first)
+	}
+	if last != first && (off+n)%PageSize != 0 && o.pages[last] == nil {
+		need = append(need, last)
+	}
+	c.mu.Unlock()
+	if len(need) == 0 {
+		return nil, 0, nil
+	}
+	pre := make(map[int64][]byte, 2)
+	if len(need) == 2 && last-first < 4 {
+		buf := make([]byte, (last-first+1)*PageSize)
+		if _, err := o.remote.ReadAt(buf, first*PageSize); err != nil {
+			return nil, 0, err
+		}
+		pre[first] = buf[:PageSize:PageSize]
+		pre[last] = buf[(last-first)*PageSize:]
+		return pre, seq, nil
+	}
+	imgs := make([][]byte, len(need))
+	errs := make([]error, len(need))
+	var wg sync.WaitGroup
+	for i, pn := range need {
+		wg.Go(func() {
+			imgs[i] = make([]byte, PageSize)
+			_, errs[i] = o.remote.ReadAt(imgs[i], pn*PageSize)
+		})
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return nil, 0, err
+	}
+	for i, pn := range need {
+		pre[pn] = imgs[i]
+	}
+	return pre, seq, nil
 }
 
 // makeRoom writes dirty pages back so that their slots can be reused.

@@ -190,3 +190,21 @@ func TestSyncWithNothingNewIsFree(t *testing.T) {
 	require.NoError(t, err)
 	require.False(t, os.SameFile(before, after), "a new write is committed")
 }
+
+// TestFirstWriteFetchesEdgesOnce: a slot-sized write over pages not cached
+// fills its two partial pages with one remote read, and a write covering
+// whole pages reads nothing.
+func TestFirstWriteFetchesEdgesOnce(t *testing.T) {
+	e := newEnv(t)
+	c := e.open(t, cache.ReadWrite, cache.MinBytes)
+	defer c.Close()
+	ch, err := c.OpenChunk(t.Context(), "k", true)
+	require.NoError(t, err)
+	before := e.remote.reads.Load()
+	p := random(t, 4136)
+	writeAt(t, ch, p, 8192+4136)
+	require.Equal(t, before+1, e.remote.reads.Load())
+	writeAt(t, ch, random(t, 3*cache.PageSize), 64*kib)
+	require.Equal(t, before+1, e.remote.reads.Load())
+	require.Equal(t, p, readAt(t, ch, 8192+4136, len(p)))
+}
