@@ -146,7 +146,6 @@ type object struct {
 	remote storage.Chunk // open until Delete or Close
 
 	// Guarded by Cache.mu.
-	refs        int
 	pages       map[int64]*page
 	dirty       map[int64]*page
 	wt          map[int64]int  // write-throughs in flight, per page
@@ -287,7 +286,8 @@ func (c *Cache) flusher(interval time.Duration) {
 
 // Close writes every dirty page back, stops the background flusher, closes
 // the cache's files and the remote chunks it holds, then closes remote.
-// Later calls return ErrClosed.
+// When everything was written back, the data file is removed: the next
+// New would start empty anyway. Later calls return ErrClosed.
 func (c *Cache) Close() error {
 	c.closeOnce.Do(func() {
 		if c.mode == ReadWrite {
@@ -305,6 +305,9 @@ func (c *Cache) Close() error {
 		}
 		if c.data != nil {
 			c.closeErr = errors.Join(c.closeErr, c.data.Close())
+			if c.closeErr == nil {
+				c.closeErr = os.Remove(c.data.Name())
+			}
 		}
 		c.closeErr = errors.Join(c.closeErr, c.remote.Close())
 	})
@@ -334,7 +337,6 @@ func (c *Cache) OpenChunk(ctx context.Context, key string, create bool) (storage
 	}
 	c.mu.Lock()
 	if o := c.objs[key]; o != nil {
-		o.refs++
 		c.mu.Unlock()
 		return &chunk{c: c, o: o}, nil
 	}
@@ -361,7 +363,6 @@ func (c *Cache) OpenChunk(ctx context.Context, key string, create bool) (storage
 		}
 		c.objs[key] = o
 	}
-	o.refs++
 	return &chunk{c: c, o: o}, nil
 }
 

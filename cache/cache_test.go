@@ -291,8 +291,12 @@ func TestReadWriteIsWriteBack(t *testing.T) {
 	more := random(t, 10000)
 	writeAt(t, ch, more, 123457)
 	require.NoError(t, ch.Close())
+	_, err = ch.ReadAt(make([]byte, 1), 0)
+	require.Error(t, err, "a closed handle")
 	require.NoError(t, c.Close())
 	require.Equal(t, more, e.remoteBytes(t, "k", 123457, len(more)))
+	_, err = os.Stat(filepath.Join(e.cacheDir, "data"))
+	require.ErrorIs(t, err, os.ErrNotExist, "a clean Close leaves no cached data behind")
 }
 
 func TestBackgroundFlush(t *testing.T) {

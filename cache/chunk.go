@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"sync"
+	"sync/atomic"
 
 	"hostcrypt/storage"
 )
@@ -16,13 +17,15 @@ var errHandleClosed = errors.New("cache: chunk handle closed")
 type chunk struct {
 	c      *Cache
 	o      *object
-	closed bool
+	closed atomic.Bool
 }
 
 var _ storage.Chunk = (*chunk)(nil)
 
 func (h *chunk) live() error {
 	switch {
+	case h.closed.Load():
+		return errHandleClosed
 	case h.c.closed.Load():
 		return storage.ErrClosed
 	case h.o.deleted.Load():
@@ -179,13 +182,9 @@ func (h *chunk) Sync() error {
 // Close releases the handle. The object's cached pages stay, and its dirty
 // pages are still written back.
 func (h *chunk) Close() error {
-	h.c.mu.Lock()
-	defer h.c.mu.Unlock()
-	if h.closed {
+	if h.closed.Swap(true) {
 		return errHandleClosed
 	}
-	h.closed = true
-	h.o.refs--
 	return nil
 }
 
