@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"fmt"
 	mrand "math/rand/v2"
 	"os"
 	"path/filepath"
@@ -155,12 +156,7 @@ func TestConformance(t *testing.T) {
 	}
 }
 
-func byteSize(n int64) string {
-	if n == 0 {
-		return "0"
-	}
-	return string(rune('0'+n/mib/10%10)) + string(rune('0'+n/mib%10)) + "MiB"
-}
+func byteSize(n int64) string { return fmt.Sprintf("%dMiB", n/mib) }
 
 func TestParseMode(t *testing.T) {
 	for in, want := range map[string]cache.Mode{"None": cache.None, "readonly": cache.ReadOnly, "READWRITE": cache.ReadWrite} {

@@ -16,7 +16,8 @@
 //     and then update the cached pages they cover, so the cache is never
 //     stale. Sync is the remote's Sync.
 //   - ReadWrite (write-back): writes land in the cache (a page not cached is
-//     first filled from the remote unless the write covers it) and mark
+//     first filled from the remote unless the write covers it; the two
+//     partial pages at the ends of a write are read in one call) and mark
 //     pages dirty. Dirty pages go back to the remote in the background
 //     (every Options.FlushInterval), on Flush, on Close, and when the cache
 //     needs their room. Chunk.Sync makes completed writes durable in the
@@ -57,7 +58,9 @@
 //
 // # Crash safety
 //
-// Chunk.Sync (and every flush) commits: it notes the slots of all dirty
+// Chunk.Sync (and every flush) commits, unless nothing changed since the
+// last commit (the engine syncs each chunk it wrote in turn; only the
+// first of those commits). A commit notes the slots of all dirty
 // pages, fsyncs the data file, writes the new index to dirty.idx.tmp,
 // fsyncs it, renames it over dirty.idx and fsyncs the directory. The
 // rename is atomic, so after a crash dirty.idx is one whole committed
@@ -71,7 +74,8 @@
 // Delete dropped it (Delete commits before it deletes in the remote, so
 // recovery cannot bring a deleted object back).
 //
-// New on a directory holding dirty.idx writes each named slot back to its
+// A clean Close removes the data file. New on a directory holding
+// dirty.idx writes each named slot back to its
 // object in the remote, syncs the remote chunks, removes the index, and
 // starts with an empty cache (clean pages of an earlier run are not
 // trusted: the disk may have been written without this cache since). A
