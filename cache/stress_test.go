@@ -208,3 +208,26 @@ func TestFirstWriteFetchesEdgesOnce(t *testing.T) {
 	require.Equal(t, before+1, e.remote.reads.Load())
 	require.Equal(t, p, readAt(t, ch, 8192+4136, len(p)))
 }
+
+// TestRecoveryWhateverTheNewMode: a disk whose ReadWrite cache crashed may
+// come back with another mode; its synced writes are recovered all the same.
+func TestRecoveryWhateverTheNewMode(t *testing.T) {
+	for _, mode := range []cache.Mode{cache.None, cache.ReadOnly} {
+		t.Run(string(mode), func(t *testing.T) {
+			e := newEnv(t)
+			c := e.open(t, cache.ReadWrite, cache.MinBytes)
+			ch, err := c.OpenChunk(t.Context(), "k", true)
+			require.NoError(t, err)
+			p := random(t, 10000)
+			writeAt(t, ch, p, 333)
+			require.NoError(t, ch.Sync())
+			// Crash, then come back in mode.
+			e.reopenRemote(t)
+			c2 := e.open(t, mode, cache.MinBytes)
+			defer c2.Close()
+			require.Equal(t, p, e.remoteBytes(t, "k", 333, len(p)))
+			_, err = os.Stat(filepath.Join(e.cacheDir, "dirty.idx"))
+			require.ErrorIs(t, err, os.ErrNotExist)
+		})
+	}
+}
