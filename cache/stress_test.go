@@ -2,16 +2,21 @@ package cache_test
 
 import (
 	"bytes"
+	"context"
+	"errors"
 	mrand "math/rand/v2"
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"hostcrypt/cache"
+	"hostcrypt/storage"
 )
 
 // TestReadOnlyOverlappingWrites races write-throughs on the same pages;
@@ -230,4 +235,53 @@ func TestRecoveryWhateverTheNewMode(t *testing.T) {
 			require.ErrorIs(t, err, os.ErrNotExist)
 		})
 	}
+}
+
+// failing fails every chunk write while on is set, like a remote that
+// went away.
+type failing struct {
+	storage.Backend
+	on atomic.Bool
+}
+
+func (b *failing) OpenChunk(ctx context.Context, key string, create bool) (storage.Chunk, error) {
+	c, err := b.Backend.OpenChunk(ctx, key, create)
+	if err != nil {
+		return nil, err
+	}
+	return &failingChunk{Chunk: c, b: b}, nil
+}
+
+type failingChunk struct {
+	storage.Chunk
+	b *failing
+}
+
+func (c *failingChunk) WriteAt(p []byte, off int64) (int, error) {
+	if c.b.on.Load() {
+		return 0, errors.New("remote unreachable")
+	}
+	return c.Chunk.WriteAt(p, off)
+}
+
+// TestFlushFailureKeepsDirtyPages: a write-back that fails loses nothing;
+// the next one writes the pages.
+func TestFlushFailureKeepsDirtyPages(t *testing.T) {
+	e := newEnv(t)
+	remote := &failing{Backend: e.remote}
+	c, err := cache.New(t.Context(), remote, cache.Options{Mode: cache.ReadWrite, Dir: e.cacheDir, MaxBytes: cache.MinBytes, FlushInterval: time.Hour})
+	require.NoError(t, err)
+	ch, err := c.OpenChunk(t.Context(), "k", true)
+	require.NoError(t, err)
+	p := random(t, 3*cache.PageSize)
+	writeAt(t, ch, p, 0)
+	require.NoError(t, ch.Sync(), "a Sync needs only the cache")
+	remote.on.Store(true)
+	require.ErrorContains(t, c.Flush(t.Context()), "remote unreachable")
+	require.EqualValues(t, len(p), c.Stats().DirtyBytes)
+	remote.on.Store(false)
+	require.NoError(t, c.Flush(t.Context()))
+	require.Zero(t, c.Stats().DirtyBytes)
+	require.Equal(t, p, e.remoteBytes(t, "k", 0, len(p)))
+	require.NoError(t, c.Close())
 }
