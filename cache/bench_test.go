@@ -163,3 +163,25 @@ func BenchmarkRandomSlotWrite(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkFlush1000RandomPages writes back 1000 dirty pages scattered over
+// four chunks of a remote 1 ms away.
+func BenchmarkFlush1000RandomPages(b *testing.B) {
+	c, _ := benchChunk(b, cache.ReadWrite)
+	var chs []storage.Chunk
+	for i := range 4 {
+		ch, err := c.OpenChunk(context.Background(), "disk/chunks/0000000"+string(rune('1'+i)), true)
+		require.NoError(b, err)
+		chs = append(chs, ch)
+	}
+	data := random(b, 4096)
+	for b.Loop() {
+		b.StopTimer()
+		for range 1000 {
+			_, err := chs[mrand.IntN(len(chs))].WriteAt(data, mrand.Int64N(benchRegion/4096)*4096)
+			require.NoError(b, err)
+		}
+		b.StartTimer()
+		require.NoError(b, c.Flush(context.Background()))
+	}
+}

@@ -1,14 +1,24 @@
 package cache
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"slices"
+	"sync"
+	"sync/atomic"
 )
 
-// maxRun bounds one remote write of consecutive dirty pages.
-const maxRun = 256
+const (
+	// maxRun bounds one remote write of consecutive dirty pages.
+	maxRun = 256
+	// parallelWrites bounds the remote writes of one object in flight
+	// during a write-back, and parallelObjects the objects written back
+	// at once.
+	parallelWrites  = 16
+	parallelObjects = 4
+)
 
 // Flush writes every dirty page back to the remote, syncs the remote
 // chunks it wrote, and commits the dirty-page index without them. It does
@@ -34,31 +44,43 @@ func (c *Cache) Flush(ctx context.Context) error {
 		}
 	}
 	c.mu.Unlock()
-	var errs []error
-	var wrote int64
+	var (
+		emu   sync.Mutex
+		errs  []error
+		wrote atomic.Int64
+		wg    sync.WaitGroup
+	)
+	sem := make(chan struct{}, parallelObjects)
 	for o, pgs := range work {
 		if err := ctx.Err(); err != nil {
 			errs = append(errs, err)
 			break
 		}
-		slices.SortFunc(pgs, func(a, b *page) int { return int(a.n - b.n) })
-		n, err := c.writeBack(o, pgs)
-		wrote += n
-		if err != nil {
-			errs = append(errs, fmt.Errorf("write back %s: %w", o.key, err))
-		}
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			slices.SortFunc(pgs, func(a, b *page) int { return cmp.Compare(a.n, b.n) })
+			n, err := c.writeBack(o, pgs)
+			wrote.Add(n)
+			if err != nil {
+				emu.Lock()
+				errs = append(errs, fmt.Errorf("write back %s: %w", o.key, err))
+				emu.Unlock()
+			}
+		})
 	}
-	if wrote > 0 {
+	wg.Wait()
+	if n := wrote.Load(); n > 0 {
 		c.flushes.Add(1)
-		c.writtenBack.Add(wrote)
+		c.writtenBack.Add(n)
 	}
 	errs = append(errs, c.commit())
 	return errors.Join(errs...)
 }
 
 // writeBack writes pgs (dirty pages of o, in order) to the remote in runs
-// of consecutive pages, syncs it, and marks clean every page not written
-// again meanwhile. It returns the bytes written.
+// of consecutive pages, several runs at a time, syncs it, and marks clean
+// every page not written again meanwhile. It returns the bytes written.
 func (c *Cache) writeBack(o *object, pgs []*page) (int64, error) {
 	o.wb.Lock()
 	defer o.wb.Unlock()
@@ -68,20 +90,24 @@ func (c *Cache) writeBack(o *object, pgs []*page) (int64, error) {
 	c.mu.Lock()
 	o.remoteDirty = false
 	c.mu.Unlock()
-	vers := make([]uint64, len(pgs))
-	los := make([]int64, len(pgs))
-	his := make([]int64, len(pgs))
-	ok := make([]bool, len(pgs))
-	buf := make([]byte, 0, maxRun*PageSize)
-	var wrote int64
 	fail := func(err error) (int64, error) {
 		c.mu.Lock()
 		o.remoteDirty = true
 		c.mu.Unlock()
-		return wrote, err
+		return 0, err
 	}
+	vers := make([]uint64, len(pgs))
+	los := make([]int64, len(pgs))
+	his := make([]int64, len(pgs))
+	ok := make([]bool, len(pgs))
+	type run struct {
+		off  int64
+		data []byte
+	}
+	var runs []run
+	var wrote int64
 	for i := 0; i < len(pgs); {
-		run := buf[:0]
+		var data []byte
 		j := i
 		// A run is consecutive pages whose dirty extents join up.
 		for ; j < len(pgs) && j-i < maxRun; j++ {
@@ -101,9 +127,9 @@ func (c *Cache) writeBack(o *object, pgs []*page) (int64, error) {
 				pg.rw.RUnlock()
 				break
 			}
-			m := his[j] - los[j]
-			run = run[:len(run)+int(m)]
-			err := c.readSlot(run[len(run)-int(m):], pg.slot, los[j])
+			m := int(his[j] - los[j])
+			data = append(data, make([]byte, m)...)
+			err := c.readSlot(data[len(data)-m:], pg.slot, los[j])
 			pg.rw.RUnlock()
 			if err != nil {
 				return fail(err)
@@ -114,11 +140,25 @@ func (c *Cache) writeBack(o *object, pgs []*page) (int64, error) {
 			i++ // a page dropped meanwhile
 			continue
 		}
-		if _, err := o.remote.WriteAt(run, pgs[i].n*PageSize+los[i]); err != nil {
-			return fail(err)
-		}
-		wrote += int64(len(run))
+		runs = append(runs, run{off: pgs[i].n*PageSize + los[i], data: data})
+		wrote += int64(len(data))
 		i = j
+	}
+	// The remote's round trips, not its bandwidth, bound a write-back of
+	// scattered pages: keep several writes in flight.
+	errs := make([]error, len(runs))
+	sem := make(chan struct{}, parallelWrites)
+	var wg sync.WaitGroup
+	for k, r := range runs {
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			_, errs[k] = o.remote.WriteAt(r.data, r.off)
+		})
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return fail(err)
 	}
 	if err := o.remote.Sync(); err != nil {
 		return fail(err)
