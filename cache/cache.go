@@ -150,7 +150,7 @@ type object struct {
 	dirty       map[int64]*page
 	wt          map[int64]int  // write-throughs in flight, per page
 	conflict    map[int64]bool // pages two write-throughs overlapped on
-	writeSeq    uint64         // bumped by every change made on the remote directly
+	writeSeq    uint64         // bumped by every change to the remote: fills check it
 	remoteDirty bool           // the remote chunk needs a Sync of its own
 
 	// wb excludes write-back of this object's pages from a PunchHole,
