@@ -146,18 +146,37 @@ type object struct {
 	remote storage.Chunk // open until Delete or Close
 
 	// Guarded by Cache.mu.
-	pages       map[int64]*page
-	dirty       map[int64]*page
-	wt          map[int64]int  // write-throughs in flight, per page
-	conflict    map[int64]bool // pages two write-throughs overlapped on
-	writeSeq    uint64         // bumped by every change to the remote: fills check it
-	remoteDirty bool           // the remote chunk needs a Sync of its own
+	pages    map[int64]*page
+	dirty    map[int64]*page
+	wt       map[int64]int  // write-throughs in flight, per page
+	conflict map[int64]bool // pages two write-throughs overlapped on
+	// gen counts changes to the remote (write-through, punch, write-back,
+	// a write that bypassed the cache) per bucket of pages: a fill installs
+	// its image only if its page's bucket did not move meanwhile.
+	gen         [genBuckets]uint64
+	remoteDirty bool // the remote chunk needs a Sync of its own
 
 	// wb excludes write-back of this object's pages from a PunchHole,
 	// which would otherwise race an older page image to the remote.
 	wb sync.Mutex
 	// deleted is set, under Cache.mu, when Delete takes the object away.
 	deleted atomic.Bool
+}
+
+const genBuckets = 64
+
+// bump records a change to the remote in pages [p0, p1]; called with
+// Cache.mu held.
+func (o *object) bump(p0, p1 int64) {
+	if p1-p0+1 >= genBuckets {
+		for i := range o.gen {
+			o.gen[i]++
+		}
+		return
+	}
+	for pn := p0; pn <= p1; pn++ {
+		o.gen[pn%genBuckets]++
+	}
 }
 
 // page is one cached page. Its slot and flags are guarded by Cache.mu; rw

@@ -89,7 +89,7 @@ func (h *chunk) ReadAt(p []byte, off int64) (int, error) {
 	}
 	// Fetch the missing pages, whole, in one remote call.
 	c.mu.Lock()
-	seq := o.writeSeq
+	gen := o.gen
 	c.mu.Unlock()
 	buf := make([]byte, (missHi-missLo+1)*PageSize)
 	if _, err := o.remote.ReadAt(buf, missLo*PageSize); err != nil {
@@ -101,7 +101,7 @@ func (h *chunk) ReadAt(p []byte, off int64) (int, error) {
 		}
 		img := buf[(pn-missLo)*PageSize : (pn-missLo+1)*PageSize]
 		copy(p[lo:hi], img[inPage:])
-		_, _, err := c.install(o, pn, img, seq, false, 0, 0, true)
+		_, _, err := c.install(o, pn, img, gen[pn%genBuckets], false, 0, 0, true)
 		return err
 	})
 	if err != nil {
@@ -123,12 +123,12 @@ func (h *chunk) WriteAt(p []byte, off int64) (int, error) {
 	if h.c.mode == ReadOnly {
 		return h.c.writeThrough(h.o, p, off)
 	}
-	pre, seq, err := h.c.prefetchEdges(h.o, off, int64(len(p)))
+	pre, gen, err := h.c.prefetchEdges(h.o, off, int64(len(p)))
 	if err != nil {
 		return 0, err
 	}
 	err = span(off, int64(len(p)), func(pn, lo, hi, inPage int64) error {
-		return h.c.writePage(h.o, pn, p[lo:hi], inPage, pre[pn], seq)
+		return h.c.writePage(h.o, pn, p[lo:hi], inPage, pre[pn], gen[pn%genBuckets])
 	})
 	if err != nil {
 		return 0, err
@@ -279,7 +279,7 @@ func (c *Cache) markDirty(pg *page, lo, hi int64) {
 
 // install caches img (one whole page) as page pn of o, unless the page is
 // cached already, the object was deleted, or (with checkSeq) the remote
-// changed since seq, when img may be stale. It reports whether the page
+// changed since the page's o.gen bucket was seq, when img may be stale. It reports whether the page
 // was installed, and noSlot when the cache had no room for it.
 //
 // A dirty page records the extent [lo, hi) written in it: write-back
@@ -298,7 +298,7 @@ func (c *Cache) install(o *object, pn int64, img []byte, seq uint64, dirty bool,
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if o.deleted.Load() || o.pages[pn] != nil || checkSeq && (o.writeSeq != seq || o.wt[pn] > 0) {
+	if o.deleted.Load() || o.pages[pn] != nil || checkSeq && (o.gen[pn%genBuckets] != seq || o.wt[pn] > 0) {
 		c.release(slot)
 		return false, false, nil
 	}
@@ -414,8 +414,8 @@ func (c *Cache) dropRange(o *object, lo, hi int64) {
 // not cover it. With no room even after a flush, the write goes straight to
 // the remote.
 //
-// pre, if not nil, is the page as read from the remote when o.writeSeq was
-// preSeq, to use instead of reading it again.
+// pre, if not nil, is the page as read from the remote when its o.gen
+// bucket was preSeq, to use instead of reading it again.
 func (c *Cache) writePage(o *object, pn int64, src []byte, inPage int64, pre []byte, preSeq uint64) error {
 	for attempt := 0; ; attempt++ {
 		if ok, err := c.writePresent(o, pn, src, inPage, true); ok || err != nil {
@@ -431,7 +431,7 @@ func (c *Cache) writePage(o *object, pn int64, src []byte, inPage int64, pre []b
 			img = make([]byte, PageSize)
 		default:
 			c.mu.Lock()
-			seq = o.writeSeq
+			seq = o.gen[pn%genBuckets]
 			c.mu.Unlock()
 			img = make([]byte, PageSize)
 			if _, err := o.remote.ReadAt(img, pn*PageSize); err != nil {
@@ -456,7 +456,7 @@ func (c *Cache) writePage(o *object, pn int64, src []byte, inPage int64, pre []b
 			return err
 		}
 		c.mu.Lock()
-		o.writeSeq++
+		o.bump(pn, pn)
 		o.remoteDirty = true
 		c.mu.Unlock()
 		// A page filled from the remote before this write may have been
@@ -470,12 +470,12 @@ func (c *Cache) writePage(o *object, pn int64, src []byte, inPage int64, pre []b
 // the pages at either end of [off, off+n) that the write covers in part and
 // that are not cached: a sealed block's slot straddles two or three pages,
 // and filling them one after the other would double the latency of a
-// first write. It returns them by page number, with the o.writeSeq they
-// were read at.
-func (c *Cache) prefetchEdges(o *object, off, n int64) (map[int64][]byte, uint64, error) {
+// first write. It returns them by page number, with the o.gen they were
+// read at.
+func (c *Cache) prefetchEdges(o *object, off, n int64) (pre map[int64][]byte, gen [genBuckets]uint64, err error) {
 	first, last := off/PageSize, (off+n-1)/PageSize
 	c.mu.Lock()
-	seq := o.writeSeq
+	gen = o.gen
 	var need []int64
 	if (off%PageSize != 0 || (off+n)%PageSize != 0 && first == last) && o.pages[first] == nil {
 		need = append(need, first)
@@ -485,17 +485,17 @@ func (c *Cache) prefetchEdges(o *object, off, n int64) (map[int64][]byte, uint64
 	}
 	c.mu.Unlock()
 	if len(need) == 0 {
-		return nil, 0, nil
+		return nil, gen, nil
 	}
-	pre := make(map[int64][]byte, 2)
+	pre = make(map[int64][]byte, 2)
 	if len(need) == 2 && last-first < 4 {
 		buf := make([]byte, (last-first+1)*PageSize)
 		if _, err := o.remote.ReadAt(buf, first*PageSize); err != nil {
-			return nil, 0, err
+			return nil, gen, err
 		}
 		pre[first] = buf[:PageSize:PageSize]
 		pre[last] = buf[(last-first)*PageSize:]
-		return pre, seq, nil
+		return pre, gen, nil
 	}
 	imgs := make([][]byte, len(need))
 	errs := make([]error, len(need))
@@ -508,12 +508,12 @@ func (c *Cache) prefetchEdges(o *object, off, n int64) (map[int64][]byte, uint64
 	}
 	wg.Wait()
 	if err := errors.Join(errs...); err != nil {
-		return nil, 0, err
+		return nil, gen, err
 	}
 	for i, pn := range need {
 		pre[pn] = imgs[i]
 	}
-	return pre, seq, nil
+	return pre, gen, nil
 }
 
 // makeRoom writes dirty pages back so that their slots can be reused.
@@ -550,7 +550,7 @@ func (c *Cache) writeThrough(o *object, p []byte, off int64) (int, error) {
 
 	n, werr := o.remote.WriteAt(p, off)
 	c.mu.Lock()
-	o.writeSeq++
+	o.bump(p0, p1)
 	var victims []*page
 	var update []int64
 	for pn := p0; pn <= p1; pn++ {
@@ -600,7 +600,7 @@ func (c *Cache) punch(o *object, off, n int64) error {
 		return err
 	}
 	c.mu.Lock()
-	o.writeSeq++
+	o.bump(off/PageSize, (off+n-1)/PageSize)
 	var victims []*page
 	var zero []*page
 	for _, pg := range o.pages {

@@ -164,10 +164,12 @@ func (c *Cache) writeBack(o *object, pgs []*page) (int64, error) {
 		return fail(err)
 	}
 	c.mu.Lock()
-	// The remote changed: a fill that read it before must not install
-	// its image once these pages turn clean and may be evicted.
-	o.writeSeq++
 	for j, pg := range pgs {
+		if ok[j] {
+			// The remote changed: a fill that read it before must not
+			// install its image once the page turns clean and is evicted.
+			o.bump(pg.n, pg.n)
+		}
 		if ok[j] && !pg.gone.Load() && pg.dirty && pg.ver == vers[j] {
 			pg.dirty = false
 			delete(o.dirty, pg.n)
