@@ -1,10 +1,6 @@
 package cli
 
-import (
-	"fmt"
-	"strconv"
-	"strings"
-)
+import "hostcrypt/internal/units"
 
 // sizeValue is a size in bytes written with binary units: 512M is 512 MiB,
 // 8G is 8 GiB; K, M, G, T (optionally followed by "i" and/or "B") or plain
@@ -19,7 +15,7 @@ func (s *sizeValue) String() string {
 }
 
 func (s *sizeValue) Set(str string) error {
-	n, err := parseSize(str)
+	n, err := units.ParseSize(str)
 	if err != nil {
 		return err
 	}
@@ -35,42 +31,6 @@ func (f *flags) size(name, usage string) *sizeValue {
 	return v
 }
 
-func parseSize(s string) (int64, error) {
-	t := strings.TrimSuffix(strings.TrimSuffix(strings.TrimSpace(s), "B"), "i")
-	shift := 0
-	if t != "" {
-		switch t[len(t)-1] {
-		case 'K', 'k':
-			shift = 10
-		case 'M', 'm':
-			shift = 20
-		case 'G', 'g':
-			shift = 30
-		case 'T', 't':
-			shift = 40
-		}
-		if shift > 0 {
-			t = t[:len(t)-1]
-		}
-	}
-	n, err := strconv.ParseInt(t, 10, 64)
-	if err != nil || n < 0 {
-		return 0, fmt.Errorf("size %q: use a whole number with a binary unit, e.g. 512M (MiB) or 8G (GiB)", s)
-	}
-	if n > (1<<62)>>shift {
-		return 0, fmt.Errorf("size %q is too large", s)
-	}
-	return n << shift, nil
-}
+func parseSize(s string) (int64, error) { return units.ParseSize(s) }
 
-func formatSize(n int64) string {
-	for _, u := range []struct {
-		shift uint
-		name  string
-	}{{40, "T"}, {30, "G"}, {20, "M"}, {10, "K"}} {
-		if n >= 1<<u.shift && n%(1<<u.shift) == 0 {
-			return fmt.Sprintf("%d%s", n>>u.shift, u.name)
-		}
-	}
-	return strconv.FormatInt(n, 10)
-}
+func formatSize(n int64) string { return units.FormatSize(n) }

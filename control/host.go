@@ -1,10 +1,13 @@
 package control
 
 import (
+	"path/filepath"
+
 	"context"
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"hostcrypt/cache"
 	"log/slog"
 	"net/http"
 	"slices"
@@ -41,6 +44,11 @@ type Config struct {
 	Keys      Keys
 	Tree      Tree
 	Location  string
+	// CacheDir holds the host caches of attached disks (one directory per
+	// disk); empty turns host caching off whatever the attachments ask.
+	CacheDir string
+	// CacheSize bounds each disk's host cache, in bytes.
+	CacheSize int64
 	// DEKLease is how long a customer-key disk serves I/O after the last
 	// successful check of its key (default 1 h).
 	DEKLease time.Duration
@@ -72,7 +80,53 @@ type runningVM struct {
 
 type openDisk struct {
 	d        *disk.Disk
-	resource string // disk resource name; "" for the temp disk
+	resource string       // disk resource name; "" for the temp disk
+	cache    *cache.Cache // the host cache under the engine, nil for None
+}
+
+// close flushes and closes the disk (wiping its keys), then writes the host
+// cache back to storage and closes it.
+func (od *openDisk) close() error {
+	err := od.d.Close()
+	if od.cache != nil {
+		err = errors.Join(err, od.cache.Close())
+	}
+	return err
+}
+
+// keepOpen hides Close from a cache: the storage backend is shared by every
+// disk, and a cache closes what it wraps.
+type keepOpen struct{ storage.Backend }
+
+func (keepOpen) Close() error { return nil }
+
+// openAttached opens a disk for a running VM with the host cache its
+// attachment asks for. The cache sits under the engine, so it holds only
+// what the engine has already encrypted with the disk's own key.
+func (h *Host) openAttached(ctx context.Context, d *Disk, caching string) (*openDisk, error) {
+	be := h.cfg.Storage
+	var c *cache.Cache
+	if caching != "" && caching != CacheNone && h.cfg.CacheDir != "" {
+		mode, err := cache.ParseMode(caching)
+		if err != nil {
+			return nil, badRequest("%v", err)
+		}
+		c, err = cache.New(ctx, keepOpen{h.cfg.Storage}, cache.Options{
+			Mode: mode, Dir: filepath.Join(h.cfg.CacheDir, d.UniqueID), MaxBytes: h.cfg.CacheSize, Logger: h.log,
+		})
+		if err != nil {
+			return nil, fmt.Errorf("host cache of disk %q: %w", d.Name, err)
+		}
+		be = c
+	}
+	dd, err := disk.Open(ctx, be, d.StoragePrefix, h.unwrapperFor(d))
+	if err != nil {
+		if c != nil {
+			c.Close()
+		}
+		return nil, fmt.Errorf("opening disk %q: %w", d.Name, err)
+	}
+	return &openDisk{d: dd, resource: d.Name, cache: c}, nil
 }
 
 // New loads the state and returns a Host. Call Recover to bring back the VMs
@@ -571,14 +625,13 @@ func (h *Host) start(ctx context.Context, vm *VM) (err error) {
 		}
 	}()
 	attach := func(ad AttachedDisk) error {
-		d := h.st.Disks[ad.Name]
-		od, err := disk.Open(ctx, h.cfg.Storage, d.StoragePrefix, h.unwrapperFor(d))
+		od, err := h.openAttached(ctx, h.st.Disks[ad.Name], ad.Caching)
 		if err != nil {
-			return fmt.Errorf("opening disk %q: %w", ad.Name, err)
+			return err
 		}
 		file := imageName(ad.Lun)
-		rv.images[file] = &openDisk{d: od, resource: ad.Name}
-		return h.cfg.Tree.AddImage(vm.Name, file, od)
+		rv.images[file] = od
+		return h.cfg.Tree.AddImage(vm.Name, file, od.d)
 	}
 	if err := attach(vm.StorageProfile.OsDisk); err != nil {
 		return err
@@ -652,7 +705,7 @@ func (h *Host) closeAll(vm string, rv *runningVM) error {
 		if od.resource != "" {
 			h.st.Disks[od.resource].IntegrityErrors += od.d.Stats().IntegrityErrors
 		}
-		if err := od.d.Close(); err != nil {
+		if err := od.close(); err != nil {
 			errs = append(errs, fmt.Errorf("flushing %s of VM %q: %w", f, vm, err))
 		}
 	}
@@ -818,16 +871,16 @@ func (h *Host) AttachDisk(ctx context.Context, vmName string, r AttachRequest) (
 	ad := AttachedDisk{Name: r.Disk, Lun: &lun, Caching: r.Caching}
 	d := h.st.Disks[r.Disk]
 	if rv := h.running[vmName]; rv != nil {
-		od, err := disk.Open(ctx, h.cfg.Storage, d.StoragePrefix, h.unwrapperFor(d))
+		od, err := h.openAttached(ctx, d, r.Caching)
 		if err != nil {
-			return nil, fmt.Errorf("opening disk %q: %w", r.Disk, err)
-		}
-		file := imageName(&lun)
-		if err := h.cfg.Tree.AddImage(vmName, file, od); err != nil {
-			od.Close()
 			return nil, err
 		}
-		rv.images[file] = &openDisk{d: od, resource: r.Disk}
+		file := imageName(&lun)
+		if err := h.cfg.Tree.AddImage(vmName, file, od.d); err != nil {
+			od.close()
+			return nil, err
+		}
+		rv.images[file] = od
 		d.DiskState = DiskAttached
 	} else {
 		d.DiskState = DiskReserved
@@ -864,7 +917,7 @@ func (h *Host) DetachDisk(ctx context.Context, vmName, diskName string) (*VM, er
 		}
 		if od := rv.images[file]; od != nil {
 			h.st.Disks[diskName].IntegrityErrors += od.d.Stats().IntegrityErrors
-			if err := od.d.Close(); err != nil {
+			if err := od.close(); err != nil {
 				return nil, fmt.Errorf("flushing disk %q: %w", diskName, err)
 			}
 			delete(rv.images, file)

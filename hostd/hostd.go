@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hostcrypt/cache"
 	"log/slog"
 	"net/http"
 	"os"
@@ -17,6 +18,10 @@ import (
 	hfs "hostcrypt/fs"
 	"hostcrypt/storage/local"
 )
+
+// DefaultCacheSize is each attached disk's host cache bound when
+// --cache-size is not given.
+const DefaultCacheSize = 256 << 20
 
 // Config is hostcryptd's command line.
 type Config struct {
@@ -31,7 +36,9 @@ type Config struct {
 	Debug       bool
 	// Pprof, when set, serves net/http/pprof on this loopback address, for
 	// profiling the data path.
-	Pprof       string
+	Pprof string
+	// CacheSize bounds each attached disk's host cache, in bytes.
+	CacheSize   int64
 	KeyCheck    time.Duration
 	DEKLease    time.Duration
 	Rotation    time.Duration
@@ -47,6 +54,12 @@ func (c *Config) check() error {
 		if f.v == "" {
 			return fmt.Errorf("%s is required (see hostcryptd --help)", f.flag)
 		}
+	}
+	if c.CacheSize == 0 {
+		c.CacheSize = DefaultCacheSize
+	}
+	if c.CacheSize < cache.MinBytes {
+		return fmt.Errorf("--cache-size %d bytes is too small: a disk's host cache needs at least %d bytes (1M)", c.CacheSize, cache.MinBytes)
 	}
 	if c.OnKeyExpiry != "" && c.OnKeyExpiry != "shutdown" && c.OnKeyExpiry != "next-start" {
 		return fmt.Errorf("--on-key-expiry %q: use shutdown or next-start", c.OnKeyExpiry)
@@ -128,6 +141,7 @@ func Run(ctx context.Context, cfg Config, ready func()) error {
 	}()
 	host, err := control.New(control.Config{
 		StateDir: cfg.StateDir, Storage: sb, HostLocal: hb, Keys: keys, Tree: tree, Log: log, DEKLease: cfg.DEKLease,
+		CacheDir: filepath.Join(cfg.HostDir, "cache"), CacheSize: cfg.CacheSize,
 	})
 	if err != nil {
 		return err

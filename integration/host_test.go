@@ -378,3 +378,36 @@ print(os.lseek(fd, 0, os.SEEK_DATA), os.lseek(fd, 16<<20, os.SEEK_HOLE))'`, img)
 	_, err := os.Stat(img)
 	require.NoError(t, err)
 }
+
+// TestHostCacheModes: ReadOnly and ReadWrite host caches under the engine.
+// What an fsync acknowledged on a ReadWrite disk survives kill -9 (it may
+// have reached only the cache), and the cache holds no plaintext.
+func TestHostCacheModes(t *testing.T) {
+	h := newHost(t, startKeystore(t))
+	h.ok("disk", "create", "--name", "ro", "--size", "32M")
+	h.ok("disk", "create", "--name", "rw", "--size", "32M")
+	h.ok("vm", "create", "--name", "vm1", "--os-disk-size", "16M", "--data-disks", "ro:ReadOnly,rw:ReadWrite")
+	pattern := make([]byte, 1<<20)
+	rand.Read(pattern)
+	pfile := filepath.Join(t.TempDir(), "pattern")
+	require.NoError(t, os.WriteFile(pfile, pattern, 0o600))
+	for _, img := range []string{"data-0.img", "data-1.img"} {
+		sh(t, "dd if="+pfile+" of="+h.img("vm1", img)+" bs=64k seek=7 oflag=direct conv=notrunc,fsync status=none")
+		sh(t, "dd if="+h.img("vm1", img)+" of=/dev/null bs=64k skip=7 count=16 iflag=direct status=none") // warm
+	}
+	used := sh(t, "du -s --block-size=1 "+filepath.Join(h.hostDir, "cache")+" | cut -f1")
+	n, err := strconv.ParseInt(strings.TrimSpace(used), 10, 64)
+	require.NoError(t, err)
+	require.Greater(t, n, int64(1<<20), "the host caches hold the data")
+	for _, dir := range []string{h.storage, h.hostDir} {
+		hits, err := leakscan.Scan(dir, pattern, 16)
+		require.NoError(t, err)
+		require.Empty(t, hits, "plaintext under %s", dir)
+	}
+	sum := sh(t, "sha256sum < "+pfile)
+	h.stop(syscall.SIGKILL)
+	h.start()
+	for _, img := range []string{"data-0.img", "data-1.img"} {
+		require.Equal(t, sum, sh(t, "dd if="+h.img("vm1", img)+" bs=64k skip=7 count=16 iflag=direct status=none | sha256sum"), img)
+	}
+}

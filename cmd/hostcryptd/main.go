@@ -14,6 +14,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"hostcrypt/hostd"
+	"hostcrypt/internal/units"
 )
 
 func main() {
@@ -31,6 +32,7 @@ func main() {
 	fl.DurationVar(&c.DEKLease, "dek-lease", time.Hour, "how long a data key is used without a successful re-check")
 	fl.DurationVar(&c.Rotation, "rotation-interval", time.Hour, "how often new key versions are looked for")
 	fl.StringVar(&c.OnKeyExpiry, "on-key-expiry", "shutdown", "shutdown|next-start: what an expired key does to a running VM")
+	cacheSize := fl.String("cache-size", "256M", "bound of each attached disk's host cache (ReadOnly/ReadWrite), binary units")
 	fl.BoolVar(&c.Debug, "debug", false, "log every FUSE request")
 	fl.StringVar(&c.Pprof, "pprof", "", "serve the Go profiler on this loopback HOST:PORT")
 	if err := fl.Parse(os.Args[1:]); err != nil {
@@ -40,6 +42,12 @@ func main() {
 		fmt.Fprintf(os.Stderr, "hostcryptd: unexpected argument %q\n", fl.Arg(0))
 		os.Exit(2)
 	}
+	n, err := units.ParseSize(*cacheSize)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "hostcryptd: --cache-size: %v\n", err)
+		os.Exit(2)
+	}
+	c.CacheSize = n
 	c.Log = slog.New(slog.NewTextHandler(os.Stderr, nil))
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
