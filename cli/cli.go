@@ -163,6 +163,10 @@ func run(ctx context.Context, args []string, env Env) error {
 		c.Command = rest[0]
 		return cmd.Run(c, rest[1:])
 	}
+	if len(rest) >= 2 && (rest[1] == "--help" || rest[1] == "-h") {
+		usage(env.Stdout, map[string]map[string]Command{rest[0]: verbs})
+		return nil
+	}
 	if len(rest) < 2 {
 		return fmt.Errorf("%s needs a verb: %s", rest[0], verbList(verbs))
 	}

@@ -118,3 +118,10 @@ func TestHostCommands(t *testing.T) {
 	_, _, err = runCLI(t, map[string]string{"HOSTCRYPT_SOCKET": filepath.Join(os.TempDir(), "nonexistent.sock")}, "disk", "list")
 	require.ErrorContains(t, err, "cannot reach hostcryptd")
 }
+
+func TestGroupHelp(t *testing.T) {
+	out, _, err := runCLI(t, nil, "des", "--help")
+	require.NoError(t, err)
+	require.Contains(t, out, "des create")
+	require.NotContains(t, out, "vm create")
+}

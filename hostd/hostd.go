@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"hostcrypt/cache"
+	"hostcrypt/storage/latency"
 	"log/slog"
 	"net/http"
 	"os"
@@ -38,12 +39,15 @@ type Config struct {
 	// profiling the data path.
 	Pprof string
 	// CacheSize bounds each attached disk's host cache, in bytes.
-	CacheSize   int64
-	KeyCheck    time.Duration
-	DEKLease    time.Duration
-	Rotation    time.Duration
-	OnKeyExpiry string
-	Log         *slog.Logger
+	CacheSize int64
+	// StorageLatency is added to every storage call, as a network between
+	// host and storage would (0: none).
+	StorageLatency time.Duration
+	KeyCheck       time.Duration
+	DEKLease       time.Duration
+	Rotation       time.Duration
+	OnKeyExpiry    string
+	Log            *slog.Logger
 }
 
 func (c *Config) check() error {
@@ -118,11 +122,13 @@ func Run(ctx context.Context, cfg Config, ready func()) error {
 	if err != nil {
 		return err
 	}
-	sb, err := local.Open(cfg.StorageDir)
+	lb, err := local.Open(cfg.StorageDir)
 	if err != nil {
 		return fmt.Errorf("storage %s: %w", cfg.StorageDir, err)
 	}
-	defer sb.Close()
+	defer lb.Close()
+	// latency.New returns lb itself when there is no latency to add.
+	sb := latency.New(lb, cfg.StorageLatency)
 	hb, err := local.Open(cfg.HostDir)
 	if err != nil {
 		return fmt.Errorf("host directory %s: %w", cfg.HostDir, err)

@@ -33,6 +33,7 @@ func main() {
 	fl.DurationVar(&c.Rotation, "rotation-interval", time.Hour, "how often new key versions are looked for")
 	fl.StringVar(&c.OnKeyExpiry, "on-key-expiry", "shutdown", "shutdown|next-start: what an expired key does to a running VM")
 	cacheSize := fl.String("cache-size", "256M", "bound of each attached disk's host cache (ReadOnly/ReadWrite), binary units")
+	fl.DurationVar(&c.StorageLatency, "storage-latency", 0, "latency added to every storage call, as a network to remote storage would (e.g. 1ms)")
 	fl.BoolVar(&c.Debug, "debug", false, "log every FUSE request")
 	fl.StringVar(&c.Pprof, "pprof", "", "serve the Go profiler on this loopback HOST:PORT")
 	if err := fl.Parse(os.Args[1:]); err != nil {
