@@ -247,12 +247,14 @@ run_hc() {
   local log=$1 what=$2
   shift 2
   echo "+ hostcrypt ${*:2}" >>"$log"
-  if ! "$@" >"$log.out" 2>&1; then
-    cat "$log.out" >>"$log"
-    WHY="$what failed: $(tail -n 1 "$log.out")"
+  # stdout alone goes to LOG.out (the JSON a caller may parse); warnings on
+  # stderr go to the log only.
+  if ! "$@" >"$log.out" 2>"$log.err"; then
+    cat "$log.out" "$log.err" >>"$log"
+    WHY="$what failed: $(tail -n 1 "$log.err")"
     return 1
   fi
-  cat "$log.out" >>"$log"
+  cat "$log.out" "$log.err" >>"$log"
 }
 
 # json_field NAME: the first value of key NAME anywhere in the JSON on stdin.
