@@ -338,7 +338,9 @@ func keySetAttributes(c *Context, args []string) error {
 	return c.showKey(b)
 }
 
-func keyRotate(c *Context, args []string) error {
+// keyAction runs a verb that takes only --vault-name and --name and answers
+// with a key.
+func keyAction(c *Context, args []string, op func(ks *client.Client, vault, name string) (*client.KeyBundle, error)) error {
 	f := newFlags(c)
 	ref := f.keyRef(false)
 	if err := f.parse(args); err != nil {
@@ -348,11 +350,17 @@ func keyRotate(c *Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	b, err := ks.RotateKey(c.Ctx, *ref.vault, *ref.name)
+	b, err := op(ks, *ref.vault, *ref.name)
 	if err != nil {
 		return err
 	}
 	return c.showKey(b)
+}
+
+func keyRotate(c *Context, args []string) error {
+	return keyAction(c, args, func(ks *client.Client, vault, name string) (*client.KeyBundle, error) {
+		return ks.RotateKey(c.Ctx, vault, name)
+	})
 }
 
 func keyRotationPolicy(c *Context, args []string) error {
@@ -443,20 +451,9 @@ func keyDelete(c *Context, args []string) error {
 }
 
 func keyRecover(c *Context, args []string) error {
-	f := newFlags(c)
-	ref := f.keyRef(false)
-	if err := f.parse(args); err != nil {
-		return err
-	}
-	ks, err := c.Keystore()
-	if err != nil {
-		return err
-	}
-	b, err := ks.RecoverKey(c.Ctx, *ref.vault, *ref.name)
-	if err != nil {
-		return err
-	}
-	return c.showKey(b)
+	return keyAction(c, args, func(ks *client.Client, vault, name string) (*client.KeyBundle, error) {
+		return ks.RecoverKey(c.Ctx, vault, name)
+	})
 }
 
 func keyPurge(c *Context, args []string) error {
