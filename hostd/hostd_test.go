@@ -108,6 +108,10 @@ func TestRunRefusesBadSetups(t *testing.T) {
 	require.ErrorContains(t, Run(context.Background(), cfg, nil), "--token-file is required")
 
 	cfg = base
+	cfg.CacheSize = 4096
+	require.ErrorContains(t, Run(context.Background(), cfg, nil), "--cache-size")
+
+	cfg = base
 	cfg.OnKeyExpiry = "later"
 	require.ErrorContains(t, Run(context.Background(), cfg, nil), "--on-key-expiry")
 
