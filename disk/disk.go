@@ -292,43 +292,57 @@ func (d *Disk) alarm(block int64, layer int, err error) {
 	d.log.Error("integrity alarm: stored data failed authentication", "block", block, "layer", layer, "err", err)
 }
 
+// heldStripes is a set of stripes locked by lockBlocks: up to two ascending
+// index ranges [lo, hi]. It is a value, so locking costs no allocation.
+type heldStripes struct {
+	d      *Disk
+	lo, hi [2]int
+	ranges int
+	write  bool
+}
+
 // lockBlocks locks the stripes covering absolute blocks [b0, b1) in ascending
-// stripe order (so that two ranges can never deadlock) and returns the unlock.
-func (d *Disk) lockBlocks(b0, b1 int64, write bool) func() {
+// stripe order (so that two ranges can never deadlock).
+func (d *Disk) lockBlocks(b0, b1 int64, write bool) heldStripes {
+	h := heldStripes{d: d, ranges: 1, write: write}
 	g0, g1 := b0/stripeBlocks, (b1-1)/stripeBlocks
-	var lo, hi [2]int // up to two ascending index ranges [lo, hi]
-	ranges := 1
 	if g1-g0+1 >= nStripes {
-		lo[0], hi[0] = 0, nStripes-1
+		h.lo[0], h.hi[0] = 0, nStripes-1
 	} else {
 		s0, s1 := int(g0%nStripes), int(g1%nStripes)
 		if s0 <= s1 {
-			lo[0], hi[0] = s0, s1
+			h.lo[0], h.hi[0] = s0, s1
 		} else { // wraps around: lock the low part first
-			lo[0], hi[0], lo[1], hi[1] = 0, s1, s0, nStripes-1
-			ranges = 2
+			h.lo[0], h.hi[0], h.lo[1], h.hi[1] = 0, s1, s0, nStripes-1
+			h.ranges = 2
 		}
 	}
-	for r := 0; r < ranges; r++ {
-		for s := lo[r]; s <= hi[r]; s++ {
-			if write {
-				d.stripes[s].Lock()
-			} else {
-				d.stripes[s].RLock()
-			}
+	h.each(func(s *stripe) {
+		if write {
+			s.Lock()
+		} else {
+			s.RLock()
+		}
+	})
+	return h
+}
+
+func (h heldStripes) each(fn func(*stripe)) {
+	for r := 0; r < h.ranges; r++ {
+		for s := h.lo[r]; s <= h.hi[r]; s++ {
+			fn(&h.d.stripes[s])
 		}
 	}
-	return func() {
-		for r := 0; r < ranges; r++ {
-			for s := lo[r]; s <= hi[r]; s++ {
-				if write {
-					d.stripes[s].Unlock()
-				} else {
-					d.stripes[s].RUnlock()
-				}
-			}
+}
+
+func (h heldStripes) unlock() {
+	h.each(func(s *stripe) {
+		if h.write {
+			s.Unlock()
+		} else {
+			s.RUnlock()
 		}
-	}
+	})
 }
 
 func (d *Disk) getBuf(n int) *[]byte {
@@ -381,8 +395,8 @@ func (d *Disk) readChunk(ci int64, p []byte, coff int64) error {
 	b0 := int(coff / BlockSize)
 	b1 := int((coff + int64(len(p)) + BlockSize - 1) / BlockSize)
 	base := ci * int64(d.lay.chunkBlocks)
-	unlock := d.lockBlocks(base+int64(b0), base+int64(b1), false)
-	defer unlock()
+	held := d.lockBlocks(base+int64(b0), base+int64(b1), false)
+	defer held.unlock()
 	if err := d.usable(base + int64(b0)); err != nil {
 		return err
 	}
@@ -587,8 +601,8 @@ func (d *Disk) writeChunk(ci int64, p []byte, coff int64) error {
 	b1 := int((coff + int64(len(p)) + BlockSize - 1) / BlockSize)
 	n := b1 - b0
 	base := ci * int64(d.lay.chunkBlocks)
-	unlock := d.lockBlocks(base+int64(b0), base+int64(b1), true)
-	defer unlock()
+	held := d.lockBlocks(base+int64(b0), base+int64(b1), true)
+	defer held.unlock()
 	if err := d.usable(base + int64(b0)); err != nil {
 		return err
 	}
@@ -761,8 +775,8 @@ func (d *Disk) ZeroRange(off, n int64) error { return d.Discard(off, n) }
 
 func (d *Disk) discardChunk(ci int64, b0, n int) error {
 	base := ci * int64(d.lay.chunkBlocks)
-	unlock := d.lockBlocks(base+int64(b0), base+int64(b0+n), true)
-	defer unlock()
+	held := d.lockBlocks(base+int64(b0), base+int64(b0+n), true)
+	defer held.unlock()
 	if err := d.usable(base + int64(b0)); err != nil {
 		return err
 	}
@@ -814,8 +828,8 @@ func (d *Disk) sync(held bool) error {
 func (d *Disk) syncChunk(c *chunk, held bool) error {
 	if !held {
 		base := c.idx * int64(d.lay.chunkBlocks)
-		unlock := d.lockBlocks(base, base+int64(d.lay.chunkBlocks), false)
-		defer unlock()
+		held := d.lockBlocks(base, base+int64(d.lay.chunkBlocks), false)
+		defer held.unlock()
 	}
 	st := c.st.Load()
 	if st == nil || !c.dirty.Swap(false) {
@@ -891,9 +905,9 @@ func (d *Disk) seek(off int64, data bool) (int64, error) {
 			continue
 		}
 		for ; b < (ci+1)*cb && b*BlockSize < size; b++ {
-			unlock := d.lockBlocks(b, b+1, false)
+			held := d.lockBlocks(b, b+1, false)
 			written := st.sel[b-ci*cb] != selNone
-			unlock()
+			held.unlock()
 			if written == data {
 				return max(off, b*BlockSize), nil
 			}
@@ -940,8 +954,8 @@ func (d *Disk) Resize(ctx context.Context, size int64) error {
 func (d *Disk) Close() error {
 	d.closeOnce.Do(func() {
 		close(d.stop)
-		unlock := d.lockBlocks(0, nStripes*stripeBlocks, true)
-		defer unlock()
+		held := d.lockBlocks(0, nStripes*stripeBlocks, true)
+		defer held.unlock()
 		d.closed.Store(true)
 		err := d.sync(true)
 		t := d.table.Load()
