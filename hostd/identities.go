@@ -43,7 +43,20 @@ type customerKeys struct {
 }
 
 func (c *customerKeys) client() (*client.Client, error) {
-	return client.NewWithToken(c.k.url, c.k.ca, c.credential)
+	c.k.mu.Lock()
+	defer c.k.mu.Unlock()
+	if cl, ok := c.k.as[c.credential]; ok {
+		return cl, nil
+	}
+	cl, err := client.NewWithToken(c.k.url, c.k.ca, c.credential)
+	if err != nil {
+		return nil, err
+	}
+	if c.k.as == nil {
+		c.k.as = map[string]*client.Client{}
+	}
+	c.k.as[c.credential] = cl
+	return cl, nil
 }
 
 func (c *customerKeys) WrapKey(ctx context.Context, kid string, dek []byte) (disk.WrappedKey, error) {
@@ -51,7 +64,6 @@ func (c *customerKeys) WrapKey(ctx context.Context, kid string, dek []byte) (dis
 	if err != nil {
 		return disk.WrappedKey{}, err
 	}
-	defer cl.Close()
 	used, wrapped, err := cl.WrapKey(ctx, kid, client.RSAOAEP256, dek)
 	if err != nil {
 		return disk.WrappedKey{}, err
@@ -64,7 +76,6 @@ func (c *customerKeys) UnwrapKey(ctx context.Context, w disk.WrappedKey) ([]byte
 	if err != nil {
 		return nil, err
 	}
-	defer cl.Close()
 	_, dek, err := cl.UnwrapKey(ctx, w.KeyID, w.Algorithm, w.Value)
 	if err != nil {
 		return nil, fmt.Errorf("unwrapping with %s: %w", w.KeyID, err)
@@ -134,7 +145,6 @@ func (c *customerKeys) LatestKeyID(ctx context.Context, kid string) (string, err
 	if err != nil {
 		return "", err
 	}
-	defer cl.Close()
 	unversioned := kid[:strings.LastIndex(kid, "/")]
 	b, err := cl.GetKeyByID(ctx, unversioned)
 	if err != nil {

@@ -3,6 +3,7 @@ package hostd
 import (
 	"context"
 	"fmt"
+	"sync"
 
 	"hostcrypt/disk"
 	"hostcrypt/keystore/client"
@@ -18,6 +19,12 @@ const platformKeyName = "disk-encryption"
 type keyService struct {
 	c       *client.Client
 	url, ca string
+
+	mu sync.Mutex
+	// as holds one client per identity credential, so that the monitor's
+	// probes and every wrap and unwrap reuse a kept-alive TLS connection
+	// instead of a handshake per call.
+	as map[string]*client.Client
 }
 
 // connectKeys connects to the key store as the platform and makes sure the
