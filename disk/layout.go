@@ -152,30 +152,3 @@ func blockAD(dst *[adLen]byte, vol *[16]byte, block uint64, layer byte) []byte {
 }
 
 const adLen = 29
-
-// span is the part of one block that a byte range covers.
-type span struct {
-	block int64 // absolute block index
-	off   int   // first byte within the block
-	n     int   // bytes within the block
-}
-
-func (s span) full() bool { return s.off == 0 && s.n == BlockSize }
-
-// spans splits the byte range [off, off+n) into per-block pieces, in order.
-// It is the offset arithmetic of the engine and has its own table tests.
-func spans(off, n int64) []span {
-	if n <= 0 {
-		return nil
-	}
-	first := off / BlockSize
-	last := (off + n - 1) / BlockSize
-	out := make([]span, 0, last-first+1)
-	for b := first; b <= last; b++ {
-		start := b * BlockSize
-		lo := max(off, start)
-		hi := min(off+n, start+BlockSize)
-		out = append(out, span{block: b, off: int(lo - start), n: int(hi - lo)})
-	}
-	return out
-}
