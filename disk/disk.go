@@ -175,8 +175,9 @@ func (d *Disk) usable(block int64) error {
 // Stats returns the disk's counters.
 func (d *Disk) Stats() Stats {
 	s := Stats{IntegrityErrors: d.integrity.Load()}
-	for i := range *d.table.Load() {
-		if c := (*d.table.Load())[i].Load(); c != nil && c.st.Load() != nil {
+	t := d.table.Load()
+	for i := range *t {
+		if c := (*t)[i].Load(); c != nil && c.st.Load() != nil {
 			s.ChunksOpen++
 		}
 	}
