@@ -112,10 +112,21 @@ func TestHostCustomerKeys(t *testing.T) {
 	}
 	require.GreaterOrEqual(t, unwraps, 4, "two disks opened twice (create check aside) must be unwrapped as the set's identity")
 
+	// Attaching a CMK disk fails the same way once the identity lacks a
+	// permission: the error names the principal and the permission.
+	h.ok("disk", "create", "--name", "c3", "--size", "16M", "--disk-encryption-set", "des1")
+	h.ok("keyvault", "set-policy", "--name", "vault1", "--object-id", principal, "--key-permissions", "get,wrapKey")
+	_, errOut, code = h.run("vm", "disk", "attach", "--vm-name", "vm1", "--name", "c3")
+	require.NotEqual(t, 0, code)
+	require.Contains(t, errOut, principal)
+	require.Contains(t, errOut, "key permission 'unwrapKey'")
+	h.ok("keyvault", "set-policy", "--name", "vault1", "--object-id", principal, "--key-permissions", "get,wrapKey,unwrapKey")
+	h.ok("vm", "disk", "attach", "--vm-name", "vm1", "--name", "c3")
+
 	// A set in use cannot go.
 	_, errOut, code = h.run("des", "delete", "--name", "des1")
 	require.NotEqual(t, 0, code)
-	require.True(t, strings.Contains(errOut, "c1") && strings.Contains(errOut, "c2"), errOut)
+	require.True(t, strings.Contains(errOut, "c1") && strings.Contains(errOut, "c2") && strings.Contains(errOut, "c3"), errOut)
 }
 
 // TestHostSwitchDiskKeys moves a populated disk from the platform key to a
