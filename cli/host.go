@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"hostcrypt/control"
+	"hostcrypt/internal/units"
 )
 
 // call sends one request to hostcryptd over its socket.
@@ -48,6 +49,9 @@ func vmRow(v *control.VM) []string {
 }
 
 func (c *Context) showVM(v *control.VM) error {
+	if !v.SecurityProfile.EncryptionAtHost {
+		c.warnf("encryption at host is off for VM %q: its host caches and temp disk are plaintext on this host; only storage is encrypted", v.Name)
+	}
 	return c.show(v, vmHeader, [][]string{vmRow(v)})
 }
 
@@ -184,6 +188,8 @@ func vmCommands() []Command {
 		{"vm", "deallocate", "stop a VM and destroy its temp disk", vmAction("POST", "/deallocate")},
 		{"vm", "show", "show a VM", vmAction("GET", "")},
 		{"vm", "list", "list VMs", vmList},
+		{"vm", "update", "change encryption at host or disk caching of a deallocated VM", vmUpdate},
+		{"vm", "encryption-report", "show what is encrypted where: storage layers, host caches, temp disk", vmEncryptionReport},
 		{"vm", "delete", "delete a VM that is not running (its disks stay)", vmDelete},
 		{"vm", "disk attach", "attach a data disk (at once on a running VM)", vmDiskAttach},
 		{"vm", "disk detach", "detach a data disk (flushed first)", vmDiskDetach},
@@ -299,4 +305,66 @@ func vmDiskDetach(c *Context, args []string) error {
 		return err
 	}
 	return c.showVM(&vm)
+}
+
+func vmUpdate(c *Context, args []string) error {
+	f := newFlags(c)
+	name := f.requiredString("name", "VM name")
+	eah := f.boolValue("encryption-at-host", "encrypt the host caches and the temp disk (true|false)")
+	osCaching := f.String("os-disk-caching", "", "None, ReadOnly or ReadWrite")
+	data := f.String("data-disk-caching", "", "data disks' caching, e.g. d1:ReadOnly,d2:None")
+	if err := f.parse(args); err != nil {
+		return err
+	}
+	req := control.UpdateVMRequest{EncryptionAtHost: eah.ptr(), OsDiskCaching: *osCaching}
+	items, err := list("data-disk-caching", *data)
+	if err != nil {
+		return err
+	}
+	for _, it := range items {
+		d, mode, ok := strings.Cut(it, ":")
+		if !ok || d == "" || mode == "" {
+			return fmt.Errorf("%s: --data-disk-caching %q: give DISK:MODE, e.g. d1:ReadOnly", c.Command, it)
+		}
+		if req.DataDiskCaching == nil {
+			req.DataDiskCaching = map[string]string{}
+		}
+		req.DataDiskCaching[d] = mode
+	}
+	var vm control.VM
+	if err := c.call("PATCH", "/vms/"+esc(*name), req, &vm); err != nil {
+		return err
+	}
+	return c.showVM(&vm)
+}
+
+var reportHeader = []string{"DISK", "IMAGE", "LAYER", "ENCRYPTED", "BY", "ALGORITHM", "KEY", "CACHING", "DIRTY", "LOCATION"}
+
+func vmEncryptionReport(c *Context, args []string) error {
+	f := newFlags(c)
+	name := f.requiredString("name", "VM name")
+	if err := f.parse(args); err != nil {
+		return err
+	}
+	var rep control.EncryptionReport
+	if err := c.call("GET", "/vms/"+esc(*name)+"/encryption-report", nil, &rep); err != nil {
+		return err
+	}
+	if rep.Warning != "" {
+		c.warnf("%s", rep.Warning)
+	}
+	rows := make([][]string, 0, len(rep.Entries))
+	for _, e := range rep.Entries {
+		enc := "no (plaintext)"
+		if e.Encrypted {
+			enc = "yes"
+		}
+		dirty := "-"
+		if e.Open && e.Layer == "host cache" {
+			dirty = units.FormatSize(e.DirtyBytes)
+		}
+		rows = append(rows, []string{e.Disk, e.Image, e.Layer, enc, orDash(e.EncryptedBy), orDash(e.Algorithm),
+			orDash(e.Key), orDash(e.Caching), dirty, e.Location})
+	}
+	return c.show(&rep, reportHeader, rows)
 }

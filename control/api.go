@@ -23,6 +23,8 @@ import (
 //	GET    /vms                         list
 //	POST   /vms                         create (CreateVMRequest)
 //	GET    /vms/{name}                  show
+//	PATCH  /vms/{name}                  update a deallocated VM (UpdateVMRequest)
+//	GET    /vms/{name}/encryption-report what is encrypted where (EncryptionReport)
 //	DELETE /vms/{name}                  delete
 //	POST   /vms/{name}/start|stop|deallocate
 //	POST   /vms/{name}/disks            attach (AttachRequest)
@@ -87,6 +89,16 @@ func Handler(h *Host) http.Handler {
 		return h.CreateVM(r.Context(), req)
 	})
 	handle("GET /vms/{name}", func(r *http.Request) (any, error) { return h.ShowVM(r.PathValue("name")) })
+	handle("PATCH /vms/{name}", func(r *http.Request) (any, error) {
+		var req UpdateVMRequest
+		if err := decode(r, &req); err != nil {
+			return nil, err
+		}
+		return h.UpdateVM(r.Context(), r.PathValue("name"), req)
+	})
+	handle("GET /vms/{name}/encryption-report", func(r *http.Request) (any, error) {
+		return h.VMEncryptionReport(r.Context(), r.PathValue("name"))
+	})
 	handle("DELETE /vms/{name}", func(r *http.Request) (any, error) {
 		return nil, h.DeleteVM(r.Context(), r.PathValue("name"))
 	})

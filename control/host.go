@@ -1,15 +1,14 @@
 package control
 
 import (
-	"path/filepath"
-
 	"context"
 	"crypto/rand"
 	"errors"
 	"fmt"
 	"hostcrypt/cache"
 	"log/slog"
-	"net/http"
+	"os"
+	"path/filepath"
 	"slices"
 	"sort"
 	"sync"
@@ -79,19 +78,57 @@ type runningVM struct {
 }
 
 type openDisk struct {
+	img      hfs.Image // what the VM sees: the engine, or a cache or file over it
 	d        *disk.Disk
-	resource string       // disk resource name; "" for the temp disk
-	cache    *cache.Cache // the host cache under the engine, nil for None
+	resource string // disk resource name; "" for the temp disk
+	// cache is the host cache under the engine (encryption at host: it
+	// holds what the engine sealed); icache the host cache above it (no
+	// encryption at host: it holds plaintext). At most one is set.
+	cache  *cache.Cache
+	icache *cache.ImageCache
+	// plain is the plaintext temp disk of a VM without encryption at host;
+	// d is nil then.
+	plain storage.Chunk
 }
 
-// close flushes and closes the disk (wiping its keys), then writes the host
-// cache back to storage and closes it.
+// close writes a plaintext cache back into the engine, flushes and closes
+// the disk (wiping its keys), then writes the host cache back to storage
+// and closes it.
 func (od *openDisk) close() error {
-	err := od.d.Close()
+	var err error
+	if od.icache != nil {
+		err = od.icache.Close()
+	}
+	if od.d != nil {
+		err = errors.Join(err, od.d.Close())
+	}
 	if od.cache != nil {
 		err = errors.Join(err, od.cache.Close())
 	}
+	if od.plain != nil {
+		err = errors.Join(err, od.plain.Sync(), od.plain.Close())
+	}
 	return err
+}
+
+// integrityErrors counts the blocks of the disk that failed authentication
+// while it was open.
+func (od *openDisk) integrityErrors() uint64 {
+	if od.d == nil {
+		return 0
+	}
+	return od.d.Stats().IntegrityErrors
+}
+
+// cacheStats returns the host cache's counters; ok is false without one.
+func (od *openDisk) cacheStats() (s cache.Stats, ok bool) {
+	switch {
+	case od.cache != nil:
+		return od.cache.Stats(), true
+	case od.icache != nil:
+		return od.icache.Stats(), true
+	}
+	return s, false
 }
 
 // keepOpen hides Close from a cache: the storage backend is shared by every
@@ -100,33 +137,89 @@ type keepOpen struct{ storage.Backend }
 
 func (keepOpen) Close() error { return nil }
 
+// cacheDirs returns where a disk's host cache lives: under the engine with
+// encryption at host, above it (plaintext) without.
+func (h *Host) cacheDirs(d *Disk) (sealed, plain string) {
+	base := filepath.Join(h.cfg.CacheDir, d.UniqueID)
+	return base, base + ".plain"
+}
+
 // openAttached opens a disk for a running VM with the host cache its
-// attachment asks for. The cache sits under the engine, so it holds only
-// what the engine has already encrypted with the disk's own key.
-func (h *Host) openAttached(ctx context.Context, d *Disk, caching string) (*openDisk, error) {
-	be := h.cfg.Storage
-	var c *cache.Cache
-	if caching != "" && caching != CacheNone && h.cfg.CacheDir != "" {
-		mode, err := cache.ParseMode(caching)
-		if err != nil {
+// attachment asks for. With encryption at host the cache sits under the
+// engine, so it holds only what the engine has already encrypted with the
+// disk's own key; without, it sits above the engine and holds plaintext,
+// and only storage is encrypted.
+//
+// A cache directory of the other kind left by a crash is written back
+// first, so that switching encryption at host never loses acknowledged
+// writes.
+func (h *Host) openAttached(ctx context.Context, d *Disk, caching string, eah bool) (od *openDisk, err error) {
+	cached := caching != "" && caching != CacheNone && h.cfg.CacheDir != ""
+	var mode cache.Mode
+	if cached {
+		if mode, err = cache.ParseMode(caching); err != nil {
 			return nil, badRequest("%v", err)
 		}
-		c, err = cache.New(ctx, keepOpen{h.cfg.Storage}, cache.Options{
-			Mode: mode, Dir: filepath.Join(h.cfg.CacheDir, d.UniqueID), MaxBytes: h.cfg.CacheSize, Logger: h.log,
-		})
+	} else {
+		mode = cache.None
+	}
+	sealedDir, plainDir := h.cacheDirs(d)
+	od = &openDisk{resource: d.Name}
+	defer func() {
+		if err != nil {
+			od.close()
+		}
+	}()
+	under := cache.Options{Mode: cache.None, Dir: sealedDir, Logger: h.log}
+	if eah {
+		under = cache.Options{Mode: mode, Dir: sealedDir, MaxBytes: h.cfg.CacheSize, Logger: h.log}
+	}
+	if h.cfg.CacheDir == "" {
+		under.Dir = ""
+	}
+	od.cache, err = cache.New(ctx, keepOpen{h.cfg.Storage}, under)
+	if err != nil {
+		return nil, fmt.Errorf("host cache of disk %q: %w", d.Name, err)
+	}
+	od.d, err = disk.Open(ctx, od.cache, d.StoragePrefix, h.unwrapperFor(d))
+	if err != nil {
+		return nil, fmt.Errorf("opening disk %q: %w", d.Name, err)
+	}
+	od.img = od.d
+	above := cache.Options{Mode: cache.None, Dir: plainDir, Logger: h.log}
+	if !eah {
+		above = cache.Options{Mode: mode, Dir: plainDir, MaxBytes: h.cfg.CacheSize, Logger: h.log}
+	}
+	if h.cfg.CacheDir == "" {
+		above.Dir = ""
+	}
+	if above.Mode != cache.None || dirExists(above.Dir) {
+		od.icache, err = cache.NewImage(ctx, od.d, above)
 		if err != nil {
 			return nil, fmt.Errorf("host cache of disk %q: %w", d.Name, err)
 		}
-		be = c
-	}
-	dd, err := disk.Open(ctx, be, d.StoragePrefix, h.unwrapperFor(d))
-	if err != nil {
-		if c != nil {
-			c.Close()
+		if above.Mode != cache.None {
+			od.img = od.icache
+		} else if err = od.icache.Close(); err != nil {
+			return nil, fmt.Errorf("host cache of disk %q: %w", d.Name, err)
+		} else {
+			od.icache = nil
 		}
-		return nil, fmt.Errorf("opening disk %q: %w", d.Name, err)
 	}
-	return &openDisk{d: dd, resource: d.Name, cache: c}, nil
+	if od.cache.Mode() == cache.None {
+		// Nothing to cache under the engine: keep the cache out of the
+		// data path (its None mode passes through, but costs a call).
+		od.cache = nil
+	}
+	return od, nil
+}
+
+func dirExists(dir string) bool {
+	if dir == "" {
+		return false
+	}
+	fi, err := os.Stat(dir)
+	return err == nil && fi.IsDir()
 }
 
 // New loads the state and returns a Host. Call Recover to bring back the VMs
@@ -286,7 +379,7 @@ func (h *Host) showDisk(d *Disk) *Disk {
 	for _, rv := range h.running {
 		for _, od := range rv.images {
 			if od.resource == d.Name {
-				c.IntegrityErrors += od.d.Stats().IntegrityErrors
+				c.IntegrityErrors += od.integrityErrors()
 			}
 		}
 	}
@@ -447,7 +540,7 @@ func (h *Host) switchDiskKeys(ctx context.Context, d *Disk, r UpdateDiskRequest)
 func (h *Host) openDiskOf(name string) *disk.Disk {
 	for _, rv := range h.running {
 		for _, od := range rv.images {
-			if od.resource == name {
+			if od.resource == name && od.d != nil {
 				return od.d
 			}
 		}
@@ -500,9 +593,7 @@ func (h *Host) CreateVM(ctx context.Context, r CreateVMRequest) (*VM, error) {
 	if _, ok := h.st.VMs[r.Name]; ok {
 		return nil, conflict("VM %q already exists; choose another name or delete it first", r.Name)
 	}
-	if r.EncryptionAtHost != nil && !*r.EncryptionAtHost {
-		return nil, errorf(http.StatusNotImplemented, "NotSupported", "VMs without encryption at host are not available in this version; leave --encryption-at-host at true")
-	}
+	eah := r.EncryptionAtHost == nil || *r.EncryptionAtHost
 	if (r.OsDisk == "") == (r.OsDiskSizeBytes == 0) {
 		return nil, badRequest("give exactly one of --os-disk (an existing disk) or --os-disk-size (a new one)")
 	}
@@ -553,7 +644,7 @@ func (h *Host) CreateVM(ctx context.Context, r CreateVMRequest) (*VM, error) {
 		ID:                vmID(r.Name),
 		Location:          h.cfg.Location,
 		PowerState:        PowerDeallocated,
-		SecurityProfile:   SecurityProfile{EncryptionAtHost: true},
+		SecurityProfile:   SecurityProfile{EncryptionAtHost: eah},
 		StorageProfile:    StorageProfile{OsDisk: AttachedDisk{Name: osName, Caching: r.OsDiskCaching}, DataDisks: r.DataDisks},
 		TempDiskSizeBytes: r.TempDiskSize,
 		TimeCreated:       h.cfg.Now().UTC(),
@@ -605,6 +696,19 @@ const tempImage = "temp.img"
 
 func tempPrefix(vm string) string { return "temp/" + vm }
 
+// plainTempKey is the file of a temp disk without encryption at host.
+func plainTempKey(vm string) string { return "temp-plain/" + vm }
+
+// plainImage is a plaintext temp disk: a sparse file of the host.
+type plainImage struct {
+	storage.Chunk
+	size int64
+}
+
+func (p *plainImage) Size() int64 { return p.size }
+
+func (p *plainImage) Discard(off, n int64) error { return p.PunchHole(off, n) }
+
 // start opens every disk of vm and shows it in the tree. On failure nothing
 // stays open or visible.
 func (h *Host) start(ctx context.Context, vm *VM) (err error) {
@@ -625,13 +729,13 @@ func (h *Host) start(ctx context.Context, vm *VM) (err error) {
 		}
 	}()
 	attach := func(ad AttachedDisk) error {
-		od, err := h.openAttached(ctx, h.st.Disks[ad.Name], ad.Caching)
+		od, err := h.openAttached(ctx, h.st.Disks[ad.Name], ad.Caching, vm.SecurityProfile.EncryptionAtHost)
 		if err != nil {
 			return err
 		}
 		file := imageName(ad.Lun)
 		rv.images[file] = od
-		return h.cfg.Tree.AddImage(vm.Name, file, od.d)
+		return h.cfg.Tree.AddImage(vm.Name, file, od.img)
 	}
 	if err := attach(vm.StorageProfile.OsDisk); err != nil {
 		return err
@@ -646,8 +750,8 @@ func (h *Host) start(ctx context.Context, vm *VM) (err error) {
 		if err != nil {
 			return err
 		}
-		rv.images[tempImage] = &openDisk{d: td}
-		if err := h.cfg.Tree.AddImage(vm.Name, tempImage, td); err != nil {
+		rv.images[tempImage] = td
+		if err := h.cfg.Tree.AddImage(vm.Name, tempImage, td.img); err != nil {
 			return err
 		}
 	}
@@ -668,9 +772,18 @@ func (h *Host) start(ctx context.Context, vm *VM) (err error) {
 }
 
 // openTemp opens the VM's temp disk, creating an empty one if it has none
-// (first start, or after a deallocation destroyed it). It lives on the host,
-// never in storage, encrypted with a platform-wrapped key.
-func (h *Host) openTemp(ctx context.Context, vm *VM) (*disk.Disk, error) {
+// (first start, or after a deallocation destroyed it). It lives on the
+// host, never in storage. With encryption at host it is an encrypted disk
+// under a platform-wrapped key of its own; without, a plaintext sparse file,
+// as a host without encryption at host keeps it.
+func (h *Host) openTemp(ctx context.Context, vm *VM) (*openDisk, error) {
+	if !vm.SecurityProfile.EncryptionAtHost {
+		ch, err := h.cfg.HostLocal.OpenChunk(ctx, plainTempKey(vm.Name), true)
+		if err != nil {
+			return nil, fmt.Errorf("temp disk of VM %q: %w", vm.Name, err)
+		}
+		return &openDisk{img: &plainImage{Chunk: ch, size: vm.TempDiskSizeBytes}, plain: ch}, nil
+	}
 	d, err := disk.Open(ctx, h.cfg.HostLocal, tempPrefix(vm.Name), h.cfg.Keys)
 	if errors.Is(err, disk.ErrNotFound) {
 		// A destroyed temp disk whose removal was cut short: finish it.
@@ -682,7 +795,7 @@ func (h *Host) openTemp(ctx context.Context, vm *VM) (*disk.Disk, error) {
 	if err != nil {
 		return nil, fmt.Errorf("temp disk of VM %q: %w", vm.Name, err)
 	}
-	return d, nil
+	return &openDisk{img: d, d: d}, nil
 }
 
 // closeAll removes a VM's images from the tree, then flushes and closes its
@@ -703,7 +816,7 @@ func (h *Host) closeAll(vm string, rv *runningVM) error {
 	for _, f := range files {
 		od := rv.images[f]
 		if od.resource != "" {
-			h.st.Disks[od.resource].IntegrityErrors += od.d.Stats().IntegrityErrors
+			h.st.Disks[od.resource].IntegrityErrors += od.integrityErrors()
 		}
 		if err := od.close(); err != nil {
 			errs = append(errs, fmt.Errorf("flushing %s of VM %q: %w", f, vm, err))
@@ -798,6 +911,10 @@ func (h *Host) destroyTemp(ctx context.Context, vm string) error {
 	if err != nil && !errors.Is(err, disk.ErrNotFound) {
 		return fmt.Errorf("destroying the temp disk of VM %q: %w", vm, err)
 	}
+	err = h.cfg.HostLocal.Delete(ctx, plainTempKey(vm))
+	if err != nil && !errors.Is(err, storage.ErrNotFound) {
+		return fmt.Errorf("removing the plaintext temp disk of VM %q: %w", vm, err)
+	}
 	return nil
 }
 
@@ -871,12 +988,12 @@ func (h *Host) AttachDisk(ctx context.Context, vmName string, r AttachRequest) (
 	ad := AttachedDisk{Name: r.Disk, Lun: &lun, Caching: r.Caching}
 	d := h.st.Disks[r.Disk]
 	if rv := h.running[vmName]; rv != nil {
-		od, err := h.openAttached(ctx, d, r.Caching)
+		od, err := h.openAttached(ctx, d, r.Caching, vm.SecurityProfile.EncryptionAtHost)
 		if err != nil {
 			return nil, err
 		}
 		file := imageName(&lun)
-		if err := h.cfg.Tree.AddImage(vmName, file, od.d); err != nil {
+		if err := h.cfg.Tree.AddImage(vmName, file, od.img); err != nil {
 			od.close()
 			return nil, err
 		}
@@ -916,7 +1033,7 @@ func (h *Host) DetachDisk(ctx context.Context, vmName, diskName string) (*VM, er
 			return nil, err
 		}
 		if od := rv.images[file]; od != nil {
-			h.st.Disks[diskName].IntegrityErrors += od.d.Stats().IntegrityErrors
+			h.st.Disks[diskName].IntegrityErrors += od.integrityErrors()
 			if err := od.close(); err != nil {
 				return nil, fmt.Errorf("flushing disk %q: %w", diskName, err)
 			}
@@ -941,7 +1058,7 @@ func (h *Host) showVM(vm *VM) *VM {
 		for f, od := range rv.images {
 			c.Images = append(c.Images, vm.Name+"/"+f)
 			if od.resource == "" {
-				c.IntegrityErrors += od.d.Stats().IntegrityErrors
+				c.IntegrityErrors += od.integrityErrors()
 			}
 		}
 		slices.Sort(c.Images)
