@@ -32,9 +32,9 @@ type Volume interface {
 // before it returns. ImageCache implements the same Volume interface, so
 // the image the VM sees is the ImageCache itself.
 type ImageCache struct {
-	c    *Cache
-	ch   storage.Chunk
-	size int64
+	c  *Cache
+	ch storage.Chunk
+	v  Volume
 }
 
 // imageKey is the one object of a volume seen as a backend.
@@ -52,12 +52,12 @@ func NewImage(ctx context.Context, v Volume, o Options) (*ImageCache, error) {
 		c.Close()
 		return nil, err
 	}
-	return &ImageCache{c: c, ch: ch, size: v.Size()}, nil
+	return &ImageCache{c: c, ch: ch, v: v}, nil
 }
 
 func (ic *ImageCache) check(off, n int64) error {
-	if off < 0 || n < 0 || off > ic.size || n > ic.size-off {
-		return fmt.Errorf("range %d+%d is outside the image (%d bytes)", off, n, ic.size)
+	if size := ic.v.Size(); off < 0 || n < 0 || off > size || n > size-off {
+		return fmt.Errorf("range %d+%d is outside the image (%d bytes)", off, n, size)
 	}
 	return nil
 }
@@ -91,8 +91,11 @@ func (ic *ImageCache) Discard(off, n int64) error {
 // ReadWrite, in the volume otherwise.
 func (ic *ImageCache) Sync() error { return ic.ch.Sync() }
 
-// Size is the volume's size.
-func (ic *ImageCache) Size() int64 { return ic.size }
+// Flush writes every dirty page back into the volume and syncs it.
+func (ic *ImageCache) Flush(ctx context.Context) error { return ic.c.Flush(ctx) }
+
+// Size is the volume's size now (a volume may grow while cached).
+func (ic *ImageCache) Size() int64 { return ic.v.Size() }
 
 // Stats returns the cache's counters.
 func (ic *ImageCache) Stats() Stats { return ic.c.Stats() }

@@ -73,15 +73,19 @@ func diskCreate(c *Context, args []string) error {
 	sector := f.Int("logical-sector-size", 512, "512 or 4096")
 	des := f.String("disk-encryption-set", "", "disk encryption set (customer-managed key)")
 	enc := f.String("encryption-type", "", "EncryptionAtRestWithPlatformKey (default), …WithCustomerKey or …WithPlatformAndCustomerKeys")
+	src := f.String("source", "", "a snapshot or image to copy (the disk gets its own key; --size defaults to the source's)")
 	if err := f.parse(args); err != nil {
 		return err
 	}
-	if !f.Changed("size") {
-		return fmt.Errorf("%s: --size is required", c.Command)
+	if !f.Changed("size") && *src == "" {
+		return fmt.Errorf("%s: --size is required (or --source)", c.Command)
+	}
+	if !f.Changed("logical-sector-size") {
+		*sector = 0
 	}
 	var d control.Disk
-	err := c.call("POST", "/disks", control.CreateDiskRequest{Name: *name, SizeBytes: size.v, Sku: *sku,
-		LogicalSectorSize: *sector, EncryptionType: *enc, DiskEncryptionSet: *des}, &d)
+	err := c.callWithProgress("POST", "/disks", control.CreateDiskRequest{Name: *name, SizeBytes: size.v, Sku: *sku,
+		LogicalSectorSize: *sector, EncryptionType: *enc, DiskEncryptionSet: *des, Source: *src}, &d, "disks", *name)
 	if err != nil {
 		return err
 	}

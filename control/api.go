@@ -34,6 +34,13 @@ import (
 //	GET    /des/{name}                  show, with a live check of key access
 //	PATCH  /des/{name}                  update (UpdateDESRequest): switch key, auto-rotation
 //	DELETE /des/{name}                  delete
+//	GET    /snapshots                   list snapshots
+//	POST   /snapshots                   create (CreateSnapshotRequest)
+//	GET|DELETE /snapshots/{name}        show, delete
+//	GET    /images                      list images
+//	POST   /images                      create (CreateImageRequest)
+//	GET|DELETE /images/{name}           show, delete
+//	GET    /progress/{kind}/{name}      progress of the copy creating disks|snapshots|images/{name}
 //
 // Errors come as {"error":{"code":…,"message":…}} with a 4xx or 5xx status.
 
@@ -137,6 +144,36 @@ func Handler(h *Host) http.Handler {
 	})
 	handle("DELETE /des/{name}", func(r *http.Request) (any, error) {
 		return nil, h.DeleteDES(r.Context(), r.PathValue("name"))
+	})
+	handle("GET /snapshots", func(r *http.Request) (any, error) { return h.ListSnapshots(), nil })
+	handle("POST /snapshots", func(r *http.Request) (any, error) {
+		var req CreateSnapshotRequest
+		if err := decode(r, &req); err != nil {
+			return nil, err
+		}
+		return h.CreateSnapshot(r.Context(), req)
+	})
+	handle("GET /snapshots/{name}", func(r *http.Request) (any, error) { return h.ShowSnapshot(r.PathValue("name")) })
+	handle("DELETE /snapshots/{name}", func(r *http.Request) (any, error) {
+		return nil, h.DeleteSnapshot(r.Context(), r.PathValue("name"))
+	})
+	handle("GET /images", func(r *http.Request) (any, error) { return h.ListImages(), nil })
+	handle("POST /images", func(r *http.Request) (any, error) {
+		var req CreateImageRequest
+		if err := decode(r, &req); err != nil {
+			return nil, err
+		}
+		return h.CreateImage(r.Context(), req)
+	})
+	handle("GET /images/{name}", func(r *http.Request) (any, error) { return h.ShowImage(r.PathValue("name")) })
+	handle("DELETE /images/{name}", func(r *http.Request) (any, error) {
+		return nil, h.DeleteImage(r.Context(), r.PathValue("name"))
+	})
+	handle("GET /progress/{kind}/{name}", func(r *http.Request) (any, error) {
+		if p := h.Progress(r.PathValue("kind"), r.PathValue("name")); p != nil {
+			return p, nil
+		}
+		return nil, errorf(http.StatusNotFound, "NoOperation", "no copy in progress for %s %q", r.PathValue("kind"), r.PathValue("name"))
 	})
 	handle("/", func(r *http.Request) (any, error) {
 		return nil, errorf(http.StatusNotFound, "NotFound", "no API at %s %s", r.Method, r.URL.Path)

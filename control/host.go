@@ -17,6 +17,7 @@ import (
 	"hostcrypt/disk"
 	hfs "hostcrypt/fs"
 	"hostcrypt/storage"
+	"hostcrypt/storage/freeze"
 )
 
 // Keys is what the control plane needs of the key store: wrapping new data
@@ -71,6 +72,8 @@ type Host struct {
 	bg       context.Context
 	cancelBg context.CancelFunc
 	bgWG     sync.WaitGroup
+	// prog holds the progress of long copies, read without mu.
+	prog progressTable
 }
 
 type runningVM struct {
@@ -89,6 +92,8 @@ type openDisk struct {
 	// plain is the plaintext temp disk of a VM without encryption at host;
 	// d is nil then.
 	plain storage.Chunk
+	// fr sits between the engine and what is below it, for snapshots.
+	fr *freeze.Backend
 }
 
 // close writes a plaintext cache back into the engine, flushes and closes
@@ -181,7 +186,10 @@ func (h *Host) openAttached(ctx context.Context, d *Disk, caching string, eah bo
 	if err != nil {
 		return nil, fmt.Errorf("host cache of disk %q: %w", d.Name, err)
 	}
-	od.d, err = disk.Open(ctx, od.cache, d.StoragePrefix, h.unwrapperFor(d))
+	// Snapshots of the disk while it is in use freeze what the engine
+	// writes: copy-before-write, just under the engine.
+	od.fr = freeze.New(od.cache)
+	od.d, err = disk.Open(ctx, od.fr, d.StoragePrefix, h.unwrapperFor(d))
 	if err != nil {
 		return nil, fmt.Errorf("opening disk %q: %w", d.Name, err)
 	}
@@ -270,9 +278,14 @@ type CreateDiskRequest struct {
 	LogicalSectorSize int    `json:"logicalSectorSize,omitempty"`
 	EncryptionType    string `json:"encryptionType,omitempty"`
 	DiskEncryptionSet string `json:"diskEncryptionSet,omitempty"`
+	// Source is a snapshot or image to copy; the new disk is independent
+	// of it (its own data key). SizeBytes may then be 0 (the source's
+	// size) or larger.
+	Source string `json:"source,omitempty"`
 }
 
-// CreateDisk creates an empty managed disk encrypted with a platform key.
+// CreateDisk creates a managed disk, empty or copied from a snapshot or
+// image.
 func (h *Host) CreateDisk(ctx context.Context, r CreateDiskRequest) (*Disk, error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -291,6 +304,24 @@ func (h *Host) createDisk(ctx context.Context, r CreateDiskRequest) (*Disk, erro
 	}
 	if err := checkSku(r.Sku); err != nil {
 		return nil, err
+	}
+	var src *source
+	if r.Source != "" {
+		var err error
+		if src, err = h.openSource(ctx, r.Source, false); err != nil {
+			return nil, err
+		}
+		defer src.d.Close()
+		if r.SizeBytes == 0 {
+			r.SizeBytes = src.d.Size()
+		}
+		if r.SizeBytes < src.d.Size() {
+			return nil, badRequest("%s %q is %d bytes; a disk made from it needs at least that (--size)", src.kind, src.name, src.d.Size())
+		}
+		if r.LogicalSectorSize != 0 && r.LogicalSectorSize != src.sector {
+			return nil, badRequest("%s %q has %d-byte sectors; a disk made from it has the same (leave out --logical-sector-size)", src.kind, src.name, src.sector)
+		}
+		r.LogicalSectorSize = src.sector
 	}
 	if r.LogicalSectorSize == 0 {
 		r.LogicalSectorSize = 512
@@ -333,11 +364,26 @@ func (h *Host) createDisk(ctx context.Context, r CreateDiskRequest) (*Disk, erro
 	}
 	uid := newID()
 	prefix := "disks/" + uid
+	size := r.SizeBytes
+	if src != nil {
+		size = src.d.Size()
+	}
 	d, err := disk.Create(ctx, h.cfg.Storage, prefix, disk.CreateOptions{
-		Size: r.SizeBytes, SectorSize: r.LogicalSectorSize, Layers: wrappers,
+		Size: size, SectorSize: r.LogicalSectorSize, Layers: wrappers,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("creating disk %q: %w", r.Name, err)
+	}
+	if src != nil {
+		err = h.fillFromSource(ctx, src, d, r.Name)
+		if err == nil && r.SizeBytes > size {
+			err = d.Resize(ctx, r.SizeBytes)
+		}
+		if err != nil {
+			d.Close()
+			h.removeObjects(ctx, prefix)
+			return nil, fmt.Errorf("disk %q from %s %q: %w", r.Name, src.kind, src.name, err)
+		}
 	}
 	if err := d.Close(); err != nil {
 		return nil, err
@@ -509,6 +555,11 @@ func (h *Host) switchDiskKeys(ctx context.Context, d *Disk, r UpdateDiskRequest)
 	}
 	if d.Encryption.Type == EncPlatformAndCustomerKey {
 		return nil, badRequest("disk %q is double-encrypted; switching it back to a single layer is not supported", d.Name)
+	}
+	if r.EncryptionType == EncPlatformKey && d.Encryption.DiskEncryptionSetID != "" {
+		if s := h.incrementalSnapshotOf(d); s != "" {
+			return nil, conflict("disk %q has incremental snapshots (%s): customer-managed keys cannot be turned off on such a disk; delete its incremental snapshots first, or keep the customer key", d.Name, s)
+		}
 	}
 	switch r.EncryptionType {
 	case EncPlatformAndCustomerKey:

@@ -1,0 +1,186 @@
+package cli
+
+import (
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	"hostcrypt/control"
+	"hostcrypt/internal/units"
+)
+
+func snapshotCommands() []Command {
+	return []Command{
+		{"snapshot", "create", "take a snapshot of a disk, also while its VM runs (--incremental: only what changed)", snapshotCreate},
+		{"snapshot", "show", "show a snapshot", snapshotShow},
+		{"snapshot", "list", "list snapshots", snapshotList},
+		{"snapshot", "delete", "delete a snapshot: its wrapped key first, then its data", snapshotDelete},
+	}
+}
+
+func imageCommands() []Command {
+	return []Command{
+		{"image", "create", "make an image from a disk not in use or from a snapshot (a copy under its own key)", imageCreate},
+		{"image", "show", "show an image", imageShow},
+		{"image", "list", "list images", imageList},
+		{"image", "delete", "delete an image: its wrapped key first, then its data", imageDelete},
+	}
+}
+
+var snapshotHeader = []string{"NAME", "SOURCE", "INCREMENTAL", "SIZE", "USED", "COPIED", "SHARED", "PAUSE", "KEY"}
+
+func snapshotRow(s *control.Snapshot) []string {
+	return []string{s.Name, s.SourceDisk, fmt.Sprint(s.Incremental), units.FormatSize(s.DiskSizeBytes), units.FormatSize(s.UsedBytes),
+		fmt.Sprint(s.ChunksCopied), fmt.Sprint(s.ChunksShared), (time.Duration(s.FreezePauseMicros) * time.Microsecond).String(), s.KeyID}
+}
+
+func snapshotCreate(c *Context, args []string) error {
+	f := newFlags(c)
+	name := f.requiredString("name", "snapshot name")
+	src := f.requiredString("source", "the disk to snapshot")
+	inc := f.Bool("incremental", false, "store only the chunks changed since the disk's previous incremental snapshot")
+	des := f.String("disk-encryption-set", "", "wrap the snapshot's key with this set's key instead of the disk's")
+	if err := f.parse(args); err != nil {
+		return err
+	}
+	var s control.Snapshot
+	req := control.CreateSnapshotRequest{Name: *name, Source: *src, Incremental: *inc, DiskEncryptionSet: *des}
+	if err := c.callWithProgress("POST", "/snapshots", req, &s, "snapshots", *name); err != nil {
+		return err
+	}
+	return c.show(&s, snapshotHeader, [][]string{snapshotRow(&s)})
+}
+
+func snapshotShow(c *Context, args []string) error {
+	f := newFlags(c)
+	name := f.requiredString("name", "snapshot name")
+	if err := f.parse(args); err != nil {
+		return err
+	}
+	var s control.Snapshot
+	if err := c.call("GET", "/snapshots/"+esc(*name), nil, &s); err != nil {
+		return err
+	}
+	return c.show(&s, snapshotHeader, [][]string{snapshotRow(&s)})
+}
+
+func snapshotList(c *Context, args []string) error {
+	if err := newFlags(c).parse(args); err != nil {
+		return err
+	}
+	var ss []control.Snapshot
+	if err := c.call("GET", "/snapshots", nil, &ss); err != nil {
+		return err
+	}
+	return showList(c, ss, snapshotHeader, snapshotRow)
+}
+
+func snapshotDelete(c *Context, args []string) error {
+	f := newFlags(c)
+	name := f.requiredString("name", "snapshot name")
+	if err := f.parse(args); err != nil {
+		return err
+	}
+	return c.call("DELETE", "/snapshots/"+esc(*name), nil, nil)
+}
+
+var imageHeader = []string{"NAME", "SOURCE", "SIZE", "USED", "ENCRYPTION", "KEY"}
+
+func imageRow(im *control.Image) []string {
+	return []string{im.Name, im.SourceKind + " " + im.Source, units.FormatSize(im.DiskSizeBytes), units.FormatSize(im.UsedBytes),
+		im.Encryption.Type, im.KeyID}
+}
+
+func imageCreate(c *Context, args []string) error {
+	f := newFlags(c)
+	name := f.requiredString("name", "image name")
+	src := f.requiredString("source", "a disk (not in use) or a snapshot")
+	des := f.String("disk-encryption-set", "", "encrypt the image under this set's key (default: a platform key)")
+	if err := f.parse(args); err != nil {
+		return err
+	}
+	var im control.Image
+	req := control.CreateImageRequest{Name: *name, Source: *src, DiskEncryptionSet: *des}
+	if err := c.callWithProgress("POST", "/images", req, &im, "images", *name); err != nil {
+		return err
+	}
+	return c.show(&im, imageHeader, [][]string{imageRow(&im)})
+}
+
+func imageShow(c *Context, args []string) error {
+	f := newFlags(c)
+	name := f.requiredString("name", "image name")
+	if err := f.parse(args); err != nil {
+		return err
+	}
+	var im control.Image
+	if err := c.call("GET", "/images/"+esc(*name), nil, &im); err != nil {
+		return err
+	}
+	return c.show(&im, imageHeader, [][]string{imageRow(&im)})
+}
+
+func imageList(c *Context, args []string) error {
+	if err := newFlags(c).parse(args); err != nil {
+		return err
+	}
+	var ims []control.Image
+	if err := c.call("GET", "/images", nil, &ims); err != nil {
+		return err
+	}
+	return showList(c, ims, imageHeader, imageRow)
+}
+
+func imageDelete(c *Context, args []string) error {
+	f := newFlags(c)
+	name := f.requiredString("name", "image name")
+	if err := f.parse(args); err != nil {
+		return err
+	}
+	return c.call("DELETE", "/images/"+esc(*name), nil, nil)
+}
+
+// callWithProgress makes a call that copies data and, while it runs, draws
+// the copy's progress on stderr when stderr is a terminal.
+func (c *Context) callWithProgress(method, path string, in, out any, kind, name string) error {
+	done := make(chan error, 1)
+	go func() { done <- c.call(method, path, in, out) }()
+	if !isTerminal(c.Stderr) {
+		return <-done
+	}
+	t := time.NewTicker(250 * time.Millisecond)
+	defer t.Stop()
+	drawn := false
+	for {
+		select {
+		case err := <-done:
+			if drawn {
+				fmt.Fprintln(c.Stderr)
+			}
+			return err
+		case <-t.C:
+			var p struct {
+				Operation   string `json:"operation"`
+				Done, Total int64
+			}
+			if c.call("GET", "/progress/"+kind+"/"+esc(name), nil, &p) != nil || p.Total == 0 {
+				continue
+			}
+			const width = 30
+			fill := int(p.Done * width / p.Total)
+			fmt.Fprintf(c.Stderr, "\r%s [%s%s] %3d%% (%d/%d chunks)", p.Operation,
+				strings.Repeat("#", fill), strings.Repeat(" ", width-fill), p.Done*100/p.Total, p.Done, p.Total)
+			drawn = true
+		}
+	}
+}
+
+func isTerminal(w any) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	fi, err := f.Stat()
+	return err == nil && fi.Mode()&os.ModeCharDevice != 0
+}
