@@ -158,7 +158,7 @@ func (h *Host) cacheDirs(d *Disk) (sealed, plain string) {
 // A cache directory of the other kind left by a crash is written back
 // first, so that switching encryption at host never loses acknowledged
 // writes.
-func (h *Host) openAttached(ctx context.Context, d *Disk, caching string, eah bool) (od *openDisk, err error) {
+func (h *Host) openAttached(ctx context.Context, d *Disk, caching string, eah bool) (_ *openDisk, err error) {
 	cached := caching != "" && caching != CacheNone && h.cfg.CacheDir != ""
 	var mode cache.Mode
 	if cached {
@@ -169,7 +169,7 @@ func (h *Host) openAttached(ctx context.Context, d *Disk, caching string, eah bo
 		mode = cache.None
 	}
 	sealedDir, plainDir := h.cacheDirs(d)
-	od = &openDisk{resource: d.Name}
+	od := &openDisk{resource: d.Name}
 	defer func() {
 		if err != nil {
 			od.close()
