@@ -20,6 +20,7 @@ import (
 //	GET    /disks/{name}                show
 //	PATCH  /disks/{name}                update (UpdateDiskRequest)
 //	DELETE /disks/{name}                delete
+//	POST   /disks/{name}/move           move to another resource group or subscription (MoveRequest)
 //	GET    /vms                         list
 //	POST   /vms                         create (CreateVMRequest)
 //	GET    /vms/{name}                  show
@@ -79,6 +80,13 @@ func Handler(h *Host) http.Handler {
 	})
 	handle("DELETE /disks/{name}", func(r *http.Request) (any, error) {
 		return nil, h.DeleteDisk(r.Context(), r.PathValue("name"))
+	})
+	handle("POST /disks/{name}/move", func(r *http.Request) (any, error) {
+		var req MoveRequest
+		if err := decode(r, &req); err != nil {
+			return nil, err
+		}
+		return h.MoveDisk(r.Context(), r.PathValue("name"), req)
 	})
 	handle("GET /vms", func(r *http.Request) (any, error) { return h.ListVMs(), nil })
 	handle("POST /vms", func(r *http.Request) (any, error) {
