@@ -73,6 +73,8 @@ func diskCreate(c *Context, args []string) error {
 	sector := f.Int("logical-sector-size", 512, "512 or 4096")
 	des := f.String("disk-encryption-set", "", "disk encryption set (customer-managed key)")
 	enc := f.String("encryption-type", "", "EncryptionAtRestWithPlatformKey (default), …WithCustomerKey or …WithPlatformAndCustomerKeys")
+	pl := placementFlags(f)
+	ade := f.boolValue("ade", "the disk uses guest-level disk encryption (true|false); recorded for good")
 	if err := f.parse(args); err != nil {
 		return err
 	}
@@ -81,7 +83,8 @@ func diskCreate(c *Context, args []string) error {
 	}
 	var d control.Disk
 	err := c.call("POST", "/disks", control.CreateDiskRequest{Name: *name, SizeBytes: size.v, Sku: *sku,
-		LogicalSectorSize: *sector, EncryptionType: *enc, DiskEncryptionSet: *des}, &d)
+		LogicalSectorSize: *sector, EncryptionType: *enc, DiskEncryptionSet: *des,
+		Subscription: *pl.subscription, ResourceGroup: *pl.resourceGroup, Location: *pl.location, ADE: ade.val}, &d)
 	if err != nil {
 		return err
 	}
@@ -118,13 +121,14 @@ func diskUpdate(c *Context, args []string) error {
 	size := f.size("size", "new size, larger than the current one")
 	des := f.String("disk-encryption-set", "", "move the disk to this disk encryption set (customer-managed key)")
 	enc := f.String("encryption-type", "", "EncryptionAtRestWithPlatformKey to move the disk back to a platform key")
+	ade := f.boolValue("ade", "true records that the disk uses guest-level disk encryption; the record cannot be cleared")
 	if err := f.parse(args); err != nil {
 		return err
 	}
-	if !f.Changed("size") && *des == "" && *enc == "" {
-		return fmt.Errorf("%s: nothing to update; give --size, --disk-encryption-set or --encryption-type", c.Command)
+	if !f.Changed("size") && *des == "" && *enc == "" && !ade.set {
+		return fmt.Errorf("%s: nothing to update; give --size, --disk-encryption-set, --encryption-type or --ade", c.Command)
 	}
-	req := control.UpdateDiskRequest{SizeBytes: size.v, DiskEncryptionSet: *des, EncryptionType: *enc}
+	req := control.UpdateDiskRequest{SizeBytes: size.v, DiskEncryptionSet: *des, EncryptionType: *enc, ADE: ade.ptr()}
 	var d control.Disk
 	if err := c.call("PATCH", "/disks/"+esc(*name), req, &d); err != nil {
 		return err
@@ -219,6 +223,8 @@ func vmCreate(c *Context, args []string) error {
 	data := f.String("data-disks", "", "data disks, LUN 0, 1, … in order, e.g. d1,d2:ReadOnly")
 	temp := f.size("temp-disk-size", "size of the temp disk (none if not given)")
 	eah := f.boolValue("encryption-at-host", "encrypt the host cache and the temp disk (true|false, default true)")
+	pl := placementFlags(f)
+	ade := f.boolValue("ade", "the VM uses guest-level disk encryption (true|false); recorded for good")
 	if err := f.parse(args); err != nil {
 		return err
 	}
@@ -231,7 +237,8 @@ func vmCreate(c *Context, args []string) error {
 	}
 	var vm control.VM
 	err = c.call("POST", "/vms", control.CreateVMRequest{Name: *name, OsDisk: *osDisk, OsDiskSizeBytes: osSize.v,
-		OsDiskCaching: *osCaching, DataDisks: dds, TempDiskSize: temp.v, EncryptionAtHost: eah.ptr()}, &vm)
+		OsDiskCaching: *osCaching, DataDisks: dds, TempDiskSize: temp.v, EncryptionAtHost: eah.ptr(),
+		Subscription: *pl.subscription, ResourceGroup: *pl.resourceGroup, Location: *pl.location, ADE: ade.val}, &vm)
 	if err != nil {
 		return err
 	}
