@@ -9,6 +9,7 @@ package control
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
 	"strings"
@@ -40,8 +41,13 @@ var ultraCutoff = time.Date(2023, 5, 13, 0, 0, 0, 0, time.UTC)
 // service implements it; a Keys without it (unit tests' fakes) skips the
 // vault location rule.
 type VaultLocations interface {
+	// VaultLocation returns the location of the vault keyURL names, or an
+	// error wrapping ErrVaultNotFound when there is no such vault.
 	VaultLocation(ctx context.Context, keyURL string) (string, error)
 }
+
+// ErrVaultNotFound: the vault a key id names does not exist.
+var ErrVaultNotFound = errors.New("vault not found")
 
 // placement is where a resource lives.
 type placement struct {
@@ -372,6 +378,10 @@ func (h *Host) checkVaultLocation(ctx context.Context, des, loc, keyURL, instead
 		return nil
 	}
 	vloc, err := vl.VaultLocation(ctx, keyURL)
+	if errors.Is(err, ErrVaultNotFound) {
+		vault, _ := parseKeyURL(keyURL)
+		return badRequest("the vault %q of key %s does not exist: check the key id (hostcrypt key show prints it as kid)", vault, keyURL)
+	}
 	if err != nil {
 		return fmt.Errorf("finding the location of the vault of key %s: %w", keyURL, err)
 	}

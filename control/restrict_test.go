@@ -30,7 +30,7 @@ func (k *locatedKeys) VaultLocation(_ context.Context, keyURL string) (string, e
 	}
 	loc, ok := k.vaults[vault]
 	if !ok {
-		return "", fmt.Errorf("VaultNotFound: vault %s", vault)
+		return "", fmt.Errorf("vault %s: %w", vault, ErrVaultNotFound)
 	}
 	return loc, nil
 }
@@ -316,11 +316,11 @@ func TestDESVaultLocation(t *testing.T) {
 		_, err := f.h.CreateDES(ctx, CreateDESRequest{Name: "des1", KeyURL: kid("vault2", "k")})
 		return err
 	}, `key vault "vault2" is in location westeurope`, `disk encryption set "des1" is in local`, "same location", "--location")
-	// An unknown vault is an error too, and changes nothing.
-	before := f.snapshot(t)
-	_, err := f.h.CreateDES(ctx, CreateDESRequest{Name: "des1", KeyURL: kid("novault", "k")})
-	require.ErrorContains(t, err, "VaultNotFound")
-	require.Equal(t, before, f.snapshot(t))
+	// An unknown vault is refused too.
+	f.refused(t, http.StatusBadRequest, func() error {
+		_, err := f.h.CreateDES(ctx, CreateDESRequest{Name: "des1", KeyURL: kid("novault", "k")})
+		return err
+	}, `the vault "novault"`, "does not exist")
 
 	des, err := f.h.CreateDES(ctx, CreateDESRequest{Name: "des1", KeyURL: kid("vault2", "k"), Location: "westeurope"})
 	require.NoError(t, err)

@@ -166,6 +166,9 @@ func (k *keyService) VaultLocation(ctx context.Context, keyURL string) (string, 
 		return "", fmt.Errorf("%s is not a key id", keyURL)
 	}
 	v, err := k.c.GetVault(ctx, p[1])
+	if client.IsNotFound(err) {
+		return "", fmt.Errorf("%w: %v", control.ErrVaultNotFound, err)
+	}
 	if err != nil {
 		return "", err
 	}

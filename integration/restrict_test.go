@@ -70,6 +70,7 @@ func TestHostRestrictions(t *testing.T) {
 	h.json(&far, "key", "create", "--vault-name", "farvault", "--name", "k2")
 	h.mustRefuse(t, []string{`key vault "farvault" is in location westeurope`, "same location"}, "des", "create", "--name", "des2", "--key-url", far.Key.Kid)
 	h.mustRefuse(t, []string{"same location", "switch to a key of a vault in local"}, "des", "update", "--name", "des1", "--key-url", far.Key.Kid)
+	h.mustRefuse(t, []string{`the vault "novault"`, "does not exist"}, "des", "create", "--name", "des2", "--key-url", strings.Replace(kid, "/vault1/", "/novault/", 1))
 	require.Equal(t, "des1", listNames("des", "list"))
 	var des struct {
 		ActiveKey struct {
