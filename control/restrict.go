@@ -462,3 +462,36 @@ func (h *Host) MoveDisk(ctx context.Context, name string, r MoveRequest) (*Disk,
 	h.log.Info("disk moved", "disk", name, "subscription", to.Subscription, "resourceGroup", to.ResourceGroup)
 	return h.showDisk(d), nil
 }
+
+// checkVMUpdate checks changing a VM's encryption at host and its ADE record
+// (nil: unchanged) against the restrictions, for a VM update: encryption at
+// host not on a VM that has used ADE nor with an UltraSSD/PremiumV2 disk it
+// does not support; ADE never cleared, and not set on a VM with encryption
+// at host or with disks on customer-managed keys. The caller applies the
+// change when this returns nil.
+func (h *Host) checkVMUpdate(vm *VM, encryptionAtHost, ade *bool) error {
+	next := *vm
+	if encryptionAtHost != nil {
+		next.SecurityProfile.EncryptionAtHost = *encryptionAtHost
+	}
+	if ade != nil {
+		if vm.ADE && !*ade {
+			return notAllowed(http.StatusBadRequest, "VM %q has used guest-level disk encryption (ADE) and that record cannot be cleared: once used, a VM keeps it", vm.Name)
+		}
+		next.ADE = vm.ADE || *ade
+	}
+	if next.ADE && next.SecurityProfile.EncryptionAtHost {
+		if vm.ADE {
+			return adeRefusal("VM", vm.Name, "encryption at host", "leave encryption at host off")
+		}
+		return notAllowed(http.StatusBadRequest, "VM %q has encryption at host; guest-level disk encryption (ADE) cannot be used with it: turn encryption at host off in the same update (--encryption-at-host false)", vm.Name)
+	}
+	for _, n := range vmDiskNames(vm) {
+		if d := h.st.Disks[n]; d != nil {
+			if err := h.checkAttach(&next, d); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}

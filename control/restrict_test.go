@@ -532,3 +532,53 @@ func TestGuestEncryptionFlag(t *testing.T) {
 	require.True(t, d.ADE)
 	require.True(t, strings.HasSuffix(d.ID, "/disks/ade2"))
 }
+
+// TestVMUpdateRule is the check a VM update runs before it turns encryption
+// at host on or records ADE.
+func TestVMUpdateRule(t *testing.T) {
+	f := newRestrictFixture(t)
+	ctx := context.Background()
+	_, err := f.h.CreateDES(ctx, CreateDESRequest{Name: "des1", KeyURL: kid("vault1", "k")})
+	require.NoError(t, err)
+	_, err = f.h.CreateDisk(ctx, CreateDiskRequest{Name: "cmk", SizeBytes: 8 << 20, DiskEncryptionSet: "des1"})
+	require.NoError(t, err)
+	f.clock.set(time.Date(2023, 1, 1, 0, 0, 0, 0, time.UTC))
+	_, err = f.h.CreateDisk(ctx, CreateDiskRequest{Name: "ultra", SizeBytes: 8 << 20, Sku: "UltraSSD_LRS"})
+	require.NoError(t, err)
+	_, err = f.h.CreateDisk(ctx, CreateDiskRequest{Name: "ade", SizeBytes: 8 << 20, ADE: true})
+	require.NoError(t, err)
+	yes, no := ptr(true), ptr(false)
+	vm := func(eah, ade bool, disks ...string) *VM {
+		v := &VM{Name: "vm", Location: "local", Subscription: DefaultSubscription, ResourceGroup: DefaultResourceGroup,
+			SecurityProfile: SecurityProfile{EncryptionAtHost: eah}, ADE: ade,
+			StorageProfile: StorageProfile{OsDisk: AttachedDisk{Name: disks[0]}}}
+		for _, d := range disks[1:] {
+			v.StorageProfile.DataDisks = append(v.StorageProfile.DataDisks, AttachedDisk{Name: d})
+		}
+		return v
+	}
+	for _, c := range []struct {
+		name     string
+		vm       *VM
+		eah, ade *bool
+		want     string // "" allowed
+	}{
+		{"eah on, plain disks", vm(false, false, "cmk"), yes, nil, ""},
+		{"eah on, ADE VM", vm(false, true, "cmk"), yes, nil, "cannot get encryption at host"},
+		{"eah on, ADE disk", vm(false, false, "ade"), yes, nil, `disk "ade" has used guest-level disk encryption`},
+		{"eah on, old ultra 512", vm(false, false, "ultra"), yes, nil, "on or after 2023-05-13"},
+		{"ADE on an eah VM", vm(true, false, "ultra"), nil, yes, "turn encryption at host off"},
+		{"ADE with eah off together", vm(true, false, "ade"), no, yes, ""},
+		{"ADE on a VM with a CMK disk", vm(false, false, "ade", "cmk"), nil, yes, "disks with customer-managed keys"},
+		{"ADE cleared", vm(false, true, "ade"), nil, no, "cannot be cleared"},
+		{"ADE set again", vm(false, true, "ade"), nil, yes, ""},
+	} {
+		err := f.h.checkVMUpdate(c.vm, c.eah, c.ade)
+		if c.want == "" {
+			require.NoError(t, err, c.name)
+			continue
+		}
+		requireCode(t, err, http.StatusBadRequest)
+		require.ErrorContains(t, err, c.want, c.name)
+	}
+}
