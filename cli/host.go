@@ -320,10 +320,11 @@ func vmUpdate(c *Context, args []string) error {
 	eah := f.boolValue("encryption-at-host", "encrypt the host caches and the temp disk (true|false)")
 	osCaching := f.String("os-disk-caching", "", "None, ReadOnly or ReadWrite")
 	data := f.String("data-disk-caching", "", "data disks' caching, e.g. d1:ReadOnly,d2:None")
+	ade := f.boolValue("ade", "true records that the VM uses guest-level disk encryption; the record cannot be cleared")
 	if err := f.parse(args); err != nil {
 		return err
 	}
-	req := control.UpdateVMRequest{EncryptionAtHost: eah.ptr(), OsDiskCaching: *osCaching}
+	req := control.UpdateVMRequest{EncryptionAtHost: eah.ptr(), OsDiskCaching: *osCaching, ADE: ade.ptr()}
 	items, err := list("data-disk-caching", *data)
 	if err != nil {
 		return err

@@ -55,6 +55,14 @@ func TestPlacementAndMoveFlags(t *testing.T) {
 	require.NoError(t, json.Unmarshal(h.bodies[4], &mr))
 	assert.Equal(t, control.MoveRequest{ResourceGroup: "rg2", Subscription: sub}, mr)
 
+	_, _, err = runCLI(t, env, "vm", "update", "--name", "vm1", "--ade", "true")
+	require.NoError(t, err)
+	assert.Equal(t, "PATCH /vms/vm1", h.seen[5])
+	var vu control.UpdateVMRequest
+	require.NoError(t, json.Unmarshal(h.bodies[5], &vu))
+	require.NotNil(t, vu.ADE)
+	assert.True(t, *vu.ADE)
+
 	for _, c := range []struct {
 		args []string
 		msg  string
@@ -68,5 +76,5 @@ func TestPlacementAndMoveFlags(t *testing.T) {
 		require.Error(t, err, "%v", c.args)
 		assert.Contains(t, err.Error(), c.msg, "%v", c.args)
 	}
-	assert.Len(t, h.seen, 5, "a refused command line sends nothing")
+	assert.Len(t, h.seen, 6, "a refused command line sends nothing")
 }

@@ -467,7 +467,7 @@ func (h *Host) MoveDisk(ctx context.Context, name string, r MoveRequest) (*Disk,
 // (nil: unchanged) against the restrictions, for a VM update: encryption at
 // host not on a VM that has used ADE nor with an UltraSSD/PremiumV2 disk it
 // does not support; ADE never cleared, and not set on a VM with encryption
-// at host or with disks on customer-managed keys. The caller applies the
+// at host or with disks on customer-managed keys. UpdateVM applies the
 // change when this returns nil.
 func (h *Host) checkVMUpdate(vm *VM, encryptionAtHost, ade *bool) error {
 	next := *vm

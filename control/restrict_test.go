@@ -506,24 +506,51 @@ func TestGuestEncryptionFlag(t *testing.T) {
 		_, err := f.h.CreateVM(ctx, CreateVMRequest{Name: "vm2", OsDiskSizeBytes: 8 << 20, ADE: true})
 		return err
 	}, `VM "vm2" uses guest-level disk encryption`, "--encryption-at-host false")
-	// As a VM created with --ade and without encryption at host is:
+	// Without encryption at host, a VM with the record is created.
+	vm, err := f.h.CreateVM(ctx, CreateVMRequest{Name: "vm2", OsDiskSizeBytes: 8 << 20, ADE: true, EncryptionAtHost: ptr(false)})
+	require.NoError(t, err)
+	require.True(t, vm.ADE)
+	osd, err := f.h.ShowDisk("vm2_OsDisk")
+	require.NoError(t, err)
+	require.True(t, osd.ADE, "the new OS disk of an ADE VM is an ADE disk")
+	f.refused(t, http.StatusBadRequest, func() error {
+		_, err := f.h.AttachDisk(ctx, "vm2", AttachRequest{Disk: "cmk"})
+		return err
+	}, `VM "vm2" has used guest-level disk encryption`, "customer-managed keys")
+	_, err = f.h.AttachDisk(ctx, "vm2", AttachRequest{Disk: "ade1"})
+	require.NoError(t, err, "an ADE disk goes on a VM without encryption at host")
+	_, err = f.h.CreateDisk(ctx, CreateDiskRequest{Name: "plain", SizeBytes: 8 << 20})
+	require.NoError(t, err)
+	_, err = f.h.AttachDisk(ctx, "vm2", AttachRequest{Disk: "plain"})
+	require.NoError(t, err)
+	_, err = f.h.DeallocateVM(ctx, "vm2")
+	require.NoError(t, err)
+	f.refused(t, http.StatusBadRequest, func() error {
+		_, err := f.h.UpdateDisk(ctx, "plain", UpdateDiskRequest{DiskEncryptionSet: "des1"})
+		return err
+	}, `VM "vm2" has used guest-level disk encryption`)
+
+	// VM update: encryption at host stays off, the record stays.
+	f.refused(t, http.StatusBadRequest, func() error {
+		_, err := f.h.UpdateVM(ctx, "vm2", UpdateVMRequest{EncryptionAtHost: ptr(true)})
+		return err
+	}, "cannot get encryption at host")
+	f.refused(t, http.StatusBadRequest, func() error {
+		_, err := f.h.UpdateVM(ctx, "vm2", UpdateVMRequest{ADE: ptr(false)})
+		return err
+	}, "cannot be cleared")
+	// vm1 (encryption at host) gets the record only with encryption at host
+	// turned off in the same update.
 	_, err = f.h.DeallocateVM(ctx, "vm1")
 	require.NoError(t, err)
-	f.h.mu.Lock()
-	f.h.st.VMs["vm1"].ADE = true
-	f.h.st.VMs["vm1"].SecurityProfile.EncryptionAtHost = false
-	require.NoError(t, f.h.save())
-	f.h.mu.Unlock()
 	f.refused(t, http.StatusBadRequest, func() error {
-		_, err := f.h.AttachDisk(ctx, "vm1", AttachRequest{Disk: "cmk"})
+		_, err := f.h.UpdateVM(ctx, "vm1", UpdateVMRequest{ADE: ptr(true)})
 		return err
-	}, `VM "vm1" has used guest-level disk encryption`, "customer-managed keys")
-	_, err = f.h.AttachDisk(ctx, "vm1", AttachRequest{Disk: "ade1"})
-	require.NoError(t, err, "an ADE disk goes on a VM without encryption at host")
-	f.refused(t, http.StatusBadRequest, func() error {
-		_, err := f.h.UpdateDisk(ctx, "vm1_OsDisk", UpdateDiskRequest{DiskEncryptionSet: "des1"})
-		return err
-	}, `VM "vm1" has used guest-level disk encryption`)
+	}, "--encryption-at-host false")
+	vm, err = f.h.UpdateVM(ctx, "vm1", UpdateVMRequest{ADE: ptr(true), EncryptionAtHost: ptr(false)})
+	require.NoError(t, err)
+	require.True(t, vm.ADE)
+	require.False(t, vm.SecurityProfile.EncryptionAtHost)
 
 	// The record survives a restart.
 	f.restart(t, true)
@@ -531,6 +558,9 @@ func TestGuestEncryptionFlag(t *testing.T) {
 	require.NoError(t, err)
 	require.True(t, d.ADE)
 	require.True(t, strings.HasSuffix(d.ID, "/disks/ade2"))
+	vm, err = f.h.ShowVM("vm2")
+	require.NoError(t, err)
+	require.True(t, vm.ADE)
 }
 
 // TestVMUpdateRule is the check a VM update runs before it turns encryption

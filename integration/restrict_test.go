@@ -115,6 +115,22 @@ func TestHostRestrictions(t *testing.T) {
 	require.Equal(t, "a1,c1,p1,vm1_OsDisk", listNames("disk", "list"))
 	a = show("a1")
 	require.True(t, a.ADE)
+	// A VM with the record runs without encryption at host, takes the ADE
+	// disk, and never gets encryption at host.
+	h.mustRefuse(t, []string{"--encryption-at-host false"}, "vm", "create", "--name", "vm2", "--os-disk-size", "8M", "--ade", "true")
+	h.ok("vm", "create", "--name", "vm2", "--os-disk-size", "8M", "--ade", "true", "--encryption-at-host", "false")
+	h.ok("vm", "disk", "attach", "--vm-name", "vm2", "--name", "a1")
+	h.ok("vm", "deallocate", "--name", "vm2")
+	h.mustRefuse(t, []string{"cannot get encryption at host"}, "vm", "update", "--name", "vm2", "--encryption-at-host", "true")
+	var vm2 struct {
+		placedJSON
+		SecurityProfile struct {
+			EncryptionAtHost bool `json:"encryptionAtHost"`
+		} `json:"securityProfile"`
+	}
+	h.json(&vm2, "vm", "show", "--name", "vm2")
+	require.True(t, vm2.ADE)
+	require.False(t, vm2.SecurityProfile.EncryptionAtHost)
 
 	// All of it survives a restart.
 	h.stop(15)
