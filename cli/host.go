@@ -62,6 +62,7 @@ func diskCommands() []Command {
 		{"disk", "list", "list disks", diskList},
 		{"disk", "update", "grow a disk (also while its VM runs), or switch it between platform and customer keys", diskUpdate},
 		{"disk", "delete", "delete a disk: its wrapped keys are destroyed first", diskDelete},
+		{"disk", "move", "move a disk to another resource group or subscription (refused for customer-key disks across subscriptions, or while their VM is not deallocated)", diskMove},
 	}
 }
 

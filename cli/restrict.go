@@ -4,14 +4,6 @@ import (
 	"hostcrypt/control"
 )
 
-// restrictCommands are the verbs that exist for the customer-key
-// restrictions: moving a disk between resource groups and subscriptions.
-func restrictCommands() []Command {
-	return []Command{
-		{"disk", "move", "move a disk to another resource group or subscription (refused for customer-key disks across subscriptions, or while their VM is not deallocated)", diskMove},
-	}
-}
-
 // placement holds the --subscription, --resource-group and --location
 // flags of a create verb; empty values take the daemon's defaults.
 type placement struct {

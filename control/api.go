@@ -20,7 +20,6 @@ import (
 //	GET    /disks/{name}                show
 //	PATCH  /disks/{name}                update (UpdateDiskRequest)
 //	DELETE /disks/{name}                delete
-//	POST   /disks/{name}/move           move to another resource group or subscription (MoveRequest)
 //	GET    /vms                         list
 //	POST   /vms                         create (CreateVMRequest)
 //	GET    /vms/{name}                  show
@@ -35,6 +34,7 @@ import (
 //	GET    /des/{name}                  show, with a live check of key access
 //	PATCH  /des/{name}                  update (UpdateDESRequest): switch key, auto-rotation
 //	DELETE /des/{name}                  delete
+//	POST   /disks/{name}/move           move to another resource group or subscription (MoveRequest)
 //
 // Errors come as {"error":{"code":…,"message":…}} with a 4xx or 5xx status.
 
@@ -80,13 +80,6 @@ func Handler(h *Host) http.Handler {
 	})
 	handle("DELETE /disks/{name}", func(r *http.Request) (any, error) {
 		return nil, h.DeleteDisk(r.Context(), r.PathValue("name"))
-	})
-	handle("POST /disks/{name}/move", func(r *http.Request) (any, error) {
-		var req MoveRequest
-		if err := decode(r, &req); err != nil {
-			return nil, err
-		}
-		return h.MoveDisk(r.Context(), r.PathValue("name"), req)
 	})
 	handle("GET /vms", func(r *http.Request) (any, error) { return h.ListVMs(), nil })
 	handle("POST /vms", func(r *http.Request) (any, error) {
@@ -145,6 +138,13 @@ func Handler(h *Host) http.Handler {
 	})
 	handle("DELETE /des/{name}", func(r *http.Request) (any, error) {
 		return nil, h.DeleteDES(r.Context(), r.PathValue("name"))
+	})
+	handle("POST /disks/{name}/move", func(r *http.Request) (any, error) {
+		var req MoveRequest
+		if err := decode(r, &req); err != nil {
+			return nil, err
+		}
+		return h.MoveDisk(r.Context(), r.PathValue("name"), req)
 	})
 	handle("/", func(r *http.Request) (any, error) {
 		return nil, errorf(http.StatusNotFound, "NotFound", "no API at %s %s", r.Method, r.URL.Path)

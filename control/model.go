@@ -57,14 +57,14 @@ type Disk struct {
 	// IntegrityErrors counts blocks that failed authentication, over the
 	// disk's life.
 	IntegrityErrors uint64 `json:"integrityErrors"`
+	// ADE records that the disk has used guest-level disk encryption; once
+	// set it stays (see restrict.go).
+	ADE bool `json:"ade"`
 	// StoragePrefix is where the disk lives in the storage backend.
 	StoragePrefix string `json:"storagePrefix"`
 	// Conversion is set while the disk's data is re-encrypted into another
 	// layout (turning double encryption on).
 	Conversion *Conversion `json:"conversion,omitempty"`
-	// ADE records that the disk has used guest-level disk encryption; once
-	// set it stays (see restrict.go).
-	ADE bool `json:"ade"`
 }
 
 // Conversion is the progress of re-encrypting a disk. It is persisted after
