@@ -271,8 +271,8 @@ func (h *Host) setDiskADE(d *Disk, ade bool) (*Disk, error) {
 			d.Name, d.Encryption.Type, d.Name, EncPlatformKey)
 	}
 	if vm := h.st.VMs[d.ManagedBy]; vm != nil && vm.SecurityProfile.EncryptionAtHost {
-		return nil, notAllowed(http.StatusBadRequest, "disk %q is attached to VM %q, which has encryption at host; guest-level disk encryption (ADE) cannot be used with encryption at host: detach the disk first",
-			d.Name, vm.Name)
+		return nil, notAllowed(http.StatusBadRequest, "disk %q is attached to VM %q, which has encryption at host; guest-level disk encryption (ADE) cannot be used with encryption at host: detach the disk first, or turn encryption at host off (deallocate the VM, then hostcrypt vm update --name %s --encryption-at-host false)",
+			d.Name, vm.Name, vm.Name)
 	}
 	d.ADE = true
 	if err := h.save(); err != nil {
