@@ -62,6 +62,7 @@ func diskCommands() []Command {
 		{"disk", "list", "list disks", diskList},
 		{"disk", "update", "grow a disk (also while its VM runs), or switch it between platform and customer keys", diskUpdate},
 		{"disk", "delete", "delete a disk: its wrapped keys are destroyed first", diskDelete},
+		{"disk", "move", "move a disk to another resource group or subscription (refused for customer-key disks across subscriptions, or while their VM is not deallocated)", diskMove},
 	}
 }
 
@@ -74,18 +75,21 @@ func diskCreate(c *Context, args []string) error {
 	des := f.String("disk-encryption-set", "", "disk encryption set (customer-managed key)")
 	enc := f.String("encryption-type", "", "EncryptionAtRestWithPlatformKey (default), …WithCustomerKey or …WithPlatformAndCustomerKeys")
 	src := f.String("source", "", "a snapshot or image to copy (the disk gets its own key; --size defaults to the source's)")
+	pl := placementFlags(f)
+	ade := f.boolValue("ade", "the disk uses guest-level disk encryption (true|false); recorded for good")
 	if err := f.parse(args); err != nil {
 		return err
 	}
 	if !f.Changed("size") && *src == "" {
 		return fmt.Errorf("%s: --size is required (or --source)", c.Command)
 	}
-	if !f.Changed("logical-sector-size") {
-		*sector = 0
+	if !f.Changed("logical-sector-size") && *src != "" {
+		*sector = 0 // the source's
 	}
 	var d control.Disk
 	err := c.callWithProgress("POST", "/disks", control.CreateDiskRequest{Name: *name, SizeBytes: size.v, Sku: *sku,
-		LogicalSectorSize: *sector, EncryptionType: *enc, DiskEncryptionSet: *des, Source: *src}, &d, "disks", *name)
+		LogicalSectorSize: *sector, EncryptionType: *enc, DiskEncryptionSet: *des, Source: *src,
+		Subscription: *pl.subscription, ResourceGroup: *pl.resourceGroup, Location: *pl.location, ADE: ade.val}, &d, "disks", *name)
 	if err != nil {
 		return err
 	}
@@ -122,13 +126,14 @@ func diskUpdate(c *Context, args []string) error {
 	size := f.size("size", "new size, larger than the current one")
 	des := f.String("disk-encryption-set", "", "move the disk to this disk encryption set (customer-managed key)")
 	enc := f.String("encryption-type", "", "EncryptionAtRestWithPlatformKey to move the disk back to a platform key")
+	ade := f.boolValue("ade", "true records that the disk uses guest-level disk encryption; the record cannot be cleared")
 	if err := f.parse(args); err != nil {
 		return err
 	}
-	if !f.Changed("size") && *des == "" && *enc == "" {
-		return fmt.Errorf("%s: nothing to update; give --size, --disk-encryption-set or --encryption-type", c.Command)
+	if !f.Changed("size") && *des == "" && *enc == "" && !ade.set {
+		return fmt.Errorf("%s: nothing to update; give --size, --disk-encryption-set, --encryption-type or --ade", c.Command)
 	}
-	req := control.UpdateDiskRequest{SizeBytes: size.v, DiskEncryptionSet: *des, EncryptionType: *enc}
+	req := control.UpdateDiskRequest{SizeBytes: size.v, DiskEncryptionSet: *des, EncryptionType: *enc, ADE: ade.ptr()}
 	var d control.Disk
 	if err := c.call("PATCH", "/disks/"+esc(*name), req, &d); err != nil {
 		return err
@@ -223,6 +228,8 @@ func vmCreate(c *Context, args []string) error {
 	data := f.String("data-disks", "", "data disks, LUN 0, 1, … in order, e.g. d1,d2:ReadOnly")
 	temp := f.size("temp-disk-size", "size of the temp disk (none if not given)")
 	eah := f.boolValue("encryption-at-host", "encrypt the host cache and the temp disk (true|false, default true)")
+	pl := placementFlags(f)
+	ade := f.boolValue("ade", "the VM uses guest-level disk encryption (true|false); recorded for good")
 	if err := f.parse(args); err != nil {
 		return err
 	}
@@ -235,7 +242,8 @@ func vmCreate(c *Context, args []string) error {
 	}
 	var vm control.VM
 	err = c.call("POST", "/vms", control.CreateVMRequest{Name: *name, OsDisk: *osDisk, OsDiskSizeBytes: osSize.v,
-		OsDiskCaching: *osCaching, DataDisks: dds, TempDiskSize: temp.v, EncryptionAtHost: eah.ptr()}, &vm)
+		OsDiskCaching: *osCaching, DataDisks: dds, TempDiskSize: temp.v, EncryptionAtHost: eah.ptr(),
+		Subscription: *pl.subscription, ResourceGroup: *pl.resourceGroup, Location: *pl.location, ADE: ade.val}, &vm)
 	if err != nil {
 		return err
 	}
@@ -317,10 +325,11 @@ func vmUpdate(c *Context, args []string) error {
 	eah := f.boolValue("encryption-at-host", "encrypt the host caches and the temp disk (true|false)")
 	osCaching := f.String("os-disk-caching", "", "None, ReadOnly or ReadWrite")
 	data := f.String("data-disk-caching", "", "data disks' caching, e.g. d1:ReadOnly,d2:None")
+	ade := f.boolValue("ade", "true records that the VM uses guest-level disk encryption; the record cannot be cleared")
 	if err := f.parse(args); err != nil {
 		return err
 	}
-	req := control.UpdateVMRequest{EncryptionAtHost: eah.ptr(), OsDiskCaching: *osCaching}
+	req := control.UpdateVMRequest{EncryptionAtHost: eah.ptr(), OsDiskCaching: *osCaching, ADE: ade.ptr()}
 	items, err := list("data-disk-caching", *data)
 	if err != nil {
 		return err

@@ -16,6 +16,7 @@ func snapshotCommands() []Command {
 		{"snapshot", "show", "show a snapshot", snapshotShow},
 		{"snapshot", "list", "list snapshots", snapshotList},
 		{"snapshot", "delete", "delete a snapshot: its wrapped key first, then its data", snapshotDelete},
+		{"snapshot", "move", "move a snapshot to another resource group (customer-key snapshots stay in their subscription)", moveCmd("snapshot", "snapshots")},
 	}
 }
 
@@ -25,6 +26,7 @@ func imageCommands() []Command {
 		{"image", "show", "show an image", imageShow},
 		{"image", "list", "list images", imageList},
 		{"image", "delete", "delete an image: its wrapped key first, then its data", imageDelete},
+		{"image", "move", "move an image to another resource group (customer-key images stay in their subscription)", moveCmd("image", "images")},
 	}
 }
 
@@ -183,4 +185,29 @@ func isTerminal(w any) bool {
 	}
 	fi, err := f.Stat()
 	return err == nil && fi.Mode()&os.ModeCharDevice != 0
+}
+
+// moveCmd moves a snapshot or image; it prints the resource as JSON or a
+// one-line table with its new id.
+func moveCmd(kind, path string) func(*Context, []string) error {
+	return func(c *Context, args []string) error {
+		f := newFlags(c)
+		name := f.requiredString("name", kind+" name")
+		rg := f.requiredString("resource-group", "resource group to move the "+kind+" to")
+		sub := f.String("subscription", "", "subscription to move the "+kind+" to (default: its own)")
+		if err := f.parse(args); err != nil {
+			return err
+		}
+		var out struct {
+			Name string `json:"name"`
+			ID   string `json:"id"`
+		}
+		var raw map[string]any
+		if err := c.call("POST", "/"+path+"/"+esc(*name)+"/move", control.MoveRequest{ResourceGroup: *rg, Subscription: *sub}, &raw); err != nil {
+			return err
+		}
+		out.Name, _ = raw["name"].(string)
+		out.ID, _ = raw["id"].(string)
+		return c.show(raw, []string{"NAME", "ID"}, [][]string{{out.Name, out.ID}})
+	}
 }

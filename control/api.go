@@ -40,7 +40,9 @@ import (
 //	GET    /images                      list images
 //	POST   /images                      create (CreateImageRequest)
 //	GET|DELETE /images/{name}           show, delete
+//	POST   /snapshots|images/{name}/move move (MoveRequest)
 //	GET    /progress/{kind}/{name}      progress of the copy creating disks|snapshots|images/{name}
+//	POST   /disks/{name}/move           move to another resource group or subscription (MoveRequest)
 //
 // Errors come as {"error":{"code":…,"message":…}} with a 4xx or 5xx status.
 
@@ -157,6 +159,20 @@ func Handler(h *Host) http.Handler {
 	handle("DELETE /snapshots/{name}", func(r *http.Request) (any, error) {
 		return nil, h.DeleteSnapshot(r.Context(), r.PathValue("name"))
 	})
+	handle("POST /snapshots/{name}/move", func(r *http.Request) (any, error) {
+		var req MoveRequest
+		if err := decode(r, &req); err != nil {
+			return nil, err
+		}
+		return h.MoveSnapshot(r.Context(), r.PathValue("name"), req)
+	})
+	handle("POST /images/{name}/move", func(r *http.Request) (any, error) {
+		var req MoveRequest
+		if err := decode(r, &req); err != nil {
+			return nil, err
+		}
+		return h.MoveImage(r.Context(), r.PathValue("name"), req)
+	})
 	handle("GET /images", func(r *http.Request) (any, error) { return h.ListImages(), nil })
 	handle("POST /images", func(r *http.Request) (any, error) {
 		var req CreateImageRequest
@@ -174,6 +190,13 @@ func Handler(h *Host) http.Handler {
 			return p, nil
 		}
 		return nil, errorf(http.StatusNotFound, "NoOperation", "no copy in progress for %s %q", r.PathValue("kind"), r.PathValue("name"))
+	})
+	handle("POST /disks/{name}/move", func(r *http.Request) (any, error) {
+		var req MoveRequest
+		if err := decode(r, &req); err != nil {
+			return nil, err
+		}
+		return h.MoveDisk(r.Context(), r.PathValue("name"), req)
 	})
 	handle("/", func(r *http.Request) (any, error) {
 		return nil, errorf(http.StatusNotFound, "NotFound", "no API at %s %s", r.Method, r.URL.Path)

@@ -24,8 +24,8 @@ func converting(d *Disk) error {
 // key under the set's key plus an independent platform-wrapped
 // infrastructure key, in the background. The caller holds h.mu.
 func (h *Host) startConversion(ctx context.Context, d *Disk, des *DiskEncryptionSet) (*Disk, error) {
-	if d.Sku.Name == "UltraSSD_LRS" || d.Sku.Name == "PremiumV2_LRS" {
-		return nil, badRequest("double encryption (%s) is not supported on %s disks", EncPlatformAndCustomerKey, d.Sku.Name)
+	if err := checkDoubleEncryptionSku(d.Name, d.Sku.Name); err != nil {
+		return nil, err
 	}
 	wrappers, err := h.wrappersFor(ctx, EncPlatformAndCustomerKey, des)
 	if err != nil {

@@ -54,6 +54,10 @@ type Config struct {
 	DEKLease time.Duration
 	Log      *slog.Logger
 	Now      func() time.Time
+	// DESLimit lowers the number of disk encryption sets a subscription may
+	// have per location (default DefaultDESLimit, 5000). A test hook:
+	// hostcryptd never sets it, so a user of the daemon cannot change it.
+	DESLimit int
 }
 
 // Host is the compute control plane: it owns the VM and disk resources, opens
@@ -246,6 +250,7 @@ func New(cfg Config) (*Host, error) {
 	if err != nil {
 		return nil, err
 	}
+	st.fillPlacement(cfg.Location)
 	bg, cancel := context.WithCancel(context.Background())
 	return &Host{cfg: cfg, log: cfg.Log, st: st, running: map[string]*runningVM{}, bg: bg, cancelBg: cancel}, nil
 }
@@ -281,7 +286,12 @@ type CreateDiskRequest struct {
 	// Source is a snapshot or image to copy; the new disk is independent
 	// of it (its own data key). SizeBytes may then be 0 (the source's
 	// size) or larger.
-	Source string `json:"source,omitempty"`
+	Source        string `json:"source,omitempty"`
+	Location      string `json:"location,omitempty"`
+	Subscription  string `json:"subscription,omitempty"`
+	ResourceGroup string `json:"resourceGroup,omitempty"`
+	// ADE records that the disk uses guest-level disk encryption.
+	ADE bool `json:"ade,omitempty"`
 }
 
 // CreateDisk creates a managed disk, empty or copied from a snapshot or
@@ -355,8 +365,9 @@ func (h *Host) createDisk(ctx context.Context, r CreateDiskRequest) (*Disk, erro
 	default:
 		return nil, badRequest("encryption type %q: use %s, %s or %s", r.EncryptionType, EncPlatformKey, EncCustomerKey, EncPlatformAndCustomerKey)
 	}
-	if r.EncryptionType == EncPlatformAndCustomerKey && (r.Sku == "UltraSSD_LRS" || r.Sku == "PremiumV2_LRS") {
-		return nil, badRequest("double encryption (%s) is not supported on %s disks; use %s", EncPlatformAndCustomerKey, r.Sku, EncCustomerKey)
+	p, err := h.checkCreateDisk(r, des)
+	if err != nil {
+		return nil, err
 	}
 	wrappers, err := h.wrappersFor(ctx, r.EncryptionType, des)
 	if err != nil {
@@ -394,9 +405,12 @@ func (h *Host) createDisk(ctx context.Context, r CreateDiskRequest) (*Disk, erro
 	}
 	res := &Disk{
 		Name:              r.Name,
-		ID:                diskID(h.cfg.Location, r.Name),
+		ID:                p.id(typeDisks, r.Name),
 		UniqueID:          uid,
-		Location:          h.cfg.Location,
+		Location:          p.Location,
+		Subscription:      p.Subscription,
+		ResourceGroup:     p.ResourceGroup,
+		ADE:               r.ADE,
 		Sku:               Sku{Name: r.Sku},
 		DiskSizeBytes:     r.SizeBytes,
 		DiskSizeGB:        r.SizeBytes >> 30,
@@ -462,6 +476,9 @@ type UpdateDiskRequest struct {
 	// and customer keys (re-wrapping its data key, not its data).
 	EncryptionType    string `json:"encryptionType,omitempty"`
 	DiskEncryptionSet string `json:"diskEncryptionSet,omitempty"`
+	// ADE true records that the disk uses guest-level disk encryption; the
+	// record cannot be cleared.
+	ADE *bool `json:"ade,omitempty"`
 }
 
 // UpdateDisk grows a disk, also while its VM runs (the image shows the new
@@ -475,6 +492,12 @@ func (h *Host) UpdateDisk(ctx context.Context, name string, r UpdateDiskRequest)
 	}
 	if err := converting(d); err != nil {
 		return nil, err
+	}
+	if r.ADE != nil {
+		if r.SizeBytes != 0 || r.EncryptionType != "" || r.DiskEncryptionSet != "" {
+			return nil, badRequest("record guest-level disk encryption (--ade) of disk %q in an update of its own", name)
+		}
+		return h.setDiskADE(d, *r.ADE)
 	}
 	if r.EncryptionType != "" || r.DiskEncryptionSet != "" {
 		if r.SizeBytes != 0 {
@@ -552,6 +575,9 @@ func (h *Host) switchDiskKeys(ctx context.Context, d *Disk, r UpdateDiskRequest)
 	case r.EncryptionType == EncPlatformKey:
 	default:
 		return nil, badRequest("encryption type %q: give %s (with no set) or a --disk-encryption-set", r.EncryptionType, EncPlatformKey)
+	}
+	if err := h.checkDiskKeys(d, des); err != nil {
+		return nil, err
 	}
 	if d.Encryption.Type == EncPlatformAndCustomerKey {
 		return nil, badRequest("disk %q is double-encrypted; switching it back to a single layer is not supported", d.Name)
@@ -631,6 +657,11 @@ type CreateVMRequest struct {
 	DataDisks        []AttachedDisk `json:"dataDisks,omitempty"`
 	TempDiskSize     int64          `json:"tempDiskSizeBytes,omitempty"`
 	EncryptionAtHost *bool          `json:"encryptionAtHost,omitempty"`
+	Location         string         `json:"location,omitempty"`
+	Subscription     string         `json:"subscription,omitempty"`
+	ResourceGroup    string         `json:"resourceGroup,omitempty"`
+	// ADE records that the VM uses guest-level disk encryption.
+	ADE bool `json:"ade,omitempty"`
 }
 
 // CreateVM creates a VM with its OS disk (new or existing) and data disks,
@@ -683,17 +714,25 @@ func (h *Host) CreateVM(ctx context.Context, r CreateVMRequest) (*VM, error) {
 		lun := i
 		dd.Lun = &lun
 	}
+	p, err := h.checkCreateVM(r)
+	if err != nil {
+		return nil, err
+	}
 	osName := r.OsDisk
 	if osName == "" {
 		osName = r.Name + "_OsDisk"
-		if _, err := h.createDisk(ctx, CreateDiskRequest{Name: osName, SizeBytes: r.OsDiskSizeBytes}); err != nil {
+		if _, err := h.createDisk(ctx, CreateDiskRequest{Name: osName, SizeBytes: r.OsDiskSizeBytes,
+			Location: p.Location, Subscription: p.Subscription, ResourceGroup: p.ResourceGroup, ADE: r.ADE}); err != nil {
 			return nil, err
 		}
 	}
 	vm := &VM{
 		Name:              r.Name,
-		ID:                vmID(r.Name),
-		Location:          h.cfg.Location,
+		ID:                p.id(typeVMs, r.Name),
+		Location:          p.Location,
+		Subscription:      p.Subscription,
+		ResourceGroup:     p.ResourceGroup,
+		ADE:               r.ADE,
 		PowerState:        PowerDeallocated,
 		SecurityProfile:   SecurityProfile{EncryptionAtHost: eah},
 		StorageProfile:    StorageProfile{OsDisk: AttachedDisk{Name: osName, Caching: r.OsDiskCaching}, DataDisks: r.DataDisks},
@@ -1010,6 +1049,9 @@ func (h *Host) AttachDisk(ctx context.Context, vmName string, r AttachRequest) (
 		return nil, err
 	}
 	if err := h.checkAttachable(r.Disk); err != nil {
+		return nil, err
+	}
+	if err := h.checkAttach(vm, h.st.Disks[r.Disk]); err != nil {
 		return nil, err
 	}
 	if r.Caching == "" {

@@ -12,10 +12,6 @@ import (
 	"hostcrypt/storage"
 )
 
-func resourceID(kind, name string) string {
-	return fmt.Sprintf("/subscriptions/%s/resourceGroups/hostcrypt/providers/Microsoft.Compute/%s/%s", subscription, kind, name)
-}
-
 // Image is a disk image to create disks from: an independent encrypted copy
 // of a disk or snapshot, with its own data key and volume identity.
 type Image struct {
@@ -23,6 +19,8 @@ type Image struct {
 	ID                string     `json:"id"`
 	UniqueID          string     `json:"uniqueId"`
 	Location          string     `json:"location"`
+	Subscription      string     `json:"subscription"`
+	ResourceGroup     string     `json:"resourceGroup"`
 	SourceKind        string     `json:"sourceKind"` // "disk" or "snapshot"
 	Source            string     `json:"source"`
 	SourceResourceID  string     `json:"sourceResourceId"`
@@ -122,6 +120,7 @@ type source struct {
 	kind, name, id string
 	d              *disk.Disk
 	sector         int
+	at             placement
 }
 
 // openSource opens a snapshot, an image or (with allowDisk) a disk that is
@@ -132,14 +131,14 @@ func (h *Host) openSource(ctx context.Context, name string, allowDisk bool) (*so
 		if err != nil {
 			return nil, err
 		}
-		return &source{kind: "snapshot", name: name, id: s.ID, d: d, sector: s.LogicalSectorSize}, nil
+		return &source{kind: "snapshot", name: name, id: s.ID, d: d, sector: s.LogicalSectorSize, at: s.placement()}, nil
 	}
 	if im, ok := h.st.Images[name]; ok {
 		d, err := disk.Open(ctx, h.cfg.Storage, im.StoragePrefix, h.unwrapperFor(&Disk{Name: "image " + im.Name, Encryption: im.Encryption}))
 		if err != nil {
 			return nil, fmt.Errorf("opening image %q: %w", name, err)
 		}
-		return &source{kind: "image", name: name, id: im.ID, d: d, sector: im.LogicalSectorSize}, nil
+		return &source{kind: "image", name: name, id: im.ID, d: d, sector: im.LogicalSectorSize, at: im.placement()}, nil
 	}
 	if dr, ok := h.st.Disks[name]; ok && allowDisk {
 		if err := converting(dr); err != nil {
@@ -152,7 +151,7 @@ func (h *Host) openSource(ctx context.Context, name string, allowDisk bool) (*so
 		if err != nil {
 			return nil, fmt.Errorf("opening disk %q: %w", name, err)
 		}
-		return &source{kind: "disk", name: name, id: dr.ID, d: d, sector: dr.LogicalSectorSize}, nil
+		return &source{kind: "disk", name: name, id: dr.ID, d: d, sector: dr.LogicalSectorSize, at: dr.placement()}, nil
 	}
 	what := "snapshot or image"
 	if allowDisk {
@@ -224,7 +223,8 @@ func (h *Host) CreateImage(ctx context.Context, r CreateImageRequest) (*Image, e
 		return nil, err
 	}
 	im := &Image{
-		Name: r.Name, ID: resourceID("images", r.Name), UniqueID: uid, Location: h.cfg.Location,
+		Name: r.Name, ID: src.at.id(typeImages, r.Name), UniqueID: uid,
+		Location: src.at.Location, Subscription: src.at.Subscription, ResourceGroup: src.at.ResourceGroup,
 		SourceKind: src.kind, Source: src.name, SourceResourceID: src.id, DiskSizeBytes: src.d.Size(),
 		LogicalSectorSize: src.sector, Encryption: Encryption{Type: encType}, KeyID: m.Layers[0].WrappedKeys[0].KeyID,
 		TimeCreated: h.cfg.Now().UTC(), StoragePrefix: prefix,
@@ -287,4 +287,46 @@ func (h *Host) DeleteImage(ctx context.Context, name string) error {
 // fillFromSource copies a snapshot or image into a disk just created.
 func (h *Host) fillFromSource(ctx context.Context, src *source, dst *disk.Disk, diskName string) error {
 	return h.copyInto(ctx, src.d, dst, "disks/"+diskName, "copying "+src.kind+" "+src.name)
+}
+
+func (im *Image) placement() placement {
+	return placement{Subscription: im.Subscription, ResourceGroup: im.ResourceGroup, Location: im.Location}
+}
+
+// MoveImage moves an image to another resource group or subscription, under
+// the rule of customer-managed keys.
+func (h *Host) MoveImage(ctx context.Context, name string, r MoveRequest) (*Image, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	im, ok := h.st.Images[name]
+	if !ok {
+		return nil, notFound("image", name)
+	}
+	to, err := h.moveTarget("image", name, im.placement(), im.Encryption.Type, r)
+	if err != nil {
+		return nil, err
+	}
+	old := *im
+	im.Subscription, im.ResourceGroup, im.ID = to.Subscription, to.ResourceGroup, to.id(typeImages, name)
+	if err := h.save(); err != nil {
+		*im = old
+		return nil, err
+	}
+	c := *im
+	return &c, nil
+}
+
+// moveTarget checks a move request of a snapshot or image.
+func (h *Host) moveTarget(kind, name string, from placement, encType string, r MoveRequest) (placement, error) {
+	if r.ResourceGroup == "" {
+		return from, badRequest("give the resource group to move %s %q to (--resource-group)", kind, name)
+	}
+	if r.Subscription == "" {
+		r.Subscription = from.Subscription
+	}
+	to, err := h.newPlacement(r.Subscription, r.ResourceGroup, from.Location)
+	if err != nil {
+		return from, err
+	}
+	return to, checkCMKMove(kind, name, encType, from, to, nil)
 }

@@ -16,6 +16,9 @@ type UpdateVMRequest struct {
 	OsDiskCaching string `json:"osDiskCaching,omitempty"`
 	// DataDiskCaching maps a data disk's name to its new caching mode.
 	DataDiskCaching map[string]string `json:"dataDiskCaching,omitempty"`
+	// ADE true records that the VM uses guest-level disk encryption; the
+	// record cannot be cleared.
+	ADE *bool `json:"ade,omitempty"`
 }
 
 // UpdateVM changes encryption at host or the caching of a VM's disks. Both
@@ -29,8 +32,8 @@ func (h *Host) UpdateVM(ctx context.Context, name string, r UpdateVMRequest) (*V
 	if err != nil {
 		return nil, err
 	}
-	if r.EncryptionAtHost == nil && r.OsDiskCaching == "" && len(r.DataDiskCaching) == 0 {
-		return nil, badRequest("nothing to update: give --encryption-at-host, --os-disk-caching or --data-disk-caching")
+	if r.EncryptionAtHost == nil && r.OsDiskCaching == "" && len(r.DataDiskCaching) == 0 && r.ADE == nil {
+		return nil, badRequest("nothing to update: give --encryption-at-host, --os-disk-caching, --data-disk-caching or --ade")
 	}
 	if r.OsDiskCaching != "" {
 		if err := checkCaching(r.OsDiskCaching); err != nil {
@@ -57,9 +60,13 @@ func (h *Host) UpdateVM(ctx context.Context, name string, r UpdateVMRequest) (*V
 		return nil, conflict("VM %q is %s: %s changes only while it is deallocated; run hostcrypt vm deallocate --name %s, update it, then start it again",
 			name, vm.PowerState, what, name)
 	}
+	if err := h.checkVMUpdate(vm, r.EncryptionAtHost, r.ADE); err != nil {
+		return nil, err
+	}
 	if r.EncryptionAtHost != nil {
 		vm.SecurityProfile.EncryptionAtHost = *r.EncryptionAtHost
 	}
+	vm.ADE = vm.ADE || (r.ADE != nil && *r.ADE)
 	if r.OsDiskCaching != "" {
 		vm.StorageProfile.OsDisk.Caching = r.OsDiskCaching
 	}

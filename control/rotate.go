@@ -37,6 +37,9 @@ func (h *Host) UpdateDES(ctx context.Context, name string, r UpdateDESRequest) (
 			return nil, err
 		}
 		if r.KeyURL != des.ActiveKey.KeyURL {
+			if err := h.checkDESKeySwitch(ctx, des, vault, r.KeyURL); err != nil {
+				return nil, err
+			}
 			if err := h.switchKey(ctx, des, KeyForDES{SourceVault: SourceVault{ID: vault}, KeyURL: r.KeyURL}); err != nil {
 				return nil, err
 			}

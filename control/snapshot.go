@@ -29,6 +29,8 @@ type Snapshot struct {
 	ID                string     `json:"id"`
 	UniqueID          string     `json:"uniqueId"`
 	Location          string     `json:"location"`
+	Subscription      string     `json:"subscription"`
+	ResourceGroup     string     `json:"resourceGroup"`
 	Sku               Sku        `json:"sku"`
 	SourceDisk        string     `json:"sourceDisk"`
 	SourceResourceID  string     `json:"sourceResourceId"`
@@ -193,7 +195,8 @@ func (h *Host) CreateSnapshot(ctx context.Context, r CreateSnapshotRequest) (*Sn
 	uid := newID()
 	prefix := "snapshots/" + uid
 	snap := &Snapshot{
-		Name: r.Name, ID: resourceID("snapshots", r.Name), UniqueID: uid, Location: h.cfg.Location, Sku: d.Sku,
+		Name: r.Name, ID: d.placement().id(typeSnapshots, r.Name), UniqueID: uid, Sku: d.Sku,
+		Location: d.Location, Subscription: d.Subscription, ResourceGroup: d.ResourceGroup,
 		SourceDisk: d.Name, SourceResourceID: d.ID, SourceUniqueID: d.UniqueID, Incremental: r.Incremental,
 		DiskSizeBytes: d.DiskSizeBytes, LogicalSectorSize: d.LogicalSectorSize, Encryption: enc,
 		TimeCreated: h.cfg.Now().UTC(), StoragePrefix: prefix,
@@ -514,4 +517,31 @@ func (h *Host) incrementalSnapshotOf(d *Disk) string {
 	}
 	sort.Strings(names)
 	return strings.Join(names, ", ")
+}
+
+func (s *Snapshot) placement() placement {
+	return placement{Subscription: s.Subscription, ResourceGroup: s.ResourceGroup, Location: s.Location}
+}
+
+// MoveSnapshot moves a snapshot to another resource group or subscription,
+// under the rule of customer-managed keys.
+func (h *Host) MoveSnapshot(ctx context.Context, name string, r MoveRequest) (*Snapshot, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	sn, ok := h.st.Snapshots[name]
+	if !ok {
+		return nil, notFound("snapshot", name)
+	}
+	to, err := h.moveTarget("snapshot", name, sn.placement(), sn.Encryption.Type, r)
+	if err != nil {
+		return nil, err
+	}
+	old := *sn
+	sn.Subscription, sn.ResourceGroup, sn.ID = to.Subscription, to.ResourceGroup, to.id(typeSnapshots, name)
+	if err := h.save(); err != nil {
+		*sn = old
+		return nil, err
+	}
+	c := *sn
+	return &c, nil
 }
