@@ -104,7 +104,7 @@ func Open(ctx context.Context, path string) (Source, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
-			return nil, fmt.Errorf("image file %s does not exist; give the absolute path of a raw or qcow2 image", path)
+			return nil, fmt.Errorf("image file %s: %w; give the absolute path of a raw or qcow2 image on the host", path, os.ErrNotExist)
 		}
 		return nil, fmt.Errorf("image file %s: %w", path, err)
 	}
