@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -21,9 +22,10 @@ import (
 // operations whose answer is a stream of progress lines (see
 // serveTransfer); closing the connection cancels them.
 //
-// While a transfer runs, the disk is in state ActiveUpload (import) or
-// ActiveSAS (export), as Azure names a disk being uploaded or read through a
-// SAS: it cannot be attached, started, updated or deleted meanwhile. An
+// While a transfer runs, the disk carries a Transfer and is in state
+// ActiveUpload (import) or ActiveSAS (export), as Azure names a disk being
+// uploaded or read through a SAS: it cannot be attached, started, updated or
+// deleted meanwhile. An
 // import that fails, is cancelled, or is cut short by a crash leaves no disk
 // behind; an export that fails leaves no file behind.
 
@@ -54,15 +56,32 @@ type ExportDiskRequest struct {
 // Progress is how far a transfer is, in bytes of the image.
 type Progress = imgfile.Progress
 
+// Transfer kinds.
+const (
+	TransferImport = "import"
+	TransferExport = "export"
+)
+
+// Transfer is an import or export in progress. It is persisted, so that a
+// transfer cut short by a crash is cleaned up at the next start, and it is
+// what keeps the disk from being used meanwhile (the disk state alone is
+// overwritten by a detach).
+type Transfer struct {
+	Kind    string    `json:"kind"`
+	Path    string    `json:"path"`
+	Started time.Time `json:"started"`
+}
+
 // transferring refuses what must wait for a disk's import or export.
 func transferring(d *Disk) error {
-	switch d.DiskState {
-	case DiskActiveUpload:
-		return conflict("disk %q is being imported; wait for the import to finish", d.Name)
-	case DiskActiveSAS:
-		return conflict("disk %q is being exported; wait for the export to finish", d.Name)
+	switch t := d.Transfer; {
+	case t == nil:
+		return nil
+	case t.Kind == TransferImport:
+		return conflict("disk %q is being imported from %s; wait for the import to finish", d.Name, t.Path)
+	default:
+		return conflict("disk %q is being exported to %s; wait for the export to finish", d.Name, t.Path)
 	}
-	return nil
 }
 
 // importSize is the size of a disk holding an image of n bytes: rounded up
@@ -136,6 +155,7 @@ func (h *Host) ImportDisk(ctx context.Context, r ImportDiskRequest, progress fun
 	}
 	res := h.st.Disks[r.Name]
 	res.DiskState = DiskActiveUpload
+	res.Transfer = &Transfer{Kind: TransferImport, Path: r.Source, Started: h.cfg.Now().UTC()}
 	tctx, done, err := h.beginTransfer(ctx)
 	if err == nil {
 		err = h.save()
@@ -163,7 +183,7 @@ func (h *Host) ImportDisk(ctx context.Context, r ImportDiskRequest, progress fun
 		}
 		return nil, fmt.Errorf("importing %s into disk %q (the disk was removed): %w", r.Source, r.Name, err)
 	}
-	res.DiskState = DiskUnattached
+	res.DiskState, res.Transfer = DiskUnattached, nil
 	if err := h.save(); err != nil {
 		h.dropImport(context.WithoutCancel(ctx), res)
 		return nil, err
@@ -205,10 +225,11 @@ func (h *Host) dropImport(ctx context.Context, d *Disk) {
 // The caller holds h.mu.
 func (h *Host) recoverTransfers(ctx context.Context) {
 	for _, d := range h.st.Disks {
-		switch d.DiskState {
-		case DiskActiveUpload:
+		switch {
+		case d.Transfer == nil:
+		case d.Transfer.Kind == TransferImport:
 			h.dropImport(ctx, d)
-		case DiskActiveSAS:
+		default:
 			h.endExport(d)
 		}
 	}
@@ -257,6 +278,7 @@ func (h *Host) ExportDisk(ctx context.Context, name string, r ExportDiskRequest,
 	}
 	defer done()
 	d.DiskState = DiskActiveSAS
+	d.Transfer = &Transfer{Kind: TransferExport, Path: target, Started: h.cfg.Now().UTC()}
 	if err := h.save(); err != nil {
 		h.endExport(d)
 		h.mu.Unlock()
@@ -287,9 +309,12 @@ func (h *Host) ExportDisk(ctx context.Context, name string, r ExportDiskRequest,
 // endExport puts an exported disk back in the state it had: reserved by its
 // VM, which cannot have run meanwhile, or unattached. The caller holds h.mu.
 func (h *Host) endExport(d *Disk) {
-	d.DiskState = DiskUnattached
-	if d.ManagedBy != "" {
-		d.DiskState = DiskReserved
+	d.Transfer = nil
+	if d.DiskState == DiskActiveSAS {
+		d.DiskState = DiskUnattached
+		if d.ManagedBy != "" {
+			d.DiskState = DiskReserved
+		}
 	}
 	if err := h.save(); err != nil {
 		h.log.Error("saving state after an export", "disk", d.Name, "err", err)

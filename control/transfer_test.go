@@ -243,11 +243,13 @@ func TestTransferRecoveryAfterCrash(t *testing.T) {
 	require.NoError(t, err)
 	f.h.mu.Lock()
 	f.h.st.Disks["importing"].DiskState = DiskActiveUpload
+	f.h.st.Disks["importing"].Transfer = &Transfer{Kind: TransferImport, Path: "/x.raw"}
 	f.h.st.Disks["exporting"].DiskState = DiskActiveSAS
+	f.h.st.Disks["exporting"].Transfer = &Transfer{Kind: TransferExport, Path: "/y.raw"}
 	require.NoError(t, f.h.save())
 	f.h.mu.Unlock()
-	_, err = f.h.AttachDisk(ctx, "nope", AttachRequest{Disk: "exporting"})
-	requireCode(t, err, http.StatusNotFound)
+	_, err = f.h.CreateVM(ctx, CreateVMRequest{Name: "vm1", OsDisk: "exporting"})
+	requireCode(t, err, http.StatusConflict)
 
 	f.restart(t, false)
 	_, err = f.h.ShowDisk("importing")
@@ -258,6 +260,9 @@ func TestTransferRecoveryAfterCrash(t *testing.T) {
 	d, err := f.h.ShowDisk("exporting")
 	require.NoError(t, err)
 	require.Equal(t, DiskUnattached, d.DiskState)
+	require.Nil(t, d.Transfer)
+	_, err = f.h.CreateVM(ctx, CreateVMRequest{Name: "vm1", OsDisk: "exporting"})
+	require.NoError(t, err)
 }
 
 func TestTransferOverTheAPI(t *testing.T) {
@@ -291,4 +296,54 @@ func TestTransferOverTheAPI(t *testing.T) {
 	got, err := os.ReadFile(out)
 	require.NoError(t, err)
 	require.True(t, bytes.Equal(want, got))
+}
+
+// The disk of a stopped VM can be exported; meanwhile the VM cannot start
+// and the disk, even once detached, cannot go to another VM.
+func TestExportOfStoppedVMDisk(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	src, want := sampleImage(t)
+	_, err := f.h.ImportDisk(ctx, ImportDiskRequest{CreateDiskRequest: CreateDiskRequest{Name: "d1"}, Source: src}, nil)
+	require.NoError(t, err)
+	_, err = f.h.CreateVM(ctx, CreateVMRequest{Name: "vm1", OsDiskSizeBytes: 8 << 20, DataDisks: []AttachedDisk{{Name: "d1"}}})
+	require.NoError(t, err)
+	_, err = f.h.StopVM(ctx, "vm1", "")
+	require.NoError(t, err)
+
+	out := filepath.Join(t.TempDir(), "out.raw")
+	checked := false
+	_, err = f.h.ExportDisk(ctx, "d1", ExportDiskRequest{Target: out}, func(Progress) {
+		if checked {
+			return
+		}
+		checked = true
+		d, err := f.h.ShowDisk("d1")
+		require.NoError(t, err)
+		require.Equal(t, DiskActiveSAS, d.DiskState)
+		_, err = f.h.StartVM(ctx, "vm1")
+		requireCode(t, err, http.StatusConflict)
+		_, err = f.h.DetachDisk(ctx, "vm1", "d1")
+		require.NoError(t, err)
+		_, err = f.h.CreateVM(ctx, CreateVMRequest{Name: "vm2", OsDiskSizeBytes: 8 << 20, DataDisks: []AttachedDisk{{Name: "d1"}}})
+		requireCode(t, err, http.StatusConflict)
+		_, err = f.h.ExportDisk(ctx, "d1", ExportDiskRequest{Target: out + "2"}, nil)
+		requireCode(t, err, http.StatusConflict)
+	})
+	require.NoError(t, err)
+	require.True(t, checked)
+	got, err := os.ReadFile(out)
+	require.NoError(t, err)
+	require.True(t, bytes.Equal(want, got))
+	d, err := f.h.ShowDisk("d1")
+	require.NoError(t, err)
+	require.Equal(t, DiskUnattached, d.DiskState, "detached during the export")
+	require.Nil(t, d.Transfer)
+	require.Equal(t, []string{"vm1"}, func() []string {
+		var n []string
+		for _, v := range f.h.ListVMs() {
+			n = append(n, v.Name)
+		}
+		return n
+	}())
 }
