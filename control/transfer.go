@@ -393,3 +393,9 @@ func (h *Host) copyOut(ctx context.Context, prefix string, unw disk.KeyUnwrapper
 	}
 	return nil
 }
+
+// StopBackground cancels the imports and exports in progress (each removes
+// what it had made) and the other background work, which resumes at the
+// next start. The daemon calls it as soon as it begins shutting down, so
+// that a long transfer does not hold the shutdown up.
+func (h *Host) StopBackground() { h.cancelBg() }

@@ -4,11 +4,13 @@ import (
 	"crypto/rand"
 	"encoding/json"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 
@@ -191,4 +193,53 @@ func TestHostDiskImportExportBadInput(t *testing.T) {
 	require.Equal(t, "keep me", string(keep))
 	_, err = os.Stat(filepath.Join(dir, "out.raw"))
 	require.ErrorIs(t, err, os.ErrNotExist)
+}
+
+// TestHostDiskImportInterrupted: an import cut short — the CLI interrupted,
+// hostcryptd stopped, hostcryptd killed — leaves no disk and no storage
+// behind.
+func TestHostDiskImportInterrupted(t *testing.T) {
+	h := newHost(t, startKeystore(t))
+	src := filepath.Join(t.TempDir(), "big.raw")
+	sh(t, "{ yes hostcrypt || true; } | head -c 1G > "+src)
+	storageBefore := sh(t, "cd "+h.storage+" && find . | sort")
+
+	// importing starts an import in the background and waits until the
+	// disk exists.
+	importing := func() *exec.Cmd {
+		cmd := exec.Command(filepath.Join(bins(t), "hostcrypt"), "--host-socket", h.socket(), "disk", "import", "--name", "big", "--source", src)
+		require.NoError(t, cmd.Start())
+		waitFor(t, 30*time.Second, "the import to start", func() bool {
+			out, _, code := h.run("disk", "show", "--name", "big")
+			return code == 0 && strings.Contains(out, "ActiveUpload")
+		})
+		return cmd
+	}
+	gone := func(what string) {
+		t.Helper()
+		waitFor(t, 30*time.Second, "the half-imported disk to go after "+what, func() bool {
+			_, _, code := h.run("disk", "show", "--name", "big")
+			return code != 0
+		})
+		require.Equal(t, storageBefore, sh(t, "cd "+h.storage+" && find . | sort"), "storage left after %s", what)
+	}
+
+	cli := importing()
+	require.NoError(t, cli.Process.Signal(os.Interrupt))
+	require.Error(t, cli.Wait(), "an interrupted import must fail")
+	gone("interrupting the CLI")
+
+	cli = importing()
+	start := time.Now()
+	h.stop(syscall.SIGTERM)
+	require.Less(t, time.Since(start), 20*time.Second, "an import must not hold up the shutdown")
+	require.Error(t, cli.Wait())
+	h.start()
+	gone("stopping hostcryptd")
+
+	cli = importing()
+	h.stop(syscall.SIGKILL)
+	cli.Wait()
+	h.start()
+	gone("killing hostcryptd")
 }
