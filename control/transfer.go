@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -230,6 +231,16 @@ func (h *Host) recoverTransfers(ctx context.Context) {
 		case d.Transfer.Kind == TransferImport:
 			h.dropImport(ctx, d)
 		default:
+			// The partial copy holds plaintext: it goes too.
+			prefix := exportTemp(d.Transfer.Path)
+			entries, _ := os.ReadDir(filepath.Dir(prefix))
+			for _, e := range entries {
+				if tmp := filepath.Join(filepath.Dir(prefix), e.Name()); strings.HasPrefix(tmp, prefix) {
+					if err := os.Remove(tmp); err != nil {
+						h.log.Error("removing the partial file of an export cut short", "disk", d.Name, "file", tmp, "err", err)
+					}
+				}
+			}
 			h.endExport(d)
 		}
 	}
@@ -321,6 +332,12 @@ func (h *Host) endExport(d *Disk) {
 	}
 }
 
+// exportTemp is the prefix of the name of an export's temporary file, in
+// the target's directory.
+func exportTemp(target string) string {
+	return filepath.Join(filepath.Dir(target), "."+filepath.Base(target)+".export-")
+}
+
 // copyOut writes the disk's plaintext into a new file beside target and
 // moves it into place once it is complete and durable.
 func (h *Host) copyOut(ctx context.Context, prefix string, unw disk.KeyUnwrapper, target string, force bool, progress func(Progress)) (err error) {
@@ -333,7 +350,7 @@ func (h *Host) copyOut(ctx context.Context, prefix string, unw disk.KeyUnwrapper
 			err = cerr
 		}
 	}()
-	f, err := os.CreateTemp(filepath.Dir(target), "."+filepath.Base(target)+".export-")
+	f, err := os.CreateTemp(filepath.Dir(target), filepath.Base(exportTemp(target))+"*")
 	if err != nil {
 		return err
 	}

@@ -245,7 +245,10 @@ func TestTransferRecoveryAfterCrash(t *testing.T) {
 	f.h.st.Disks["importing"].DiskState = DiskActiveUpload
 	f.h.st.Disks["importing"].Transfer = &Transfer{Kind: TransferImport, Path: "/x.raw"}
 	f.h.st.Disks["exporting"].DiskState = DiskActiveSAS
-	f.h.st.Disks["exporting"].Transfer = &Transfer{Kind: TransferExport, Path: "/y.raw"}
+	target := filepath.Join(t.TempDir(), "y.raw")
+	f.h.st.Disks["exporting"].Transfer = &Transfer{Kind: TransferExport, Path: target}
+	require.NoError(t, os.WriteFile(exportTemp(target)+"123", []byte("partial plaintext"), 0o600))
+	require.NoError(t, os.WriteFile(filepath.Join(filepath.Dir(target), "other"), nil, 0o600))
 	require.NoError(t, f.h.save())
 	f.h.mu.Unlock()
 	_, err = f.h.CreateVM(ctx, CreateVMRequest{Name: "vm1", OsDisk: "exporting"})
@@ -261,6 +264,9 @@ func TestTransferRecoveryAfterCrash(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, DiskUnattached, d.DiskState)
 	require.Nil(t, d.Transfer)
+	left, err = filepath.Glob(filepath.Join(filepath.Dir(target), "*"))
+	require.NoError(t, err)
+	require.Equal(t, []string{filepath.Join(filepath.Dir(target), "other")}, left, "the partial export is removed, nothing else")
 	_, err = f.h.CreateVM(ctx, CreateVMRequest{Name: "vm1", OsDisk: "exporting"})
 	require.NoError(t, err)
 }
