@@ -397,6 +397,13 @@ func (h *Host) copyOut(ctx context.Context, prefix string, unw disk.KeyUnwrapper
 	} else {
 		// No replacing a file that appeared while the export ran.
 		err = unix.Renameat2(unix.AT_FDCWD, tmp, unix.AT_FDCWD, target, unix.RENAME_NOREPLACE)
+		if errors.Is(err, syscall.EINVAL) || errors.Is(err, syscall.ENOSYS) {
+			// A file system without RENAME_NOREPLACE: a hard link is just
+			// as exclusive.
+			if err = os.Link(tmp, target); err == nil {
+				os.Remove(tmp)
+			}
+		}
 		if errors.Is(err, syscall.EEXIST) {
 			return conflict("target %s appeared while the export ran; choose another path or pass --force to replace it", target)
 		}
