@@ -52,6 +52,13 @@ func allocated(t *testing.T, path string) int64 {
 	return n
 }
 
+// sameAs compares an image in the mount with a file, reading the image in
+// large requests (cmp's small reads are slow through FUSE).
+func sameAs(t *testing.T, img, file string) {
+	t.Helper()
+	sh(t, "dd if="+img+" bs=4M status=none | cmp - "+file)
+}
+
 func fileBlocks(t *testing.T, path string) int64 {
 	t.Helper()
 	st, err := os.Stat(path)
@@ -73,10 +80,10 @@ func TestHostDiskImportExport(t *testing.T) {
 	h.json(&d, "disk", "import", "--name", "imp", "--source", src)
 	require.EqualValues(t, size, d.DiskSizeBytes, "the disk has the image's size, rounded up to 512 bytes")
 	require.Equal(t, "Unattached", d.DiskState)
-	require.Less(t, allocated(t, filepath.Join(h.storage, d.StoragePrefix)), int64(8<<20),
+	require.Less(t, allocated(t, filepath.Join(h.storage, d.StoragePrefix)), int64(4<<20),
 		"2 MiB of data in a 256 MiB image must stay sparse in storage")
 	h.ok("vm", "create", "--name", "vm1", "--os-disk-size", "8M", "--data-disks", "imp")
-	sh(t, "cmp "+src+" "+h.img("vm1", "data-0.img"))
+	sameAs(t, h.img("vm1", "data-0.img"), src)
 
 	// The disk of a running VM is not exported.
 	out := filepath.Join(dir, "out.raw")
@@ -126,10 +133,10 @@ func TestHostDiskImportExport(t *testing.T) {
 	h.json(&d, "disk", "import", "--name", "impq", "--source", qcow, "--disk-encryption-set", "des1")
 	require.EqualValues(t, size, d.DiskSizeBytes)
 	require.Equal(t, key.Key.Kid, d.KeyID, "the imported disk is wrapped by the customer key")
-	require.Less(t, allocated(t, filepath.Join(h.storage, d.StoragePrefix)), int64(8<<20))
+	require.Less(t, allocated(t, filepath.Join(h.storage, d.StoragePrefix)), int64(4<<20))
 	h.ok("vm", "start", "--name", "vm1")
 	h.ok("vm", "disk", "attach", "--vm-name", "vm1", "--name", "impq")
-	sh(t, "cmp "+src+" "+h.img("vm1", "data-1.img"))
+	sameAs(t, h.img("vm1", "data-1.img"), src)
 	h.ok("vm", "stop", "--name", "vm1")
 	outq := filepath.Join(dir, "outq.raw")
 	h.ok("disk", "export", "--name", "impq", "--target", outq)
