@@ -108,3 +108,18 @@ func TestProgressBarWithoutTerminal(t *testing.T) {
 	assert.Contains(t, lines[0], "importing d1: 50% (5M of 10M)")
 	assert.NotContains(t, buf.String(), "\r")
 }
+
+func TestProgressBarOnTerminal(t *testing.T) {
+	var buf bytes.Buffer
+	p := newProgressBar(&buf, "exporting d1")
+	p.tty, p.every = true, 0
+	p.update(0, 8<<20)
+	p.update(2<<20, 8<<20)
+	p.update(8<<20, 8<<20)
+	p.finish()
+	out := buf.String()
+	assert.Equal(t, 3, strings.Count(out, "\r"), "the bar is redrawn in place")
+	assert.Contains(t, out, "exporting d1 [#####...............]  25% 2M/8M")
+	assert.Contains(t, out, "[####################] 100% 8M/8M")
+	assert.True(t, strings.HasSuffix(out, "\n"), "finish ends the line")
+}
