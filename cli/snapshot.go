@@ -2,8 +2,6 @@ package cli
 
 import (
 	"fmt"
-	"os"
-	"strings"
 	"time"
 
 	"hostcrypt/control"
@@ -143,22 +141,19 @@ func imageDelete(c *Context, args []string) error {
 	return c.call("DELETE", "/images/"+esc(*name), nil, nil)
 }
 
-// callWithProgress makes a call that copies data and, while it runs, draws
-// the copy's progress on stderr when stderr is a terminal.
+// callWithProgress makes a call that copies data and, while it runs, shows
+// the copy's progress on stderr (see progressBar).
 func (c *Context) callWithProgress(method, path string, in, out any, kind, name string) error {
 	done := make(chan error, 1)
 	go func() { done <- c.call(method, path, in, out) }()
-	if !isTerminal(c.Stderr) {
-		return <-done
-	}
 	t := time.NewTicker(250 * time.Millisecond)
 	defer t.Stop()
-	drawn := false
+	var bar *progressBar
 	for {
 		select {
 		case err := <-done:
-			if drawn {
-				fmt.Fprintln(c.Stderr)
+			if bar != nil {
+				bar.finish()
 			}
 			return err
 		case <-t.C:
@@ -169,22 +164,12 @@ func (c *Context) callWithProgress(method, path string, in, out any, kind, name 
 			if c.call("GET", "/progress/"+kind+"/"+esc(name), nil, &p) != nil || p.Total == 0 {
 				continue
 			}
-			const width = 30
-			fill := int(p.Done * width / p.Total)
-			fmt.Fprintf(c.Stderr, "\r%s [%s%s] %3d%% (%d/%d chunks)", p.Operation,
-				strings.Repeat("#", fill), strings.Repeat(" ", width-fill), p.Done*100/p.Total, p.Done, p.Total)
-			drawn = true
+			if bar == nil {
+				bar = newProgressBar(c.Stderr, p.Operation)
+			}
+			bar.update(p.Done, p.Total)
 		}
 	}
-}
-
-func isTerminal(w any) bool {
-	f, ok := w.(*os.File)
-	if !ok {
-		return false
-	}
-	fi, err := f.Stat()
-	return err == nil && fi.Mode()&os.ModeCharDevice != 0
 }
 
 // moveCmd moves a snapshot or image; it prints the resource as JSON or a

@@ -20,6 +20,8 @@ import (
 //	GET    /disks/{name}                show
 //	PATCH  /disks/{name}                update (UpdateDiskRequest)
 //	DELETE /disks/{name}                delete
+//	POST   /disks/import                import an image file (ImportDiskRequest), streamed
+//	POST   /disks/{name}/export         export to a raw file (ExportDiskRequest), streamed
 //	GET    /vms                         list
 //	POST   /vms                         create (CreateVMRequest)
 //	GET    /vms/{name}                  show
@@ -89,6 +91,7 @@ func Handler(h *Host) http.Handler {
 	handle("DELETE /disks/{name}", func(r *http.Request) (any, error) {
 		return nil, h.DeleteDisk(r.Context(), r.PathValue("name"))
 	})
+	handleTransfers(mux, h)
 	handle("GET /vms", func(r *http.Request) (any, error) { return h.ListVMs(), nil })
 	handle("POST /vms", func(r *http.Request) (any, error) {
 		var req CreateVMRequest

@@ -8,8 +8,12 @@ import (
 	"hostcrypt/disk"
 )
 
-// converting refuses what must wait for a disk's conversion to finish.
+// converting refuses what must wait for a disk's conversion (or its import
+// or export) to finish.
 func converting(d *Disk) error {
+	if err := transferring(d); err != nil {
+		return err
+	}
 	if c := d.Conversion; c != nil {
 		if c.Error != "" {
 			return conflict("disk %q stopped converting to %s at chunk %d of %d: %s; fix the cause and restart hostcryptd to resume", d.Name, c.TargetEncryptionType, c.NextChunk, c.TotalChunks, c.Error)

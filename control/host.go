@@ -1188,6 +1188,7 @@ func (h *Host) ListVMs() []*VM {
 func (h *Host) Recover(ctx context.Context) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	h.recoverTransfers(ctx)
 	for name, d := range h.st.Disks {
 		if d.Conversion != nil && d.Conversion.Error == "" {
 			h.log.Info("resuming disk conversion", "disk", name, "chunk", d.Conversion.NextChunk, "of", d.Conversion.TotalChunks)

@@ -164,9 +164,10 @@ func (h *Host) openSource(ctx context.Context, name string, allowDisk bool) (*so
 // data key and volume), reporting progress under pkey.
 func (h *Host) copyInto(ctx context.Context, src, dst *disk.Disk, pkey, op string) error {
 	defer h.prog.clear(pkey)
-	total := src.ChunkCount()
+	size, n := src.Size(), src.ChunkCount()
+	per := (size + n - 1) / max(n, 1)
 	return disk.CopyChunks(ctx, src, dst, 0, func(next int64) error {
-		h.prog.set(pkey, op, next, total)
+		h.prog.set(pkey, op, min(next*per, size), size)
 		return nil
 	})
 }

@@ -65,6 +65,8 @@ type Disk struct {
 	// Conversion is set while the disk's data is re-encrypted into another
 	// layout (turning double encryption on).
 	Conversion *Conversion `json:"conversion,omitempty"`
+	// Transfer is set while the disk is imported from or exported to a file.
+	Transfer *Transfer `json:"transfer,omitempty"`
 }
 
 // Conversion is the progress of re-encrypting a disk. It is persisted after

@@ -92,8 +92,8 @@ func (h *Host) writeManifest(ctx context.Context, prefix string, m *manifest) er
 	return h.cfg.Storage.WriteMeta(ctx, manifestKey(prefix), raw)
 }
 
-// progress is how far a long copy has got; it is read without the control
-// lock, so that a client can watch a copy the lock is held for.
+// progress is how far a long copy has got, in bytes; it is read without
+// the control lock, so that a client can watch a copy the lock is held for.
 type progress struct {
 	Operation string `json:"operation"`
 	Done      int64  `json:"done"`
@@ -321,7 +321,7 @@ func (h *Host) copySnapshot(ctx context.Context, d *Disk, snap *Snapshot, parent
 	pkey := "snapshots/" + snap.Name
 	defer h.prog.clear(pkey)
 	for i, k := range keys {
-		h.prog.set(pkey, "copying disk "+d.Name, int64(i), int64(len(keys)))
+		h.prog.set(pkey, "snapshot of disk "+d.Name, int64(i)*objBytes, int64(len(keys))*objBytes)
 		if err := sess.Preserve(ctx, k); err != nil {
 			sess.End()
 			return err
