@@ -13,6 +13,7 @@ func snapshotCommands() []Command {
 		{"snapshot", "create", "take a snapshot of a disk, also while its VM runs (--incremental: only what changed)", snapshotCreate},
 		{"snapshot", "show", "show a snapshot", snapshotShow},
 		{"snapshot", "list", "list snapshots", snapshotList},
+		{"snapshot", "update", "switch a snapshot between platform and customer keys (its key is re-wrapped)", snapshotUpdate},
 		{"snapshot", "delete", "delete a snapshot: its wrapped key first, then its data", snapshotDelete},
 		{"snapshot", "move", "move a snapshot to another resource group (customer-key snapshots stay in their subscription)", moveCmd("snapshot", "snapshots")},
 	}
@@ -74,6 +75,21 @@ func snapshotList(c *Context, args []string) error {
 		return err
 	}
 	return showList(c, ss, snapshotHeader, snapshotRow)
+}
+
+func snapshotUpdate(c *Context, args []string) error {
+	f := newFlags(c)
+	name := f.requiredString("name", "snapshot name")
+	enc := f.String("encryption-type", "", "EncryptionAtRestWithPlatformKey to turn customer keys off")
+	des := f.String("disk-encryption-set", "", "re-wrap under this set's key")
+	if err := f.parse(args); err != nil {
+		return err
+	}
+	var s control.Snapshot
+	if err := c.call("PATCH", "/snapshots/"+esc(*name), control.UpdateSnapshotRequest{EncryptionType: *enc, DiskEncryptionSet: *des}, &s); err != nil {
+		return err
+	}
+	return c.show(&s, snapshotHeader, [][]string{snapshotRow(&s)})
 }
 
 func snapshotDelete(c *Context, args []string) error {

@@ -39,6 +39,7 @@ import (
 //	GET    /snapshots                   list snapshots
 //	POST   /snapshots                   create (CreateSnapshotRequest)
 //	GET|DELETE /snapshots/{name}        show, delete
+//	PATCH  /snapshots/{name}            switch keys (UpdateSnapshotRequest)
 //	GET    /images                      list images
 //	POST   /images                      create (CreateImageRequest)
 //	GET|DELETE /images/{name}           show, delete
@@ -161,6 +162,13 @@ func Handler(h *Host) http.Handler {
 	handle("GET /snapshots/{name}", func(r *http.Request) (any, error) { return h.ShowSnapshot(r.PathValue("name")) })
 	handle("DELETE /snapshots/{name}", func(r *http.Request) (any, error) {
 		return nil, h.DeleteSnapshot(r.Context(), r.PathValue("name"))
+	})
+	handle("PATCH /snapshots/{name}", func(r *http.Request) (any, error) {
+		var req UpdateSnapshotRequest
+		if err := decode(r, &req); err != nil {
+			return nil, err
+		}
+		return h.UpdateSnapshot(r.Context(), r.PathValue("name"), req)
 	})
 	handle("POST /snapshots/{name}/move", func(r *http.Request) (any, error) {
 		var req MoveRequest

@@ -332,6 +332,8 @@ func (h *Host) createDisk(ctx context.Context, r CreateDiskRequest) (*Disk, erro
 			return nil, badRequest("%s %q has %d-byte sectors; a disk made from it has the same (leave out --logical-sector-size)", src.kind, src.name, src.sector)
 		}
 		r.LogicalSectorSize = src.sector
+		// Content the guest encrypted stays flagged wherever it is copied.
+		r.ADE = r.ADE || src.ade
 	}
 	if r.LogicalSectorSize == 0 {
 		r.LogicalSectorSize = 512

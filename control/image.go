@@ -31,6 +31,8 @@ type Image struct {
 	TimeCreated       time.Time  `json:"timeCreated"`
 	UsedBytes         int64      `json:"usedBytes"`
 	StoragePrefix     string     `json:"storagePrefix"`
+	// ADE is inherited from the source.
+	ADE bool `json:"ade,omitempty"`
 }
 
 // CreateImageRequest is the body of an image creation.
@@ -121,6 +123,7 @@ type source struct {
 	d              *disk.Disk
 	sector         int
 	at             placement
+	ade            bool
 }
 
 // openSource opens a snapshot, an image or (with allowDisk) a disk that is
@@ -131,14 +134,14 @@ func (h *Host) openSource(ctx context.Context, name string, allowDisk bool) (*so
 		if err != nil {
 			return nil, err
 		}
-		return &source{kind: "snapshot", name: name, id: s.ID, d: d, sector: s.LogicalSectorSize, at: s.placement()}, nil
+		return &source{kind: "snapshot", name: name, id: s.ID, d: d, sector: s.LogicalSectorSize, at: s.placement(), ade: s.ADE}, nil
 	}
 	if im, ok := h.st.Images[name]; ok {
 		d, err := disk.Open(ctx, h.cfg.Storage, im.StoragePrefix, h.unwrapperFor(&Disk{Name: "image " + im.Name, Encryption: im.Encryption}))
 		if err != nil {
 			return nil, fmt.Errorf("opening image %q: %w", name, err)
 		}
-		return &source{kind: "image", name: name, id: im.ID, d: d, sector: im.LogicalSectorSize, at: im.placement()}, nil
+		return &source{kind: "image", name: name, id: im.ID, d: d, sector: im.LogicalSectorSize, at: im.placement(), ade: im.ADE}, nil
 	}
 	if dr, ok := h.st.Disks[name]; ok && allowDisk {
 		if err := converting(dr); err != nil {
@@ -151,7 +154,7 @@ func (h *Host) openSource(ctx context.Context, name string, allowDisk bool) (*so
 		if err != nil {
 			return nil, fmt.Errorf("opening disk %q: %w", name, err)
 		}
-		return &source{kind: "disk", name: name, id: dr.ID, d: d, sector: dr.LogicalSectorSize, at: dr.placement()}, nil
+		return &source{kind: "disk", name: name, id: dr.ID, d: d, sector: dr.LogicalSectorSize, at: dr.placement(), ade: dr.ADE}, nil
 	}
 	what := "snapshot or image"
 	if allowDisk {
@@ -200,6 +203,14 @@ func (h *Host) CreateImage(ctx context.Context, r CreateImageRequest) (*Image, e
 		return nil, err
 	}
 	defer src.d.Close()
+	if des != nil {
+		if src.ade {
+			return nil, adeRefusal(src.kind, src.name, "images under customer-managed keys", "leave out --disk-encryption-set")
+		}
+		if err := checkDESScope("image", r.Name, src.at, des); err != nil {
+			return nil, err
+		}
+	}
 	wrappers, err := h.wrappersFor(ctx, encType, des)
 	if err != nil {
 		return nil, err
@@ -228,7 +239,7 @@ func (h *Host) CreateImage(ctx context.Context, r CreateImageRequest) (*Image, e
 		Location: src.at.Location, Subscription: src.at.Subscription, ResourceGroup: src.at.ResourceGroup,
 		SourceKind: src.kind, Source: src.name, SourceResourceID: src.id, DiskSizeBytes: src.d.Size(),
 		LogicalSectorSize: src.sector, Encryption: Encryption{Type: encType}, KeyID: m.Layers[0].WrappedKeys[0].KeyID,
-		TimeCreated: h.cfg.Now().UTC(), StoragePrefix: prefix,
+		TimeCreated: h.cfg.Now().UTC(), StoragePrefix: prefix, ADE: src.ade,
 	}
 	if des != nil {
 		im.Encryption.DiskEncryptionSetID = des.ID

@@ -105,7 +105,7 @@ func (f *restrictFixture) snapshot(t *testing.T) string {
 	}
 	objs, err := f.cfg.Storage.List(ctx, "")
 	require.NoError(t, err)
-	shown, err := json.Marshal([]any{f.h.ListDisks(), f.h.ListVMs(), f.h.ListDES(ctx), f.tree.list()})
+	shown, err := json.Marshal([]any{f.h.ListDisks(), f.h.ListVMs(), f.h.ListDES(ctx), f.tree.list(), f.h.ListSnapshots(), f.h.ListImages()})
 	require.NoError(t, err)
 	return string(raw) + "\n" + fmt.Sprint(objs) + "\n" + string(shown)
 }

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http"
 	"path"
 	"sort"
 	"strings"
@@ -53,6 +54,9 @@ type Snapshot struct {
 	StoragePrefix     string `json:"storagePrefix"`
 	// ObjectBytes is how long a chunk object of the disk's layout can be.
 	ObjectBytes int64 `json:"objectBytes"`
+	// ADE is inherited from the disk: its content was encrypted by the
+	// guest.
+	ADE bool `json:"ade,omitempty"`
 }
 
 // manifest maps each stored chunk of a snapshot to the object holding it
@@ -175,8 +179,14 @@ func (h *Host) CreateSnapshot(ctx context.Context, r CreateSnapshotRequest) (*Sn
 		if des, ok = h.desByID(r.DiskEncryptionSet); !ok {
 			return nil, notFound("disk encryption set", r.DiskEncryptionSet)
 		}
-		if des.ID != d.Encryption.DiskEncryptionSetID && (d.Sku.Name == "UltraSSD_LRS" || d.Sku.Name == "PremiumV2_LRS") && d.Encryption.DiskEncryptionSetID != "" {
-			return nil, badRequest("disk %q is an %s disk with a customer-managed key: its snapshots must use the same key (disk encryption set of the disk); leave out --disk-encryption-set", d.Name, d.Sku.Name)
+		if err := checkSnapshotKey(d, des); err != nil {
+			return nil, err
+		}
+		if d.ADE {
+			return nil, adeRefusal("disk", d.Name, "snapshots under customer-managed keys", "leave out --disk-encryption-set")
+		}
+		if err := checkDESScope("snapshot", r.Name, d.placement(), des); err != nil {
+			return nil, err
 		}
 		enc.DiskEncryptionSetID = des.ID
 		if enc.Type == EncPlatformKey {
@@ -199,7 +209,7 @@ func (h *Host) CreateSnapshot(ctx context.Context, r CreateSnapshotRequest) (*Sn
 		Location: d.Location, Subscription: d.Subscription, ResourceGroup: d.ResourceGroup,
 		SourceDisk: d.Name, SourceResourceID: d.ID, SourceUniqueID: d.UniqueID, Incremental: r.Incremental,
 		DiskSizeBytes: d.DiskSizeBytes, LogicalSectorSize: d.LogicalSectorSize, Encryption: enc,
-		TimeCreated: h.cfg.Now().UTC(), StoragePrefix: prefix,
+		TimeCreated: h.cfg.Now().UTC(), StoragePrefix: prefix, ADE: d.ADE,
 	}
 	if err := h.copySnapshot(ctx, d, snap, parent); err != nil {
 		h.removeObjects(ctx, prefix)
@@ -544,4 +554,93 @@ func (h *Host) MoveSnapshot(ctx context.Context, name string, r MoveRequest) (*S
 	}
 	c := *sn
 	return &c, nil
+}
+
+// checkSnapshotKey: a snapshot of an UltraSSD or PremiumV2 disk with a
+// customer-managed key uses the disk's own key.
+func checkSnapshotKey(d *Disk, des *DiskEncryptionSet) error {
+	if !isUltraOrV2(d.Sku.Name) || !isCMK(d.Encryption.Type) || des == nil || des.ID == d.Encryption.DiskEncryptionSetID {
+		return nil
+	}
+	return notAllowed(http.StatusBadRequest, "disk %q is %s with a customer-managed key: its snapshots use the disk's own key, not disk encryption set %q; leave out --disk-encryption-set",
+		d.Name, d.Sku.Name, des.Name)
+}
+
+// UpdateSnapshotRequest switches a snapshot between platform and customer
+// keys (its data key is re-wrapped, its data untouched).
+type UpdateSnapshotRequest struct {
+	EncryptionType    string `json:"encryptionType,omitempty"`
+	DiskEncryptionSet string `json:"diskEncryptionSet,omitempty"`
+}
+
+// UpdateSnapshot re-wraps a snapshot's key under another set's key or the
+// platform key. Customer keys cannot be turned off on an incremental
+// snapshot, nor the key changed on one of an UltraSSD or PremiumV2 disk.
+func (h *Host) UpdateSnapshot(ctx context.Context, name string, r UpdateSnapshotRequest) (*Snapshot, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	sn, ok := h.st.Snapshots[name]
+	if !ok {
+		return nil, notFound("snapshot", name)
+	}
+	res := &Disk{Name: "snapshot " + name, Encryption: sn.Encryption}
+	var des *DiskEncryptionSet
+	switch {
+	case r.DiskEncryptionSet != "":
+		if des, ok = h.desByID(r.DiskEncryptionSet); !ok {
+			return nil, notFound("disk encryption set", r.DiskEncryptionSet)
+		}
+		if r.EncryptionType != "" && r.EncryptionType != EncCustomerKey && r.EncryptionType != sn.Encryption.Type {
+			return nil, badRequest("a snapshot keeps its layers; with --disk-encryption-set leave out --encryption-type")
+		}
+		src := &Disk{Name: sn.SourceDisk, Sku: sn.Sku, Encryption: sn.Encryption}
+		if err := checkSnapshotKey(src, des); err != nil {
+			return nil, err
+		}
+		if sn.ADE {
+			return nil, adeRefusal("snapshot", name, "customer-managed keys", "keep it on platform-managed keys")
+		}
+		if err := checkDESScope("snapshot", name, sn.placement(), des); err != nil {
+			return nil, err
+		}
+	case r.EncryptionType == EncPlatformKey:
+		if sn.Encryption.Type == EncPlatformKey {
+			c := *sn
+			return &c, nil
+		}
+		if sn.Encryption.Type == EncPlatformAndCustomerKey {
+			return nil, badRequest("snapshot %q is double-encrypted; switching it to a single layer is not supported", name)
+		}
+		if sn.Incremental {
+			return nil, notAllowed(http.StatusConflict, "snapshot %q is incremental: customer-managed keys cannot be turned off on an incremental snapshot; keep its key, or take a full snapshot (without --incremental) and switch that one", name)
+		}
+		if isUltraOrV2(sn.Sku.Name) {
+			return nil, notAllowed(http.StatusBadRequest, "snapshot %q is of an %s disk with a customer-managed key: it keeps the disk's key", name, sn.Sku.Name)
+		}
+	default:
+		return nil, badRequest("give --disk-encryption-set, or --encryption-type %s", EncPlatformKey)
+	}
+	var w disk.KeyWrapper = h.cfg.Keys
+	if des != nil {
+		ws, err := h.wrappersFor(ctx, EncCustomerKey, des)
+		if err != nil {
+			return nil, err
+		}
+		w = ws[0]
+	}
+	nw, err := disk.Rewrap(ctx, h.cfg.Storage, sn.StoragePrefix, 1, h.unwrapperFor(res), w)
+	if err != nil {
+		return nil, fmt.Errorf("snapshot %q: %w", name, err)
+	}
+	sn.KeyID = nw.KeyID
+	if des != nil {
+		sn.Encryption.DiskEncryptionSetID = des.ID
+		if sn.Encryption.Type == EncPlatformKey {
+			sn.Encryption.Type = EncCustomerKey
+		}
+	} else {
+		sn.Encryption = Encryption{Type: EncPlatformKey}
+	}
+	c := *sn
+	return &c, h.save()
 }

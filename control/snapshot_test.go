@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"net/http"
 	"sync"
 	"testing"
 
@@ -156,4 +157,92 @@ func TestSnapshotsAndImages(t *testing.T) {
 	f.restart(t, true)
 	got = f.restore(t, "i3", "r5")
 	require.True(t, bytes.Equal(want3, got))
+}
+
+// The restrictions that concern snapshots: each refusal states the rule and
+// changes nothing.
+func TestSnapshotRestrictions(t *testing.T) {
+	f := newRestrictFixture(t)
+	ctx := context.Background()
+	for _, n := range []string{"des1", "des2"} {
+		_, err := f.h.CreateDES(ctx, CreateDESRequest{Name: n, KeyURL: kid("vault1", n)})
+		require.NoError(t, err)
+	}
+
+	// A snapshot of an UltraSSD disk with a customer key keeps that key.
+	_, err := f.h.CreateDisk(ctx, CreateDiskRequest{Name: "u1", SizeBytes: 8 << 20, Sku: "UltraSSD_LRS", LogicalSectorSize: 4096, DiskEncryptionSet: "des1"})
+	require.NoError(t, err)
+	f.refused(t, http.StatusBadRequest, func() error {
+		_, err := f.h.CreateSnapshot(ctx, CreateSnapshotRequest{Name: "us", Source: "u1", DiskEncryptionSet: "des2"})
+		return err
+	}, "UltraSSD_LRS", "disk's own key", "leave out --disk-encryption-set")
+	us, err := f.h.CreateSnapshot(ctx, CreateSnapshotRequest{Name: "us", Source: "u1", DiskEncryptionSet: "des1"})
+	require.NoError(t, err)
+	f.refused(t, http.StatusBadRequest, func() error {
+		_, err := f.h.UpdateSnapshot(ctx, "us", UpdateSnapshotRequest{DiskEncryptionSet: "des2"})
+		return err
+	}, "disk's own key")
+	assert.Equal(t, kid("vault1", "des1"), us.KeyID)
+
+	// Customer keys stay on a disk with incremental snapshots, and on the
+	// incremental snapshots themselves; a full snapshot may switch.
+	_, err = f.h.CreateDisk(ctx, CreateDiskRequest{Name: "c1", SizeBytes: 8 << 20, DiskEncryptionSet: "des1"})
+	require.NoError(t, err)
+	_, err = f.h.CreateSnapshot(ctx, CreateSnapshotRequest{Name: "inc1", Source: "c1", Incremental: true})
+	require.NoError(t, err)
+	_, err = f.h.CreateSnapshot(ctx, CreateSnapshotRequest{Name: "full1", Source: "c1"})
+	require.NoError(t, err)
+	f.refused(t, http.StatusConflict, func() error {
+		_, err := f.h.UpdateDisk(ctx, "c1", UpdateDiskRequest{EncryptionType: EncPlatformKey})
+		return err
+	}, "incremental snapshots (inc1)", "delete its incremental snapshots first")
+	f.refused(t, http.StatusConflict, func() error {
+		_, err := f.h.UpdateSnapshot(ctx, "inc1", UpdateSnapshotRequest{EncryptionType: EncPlatformKey})
+		return err
+	}, "incremental", "take a full snapshot")
+	full, err := f.h.UpdateSnapshot(ctx, "full1", UpdateSnapshotRequest{EncryptionType: EncPlatformKey})
+	require.NoError(t, err)
+	assert.Equal(t, EncPlatformKey, full.Encryption.Type)
+	assert.NotContains(t, full.KeyID, "/vaults/")
+	// Still restorable under the platform key.
+	_, err = f.h.CreateDisk(ctx, CreateDiskRequest{Name: "fromfull", Source: "full1"})
+	require.NoError(t, err)
+	require.NoError(t, f.h.DeleteSnapshot(ctx, "inc1"))
+	_, err = f.h.UpdateDisk(ctx, "c1", UpdateDiskRequest{EncryptionType: EncPlatformKey})
+	require.NoError(t, err, "with its incremental snapshots gone the disk may switch")
+
+	// Customer-key snapshots and images never change subscription.
+	other := "11111111-2222-3333-4444-555555555555"
+	f.refused(t, http.StatusBadRequest, func() error {
+		_, err := f.h.MoveSnapshot(ctx, "us", MoveRequest{ResourceGroup: "rg2", Subscription: other})
+		return err
+	}, "cannot move to another subscription")
+	moved, err := f.h.MoveSnapshot(ctx, "us", MoveRequest{ResourceGroup: "rg2"})
+	require.NoError(t, err)
+	assert.Contains(t, moved.ID, "/resourceGroups/rg2/providers/Microsoft.Compute/snapshots/us")
+	_, err = f.h.CreateImage(ctx, CreateImageRequest{Name: "im1", Source: "us", DiskEncryptionSet: "des1"})
+	require.NoError(t, err)
+	f.refused(t, http.StatusBadRequest, func() error {
+		_, err := f.h.MoveImage(ctx, "im1", MoveRequest{ResourceGroup: "rg2", Subscription: other})
+		return err
+	}, "cannot move to another subscription")
+	_, err = f.h.MoveSnapshot(ctx, "full1", MoveRequest{ResourceGroup: "rg3", Subscription: other})
+	require.NoError(t, err, "a platform-key snapshot moves freely")
+
+	// Guest-encrypted content never gets customer keys, also as a copy.
+	_, err = f.h.CreateDisk(ctx, CreateDiskRequest{Name: "a1", SizeBytes: 8 << 20, ADE: true})
+	require.NoError(t, err)
+	f.refused(t, http.StatusBadRequest, func() error {
+		_, err := f.h.CreateSnapshot(ctx, CreateSnapshotRequest{Name: "as", Source: "a1", DiskEncryptionSet: "des1"})
+		return err
+	}, "guest-level disk encryption")
+	_, err = f.h.CreateSnapshot(ctx, CreateSnapshotRequest{Name: "as", Source: "a1"})
+	require.NoError(t, err)
+	f.refused(t, http.StatusBadRequest, func() error {
+		_, err := f.h.CreateDisk(ctx, CreateDiskRequest{Name: "a2", Source: "as", DiskEncryptionSet: "des1"})
+		return err
+	}, "guest-level disk encryption")
+	a2, err := f.h.CreateDisk(ctx, CreateDiskRequest{Name: "a2", Source: "as"})
+	require.NoError(t, err)
+	assert.True(t, a2.ADE, "a copy of guest-encrypted content is flagged too")
 }
