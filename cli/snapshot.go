@@ -160,6 +160,10 @@ func imageDelete(c *Context, args []string) error {
 // callWithProgress makes a call that copies data and, while it runs, shows
 // the copy's progress on stderr (see progressBar).
 func (c *Context) callWithProgress(method, path string, in, out any, kind, name string) error {
+	// Resolve the endpoint once, before two goroutines use it.
+	if _, err := c.HostSocket(); err != nil {
+		return err
+	}
 	done := make(chan error, 1)
 	go func() { done <- c.call(method, path, in, out) }()
 	t := time.NewTicker(250 * time.Millisecond)
