@@ -67,7 +67,7 @@ func TestHostSnapshotExt4(t *testing.T) {
 	mnt2 := t.TempDir()
 	loop2 := strings.TrimSpace(sh(t, "losetup --find --show "+h.img("vm2", "data-0.img")))
 	defer exec.Command("losetup", "-d", loop2).Run()
-	sh(t, "mount "+loop2+" "+mnt2) // replays the journal of a crash-consistent copy
+	sh(t, "mount "+loop2+" "+mnt2)           // replays the journal of a crash-consistent copy
 	defer exec.Command("umount", mnt2).Run() // only if a check below fails first
 	require.Equal(t, atSnapshot, list(mnt2), "the restored disk is not the file system as of the snapshot")
 	sh(t, "umount "+mnt2)
