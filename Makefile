@@ -58,3 +58,8 @@ bench-fio:
 .PHONY: bench-cache
 bench-cache:
 	@GO=$(GO) bench/cache-latency.sh
+
+# hostcryptd's memory with ten 1 GiB disks under fio (DISKS, SIZE, RUNTIME).
+.PHONY: bench-memory
+bench-memory:
+	@GO=$(GO) bench/memory.sh

@@ -21,53 +21,9 @@ LATENCY=${LATENCY:-1ms}
 SIZE=${SIZE:-256M}
 RUNTIME=${RUNTIME:-8}
 UPDATE_DOCS=${UPDATE_DOCS:-0}
-BENCH_TMPDIR=${BENCH_TMPDIR:-/var/tmp}
-GO=${GO:-go}
-
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
-cd "$ROOT"
-say() { printf '[cache-bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-die() { say "error: $*"; exit 1; }
-[[ $(id -u) == 0 ]] || die "run as root (FUSE mount)"
-for c in fio python3 fusermount3; do
-  command -v "$c" >/dev/null || die "$c is missing (scripts/deps.sh installs it)"
-done
-
-WORK=$(mktemp -d "$BENCH_TMPDIR/hostcrypt-cache-bench.XXXXXX")
-PIDS=()
-cleanup() {
-  local rc=$? pid
-  for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
-    pid=${PIDS[i]}
-    kill -TERM "$pid" 2>/dev/null || true
-    for _ in $(seq 300); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$pid" 2>/dev/null || true
-  done
-  mountpoint -q "$WORK/mnt" 2>/dev/null && fusermount3 -u -z "$WORK/mnt"
-  rm -rf "$WORK"
-  exit "$rc"
-}
-trap cleanup EXIT INT TERM
-
-say "building"
-make --no-print-directory build GO="$GO" >/dev/null
-cp bin/keystored bin/hostcryptd bin/hostcrypt "$WORK/"
-
-mkdir -p "$WORK/ks" "$WORK/state" "$WORK/storage" "$WORK/host" "$WORK/mnt"
-"$WORK/keystored" --dir "$WORK/ks" --listen 127.0.0.1:0 >"$WORK/keystored.log" 2>&1 &
-PIDS+=($!)
-for _ in $(seq 300); do [[ -s $WORK/ks/address && -s $WORK/ks/platform.token ]] && break; sleep 0.1; done
-URL=$(cat "$WORK/ks/address")
-[[ $URL == https://* ]] || URL=https://$URL
-"$WORK/hostcryptd" --state "$WORK/state" --storage "$WORK/storage" --host-dir "$WORK/host" \
-  --mount "$WORK/mnt" --keystore "$URL" --keystore-ca "$WORK/ks/ca.pem" \
-  --token-file "$WORK/ks/platform.token" --storage-latency "$LATENCY" --cache-size "$(($(numfmt --from=iec "$SIZE") * 2))" \
-  >"$WORK/hostcryptd.log" 2>&1 &
-DAEMON=$!
-PIDS+=("$DAEMON")
-for _ in $(seq 300); do [[ -S $WORK/state/hostcryptd.sock ]] && mountpoint -q "$WORK/mnt" && break; sleep 0.1; done
-mountpoint -q "$WORK/mnt" || die "hostcryptd did not start: $(tail -n 3 "$WORK/hostcryptd.log")"
-hc() { "$WORK/hostcrypt" --host-socket "$WORK/state/hostcryptd.sock" "$@"; }
+BENCH_NAME=cache-bench
+source "$(dirname "$0")/lib.sh"
+start_daemons --storage-latency "$LATENCY" --cache-size "$(($(numfmt --from=iec "$SIZE") * 2))"
 
 # Two VMs: "on" with encryption at host, "off" without; one data disk per
 # caching mode (LUN order: None, ReadOnly, ReadWrite).
@@ -142,17 +98,5 @@ echo "- daemon peak RSS: $(awk '/^VmHWM:/ {print $2, $3}' "/proc/$DAEMON/status"
 mv "$OUT.tmp" "$OUT"
 cat "$OUT"
 if [[ $UPDATE_DOCS == 1 ]]; then
-  python3 - "$OUT" docs/PERFORMANCE.md <<'EOF'
-import sys
-table = open(sys.argv[1]).read()
-path = sys.argv[2]
-doc = open(path).read()
-start, end = "<!-- cache-table:start -->", "<!-- cache-table:end -->"
-if start not in doc:
-    sys.exit("no cache-table markers in " + path)
-head, rest = doc.split(start, 1)
-_, tail = rest.split(end, 1)
-open(path, "w").write(head + start + "\n" + table + end + tail)
-EOF
-  say "table written into docs/PERFORMANCE.md"
+  update_docs cache-table "$OUT"
 fi
