@@ -1191,6 +1191,7 @@ func (h *Host) Recover(ctx context.Context) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.recoverTransfers(ctx)
+	h.removeOrphanCopies(ctx)
 	for name, d := range h.st.Disks {
 		if d.Conversion != nil && d.Conversion.Error == "" {
 			h.log.Info("resuming disk conversion", "disk", name, "chunk", d.Conversion.NextChunk, "of", d.Conversion.TotalChunks)

@@ -644,3 +644,38 @@ func (h *Host) UpdateSnapshot(ctx context.Context, name string, r UpdateSnapshot
 	c := *sn
 	return &c, h.save()
 }
+
+// removeOrphanCopies destroys what a snapshot or image creation cut short
+// by a crash left in storage: objects under snapshots/ or images/ that no
+// resource owns. Their keys go first, as for any deletion.
+func (h *Host) removeOrphanCopies(ctx context.Context) {
+	owned := map[string]bool{}
+	for _, s := range h.st.Snapshots {
+		owned[s.StoragePrefix] = true
+	}
+	for _, im := range h.st.Images {
+		owned[im.StoragePrefix] = true
+	}
+	for _, root := range []string{"snapshots", "images"} {
+		keys, err := h.cfg.Storage.List(ctx, root)
+		if err != nil {
+			continue
+		}
+		seen := map[string]bool{}
+		for _, k := range keys {
+			parts := strings.SplitN(k, "/", 3)
+			if len(parts) < 3 {
+				continue
+			}
+			prefix := parts[0] + "/" + parts[1]
+			if owned[prefix] || seen[prefix] {
+				continue
+			}
+			seen[prefix] = true
+			h.log.Warn("removing a copy cut short by a crash", "prefix", prefix)
+			if err := h.removeObjects(ctx, prefix); err != nil {
+				h.log.Error("could not remove a copy cut short by a crash", "prefix", prefix, "err", err)
+			}
+		}
+	}
+}

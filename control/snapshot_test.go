@@ -153,10 +153,20 @@ func TestSnapshotsAndImages(t *testing.T) {
 	requireCode(t, err, 404)
 	require.Len(t, f.h.ListSnapshots(), 3)
 
-	// A restart keeps them.
+	// A restart keeps them, and removes what a crash in the middle of a
+	// copy left behind.
+	orphan := "snapshots/0123abcd-0000-0000-0000-000000000000"
+	require.NoError(t, f.cfg.Storage.WriteMeta(ctx, orphan+"/meta.json", []byte(`{"format":1}`)))
+	require.NoError(t, writeSparse(ctx, f.cfg.Storage, orphan+"/chunks/00000000", fill(8192)))
 	f.restart(t, true)
 	got = f.restore(t, "i3", "r5")
 	require.True(t, bytes.Equal(want3, got))
+	left, err = f.cfg.Storage.List(ctx, orphan)
+	require.NoError(t, err)
+	assert.Empty(t, left, "an orphaned copy survived the restart")
+	left, err = f.cfg.Storage.List(ctx, i3.StoragePrefix)
+	require.NoError(t, err)
+	assert.NotEmpty(t, left)
 }
 
 // The restrictions that concern snapshots: each refusal states the rule and
