@@ -877,11 +877,21 @@ func (h *Host) openTemp(ctx context.Context, vm *VM) (*openDisk, error) {
 		return &openDisk{img: &plainImage{Chunk: ch, size: vm.TempDiskSizeBytes}, plain: ch}, nil
 	}
 	d, err := disk.Open(ctx, h.cfg.HostLocal, tempPrefix(vm.Name), h.cfg.Keys)
+	if errors.Is(err, ErrKeyGone) {
+		// Its key was destroyed (a deallocation cut short, or files put
+		// back from a copy): what is there can never be read again.
+		h.log.Warn("the temp disk's key no longer exists; starting with a new, empty temp disk", "vm", vm.Name)
+		err = disk.ErrNotFound
+	}
 	if errors.Is(err, disk.ErrNotFound) {
 		// A destroyed temp disk whose removal was cut short: finish it.
 		_ = disk.Destroy(ctx, h.cfg.HostLocal, tempPrefix(vm.Name))
+		var w disk.KeyWrapper
+		if w, err = h.tempWrapper(ctx); err != nil {
+			return nil, fmt.Errorf("temp disk of VM %q: %w", vm.Name, err)
+		}
 		d, err = disk.Create(ctx, h.cfg.HostLocal, tempPrefix(vm.Name), disk.CreateOptions{
-			Size: vm.TempDiskSizeBytes, SectorSize: 512, Layers: []disk.KeyWrapper{h.cfg.Keys},
+			Size: vm.TempDiskSizeBytes, SectorSize: 512, Layers: []disk.KeyWrapper{w},
 		})
 	}
 	if err != nil {
@@ -999,15 +1009,21 @@ func (h *Host) DeallocateVM(ctx context.Context, name string) (*VM, error) {
 }
 
 func (h *Host) destroyTemp(ctx context.Context, vm string) error {
-	err := disk.Destroy(ctx, h.cfg.HostLocal, tempPrefix(vm))
-	if err != nil && !errors.Is(err, disk.ErrNotFound) {
-		return fmt.Errorf("destroying the temp disk of VM %q: %w", vm, err)
+	// The key first: from then on the data is unreadable, also from a copy
+	// of the files. The files go even if that fails.
+	var errs []error
+	if err := h.destroyTempKeys(ctx, tempPrefix(vm)); err != nil {
+		err = fmt.Errorf("VM %q: destroying the temp disk's key in the key store: %w (its files are removed; the key remains until it is deleted there)", vm, err)
+		h.log.Error("temp disk key not destroyed", "vm", vm, "err", err)
+		errs = append(errs, err)
 	}
-	err = h.cfg.HostLocal.Delete(ctx, plainTempKey(vm))
-	if err != nil && !errors.Is(err, storage.ErrNotFound) {
-		return fmt.Errorf("removing the plaintext temp disk of VM %q: %w", vm, err)
+	if err := disk.Destroy(ctx, h.cfg.HostLocal, tempPrefix(vm)); err != nil && !errors.Is(err, disk.ErrNotFound) {
+		errs = append(errs, fmt.Errorf("destroying the temp disk of VM %q: %w", vm, err))
 	}
-	return nil
+	if err := h.cfg.HostLocal.Delete(ctx, plainTempKey(vm)); err != nil && !errors.Is(err, storage.ErrNotFound) {
+		errs = append(errs, fmt.Errorf("removing the plaintext temp disk of VM %q: %w", vm, err))
+	}
+	return errors.Join(errs...)
 }
 
 // DeleteVM deletes a VM that is not running. Its disks stay, unattached; its

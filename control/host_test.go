@@ -9,8 +9,10 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -22,6 +24,7 @@ import (
 	"hostcrypt/disk"
 	hfs "hostcrypt/fs"
 	"hostcrypt/internal/leakscan"
+	"hostcrypt/storage"
 	"hostcrypt/storage/local"
 )
 
@@ -30,6 +33,8 @@ type fakeKeys struct {
 	mu      sync.Mutex
 	key     []byte
 	unwraps int
+	temp    map[string][]byte // the temp disks' own keys, by key id
+	ntemp   int
 }
 
 func (k *fakeKeys) gcm() cipher.AEAD {
@@ -47,12 +52,48 @@ func (k *fakeKeys) WrapKey(_ context.Context, dek []byte) (disk.WrappedKey, erro
 func (k *fakeKeys) UnwrapKey(_ context.Context, w disk.WrappedKey) ([]byte, error) {
 	k.mu.Lock()
 	k.unwraps++
+	key := k.key
+	if strings.HasPrefix(w.KeyID, "platform/temp-") {
+		key = k.temp[w.KeyID]
+	}
 	k.mu.Unlock()
-	out, err := k.gcm().Open(nil, w.Value[:12], w.Value[12:], nil)
+	if key == nil {
+		return nil, fmt.Errorf("%s: %w", w.KeyID, ErrKeyGone)
+	}
+	b, _ := aes.NewCipher(key)
+	g, _ := cipher.NewGCM(b)
+	out, err := g.Open(nil, w.Value[:12], w.Value[12:], nil)
 	if err != nil {
 		return nil, hcrypto.ErrWrongKey
 	}
 	return out, nil
+}
+
+// TempWrapper gives a temp disk a key of its own, as the key service does.
+func (k *fakeKeys) TempWrapper(context.Context) (disk.KeyWrapper, error) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.temp == nil {
+		k.temp = map[string][]byte{}
+	}
+	k.ntemp++
+	kid := fmt.Sprintf("platform/temp-%d/v1", k.ntemp)
+	key := hcrypto.NewDataKey()
+	k.temp[kid] = key
+	return wrapFunc(func(_ context.Context, dek []byte) (disk.WrappedKey, error) {
+		b, _ := aes.NewCipher(key)
+		g, _ := cipher.NewGCM(b)
+		n := make([]byte, 12)
+		rand.Read(n)
+		return disk.WrappedKey{KeyID: kid, Algorithm: "A256GCM", Value: g.Seal(n, n, dek, nil)}, nil
+	}), nil
+}
+
+func (k *fakeKeys) DestroyTempKey(_ context.Context, kid string) error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	delete(k.temp, kid)
+	return nil
 }
 
 // fakeTree records which images are visible.
@@ -595,4 +636,65 @@ func TestEncryptionAtHostOff(t *testing.T) {
 			assert.True(t, e.Encrypted, "%s %s", e.Disk, e.Layer)
 		}
 	}
+}
+
+// Deallocation destroys the temp disk's own key before its files: a copy of
+// the files taken before cannot be opened with any key left, and put back
+// in place it gives a new, empty temp disk.
+func TestDeallocateShredsTempDisk(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	_, err := f.h.CreateVM(ctx, CreateVMRequest{Name: "vm1", OsDiskSizeBytes: 4 << 20, TempDiskSize: 4 << 20})
+	require.NoError(t, err)
+	pattern := make([]byte, 64<<10)
+	rand.Read(pattern)
+	_, err = f.tree.get("vm1/temp.img").WriteAt(pattern, 0)
+	require.NoError(t, err)
+	_, err = f.h.StopVM(ctx, "vm1", "")
+	require.NoError(t, err)
+
+	root := filepath.Join(filepath.Dir(f.cfg.StateDir), "host")
+	copied := t.TempDir()
+	require.NoError(t, os.CopyFS(copied, os.DirFS(filepath.Join(root, "temp", "vm1"))))
+	m, err := disk.ReadMetadata(ctx, f.cfg.HostLocal, tempPrefix("vm1"))
+	require.NoError(t, err)
+	kid := m.Layers[0].WrappedKeys[0].KeyID
+	assert.Contains(t, kid, "platform/temp-", "the temp disk has a key of its own")
+	assert.NotEqual(t, "platform/test/v1", kid)
+
+	_, err = f.h.DeallocateVM(ctx, "vm1")
+	require.NoError(t, err)
+	_, err = os.Stat(filepath.Join(root, "temp", "vm1"))
+	require.ErrorIs(t, err, os.ErrNotExist)
+
+	// The copy, opened with every key the system holds, is unreadable.
+	cb, err := local.Open(copied)
+	require.NoError(t, err)
+	_, err = disk.Open(ctx, &prefixed{cb, "temp/vm1"}, "temp/vm1", f.keys)
+	require.ErrorIs(t, err, ErrKeyGone)
+
+	// Put back in place, the next start replaces it with an empty one.
+	require.NoError(t, os.CopyFS(filepath.Join(root, "temp", "vm1"), os.DirFS(copied)))
+	_, err = f.h.StartVM(ctx, "vm1")
+	require.NoError(t, err)
+	got := make([]byte, len(pattern))
+	_, err = f.tree.get("vm1/temp.img").ReadAt(got, 0)
+	require.NoError(t, err)
+	require.Equal(t, make([]byte, len(pattern)), got)
+}
+
+// prefixed shows a directory's objects under a key prefix.
+type prefixed struct {
+	storage.Backend
+	prefix string
+}
+
+func (p *prefixed) strip(key string) string { return strings.TrimPrefix(key, p.prefix+"/") }
+
+func (p *prefixed) OpenChunk(ctx context.Context, key string, create bool) (storage.Chunk, error) {
+	return p.Backend.OpenChunk(ctx, p.strip(key), create)
+}
+
+func (p *prefixed) ReadMeta(ctx context.Context, key string) ([]byte, error) {
+	return p.Backend.ReadMeta(ctx, p.strip(key))
 }

@@ -186,3 +186,34 @@ func TestHostEncryptionAtHost(t *testing.T) {
 		}
 	}
 }
+
+// TestHostDeallocateShredsTempDisk: stop and start keep the temp disk;
+// deallocation destroys its own key in the key store first, then its files,
+// so a copy of the files taken before cannot be opened again, not even by
+// the daemon that made it.
+func TestHostDeallocateShredsTempDisk(t *testing.T) {
+	h := newHost(t, startKeystore(t))
+	h.ok("vm", "create", "--name", "vm1", "--os-disk-size", "8M", "--temp-disk-size", "16M")
+	img := h.img("vm1", "temp.img")
+	sum := writePattern(t, img)
+	h.ok("vm", "stop", "--name", "vm1")
+	h.ok("vm", "start", "--name", "vm1")
+	require.Equal(t, sum, readBack(t, img), "stop/start lost the temp disk")
+	h.ok("vm", "stop", "--name", "vm1")
+
+	dir := filepath.Join(h.hostDir, "temp", "vm1")
+	saved := filepath.Join(t.TempDir(), "saved")
+	sh(t, "cp -a "+dir+" "+saved)
+	meta := sh(t, "cat "+filepath.Join(dir, "meta.json"))
+	require.Contains(t, meta, "/vaults/platform/keys/temp-disk-", "the temp disk has a platform key of its own")
+
+	h.ok("vm", "deallocate", "--name", "vm1")
+	_, err := os.Stat(dir)
+	require.ErrorIs(t, err, os.ErrNotExist, "deallocation left the temp disk's files")
+
+	sh(t, "mkdir -p "+filepath.Dir(dir)+" && cp -a "+saved+" "+dir)
+	h.ok("vm", "start", "--name", "vm1")
+	zeros := sh(t, "dd if="+img+" bs=64k skip=5 count=48 iflag=direct status=none | tr -d '\\0' | wc -c")
+	require.Equal(t, "0", strings.TrimSpace(zeros), "the old temp disk's data came back")
+	require.Contains(t, h.logs.String(), "the temp disk's key no longer exists")
+}
