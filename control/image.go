@@ -257,28 +257,11 @@ func (h *Host) CreateImage(ctx context.Context, r CreateImageRequest) (*Image, e
 
 // ShowImage returns one image.
 func (h *Host) ShowImage(name string) (*Image, error) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	im, ok := h.st.Images[name]
-	if !ok {
-		return nil, notFound("image", name)
-	}
-	c := *im
-	return &c, nil
+	return showCopy(h, h.st.Images, "image", name)
 }
 
 // ListImages returns every image, sorted by name.
-func (h *Host) ListImages() []*Image {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	out := make([]*Image, 0, len(h.st.Images))
-	for _, im := range h.st.Images {
-		c := *im
-		out = append(out, &c)
-	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
-	return out
-}
+func (h *Host) ListImages() []*Image { return listCopies(h, h.st.Images) }
 
 // DeleteImage destroys an image: its wrapped key first, then its data.
 func (h *Host) DeleteImage(ctx context.Context, name string) error {

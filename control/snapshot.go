@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"hostcrypt/disk"
+	"hostcrypt/internal/zeros"
 	"hostcrypt/storage"
 	"hostcrypt/storage/freeze"
 )
@@ -360,7 +361,7 @@ func writeSparse(ctx context.Context, be storage.Backend, key string, buf []byte
 	}
 	for off := 0; off < len(buf); off += copyPiece {
 		p := buf[off:min(off+copyPiece, len(buf))]
-		if allZero(p) {
+		if zeros.Is(p) {
 			continue
 		}
 		if _, err := c.WriteAt(p, int64(off)); err != nil {
@@ -369,21 +370,6 @@ func writeSparse(ctx context.Context, be storage.Backend, key string, buf []byte
 		}
 	}
 	return errors.Join(c.Sync(), c.Close())
-}
-
-func allZero(b []byte) bool {
-	for len(b) >= 8 {
-		if b[0]|b[1]|b[2]|b[3]|b[4]|b[5]|b[6]|b[7] != 0 {
-			return false
-		}
-		b = b[8:]
-	}
-	for _, c := range b {
-		if c != 0 {
-			return false
-		}
-	}
-	return true
 }
 
 // removeObjects crypto-shreds and removes what is stored under prefix: the
@@ -419,26 +405,38 @@ func (h *Host) openDiskFor(name string) *openDisk {
 
 // ShowSnapshot returns one snapshot.
 func (h *Host) ShowSnapshot(name string) (*Snapshot, error) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	s, ok := h.st.Snapshots[name]
-	if !ok {
-		return nil, notFound("snapshot", name)
-	}
-	c := *s
-	return &c, nil
+	return showCopy(h, h.st.Snapshots, "snapshot", name)
 }
 
 // ListSnapshots returns every snapshot, sorted by name.
-func (h *Host) ListSnapshots() []*Snapshot {
+func (h *Host) ListSnapshots() []*Snapshot { return listCopies(h, h.st.Snapshots) }
+
+// showCopy returns a copy of the resource name of m, under the control lock.
+func showCopy[T any](h *Host, m map[string]*T, kind, name string) (*T, error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	out := make([]*Snapshot, 0, len(h.st.Snapshots))
-	for _, s := range h.st.Snapshots {
-		c := *s
+	v, ok := m[name]
+	if !ok {
+		return nil, notFound(kind, name)
+	}
+	c := *v
+	return &c, nil
+}
+
+// listCopies returns copies of every resource of m, sorted by name.
+func listCopies[T any](h *Host, m map[string]*T) []*T {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	names := make([]string, 0, len(m))
+	for n := range m {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	out := make([]*T, 0, len(names))
+	for _, n := range names {
+		c := *m[n]
 		out = append(out, &c)
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hostcrypt/internal/zeros"
 	"io"
 )
 
@@ -81,13 +82,13 @@ func Copy(ctx context.Context, dst io.WriterAt, src io.ReaderAt, size int64, nex
 func writeNonZero(dst io.WriterAt, b []byte, off int64, written *int64) error {
 	for i := 0; i < len(b); {
 		j := min(i+BlockSize, len(b))
-		if isZero(b[i:j]) {
+		if zeros.Is(b[i:j]) {
 			i = j
 			continue
 		}
 		for j < len(b) {
 			k := min(j+BlockSize, len(b))
-			if isZero(b[j:k]) {
+			if zeros.Is(b[j:k]) {
 				break
 			}
 			j = k
@@ -99,19 +100,4 @@ func writeNonZero(dst io.WriterAt, b []byte, off int64, written *int64) error {
 		i = j
 	}
 	return nil
-}
-
-func isZero(b []byte) bool {
-	for len(b) >= 8 {
-		if b[0]|b[1]|b[2]|b[3]|b[4]|b[5]|b[6]|b[7] != 0 {
-			return false
-		}
-		b = b[8:]
-	}
-	for _, c := range b {
-		if c != 0 {
-			return false
-		}
-	}
-	return true
 }

@@ -11,6 +11,8 @@ import (
 	"testing"
 
 	"github.com/stretchr/testify/require"
+
+	"hostcrypt/internal/zeros"
 )
 
 // pattern writes a recognisable, never-zero block for each offset.
@@ -72,7 +74,7 @@ func checkCopy(t *testing.T, src Source, want []byte) {
 	// Only the non-zero blocks were written: 64 KiB + 128 KiB + the tail.
 	require.EqualValues(t, 64<<10+128<<10+512, last.Data)
 	for _, w := range rec.writes {
-		require.False(t, isZero(want[w[0]:w[0]+w[1]]))
+		require.False(t, zeros.Is(want[w[0]:w[0]+w[1]]))
 	}
 }
 
