@@ -145,7 +145,7 @@ type fixture struct {
 	cfg  Config
 }
 
-func newFixture(t *testing.T) *fixture {
+func newFixture(t testing.TB) *fixture {
 	dir := t.TempDir()
 	sb, err := local.Open(filepath.Join(dir, "storage"))
 	require.NoError(t, err)
