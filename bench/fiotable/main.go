@@ -35,6 +35,9 @@ var jobs = []string{"seq-write-1M", "seq-read-1M", "rand-write-4k", "rand-read-4
 const (
 	refPassthrough = "passthrough"
 	refGocryptfs   = "gocryptfs"
+	// refSameOptions is the passthrough with hostcryptd's mount options;
+	// its column appears when the run has it.
+	refSameOptions = "passthrough-hc"
 )
 
 func main() {
@@ -207,11 +210,23 @@ func render(r *run) string {
 	if busy {
 		b.WriteString("; \"busy before\" is how busy the machine was with other work just before the job")
 	}
-	b.WriteString(".\n\n| target | job | throughput | p99 µs | daemon CPU µs/I/O | × passthrough | × gocryptfs |")
+	same := len(r.results[refSameOptions]) > 0
+	if same {
+		b.WriteString("; \"× same options\" compares with the passthrough mounted with hostcryptd's options (`" + refSameOptions + "`)")
+	}
+	b.WriteString(".\n\n| target | job | throughput | p99 µs | daemon CPU µs/I/O | × passthrough |")
+	if same {
+		b.WriteString(" × same options |")
+	}
+	b.WriteString(" × gocryptfs |")
 	if busy {
 		b.WriteString(" busy before |")
 	}
-	b.WriteString("\n| --- | --- | ---: | ---: | ---: | ---: | ---: |")
+	b.WriteString("\n| --- | --- | ---: | ---: | ---: | ---: |")
+	if same {
+		b.WriteString(" ---: |")
+	}
+	b.WriteString(" ---: |")
 	if busy {
 		b.WriteString(" ---: |")
 	}
@@ -227,6 +242,9 @@ func render(r *run) string {
 			}
 			if res.failed {
 				cells := []string{t.label, job, "failed", "", "", "", ""}
+				if same {
+					cells = append(cells, "")
+				}
 				if busy {
 					cells = append(cells, "")
 				}
@@ -239,8 +257,11 @@ func render(r *run) string {
 			}
 			cells := []string{t.label, job, tp,
 				strconv.FormatFloat(res.p99us, 'f', 0, 64),
-				res.fields["daemon_us_per_io"],
-				r.ratio(res, refPassthrough), r.ratio(res, refGocryptfs)}
+				res.fields["daemon_us_per_io"], r.ratio(res, refPassthrough)}
+			if same {
+				cells = append(cells, r.ratio(res, refSameOptions))
+			}
+			cells = append(cells, r.ratio(res, refGocryptfs))
 			if busy {
 				cells = append(cells, res.fields["pre_busy"])
 			}

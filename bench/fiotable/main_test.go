@@ -93,6 +93,26 @@ func TestRenderBusyColumnOnlyWhenMeasured(t *testing.T) {
 	assert.Contains(t, render(r), "| passthrough | rand-read-4k | 70.0k | 600 | 25.0 | 1.00 | – | 12% |\n")
 }
 
+func TestRenderSameOptionsColumn(t *testing.T) {
+	res := func(label string, iops float64) result {
+		return result{label: label, job: "rand-write-4k", iops: iops, p99us: 100,
+			fields: map[string]string{"mode": "direct", "daemon_us_per_io": "20.0"}}
+	}
+	r := &run{
+		targets: []target{{label: "passthrough", status: "ok"}, {label: "cmk", status: "ok"}},
+		results: map[string]map[string]result{
+			"passthrough": {"rand-write-4k": res("passthrough", 40000)},
+			"cmk":         {"rand-write-4k": res("cmk", 30000)},
+		},
+	}
+	assert.NotContains(t, render(r), "same options")
+	r.targets = append(r.targets, target{label: "passthrough-hc", status: "ok"})
+	r.results["passthrough-hc"] = map[string]result{"rand-write-4k": res("passthrough-hc", 32000)}
+	out := render(r)
+	assert.Contains(t, out, "× same options")
+	assert.Contains(t, out, "| cmk | rand-write-4k | 30.0k | 100 | 20.0 | 0.75 | 0.94 | – |\n")
+}
+
 func TestUpdateFile(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "PERFORMANCE.md")
 
