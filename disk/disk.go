@@ -91,6 +91,10 @@ type scratch struct {
 	inner []byte // layer 1's sealed unit inside layer 2 (slotSize)
 	plain []byte // one plaintext block (BlockSize)
 	ad    [adLen]byte
+	// One sealer and opener per layer: they keep the derived key of a
+	// nonce prefix from one block to the next (see crypto.Sealer).
+	seal [2]hcrypto.Sealer
+	open [2]hcrypto.Opener
 }
 
 func (d *Disk) getScratch() *scratch {
@@ -98,7 +102,11 @@ func (d *Disk) getScratch() *scratch {
 		return sc
 	}
 	b := make([]byte, 2*d.lay.slotSize+BlockSize)
-	return &scratch{unit: b[:d.lay.slotSize], inner: b[d.lay.slotSize : 2*d.lay.slotSize], plain: b[2*d.lay.slotSize:]}
+	sc := &scratch{unit: b[:d.lay.slotSize], inner: b[d.lay.slotSize : 2*d.lay.slotSize], plain: b[2*d.lay.slotSize:]}
+	for i, l := range d.layers {
+		sc.seal[i], sc.open[i] = l.NewSealer(), l.NewOpener()
+	}
+	return sc
 }
 
 func (d *Disk) putScratch(sc *scratch) { d.scratch.Put(sc) }
@@ -571,14 +579,14 @@ func (d *Disk) openInto(p []byte, coff int64, k int, base int64, sealed []byte, 
 // bytes), using sc.inner for a second layer. sealed must not be sc.inner.
 func (d *Disk) openBlock(dst, sealed []byte, block int64, sc *scratch) error {
 	if len(d.layers) == 2 {
-		inner, err := d.layers[1].Open(sc.inner[:0], sealed, blockAD(&sc.ad, &d.vol, uint64(block), 2))
+		inner, err := sc.open[1].Open(sc.inner[:0], sealed, blockAD(&sc.ad, &d.vol, uint64(block), 2))
 		if err != nil {
 			d.alarm(block, 2, err)
 			return d.ioErr(block, err)
 		}
 		sealed = inner
 	}
-	out, err := d.layers[0].Open(dst[:0], sealed, blockAD(&sc.ad, &d.vol, uint64(block), 1))
+	out, err := sc.open[0].Open(dst[:0], sealed, blockAD(&sc.ad, &d.vol, uint64(block), 1))
 	if err == nil && len(out) != BlockSize {
 		err = fmt.Errorf("%w: opened block is %d bytes", ErrIntegrity, len(out))
 	}
@@ -597,14 +605,14 @@ func (d *Disk) openBlock(dst, sealed []byte, block int64, sc *scratch) error {
 func (d *Disk) sealBlock(dst, plain []byte, block int64, sc *scratch) {
 	src := plain
 	if len(d.layers) == 2 {
-		src = d.layers[0].Seal(sc.inner[:0], plain, blockAD(&sc.ad, &d.vol, uint64(block), 1))
-		out := d.layers[1].Seal(dst[:0], src, blockAD(&sc.ad, &d.vol, uint64(block), 2))
+		src = sc.seal[0].Seal(sc.inner[:0], plain, blockAD(&sc.ad, &d.vol, uint64(block), 1))
+		out := sc.seal[1].Seal(dst[:0], src, blockAD(&sc.ad, &d.vol, uint64(block), 2))
 		if &out[0] != &dst[0] {
 			copy(dst, out)
 		}
 		return
 	}
-	out := d.layers[0].Seal(dst[:0], src, blockAD(&sc.ad, &d.vol, uint64(block), 1))
+	out := sc.seal[0].Seal(dst[:0], src, blockAD(&sc.ad, &d.vol, uint64(block), 1))
 	if &out[0] != &dst[0] {
 		copy(dst, out)
 	}
@@ -1176,6 +1184,9 @@ func (d *Disk) Close() error {
 			}
 		}
 		d.wipeLayers()
+		// Drop the scratch buffers with the sealers' derived keys; no I/O
+		// reaches them any more.
+		d.scratch = sync.Pool{}
 		d.closeError = err
 	})
 	return d.closeError
