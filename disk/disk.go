@@ -980,19 +980,37 @@ func (d *Disk) discardChunk(ci int64, b0, n int) error {
 // for the two syncs; other chunks are not held up.
 func (d *Disk) Sync() error { return d.sync(false) }
 
+// syncParallel is how many chunks one Sync makes durable at the same time.
+// Each chunk costs two fsyncs, each a journal commit in the backing file
+// system when blocks were allocated; in parallel the file system can share
+// commits between chunks, and writers to one chunk wait for fewer others.
+const syncParallel = 8
+
 // sync is Sync; held says the caller already holds every stripe lock.
 func (d *Disk) sync(held bool) error {
-	var errs []error
+	var (
+		mu   sync.Mutex
+		errs []error
+		wg   sync.WaitGroup
+	)
+	sem := make(chan struct{}, syncParallel)
 	t := d.table.Load()
 	for i := range *t {
 		c := (*t)[i].Load()
 		if c == nil || !c.dirty.Load() {
 			continue
 		}
-		if err := d.syncChunk(c, held); err != nil {
-			errs = append(errs, fmt.Errorf("disk %s chunk %d: %w", d.prefix, c.idx, err))
-		}
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			if err := d.syncChunk(c, held); err != nil {
+				mu.Lock()
+				errs = append(errs, fmt.Errorf("disk %s chunk %d: %w", d.prefix, c.idx, err))
+				mu.Unlock()
+			}
+		})
 	}
+	wg.Wait()
 	return errors.Join(errs...)
 }
 
