@@ -52,3 +52,14 @@ clean:
 .PHONY: bench-fio
 bench-fio:
 	@GO=$(GO) bench/run.sh
+
+# The host cache's value with remote storage: fio on None, ReadOnly and
+# ReadWrite disks behind --storage-latency (LATENCY, default 1ms).
+.PHONY: bench-cache
+bench-cache:
+	@GO=$(GO) bench/cache-latency.sh
+
+# hostcryptd's memory with ten 1 GiB disks under fio (DISKS, SIZE, RUNTIME).
+.PHONY: bench-memory
+bench-memory:
+	@GO=$(GO) bench/memory.sh

@@ -23,7 +23,7 @@
 # failure or Ctrl-C.
 set -euo pipefail
 
-ALL_TARGETS="raw passthrough gocryptfs hostcrypt-pmk cmk cmk-double cmk-readonly cmk-readwrite cmk-readwrite-noeah"
+ALL_TARGETS="raw passthrough passthrough-hc gocryptfs hostcrypt-pmk cmk cmk-double cmk-readonly cmk-readwrite cmk-readwrite-noeah"
 TARGETS=${TARGETS:-$ALL_TARGETS}
 RUNTIME=${RUNTIME:-8}
 SIZE=${SIZE:-1G}
@@ -194,7 +194,7 @@ start_raw() { # DIR: the backing file system itself, no FUSE, no daemon
   FIO_TARGET=$1/data
 }
 
-start_passthrough() { # DIR tuned|stock
+start_passthrough() { # DIR tuned|stock|hostcrypt
   local d=$1
   mkdir -p "$d/backing" "$d/mnt"
   MOUNTS+=("$d/mnt")
@@ -358,7 +358,7 @@ hc_setup() {
 # skip_reason LABEL: prints why LABEL cannot run in this build, nothing if it can.
 skip_reason() {
   case $1 in
-  raw | passthrough | passthrough-stock | gocryptfs) ;;
+  raw | passthrough | passthrough-stock | passthrough-hc | gocryptfs) ;;
   hostcrypt-* | cmk*)
     if [[ -n $HOSTCRYPT_MISSING ]]; then
       echo "$HOSTCRYPT_MISSING"
@@ -383,6 +383,7 @@ describe() {
   raw) echo "the backing file system ($(findmnt -n -o FSTYPE -T "$BENCH_TMPDIR")) itself, no FUSE: the machine's limit" ;;
   passthrough) echo "unencrypted go-fuse v2.12.1 loopback, kernel passthrough off, tuned options (bench/passthrough)" ;;
   passthrough-stock) echo "the same loopback with go-fuse's default options" ;;
+  passthrough-hc) echo "the same loopback with hostcryptd's mount options added (default_permissions, negative entry timeout, direct mount)" ;;
   gocryptfs) echo "$(gocryptfs -version 2>/dev/null | cut -d';' -f1), default settings (AES-256-GCM)" ;;
   hostcrypt-pmk) echo "hostcryptd data disk, platform-managed key, cache None" ;;
   cmk) echo "hostcryptd data disk, customer-managed key, cache None" ;;
@@ -415,6 +416,7 @@ run_target() {
   raw) start_raw "$dir" && started=1 ;;
   passthrough) start_passthrough "$dir" tuned && started=1 ;;
   passthrough-stock) start_passthrough "$dir" stock && started=1 ;;
+  passthrough-hc) start_passthrough "$dir" hostcrypt && started=1 ;;
   gocryptfs) start_gocryptfs "$dir" && started=1 ;;
   *) start_hostcrypt "$dir" "$label" && started=1 ;;
   esac

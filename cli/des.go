@@ -30,11 +30,13 @@ func desCreate(c *Context, args []string) error {
 	keyURL := f.requiredString("key-url", "versioned key id, https://HOST/vaults/V/keys/K/VERSION")
 	enc := f.String("encryption-type", "EncryptionAtRestWithCustomerKey", "EncryptionAtRestWithCustomerKey or EncryptionAtRestWithPlatformAndCustomerKeys")
 	rot := f.boolValue("enable-auto-key-rotation", "re-wrap disks to new key versions automatically (true|false)")
+	pl := placementFlags(f)
 	if err := f.parse(args); err != nil {
 		return err
 	}
 	var d control.DiskEncryptionSet
-	err := c.call("POST", "/des", control.CreateDESRequest{Name: *name, KeyURL: *keyURL, EncryptionType: *enc, EnableAutoKeyRotation: rot.val}, &d)
+	err := c.call("POST", "/des", control.CreateDESRequest{Name: *name, KeyURL: *keyURL, EncryptionType: *enc, EnableAutoKeyRotation: rot.val,
+		Subscription: *pl.subscription, ResourceGroup: *pl.resourceGroup, Location: *pl.location}, &d)
 	if err != nil {
 		return err
 	}

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"hostcrypt/control"
+	"hostcrypt/internal/units"
 )
 
 // call sends one request to hostcryptd over its socket.
@@ -48,6 +49,9 @@ func vmRow(v *control.VM) []string {
 }
 
 func (c *Context) showVM(v *control.VM) error {
+	if !v.SecurityProfile.EncryptionAtHost {
+		c.warnf("encryption at host is off for VM %q: its host caches and temp disk are plaintext on this host; only storage is encrypted", v.Name)
+	}
 	return c.show(v, vmHeader, [][]string{vmRow(v)})
 }
 
@@ -58,6 +62,7 @@ func diskCommands() []Command {
 		{"disk", "list", "list disks", diskList},
 		{"disk", "update", "grow a disk (also while its VM runs), or switch it between platform and customer keys", diskUpdate},
 		{"disk", "delete", "delete a disk: its wrapped keys are destroyed first", diskDelete},
+		{"disk", "move", "move a disk to another resource group or subscription (refused for customer-key disks across subscriptions, or while their VM is not deallocated)", diskMove},
 	}
 }
 
@@ -69,15 +74,22 @@ func diskCreate(c *Context, args []string) error {
 	sector := f.Int("logical-sector-size", 512, "512 or 4096")
 	des := f.String("disk-encryption-set", "", "disk encryption set (customer-managed key)")
 	enc := f.String("encryption-type", "", "EncryptionAtRestWithPlatformKey (default), …WithCustomerKey or …WithPlatformAndCustomerKeys")
+	src := f.String("source", "", "a snapshot or image to copy (the disk gets its own key; --size defaults to the source's)")
+	pl := placementFlags(f)
+	ade := f.boolValue("ade", "the disk uses guest-level disk encryption (true|false); recorded for good")
 	if err := f.parse(args); err != nil {
 		return err
 	}
-	if !f.Changed("size") {
-		return fmt.Errorf("%s: --size is required", c.Command)
+	if !f.Changed("size") && *src == "" {
+		return fmt.Errorf("%s: --size is required (or --source)", c.Command)
+	}
+	if !f.Changed("logical-sector-size") && *src != "" {
+		*sector = 0 // the source's
 	}
 	var d control.Disk
-	err := c.call("POST", "/disks", control.CreateDiskRequest{Name: *name, SizeBytes: size.v, Sku: *sku,
-		LogicalSectorSize: *sector, EncryptionType: *enc, DiskEncryptionSet: *des}, &d)
+	err := c.callWithProgress("POST", "/disks", control.CreateDiskRequest{Name: *name, SizeBytes: size.v, Sku: *sku,
+		LogicalSectorSize: *sector, EncryptionType: *enc, DiskEncryptionSet: *des, Source: *src,
+		Subscription: *pl.subscription, ResourceGroup: *pl.resourceGroup, Location: *pl.location, ADE: ade.val}, &d, "disks", *name)
 	if err != nil {
 		return err
 	}
@@ -114,13 +126,14 @@ func diskUpdate(c *Context, args []string) error {
 	size := f.size("size", "new size, larger than the current one")
 	des := f.String("disk-encryption-set", "", "move the disk to this disk encryption set (customer-managed key)")
 	enc := f.String("encryption-type", "", "EncryptionAtRestWithPlatformKey to move the disk back to a platform key")
+	ade := f.boolValue("ade", "true records that the disk uses guest-level disk encryption; the record cannot be cleared")
 	if err := f.parse(args); err != nil {
 		return err
 	}
-	if !f.Changed("size") && *des == "" && *enc == "" {
-		return fmt.Errorf("%s: nothing to update; give --size, --disk-encryption-set or --encryption-type", c.Command)
+	if !f.Changed("size") && *des == "" && *enc == "" && !ade.set {
+		return fmt.Errorf("%s: nothing to update; give --size, --disk-encryption-set, --encryption-type or --ade", c.Command)
 	}
-	req := control.UpdateDiskRequest{SizeBytes: size.v, DiskEncryptionSet: *des, EncryptionType: *enc}
+	req := control.UpdateDiskRequest{SizeBytes: size.v, DiskEncryptionSet: *des, EncryptionType: *enc, ADE: ade.ptr()}
 	var d control.Disk
 	if err := c.call("PATCH", "/disks/"+esc(*name), req, &d); err != nil {
 		return err
@@ -184,6 +197,8 @@ func vmCommands() []Command {
 		{"vm", "deallocate", "stop a VM and destroy its temp disk", vmAction("POST", "/deallocate")},
 		{"vm", "show", "show a VM", vmAction("GET", "")},
 		{"vm", "list", "list VMs", vmList},
+		{"vm", "update", "change encryption at host or disk caching of a deallocated VM", vmUpdate},
+		{"vm", "encryption-report", "show what is encrypted where: storage layers, host caches, temp disk", vmEncryptionReport},
 		{"vm", "delete", "delete a VM that is not running (its disks stay)", vmDelete},
 		{"vm", "disk attach", "attach a data disk (at once on a running VM)", vmDiskAttach},
 		{"vm", "disk detach", "detach a data disk (flushed first)", vmDiskDetach},
@@ -213,6 +228,8 @@ func vmCreate(c *Context, args []string) error {
 	data := f.String("data-disks", "", "data disks, LUN 0, 1, … in order, e.g. d1,d2:ReadOnly")
 	temp := f.size("temp-disk-size", "size of the temp disk (none if not given)")
 	eah := f.boolValue("encryption-at-host", "encrypt the host cache and the temp disk (true|false, default true)")
+	pl := placementFlags(f)
+	ade := f.boolValue("ade", "the VM uses guest-level disk encryption (true|false); recorded for good")
 	if err := f.parse(args); err != nil {
 		return err
 	}
@@ -225,7 +242,8 @@ func vmCreate(c *Context, args []string) error {
 	}
 	var vm control.VM
 	err = c.call("POST", "/vms", control.CreateVMRequest{Name: *name, OsDisk: *osDisk, OsDiskSizeBytes: osSize.v,
-		OsDiskCaching: *osCaching, DataDisks: dds, TempDiskSize: temp.v, EncryptionAtHost: eah.ptr()}, &vm)
+		OsDiskCaching: *osCaching, DataDisks: dds, TempDiskSize: temp.v, EncryptionAtHost: eah.ptr(),
+		Subscription: *pl.subscription, ResourceGroup: *pl.resourceGroup, Location: *pl.location, ADE: ade.val}, &vm)
 	if err != nil {
 		return err
 	}
@@ -299,4 +317,67 @@ func vmDiskDetach(c *Context, args []string) error {
 		return err
 	}
 	return c.showVM(&vm)
+}
+
+func vmUpdate(c *Context, args []string) error {
+	f := newFlags(c)
+	name := f.requiredString("name", "VM name")
+	eah := f.boolValue("encryption-at-host", "encrypt the host caches and the temp disk (true|false)")
+	osCaching := f.String("os-disk-caching", "", "None, ReadOnly or ReadWrite")
+	data := f.String("data-disk-caching", "", "data disks' caching, e.g. d1:ReadOnly,d2:None")
+	ade := f.boolValue("ade", "true records that the VM uses guest-level disk encryption; the record cannot be cleared")
+	if err := f.parse(args); err != nil {
+		return err
+	}
+	req := control.UpdateVMRequest{EncryptionAtHost: eah.ptr(), OsDiskCaching: *osCaching, ADE: ade.ptr()}
+	items, err := list("data-disk-caching", *data)
+	if err != nil {
+		return err
+	}
+	for _, it := range items {
+		d, mode, ok := strings.Cut(it, ":")
+		if !ok || d == "" || mode == "" {
+			return fmt.Errorf("%s: --data-disk-caching %q: give DISK:MODE, e.g. d1:ReadOnly", c.Command, it)
+		}
+		if req.DataDiskCaching == nil {
+			req.DataDiskCaching = map[string]string{}
+		}
+		req.DataDiskCaching[d] = mode
+	}
+	var vm control.VM
+	if err := c.call("PATCH", "/vms/"+esc(*name), req, &vm); err != nil {
+		return err
+	}
+	return c.showVM(&vm)
+}
+
+var reportHeader = []string{"DISK", "IMAGE", "LAYER", "ENCRYPTED", "BY", "ALGORITHM", "KEY", "CACHING", "DIRTY", "LOCATION"}
+
+func vmEncryptionReport(c *Context, args []string) error {
+	f := newFlags(c)
+	name := f.requiredString("name", "VM name")
+	if err := f.parse(args); err != nil {
+		return err
+	}
+	var rep control.EncryptionReport
+	if err := c.call("GET", "/vms/"+esc(*name)+"/encryption-report", nil, &rep); err != nil {
+		return err
+	}
+	if rep.Warning != "" {
+		c.warnf("%s", rep.Warning)
+	}
+	rows := make([][]string, 0, len(rep.Entries))
+	for _, e := range rep.Entries {
+		enc := "no (plaintext)"
+		if e.Encrypted {
+			enc = "yes"
+		}
+		dirty := "-"
+		if e.Open && e.Layer == "host cache" {
+			dirty = units.FormatSize(e.DirtyBytes)
+		}
+		rows = append(rows, []string{e.Disk, e.Image, e.Layer, enc, orDash(e.EncryptedBy), orDash(e.Algorithm),
+			orDash(e.Key), orDash(e.Caching), dirty, e.Location})
+	}
+	return c.show(&rep, reportHeader, rows)
 }

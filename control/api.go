@@ -20,9 +20,13 @@ import (
 //	GET    /disks/{name}                show
 //	PATCH  /disks/{name}                update (UpdateDiskRequest)
 //	DELETE /disks/{name}                delete
+//	POST   /disks/import                import an image file (ImportDiskRequest), streamed
+//	POST   /disks/{name}/export         export to a raw file (ExportDiskRequest), streamed
 //	GET    /vms                         list
 //	POST   /vms                         create (CreateVMRequest)
 //	GET    /vms/{name}                  show
+//	PATCH  /vms/{name}                  update a deallocated VM (UpdateVMRequest)
+//	GET    /vms/{name}/encryption-report what is encrypted where (EncryptionReport)
 //	DELETE /vms/{name}                  delete
 //	POST   /vms/{name}/start|stop|deallocate
 //	POST   /vms/{name}/disks            attach (AttachRequest)
@@ -32,6 +36,16 @@ import (
 //	GET    /des/{name}                  show, with a live check of key access
 //	PATCH  /des/{name}                  update (UpdateDESRequest): switch key, auto-rotation
 //	DELETE /des/{name}                  delete
+//	GET    /snapshots                   list snapshots
+//	POST   /snapshots                   create (CreateSnapshotRequest)
+//	GET|DELETE /snapshots/{name}        show, delete
+//	PATCH  /snapshots/{name}            switch keys (UpdateSnapshotRequest)
+//	GET    /images                      list images
+//	POST   /images                      create (CreateImageRequest)
+//	GET|DELETE /images/{name}           show, delete
+//	POST   /snapshots|images/{name}/move move (MoveRequest)
+//	GET    /progress/{kind}/{name}      progress of the copy creating disks|snapshots|images/{name}
+//	POST   /disks/{name}/move           move to another resource group or subscription (MoveRequest)
 //
 // Errors come as {"error":{"code":…,"message":…}} with a 4xx or 5xx status.
 
@@ -78,6 +92,7 @@ func Handler(h *Host) http.Handler {
 	handle("DELETE /disks/{name}", func(r *http.Request) (any, error) {
 		return nil, h.DeleteDisk(r.Context(), r.PathValue("name"))
 	})
+	handleTransfers(mux, h)
 	handle("GET /vms", func(r *http.Request) (any, error) { return h.ListVMs(), nil })
 	handle("POST /vms", func(r *http.Request) (any, error) {
 		var req CreateVMRequest
@@ -87,6 +102,16 @@ func Handler(h *Host) http.Handler {
 		return h.CreateVM(r.Context(), req)
 	})
 	handle("GET /vms/{name}", func(r *http.Request) (any, error) { return h.ShowVM(r.PathValue("name")) })
+	handle("PATCH /vms/{name}", func(r *http.Request) (any, error) {
+		var req UpdateVMRequest
+		if err := decode(r, &req); err != nil {
+			return nil, err
+		}
+		return h.UpdateVM(r.Context(), r.PathValue("name"), req)
+	})
+	handle("GET /vms/{name}/encryption-report", func(r *http.Request) (any, error) {
+		return h.VMEncryptionReport(r.Context(), r.PathValue("name"))
+	})
 	handle("DELETE /vms/{name}", func(r *http.Request) (any, error) {
 		return nil, h.DeleteVM(r.Context(), r.PathValue("name"))
 	})
@@ -125,6 +150,64 @@ func Handler(h *Host) http.Handler {
 	})
 	handle("DELETE /des/{name}", func(r *http.Request) (any, error) {
 		return nil, h.DeleteDES(r.Context(), r.PathValue("name"))
+	})
+	handle("GET /snapshots", func(r *http.Request) (any, error) { return h.ListSnapshots(), nil })
+	handle("POST /snapshots", func(r *http.Request) (any, error) {
+		var req CreateSnapshotRequest
+		if err := decode(r, &req); err != nil {
+			return nil, err
+		}
+		return h.CreateSnapshot(r.Context(), req)
+	})
+	handle("GET /snapshots/{name}", func(r *http.Request) (any, error) { return h.ShowSnapshot(r.PathValue("name")) })
+	handle("DELETE /snapshots/{name}", func(r *http.Request) (any, error) {
+		return nil, h.DeleteSnapshot(r.Context(), r.PathValue("name"))
+	})
+	handle("PATCH /snapshots/{name}", func(r *http.Request) (any, error) {
+		var req UpdateSnapshotRequest
+		if err := decode(r, &req); err != nil {
+			return nil, err
+		}
+		return h.UpdateSnapshot(r.Context(), r.PathValue("name"), req)
+	})
+	handle("POST /snapshots/{name}/move", func(r *http.Request) (any, error) {
+		var req MoveRequest
+		if err := decode(r, &req); err != nil {
+			return nil, err
+		}
+		return h.MoveSnapshot(r.Context(), r.PathValue("name"), req)
+	})
+	handle("POST /images/{name}/move", func(r *http.Request) (any, error) {
+		var req MoveRequest
+		if err := decode(r, &req); err != nil {
+			return nil, err
+		}
+		return h.MoveImage(r.Context(), r.PathValue("name"), req)
+	})
+	handle("GET /images", func(r *http.Request) (any, error) { return h.ListImages(), nil })
+	handle("POST /images", func(r *http.Request) (any, error) {
+		var req CreateImageRequest
+		if err := decode(r, &req); err != nil {
+			return nil, err
+		}
+		return h.CreateImage(r.Context(), req)
+	})
+	handle("GET /images/{name}", func(r *http.Request) (any, error) { return h.ShowImage(r.PathValue("name")) })
+	handle("DELETE /images/{name}", func(r *http.Request) (any, error) {
+		return nil, h.DeleteImage(r.Context(), r.PathValue("name"))
+	})
+	handle("GET /progress/{kind}/{name}", func(r *http.Request) (any, error) {
+		if p := h.Progress(r.PathValue("kind"), r.PathValue("name")); p != nil {
+			return p, nil
+		}
+		return nil, errorf(http.StatusNotFound, "NoOperation", "no copy in progress for %s %q", r.PathValue("kind"), r.PathValue("name"))
+	})
+	handle("POST /disks/{name}/move", func(r *http.Request) (any, error) {
+		var req MoveRequest
+		if err := decode(r, &req); err != nil {
+			return nil, err
+		}
+		return h.MoveDisk(r.Context(), r.PathValue("name"), req)
 	})
 	handle("/", func(r *http.Request) (any, error) {
 		return nil, errorf(http.StatusNotFound, "NotFound", "no API at %s %s", r.Method, r.URL.Path)

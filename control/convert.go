@@ -8,8 +8,12 @@ import (
 	"hostcrypt/disk"
 )
 
-// converting refuses what must wait for a disk's conversion to finish.
+// converting refuses what must wait for a disk's conversion (or its import
+// or export) to finish.
 func converting(d *Disk) error {
+	if err := transferring(d); err != nil {
+		return err
+	}
 	if c := d.Conversion; c != nil {
 		if c.Error != "" {
 			return conflict("disk %q stopped converting to %s at chunk %d of %d: %s; fix the cause and restart hostcryptd to resume", d.Name, c.TargetEncryptionType, c.NextChunk, c.TotalChunks, c.Error)
@@ -24,8 +28,8 @@ func converting(d *Disk) error {
 // key under the set's key plus an independent platform-wrapped
 // infrastructure key, in the background. The caller holds h.mu.
 func (h *Host) startConversion(ctx context.Context, d *Disk, des *DiskEncryptionSet) (*Disk, error) {
-	if d.Sku.Name == "UltraSSD_LRS" || d.Sku.Name == "PremiumV2_LRS" {
-		return nil, badRequest("double encryption (%s) is not supported on %s disks", EncPlatformAndCustomerKey, d.Sku.Name)
+	if err := checkDoubleEncryptionSku(d.Name, d.Sku.Name); err != nil {
+		return nil, err
 	}
 	wrappers, err := h.wrappersFor(ctx, EncPlatformAndCustomerKey, des)
 	if err != nil {

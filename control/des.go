@@ -56,6 +56,8 @@ type DiskEncryptionSet struct {
 	Name                              string      `json:"name"`
 	ID                                string      `json:"id"`
 	Location                          string      `json:"location"`
+	Subscription                      string      `json:"subscription"`
+	ResourceGroup                     string      `json:"resourceGroup"`
 	EncryptionType                    string      `json:"encryptionType"`
 	ActiveKey                         KeyForDES   `json:"activeKey"`
 	PreviousKeys                      []KeyForDES `json:"previousKeys"`
@@ -66,10 +68,6 @@ type DiskEncryptionSet struct {
 	// KeyAccess says whether the identity can use the active key right now
 	// ("ok", or why not); computed by show.
 	KeyAccess string `json:"keyAccess,omitempty"`
-}
-
-func desID(name string) string {
-	return fmt.Sprintf("/subscriptions/%s/resourceGroups/hostcrypt/providers/Microsoft.Compute/diskEncryptionSets/%s", subscription, name)
 }
 
 // parseKeyURL checks a versioned key id: https://HOST/vaults/V/keys/K/VERSION.
@@ -90,6 +88,9 @@ type CreateDESRequest struct {
 	KeyURL                string `json:"keyUrl"`
 	EncryptionType        string `json:"encryptionType,omitempty"`
 	EnableAutoKeyRotation bool   `json:"enableAutoKeyRotation,omitempty"`
+	Location              string `json:"location,omitempty"`
+	Subscription          string `json:"subscription,omitempty"`
+	ResourceGroup         string `json:"resourceGroup,omitempty"`
 }
 
 // CreateDES creates a disk encryption set and its system-assigned identity.
@@ -118,12 +119,17 @@ func (h *Host) CreateDES(ctx context.Context, r CreateDESRequest) (*DiskEncrypti
 	if !ok {
 		return nil, errorf(http.StatusNotImplemented, "NotSupported", "this host's key service cannot create identities")
 	}
+	p, err := h.checkCreateDES(ctx, r)
+	if err != nil {
+		return nil, err
+	}
 	id, cred, err := ids.CreateIdentity(ctx, "des/"+r.Name)
 	if err != nil {
 		return nil, fmt.Errorf("creating the identity of disk encryption set %q: %w", r.Name, err)
 	}
 	des := &DiskEncryptionSet{
-		Name: r.Name, ID: desID(r.Name), Location: h.cfg.Location, EncryptionType: r.EncryptionType,
+		Name: r.Name, ID: p.id(typeDES, r.Name), Location: p.Location, Subscription: p.Subscription, ResourceGroup: p.ResourceGroup,
+		EncryptionType:                    r.EncryptionType,
 		ActiveKey:                         KeyForDES{SourceVault: SourceVault{ID: vault}, KeyURL: r.KeyURL},
 		PreviousKeys:                      []KeyForDES{},
 		RotationToLatestKeyVersionEnabled: r.EnableAutoKeyRotation,

@@ -1,15 +1,14 @@
 package control
 
 import (
-	"path/filepath"
-
 	"context"
 	"crypto/rand"
 	"errors"
 	"fmt"
 	"hostcrypt/cache"
 	"log/slog"
-	"net/http"
+	"os"
+	"path/filepath"
 	"slices"
 	"sort"
 	"sync"
@@ -18,6 +17,7 @@ import (
 	"hostcrypt/disk"
 	hfs "hostcrypt/fs"
 	"hostcrypt/storage"
+	"hostcrypt/storage/freeze"
 )
 
 // Keys is what the control plane needs of the key store: wrapping new data
@@ -54,6 +54,10 @@ type Config struct {
 	DEKLease time.Duration
 	Log      *slog.Logger
 	Now      func() time.Time
+	// DESLimit lowers the number of disk encryption sets a subscription may
+	// have per location (default DefaultDESLimit, 5000). A test hook:
+	// hostcryptd never sets it, so a user of the daemon cannot change it.
+	DESLimit int
 }
 
 // Host is the compute control plane: it owns the VM and disk resources, opens
@@ -72,6 +76,8 @@ type Host struct {
 	bg       context.Context
 	cancelBg context.CancelFunc
 	bgWG     sync.WaitGroup
+	// prog holds the progress of long copies, read without mu.
+	prog progressTable
 }
 
 type runningVM struct {
@@ -79,19 +85,59 @@ type runningVM struct {
 }
 
 type openDisk struct {
+	img      hfs.Image // what the VM sees: the engine, or a cache or file over it
 	d        *disk.Disk
-	resource string       // disk resource name; "" for the temp disk
-	cache    *cache.Cache // the host cache under the engine, nil for None
+	resource string // disk resource name; "" for the temp disk
+	// cache is the host cache under the engine (encryption at host: it
+	// holds what the engine sealed); icache the host cache above it (no
+	// encryption at host: it holds plaintext). At most one is set.
+	cache  *cache.Cache
+	icache *cache.ImageCache
+	// plain is the plaintext temp disk of a VM without encryption at host;
+	// d is nil then.
+	plain storage.Chunk
+	// fr sits between the engine and what is below it, for snapshots.
+	fr *freeze.Backend
 }
 
-// close flushes and closes the disk (wiping its keys), then writes the host
-// cache back to storage and closes it.
+// close writes a plaintext cache back into the engine, flushes and closes
+// the disk (wiping its keys), then writes the host cache back to storage
+// and closes it.
 func (od *openDisk) close() error {
-	err := od.d.Close()
+	var err error
+	if od.icache != nil {
+		err = od.icache.Close()
+	}
+	if od.d != nil {
+		err = errors.Join(err, od.d.Close())
+	}
 	if od.cache != nil {
 		err = errors.Join(err, od.cache.Close())
 	}
+	if od.plain != nil {
+		err = errors.Join(err, od.plain.Sync(), od.plain.Close())
+	}
 	return err
+}
+
+// integrityErrors counts the blocks of the disk that failed authentication
+// while it was open.
+func (od *openDisk) integrityErrors() uint64 {
+	if od.d == nil {
+		return 0
+	}
+	return od.d.Stats().IntegrityErrors
+}
+
+// cacheStats returns the host cache's counters; ok is false without one.
+func (od *openDisk) cacheStats() (s cache.Stats, ok bool) {
+	switch {
+	case od.cache != nil:
+		return od.cache.Stats(), true
+	case od.icache != nil:
+		return od.icache.Stats(), true
+	}
+	return s, false
 }
 
 // keepOpen hides Close from a cache: the storage backend is shared by every
@@ -100,33 +146,92 @@ type keepOpen struct{ storage.Backend }
 
 func (keepOpen) Close() error { return nil }
 
+// cacheDirs returns where a disk's host cache lives: under the engine with
+// encryption at host, above it (plaintext) without.
+func (h *Host) cacheDirs(d *Disk) (sealed, plain string) {
+	base := filepath.Join(h.cfg.CacheDir, d.UniqueID)
+	return base, base + ".plain"
+}
+
 // openAttached opens a disk for a running VM with the host cache its
-// attachment asks for. The cache sits under the engine, so it holds only
-// what the engine has already encrypted with the disk's own key.
-func (h *Host) openAttached(ctx context.Context, d *Disk, caching string) (*openDisk, error) {
-	be := h.cfg.Storage
-	var c *cache.Cache
-	if caching != "" && caching != CacheNone && h.cfg.CacheDir != "" {
-		mode, err := cache.ParseMode(caching)
-		if err != nil {
+// attachment asks for. With encryption at host the cache sits under the
+// engine, so it holds only what the engine has already encrypted with the
+// disk's own key; without, it sits above the engine and holds plaintext,
+// and only storage is encrypted.
+//
+// A cache directory of the other kind left by a crash is written back
+// first, so that switching encryption at host never loses acknowledged
+// writes.
+func (h *Host) openAttached(ctx context.Context, d *Disk, caching string, eah bool) (_ *openDisk, err error) {
+	cached := caching != "" && caching != CacheNone && h.cfg.CacheDir != ""
+	var mode cache.Mode
+	if cached {
+		if mode, err = cache.ParseMode(caching); err != nil {
 			return nil, badRequest("%v", err)
 		}
-		c, err = cache.New(ctx, keepOpen{h.cfg.Storage}, cache.Options{
-			Mode: mode, Dir: filepath.Join(h.cfg.CacheDir, d.UniqueID), MaxBytes: h.cfg.CacheSize, Logger: h.log,
-		})
+	} else {
+		mode = cache.None
+	}
+	sealedDir, plainDir := h.cacheDirs(d)
+	od := &openDisk{resource: d.Name}
+	defer func() {
+		if err != nil {
+			od.close()
+		}
+	}()
+	under := cache.Options{Mode: cache.None, Dir: sealedDir, Logger: h.log}
+	if eah {
+		under = cache.Options{Mode: mode, Dir: sealedDir, MaxBytes: h.cfg.CacheSize, Logger: h.log}
+	}
+	if h.cfg.CacheDir == "" {
+		under.Dir = ""
+	}
+	od.cache, err = cache.New(ctx, keepOpen{h.cfg.Storage}, under)
+	if err != nil {
+		return nil, fmt.Errorf("host cache of disk %q: %w", d.Name, err)
+	}
+	// Snapshots of the disk while it is in use freeze what the engine
+	// writes: copy-before-write, just under the engine.
+	od.fr = freeze.New(od.cache)
+	od.d, err = disk.Open(ctx, od.fr, d.StoragePrefix, h.unwrapperFor(d))
+	if err != nil {
+		return nil, fmt.Errorf("opening disk %q: %w", d.Name, err)
+	}
+	od.img = od.d
+	above := cache.Options{Mode: cache.None, Dir: plainDir, Logger: h.log}
+	if !eah {
+		above = cache.Options{Mode: mode, Dir: plainDir, MaxBytes: h.cfg.CacheSize, Logger: h.log}
+	}
+	if h.cfg.CacheDir == "" {
+		above.Dir = ""
+	}
+	if above.Mode != cache.None || dirExists(above.Dir) {
+		od.icache, err = cache.NewImage(ctx, od.d, above)
 		if err != nil {
 			return nil, fmt.Errorf("host cache of disk %q: %w", d.Name, err)
 		}
-		be = c
-	}
-	dd, err := disk.Open(ctx, be, d.StoragePrefix, h.unwrapperFor(d))
-	if err != nil {
-		if c != nil {
-			c.Close()
+		if above.Mode != cache.None {
+			od.img = od.icache
+		} else if err = od.icache.Close(); err != nil {
+			return nil, fmt.Errorf("host cache of disk %q: %w", d.Name, err)
+		} else {
+			od.icache = nil
 		}
-		return nil, fmt.Errorf("opening disk %q: %w", d.Name, err)
 	}
-	return &openDisk{d: dd, resource: d.Name, cache: c}, nil
+	if od.cache.Mode() == cache.None {
+		// Nothing to cache under the engine: keep the cache out of the
+		// data path (its None mode passes through, but costs a call).
+		od.cache = nil
+	}
+	return od, nil
+}
+
+func dirExists(dir string) bool {
+	if dir == "" {
+		return false
+	}
+	fi, err := os.Stat(dir)
+	return err == nil && fi.IsDir()
 }
 
 // New loads the state and returns a Host. Call Recover to bring back the VMs
@@ -145,6 +250,7 @@ func New(cfg Config) (*Host, error) {
 	if err != nil {
 		return nil, err
 	}
+	st.fillPlacement(cfg.Location)
 	bg, cancel := context.WithCancel(context.Background())
 	return &Host{cfg: cfg, log: cfg.Log, st: st, running: map[string]*runningVM{}, bg: bg, cancelBg: cancel}, nil
 }
@@ -177,9 +283,19 @@ type CreateDiskRequest struct {
 	LogicalSectorSize int    `json:"logicalSectorSize,omitempty"`
 	EncryptionType    string `json:"encryptionType,omitempty"`
 	DiskEncryptionSet string `json:"diskEncryptionSet,omitempty"`
+	// Source is a snapshot or image to copy; the new disk is independent
+	// of it (its own data key). SizeBytes may then be 0 (the source's
+	// size) or larger.
+	Source        string `json:"source,omitempty"`
+	Location      string `json:"location,omitempty"`
+	Subscription  string `json:"subscription,omitempty"`
+	ResourceGroup string `json:"resourceGroup,omitempty"`
+	// ADE records that the disk uses guest-level disk encryption.
+	ADE bool `json:"ade,omitempty"`
 }
 
-// CreateDisk creates an empty managed disk encrypted with a platform key.
+// CreateDisk creates a managed disk, empty or copied from a snapshot or
+// image.
 func (h *Host) CreateDisk(ctx context.Context, r CreateDiskRequest) (*Disk, error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -198,6 +314,26 @@ func (h *Host) createDisk(ctx context.Context, r CreateDiskRequest) (*Disk, erro
 	}
 	if err := checkSku(r.Sku); err != nil {
 		return nil, err
+	}
+	var src *source
+	if r.Source != "" {
+		var err error
+		if src, err = h.openSource(ctx, r.Source, false); err != nil {
+			return nil, err
+		}
+		defer src.d.Close()
+		if r.SizeBytes == 0 {
+			r.SizeBytes = src.d.Size()
+		}
+		if r.SizeBytes < src.d.Size() {
+			return nil, badRequest("%s %q is %d bytes; a disk made from it needs at least that (--size)", src.kind, src.name, src.d.Size())
+		}
+		if r.LogicalSectorSize != 0 && r.LogicalSectorSize != src.sector {
+			return nil, badRequest("%s %q has %d-byte sectors; a disk made from it has the same (leave out --logical-sector-size)", src.kind, src.name, src.sector)
+		}
+		r.LogicalSectorSize = src.sector
+		// Content the guest encrypted stays flagged wherever it is copied.
+		r.ADE = r.ADE || src.ade
 	}
 	if r.LogicalSectorSize == 0 {
 		r.LogicalSectorSize = 512
@@ -231,8 +367,9 @@ func (h *Host) createDisk(ctx context.Context, r CreateDiskRequest) (*Disk, erro
 	default:
 		return nil, badRequest("encryption type %q: use %s, %s or %s", r.EncryptionType, EncPlatformKey, EncCustomerKey, EncPlatformAndCustomerKey)
 	}
-	if r.EncryptionType == EncPlatformAndCustomerKey && (r.Sku == "UltraSSD_LRS" || r.Sku == "PremiumV2_LRS") {
-		return nil, badRequest("double encryption (%s) is not supported on %s disks; use %s", EncPlatformAndCustomerKey, r.Sku, EncCustomerKey)
+	p, err := h.checkCreateDisk(r, des)
+	if err != nil {
+		return nil, err
 	}
 	wrappers, err := h.wrappersFor(ctx, r.EncryptionType, des)
 	if err != nil {
@@ -240,11 +377,26 @@ func (h *Host) createDisk(ctx context.Context, r CreateDiskRequest) (*Disk, erro
 	}
 	uid := newID()
 	prefix := "disks/" + uid
+	size := r.SizeBytes
+	if src != nil {
+		size = src.d.Size()
+	}
 	d, err := disk.Create(ctx, h.cfg.Storage, prefix, disk.CreateOptions{
-		Size: r.SizeBytes, SectorSize: r.LogicalSectorSize, Layers: wrappers,
+		Size: size, SectorSize: r.LogicalSectorSize, Layers: wrappers,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("creating disk %q: %w", r.Name, err)
+	}
+	if src != nil {
+		err = h.fillFromSource(ctx, src, d, r.Name)
+		if err == nil && r.SizeBytes > size {
+			err = d.Resize(ctx, r.SizeBytes)
+		}
+		if err != nil {
+			d.Close()
+			h.removeObjects(ctx, prefix)
+			return nil, fmt.Errorf("disk %q from %s %q: %w", r.Name, src.kind, src.name, err)
+		}
 	}
 	if err := d.Close(); err != nil {
 		return nil, err
@@ -255,9 +407,12 @@ func (h *Host) createDisk(ctx context.Context, r CreateDiskRequest) (*Disk, erro
 	}
 	res := &Disk{
 		Name:              r.Name,
-		ID:                diskID(h.cfg.Location, r.Name),
+		ID:                p.id(typeDisks, r.Name),
 		UniqueID:          uid,
-		Location:          h.cfg.Location,
+		Location:          p.Location,
+		Subscription:      p.Subscription,
+		ResourceGroup:     p.ResourceGroup,
+		ADE:               r.ADE,
 		Sku:               Sku{Name: r.Sku},
 		DiskSizeBytes:     r.SizeBytes,
 		DiskSizeGB:        r.SizeBytes >> 30,
@@ -286,7 +441,7 @@ func (h *Host) showDisk(d *Disk) *Disk {
 	for _, rv := range h.running {
 		for _, od := range rv.images {
 			if od.resource == d.Name {
-				c.IntegrityErrors += od.d.Stats().IntegrityErrors
+				c.IntegrityErrors += od.integrityErrors()
 			}
 		}
 	}
@@ -323,6 +478,9 @@ type UpdateDiskRequest struct {
 	// and customer keys (re-wrapping its data key, not its data).
 	EncryptionType    string `json:"encryptionType,omitempty"`
 	DiskEncryptionSet string `json:"diskEncryptionSet,omitempty"`
+	// ADE true records that the disk uses guest-level disk encryption; the
+	// record cannot be cleared.
+	ADE *bool `json:"ade,omitempty"`
 }
 
 // UpdateDisk grows a disk, also while its VM runs (the image shows the new
@@ -336,6 +494,12 @@ func (h *Host) UpdateDisk(ctx context.Context, name string, r UpdateDiskRequest)
 	}
 	if err := converting(d); err != nil {
 		return nil, err
+	}
+	if r.ADE != nil {
+		if r.SizeBytes != 0 || r.EncryptionType != "" || r.DiskEncryptionSet != "" {
+			return nil, badRequest("record guest-level disk encryption (--ade) of disk %q in an update of its own", name)
+		}
+		return h.setDiskADE(d, *r.ADE)
 	}
 	if r.EncryptionType != "" || r.DiskEncryptionSet != "" {
 		if r.SizeBytes != 0 {
@@ -414,8 +578,16 @@ func (h *Host) switchDiskKeys(ctx context.Context, d *Disk, r UpdateDiskRequest)
 	default:
 		return nil, badRequest("encryption type %q: give %s (with no set) or a --disk-encryption-set", r.EncryptionType, EncPlatformKey)
 	}
+	if err := h.checkDiskKeys(d, des); err != nil {
+		return nil, err
+	}
 	if d.Encryption.Type == EncPlatformAndCustomerKey {
 		return nil, badRequest("disk %q is double-encrypted; switching it back to a single layer is not supported", d.Name)
+	}
+	if r.EncryptionType == EncPlatformKey && d.Encryption.DiskEncryptionSetID != "" {
+		if s := h.incrementalSnapshotOf(d); s != "" {
+			return nil, conflict("disk %q has incremental snapshots (%s): customer-managed keys cannot be turned off on such a disk; delete its incremental snapshots first, or keep the customer key", d.Name, s)
+		}
 	}
 	switch r.EncryptionType {
 	case EncPlatformAndCustomerKey:
@@ -447,7 +619,7 @@ func (h *Host) switchDiskKeys(ctx context.Context, d *Disk, r UpdateDiskRequest)
 func (h *Host) openDiskOf(name string) *disk.Disk {
 	for _, rv := range h.running {
 		for _, od := range rv.images {
-			if od.resource == name {
+			if od.resource == name && od.d != nil {
 				return od.d
 			}
 		}
@@ -487,6 +659,11 @@ type CreateVMRequest struct {
 	DataDisks        []AttachedDisk `json:"dataDisks,omitempty"`
 	TempDiskSize     int64          `json:"tempDiskSizeBytes,omitempty"`
 	EncryptionAtHost *bool          `json:"encryptionAtHost,omitempty"`
+	Location         string         `json:"location,omitempty"`
+	Subscription     string         `json:"subscription,omitempty"`
+	ResourceGroup    string         `json:"resourceGroup,omitempty"`
+	// ADE records that the VM uses guest-level disk encryption.
+	ADE bool `json:"ade,omitempty"`
 }
 
 // CreateVM creates a VM with its OS disk (new or existing) and data disks,
@@ -500,9 +677,7 @@ func (h *Host) CreateVM(ctx context.Context, r CreateVMRequest) (*VM, error) {
 	if _, ok := h.st.VMs[r.Name]; ok {
 		return nil, conflict("VM %q already exists; choose another name or delete it first", r.Name)
 	}
-	if r.EncryptionAtHost != nil && !*r.EncryptionAtHost {
-		return nil, errorf(http.StatusNotImplemented, "NotSupported", "VMs without encryption at host are not available in this version; leave --encryption-at-host at true")
-	}
+	eah := r.EncryptionAtHost == nil || *r.EncryptionAtHost
 	if (r.OsDisk == "") == (r.OsDiskSizeBytes == 0) {
 		return nil, badRequest("give exactly one of --os-disk (an existing disk) or --os-disk-size (a new one)")
 	}
@@ -541,19 +716,27 @@ func (h *Host) CreateVM(ctx context.Context, r CreateVMRequest) (*VM, error) {
 		lun := i
 		dd.Lun = &lun
 	}
+	p, err := h.checkCreateVM(r)
+	if err != nil {
+		return nil, err
+	}
 	osName := r.OsDisk
 	if osName == "" {
 		osName = r.Name + "_OsDisk"
-		if _, err := h.createDisk(ctx, CreateDiskRequest{Name: osName, SizeBytes: r.OsDiskSizeBytes}); err != nil {
+		if _, err := h.createDisk(ctx, CreateDiskRequest{Name: osName, SizeBytes: r.OsDiskSizeBytes,
+			Location: p.Location, Subscription: p.Subscription, ResourceGroup: p.ResourceGroup, ADE: r.ADE}); err != nil {
 			return nil, err
 		}
 	}
 	vm := &VM{
 		Name:              r.Name,
-		ID:                vmID(r.Name),
-		Location:          h.cfg.Location,
+		ID:                p.id(typeVMs, r.Name),
+		Location:          p.Location,
+		Subscription:      p.Subscription,
+		ResourceGroup:     p.ResourceGroup,
+		ADE:               r.ADE,
 		PowerState:        PowerDeallocated,
-		SecurityProfile:   SecurityProfile{EncryptionAtHost: true},
+		SecurityProfile:   SecurityProfile{EncryptionAtHost: eah},
 		StorageProfile:    StorageProfile{OsDisk: AttachedDisk{Name: osName, Caching: r.OsDiskCaching}, DataDisks: r.DataDisks},
 		TempDiskSizeBytes: r.TempDiskSize,
 		TimeCreated:       h.cfg.Now().UTC(),
@@ -605,6 +788,19 @@ const tempImage = "temp.img"
 
 func tempPrefix(vm string) string { return "temp/" + vm }
 
+// plainTempKey is the file of a temp disk without encryption at host.
+func plainTempKey(vm string) string { return "temp-plain/" + vm }
+
+// plainImage is a plaintext temp disk: a sparse file of the host.
+type plainImage struct {
+	storage.Chunk
+	size int64
+}
+
+func (p *plainImage) Size() int64 { return p.size }
+
+func (p *plainImage) Discard(off, n int64) error { return p.PunchHole(off, n) }
+
 // start opens every disk of vm and shows it in the tree. On failure nothing
 // stays open or visible.
 func (h *Host) start(ctx context.Context, vm *VM) (err error) {
@@ -625,13 +821,13 @@ func (h *Host) start(ctx context.Context, vm *VM) (err error) {
 		}
 	}()
 	attach := func(ad AttachedDisk) error {
-		od, err := h.openAttached(ctx, h.st.Disks[ad.Name], ad.Caching)
+		od, err := h.openAttached(ctx, h.st.Disks[ad.Name], ad.Caching, vm.SecurityProfile.EncryptionAtHost)
 		if err != nil {
 			return err
 		}
 		file := imageName(ad.Lun)
 		rv.images[file] = od
-		return h.cfg.Tree.AddImage(vm.Name, file, od.d)
+		return h.cfg.Tree.AddImage(vm.Name, file, od.img)
 	}
 	if err := attach(vm.StorageProfile.OsDisk); err != nil {
 		return err
@@ -646,8 +842,8 @@ func (h *Host) start(ctx context.Context, vm *VM) (err error) {
 		if err != nil {
 			return err
 		}
-		rv.images[tempImage] = &openDisk{d: td}
-		if err := h.cfg.Tree.AddImage(vm.Name, tempImage, td); err != nil {
+		rv.images[tempImage] = td
+		if err := h.cfg.Tree.AddImage(vm.Name, tempImage, td.img); err != nil {
 			return err
 		}
 	}
@@ -668,21 +864,40 @@ func (h *Host) start(ctx context.Context, vm *VM) (err error) {
 }
 
 // openTemp opens the VM's temp disk, creating an empty one if it has none
-// (first start, or after a deallocation destroyed it). It lives on the host,
-// never in storage, encrypted with a platform-wrapped key.
-func (h *Host) openTemp(ctx context.Context, vm *VM) (*disk.Disk, error) {
+// (first start, or after a deallocation destroyed it). It lives on the
+// host, never in storage. With encryption at host it is an encrypted disk
+// under a platform-wrapped key of its own; without, a plaintext sparse file,
+// as a host without encryption at host keeps it.
+func (h *Host) openTemp(ctx context.Context, vm *VM) (*openDisk, error) {
+	if !vm.SecurityProfile.EncryptionAtHost {
+		ch, err := h.cfg.HostLocal.OpenChunk(ctx, plainTempKey(vm.Name), true)
+		if err != nil {
+			return nil, fmt.Errorf("temp disk of VM %q: %w", vm.Name, err)
+		}
+		return &openDisk{img: &plainImage{Chunk: ch, size: vm.TempDiskSizeBytes}, plain: ch}, nil
+	}
 	d, err := disk.Open(ctx, h.cfg.HostLocal, tempPrefix(vm.Name), h.cfg.Keys)
+	if errors.Is(err, ErrKeyGone) {
+		// Its key was destroyed (a deallocation cut short, or files put
+		// back from a copy): what is there can never be read again.
+		h.log.Warn("the temp disk's key no longer exists; starting with a new, empty temp disk", "vm", vm.Name)
+		err = disk.ErrNotFound
+	}
 	if errors.Is(err, disk.ErrNotFound) {
 		// A destroyed temp disk whose removal was cut short: finish it.
 		_ = disk.Destroy(ctx, h.cfg.HostLocal, tempPrefix(vm.Name))
+		var w disk.KeyWrapper
+		if w, err = h.tempWrapper(ctx); err != nil {
+			return nil, fmt.Errorf("temp disk of VM %q: %w", vm.Name, err)
+		}
 		d, err = disk.Create(ctx, h.cfg.HostLocal, tempPrefix(vm.Name), disk.CreateOptions{
-			Size: vm.TempDiskSizeBytes, SectorSize: 512, Layers: []disk.KeyWrapper{h.cfg.Keys},
+			Size: vm.TempDiskSizeBytes, SectorSize: 512, Layers: []disk.KeyWrapper{w},
 		})
 	}
 	if err != nil {
 		return nil, fmt.Errorf("temp disk of VM %q: %w", vm.Name, err)
 	}
-	return d, nil
+	return &openDisk{img: d, d: d}, nil
 }
 
 // closeAll removes a VM's images from the tree, then flushes and closes its
@@ -703,7 +918,7 @@ func (h *Host) closeAll(vm string, rv *runningVM) error {
 	for _, f := range files {
 		od := rv.images[f]
 		if od.resource != "" {
-			h.st.Disks[od.resource].IntegrityErrors += od.d.Stats().IntegrityErrors
+			h.st.Disks[od.resource].IntegrityErrors += od.integrityErrors()
 		}
 		if err := od.close(); err != nil {
 			errs = append(errs, fmt.Errorf("flushing %s of VM %q: %w", f, vm, err))
@@ -794,11 +1009,21 @@ func (h *Host) DeallocateVM(ctx context.Context, name string) (*VM, error) {
 }
 
 func (h *Host) destroyTemp(ctx context.Context, vm string) error {
-	err := disk.Destroy(ctx, h.cfg.HostLocal, tempPrefix(vm))
-	if err != nil && !errors.Is(err, disk.ErrNotFound) {
-		return fmt.Errorf("destroying the temp disk of VM %q: %w", vm, err)
+	// The key first: from then on the data is unreadable, also from a copy
+	// of the files. The files go even if that fails.
+	var errs []error
+	if err := h.destroyTempKeys(ctx, tempPrefix(vm)); err != nil {
+		err = fmt.Errorf("VM %q: destroying the temp disk's key in the key store: %w (its files are removed; the key remains until it is deleted there)", vm, err)
+		h.log.Error("temp disk key not destroyed", "vm", vm, "err", err)
+		errs = append(errs, err)
 	}
-	return nil
+	if err := disk.Destroy(ctx, h.cfg.HostLocal, tempPrefix(vm)); err != nil && !errors.Is(err, disk.ErrNotFound) {
+		errs = append(errs, fmt.Errorf("destroying the temp disk of VM %q: %w", vm, err))
+	}
+	if err := h.cfg.HostLocal.Delete(ctx, plainTempKey(vm)); err != nil && !errors.Is(err, storage.ErrNotFound) {
+		errs = append(errs, fmt.Errorf("removing the plaintext temp disk of VM %q: %w", vm, err))
+	}
+	return errors.Join(errs...)
 }
 
 // DeleteVM deletes a VM that is not running. Its disks stay, unattached; its
@@ -844,6 +1069,9 @@ func (h *Host) AttachDisk(ctx context.Context, vmName string, r AttachRequest) (
 	if err := h.checkAttachable(r.Disk); err != nil {
 		return nil, err
 	}
+	if err := h.checkAttach(vm, h.st.Disks[r.Disk]); err != nil {
+		return nil, err
+	}
 	if r.Caching == "" {
 		r.Caching = CacheNone
 	}
@@ -871,12 +1099,12 @@ func (h *Host) AttachDisk(ctx context.Context, vmName string, r AttachRequest) (
 	ad := AttachedDisk{Name: r.Disk, Lun: &lun, Caching: r.Caching}
 	d := h.st.Disks[r.Disk]
 	if rv := h.running[vmName]; rv != nil {
-		od, err := h.openAttached(ctx, d, r.Caching)
+		od, err := h.openAttached(ctx, d, r.Caching, vm.SecurityProfile.EncryptionAtHost)
 		if err != nil {
 			return nil, err
 		}
 		file := imageName(&lun)
-		if err := h.cfg.Tree.AddImage(vmName, file, od.d); err != nil {
+		if err := h.cfg.Tree.AddImage(vmName, file, od.img); err != nil {
 			od.close()
 			return nil, err
 		}
@@ -916,7 +1144,7 @@ func (h *Host) DetachDisk(ctx context.Context, vmName, diskName string) (*VM, er
 			return nil, err
 		}
 		if od := rv.images[file]; od != nil {
-			h.st.Disks[diskName].IntegrityErrors += od.d.Stats().IntegrityErrors
+			h.st.Disks[diskName].IntegrityErrors += od.integrityErrors()
 			if err := od.close(); err != nil {
 				return nil, fmt.Errorf("flushing disk %q: %w", diskName, err)
 			}
@@ -941,7 +1169,7 @@ func (h *Host) showVM(vm *VM) *VM {
 		for f, od := range rv.images {
 			c.Images = append(c.Images, vm.Name+"/"+f)
 			if od.resource == "" {
-				c.IntegrityErrors += od.d.Stats().IntegrityErrors
+				c.IntegrityErrors += od.integrityErrors()
 			}
 		}
 		slices.Sort(c.Images)
@@ -978,6 +1206,8 @@ func (h *Host) ListVMs() []*VM {
 func (h *Host) Recover(ctx context.Context) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	h.recoverTransfers(ctx)
+	h.removeOrphanCopies(ctx)
 	for name, d := range h.st.Disks {
 		if d.Conversion != nil && d.Conversion.Error == "" {
 			h.log.Info("resuming disk conversion", "disk", name, "chunk", d.Conversion.NextChunk, "of", d.Conversion.TotalChunks)

@@ -9,17 +9,22 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	hcrypto "hostcrypt/crypto"
 	"hostcrypt/disk"
 	hfs "hostcrypt/fs"
+	"hostcrypt/internal/leakscan"
+	"hostcrypt/storage"
 	"hostcrypt/storage/local"
 )
 
@@ -28,6 +33,8 @@ type fakeKeys struct {
 	mu      sync.Mutex
 	key     []byte
 	unwraps int
+	temp    map[string][]byte // the temp disks' own keys, by key id
+	ntemp   int
 }
 
 func (k *fakeKeys) gcm() cipher.AEAD {
@@ -45,12 +52,48 @@ func (k *fakeKeys) WrapKey(_ context.Context, dek []byte) (disk.WrappedKey, erro
 func (k *fakeKeys) UnwrapKey(_ context.Context, w disk.WrappedKey) ([]byte, error) {
 	k.mu.Lock()
 	k.unwraps++
+	key := k.key
+	if strings.HasPrefix(w.KeyID, "platform/temp-") {
+		key = k.temp[w.KeyID]
+	}
 	k.mu.Unlock()
-	out, err := k.gcm().Open(nil, w.Value[:12], w.Value[12:], nil)
+	if key == nil {
+		return nil, fmt.Errorf("%s: %w", w.KeyID, ErrKeyGone)
+	}
+	b, _ := aes.NewCipher(key)
+	g, _ := cipher.NewGCM(b)
+	out, err := g.Open(nil, w.Value[:12], w.Value[12:], nil)
 	if err != nil {
 		return nil, hcrypto.ErrWrongKey
 	}
 	return out, nil
+}
+
+// TempWrapper gives a temp disk a key of its own, as the key service does.
+func (k *fakeKeys) TempWrapper(context.Context) (disk.KeyWrapper, error) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.temp == nil {
+		k.temp = map[string][]byte{}
+	}
+	k.ntemp++
+	kid := fmt.Sprintf("platform/temp-%d/v1", k.ntemp)
+	key := hcrypto.NewDataKey()
+	k.temp[kid] = key
+	return wrapFunc(func(_ context.Context, dek []byte) (disk.WrappedKey, error) {
+		b, _ := aes.NewCipher(key)
+		g, _ := cipher.NewGCM(b)
+		n := make([]byte, 12)
+		rand.Read(n)
+		return disk.WrappedKey{KeyID: kid, Algorithm: "A256GCM", Value: g.Seal(n, n, dek, nil)}, nil
+	}), nil
+}
+
+func (k *fakeKeys) DestroyTempKey(_ context.Context, kid string) error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	delete(k.temp, kid)
+	return nil
 }
 
 // fakeTree records which images are visible.
@@ -468,4 +511,190 @@ func TestCheckKeysStopsVMAndLeases(t *testing.T) {
 
 func (c *fakeCustomer) LatestKeyID(context.Context, string) (string, error) {
 	return c.f.latest, nil
+}
+
+// newCachedFixture is newFixture with host caches under the host directory.
+func newCachedFixture(t *testing.T) (*fixture, string) {
+	f := newFixture(t)
+	require.NoError(t, f.h.Shutdown())
+	root := filepath.Dir(f.cfg.StateDir)
+	f.cfg.CacheDir = filepath.Join(root, "host", "cache")
+	f.cfg.CacheSize = 8 << 20
+	var err error
+	f.h, err = New(f.cfg)
+	require.NoError(t, err)
+	t.Cleanup(func() { f.h.Shutdown() })
+	return f, root
+}
+
+func leaks(t *testing.T, dir string, pattern []byte) int {
+	t.Helper()
+	hits, err := leakscan.Scan(dir, pattern, 16)
+	require.NoError(t, err)
+	return len(hits)
+}
+
+// Without encryption at host the host keeps plaintext (caches, temp disk)
+// and storage still holds only ciphertext; switching it on while
+// deallocated makes the host hold ciphertext only, and keeps the data.
+func TestEncryptionAtHostOff(t *testing.T) {
+	f, root := newCachedFixture(t)
+	ctx := context.Background()
+	for _, n := range []string{"ro", "none"} {
+		_, err := f.h.CreateDisk(ctx, CreateDiskRequest{Name: n, SizeBytes: 8 << 20})
+		require.NoError(t, err)
+	}
+	vm, err := f.h.CreateVM(ctx, CreateVMRequest{Name: "vm1", OsDiskSizeBytes: 8 << 20, EncryptionAtHost: ptr(false),
+		DataDisks: []AttachedDisk{{Name: "ro", Caching: CacheReadOnly}, {Name: "none"}}, TempDiskSize: 4 << 20})
+	require.NoError(t, err)
+	require.False(t, vm.SecurityProfile.EncryptionAtHost)
+
+	images := []string{"vm1/os.img", "vm1/data-0.img", "vm1/data-1.img", "vm1/temp.img"}
+	pattern := make([]byte, 1<<20)
+	rand.Read(pattern)
+	got := make([]byte, len(pattern))
+	for _, img := range images {
+		_, err := f.tree.get(img).WriteAt(pattern, 4096)
+		require.NoError(t, err)
+		require.NoError(t, f.tree.get(img).Sync())
+		_, err = f.tree.get(img).ReadAt(got, 4096) // fills the ReadOnly cache
+		require.NoError(t, err)
+		require.Equal(t, pattern, got, img)
+	}
+	assert.Positive(t, leaks(t, filepath.Join(root, "host", "cache"), pattern), "plaintext host cache")
+	assert.Positive(t, leaks(t, filepath.Join(root, "host", "temp-plain"), pattern), "plaintext temp disk")
+	assert.Zero(t, leaks(t, filepath.Join(root, "storage"), pattern), "storage holds plaintext")
+
+	rep, err := f.h.VMEncryptionReport(ctx, "vm1")
+	require.NoError(t, err)
+	assert.NotEmpty(t, rep.Warning)
+	byLayer := map[string]ReportEntry{}
+	for _, e := range rep.Entries {
+		byLayer[e.Disk+"/"+e.Layer] = e
+	}
+	assert.True(t, byLayer["vm1_OsDisk/storage layer 1"].Encrypted)
+	assert.Equal(t, "storage", byLayer["vm1_OsDisk/storage layer 1"].EncryptedBy)
+	assert.Equal(t, "platform", byLayer["vm1_OsDisk/storage layer 1"].Key)
+	assert.False(t, byLayer["vm1_OsDisk/host cache"].Encrypted)
+	assert.Equal(t, CacheReadWrite, byLayer["vm1_OsDisk/host cache"].Caching)
+	assert.True(t, byLayer["vm1_OsDisk/host cache"].Open)
+	assert.False(t, byLayer["ro/host cache"].Encrypted)
+	assert.Equal(t, CacheNone, byLayer["none/host cache"].Caching)
+	assert.False(t, byLayer["(temp)/temp disk"].Encrypted)
+
+	// A crash: the OS disk's plaintext write-back cache is written back
+	// into the encrypted disk when the VM comes back.
+	f.restart(t, false)
+	for _, img := range images {
+		_, err = f.tree.get(img).ReadAt(got, 4096)
+		require.NoError(t, err)
+		require.Equal(t, pattern, got, img)
+	}
+
+	// Encryption at host changes only while deallocated; nothing changes.
+	_, err = f.h.UpdateVM(ctx, "vm1", UpdateVMRequest{EncryptionAtHost: ptr(true)})
+	requireCode(t, err, 409)
+	assert.Contains(t, err.Error(), "vm deallocate --name vm1")
+	_, err = f.h.UpdateVM(ctx, "vm1", UpdateVMRequest{OsDiskCaching: "Sometimes"})
+	requireCode(t, err, 400)
+	_, err = f.h.UpdateVM(ctx, "vm1", UpdateVMRequest{DataDiskCaching: map[string]string{"nope": CacheNone}})
+	requireCode(t, err, 404)
+	vm, err = f.h.ShowVM("vm1")
+	require.NoError(t, err)
+	require.False(t, vm.SecurityProfile.EncryptionAtHost)
+	require.Equal(t, PowerRunning, vm.PowerState)
+
+	_, err = f.h.DeallocateVM(ctx, "vm1")
+	require.NoError(t, err)
+	assert.Zero(t, leaks(t, filepath.Join(root, "host"), pattern), "plaintext left on the host after deallocation")
+	vm, err = f.h.UpdateVM(ctx, "vm1", UpdateVMRequest{EncryptionAtHost: ptr(true), DataDiskCaching: map[string]string{"none": CacheReadWrite}})
+	require.NoError(t, err)
+	require.True(t, vm.SecurityProfile.EncryptionAtHost)
+	require.Equal(t, CacheReadWrite, vm.StorageProfile.DataDisks[1].Caching)
+	_, err = f.h.StartVM(ctx, "vm1")
+	require.NoError(t, err)
+	for _, img := range images[:3] {
+		_, err = f.tree.get(img).ReadAt(got, 4096)
+		require.NoError(t, err)
+		require.Equal(t, pattern, got, img)
+	}
+	fresh := make([]byte, 1<<20)
+	rand.Read(fresh)
+	for _, img := range images {
+		_, err := f.tree.get(img).WriteAt(fresh, 8192)
+		require.NoError(t, err)
+		require.NoError(t, f.tree.get(img).Sync())
+		_, err = f.tree.get(img).ReadAt(got, 8192)
+		require.NoError(t, err)
+	}
+	assert.Zero(t, leaks(t, root, fresh), "plaintext anywhere with encryption at host")
+	rep, err = f.h.VMEncryptionReport(ctx, "vm1")
+	require.NoError(t, err)
+	assert.Empty(t, rep.Warning)
+	for _, e := range rep.Entries {
+		if e.Caching != CacheNone {
+			assert.True(t, e.Encrypted, "%s %s", e.Disk, e.Layer)
+		}
+	}
+}
+
+// Deallocation destroys the temp disk's own key before its files: a copy of
+// the files taken before cannot be opened with any key left, and put back
+// in place it gives a new, empty temp disk.
+func TestDeallocateShredsTempDisk(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	_, err := f.h.CreateVM(ctx, CreateVMRequest{Name: "vm1", OsDiskSizeBytes: 4 << 20, TempDiskSize: 4 << 20})
+	require.NoError(t, err)
+	pattern := make([]byte, 64<<10)
+	rand.Read(pattern)
+	_, err = f.tree.get("vm1/temp.img").WriteAt(pattern, 0)
+	require.NoError(t, err)
+	_, err = f.h.StopVM(ctx, "vm1", "")
+	require.NoError(t, err)
+
+	root := filepath.Join(filepath.Dir(f.cfg.StateDir), "host")
+	copied := t.TempDir()
+	require.NoError(t, os.CopyFS(copied, os.DirFS(filepath.Join(root, "temp", "vm1"))))
+	m, err := disk.ReadMetadata(ctx, f.cfg.HostLocal, tempPrefix("vm1"))
+	require.NoError(t, err)
+	kid := m.Layers[0].WrappedKeys[0].KeyID
+	assert.Contains(t, kid, "platform/temp-", "the temp disk has a key of its own")
+	assert.NotEqual(t, "platform/test/v1", kid)
+
+	_, err = f.h.DeallocateVM(ctx, "vm1")
+	require.NoError(t, err)
+	_, err = os.Stat(filepath.Join(root, "temp", "vm1"))
+	require.ErrorIs(t, err, os.ErrNotExist)
+
+	// The copy, opened with every key the system holds, is unreadable.
+	cb, err := local.Open(copied)
+	require.NoError(t, err)
+	_, err = disk.Open(ctx, &prefixed{cb, "temp/vm1"}, "temp/vm1", f.keys)
+	require.ErrorIs(t, err, ErrKeyGone)
+
+	// Put back in place, the next start replaces it with an empty one.
+	require.NoError(t, os.CopyFS(filepath.Join(root, "temp", "vm1"), os.DirFS(copied)))
+	_, err = f.h.StartVM(ctx, "vm1")
+	require.NoError(t, err)
+	got := make([]byte, len(pattern))
+	_, err = f.tree.get("vm1/temp.img").ReadAt(got, 0)
+	require.NoError(t, err)
+	require.Equal(t, make([]byte, len(pattern)), got)
+}
+
+// prefixed shows a directory's objects under a key prefix.
+type prefixed struct {
+	storage.Backend
+	prefix string
+}
+
+func (p *prefixed) strip(key string) string { return strings.TrimPrefix(key, p.prefix+"/") }
+
+func (p *prefixed) OpenChunk(ctx context.Context, key string, create bool) (storage.Chunk, error) {
+	return p.Backend.OpenChunk(ctx, p.strip(key), create)
+}
+
+func (p *prefixed) ReadMeta(ctx context.Context, key string) ([]byte, error) {
+	return p.Backend.ReadMeta(ctx, p.strip(key))
 }

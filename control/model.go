@@ -1,7 +1,6 @@
 package control
 
 import (
-	"fmt"
 	"strings"
 	"time"
 )
@@ -43,6 +42,8 @@ type Disk struct {
 	ID                string     `json:"id"`
 	UniqueID          string     `json:"uniqueId"`
 	Location          string     `json:"location"`
+	Subscription      string     `json:"subscription"`
+	ResourceGroup     string     `json:"resourceGroup"`
 	Sku               Sku        `json:"sku"`
 	DiskSizeBytes     int64      `json:"diskSizeBytes"`
 	DiskSizeGB        int64      `json:"diskSizeGB"`
@@ -56,11 +57,16 @@ type Disk struct {
 	// IntegrityErrors counts blocks that failed authentication, over the
 	// disk's life.
 	IntegrityErrors uint64 `json:"integrityErrors"`
+	// ADE records that the disk has used guest-level disk encryption; once
+	// set it stays (see restrict.go).
+	ADE bool `json:"ade"`
 	// StoragePrefix is where the disk lives in the storage backend.
 	StoragePrefix string `json:"storagePrefix"`
 	// Conversion is set while the disk's data is re-encrypted into another
 	// layout (turning double encryption on).
 	Conversion *Conversion `json:"conversion,omitempty"`
+	// Transfer is set while the disk is imported from or exported to a file.
+	Transfer *Transfer `json:"transfer,omitempty"`
 }
 
 // Conversion is the progress of re-encrypting a disk. It is persisted after
@@ -90,6 +96,8 @@ type VM struct {
 	Name             string `json:"name"`
 	ID               string `json:"id"`
 	Location         string `json:"location"`
+	Subscription     string `json:"subscription"`
+	ResourceGroup    string `json:"resourceGroup"`
 	PowerState       string `json:"powerState"`
 	PowerStateReason string `json:"powerStateReason,omitempty"`
 	// KeyWarning says that the key store could not be asked about the VM's
@@ -105,6 +113,9 @@ type VM struct {
 	// IntegrityErrors counts blocks of the VM's disks (temp disk included)
 	// that failed authentication.
 	IntegrityErrors uint64 `json:"integrityErrors"`
+	// ADE records that the VM has used guest-level disk encryption; once
+	// set it stays (see restrict.go).
+	ADE bool `json:"ade"`
 }
 
 // SecurityProfile holds a VM's host-side encryption setting.
@@ -123,16 +134,6 @@ type AttachedDisk struct {
 	Name    string `json:"name"`
 	Lun     *int   `json:"lun,omitempty"`
 	Caching string `json:"caching"`
-}
-
-const subscription = "00000000-0000-0000-0000-000000000000"
-
-func diskID(loc, name string) string {
-	return fmt.Sprintf("/subscriptions/%s/resourceGroups/hostcrypt/providers/Microsoft.Compute/disks/%s", subscription, name)
-}
-
-func vmID(name string) string {
-	return fmt.Sprintf("/subscriptions/%s/resourceGroups/hostcrypt/providers/Microsoft.Compute/virtualMachines/%s", subscription, name)
 }
 
 // checkName enforces Azure's rules for a managed resource's name, kept to what

@@ -37,6 +37,9 @@ func (h *Host) UpdateDES(ctx context.Context, name string, r UpdateDESRequest) (
 			return nil, err
 		}
 		if r.KeyURL != des.ActiveKey.KeyURL {
+			if err := h.checkDESKeySwitch(ctx, des, vault, r.KeyURL); err != nil {
+				return nil, err
+			}
 			if err := h.switchKey(ctx, des, KeyForDES{SourceVault: SourceVault{ID: vault}, KeyURL: r.KeyURL}); err != nil {
 				return nil, err
 			}
@@ -82,23 +85,39 @@ func (h *Host) rewrapSet(ctx context.Context, des *DiskEncryptionSet) error {
 	wrap := wrapFunc(func(ctx context.Context, dek []byte) (disk.WrappedKey, error) {
 		return ck.WrapKey(ctx, des.ActiveKey.KeyURL, dek)
 	})
-	names := make([]string, 0)
+	// Every disk, snapshot and image of the set whose key is not wrapped by
+	// the active key yet.
+	type target struct {
+		what, prefix string
+		keyID        *string
+		res          *Disk // for the unwrapper
+	}
+	var targets []target
 	for n, d := range h.st.Disks {
 		if d.Encryption.DiskEncryptionSetID == des.ID && d.KeyID != des.ActiveKey.KeyURL {
-			names = append(names, n)
+			targets = append(targets, target{"disk " + n, d.StoragePrefix, &d.KeyID, d})
 		}
 	}
-	sort.Strings(names)
+	for n, sn := range h.st.Snapshots {
+		if sn.Encryption.DiskEncryptionSetID == des.ID && sn.KeyID != des.ActiveKey.KeyURL {
+			targets = append(targets, target{"snapshot " + n, sn.StoragePrefix, &sn.KeyID, &Disk{Name: "snapshot " + n, Encryption: sn.Encryption}})
+		}
+	}
+	for n, im := range h.st.Images {
+		if im.Encryption.DiskEncryptionSetID == des.ID && im.KeyID != des.ActiveKey.KeyURL {
+			targets = append(targets, target{"image " + n, im.StoragePrefix, &im.KeyID, &Disk{Name: "image " + n, Encryption: im.Encryption}})
+		}
+	}
+	sort.Slice(targets, func(i, j int) bool { return targets[i].what < targets[j].what })
 	var errs []error
-	for _, n := range names {
-		d := h.st.Disks[n]
-		w, err := disk.Rewrap(ctx, h.cfg.Storage, d.StoragePrefix, 1, h.unwrapperFor(d), wrap)
+	for _, t := range targets {
+		w, err := disk.Rewrap(ctx, h.cfg.Storage, t.prefix, 1, h.unwrapperFor(t.res), wrap)
 		if err != nil {
-			errs = append(errs, fmt.Errorf("disk %q: %w", n, err))
+			errs = append(errs, fmt.Errorf("%s: %w", t.what, err))
 			continue
 		}
-		d.KeyID = w.KeyID
-		h.log.Info("disk re-wrapped", "disk", n, "des", des.Name, "key", w.KeyID)
+		*t.keyID = w.KeyID
+		h.log.Info("key re-wrapped", "resource", t.what, "des", des.Name, "key", w.KeyID)
 	}
 	if err := errors.Join(errs...); err != nil {
 		des.AutoKeyRotationError = err.Error()

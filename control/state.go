@@ -19,6 +19,9 @@ type state struct {
 	Disks   map[string]*Disk              `json:"disks"`
 	VMs     map[string]*VM                `json:"vms"`
 	DES     map[string]*DiskEncryptionSet `json:"diskEncryptionSets"`
+	// Snapshots and Images, by name.
+	Snapshots map[string]*Snapshot `json:"snapshots"`
+	Images    map[string]*Image    `json:"images"`
 	// Credentials of the disk encryption sets' identities, by set name.
 	// They are bearer tokens for the key store, never keys; the file is
 	// 0600 in a 0700 directory.
@@ -37,7 +40,8 @@ func loadState(dir string) (*state, error) {
 	raw, err := os.ReadFile(filepath.Join(dir, stateFile))
 	if errors.Is(err, fs.ErrNotExist) {
 		return &state{Version: 1, Disks: map[string]*Disk{}, VMs: map[string]*VM{},
-			DES: map[string]*DiskEncryptionSet{}, Credentials: map[string]string{}}, nil
+			DES: map[string]*DiskEncryptionSet{}, Credentials: map[string]string{},
+			Snapshots: map[string]*Snapshot{}, Images: map[string]*Image{}}, nil
 	}
 	if err != nil {
 		return nil, err
@@ -57,6 +61,12 @@ func loadState(dir string) (*state, error) {
 	}
 	if s.Credentials == nil {
 		s.Credentials = map[string]string{}
+	}
+	if s.Snapshots == nil {
+		s.Snapshots = map[string]*Snapshot{}
+	}
+	if s.Images == nil {
+		s.Images = map[string]*Image{}
 	}
 	return &s, nil
 }

@@ -168,6 +168,7 @@ func Run(ctx context.Context, cfg Config, ready func()) error {
 		return err
 	}
 	srv := &http.Server{Handler: control.Handler(host), ReadHeaderTimeout: 10 * time.Second}
+	srv.RegisterOnShutdown(host.StopBackground)
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(l) }()
 	log.Info("hostcryptd ready", "mount", cfg.MountDir, "socket", cfg.Socket)

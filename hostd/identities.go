@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/url"
 	"strings"
 	"time"
 
@@ -152,3 +153,26 @@ func (c *customerKeys) LatestKeyID(ctx context.Context, kid string) (string, err
 	}
 	return b.Key.Kid, nil
 }
+
+// VaultLocation returns the location of the vault a key id names, as the
+// platform (which may read any vault's metadata).
+func (k *keyService) VaultLocation(ctx context.Context, keyURL string) (string, error) {
+	u, err := url.Parse(keyURL)
+	if err != nil {
+		return "", err
+	}
+	p := strings.Split(strings.Trim(u.Path, "/"), "/")
+	if len(p) < 2 || p[0] != "vaults" {
+		return "", fmt.Errorf("%s is not a key id", keyURL)
+	}
+	v, err := k.c.GetVault(ctx, p[1])
+	if client.IsNotFound(err) {
+		return "", fmt.Errorf("%w: %v", control.ErrVaultNotFound, err)
+	}
+	if err != nil {
+		return "", err
+	}
+	return v.Location, nil
+}
+
+var _ control.VaultLocations = (*keyService)(nil)

@@ -2,9 +2,13 @@ package hostd
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"fmt"
+	"strings"
 	"sync"
 
+	"hostcrypt/control"
 	"hostcrypt/disk"
 	"hostcrypt/keystore/client"
 )
@@ -60,10 +64,59 @@ func (k *keyService) UnwrapKey(ctx context.Context, w disk.WrappedKey) ([]byte, 
 	switch w.Algorithm {
 	case client.A256KWP:
 		dek, err := k.c.PlatformUnwrap(ctx, w.KeyID, w.Value)
+		if client.IsNotFound(err) {
+			return nil, fmt.Errorf("unwrapping with %s: %w: %w", w.KeyID, control.ErrKeyGone, err)
+		}
 		if err != nil {
 			return nil, fmt.Errorf("unwrapping with %s: %w", w.KeyID, err)
 		}
 		return dek, nil
 	}
 	return nil, fmt.Errorf("key %s: wrap algorithm %q is not supported by this host", w.KeyID, w.Algorithm)
+}
+
+// tempKeyPrefix names the platform keys of temp disks, one per temp disk.
+const tempKeyPrefix = "temp-disk-"
+
+type wrapperFunc func(ctx context.Context, dek []byte) (disk.WrappedKey, error)
+
+func (f wrapperFunc) WrapKey(ctx context.Context, dek []byte) (disk.WrappedKey, error) {
+	return f(ctx, dek)
+}
+
+// TempWrapper creates a platform key for one temp disk and wraps with it.
+func (k *keyService) TempWrapper(ctx context.Context) (disk.KeyWrapper, error) {
+	b := make([]byte, 12)
+	rand.Read(b)
+	name := tempKeyPrefix + hex.EncodeToString(b)
+	if _, err := k.c.CreatePlatformKey(ctx, name); err != nil {
+		return nil, err
+	}
+	return wrapperFunc(func(ctx context.Context, dek []byte) (disk.WrappedKey, error) {
+		kid, wrapped, err := k.c.PlatformWrap(ctx, name, "", dek)
+		if err != nil {
+			return disk.WrappedKey{}, fmt.Errorf("wrapping with the temp disk's key: %w", err)
+		}
+		return disk.WrappedKey{KeyID: kid, Algorithm: client.A256KWP, Value: wrapped}, nil
+	}), nil
+}
+
+// DestroyTempKey deletes and purges the temp disk key that kid names; kids
+// of any other key are left alone.
+func (k *keyService) DestroyTempKey(ctx context.Context, kid string) error {
+	_, rest, ok := strings.Cut(kid, "/vaults/"+client.PlatformVault+"/keys/")
+	if !ok {
+		return nil
+	}
+	name, _, _ := strings.Cut(rest, "/")
+	if !strings.HasPrefix(name, tempKeyPrefix) {
+		return nil
+	}
+	if _, err := k.c.DeleteKey(ctx, client.PlatformVault, name); err != nil && !client.IsNotFound(err) {
+		return err
+	}
+	if err := k.c.PurgeKey(ctx, client.PlatformVault, name); err != nil && !client.IsNotFound(err) {
+		return err
+	}
+	return nil
 }

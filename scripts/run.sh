@@ -59,6 +59,9 @@ if ! hc vm show --name demo >/dev/null 2>&1; then
   hc vm create --name demo --os-disk-size 2G --data-disks demo-data --temp-disk-size 1G >/dev/null
 fi
 hc vm show --name demo
+echo
+echo "What is encrypted where (hostcrypt vm encryption-report --name demo):"
+hc vm encryption-report --name demo
 
 cat <<MSG
 
@@ -70,6 +73,7 @@ export HOSTCRYPT_SOCKET=$HOSTCRYPT_SOCKET HOSTCRYPT_KEYSTORE=$HOSTCRYPT_KEYSTORE
 
 Try: losetup --find --show $VAR/mnt/demo/data-0.img   (then mkfs.ext4 and mount it)
      hostcrypt vm stop --name demo    # the images disappear
+     hostcrypt snapshot create --name snap1 --source demo-data   # while it runs
 Logs: $VAR/keystored.log, $VAR/hostcryptd.log. Ctrl-C stops both daemons cleanly.
 MSG
 wait "$host_pid"

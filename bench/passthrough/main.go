@@ -6,7 +6,11 @@
 // the kernel straight to the backing file and the daemon never sees them; an
 // encrypting daemon cannot do that, so it would not be a fair ceiling.
 //
-//	passthrough --backing DIR --mount DIR [--options tuned|stock] [--ready-file F]
+//	passthrough --backing DIR --mount DIR [--options tuned|stock|hostcrypt] [--ready-file F]
+//
+// "hostcrypt" is tuned plus what hostcryptd's mount adds: the kernel checks
+// file modes (default_permissions), failed lookups are cached for as long
+// as entries, and root mounts with mount(2) directly.
 //
 // It prints "ready" on stdout (and creates --ready-file, if given) once the
 // mount is up, and unmounts on SIGINT or SIGTERM.
@@ -33,6 +37,7 @@ type config struct {
 	backing   string
 	mount     string
 	tuned     bool
+	hostcrypt bool // tuned, with hostcryptd's extra mount options
 	readyFile string
 	debug     bool
 }
@@ -55,7 +60,7 @@ func parseFlags(args []string) (config, error) {
 	fl := flag.NewFlagSet("passthrough", flag.ContinueOnError)
 	fl.StringVar(&cfg.backing, "backing", "", "directory to serve (required)")
 	fl.StringVar(&cfg.mount, "mount", "", "empty directory to mount on (required)")
-	fl.StringVar(&options, "options", "tuned", "FUSE options: tuned or stock")
+	fl.StringVar(&options, "options", "tuned", "FUSE options: tuned, stock or hostcrypt")
 	fl.StringVar(&cfg.readyFile, "ready-file", "", "file to create once mounted")
 	fl.BoolVar(&cfg.debug, "debug", false, "log every FUSE request")
 	if err := fl.Parse(args); err != nil {
@@ -70,9 +75,11 @@ func parseFlags(args []string) (config, error) {
 	switch options {
 	case "tuned":
 		cfg.tuned = true
+	case "hostcrypt":
+		cfg.tuned, cfg.hostcrypt = true, true
 	case "stock":
 	default:
-		return cfg, fmt.Errorf("--options %q: want tuned or stock", options)
+		return cfg, fmt.Errorf("--options %q: want tuned, stock or hostcrypt", options)
 	}
 	return cfg, nil
 }
@@ -93,6 +100,9 @@ func run(cfg config) error {
 	ln.RootData.RootNode = root
 
 	opts := mountOptions(cfg.tuned)
+	if cfg.hostcrypt {
+		withHostcryptOptions(opts)
+	}
 	opts.Debug = cfg.debug
 	server, err := fs.Mount(cfg.mount, root, opts)
 	if err != nil {
@@ -166,6 +176,16 @@ func mountOptions(tuned bool) *fs.Options {
 			DisableXAttrs: true,
 		},
 	}
+}
+
+// withHostcryptOptions adds to the tuned options what hostcryptd's mount
+// (fs/options.go) sets beyond them.
+func withHostcryptOptions(o *fs.Options) {
+	negative := *o.EntryTimeout
+	o.NegativeTimeout = &negative
+	o.MountOptions.Options = append(o.MountOptions.Options, "default_permissions")
+	o.MountOptions.DirectMount = os.Geteuid() == 0
+	o.MountOptions.FsName, o.MountOptions.Name = "passthrough-hc", "passthrough-hc"
 }
 
 // node is a loopback node whose files never use kernel passthrough and, when

@@ -25,6 +25,7 @@ func TestParseFlags(t *testing.T) {
 	}{
 		{name: "tuned by default", args: []string{"--backing", "b", "--mount", "m"}, tuned: true},
 		{name: "stock", args: []string{"--backing", "b", "--mount", "m", "--options", "stock"}},
+		{name: "hostcrypt", args: []string{"--backing", "b", "--mount", "m", "--options", "hostcrypt"}, tuned: true},
 		{name: "unknown options", args: []string{"--backing", "b", "--mount", "m", "--options", "fast"}, wantErr: true},
 		{name: "no mount", args: []string{"--backing", "b"}, wantErr: true},
 		{name: "stray argument", args: []string{"--backing", "b", "--mount", "m", "x"}, wantErr: true},
@@ -38,8 +39,14 @@ func TestParseFlags(t *testing.T) {
 			}
 			require.NoError(t, err)
 			assert.Equal(t, tt.tuned, cfg.tuned)
+			assert.Equal(t, tt.name == "hostcrypt", cfg.hostcrypt)
 		})
 	}
+	o := mountOptions(true)
+	withHostcryptOptions(o)
+	assert.Contains(t, o.MountOptions.Options, "default_permissions")
+	require.NotNil(t, o.NegativeTimeout)
+	assert.Equal(t, *o.EntryTimeout, *o.NegativeTimeout)
 }
 
 // TestMountedBinary runs the real binary as the harness does and checks the

@@ -1,0 +1,83 @@
+package cli
+
+import (
+	"fmt"
+	"path/filepath"
+
+	"hostcrypt/control"
+)
+
+func diskTransferCommands() []Command {
+	return []Command{
+		{"disk", "import", "create an encrypted disk from a raw or qcow2 image file", diskImport},
+		{"disk", "export", "write a disk's plaintext to a raw image file (unencrypted!)", diskExport},
+	}
+}
+
+// absPath makes a path absolute: hostcryptd opens the file itself, from its
+// own working directory.
+func absPath(flag, p string) (string, error) {
+	if p == "" {
+		return "", nil
+	}
+	a, err := filepath.Abs(p)
+	if err != nil {
+		return "", fmt.Errorf("--%s %q: %w", flag, p, err)
+	}
+	return a, nil
+}
+
+func diskImport(c *Context, args []string) error {
+	f := newFlags(c)
+	name := f.requiredString("name", "name of the new disk")
+	source := f.requiredString("source", "image file to import, raw or qcow2 (detected); its virtual size, rounded up to the sector size, is the disk's size")
+	sku := f.String("sku", "Premium_LRS", "Standard_LRS, StandardSSD_LRS, Premium_LRS, PremiumV2_LRS or UltraSSD_LRS")
+	sector := f.Int("logical-sector-size", 512, "512 or 4096")
+	des := f.String("disk-encryption-set", "", "disk encryption set (customer-managed key)")
+	enc := f.String("encryption-type", "", "EncryptionAtRestWithPlatformKey (default), …WithCustomerKey or …WithPlatformAndCustomerKeys")
+	if err := f.parse(args); err != nil {
+		return err
+	}
+	src, err := absPath("source", *source)
+	if err != nil {
+		return err
+	}
+	req := control.ImportDiskRequest{Source: src, CreateDiskRequest: control.CreateDiskRequest{Name: *name, Sku: *sku,
+		LogicalSectorSize: *sector, EncryptionType: *enc, DiskEncryptionSet: *des}}
+	return c.transfer("/disks/import", req, "importing "+*name)
+}
+
+func diskExport(c *Context, args []string) error {
+	f := newFlags(c)
+	name := f.requiredString("name", "disk to export")
+	target := f.requiredString("target", "raw image file to write; it holds the disk's PLAINTEXT, unencrypted (created 0600, owned by root)")
+	force := f.boolValue("force", "replace the target if it exists (true|false, default false)")
+	if err := f.parse(args); err != nil {
+		return err
+	}
+	dst, err := absPath("target", *target)
+	if err != nil {
+		return err
+	}
+	req := control.ExportDiskRequest{Target: dst, Force: force.val}
+	return c.transfer("/disks/"+esc(*name)+"/export", req, "exporting "+*name)
+}
+
+// transfer runs an import or export, drawing its progress on stderr.
+// Interrupting the CLI cancels it: hostcryptd removes what it had made.
+func (c *Context) transfer(path string, req any, label string) error {
+	sock, err := c.HostSocket()
+	if err != nil {
+		return err
+	}
+	bar := newProgressBar(c.Stderr, label)
+	d, err := control.NewClient(sock).Transfer(c.Ctx, path, req, func(p control.Progress) { bar.update(p.Done, p.Total) })
+	bar.finish()
+	if err != nil {
+		if c.Ctx.Err() != nil {
+			return fmt.Errorf("%s: interrupted; hostcryptd cancels it and removes what it had written", label)
+		}
+		return err
+	}
+	return c.showDisk(d)
+}
