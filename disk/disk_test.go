@@ -894,3 +894,20 @@ func TestV2WritesWholePages(t *testing.T) {
 		require.NoError(t, d.Close())
 	}
 }
+
+// TestObjectBytes: a chunk object never extends past ObjectBytes, and reaches
+// it once slot B of its last block is written; a snapshot copies that far.
+func TestObjectBytes(t *testing.T) {
+	for _, tc := range formatsAndLayers() {
+		td := newTestDiskFormat(t, tc.format, 1<<20, tc.layers, 16)
+		last := int64(15 * BlockSize)
+		for range 2 { // slot A, then slot B
+			_, err := td.WriteAt(randBytes(BlockSize), last)
+			require.NoError(t, err)
+			require.NoError(t, td.Sync())
+		}
+		fi, err := os.Stat(chunkFile(td, 0))
+		require.NoError(t, err)
+		require.Equal(t, td.ObjectBytes(), fi.Size(), "format %d layers=%d", tc.format, tc.layers)
+	}
+}

@@ -133,6 +133,15 @@ func (l layout) entryOffset(s, i int) int64 {
 // loading a chunk does not need.
 func (l layout) entriesEnd() int64 { return l.pageBase }
 
+// objectBytes is where a chunk object with every slot written ends: slot B
+// of the last block is the last thing in it in both versions.
+func (l layout) objectBytes() int64 {
+	if l.format == formatV1 {
+		return l.slotOffset(1, l.chunkBlocks-1) + int64(l.slotSize)
+	}
+	return l.pageOffset(1, l.chunkBlocks-1) + BlockSize
+}
+
 // unitOffset is where byte j of the sealed unit in slot s of block i lives in
 // the chunk, in either version.
 func (l layout) unitOffset(s, i, j int) int64 {

@@ -109,6 +109,7 @@ func TestLayout(t *testing.T) {
 	small := newLayout(formatV1, 8, 80, 48)
 	assert.EqualValues(t, 8192, small.slotBase)
 	assert.EqualValues(t, 8192+9*4176, small.slotOffset(1, 1))
+	assert.EqualValues(t, 8192+2*1024*4136, l.objectBytes())
 }
 
 func TestLayoutV2(t *testing.T) {
@@ -136,6 +137,7 @@ func TestLayoutV2(t *testing.T) {
 			assert.Equal(t, tt.entryBase+int64(7*tt.over), l.entryOffset(1, 3))
 			assert.Equal(t, l.entryOffset(0, 3)+int64(tt.over), l.entryOffset(1, 3))
 			assert.LessOrEqual(t, l.entryOffset(1, tt.blocks-1)+int64(tt.over), l.pageBase)
+			assert.Equal(t, tt.pageBase+int64(2*tt.blocks)*4096, l.objectBytes())
 			// The bytes of a sealed unit: nonces to the entry, ciphertext
 			// to the page, tags to the rest of the entry.
 			assert.Equal(t, l.entryOffset(1, 3), l.unitOffset(1, 3, 0))
