@@ -16,6 +16,8 @@
 #                 not /tmp, which may be a tmpfs in memory)
 #   WAIT_IDLE     passed to the suite: wait for a quiet machine before each job
 #   GO            the go command (default: go)
+#   HOSTCRYPTD_FLAGS  extra flags for hostcryptd, e.g. "--pprof 127.0.0.1:6061"
+#                 to profile a target while its jobs run
 #
 # Every mount and process it started is gone when it exits, also after a
 # failure or Ctrl-C.
@@ -298,7 +300,7 @@ start_hostcrypt() { # DIR LABEL
   HC_SOCK=$d/state/hostcryptd.sock
   spawn "$d/hostcryptd.log" bin/hostcryptd --state "$d/state" --storage "$d/storage" \
     --host-dir "$d/host" --mount "$d/mnt" --keystore "$KEYSTORE_URL" \
-    --keystore-ca "$ks/ca.pem" --token-file "$ks/platform.token"
+    --keystore-ca "$ks/ca.pem" --token-file "$ks/platform.token" ${HOSTCRYPTD_FLAGS:-}
   pid=$SPAWNED
   if ! wait_until 30 "$pid" test -S "$HC_SOCK" || ! wait_until 30 "$pid" mountpoint -q "$d/mnt"; then
     WHY=$(not_started hostcryptd "$pid" "$d/hostcryptd.log")

@@ -16,7 +16,12 @@
 // after 2^64 seals (probability about 2^-65), while AES-256-GCM's own 96-bit
 // nonces would call for a rekey after about 2^32 random ones. XAES keeps
 // AES-GCM's speed and its FIPS-approved building blocks: the per-nonce
-// subkey costs two AES block encryptions plus the GCM set-up.
+// subkey costs two AES block encryptions plus the GCM set-up. A Sealer
+// (one per goroutine) pays that set-up once per batch of units: it draws a
+// random 192-bit nonce and counts up in its second half for up to 1024 units,
+// so the first half, which selects the subkey, stays the same for the batch.
+// A nonce repeats only if two batches drew the same 96-bit first half and
+// overlapping counter ranges.
 //
 // Block layer 2, for double encryption, is XChaCha20-Poly1305 under an
 // independent infrastructure key. It is a different algorithm on purpose:

@@ -239,3 +239,54 @@ func TestLayerClose(t *testing.T) {
 		assert.Panics(t, func() { l.Seal(nil, []byte("x"), nil) })
 	}
 }
+
+// TestSealerOpener: a Sealer's units open with Layer.Open and an Opener, and
+// an Opener opens Layer.Seal's; nonces never repeat, and an XAES-256-GCM
+// Sealer moves to a fresh random prefix after sealerBatch units.
+func TestSealerOpener(t *testing.T) {
+	for _, alg := range layerAlgs {
+		t.Run(string(alg), func(t *testing.T) {
+			l := newTestLayer(t, alg, NewDataKey())
+			s, o := l.NewSealer(), l.NewOpener()
+			pt := pattern(unitSize)
+			seen := map[string]bool{}
+			prefixes := map[string]int{}
+			for i := range 2*sealerBatch + 3 {
+				u := s.Seal([]byte("hdr"), pt, blockAD(uint64(i)))
+				require.Equal(t, []byte("hdr"), u[:3])
+				u = u[3:]
+				require.Len(t, u, unitSize+l.Overhead())
+				require.False(t, seen[string(u[:24])], "repeated nonce at %d", i)
+				seen[string(u[:24])] = true
+				prefixes[string(u[:12])]++
+				got, err := l.Open(nil, u, blockAD(uint64(i)))
+				require.NoError(t, err)
+				require.Equal(t, pt, got)
+				got, err = o.Open(got[:0], u, blockAD(uint64(i)))
+				require.NoError(t, err)
+				require.Equal(t, pt, got)
+				_, err = o.Open(nil, u, blockAD(uint64(i+1)))
+				require.ErrorIs(t, err, ErrIntegrity)
+				if i%100 == 0 {
+					// Units of Layer.Seal (another prefix) interleaved.
+					v := l.Seal(nil, pt, blockAD(9))
+					got, err := o.Open(nil, v, blockAD(9))
+					require.NoError(t, err)
+					require.Equal(t, pt, got)
+				}
+			}
+			if alg == AlgXAES256GCM {
+				require.Len(t, prefixes, 3)
+				for _, n := range prefixes {
+					require.LessOrEqual(t, n, sealerBatch)
+				}
+			}
+			_, err := o.Open(nil, make([]byte, 10), nil)
+			require.ErrorIs(t, err, ErrIntegrity)
+			l.Close()
+			assert.Panics(t, func() { s.Seal(nil, pt, nil) })
+			_, err = o.Open(nil, make([]byte, 100), nil)
+			require.ErrorIs(t, err, ErrClosed)
+		})
+	}
+}

@@ -31,6 +31,7 @@ func BenchmarkEngine(b *testing.B) {
 		b.Run(fmt.Sprintf("layers=%d/randwrite-4k", layers), func(b *testing.B) {
 			td := benchDisk(b, layers, true)
 			b.SetBytes(4096)
+			b.ReportAllocs()
 			b.ResetTimer()
 			b.RunParallel(func(pb *testing.PB) {
 				r := mrand.New(mrand.NewPCG(mrand.Uint64(), 1))
@@ -45,6 +46,7 @@ func BenchmarkEngine(b *testing.B) {
 		b.Run(fmt.Sprintf("layers=%d/randread-4k", layers), func(b *testing.B) {
 			td := benchDisk(b, layers, true)
 			b.SetBytes(4096)
+			b.ReportAllocs()
 			b.ResetTimer()
 			b.RunParallel(func(pb *testing.PB) {
 				r := mrand.New(mrand.NewPCG(mrand.Uint64(), 1))
@@ -60,6 +62,7 @@ func BenchmarkEngine(b *testing.B) {
 			td := benchDisk(b, layers, false)
 			p := randBytes(1 << 20)
 			b.SetBytes(int64(len(p)))
+			b.ReportAllocs()
 			b.ResetTimer()
 			for i := 0; i < b.N; i++ {
 				if _, err := td.WriteAt(p, int64(i%(benchSize>>20))<<20); err != nil {
@@ -71,6 +74,7 @@ func BenchmarkEngine(b *testing.B) {
 			td := benchDisk(b, layers, true)
 			p := make([]byte, 1<<20)
 			b.SetBytes(int64(len(p)))
+			b.ReportAllocs()
 			b.ResetTimer()
 			for i := 0; i < b.N; i++ {
 				if _, err := td.ReadAt(p, int64(i%(benchSize>>20))<<20); err != nil {
@@ -88,11 +92,11 @@ func BenchmarkSealBlock(b *testing.B) {
 			td := newTestDisk(b, 1<<20, layers, 0)
 			plain := randBytes(BlockSize)
 			dst := make([]byte, td.lay.slotSize)
-			tmp := make([]byte, td.lay.slotSize)
+			sc := td.getScratch()
 			b.SetBytes(BlockSize)
 			b.ReportAllocs()
 			for i := 0; i < b.N; i++ {
-				td.sealBlock(dst, plain, int64(i), tmp)
+				td.sealBlock(dst, plain, int64(i), sc)
 			}
 		})
 	}
@@ -105,13 +109,42 @@ func BenchmarkOpenBlock(b *testing.B) {
 			td := newTestDisk(b, 1<<20, layers, 0)
 			plain := randBytes(BlockSize)
 			sealed := make([]byte, td.lay.slotSize)
-			tmp := make([]byte, td.lay.slotSize)
-			td.sealBlock(sealed, plain, 7, tmp)
+			sc := td.getScratch()
+			td.sealBlock(sealed, plain, 7, sc)
 			dst := make([]byte, BlockSize)
 			b.SetBytes(BlockSize)
 			b.ReportAllocs()
 			for i := 0; i < b.N; i++ {
-				if err := td.openBlock(dst, sealed, 7, tmp); err != nil {
+				if err := td.openBlock(dst, sealed, 7, sc); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+// BenchmarkSync is one Sync after 4096 random 4 KiB writes spread over a
+// 256 MiB disk (64 chunks): the flusher's work every few seconds under a
+// random-write load, and what a guest's fsync waits for.
+func BenchmarkSync(b *testing.B) {
+	for _, layers := range []int{1, 2} {
+		b.Run(fmt.Sprintf("layers=%d", layers), func(b *testing.B) {
+			td := benchDisk(b, layers, true)
+			if err := td.Sync(); err != nil {
+				b.Fatal(err)
+			}
+			r := mrand.New(mrand.NewPCG(1, 2))
+			p := randBytes(4096)
+			b.ReportAllocs()
+			for b.Loop() {
+				b.StopTimer()
+				for range 4096 {
+					if _, err := td.WriteAt(p, r.Int64N(benchSize/4096)*4096); err != nil {
+						b.Fatal(err)
+					}
+				}
+				b.StartTimer()
+				if err := td.Sync(); err != nil {
 					b.Fatal(err)
 				}
 			}

@@ -38,7 +38,8 @@ type Disk struct {
 	table atomic.Pointer[[]atomic.Pointer[chunk]]
 
 	stripes [nStripes]stripe
-	bufs    sync.Pool
+	bufs    sync.Pool // *[]byte of any size
+	scratch sync.Pool // *scratch
 
 	closed     atomic.Bool
 	leaseUntil atomic.Int64 // unix nanoseconds; 0: no lease
@@ -63,6 +64,7 @@ type stripe struct {
 type chunk struct {
 	idx    int64
 	mu     sync.Mutex // serialises loading and creating the chunk object
+	syncMu sync.Mutex // serialises Syncs of the chunk: a Sync returns only once the data it saw written is durable
 	st     atomic.Pointer[chunkState]
 	absent atomic.Bool // known not to exist in the backend yet
 	dirty  atomic.Bool // written since the last Sync
@@ -76,7 +78,38 @@ type chunkState struct {
 	// persisted by Sync, after the data it names is durable. A byte of
 	// either is read and written under its block's stripe lock.
 	sel, psel []byte
+	// ent (version 2) holds the entry (nonces and tags) of the version sel
+	// names, entrySize bytes per block, under the same locks. Entries of
+	// versions not synced yet exist only here until Sync writes them.
+	ent []byte
 }
+
+// scratch is one goroutine's working memory for sealing and opening blocks,
+// recycled through Disk.scratch so that the data path does not allocate.
+type scratch struct {
+	unit  []byte // one sealed unit (slotSize)
+	inner []byte // layer 1's sealed unit inside layer 2 (slotSize)
+	plain []byte // one plaintext block (BlockSize)
+	ad    [adLen]byte
+	// One sealer and opener per layer: they keep the derived key of a
+	// nonce prefix from one block to the next (see crypto.Sealer).
+	seal [2]hcrypto.Sealer
+	open [2]hcrypto.Opener
+}
+
+func (d *Disk) getScratch() *scratch {
+	if sc, ok := d.scratch.Get().(*scratch); ok {
+		return sc
+	}
+	b := make([]byte, 2*d.lay.slotSize+BlockSize)
+	sc := &scratch{unit: b[:d.lay.slotSize], inner: b[d.lay.slotSize : 2*d.lay.slotSize], plain: b[2*d.lay.slotSize:]}
+	for i, l := range d.layers {
+		sc.seal[i], sc.open[i] = l.NewSealer(), l.NewOpener()
+	}
+	return sc
+}
+
+func (d *Disk) putScratch(sc *scratch) { d.scratch.Put(sc) }
 
 // Stats are counters of an open disk.
 type Stats struct {
@@ -125,7 +158,7 @@ func newDisk(be storage.Backend, prefix string, m *Metadata, keys [][]byte) (*Di
 		d.layers = append(d.layers, l)
 		overhead += l.Overhead()
 	}
-	d.lay = newLayout(m.ChunkBlocks, overhead)
+	d.lay = newLayout(m.Format, m.ChunkBlocks, overhead, hcrypto.LayerNonceSize*len(d.layers))
 	d.size.Store(m.Size)
 	t := make([]atomic.Pointer[chunk], d.chunkCount(m.Size))
 	d.table.Store(&t)
@@ -249,6 +282,9 @@ func (d *Disk) state(c *chunk, create bool) (*chunkState, error) {
 		return nil, err
 	}
 	st := &chunkState{obj: obj, sel: make([]byte, d.lay.chunkBlocks), psel: make([]byte, d.lay.chunkBlocks)}
+	if d.lay.format != formatV1 {
+		st.ent = make([]byte, d.lay.chunkBlocks*d.lay.entrySize)
+	}
 	c.st.Store(st)
 	c.absent.Store(false)
 	c.dirty.Store(true)
@@ -257,7 +293,7 @@ func (d *Disk) state(c *chunk, create bool) (*chunkState, error) {
 
 func (d *Disk) header(idx int64) chunkHeader {
 	return chunkHeader{
-		Version:     FormatVersion,
+		Version:     uint16(d.lay.format),
 		Layers:      uint16(len(d.layers)),
 		BlockSize:   BlockSize,
 		ChunkBlocks: uint32(d.lay.chunkBlocks),
@@ -267,9 +303,14 @@ func (d *Disk) header(idx int64) chunkHeader {
 	}
 }
 
-// load reads and checks an existing chunk's header and selectors.
+// load reads and checks an existing chunk's header and selectors, and in
+// version 2 the entries of the versions they name.
 func (d *Disk) load(c *chunk, obj storage.Chunk) (*chunkState, error) {
-	buf := make([]byte, headerSize+d.lay.chunkBlocks)
+	end := int64(headerSize + d.lay.chunkBlocks)
+	if d.lay.format != formatV1 {
+		end = d.lay.entriesEnd()
+	}
+	buf := make([]byte, end)
 	if _, err := obj.ReadAt(buf, 0); err != nil {
 		return nil, err
 	}
@@ -282,8 +323,21 @@ func (d *Disk) load(c *chunk, obj storage.Chunk) (*chunkState, error) {
 		return nil, &IOError{Disk: d.prefix, Block: c.idx * int64(d.lay.chunkBlocks), Err: fmt.Errorf("chunk %d: %w: %w", c.idx, ErrIntegrity, err)}
 	}
 	// Keep only the selectors, not the header page they were read with.
-	sel := bytes.Clone(buf[headerSize:])
-	return &chunkState{obj: obj, sel: sel, psel: bytes.Clone(sel)}, nil
+	sel := bytes.Clone(buf[headerSize : headerSize+d.lay.chunkBlocks])
+	st := &chunkState{obj: obj, sel: sel, psel: bytes.Clone(sel)}
+	if d.lay.format != formatV1 {
+		es := d.lay.entrySize
+		st.ent = make([]byte, d.lay.chunkBlocks*es)
+		for k, v := range sel {
+			// A damaged selector keeps a zero entry; reads of the block
+			// report the selector.
+			if slot, ok, err := slotOf(v); ok && err == nil {
+				off := d.lay.entryOffset(slot, k)
+				copy(st.ent[k*es:(k+1)*es], buf[off:off+int64(es)])
+			}
+		}
+	}
+	return st, nil
 }
 
 // alarm records an integrity failure: a counter and a log line. It never logs
@@ -409,10 +463,16 @@ func (d *Disk) readChunk(ci int64, p []byte, coff int64) error {
 		clear(p)
 		return nil
 	}
-	bp := d.getBuf((b1 - b0) * d.lay.slotSize)
+	// A run of blocks held in the same slot is read with one call: whole
+	// slots in version 1, the ciphertext pages in version 2 (their entries
+	// are in memory).
+	ss := d.lay.slotSize
+	if d.lay.format != formatV1 {
+		ss = BlockSize
+	}
+	bp := d.getBuf((b1 - b0) * ss)
 	defer d.putBuf(bp)
 	raw := *bp
-	ss := d.lay.slotSize
 	for i := b0; i < b1; {
 		slot, ok, err := slotOf(st.sel[i])
 		if err != nil {
@@ -431,21 +491,59 @@ func (d *Disk) readChunk(ci int64, p []byte, coff int64) error {
 			j++
 		}
 		run := raw[(i-b0)*ss : (j-b0)*ss]
-		if _, err := st.obj.ReadAt(run, d.lay.slotOffset(slot, i)); err != nil {
+		off := d.lay.slotOffset(slot, i)
+		if d.lay.format != formatV1 {
+			off = d.lay.pageOffset(slot, i)
+		}
+		if _, err := st.obj.ReadAt(run, off); err != nil {
 			return d.ioErr(base+int64(i), err)
 		}
-		err = d.parallel(j-i, func(lo, hi int, tmp []byte) error {
-			for k := i + lo; k < i+hi; k++ {
-				if err := d.openInto(p, coff, k, base, run[(k-i)*ss:(k-i+1)*ss], tmp); err != nil {
-					return err
-				}
-			}
-			return nil
-		})
+		job := openJob{d: d, st: st, p: p, coff: coff, base: base, first: i, run: run}
+		if j-i >= parallelMin {
+			big := job // only this copy escapes to the goroutines
+			err = d.parallel(j-i, big.open)
+		} else {
+			sc := d.getScratch()
+			err = job.open(0, j-i, sc)
+			d.putScratch(sc)
+		}
 		if err != nil {
 			return err
 		}
 		i = j
+	}
+	return nil
+}
+
+// openJob opens a run of blocks that were read from one slot: run holds
+// their sealed units (version 1) or ciphertext pages (version 2), and the
+// plaintext goes to the request buffer p.
+type openJob struct {
+	d     *Disk
+	st    *chunkState
+	p     []byte
+	coff  int64
+	base  int64
+	first int // chunk-relative block of run[0]
+	run   []byte
+}
+
+// open opens blocks [lo, hi) of the run.
+func (j *openJob) open(lo, hi int, sc *scratch) error {
+	d := j.d
+	for k := j.first + lo; k < j.first+hi; k++ {
+		var sealed []byte
+		if d.lay.format == formatV1 {
+			ss := d.lay.slotSize
+			sealed = j.run[(k-j.first)*ss : (k-j.first+1)*ss]
+		} else {
+			es := d.lay.entrySize
+			d.lay.join(sc.unit, j.run[(k-j.first)*BlockSize:], j.st.ent[k*es:(k+1)*es])
+			sealed = sc.unit
+		}
+		if err := d.openInto(j.p, j.coff, k, j.base, sealed, sc); err != nil {
+			return err
+		}
 	}
 	return nil
 }
@@ -460,14 +558,14 @@ func (d *Disk) within(i int, coff int64, n int) (lo, hi int) {
 }
 
 // openInto opens the sealed block k (chunk-relative) and puts the part of it
-// that the request covers into p. tmp holds at least 2 blocks of scratch.
-func (d *Disk) openInto(p []byte, coff int64, k int, base int64, sealed, tmp []byte) error {
+// that the request covers into p.
+func (d *Disk) openInto(p []byte, coff int64, k int, base int64, sealed []byte, sc *scratch) error {
 	lo, hi := d.within(k, coff, len(p))
 	dst := p[lo:hi]
 	if hi-lo != BlockSize {
-		dst = tmp[:BlockSize]
+		dst = sc.plain
 	}
-	if err := d.openBlock(dst, sealed, base+int64(k), tmp[BlockSize:]); err != nil {
+	if err := d.openBlock(dst, sealed, base+int64(k), sc); err != nil {
 		return err
 	}
 	if hi-lo != BlockSize {
@@ -477,19 +575,18 @@ func (d *Disk) openInto(p []byte, coff int64, k int, base int64, sealed, tmp []b
 	return nil
 }
 
-// openBlock authenticates and decrypts one stored slot into dst (BlockSize
-// bytes). scratch must hold BlockSize+overhead bytes for a second layer.
-func (d *Disk) openBlock(dst, sealed []byte, block int64, scratch []byte) error {
-	var ad [adLen]byte
+// openBlock authenticates and decrypts one sealed unit into dst (BlockSize
+// bytes), using sc.inner for a second layer. sealed must not be sc.inner.
+func (d *Disk) openBlock(dst, sealed []byte, block int64, sc *scratch) error {
 	if len(d.layers) == 2 {
-		inner, err := d.layers[1].Open(scratch[:0], sealed, blockAD(&ad, &d.vol, uint64(block), 2))
+		inner, err := sc.open[1].Open(sc.inner[:0], sealed, blockAD(&sc.ad, &d.vol, uint64(block), 2))
 		if err != nil {
 			d.alarm(block, 2, err)
 			return d.ioErr(block, err)
 		}
 		sealed = inner
 	}
-	out, err := d.layers[0].Open(dst[:0], sealed, blockAD(&ad, &d.vol, uint64(block), 1))
+	out, err := sc.open[0].Open(dst[:0], sealed, blockAD(&sc.ad, &d.vol, uint64(block), 1))
 	if err == nil && len(out) != BlockSize {
 		err = fmt.Errorf("%w: opened block is %d bytes", ErrIntegrity, len(out))
 	}
@@ -503,19 +600,19 @@ func (d *Disk) openBlock(dst, sealed []byte, block int64, scratch []byte) error 
 	return nil
 }
 
-// sealBlock seals one plaintext block into dst (exactly one slot).
-func (d *Disk) sealBlock(dst, plain []byte, block int64, scratch []byte) {
-	var ad [adLen]byte
+// sealBlock seals one plaintext block into dst (exactly one sealed unit),
+// using sc.inner for a second layer. dst must not be sc.inner.
+func (d *Disk) sealBlock(dst, plain []byte, block int64, sc *scratch) {
 	src := plain
 	if len(d.layers) == 2 {
-		src = d.layers[0].Seal(scratch[:0], plain, blockAD(&ad, &d.vol, uint64(block), 1))
-		out := d.layers[1].Seal(dst[:0], src, blockAD(&ad, &d.vol, uint64(block), 2))
+		src = sc.seal[0].Seal(sc.inner[:0], plain, blockAD(&sc.ad, &d.vol, uint64(block), 1))
+		out := sc.seal[1].Seal(dst[:0], src, blockAD(&sc.ad, &d.vol, uint64(block), 2))
 		if &out[0] != &dst[0] {
 			copy(dst, out)
 		}
 		return
 	}
-	out := d.layers[0].Seal(dst[:0], src, blockAD(&ad, &d.vol, uint64(block), 1))
+	out := sc.seal[0].Seal(dst[:0], src, blockAD(&sc.ad, &d.vol, uint64(block), 1))
 	if &out[0] != &dst[0] {
 		copy(dst, out)
 	}
@@ -534,17 +631,15 @@ func (d *Disk) ioErr(block int64, err error) error {
 // psync) otherwise keeps one core busy while the other idles.
 const parallelMin = 64
 
-// parallel runs fn over [0, n) split into parts, each with its own scratch
-// buffer of two slots, and returns the first error.
-func (d *Disk) parallel(n int, fn func(lo, hi int, tmp []byte) error) error {
-	workers := 1
-	if n >= parallelMin {
-		workers = min(runtime.GOMAXPROCS(0), n/(parallelMin/2))
-	}
+// parallel runs fn over [0, n) split into parts, each with its own scratch,
+// and returns the first error. Callers run short runs (below parallelMin)
+// themselves, without the goroutines and the closure this costs.
+func (d *Disk) parallel(n int, fn func(lo, hi int, sc *scratch) error) error {
+	workers := min(runtime.GOMAXPROCS(0), n/(parallelMin/2))
 	if workers <= 1 {
-		bp := d.getBuf(2 * d.lay.slotSize)
-		defer d.putBuf(bp)
-		return fn(0, n, *bp)
+		sc := d.getScratch()
+		defer d.putScratch(sc)
+		return fn(0, n, sc)
 	}
 	var wg sync.WaitGroup
 	errs := make([]error, workers)
@@ -552,9 +647,9 @@ func (d *Disk) parallel(n int, fn func(lo, hi int, tmp []byte) error) error {
 	for w := 0; w < workers; w++ {
 		lo, hi := w*per, min(n, (w+1)*per)
 		wg.Go(func() {
-			bp := d.getBuf(2 * d.lay.slotSize)
-			defer d.putBuf(bp)
-			errs[w] = fn(lo, hi, *bp)
+			sc := d.getScratch()
+			defer d.putScratch(sc)
+			errs[w] = fn(lo, hi, sc)
 		})
 	}
 	wg.Wait()
@@ -620,30 +715,25 @@ func (d *Disk) writeChunk(ci int64, p []byte, coff int64) error {
 			return d.ioErr(base+int64(b0), err)
 		}
 	}
-	ss := d.lay.slotSize
-	bp := d.getBuf(n*ss + n + 2*BlockSize + 2*ss)
+	// What goes to the backend: whole sealed units (version 1), or the
+	// ciphertext pages plus the entries that stay in memory (version 2).
+	v1 := d.lay.format == formatV1
+	ss, es := d.lay.slotSize, d.lay.entrySize
+	if !v1 {
+		ss = BlockSize
+	}
+	bp := d.getBuf(n*(ss+es+1) + 2*BlockSize)
 	defer d.putBuf(bp)
 	buf := *bp
-	slots, newSel := buf[:n*ss], buf[n*ss:n*ss+n]
-	head, tail := buf[n*ss+n:n*ss+n+BlockSize], buf[n*ss+n+BlockSize:n*ss+n+2*BlockSize]
-	scratch := buf[n*ss+n+2*BlockSize:]
+	data, ents, rest := buf[:n*ss], buf[n*ss:n*(ss+es)], buf[n*(ss+es):]
+	newSel, rest := rest[:n], rest[n:]
+	head, tail := rest[:BlockSize], rest[BlockSize:2*BlockSize]
 
-	// The plaintext of block k: the request's bytes for a whole block, or the
-	// old block merged with the request's bytes for a partial one.
-	plain := func(k int) []byte {
-		lo, hi := d.within(k, coff, len(p))
-		switch {
-		case hi-lo == BlockSize:
-			return p[lo:hi]
-		case k == b0:
-			return head
-		default:
-			return tail
-		}
-	}
+	sc := d.getScratch()
+	defer d.putScratch(sc)
 	merge := func(k int, blk []byte) error {
 		lo, hi := d.within(k, coff, len(p))
-		if err := d.readPlain(st, k, base, blk, scratch); err != nil {
+		if err := d.readPlain(st, k, base, blk, sc); err != nil {
 			return err
 		}
 		start := int(int64(k)*BlockSize - coff)
@@ -661,25 +751,18 @@ func (d *Disk) writeChunk(ci int64, p []byte, coff int64) error {
 		}
 	}
 
-	err = d.parallel(n, func(lo, hi int, tmp []byte) error {
-		for k := b0 + lo; k < b0+hi; k++ {
-			src := plain(k)
-			if isZero(src) {
-				newSel[k-b0] = selNone
-				continue
-			}
-			_, sel := nextSlot(st.psel[k])
-			newSel[k-b0] = sel
-			d.sealBlock(slots[(k-b0)*ss:(k-b0+1)*ss], src, base+int64(k), tmp)
-		}
-		return nil
-	})
-	if err != nil {
-		return err
+	job := sealJob{d: d, st: st, p: p, coff: coff, base: base, b0: b0, b1: b1,
+		head: head, tail: tail, data: data, ents: ents, newSel: newSel}
+	if n >= parallelMin {
+		big := job // only this copy escapes to the goroutines
+		_ = d.parallel(n, big.seal)
+	} else {
+		job.seal(0, n, sc)
 	}
 	// Data into the slots not named by the persisted selectors; the new
-	// selectors stay in memory until Sync persists them, after the data is
-	// durable. A crash before that leaves the old versions selected.
+	// selectors (and in version 2 the entries) stay in memory until Sync
+	// persists them, after the data is durable. A crash before that leaves
+	// the old versions selected.
 	for i := b0; i < b1; {
 		if newSel[i-b0] == selNone {
 			i++
@@ -690,27 +773,101 @@ func (d *Disk) writeChunk(ci int64, p []byte, coff int64) error {
 			j++
 		}
 		slot, _, _ := slotOf(newSel[i-b0])
-		if _, err := st.obj.WriteAt(slots[(i-b0)*ss:(j-b0)*ss], d.lay.slotOffset(slot, i)); err != nil {
-			// A block whose current version was not persisted yet may have
-			// just been overwritten: it falls back to its persisted version.
-			for k := b0; k < b1; k++ {
-				if newSel[k-b0] != selNone && st.sel[k] == newSel[k-b0] {
-					st.sel[k] = st.psel[k]
-				}
-			}
-			return d.ioErr(base+int64(i), err)
+		off := d.lay.slotOffset(slot, i)
+		if !v1 {
+			off = d.lay.pageOffset(slot, i)
+		}
+		if _, err := st.obj.WriteAt(data[(i-b0)*ss:(j-b0)*ss], off); err != nil {
+			return d.ioErr(base+int64(i), errors.Join(err, d.fallBack(st, b0, newSel)))
 		}
 		i = j
 	}
 	copy(st.sel[b0:b1], newSel)
+	if !v1 {
+		for k := b0; k < b1; k++ {
+			if newSel[k-b0] != selNone {
+				copy(st.ent[k*es:(k+1)*es], ents[(k-b0)*es:])
+			}
+		}
+	}
 	c.dirty.Store(true)
 	return nil
 }
 
+// sealJob seals the blocks of one write.
+type sealJob struct {
+	d          *Disk
+	st         *chunkState
+	p          []byte
+	coff, base int64
+	b0, b1     int
+	head, tail []byte // merged first and last block of a partial write
+	data, ents []byte // out: sealed units or pages, and entries
+	newSel     []byte // out: the selector of each block
+}
+
+// seal seals blocks b0+lo .. b0+hi-1.
+func (j *sealJob) seal(lo, hi int, sc *scratch) error {
+	d := j.d
+	ss, es := d.lay.slotSize, d.lay.entrySize
+	for k := j.b0 + lo; k < j.b0+hi; k++ {
+		// The plaintext of block k: the request's bytes for a whole block,
+		// or the old block merged with the request's bytes.
+		var src []byte
+		switch l, h := d.within(k, j.coff, len(j.p)); {
+		case h-l == BlockSize:
+			src = j.p[l:h]
+		case k == j.b0:
+			src = j.head
+		default:
+			src = j.tail
+		}
+		if isZero(src) {
+			j.newSel[k-j.b0] = selNone
+			continue
+		}
+		_, sel := nextSlot(j.st.psel[k])
+		j.newSel[k-j.b0] = sel
+		if d.lay.format == formatV1 {
+			d.sealBlock(j.data[(k-j.b0)*ss:(k-j.b0+1)*ss], src, j.base+int64(k), sc)
+			continue
+		}
+		d.sealBlock(sc.unit, src, j.base+int64(k), sc)
+		d.lay.split(j.data[(k-j.b0)*BlockSize:], j.ents[(k-j.b0)*es:(k-j.b0+1)*es], sc.unit)
+	}
+	return nil
+}
+
+// fallBack is called when writing the new versions newSel of blocks
+// [b0, b0+len(newSel)) failed: a block whose current version was in the slot
+// just written (it was not synced yet) may have been overwritten, so it falls
+// back to its persisted version. In version 2 that version's entry is read
+// back from the chunk, where the Sync that persisted its selector put it.
+func (d *Disk) fallBack(st *chunkState, b0 int, newSel []byte) error {
+	var errs []error
+	es := d.lay.entrySize
+	for k := b0; k < b0+len(newSel); k++ {
+		if newSel[k-b0] == selNone || st.sel[k] != newSel[k-b0] {
+			continue
+		}
+		st.sel[k] = st.psel[k]
+		if d.lay.format == formatV1 {
+			continue
+		}
+		if slot, ok, _ := slotOf(st.psel[k]); ok {
+			// If this read fails too, the block fails authentication
+			// until the disk is opened again.
+			if _, err := st.obj.ReadAt(st.ent[k*es:(k+1)*es], d.lay.entryOffset(slot, k)); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
 // readPlain reads the current plaintext of block k of a loaded chunk into dst
-// (BlockSize bytes), using two slots of scratch. The caller holds the block's
-// stripe lock.
-func (d *Disk) readPlain(st *chunkState, k int, base int64, dst, scratch []byte) error {
+// (BlockSize bytes). The caller holds the block's stripe lock.
+func (d *Disk) readPlain(st *chunkState, k int, base int64, dst []byte, sc *scratch) error {
 	slot, ok, err := slotOf(st.sel[k])
 	if err != nil {
 		err = fmt.Errorf("%w: %w", ErrIntegrity, err)
@@ -721,12 +878,21 @@ func (d *Disk) readPlain(st *chunkState, k int, base int64, dst, scratch []byte)
 		clear(dst)
 		return nil
 	}
-	ss := d.lay.slotSize
-	sealed := scratch[:ss]
-	if _, err := st.obj.ReadAt(sealed, d.lay.slotOffset(slot, k)); err != nil {
-		return d.ioErr(base+int64(k), err)
+	unit := sc.unit
+	if d.lay.format == formatV1 {
+		if _, err := st.obj.ReadAt(unit, d.lay.slotOffset(slot, k)); err != nil {
+			return d.ioErr(base+int64(k), err)
+		}
+	} else {
+		h, es := d.lay.head, d.lay.entrySize
+		if _, err := st.obj.ReadAt(unit[h:h+BlockSize], d.lay.pageOffset(slot, k)); err != nil {
+			return d.ioErr(base+int64(k), err)
+		}
+		e := st.ent[k*es : (k+1)*es]
+		copy(unit[:h], e[:h])
+		copy(unit[h+BlockSize:], e[h:])
 	}
-	return d.openBlock(dst, sealed, base+int64(k), scratch[ss:2*ss])
+	return d.openBlock(dst, unit, base+int64(k), sc)
 }
 
 // Discard drops the range [off, off+n): afterwards it reads as zeros, and the
@@ -794,9 +960,13 @@ func (d *Disk) discardChunk(ci int64, b0, n int) error {
 	}
 	clear(st.psel[b0 : b0+n])
 	c.dirty.Store(true)
-	ss := int64(d.lay.slotSize)
 	for s := 0; s < 2; s++ {
-		if err := st.obj.PunchHole(d.lay.slotOffset(s, b0), int64(n)*ss); err != nil {
+		off, size := d.lay.slotOffset(s, b0), int64(n)*int64(d.lay.slotSize)
+		if d.lay.format != formatV1 {
+			// The entries stay: with a zero selector nothing reads them.
+			off, size = d.lay.pageOffset(s, b0), int64(n)*BlockSize
+		}
+		if err := st.obj.PunchHole(off, size); err != nil {
 			return d.ioErr(base+int64(b0), err)
 		}
 	}
@@ -810,19 +980,37 @@ func (d *Disk) discardChunk(ci int64, b0, n int) error {
 // for the two syncs; other chunks are not held up.
 func (d *Disk) Sync() error { return d.sync(false) }
 
+// syncParallel is how many chunks one Sync makes durable at the same time.
+// Each chunk costs two fsyncs, each a journal commit in the backing file
+// system when blocks were allocated; in parallel the file system can share
+// commits between chunks, and writers to one chunk wait for fewer others.
+const syncParallel = 8
+
 // sync is Sync; held says the caller already holds every stripe lock.
 func (d *Disk) sync(held bool) error {
-	var errs []error
+	var (
+		mu   sync.Mutex
+		errs []error
+		wg   sync.WaitGroup
+	)
+	sem := make(chan struct{}, syncParallel)
 	t := d.table.Load()
 	for i := range *t {
 		c := (*t)[i].Load()
 		if c == nil || !c.dirty.Load() {
 			continue
 		}
-		if err := d.syncChunk(c, held); err != nil {
-			errs = append(errs, fmt.Errorf("disk %s chunk %d: %w", d.prefix, c.idx, err))
-		}
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			if err := d.syncChunk(c, held); err != nil {
+				mu.Lock()
+				errs = append(errs, fmt.Errorf("disk %s chunk %d: %w", d.prefix, c.idx, err))
+				mu.Unlock()
+			}
+		})
 	}
+	wg.Wait()
 	return errors.Join(errs...)
 }
 
@@ -832,11 +1020,19 @@ func (d *Disk) syncChunk(c *chunk, held bool) error {
 		held := d.lockBlocks(base, base+int64(d.lay.chunkBlocks), false)
 		defer held.unlock()
 	}
+	c.syncMu.Lock()
+	defer c.syncMu.Unlock()
 	st := c.st.Load()
 	if st == nil || !c.dirty.Swap(false) {
 		return nil
 	}
-	err := st.obj.Sync()
+	var err error
+	if d.lay.format != formatV1 {
+		err = d.writeEntries(st)
+	}
+	if err == nil {
+		err = st.obj.Sync()
+	}
 	if err == nil {
 		lo, hi := 0, len(st.sel)
 		for lo < hi && st.sel[lo] == st.psel[lo] {
@@ -856,6 +1052,44 @@ func (d *Disk) syncChunk(c *chunk, held bool) error {
 	if err != nil {
 		c.dirty.Store(true)
 	}
+	return err
+}
+
+// writeEntries writes the entries of the versions that are current but not
+// persisted yet (version 2). The entries of a range of blocks are one range
+// of the chunk, holding both slots' entries: it is read, the new entries are
+// laid over it, and it is written back whole, so the entries of persisted
+// versions are rewritten with the bytes they already have. The caller holds
+// the chunk's stripe locks.
+func (d *Disk) writeEntries(st *chunkState) error {
+	changed := func(k int) bool { return st.sel[k] != st.psel[k] && st.sel[k] != selNone }
+	lo, hi := 0, len(st.sel)
+	for lo < hi && !changed(lo) {
+		lo++
+	}
+	for hi > lo && !changed(hi-1) {
+		hi--
+	}
+	if lo == hi {
+		return nil
+	}
+	es := d.lay.entrySize
+	start := d.lay.entryOffset(0, lo)
+	bp := d.getBuf(2 * (hi - lo) * es)
+	defer d.putBuf(bp)
+	buf := *bp
+	if _, err := st.obj.ReadAt(buf, start); err != nil {
+		return err
+	}
+	for k := lo; k < hi; k++ {
+		if !changed(k) {
+			continue
+		}
+		slot, _, _ := slotOf(st.sel[k])
+		off := d.lay.entryOffset(slot, k) - start
+		copy(buf[off:off+int64(es)], st.ent[k*es:(k+1)*es])
+	}
+	_, err := st.obj.WriteAt(buf, start)
 	return err
 }
 
@@ -968,6 +1202,9 @@ func (d *Disk) Close() error {
 			}
 		}
 		d.wipeLayers()
+		// Drop the scratch buffers with the sealers' derived keys; no I/O
+		// reaches them any more.
+		d.scratch = sync.Pool{}
 		d.closeError = err
 	})
 	return d.closeError

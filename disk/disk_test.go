@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
+	"fmt"
 	"io"
 	mrand "math/rand/v2"
 	"os"
@@ -37,8 +38,9 @@ func TestUnwrittenReadsZeros(t *testing.T) {
 }
 
 func TestReadWriteShapes(t *testing.T) {
-	for _, layers := range []int{1, 2} {
-		td := newTestDisk(t, 4<<20, layers, 8) // 32 KiB chunks: requests cross chunks
+	for _, tc := range formatsAndLayers() {
+		layers := tc.layers
+		td := newTestDiskFormat(t, tc.format, 4<<20, layers, 8) // 32 KiB chunks: requests cross chunks
 		model := make([]byte, td.Size())
 		for _, w := range []struct{ off, n int64 }{
 			{0, 4096}, {512, 512}, {4000, 200}, {1000, 70000}, {32768 - 100, 200},
@@ -53,8 +55,19 @@ func TestReadWriteShapes(t *testing.T) {
 		got := make([]byte, td.Size())
 		_, err := td.ReadAt(got, 0)
 		require.NoError(t, err)
-		require.True(t, bytes.Equal(model, got), "layers=%d", layers)
+		require.True(t, bytes.Equal(model, got), "format %d layers=%d", tc.format, layers)
 	}
+}
+
+type formatLayers struct{ format, layers int }
+
+// formatsAndLayers is every format version with single and double encryption.
+func formatsAndLayers() []formatLayers {
+	var out []formatLayers
+	for _, f := range formats {
+		out = append(out, formatLayers{f, 1}, formatLayers{f, 2})
+	}
+	return out
 }
 
 func TestBounds(t *testing.T) {
@@ -77,15 +90,15 @@ func TestBounds(t *testing.T) {
 // against a plain byte-slice model, for single and double encryption, with
 // reopen in between.
 func TestDifferential(t *testing.T) {
-	for _, layers := range []int{1, 2} {
+	for _, tc := range formatsAndLayers() {
 		seed := uint64(time.Now().UnixNano())
-		t.Logf("layers=%d seed=%d", layers, seed)
-		runOps(t, layers, mrand.New(mrand.NewPCG(seed, 7)), 400)
+		t.Logf("format %d layers=%d seed=%d", tc.format, tc.layers, seed)
+		runOps(t, tc.format, tc.layers, mrand.New(mrand.NewPCG(seed, 7)), 400)
 	}
 }
 
-func runOps(t *testing.T, layers int, r *mrand.Rand, ops int) {
-	td := newTestDisk(t, 3<<20, layers, 16)
+func runOps(t *testing.T, format, layers int, r *mrand.Rand, ops int) {
+	td := newTestDiskFormat(t, format, 3<<20, layers, 16)
 	size := td.Size()
 	model := make([]byte, size)
 	pick := func() (int64, int64) {
@@ -119,6 +132,8 @@ func runOps(t *testing.T, layers int, r *mrand.Rand, ops int) {
 		case op < 7:
 			require.NoError(t, td.Discard(off, n))
 			clear(model[off : off+n])
+		case op == 7 && r.IntN(2) == 0:
+			require.NoError(t, td.Sync())
 		case op < 9:
 			got := make([]byte, n)
 			_, err := td.ReadAt(got, off)
@@ -136,20 +151,26 @@ func runOps(t *testing.T, layers int, r *mrand.Rand, ops int) {
 
 // FuzzDiskOps drives the differential test from the fuzzer's seed bytes.
 func FuzzDiskOps(f *testing.F) {
-	f.Add(uint64(1), uint64(2), false)
-	f.Add(uint64(99), uint64(3), true)
-	f.Fuzz(func(t *testing.T, a, b uint64, double bool) {
-		layers := 1
+	f.Add(uint64(1), uint64(2), false, false)
+	f.Add(uint64(99), uint64(3), true, false)
+	f.Add(uint64(5), uint64(8), false, true)
+	f.Add(uint64(13), uint64(21), true, true)
+	f.Fuzz(func(t *testing.T, a, b uint64, double, v1 bool) {
+		layers, format := 1, FormatVersion
 		if double {
 			layers = 2
 		}
-		runOps(t, layers, mrand.New(mrand.NewPCG(a, b)), 40)
+		if v1 {
+			format = formatV1
+		}
+		runOps(t, format, layers, mrand.New(mrand.NewPCG(a, b)), 40)
 	})
 }
 
 func TestReopenAfterSync(t *testing.T) {
-	for _, layers := range []int{1, 2} {
-		td := newTestDisk(t, 16<<20, layers, 0)
+	for _, tc := range formatsAndLayers() {
+		layers := tc.layers
+		td := newTestDiskFormat(t, tc.format, 16<<20, layers, 0)
 		p := randBytes(3 << 20)
 		_, err := td.WriteAt(p, 5<<20+512)
 		require.NoError(t, err)
@@ -167,7 +188,13 @@ func TestReopenAfterSync(t *testing.T) {
 // exactly) and overlapping ranges (checked for torn blocks: every 512-byte
 // sector must hold one writer's bytes whole).
 func TestConcurrentWriters(t *testing.T) {
-	td := newTestDisk(t, 8<<20, 1, 64)
+	for _, f := range formats {
+		t.Run(fmt.Sprintf("v%d", f), func(t *testing.T) { testConcurrentWriters(t, f) })
+	}
+}
+
+func testConcurrentWriters(t *testing.T, format int) {
+	td := newTestDiskFormat(t, format, 8<<20, 1, 64)
 	const writers = 8
 	var wg sync.WaitGroup
 	region := td.Size() / 2 / writers
@@ -264,12 +291,23 @@ func TestWritersToDifferentBlocksRunInParallel(t *testing.T) {
 // TestTornWriteKeepsOldVersion: a data write cut short (as by a crash) never
 // damages the current version of a block.
 func TestTornWriteKeepsOldVersion(t *testing.T) {
+	for _, tc := range formatsAndLayers() {
+		t.Run(fmt.Sprintf("v%d/layers=%d", tc.format, tc.layers), func(t *testing.T) {
+			testTornWrite(t, tc.format, tc.layers)
+		})
+	}
+}
+
+func testTornWrite(t *testing.T, format, layers int) {
 	dir := t.TempDir()
 	lb, err := local.Open(dir)
 	require.NoError(t, err)
 	hb := &hookBackend{Backend: lb}
 	ring := keyring{newKEK("k/1")}
-	d, err := Create(context.Background(), hb, "d", CreateOptions{Size: 4 << 20, Layers: wrappers(ring)})
+	if layers == 2 {
+		ring = append(ring, newKEK("k/2"))
+	}
+	d, err := Create(context.Background(), hb, "d", CreateOptions{Size: 4 << 20, Layers: wrappers(ring), Format: format})
 	require.NoError(t, err)
 	old := randBytes(64 << 10)
 	_, err = d.WriteAt(old, 0)
@@ -289,11 +327,15 @@ func TestTornWriteKeepsOldVersion(t *testing.T) {
 	_, err = d.WriteAt(randBytes(64<<10), 0)
 	require.ErrorIs(t, err, errInjected)
 	hb.onWrite = nil
+	got := make([]byte, len(old))
+	_, err = d.ReadAt(got, 0)
+	require.NoError(t, err)
+	require.True(t, bytes.Equal(old, got), "the open disk serves the durable version")
 	require.NoError(t, d.Close())
 	d, err = Open(context.Background(), lb, "d", ring)
 	require.NoError(t, err)
 	defer d.Close()
-	got := make([]byte, len(old))
+	clear(got)
 	_, err = d.ReadAt(got, 0)
 	require.NoError(t, err)
 	require.True(t, bytes.Equal(old, got))
@@ -336,20 +378,32 @@ func requireIntegrity(t *testing.T, td *testDisk, off int64, plain []byte) {
 
 func TestTamper(t *testing.T) {
 	const cb = 16
-	setup := func(t *testing.T, layers int) (*testDisk, []byte) {
-		td := newTestDisk(t, 2<<20, layers, cb)
-		data := randBytes(8 * BlockSize)
-		_, err := td.WriteAt(data, 0)
-		require.NoError(t, err)
-		require.NoError(t, td.Sync())
-		td.reopen(t)
-		return td, data
-	}
-	for _, layers := range []int{1, 2} {
-		t.Run("bitflip", func(t *testing.T) {
-			td, data := setup(t, layers)
-			lay := td.lay
-			patch(t, chunkFile(td, 0), lay.slotOffset(0, 3)+100, func(b []byte) { b[0] ^= 0x04 })
+	for _, tc := range formatsAndLayers() {
+		format, layers := tc.format, tc.layers
+		setup := func(t *testing.T) (*testDisk, []byte) {
+			td := newTestDiskFormat(t, format, 2<<20, layers, cb)
+			data := randBytes(8 * BlockSize)
+			_, err := td.WriteAt(data, 0)
+			require.NoError(t, err)
+			require.NoError(t, td.Sync())
+			td.reopen(t)
+			return td, data
+		}
+		// edit changes the raw bytes of chunk 0 and opens the disk again.
+		edit := func(t *testing.T, td *testDisk, fn func(raw []byte)) {
+			f := chunkFile(td, 0)
+			raw, err := os.ReadFile(f)
+			require.NoError(t, err)
+			fn(raw)
+			require.NoError(t, os.WriteFile(f, raw, 0o600))
+			td.reopen(t)
+		}
+		name := func(s string) string { return fmt.Sprintf("v%d/layers=%d/%s", format, layers, s) }
+		t.Run(name("bitflip"), func(t *testing.T) {
+			td, data := setup(t)
+			// A flipped bit in the ciphertext is found without reopening
+			// (it is read from the backend every time) ...
+			patch(t, chunkFile(td, 0), td.lay.unitOffset(0, 3, 100), func(b []byte) { b[0] ^= 0x04 })
 			requireIntegrity(t, td, 3*BlockSize, data[3*BlockSize:])
 			// Neighbours are unaffected.
 			got := make([]byte, BlockSize)
@@ -357,48 +411,91 @@ func TestTamper(t *testing.T) {
 			require.NoError(t, err)
 			require.Equal(t, data[2*BlockSize:3*BlockSize], got)
 			require.EqualValues(t, 1, td.Stats().IntegrityErrors)
+			// ... and in every other byte of a sealed unit: nonces and
+			// tags included.
+			for _, j := range []int{0, 23, 30, td.lay.slotSize - 17, td.lay.slotSize - 1} {
+				edit(t, td, func(raw []byte) { raw[td.lay.unitOffset(0, 4, j)] ^= 0x80 })
+				requireIntegrity(t, td, 4*BlockSize, data[4*BlockSize:])
+				edit(t, td, func(raw []byte) { raw[td.lay.unitOffset(0, 4, j)] ^= 0x80 })
+			}
 		})
-		t.Run("swap", func(t *testing.T) {
-			td, data := setup(t, layers)
-			lay := td.lay
-			f := chunkFile(td, 0)
-			raw, err := os.ReadFile(f)
-			require.NoError(t, err)
-			s1 := raw[lay.slotOffset(0, 1) : lay.slotOffset(0, 1)+int64(lay.slotSize)]
-			s2 := raw[lay.slotOffset(0, 2) : lay.slotOffset(0, 2)+int64(lay.slotSize)]
-			a, b := bytes.Clone(s1), bytes.Clone(s2)
-			copy(s1, b)
-			copy(s2, a)
-			require.NoError(t, os.WriteFile(f, raw, 0o600))
-			td.reopen(t)
+		t.Run(name("swap"), func(t *testing.T) {
+			td, data := setup(t)
+			edit(t, td, func(raw []byte) {
+				a, b := storedUnit(td.lay, raw, 0, 1), storedUnit(td.lay, raw, 0, 2)
+				putUnit(td.lay, raw, 0, 1, b)
+				putUnit(td.lay, raw, 0, 2, a)
+			})
 			requireIntegrity(t, td, 1*BlockSize, data[BlockSize:])
 			requireIntegrity(t, td, 2*BlockSize, data[2*BlockSize:])
 		})
-		t.Run("copied from another disk", func(t *testing.T) {
-			td, data := setup(t, layers)
-			other, _ := setup(t, layers)
-			lay := td.lay
+		if format != formatV1 {
+			t.Run(name("swap entries"), func(t *testing.T) {
+				// The nonces and tags of two blocks trade places; the
+				// pages stay.
+				td, data := setup(t)
+				es := int64(td.lay.entrySize)
+				edit(t, td, func(raw []byte) {
+					e1 := raw[td.lay.entryOffset(0, 1) : td.lay.entryOffset(0, 1)+es]
+					e2 := raw[td.lay.entryOffset(0, 2) : td.lay.entryOffset(0, 2)+es]
+					a := bytes.Clone(e1)
+					copy(e1, e2)
+					copy(e2, a)
+				})
+				requireIntegrity(t, td, 1*BlockSize, data[BlockSize:])
+				requireIntegrity(t, td, 2*BlockSize, data[2*BlockSize:])
+			})
+			t.Run(name("swap pages"), func(t *testing.T) {
+				td, data := setup(t)
+				edit(t, td, func(raw []byte) {
+					p1 := raw[td.lay.pageOffset(0, 1) : td.lay.pageOffset(0, 1)+BlockSize]
+					p2 := raw[td.lay.pageOffset(0, 2) : td.lay.pageOffset(0, 2)+BlockSize]
+					a := bytes.Clone(p1)
+					copy(p1, p2)
+					copy(p2, a)
+				})
+				requireIntegrity(t, td, 1*BlockSize, data[BlockSize:])
+				requireIntegrity(t, td, 2*BlockSize, data[2*BlockSize:])
+			})
+			t.Run(name("entry of the other slot"), func(t *testing.T) {
+				// Block 3 has a version in each slot; slot A's page with
+				// slot B's entry does not open.
+				td, _ := setup(t)
+				v2 := randBytes(BlockSize)
+				_, err := td.WriteAt(v2, 3*BlockSize)
+				require.NoError(t, err)
+				require.NoError(t, td.Sync())
+				es := int64(td.lay.entrySize)
+				edit(t, td, func(raw []byte) {
+					a := raw[td.lay.entryOffset(0, 3) : td.lay.entryOffset(0, 3)+es]
+					b := raw[td.lay.entryOffset(1, 3) : td.lay.entryOffset(1, 3)+es]
+					copy(b, bytes.Clone(a))
+				})
+				requireIntegrity(t, td, 3*BlockSize, v2)
+			})
+		}
+		t.Run(name("copied from another disk"), func(t *testing.T) {
+			td, data := setup(t)
+			other, _ := setup(t)
 			// The same block of another disk (same keys would not help: the
 			// volume id is bound into every block).
 			src, err := os.ReadFile(chunkFile(other, 0))
 			require.NoError(t, err)
-			slot := src[lay.slotOffset(0, 5) : lay.slotOffset(0, 5)+int64(lay.slotSize)]
-			patch(t, chunkFile(td, 0), lay.slotOffset(0, 5), func(b []byte) { copy(b, slot) })
-			td.reopen(t)
+			edit(t, td, func(raw []byte) { putUnit(td.lay, raw, 0, 5, storedUnit(td.lay, src, 0, 5)) })
 			requireIntegrity(t, td, 5*BlockSize, data[5*BlockSize:])
 			// A whole chunk object from another disk is refused by its header.
 			require.NoError(t, os.WriteFile(chunkFile(td, 0), src, 0o600))
 			td.reopen(t)
 			requireIntegrity(t, td, 0, data)
 		})
-		t.Run("selector flip", func(t *testing.T) {
-			td, data := setup(t, layers)
+		t.Run(name("selector flip"), func(t *testing.T) {
+			td, data := setup(t)
 			patch(t, chunkFile(td, 0), td.lay.selOffset(4), func(b []byte) { b[0] ^= 0x10 })
 			td.reopen(t)
 			requireIntegrity(t, td, 4*BlockSize, data[4*BlockSize:])
 		})
-		t.Run("chunk moved to another index", func(t *testing.T) {
-			td := newTestDisk(t, 2<<20, layers, cb)
+		t.Run(name("chunk moved to another index"), func(t *testing.T) {
+			td := newTestDiskFormat(t, format, 2<<20, layers, cb)
 			data := randBytes(2 * cb * BlockSize)
 			_, err := td.WriteAt(data, 0)
 			require.NoError(t, err)
@@ -408,6 +505,12 @@ func TestTamper(t *testing.T) {
 			require.NoError(t, os.WriteFile(chunkFile(td, 1), c0, 0o600))
 			td.reopen(t)
 			requireIntegrity(t, td, int64(cb*BlockSize), data[cb*BlockSize:])
+		})
+		t.Run(name("chunk header of another version"), func(t *testing.T) {
+			td, data := setup(t)
+			patch(t, chunkFile(td, 0), 8, func(b []byte) { b[1] ^= 3 }) // version 1 <-> 2
+			td.reopen(t)
+			requireIntegrity(t, td, 0, data)
 		})
 	}
 }
@@ -434,8 +537,8 @@ func TestWrongKey(t *testing.T) {
 }
 
 func TestNoPlaintextAtRest(t *testing.T) {
-	for _, layers := range []int{1, 2} {
-		td := newTestDisk(t, 8<<20, layers, 0)
+	for _, tc := range formatsAndLayers() {
+		td := newTestDiskFormat(t, tc.format, 8<<20, tc.layers, 0)
 		pattern := randBytes(1 << 20)
 		_, err := td.WriteAt(pattern, 1<<20)
 		require.NoError(t, err)
@@ -449,7 +552,13 @@ func TestNoPlaintextAtRest(t *testing.T) {
 }
 
 func TestDiscardAndSparse(t *testing.T) {
-	td := newTestDisk(t, 1<<30, 1, 0)
+	for _, f := range formats {
+		t.Run(fmt.Sprintf("v%d", f), func(t *testing.T) { testDiscardAndSparse(t, f) })
+	}
+}
+
+func testDiscardAndSparse(t *testing.T, format int) {
+	td := newTestDiskFormat(t, format, 1<<30, 1, 0)
 	ctx := context.Background()
 	used0, err := td.be.Usage(ctx, "")
 	require.NoError(t, err)
@@ -648,14 +757,20 @@ func TestLease(t *testing.T) {
 // with the infrastructure key leaves bytes with no plaintext in them that
 // layer 1 (the data key) then opens; the data key alone opens nothing.
 func TestDoubleLayersSeparate(t *testing.T) {
-	td := newTestDisk(t, 1<<20, 2, 8)
+	for _, f := range formats {
+		t.Run(fmt.Sprintf("v%d", f), func(t *testing.T) { testDoubleLayersSeparate(t, f) })
+	}
+}
+
+func testDoubleLayersSeparate(t *testing.T, format int) {
+	td := newTestDiskFormat(t, format, 1<<20, 2, 8)
 	plain := randBytes(BlockSize)
 	_, err := td.WriteAt(plain, 3*BlockSize)
 	require.NoError(t, err)
 	require.NoError(t, td.Sync())
 	raw, err := os.ReadFile(chunkFile(td, 0))
 	require.NoError(t, err)
-	slot := raw[td.lay.slotOffset(0, 3) : td.lay.slotOffset(0, 3)+int64(td.lay.slotSize)]
+	slot := storedUnit(td.lay, raw, 0, 3)
 
 	var ad [adLen]byte
 	// The data key's layer cannot open the stored slot by itself.
@@ -712,9 +827,22 @@ func TestCopyChunksResumes(t *testing.T) {
 // a later write that was never synced may be lost, and never reads as
 // damaged data.
 func TestCrashKeepsSyncedVersion(t *testing.T) {
-	td := newTestDisk(t, 2<<20, 1, 0)
+	for _, tc := range formatsAndLayers() {
+		t.Run(fmt.Sprintf("v%d/layers=%d", tc.format, tc.layers), func(t *testing.T) {
+			testCrashKeepsSyncedVersion(t, tc.format, tc.layers)
+		})
+	}
+}
+
+func testCrashKeepsSyncedVersion(t *testing.T, format, layers int) {
+	td := newTestDiskFormat(t, format, 2<<20, layers, 0)
+	// Two synced versions, so that the one that counts is in slot B, then
+	// one that is never synced.
+	_, err := td.WriteAt(randBytes(32<<10), 8192)
+	require.NoError(t, err)
+	require.NoError(t, td.Sync())
 	synced := randBytes(32 << 10)
-	_, err := td.WriteAt(synced, 8192)
+	_, err = td.WriteAt(synced, 8192)
 	require.NoError(t, err)
 	require.NoError(t, td.Sync())
 	_, err = td.WriteAt(randBytes(32<<10), 8192)
@@ -729,4 +857,57 @@ func TestCrashKeepsSyncedVersion(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, synced, got)
 	td.Disk.closeOnce.Do(func() {}) // the crashed instance is never closed
+}
+
+// TestV2WritesWholePages: in format 2 every write the data path sends to the
+// backend is whole, aligned pages; only Sync writes anything smaller (the
+// entries and selectors).
+func TestV2WritesWholePages(t *testing.T) {
+	for _, layers := range []int{1, 2} {
+		dir := t.TempDir()
+		lb, err := local.Open(dir)
+		require.NoError(t, err)
+		hb := &hookBackend{Backend: lb}
+		ring := keyring{newKEK("k/1"), newKEK("k/2")}[:layers]
+		d, err := Create(context.Background(), hb, "d", CreateOptions{Size: 8 << 20, Layers: wrappers(ring)})
+		require.NoError(t, err)
+		// The first write creates the chunk (and its header).
+		_, err = d.WriteAt(randBytes(4096), 0)
+		require.NoError(t, err)
+		var bad []string
+		hb.onWrite = func(p []byte, off int64) (bool, int, error) {
+			if off%BlockSize != 0 || len(p)%BlockSize != 0 {
+				bad = append(bad, fmt.Sprintf("%d bytes at %d", len(p), off))
+			}
+			return false, 0, nil
+		}
+		r := mrand.New(mrand.NewPCG(1, 2))
+		for i := 0; i < 200; i++ {
+			off := r.Int64N(8<<20/512-16) * 512
+			_, err := d.WriteAt(randBytes(512*(1+r.IntN(16))), off)
+			require.NoError(t, err)
+		}
+		_, err = d.WriteAt(randBytes(1<<20), 3<<20)
+		require.NoError(t, err)
+		require.Empty(t, bad, "layers=%d: unaligned writes on the data path", layers)
+		hb.onWrite = nil
+		require.NoError(t, d.Close())
+	}
+}
+
+// TestObjectBytes: a chunk object never extends past ObjectBytes, and reaches
+// it once slot B of its last block is written; a snapshot copies that far.
+func TestObjectBytes(t *testing.T) {
+	for _, tc := range formatsAndLayers() {
+		td := newTestDiskFormat(t, tc.format, 1<<20, tc.layers, 16)
+		last := int64(15 * BlockSize)
+		for range 2 { // slot A, then slot B
+			_, err := td.WriteAt(randBytes(BlockSize), last)
+			require.NoError(t, err)
+			require.NoError(t, td.Sync())
+		}
+		fi, err := os.Stat(chunkFile(td, 0))
+		require.NoError(t, err)
+		require.Equal(t, td.ObjectBytes(), fi.Size(), "format %d layers=%d", tc.format, tc.layers)
+	}
 }

@@ -9,7 +9,11 @@
 // block to the disk's volume id and the block's index. Each block has two
 // slots; a new version always goes to the slot not holding the current one,
 // and a one-byte selector is switched only after the data is written, so a
-// write cut short never destroys the previous version.
+// write cut short never destroys the previous version. Format version 2 (new
+// disks) keeps each slot's ciphertext in its own page-aligned 4 KiB page and
+// the nonces and tags in a compact entry table written at Sync, so that the
+// data path writes whole pages of the backing file; version 1 disks keep
+// their layout.
 //
 // The engine knows nothing of key stores: keys arrive wrapped, through the
 // KeyWrapper and KeyUnwrapper interfaces, and the unwrapped keys live only in

@@ -52,24 +52,31 @@ func FuzzMetadata(f *testing.F) {
 	})
 }
 
-// FuzzStoredBlock writes arbitrary bytes over a stored slot and its selector:
-// a read returns the original data (the bytes did not change what counts) or
-// an integrity error, never anything else.
+// FuzzStoredBlock writes arbitrary bytes over a stored sealed unit (in
+// format 2 wherever its page and entry are) and its selector: a read returns
+// the original data (the bytes did not change what counts) or an integrity
+// error, never anything else.
 func FuzzStoredBlock(f *testing.F) {
-	f.Add([]byte{0x01}, uint16(0), byte(0x0F))
-	f.Add(bytes.Repeat([]byte{0xff}, 100), uint16(4000), byte(0xF0))
-	f.Add([]byte{}, uint16(0), byte(0x00))
-	f.Fuzz(func(t *testing.T, junk []byte, at uint16, sel byte) {
-		td := newTestDisk(t, 1<<20, 1, 8)
+	f.Add([]byte{0x01}, uint16(0), byte(0x0F), false)
+	f.Add(bytes.Repeat([]byte{0xff}, 100), uint16(4000), byte(0xF0), false)
+	f.Add([]byte{}, uint16(0), byte(0x00), false)
+	f.Add([]byte{0x01}, uint16(0), byte(0x0F), true)
+	f.Add(bytes.Repeat([]byte{0xff}, 100), uint16(4100), byte(0x0F), true)
+	f.Fuzz(func(t *testing.T, junk []byte, at uint16, sel byte, v1 bool) {
+		format := FormatVersion
+		if v1 {
+			format = formatV1
+		}
+		td := newTestDiskFormat(t, format, 1<<20, 1, 8)
 		data := randBytes(BlockSize)
 		_, err := td.WriteAt(data, 0)
 		require.NoError(t, err)
 		require.NoError(t, td.Sync())
 		path := chunkFile(td, 0)
 		patch(t, path, td.lay.selOffset(0), func(b []byte) { b[0] = sel })
-		if len(junk) > 0 {
-			off := td.lay.slotOffset(0, 0) + int64(at)%int64(td.lay.slotSize)
-			patch(t, path, off, func(b []byte) { copy(b, junk) })
+		for i, c := range junk {
+			j := (int(at) + i) % td.lay.slotSize
+			patch(t, path, td.lay.unitOffset(0, 0, j), func(b []byte) { b[0] = c })
 		}
 		td.reopen(t)
 		got := make([]byte, BlockSize)

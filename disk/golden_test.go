@@ -59,27 +59,32 @@ func goldenModel() []byte {
 	return m
 }
 
-// TestGolden opens the disk images kept in testdata, written by format
-// version 1, and reads them back. Every later version must still pass it.
-// Regenerate (only when adding a new version's images) with
-// go test ./disk -run TestGolden -update-golden.
+// TestGolden opens the disk images kept in testdata, written by each format
+// version, reads them back, then writes to them (whole blocks and
+// read-modify-write) and reads the result after reopening. Every later
+// version must still pass it. The images of the current version are
+// regenerated (only when adding a new version's images) with
+// go test ./disk -run TestGolden -update-golden; older ones never are.
 func TestGolden(t *testing.T) {
 	for _, g := range []struct {
 		name   string
+		format int
 		ring   keyring
 		sector int
 	}{
-		{"v1-single-512", keyring{goldenKEK}, 512},
-		{"v1-double-4096", keyring{goldenKEK, goldenInfra}, 4096},
+		{"v1-single-512", 1, keyring{goldenKEK}, 512},
+		{"v1-double-4096", 1, keyring{goldenKEK, goldenInfra}, 4096},
+		{"v2-single-512", 2, keyring{goldenKEK}, 512},
+		{"v2-double-4096", 2, keyring{goldenKEK, goldenInfra}, 4096},
 	} {
 		t.Run(g.name, func(t *testing.T) {
 			dir := filepath.Join("testdata", "golden", g.name)
 			ctx := context.Background()
-			if *updateGolden {
+			if *updateGolden && g.format == FormatVersion {
 				require.NoError(t, os.RemoveAll(dir))
 				be, err := local.Open(dir)
 				require.NoError(t, err)
-				d, err := Create(ctx, be, "disk", CreateOptions{Size: 1 << 20, SectorSize: g.sector, ChunkBlocks: 8, Layers: wrappers(g.ring)})
+				d, err := Create(ctx, be, "disk", CreateOptions{Size: 1 << 20, SectorSize: g.sector, ChunkBlocks: 8, Layers: wrappers(g.ring), Format: g.format})
 				require.NoError(t, err)
 				for _, w := range goldenRecipe {
 					if w.discard {
@@ -99,7 +104,7 @@ func TestGolden(t *testing.T) {
 			require.NoError(t, err)
 			m, err := ReadMetadata(ctx, be, "disk")
 			require.NoError(t, err)
-			require.Equal(t, 1, m.Format)
+			require.Equal(t, g.format, m.Format)
 			require.Equal(t, g.sector, m.SectorSize)
 			d, err := Open(ctx, be, "disk", g.ring)
 			require.NoError(t, err)
@@ -107,7 +112,26 @@ func TestGolden(t *testing.T) {
 			got := make([]byte, d.Size())
 			_, err = d.ReadAt(got, 0)
 			require.NoError(t, err)
-			require.True(t, bytes.Equal(goldenModel(), got), "golden image %s reads back different data", g.name)
+			model := goldenModel()
+			require.True(t, bytes.Equal(model, got), "golden image %s reads back different data", g.name)
+
+			// The disk keeps its version and stays writable in it.
+			for _, w := range []struct{ off, n int64 }{{4096, 4096}, {12800 + 512, 1000}, {100*4096 + 7, 9000}} {
+				p := goldenBytes(w.off+1, w.n)
+				_, err := d.WriteAt(p, w.off)
+				require.NoError(t, err)
+				copy(model[w.off:], p)
+			}
+			require.NoError(t, d.Close())
+			m, err = ReadMetadata(ctx, be, "disk")
+			require.NoError(t, err)
+			require.Equal(t, g.format, m.Format)
+			d, err = Open(ctx, be, "disk", g.ring)
+			require.NoError(t, err)
+			defer d.Close()
+			_, err = d.ReadAt(got, 0)
+			require.NoError(t, err)
+			require.True(t, bytes.Equal(model, got), "golden image %s after writing", g.name)
 		})
 	}
 }

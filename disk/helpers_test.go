@@ -82,9 +82,18 @@ func wrappers(ring keyring) []KeyWrapper {
 	return ws
 }
 
-// newTestDisk creates a disk with one layer per key in the ring on a fresh
-// local backend.
+// newTestDisk creates a disk of the current format with one layer per key in
+// the ring on a fresh local backend.
 func newTestDisk(t testing.TB, size int64, layers, chunkBlocks int) *testDisk {
+	t.Helper()
+	return newTestDiskFormat(t, FormatVersion, size, layers, chunkBlocks)
+}
+
+// formats are the format versions every engine test runs on.
+var formats = []int{formatV1, formatV2}
+
+// newTestDiskFormat is newTestDisk for a given format version.
+func newTestDiskFormat(t testing.TB, format int, size int64, layers, chunkBlocks int) *testDisk {
 	t.Helper()
 	dir := t.TempDir()
 	be, err := local.Open(dir)
@@ -94,7 +103,7 @@ func newTestDisk(t testing.TB, size int64, layers, chunkBlocks int) *testDisk {
 	if layers == 2 {
 		ring = append(ring, newKEK("test/infra/v1"))
 	}
-	d, err := Create(context.Background(), be, "disks/d1", CreateOptions{Size: size, ChunkBlocks: chunkBlocks, Layers: wrappers(ring)})
+	d, err := Create(context.Background(), be, "disks/d1", CreateOptions{Size: size, ChunkBlocks: chunkBlocks, Layers: wrappers(ring), Format: format})
 	require.NoError(t, err)
 	td := &testDisk{Disk: d, dir: dir, be: be, ring: ring, name: "disks/d1"}
 	t.Cleanup(func() { td.Disk.Close() })
@@ -184,3 +193,20 @@ type failingDelete struct{ storage.Backend }
 func (f *failingDelete) Delete(context.Context, string) error { return errInjected }
 
 func b64(b []byte) string { return base64.StdEncoding.EncodeToString(b) }
+
+// storedUnit returns the sealed unit of slot s of block i from the raw bytes
+// of a chunk object, wherever the format keeps its parts.
+func storedUnit(lay layout, raw []byte, s, i int) []byte {
+	u := make([]byte, lay.slotSize)
+	for j := range u {
+		u[j] = raw[lay.unitOffset(s, i, j)]
+	}
+	return u
+}
+
+// putUnit is storedUnit in reverse.
+func putUnit(lay layout, raw []byte, s, i int, u []byte) {
+	for j := range u {
+		raw[lay.unitOffset(s, i, j)] = u[j]
+	}
+}

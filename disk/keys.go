@@ -59,6 +59,9 @@ type CreateOptions struct {
 	// two for double encryption (the second wraps the infrastructure key).
 	Layers []KeyWrapper
 	Now    func() time.Time
+	// Format is the format version to create; 0 means FormatVersion. Older
+	// versions are only for tests of compatibility.
+	Format int
 }
 
 // Create makes a new, empty disk under prefix: fresh random keys for each
@@ -70,6 +73,9 @@ func Create(ctx context.Context, be storage.Backend, prefix string, o CreateOpti
 	}
 	if o.ChunkBlocks == 0 {
 		o.ChunkBlocks = DefaultChunkBlocks
+	}
+	if o.Format == 0 {
+		o.Format = FormatVersion
 	}
 	if len(o.Layers) < 1 || len(o.Layers) > 2 {
 		return nil, fmt.Errorf("disk %s: %d key wrappers given, need 1 (single) or 2 (double encryption)", prefix, len(o.Layers))
@@ -85,7 +91,7 @@ func Create(ctx context.Context, be storage.Backend, prefix string, o CreateOpti
 	}
 	vol := hcrypto.NewDataKey()[:16]
 	m := &Metadata{
-		Format:      FormatVersion,
+		Format:      o.Format,
 		VolumeID:    fmt.Sprintf("%x", vol),
 		Size:        o.Size,
 		SectorSize:  o.SectorSize,

@@ -15,8 +15,16 @@ const BlockSize = 4096
 // chunk objects.
 const DefaultChunkBlocks = 1024
 
-// FormatVersion is written into every disk's metadata and every chunk header.
-const FormatVersion = 1
+// FormatVersion is the format of new disks, written into their metadata and
+// every chunk header. Version 1 disks are still opened, read and written in
+// their own layout (see docs/FORMAT.md).
+const FormatVersion = 2
+
+// The format versions this build reads and writes.
+const (
+	formatV1 = 1
+	formatV2 = 2
+)
 
 const (
 	headerSize = 4096
@@ -37,35 +45,130 @@ const (
 // layout is the geometry of one chunk object; it is derived from the disk's
 // metadata and is the same for every chunk of a disk.
 //
+// Both versions store each block's sealed unit (nonces || ciphertext || tags,
+// see sealBlock) in one of two slots, A or B. Version 1 stores a slot whole:
+//
 //	[0, 4096)                     header
 //	[4096, 4096+selBytes)         one selector byte per block, padded to 4 KiB
 //	[slotBase, ...)               slot A of blocks 0..n-1, then slot B of blocks 0..n-1
 //
-// A slot holds one sealed block: for one layer nonce||ciphertext||tag, for two
-// layers the second layer's seal of the first layer's sealed block.
+// so every slot (4136 or 4176 bytes) straddles pages of the backing file and
+// each block write is a partial-page write there. Version 2 splits a slot: its
+// 4096 ciphertext bytes go to a page-aligned page, its nonces and tags (the
+// entry) to a compact table, so the data path writes whole aligned pages:
+//
+//	[0, 4096)                     header
+//	[4096, 4096+selBytes)         selectors, as in version 1
+//	[entryBase, pageBase)         entries: block 0 slot A, block 0 slot B, block 1 slot A, ...
+//	[pageBase, ...)               page of slot A of blocks 0..n-1, then slot B of blocks 0..n-1
+//
+// The entries are written by Sync (the engine keeps the current version's
+// entry of each block in memory), before the data is made durable and before
+// the selectors that name it.
 type layout struct {
+	format      int
 	chunkBlocks int
-	slotSize    int
+	slotSize    int // one sealed unit: BlockSize + overhead
 	selBytes    int64
-	slotBase    int64
+	slotBase    int64 // version 1
+
+	// Version 2. A sealed unit is head || page || tail: head is the nonces
+	// in front of the ciphertext, the tail the tags after it; the entry is
+	// head || tail.
+	head      int
+	entrySize int
+	entryBase int64
+	pageBase  int64
 }
 
-func newLayout(chunkBlocks, overhead int) layout {
-	sel := int64(chunkBlocks+headerSize-1) / headerSize * headerSize
-	return layout{
+// newLayout returns the chunk geometry of a format version for a disk whose
+// sealed units add overhead bytes, head of them (the nonces) in front of the
+// ciphertext.
+func newLayout(format, chunkBlocks, overhead, head int) layout {
+	sel := roundPage(int64(chunkBlocks))
+	l := layout{
+		format:      format,
 		chunkBlocks: chunkBlocks,
 		slotSize:    BlockSize + overhead,
 		selBytes:    sel,
-		slotBase:    headerSize + sel,
 	}
+	switch format {
+	case formatV1:
+		l.slotBase = headerSize + sel
+	default:
+		l.head = head
+		l.entrySize = overhead
+		l.entryBase = headerSize + sel
+		l.pageBase = l.entryBase + roundPage(2*int64(chunkBlocks)*int64(overhead))
+	}
+	return l
 }
+
+func roundPage(n int64) int64 { return (n + headerSize - 1) / headerSize * headerSize }
 
 // selOffset is where block i's selector byte lives in its chunk.
 func (l layout) selOffset(i int) int64 { return headerSize + int64(i) }
 
-// slotOffset is where slot s (0 = A, 1 = B) of block i lives in its chunk.
+// slotOffset is where slot s (0 = A, 1 = B) of block i lives in a version 1
+// chunk.
 func (l layout) slotOffset(s, i int) int64 {
 	return l.slotBase + int64(s*l.chunkBlocks+i)*int64(l.slotSize)
+}
+
+// pageOffset is where the ciphertext page of slot s of block i lives in a
+// version 2 chunk. Pages of one slot are consecutive, so a run of blocks
+// written to the same slot is one write.
+func (l layout) pageOffset(s, i int) int64 {
+	return l.pageBase + int64(s*l.chunkBlocks+i)*BlockSize
+}
+
+// entryOffset is where the entry (nonces and tags) of slot s of block i lives
+// in a version 2 chunk. Both entries of a block are adjacent, so the entries
+// of a range of blocks are one range of the chunk.
+func (l layout) entryOffset(s, i int) int64 {
+	return l.entryBase + int64(2*i+s)*int64(l.entrySize)
+}
+
+// entriesEnd is where the entry table ends (version 2): the first byte that
+// loading a chunk does not need.
+func (l layout) entriesEnd() int64 { return l.pageBase }
+
+// objectBytes is where a chunk object with every slot written ends: slot B
+// of the last block is the last thing in it in both versions.
+func (l layout) objectBytes() int64 {
+	if l.format == formatV1 {
+		return l.slotOffset(1, l.chunkBlocks-1) + int64(l.slotSize)
+	}
+	return l.pageOffset(1, l.chunkBlocks-1) + BlockSize
+}
+
+// unitOffset is where byte j of the sealed unit in slot s of block i lives in
+// the chunk, in either version.
+func (l layout) unitOffset(s, i, j int) int64 {
+	switch {
+	case l.format == formatV1:
+		return l.slotOffset(s, i) + int64(j)
+	case j < l.head:
+		return l.entryOffset(s, i) + int64(j)
+	case j < l.head+BlockSize:
+		return l.pageOffset(s, i) + int64(j-l.head)
+	default:
+		return l.entryOffset(s, i) + int64(j-BlockSize)
+	}
+}
+
+// split stores a sealed unit as a version 2 page and entry.
+func (l layout) split(page, entry, unit []byte) {
+	copy(page[:BlockSize], unit[l.head:])
+	copy(entry, unit[:l.head])
+	copy(entry[l.head:l.entrySize], unit[l.head+BlockSize:l.slotSize])
+}
+
+// join is split in reverse: the sealed unit from a page and an entry.
+func (l layout) join(unit, page, entry []byte) {
+	copy(unit, entry[:l.head])
+	copy(unit[l.head:], page[:BlockSize])
+	copy(unit[l.head+BlockSize:l.slotSize], entry[l.head:l.entrySize])
 }
 
 // slotOf maps a selector to the slot index it names; ok is false for a

@@ -100,15 +100,59 @@ func TestSelectors(t *testing.T) {
 }
 
 func TestLayout(t *testing.T) {
-	l := newLayout(1024, 40)
+	l := newLayout(formatV1, 1024, 40, 24)
 	assert.EqualValues(t, 4096, l.selOffset(0))
 	assert.EqualValues(t, 8192, l.slotBase)
 	assert.EqualValues(t, 8192, l.slotOffset(0, 0))
 	assert.EqualValues(t, 8192+4136, l.slotOffset(0, 1))
 	assert.EqualValues(t, 8192+1024*4136, l.slotOffset(1, 0))
-	small := newLayout(8, 80)
+	small := newLayout(formatV1, 8, 80, 48)
 	assert.EqualValues(t, 8192, small.slotBase)
 	assert.EqualValues(t, 8192+9*4176, small.slotOffset(1, 1))
+	assert.EqualValues(t, 8192+2*1024*4136, l.objectBytes())
+}
+
+func TestLayoutV2(t *testing.T) {
+	for _, tt := range []struct {
+		name                string
+		blocks, over, head  int
+		entryBase, pageBase int64
+	}{
+		// 2 * 1024 entries of 40 bytes: 80 KiB, 20 pages.
+		{"single, 4 MiB chunks", 1024, 40, 24, 8192, 8192 + 81920},
+		{"double, 4 MiB chunks", 1024, 80, 48, 8192, 8192 + 163840},
+		{"double, 8-block chunks", 8, 80, 48, 8192, 8192 + 4096},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			l := newLayout(formatV2, tt.blocks, tt.over, tt.head)
+			assert.EqualValues(t, 4096, l.selOffset(0))
+			assert.Equal(t, tt.entryBase, l.entryBase)
+			assert.Equal(t, tt.pageBase, l.pageBase)
+			assert.Equal(t, tt.over, l.entrySize)
+			assert.Equal(t, 4096+tt.over, l.slotSize)
+			// Every page is page-aligned, slot A's pages then slot B's.
+			assert.Zero(t, l.pageOffset(1, 3)%4096)
+			assert.Equal(t, tt.pageBase+int64(tt.blocks+3)*4096, l.pageOffset(1, 3))
+			// A block's two entries are adjacent.
+			assert.Equal(t, tt.entryBase+int64(7*tt.over), l.entryOffset(1, 3))
+			assert.Equal(t, l.entryOffset(0, 3)+int64(tt.over), l.entryOffset(1, 3))
+			assert.LessOrEqual(t, l.entryOffset(1, tt.blocks-1)+int64(tt.over), l.pageBase)
+			assert.Equal(t, tt.pageBase+int64(2*tt.blocks)*4096, l.objectBytes())
+			// The bytes of a sealed unit: nonces to the entry, ciphertext
+			// to the page, tags to the rest of the entry.
+			assert.Equal(t, l.entryOffset(1, 3), l.unitOffset(1, 3, 0))
+			assert.Equal(t, l.pageOffset(1, 3), l.unitOffset(1, 3, tt.head))
+			assert.Equal(t, l.pageOffset(1, 3)+4095, l.unitOffset(1, 3, tt.head+4095))
+			assert.Equal(t, l.entryOffset(1, 3)+int64(tt.head), l.unitOffset(1, 3, tt.head+4096))
+			// split and join are inverses.
+			unit := randBytes(l.slotSize)
+			page, entry := make([]byte, 4096), make([]byte, l.entrySize)
+			l.split(page, entry, unit)
+			back := make([]byte, l.slotSize)
+			l.join(back, page, entry)
+			assert.Equal(t, unit, back)
+		})
+	}
 }
 
 func TestChunkHeaderRoundTrip(t *testing.T) {

@@ -96,8 +96,8 @@ func writeMetadata(ctx context.Context, be storage.Backend, prefix string, m *Me
 }
 
 func (m *Metadata) validate() error {
-	if m.Format != FormatVersion {
-		return fmt.Errorf("format version %d is not supported (this build reads version %d)", m.Format, FormatVersion)
+	if m.Format != formatV1 && m.Format != formatV2 {
+		return fmt.Errorf("format version %d is not supported (this build reads versions %d and %d)", m.Format, formatV1, formatV2)
 	}
 	if m.BlockSize != BlockSize {
 		return fmt.Errorf("block size %d is not supported", m.BlockSize)

@@ -4,5 +4,5 @@ package disk
 // byte-for-byte copy of the disk's objects (a snapshot) reads this far,
 // and everything past it reads as zeros.
 func (d *Disk) ObjectBytes() int64 {
-	return d.lay.slotOffset(1, d.lay.chunkBlocks-1) + int64(d.lay.slotSize)
+	return d.lay.objectBytes()
 }
