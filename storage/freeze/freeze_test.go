@@ -26,7 +26,9 @@ func randBytes(n int) []byte {
 }
 
 // Writers hammer the objects while the copier runs; every saved copy must be
-// exactly the content at the freeze, and each object is saved once.
+// exactly the content at the freeze, and each object is saved once. (What
+// a write in flight at the freeze instant leaves is either side's; the
+// engine tests check that through snapshots of a disk in use.)
 func TestCopiesAreThePointInTime(t *testing.T) {
 	ctx := context.Background()
 	be, err := local.Open(t.TempDir())
@@ -69,7 +71,9 @@ func TestCopiesAreThePointInTime(t *testing.T) {
 		return nil
 	}
 
-	stop := make(chan struct{})
+	// The writers start at the freeze (what they wrote before it would
+	// belong to the frozen content) and race the copier from then on.
+	start, stop := make(chan struct{}), make(chan struct{})
 	var wg sync.WaitGroup
 	keys := make([]string, 0, n)
 	for k := range chunks {
@@ -78,6 +82,7 @@ func TestCopiesAreThePointInTime(t *testing.T) {
 	for w := range 4 {
 		wg.Go(func() {
 			r := mrand.New(mrand.NewPCG(uint64(w), 1))
+			<-start
 			for {
 				select {
 				case <-stop:
@@ -98,6 +103,7 @@ func TestCopiesAreThePointInTime(t *testing.T) {
 
 	s, err := fb.Freeze(ctx, "d", []string{"d/meta.json"}, save)
 	require.NoError(t, err)
+	close(start)
 	t.Logf("writes held back for %v", s.Pause())
 	require.NoError(t, fb.WriteMeta(ctx, "d/meta.json", []byte("v2")))
 	late, err := fb.OpenChunk(ctx, "d/chunks/99", true) // after the freeze: not part of it
