@@ -291,23 +291,46 @@ func (im *Image) placement() placement {
 // MoveImage moves an image to another resource group or subscription, under
 // the rule of customer-managed keys.
 func (h *Host) MoveImage(ctx context.Context, name string, r MoveRequest) (*Image, error) {
+	return moveCopy(h, h.st.Images, "image", typeImages, name, r)
+}
+
+func (im *Image) encryptionType() string { return im.Encryption.Type }
+
+func (im *Image) place(p placement, id string) {
+	im.Subscription, im.ResourceGroup, im.ID = p.Subscription, p.ResourceGroup, id
+}
+
+// movable is a snapshot or an image: a copy that moves by its placement.
+type movable interface {
+	placement() placement
+	encryptionType() string
+	place(p placement, id string)
+}
+
+// moveCopy moves the snapshot or image name of m, under the rule of
+// customer-managed keys; typ is its type in resource ids.
+func moveCopy[T any, P interface {
+	*T
+	movable
+}](h *Host, m map[string]*T, kind, typ, name string, r MoveRequest) (*T, error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	im, ok := h.st.Images[name]
+	v, ok := m[name]
 	if !ok {
-		return nil, notFound("image", name)
+		return nil, notFound(kind, name)
 	}
-	to, err := h.moveTarget("image", name, im.placement(), im.Encryption.Type, r)
+	res := P(v)
+	to, err := h.moveTarget(kind, name, res.placement(), res.encryptionType(), r)
 	if err != nil {
 		return nil, err
 	}
-	old := *im
-	im.Subscription, im.ResourceGroup, im.ID = to.Subscription, to.ResourceGroup, to.id(typeImages, name)
+	old := *v
+	res.place(to, to.id(typ, name))
 	if err := h.save(); err != nil {
-		*im = old
+		*v = old
 		return nil, err
 	}
-	c := *im
+	c := *v
 	return &c, nil
 }
 

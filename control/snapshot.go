@@ -534,24 +534,13 @@ func (s *Snapshot) placement() placement {
 // MoveSnapshot moves a snapshot to another resource group or subscription,
 // under the rule of customer-managed keys.
 func (h *Host) MoveSnapshot(ctx context.Context, name string, r MoveRequest) (*Snapshot, error) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	sn, ok := h.st.Snapshots[name]
-	if !ok {
-		return nil, notFound("snapshot", name)
-	}
-	to, err := h.moveTarget("snapshot", name, sn.placement(), sn.Encryption.Type, r)
-	if err != nil {
-		return nil, err
-	}
-	old := *sn
-	sn.Subscription, sn.ResourceGroup, sn.ID = to.Subscription, to.ResourceGroup, to.id(typeSnapshots, name)
-	if err := h.save(); err != nil {
-		*sn = old
-		return nil, err
-	}
-	c := *sn
-	return &c, nil
+	return moveCopy(h, h.st.Snapshots, "snapshot", typeSnapshots, name, r)
+}
+
+func (s *Snapshot) encryptionType() string { return s.Encryption.Type }
+
+func (s *Snapshot) place(p placement, id string) {
+	s.Subscription, s.ResourceGroup, s.ID = p.Subscription, p.ResourceGroup, id
 }
 
 // checkSnapshotKey: a snapshot of an UltraSSD or PremiumV2 disk with a
