@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hostcrypt/internal/zeros"
 	"io"
 	"log/slog"
 	"runtime"
@@ -658,21 +659,6 @@ func (d *Disk) parallel(n int, fn func(lo, hi int, sc *scratch) error) error {
 
 var zeroBlock [BlockSize]byte
 
-func isZero(b []byte) bool {
-	for len(b) >= 8 {
-		if b[0]|b[1]|b[2]|b[3]|b[4]|b[5]|b[6]|b[7] != 0 {
-			return false
-		}
-		b = b[8:]
-	}
-	for _, c := range b {
-		if c != 0 {
-			return false
-		}
-	}
-	return true
-}
-
 // WriteAt writes len(p) bytes at off. Partial blocks are read, merged and
 // sealed again; whole zero blocks are stored as holes. A write past the end
 // of the disk is refused with ErrRange.
@@ -708,7 +694,7 @@ func (d *Disk) writeChunk(ci int64, p []byte, coff int64) error {
 		return d.ioErr(base+int64(b0), err)
 	}
 	if st == nil {
-		if isZero(p) {
+		if zeros.Is(p) {
 			return nil // zeros onto a chunk that does not exist: nothing to store
 		}
 		if st, err = d.state(c, true); err != nil {
@@ -822,7 +808,7 @@ func (j *sealJob) seal(lo, hi int, sc *scratch) error {
 		default:
 			src = j.tail
 		}
-		if isZero(src) {
+		if zeros.Is(src) {
 			j.newSel[k-j.b0] = selNone
 			continue
 		}

@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"hostcrypt/internal/zeros"
 	"io"
 	mrand "math/rand/v2"
 	"os"
@@ -34,7 +35,7 @@ func TestUnwrittenReadsZeros(t *testing.T) {
 	n, err := td.ReadAt(buf, 1000)
 	require.NoError(t, err)
 	require.Equal(t, len(buf), n)
-	require.True(t, isZero(buf))
+	require.True(t, zeros.Is(buf))
 }
 
 func TestReadWriteShapes(t *testing.T) {
@@ -580,7 +581,7 @@ func testDiscardAndSparse(t *testing.T, format int) {
 	got := make([]byte, 1<<20)
 	_, err = td.ReadAt(got, 512<<20)
 	require.NoError(t, err)
-	require.True(t, isZero(got))
+	require.True(t, zeros.Is(got))
 
 	// Zero writes cost nothing.
 	_, err = td.WriteAt(make([]byte, 4<<20), 100<<20)
