@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"hostcrypt/internal/zeros"
 	"io"
 	"log/slog"
 	"runtime"
@@ -15,6 +14,7 @@ import (
 	"time"
 
 	hcrypto "hostcrypt/crypto"
+	"hostcrypt/internal/zeros"
 	"hostcrypt/storage"
 )
 

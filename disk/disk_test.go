@@ -6,7 +6,6 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
-	"hostcrypt/internal/zeros"
 	"io"
 	mrand "math/rand/v2"
 	"os"
@@ -20,6 +19,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"hostcrypt/internal/leakscan"
+	"hostcrypt/internal/zeros"
 	"hostcrypt/storage/local"
 )
 

@@ -4,8 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"hostcrypt/internal/zeros"
 	"io"
+
+	"hostcrypt/internal/zeros"
 )
 
 // copyBuf is how much is read at once: large enough for sequential speed,
