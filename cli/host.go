@@ -369,8 +369,11 @@ func vmEncryptionReport(c *Context, args []string) error {
 	rows := make([][]string, 0, len(rep.Entries))
 	for _, e := range rep.Entries {
 		enc := "no (plaintext)"
-		if e.Encrypted {
+		switch {
+		case e.Encrypted:
 			enc = "yes"
+		case e.Layer == "host cache" && e.Caching == control.CacheNone:
+			enc = "- (no cache)" // nothing is kept on the host
 		}
 		dirty := "-"
 		if e.Open && e.Layer == "host cache" {

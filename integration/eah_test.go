@@ -125,6 +125,9 @@ func TestHostEncryptionAtHost(t *testing.T) {
 	require.Equal(t, 0, code, errOut)
 	assert.Contains(t, table, "no (plaintext)")
 	assert.Contains(t, errOut, "WARNING")
+	table, _, _ = h.run("vm", "encryption-report", "--name", "on")
+	assert.NotContains(t, table, "plaintext", "a disk without a host cache keeps nothing on the host")
+	assert.Contains(t, table, "- (no cache)")
 
 	// Unflushed writes to the plaintext write-back cache survive a clean
 	// stop; fsynced ones survive kill -9.
