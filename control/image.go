@@ -15,12 +15,9 @@ import (
 // Image is a disk image to create disks from: an independent encrypted copy
 // of a disk or snapshot, with its own data key and volume identity.
 type Image struct {
-	Name              string     `json:"name"`
-	ID                string     `json:"id"`
-	UniqueID          string     `json:"uniqueId"`
-	Location          string     `json:"location"`
-	Subscription      string     `json:"subscription"`
-	ResourceGroup     string     `json:"resourceGroup"`
+	Name     string `json:"name"`
+	UniqueID string `json:"uniqueId"`
+	located
 	SourceKind        string     `json:"sourceKind"` // "disk" or "snapshot"
 	Source            string     `json:"source"`
 	SourceResourceID  string     `json:"sourceResourceId"`
@@ -235,8 +232,7 @@ func (h *Host) CreateImage(ctx context.Context, r CreateImageRequest) (*Image, e
 		return nil, err
 	}
 	im := &Image{
-		Name: r.Name, ID: src.at.id(typeImages, r.Name), UniqueID: uid,
-		Location: src.at.Location, Subscription: src.at.Subscription, ResourceGroup: src.at.ResourceGroup,
+		Name: r.Name, UniqueID: uid, located: locatedAt(src.at, typeImages, r.Name),
 		SourceKind: src.kind, Source: src.name, SourceResourceID: src.id, DiskSizeBytes: src.d.Size(),
 		LogicalSectorSize: src.sector, Encryption: Encryption{Type: encType}, KeyID: m.Layers[0].WrappedKeys[0].KeyID,
 		TimeCreated: h.cfg.Now().UTC(), StoragePrefix: prefix, ADE: src.ade,
@@ -284,10 +280,6 @@ func (h *Host) fillFromSource(ctx context.Context, src *source, dst *disk.Disk, 
 	return h.copyInto(ctx, src.d, dst, "disks/"+diskName, "copying "+src.kind+" "+src.name)
 }
 
-func (im *Image) placement() placement {
-	return placement{Subscription: im.Subscription, ResourceGroup: im.ResourceGroup, Location: im.Location}
-}
-
 // MoveImage moves an image to another resource group or subscription, under
 // the rule of customer-managed keys.
 func (h *Host) MoveImage(ctx context.Context, name string, r MoveRequest) (*Image, error) {
@@ -296,15 +288,31 @@ func (h *Host) MoveImage(ctx context.Context, name string, r MoveRequest) (*Imag
 
 func (im *Image) encryptionType() string { return im.Encryption.Type }
 
-func (im *Image) place(p placement, id string) {
-	im.Subscription, im.ResourceGroup, im.ID = p.Subscription, p.ResourceGroup, id
+// located is where a snapshot or image lives and its resource id, which is
+// built from it. Embedded, its fields read as the resource's own in JSON.
+type located struct {
+	ID            string `json:"id"`
+	Location      string `json:"location"`
+	Subscription  string `json:"subscription"`
+	ResourceGroup string `json:"resourceGroup"`
 }
+
+func locatedAt(p placement, typ, name string) located {
+	return located{ID: p.id(typ, name), Location: p.Location, Subscription: p.Subscription, ResourceGroup: p.ResourceGroup}
+}
+
+func (l *located) placement() placement {
+	return placement{Subscription: l.Subscription, ResourceGroup: l.ResourceGroup, Location: l.Location}
+}
+
+// place moves it: a new placement and the id built from it.
+func (l *located) place(p placement, typ, name string) { *l = locatedAt(p, typ, name) }
 
 // movable is a snapshot or an image: a copy that moves by its placement.
 type movable interface {
 	placement() placement
 	encryptionType() string
-	place(p placement, id string)
+	place(p placement, typ, name string)
 }
 
 // moveCopy moves the snapshot or image name of m, under the rule of
@@ -325,7 +333,7 @@ func moveCopy[T any, P interface {
 		return nil, err
 	}
 	old := *v
-	res.place(to, to.id(typ, name))
+	res.place(to, typ, name)
 	if err := h.save(); err != nil {
 		*v = old
 		return nil, err

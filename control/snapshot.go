@@ -27,12 +27,9 @@ import (
 // previous incremental snapshot of the same disk and refers to that one's
 // for the rest.
 type Snapshot struct {
-	Name              string     `json:"name"`
-	ID                string     `json:"id"`
-	UniqueID          string     `json:"uniqueId"`
-	Location          string     `json:"location"`
-	Subscription      string     `json:"subscription"`
-	ResourceGroup     string     `json:"resourceGroup"`
+	Name     string `json:"name"`
+	UniqueID string `json:"uniqueId"`
+	located
 	Sku               Sku        `json:"sku"`
 	SourceDisk        string     `json:"sourceDisk"`
 	SourceResourceID  string     `json:"sourceResourceId"`
@@ -206,8 +203,7 @@ func (h *Host) CreateSnapshot(ctx context.Context, r CreateSnapshotRequest) (*Sn
 	uid := newID()
 	prefix := "snapshots/" + uid
 	snap := &Snapshot{
-		Name: r.Name, ID: d.placement().id(typeSnapshots, r.Name), UniqueID: uid, Sku: d.Sku,
-		Location: d.Location, Subscription: d.Subscription, ResourceGroup: d.ResourceGroup,
+		Name: r.Name, UniqueID: uid, Sku: d.Sku, located: locatedAt(d.placement(), typeSnapshots, r.Name),
 		SourceDisk: d.Name, SourceResourceID: d.ID, SourceUniqueID: d.UniqueID, Incremental: r.Incremental,
 		DiskSizeBytes: d.DiskSizeBytes, LogicalSectorSize: d.LogicalSectorSize, Encryption: enc,
 		TimeCreated: h.cfg.Now().UTC(), StoragePrefix: prefix, ADE: d.ADE,
@@ -527,10 +523,6 @@ func (h *Host) incrementalSnapshotOf(d *Disk) string {
 	return strings.Join(names, ", ")
 }
 
-func (s *Snapshot) placement() placement {
-	return placement{Subscription: s.Subscription, ResourceGroup: s.ResourceGroup, Location: s.Location}
-}
-
 // MoveSnapshot moves a snapshot to another resource group or subscription,
 // under the rule of customer-managed keys.
 func (h *Host) MoveSnapshot(ctx context.Context, name string, r MoveRequest) (*Snapshot, error) {
@@ -538,10 +530,6 @@ func (h *Host) MoveSnapshot(ctx context.Context, name string, r MoveRequest) (*S
 }
 
 func (s *Snapshot) encryptionType() string { return s.Encryption.Type }
-
-func (s *Snapshot) place(p placement, id string) {
-	s.Subscription, s.ResourceGroup, s.ID = p.Subscription, p.ResourceGroup, id
-}
 
 // checkSnapshotKey: a snapshot of an UltraSSD or PremiumV2 disk with a
 // customer-managed key uses the disk's own key.
