@@ -519,8 +519,8 @@ func (h *Host) UpdateDisk(ctx context.Context, name string, r UpdateDiskRequest)
 	if r.SizeBytes == d.DiskSizeBytes {
 		return h.showDisk(d), nil
 	}
-	if od := h.openDiskOf(name); od != nil {
-		if err := od.Resize(ctx, r.SizeBytes); err != nil {
+	if od := h.openDiskFor(name); od != nil {
+		if err := od.d.Resize(ctx, r.SizeBytes); err != nil {
 			return nil, err
 		}
 		if rs, ok := h.cfg.Tree.(interface{ Resized(vm, name string) }); ok {
@@ -616,18 +616,19 @@ func (h *Host) switchDiskKeys(ctx context.Context, d *Disk, r UpdateDiskRequest)
 	return h.showDisk(d), nil
 }
 
-func (h *Host) openDiskOf(name string) *disk.Disk {
+// DeleteDisk crypto-shreds an unattached disk: its wrapped keys are destroyed
+// openDiskFor returns the open disk of a resource, or nil.
+func (h *Host) openDiskFor(name string) *openDisk {
 	for _, rv := range h.running {
 		for _, od := range rv.images {
 			if od.resource == name && od.d != nil {
-				return od.d
+				return od
 			}
 		}
 	}
 	return nil
 }
 
-// DeleteDisk crypto-shreds an unattached disk: its wrapped keys are destroyed
 // first, then its data.
 func (h *Host) DeleteDisk(ctx context.Context, name string) error {
 	h.mu.Lock()

@@ -387,18 +387,6 @@ func (h *Host) removeObjects(ctx context.Context, prefix string) error {
 	return err
 }
 
-// openDiskFor returns the open disk of a resource, or nil.
-func (h *Host) openDiskFor(name string) *openDisk {
-	for _, rv := range h.running {
-		for _, od := range rv.images {
-			if od.resource == name && od.d != nil {
-				return od
-			}
-		}
-	}
-	return nil
-}
-
 // ShowSnapshot returns one snapshot.
 func (h *Host) ShowSnapshot(name string) (*Snapshot, error) {
 	return showCopy(h, h.st.Snapshots, "snapshot", name)
