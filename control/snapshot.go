@@ -94,9 +94,9 @@ func (h *Host) writeManifest(ctx context.Context, prefix string, m *manifest) er
 	return h.cfg.Storage.WriteMeta(ctx, manifestKey(prefix), raw)
 }
 
-// progress is how far a long copy has got, in bytes; it is read without
+// CopyProgress is how far a long copy has got, in bytes; it is read without
 // the control lock, so that a client can watch a copy the lock is held for.
-type progress struct {
+type CopyProgress struct {
 	Operation string `json:"operation"`
 	Done      int64  `json:"done"`
 	Total     int64  `json:"total"`
@@ -104,16 +104,16 @@ type progress struct {
 
 type progressTable struct {
 	mu sync.Mutex
-	m  map[string]*progress
+	m  map[string]*CopyProgress
 }
 
 func (t *progressTable) set(key, op string, done, total int64) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.m == nil {
-		t.m = map[string]*progress{}
+		t.m = map[string]*CopyProgress{}
 	}
-	t.m[key] = &progress{Operation: op, Done: done, Total: total}
+	t.m[key] = &CopyProgress{Operation: op, Done: done, Total: total}
 }
 
 func (t *progressTable) clear(key string) {
@@ -125,7 +125,7 @@ func (t *progressTable) clear(key string) {
 // Progress returns the progress of the copy that creates the resource
 // kind/name ("snapshots/s1", "disks/d2", "images/i1"), or nil when none
 // runs. It does not wait for the control lock.
-func (h *Host) Progress(kind, name string) *progress {
+func (h *Host) Progress(kind, name string) *CopyProgress {
 	h.prog.mu.Lock()
 	defer h.prog.mu.Unlock()
 	if p := h.prog.m[kind+"/"+name]; p != nil {
