@@ -129,16 +129,18 @@ func TestHostEncryptionAtHost(t *testing.T) {
 	assert.NotContains(t, table, "plaintext", "a disk without a host cache keeps nothing on the host")
 	assert.Contains(t, table, "- (no cache)")
 
-	// Unflushed writes to the plaintext write-back cache survive a clean
-	// stop; fsynced ones survive kill -9.
-	sum := writePattern(t, h.img("off", "os.img"))
-	h.ok("vm", "stop", "--name", "off")
-	h.ok("vm", "start", "--name", "off")
-	require.Equal(t, sum, readBack(t, h.img("off", "os.img")))
+	// Unflushed writes to a write-back cache, sealed or plaintext, survive
+	// a clean stop; fsynced ones survive kill -9.
+	for _, vm := range []string{"on", "off"} {
+		sum := writePattern(t, h.img(vm, "os.img"))
+		h.ok("vm", "stop", "--name", vm)
+		h.ok("vm", "start", "--name", vm)
+		require.Equal(t, sum, readBack(t, h.img(vm, "os.img")), vm)
+	}
 	src := filepath.Join(t.TempDir(), "q")
 	sh(t, "head -c 3M /dev/urandom > "+src)
 	sh(t, "dd if="+src+" of="+h.img("off", "os.img")+" bs=64k seek=5 oflag=direct conv=notrunc,fsync status=none")
-	sum = sh(t, "sha256sum < "+src)
+	sum := sh(t, "sha256sum < "+src)
 	h.stop(syscall.SIGKILL)
 	h.start()
 	require.Equal(t, sum, readBack(t, h.img("off", "os.img")))
