@@ -7,7 +7,16 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"runtime"
 	"time"
+)
+
+// The sampling of the mutex and block profiles with --pprof: one contention
+// event in mutexProfileFraction, and every wait of at least blockProfileRate
+// nanoseconds (shorter ones in proportion).
+const (
+	mutexProfileFraction = 10
+	blockProfileRate     = 10_000
 )
 
 // servePprof serves the Go profiler on a loopback address until ctx ends.
@@ -24,6 +33,11 @@ func servePprof(ctx context.Context, addr string, log *slog.Logger) error {
 	if err != nil {
 		return fmt.Errorf("--pprof: %w", err)
 	}
+	// Lock contention and blocking show in /debug/pprof/mutex and
+	// /debug/pprof/block only when sampled; the sampling costs little and
+	// is paid only by a daemon started with --pprof.
+	runtime.SetMutexProfileFraction(mutexProfileFraction)
+	runtime.SetBlockProfileRate(blockProfileRate)
 	mux := http.NewServeMux()
 	mux.HandleFunc("/debug/pprof/", pprof.Index)
 	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
