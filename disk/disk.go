@@ -83,6 +83,47 @@ type chunkState struct {
 	// names, entrySize bytes per block, under the same locks. Entries of
 	// versions not synced yet exist only here until Sync writes them.
 	ent []byte
+	// flight is the Sync in progress, if any: the selectors it is making
+	// persistent. Set and cleared by the Sync under read locks of all the
+	// chunk's stripes, read by writers under their write locks.
+	flight *flight
+}
+
+// flight is what one Sync of a chunk persists: a copy of the selectors (and
+// in version 2 the entries) of blocks [lo, lo+len(sel)) taken when it
+// started. The Sync writes them without holding the chunk's locks, so
+// writers go on meanwhile; they must leave alone the slots these selectors
+// name as well as the persisted ones (see target).
+type flight struct {
+	lo   int
+	sel  []byte
+	ent  []byte
+	done chan struct{} // closed when the Sync is over
+}
+
+// at returns the selector the flight persists for block k, and whether the
+// flight covers k.
+func (f *flight) at(k int) (byte, bool) {
+	if f == nil || k < f.lo || k >= f.lo+len(f.sel) {
+		return selNone, false
+	}
+	return f.sel[k-f.lo], true
+}
+
+// target returns the selector of the slot a new version of block k goes to,
+// or ok false when no slot is free: both hold a version that must survive a
+// crash (the persisted one and the one a Sync in flight is persisting), and
+// the writer has to wait for that Sync. The caller holds k's stripe lock.
+func (st *chunkState) target(k int) (sel byte, ok bool) {
+	p := st.psel[k]
+	if s, in := st.flight.at(k); in && s != selNone && s != p {
+		if p != selNone {
+			return selNone, false
+		}
+		p = s // only the flight's slot is taken
+	}
+	_, sel = nextSlot(p)
+	return sel, true
 }
 
 // scratch is one goroutine's working memory for sealing and opening blocks,
@@ -164,7 +205,7 @@ func newDisk(be storage.Backend, prefix string, m *Metadata, keys [][]byte) (*Di
 	t := make([]atomic.Pointer[chunk], d.chunkCount(m.Size))
 	d.table.Store(&t)
 	d.stop = make(chan struct{})
-	go d.flusher()
+	go d.flusher(flushEvery)
 	return d, nil
 }
 
@@ -679,28 +720,55 @@ func (d *Disk) WriteAt(p []byte, off int64) (int, error) {
 }
 
 func (d *Disk) writeChunk(ci int64, p []byte, coff int64) error {
+	for {
+		wait, err := d.tryWriteChunk(ci, p, coff)
+		if wait == nil {
+			return err
+		}
+		<-wait
+	}
+}
+
+// tryWriteChunk is writeChunk, unless a block of the write has no free slot
+// while a Sync of the chunk is in flight: then it changes nothing and
+// returns the channel to wait on before trying again.
+func (d *Disk) tryWriteChunk(ci int64, p []byte, coff int64) (chan struct{}, error) {
 	b0 := int(coff / BlockSize)
 	b1 := int((coff + int64(len(p)) + BlockSize - 1) / BlockSize)
-	n := b1 - b0
 	base := ci * int64(d.lay.chunkBlocks)
 	held := d.lockBlocks(base+int64(b0), base+int64(b1), true)
 	defer held.unlock()
 	if err := d.usable(base + int64(b0)); err != nil {
-		return err
+		return nil, err
 	}
 	c := d.chunk(ci)
 	st, err := d.state(c, false)
 	if err != nil {
-		return d.ioErr(base+int64(b0), err)
+		return nil, d.ioErr(base+int64(b0), err)
 	}
 	if st == nil {
 		if zeros.Is(p) {
-			return nil // zeros onto a chunk that does not exist: nothing to store
+			return nil, nil // zeros onto a chunk that does not exist: nothing to store
 		}
 		if st, err = d.state(c, true); err != nil {
-			return d.ioErr(base+int64(b0), err)
+			return nil, d.ioErr(base+int64(b0), err)
 		}
 	}
+	if st.flight != nil {
+		for k := b0; k < b1; k++ {
+			if _, ok := st.target(k); !ok {
+				return st.flight.done, nil
+			}
+		}
+	}
+	return nil, d.writeBlocks(c, st, p, coff, b0, b1)
+}
+
+// writeBlocks seals and writes blocks [b0, b1) of a loaded chunk. The caller
+// holds their stripe locks and has checked that each has a free slot.
+func (d *Disk) writeBlocks(c *chunk, st *chunkState, p []byte, coff int64, b0, b1 int) error {
+	n := b1 - b0
+	base := c.idx * int64(d.lay.chunkBlocks)
 	// What goes to the backend: whole sealed units (version 1), or the
 	// ciphertext pages plus the entries that stay in memory (version 2).
 	v1 := d.lay.format == formatV1
@@ -812,7 +880,7 @@ func (j *sealJob) seal(lo, hi int, sc *scratch) error {
 			j.newSel[k-j.b0] = selNone
 			continue
 		}
-		_, sel := nextSlot(j.st.psel[k])
+		sel, _ := j.st.target(k) // free: checked by tryWriteChunk
 		j.newSel[k-j.b0] = sel
 		if d.lay.format == formatV1 {
 			d.sealBlock(j.data[(k-j.b0)*ss:(k-j.b0+1)*ss], src, j.base+int64(k), sc)
@@ -827,13 +895,23 @@ func (j *sealJob) seal(lo, hi int, sc *scratch) error {
 // fallBack is called when writing the new versions newSel of blocks
 // [b0, b0+len(newSel)) failed: a block whose current version was in the slot
 // just written (it was not synced yet) may have been overwritten, so it falls
-// back to its persisted version. In version 2 that version's entry is read
-// back from the chunk, where the Sync that persisted its selector put it.
+// back to the version before: the one a Sync in flight is persisting, whose
+// entry the flight holds, or else the persisted one. In version 2 the
+// persisted version's entry is read back from the chunk, where the Sync that
+// persisted its selector put it.
 func (d *Disk) fallBack(st *chunkState, b0 int, newSel []byte) error {
 	var errs []error
 	es := d.lay.entrySize
 	for k := b0; k < b0+len(newSel); k++ {
 		if newSel[k-b0] == selNone || st.sel[k] != newSel[k-b0] {
+			continue
+		}
+		if s, in := st.flight.at(k); in {
+			st.sel[k] = s
+			if d.lay.format != formatV1 {
+				i := k - st.flight.lo
+				copy(st.ent[k*es:(k+1)*es], st.flight.ent[i*es:(i+1)*es])
+			}
 			continue
 		}
 		st.sel[k] = st.psel[k]
@@ -928,12 +1006,16 @@ func (d *Disk) ZeroRange(off, n int64) error { return d.Discard(off, n) }
 
 func (d *Disk) discardChunk(ci int64, b0, n int) error {
 	base := ci * int64(d.lay.chunkBlocks)
+	c := d.chunk(ci)
+	// Discard writes persisted selectors itself: no Sync of the chunk may
+	// be in flight, or its end would record older selectors over these.
+	c.syncMu.Lock()
+	defer c.syncMu.Unlock()
 	held := d.lockBlocks(base+int64(b0), base+int64(b0+n), true)
 	defer held.unlock()
 	if err := d.usable(base + int64(b0)); err != nil {
 		return err
 	}
-	c := d.chunk(ci)
 	st, err := d.state(c, false)
 	if err != nil || st == nil {
 		return err
@@ -960,20 +1042,13 @@ func (d *Disk) discardChunk(ci int64, b0, n int) error {
 }
 
 // Sync makes every completed write durable in the backend. For each chunk
-// written since the last Sync: the data is made durable, then the selectors
-// that name it are written and made durable in turn, so that a selector on
-// stable storage never names data that is not. Writers to that chunk wait
-// for the two syncs; other chunks are not held up.
-func (d *Disk) Sync() error { return d.sync(false) }
-
-// syncParallel is how many chunks one Sync makes durable at the same time.
-// Each chunk costs two fsyncs, each a journal commit in the backing file
-// system when blocks were allocated; in parallel the file system can share
-// commits between chunks, and writers to one chunk wait for fewer others.
-const syncParallel = 8
-
-// sync is Sync; held says the caller already holds every stripe lock.
-func (d *Disk) sync(held bool) error {
+// written since the last Sync: the entries and data are made durable, then
+// the selectors that name them are written and made durable in turn, so that
+// a selector on stable storage never names data that is not. The chunk's
+// locks are held only to copy the selectors at the start and to record them
+// as persisted at the end: reads and writes go on during the two syncs
+// (see chunkState.target for how writers keep off the slots in flight).
+func (d *Disk) Sync() error {
 	var (
 		mu   sync.Mutex
 		errs []error
@@ -989,7 +1064,7 @@ func (d *Disk) sync(held bool) error {
 		sem <- struct{}{}
 		wg.Go(func() {
 			defer func() { <-sem }()
-			if err := d.syncChunk(c, held); err != nil {
+			if err := d.syncChunk(c); err != nil {
 				mu.Lock()
 				errs = append(errs, fmt.Errorf("disk %s chunk %d: %w", d.prefix, c.idx, err))
 				mu.Unlock()
@@ -1000,56 +1075,83 @@ func (d *Disk) sync(held bool) error {
 	return errors.Join(errs...)
 }
 
-func (d *Disk) syncChunk(c *chunk, held bool) error {
-	if !held {
-		base := c.idx * int64(d.lay.chunkBlocks)
-		held := d.lockBlocks(base, base+int64(d.lay.chunkBlocks), false)
-		defer held.unlock()
-	}
+// syncParallel is how many chunks one Sync makes durable at the same time.
+// Each chunk costs two fsyncs, each a journal commit in the backing file
+// system when blocks were allocated; in parallel the file system can share
+// commits between chunks.
+const syncParallel = 8
+
+func (d *Disk) syncChunk(c *chunk) error {
 	c.syncMu.Lock()
 	defer c.syncMu.Unlock()
+	base := c.idx * int64(d.lay.chunkBlocks)
+	lockChunk := func() heldStripes { return d.lockBlocks(base, base+int64(d.lay.chunkBlocks), false) }
+
+	// Start: copy what is to be persisted and publish it as the flight.
+	held := lockChunk()
 	st := c.st.Load()
 	if st == nil || !c.dirty.Swap(false) {
+		held.unlock()
 		return nil
 	}
+	lo, hi := 0, len(st.sel)
+	for lo < hi && st.sel[lo] == st.psel[lo] {
+		lo++
+	}
+	for hi > lo && st.sel[hi-1] == st.psel[hi-1] {
+		hi--
+	}
+	es := d.lay.entrySize
+	bp := d.getBuf((hi - lo) * (1 + es))
+	defer d.putBuf(bp)
+	f := &flight{lo: lo, sel: (*bp)[:hi-lo], done: make(chan struct{})}
+	copy(f.sel, st.sel[lo:hi])
+	if d.lay.format != formatV1 {
+		f.ent = (*bp)[hi-lo : (hi-lo)*(1+es)]
+		copy(f.ent, st.ent[lo*es:hi*es])
+	}
+	st.flight = f
+	held.unlock()
+
+	// The I/O, without the locks.
 	var err error
 	if d.lay.format != formatV1 {
-		err = d.writeEntries(st)
+		err = d.writeEntries(st, f)
 	}
 	if err == nil {
 		err = st.obj.Sync()
 	}
-	if err == nil {
-		lo, hi := 0, len(st.sel)
-		for lo < hi && st.sel[lo] == st.psel[lo] {
-			lo++
-		}
-		for hi > lo && st.sel[hi-1] == st.psel[hi-1] {
-			hi--
-		}
-		if lo < hi {
-			if _, err = st.obj.WriteAt(st.sel[lo:hi], d.lay.selOffset(lo)); err == nil {
-				if err = st.obj.Sync(); err == nil {
-					copy(st.psel[lo:hi], st.sel[lo:hi])
-				}
-			}
+	if err == nil && lo < hi {
+		if _, err = st.obj.WriteAt(f.sel, d.lay.selOffset(lo)); err == nil {
+			err = st.obj.Sync()
 		}
 	}
-	if err != nil {
+
+	// End: the flight's selectors are the persisted ones now.
+	held = lockChunk()
+	if err == nil {
+		copy(st.psel[lo:hi], f.sel)
+	} else {
 		c.dirty.Store(true)
 	}
+	st.flight = nil
+	close(f.done)
+	held.unlock()
 	return err
 }
 
-// writeEntries writes the entries of the versions that are current but not
-// persisted yet (version 2). The entries of a range of blocks are one range
-// of the chunk, holding both slots' entries: it is read, the new entries are
-// laid over it, and it is written back whole, so the entries of persisted
-// versions are rewritten with the bytes they already have. The caller holds
-// the chunk's stripe locks.
-func (d *Disk) writeEntries(st *chunkState) error {
-	changed := func(k int) bool { return st.sel[k] != st.psel[k] && st.sel[k] != selNone }
-	lo, hi := 0, len(st.sel)
+// writeEntries writes the entries of the versions a flight persists that
+// were not persisted before (version 2). The entries of a range of blocks
+// are one range of the chunk, holding both slots' entries: it is read, the
+// new entries are laid over it, and it is written back whole, so the entries
+// of persisted versions are rewritten with the bytes they already have. Only
+// Syncs write entries, one at a time per chunk (chunk.syncMu), so the range
+// does not change between the read and the write.
+func (d *Disk) writeEntries(st *chunkState, f *flight) error {
+	// psel does not change while the flight is out: only the Sync that
+	// owns it and Discard (which waits for it) write psel.
+	changed := func(i int) bool { return f.sel[i] != selNone && f.sel[i] != st.psel[f.lo+i] }
+	lo, hi := 0, len(f.sel)
 	for lo < hi && !changed(lo) {
 		lo++
 	}
@@ -1060,31 +1162,32 @@ func (d *Disk) writeEntries(st *chunkState) error {
 		return nil
 	}
 	es := d.lay.entrySize
-	start := d.lay.entryOffset(0, lo)
+	start := d.lay.entryOffset(0, f.lo+lo)
 	bp := d.getBuf(2 * (hi - lo) * es)
 	defer d.putBuf(bp)
 	buf := *bp
 	if _, err := st.obj.ReadAt(buf, start); err != nil {
 		return err
 	}
-	for k := lo; k < hi; k++ {
-		if !changed(k) {
+	for i := lo; i < hi; i++ {
+		if !changed(i) {
 			continue
 		}
-		slot, _, _ := slotOf(st.sel[k])
-		off := d.lay.entryOffset(slot, k) - start
-		copy(buf[off:off+int64(es)], st.ent[k*es:(k+1)*es])
+		slot, _, _ := slotOf(f.sel[i])
+		off := d.lay.entryOffset(slot, f.lo+i) - start
+		copy(buf[off:off+int64(es)], f.ent[i*es:(i+1)*es])
 	}
 	_, err := st.obj.WriteAt(buf, start)
 	return err
 }
 
 // flushEvery is how often an open disk syncs by itself, so that a guest that
-// never flushes still has its writes persisted within seconds.
-const flushEvery = 5 * time.Second
+// never flushes still has its writes persisted within seconds. A variable
+// only so that tests can keep the background Sync out of their way.
+var flushEvery = 5 * time.Second
 
-func (d *Disk) flusher() {
-	t := time.NewTicker(flushEvery)
+func (d *Disk) flusher(every time.Duration) {
+	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
 		select {
@@ -1175,17 +1278,25 @@ func (d *Disk) Resize(ctx context.Context, size int64) error {
 func (d *Disk) Close() error {
 	d.closeOnce.Do(func() {
 		close(d.stop)
+		// Wait for the I/O in flight; everything after fails with
+		// ErrClosed.
 		held := d.lockBlocks(0, nStripes*stripeBlocks, true)
-		defer held.unlock()
 		d.closed.Store(true)
-		err := d.sync(true)
+		held.unlock()
+		err := d.Sync()
 		t := d.table.Load()
 		for i := range *t {
-			if c := (*t)[i].Load(); c != nil {
-				if st := c.st.Swap(nil); st != nil {
-					err = errors.Join(err, st.obj.Close())
-				}
+			c := (*t)[i].Load()
+			if c == nil {
+				continue
 			}
+			// A Sync that started before Close (the flusher's, a
+			// caller's) may still be writing the chunk.
+			c.syncMu.Lock()
+			if st := c.st.Swap(nil); st != nil {
+				err = errors.Join(err, st.obj.Close())
+			}
+			c.syncMu.Unlock()
 		}
 		d.wipeLayers()
 		// Drop the scratch buffers with the sealers' derived keys; no I/O

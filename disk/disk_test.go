@@ -198,6 +198,21 @@ func testConcurrentWriters(t *testing.T, format int) {
 	td := newTestDiskFormat(t, format, 8<<20, 1, 64)
 	const writers = 8
 	var wg sync.WaitGroup
+	// Syncs run all along, so that writes meet Syncs in flight.
+	stopSync, syncs := make(chan struct{}), make(chan int)
+	go func() {
+		n := 0
+		for {
+			select {
+			case <-stopSync:
+				syncs <- n
+				return
+			default:
+			}
+			assert.NoError(t, td.Sync())
+			n++
+		}
+	}()
 	region := td.Size() / 2 / writers
 	want := make([][]byte, writers)
 	for w := 0; w < writers; w++ {
@@ -229,6 +244,8 @@ func testConcurrentWriters(t *testing.T, format int) {
 		})
 	}
 	wg.Wait()
+	close(stopSync)
+	t.Logf("%d Syncs during the writes", <-syncs)
 	for w := 0; w < writers; w++ {
 		got := make([]byte, region)
 		_, err := td.ReadAt(got, int64(w)*region)
@@ -242,6 +259,19 @@ func testConcurrentWriters(t *testing.T, format int) {
 		sector := half[s : s+512]
 		require.Equal(t, bytes.Repeat(sector[:1], 512), sector, "torn sector at %d", s)
 	}
+	// What the last Sync persisted is what the disk shows: a crash now
+	// (another instance opening the backend) reads the same bytes.
+	require.NoError(t, td.Sync())
+	live := make([]byte, td.Size())
+	_, err = td.ReadAt(live, 0)
+	require.NoError(t, err)
+	crashed, err := Open(context.Background(), td.be, td.name, td.ring)
+	require.NoError(t, err)
+	defer crashed.Close()
+	got := make([]byte, td.Size())
+	_, err = crashed.ReadAt(got, 0)
+	require.NoError(t, err)
+	require.True(t, bytes.Equal(live, got), "the reopened disk differs from the synced one")
 }
 
 // TestWritersToDifferentBlocksRunInParallel proves there is no per-disk lock
@@ -287,6 +317,123 @@ func TestWritersToDifferentBlocksRunInParallel(t *testing.T) {
 		})
 	}
 	wg.Wait()
+}
+
+// TestSyncLetsWritersOn: while a Sync is making a chunk durable (held here
+// inside its first fsync), reads and writes of the chunk go on, except a
+// write to a block whose both slots hold versions a crash must find: the one
+// persisted and the one the Sync is persisting. That write waits for the Sync.
+// A crash during the Sync finds the versions synced before it, and a crash
+// after it the versions it persisted, whatever was written meanwhile.
+func TestSyncLetsWritersOn(t *testing.T) {
+	for _, format := range formats {
+		t.Run(fmt.Sprintf("v%d", format), func(t *testing.T) { testSyncLetsWritersOn(t, format) })
+	}
+}
+
+func testSyncLetsWritersOn(t *testing.T, format int) {
+	ctx := context.Background()
+	lb, err := local.Open(t.TempDir())
+	require.NoError(t, err)
+	hb := &hookBackend{Backend: lb}
+	ring := keyring{newKEK("k/1")}
+	// No background Sync: this test decides when to sync.
+	defer func(every time.Duration) { flushEvery = every }(flushEvery)
+	flushEvery = time.Hour
+	d, err := Create(ctx, hb, "d", CreateOptions{Size: 4 << 20, Layers: wrappers(ring), Format: format})
+	require.NoError(t, err)
+	defer d.Close()
+
+	write := func(off int64, b []byte) {
+		t.Helper()
+		_, err := d.WriteAt(b, off)
+		require.NoError(t, err)
+	}
+	read := func(dd *Disk, off int64) []byte {
+		t.Helper()
+		b := make([]byte, BlockSize)
+		_, err := dd.ReadAt(b, off)
+		require.NoError(t, err)
+		return b
+	}
+	const busy, fresh, other = 0, 4 * BlockSize, 8 * BlockSize
+	v1, v2, v3 := randBytes(BlockSize), randBytes(BlockSize), randBytes(BlockSize)
+	f1, f2 := randBytes(BlockSize), randBytes(BlockSize)
+	o1, o2 := randBytes(BlockSize), randBytes(BlockSize)
+	write(busy, v1)
+	write(other, o1)
+	require.NoError(t, d.Sync()) // persisted: busy v1, other o1
+	write(busy, v2)              // changed since: the next Sync persists v2 ...
+	write(fresh, f1)             // ... and f1, in a block never persisted
+
+	entered, release := make(chan struct{}), make(chan struct{})
+	var once, released sync.Once
+	hb.onSync = func() {
+		once.Do(func() {
+			close(entered)
+			<-release
+		})
+	}
+	let := func() { released.Do(func() { close(release) }) }
+	defer let() // also when the test fails while the Sync is held
+	synced := make(chan error, 1)
+	go func() { synced <- d.Sync() }()
+	<-entered
+
+	// Held inside the Sync: a block the Sync does not change is written
+	// at once, and so is the never-persisted block (into its other slot).
+	for _, w := range []struct {
+		off int64
+		b   []byte
+	}{{other, o2}, {fresh, f2}} {
+		done := make(chan error, 1)
+		go func() { _, err := d.WriteAt(w.b, w.off); done <- err }()
+		select {
+		case err := <-done:
+			require.NoError(t, err)
+		case <-time.After(10 * time.Second):
+			t.Fatalf("a write at %d waited for the Sync in flight", w.off)
+		}
+	}
+	require.Equal(t, o2, read(d, other))
+	require.Equal(t, f2, read(d, fresh))
+	require.Equal(t, v2, read(d, busy))
+	// The busy block has no free slot: its write waits for the Sync.
+	wrote := make(chan error, 1)
+	go func() { _, err := d.WriteAt(v3, busy); wrote <- err }()
+	select {
+	case err := <-wrote:
+		t.Fatalf("a write into a slot the Sync in flight is persisting went through (err %v)", err)
+	case <-time.After(200 * time.Millisecond):
+	}
+	// A crash now finds the versions of the Sync before.
+	crashed, err := Open(ctx, lb, "d", ring)
+	require.NoError(t, err)
+	require.Equal(t, v1, read(crashed, busy))
+	require.Equal(t, o1, read(crashed, other))
+	require.Equal(t, make([]byte, BlockSize), read(crashed, fresh))
+	require.NoError(t, crashed.Close())
+
+	let()
+	require.NoError(t, <-synced)
+	require.NoError(t, <-wrote)
+	require.Equal(t, v3, read(d, busy))
+	// A crash after it finds what the Sync persisted: the writes made
+	// during it (o2, f2, v3) went to other slots and harmed nothing.
+	crashed, err = Open(ctx, lb, "d", ring)
+	require.NoError(t, err)
+	require.Equal(t, v2, read(crashed, busy))
+	require.Equal(t, o1, read(crashed, other))
+	require.Equal(t, f1, read(crashed, fresh))
+	require.NoError(t, crashed.Close())
+	// And the next Sync persists those.
+	require.NoError(t, d.Sync())
+	crashed, err = Open(ctx, lb, "d", ring)
+	require.NoError(t, err)
+	require.Equal(t, v3, read(crashed, busy))
+	require.Equal(t, o2, read(crashed, other))
+	require.Equal(t, f2, read(crashed, fresh))
+	require.NoError(t, crashed.Close())
 }
 
 // TestTornWriteKeepsOldVersion: a data write cut short (as by a crash) never

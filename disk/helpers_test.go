@@ -124,6 +124,7 @@ func (td *testDisk) reopen(t testing.TB) {
 type hookBackend struct {
 	storage.Backend
 	onWrite func(p []byte, off int64) (handled bool, n int, err error)
+	onSync  func() // called before each chunk Sync
 }
 
 func (h *hookBackend) OpenChunk(ctx context.Context, key string, create bool) (storage.Chunk, error) {
@@ -149,6 +150,13 @@ func (c *hookChunk) WriteAt(p []byte, off int64) (int, error) {
 		}
 	}
 	return c.Chunk.WriteAt(p, off)
+}
+
+func (c *hookChunk) Sync() error {
+	if c.h.onSync != nil {
+		c.h.onSync()
+	}
+	return c.Chunk.Sync()
 }
 
 // barrier lets n goroutines through only together; if they never meet within
