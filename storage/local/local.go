@@ -498,9 +498,13 @@ func (c *chunk) writeZeros(off, n int64) error {
 	return nil
 }
 
+// Sync makes the chunk's data durable with fdatasync: the data and what
+// is needed to read it back (size, block allocation), not the timestamps.
+// A full fsync would commit the file system's journal for every changed
+// mtime, and each commit stalls every writer of the file system meanwhile.
 func (c *chunk) Sync() error {
-	if err := c.f.Sync(); err != nil {
-		return err
+	if err := c.datasync(); err != nil {
+		return fmt.Errorf("sync chunk %s: %w", c.f.Name(), err)
 	}
 	if c.newName.Load() {
 		rel, err := filepath.Rel(c.b.dir, c.f.Name())
@@ -516,6 +520,20 @@ func (c *chunk) Sync() error {
 }
 
 func (c *chunk) Close() error { return c.f.Close() }
+
+func (c *chunk) datasync() error {
+	rc, err := c.f.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var serr error
+	if err := rc.Control(func(fd uintptr) {
+		serr = ignoringEINTR(func() error { return unix.Fdatasync(int(fd)) })
+	}); err != nil {
+		return err
+	}
+	return serr
+}
 
 func ignoringEINTR(f func() error) error {
 	for {
