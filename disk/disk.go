@@ -537,10 +537,7 @@ func (d *Disk) readChunk(ci int64, p []byte, coff int64) error {
 		if d.lay.format != formatV1 {
 			off = d.lay.pageOffset(slot, i)
 		}
-		if _, err := st.obj.ReadAt(run, off); err != nil {
-			return d.ioErr(base+int64(i), err)
-		}
-		job := openJob{d: d, st: st, p: p, coff: coff, base: base, first: i, run: run}
+		job := openJob{d: d, st: st, p: p, coff: coff, base: base, first: i, run: run, off: off}
 		if j-i >= parallelMin {
 			big := job // only this copy escapes to the goroutines
 			err = d.parallel(j-i, big.open)
@@ -557,9 +554,11 @@ func (d *Disk) readChunk(ci int64, p []byte, coff int64) error {
 	return nil
 }
 
-// openJob opens a run of blocks that were read from one slot: run holds
-// their sealed units (version 1) or ciphertext pages (version 2), and the
-// plaintext goes to the request buffer p.
+// openJob reads and opens a run of blocks held in one slot: run receives
+// their sealed units (version 1) or ciphertext pages (version 2), read from
+// off in the chunk, and the plaintext goes to the request buffer p. A long
+// run is split between goroutines, each reading and opening its part, so
+// that one part's read overlaps another's opening.
 type openJob struct {
 	d     *Disk
 	st    *chunkState
@@ -568,11 +567,19 @@ type openJob struct {
 	base  int64
 	first int // chunk-relative block of run[0]
 	run   []byte
+	off   int64
 }
 
-// open opens blocks [lo, hi) of the run.
+// open reads and opens blocks [lo, hi) of the run.
 func (j *openJob) open(lo, hi int, sc *scratch) error {
 	d := j.d
+	ss := d.lay.slotSize
+	if d.lay.format != formatV1 {
+		ss = BlockSize
+	}
+	if _, err := j.st.obj.ReadAt(j.run[lo*ss:hi*ss], j.off+int64(lo*ss)); err != nil {
+		return d.ioErr(j.base+int64(j.first+lo), err)
+	}
 	for k := j.first + lo; k < j.first+hi; k++ {
 		var sealed []byte
 		if d.lay.format == formatV1 {
@@ -805,36 +812,23 @@ func (d *Disk) writeBlocks(c *chunk, st *chunkState, p []byte, coff int64, b0, b
 		}
 	}
 
-	job := sealJob{d: d, st: st, p: p, coff: coff, base: base, b0: b0, b1: b1,
-		head: head, tail: tail, data: data, ents: ents, newSel: newSel}
-	if n >= parallelMin {
-		big := job // only this copy escapes to the goroutines
-		_ = d.parallel(n, big.seal)
-	} else {
-		job.seal(0, n, sc)
-	}
 	// Data into the slots not named by the persisted selectors; the new
 	// selectors (and in version 2 the entries) stay in memory until Sync
 	// persists them, after the data is durable. A crash before that leaves
-	// the old versions selected.
-	for i := b0; i < b1; {
-		if newSel[i-b0] == selNone {
-			i++
-			continue
-		}
-		j := i + 1
-		for j < b1 && newSel[j-b0] == newSel[i-b0] {
-			j++
-		}
-		slot, _, _ := slotOf(newSel[i-b0])
-		off := d.lay.slotOffset(slot, i)
-		if !v1 {
-			off = d.lay.pageOffset(slot, i)
-		}
-		if _, err := st.obj.WriteAt(data[(i-b0)*ss:(j-b0)*ss], off); err != nil {
-			return d.ioErr(base+int64(i), errors.Join(err, d.fallBack(st, b0, newSel)))
-		}
-		i = j
+	// the old versions selected. A long write is split between goroutines,
+	// each sealing and writing its part, so that one part's write to the
+	// backend overlaps another's sealing.
+	job := sealJob{d: d, st: st, p: p, coff: coff, base: base, b0: b0, b1: b1,
+		head: head, tail: tail, data: data, ents: ents, newSel: newSel}
+	var err error
+	if n >= parallelMin {
+		big := job // only this copy escapes to the goroutines
+		err = d.parallel(n, big.seal)
+	} else {
+		err = job.seal(0, n, sc)
+	}
+	if err != nil {
+		return errors.Join(err, d.fallBack(st, b0, newSel))
 	}
 	copy(st.sel[b0:b1], newSel)
 	if !v1 {
@@ -860,10 +854,11 @@ type sealJob struct {
 	newSel     []byte // out: the selector of each block
 }
 
-// seal seals blocks b0+lo .. b0+hi-1.
+// seal seals blocks b0+lo .. b0+hi-1 and writes them to their slots.
 func (j *sealJob) seal(lo, hi int, sc *scratch) error {
 	d := j.d
 	ss, es := d.lay.slotSize, d.lay.entrySize
+	v1 := d.lay.format == formatV1
 	for k := j.b0 + lo; k < j.b0+hi; k++ {
 		// The plaintext of block k: the request's bytes for a whole block,
 		// or the old block merged with the request's bytes.
@@ -882,12 +877,36 @@ func (j *sealJob) seal(lo, hi int, sc *scratch) error {
 		}
 		sel, _ := j.st.target(k) // free: checked by tryWriteChunk
 		j.newSel[k-j.b0] = sel
-		if d.lay.format == formatV1 {
+		if v1 {
 			d.sealBlock(j.data[(k-j.b0)*ss:(k-j.b0+1)*ss], src, j.base+int64(k), sc)
 			continue
 		}
 		d.sealBlock(sc.unit, src, j.base+int64(k), sc)
 		d.lay.split(j.data[(k-j.b0)*BlockSize:], j.ents[(k-j.b0)*es:(k-j.b0+1)*es], sc.unit)
+	}
+	// Runs of blocks going to the same slot are one write each.
+	if !v1 {
+		ss = BlockSize
+	}
+	for i := j.b0 + lo; i < j.b0+hi; {
+		s := j.newSel[i-j.b0]
+		if s == selNone {
+			i++
+			continue
+		}
+		e := i + 1
+		for e < j.b0+hi && j.newSel[e-j.b0] == s {
+			e++
+		}
+		slot, _, _ := slotOf(s)
+		off := d.lay.slotOffset(slot, i)
+		if !v1 {
+			off = d.lay.pageOffset(slot, i)
+		}
+		if _, err := j.st.obj.WriteAt(j.data[(i-j.b0)*ss:(e-j.b0)*ss], off); err != nil {
+			return d.ioErr(j.base+int64(i), err)
+		}
+		i = e
 	}
 	return nil
 }
