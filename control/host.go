@@ -49,6 +49,9 @@ type Config struct {
 	CacheDir string
 	// CacheSize bounds each disk's host cache, in bytes.
 	CacheSize int64
+	// FlushInterval is how often a VM's open disks sync by themselves when
+	// the guest does not flush (0: the engine's default, 5 s).
+	FlushInterval time.Duration
 	// DEKLease is how long a customer-key disk serves I/O after the last
 	// successful check of its key (default 1 h).
 	DEKLease time.Duration
@@ -197,6 +200,7 @@ func (h *Host) openAttached(ctx context.Context, d *Disk, caching string, eah bo
 	if err != nil {
 		return nil, fmt.Errorf("opening disk %q: %w", d.Name, err)
 	}
+	h.setFlushInterval(od.d)
 	od.img = od.d
 	above := cache.Options{Mode: cache.None, Dir: plainDir, Logger: h.log}
 	if !eah {
@@ -898,7 +902,16 @@ func (h *Host) openTemp(ctx context.Context, vm *VM) (*openDisk, error) {
 	if err != nil {
 		return nil, fmt.Errorf("temp disk of VM %q: %w", vm.Name, err)
 	}
+	h.setFlushInterval(d)
 	return &openDisk{img: d, d: d}, nil
+}
+
+// setFlushInterval gives a disk a VM serves the configured background sync
+// interval.
+func (h *Host) setFlushInterval(d *disk.Disk) {
+	if h.cfg.FlushInterval > 0 {
+		d.SetFlushInterval(h.cfg.FlushInterval)
+	}
 }
 
 // closeAll removes a VM's images from the tree, then flushes and closes its

@@ -698,3 +698,27 @@ func (p *prefixed) OpenChunk(ctx context.Context, key string, create bool) (stor
 func (p *prefixed) ReadMeta(ctx context.Context, key string) ([]byte, error) {
 	return p.Backend.ReadMeta(ctx, p.strip(key))
 }
+
+// TestFlushIntervalReachesVMDisks: the disks a VM serves sync by themselves
+// at the host's FlushInterval, not at the engine's default (5 s).
+func TestFlushIntervalReachesVMDisks(t *testing.T) {
+	f := newFixture(t)
+	require.NoError(t, f.h.Shutdown())
+	f.cfg.FlushInterval = time.Second
+	var err error
+	f.h, err = New(f.cfg)
+	require.NoError(t, err)
+	ctx := context.Background()
+	_, err = f.h.CreateDisk(ctx, CreateDiskRequest{Name: "d1", SizeBytes: 8 << 20})
+	require.NoError(t, err)
+	_, err = f.h.CreateVM(ctx, CreateVMRequest{Name: "vm1", OsDiskSizeBytes: 8 << 20, DataDisks: []AttachedDisk{{Name: "d1"}}})
+	require.NoError(t, err)
+	pattern := bytes.Repeat([]byte("flushed by itself "), 1000)[:16384]
+	_, err = f.tree.get("vm1/data-0.img").WriteAt(pattern, 0)
+	require.NoError(t, err)
+	// No Sync from the guest: another reader of the storage sees the
+	// data once the background Sync ran, well before the default 5 s.
+	require.Eventually(t, func() bool {
+		return bytes.Equal(f.readDisk(t, "d1")[:len(pattern)], pattern)
+	}, 3500*time.Millisecond, 100*time.Millisecond, "the write was not persisted within 3.5 s")
+}

@@ -48,6 +48,8 @@ type Disk struct {
 	closeOnce  sync.Once
 	closeError error
 	stop       chan struct{} // closed by Close: ends the flusher
+	everyMu    sync.Mutex
+	every      chan time.Duration // a new interval for the flusher
 }
 
 // Blocks are locked in groups of stripeBlocks consecutive blocks; group g uses
@@ -205,6 +207,7 @@ func newDisk(be storage.Backend, prefix string, m *Metadata, keys [][]byte) (*Di
 	t := make([]atomic.Pointer[chunk], d.chunkCount(m.Size))
 	d.table.Store(&t)
 	d.stop = make(chan struct{})
+	d.every = make(chan time.Duration, 1)
 	go d.flusher(flushEvery)
 	return d, nil
 }
@@ -1200,10 +1203,29 @@ func (d *Disk) writeEntries(st *chunkState, f *flight) error {
 	return err
 }
 
-// flushEvery is how often an open disk syncs by itself, so that a guest that
-// never flushes still has its writes persisted within seconds. A variable
-// only so that tests can keep the background Sync out of their way.
+// flushEvery is how often an open disk syncs by itself unless told
+// otherwise (SetFlushInterval), so that a guest that never flushes still has
+// its writes persisted within seconds. A variable only so that tests can keep
+// the background Sync out of their way.
 var flushEvery = 5 * time.Second
+
+// SetFlushInterval changes how often the disk syncs by itself; the next
+// background Sync comes one interval from now. A longer interval leaves
+// more unflushed writes to lose in a crash, and spends less of the machine
+// on making them durable while the guest writes: every Sync writes back the
+// data written since the last one and flushes the backing device's cache.
+// A guest's own flush (fsync) always syncs at once. Intervals under 100 ms
+// are taken as 100 ms.
+func (d *Disk) SetFlushInterval(every time.Duration) {
+	every = max(every, 100*time.Millisecond)
+	d.everyMu.Lock()
+	defer d.everyMu.Unlock()
+	select {
+	case <-d.every: // replace a value the flusher has not taken yet
+	default:
+	}
+	d.every <- every
+}
 
 func (d *Disk) flusher(every time.Duration) {
 	t := time.NewTicker(every)
@@ -1212,6 +1234,8 @@ func (d *Disk) flusher(every time.Duration) {
 		select {
 		case <-d.stop:
 			return
+		case every := <-d.every:
+			t.Reset(every)
 		case <-t.C:
 			if err := d.Sync(); err != nil && !d.closed.Load() {
 				d.log.Error("background sync failed", "err", err)

@@ -436,6 +436,31 @@ func testSyncLetsWritersOn(t *testing.T, format int) {
 	require.NoError(t, crashed.Close())
 }
 
+// TestFlushInterval: an open disk persists writes by itself at the interval
+// it was given, without a Sync from the guest.
+func TestFlushInterval(t *testing.T) {
+	ctx := context.Background()
+	defer func(every time.Duration) { flushEvery = every }(flushEvery)
+	flushEvery = time.Hour
+	td := newTestDisk(t, 4<<20, 1, 0)
+	data := randBytes(BlockSize)
+	_, err := td.WriteAt(data, 0)
+	require.NoError(t, err)
+	persisted := func() bool {
+		other, err := Open(ctx, td.be, td.name, td.ring)
+		require.NoError(t, err)
+		defer other.Close()
+		got := make([]byte, BlockSize)
+		_, err = other.ReadAt(got, 0)
+		require.NoError(t, err)
+		return bytes.Equal(got, data)
+	}
+	time.Sleep(300 * time.Millisecond)
+	require.False(t, persisted(), "persisted before any Sync")
+	td.SetFlushInterval(100 * time.Millisecond)
+	require.Eventually(t, persisted, 10*time.Second, 50*time.Millisecond, "never persisted by the background Sync")
+}
+
 // TestTornWriteKeepsOldVersion: a data write cut short (as by a crash) never
 // damages the current version of a block.
 func TestTornWriteKeepsOldVersion(t *testing.T) {

@@ -24,6 +24,10 @@ import (
 // --cache-size is not given.
 const DefaultCacheSize = 256 << 20
 
+// DefaultFlushInterval is how often VM disks sync by themselves unless
+// --flush-interval says otherwise.
+const DefaultFlushInterval = 5 * time.Second
+
 // Config is hostcryptd's command line.
 type Config struct {
 	StateDir    string
@@ -43,11 +47,14 @@ type Config struct {
 	// StorageLatency is added to every storage call, as a network between
 	// host and storage would (0: none).
 	StorageLatency time.Duration
-	KeyCheck       time.Duration
-	DEKLease       time.Duration
-	Rotation       time.Duration
-	OnKeyExpiry    string
-	Log            *slog.Logger
+	// FlushInterval is how often VM disks sync by themselves when the
+	// guest does not flush (default 5 s).
+	FlushInterval time.Duration
+	KeyCheck      time.Duration
+	DEKLease      time.Duration
+	Rotation      time.Duration
+	OnKeyExpiry   string
+	Log           *slog.Logger
 }
 
 func (c *Config) check() error {
@@ -70,6 +77,12 @@ func (c *Config) check() error {
 	}
 	if c.Socket == "" {
 		c.Socket = filepath.Join(c.StateDir, "hostcryptd.sock")
+	}
+	if c.FlushInterval == 0 {
+		c.FlushInterval = DefaultFlushInterval
+	}
+	if c.FlushInterval < time.Second || c.FlushInterval > 10*time.Minute {
+		return fmt.Errorf("--flush-interval %v: use 1s to 10m (a guest's own flush always syncs at once)", c.FlushInterval)
 	}
 	if c.KeyCheck <= 0 {
 		c.KeyCheck = time.Minute
@@ -147,7 +160,7 @@ func Run(ctx context.Context, cfg Config, ready func()) error {
 	}()
 	host, err := control.New(control.Config{
 		StateDir: cfg.StateDir, Storage: sb, HostLocal: hb, Keys: keys, Tree: tree, Log: log, DEKLease: cfg.DEKLease,
-		CacheDir: filepath.Join(cfg.HostDir, "cache"), CacheSize: cfg.CacheSize,
+		CacheDir: filepath.Join(cfg.HostDir, "cache"), CacheSize: cfg.CacheSize, FlushInterval: cfg.FlushInterval,
 	})
 	if err != nil {
 		return err

@@ -111,6 +111,12 @@ func TestRunRefusesBadSetups(t *testing.T) {
 	cfg.CacheSize = 4096
 	require.ErrorContains(t, Run(context.Background(), cfg, nil), "--cache-size")
 
+	for _, every := range []time.Duration{time.Millisecond, time.Hour} {
+		cfg = base
+		cfg.FlushInterval = every
+		require.ErrorContains(t, Run(context.Background(), cfg, nil), "--flush-interval")
+	}
+
 	cfg = base
 	cfg.OnKeyExpiry = "later"
 	require.ErrorContains(t, Run(context.Background(), cfg, nil), "--on-key-expiry")

@@ -28,6 +28,7 @@ func main() {
 	fl.StringVar(&c.KeystoreCA, "keystore-ca", "", "CA certificate that signed the key store's certificate")
 	fl.StringVar(&c.TokenFile, "token-file", "", "file holding the platform bearer token")
 	fl.StringVar(&c.Socket, "socket", "", "control socket (default STATE/hostcryptd.sock)")
+	fl.DurationVar(&c.FlushInterval, "flush-interval", hostd.DefaultFlushInterval, "how often VM disks make their writes durable when the guest does not flush (1s to 10m)")
 	fl.DurationVar(&c.KeyCheck, "key-check-interval", time.Minute, "how often key states are checked")
 	fl.DurationVar(&c.DEKLease, "dek-lease", time.Hour, "how long a data key is used without a successful re-check")
 	fl.DurationVar(&c.Rotation, "rotation-interval", time.Hour, "how often new key versions are looked for")
