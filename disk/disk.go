@@ -580,7 +580,7 @@ func (j *openJob) open(lo, hi int, sc *scratch) error {
 	if d.lay.format != formatV1 {
 		ss = BlockSize
 	}
-	if _, err := j.st.obj.ReadAt(j.run[lo*ss:hi*ss], j.off+int64(lo*ss)); err != nil {
+	if err := j.read(lo, hi, ss); err != nil {
 		return d.ioErr(j.base+int64(j.first+lo), err)
 	}
 	for k := j.first + lo; k < j.first+hi; k++ {
@@ -597,6 +597,40 @@ func (j *openJob) open(lo, hi int, sc *scratch) error {
 			return err
 		}
 	}
+	return nil
+}
+
+// readWindow is how many pages around a short read of a version 2 chunk
+// are read with it (aligned, within the slot's pages of the chunk).
+const readWindow = 8
+
+// read fills run[lo:hi] (units of ss bytes) from the chunk. A short read of
+// a version 2 chunk reads the aligned window of readWindow pages around it,
+// so that neighbouring blocks whose current version is in the same slot are
+// in the page cache when they are read next: the kernel reads no more than
+// it is asked for at random offsets.
+func (j *openJob) read(lo, hi, ss int) error {
+	d := j.d
+	n := hi - lo
+	if d.lay.format == formatV1 || n >= readWindow {
+		_, err := j.st.obj.ReadAt(j.run[lo*ss:hi*ss], j.off+int64(lo*ss))
+		return err
+	}
+	// Page index of run[lo] within its slot, and the window around it.
+	first := j.first + lo
+	w0 := first / readWindow * readWindow
+	w1 := min(w0+readWindow, d.lay.chunkBlocks)
+	if first+n > w1 { // crosses a window boundary: read it as asked
+		_, err := j.st.obj.ReadAt(j.run[lo*ss:hi*ss], j.off+int64(lo*ss))
+		return err
+	}
+	bp := d.getBuf((w1 - w0) * BlockSize)
+	defer d.putBuf(bp)
+	win := (*bp)[:(w1-w0)*BlockSize]
+	if _, err := j.st.obj.ReadAt(win, j.off+int64(lo*ss)-int64(first-w0)*BlockSize); err != nil {
+		return err
+	}
+	copy(j.run[lo*ss:hi*ss], win[(first-w0)*BlockSize:])
 	return nil
 }
 

@@ -461,6 +461,54 @@ func TestFlushInterval(t *testing.T) {
 	require.Eventually(t, persisted, 10*time.Second, 50*time.Millisecond, "never persisted by the background Sync")
 }
 
+// TestShortReadsReadTheirWindow: in format 2 a read of a few blocks reads
+// the aligned window of readWindow pages of its slot around them, one call,
+// so that the neighbours are cached; a longer read reads just what it needs.
+func TestShortReadsReadTheirWindow(t *testing.T) {
+	ctx := context.Background()
+	lb, err := local.Open(t.TempDir())
+	require.NoError(t, err)
+	hb := &hookBackend{Backend: lb}
+	ring := keyring{newKEK("k/1")}
+	d, err := Create(ctx, hb, "d", CreateOptions{Size: 4 << 20, Layers: wrappers(ring)})
+	require.NoError(t, err)
+	want := randBytes(32 * BlockSize)
+	_, err = d.WriteAt(want, 0) // blocks 0..31, all in slot A
+	require.NoError(t, err)
+	require.NoError(t, d.Close())
+	d, err = Open(ctx, hb, "d", ring)
+	require.NoError(t, err)
+	defer d.Close()
+
+	type read struct {
+		n   int
+		off int64
+	}
+	var mu sync.Mutex
+	var reads []read
+	hb.onRead = func(n int, off int64) {
+		mu.Lock()
+		reads = append(reads, read{n, off})
+		mu.Unlock()
+	}
+	check := func(off int64, n int, saw ...read) {
+		t.Helper()
+		reads = nil
+		got := make([]byte, n)
+		_, err := d.ReadAt(got, off)
+		require.NoError(t, err)
+		require.Equal(t, want[off:off+int64(n)], got)
+		require.Equal(t, saw, reads)
+	}
+	page := func(i int) int64 { return d.lay.pageOffset(0, i) }
+	_, err = d.ReadAt(make([]byte, 1), 0) // the chunk's own load, not watched below
+	require.NoError(t, err)
+	check(3*BlockSize, BlockSize, read{readWindow * BlockSize, page(0)})
+	check(12*BlockSize+100, 2*BlockSize, read{readWindow * BlockSize, page(8)})
+	check(7*BlockSize, 2*BlockSize, read{2 * BlockSize, page(7)}) // crosses a window
+	check(16*BlockSize, 12*BlockSize, read{12 * BlockSize, page(16)})
+}
+
 // TestTornWriteKeepsOldVersion: a data write cut short (as by a crash) never
 // damages the current version of a block.
 func TestTornWriteKeepsOldVersion(t *testing.T) {

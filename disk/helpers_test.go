@@ -125,6 +125,7 @@ type hookBackend struct {
 	storage.Backend
 	onWrite func(p []byte, off int64) (handled bool, n int, err error)
 	onSync  func() // called before each chunk Sync
+	onRead  func(n int, off int64)
 }
 
 func (h *hookBackend) OpenChunk(ctx context.Context, key string, create bool) (storage.Chunk, error) {
@@ -150,6 +151,13 @@ func (c *hookChunk) WriteAt(p []byte, off int64) (int, error) {
 		}
 	}
 	return c.Chunk.WriteAt(p, off)
+}
+
+func (c *hookChunk) ReadAt(p []byte, off int64) (int, error) {
+	if c.h.onRead != nil {
+		c.h.onRead(len(p), off)
+	}
+	return c.Chunk.ReadAt(p, off)
 }
 
 func (c *hookChunk) Sync() error {
