@@ -579,6 +579,14 @@ func patch(t *testing.T, path string, off int64, fn func(b []byte)) {
 	require.NoError(t, err)
 }
 
+// swap exchanges the n bytes at a and at b of raw (ranges that do not
+// overlap).
+func swap(raw []byte, a, b, n int64) {
+	x := bytes.Clone(raw[a : a+n])
+	copy(raw[a:a+n], raw[b:b+n])
+	copy(raw[b:b+n], x)
+}
+
 func requireIntegrity(t *testing.T, td *testDisk, off int64, plain []byte) {
 	t.Helper()
 	got := make([]byte, BlockSize)
@@ -653,11 +661,7 @@ func TestTamper(t *testing.T) {
 				td, data := setup(t)
 				es := int64(td.lay.entrySize)
 				edit(t, td, func(raw []byte) {
-					e1 := raw[td.lay.entryOffset(0, 1) : td.lay.entryOffset(0, 1)+es]
-					e2 := raw[td.lay.entryOffset(0, 2) : td.lay.entryOffset(0, 2)+es]
-					a := bytes.Clone(e1)
-					copy(e1, e2)
-					copy(e2, a)
+					swap(raw, td.lay.entryOffset(0, 1), td.lay.entryOffset(0, 2), es)
 				})
 				requireIntegrity(t, td, 1*BlockSize, data[BlockSize:])
 				requireIntegrity(t, td, 2*BlockSize, data[2*BlockSize:])
@@ -665,11 +669,7 @@ func TestTamper(t *testing.T) {
 			t.Run(name("swap pages"), func(t *testing.T) {
 				td, data := setup(t)
 				edit(t, td, func(raw []byte) {
-					p1 := raw[td.lay.pageOffset(0, 1) : td.lay.pageOffset(0, 1)+BlockSize]
-					p2 := raw[td.lay.pageOffset(0, 2) : td.lay.pageOffset(0, 2)+BlockSize]
-					a := bytes.Clone(p1)
-					copy(p1, p2)
-					copy(p2, a)
+					swap(raw, td.lay.pageOffset(0, 1), td.lay.pageOffset(0, 2), BlockSize)
 				})
 				requireIntegrity(t, td, 1*BlockSize, data[BlockSize:])
 				requireIntegrity(t, td, 2*BlockSize, data[2*BlockSize:])
