@@ -39,8 +39,8 @@ type Disk struct {
 	table atomic.Pointer[[]atomic.Pointer[chunk]]
 
 	stripes [nStripes]stripe
-	bufs    sync.Pool // *[]byte of any size
-	scratch sync.Pool // *scratch
+	bufs    [2]sync.Pool // *[]byte: up to smallBuf bytes, and larger
+	scratch sync.Pool    // *scratch
 
 	closed     atomic.Bool
 	leaseUntil atomic.Int64 // unix nanoseconds; 0: no lease
@@ -445,16 +445,33 @@ func (h heldStripes) unlock() {
 	})
 }
 
+// smallBuf is the size of every small buffer: a 4 KiB request, a read
+// window, a chunk's selectors and entries. Small and large buffers are
+// pooled apart so that a 4 KiB request never takes (and a 1 MiB request
+// never drops) the other kind.
+const smallBuf = 64 << 10
+
 func (d *Disk) getBuf(n int) *[]byte {
-	if p, ok := d.bufs.Get().(*[]byte); ok && cap(*p) >= n {
+	class, size := 0, smallBuf
+	if n > smallBuf {
+		class, size = 1, n
+	}
+	if p, ok := d.bufs[class].Get().(*[]byte); ok && cap(*p) >= n {
 		*p = (*p)[:n]
 		return p
 	}
-	b := make([]byte, n)
+	b := make([]byte, size)
+	b = b[:n]
 	return &b
 }
 
-func (d *Disk) putBuf(p *[]byte) { d.bufs.Put(p) }
+func (d *Disk) putBuf(p *[]byte) {
+	if cap(*p) > smallBuf {
+		d.bufs[1].Put(p)
+		return
+	}
+	d.bufs[0].Put(p)
+}
 
 // checkRange validates an I/O and returns the length that fits the disk.
 func (d *Disk) checkRange(n int, off int64) (int, error) {
