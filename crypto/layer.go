@@ -144,35 +144,55 @@ func (l *aeadLayer) Algorithm() Algorithm { return l.alg }
 func (l *aeadLayer) Overhead() int        { return l.overhead }
 
 func (l *aeadLayer) Seal(dst, plaintext, ad []byte) []byte {
-	if l.aead == nil {
-		panic("crypto: Seal on a closed Layer")
-	}
-	// Size dst once for the whole unit so the AEAD's append never has to
-	// grow it a second time.
-	n := len(dst)
-	total := n + l.overhead + len(plaintext)
-	if cap(dst) < total {
-		grown := make([]byte, n, total)
-		copy(grown, dst)
-		dst = grown
-	}
-	dst = dst[:n+l.nonceSize]
-	nonce := dst[n:]
+	dst, nonce := l.unit(dst, len(plaintext))
 	// Never fails since Go 1.24: the program crashes rather than reuse a
 	// nonce.
 	rand.Read(nonce)
 	return l.aead.Seal(dst, nonce, plaintext, ad)
 }
 
-func (l *aeadLayer) Open(dst, sealed, ad []byte) ([]byte, error) {
+// unit sizes dst once for a whole sealed unit of plainLen bytes of
+// plaintext, so that the AEAD's append never has to grow it a second time,
+// and returns it extended by the unit's nonce, which the caller fills. It
+// panics on a closed Layer, as Seal does.
+func (l *aeadLayer) unit(dst []byte, plainLen int) (out, nonce []byte) {
 	if l.aead == nil {
-		return nil, ErrClosed
+		panic("crypto: Seal on a closed Layer")
 	}
-	if len(sealed) < l.overhead {
-		return nil, fmt.Errorf("%w: %s unit of %d bytes is shorter than its %d-byte overhead",
-			ErrIntegrity, l.alg, len(sealed), l.overhead)
+	n := len(dst)
+	if total := n + l.overhead + plainLen; cap(dst) < total {
+		grown := make([]byte, n, total)
+		copy(grown, dst)
+		dst = grown
+	}
+	dst = dst[:n+l.nonceSize]
+	return dst, dst[n:]
+}
+
+func (l *aeadLayer) Open(dst, sealed, ad []byte) ([]byte, error) {
+	if err := l.checkSealed(sealed); err != nil {
+		return nil, err
 	}
 	out, err := l.aead.Open(dst, sealed[:l.nonceSize], sealed[l.nonceSize:], ad)
+	return l.opened(out, err)
+}
+
+// checkSealed refuses what Open cannot open: anything on a closed Layer, and
+// a unit shorter than its overhead.
+func (l *aeadLayer) checkSealed(sealed []byte) error {
+	if l.aead == nil {
+		return ErrClosed
+	}
+	if len(sealed) < l.overhead {
+		return fmt.Errorf("%w: %s unit of %d bytes is shorter than its %d-byte overhead",
+			ErrIntegrity, l.alg, len(sealed), l.overhead)
+	}
+	return nil
+}
+
+// opened turns an AEAD's Open result into Open's: a failure is an
+// integrity error that names the algorithm and nothing else.
+func (l *aeadLayer) opened(out []byte, err error) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: %s authentication failed", ErrIntegrity, l.alg)
 	}
@@ -214,23 +234,12 @@ type xaesSealer struct {
 }
 
 func (s *xaesSealer) Seal(dst, plaintext, ad []byte) []byte {
-	if s.l.aead == nil {
-		panic("crypto: Seal on a closed Layer")
-	}
+	dst, nonce := s.l.unit(dst, len(plaintext))
 	if s.gcm == nil || s.n == sealerBatch {
 		rand.Read(s.prefix[:])
 		rand.Read(s.ctr[:])
 		s.gcm, s.n = s.x.gcm(s.prefix[:]), 0
 	}
-	n := len(dst)
-	total := n + s.l.overhead + len(plaintext)
-	if cap(dst) < total {
-		grown := make([]byte, n, total)
-		copy(grown, dst)
-		dst = grown
-	}
-	dst = dst[:n+xaesNonceSize]
-	nonce := dst[n:]
 	copy(nonce, s.prefix[:])
 	copy(nonce[gcmNonceSize:], s.ctr[:])
 	for i := len(s.ctr) - 1; i >= 0; i-- { // ctr++, wrapping at 2^96
@@ -252,20 +261,12 @@ type xaesOpener struct {
 }
 
 func (o *xaesOpener) Open(dst, sealed, ad []byte) ([]byte, error) {
-	if o.l.aead == nil {
-		return nil, ErrClosed
-	}
-	if len(sealed) < o.l.overhead {
-		return nil, fmt.Errorf("%w: %s unit of %d bytes is shorter than its %d-byte overhead",
-			ErrIntegrity, o.l.alg, len(sealed), o.l.overhead)
+	if err := o.l.checkSealed(sealed); err != nil {
+		return nil, err
 	}
 	if o.gcm == nil || [gcmNonceSize]byte(sealed[:gcmNonceSize]) != o.prefix {
 		copy(o.prefix[:], sealed[:gcmNonceSize])
 		o.gcm = o.x.gcm(o.prefix[:])
 	}
-	out, err := o.gcm.Open(dst, sealed[gcmNonceSize:xaesNonceSize], sealed[xaesNonceSize:], ad)
-	if err != nil {
-		return nil, fmt.Errorf("%w: %s authentication failed", ErrIntegrity, o.l.alg)
-	}
-	return out, nil
+	return o.l.opened(o.gcm.Open(dst, sealed[gcmNonceSize:xaesNonceSize], sealed[xaesNonceSize:], ad))
 }
