@@ -655,25 +655,26 @@ func TestTamper(t *testing.T) {
 			requireIntegrity(t, td, 2*BlockSize, data[2*BlockSize:])
 		})
 		if format != formatV1 {
-			t.Run(name("swap entries"), func(t *testing.T) {
-				// The nonces and tags of two blocks trade places; the
-				// pages stay.
-				td, data := setup(t)
-				es := int64(td.lay.entrySize)
-				edit(t, td, func(raw []byte) {
-					swap(raw, td.lay.entryOffset(0, 1), td.lay.entryOffset(0, 2), es)
+			// Blocks 1 and 2 trade their nonces and tags (the pages stay),
+			// or their pages (the entries stay).
+			for _, part := range []struct {
+				what string
+				at   func(l layout, i int) (off, n int64)
+			}{
+				{"entries", func(l layout, i int) (int64, int64) { return l.entryOffset(0, i), int64(l.entrySize) }},
+				{"pages", func(l layout, i int) (int64, int64) { return l.pageOffset(0, i), BlockSize }},
+			} {
+				t.Run(name("swap "+part.what), func(t *testing.T) {
+					td, data := setup(t)
+					edit(t, td, func(raw []byte) {
+						a, n := part.at(td.lay, 1)
+						b, _ := part.at(td.lay, 2)
+						swap(raw, a, b, n)
+					})
+					requireIntegrity(t, td, 1*BlockSize, data[BlockSize:])
+					requireIntegrity(t, td, 2*BlockSize, data[2*BlockSize:])
 				})
-				requireIntegrity(t, td, 1*BlockSize, data[BlockSize:])
-				requireIntegrity(t, td, 2*BlockSize, data[2*BlockSize:])
-			})
-			t.Run(name("swap pages"), func(t *testing.T) {
-				td, data := setup(t)
-				edit(t, td, func(raw []byte) {
-					swap(raw, td.lay.pageOffset(0, 1), td.lay.pageOffset(0, 2), BlockSize)
-				})
-				requireIntegrity(t, td, 1*BlockSize, data[BlockSize:])
-				requireIntegrity(t, td, 2*BlockSize, data[2*BlockSize:])
-			})
+			}
 			t.Run(name("entry of the other slot"), func(t *testing.T) {
 				// Block 3 has a version in each slot; slot A's page with
 				// slot B's entry does not open.
