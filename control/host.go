@@ -50,7 +50,7 @@ type Config struct {
 	// CacheSize bounds each disk's host cache, in bytes.
 	CacheSize int64
 	// FlushInterval is how often a VM's open disks sync by themselves when
-	// the guest does not flush (0: the engine's default, 5 s).
+	// the guest does not flush (0: disk.DefaultFlushInterval).
 	FlushInterval time.Duration
 	// DEKLease is how long a customer-key disk serves I/O after the last
 	// successful check of its key (default 1 h).

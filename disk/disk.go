@@ -1254,11 +1254,14 @@ func (d *Disk) writeEntries(st *chunkState, f *flight) error {
 	return err
 }
 
-// flushEvery is how often an open disk syncs by itself unless told
+// DefaultFlushInterval is how often an open disk syncs by itself unless told
 // otherwise (SetFlushInterval), so that a guest that never flushes still has
-// its writes persisted within seconds. A variable only so that tests can keep
-// the background Sync out of their way.
-var flushEvery = 5 * time.Second
+// its writes persisted within seconds.
+const DefaultFlushInterval = 5 * time.Second
+
+// flushEvery is the interval new disks start with: DefaultFlushInterval, a
+// variable only so that tests can keep the background Sync out of their way.
+var flushEvery = DefaultFlushInterval
 
 // SetFlushInterval changes how often the disk syncs by itself; the next
 // background Sync comes one interval from now. A longer interval leaves

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"hostcrypt/cache"
+	"hostcrypt/disk"
 	"hostcrypt/storage/latency"
 	"log/slog"
 	"net/http"
@@ -25,8 +26,8 @@ import (
 const DefaultCacheSize = 256 << 20
 
 // DefaultFlushInterval is how often VM disks sync by themselves unless
-// --flush-interval says otherwise.
-const DefaultFlushInterval = 5 * time.Second
+// --flush-interval says otherwise: the engine's own default.
+const DefaultFlushInterval = disk.DefaultFlushInterval
 
 // Config is hostcryptd's command line.
 type Config struct {
