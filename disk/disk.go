@@ -50,6 +50,13 @@ type Disk struct {
 	stop       chan struct{} // closed by Close: ends the flusher
 	everyMu    sync.Mutex
 	every      chan time.Duration // a new interval for the flusher
+
+	// For the read-ahead of a sequential reader (readahead.go): gen counts
+	// writes and discards (each adds one as it ends), reading counts the
+	// reads in progress.
+	gen     atomic.Uint64
+	reading atomic.Int32
+	ra      readAheadState
 }
 
 // Blocks are locked in groups of stripeBlocks consecutive blocks; group g uses
@@ -161,6 +168,8 @@ type Stats struct {
 	IntegrityErrors uint64
 	// ChunksOpen counts chunk objects currently open.
 	ChunksOpen int
+	// ReadAheads counts reads served from a read-ahead (readahead.go).
+	ReadAheads uint64
 }
 
 // IOError is returned for a block that could not be read or written. It
@@ -253,6 +262,9 @@ func (d *Disk) usable(block int64) error {
 // Stats returns the disk's counters.
 func (d *Disk) Stats() Stats {
 	s := Stats{IntegrityErrors: d.integrity.Load()}
+	d.ra.mu.Lock()
+	s.ReadAheads = d.ra.hits
+	d.ra.mu.Unlock()
 	t := d.table.Load()
 	for i := range *t {
 		if c := (*t)[i].Load(); c != nil && c.st.Load() != nil {
@@ -284,6 +296,12 @@ func (d *Disk) chunk(i int64) *chunk {
 // A chunk that does not exist yet is created when create is set and reported
 // as nil otherwise (it reads as zeros).
 func (d *Disk) state(c *chunk, create bool) (*chunkState, error) {
+	return d.stateOf(c, create, false)
+}
+
+// stateOf is state; quiet leaves a damaged chunk header to the caller to
+// report (a read-ahead's failure is reported by the read that needs it).
+func (d *Disk) stateOf(c *chunk, create, quiet bool) (*chunkState, error) {
 	if st := c.st.Load(); st != nil {
 		return st, nil
 	}
@@ -301,7 +319,7 @@ func (d *Disk) state(c *chunk, create bool) (*chunkState, error) {
 		obj, err := d.be.OpenChunk(ctx, key, false)
 		switch {
 		case err == nil:
-			st, err := d.load(c, obj)
+			st, err := d.load(c, obj, quiet)
 			if err != nil {
 				obj.Close()
 				return nil, err
@@ -350,7 +368,7 @@ func (d *Disk) header(idx int64) chunkHeader {
 
 // load reads and checks an existing chunk's header and selectors, and in
 // version 2 the entries of the versions they name.
-func (d *Disk) load(c *chunk, obj storage.Chunk) (*chunkState, error) {
+func (d *Disk) load(c *chunk, obj storage.Chunk, quiet bool) (*chunkState, error) {
 	end := int64(headerSize + d.lay.chunkBlocks)
 	if d.lay.format != formatV1 {
 		end = d.lay.entriesEnd()
@@ -364,7 +382,9 @@ func (d *Disk) load(c *chunk, obj storage.Chunk) (*chunkState, error) {
 		err = fmt.Errorf("%w: it belongs to volume %x chunk %d (%d layers)", errBadHeader, h.VolumeID, h.ChunkIndex, h.Layers)
 	}
 	if err != nil {
-		d.alarm(c.idx*int64(d.lay.chunkBlocks), 0, err)
+		if !quiet {
+			d.alarm(c.idx*int64(d.lay.chunkBlocks), 0, err)
+		}
 		return nil, &IOError{Disk: d.prefix, Block: c.idx * int64(d.lay.chunkBlocks), Err: fmt.Errorf("chunk %d: %w: %w", c.idx, ErrIntegrity, err)}
 	}
 	// Keep only the selectors, not the header page they were read with.
@@ -489,26 +509,64 @@ func (d *Disk) checkRange(n int, off int64) (int, error) {
 // block that fails authentication fails the read with an *IOError matching
 // ErrIntegrity and syscall.EIO; no byte of it is returned.
 func (d *Disk) ReadAt(p []byte, off int64) (int, error) {
+	n, a, err := d.read(p, off)
+	if a != nil {
+		copy(p, *a.buf)
+		d.putBuf(a.buf)
+	}
+	return n, err
+}
+
+// ReadLent is ReadAt, except that when the disk already holds the data in a
+// buffer of its own (a read-ahead, see readahead.go) it returns that buffer
+// instead of copying it into p, with a release function to call once the
+// data has been used. Otherwise data is p[:n] and release is nil.
+func (d *Disk) ReadLent(p []byte, off int64) (data []byte, release func(), err error) {
+	n, a, err := d.read(p, off)
+	if a != nil {
+		return *a.buf, func() { d.putBuf(a.buf) }, err
+	}
+	return p[:n], nil, err
+}
+
+// read is ReadAt, except that a read served from a read-ahead returns it
+// instead of copying it into p: the caller copies or lends it.
+func (d *Disk) read(p []byte, off int64) (int, *ahead, error) {
 	n, err := d.checkRange(len(p), off)
 	if err != nil || n == 0 {
-		return 0, err
+		return 0, nil, err
 	}
+	d.reading.Add(1)
+	defer d.reading.Add(-1)
+	a := d.readAhead(off, n)
+	if a == nil {
+		if done, err := d.readRange(p[:n], off, false); err != nil {
+			return done, nil, err
+		}
+		d.readDone(off, n)
+	}
+	if n < len(p) {
+		return n, a, io.EOF
+	}
+	return n, a, nil
+}
+
+// readRange reads p at off, which lie inside the disk, and returns how many
+// bytes it read before an error. quiet is for a read-ahead.
+func (d *Disk) readRange(p []byte, off int64, quiet bool) (int, error) {
 	done := 0
-	for done < n {
+	for done < len(p) {
 		pos := off + int64(done)
-		in := int(min(int64(n-done), d.cbytes-pos%d.cbytes))
-		if err := d.readChunk(pos/d.cbytes, p[done:done+in], pos%d.cbytes); err != nil {
+		in := int(min(int64(len(p)-done), d.cbytes-pos%d.cbytes))
+		if err := d.readChunk(pos/d.cbytes, p[done:done+in], pos%d.cbytes, quiet); err != nil {
 			return done, err
 		}
 		done += in
 	}
-	if n < len(p) {
-		return n, io.EOF
-	}
-	return n, nil
+	return done, nil
 }
 
-func (d *Disk) readChunk(ci int64, p []byte, coff int64) error {
+func (d *Disk) readChunk(ci int64, p []byte, coff int64, quiet bool) error {
 	b0 := int(coff / BlockSize)
 	b1 := int((coff + int64(len(p)) + BlockSize - 1) / BlockSize)
 	base := ci * int64(d.lay.chunkBlocks)
@@ -517,7 +575,7 @@ func (d *Disk) readChunk(ci int64, p []byte, coff int64) error {
 	if err := d.usable(base + int64(b0)); err != nil {
 		return err
 	}
-	st, err := d.state(d.chunk(ci), false)
+	st, err := d.stateOf(d.chunk(ci), false, quiet)
 	if err != nil {
 		return d.ioErr(base+int64(b0), err)
 	}
@@ -539,7 +597,9 @@ func (d *Disk) readChunk(ci int64, p []byte, coff int64) error {
 		slot, ok, err := slotOf(st.sel[i])
 		if err != nil {
 			err = fmt.Errorf("%w: %w", ErrIntegrity, err)
-			d.alarm(base+int64(i), 0, err)
+			if !quiet {
+				d.alarm(base+int64(i), 0, err)
+			}
 			return d.ioErr(base+int64(i), err)
 		}
 		if !ok {
@@ -557,7 +617,7 @@ func (d *Disk) readChunk(ci int64, p []byte, coff int64) error {
 		if d.lay.format != formatV1 {
 			off = d.lay.pageOffset(slot, i)
 		}
-		job := openJob{d: d, st: st, p: p, coff: coff, base: base, first: i, run: run, off: off}
+		job := openJob{d: d, st: st, p: p, coff: coff, base: base, first: i, run: run, off: off, quiet: quiet}
 		if j-i >= parallelMin {
 			big := job // only this copy escapes to the goroutines
 			err = d.parallel(j-i, big.open)
@@ -588,6 +648,7 @@ type openJob struct {
 	first int // chunk-relative block of run[0]
 	run   []byte
 	off   int64
+	quiet bool // a read-ahead: failures raise no alarm
 }
 
 // open reads and opens blocks [lo, hi) of the run.
@@ -610,7 +671,7 @@ func (j *openJob) open(lo, hi int, sc *scratch) error {
 			d.lay.join(sc.unit, j.run[(k-j.first)*BlockSize:], j.st.ent[k*es:(k+1)*es])
 			sealed = sc.unit
 		}
-		if err := d.openInto(j.p, j.coff, k, j.base, sealed, sc); err != nil {
+		if err := d.openInto(j.p, j.coff, k, j.base, sealed, sc, j.quiet); err != nil {
 			return err
 		}
 	}
@@ -662,13 +723,13 @@ func (d *Disk) within(i int, coff int64, n int) (lo, hi int) {
 
 // openInto opens the sealed block k (chunk-relative) and puts the part of it
 // that the request covers into p.
-func (d *Disk) openInto(p []byte, coff int64, k int, base int64, sealed []byte, sc *scratch) error {
+func (d *Disk) openInto(p []byte, coff int64, k int, base int64, sealed []byte, sc *scratch, quiet bool) error {
 	lo, hi := d.within(k, coff, len(p))
 	dst := p[lo:hi]
 	if hi-lo != BlockSize {
 		dst = sc.plain
 	}
-	if err := d.openBlock(dst, sealed, base+int64(k), sc); err != nil {
+	if err := d.openQuiet(dst, sealed, base+int64(k), sc, quiet); err != nil {
 		return err
 	}
 	if hi-lo != BlockSize {
@@ -681,10 +742,17 @@ func (d *Disk) openInto(p []byte, coff int64, k int, base int64, sealed []byte, 
 // openBlock authenticates and decrypts one sealed unit into dst (BlockSize
 // bytes), using sc.inner for a second layer. sealed must not be sc.inner.
 func (d *Disk) openBlock(dst, sealed []byte, block int64, sc *scratch) error {
+	return d.openQuiet(dst, sealed, block, sc, false)
+}
+
+// openQuiet is openBlock; quiet leaves the alarm to the caller.
+func (d *Disk) openQuiet(dst, sealed []byte, block int64, sc *scratch, quiet bool) error {
 	if len(d.layers) == 2 {
 		inner, err := sc.open[1].Open(sc.inner[:0], sealed, blockAD(&sc.ad, &d.vol, uint64(block), 2))
 		if err != nil {
-			d.alarm(block, 2, err)
+			if !quiet {
+				d.alarm(block, 2, err)
+			}
 			return d.ioErr(block, err)
 		}
 		sealed = inner
@@ -694,7 +762,9 @@ func (d *Disk) openBlock(dst, sealed []byte, block int64, sc *scratch) error {
 		err = fmt.Errorf("%w: opened block is %d bytes", ErrIntegrity, len(out))
 	}
 	if err != nil {
-		d.alarm(block, 1, err)
+		if !quiet {
+			d.alarm(block, 1, err)
+		}
 		return d.ioErr(block, err)
 	}
 	if &out[0] != &dst[0] {
@@ -765,6 +835,7 @@ var zeroBlock [BlockSize]byte
 // sealed again; whole zero blocks are stored as holes. A write past the end
 // of the disk is refused with ErrRange.
 func (d *Disk) WriteAt(p []byte, off int64) (int, error) {
+	defer d.gen.Add(1) // after the change: a read-ahead from before it is stale
 	if off < 0 || off+int64(len(p)) > d.size.Load() {
 		return 0, fmt.Errorf("disk %s: write of %d bytes at %d: %w (size %d)", d.prefix, len(p), off, ErrRange, d.size.Load())
 	}
@@ -1035,6 +1106,7 @@ func (d *Disk) readPlain(st *chunkState, k int, base int64, dst []byte, sc *scra
 // Discard drops the range [off, off+n): afterwards it reads as zeros, and the
 // space of whole blocks is given back to the backend (punched).
 func (d *Disk) Discard(off, n int64) error {
+	defer d.gen.Add(1) // after the change: a read-ahead from before it is stale
 	size := d.size.Load()
 	if off < 0 || n < 0 || off+n > size {
 		return fmt.Errorf("disk %s: discard of %d bytes at %d: %w (size %d)", d.prefix, n, off, ErrRange, size)
@@ -1380,6 +1452,7 @@ func (d *Disk) Close() error {
 		held := d.lockBlocks(0, nStripes*stripeBlocks, true)
 		d.closed.Store(true)
 		held.unlock()
+		d.dropAhead()
 		err := d.Sync()
 		t := d.table.Load()
 		for i := range *t {

@@ -35,6 +35,16 @@ type Seeker interface {
 	SeekHole(off int64) (int64, error)
 }
 
+// Lender is implemented by images that sometimes hold the data of a read in
+// a buffer of their own already (the disk engine's read-ahead). ReadLent
+// reads like ReadAt into p, or answers with that buffer: then release is not
+// nil, and the tree replies with data and calls release once the reply is
+// sent. Otherwise data is the part of p that was read. The errors are those
+// of ReadAt.
+type Lender interface {
+	ReadLent(p []byte, off int64) (data []byte, release func(), err error)
+}
+
 // Zeroer is implemented by images that can zero a range more cheaply, or
 // differently, than Discard (fallocate FALLOC_FL_ZERO_RANGE). Without it the
 // tree uses Discard, which reads back as zeros as well.

@@ -11,6 +11,8 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -472,4 +474,57 @@ func writeTemp(t testing.TB, p []byte) string {
 	f := filepath.Join(t.TempDir(), "data")
 	require.NoError(t, os.WriteFile(f, p, 0o600))
 	return f
+}
+
+// lendingFake lends a buffer of its own for every read of at least 64 KiB,
+// as the disk engine does for a read-ahead, and counts what comes back.
+type lendingFake struct {
+	*fakeImage
+	lent, released atomic.Int64
+	failLent       atomic.Bool // fail a lending read after taking the buffer
+}
+
+func (l *lendingFake) ReadLent(p []byte, off int64) ([]byte, func(), error) {
+	if len(p) < 64<<10 {
+		n, err := l.ReadAt(p, off)
+		return p[:n], nil, err
+	}
+	buf := make([]byte, len(p))
+	n, err := l.ReadAt(buf, off)
+	l.lent.Add(1)
+	release := func() {
+		l.released.Add(1)
+		clear(buf) // as if the buffer went back to a pool and was reused
+	}
+	if l.failLent.Load() {
+		return nil, release, fmt.Errorf("fake: block %d: authentication failed: %w", off/4096, syscall.EIO)
+	}
+	return buf[:n], release, err
+}
+
+// TestLentReadBuffers reads through the mount from an image that lends its
+// buffers: the reply carries the lent data, and every buffer is given back
+// once, also when the read fails.
+func TestLentReadBuffers(t *testing.T) {
+	tree := mountTree(t, Options{})
+	fake := &lendingFake{fakeImage: newFake(t, 8*mib)}
+	require.NoError(t, tree.AddImage("vm", "os.img", fake))
+	img := imgPath(tree, "vm", "os.img")
+	pattern := randomBytes(t, 8*mib)
+	fake.fill(0, pattern)
+
+	dst := filepath.Join(t.TempDir(), "out")
+	mustRun(t, "dd", "if="+img, "of="+dst, "bs=1M", "iflag=direct", "status=none")
+	got, err := os.ReadFile(dst)
+	require.NoError(t, err)
+	require.True(t, bytes.Equal(pattern, got), "read through lent buffers differs")
+	require.Positive(t, fake.lent.Load(), "no read was answered with a lent buffer")
+	require.Eventually(t, func() bool { return fake.released.Load() == fake.lent.Load() },
+		5*time.Second, 10*time.Millisecond, "lent %d, given back %d", fake.lent.Load(), fake.released.Load())
+
+	fake.failLent.Store(true)
+	_, err = run(t, "dd", "if="+img, "of=/dev/null", "bs=1M", "count=1", "iflag=direct")
+	assert.ErrorContains(t, err, "Input/output error")
+	require.Eventually(t, func() bool { return fake.released.Load() == fake.lent.Load() },
+		5*time.Second, 10*time.Millisecond, "a failed read kept its lent buffer")
 }

@@ -205,6 +205,19 @@ func (n *imageNode) Read(ctx context.Context, f gofs.FileHandle, dest []byte, of
 	if want == 0 {
 		return fuse.ReadResultVector(nil), 0
 	}
+	if l, ok := img.(Lender); ok {
+		data, release, err := l.ReadLent(dest[:want], off)
+		if err != nil && !errors.Is(err, io.EOF) {
+			if release != nil {
+				release()
+			}
+			return nil, toErrno(err)
+		}
+		if release != nil {
+			return &lentResult{data: data, release: release}, 0
+		}
+		return fuse.ReadResultVector([][]byte{data}), 0
+	}
 	got, err := img.ReadAt(dest[:want], off)
 	if err != nil && !errors.Is(err, io.EOF) {
 		// No partial data with an error: for an authenticated disk a
@@ -212,6 +225,29 @@ func (n *imageNode) Read(ctx context.Context, f gofs.FileHandle, dest []byte, of
 		return nil, toErrno(err)
 	}
 	return fuse.ReadResultVector([][]byte{dest[:got]}), 0
+}
+
+// lentResult replies with a buffer an image lent (Lender) and gives it back
+// once go-fuse has written the reply. Like a vector result it is written
+// with writev (Slices), without a copy into go-fuse's own buffer.
+type lentResult struct {
+	data    []byte
+	release func()
+}
+
+func (r *lentResult) Slices() ([][]byte, fuse.Status) { return [][]byte{r.data}, fuse.OK }
+
+func (r *lentResult) Bytes(buf []byte) ([]byte, fuse.Status) {
+	return append(buf[:0], r.data...), fuse.OK
+}
+
+func (r *lentResult) Size() int { return len(r.data) }
+
+func (r *lentResult) Done() {
+	if r.release != nil {
+		r.release()
+		r.release = nil
+	}
 }
 
 // Write passes the kernel's buffer straight to the engine; WriteAt must not

@@ -1,0 +1,265 @@
+package disk
+
+import (
+	"bytes"
+	"encoding/binary"
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+)
+
+// settle waits until every read-ahead of d in progress has ended.
+func settle(d *Disk) {
+	d.ra.mu.Lock()
+	q := slices.Clone(d.ra.queue)
+	d.ra.mu.Unlock()
+	for _, a := range q {
+		<-a.done
+	}
+}
+
+// aheadOffsets returns where d's read-aheads start.
+func aheadOffsets(d *Disk) []int64 {
+	d.ra.mu.Lock()
+	defer d.ra.mu.Unlock()
+	var offs []int64
+	for _, a := range d.ra.queue {
+		offs = append(offs, a.off)
+	}
+	return offs
+}
+
+const raSize = 256 << 10 // a read long enough to be read ahead
+
+func TestReadAheadServesASequentialReader(t *testing.T) {
+	for _, format := range formats {
+		for _, layers := range []int{1, 2} {
+			t.Run(fmt.Sprintf("v%d/layers=%d", format, layers), func(t *testing.T) {
+				td := newTestDiskFormat(t, format, 16<<20, layers, 0)
+				data := randBytes(int(td.Size()))
+				_, err := td.WriteAt(data, 0)
+				require.NoError(t, err)
+
+				// One pass through the whole disk, as the tree reads it.
+				lent := 0
+				p := make([]byte, raSize)
+				for off := int64(0); off < td.Size(); off += raSize {
+					got, release, err := td.ReadLent(p, off)
+					require.NoError(t, err)
+					require.True(t, bytes.Equal(data[off:off+raSize], got), "read at %d", off)
+					if release != nil {
+						lent++
+						release()
+					}
+					if off == raSize {
+						// The second read continued the first: the
+						// next ranges are being read ahead.
+						require.Equal(t, []int64{2 * raSize, 3 * raSize, 4 * raSize}, aheadOffsets(td.Disk))
+					}
+				}
+				reads := int(td.Size() / raSize)
+				require.Equal(t, reads-2, lent, "every read after the first two comes from a read-ahead")
+				require.EqualValues(t, reads-2, td.Stats().ReadAheads)
+
+				// ReadAt copies a read-ahead into the caller's buffer.
+				for off := int64(0); off < 8*raSize; off += raSize {
+					clear(p)
+					_, err := td.ReadAt(p, off)
+					require.NoError(t, err)
+					require.True(t, bytes.Equal(data[off:off+raSize], p), "read at %d", off)
+				}
+				require.EqualValues(t, reads-2+6, td.Stats().ReadAheads)
+
+				// A read elsewhere drops the read-aheads; short
+				// sequential reads start none.
+				_, err = td.ReadAt(p, 12*raSize)
+				require.NoError(t, err)
+				require.Empty(t, aheadOffsets(td.Disk))
+				small := make([]byte, 64<<10)
+				for off := int64(0); off < 8*int64(len(small)); off += int64(len(small)) {
+					_, err := td.ReadAt(small, off)
+					require.NoError(t, err)
+					require.Empty(t, aheadOffsets(td.Disk))
+				}
+			})
+		}
+	}
+}
+
+// TestReadAheadIsNeverStale changes the disk while ranges are read ahead:
+// the reads that follow must see the change.
+func TestReadAheadIsNeverStale(t *testing.T) {
+	changes := []struct {
+		name string
+		fn   func(td *testDisk, model []byte) error
+	}{
+		{"a write inside the next range", func(td *testDisk, model []byte) error {
+			p := randBytes(5000)
+			copy(model[2*raSize+777:], p)
+			_, err := td.WriteAt(p, 2*raSize+777)
+			return err
+		}},
+		{"a write inside a later range", func(td *testDisk, model []byte) error {
+			p := randBytes(BlockSize)
+			copy(model[4*raSize-BlockSize:], p)
+			_, err := td.WriteAt(p, 4*raSize-BlockSize)
+			return err
+		}},
+		{"a discard", func(td *testDisk, model []byte) error {
+			clear(model[3*raSize : 3*raSize+3*BlockSize])
+			return td.Discard(3*raSize, 3*BlockSize)
+		}},
+		{"a zeroed range", func(td *testDisk, model []byte) error {
+			clear(model[2*raSize+100 : 2*raSize+200])
+			return td.ZeroRange(2*raSize+100, 100)
+		}},
+	}
+	for _, format := range formats {
+		for _, c := range changes {
+			t.Run(fmt.Sprintf("v%d/%s", format, c.name), func(t *testing.T) {
+				td := newTestDiskFormat(t, format, 4<<20, 1, 0)
+				model := randBytes(int(td.Size()))
+				_, err := td.WriteAt(model, 0)
+				require.NoError(t, err)
+				p := make([]byte, raSize)
+				for _, off := range []int64{0, raSize} {
+					_, err := td.ReadAt(p, off)
+					require.NoError(t, err)
+				}
+				settle(td.Disk)
+				require.Len(t, aheadOffsets(td.Disk), 3)
+				require.NoError(t, c.fn(td, model))
+				for off := int64(2 * raSize); off < 6*raSize; off += raSize {
+					got, release, err := td.ReadLent(p, off)
+					require.NoError(t, err)
+					require.True(t, bytes.Equal(model[off:off+raSize], got), "read at %d", off)
+					if release != nil {
+						release()
+					}
+				}
+				require.NotZero(t, td.Stats().ReadAheads, "the stream goes on after the change")
+			})
+		}
+	}
+}
+
+func TestReadAheadEndsWithTheLeaseAndClose(t *testing.T) {
+	td := newTestDisk(t, 4<<20, 1, 0)
+	_, err := td.WriteAt(randBytes(int(td.Size())), 0)
+	require.NoError(t, err)
+	p := make([]byte, raSize)
+	stream := func(from int64) {
+		for _, off := range []int64{from, from + raSize} {
+			_, err := td.ReadAt(p, off)
+			require.NoError(t, err)
+		}
+		settle(td.Disk)
+		require.NotEmpty(t, aheadOffsets(td.Disk))
+	}
+
+	stream(0)
+	td.SetLease(time.Now().Add(-time.Second))
+	_, err = td.ReadAt(p, 2*raSize)
+	require.ErrorIs(t, err, ErrLeaseExpired, "a read-ahead must not outlive the lease")
+	require.Empty(t, aheadOffsets(td.Disk))
+	require.Zero(t, td.Stats().ReadAheads)
+
+	td.SetLease(time.Time{})
+	stream(4 * raSize)
+	require.NoError(t, td.Close())
+	require.Empty(t, aheadOffsets(td.Disk))
+	_, err = td.ReadAt(p, 6*raSize)
+	require.ErrorIs(t, err, ErrClosed)
+}
+
+// TestReadAheadRaisesNoAlarm damages a block in a range read ahead: no
+// alarm until a read asks for that range, then exactly one.
+func TestReadAheadRaisesNoAlarm(t *testing.T) {
+	for _, format := range formats {
+		t.Run(fmt.Sprintf("v%d", format), func(t *testing.T) {
+			td := newTestDiskFormat(t, format, 4<<20, 1, 0)
+			_, err := td.WriteAt(randBytes(int(td.Size())), 0)
+			require.NoError(t, err)
+			require.NoError(t, td.Sync())
+			bad := int(3*raSize/BlockSize) + 5 // in the second range read ahead
+			off := td.lay.slotOffset(0, bad)   // a block written once is in slot A
+			if format != formatV1 {
+				off = td.lay.pageOffset(0, bad)
+			}
+			patch(t, chunkFile(td, 0), off+100, func(b []byte) { b[0] ^= 1 })
+
+			p := make([]byte, raSize)
+			for _, off := range []int64{0, raSize, 2 * raSize} {
+				_, err := td.ReadAt(p, off)
+				require.NoError(t, err)
+			}
+			settle(td.Disk)
+			require.Zero(t, td.Stats().IntegrityErrors, "a read-ahead raised the alarm")
+			_, err = td.ReadAt(p, 3*raSize)
+			require.ErrorIs(t, err, ErrIntegrity)
+			require.EqualValues(t, 1, td.Stats().IntegrityErrors)
+		})
+	}
+}
+
+// TestReadAheadWithConcurrentWriters streams through a disk while another
+// goroutine writes stamped blocks: a read must never return a block older
+// than the last write of it that had completed when the read began.
+func TestReadAheadWithConcurrentWriters(t *testing.T) {
+	td := newTestDisk(t, 4<<20, 1, 0)
+	blocks := int(td.Size() / BlockSize)
+	done := make([]atomic.Uint64, blocks) // the last completed stamp of each block
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		blk := make([]byte, BlockSize)
+		r := rand.New(rand.NewPCG(1, 2))
+		for v := uint64(1); ; v++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			b := r.IntN(blocks)
+			binary.BigEndian.PutUint64(blk, v)
+			if _, err := td.WriteAt(blk, int64(b)*BlockSize); err != nil {
+				t.Error(err)
+				return
+			}
+			done[b].Store(v)
+			if v%16 == 0 { // pauses, so that some read-aheads survive
+				time.Sleep(2 * time.Millisecond)
+			}
+		}
+	})
+
+	p := make([]byte, raSize)
+	deadline := time.Now().Add(2 * time.Second)
+	for pass := 0; time.Now().Before(deadline) || td.Stats().ReadAheads == 0; pass++ {
+		require.Less(t, pass, 1000, "no read was ever served from a read-ahead")
+		for off := int64(0); off < td.Size(); off += raSize {
+			b0 := int(off / BlockSize)
+			before := make([]uint64, raSize/BlockSize)
+			for i := range before {
+				before[i] = done[b0+i].Load()
+			}
+			got, release, err := td.ReadLent(p, off)
+			require.NoError(t, err)
+			for i := range before {
+				stamp := binary.BigEndian.Uint64(got[i*BlockSize:])
+				require.GreaterOrEqual(t, stamp, before[i], "block %d is older than a completed write", b0+i)
+			}
+			if release != nil {
+				release()
+			}
+		}
+	}
+	close(stop)
+	wg.Wait()
+}
