@@ -115,9 +115,27 @@ func runOps(t *testing.T, format, layers int, r *mrand.Rand, ops int) {
 			return off, min(size-off, 1+r.Int64N(200000))
 		}
 	}
+	// A sequential reader in long requests, read ahead by the engine,
+	// between the other operations.
+	stream, streamAt := int64(aheadMin+r.IntN(2)*32<<10), int64(0)
+	aheads := uint64(0)
 	for i := 0; i < ops; i++ {
 		off, n := pick()
-		switch op := r.IntN(10); {
+		switch op := r.IntN(12); {
+		case op >= 10: // a few reads of the stream in a row
+			for k := 1 + r.IntN(4); k > 0; k-- {
+				if streamAt+stream > size {
+					streamAt = 0
+				}
+				p := make([]byte, stream)
+				got, release, err := td.ReadLent(p, streamAt)
+				require.NoError(t, err)
+				require.True(t, bytes.Equal(model[streamAt:streamAt+stream], got), "op %d stream read %d@%d", i, stream, streamAt)
+				if release != nil {
+					release()
+				}
+				streamAt += stream
+			}
 		case op < 5:
 			p := make([]byte, n)
 			if r.IntN(5) == 0 {
@@ -141,6 +159,7 @@ func runOps(t *testing.T, format, layers int, r *mrand.Rand, ops int) {
 			require.NoError(t, err)
 			require.True(t, bytes.Equal(model[off:off+n], got), "op %d read %d@%d", i, n, off)
 		default:
+			aheads += td.Stats().ReadAheads
 			td.reopen(t)
 		}
 	}
@@ -148,6 +167,7 @@ func runOps(t *testing.T, format, layers int, r *mrand.Rand, ops int) {
 	_, err := td.ReadAt(got, 0)
 	require.NoError(t, err)
 	require.True(t, bytes.Equal(model, got))
+	t.Logf("%d reads served from a read-ahead", aheads+td.Stats().ReadAheads)
 }
 
 // FuzzDiskOps drives the differential test from the fuzzer's seed bytes.
@@ -164,7 +184,7 @@ func FuzzDiskOps(f *testing.F) {
 		if v1 {
 			format = formatV1
 		}
-		runOps(t, format, layers, mrand.New(mrand.NewPCG(a, b)), 40)
+		runOps(t, format, layers, mrand.New(mrand.NewPCG(a, b)), 60)
 	})
 }
 
