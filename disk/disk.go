@@ -51,10 +51,8 @@ type Disk struct {
 	everyMu    sync.Mutex
 	every      chan time.Duration // a new interval for the flusher
 
-	// For the read-ahead of a sequential reader (readahead.go): gen counts
-	// writes and discards (each adds one as it ends), reading counts the
-	// reads in progress.
-	gen     atomic.Uint64
+	// For the read-ahead of a sequential reader (readahead.go): the reads
+	// in progress, and the read-aheads.
 	reading atomic.Int32
 	ra      readAheadState
 }
@@ -512,7 +510,7 @@ func (d *Disk) ReadAt(p []byte, off int64) (int, error) {
 	n, a, err := d.read(p, off)
 	if a != nil {
 		copy(p, *a.buf)
-		d.putBuf(a.buf)
+		d.release(a)
 	}
 	return n, err
 }
@@ -520,11 +518,12 @@ func (d *Disk) ReadAt(p []byte, off int64) (int, error) {
 // ReadLent is ReadAt, except that when the disk already holds the data in a
 // buffer of its own (a read-ahead, see readahead.go) it returns that buffer
 // instead of copying it into p, with a release function to call once the
-// data has been used. Otherwise data is p[:n] and release is nil.
+// data has been used. Otherwise data is p[:n] and release is nil. release
+// may be called more than once, and also after Close.
 func (d *Disk) ReadLent(p []byte, off int64) (data []byte, release func(), err error) {
 	n, a, err := d.read(p, off)
 	if a != nil {
-		return *a.buf, func() { d.putBuf(a.buf) }, err
+		return *a.buf, func() { d.release(a) }, err
 	}
 	return p[:n], nil, err
 }
@@ -835,7 +834,7 @@ var zeroBlock [BlockSize]byte
 // sealed again; whole zero blocks are stored as holes. A write past the end
 // of the disk is refused with ErrRange.
 func (d *Disk) WriteAt(p []byte, off int64) (int, error) {
-	defer d.gen.Add(1) // after the change: a read-ahead from before it is stale
+	defer d.changed(off, int64(len(p))) // after the change: read-aheads of the range are stale
 	if off < 0 || off+int64(len(p)) > d.size.Load() {
 		return 0, fmt.Errorf("disk %s: write of %d bytes at %d: %w (size %d)", d.prefix, len(p), off, ErrRange, d.size.Load())
 	}
@@ -1106,7 +1105,7 @@ func (d *Disk) readPlain(st *chunkState, k int, base int64, dst []byte, sc *scra
 // Discard drops the range [off, off+n): afterwards it reads as zeros, and the
 // space of whole blocks is given back to the backend (punched).
 func (d *Disk) Discard(off, n int64) error {
-	defer d.gen.Add(1) // after the change: a read-ahead from before it is stale
+	defer d.changed(off, n) // after the change: read-aheads of the range are stale
 	size := d.size.Load()
 	if off < 0 || n < 0 || off+n > size {
 		return fmt.Errorf("disk %s: discard of %d bytes at %d: %w (size %d)", d.prefix, n, off, ErrRange, size)

@@ -1,6 +1,9 @@
 package disk
 
-import "sync"
+import (
+	"sync"
+	"sync/atomic"
+)
 
 // Read-ahead for a guest that reads a disk sequentially in large requests
 // with one request in flight (fio's psync, dd, a VM copying a file). Such a
@@ -11,11 +14,12 @@ import "sync"
 // the engine reads and opens the next ranges of the same length in the
 // background; a read that asks for exactly the first of them takes it.
 //
-// A read-ahead is used only when no write or discard of the disk has ended
-// since it started (Disk.gen), so a read never returns data older than a
-// write that completed before the read was issued. It holds the plaintext
-// of a few requests per disk, like request buffers do, and is dropped on
-// Close and whenever the reader leaves the stream. Its failures raise no
+// A write or discard, once it has changed the disk, drops the read-aheads
+// its range overlaps (and those after them), so a read never returns data
+// older than a write that completed before the read was issued (see
+// changed). Read-aheads hold the plaintext of a few requests per disk, like
+// request buffers do; they are also dropped when the reader leaves the
+// stream, when the lease has run out and on Close. Their failures raise no
 // integrity alarm: the read that needs the range reads it again and reports
 // what it finds.
 
@@ -39,18 +43,28 @@ type readAheadState struct {
 	next  int64    // where the last read ended
 	queue []*ahead // read-aheads in progress or done and not taken yet, in stream order
 	hits  uint64   // reads served from a read-ahead
+	// queued is len(queue), for writers to read without the lock.
+	queued atomic.Int32
 }
 
 // ahead is one read-ahead of len(*buf) bytes at off.
 type ahead struct {
 	off  int64
 	buf  *[]byte
-	gen  uint64        // Disk.gen when it started
 	done chan struct{} // closed when it has ended
 	err  error         // set before done is closed
 	// Under readAheadState.mu: ended once it has ended, dropped once no
 	// reader will take it (whoever comes second returns buf to the pool).
 	ended, dropped bool
+	released       atomic.Bool // the reader that took it gave buf back
+}
+
+// release gives back the buffer of a read-ahead a reader took; only the
+// first call does.
+func (d *Disk) release(a *ahead) {
+	if a.released.CompareAndSwap(false, true) {
+		d.putBuf(a.buf)
+	}
 }
 
 // readAhead returns the read-ahead of exactly n bytes at off when there is
@@ -61,9 +75,8 @@ func (d *Disk) readAhead(off int64, n int) *ahead {
 		return nil
 	}
 	<-a.done
-	ok := a.err == nil && a.gen == d.gen.Load() && d.usable(off/BlockSize) == nil
-	if !ok {
-		d.putBuf(a.buf)
+	if a.err != nil || d.usable(off/BlockSize) != nil {
+		d.release(a)
 		d.dropAhead()
 		return nil
 	}
@@ -86,23 +99,48 @@ func (d *Disk) takeAhead(off int64, n int) *ahead {
 	}
 	if a := d.ra.queue[0]; a.off == off && len(*a.buf) == n {
 		d.ra.queue = append(d.ra.queue[:0], d.ra.queue[1:]...)
+		d.ra.queued.Store(int32(len(d.ra.queue)))
 		return a
 	}
-	d.dropAllLocked()
+	d.dropFromLocked(0)
 	return nil
 }
 
-// dropAllLocked gives up every read-ahead; ra.mu is held.
-func (d *Disk) dropAllLocked() {
-	for i, a := range d.ra.queue {
+// dropFromLocked gives up the read-aheads from queue[i] on; ra.mu is held.
+func (d *Disk) dropFromLocked(i int) {
+	for j, a := range d.ra.queue[i:] {
 		if a.ended {
 			d.putBuf(a.buf)
 		} else {
 			a.dropped = true // its goroutine returns the buffer when it ends
 		}
-		d.ra.queue[i] = nil
+		d.ra.queue[i+j] = nil
 	}
-	d.ra.queue = d.ra.queue[:0]
+	d.ra.queue = d.ra.queue[:i]
+	d.ra.queued.Store(int32(i))
+}
+
+// changed is called by a write or discard of [off, off+n) once it has
+// changed the disk (and released its locks), before it returns: it drops the
+// read-aheads that overlap the range, and those after them. A read-ahead it
+// does not see cannot be stale. Either the read-ahead read every block of
+// the range after the change (the stripe locks order them), or it read one
+// before: then it was queued before that read, the writer's lock of that
+// stripe came after the read, and this check after the lock, so queued
+// shows it. A read-ahead that a reader took before this check serves a read
+// that was issued before the write completed.
+func (d *Disk) changed(off, n int64) {
+	if d.ra.queued.Load() == 0 {
+		return
+	}
+	d.ra.mu.Lock()
+	defer d.ra.mu.Unlock()
+	for i, a := range d.ra.queue {
+		if a.off < off+n && off < a.off+int64(len(*a.buf)) {
+			d.dropFromLocked(i)
+			return
+		}
+	}
 }
 
 // readDone records a completed read of n bytes at off. When the read
@@ -114,17 +152,18 @@ func (d *Disk) readDone(off int64, n int) {
 	defer d.ra.mu.Unlock()
 	seq := d.ra.next == off && off > 0
 	d.ra.next = off + int64(n)
-	if !seq || n < aheadMin || d.reading.Load() != 1 || d.closed.Load() {
+	if !seq || n < aheadMin || n > aheadBytes || d.reading.Load() != 1 || d.closed.Load() {
 		return
 	}
-	depth := min(aheadDepth, max(1, aheadBytes/n))
+	depth := min(aheadDepth, aheadBytes/n)
 	next := off + int64(n)
 	if k := len(d.ra.queue); k > 0 {
 		next = d.ra.queue[k-1].off + int64(n)
 	}
 	for len(d.ra.queue) < depth && next+int64(n) <= d.size.Load() {
-		a := &ahead{off: next, buf: d.getBuf(n), gen: d.gen.Load(), done: make(chan struct{})}
+		a := &ahead{off: next, buf: d.getBuf(n), done: make(chan struct{})}
 		d.ra.queue = append(d.ra.queue, a)
+		d.ra.queued.Store(int32(len(d.ra.queue)))
 		go d.runAhead(a)
 		next += int64(n)
 	}
@@ -145,5 +184,5 @@ func (d *Disk) runAhead(a *ahead) {
 func (d *Disk) dropAhead() {
 	d.ra.mu.Lock()
 	defer d.ra.mu.Unlock()
-	d.dropAllLocked()
+	d.dropFromLocked(0)
 }

@@ -2,8 +2,10 @@ package disk
 
 import (
 	"bytes"
+	"context"
 	"encoding/binary"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"slices"
 	"sync"
@@ -12,6 +14,8 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+
+	"hostcrypt/storage/local"
 )
 
 // settle waits until every read-ahead of d in progress has ended.
@@ -149,6 +153,120 @@ func TestReadAheadIsNeverStale(t *testing.T) {
 	}
 }
 
+// TestReadAheadOutlivesWritesElsewhere: a write outside the ranges read
+// ahead leaves them to the reader.
+func TestReadAheadOutlivesWritesElsewhere(t *testing.T) {
+	td := newTestDisk(t, 4<<20, 1, 0)
+	model := randBytes(int(td.Size()))
+	_, err := td.WriteAt(model, 0)
+	require.NoError(t, err)
+	p := make([]byte, raSize)
+	for _, off := range []int64{0, raSize} {
+		_, err := td.ReadAt(p, off)
+		require.NoError(t, err)
+	}
+	settle(td.Disk)
+	w := randBytes(3 * BlockSize)
+	copy(model[12*raSize:], w)
+	_, err = td.WriteAt(w, 12*raSize)
+	require.NoError(t, err)
+	require.NoError(t, td.Discard(raSize, BlockSize)) // behind the reader
+	clear(model[raSize : raSize+BlockSize])
+	require.Len(t, aheadOffsets(td.Disk), 3)
+	for off := int64(2 * raSize); off < 5*raSize; off += raSize {
+		_, err := td.ReadAt(p, off)
+		require.NoError(t, err)
+		require.True(t, bytes.Equal(model[off:off+raSize], p))
+	}
+	require.EqualValues(t, 3, td.Stats().ReadAheads)
+}
+
+// TestReadAheadDuringAWrite starts read-aheads while a write is under way:
+// the write, stopped in its first chunk, has not yet changed the range read
+// ahead in its second chunk. Once it returns, reads of that range must see
+// it: the read-ahead made before the change is dropped when the write ends.
+func TestReadAheadDuringAWrite(t *testing.T) {
+	for _, format := range formats {
+		t.Run(fmt.Sprintf("v%d", format), func(t *testing.T) {
+			// No background Sync: its writes would meet the hook first.
+			defer func(every time.Duration) { flushEvery = every }(flushEvery)
+			flushEvery = time.Hour
+			lb, err := local.Open(t.TempDir())
+			require.NoError(t, err)
+			hb := &hookBackend{Backend: lb}
+			d, err := Create(context.Background(), hb, "d", CreateOptions{Size: 8 << 20, Layers: wrappers(keyring{newKEK("k/1")}), Format: format})
+			require.NoError(t, err)
+			defer d.Close()
+			model := randBytes(int(d.Size()))
+			_, err = d.WriteAt(model, 0)
+			require.NoError(t, err)
+
+			// The write covers the last block of chunk 0 and the first of
+			// chunk 1; it stops at its first backend write (chunk 0's).
+			const chunk = 4 << 20
+			w := randBytes(2 * BlockSize)
+			stopped, resume := make(chan struct{}), make(chan struct{})
+			var once sync.Once
+			hb.onWrite = func(p []byte, off int64) (bool, int, error) {
+				once.Do(func() { close(stopped); <-resume })
+				return false, 0, nil
+			}
+			wrote := make(chan error, 1)
+			go func() {
+				_, err := d.WriteAt(w, chunk-BlockSize)
+				wrote <- err
+			}()
+			<-stopped
+
+			// A stream in chunk 0 that stays off the write's block; its
+			// read-aheads reach into chunk 1.
+			p := make([]byte, raSize)
+			for _, off := range []int64{chunk - 3*raSize, chunk - 2*raSize} {
+				_, err := d.ReadAt(p, off)
+				require.NoError(t, err)
+			}
+			require.Equal(t, []int64{chunk - raSize, chunk, chunk + raSize}, aheadOffsets(d))
+			d.ra.mu.Lock()
+			inChunk1 := d.ra.queue[1]
+			d.ra.mu.Unlock()
+			<-inChunk1.done // read before the write changed chunk 1
+
+			close(resume)
+			require.NoError(t, <-wrote)
+			copy(model[chunk-BlockSize:], w)
+			for off := int64(chunk - raSize); off < chunk+2*raSize; off += raSize {
+				_, err := d.ReadAt(p, off)
+				require.NoError(t, err)
+				require.True(t, bytes.Equal(model[off:off+raSize], p), "read at %d", off)
+			}
+		})
+	}
+}
+
+// TestReadAheadAtTheEnd: no read-ahead reaches past the end of the disk,
+// and a read that runs over the end still gets the bytes up to it.
+func TestReadAheadAtTheEnd(t *testing.T) {
+	td := newTestDisk(t, 4<<20+raSize/2, 1, 0)
+	model := randBytes(int(td.Size()))
+	_, err := td.WriteAt(model, 0)
+	require.NoError(t, err)
+	p := make([]byte, raSize)
+	off := int64(0)
+	for ; off+raSize <= td.Size(); off += raSize {
+		_, err := td.ReadAt(p, off)
+		require.NoError(t, err)
+		require.True(t, bytes.Equal(model[off:off+raSize], p), "read at %d", off)
+		for _, a := range aheadOffsets(td.Disk) {
+			require.LessOrEqual(t, a+raSize, td.Size(), "read-ahead at %d", a)
+		}
+	}
+	require.EqualValues(t, off/raSize-2, td.Stats().ReadAheads, "the last whole range came from a read-ahead")
+	n, err := td.ReadAt(p, off)
+	require.ErrorIs(t, err, io.EOF)
+	require.Equal(t, raSize/2, n)
+	require.True(t, bytes.Equal(model[off:], p[:n]))
+}
+
 func TestReadAheadEndsWithTheLeaseAndClose(t *testing.T) {
 	td := newTestDisk(t, 4<<20, 1, 0)
 	_, err := td.WriteAt(randBytes(int(td.Size())), 0)
@@ -175,6 +293,19 @@ func TestReadAheadEndsWithTheLeaseAndClose(t *testing.T) {
 	require.NoError(t, td.Close())
 	require.Empty(t, aheadOffsets(td.Disk))
 	_, err = td.ReadAt(p, 6*raSize)
+	require.ErrorIs(t, err, ErrClosed)
+
+	// Closed while its read-aheads are still running.
+	other := newTestDisk(t, 4<<20, 1, 0)
+	_, err = other.WriteAt(randBytes(int(other.Size())), 0)
+	require.NoError(t, err)
+	for _, off := range []int64{0, raSize} {
+		_, err := other.ReadAt(p, off)
+		require.NoError(t, err)
+	}
+	require.NoError(t, other.Close())
+	require.Empty(t, aheadOffsets(other.Disk))
+	_, err = other.ReadAt(p, 2*raSize)
 	require.ErrorIs(t, err, ErrClosed)
 }
 

@@ -40,7 +40,8 @@ type Seeker interface {
 // reads like ReadAt into p, or answers with that buffer: then release is not
 // nil, and the tree replies with data and calls release once the reply is
 // sent. Otherwise data is the part of p that was read. The errors are those
-// of ReadAt.
+// of ReadAt. release is the one call into an image that may come after the
+// image was removed from the tree (and closed): it must be safe then.
 type Lender interface {
 	ReadLent(p []byte, off int64) (data []byte, release func(), err error)
 }

@@ -213,8 +213,11 @@ func (n *imageNode) Read(ctx context.Context, f gofs.FileHandle, dest []byte, of
 			}
 			return nil, toErrno(err)
 		}
-		if release != nil {
+		if release != nil && len(data) > 0 {
 			return &lentResult{data: data, release: release}, 0
+		}
+		if release != nil { // an empty reply is sent without calling Done
+			release()
 		}
 		return fuse.ReadResultVector([][]byte{data}), 0
 	}
