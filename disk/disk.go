@@ -51,8 +51,8 @@ type Disk struct {
 	everyMu    sync.Mutex
 	every      chan time.Duration // a new interval for the flusher
 
-	// For the read-ahead of a sequential reader (readahead.go): the reads
-	// in progress, and the read-aheads.
+	// For the read-ahead of a sequential reader (readahead.go): the long
+	// reads in progress, and the read-aheads.
 	reading atomic.Int32
 	ra      readAheadState
 }
@@ -535,14 +535,21 @@ func (d *Disk) read(p []byte, off int64) (int, *ahead, error) {
 	if err != nil || n == 0 {
 		return 0, nil, err
 	}
-	d.reading.Add(1)
-	defer d.reading.Add(-1)
-	a := d.readAhead(off, n)
+	// Short reads leave the read-ahead alone: they touch no state shared
+	// by the disk's readers.
+	var a *ahead
+	if long := n >= aheadMin; long {
+		d.reading.Add(1)
+		defer d.reading.Add(-1)
+		a = d.readAhead(off, n)
+	}
 	if a == nil {
 		if done, err := d.readRange(p[:n], off, false); err != nil {
 			return done, nil, err
 		}
-		d.readDone(off, n)
+		if n >= aheadMin {
+			d.readDone(off, n)
+		}
 	}
 	if n < len(p) {
 		return n, a, io.EOF

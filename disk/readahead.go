@@ -9,17 +9,19 @@ import (
 // with one request in flight (fio's psync, dd, a VM copying a file). Such a
 // request otherwise waits for the whole of its decryption, and while its
 // reply travels to the guest and the next request comes back, the cores
-// have nothing to do. When a read of at least aheadMin bytes continues
-// exactly where the previous one ended and no other read is in progress,
-// the engine reads and opens the next ranges of the same length in the
-// background; a read that asks for exactly the first of them takes it.
+// have nothing to do. When a read of at least aheadMin bytes (a long read)
+// continues exactly where the previous long read ended and no other long
+// read is in progress, the engine reads and opens the next ranges of the
+// same length in the background; a long read that asks for exactly the
+// first of them takes it, a long read of anything else drops them. Short
+// reads take no part: they touch no state shared by the disk's readers.
 //
 // A write or discard, once it has changed the disk, drops the read-aheads
 // its range overlaps (and those after them), so a read never returns data
 // older than a write that completed before the read was issued (see
 // changed). Read-aheads hold the plaintext of a few requests per disk, like
 // request buffers do; they are also dropped when the reader leaves the
-// stream, when the lease has run out and on Close. Their failures raise no
+// stream, at a read after the lease has run out and on Close. Their failures raise no
 // integrity alarm: the read that needs the range reads it again and reports
 // what it finds.
 
@@ -143,16 +145,16 @@ func (d *Disk) changed(off, n int64) {
 	}
 }
 
-// readDone records a completed read of n bytes at off. When the read
-// continued the previous one, is long enough and is the only read in
-// progress, it starts reading ahead the ranges of n bytes that follow, up to
-// aheadDepth of them, inside the disk.
+// readDone records a completed long read of n bytes at off. When the read
+// continued the previous one and is the only long read in progress, it
+// starts reading ahead the ranges of n bytes that follow, up to aheadDepth
+// of them (aheadBytes in all), inside the disk.
 func (d *Disk) readDone(off int64, n int) {
 	d.ra.mu.Lock()
 	defer d.ra.mu.Unlock()
 	seq := d.ra.next == off && off > 0
 	d.ra.next = off + int64(n)
-	if !seq || n < aheadMin || n > aheadBytes || d.reading.Load() != 1 || d.closed.Load() {
+	if !seq || n > aheadBytes || d.reading.Load() != 1 || d.closed.Load() {
 		return
 	}
 	depth := min(aheadDepth, aheadBytes/n)

@@ -80,7 +80,7 @@ func TestReadAheadServesASequentialReader(t *testing.T) {
 				}
 				require.EqualValues(t, reads-2+6, td.Stats().ReadAheads)
 
-				// A read elsewhere drops the read-aheads; short
+				// A long read elsewhere drops the read-aheads; short
 				// sequential reads start none.
 				_, err = td.ReadAt(p, 12*raSize)
 				require.NoError(t, err)
@@ -91,6 +91,20 @@ func TestReadAheadServesASequentialReader(t *testing.T) {
 					require.NoError(t, err)
 					require.Empty(t, aheadOffsets(td.Disk))
 				}
+
+				// Short reads elsewhere leave a stream's read-aheads alone.
+				for _, off := range []int64{0, raSize} {
+					_, err := td.ReadAt(p, off)
+					require.NoError(t, err)
+				}
+				hits := td.Stats().ReadAheads
+				_, err = td.ReadAt(small, 13*raSize)
+				require.NoError(t, err)
+				require.Equal(t, []int64{2 * raSize, 3 * raSize, 4 * raSize}, aheadOffsets(td.Disk))
+				_, err = td.ReadAt(p, 2*raSize)
+				require.NoError(t, err)
+				require.True(t, bytes.Equal(data[2*raSize:3*raSize], p))
+				require.Equal(t, hits+1, td.Stats().ReadAheads)
 			})
 		}
 	}
