@@ -41,6 +41,29 @@ func aheadOffsets(d *Disk) []int64 {
 
 const raSize = 256 << 10 // a read long enough to be read ahead
 
+// filledDisk returns a disk of size bytes written in full with random
+// bytes, and those bytes.
+func filledDisk(t *testing.T, format int, size int64) (*testDisk, []byte) {
+	t.Helper()
+	td := newTestDiskFormat(t, format, size, 1, 0)
+	model := randBytes(int(size))
+	_, err := td.WriteAt(model, 0)
+	require.NoError(t, err)
+	return td, model
+}
+
+// startStream reads the ranges at from and from+raSize, as a sequential
+// reader does, and waits for the read-aheads that starts.
+func startStream(t *testing.T, d *Disk, from int64) {
+	t.Helper()
+	p := make([]byte, raSize)
+	for _, off := range []int64{from, from + raSize} {
+		_, err := d.ReadAt(p, off)
+		require.NoError(t, err)
+	}
+	settle(d)
+}
+
 func TestReadAheadServesASequentialReader(t *testing.T) {
 	for _, format := range formats {
 		for _, layers := range []int{1, 2} {
@@ -141,17 +164,10 @@ func TestReadAheadIsNeverStale(t *testing.T) {
 	for _, format := range formats {
 		for _, c := range changes {
 			t.Run(fmt.Sprintf("v%d/%s", format, c.name), func(t *testing.T) {
-				td := newTestDiskFormat(t, format, 4<<20, 1, 0)
-				model := randBytes(int(td.Size()))
-				_, err := td.WriteAt(model, 0)
-				require.NoError(t, err)
-				p := make([]byte, raSize)
-				for _, off := range []int64{0, raSize} {
-					_, err := td.ReadAt(p, off)
-					require.NoError(t, err)
-				}
-				settle(td.Disk)
+				td, model := filledDisk(t, format, 4<<20)
+				startStream(t, td.Disk, 0)
 				require.Len(t, aheadOffsets(td.Disk), 3)
+				p := make([]byte, raSize)
 				require.NoError(t, c.fn(td, model))
 				for off := int64(2 * raSize); off < 6*raSize; off += raSize {
 					got, release, err := td.ReadLent(p, off)
@@ -170,23 +186,16 @@ func TestReadAheadIsNeverStale(t *testing.T) {
 // TestReadAheadOutlivesWritesElsewhere: a write outside the ranges read
 // ahead leaves them to the reader.
 func TestReadAheadOutlivesWritesElsewhere(t *testing.T) {
-	td := newTestDisk(t, 4<<20, 1, 0)
-	model := randBytes(int(td.Size()))
-	_, err := td.WriteAt(model, 0)
-	require.NoError(t, err)
-	p := make([]byte, raSize)
-	for _, off := range []int64{0, raSize} {
-		_, err := td.ReadAt(p, off)
-		require.NoError(t, err)
-	}
-	settle(td.Disk)
+	td, model := filledDisk(t, FormatVersion, 4<<20)
+	startStream(t, td.Disk, 0)
 	w := randBytes(3 * BlockSize)
 	copy(model[12*raSize:], w)
-	_, err = td.WriteAt(w, 12*raSize)
+	_, err := td.WriteAt(w, 12*raSize)
 	require.NoError(t, err)
 	require.NoError(t, td.Discard(raSize, BlockSize)) // behind the reader
 	clear(model[raSize : raSize+BlockSize])
 	require.Len(t, aheadOffsets(td.Disk), 3)
+	p := make([]byte, raSize)
 	for off := int64(2 * raSize); off < 5*raSize; off += raSize {
 		_, err := td.ReadAt(p, off)
 		require.NoError(t, err)
@@ -260,10 +269,7 @@ func TestReadAheadDuringAWrite(t *testing.T) {
 // TestReadAheadAtTheEnd: no read-ahead reaches past the end of the disk,
 // and a read that runs over the end still gets the bytes up to it.
 func TestReadAheadAtTheEnd(t *testing.T) {
-	td := newTestDisk(t, 4<<20+raSize/2, 1, 0)
-	model := randBytes(int(td.Size()))
-	_, err := td.WriteAt(model, 0)
-	require.NoError(t, err)
+	td, model := filledDisk(t, FormatVersion, 4<<20+raSize/2)
 	p := make([]byte, raSize)
 	off := int64(0)
 	for ; off+raSize <= td.Size(); off += raSize {
@@ -282,37 +288,26 @@ func TestReadAheadAtTheEnd(t *testing.T) {
 }
 
 func TestReadAheadEndsWithTheLeaseAndClose(t *testing.T) {
-	td := newTestDisk(t, 4<<20, 1, 0)
-	_, err := td.WriteAt(randBytes(int(td.Size())), 0)
-	require.NoError(t, err)
+	td, _ := filledDisk(t, FormatVersion, 4<<20)
 	p := make([]byte, raSize)
-	stream := func(from int64) {
-		for _, off := range []int64{from, from + raSize} {
-			_, err := td.ReadAt(p, off)
-			require.NoError(t, err)
-		}
-		settle(td.Disk)
-		require.NotEmpty(t, aheadOffsets(td.Disk))
-	}
-
-	stream(0)
+	startStream(t, td.Disk, 0)
+	require.NotEmpty(t, aheadOffsets(td.Disk))
 	td.SetLease(time.Now().Add(-time.Second))
-	_, err = td.ReadAt(p, 2*raSize)
+	_, err := td.ReadAt(p, 2*raSize)
 	require.ErrorIs(t, err, ErrLeaseExpired, "a read-ahead must not outlive the lease")
 	require.Empty(t, aheadOffsets(td.Disk))
 	require.Zero(t, td.Stats().ReadAheads)
 
 	td.SetLease(time.Time{})
-	stream(4 * raSize)
+	startStream(t, td.Disk, 4*raSize)
+	require.NotEmpty(t, aheadOffsets(td.Disk))
 	require.NoError(t, td.Close())
 	require.Empty(t, aheadOffsets(td.Disk))
 	_, err = td.ReadAt(p, 6*raSize)
 	require.ErrorIs(t, err, ErrClosed)
 
 	// Closed while its read-aheads are still running.
-	other := newTestDisk(t, 4<<20, 1, 0)
-	_, err = other.WriteAt(randBytes(int(other.Size())), 0)
-	require.NoError(t, err)
+	other, _ := filledDisk(t, FormatVersion, 4<<20)
 	for _, off := range []int64{0, raSize} {
 		_, err := other.ReadAt(p, off)
 		require.NoError(t, err)
@@ -328,9 +323,7 @@ func TestReadAheadEndsWithTheLeaseAndClose(t *testing.T) {
 func TestReadAheadRaisesNoAlarm(t *testing.T) {
 	for _, format := range formats {
 		t.Run(fmt.Sprintf("v%d", format), func(t *testing.T) {
-			td := newTestDiskFormat(t, format, 4<<20, 1, 0)
-			_, err := td.WriteAt(randBytes(int(td.Size())), 0)
-			require.NoError(t, err)
+			td, _ := filledDisk(t, format, 4<<20)
 			require.NoError(t, td.Sync())
 			bad := int(3*raSize/BlockSize) + 5 // in the second range read ahead
 			off := td.lay.slotOffset(0, bad)   // a block written once is in slot A
@@ -346,7 +339,7 @@ func TestReadAheadRaisesNoAlarm(t *testing.T) {
 			}
 			settle(td.Disk)
 			require.Zero(t, td.Stats().IntegrityErrors, "a read-ahead raised the alarm")
-			_, err = td.ReadAt(p, 3*raSize)
+			_, err := td.ReadAt(p, 3*raSize)
 			require.ErrorIs(t, err, ErrIntegrity)
 			require.EqualValues(t, 1, td.Stats().IntegrityErrors)
 		})
