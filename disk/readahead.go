@@ -39,6 +39,22 @@ const (
 	aheadBytes = 4 << 20
 )
 
+// aheadBudget is how many bytes the read-aheads of all disks of the process
+// may hold at once, and aheadUsed how many they hold. Many disks streaming
+// at once keep the cores busy without read-ahead; they would only add
+// memory.
+var (
+	aheadBudget int64 = 16 << 20
+	aheadUsed   atomic.Int64
+)
+
+// freeAhead returns a read-ahead's buffer to the pool and its bytes to the
+// budget.
+func (d *Disk) freeAhead(a *ahead) {
+	aheadUsed.Add(-int64(len(*a.buf)))
+	d.putBuf(a.buf)
+}
+
 // readAheadState is a disk's sequential-read tracking, under mu.
 type readAheadState struct {
 	mu    sync.Mutex
@@ -65,7 +81,7 @@ type ahead struct {
 // first call does.
 func (d *Disk) release(a *ahead) {
 	if a.released.CompareAndSwap(false, true) {
-		d.putBuf(a.buf)
+		d.freeAhead(a)
 	}
 }
 
@@ -112,7 +128,7 @@ func (d *Disk) takeAhead(off int64, n int) *ahead {
 func (d *Disk) dropFromLocked(i int) {
 	for j, a := range d.ra.queue[i:] {
 		if a.ended {
-			d.putBuf(a.buf)
+			d.freeAhead(a)
 		} else {
 			a.dropped = true // its goroutine returns the buffer when it ends
 		}
@@ -148,7 +164,7 @@ func (d *Disk) changed(off, n int64) {
 // readDone records a completed long read of n bytes at off. When the read
 // continued the previous one and is the only long read in progress, it
 // starts reading ahead the ranges of n bytes that follow, up to aheadDepth
-// of them (aheadBytes in all), inside the disk.
+// of them (aheadBytes in all), inside the disk and within aheadBudget.
 func (d *Disk) readDone(off int64, n int) {
 	d.ra.mu.Lock()
 	defer d.ra.mu.Unlock()
@@ -163,6 +179,10 @@ func (d *Disk) readDone(off int64, n int) {
 		next = d.ra.queue[k-1].off + int64(n)
 	}
 	for len(d.ra.queue) < depth && next+int64(n) <= d.size.Load() {
+		if aheadUsed.Add(int64(n)) > aheadBudget {
+			aheadUsed.Add(-int64(n))
+			return
+		}
 		a := &ahead{off: next, buf: d.getBuf(n), done: make(chan struct{})}
 		d.ra.queue = append(d.ra.queue, a)
 		d.ra.queued.Store(int32(len(d.ra.queue)))
@@ -176,7 +196,7 @@ func (d *Disk) runAhead(a *ahead) {
 	d.ra.mu.Lock()
 	a.err, a.ended = err, true
 	if a.dropped {
-		d.putBuf(a.buf)
+		d.freeAhead(a)
 	}
 	d.ra.mu.Unlock()
 	close(a.done)

@@ -316,6 +316,11 @@ func TestReadAheadEndsWithTheLeaseAndClose(t *testing.T) {
 	require.Empty(t, aheadOffsets(other.Disk))
 	_, err = other.ReadAt(p, 2*raSize)
 	require.ErrorIs(t, err, ErrClosed)
+
+	// Every buffer went back to the budget (no other disk is open: the
+	// package's tests do not run in parallel).
+	require.Eventually(t, func() bool { return aheadUsed.Load() == 0 }, 5*time.Second, time.Millisecond,
+		"read-aheads still hold %d bytes", aheadUsed.Load())
 }
 
 // TestReadAheadRaisesNoAlarm damages a block in a range read ahead: no
@@ -400,4 +405,30 @@ func TestReadAheadWithConcurrentWriters(t *testing.T) {
 	}
 	close(stop)
 	wg.Wait()
+}
+
+// TestReadAheadBudget: the read-aheads of all disks share one budget, and
+// what a closed disk held goes back to it.
+func TestReadAheadBudget(t *testing.T) {
+	defer func(b int64) { aheadBudget = b }(aheadBudget)
+	aheadBudget = aheadUsed.Load() + 2*raSize
+	a, _ := filledDisk(t, FormatVersion, 4<<20)
+	b, model := filledDisk(t, FormatVersion, 4<<20)
+	startStream(t, a.Disk, 0)
+	require.Equal(t, []int64{2 * raSize, 3 * raSize}, aheadOffsets(a.Disk), "two ranges fit the budget")
+	startStream(t, b.Disk, 0)
+	require.Empty(t, aheadOffsets(b.Disk), "nothing is left for a second disk")
+
+	require.NoError(t, a.Close())
+	p := make([]byte, raSize)
+	_, err := b.ReadAt(p, 2*raSize)
+	require.NoError(t, err)
+	require.Equal(t, []int64{3 * raSize, 4 * raSize}, aheadOffsets(b.Disk))
+	settle(b.Disk)
+	for off := int64(3 * raSize); off < 5*raSize; off += raSize {
+		_, err := b.ReadAt(p, off)
+		require.NoError(t, err)
+		require.True(t, bytes.Equal(model[off:off+raSize], p))
+	}
+	require.EqualValues(t, 2, b.Stats().ReadAheads)
 }
