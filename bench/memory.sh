@@ -3,8 +3,8 @@
 #
 # Attaches DISKS data disks of SIZE to one VM (customer-managed keys are not
 # needed for this: the data path is the same), runs fio on all of them at
-# once (4 KiB random writes at depth 32, then 1 MiB sequential writes, then
-# 4 KiB random reads), and reports the daemon's resident memory after
+# once (4 KiB random writes at depth 32, then 1 MiB sequential writes, 1 MiB
+# sequential reads, 4 KiB random reads), and reports the daemon's resident memory after
 # attaching, after each phase, and its peak (VmHWM). Writes the table to
 # bench/results/memory.md and, with UPDATE_DOCS=1, into docs/PERFORMANCE.md.
 #
@@ -68,6 +68,7 @@ mkdir -p bench/results
 } >"$OUT.tmp"
 for p in "rand-write-4k --rw=randwrite --bs=4k --ioengine=libaio --iodepth=32" \
   "seq-write-1M --rw=write --bs=1M --ioengine=psync" \
+  "seq-read-1M --rw=read --bs=1M --ioengine=psync" \
   "rand-read-4k --rw=randread --bs=4k --ioengine=libaio --iodepth=32"; do
   read -r -a a <<<"$p"
   read -r iops mibs <<<"$(phase "${a[@]}")"
