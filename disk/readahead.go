@@ -21,13 +21,13 @@ import (
 // older than a write that completed before the read was issued (see
 // changed). Read-aheads hold the plaintext of a few requests per disk, like
 // request buffers do; they are also dropped when the reader leaves the
-// stream, at a read after the lease has run out and on Close. Their failures raise no
-// integrity alarm: the read that needs the range reads it again and reports
-// what it finds.
+// stream, at a read after the lease has run out and on Close. Their
+// failures raise no integrity alarm: the read that needs the range reads it
+// again and reports what it finds.
 
-// aheadMin is the smallest request that starts a read-ahead. Shorter
-// sequential reads are not spread over several cores either (parallelMin)
-// and gain little from running one request ahead.
+// aheadMin is the smallest request that takes part in the read-ahead. A
+// shorter one costs little to open next to its way to the guest and back,
+// and keeping it out keeps small reads off the read-ahead's shared state.
 const aheadMin = 128 << 10
 
 // A sequential reader has up to aheadDepth ranges read ahead, and at most
