@@ -538,7 +538,8 @@ func (d *Disk) read(p []byte, off int64) (int, *ahead, error) {
 	// Short reads leave the read-ahead alone: they touch no state shared
 	// by the disk's readers.
 	var a *ahead
-	if long := n >= aheadMin; long {
+	long := n >= aheadMin
+	if long {
 		d.reading.Add(1)
 		defer d.reading.Add(-1)
 		a = d.readAhead(off, n)
@@ -547,7 +548,7 @@ func (d *Disk) read(p []byte, off int64) (int, *ahead, error) {
 		if done, err := d.readRange(p[:n], off, false); err != nil {
 			return done, nil, err
 		}
-		if n >= aheadMin {
+		if long {
 			d.readDone(off, n)
 		}
 	}
