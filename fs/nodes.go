@@ -205,29 +205,31 @@ func (n *imageNode) Read(ctx context.Context, f gofs.FileHandle, dest []byte, of
 	if want == 0 {
 		return fuse.ReadResultVector(nil), 0
 	}
+	var (
+		data    []byte
+		release func() // set when data is a buffer the image lent
+		err     error
+	)
 	if l, ok := img.(Lender); ok {
-		data, release, err := l.ReadLent(dest[:want], off)
-		if err != nil && !errors.Is(err, io.EOF) {
-			if release != nil {
-				release()
-			}
-			return nil, toErrno(err)
-		}
-		if release != nil && len(data) > 0 {
-			return &lentResult{data: data, release: release}, 0
-		}
-		if release != nil { // an empty reply is sent without calling Done
-			release()
-		}
-		return fuse.ReadResultVector([][]byte{data}), 0
+		data, release, err = l.ReadLent(dest[:want], off)
+	} else {
+		var got int
+		got, err = img.ReadAt(dest[:want], off)
+		data = dest[:got]
 	}
-	got, err := img.ReadAt(dest[:want], off)
+	if release != nil && (len(data) == 0 || err != nil && !errors.Is(err, io.EOF)) {
+		release() // go-fuse calls Done for neither an error nor an empty reply
+		release = nil
+	}
 	if err != nil && !errors.Is(err, io.EOF) {
 		// No partial data with an error: for an authenticated disk a
 		// partial answer could hide an integrity failure.
 		return nil, toErrno(err)
 	}
-	return fuse.ReadResultVector([][]byte{dest[:got]}), 0
+	if release != nil {
+		return &lentResult{data: data, release: release}, 0
+	}
+	return fuse.ReadResultVector([][]byte{data}), 0
 }
 
 // lentResult replies with a buffer an image lent (Lender) and gives it back
