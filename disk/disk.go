@@ -260,9 +260,7 @@ func (d *Disk) usable(block int64) error {
 // Stats returns the disk's counters.
 func (d *Disk) Stats() Stats {
 	s := Stats{IntegrityErrors: d.integrity.Load()}
-	d.ra.mu.Lock()
-	s.ReadAheads = d.ra.hits
-	d.ra.mu.Unlock()
+	s.ReadAheads = d.ra.hits.Load()
 	t := d.table.Load()
 	for i := range *t {
 		if c := (*t)[i].Load(); c != nil && c.st.Load() != nil {

@@ -55,12 +55,13 @@ func (d *Disk) freeAhead(a *ahead) {
 	d.putBuf(a.buf)
 }
 
-// readAheadState is a disk's sequential-read tracking, under mu.
+// readAheadState is a disk's sequential-read tracking: next and queue are
+// under mu.
 type readAheadState struct {
 	mu    sync.Mutex
-	next  int64    // where the last read ended
-	queue []*ahead // read-aheads in progress or done and not taken yet, in stream order
-	hits  uint64   // reads served from a read-ahead
+	next  int64         // where the last read ended
+	queue []*ahead      // read-aheads in progress or done and not taken yet, in stream order
+	hits  atomic.Uint64 // reads served from a read-ahead
 	// queued is len(queue), for writers to read without the lock.
 	queued atomic.Int32
 }
@@ -101,9 +102,7 @@ func (d *Disk) readAhead(off int64, n int) *ahead {
 	// Start the next range now, so that it overlaps this one's way back to
 	// the guest.
 	d.readDone(off, n)
-	d.ra.mu.Lock()
-	d.ra.hits++
-	d.ra.mu.Unlock()
+	d.ra.hits.Add(1)
 	return a
 }
 
