@@ -10,6 +10,10 @@
 # Environment, all optional:
 #   TARGETS       targets in run order (default: all of them, see ALL_TARGETS)
 #   RUNTIME       seconds per fio job (default 8)
+#   ROUNDS        how many times to run every target (default 1). Each round
+#                 runs all TARGETS in order, so a target's rounds are spread
+#                 over the run; the table gives each job's median and range,
+#                 and ratios as the median of the rounds' ratios
 #   SIZE          file and disk size (default 1G)
 #   UPDATE_DOCS   1: also write the table into docs/PERFORMANCE.md
 #   BENCH_TMPDIR  where the targets' backing directories go (default /var/tmp;
@@ -26,6 +30,7 @@ set -euo pipefail
 ALL_TARGETS="raw passthrough passthrough-hc gocryptfs hostcrypt-pmk cmk cmk-double cmk-readonly cmk-readwrite cmk-readwrite-noeah"
 TARGETS=${TARGETS:-$ALL_TARGETS}
 RUNTIME=${RUNTIME:-8}
+ROUNDS=${ROUNDS:-1}
 SIZE=${SIZE:-1G}
 UPDATE_DOCS=${UPDATE_DOCS:-0}
 BENCH_TMPDIR=${BENCH_TMPDIR:-/var/tmp}
@@ -401,15 +406,18 @@ record() {
   echo "$line" >>"$OUT/targets.txt"
 }
 
+# run_target LABEL ROUND: one round of one target. The suite's output goes
+# to OUT/LABEL, or OUT/LABEL/round-N when there are several rounds.
 run_target() {
-  local label=$1 why dir=$WORK/$1 started=0 rc=0
+  local label=$1 round=$2 why dir=$WORK/$1 started=0 rc=0 out=$OUT/$1
+  ((ROUNDS == 1)) || out=$OUT/$label/round-$round
   why=$(skip_reason "$label")
   if [[ -n $why ]]; then
     say "$label: skipped: $why"
     record "$label" skipped "$why"
     return 0
   fi
-  mkdir -p "$dir" "$OUT/$label"
+  mkdir -p "$dir" "$out"
   FIO_TARGET="" DAEMON_PIDS="" WHY=""
   say "$label: starting"
   case $label in
@@ -421,18 +429,18 @@ run_target() {
   *) start_hostcrypt "$dir" "$label" && started=1 ;;
   esac
   if ((started)); then
-    say "$label: running the fio suite on ${FIO_TARGET#"$WORK/"}"
+    say "$label: running the fio suite on ${FIO_TARGET#"$WORK/"}$( ((ROUNDS == 1)) || echo ", round $round of $ROUNDS")"
     # In the background, so that a signal reaches this script at once; in
     # its own process group, so that cleanup can stop fio with it.
-    DAEMON_PIDS=$DAEMON_PIDS setsid bench/fio-suite.sh "$FIO_TARGET" "$label" "$OUT/$label" \
-      >"$OUT/$label/lines.txt" &
+    DAEMON_PIDS=$DAEMON_PIDS setsid bench/fio-suite.sh "$FIO_TARGET" "$label" "$out" \
+      >"$out/lines.txt" &
     PIDS+=("$!")
     wait "$!" || rc=$?
-    grep -v '^#' "$OUT/$label/lines.txt" >>"$OUT/lines.txt" || true
-    if grep -qv '^#' "$OUT/$label/lines.txt"; then
+    grep -v '^#' "$out/lines.txt" | sed "s/\$/ round=$round/" >>"$OUT/lines.txt" || true
+    if grep -qv '^#' "$out/lines.txt"; then
       record "$label" ok "$(describe "$label")"
     else
-      record "$label" failed "the fio suite produced no result (exit $rc; see $OUT/$label/)"
+      record "$label" failed "the fio suite produced no result (exit $rc; see $out/)"
     fi
   else
     say "$label: $WHY"
@@ -441,7 +449,7 @@ run_target() {
   say "$label: stopping"
   stop_all
   # Keep the daemons' logs with the results, then free the disk space.
-  cp "$dir"/*.log "$OUT/$label/" 2>/dev/null || true
+  cp "$dir"/*.log "$out/" 2>/dev/null || true
   rm -rf "$dir"
 }
 
@@ -458,12 +466,14 @@ machine: ${cpu:-unknown CPU}, $(nproc) CPUs, $mem, kernel $(uname -r), backing f
 versions: $("$GO" version | cut -d' ' -f3), go-fuse $fuse_version, $(fio --version), $(gocryptfs -version 2>/dev/null | cut -d';' -f1)
 commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD 2>/dev/null || echo " (with local changes)")
 jobs: $RUNTIME s each (fio time_based), on a $SIZE file written in full first, O_DIRECT, page cache $([[ ${DROP_CACHES:-1} == 1 ]] && echo "dropped before each job" || echo "kept between jobs"); targets run one after another$(
+    ((ROUNDS == 1)) || echo ", $ROUNDS rounds of all targets: every figure is the median of a target's rounds, every ratio the median of the rounds' ratios")$(
     ((${WAIT_IDLE:-0} > 0)) && echo "; each job waited up to $WAIT_IDLE s for the machine to be less than ${IDLE_BUSY_PCT:-15} % busy")
 EOF
 }
 
 main() {
   [[ $(id -u) == 0 ]] || die "run as root (FUSE mounts, dropping the page cache, apt-get)"
+  [[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || die "ROUNDS must be a whole number of at least 1, not '$ROUNDS'"
   local start=$SECONDS label
   for label in $TARGETS; do
     [[ -n $(describe "$label") ]] || die "unknown target $label (known: $ALL_TARGETS passthrough-stock)"
@@ -477,8 +487,11 @@ main() {
   : >"$OUT/lines.txt"
   : >"$OUT/targets.txt"
   meta >"$OUT/meta.txt"
-  for label in $TARGETS; do
-    run_target "$label"
+  local round
+  for ((round = 1; round <= ROUNDS; round++)); do
+    for label in $TARGETS; do
+      run_target "$label" "$round"
+    done
   done
   echo "wall time: $(((SECONDS - start) / 60)) min $(((SECONDS - start) % 60)) s for the whole run" >>"$OUT/meta.txt"
   "$WORK/bin/fiotable" --dir "$OUT" >"$RESULTS/latest.md"

@@ -9,6 +9,12 @@
 //	targets.txt  one line per target in run order: "LABEL ok|skipped|failed [why]"
 //	lines.txt    the suite's output: "LABEL JOB MiB/s IOPS p99_us key=value..."
 //
+// A run of several rounds (bench/run.sh ROUNDS) lists each target once per
+// round in targets.txt and marks each line with round=N. The table then
+// gives, for each job of each target, the round with the median throughput
+// and the range over the rounds, and each ratio is the median of the ratios
+// measured within a round.
+//
 // The table goes to stdout. With --update it also replaces the part of the
 // given file between the fio-table markers (creating the file, with a short
 // how-to-reproduce section, when it does not exist, and adding the markers at
@@ -17,6 +23,7 @@ package main
 
 import (
 	"bufio"
+	"cmp"
 	"errors"
 	"flag"
 	"fmt"
@@ -24,6 +31,7 @@ import (
 	"log"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -74,12 +82,16 @@ type result struct {
 // target is one row group of the table.
 type target struct {
 	label, status, why string
+	failures           []string // of rounds that failed while others ran
 }
 
 type run struct {
 	meta    [][2]string
 	targets []target
-	results map[string]map[string]result // label -> job -> result
+	results map[string]map[string]result // label -> job -> the median round
+	// rounds holds every round's result, in round order, when the run
+	// had more than one; ratios then pair results of the same round.
+	rounds map[string]map[string][]result
 }
 
 func load(dir string) (*run, error) {
@@ -95,6 +107,7 @@ func load(dir string) (*run, error) {
 	if err != nil {
 		return nil, err
 	}
+	seen := map[string]int{} // label -> index in r.targets
 	err = eachLine(filepath.Join(dir, "targets.txt"), func(line string) error {
 		f := strings.SplitN(line, " ", 3)
 		if len(f) < 2 {
@@ -104,24 +117,69 @@ func load(dir string) (*run, error) {
 		if len(f) == 3 {
 			t.why = f[2]
 		}
-		r.targets = append(r.targets, t)
+		i, again := seen[t.label]
+		if !again {
+			seen[t.label] = len(r.targets)
+			r.targets = append(r.targets, t)
+			return nil
+		}
+		// A later round of a target: it counts as run if any round ran,
+		// and the reasons of the rounds that did not are kept.
+		prev := &r.targets[i]
+		switch {
+		case prev.status == t.status:
+		case t.status == "ok":
+			prev.failures = append(prev.failures, prev.status+": "+prev.why)
+			prev.status, prev.why = t.status, t.why
+		default:
+			prev.failures = append(prev.failures, t.status+": "+t.why)
+		}
 		return nil
 	})
 	if err != nil {
 		return nil, err
 	}
+	rounds := map[string]map[string][]result{}
+	several := false
 	err = eachLine(filepath.Join(dir, "lines.txt"), func(line string) error {
 		res, err := parseLine(line)
 		if err != nil {
 			return err
 		}
-		if r.results[res.label] == nil {
-			r.results[res.label] = map[string]result{}
+		if rounds[res.label] == nil {
+			rounds[res.label] = map[string][]result{}
 		}
-		r.results[res.label][res.job] = res
+		rounds[res.label][res.job] = append(rounds[res.label][res.job], res)
+		several = several || len(rounds[res.label][res.job]) > 1
 		return nil
 	})
+	for label, byJob := range rounds {
+		r.results[label] = map[string]result{}
+		for job, rs := range byJob {
+			r.results[label][job] = median(rs)
+		}
+	}
+	if several {
+		r.rounds = rounds
+	}
 	return r, err
+}
+
+// median returns the result with the median throughput among those that
+// did not fail (of an even number, the lower of the middle two), or a
+// failed one when all failed.
+func median(rs []result) result {
+	var ok []result
+	for _, res := range rs {
+		if !res.failed {
+			ok = append(ok, res)
+		}
+	}
+	if len(ok) == 0 {
+		return rs[0]
+	}
+	slices.SortStableFunc(ok, func(a, b result) int { return cmp.Compare(throughput(a), throughput(b)) })
+	return ok[(len(ok)-1)/2]
 }
 
 // eachLine calls fn for every non-empty, non-comment line of a file; a
@@ -214,7 +272,15 @@ func render(r *run) string {
 	if same {
 		b.WriteString("; \"× same options\" compares with the passthrough mounted with hostcryptd's options (`" + refSameOptions + "`)")
 	}
-	b.WriteString(".\n\n| target | job | throughput | p99 µs | daemon CPU µs/I/O | × passthrough |")
+	several := r.rounds != nil
+	if several {
+		b.WriteString("; the figures are those of the round with the median throughput, \"range\" is the lowest and highest throughput of the rounds, and a ratio is the median of the ratios within each round")
+	}
+	b.WriteString(".\n\n| target | job | throughput |")
+	if several {
+		b.WriteString(" range |")
+	}
+	b.WriteString(" p99 µs | daemon CPU µs/I/O | × passthrough |")
 	if same {
 		b.WriteString(" × same options |")
 	}
@@ -222,7 +288,11 @@ func render(r *run) string {
 	if busy {
 		b.WriteString(" busy before |")
 	}
-	b.WriteString("\n| --- | --- | ---: | ---: | ---: | ---: |")
+	b.WriteString("\n| --- | --- | ---: |")
+	if several {
+		b.WriteString(" ---: |")
+	}
+	b.WriteString(" ---: | ---: | ---: |")
 	if same {
 		b.WriteString(" ---: |")
 	}
@@ -242,6 +312,9 @@ func render(r *run) string {
 			}
 			if res.failed {
 				cells := []string{t.label, job, "failed", "", "", "", ""}
+				if several {
+					cells = append(cells, "")
+				}
 				if same {
 					cells = append(cells, "")
 				}
@@ -255,9 +328,12 @@ func render(r *run) string {
 			if m := res.fields["mode"]; m != "" && m != "direct" {
 				tp += " (" + m + ")"
 			}
-			cells := []string{t.label, job, tp,
-				strconv.FormatFloat(res.p99us, 'f', 0, 64),
-				res.fields["daemon_us_per_io"], r.ratio(res, refPassthrough)}
+			cells := []string{t.label, job, tp}
+			if several {
+				cells = append(cells, r.spread(t.label, job))
+			}
+			cells = append(cells, strconv.FormatFloat(res.p99us, 'f', 0, 64),
+				res.fields["daemon_us_per_io"], r.ratio(res, refPassthrough))
 			if same {
 				cells = append(cells, r.ratio(res, refSameOptions))
 			}
@@ -276,6 +352,9 @@ func render(r *run) string {
 			notes = append(notes, fmt.Sprintf("- `%s` %s: %s", t.label, t.status, t.why))
 		case t.why != "":
 			notes = append(notes, fmt.Sprintf("- `%s`: %s", t.label, t.why))
+		}
+		for _, f := range t.failures {
+			notes = append(notes, fmt.Sprintf("- `%s`, one round %s", t.label, f))
 		}
 	}
 	if len(notes) > 0 {
@@ -314,15 +393,61 @@ func (r *run) cell(label, job string, format func(result) string) string {
 }
 
 // ratio is res's throughput over the reference target's on the same job.
+// Over several rounds it is the median of the ratios within each round
+// that both targets completed: a slow stretch of the machine then weighs
+// on both sides of a ratio, not on one.
 func (r *run) ratio(res result, ref string) string {
 	if res.label == ref {
 		return "1.00"
+	}
+	if r.rounds != nil {
+		base := map[string]float64{} // round -> the reference's throughput
+		for _, b := range r.rounds[ref][res.job] {
+			if !b.failed && throughput(b) > 0 {
+				base[b.fields["round"]] = throughput(b)
+			}
+		}
+		var ratios []float64
+		for _, x := range r.rounds[res.label][res.job] {
+			if v, ok := base[x.fields["round"]]; ok && !x.failed {
+				ratios = append(ratios, throughput(x)/v)
+			}
+		}
+		if len(ratios) == 0 {
+			return "–"
+		}
+		slices.Sort(ratios)
+		return fmt.Sprintf("%.2f", ratios[(len(ratios)-1)/2])
 	}
 	base, ok := r.results[ref][res.job]
 	if !ok || base.failed || throughput(base) == 0 {
 		return "–"
 	}
 	return fmt.Sprintf("%.2f", throughput(res)/throughput(base))
+}
+
+// spread is the range of a job's throughput over the rounds that
+// completed it, "low–high".
+func (r *run) spread(label, job string) string {
+	var lo, hi float64
+	n := 0
+	for _, res := range r.rounds[label][job] {
+		if res.failed {
+			continue
+		}
+		v := throughput(res)
+		if n == 0 || v < lo {
+			lo = v
+		}
+		if n == 0 || v > hi {
+			hi = v
+		}
+		n++
+	}
+	if n == 0 {
+		return "–"
+	}
+	return formatThroughput(job, lo) + "–" + formatThroughput(job, hi)
 }
 
 func formatThroughput(job string, v float64) string {

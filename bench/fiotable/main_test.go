@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -147,4 +148,51 @@ func TestUpdateFileWithoutMarkers(t *testing.T) {
 	// Markers in the wrong order are an error, not a guess.
 	require.NoError(t, os.WriteFile(path, []byte(endMarker+"\n"+startMarker+"\n"), 0o644))
 	assert.Error(t, updateFile(path, "table\n"))
+}
+
+func TestRenderRounds(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, text string) {
+		require.NoError(t, os.WriteFile(filepath.Join(dir, name), []byte(text), 0o644))
+	}
+	write("meta.txt", "date: 2026-11-30\n")
+	write("targets.txt", strings.Join([]string{
+		"passthrough-hc ok the same options", "cmk ok a CMK disk", "gocryptfs ok",
+		"passthrough-hc ok the same options", "cmk ok a CMK disk", "gocryptfs failed it did not mount",
+		"passthrough-hc ok the same options", "cmk ok a CMK disk", "gocryptfs ok",
+	}, "\n"))
+	line := func(label, job string, v float64, p99 int, round int) string {
+		return fmt.Sprintf("%s %s %.1f %.0f %d mode=direct daemon_us_per_io=%d.0 round=%d",
+			label, job, v/256, v, p99, p99/100, round)
+	}
+	write("lines.txt", strings.Join([]string{
+		line("passthrough-hc", "rand-write-4k", 50000, 1000, 1),
+		line("cmk", "rand-write-4k", 35000, 2100, 1),
+		line("cmk", "seq-write-1M", 1100*256, 1500, 1),
+		line("gocryptfs", "rand-write-4k", 5000, 9000, 1),
+		line("passthrough-hc", "rand-write-4k", 60000, 1100, 2),
+		line("cmk", "rand-write-4k", 51000, 2200, 2),
+		"cmk seq-write-1M FAILED - - mode=direct rc=1 round=2",
+		line("passthrough-hc", "rand-write-4k", 40000, 1200, 3),
+		line("cmk", "rand-write-4k", 38000, 2300, 3),
+		line("cmk", "seq-write-1M", 900*256, 1400, 3),
+		line("gocryptfs", "rand-write-4k", 7000, 9100, 3),
+	}, "\n"))
+	r, err := load(dir)
+	require.NoError(t, err)
+	out := render(r)
+
+	// One row per target, whatever the number of rounds.
+	assert.Equal(t, 1, strings.Count(out, "| cmk | rand-write-4k |"))
+	// The median round (38.0k, round 3) with its own latency; the range of
+	// the three; the ratio is the median of 0.70, 0.85 and 0.95, not the
+	// ratio of the medians (0.76). Against gocryptfs only rounds 1 and 3
+	// pair up: 7.00 and 5.43, of which the lower.
+	assert.Contains(t, out, "| cmk | rand-write-4k | 38.0k | 35.0k–51.0k | 2300 | 23.0 | – | 0.85 | 5.43 |\n")
+	// A round that failed a job is left out of its median and range.
+	assert.Contains(t, out, "| cmk | seq-write-1M | 900 | 900–1100 | 1400 |")
+	// gocryptfs ran in two rounds of three: it has a row, and a note.
+	assert.Contains(t, out, "| gocryptfs | rand-write-4k | 5.0k | 5.0k–7.0k |")
+	assert.Contains(t, out, "- `gocryptfs`, one round failed: it did not mount\n")
+	assert.Contains(t, out, "\"range\" is the lowest and highest")
 }
