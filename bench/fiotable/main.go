@@ -276,31 +276,25 @@ func render(r *run) string {
 	if several {
 		b.WriteString("; the figures are those of the round with the median throughput, \"range\" is the lowest and highest throughput of the rounds, and a ratio is the median of the ratios within each round")
 	}
-	b.WriteString(".\n\n| target | job | throughput |")
+	b.WriteString(".\n\n")
+	cols := []string{"target", "job", "throughput"}
 	if several {
-		b.WriteString(" range |")
+		cols = append(cols, "range")
 	}
-	b.WriteString(" p99 µs | daemon CPU µs/I/O | × passthrough |")
+	cols = append(cols, "p99 µs", "daemon CPU µs/I/O", "× passthrough")
 	if same {
-		b.WriteString(" × same options |")
+		cols = append(cols, "× same options")
 	}
-	b.WriteString(" × gocryptfs |")
+	cols = append(cols, "× gocryptfs")
 	if busy {
-		b.WriteString(" busy before |")
+		cols = append(cols, "busy before")
 	}
-	b.WriteString("\n| --- | --- | ---: |")
-	if several {
-		b.WriteString(" ---: |")
+	writeRow(&b, cols)
+	align := []string{"---", "---"}
+	for len(align) < len(cols) {
+		align = append(align, "---:")
 	}
-	b.WriteString(" ---: | ---: | ---: |")
-	if same {
-		b.WriteString(" ---: |")
-	}
-	b.WriteString(" ---: |")
-	if busy {
-		b.WriteString(" ---: |")
-	}
-	b.WriteString("\n")
+	writeRow(&b, align)
 	for _, t := range r.targets {
 		if t.status != "ok" {
 			continue
@@ -311,16 +305,8 @@ func render(r *run) string {
 				continue
 			}
 			if res.failed {
-				cells := []string{t.label, job, "failed", "", "", "", ""}
-				if several {
-					cells = append(cells, "")
-				}
-				if same {
-					cells = append(cells, "")
-				}
-				if busy {
-					cells = append(cells, "")
-				}
+				cells := make([]string, len(cols))
+				copy(cells, []string{t.label, job, "failed"})
 				writeRow(&b, cells)
 				continue
 			}
