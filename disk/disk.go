@@ -320,8 +320,12 @@ func (d *Disk) stateOf(c *chunk, create, quiet bool) (*chunkState, error) {
 				obj.Close()
 				return nil, err
 			}
-			c.st.Store(st)
-			return st, nil
+			if st != nil {
+				c.st.Store(st)
+				return st, nil
+			}
+			obj.Close() // blank: as good as absent, and created again below
+			c.absent.Store(true)
 		case errors.Is(err, storage.ErrNotFound):
 			c.absent.Store(true)
 		default:
@@ -335,8 +339,12 @@ func (d *Disk) stateOf(c *chunk, create, quiet bool) (*chunkState, error) {
 	if err != nil {
 		return nil, err
 	}
+	// The header, and zeros over the selector table: the object may be a
+	// blank one left by a creation that never got this far. Whole pages.
+	first := make([]byte, headerSize+d.lay.selBytes)
 	h := d.header(c.idx)
-	if _, err := obj.WriteAt(h.marshal(), 0); err != nil {
+	copy(first, h.marshal())
+	if _, err := obj.WriteAt(first, 0); err != nil {
 		obj.Close()
 		return nil, err
 	}
@@ -364,6 +372,15 @@ func (d *Disk) header(idx int64) chunkHeader {
 
 // load reads and checks an existing chunk's header and selectors, and in
 // version 2 the entries of the versions they name.
+//
+// A chunk whose header is all zeros is blank: load returns no state and no
+// error. Creating a chunk makes its object and then writes its header, so a
+// process killed in between leaves an empty object; and a Sync makes the
+// header durable before it writes any selector, so after a power loss a
+// header that did not reach the disk means that no selector of the chunk
+// did either. Either way no block of the chunk was ever persisted, and it
+// reads as zeros, as an absent chunk does. (Someone who can write the
+// backend can blank a chunk, as they can delete it; see docs/SECURITY.md.)
 func (d *Disk) load(c *chunk, obj storage.Chunk, quiet bool) (*chunkState, error) {
 	end := int64(headerSize + d.lay.chunkBlocks)
 	if d.lay.format != formatV1 {
@@ -372,6 +389,9 @@ func (d *Disk) load(c *chunk, obj storage.Chunk, quiet bool) (*chunkState, error
 	buf := make([]byte, end)
 	if _, err := obj.ReadAt(buf, 0); err != nil {
 		return nil, err
+	}
+	if zeros.Is(buf[:headerSize]) {
+		return nil, nil
 	}
 	h, err := parseChunkHeader(buf[:headerSize])
 	if err == nil && h != d.header(c.idx) {

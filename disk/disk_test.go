@@ -1149,3 +1149,64 @@ func TestObjectBytes(t *testing.T) {
 		require.Equal(t, td.ObjectBytes(), fi.Size(), "format %d layers=%d", tc.format, tc.layers)
 	}
 }
+
+// TestBlankChunk: a chunk object whose header is all zeros was made by a
+// creation that never wrote its header (the process was killed between the
+// two, or the header never reached the disk before a power loss). It holds
+// no persisted block: it reads as zeros without an alarm, and the next write
+// takes it over, whatever its selector table held.
+func TestBlankChunk(t *testing.T) {
+	const cb = 16
+	for _, tc := range formatsAndLayers() {
+		t.Run(fmt.Sprintf("v%d/layers=%d", tc.format, tc.layers), func(t *testing.T) {
+			td := newTestDiskFormat(t, tc.format, 2<<20, tc.layers, cb)
+			ctx := context.Background()
+			blank := func(idx int64, selectors []byte) {
+				obj, err := td.be.OpenChunk(ctx, chunkKey(td.name, idx), true)
+				require.NoError(t, err)
+				if selectors != nil {
+					_, err = obj.WriteAt(selectors, td.lay.selOffset(0))
+					require.NoError(t, err)
+				}
+				require.NoError(t, obj.Sync())
+				require.NoError(t, obj.Close())
+			}
+			// Chunk 3: an empty object. Chunk 5: a zero header over a
+			// selector table of garbage.
+			blank(3, nil)
+			garbage := bytes.Repeat([]byte{0xa7}, cb)
+			blank(5, garbage)
+			td.reopen(t)
+
+			for _, idx := range []int64{3, 5} {
+				got := make([]byte, cb*BlockSize)
+				_, err := td.ReadAt(got, idx*cb*BlockSize)
+				require.NoError(t, err)
+				require.True(t, zeros.Is(got), "chunk %d", idx)
+			}
+			require.Zero(t, td.Stats().IntegrityErrors)
+
+			data := randBytes(BlockSize)
+			for _, idx := range []int64{3, 5} {
+				_, err := td.WriteAt(data, (idx*cb+2)*BlockSize)
+				require.NoError(t, err)
+			}
+			require.NoError(t, td.Sync())
+			td.reopen(t)
+			for _, idx := range []int64{3, 5} {
+				got := make([]byte, cb*BlockSize)
+				_, err := td.ReadAt(got, idx*cb*BlockSize)
+				require.NoError(t, err, "chunk %d", idx)
+				require.Equal(t, data, got[2*BlockSize:3*BlockSize])
+				clear(got[2*BlockSize : 3*BlockSize])
+				require.True(t, zeros.Is(got), "chunk %d: a block never written reads as zeros", idx)
+			}
+			require.Zero(t, td.Stats().IntegrityErrors)
+
+			// A header that is damaged, not blank, is still an integrity error.
+			patch(t, chunkFile(td, 3), 0, func(b []byte) { clear(b[:headerSize]); b[100] = 1 })
+			td.reopen(t)
+			requireIntegrity(t, td, (3*cb+2)*BlockSize, data)
+		})
+	}
+}
