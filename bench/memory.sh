@@ -4,9 +4,10 @@
 # Attaches DISKS data disks of SIZE to one VM (customer-managed keys are not
 # needed for this: the data path is the same), runs fio on all of them at
 # once (4 KiB random writes at depth 32, then 1 MiB sequential writes, 1 MiB
-# sequential reads, 4 KiB random reads), and reports the daemon's resident memory after
-# attaching, after each phase, and its peak (VmHWM). Writes the table to
-# bench/results/memory.md and, with UPDATE_DOCS=1, into docs/PERFORMANCE.md.
+# sequential reads, 4 KiB random reads), and reports the daemon's resident
+# memory after attaching, after each phase, and its peak (VmHWM). Writes
+# the table to bench/results/memory.md and, with UPDATE_DOCS=1, into
+# docs/PERFORMANCE.md.
 #
 # Environment, all optional:
 #   DISKS        number of data disks (default 10)

@@ -169,17 +169,23 @@ func load(dir string) (*run, error) {
 // did not fail (of an even number, the lower of the middle two), or a
 // failed one when all failed.
 func median(rs []result) result {
+	ok := completed(rs)
+	if len(ok) == 0 {
+		return rs[0]
+	}
+	return ok[(len(ok)-1)/2]
+}
+
+// completed returns the results that did not fail, by throughput.
+func completed(rs []result) []result {
 	var ok []result
 	for _, res := range rs {
 		if !res.failed {
 			ok = append(ok, res)
 		}
 	}
-	if len(ok) == 0 {
-		return rs[0]
-	}
 	slices.SortStableFunc(ok, func(a, b result) int { return cmp.Compare(throughput(a), throughput(b)) })
-	return ok[(len(ok)-1)/2]
+	return ok
 }
 
 // eachLine calls fn for every non-empty, non-comment line of a file; a
@@ -415,25 +421,11 @@ func (r *run) ratio(res result, ref string) string {
 // spread is the range of a job's throughput over the rounds that
 // completed it, "low–high".
 func (r *run) spread(label, job string) string {
-	var lo, hi float64
-	n := 0
-	for _, res := range r.rounds[label][job] {
-		if res.failed {
-			continue
-		}
-		v := throughput(res)
-		if n == 0 || v < lo {
-			lo = v
-		}
-		if n == 0 || v > hi {
-			hi = v
-		}
-		n++
-	}
-	if n == 0 {
+	ok := completed(r.rounds[label][job])
+	if len(ok) == 0 {
 		return "–"
 	}
-	return formatThroughput(job, lo) + "–" + formatThroughput(job, hi)
+	return formatThroughput(job, throughput(ok[0])) + "–" + formatThroughput(job, throughput(ok[len(ok)-1]))
 }
 
 func formatThroughput(job string, v float64) string {
