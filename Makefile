@@ -19,7 +19,7 @@ build:
 deps:
 	@scripts/deps.sh
 
-# The main job. Until the daemons land this runs the engine's self-check.
+# The main job: keystored, hostcryptd and a demo VM (scripts/run.sh).
 run: deps build
 	@scripts/run.sh
 
