@@ -130,7 +130,7 @@ func describe(err error) string {
 func run(ctx context.Context, args []string, env Env) error {
 	c := &Context{Ctx: ctx, Stdout: env.Stdout, Stderr: env.Stderr, Output: "table", getenv: env.Getenv}
 	fs := pflag.NewFlagSet("hostcrypt", pflag.ContinueOnError)
-	fs.SetOutput(env.Stderr)
+	fs.SetOutput(env.Stdout) // only --help writes here
 	fs.SetInterspersed(false)
 	c.globalFlags(fs)
 	cmds := map[string]map[string]Command{}
@@ -142,9 +142,12 @@ func run(ctx context.Context, args []string, env Env) error {
 			cmds[cmd.Group][cmd.Verb] = cmd
 		}
 	}
-	fs.Usage = func() { usage(env.Stderr, cmds) }
+	fs.Usage = func() { usage(env.Stdout, cmds) }
 	if err := fs.Parse(args); err != nil {
-		return err
+		if errors.Is(err, pflag.ErrHelp) {
+			return err
+		}
+		return fmt.Errorf("%w (see hostcrypt --help)", err)
 	}
 	if err := c.checkOutput(); err != nil {
 		return err
@@ -197,7 +200,7 @@ func verbList(verbs map[string]Command) string {
 }
 
 func usage(w io.Writer, cmds map[string]map[string]Command) {
-	fmt.Fprintln(w, "usage: hostcrypt [--keystore URL --keystore-ca FILE --token-file FILE] [-o table|json] GROUP VERB [flags]")
+	fmt.Fprintln(w, "usage: hostcrypt [--host-socket PATH] [--keystore URL --keystore-ca FILE --token-file FILE] [-o table|json] GROUP VERB [flags]")
 	var gs []string
 	for g := range cmds {
 		gs = append(gs, g)

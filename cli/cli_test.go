@@ -7,8 +7,11 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/spf13/pflag"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"hostcrypt/control"
 )
 
 func runCLI(t *testing.T, env map[string]string, args ...string) (string, string, error) {
@@ -66,4 +69,41 @@ func TestEndpointResolution(t *testing.T) {
 	assert.Equal(t, "https://file:1", c.keystoreURL)
 	assert.Equal(t, "/env/ca.pem", c.keystoreCA)
 	assert.Equal(t, "/flag/token", c.tokenFile)
+}
+
+func TestUnknownFlagPointsToHelp(t *testing.T) {
+	_, _, err := runCLI(t, nil, "--frob")
+	require.ErrorContains(t, err, "unknown flag: --frob (see hostcrypt --help)")
+	_, _, err = runCLI(t, nil, "disk", "create", "--frob")
+	require.ErrorContains(t, err, "disk create: unknown flag: --frob (see hostcrypt disk create --help)")
+}
+
+// Help is output the user asked for: it goes to stdout at every level, so
+// that it can be paged or searched.
+func TestHelpGoesToStdout(t *testing.T) {
+	for _, args := range [][]string{{"--help"}, {"disk", "--help"}, {"disk", "create", "--help"}} {
+		out, stderr, err := runCLI(t, nil, args...)
+		if err != nil {
+			require.ErrorIs(t, err, pflag.ErrHelp, "%v", args)
+		}
+		assert.Contains(t, out, "disk create", "%v", args)
+		assert.Empty(t, stderr, "%v", args)
+	}
+	out, _, _ := runCLI(t, nil, "disk", "create", "--help")
+	assert.Contains(t, out, "--size")
+}
+
+func TestShowVMKeyWarning(t *testing.T) {
+	vm := &control.VM{Name: "v1", PowerState: control.PowerRunning}
+	vm.SecurityProfile.EncryptionAtHost = true
+	var out, stderr bytes.Buffer
+	c := &Context{Stdout: &out, Stderr: &stderr, Output: "table"}
+	require.NoError(t, c.showVM(vm))
+	assert.Empty(t, stderr.String(), "no warning while the key store answers")
+
+	vm.KeyWarning = "key store unreachable at 2026-01-01T00:00:00Z (connection refused); I/O continues until the data key lease ends"
+	out.Reset()
+	require.NoError(t, c.showVM(vm))
+	assert.Equal(t, "WARNING: VM \"v1\": "+vm.KeyWarning+"\n", stderr.String())
+	assert.Contains(t, out.String(), "v1")
 }

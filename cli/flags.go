@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -18,7 +19,7 @@ type flags struct {
 
 func newFlags(c *Context) *flags {
 	fs := pflag.NewFlagSet("hostcrypt "+c.Command, pflag.ContinueOnError)
-	fs.SetOutput(c.Stderr)
+	fs.SetOutput(c.Stdout) // only --help writes here: usage is output asked for
 	c.globalFlags(fs)
 	return &flags{FlagSet: fs, c: c}
 }
@@ -27,7 +28,10 @@ func newFlags(c *Context) *flags {
 // flags are errors.
 func (f *flags) parse(args []string) error {
 	if err := f.Parse(args); err != nil {
-		return err
+		if errors.Is(err, pflag.ErrHelp) {
+			return err
+		}
+		return fmt.Errorf("%s: %w (see hostcrypt %s --help)", f.c.Command, err, f.c.Command)
 	}
 	if err := f.c.checkOutput(); err != nil {
 		return err

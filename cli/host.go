@@ -52,6 +52,9 @@ func (c *Context) showVM(v *control.VM) error {
 	if !v.SecurityProfile.EncryptionAtHost {
 		c.warnf("encryption at host is off for VM %q: its host caches and temp disk are plaintext on this host; only storage is encrypted", v.Name)
 	}
+	if v.KeyWarning != "" {
+		c.warnf("VM %q: %s", v.Name, v.KeyWarning)
+	}
 	return c.show(v, vmHeader, [][]string{vmRow(v)})
 }
 
@@ -125,7 +128,7 @@ func diskUpdate(c *Context, args []string) error {
 	name := f.requiredString("name", "disk name")
 	size := f.size("size", "new size, larger than the current one")
 	des := f.String("disk-encryption-set", "", "move the disk to this disk encryption set (customer-managed key)")
-	enc := f.String("encryption-type", "", "EncryptionAtRestWithPlatformKey to move the disk back to a platform key")
+	enc := f.String("encryption-type", "", "EncryptionAtRestWithPlatformKey (back to a platform key) or EncryptionAtRestWithPlatformAndCustomerKeys (double encryption; re-encrypts the disk, with progress)")
 	ade := f.boolValue("ade", "true records that the disk uses guest-level disk encryption; the record cannot be cleared")
 	if err := f.parse(args); err != nil {
 		return err

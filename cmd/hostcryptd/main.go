@@ -37,7 +37,7 @@ func main() {
 	fl.DurationVar(&c.StorageLatency, "storage-latency", 0, "latency added to every storage call, as a network to remote storage would (e.g. 1ms)")
 	fl.BoolVar(&c.Debug, "debug", false, "log every FUSE request")
 	fl.StringVar(&c.Pprof, "pprof", "", "serve the Go profiler on this loopback HOST:PORT")
-	fl.SetOutput(os.Stderr)
+	fl.SetOutput(os.Stdout) // only --help writes here
 	if err := fl.Parse(os.Args[1:]); err != nil {
 		if err == pflag.ErrHelp {
 			os.Exit(0)

@@ -5,6 +5,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -27,11 +28,15 @@ func main() {
 
 func run(args []string) error {
 	fs := pflag.NewFlagSet("keystored", pflag.ContinueOnError)
+	fs.SetOutput(os.Stdout) // only --help writes here
 	dir := fs.String("dir", "", "state directory (created on first start)")
 	listen := fs.String("listen", "127.0.0.1:8443", "address to serve TLS on; port 0 picks a free port")
 	passFile := fs.String("passphrase-file", "", "file holding a passphrase that seals the master key")
 	if err := fs.Parse(args); err != nil {
-		return err
+		if errors.Is(err, pflag.ErrHelp) {
+			return nil // asked for help, got it
+		}
+		return fmt.Errorf("%w (see keystored --help)", err)
 	}
 	if fs.NArg() > 0 {
 		return fmt.Errorf("unexpected argument %q", fs.Arg(0))
