@@ -25,7 +25,7 @@ func CopyChunks(ctx context.Context, src, dst *Disk, from int64, done func(next 
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		st, err := src.state(src.chunk(i), false)
+		st, err := src.stateAt(i, i*int64(src.lay.chunkBlocks))
 		if err != nil {
 			return src.ioErr(i*int64(src.lay.chunkBlocks), err)
 		}

@@ -43,6 +43,7 @@ type Disk struct {
 	scratch sync.Pool    // *scratch
 
 	closed     atomic.Bool
+	fenced     atomic.Bool  // a Sync failed while writing selectors: no more writes
 	leaseUntil atomic.Int64 // unix nanoseconds; 0: no lease
 	integrity  atomic.Uint64
 	closeOnce  sync.Once
@@ -76,6 +77,10 @@ type chunk struct {
 	st     atomic.Pointer[chunkState]
 	absent atomic.Bool // known not to exist in the backend yet
 	dirty  atomic.Bool // written since the last Sync
+	// syncing is set while a Sync of the chunk runs (under syncMu). A Sync
+	// that finds the chunk clean but syncing waits for it and takes over if
+	// it failed: a clean chunk is not yet a durable one.
+	syncing atomic.Bool
 }
 
 type chunkState struct {
@@ -245,6 +250,27 @@ func (d *Disk) SetLease(until time.Time) {
 	d.leaseUntil.Store(until.UnixNano())
 }
 
+// fence stops every later write and discard of the disk: a Sync failed after
+// it began writing a chunk's selectors, so which version of a block the
+// device names is unknown until the disk is opened again. Reads go on.
+func (d *Disk) fence(chunk int64, err error) {
+	if d.fenced.CompareAndSwap(false, true) {
+		d.log.Error("disk refuses writes until it is opened again: a sync failed while writing selectors", "disk", d.prefix, "chunk", chunk, "err", err)
+	}
+}
+
+// writable is usable for a write or discard: it also fails once the disk is
+// fenced.
+func (d *Disk) writable(block int64) error {
+	if err := d.usable(block); err != nil {
+		return err
+	}
+	if d.fenced.Load() {
+		return &IOError{Disk: d.prefix, Block: block, Err: ErrFenced}
+	}
+	return nil
+}
+
 // usable reports why I/O must not proceed: the disk is closed or its lease
 // ran out. The caller holds the stripe locks of the blocks it touches.
 func (d *Disk) usable(block int64) error {
@@ -297,6 +323,18 @@ func (d *Disk) state(c *chunk, create bool) (*chunkState, error) {
 
 // stateOf is state; quiet leaves a damaged chunk header to the caller to
 // report (a read-ahead's failure is reported by the read that needs it).
+// stateAt is state for callers that hold no lock (seek, CopyChunks): it
+// takes block b's lock, as any I/O does, so that a closed disk opens no
+// chunk object again.
+func (d *Disk) stateAt(ci, b int64) (*chunkState, error) {
+	held := d.lockBlocks(b, b+1, false)
+	defer held.unlock()
+	if err := d.usable(b); err != nil {
+		return nil, err
+	}
+	return d.state(d.chunk(ci), false)
+}
+
 func (d *Disk) stateOf(c *chunk, create, quiet bool) (*chunkState, error) {
 	if st := c.st.Load(); st != nil {
 		return st, nil
@@ -861,7 +899,7 @@ var zeroBlock [BlockSize]byte
 // of the disk is refused with ErrRange.
 func (d *Disk) WriteAt(p []byte, off int64) (int, error) {
 	defer d.changed(off, int64(len(p))) // after the change: read-aheads of the range are stale
-	if off < 0 || off+int64(len(p)) > d.size.Load() {
+	if off < 0 || int64(len(p)) > d.size.Load()-off {
 		return 0, fmt.Errorf("disk %s: write of %d bytes at %d: %w (size %d)", d.prefix, len(p), off, ErrRange, d.size.Load())
 	}
 	done := 0
@@ -895,7 +933,7 @@ func (d *Disk) tryWriteChunk(ci int64, p []byte, coff int64) (chan struct{}, err
 	base := ci * int64(d.lay.chunkBlocks)
 	held := d.lockBlocks(base+int64(b0), base+int64(b1), true)
 	defer held.unlock()
-	if err := d.usable(base + int64(b0)); err != nil {
+	if err := d.writable(base + int64(b0)); err != nil {
 		return nil, err
 	}
 	c := d.chunk(ci)
@@ -1133,7 +1171,7 @@ func (d *Disk) readPlain(st *chunkState, k int, base int64, dst []byte, sc *scra
 func (d *Disk) Discard(off, n int64) error {
 	defer d.changed(off, n) // after the change: read-aheads of the range are stale
 	size := d.size.Load()
-	if off < 0 || n < 0 || off+n > size {
+	if off < 0 || n < 0 || n > size-off {
 		return fmt.Errorf("disk %s: discard of %d bytes at %d: %w (size %d)", d.prefix, n, off, ErrRange, size)
 	}
 	end := off + n
@@ -1183,17 +1221,24 @@ func (d *Disk) discardChunk(ci int64, b0, n int) error {
 	defer c.syncMu.Unlock()
 	held := d.lockBlocks(base+int64(b0), base+int64(b0+n), true)
 	defer held.unlock()
-	if err := d.usable(base + int64(b0)); err != nil {
+	if err := d.writable(base + int64(b0)); err != nil {
 		return err
 	}
 	st, err := d.state(c, false)
 	if err != nil || st == nil {
 		return err
 	}
-	// The selectors go to the chunk at once, before the slots are punched:
-	// a persisted selector must never name a punched slot.
+	// The zero selectors go to the chunk and are made durable before the
+	// slots are punched: a selector on the device must never name a
+	// punched slot, and until then a new write must keep off the slots the
+	// old ones name (psel keeps them until the sync).
 	clear(st.sel[b0 : b0+n])
 	if _, err := st.obj.WriteAt(st.sel[b0:b0+n], d.lay.selOffset(b0)); err != nil {
+		d.fence(ci, err)
+		return d.ioErr(base+int64(b0), err)
+	}
+	if err := st.obj.Sync(); err != nil {
+		d.fence(ci, err)
 		return d.ioErr(base+int64(b0), err)
 	}
 	clear(st.psel[b0 : b0+n])
@@ -1228,7 +1273,7 @@ func (d *Disk) Sync() error {
 	t := d.table.Load()
 	for i := range *t {
 		c := (*t)[i].Load()
-		if c == nil || !c.dirty.Load() {
+		if c == nil || !c.dirty.Load() && !c.syncing.Load() {
 			continue
 		}
 		sem <- struct{}{}
@@ -1254,6 +1299,8 @@ const syncParallel = 8
 func (d *Disk) syncChunk(c *chunk) error {
 	c.syncMu.Lock()
 	defer c.syncMu.Unlock()
+	c.syncing.Store(true)
+	defer c.syncing.Store(false) // before syncMu is released: a Sync that sees neither flag finds the chunk durable
 	base := c.idx * int64(d.lay.chunkBlocks)
 	lockChunk := func() heldStripes { return d.lockBlocks(base, base+int64(d.lay.chunkBlocks), false) }
 
@@ -1294,6 +1341,13 @@ func (d *Disk) syncChunk(c *chunk) error {
 	if err == nil && lo < hi {
 		if _, err = st.obj.WriteAt(f.sel, d.lay.selOffset(lo)); err == nil {
 			err = st.obj.Sync()
+		}
+		if err != nil {
+			// The device may hold the old selectors, the new ones or a
+			// mix, and a write could go to the slot a selector there
+			// names: no write is safe until the disk is opened again
+			// and reads them back.
+			d.fence(c.idx, err)
 		}
 	}
 
@@ -1411,7 +1465,7 @@ func (d *Disk) seek(off int64, data bool) (int64, error) {
 	cb := int64(d.lay.chunkBlocks)
 	for b := off / BlockSize; b*BlockSize < size; {
 		ci := b / cb
-		st, err := d.state(d.chunk(ci), false)
+		st, err := d.stateAt(ci, b)
 		if err != nil {
 			return 0, err
 		}
@@ -1448,12 +1502,22 @@ func (d *Disk) Resize(ctx context.Context, size int64) error {
 	if err := checkGeometry(size, d.sector); err != nil {
 		return fmt.Errorf("disk %s: %w", d.prefix, err)
 	}
-	m := *d.meta
-	m.Size = size
-	if err := writeMetadata(ctx, d.be, d.prefix, &m); err != nil {
+	// The stored metadata, not the copy read at open: a Rewrap since
+	// then changed the wraps, and writing the old ones back would undo it.
+	metaMu.Lock()
+	defer metaMu.Unlock()
+	m, err := ReadMetadata(ctx, d.be, d.prefix)
+	if err != nil {
 		return err
 	}
-	d.meta = &m
+	if m.VolumeID != d.meta.VolumeID {
+		return fmt.Errorf("disk %s: the stored metadata is of another volume (%s, opened as %s)", d.prefix, m.VolumeID, d.meta.VolumeID)
+	}
+	m.Size = size
+	if err := writeMetadata(ctx, d.be, d.prefix, m); err != nil {
+		return err
+	}
+	d.meta = m
 	old := d.table.Load()
 	if n := d.chunkCount(size); n > int64(len(*old)) {
 		t := make([]atomic.Pointer[chunk], n)

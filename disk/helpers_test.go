@@ -126,6 +126,10 @@ type hookBackend struct {
 	onWrite func(p []byte, off int64) (handled bool, n int, err error)
 	onSync  func() // called before each chunk Sync
 	onRead  func(n int, off int64)
+	// failSync, when set, is asked before each chunk Sync; an error it
+	// returns is the Sync's, and nothing is synced.
+	failSync func() error
+	onPunch  func(off, n int64)
 }
 
 func (h *hookBackend) OpenChunk(ctx context.Context, key string, create bool) (storage.Chunk, error) {
@@ -164,7 +168,19 @@ func (c *hookChunk) Sync() error {
 	if c.h.onSync != nil {
 		c.h.onSync()
 	}
+	if c.h.failSync != nil {
+		if err := c.h.failSync(); err != nil {
+			return err
+		}
+	}
 	return c.Chunk.Sync()
+}
+
+func (c *hookChunk) PunchHole(off, n int64) error {
+	if c.h.onPunch != nil {
+		c.h.onPunch(off, n)
+	}
+	return c.Chunk.PunchHole(off, n)
 }
 
 // barrier lets n goroutines through only together; if they never meet within

@@ -39,6 +39,10 @@ var (
 	// ErrLeaseExpired: the host could not confirm in time that the disk's
 	// key may still be used.
 	ErrLeaseExpired = errors.New("data key lease expired: the key store has not confirmed the key in time")
+	// ErrFenced: a Sync failed while writing selectors, so the versions
+	// the device names are unknown; writes are refused until the disk is
+	// opened again (reads go on).
+	ErrFenced = errors.New("disk refuses writes after a failed sync; stop and start its VM to open it again")
 )
 
 func layerAlgorithm(layer int) hcrypto.Algorithm {
@@ -190,6 +194,8 @@ func unwrapLayer(ctx context.Context, l LayerMeta, vol []byte, u KeyUnwrapper) (
 // removed, so a crash at any point leaves at least one working wrap. Data is
 // never touched. It works whether or not the disk is open.
 func Rewrap(ctx context.Context, be storage.Backend, prefix string, layer int, u KeyUnwrapper, w KeyWrapper) (WrappedKey, error) {
+	metaMu.Lock()
+	defer metaMu.Unlock()
 	m, err := ReadMetadata(ctx, be, prefix)
 	if err != nil {
 		return WrappedKey{}, err

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"hostcrypt/storage"
@@ -80,6 +81,11 @@ func ReadMetadata(ctx context.Context, be storage.Backend, prefix string) (*Meta
 	}
 	return &m, nil
 }
+
+// metaMu serialises the changes of a stored metadata object that read it,
+// change it and write it back (Rewrap, Resize), so that neither writes
+// back what the other has just replaced.
+var metaMu sync.Mutex
 
 func writeMetadata(ctx context.Context, be storage.Backend, prefix string, m *Metadata) error {
 	if err := m.validate(); err != nil {

@@ -1,0 +1,247 @@
+package disk
+
+import (
+	"context"
+	"errors"
+	"math"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"hostcrypt/storage/local"
+)
+
+// hookedDisk creates a one-layer disk of format on a hookBackend over a
+// fresh local backend, with no background Sync.
+func hookedDisk(t *testing.T, format int) (*Disk, *hookBackend, *local.Backend, keyring) {
+	t.Helper()
+	lb, err := local.Open(t.TempDir())
+	require.NoError(t, err)
+	t.Cleanup(func() { lb.Close() })
+	hb := &hookBackend{Backend: lb}
+	ring := keyring{newKEK("k/1")}
+	old := flushEvery
+	flushEvery = time.Hour
+	t.Cleanup(func() { flushEvery = old })
+	d, err := Create(context.Background(), hb, "d", CreateOptions{Size: 4 << 20, Layers: wrappers(ring), Format: format})
+	require.NoError(t, err)
+	t.Cleanup(func() { d.Close() })
+	return d, hb, lb, ring
+}
+
+// heldSync makes the next chunk Sync of hb wait until release is called,
+// then fail with errInjected if fail is set. entered is closed once it
+// waits.
+func heldSync(hb *hookBackend, fail bool) (entered chan struct{}, release func()) {
+	entered = make(chan struct{})
+	gate := make(chan struct{})
+	var once, let sync.Once
+	var used atomic.Bool
+	hb.failSync = func() error {
+		if used.Swap(true) {
+			return nil
+		}
+		once.Do(func() { close(entered) })
+		<-gate
+		if fail {
+			return errInjected
+		}
+		return nil
+	}
+	return entered, func() { let.Do(func() { close(gate) }) }
+}
+
+// recv waits for an error from ch, failing the test if none comes in 30 s.
+func recv(t *testing.T, ch <-chan error) error {
+	t.Helper()
+	select {
+	case err := <-ch:
+		return err
+	case <-time.After(30 * time.Second):
+		t.Fatal("no result within 30 s")
+		return nil
+	}
+}
+
+func reopenRead(t *testing.T, lb *local.Backend, ring keyring, off int64) []byte {
+	t.Helper()
+	d, err := Open(context.Background(), lb, "d", ring)
+	require.NoError(t, err)
+	defer d.Close()
+	b := make([]byte, BlockSize)
+	_, err = d.ReadAt(b, off)
+	require.NoError(t, err)
+	return b
+}
+
+// A Sync that starts while another Sync of the same chunk is writing must
+// not return before that one is done (a guest's fsync would return with its
+// writes not yet durable), and must take over when that one fails.
+func TestSyncWaitsForSyncInFlight(t *testing.T) {
+	for _, format := range formats {
+		for _, fail := range []bool{false, true} {
+			d, hb, lb, ring := hookedDisk(t, format)
+			v := randBytes(BlockSize)
+			_, err := d.WriteAt(v, 0)
+			require.NoError(t, err)
+			entered, release := heldSync(hb, fail)
+			defer release()
+			first := make(chan error, 1)
+			go func() { first <- d.Sync() }()
+			<-entered
+			second := make(chan error, 1)
+			go func() { second <- d.Sync() }()
+			select {
+			case err := <-second:
+				t.Fatalf("format %d: a Sync returned (err %v) while the chunk's Sync in flight was still writing", format, err)
+			case <-time.After(200 * time.Millisecond):
+			}
+			release()
+			err = recv(t, first)
+			if fail {
+				require.ErrorIs(t, err, errInjected)
+			} else {
+				require.NoError(t, err)
+			}
+			require.NoError(t, recv(t, second), "format %d: the second Sync takes over a failed one", format)
+			require.Equal(t, v, reopenRead(t, lb, ring, 0), "format %d fail %v", format, fail)
+		}
+	}
+}
+
+// Close, like Sync, must not take a chunk whose Sync is in flight for a
+// durable one: when that Sync fails, Close syncs the chunk again.
+func TestCloseAfterFailedSyncInFlight(t *testing.T) {
+	for _, format := range formats {
+		d, hb, lb, ring := hookedDisk(t, format)
+		v := randBytes(BlockSize)
+		_, err := d.WriteAt(v, 0)
+		require.NoError(t, err)
+		entered, release := heldSync(hb, true)
+		defer release()
+		first := make(chan error, 1)
+		go func() { first <- d.Sync() }()
+		<-entered
+		closed := make(chan error, 1)
+		go func() { closed <- d.Close() }()
+		time.Sleep(50 * time.Millisecond)
+		release()
+		require.ErrorIs(t, recv(t, first), errInjected)
+		require.NoError(t, recv(t, closed))
+		require.Equal(t, v, reopenRead(t, lb, ring, 0), "format %d: the write survives Close", format)
+	}
+}
+
+// A discard makes the zeroed selectors durable before it punches the
+// slots: a selector on the device must never name a punched slot.
+func TestDiscardSyncsBeforePunching(t *testing.T) {
+	for _, format := range formats {
+		d, hb, _, _ := hookedDisk(t, format)
+		_, err := d.WriteAt(randBytes(4*BlockSize), 0)
+		require.NoError(t, err)
+		require.NoError(t, d.Sync())
+		var mu sync.Mutex
+		var events []string
+		hb.onSync = func() { mu.Lock(); events = append(events, "sync"); mu.Unlock() }
+		hb.onPunch = func(off, n int64) { mu.Lock(); events = append(events, "punch"); mu.Unlock() }
+		require.NoError(t, d.Discard(0, 4*BlockSize))
+		mu.Lock()
+		got := append([]string(nil), events...)
+		mu.Unlock()
+		require.NotEmpty(t, got)
+		require.Equal(t, "sync", got[0], "format %d: events %v", format, got)
+		require.Contains(t, got, "punch")
+		b := make([]byte, 4*BlockSize)
+		_, err = d.ReadAt(b, 0)
+		require.NoError(t, err)
+		require.Equal(t, make([]byte, 4*BlockSize), b)
+	}
+}
+
+// When the sync after the selectors fails, the device may name either
+// version of a block, so the disk refuses writes (EIO) until it is opened
+// again; reads go on, and the reopened disk reads one of the two versions.
+func TestFailedSelectorSyncFences(t *testing.T) {
+	for _, format := range formats {
+		d, hb, lb, ring := hookedDisk(t, format)
+		v1, v2 := randBytes(BlockSize), randBytes(BlockSize)
+		_, err := d.WriteAt(v1, 0)
+		require.NoError(t, err)
+		require.NoError(t, d.Sync())
+		_, err = d.WriteAt(v2, 0)
+		require.NoError(t, err)
+		var syncs atomic.Int32
+		hb.failSync = func() error {
+			if syncs.Add(1) == 2 { // the one after the selectors
+				return errInjected
+			}
+			return nil
+		}
+		require.ErrorIs(t, d.Sync(), errInjected)
+		_, err = d.WriteAt(randBytes(BlockSize), 0)
+		require.ErrorIs(t, err, ErrFenced, "format %d", format)
+		require.ErrorIs(t, err, syscall.EIO)
+		_, err = d.WriteAt(randBytes(BlockSize), 8*BlockSize)
+		require.ErrorIs(t, err, ErrFenced, "every block of the disk")
+		require.ErrorIs(t, d.Discard(0, BlockSize), ErrFenced)
+		b := make([]byte, BlockSize)
+		_, err = d.ReadAt(b, 0)
+		require.NoError(t, err)
+		require.Equal(t, v2, b)
+		hb.failSync = nil
+		require.NoError(t, d.Close())
+		got := reopenRead(t, lb, ring, 0)
+		require.True(t, string(got) == string(v1) || string(got) == string(v2), "format %d: reopened disk reads neither version", format)
+	}
+}
+
+// Resize writes the stored metadata with the new size, not the copy read
+// when the disk was opened: a Rewrap since then must survive it.
+func TestResizeKeepsRewrap(t *testing.T) {
+	ctx := context.Background()
+	td := newTestDisk(t, 4<<20, 1, 0)
+	k2 := newKEK("test/kek1/v2")
+	_, err := Rewrap(ctx, td.be, td.name, 1, td.ring, k2)
+	require.NoError(t, err)
+	require.NoError(t, td.Resize(ctx, 8<<20))
+	m, err := ReadMetadata(ctx, td.be, td.name)
+	require.NoError(t, err)
+	require.EqualValues(t, 8<<20, m.Size)
+	require.Equal(t, "test/kek1/v2", m.Layers[0].WrappedKeys[0].KeyID)
+	require.NoError(t, td.Close())
+	d, err := Open(ctx, td.be, td.name, keyring{k2})
+	require.NoError(t, err, "the rotated key alone opens the resized disk")
+	require.EqualValues(t, 8<<20, d.Size())
+	require.NoError(t, d.Close())
+}
+
+// A closed disk opens no chunk object again, whatever is asked of it.
+func TestClosedDiskOpensNothing(t *testing.T) {
+	td := newTestDisk(t, 4<<20, 1, 8)
+	_, err := td.WriteAt(randBytes(BlockSize), 0)
+	require.NoError(t, err)
+	dst := newTestDisk(t, 4<<20, 1, 8)
+	require.NoError(t, td.Close())
+	_, err = td.SeekData(0)
+	require.ErrorIs(t, err, ErrClosed)
+	_, err = td.SeekHole(0)
+	require.ErrorIs(t, err, ErrClosed)
+	err = CopyChunks(context.Background(), td.Disk, dst.Disk, 0, func(int64) error { return nil })
+	require.ErrorIs(t, err, ErrClosed)
+	require.Zero(t, td.Stats().ChunksOpen)
+}
+
+// Ranges near the largest offset are refused, not wrapped around.
+func TestRangeOverflow(t *testing.T) {
+	td := newTestDisk(t, 4<<20, 1, 0)
+	_, err := td.WriteAt(make([]byte, BlockSize), math.MaxInt64-10)
+	require.ErrorIs(t, err, ErrRange)
+	require.ErrorIs(t, td.Discard(BlockSize, math.MaxInt64), ErrRange)
+	require.ErrorIs(t, td.Discard(math.MaxInt64-10, 100), ErrRange)
+	var ioe *IOError
+	require.False(t, errors.As(td.Discard(0, 4<<20), &ioe), "a discard of the whole disk is fine")
+}
