@@ -321,8 +321,6 @@ func (d *Disk) state(c *chunk, create bool) (*chunkState, error) {
 	return d.stateOf(c, create, false)
 }
 
-// stateOf is state; quiet leaves a damaged chunk header to the caller to
-// report (a read-ahead's failure is reported by the read that needs it).
 // stateAt is state for callers that hold no lock (seek, CopyChunks): it
 // takes block b's lock, as any I/O does, so that a closed disk opens no
 // chunk object again.
@@ -335,6 +333,8 @@ func (d *Disk) stateAt(ci, b int64) (*chunkState, error) {
 	return d.state(d.chunk(ci), false)
 }
 
+// stateOf is state; quiet leaves a damaged chunk header to the caller to
+// report (a read-ahead's failure is reported by the read that needs it).
 func (d *Disk) stateOf(c *chunk, create, quiet bool) (*chunkState, error) {
 	if st := c.st.Load(); st != nil {
 		return st, nil
@@ -1230,19 +1230,19 @@ func (d *Disk) discardChunk(ci int64, b0, n int) error {
 	}
 	// The zero selectors go to the chunk and are made durable before the
 	// slots are punched: a selector on the device must never name a
-	// punched slot, and until then a new write must keep off the slots the
-	// old ones name (psel keeps them until the sync).
+	// punched slot. Until then psel keeps the old ones, so a new write
+	// keeps off the slots they name; should the writes fail, the device
+	// holds old or zero selectors, both safe with that, and the chunk is
+	// left dirty for the next Sync.
 	clear(st.sel[b0 : b0+n])
+	c.dirty.Store(true)
 	if _, err := st.obj.WriteAt(st.sel[b0:b0+n], d.lay.selOffset(b0)); err != nil {
-		d.fence(ci, err)
 		return d.ioErr(base+int64(b0), err)
 	}
 	if err := st.obj.Sync(); err != nil {
-		d.fence(ci, err)
 		return d.ioErr(base+int64(b0), err)
 	}
 	clear(st.psel[b0 : b0+n])
-	c.dirty.Store(true)
 	for s := 0; s < 2; s++ {
 		off, size := d.lay.slotOffset(s, b0), int64(n)*int64(d.lay.slotSize)
 		if d.lay.format != formatV1 {
