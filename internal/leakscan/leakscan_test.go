@@ -15,6 +15,11 @@ func TestScanFindsAnyWindow(t *testing.T) {
 	dir := t.TempDir()
 	noise := make([]byte, 10000)
 	rand.Read(noise)
+	// The bytes next to each planted piece must not continue the pattern,
+	// or a random match (1 in 256) widens the piece to a second window.
+	noise[776] = ^pattern[1002]
+	noise[777] = ^pattern[1019]
+	noise[99] = ^pattern[1999]
 	// 16 bytes of the pattern from an odd offset, at an odd file offset.
 	leak := append(append(append([]byte{}, noise[:777]...), pattern[1003:1019]...), noise[777:]...)
 	require.NoError(t, os.WriteFile(filepath.Join(dir, "a"), leak, 0o600))
