@@ -39,13 +39,13 @@ func hookedDisk(t *testing.T, format int) (*Disk, *hookBackend, *local.Backend, 
 func heldSync(hb *hookBackend, fail bool) (entered chan struct{}, release func()) {
 	entered = make(chan struct{})
 	gate := make(chan struct{})
-	var once, let sync.Once
+	var let sync.Once
 	var used atomic.Bool
 	hb.failSync = func() error {
 		if used.Swap(true) {
 			return nil
 		}
-		once.Do(func() { close(entered) })
+		close(entered)
 		<-gate
 		if fail {
 			return errInjected
@@ -67,6 +67,21 @@ func recv(t *testing.T, ch <-chan error) error {
 	}
 }
 
+// writeThenHoldSync writes v at block 0 of d and starts a Sync that is held
+// inside the chunk's sync (failing once released, if fail is set). It
+// returns the Sync's result channel and the release.
+func writeThenHoldSync(t *testing.T, d *Disk, hb *hookBackend, v []byte, fail bool) (first chan error, release func()) {
+	t.Helper()
+	_, err := d.WriteAt(v, 0)
+	require.NoError(t, err)
+	entered, release := heldSync(hb, fail)
+	t.Cleanup(release) // also when the test fails while the Sync is held
+	first = make(chan error, 1)
+	go func() { first <- d.Sync() }()
+	<-entered
+	return first, release
+}
+
 func reopenRead(t *testing.T, lb *local.Backend, ring keyring, off int64) []byte {
 	t.Helper()
 	d, err := Open(context.Background(), lb, "d", ring)
@@ -86,13 +101,7 @@ func TestSyncWaitsForSyncInFlight(t *testing.T) {
 		for _, fail := range []bool{false, true} {
 			d, hb, lb, ring := hookedDisk(t, format)
 			v := randBytes(BlockSize)
-			_, err := d.WriteAt(v, 0)
-			require.NoError(t, err)
-			entered, release := heldSync(hb, fail)
-			defer release()
-			first := make(chan error, 1)
-			go func() { first <- d.Sync() }()
-			<-entered
+			first, release := writeThenHoldSync(t, d, hb, v, fail)
 			second := make(chan error, 1)
 			go func() { second <- d.Sync() }()
 			select {
@@ -101,7 +110,7 @@ func TestSyncWaitsForSyncInFlight(t *testing.T) {
 			case <-time.After(200 * time.Millisecond):
 			}
 			release()
-			err = recv(t, first)
+			err := recv(t, first)
 			if fail {
 				require.ErrorIs(t, err, errInjected)
 			} else {
@@ -119,13 +128,7 @@ func TestCloseAfterFailedSyncInFlight(t *testing.T) {
 	for _, format := range formats {
 		d, hb, lb, ring := hookedDisk(t, format)
 		v := randBytes(BlockSize)
-		_, err := d.WriteAt(v, 0)
-		require.NoError(t, err)
-		entered, release := heldSync(hb, true)
-		defer release()
-		first := make(chan error, 1)
-		go func() { first <- d.Sync() }()
-		<-entered
+		first, release := writeThenHoldSync(t, d, hb, v, true)
 		closed := make(chan error, 1)
 		go func() { closed <- d.Close() }()
 		time.Sleep(50 * time.Millisecond)
