@@ -79,12 +79,18 @@ type Backend interface {
 	// List returns the keys of the objects under prefix, sorted. It never
 	// returns anything that is not an object, such as a backend's
 	// temporary files. A prefix with no objects under it gives an empty
-	// list and no error.
+	// list and no error. A store that lists in no order, or has no
+	// listing by prefix (RADOS), sorts and filters in the backend, so List
+	// may cost time in proportion to every object of the backend: it is
+	// for management, not for the data path.
 	List(ctx context.Context, prefix string) ([]string, error)
 	// Usage returns the bytes of backing space allocated to the objects
 	// under prefix. Holes cost nothing: a sparse chunk counts the space it
-	// really takes, not its size. Writes not yet synced may or may not be
-	// counted.
+	// really takes, not its size. A backend whose store reports no
+	// allocation per object (RADOS) reports logical sizes instead, each
+	// object counting up to its last byte, holes included; it says so in
+	// its doc. Either way an object counts at least the bytes written
+	// into it. Writes not yet synced may or may not be counted.
 	Usage(ctx context.Context, prefix string) (int64, error)
 	// Close releases the backend. Later calls return ErrClosed. Whether
 	// chunks still open keep working is backend-defined; callers close
