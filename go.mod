@@ -3,6 +3,7 @@ module hostcrypt
 go 1.26.0
 
 require (
+	github.com/ceph/go-ceph v0.40.0
 	github.com/hanwen/go-fuse/v2 v2.12.1
 	github.com/spf13/pflag v1.1.0
 	github.com/stretchr/testify v1.12.1

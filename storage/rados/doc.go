@@ -1,0 +1,100 @@
+// Package rados is a storage.Backend on a Ceph RADOS pool, optionally inside
+// one RADOS namespace of the pool: the store under RBD, so that disks can
+// live beside the VM disks a Ceph cluster already serves.
+//
+// The backend itself needs librados and is built only with the build tags
+// `ceph,pacific` (go-ceph's tag for Ceph 16 "Pacific", as Debian 12 ships
+// it): `make build-ceph`, or `go build -tags ceph,pacific`. Without them this
+// package holds only what callers need to compile against it (Config, the
+// errors and Version), and storage/location tells a user of a rados://
+// location what to install.
+//
+// How the contract of package storage maps onto RADOS (docs/RADOS.md has the
+// whole story and the measurements):
+//
+//   - A key is an object name, unchanged, in the pool and namespace of the
+//     Config; one object per chunk, written in place at offsets.
+//   - Chunk writes are durable when RADOS acknowledges them (the OSDs commit
+//     before they answer), so Chunk.Sync has nothing left to do.
+//   - PunchHole is a RADOS zero operation, which frees the space on the
+//     OSDs; writing zeros would allocate it.
+//   - WriteMeta is one full-object write, which RADOS applies atomically.
+//   - List reads the whole namespace (RADOS lists in hash order and has no
+//     server-side prefix) and filters and sorts here; Usage adds up the
+//     logical sizes of the objects List finds, as RADOS reports no
+//     allocation per object.
+//   - Every call is bounded by Config.Timeout (librados' op timeouts) and a
+//     call that runs out reports an error wrapping ErrTimeout.
+//
+// Beyond storage.Backend, the backend offers compare-and-swap on metadata
+// objects through the object version RADOS keeps: ReadMetaVersion and
+// WriteMetaIf.
+package rados
+
+import (
+	"errors"
+	"fmt"
+	"time"
+)
+
+// DefaultTimeout bounds each RADOS call when Config.Timeout is zero. It is
+// the SCSI command timeout a Linux guest uses for its own disks: a call
+// taking longer fails the same way a stuck disk would.
+const DefaultTimeout = 30 * time.Second
+
+// DefaultUser is the cephx user when Config.User is empty.
+const DefaultUser = "admin"
+
+// Config says where the objects live and how to reach the cluster.
+type Config struct {
+	// Pool is the RADOS pool; it must exist.
+	Pool string
+	// Namespace is the RADOS namespace inside Pool; empty is the pool's
+	// default namespace. Backends on different namespaces never see each
+	// other's objects.
+	Namespace string
+	// ConfFile is the ceph.conf naming the monitors and the keyring; empty
+	// means librados' own search ($CEPH_CONF, then /etc/ceph/ceph.conf).
+	ConfFile string
+	// User is the cephx user, without "client." (DefaultUser if empty).
+	User string
+	// Timeout bounds every RADOS call: connecting, each monitor command and
+	// each object operation (DefaultTimeout if zero; at least one second).
+	Timeout time.Duration
+}
+
+// Check fills in the defaults and tells what is wrong with c.
+func (c *Config) Check() error {
+	if c.Pool == "" {
+		return errors.New("rados: no pool given")
+	}
+	if c.User == "" {
+		c.User = DefaultUser
+	}
+	if c.Timeout == 0 {
+		c.Timeout = DefaultTimeout
+	}
+	if c.Timeout < time.Second {
+		return fmt.Errorf("rados: timeout %v is below librados' resolution of one second", c.Timeout)
+	}
+	return nil
+}
+
+var (
+	// ErrConflict is returned, wrapped, by WriteMetaIf when the object is
+	// not at the version the caller expected: someone else changed,
+	// created or deleted it since the caller read it.
+	ErrConflict = errors.New("rados: object changed since it was read")
+	// ErrTimeout is returned, wrapped, by a call that got no answer from
+	// the cluster within Config.Timeout. A write that timed out may still
+	// land later.
+	ErrTimeout = errors.New("rados: no answer from the cluster in time")
+)
+
+// Version is the version RADOS keeps for an object, which changes with
+// every write to it. NoVersion, given to WriteMetaIf, means "the object must
+// not exist"; an object that exists never has it.
+type Version uint64
+
+// NoVersion stands for an object that does not exist.
+const NoVersion Version = 0

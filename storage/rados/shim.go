@@ -1,0 +1,152 @@
+//go:build ceph
+
+package rados
+
+// The few librados operations go-ceph does not bind, or binds in a way this
+// backend cannot use: a zero (go-ceph has none), a write that refuses to
+// recreate a deleted object, a full write that may be empty and may carry a
+// version condition (go-ceph's write steps need a non-empty buffer), and a
+// whole-object read that returns the size and version of what it read.
+
+/*
+#cgo LDFLAGS: -lrados
+#include <stdlib.h>
+#include <rados/librados.h>
+
+// hc_zero makes len bytes from off of an existing object read as zeros,
+// freeing their space on the OSDs.
+static int hc_zero(rados_ioctx_t io, const char *oid, uint64_t off, uint64_t len) {
+	rados_write_op_t op = rados_create_write_op();
+	rados_write_op_assert_exists(op);
+	rados_write_op_zero(op, off, len);
+	int r = rados_write_op_operate(op, io, oid, NULL, 0);
+	rados_release_write_op(op);
+	return r;
+}
+
+// hc_write writes len bytes at off into an existing object.
+static int hc_write(rados_ioctx_t io, const char *oid, const char *buf, size_t len, uint64_t off) {
+	rados_write_op_t op = rados_create_write_op();
+	rados_write_op_assert_exists(op);
+	rados_write_op_write(op, buf, len, off);
+	int r = rados_write_op_operate(op, io, oid, NULL, 0);
+	rados_release_write_op(op);
+	return r;
+}
+
+enum { HC_ANY = 0, HC_IF_VERSION = 1, HC_IF_ABSENT = 2 };
+
+// hc_write_full replaces the whole object with len bytes (len may be 0), if
+// cond holds: HC_IF_VERSION, the object is at version ver; HC_IF_ABSENT, it
+// does not exist. *newver is the object's version after the write.
+static int hc_write_full(rados_ioctx_t io, const char *oid, const char *buf, size_t len,
+                         int cond, uint64_t ver, uint64_t *newver) {
+	rados_write_op_t op = rados_create_write_op();
+	if (cond == HC_IF_VERSION)
+		rados_write_op_assert_version(op, ver);
+	else if (cond == HC_IF_ABSENT)
+		rados_write_op_create(op, LIBRADOS_CREATE_EXCLUSIVE, NULL);
+	rados_write_op_write_full(op, buf, len);
+	int r = rados_write_op_operate(op, io, oid, NULL, 0);
+	rados_release_write_op(op);
+	if (r == 0)
+		*newver = rados_get_last_version(io);
+	return r;
+}
+
+// hc_read_whole reads an object from its start into buf (cap bytes) and its
+// size, in one operation, so both come from the same version of it. *n is
+// the bytes read; when *size > cap the caller reads again with a larger buf.
+static int hc_read_whole(rados_ioctx_t io, const char *oid, char *buf, size_t cap,
+                         uint64_t *size, size_t *n, uint64_t *ver) {
+	int rs = 0, rr = 0;
+	time_t mtime;
+	rados_read_op_t op = rados_create_read_op();
+	rados_read_op_stat(op, size, &mtime, &rs);
+	rados_read_op_read(op, 0, cap, buf, n, &rr);
+	int r = rados_read_op_operate(op, io, oid, 0);
+	rados_release_read_op(op);
+	if (r == 0 && rs < 0)
+		r = rs;
+	if (r == 0 && rr < 0)
+		r = rr;
+	if (r == 0)
+		*ver = rados_get_last_version(io);
+	return r;
+}
+*/
+import "C"
+
+import (
+	"syscall"
+	"unsafe"
+
+	"github.com/ceph/go-ceph/rados"
+)
+
+// errno turns a librados return value into nil or a syscall.Errno.
+func errno(r C.int) error {
+	if r >= 0 {
+		return nil
+	}
+	return syscall.Errno(-r)
+}
+
+func cioctx(io *rados.IOContext) C.rados_ioctx_t { return C.rados_ioctx_t(io.Pointer()) }
+
+func bufPtr(p []byte) *C.char {
+	if len(p) == 0 {
+		return nil
+	}
+	return (*C.char)(unsafe.Pointer(&p[0]))
+}
+
+func zero(io *rados.IOContext, oid string, off, n uint64) error {
+	coid := C.CString(oid)
+	defer C.free(unsafe.Pointer(coid))
+	return errno(C.hc_zero(cioctx(io), coid, C.uint64_t(off), C.uint64_t(n)))
+}
+
+func writeExisting(io *rados.IOContext, oid string, p []byte, off uint64) error {
+	coid := C.CString(oid)
+	defer C.free(unsafe.Pointer(coid))
+	return errno(C.hc_write(cioctx(io), coid, bufPtr(p), C.size_t(len(p)), C.uint64_t(off)))
+}
+
+// writeCond says when writeFull may write.
+type writeCond int
+
+const (
+	always   writeCond = C.HC_ANY
+	ifAt     writeCond = C.HC_IF_VERSION
+	ifAbsent writeCond = C.HC_IF_ABSENT
+)
+
+func writeFull(io *rados.IOContext, oid string, p []byte, cond writeCond, ver uint64) (uint64, error) {
+	coid := C.CString(oid)
+	defer C.free(unsafe.Pointer(coid))
+	var nv C.uint64_t
+	err := errno(C.hc_write_full(cioctx(io), coid, bufPtr(p), C.size_t(len(p)), C.int(cond), C.uint64_t(ver), &nv))
+	return uint64(nv), err
+}
+
+// readWhole reads the whole object oid and its version. buf is a first
+// guess of its size.
+func readWhole(io *rados.IOContext, oid string, buf []byte) ([]byte, uint64, error) {
+	coid := C.CString(oid)
+	defer C.free(unsafe.Pointer(coid))
+	for {
+		var size C.uint64_t
+		var n C.size_t
+		var ver C.uint64_t
+		if err := errno(C.hc_read_whole(cioctx(io), coid, bufPtr(buf), C.size_t(len(buf)), &size, &n, &ver)); err != nil {
+			return nil, 0, err
+		}
+		if uint64(size) <= uint64(len(buf)) {
+			return buf[:n], uint64(ver), nil
+		}
+		// Larger than the guess: read again with room for what the stat saw
+		// (and a little more, should it grow in between).
+		buf = make([]byte, uint64(size)+uint64(size)/8)
+	}
+}
