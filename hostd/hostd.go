@@ -19,6 +19,7 @@ import (
 	"hostcrypt/control"
 	hfs "hostcrypt/fs"
 	"hostcrypt/storage/local"
+	"hostcrypt/storage/location"
 )
 
 // DefaultCacheSize is each attached disk's host cache bound when
@@ -114,7 +115,8 @@ func Run(ctx context.Context, cfg Config, ready func()) error {
 	if _, err := os.Stat("/dev/fuse"); err != nil {
 		return fmt.Errorf("FUSE is not available (/dev/fuse: %v); load the fuse module or install fuse3", err)
 	}
-	for _, d := range []string{cfg.StateDir, cfg.StorageDir, cfg.HostDir} {
+	// --storage is made by its backend: it may be a rados:// location.
+	for _, d := range []string{cfg.StateDir, cfg.HostDir} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
 			return err
 		}
@@ -136,9 +138,10 @@ func Run(ctx context.Context, cfg Config, ready func()) error {
 	if err != nil {
 		return err
 	}
-	lb, err := local.Open(cfg.StorageDir)
+	// A directory, or a rados:// location in a build with the ceph tag.
+	lb, err := location.Open(ctx, cfg.StorageDir)
 	if err != nil {
-		return fmt.Errorf("storage %s: %w", cfg.StorageDir, err)
+		return fmt.Errorf("--storage: %w", err) // the error names the location
 	}
 	defer lb.Close()
 	// latency.New returns lb itself when there is no latency to add.
