@@ -13,8 +13,17 @@ export PATH := $(dir $(GO)):$(PATH)
 
 all: build
 
+# bin/hostcryptd and the CLIs, plus bin/hostcryptd-ceph (the same daemon
+# with the RADOS backend, rados:// locations) when librados' headers are
+# installed; `make build-ceph` installs them first.
 build:
 	$(GO) build -o $(BIN)/ ./cmd/...
+	@if [ -e /usr/include/rados/librados.h ]; then \
+	  echo "$(GO) build -tags $(CEPH_TAGS) -o $(BIN)/hostcryptd-ceph ./cmd/hostcryptd"; \
+	  $(GO) build -tags $(CEPH_TAGS) -o $(BIN)/hostcryptd-ceph ./cmd/hostcryptd; \
+	else \
+	  echo "build: no bin/hostcryptd-ceph: librados-dev is missing (make build-ceph installs it)"; \
+	fi
 
 deps:
 	@scripts/deps.sh
@@ -23,9 +32,11 @@ deps:
 run: deps build
 	@scripts/run.sh
 
-# Everything CI runs: lint, then the whole suite under the race detector.
+# Everything CI runs: lint, the whole suite under the race detector, then
+# the RADOS phase (test-ceph).
 test: deps lint
 	$(GO) test -race -count=1 -timeout 20m $(PKGS)
+	@$(MAKE) --no-print-directory test-ceph
 
 race:
 	$(GO) test -race -count=1 $(PKGS)
@@ -63,3 +74,21 @@ bench-cache:
 .PHONY: bench-memory
 bench-memory:
 	@GO=$(GO) bench/memory.sh
+
+# The RADOS backend against a real cluster, as a serial phase of its own:
+# installs Ceph's packages (scripts/deps.sh ceph), builds the ceph variant,
+# starts a throw-away cluster (scripts/ceph-cluster.sh), runs CEPH_PKGS one
+# package at a time, and destroys the cluster, also on failure or timeout.
+# Every step is bounded: it fails loudly rather than hangs.
+CEPH_TAGS := ceph,pacific
+CEPH_PKGS ?= ./storage/rados/... ./storage/location/...
+.PHONY: build-ceph test-ceph
+build-ceph:
+	@timeout 5m scripts/deps.sh ceph
+	$(GO) build -tags $(CEPH_TAGS) -o $(BIN)/hostcryptd-ceph ./cmd/hostcryptd
+
+test-ceph: build-ceph
+	$(GO) vet -tags $(CEPH_TAGS) ./storage/... ./cmd/... ./hostd/...
+	@dir=$$(mktemp -d "$${TMPDIR:-/var/tmp}/hostcrypt-ceph.XXXXXX") && \
+	  timeout -k 30s 5m scripts/ceph-cluster.sh with "$$dir" \
+	    $(GO) test -race -count=1 -p 1 -timeout 4m -tags $(CEPH_TAGS) $(CEPH_PKGS)
