@@ -15,6 +15,7 @@ import (
 
 	"hostcrypt/hostd"
 	"hostcrypt/internal/units"
+	"hostcrypt/storage/location"
 )
 
 func main() {
@@ -47,6 +48,10 @@ func main() {
 	}
 	if fl.NArg() > 0 {
 		fmt.Fprintf(os.Stderr, "hostcryptd: unexpected argument %q\n", fl.Arg(0))
+		os.Exit(2)
+	}
+	if err := location.Check(c.StorageDir); c.StorageDir != "" && err != nil {
+		fmt.Fprintf(os.Stderr, "hostcryptd: --storage: %v\n", err)
 		os.Exit(2)
 	}
 	n, err := units.ParseSize(*cacheSize)

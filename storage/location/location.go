@@ -192,6 +192,19 @@ func (l Location) Open(ctx context.Context) (storage.Backend, error) {
 	return openRADOS(ctx, *l.RADOS)
 }
 
+// Check parses s and tells whether this build can open it, without opening
+// it: a daemon checks its flags before it connects anywhere.
+func Check(s string) error {
+	l, err := Parse(s)
+	if err != nil {
+		return err
+	}
+	if l.RADOS != nil && !RADOSBuilt {
+		return fmt.Errorf("storage location %q: %w", s, ErrNoRADOS)
+	}
+	return nil
+}
+
 // Open parses s and opens the backend there.
 func Open(ctx context.Context, s string) (storage.Backend, error) {
 	l, err := Parse(s)

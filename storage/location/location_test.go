@@ -91,6 +91,7 @@ func TestOpenDirectory(t *testing.T) {
 	require.Equal(t, dir, lb.Dir())
 	require.NoError(t, b.WriteMeta(t.Context(), "m", []byte("x")))
 
+	require.ErrorContains(t, location.Check("rados://"), "no pool given")
 	_, err = location.Open(t.Context(), "ftp://x")
 	require.ErrorContains(t, err, "unknown scheme")
 	_, err = location.Location{}.Open(t.Context())

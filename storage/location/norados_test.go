@@ -20,4 +20,7 @@ func TestNoRADOS(t *testing.T) {
 	for _, says := range []string{`rados pool "pool"`, "librados", "scripts/deps.sh ceph", "make build-ceph", "-tags ceph,pacific"} {
 		require.ErrorContains(t, err, says)
 	}
+	err = location.Check("rados://pool")
+	require.ErrorIs(t, err, location.ErrNoRADOS, "Check refuses what Open cannot open")
+	require.NoError(t, location.Check("/srv/storage"))
 }
