@@ -161,6 +161,23 @@ func allocated(t testing.TB, conn *goceph.Conn) int64 {
 	return dump.BlueStore.Allocated
 }
 
+// settled returns allocated once two readings in a row agree, so that space
+// an earlier test freed is not taken for this one's.
+func settled(t testing.TB, conn *goceph.Conn) int64 {
+	t.Helper()
+	last := allocated(t, conn)
+	for range 50 {
+		time.Sleep(100 * time.Millisecond)
+		now := allocated(t, conn)
+		if now == last {
+			return now
+		}
+		last = now
+	}
+	t.Fatalf("the OSD's allocation keeps changing: is another test using the cluster?")
+	return 0
+}
+
 // TestPunchHoleFreesSpace checks on the OSD itself what Usage cannot show:
 // a punched hole gives its space back, where writing zeros over the same
 // range does not. Not parallel: it reads the OSD's total allocation.
@@ -191,7 +208,7 @@ func TestPunchHoleFreesSpace(t *testing.T) {
 	}
 
 	c, data := fill("punched")
-	before := allocated(t, conn)
+	before := settled(t, conn)
 	require.NoError(t, c.PunchHole(off, n))
 	// BlueStore releases the extents once the transaction is committed,
 	// which the acknowledgement may precede by a moment.
@@ -204,7 +221,7 @@ func TestPunchHoleFreesSpace(t *testing.T) {
 	check(c, data)
 
 	c, data = fill("zeroed")
-	before = allocated(t, conn)
+	before = settled(t, conn)
 	_, err := c.WriteAt(make([]byte, n), off)
 	require.NoError(t, err)
 	after = allocated(t, conn)
