@@ -247,7 +247,9 @@ func (b *Backend) ReadMeta(ctx context.Context, key string) ([]byte, error) {
 	if err != nil {
 		return nil, b.fail("read", key, err)
 	}
-	return slices.Clip(data), nil
+	// A copy of the exact size: the caller may keep it, and the read
+	// buffer is mostly unused for a small value.
+	return slices.Clone(data), nil
 }
 
 // WriteMeta replaces the object key with data in one full-object write,
@@ -282,7 +284,7 @@ func (b *Backend) ReadMetaVersion(ctx context.Context, key string) ([]byte, Vers
 	if err != nil {
 		return nil, NoVersion, b.fail("read", key, err)
 	}
-	return slices.Clip(data), Version(ver), nil
+	return slices.Clone(data), Version(ver), nil
 }
 
 // WriteMetaIf replaces the object key with data only if it is still at
