@@ -314,7 +314,7 @@ func (h *Host) createDisk(ctx context.Context, r CreateDiskRequest) (*Disk, erro
 		return nil, conflict("disk %q already exists; choose another name or delete it first", r.Name)
 	}
 	if r.Sku == "" {
-		r.Sku = "Premium_LRS"
+		r.Sku = DefaultSku
 	}
 	if err := checkSku(r.Sku); err != nil {
 		return nil, err
@@ -345,8 +345,8 @@ func (h *Host) createDisk(ctx context.Context, r CreateDiskRequest) (*Disk, erro
 	if r.LogicalSectorSize != 512 && r.LogicalSectorSize != 4096 {
 		return nil, badRequest("logical sector size %d: use 512 or 4096", r.LogicalSectorSize)
 	}
-	if r.SizeBytes < disk.MinSize || r.SizeBytes%int64(r.LogicalSectorSize) != 0 {
-		return nil, badRequest("size %d bytes: a disk is at least 1 MiB and a multiple of its %d-byte sector size", r.SizeBytes, r.LogicalSectorSize)
+	if err := checkDiskSize("sizeBytes", r.SizeBytes, r.LogicalSectorSize, r.Sku); err != nil {
+		return nil, err
 	}
 	var des *DiskEncryptionSet
 	switch {
@@ -514,11 +514,11 @@ func (h *Host) UpdateDisk(ctx context.Context, name string, r UpdateDiskRequest)
 	if r.SizeBytes == 0 {
 		return nil, badRequest("nothing to update: give the new size (--size), --encryption-type or --disk-encryption-set")
 	}
+	if err := checkDiskSize("sizeBytes", r.SizeBytes, d.LogicalSectorSize, d.Sku.Name); err != nil {
+		return nil, err
+	}
 	if r.SizeBytes < d.DiskSizeBytes {
 		return nil, badRequest("disk %q is %d bytes; shrinking to %d is not supported (it would destroy data)", name, d.DiskSizeBytes, r.SizeBytes)
-	}
-	if r.SizeBytes%int64(d.LogicalSectorSize) != 0 {
-		return nil, badRequest("size %d bytes is not a multiple of disk %q's %d-byte sector size", r.SizeBytes, name, d.LogicalSectorSize)
 	}
 	if r.SizeBytes == d.DiskSizeBytes {
 		return h.showDisk(d), nil
@@ -692,8 +692,16 @@ func (h *Host) CreateVM(ctx context.Context, r CreateVMRequest) (*VM, error) {
 	if err := checkCaching(r.OsDiskCaching); err != nil {
 		return nil, err
 	}
-	if r.TempDiskSize != 0 && (r.TempDiskSize < disk.MinSize || r.TempDiskSize%512 != 0) {
-		return nil, badRequest("temp disk size %d bytes: at least 1 MiB and a multiple of 512", r.TempDiskSize)
+	if r.TempDiskSize != 0 {
+		if err := checkTempSize("tempDiskSizeBytes", r.TempDiskSize); err != nil {
+			return nil, err
+		}
+	}
+	if r.OsDiskSizeBytes != 0 {
+		// The new OS disk has the default sku and 512-byte sectors.
+		if err := checkDiskSize("osDiskSizeBytes", r.OsDiskSizeBytes, 512, DefaultSku); err != nil {
+			return nil, err
+		}
 	}
 	// Check every data disk before changing anything.
 	seen := map[string]bool{}

@@ -33,6 +33,10 @@ const (
 	CacheReadWrite = "ReadWrite"
 )
 
+// DefaultSku is the sku of a disk created without one (an OS disk made by
+// vm create, too).
+const DefaultSku = "Premium_LRS"
+
 // Skus a managed disk may have.
 var diskSkus = []string{"Standard_LRS", "StandardSSD_LRS", "Premium_LRS", "PremiumV2_LRS", "UltraSSD_LRS"}
 

@@ -89,7 +89,7 @@ func transferring(d *Disk) error {
 // to the sector size and at least the smallest disk.
 func importSize(n int64, sector int) int64 {
 	s := int64(sector)
-	return max((n+s-1)/s*s, disk.MinSize)
+	return max((n+s-1)/s*s, MinDiskBytes)
 }
 
 // imageError turns what imgfile refuses into a refusal of the request.
@@ -145,6 +145,13 @@ func (h *Host) ImportDisk(ctx context.Context, r ImportDiskRequest, progress fun
 	sector := r.LogicalSectorSize
 	if sector == 0 {
 		sector = 512
+	}
+	if n, maxb := src.Size(), MaxSizeOf(r.Sku); n < 0 || n > maxb {
+		hint := ""
+		if maxb < MaxUltraDiskBytes && n <= MaxUltraDiskBytes {
+			hint = "; an UltraSSD_LRS or PremiumV2_LRS disk (--sku) takes up to 64 TiB"
+		}
+		return nil, badRequest("source %s: its virtual size, %d bytes, is above the largest disk, %d bytes (%d GiB)%s", r.Source, n, maxb, maxb>>30, hint)
 	}
 	r.SizeBytes = importSize(src.Size(), sector)
 
