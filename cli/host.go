@@ -73,7 +73,7 @@ func diskCreate(c *Context, args []string) error {
 	f := newFlags(c)
 	name := f.requiredString("name", "disk name")
 	size := f.size("size", "size with a binary unit, e.g. 512M or 8G (required)")
-	sku := f.String("sku", "Premium_LRS", "Standard_LRS, StandardSSD_LRS, Premium_LRS, PremiumV2_LRS or UltraSSD_LRS")
+	sku := f.String("sku", control.DefaultSku, "Standard_LRS, StandardSSD_LRS, Premium_LRS, PremiumV2_LRS or UltraSSD_LRS")
 	sector := f.Int("logical-sector-size", 512, "512 or 4096")
 	des := f.String("disk-encryption-set", "", "disk encryption set (customer-managed key)")
 	enc := f.String("encryption-type", "", "EncryptionAtRestWithPlatformKey (default), …WithCustomerKey or …WithPlatformAndCustomerKeys")
@@ -88,6 +88,11 @@ func diskCreate(c *Context, args []string) error {
 	}
 	if !f.Changed("logical-sector-size") && *src != "" {
 		*sector = 0 // the source's
+	}
+	if f.Changed("size") {
+		if err := checkDiskSize("size", size.v, *sector, *sku); err != nil {
+			return fmt.Errorf("%s: %w", c.Command, err)
+		}
 	}
 	var d control.Disk
 	err := c.callWithProgress("POST", "/disks", control.CreateDiskRequest{Name: *name, SizeBytes: size.v, Sku: *sku,
@@ -135,6 +140,12 @@ func diskUpdate(c *Context, args []string) error {
 	}
 	if !f.Changed("size") && *des == "" && *enc == "" && !ade.set {
 		return fmt.Errorf("%s: nothing to update; give --size, --disk-encryption-set, --encryption-type or --ade", c.Command)
+	}
+	if f.Changed("size") {
+		// The disk's sku and sector size are the host's to check.
+		if err := checkDiskSize("size", size.v, 0, ""); err != nil {
+			return fmt.Errorf("%s: %w", c.Command, err)
+		}
 	}
 	req := control.UpdateDiskRequest{SizeBytes: size.v, DiskEncryptionSet: *des, EncryptionType: *enc, ADE: ade.ptr()}
 	var d control.Disk
@@ -236,8 +247,19 @@ func vmCreate(c *Context, args []string) error {
 	if err := f.parse(args); err != nil {
 		return err
 	}
-	if (*osDisk == "") == (osSize.v == 0) {
+	if (*osDisk == "") == !f.Changed("os-disk-size") {
 		return fmt.Errorf("%s: give exactly one of --os-disk or --os-disk-size", c.Command)
+	}
+	if f.Changed("os-disk-size") {
+		// A new OS disk has the default sku and 512-byte sectors.
+		if err := checkDiskSize("os-disk-size", osSize.v, 512, control.DefaultSku); err != nil {
+			return fmt.Errorf("%s: %w", c.Command, err)
+		}
+	}
+	if temp.v != 0 { // 0: no temp disk
+		if err := checkTempSize("temp-disk-size", temp.v); err != nil {
+			return fmt.Errorf("%s: %w", c.Command, err)
+		}
 	}
 	dds, err := parseDataDisks(*data)
 	if err != nil {

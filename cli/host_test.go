@@ -23,13 +23,68 @@ func TestParseSize(t *testing.T) {
 		require.NoError(t, err, in)
 		assert.Equal(t, want, got, in)
 	}
-	for _, bad := range []string{"", "lots", "-1G", "1.5G", "1P", "G", "99999999999T"} {
+	for _, bad := range []string{"", "lots", "-1G", "1.5G", "1P", "G", "99999999999T", "1GB"} {
 		_, err := parseSize(bad)
 		assert.Error(t, err, bad)
 	}
 	assert.Equal(t, "512M", formatSize(512<<20))
 	assert.Equal(t, "1536M", formatSize(1536<<20))
 	assert.Equal(t, "1000", formatSize(1000))
+}
+
+// Sizes a host would refuse are refused by the CLI with the bound, and
+// nothing is sent; sizes at the bounds are sent as they are.
+func TestSizeFlags(t *testing.T) {
+	h := newFakeHost(t)
+	env := map[string]string{"HOSTCRYPT_SOCKET": h.socket}
+	for _, c := range []struct {
+		args []string
+		msg  string
+	}{
+		{[]string{"disk", "create", "--name", "d", "--size", "1"}, "--size 1 (bytes): the smallest disk is 1M (1 MiB, 1048576 bytes)"},
+		{[]string{"disk", "create", "--name", "d", "--size", "1GB"}, "GB is ambiguous; write 1G (or 1GiB)"},
+		{[]string{"disk", "create", "--name", "d", "--size", "1gb"}, "ambiguous"},
+		{[]string{"disk", "create", "--name", "d", "--size", "99999999999999999T"}, "too large"},
+		{[]string{"disk", "create", "--name", "d", "--size", "99999999999999999999"}, "too large"},
+		{[]string{"disk", "create", "--name", "d", "--size", "4194304T"}, "the largest Premium_LRS disk is 32767G (32767 GiB)"},
+		{[]string{"disk", "create", "--name", "d", "--size", "32T"}, "the largest Premium_LRS disk is 32767G"},
+		{[]string{"disk", "create", "--name", "d", "--size", "65T", "--sku", "UltraSSD_LRS"}, "the largest UltraSSD_LRS disk is 64T (65536 GiB)"},
+		{[]string{"disk", "create", "--name", "d", "--size", "1048577"}, "multiple of 512 bytes"},
+		{[]string{"disk", "create", "--name", "d", "--size", "1049088", "--logical-sector-size", "4096"}, "multiple of 4096 bytes"},
+		{[]string{"disk", "create", "--name", "d", "--source", "s1", "--size", "100T"}, "the largest"},
+		{[]string{"disk", "update", "--name", "d", "--size", "4194304T"}, "the largest disk is 64T"},
+		{[]string{"disk", "update", "--name", "d", "--size", "512K"}, "the smallest disk is 1M"},
+		{[]string{"vm", "create", "--name", "v", "--os-disk-size", "4194304T"}, "--os-disk-size 4194304T: the largest Premium_LRS disk is"},
+		{[]string{"vm", "create", "--name", "v", "--os-disk-size", "1"}, "the smallest disk is 1M"},
+		{[]string{"vm", "create", "--name", "v", "--os-disk-size", "0"}, "the smallest disk is 1M"},
+		{[]string{"vm", "create", "--name", "v", "--os-disk-size", "1G", "--temp-disk-size", "99999T"}, "--temp-disk-size 99999T: the largest temp disk is"},
+		{[]string{"vm", "create", "--name", "v", "--os-disk-size", "1G", "--temp-disk-size", "100K"}, "the smallest temp disk is 1M"},
+	} {
+		_, _, err := runCLI(t, env, c.args...)
+		require.Error(t, err, "%v", c.args)
+		assert.Contains(t, err.Error(), c.msg, "%v", c.args)
+	}
+	require.Empty(t, h.seen, "a refused size reached the host")
+
+	for _, c := range []struct {
+		args []string
+		want int64
+	}{
+		{[]string{"disk", "create", "--name", "d", "--size", "32767G"}, 32767 << 30},
+		{[]string{"disk", "create", "--name", "d", "--size", "64T", "--sku", "PremiumV2_LRS"}, 64 << 40},
+		{[]string{"disk", "create", "--name", "d", "--size", "1M"}, 1 << 20},
+		{[]string{"disk", "update", "--name", "d", "--size", "64TiB"}, 64 << 40},
+	} {
+		h.bodies = nil
+		_, _, err := runCLI(t, env, c.args...)
+		require.NoError(t, err, "%v", c.args)
+		require.Len(t, h.bodies, 1)
+		var req struct {
+			SizeBytes int64 `json:"sizeBytes"`
+		}
+		require.NoError(t, json.Unmarshal(h.bodies[0], &req))
+		assert.Equal(t, c.want, req.SizeBytes, "%v", c.args)
+	}
 }
 
 // fakeHost serves the control API on a unix socket and records the requests.
