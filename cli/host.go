@@ -22,11 +22,11 @@ func (c *Context) call(method, path string, in, out any) error {
 
 func esc(s string) string { return url.PathEscape(s) }
 
-var diskHeader = []string{"NAME", "SIZE", "SKU", "SECTOR", "ENCRYPTION", "STATE", "VM", "KEY", "INTEGRITY-ERRORS"}
+var diskHeader = []string{"NAME", "SIZE", "SKU", "SECTOR", "ENCRYPTION", "STATE", "VM", "KEY", "INTEGRITY-ERRORS", "FAILURE"}
 
 func diskRow(d *control.Disk) []string {
 	return []string{d.Name, formatSize(d.DiskSizeBytes), d.Sku.Name, strconv.Itoa(d.LogicalSectorSize),
-		d.Encryption.Type, d.DiskState, orDash(d.ManagedBy), d.KeyID, strconv.FormatUint(d.IntegrityErrors, 10)}
+		d.Encryption.Type, d.DiskState, orDash(d.ManagedBy), d.KeyID, strconv.FormatUint(d.IntegrityErrors, 10), orDash(d.FailureReason)}
 }
 
 func (c *Context) showDisk(d *control.Disk) error {

@@ -254,6 +254,7 @@ func New(cfg Config) (*Host, error) {
 	if err != nil {
 		return nil, err
 	}
+	st.repair(cfg.Log)
 	st.fillPlacement(cfg.Location)
 	bg, cancel := context.WithCancel(context.Background())
 	return &Host{cfg: cfg, log: cfg.Log, st: st, running: map[string]*runningVM{}, bg: bg, cancelBg: cancel}, nil
@@ -496,7 +497,7 @@ func (h *Host) UpdateDisk(ctx context.Context, name string, r UpdateDiskRequest)
 	if !ok {
 		return nil, notFound("disk", name)
 	}
-	if err := converting(d); err != nil {
+	if err := h.usable(ctx, d); err != nil {
 		return nil, err
 	}
 	if r.ADE != nil {
@@ -647,7 +648,11 @@ func (h *Host) DeleteDisk(ctx context.Context, name string) error {
 	if err := converting(d); err != nil {
 		return err
 	}
-	if err := disk.Destroy(ctx, h.cfg.Storage, d.StoragePrefix); err != nil && !errors.Is(err, disk.ErrNotFound) {
+	if !validPrefix(d.StoragePrefix, "disks") {
+		// A damaged record: its prefix leads to no disk's objects, and
+		// following it could shred another resource. Only the record goes.
+		h.log.Warn("deleting a disk whose record names no disk's objects; storage is left as it is (host gc lists what no record owns)", "disk", name, "prefix", d.StoragePrefix)
+	} else if err := disk.Destroy(ctx, h.cfg.Storage, d.StoragePrefix); err != nil && !errors.Is(err, disk.ErrNotFound) {
 		return fmt.Errorf("deleting disk %q: %w", name, err)
 	}
 	delete(h.st.Disks, name)
@@ -706,7 +711,7 @@ func (h *Host) CreateVM(ctx context.Context, r CreateVMRequest) (*VM, error) {
 	// Check every data disk before changing anything.
 	seen := map[string]bool{}
 	if r.OsDisk != "" {
-		if err := h.checkAttachable(r.OsDisk); err != nil {
+		if err := h.checkAttachable(ctx, r.OsDisk); err != nil {
 			return nil, err
 		}
 		seen[r.OsDisk] = true
@@ -723,7 +728,7 @@ func (h *Host) CreateVM(ctx context.Context, r CreateVMRequest) (*VM, error) {
 			return nil, badRequest("disk %q is listed twice", dd.Name)
 		}
 		seen[dd.Name] = true
-		if err := h.checkAttachable(dd.Name); err != nil {
+		if err := h.checkAttachable(ctx, dd.Name); err != nil {
 			return nil, err
 		}
 		lun := i
@@ -771,7 +776,7 @@ func (h *Host) CreateVM(ctx context.Context, r CreateVMRequest) (*VM, error) {
 	return h.showVM(vm), nil
 }
 
-func (h *Host) checkAttachable(name string) error {
+func (h *Host) checkAttachable(ctx context.Context, name string) error {
 	d, ok := h.st.Disks[name]
 	if !ok {
 		return notFound("disk", name)
@@ -779,7 +784,7 @@ func (h *Host) checkAttachable(name string) error {
 	if d.ManagedBy != "" {
 		return conflict("disk %q is already attached to VM %q; a disk is attached to one VM at a time", name, d.ManagedBy)
 	}
-	return converting(d)
+	return h.usable(ctx, d)
 }
 
 func vmDiskNames(vm *VM) []string {
@@ -816,20 +821,23 @@ func (p *plainImage) Discard(off, n int64) error { return p.PunchHole(off, n) }
 
 // start opens every disk of vm and shows it in the tree. On failure nothing
 // stays open or visible.
-func (h *Host) start(ctx context.Context, vm *VM) (err error) {
+func (h *Host) start(ctx context.Context, vm *VM) error {
+	if err := h.checkVMRecord(vm); err != nil {
+		return err
+	}
 	for _, n := range vmDiskNames(vm) {
-		if d := h.st.Disks[n]; d != nil {
-			if err := converting(d); err != nil {
-				return err
-			}
+		if err := h.usable(ctx, h.st.Disks[n]); err != nil {
+			return err
 		}
 	}
 	if err := h.checkStartKeys(ctx, vm); err != nil {
 		return err
 	}
 	rv := &runningVM{images: map[string]*openDisk{}}
+	started := false
 	defer func() {
-		if err != nil {
+		// Also when a panic goes through: nothing stays open or visible.
+		if !started {
 			h.closeAll(vm.Name, rv)
 		}
 	}()
@@ -872,6 +880,7 @@ func (h *Host) start(ctx context.Context, vm *VM) (err error) {
 		delete(h.running, vm.Name)
 		return err
 	}
+	started = true
 	h.log.Info("VM started", "vm", vm.Name, "images", len(rv.images))
 	return nil
 }
@@ -1025,7 +1034,9 @@ func (h *Host) DeallocateVM(ctx context.Context, name string) (*VM, error) {
 		return nil, err
 	}
 	for _, n := range vmDiskNames(vm) {
-		h.st.Disks[n].DiskState = DiskReserved
+		if d := h.st.Disks[n]; d != nil {
+			d.DiskState = DiskReserved
+		}
 	}
 	return h.showVM(vm), h.save()
 }
@@ -1088,7 +1099,7 @@ func (h *Host) AttachDisk(ctx context.Context, vmName string, r AttachRequest) (
 	if err != nil {
 		return nil, err
 	}
-	if err := h.checkAttachable(r.Disk); err != nil {
+	if err := h.checkAttachable(ctx, r.Disk); err != nil {
 		return nil, err
 	}
 	if err := h.checkAttach(vm, h.st.Disks[r.Disk]); err != nil {
@@ -1102,7 +1113,9 @@ func (h *Host) AttachDisk(ctx context.Context, vmName string, r AttachRequest) (
 	}
 	used := map[int]string{}
 	for _, dd := range vm.StorageProfile.DataDisks {
-		used[*dd.Lun] = dd.Name
+		if dd.Lun != nil {
+			used[*dd.Lun] = dd.Name
+		}
 	}
 	lun := 0
 	if r.Lun != nil {
@@ -1166,7 +1179,9 @@ func (h *Host) DetachDisk(ctx context.Context, vmName, diskName string) (*VM, er
 			return nil, err
 		}
 		if od := rv.images[file]; od != nil {
-			h.st.Disks[diskName].IntegrityErrors += od.integrityErrors()
+			if d := h.st.Disks[diskName]; d != nil {
+				d.IntegrityErrors += od.integrityErrors()
+			}
 			if err := od.close(); err != nil {
 				return nil, fmt.Errorf("flushing disk %q: %w", diskName, err)
 			}
@@ -1174,8 +1189,10 @@ func (h *Host) DetachDisk(ctx context.Context, vmName, diskName string) (*VM, er
 		}
 	}
 	vm.StorageProfile.DataDisks = slices.Delete(vm.StorageProfile.DataDisks, i, i+1)
-	d := h.st.Disks[diskName]
-	d.ManagedBy, d.DiskState = "", DiskUnattached
+	// A record naming a disk that does not exist is mended this way too.
+	if d := h.st.Disks[diskName]; d != nil && d.ManagedBy == vmName {
+		d.ManagedBy, d.DiskState = "", DiskUnattached
+	}
 	return h.showVM(vm), h.save()
 }
 
@@ -1220,37 +1237,6 @@ func (h *Host) ListVMs() []*VM {
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out
-}
-
-// Recover starts again every VM that was running when the daemon last
-// stopped (cleanly or not). A VM that cannot start is marked stopped with the
-// reason.
-func (h *Host) Recover(ctx context.Context) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	h.recoverTransfers(ctx)
-	h.removeOrphanCopies(ctx)
-	for name, d := range h.st.Disks {
-		if d.Conversion != nil && d.Conversion.Error == "" {
-			h.log.Info("resuming disk conversion", "disk", name, "chunk", d.Conversion.NextChunk, "of", d.Conversion.TotalChunks)
-			h.goConvert(name)
-		}
-	}
-	names := make([]string, 0, len(h.st.VMs))
-	for n, vm := range h.st.VMs {
-		if vm.PowerState == PowerRunning {
-			names = append(names, n)
-		}
-	}
-	slices.Sort(names)
-	for _, n := range names {
-		vm := h.st.VMs[n]
-		if err := h.start(ctx, vm); err != nil {
-			h.log.Error("VM did not come back after restart", "vm", n, "err", err)
-			vm.PowerState, vm.PowerStateReason = PowerStopped, "could not start after a host restart: "+err.Error()
-			_ = h.save()
-		}
-	}
 }
 
 // Shutdown flushes and closes every running VM's disks and removes them from

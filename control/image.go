@@ -141,7 +141,7 @@ func (h *Host) openSource(ctx context.Context, name string, allowDisk bool) (*so
 		return &source{kind: "image", name: name, id: im.ID, d: d, sector: im.LogicalSectorSize, at: im.placement(), ade: im.ADE}, nil
 	}
 	if dr, ok := h.st.Disks[name]; ok && allowDisk {
-		if err := converting(dr); err != nil {
+		if err := h.usable(ctx, dr); err != nil {
 			return nil, err
 		}
 		if h.openDiskFor(name) != nil {

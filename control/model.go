@@ -71,6 +71,10 @@ type Disk struct {
 	Conversion *Conversion `json:"conversion,omitempty"`
 	// Transfer is set while the disk is imported from or exported to a file.
 	Transfer *Transfer `json:"transfer,omitempty"`
+	// FailureReason says why the disk cannot be used (its meta.json is
+	// missing, damaged or of an impossible size, or its record is); set at
+	// start, cleared once a check finds it usable again (see recover.go).
+	FailureReason string `json:"failureReason,omitempty"`
 }
 
 // Conversion is the progress of re-encrypting a disk. It is persisted after

@@ -168,7 +168,7 @@ func (h *Host) CreateSnapshot(ctx context.Context, r CreateSnapshotRequest) (*Sn
 	if !ok {
 		return nil, notFound("disk", r.Source)
 	}
-	if err := converting(d); err != nil {
+	if err := h.usable(ctx, d); err != nil {
 		return nil, err
 	}
 	enc := d.Encryption

@@ -281,7 +281,7 @@ func (h *Host) ExportDisk(ctx context.Context, name string, r ExportDiskRequest,
 		h.mu.Unlock()
 		return nil, notFound("disk", name)
 	}
-	if err := converting(d); err != nil {
+	if err := h.usable(ctx, d); err != nil {
 		h.mu.Unlock()
 		return nil, err
 	}
