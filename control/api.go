@@ -46,6 +46,7 @@ import (
 //	POST   /snapshots|images/{name}/move move (MoveRequest)
 //	GET    /progress/{kind}/{name}      progress of the copy creating disks|snapshots|images/{name}
 //	POST   /disks/{name}/move           move to another resource group or subscription (MoveRequest)
+//	POST   /host/gc                     list (dryRun) or remove what no record owns (GCRequest, GCReport)
 //
 // Errors come as {"error":{"code":…,"message":…}} with a 4xx or 5xx status.
 
@@ -208,6 +209,13 @@ func Handler(h *Host) http.Handler {
 			return nil, err
 		}
 		return h.MoveDisk(r.Context(), r.PathValue("name"), req)
+	})
+	handle("POST /host/gc", func(r *http.Request) (any, error) {
+		var req GCRequest
+		if err := decode(r, &req); err != nil {
+			return nil, err
+		}
+		return h.GC(r.Context(), req)
 	})
 	handle("/", func(r *http.Request) (any, error) {
 		return nil, errorf(http.StatusNotFound, "NotFound", "no API at %s %s", r.Method, r.URL.Path)

@@ -36,20 +36,29 @@ func (h *Host) startConversion(ctx context.Context, d *Disk, des *DiskEncryption
 		return nil, err
 	}
 	target := "disks/" + newID()
+	if err := h.beginIntent(target, "double-encrypted copy of disk "+d.Name); err != nil {
+		return nil, err
+	}
 	nd, err := disk.Create(ctx, h.cfg.Storage, target, disk.CreateOptions{
 		Size: d.DiskSizeBytes, SectorSize: d.LogicalSectorSize, Layers: wrappers,
 	})
 	if err != nil {
+		h.abandonIntent(ctx, target)
 		return nil, fmt.Errorf("disk %q: preparing the double-encrypted copy: %w", d.Name, err)
 	}
 	total := nd.ChunkCount()
 	if err := nd.Close(); err != nil {
+		h.abandonIntent(ctx, target)
 		return nil, err
 	}
+	old := *d
 	d.Encryption.DiskEncryptionSetID = des.ID
 	d.Conversion = &Conversion{TargetEncryptionType: EncPlatformAndCustomerKey, TargetPrefix: target,
 		TotalChunks: total, Started: h.cfg.Now().UTC()}
+	delete(h.st.Intents, target)
 	if err := h.save(); err != nil {
+		*d = old
+		h.abandonIntent(ctx, target)
 		return nil, err
 	}
 	h.log.Info("converting disk to double encryption", "disk", d.Name, "chunks", total)
@@ -93,19 +102,24 @@ func (h *Host) runConversion(ctx context.Context, name string) {
 		_ = h.save()
 		return
 	}
+	old := *d
 	d.StoragePrefix = dst
 	d.Encryption.Type = conv.TargetEncryptionType
 	d.KeyID = m.Layers[0].WrappedKeys[0].KeyID
 	d.Conversion = nil
+	// The old copy goes last, recorded in the same save (see removal.go):
+	// keys first, then data.
+	h.recordRemoval(src, "single-layer copy of disk "+name, 0)
 	if err := h.save(); err != nil {
+		*d = old
+		delete(h.st.Removals, src)
 		h.log.Error("saving a finished conversion", "disk", name, "err", err)
 		return
 	}
-	// The old copy goes last: keys first, then data.
-	if err := disk.Destroy(ctx, h.cfg.Storage, src); err != nil && !errors.Is(err, disk.ErrNotFound) {
-		h.log.Error("removing the single-layer copy after conversion", "disk", name, "prefix", src, "err", err)
-	}
 	h.log.Info("disk converted to double encryption", "disk", name)
+	if err := h.finishRemoval(context.WithoutCancel(ctx), src); err != nil {
+		h.log.Error("removing the single-layer copy after conversion; the next start tries again", "disk", name, "prefix", src, "err", err)
+	}
 }
 
 func (h *Host) copyForConversion(ctx context.Context, name, src, dst string, from int64, unw disk.KeyUnwrapper) error {

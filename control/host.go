@@ -61,6 +61,9 @@ type Config struct {
 	// have per location (default DefaultDESLimit, 5000). A test hook:
 	// hostcryptd never sets it, so a user of the daemon cannot change it.
 	DESLimit int
+	// beforeSave, when set, is called before every state save: a hook for
+	// the tests that inject a crash between two steps of an operation.
+	beforeSave func()
 }
 
 // Host is the compute control plane: it owns the VM and disk resources, opens
@@ -268,6 +271,9 @@ func (h *Host) lease() time.Duration {
 }
 
 func (h *Host) save() error {
+	if h.cfg.beforeSave != nil {
+		h.cfg.beforeSave()
+	}
 	if err := h.st.save(h.cfg.StateDir); err != nil {
 		return fmt.Errorf("saving state: %w", err)
 	}
@@ -386,10 +392,16 @@ func (h *Host) createDisk(ctx context.Context, r CreateDiskRequest) (*Disk, erro
 	if src != nil {
 		size = src.d.Size()
 	}
+	// The intent goes first: a crash from here on leaves objects that
+	// host gc knows to be a cut-short creation of this disk.
+	if err := h.beginIntent(prefix, "disk "+r.Name); err != nil {
+		return nil, err
+	}
 	d, err := disk.Create(ctx, h.cfg.Storage, prefix, disk.CreateOptions{
 		Size: size, SectorSize: r.LogicalSectorSize, Layers: wrappers,
 	})
 	if err != nil {
+		h.abandonIntent(ctx, prefix)
 		return nil, fmt.Errorf("creating disk %q: %w", r.Name, err)
 	}
 	if src != nil {
@@ -399,15 +411,17 @@ func (h *Host) createDisk(ctx context.Context, r CreateDiskRequest) (*Disk, erro
 		}
 		if err != nil {
 			d.Close()
-			h.removeObjects(ctx, prefix)
+			h.abandonIntent(ctx, prefix)
 			return nil, fmt.Errorf("disk %q from %s %q: %w", r.Name, src.kind, src.name, err)
 		}
 	}
 	if err := d.Close(); err != nil {
+		h.abandonIntent(ctx, prefix)
 		return nil, err
 	}
 	m, err := disk.ReadMetadata(ctx, h.cfg.Storage, prefix)
 	if err != nil {
+		h.abandonIntent(ctx, prefix)
 		return nil, err
 	}
 	res := &Disk{
@@ -432,9 +446,11 @@ func (h *Host) createDisk(ctx context.Context, r CreateDiskRequest) (*Disk, erro
 		res.Encryption.DiskEncryptionSetID = des.ID
 	}
 	h.st.Disks[r.Name] = res
+	delete(h.st.Intents, prefix)
 	if err := h.save(); err != nil {
 		delete(h.st.Disks, r.Name)
-		return nil, errors.Join(err, disk.Destroy(ctx, h.cfg.Storage, prefix))
+		h.abandonIntent(ctx, prefix)
+		return nil, err
 	}
 	h.log.Info("disk created", "disk", r.Name, "size", r.SizeBytes, "encryption", r.EncryptionType)
 	return h.showDisk(res), nil
@@ -648,16 +664,25 @@ func (h *Host) DeleteDisk(ctx context.Context, name string) error {
 	if err := converting(d); err != nil {
 		return err
 	}
-	if !validPrefix(d.StoragePrefix, "disks") {
+	// Recorded first, removed next (see removal.go).
+	delete(h.st.Disks, name)
+	if validPrefix(d.StoragePrefix, "disks") {
+		h.recordRemoval(d.StoragePrefix, "disk "+name, 0)
+	} else {
 		// A damaged record: its prefix leads to no disk's objects, and
 		// following it could shred another resource. Only the record goes.
 		h.log.Warn("deleting a disk whose record names no disk's objects; storage is left as it is (host gc lists what no record owns)", "disk", name, "prefix", d.StoragePrefix)
-	} else if err := disk.Destroy(ctx, h.cfg.Storage, d.StoragePrefix); err != nil && !errors.Is(err, disk.ErrNotFound) {
-		return fmt.Errorf("deleting disk %q: %w", name, err)
 	}
-	delete(h.st.Disks, name)
+	if err := h.save(); err != nil {
+		h.st.Disks[name] = d
+		delete(h.st.Removals, d.StoragePrefix)
+		return err
+	}
 	h.log.Info("disk deleted", "disk", name)
-	return h.save()
+	if err := h.finishRemoval(ctx, d.StoragePrefix); err != nil {
+		return fmt.Errorf("disk %q is deleted, but %w; the next start of hostcryptd finishes the removal", name, err)
+	}
+	return nil
 }
 
 // CreateVMRequest is the body of a VM creation.

@@ -214,8 +214,12 @@ func (h *Host) CreateImage(ctx context.Context, r CreateImageRequest) (*Image, e
 	}
 	uid := newID()
 	prefix := "images/" + uid
+	if err := h.beginIntent(prefix, "image "+r.Name); err != nil {
+		return nil, err
+	}
 	dst, err := disk.Create(ctx, h.cfg.Storage, prefix, disk.CreateOptions{Size: src.d.Size(), SectorSize: src.sector, Layers: wrappers})
 	if err != nil {
+		h.abandonIntent(ctx, prefix)
 		return nil, fmt.Errorf("creating image %q: %w", r.Name, err)
 	}
 	err = h.copyInto(ctx, src.d, dst, "images/"+r.Name, "copying "+src.kind+" "+src.name)
@@ -223,12 +227,12 @@ func (h *Host) CreateImage(ctx context.Context, r CreateImageRequest) (*Image, e
 		err = cerr
 	}
 	if err != nil {
-		h.removeObjects(ctx, prefix)
+		h.abandonIntent(ctx, prefix)
 		return nil, fmt.Errorf("image %q from %s %q: %w", r.Name, src.kind, src.name, err)
 	}
 	m, err := disk.ReadMetadata(ctx, h.cfg.Storage, prefix)
 	if err != nil {
-		h.removeObjects(ctx, prefix)
+		h.abandonIntent(ctx, prefix)
 		return nil, err
 	}
 	im := &Image{
@@ -242,9 +246,10 @@ func (h *Host) CreateImage(ctx context.Context, r CreateImageRequest) (*Image, e
 	}
 	im.UsedBytes, _ = h.cfg.Storage.Usage(ctx, prefix)
 	h.st.Images[r.Name] = im
+	delete(h.st.Intents, prefix)
 	if err := h.save(); err != nil {
 		delete(h.st.Images, r.Name)
-		h.removeObjects(ctx, prefix)
+		h.abandonIntent(ctx, prefix)
 		return nil, err
 	}
 	h.log.Info("image created", "image", r.Name, "source", src.name)
@@ -259,7 +264,8 @@ func (h *Host) ShowImage(name string) (*Image, error) {
 // ListImages returns every image, sorted by name.
 func (h *Host) ListImages() []*Image { return listCopies(h, h.st.Images) }
 
-// DeleteImage destroys an image: its wrapped key first, then its data.
+// DeleteImage destroys an image: the deletion is recorded, then its wrapped
+// key is destroyed, then its data removed (see removal.go).
 func (h *Host) DeleteImage(ctx context.Context, name string) error {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -267,12 +273,18 @@ func (h *Host) DeleteImage(ctx context.Context, name string) error {
 	if !ok {
 		return notFound("image", name)
 	}
-	if err := h.removeObjects(ctx, im.StoragePrefix); err != nil {
-		return fmt.Errorf("deleting image %q: %w", name, err)
-	}
 	delete(h.st.Images, name)
+	h.recordRemoval(im.StoragePrefix, "image "+name, 0)
+	if err := h.save(); err != nil {
+		h.st.Images[name] = im
+		delete(h.st.Removals, im.StoragePrefix)
+		return err
+	}
 	h.log.Info("image deleted", "image", name)
-	return h.save()
+	if err := h.finishRemoval(ctx, im.StoragePrefix); err != nil {
+		return fmt.Errorf("image %q is deleted, but %w; the next start of hostcryptd finishes the removal", name, err)
+	}
+	return nil
 }
 
 // fillFromSource copies a snapshot or image into a disk just created.

@@ -217,7 +217,8 @@ func (h *Host) Recover(ctx context.Context) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.recoverTransfers(ctx)
-	h.removeOrphanCopies(ctx)
+	h.finishRemovals(ctx)
+	h.logLeftovers(ctx)
 	names := make([]string, 0, len(h.st.Disks))
 	for n := range h.st.Disks {
 		names = append(names, n)

@@ -208,8 +208,11 @@ func (h *Host) CreateSnapshot(ctx context.Context, r CreateSnapshotRequest) (*Sn
 		DiskSizeBytes: d.DiskSizeBytes, LogicalSectorSize: d.LogicalSectorSize, Encryption: enc,
 		TimeCreated: h.cfg.Now().UTC(), StoragePrefix: prefix, ADE: d.ADE,
 	}
+	if err := h.beginIntent(prefix, "snapshot "+r.Name); err != nil {
+		return nil, err
+	}
 	if err := h.copySnapshot(ctx, d, snap, parent); err != nil {
-		h.removeObjects(ctx, prefix)
+		h.abandonIntent(ctx, prefix)
 		return nil, fmt.Errorf("snapshot %q of disk %q: %w", r.Name, d.Name, err)
 	}
 	if des != nil && des.ID != d.Encryption.DiskEncryptionSetID {
@@ -218,24 +221,25 @@ func (h *Host) CreateSnapshot(ctx context.Context, r CreateSnapshotRequest) (*Sn
 			_, err = disk.Rewrap(ctx, h.cfg.Storage, prefix, 1, h.unwrapperFor(d), ws[0])
 		}
 		if err != nil {
-			h.removeObjects(ctx, prefix)
+			h.abandonIntent(ctx, prefix)
 			return nil, fmt.Errorf("snapshot %q: wrapping its key with disk encryption set %q: %w", r.Name, des.Name, err)
 		}
 	}
 	m, err := disk.ReadMetadata(ctx, h.cfg.Storage, prefix)
 	if err != nil {
-		h.removeObjects(ctx, prefix)
+		h.abandonIntent(ctx, prefix)
 		return nil, err
 	}
 	snap.KeyID = m.Layers[0].WrappedKeys[0].KeyID
 	if snap.UsedBytes, err = h.cfg.Storage.Usage(ctx, prefix); err != nil {
-		h.removeObjects(ctx, prefix)
+		h.abandonIntent(ctx, prefix)
 		return nil, err
 	}
 	h.st.Snapshots[r.Name] = snap
+	delete(h.st.Intents, prefix)
 	if err := h.save(); err != nil {
 		delete(h.st.Snapshots, r.Name)
-		h.removeObjects(ctx, prefix)
+		h.abandonIntent(ctx, prefix)
 		return nil, err
 	}
 	h.log.Info("snapshot created", "snapshot", r.Name, "disk", d.Name, "incremental", r.Incremental,
@@ -368,25 +372,6 @@ func writeSparse(ctx context.Context, be storage.Backend, key string, buf []byte
 	return errors.Join(c.Sync(), c.Close())
 }
 
-// removeObjects crypto-shreds and removes what is stored under prefix: the
-// wrapped keys first, then the chunks, the metadata and the manifest.
-func (h *Host) removeObjects(ctx context.Context, prefix string) error {
-	err := disk.Destroy(ctx, h.cfg.Storage, prefix)
-	if errors.Is(err, disk.ErrNotFound) {
-		err = nil
-	}
-	if derr := h.cfg.Storage.Delete(ctx, manifestKey(prefix)); derr != nil && !errors.Is(derr, storage.ErrNotFound) {
-		err = errors.Join(err, derr)
-	}
-	// Objects a crash left behind without metadata.
-	if keys, lerr := h.cfg.Storage.List(ctx, prefix); lerr == nil {
-		for _, k := range keys {
-			h.cfg.Storage.Delete(ctx, k)
-		}
-	}
-	return err
-}
-
 // ShowSnapshot returns one snapshot.
 func (h *Host) ShowSnapshot(name string) (*Snapshot, error) {
 	return showCopy(h, h.st.Snapshots, "snapshot", name)
@@ -424,10 +409,12 @@ func listCopies[T any](h *Host, m map[string]*T) []*T {
 	return out
 }
 
-// DeleteSnapshot destroys a snapshot: its wrapped key first, then its
-// chunks. Chunks that later incremental snapshots share are handed over to
-// the first of them (copied into its prefix, its manifest updated) before
-// anything is removed, so every other snapshot stays restorable.
+// DeleteSnapshot destroys a snapshot. The deletion is recorded first (the
+// snapshot's record goes, a removal of its objects is recorded); then the
+// chunks that later incremental snapshots share are handed over to the
+// first of them, so every other snapshot stays restorable; then its wrapped
+// key is destroyed and its objects removed. A crash at any point leaves the
+// snapshot whole, or gone with its removal finished at the next start.
 func (h *Host) DeleteSnapshot(ctx context.Context, name string) error {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -435,54 +422,18 @@ func (h *Host) DeleteSnapshot(ctx context.Context, name string) error {
 	if !ok {
 		return notFound("snapshot", name)
 	}
-	own := s.StoragePrefix + "/chunks/"
-	var others []*Snapshot
-	for _, o := range h.st.Snapshots {
-		if o != s && o.Incremental && o.SourceUniqueID == s.SourceUniqueID {
-			others = append(others, o)
-		}
-	}
-	sort.Slice(others, func(i, j int) bool { return others[i].TimeCreated.Before(others[j].TimeCreated) })
-	moved := map[string]string{} // old key -> new key
-	for _, o := range others {
-		m, err := h.readManifest(ctx, o.StoragePrefix)
-		if err != nil {
-			return err
-		}
-		changed := false
-		for n, e := range m.Chunks {
-			if !strings.HasPrefix(e.Key, own) {
-				continue
-			}
-			nk, ok := moved[e.Key]
-			if !ok {
-				nk = o.StoragePrefix + "/chunks/" + n
-				if err := copyObject(ctx, h.cfg.Storage, e.Key, nk, s.ObjectBytes); err != nil {
-					return fmt.Errorf("handing chunk %s of snapshot %q to snapshot %q: %w", n, name, o.Name, err)
-				}
-				moved[e.Key] = nk
-				o.ChunksCopied++
-				o.ChunksShared--
-			}
-			e.Key = nk
-			m.Chunks[n] = e
-			changed = true
-		}
-		if changed {
-			if err := h.writeManifest(ctx, o.StoragePrefix, m); err != nil {
-				return err
-			}
-			if u, err := h.cfg.Storage.Usage(ctx, o.StoragePrefix); err == nil {
-				o.UsedBytes = u
-			}
-		}
-	}
-	if err := h.removeObjects(ctx, s.StoragePrefix); err != nil {
-		return fmt.Errorf("deleting snapshot %q: %w", name, err)
-	}
 	delete(h.st.Snapshots, name)
-	h.log.Info("snapshot deleted", "snapshot", name, "chunksHandedOver", len(moved))
-	return h.save()
+	h.recordRemoval(s.StoragePrefix, "snapshot "+name, s.ObjectBytes)
+	if err := h.save(); err != nil {
+		h.st.Snapshots[name] = s
+		delete(h.st.Removals, s.StoragePrefix)
+		return err
+	}
+	h.log.Info("snapshot deleted", "snapshot", name)
+	if err := h.finishRemoval(ctx, s.StoragePrefix); err != nil {
+		return fmt.Errorf("snapshot %q is deleted, but %w; the next start of hostcryptd finishes the removal", name, err)
+	}
+	return nil
 }
 
 // copyObject copies the first n bytes of a chunk object, sparse.
@@ -494,6 +445,11 @@ func copyObject(ctx context.Context, be storage.Backend, from, to string, n int6
 	defer src.Close()
 	buf := make([]byte, n)
 	if _, err := src.ReadAt(buf, 0); err != nil {
+		return err
+	}
+	// A copy an earlier, interrupted hand-over left goes first: writeSparse
+	// does not write the zeros.
+	if err := be.Delete(ctx, to); err != nil && !errors.Is(err, storage.ErrNotFound) {
 		return err
 	}
 	return writeSparse(ctx, be, to, buf)
@@ -606,39 +562,4 @@ func (h *Host) UpdateSnapshot(ctx context.Context, name string, r UpdateSnapshot
 	}
 	c := *sn
 	return &c, h.save()
-}
-
-// removeOrphanCopies destroys what a snapshot or image creation cut short
-// by a crash left in storage: objects under snapshots/ or images/ that no
-// resource owns. Their keys go first, as for any deletion.
-func (h *Host) removeOrphanCopies(ctx context.Context) {
-	owned := map[string]bool{}
-	for _, s := range h.st.Snapshots {
-		owned[s.StoragePrefix] = true
-	}
-	for _, im := range h.st.Images {
-		owned[im.StoragePrefix] = true
-	}
-	for _, root := range []string{"snapshots", "images"} {
-		keys, err := h.cfg.Storage.List(ctx, root)
-		if err != nil {
-			continue
-		}
-		seen := map[string]bool{}
-		for _, k := range keys {
-			parts := strings.SplitN(k, "/", 3)
-			if len(parts) < 3 {
-				continue
-			}
-			prefix := parts[0] + "/" + parts[1]
-			if owned[prefix] || seen[prefix] {
-				continue
-			}
-			seen[prefix] = true
-			h.log.Warn("removing a copy cut short by a crash", "prefix", prefix)
-			if err := h.removeObjects(ctx, prefix); err != nil {
-				h.log.Error("could not remove a copy cut short by a crash", "prefix", prefix, "err", err)
-			}
-		}
-	}
 }

@@ -153,8 +153,8 @@ func TestSnapshotsAndImages(t *testing.T) {
 	requireCode(t, err, 404)
 	require.Len(t, f.h.ListSnapshots(), 3)
 
-	// A restart keeps them, and removes what a crash in the middle of a
-	// copy left behind.
+	// A restart keeps them, and lists (but keeps) what a crash in the
+	// middle of a copy left behind; host gc removes it, and only it.
 	orphan := "snapshots/0123abcd-0000-0000-0000-000000000000"
 	require.NoError(t, f.cfg.Storage.WriteMeta(ctx, orphan+"/meta.json", []byte(`{"format":1}`)))
 	require.NoError(t, writeSparse(ctx, f.cfg.Storage, orphan+"/chunks/00000000", fill(8192)))
@@ -163,10 +163,20 @@ func TestSnapshotsAndImages(t *testing.T) {
 	require.True(t, bytes.Equal(want3, got))
 	left, err = f.cfg.Storage.List(ctx, orphan)
 	require.NoError(t, err)
-	assert.Empty(t, left, "an orphaned copy survived the restart")
+	assert.NotEmpty(t, left, "start-up removed what no record owns")
+	rep, err := f.h.GC(ctx, GCRequest{})
+	require.NoError(t, err)
+	require.Len(t, rep.Leftovers, 1)
+	require.Equal(t, orphan, rep.Leftovers[0].Path)
+	require.True(t, rep.Leftovers[0].Removed)
+	left, err = f.cfg.Storage.List(ctx, orphan)
+	require.NoError(t, err)
+	assert.Empty(t, left, "host gc left an orphaned copy")
 	left, err = f.cfg.Storage.List(ctx, i3.StoragePrefix)
 	require.NoError(t, err)
 	assert.NotEmpty(t, left)
+	got = f.restore(t, "i3", "r6")
+	require.True(t, bytes.Equal(want3, got))
 }
 
 // The restrictions that concern snapshots: each refusal states the rule and

@@ -26,6 +26,15 @@ type state struct {
 	// They are bearer tokens for the key store, never keys; the file is
 	// 0600 in a 0700 directory.
 	Credentials map[string]string `json:"credentials"`
+	// Intents record, by storage prefix, a creation in progress: written
+	// before its first object, dropped with the record of what it made. A
+	// crash leaves one behind; host gc removes its objects (see gc.go).
+	Intents map[string]*intent `json:"intents,omitempty"`
+	// Removals record, by storage prefix, a deletion whose objects are
+	// still to go: written (with the resource's record gone) before the
+	// first object is touched, dropped once the last is removed. The next
+	// start finishes what a crash cut short (see removal.go).
+	Removals map[string]*removal `json:"removals,omitempty"`
 }
 
 const stateFile = "state.json"
@@ -41,7 +50,8 @@ func loadState(dir string) (*state, error) {
 	if errors.Is(err, fs.ErrNotExist) {
 		return &state{Version: 1, Disks: map[string]*Disk{}, VMs: map[string]*VM{},
 			DES: map[string]*DiskEncryptionSet{}, Credentials: map[string]string{},
-			Snapshots: map[string]*Snapshot{}, Images: map[string]*Image{}}, nil
+			Snapshots: map[string]*Snapshot{}, Images: map[string]*Image{},
+			Intents: map[string]*intent{}, Removals: map[string]*removal{}}, nil
 	}
 	if err != nil {
 		return nil, err
@@ -67,6 +77,12 @@ func loadState(dir string) (*state, error) {
 	}
 	if s.Images == nil {
 		s.Images = map[string]*Image{}
+	}
+	if s.Intents == nil {
+		s.Intents = map[string]*intent{}
+	}
+	if s.Removals == nil {
+		s.Removals = map[string]*removal{}
 	}
 	return &s, nil
 }

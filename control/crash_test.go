@@ -1,0 +1,329 @@
+package control
+
+import (
+	"bytes"
+	"context"
+	"log/slog"
+	"os"
+	"runtime"
+	"sync"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"hostcrypt/disk"
+	"hostcrypt/storage"
+)
+
+// crasher ends the goroutine of an operation (runtime.Goexit: deferred
+// unlocks run, nothing else does) just before its at-th step, a step being
+// any change to storage (a chunk created, written, punched or synced, a
+// metadata object written, an object deleted) or a save of the state. It
+// is what a kill -9 at that instant leaves behind.
+type crasher struct {
+	mu      sync.Mutex
+	armed   bool
+	n, at   int
+	crashed bool
+}
+
+func (c *crasher) step() {
+	c.mu.Lock()
+	hit := false
+	if c.armed {
+		c.n++
+		if c.n == c.at {
+			hit, c.crashed, c.armed = true, true, false
+		}
+	}
+	c.mu.Unlock()
+	if hit {
+		runtime.Goexit()
+	}
+}
+
+// run runs op with a crash before step at; it tells whether the crash came
+// (false: op finished with fewer steps).
+func (c *crasher) run(at int, op func()) bool {
+	c.mu.Lock()
+	c.armed, c.n, c.at, c.crashed = true, 0, at, false
+	c.mu.Unlock()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		op()
+	}()
+	<-done
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.armed = false
+	return c.crashed
+}
+
+type crashBackend struct {
+	storage.Backend
+	c *crasher
+}
+
+func (b crashBackend) OpenChunk(ctx context.Context, key string, create bool) (storage.Chunk, error) {
+	if create {
+		b.c.step()
+	}
+	ch, err := b.Backend.OpenChunk(ctx, key, create)
+	if err != nil {
+		return nil, err
+	}
+	return crashChunk{ch, b.c}, nil
+}
+
+func (b crashBackend) WriteMeta(ctx context.Context, key string, data []byte) error {
+	b.c.step()
+	return b.Backend.WriteMeta(ctx, key, data)
+}
+
+func (b crashBackend) Delete(ctx context.Context, key string) error {
+	b.c.step()
+	return b.Backend.Delete(ctx, key)
+}
+
+type crashChunk struct {
+	storage.Chunk
+	c *crasher
+}
+
+func (c crashChunk) WriteAt(p []byte, off int64) (int, error) {
+	c.c.step()
+	return c.Chunk.WriteAt(p, off)
+}
+
+func (c crashChunk) PunchHole(off, n int64) error {
+	c.c.step()
+	return c.Chunk.PunchHole(off, n)
+}
+
+func (c crashChunk) Sync() error {
+	c.c.step()
+	return c.Chunk.Sync()
+}
+
+// logBuffer collects a host's log lines.
+type logBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (l *logBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.Write(p)
+}
+
+func (l *logBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.String()
+}
+
+// newCrashFixture is newFixture with storage and state saves that a crasher
+// can interrupt, and the log kept.
+func newCrashFixture(t *testing.T) (*fixture, *crasher, *logBuffer) {
+	f := newFixture(t)
+	require.NoError(t, f.h.Shutdown())
+	c := &crasher{}
+	logs := &logBuffer{}
+	f.cfg.Storage = crashBackend{f.cfg.Storage, c}
+	f.cfg.beforeSave = c.step
+	f.cfg.Log = slog.New(slog.NewTextHandler(logs, nil))
+	var err error
+	f.h, err = New(f.cfg)
+	require.NoError(t, err)
+	return f, c, logs
+}
+
+// writeDisk writes p at off of the unattached disk name.
+func (f *fixture) writeDisk(t *testing.T, name string, p []byte, off int64) {
+	t.Helper()
+	d, err := f.h.ShowDisk(name)
+	require.NoError(t, err)
+	dd, err := disk.Open(context.Background(), f.cfg.Storage, d.StoragePrefix, f.keys)
+	require.NoError(t, err)
+	_, err = dd.WriteAt(p, off)
+	require.NoError(t, err)
+	require.NoError(t, dd.Close())
+}
+
+// A snapshot delete interrupted at every one of its steps leaves, after a
+// restart, the snapshot whole and restorable, or gone with its objects
+// removed; the later incremental snapshot that shared its chunks is
+// restorable either way. Before the deletion was recorded first, a crash
+// after the keys were destroyed left a snapshot listed but unusable ("disk
+// view was destroyed").
+func TestSnapshotDeleteCrashAtEveryStep(t *testing.T) {
+	ctx := context.Background()
+	const mib = 1 << 20
+	a, b := bytes.Repeat([]byte{0xa1}, 64<<10), bytes.Repeat([]byte{0xb2}, 64<<10)
+	steps := 0
+	for at := 1; ; at++ {
+		f, c, _ := newCrashFixture(t)
+		_, err := f.h.CreateDisk(ctx, CreateDiskRequest{Name: "d", SizeBytes: 8 * mib})
+		require.NoError(t, err)
+		f.writeDisk(t, "d", a, 0)
+		f.writeDisk(t, "d", a, 4*mib)
+		s1, err := f.h.CreateSnapshot(ctx, CreateSnapshotRequest{Name: "s1", Source: "d", Incremental: true})
+		require.NoError(t, err)
+		f.writeDisk(t, "d", b, 4*mib)
+		s2, err := f.h.CreateSnapshot(ctx, CreateSnapshotRequest{Name: "s2", Source: "d", Incremental: true})
+		require.NoError(t, err)
+		require.EqualValues(t, 1, s2.ChunksShared, "s2 shares chunk 0 with s1")
+
+		crashed := c.run(at, func() { _ = f.h.DeleteSnapshot(ctx, "s1") })
+		f.restart(t, false)
+
+		want1 := make([]byte, 8*mib)
+		copy(want1, a)
+		copy(want1[4*mib:], a)
+		want2 := bytes.Clone(want1)
+		copy(want2[4*mib:], b)
+		_, err = f.h.CreateDisk(ctx, CreateDiskRequest{Name: "r2", Source: "s2"})
+		require.NoError(t, err, "crash before step %d", at)
+		require.True(t, bytes.Equal(want2, f.readDisk(t, "r2")), "crash before step %d: s2 lost data", at)
+		if _, err := f.h.ShowSnapshot("s1"); err == nil {
+			_, err = f.h.CreateDisk(ctx, CreateDiskRequest{Name: "r1", Source: "s1"})
+			require.NoError(t, err, "crash before step %d: s1 is listed but not usable", at)
+			require.True(t, bytes.Equal(want1, f.readDisk(t, "r1")), "crash before step %d", at)
+		} else {
+			requireCode(t, err, 404)
+			left, err := f.cfg.Storage.List(ctx, s1.StoragePrefix)
+			require.NoError(t, err)
+			require.Empty(t, left, "crash before step %d: s1 is gone but its objects stayed", at)
+		}
+		require.Empty(t, f.h.st.Removals, "crash before step %d: a removal was not finished at start", at)
+		rep, err := f.h.GC(ctx, GCRequest{DryRun: true})
+		require.NoError(t, err)
+		require.Empty(t, rep.Leftovers, "crash before step %d", at)
+		require.NoError(t, f.h.Shutdown())
+		if !crashed {
+			steps = at - 1
+			break
+		}
+	}
+	t.Logf("snapshot delete: %d steps, each interrupted once", steps)
+	require.Greater(t, steps, 5)
+}
+
+// A disk create interrupted at every step leaves the disk whole, or a
+// leftover that start-up logs (and does not remove), host gc --dry-run
+// lists as the disk's creation cut short and host gc removes.
+func TestDiskCreateCrashLeavesGCableLeftover(t *testing.T) {
+	ctx := context.Background()
+	leftovers := 0
+	for at := 1; ; at++ {
+		f, c, logs := newCrashFixture(t)
+		_, err := f.h.CreateDisk(ctx, CreateDiskRequest{Name: "keep", SizeBytes: 4 << 20})
+		require.NoError(t, err)
+		keep, err := f.cfg.Storage.List(ctx, "")
+		require.NoError(t, err)
+
+		crashed := c.run(at, func() { _, _ = f.h.CreateDisk(ctx, CreateDiskRequest{Name: "d", SizeBytes: 8 << 20}) })
+		before, err := f.cfg.Storage.List(ctx, "")
+		require.NoError(t, err)
+		f.restart(t, false)
+		after, err := f.cfg.Storage.List(ctx, "")
+		require.NoError(t, err)
+		require.Equal(t, before, after, "crash before step %d: start-up removed something", at)
+
+		if d, err := f.h.ShowDisk("d"); err == nil {
+			require.Empty(t, d.FailureReason)
+			f.writeDisk(t, "d", []byte("still works"), 0)
+		} else {
+			requireCode(t, err, 404)
+			rep, err := f.h.GC(ctx, GCRequest{DryRun: true})
+			require.NoError(t, err)
+			if len(after) > len(keep) {
+				leftovers++
+				require.Len(t, rep.Leftovers, 1, "crash before step %d", at)
+				l := rep.Leftovers[0]
+				require.Contains(t, l.Reason, `creation of disk d cut short`)
+				require.False(t, l.Removed)
+				require.Contains(t, logs.String(), "leftover that no record owns")
+				require.Contains(t, logs.String(), l.Path)
+			}
+			rep, err = f.h.GC(ctx, GCRequest{})
+			require.NoError(t, err)
+			for _, l := range rep.Leftovers {
+				require.True(t, l.Removed, "%+v", l)
+			}
+			left, err := f.cfg.Storage.List(ctx, "")
+			require.NoError(t, err)
+			require.Equal(t, keep, left, "crash before step %d: gc removed too much or too little", at)
+			require.Empty(t, f.h.st.Intents)
+		}
+		_, err = f.h.ShowDisk("keep")
+		require.NoError(t, err)
+		require.NoError(t, f.h.Shutdown())
+		if !crashed {
+			t.Logf("disk create: %d steps, %d of them left something to collect", at-1, leftovers)
+			break
+		}
+	}
+	require.Positive(t, leftovers, "no step left anything to collect")
+}
+
+// Pointed at populated storage, a fresh, empty state directory removes
+// nothing at start: it lists what it does not own, and that is all. Before,
+// start-up destroyed every snapshot and image it had no record of.
+func TestEmptyStateRemovesNothing(t *testing.T) {
+	f, _ := newCachedFixture(t)
+	ctx := context.Background()
+	_, err := f.h.CreateDisk(ctx, CreateDiskRequest{Name: "d1", SizeBytes: 8 << 20})
+	require.NoError(t, err)
+	_, err = f.h.CreateSnapshot(ctx, CreateSnapshotRequest{Name: "s1", Source: "d1"})
+	require.NoError(t, err)
+	_, err = f.h.CreateImage(ctx, CreateImageRequest{Name: "i1", Source: "s1"})
+	require.NoError(t, err)
+	_, err = f.h.CreateVM(ctx, CreateVMRequest{Name: "vm1", OsDiskSizeBytes: 8 << 20, TempDiskSize: 4 << 20,
+		DataDisks: []AttachedDisk{{Name: "d1", Caching: CacheReadWrite}}})
+	require.NoError(t, err)
+	_, err = f.tree.get("vm1/data-0.img").WriteAt([]byte("cached"), 0)
+	require.NoError(t, err)
+	require.NoError(t, f.h.Shutdown())
+	storageBefore, err := f.cfg.Storage.List(ctx, "")
+	require.NoError(t, err)
+	hostBefore, err := f.cfg.HostLocal.List(ctx, "")
+	require.NoError(t, err)
+	require.NotEmpty(t, storageBefore)
+	cachesBefore := cacheNames(t, f.cfg.CacheDir)
+	require.NotEmpty(t, cachesBefore)
+
+	logs := &logBuffer{}
+	cfg := f.cfg
+	cfg.StateDir = t.TempDir()
+	cfg.Log = slog.New(slog.NewTextHandler(logs, nil))
+	h, err := New(cfg)
+	require.NoError(t, err)
+	h.Recover(ctx)
+	require.NoError(t, h.Shutdown())
+
+	storageAfter, err := f.cfg.Storage.List(ctx, "")
+	require.NoError(t, err)
+	require.Equal(t, storageBefore, storageAfter)
+	hostAfter, err := f.cfg.HostLocal.List(ctx, "")
+	require.NoError(t, err)
+	require.Equal(t, hostBefore, hostAfter)
+	for _, what := range []string{"disks/", "snapshots/", "images/", "temp/vm1", "host-cache"} {
+		require.Contains(t, logs.String(), what)
+	}
+	require.Contains(t, logs.String(), "nothing was removed")
+	require.Equal(t, cachesBefore, cacheNames(t, f.cfg.CacheDir))
+}
+
+func cacheNames(t *testing.T, dir string) []string {
+	t.Helper()
+	entries, err := os.ReadDir(dir)
+	require.NoError(t, err)
+	var out []string
+	for _, e := range entries {
+		out = append(out, e.Name())
+	}
+	return out
+}
