@@ -109,6 +109,14 @@ func newFakeHost(t *testing.T) *fakeHost {
 		switch {
 		case r.URL.Path == "/vms" && r.Method == "GET":
 			w.Write([]byte(`[]`))
+		case r.URL.Path == "/host/gc":
+			var req control.GCRequest
+			json.Unmarshal(body, &req)
+			rep := control.GCReport{DryRun: req.DryRun, Leftovers: []control.Leftover{
+				{Where: "storage", Path: "disks/abc", Reason: "creation of disk d cut short (started 2030-01-01T00:00:00Z)", UsedBytes: 8 << 20, Removed: !req.DryRun},
+				{Where: "host-cache", Path: "abc.plain", Reason: "host cache of a disk that does not exist", Error: map[bool]string{true: "", false: "permission denied"}[req.DryRun]},
+			}}
+			json.NewEncoder(w).Encode(rep)
 		case r.URL.Path == "/disks/nope":
 			w.WriteHeader(404)
 			w.Write([]byte(`{"error":{"code":"ResourceNotFound","message":"disk \"nope\" does not exist"}}`))
@@ -179,4 +187,26 @@ func TestGroupHelp(t *testing.T) {
 	require.NoError(t, err)
 	require.Contains(t, out, "des create")
 	require.NotContains(t, out, "vm create")
+}
+
+func TestHostGC(t *testing.T) {
+	h := newFakeHost(t)
+	env := map[string]string{"HOSTCRYPT_SOCKET": h.socket}
+	out, errOut, err := runCLI(t, env, "host", "gc", "--dry-run", "true")
+	require.NoError(t, err)
+	require.Equal(t, []string{"POST /host/gc"}, h.seen)
+	assert.JSONEq(t, `{"dryRun":true}`, string(h.bodies[0]))
+	assert.Contains(t, errOut, "would remove 2 leftover(s)")
+	assert.Regexp(t, `storage\s+disks/abc\s+8M\s+creation of disk d cut short .*would remove`, out)
+	assert.Regexp(t, `host-cache\s+abc.plain\s+0\s+host cache of a disk that does not exist\s+would remove`, out)
+
+	out, errOut, err = runCLI(t, env, "host", "gc")
+	require.ErrorContains(t, err, "1 leftover(s) could not be removed")
+	assert.JSONEq(t, `{}`, string(h.bodies[1]))
+	assert.Contains(t, errOut, "removed 1 leftover(s)")
+	assert.Regexp(t, `disks/abc.*removed`, out)
+	assert.Contains(t, out, "not removed: permission denied")
+
+	_, _, err = runCLI(t, env, "host", "gc", "--dry-run")
+	require.ErrorContains(t, err, "needs an argument")
 }
