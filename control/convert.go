@@ -122,6 +122,10 @@ func (h *Host) runConversion(ctx context.Context, name string) {
 	}
 }
 
+// convertSaveEvery is how many chunks a conversion copies between two saves
+// of its progress.
+const convertSaveEvery = 64
+
 func (h *Host) copyForConversion(ctx context.Context, name, src, dst string, from int64, unw disk.KeyUnwrapper) error {
 	s, err := disk.Open(ctx, h.cfg.Storage, src, unw)
 	if err != nil {
@@ -133,11 +137,21 @@ func (h *Host) copyForConversion(ctx context.Context, name, src, dst string, fro
 		return err
 	}
 	defer t.Close()
+	// Progress shows at every chunk and is saved every convertSaveEvery
+	// chunks: CopyChunks reports every chunk index, also the millions of a
+	// large disk that were never written, and each save is an fsync under
+	// the control lock. A resume from the last save copies at most that
+	// many chunks again.
+	saved := from
 	return disk.CopyChunks(ctx, s, t, from, func(next int64) error {
 		h.mu.Lock()
 		defer h.mu.Unlock()
 		if d := h.st.Disks[name]; d != nil && d.Conversion != nil {
 			d.Conversion.NextChunk = next
+			if next-saved < convertSaveEvery {
+				return nil
+			}
+			saved = next
 			return h.save()
 		}
 		return errors.New("the disk's conversion was cancelled")
