@@ -13,7 +13,9 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
+	"os/signal"
 	"path/filepath"
+	"syscall"
 	"time"
 
 	"hostcrypt/control"
@@ -107,11 +109,24 @@ func (c *Config) check() error {
 // Run starts the daemon and serves until ctx is cancelled, then flushes every
 // disk, unmounts and returns. ready, if not nil, is called once the tree is
 // mounted and the API is served.
-func Run(ctx context.Context, cfg Config, ready func()) error {
+func Run(ctx context.Context, cfg Config, ready func()) (err error) {
 	if err := cfg.check(); err != nil {
 		return err
 	}
 	log := cfg.Log
+	// The log may go to a pipe whose reader is gone (a terminal closed, a
+	// tee interrupted). By default a write there ends the process with
+	// SIGPIPE, before the disks are flushed; ignored, the write fails and
+	// the daemon carries on.
+	signal.Ignore(syscall.SIGPIPE)
+	// The last line, whatever the way out, as keystored's "stopped".
+	defer func() {
+		if err != nil {
+			log.Error("hostcryptd stopped", "err", err)
+		} else {
+			log.Info("hostcryptd stopped")
+		}
+	}()
 	if _, err := os.Stat("/dev/fuse"); err != nil {
 		return fmt.Errorf("FUSE is not available (/dev/fuse: %v); load the fuse module or install fuse3", err)
 	}
@@ -211,6 +226,5 @@ func Run(ctx context.Context, cfg Config, ready func()) error {
 	if err := errors.Join(serr, uerr); err != nil {
 		return fmt.Errorf("shutdown: %w", err)
 	}
-	log.Info("hostcryptd stopped cleanly")
 	return nil
 }

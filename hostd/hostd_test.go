@@ -4,9 +4,11 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -134,4 +136,26 @@ func TestRunRefusesBadSetups(t *testing.T) {
 	err := Run(context.Background(), cfg, nil)
 	require.Error(t, err)
 	require.Contains(t, err.Error(), "key store")
+}
+
+// Whatever ends the daemon, its last log line says that it stopped, and
+// why when it failed.
+func TestRunSaysItStopped(t *testing.T) {
+	requireFUSE(t)
+	root := t.TempDir()
+	notADir := filepath.Join(root, "file")
+	require.NoError(t, os.WriteFile(notADir, nil, 0o600))
+	var logs bytes.Buffer
+	cfg := Config{
+		StateDir: filepath.Join(root, "state"), StorageDir: notADir, HostDir: filepath.Join(root, "host"),
+		MountDir: filepath.Join(root, "mnt"), KeystoreURL: "https://127.0.0.1:1", KeystoreCA: "ca.pem", TokenFile: "token",
+		Log: slog.New(slog.NewTextHandler(&logs, nil)),
+	}
+	err := Run(context.Background(), cfg, nil)
+	require.Error(t, err)
+	lines := strings.Split(strings.TrimSpace(logs.String()), "\n")
+	last := lines[len(lines)-1]
+	require.Contains(t, last, "hostcryptd stopped")
+	require.Contains(t, last, "level=ERROR")
+	require.Contains(t, last, "not a directory")
 }

@@ -61,7 +61,9 @@ func main() {
 	}
 	c.CacheSize = n
 	c.Log = slog.New(slog.NewTextHandler(os.Stderr, nil))
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	// A hangup (the terminal gone) stops as cleanly as SIGTERM: every disk is
+	// flushed first.
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
 	defer stop()
 	if err := hostd.Run(ctx, c, nil); err != nil {
 		fmt.Fprintf(os.Stderr, "hostcryptd: %v\n", err)
