@@ -185,8 +185,11 @@ func (h *Host) checkVMRecord(vm *VM) error {
 			return conflict("VM %q names disk %q, which is attached to VM %q", vm.Name, ad.Name, d.ManagedBy)
 		}
 		seen[ad.Name] = true
-		if err := checkCaching(ad.Caching); err != nil {
-			return conflict("VM %q, disk %q: %s", vm.Name, ad.Name, asError(err).Message)
+		// Records older than host caching have none: no cache.
+		if ad.Caching != "" {
+			if err := checkCaching(ad.Caching); err != nil {
+				return conflict("VM %q, disk %q: %s", vm.Name, ad.Name, asError(err).Message)
+			}
 		}
 		if i == 0 {
 			continue

@@ -58,7 +58,7 @@ func loadState(dir string) (*state, error) {
 	}
 	var s state
 	if err := json.Unmarshal(raw, &s); err != nil {
-		return nil, fmt.Errorf("state file %s is damaged: %w", filepath.Join(dir, stateFile), err)
+		return nil, fmt.Errorf("state file %s is damaged: %w; hostcryptd does not start on it, so that no record is lost at the next save: restore it from a copy", filepath.Join(dir, stateFile), err)
 	}
 	if s.Disks == nil {
 		s.Disks = map[string]*Disk{}
