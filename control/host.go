@@ -733,6 +733,9 @@ func (h *Host) CreateVM(ctx context.Context, r CreateVMRequest) (*VM, error) {
 			return nil, err
 		}
 	}
+	if len(r.DataDisks) > 64 {
+		return nil, badRequest("%d data disks: a VM has at most 64 (LUNs 0 to 63)", len(r.DataDisks))
+	}
 	// Check every data disk before changing anything.
 	seen := map[string]bool{}
 	if r.OsDisk != "" {

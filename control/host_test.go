@@ -265,6 +265,14 @@ func TestBadInputChangesNothing(t *testing.T) {
 			return err
 		}},
 		{"detach OS disk", 409, func() error { _, err := f.h.DetachDisk(ctx, "vm1", "vm1_OsDisk"); return err }},
+		{"65 data disks", 400, func() error {
+			dds := make([]AttachedDisk, 65)
+			for i := range dds {
+				dds[i].Name = fmt.Sprintf("dd%d", i)
+			}
+			_, err := f.h.CreateVM(ctx, CreateVMRequest{Name: "vm2", OsDisk: "d2", DataDisks: dds})
+			return err
+		}},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
