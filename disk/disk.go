@@ -1499,7 +1499,7 @@ func (d *Disk) Resize(ctx context.Context, size int64) error {
 	if size < d.meta.Size {
 		return fmt.Errorf("disk %s: shrinking from %d to %d bytes is not supported; create a new, smaller disk and copy the data", d.prefix, d.meta.Size, size)
 	}
-	if err := checkGeometry(size, d.sector); err != nil {
+	if err := checkGeometry(size, d.sector, d.lay.chunkBlocks); err != nil {
 		return fmt.Errorf("disk %s: %w", d.prefix, err)
 	}
 	// The stored metadata, not the copy read at open: a Rewrap since

@@ -103,6 +103,11 @@ func Create(ctx context.Context, be storage.Backend, prefix string, o CreateOpti
 		ChunkBlocks: o.ChunkBlocks,
 		Created:     now().UTC(),
 	}
+	// The geometry before anything else: a size the engine cannot
+	// address costs no key store call and leaves nothing behind.
+	if err := m.validateGeometry(); err != nil {
+		return nil, fmt.Errorf("disk %s: %w", prefix, err)
+	}
 	keys := make([][]byte, 0, len(o.Layers))
 	defer func() {
 		for _, k := range keys {

@@ -105,13 +105,7 @@ func (m *Metadata) validate() error {
 	if m.Format != formatV1 && m.Format != formatV2 {
 		return fmt.Errorf("format version %d is not supported (this build reads versions %d and %d)", m.Format, formatV1, formatV2)
 	}
-	if m.BlockSize != BlockSize {
-		return fmt.Errorf("block size %d is not supported", m.BlockSize)
-	}
-	if m.ChunkBlocks < 8 || m.ChunkBlocks > 65536 || m.ChunkBlocks&(m.ChunkBlocks-1) != 0 {
-		return fmt.Errorf("chunk of %d blocks: must be a power of two from 8 to 65536", m.ChunkBlocks)
-	}
-	if err := checkGeometry(m.Size, m.SectorSize); err != nil {
+	if err := m.validateGeometry(); err != nil {
 		return err
 	}
 	if _, err := m.volumeID(); err != nil {
@@ -134,6 +128,18 @@ func (m *Metadata) validate() error {
 	return nil
 }
 
+// validateGeometry checks the block and chunk sizes, the sector size and
+// the size.
+func (m *Metadata) validateGeometry() error {
+	if m.BlockSize != BlockSize {
+		return fmt.Errorf("block size %d is not supported", m.BlockSize)
+	}
+	if m.ChunkBlocks < 8 || m.ChunkBlocks > 65536 || m.ChunkBlocks&(m.ChunkBlocks-1) != 0 {
+		return fmt.Errorf("chunk of %d blocks: must be a power of two from 8 to 65536", m.ChunkBlocks)
+	}
+	return checkGeometry(m.Size, m.SectorSize, m.ChunkBlocks)
+}
+
 func (m *Metadata) volumeID() ([16]byte, error) {
 	var v [16]byte
 	b, err := hex.DecodeString(m.VolumeID)
@@ -147,8 +153,34 @@ func (m *Metadata) volumeID() ([16]byte, error) {
 // MinSize is the smallest disk: 1 MiB.
 const MinSize = 1 << 20
 
-// checkGeometry enforces the rules for a disk's size and logical sector size.
-func checkGeometry(size int64, sector int) error {
+// MaxChunks is how many chunks one disk can have: a chunk object's key
+// holds its index in 8 hex digits (docs/FORMAT.md), so indexes stay below
+// 2^32.
+const MaxChunks = 1 << 32
+
+// MaxSize is the largest disk the engine can address with the default
+// chunk size: MaxChunks chunks of 4 MiB, 16 PiB (2^54 bytes). Smaller
+// chunks address less (MaxSizeFor). Byte offsets are int64 and block
+// indexes uint64, so no offset computed for a disk of this size can
+// overflow. It is the engine's limit, not a product's: the control plane
+// refuses sizes above its own, far smaller maximum before it gets here.
+const MaxSize = MaxChunks * DefaultChunkBlocks * BlockSize
+
+// MaxSizeFor is the largest disk with chunks of chunkBlocks blocks (at most
+// 2^60 bytes with the largest chunks).
+func MaxSizeFor(chunkBlocks int) int64 { return MaxChunks * int64(chunkBlocks) * BlockSize }
+
+// CheckSize reports whether a disk of size bytes with the given logical
+// sector size can be created or grown to with the default chunk size; the
+// error says why not. Create and Resize make the same check before they
+// change anything.
+func CheckSize(size int64, sectorSize int) error {
+	return checkGeometry(size, sectorSize, DefaultChunkBlocks)
+}
+
+// checkGeometry enforces the rules for a disk's size and logical sector
+// size. chunkBlocks must already be valid.
+func checkGeometry(size int64, sector, chunkBlocks int) error {
 	if sector != 512 && sector != 4096 {
 		return fmt.Errorf("logical sector size %d: use 512 or 4096", sector)
 	}
@@ -157,6 +189,9 @@ func checkGeometry(size int64, sector int) error {
 	}
 	if size%int64(sector) != 0 {
 		return fmt.Errorf("size %d bytes is not a multiple of the %d-byte sector size", size, sector)
+	}
+	if max := MaxSizeFor(chunkBlocks); size > max {
+		return fmt.Errorf("size %d bytes is more than the %d bytes (%d TiB) a disk of %d-byte chunks can address: choose a smaller size", size, max, max>>40, chunkBlocks*BlockSize)
 	}
 	return nil
 }
