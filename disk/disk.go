@@ -33,10 +33,12 @@ type Disk struct {
 	sector int
 	cbytes int64 // plaintext bytes per chunk
 
-	size  atomic.Int64
-	mu    sync.Mutex // guards meta and growth of table
-	meta  *Metadata
-	table atomic.Pointer[[]atomic.Pointer[chunk]]
+	size   atomic.Int64
+	mu     sync.Mutex // serialises Resize; guards meta
+	meta   *Metadata
+	table  chunkTable   // the chunk records, sparse (table.go)
+	dirty  dirtySet     // the chunks Sync visits (table.go)
+	opened atomic.Int64 // chunk objects open
 
 	stripes [nStripes]stripe
 	bufs    [2]sync.Pool // *[]byte: up to smallBuf bytes, and larger
@@ -76,7 +78,8 @@ type chunk struct {
 	syncMu sync.Mutex // serialises Syncs of the chunk: a Sync returns only once the data it saw written is durable
 	st     atomic.Pointer[chunkState]
 	absent atomic.Bool // known not to exist in the backend yet
-	dirty  atomic.Bool // written since the last Sync
+	dirty  atomic.Bool // written since the last Sync; set with Disk.markDirty
+	listed atomic.Bool // in Disk.dirty (see dirtySet)
 	// syncing is set while a Sync of the chunk runs (under syncMu). A Sync
 	// that finds the chunk clean but syncing waits for it and takes over if
 	// it failed: a clean chunk is not yet a durable one.
@@ -216,8 +219,7 @@ func newDisk(be storage.Backend, prefix string, m *Metadata, keys [][]byte) (*Di
 	}
 	d.lay = newLayout(m.Format, m.ChunkBlocks, overhead, hcrypto.LayerNonceSize*len(d.layers))
 	d.size.Store(m.Size)
-	t := make([]atomic.Pointer[chunk], d.chunkCount(m.Size))
-	d.table.Store(&t)
+	d.table.init(d.chunkCount(m.Size))
 	d.stop = make(chan struct{})
 	d.every = make(chan time.Duration, 1)
 	go d.flusher(flushEvery)
@@ -287,31 +289,20 @@ func (d *Disk) usable(block int64) error {
 func (d *Disk) Stats() Stats {
 	s := Stats{IntegrityErrors: d.integrity.Load()}
 	s.ReadAheads = d.ra.hits.Load()
-	t := d.table.Load()
-	for i := range *t {
-		if c := (*t)[i].Load(); c != nil && c.st.Load() != nil {
-			s.ChunksOpen++
-		}
-	}
+	s.ChunksOpen = int(d.opened.Load())
 	return s
 }
 
 // chunk returns the chunk record for index i, creating the record (not the
 // object) on first use.
 func (d *Disk) chunk(i int64) *chunk {
-	t := d.table.Load()
-	if c := (*t)[i].Load(); c != nil {
-		return c
-	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	t = d.table.Load()
-	if c := (*t)[i].Load(); c != nil {
-		return c
-	}
-	c := &chunk{idx: i}
-	(*t)[i].Store(c)
-	return c
+	return d.table.loadOrAdd(i, func() *chunk { return &chunk{idx: i} })
+}
+
+// markDirty records that c has changes a Sync must make durable.
+func (d *Disk) markDirty(c *chunk) {
+	c.dirty.Store(true)
+	d.dirty.mark(c)
 }
 
 // state returns the loaded chunk, loading it from the backend on first use.
@@ -360,6 +351,7 @@ func (d *Disk) stateOf(c *chunk, create, quiet bool) (*chunkState, error) {
 			}
 			if st != nil {
 				c.st.Store(st)
+				d.opened.Add(1)
 				return st, nil
 			}
 			obj.Close() // blank: as good as absent, and created again below
@@ -391,8 +383,9 @@ func (d *Disk) stateOf(c *chunk, create, quiet bool) (*chunkState, error) {
 		st.ent = make([]byte, d.lay.chunkBlocks*d.lay.entrySize)
 	}
 	c.st.Store(st)
+	d.opened.Add(1)
 	c.absent.Store(false)
-	c.dirty.Store(true)
+	d.markDirty(c)
 	return st, nil
 }
 
@@ -1026,7 +1019,7 @@ func (d *Disk) writeBlocks(c *chunk, st *chunkState, p []byte, coff int64, b0, b
 			}
 		}
 	}
-	c.dirty.Store(true)
+	d.markDirty(c)
 	return nil
 }
 
@@ -1235,7 +1228,7 @@ func (d *Disk) discardChunk(ci int64, b0, n int) error {
 	// holds old or zero selectors, both safe with that, and the chunk is
 	// left dirty for the next Sync.
 	clear(st.sel[b0 : b0+n])
-	c.dirty.Store(true)
+	d.markDirty(c)
 	if _, err := st.obj.WriteAt(st.sel[b0:b0+n], d.lay.selOffset(b0)); err != nil {
 		return d.ioErr(base+int64(b0), err)
 	}
@@ -1263,6 +1256,10 @@ func (d *Disk) discardChunk(ci int64, b0, n int) error {
 // locks are held only to copy the selectors at the start and to record them
 // as persisted at the end: reads and writes go on during the two syncs
 // (see chunkState.target for how writers keep off the slots in flight).
+//
+// Only the chunks in the dirty set are visited (written since their last
+// Sync, or with a Sync in flight), so a Sync costs what was written, not
+// what the disk's size is.
 func (d *Disk) Sync() error {
 	var (
 		mu   sync.Mutex
@@ -1270,12 +1267,7 @@ func (d *Disk) Sync() error {
 		wg   sync.WaitGroup
 	)
 	sem := make(chan struct{}, syncParallel)
-	t := d.table.Load()
-	for i := range *t {
-		c := (*t)[i].Load()
-		if c == nil || !c.dirty.Load() && !c.syncing.Load() {
-			continue
-		}
+	for _, c := range d.dirty.list() {
 		sem <- struct{}{}
 		wg.Go(func() {
 			defer func() { <-sem }()
@@ -1283,7 +1275,9 @@ func (d *Disk) Sync() error {
 				mu.Lock()
 				errs = append(errs, fmt.Errorf("disk %s chunk %d: %w", d.prefix, c.idx, err))
 				mu.Unlock()
+				return
 			}
+			d.dirty.unmark(c)
 		})
 	}
 	wg.Wait()
@@ -1356,7 +1350,7 @@ func (d *Disk) syncChunk(c *chunk) error {
 	if err == nil {
 		copy(st.psel[lo:hi], f.sel)
 	} else {
-		c.dirty.Store(true)
+		d.markDirty(c)
 	}
 	st.flight = nil
 	close(f.done)
@@ -1518,14 +1512,7 @@ func (d *Disk) Resize(ctx context.Context, size int64) error {
 		return err
 	}
 	d.meta = m
-	old := d.table.Load()
-	if n := d.chunkCount(size); n > int64(len(*old)) {
-		t := make([]atomic.Pointer[chunk], n)
-		for i := range *old {
-			t[i].Store((*old)[i].Load())
-		}
-		d.table.Store(&t)
-	}
+	d.table.grow(newTopFor(d.chunkCount(size)))
 	d.size.Store(size)
 	return nil
 }
@@ -1543,20 +1530,16 @@ func (d *Disk) Close() error {
 		held.unlock()
 		d.dropAhead()
 		err := d.Sync()
-		t := d.table.Load()
-		for i := range *t {
-			c := (*t)[i].Load()
-			if c == nil {
-				continue
-			}
+		d.table.each(func(c *chunk) {
 			// A Sync that started before Close (the flusher's, a
 			// caller's) may still be writing the chunk.
 			c.syncMu.Lock()
 			if st := c.st.Swap(nil); st != nil {
 				err = errors.Join(err, st.obj.Close())
+				d.opened.Add(-1)
 			}
 			c.syncMu.Unlock()
-		}
+		})
 		d.wipeLayers()
 		// Drop the scratch buffers with the sealers' derived keys; no I/O
 		// reaches them any more.

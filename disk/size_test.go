@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"math"
+	"runtime"
 	"sync/atomic"
 	"testing"
 
@@ -84,4 +85,54 @@ func TestSizesBeyondTheEngine(t *testing.T) {
 	require.NoError(t, td.be.WriteMeta(ctx, metaKey(td.name), raw))
 	_, err = Open(ctx, td.be, td.name, td.ring)
 	require.ErrorContains(t, err, "can address")
+}
+
+// heapInUse is the heap in use after a collection.
+func heapInUse() uint64 {
+	var ms runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&ms)
+	return ms.HeapInuse
+}
+
+// The chunk table is sparse: a disk of the largest size costs next to
+// nothing until written, each chunk written costs its own state, and Sync
+// visits the chunks written since the last one, not the disk's size.
+func TestHugeDiskIsSparse(t *testing.T) {
+	ctx := context.Background()
+	for _, size := range []int64{256 << 40, MaxSize} {
+		be, err := local.Open(t.TempDir())
+		require.NoError(t, err)
+		ring := keyring{newKEK("k")}
+		before := heapInUse()
+		d, err := Create(ctx, be, "d", CreateOptions{Size: size, Layers: wrappers(ring)})
+		require.NoError(t, err)
+		grew := int64(heapInUse()) - int64(before)
+		require.Less(t, grew, int64(1<<20), "size %d: an empty disk took %d bytes of heap", size, grew)
+
+		p := randBytes(BlockSize)
+		offs := []int64{0, size / 3 / BlockSize * BlockSize, size - BlockSize}
+		for _, off := range offs {
+			_, err := d.WriteAt(p, off)
+			require.NoError(t, err)
+		}
+		require.Len(t, d.dirty.list(), len(offs), "each written chunk is to be synced")
+		require.NoError(t, d.Sync())
+		require.Empty(t, d.dirty.list(), "a Sync leaves no chunk to visit")
+		_, err = d.WriteAt(p, offs[1]+BlockSize)
+		require.NoError(t, err)
+		require.Len(t, d.dirty.list(), 1)
+		require.NoError(t, d.Close())
+
+		d, err = Open(ctx, be, "d", ring)
+		require.NoError(t, err)
+		for _, off := range append(offs, offs[1]+BlockSize) {
+			got := make([]byte, BlockSize)
+			_, err := d.ReadAt(got, off)
+			require.NoError(t, err)
+			require.Equal(t, p, got, "size %d offset %d", size, off)
+		}
+		require.Equal(t, len(offs), d.Stats().ChunksOpen)
+		require.NoError(t, d.Close())
+	}
 }
