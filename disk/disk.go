@@ -1496,6 +1496,11 @@ func (d *Disk) Resize(ctx context.Context, size int64) error {
 	if err := checkGeometry(size, d.sector, d.lay.chunkBlocks); err != nil {
 		return fmt.Errorf("disk %s: %w", d.prefix, err)
 	}
+	// Everything that can fail comes before the metadata is written: the
+	// new size is valid (so the disk opens at it), and the chunk table's
+	// new top level is made here and only installed after the write. A
+	// failed write leaves the disk as it was, on storage and in memory.
+	top := newTopFor(d.chunkCount(size))
 	// The stored metadata, not the copy read at open: a Rewrap since
 	// then changed the wraps, and writing the old ones back would undo it.
 	metaMu.Lock()
@@ -1512,7 +1517,7 @@ func (d *Disk) Resize(ctx context.Context, size int64) error {
 		return err
 	}
 	d.meta = m
-	d.table.grow(newTopFor(d.chunkCount(size)))
+	d.table.grow(top) // before the size: no I/O reaches a chunk the table has no room for
 	d.size.Store(size)
 	return nil
 }

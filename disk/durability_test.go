@@ -202,6 +202,46 @@ func TestFailedSelectorSyncFences(t *testing.T) {
 	}
 }
 
+// A resize whose metadata write fails changes nothing: not the size the
+// open disk serves, not meta.json; the disk reopens at its old size, and a
+// later resize that succeeds serves the new size at once.
+func TestResizeFailureChangesNothing(t *testing.T) {
+	ctx := context.Background()
+	td := newTestDisk(t, 4<<20, 1, 0)
+	p := randBytes(BlockSize)
+	_, err := td.WriteAt(p, 4<<20-BlockSize)
+	require.NoError(t, err)
+	require.NoError(t, td.Close())
+	before, err := td.be.ReadMeta(ctx, metaKey(td.name))
+	require.NoError(t, err)
+
+	d, err := Open(ctx, &failingMeta{Backend: td.be}, td.name, td.ring)
+	require.NoError(t, err)
+	require.ErrorIs(t, d.Resize(ctx, 64<<40), errInjected)
+	require.EqualValues(t, 4<<20, d.Size())
+	_, err = d.WriteAt(p, 4<<20)
+	require.ErrorIs(t, err, ErrRange)
+	after, err := td.be.ReadMeta(ctx, metaKey(td.name))
+	require.NoError(t, err)
+	require.Equal(t, before, after)
+	require.NoError(t, d.Close())
+
+	d, err = Open(ctx, td.be, td.name, td.ring)
+	require.NoError(t, err)
+	defer d.Close()
+	require.EqualValues(t, 4<<20, d.Size())
+	got := make([]byte, BlockSize)
+	_, err = d.ReadAt(got, 4<<20-BlockSize)
+	require.NoError(t, err)
+	require.Equal(t, p, got)
+	require.NoError(t, d.Resize(ctx, 64<<40))
+	_, err = d.WriteAt(p, 64<<40-BlockSize)
+	require.NoError(t, err)
+	_, err = d.ReadAt(got, 64<<40-BlockSize)
+	require.NoError(t, err)
+	require.Equal(t, p, got)
+}
+
 // Resize writes the stored metadata with the new size, not the copy read
 // when the disk was opened: a Rewrap since then must survive it.
 func TestResizeKeepsRewrap(t *testing.T) {
