@@ -463,6 +463,9 @@ func (h *Host) showDisk(d *Disk) *Disk {
 		for _, od := range rv.images {
 			if od.resource == d.Name {
 				c.IntegrityErrors += od.integrityErrors()
+				if od.d != nil && od.d.Fenced() != nil {
+					c.Fenced = od.d.Fenced().Error()
+				}
 			}
 		}
 	}

@@ -61,6 +61,9 @@ type Disk struct {
 	// IntegrityErrors counts blocks that failed authentication, over the
 	// disk's life.
 	IntegrityErrors uint64 `json:"integrityErrors"`
+	// Fenced says why the open disk refuses writes and flushes (a sync of
+	// its storage failed); empty while it does not.
+	Fenced string `json:"fenced,omitempty"`
 	// ADE records that the disk has used guest-level disk encryption; once
 	// set it stays (see restrict.go).
 	ADE bool `json:"ade"`

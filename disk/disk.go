@@ -45,8 +45,8 @@ type Disk struct {
 	scratch sync.Pool    // *scratch
 
 	closed     atomic.Bool
-	fenced     atomic.Bool  // a Sync failed while writing selectors: no more writes
-	leaseUntil atomic.Int64 // unix nanoseconds; 0: no lease
+	fenced     atomic.Pointer[fenceError] // why writes and flushes are refused; nil: they are not
+	leaseUntil atomic.Int64               // unix nanoseconds; 0: no lease
 	integrity  atomic.Uint64
 	closeOnce  sync.Once
 	closeError error
@@ -252,13 +252,46 @@ func (d *Disk) SetLease(until time.Time) {
 	d.leaseUntil.Store(until.UnixNano())
 }
 
-// fence stops every later write and discard of the disk: a Sync failed after
-// it began writing a chunk's selectors, so which version of a block the
-// device names is unknown until the disk is opened again. Reads go on.
-func (d *Disk) fence(chunk int64, err error) {
-	if d.fenced.CompareAndSwap(false, true) {
-		d.log.Error("disk refuses writes until it is opened again: a sync failed while writing selectors", "disk", d.prefix, "chunk", chunk, "err", err)
+// fenceError says why a disk refuses writes and flushes: a sync of a chunk
+// failed. It matches ErrFenced and syscall.EIO (never the errno of its
+// cause, which it only quotes: a guest sees EIO, whatever the backend
+// said).
+type fenceError struct {
+	op    string
+	chunk int64
+	at    time.Time
+	cause string
+}
+
+func (e *fenceError) Error() string {
+	return fmt.Sprintf("%v: %s of chunk %d failed at %s: %s", ErrFenced, e.op, e.chunk, e.at.Format(time.RFC3339), e.cause)
+}
+
+func (e *fenceError) Unwrap() []error { return []error{ErrFenced, syscall.EIO} }
+
+// fence stops every later write, discard and Sync of the disk (and in
+// format 1 every read): the sync of a chunk failed. After a failed fsync
+// the backing file system may have dropped the chunk's dirty pages and
+// marked them clean, so a second fsync can succeed without them, and a
+// Sync that then wrote selectors would name data the device never got;
+// and after a failed selector write or sync the device may name either
+// version of a block. Nothing is retried: the disk stays fenced until it
+// is opened again and reads back what the device holds.
+func (d *Disk) fence(chunk int64, op string, err error) {
+	fe := &fenceError{op: op, chunk: chunk, at: time.Now().UTC(), cause: err.Error()}
+	if d.fenced.CompareAndSwap(nil, fe) {
+		d.log.Error("disk refuses writes and flushes until it is opened again: a sync failed", "chunk", chunk, "op", op, "err", err)
 	}
+}
+
+// Fenced returns why the disk refuses writes and flushes, or nil while it
+// does not: the first sync that failed, with when and why. The control
+// plane shows it with the disk.
+func (d *Disk) Fenced() error {
+	if fe := d.fenced.Load(); fe != nil {
+		return fe
+	}
+	return nil
 }
 
 // writable is usable for a write or discard: it also fails once the disk is
@@ -267,20 +300,33 @@ func (d *Disk) writable(block int64) error {
 	if err := d.usable(block); err != nil {
 		return err
 	}
-	if d.fenced.Load() {
-		return &IOError{Disk: d.prefix, Block: block, Err: ErrFenced}
+	if fe := d.fenced.Load(); fe != nil {
+		return &IOError{Disk: d.prefix, Block: block, Err: fe}
 	}
 	return nil
 }
 
 // usable reports why I/O must not proceed: the disk is closed or its lease
-// ran out. The caller holds the stripe locks of the blocks it touches.
+// ran out, or it is a fenced disk of format 1. The caller holds the stripe
+// locks of the blocks it touches.
+//
+// Reads of a fenced disk go on from format 2 on, where the nonces and
+// tag of each block's current version are in memory: a page the device
+// lost fails authentication against them, so a read returns the data last
+// written or EIO, never an older version. A format 1 slot carries its own
+// nonce and tag, and a lost page could read back as an older version still
+// on the device, so a fenced format 1 disk refuses reads too.
 func (d *Disk) usable(block int64) error {
 	if d.closed.Load() {
 		return &IOError{Disk: d.prefix, Block: block, Err: ErrClosed}
 	}
 	if l := d.leaseUntil.Load(); l != 0 && time.Now().UnixNano() > l {
 		return &IOError{Disk: d.prefix, Block: block, Err: ErrLeaseExpired}
+	}
+	if d.lay.format == formatV1 {
+		if fe := d.fenced.Load(); fe != nil {
+			return &IOError{Disk: d.prefix, Block: block, Err: fe}
+		}
 	}
 	return nil
 }
@@ -1233,6 +1279,10 @@ func (d *Disk) discardChunk(ci int64, b0, n int) error {
 		return d.ioErr(base+int64(b0), err)
 	}
 	if err := st.obj.Sync(); err != nil {
+		// The zero selectors alone would be safe either way, but the
+		// sync covered the chunk's other dirty pages too, which the
+		// file system may have dropped: fence (see fence).
+		d.fence(ci, "sync of a discard", err)
 		return d.ioErr(base+int64(b0), err)
 	}
 	clear(st.psel[b0 : b0+n])
@@ -1261,6 +1311,9 @@ func (d *Disk) discardChunk(ci int64, b0, n int) error {
 // Sync, or with a Sync in flight), so a Sync costs what was written, not
 // what the disk's size is.
 func (d *Disk) Sync() error {
+	if err := d.Fenced(); err != nil {
+		return fmt.Errorf("disk %s: %w", d.prefix, err)
+	}
 	var (
 		mu   sync.Mutex
 		errs []error
@@ -1295,6 +1348,9 @@ func (d *Disk) syncChunk(c *chunk) error {
 	defer c.syncMu.Unlock()
 	c.syncing.Store(true)
 	defer c.syncing.Store(false) // before syncMu is released: a Sync that sees neither flag finds the chunk durable
+	if err := d.Fenced(); err != nil {
+		return err // a Sync of another chunk failed meanwhile: no sync after that
+	}
 	base := c.idx * int64(d.lay.chunkBlocks)
 	lockChunk := func() heldStripes { return d.lockBlocks(base, base+int64(d.lay.chunkBlocks), false) }
 
@@ -1330,18 +1386,23 @@ func (d *Disk) syncChunk(c *chunk) error {
 		err = d.writeEntries(st, f)
 	}
 	if err == nil {
-		err = st.obj.Sync()
+		if err = st.obj.Sync(); err != nil {
+			// Data pages may be lost without a trace: no selector may
+			// ever name them (see fence).
+			d.fence(c.idx, "sync of data", err)
+		}
 	}
 	if err == nil && lo < hi {
 		if _, err = st.obj.WriteAt(f.sel, d.lay.selOffset(lo)); err == nil {
-			err = st.obj.Sync()
-		}
-		if err != nil {
+			if err = st.obj.Sync(); err != nil {
+				d.fence(c.idx, "sync of selectors", err)
+			}
+		} else {
 			// The device may hold the old selectors, the new ones or a
 			// mix, and a write could go to the slot a selector there
 			// names: no write is safe until the disk is opened again
 			// and reads them back.
-			d.fence(c.idx, err)
+			d.fence(c.idx, "write of selectors", err)
 		}
 	}
 
@@ -1436,6 +1497,9 @@ func (d *Disk) flusher(every time.Duration) {
 		case every := <-d.every:
 			t.Reset(every)
 		case <-t.C:
+			if d.Fenced() != nil {
+				continue // said once, by fence; nothing is synced again
+			}
 			if err := d.Sync(); err != nil && !d.closed.Load() {
 				d.log.Error("background sync failed", "err", err)
 			}

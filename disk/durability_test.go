@@ -1,8 +1,10 @@
 package disk
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"math"
 	"sync"
 	"sync/atomic"
@@ -95,7 +97,8 @@ func reopenRead(t *testing.T, lb *local.Backend, ring keyring, off int64) []byte
 
 // A Sync that starts while another Sync of the same chunk is writing must
 // not return before that one is done (a guest's fsync would return with its
-// writes not yet durable), and must take over when that one fails.
+// writes not yet durable). When that one fails, it must not report success
+// either, nor sync again: the disk is fenced (see TestFailedSyncFences).
 func TestSyncWaitsForSyncInFlight(t *testing.T) {
 	for _, format := range formats {
 		for _, fail := range []bool{false, true} {
@@ -113,20 +116,22 @@ func TestSyncWaitsForSyncInFlight(t *testing.T) {
 			err := recv(t, first)
 			if fail {
 				require.ErrorIs(t, err, errInjected)
-			} else {
-				require.NoError(t, err)
+				require.ErrorIs(t, recv(t, second), ErrFenced, "format %d: the second Sync reports the failed one", format)
+				continue
 			}
-			require.NoError(t, recv(t, second), "format %d: the second Sync takes over a failed one", format)
-			require.Equal(t, v, reopenRead(t, lb, ring, 0), "format %d fail %v", format, fail)
+			require.NoError(t, err)
+			require.NoError(t, recv(t, second))
+			require.Equal(t, v, reopenRead(t, lb, ring, 0), "format %d", format)
 		}
 	}
 }
 
 // Close, like Sync, must not take a chunk whose Sync is in flight for a
-// durable one: when that Sync fails, Close syncs the chunk again.
+// durable one: when that Sync fails, Close says so (and syncs nothing
+// again).
 func TestCloseAfterFailedSyncInFlight(t *testing.T) {
 	for _, format := range formats {
-		d, hb, lb, ring := hookedDisk(t, format)
+		d, hb, _, _ := hookedDisk(t, format)
 		v := randBytes(BlockSize)
 		first, release := writeThenHoldSync(t, d, hb, v, true)
 		closed := make(chan error, 1)
@@ -134,8 +139,7 @@ func TestCloseAfterFailedSyncInFlight(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 		release()
 		require.ErrorIs(t, recv(t, first), errInjected)
-		require.NoError(t, recv(t, closed))
-		require.Equal(t, v, reopenRead(t, lb, ring, 0), "format %d: the write survives Close", format)
+		require.ErrorIs(t, recv(t, closed), ErrFenced, "format %d", format)
 	}
 }
 
@@ -165,41 +169,108 @@ func TestDiscardSyncsBeforePunching(t *testing.T) {
 	}
 }
 
-// When the sync after the selectors fails, the device may name either
-// version of a block, so the disk refuses writes (EIO) until it is opened
-// again; reads go on, and the reopened disk reads one of the two versions.
-func TestFailedSelectorSyncFences(t *testing.T) {
+// Every failed sync fences the disk: the sync of the data, of the
+// selectors, of a discard. Writes, discards and flushes then fail with EIO
+// and reach no sync of the backend (no retry: after a failed fsync a second
+// one may succeed without the pages the first lost); reads go on in
+// formats 2 and up and stop in format 1; Fenced says why. The reopened disk
+// reads one of the two versions and writes again.
+func TestFailedSyncFences(t *testing.T) {
 	for _, format := range formats {
-		d, hb, lb, ring := hookedDisk(t, format)
-		v1, v2 := randBytes(BlockSize), randBytes(BlockSize)
-		_, err := d.WriteAt(v1, 0)
-		require.NoError(t, err)
-		require.NoError(t, d.Sync())
-		_, err = d.WriteAt(v2, 0)
-		require.NoError(t, err)
-		var syncs atomic.Int32
-		hb.failSync = func() error {
-			if syncs.Add(1) == 2 { // the one after the selectors
-				return errInjected
-			}
-			return nil
+		for _, tc := range []struct {
+			name    string
+			failAt  int32
+			discard bool
+		}{{"data", 1, false}, {"selectors", 2, false}, {"discard", 1, true}} {
+			t.Run(fmt.Sprintf("v%d/%s", format, tc.name), func(t *testing.T) {
+				d, hb, lb, ring := hookedDisk(t, format)
+				v1, v2 := randBytes(BlockSize), randBytes(BlockSize)
+				_, err := d.WriteAt(v1, 0)
+				require.NoError(t, err)
+				_, err = d.WriteAt(v1, 2*BlockSize)
+				require.NoError(t, err)
+				require.NoError(t, d.Sync())
+				_, err = d.WriteAt(v2, 0)
+				require.NoError(t, err)
+				var syncs atomic.Int32
+				hb.failSync = func() error {
+					if syncs.Add(1) == tc.failAt {
+						return errInjected
+					}
+					return nil
+				}
+				if tc.discard {
+					err = d.Discard(2*BlockSize, BlockSize)
+				} else {
+					err = d.Sync()
+				}
+				require.ErrorIs(t, err, errInjected)
+				fenced := d.Fenced()
+				require.ErrorIs(t, fenced, ErrFenced)
+				require.ErrorIs(t, fenced, syscall.EIO)
+				require.ErrorContains(t, fenced, "chunk 0")
+				require.ErrorContains(t, fenced, errInjected.Error())
+				var errno syscall.Errno
+				require.True(t, errors.As(fenced, &errno) && errno == syscall.EIO, "the guest sees EIO")
+				n := syncs.Load()
+
+				_, err = d.WriteAt(randBytes(BlockSize), 0)
+				require.ErrorIs(t, err, ErrFenced)
+				require.ErrorIs(t, err, syscall.EIO)
+				_, err = d.WriteAt(randBytes(BlockSize), 8*BlockSize)
+				require.ErrorIs(t, err, ErrFenced, "every block of the disk")
+				require.ErrorIs(t, d.Discard(0, BlockSize), ErrFenced)
+				err = d.Sync()
+				require.ErrorIs(t, err, ErrFenced)
+				require.ErrorIs(t, err, syscall.EIO)
+				// Nor does the background Sync try again.
+				d.SetFlushInterval(100 * time.Millisecond)
+				time.Sleep(350 * time.Millisecond)
+				require.Equal(t, n, syncs.Load(), "a sync reached the backend after the fence")
+
+				b := make([]byte, BlockSize)
+				_, err = d.ReadAt(b, 0)
+				if format == formatV1 {
+					require.ErrorIs(t, err, ErrFenced, "a fenced format 1 disk could read a lost page as an older version")
+				} else {
+					require.NoError(t, err)
+					require.Equal(t, v2, b)
+				}
+				require.ErrorIs(t, d.Close(), ErrFenced, "Close says that writes were not made durable")
+				require.Equal(t, n, syncs.Load())
+
+				hb.failSync = nil
+				got := reopenRead(t, lb, ring, 0)
+				require.True(t, bytes.Equal(got, v1) || bytes.Equal(got, v2), "reopened disk reads neither version")
+				d2, err := Open(context.Background(), lb, "d", ring)
+				require.NoError(t, err)
+				_, err = d2.WriteAt(v2, 0)
+				require.NoError(t, err, "the disk opened again is not fenced")
+				require.NoError(t, d2.Close())
+			})
 		}
-		require.ErrorIs(t, d.Sync(), errInjected)
-		_, err = d.WriteAt(randBytes(BlockSize), 0)
-		require.ErrorIs(t, err, ErrFenced, "format %d", format)
-		require.ErrorIs(t, err, syscall.EIO)
-		_, err = d.WriteAt(randBytes(BlockSize), 8*BlockSize)
-		require.ErrorIs(t, err, ErrFenced, "every block of the disk")
-		require.ErrorIs(t, d.Discard(0, BlockSize), ErrFenced)
-		b := make([]byte, BlockSize)
-		_, err = d.ReadAt(b, 0)
-		require.NoError(t, err)
-		require.Equal(t, v2, b)
-		hb.failSync = nil
-		require.NoError(t, d.Close())
-		got := reopenRead(t, lb, ring, 0)
-		require.True(t, string(got) == string(v1) || string(got) == string(v2), "format %d: reopened disk reads neither version", format)
 	}
+}
+
+// A failed background Sync fences the disk as a guest's flush does, and
+// Fenced gives the reason.
+func TestFailedBackgroundSyncFences(t *testing.T) {
+	d, hb, _, _ := hookedDisk(t, FormatVersion)
+	_, err := d.WriteAt(randBytes(BlockSize), 0)
+	require.NoError(t, err)
+	var syncs atomic.Int32
+	hb.failSync = func() error { syncs.Add(1); return errInjected }
+	d.SetFlushInterval(100 * time.Millisecond)
+	deadline := time.Now().Add(30 * time.Second)
+	for d.Fenced() == nil && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	require.ErrorIs(t, d.Fenced(), ErrFenced, "the background Sync failed and did not fence")
+	require.ErrorContains(t, d.Fenced(), "sync of data of chunk 0")
+	_, err = d.WriteAt(randBytes(BlockSize), 0)
+	require.ErrorIs(t, err, ErrFenced)
+	time.Sleep(350 * time.Millisecond)
+	require.EqualValues(t, 1, syncs.Load(), "the background Sync tried again")
 }
 
 // A resize whose metadata write fails changes nothing: not the size the

@@ -39,10 +39,11 @@ var (
 	// ErrLeaseExpired: the host could not confirm in time that the disk's
 	// key may still be used.
 	ErrLeaseExpired = errors.New("data key lease expired: the key store has not confirmed the key in time")
-	// ErrFenced: a Sync failed while writing selectors, so the versions
-	// the device names are unknown; writes are refused until the disk is
-	// opened again (reads go on).
-	ErrFenced = errors.New("disk refuses writes after a failed sync; stop and start its VM to open it again")
+	// ErrFenced: a sync of the disk failed, so what reached the device is
+	// unknown; writes and flushes are refused until the disk is opened
+	// again (reads go on, except in format 1). Disk.Fenced says which
+	// sync failed and why.
+	ErrFenced = errors.New("disk refuses writes and flushes after a failed sync; stop and start its VM to open it again")
 )
 
 func layerAlgorithm(layer int) hcrypto.Algorithm {
