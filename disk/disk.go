@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -44,9 +45,15 @@ type Disk struct {
 	bufs    [2]sync.Pool // *[]byte: up to smallBuf bytes, and larger
 	scratch sync.Pool    // *scratch
 
-	closed     atomic.Bool
-	fenced     atomic.Pointer[fenceError] // why writes and flushes are refused; nil: they are not
-	leaseUntil atomic.Int64               // unix nanoseconds; 0: no lease
+	closed atomic.Bool
+	fenced atomic.Pointer[fenceError] // why writes and flushes are refused; nil: they are not
+	// The data key lease runs on the monotonic clock: leaseEnd is its end
+	// as read from mono, or noLease. wall only converts the time SetLease
+	// is given. Both are fields so that tests can step one and not the
+	// other.
+	leaseEnd   atomic.Int64
+	wall       func() time.Time
+	mono       func() time.Duration
 	integrity  atomic.Uint64
 	closeOnce  sync.Once
 	closeError error
@@ -219,6 +226,10 @@ func newDisk(be storage.Backend, prefix string, m *Metadata, keys [][]byte) (*Di
 	}
 	d.lay = newLayout(m.Format, m.ChunkBlocks, overhead, hcrypto.LayerNonceSize*len(d.layers))
 	d.size.Store(m.Size)
+	epoch := time.Now()
+	d.wall = time.Now
+	d.mono = func() time.Duration { return time.Since(epoch) } // monotonic: epoch has a monotonic reading
+	d.leaseEnd.Store(noLease)
 	d.table.init(d.chunkCount(m.Size))
 	d.stop = make(chan struct{})
 	d.every = make(chan time.Duration, 1)
@@ -240,16 +251,29 @@ func (d *Disk) VolumeID() string { return fmt.Sprintf("%x", d.vol) }
 // Layers is 1 for single and 2 for double encryption.
 func (d *Disk) Layers() int { return len(d.layers) }
 
+// noLease is leaseEnd without a lease.
+const noLease = math.MaxInt64
+
 // SetLease limits how long the disk serves I/O: after until, every read and
 // write fails with ErrLeaseExpired (EIO) until the lease is extended. The
 // zero time removes the limit. The host extends the lease each time it has
 // confirmed with the key store that the disk's key may still be used.
+//
+// The lease is measured on the monotonic clock: until is turned into the
+// time left from now, and a step of the wall clock afterwards (an NTP
+// correction, an operator's date) neither extends nor cuts it.
 func (d *Disk) SetLease(until time.Time) {
 	if until.IsZero() {
-		d.leaseUntil.Store(0)
+		d.leaseEnd.Store(noLease)
 		return
 	}
-	d.leaseUntil.Store(until.UnixNano())
+	// Both times carry a monotonic reading when they come from time.Now,
+	// and then Sub uses it.
+	now, left := d.mono(), until.Sub(d.wall())
+	if left > noLease-1-now { // a lease beyond any disk's life: never ends
+		left = noLease - 1 - now
+	}
+	d.leaseEnd.Store(int64(now + left))
 }
 
 // fenceError says why a disk refuses writes and flushes: a sync of a chunk
@@ -320,7 +344,7 @@ func (d *Disk) usable(block int64) error {
 	if d.closed.Load() {
 		return &IOError{Disk: d.prefix, Block: block, Err: ErrClosed}
 	}
-	if l := d.leaseUntil.Load(); l != 0 && time.Now().UnixNano() > l {
+	if l := d.leaseEnd.Load(); l != noLease && int64(d.mono()) > l {
 		return &IOError{Disk: d.prefix, Block: block, Err: ErrLeaseExpired}
 	}
 	if d.lay.format == formatV1 {

@@ -991,6 +991,36 @@ func TestLease(t *testing.T) {
 	require.Equal(t, p, got)
 }
 
+// The lease runs on the monotonic clock: a step of the wall clock, forward
+// or back, neither cuts it nor extends it.
+func TestLeaseIgnoresWallClockSteps(t *testing.T) {
+	td := newTestDisk(t, 1<<20, 1, 0)
+	wall := time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC)
+	mono := 5 * time.Second
+	td.wall = func() time.Time { return wall }
+	td.mono = func() time.Duration { return mono }
+	read := func() error {
+		_, err := td.ReadAt(make([]byte, 512), 0)
+		return err
+	}
+	td.SetLease(wall.Add(time.Minute))
+	wall = wall.Add(2 * time.Hour) // stepped forward: the lease is not cut
+	require.NoError(t, read())
+	mono += 59 * time.Second
+	wall = wall.Add(-4 * time.Hour) // stepped back: the lease is not extended
+	require.NoError(t, read())
+	mono += 2 * time.Second
+	require.ErrorIs(t, read(), ErrLeaseExpired)
+	// A new lease counts from now, whatever the wall clock said before.
+	td.SetLease(wall.Add(time.Minute))
+	require.NoError(t, read())
+	mono += 61 * time.Second
+	require.ErrorIs(t, read(), ErrLeaseExpired)
+	// A lease far in the future does not wrap around into the past.
+	td.SetLease(wall.AddDate(5000, 0, 0))
+	require.NoError(t, read())
+}
+
 // TestDoubleLayersSeparate: for a double-encrypted block, removing layer 2
 // with the infrastructure key leaves bytes with no plaintext in them that
 // layer 1 (the data key) then opens; the data key alone opens nothing.
