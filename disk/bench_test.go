@@ -252,3 +252,19 @@ func (n noSyncBackend) OpenChunk(ctx context.Context, key string, create bool) (
 type noSyncChunk struct{ storage.Chunk }
 
 func (noSyncChunk) Sync() error { return nil }
+
+// BenchmarkChunkLookup is the data path's lookup of an open chunk's record,
+// in a disk of 1024 chunks (4 GiB).
+func BenchmarkChunkLookup(b *testing.B) {
+	td := newTestDisk(b, 4<<30, 1, 0)
+	for i := range int64(1024) {
+		td.chunk(i)
+	}
+	var i int64
+	for b.Loop() {
+		if td.chunk(i&1023) == nil {
+			b.Fatal("no record")
+		}
+		i += 7
+	}
+}
