@@ -130,3 +130,12 @@ func TestImportAboveMaximum(t *testing.T) {
 	require.Empty(t, left)
 
 }
+
+// The product limits must stay within what the engine can address, or a
+// size the API accepts would be refused only when the disk opens.
+func TestProductLimitsWithinEngine(t *testing.T) {
+	for _, max := range []int64{MaxDiskBytes, MaxUltraDiskBytes, MaxTempDiskBytes} {
+		require.NoError(t, disk.CheckSize(max, 4096), "a product limit of %d bytes is beyond the engine's", max)
+		require.LessOrEqual(t, max, int64(disk.MaxSize))
+	}
+}
