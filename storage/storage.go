@@ -31,6 +31,12 @@ var (
 	ErrInvalidKey = errors.New("storage: invalid key")
 	// ErrClosed is returned, wrapped, by a Backend method called after Close.
 	ErrClosed = errors.New("storage: backend closed")
+	// ErrNotRegular is returned, wrapped, when the backing store holds
+	// something at a key's place, or on the way to it, that the backend
+	// did not put there and does not use: for a backend over a directory,
+	// a symbolic link, a device, a FIFO or a socket. The message names the
+	// key (and the part of it in the way) and nothing of what is there.
+	ErrNotRegular = errors.New("storage: not a regular object")
 )
 
 // A Backend holds objects named by keys.
@@ -57,6 +63,18 @@ var (
 // A prefix, as taken by List and Usage, is "" for the whole backend or a
 // valid key P, which names the objects whose keys start with P + "/", at
 // any depth (not P itself).
+//
+// A backend never leads out of its own store. Whatever a key names, and
+// whatever someone with access to the backing store has put there, no call
+// creates, writes, reads or deletes anything outside the store, and none
+// blocks on what it finds there. Where the store holds, at a key's place
+// or on the way to it, something the backend did not put there and cannot
+// use as an object or a directory of keys (for a backend over a directory:
+// a symbolic link, a device, a FIFO, a socket), every method naming that
+// key fails with an error wrapping ErrNotRegular, and so do List and Usage
+// over it. It is not followed, read, replaced or removed, and not taken
+// for a missing object. (An object and a prefix in each other's way are a
+// different matter, described above.)
 //
 // A Backend is safe for concurrent use. Methods taking a context honour
 // its cancellation where they may block.

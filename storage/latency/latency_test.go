@@ -2,6 +2,7 @@ package latency_test
 
 import (
 	"context"
+	"os"
 	"path/filepath"
 	"testing"
 	"time"
@@ -33,6 +34,11 @@ func TestConformance(t *testing.T) {
 			inner, err := local.Open(dir)
 			require.NoError(t, err)
 			return latency.New(inner, delay)
+		},
+		Foreign: func(t *testing.T, b storage.Backend, key string) {
+			p := filepath.Join(b.(unwrapper).Unwrap().(*local.Backend).Dir(), filepath.FromSlash(key))
+			require.NoError(t, os.MkdirAll(filepath.Dir(p), 0o700))
+			require.NoError(t, os.Symlink("/", p))
 		},
 	})
 }

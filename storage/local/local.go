@@ -6,20 +6,28 @@
 // in blocks the kernel can merge and cache, and measurements showed
 // O_DIRECT here costs more than it saves). Metadata objects are replaced
 // by writing a hidden temporary file beside them and renaming it over.
+//
+// Every name is resolved from a descriptor of the directory, never
+// following a symbolic link (see beneath.go): whoever can write into the
+// directory cannot make the backend, which runs as root, create, write or
+// read anything outside it, or block on a FIFO or a device.
 package local
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"os"
+	"path"
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
-	"syscall"
 
 	"golang.org/x/sys/unix"
 
@@ -37,11 +45,18 @@ const (
 	mkdirRetries = 16
 )
 
-// Backend is a storage.Backend over a directory. It holds no open files
-// of its own, so it is cheap to open several over one directory.
+// Backend is a storage.Backend over a directory. It holds one descriptor,
+// of the directory, from Open to Close; every chunk owns its own.
 type Backend struct {
-	dir    string
-	closed atomic.Bool
+	dir string
+	// mu is held shared by every method while it uses root, and
+	// exclusively by Close, which closes root.
+	mu     sync.RWMutex
+	root   int
+	closed bool
+	// walkOnly resolves names one segment at a time, for kernels without
+	// openat2 (and for tests of that path).
+	walkOnly bool
 	// noPunch is set once the filesystem refuses to punch holes, so that
 	// later calls go straight to writing zeros.
 	noPunch atomic.Bool
@@ -52,8 +67,13 @@ var _ storage.Backend = (*Backend)(nil)
 // Open returns a Backend storing its objects under dir, creating dir
 // (mode 0700) if it is missing. Directories it creates are 0700 and files
 // 0600: the contents are encrypted, but names and sizes are still worth
-// hiding from other users.
+// hiding from other users. dir itself is the operator's choice and may be
+// reached through symbolic links; nothing below it is.
 func Open(dir string) (*Backend, error) {
+	return open(dir, false)
+}
+
+func open(dir string, walkOnly bool) (*Backend, error) {
 	abs, err := filepath.Abs(dir)
 	if err != nil {
 		return nil, fmt.Errorf("storage directory %s: %w", dir, err)
@@ -61,163 +81,270 @@ func Open(dir string) (*Backend, error) {
 	if err := os.MkdirAll(abs, dirPerm); err != nil {
 		return nil, fmt.Errorf("storage directory: %w", err)
 	}
-	fi, err := os.Stat(abs)
+	fd, err := unix.Open(abs, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return nil, fmt.Errorf("storage directory: %w", err)
+		if err == unix.ENOTDIR {
+			return nil, fmt.Errorf("storage directory %s: not a directory", abs)
+		}
+		return nil, fmt.Errorf("storage directory %s: %w", abs, err)
 	}
-	if !fi.IsDir() {
-		return nil, fmt.Errorf("storage directory %s: not a directory", abs)
-	}
-	return &Backend{dir: abs}, nil
+	return &Backend{dir: abs, root: fd, walkOnly: walkOnly || !openat2Available(fd)}, nil
 }
 
 // Dir returns the absolute path of the directory holding the objects.
 func (b *Backend) Dir() string { return b.dir }
 
-// Close marks the backend closed. It closes nothing the caller still
-// holds: chunks opened before stay usable until their own Close, since
-// each owns its file descriptor.
+// Close marks the backend closed and closes its directory. It closes
+// nothing the caller still holds: chunks opened before stay usable until
+// their own Close, since each owns its file descriptor.
 func (b *Backend) Close() error {
-	b.closed.Store(true)
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed {
+		return nil
+	}
+	b.closed = true
+	return unix.Close(b.root)
+}
+
+// enter is the common entry of every method: a closed backend, a cancelled
+// context and an invalid key are refused before touching disk. On nil, the
+// caller holds b.mu shared and releases it with leave.
+func (b *Backend) enter(ctx context.Context, key string, prefix bool) error {
+	err := ctx.Err()
+	if err == nil && prefix {
+		err = storage.ValidPrefix(key)
+	} else if err == nil {
+		err = storage.ValidKey(key)
+	}
+	if err != nil {
+		return err
+	}
+	b.mu.RLock()
+	if b.closed {
+		b.mu.RUnlock()
+		return storage.ErrClosed
+	}
 	return nil
 }
 
-// check is the common entry of every method: a closed backend, a
-// cancelled context and an invalid key are refused before touching disk.
-func (b *Backend) check(ctx context.Context, key string, prefix bool) error {
-	if b.closed.Load() {
-		return storage.ErrClosed
-	}
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	if prefix {
-		return storage.ValidPrefix(key)
-	}
-	return storage.ValidKey(key)
-}
+func (b *Backend) leave() { b.mu.RUnlock() }
 
-func (b *Backend) path(key string) string {
-	if key == "" {
-		return b.dir
-	}
-	return filepath.Join(b.dir, filepath.FromSlash(key))
-}
-
-// notFound tells whether err from a path operation means that no object
-// is there: the name is missing, a leading part is a file, or the name is
-// a directory (a prefix, not an object).
-func notFound(err error) bool {
-	return errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ENOTDIR) || errors.Is(err, syscall.EISDIR)
-}
+func (b *Backend) path(key string) string { return filepath.Join(b.dir, filepath.FromSlash(key)) }
 
 func notFoundErr(key string) error {
 	return fmt.Errorf("%w: %s", storage.ErrNotFound, key)
 }
 
+// openObject opens the regular file of key with flags (O_RDONLY or
+// O_RDWR). A missing name, or a directory, is errNoObject.
+func (b *Backend) openObject(key string, flags int) (*os.File, error) {
+	fd, err := b.openBeneath(b.root, key, flags|objFlags, 0)
+	if err != nil {
+		return nil, lookupErr(b.root, key, false, err)
+	}
+	return b.file(fd, key)
+}
+
+// file makes the *os.File of fd, just opened with objFlags for key,
+// after checking that it is a regular file.
+func (b *Backend) file(fd int, key string) (*os.File, error) {
+	if err := regularFD(fd, key); err != nil {
+		return nil, err
+	}
+	if err := blocking(fd); err != nil {
+		unix.Close(fd)
+		return nil, err
+	}
+	return os.NewFile(uintptr(fd), b.path(key)), nil
+}
+
 // OpenChunk opens the file of key read-write, creating it and its
 // directories when create is set.
 func (b *Backend) OpenChunk(ctx context.Context, key string, create bool) (storage.Chunk, error) {
-	if err := b.check(ctx, key, false); err != nil {
+	if err := b.enter(ctx, key, false); err != nil {
 		return nil, err
 	}
-	p := b.path(key)
-	// Opening first, rather than always passing O_CREATE, keeps the
-	// common case (the chunk exists) to one syscall and tells us whether
-	// a name was made that Sync must make durable.
-	f, err := os.OpenFile(p, os.O_RDWR, 0)
+	defer b.leave()
+	// Opening first, rather than always creating, keeps the common case
+	// (the chunk exists) to one lookup and tells us whether a name was
+	// made that Sync must make durable.
+	f, err := b.openObject(key, unix.O_RDWR)
 	switch {
 	case err == nil:
-		return &chunk{b: b, f: f}, nil
-	case !notFound(err):
+		return &chunk{b: b, f: f, key: key, root: -1}, nil
+	case err != errNoObject:
 		return nil, fmt.Errorf("open chunk %s: %w", key, err)
 	case !create:
 		return nil, notFoundErr(key)
 	}
-	c := &chunk{b: b}
-	err = b.withDirs(key, func() error {
-		var err error
-		c.f, err = os.OpenFile(p, os.O_RDWR|os.O_CREATE, filePerm)
+	err = b.inDir(key, func(dirfd int, name string) error {
+		fd, err := openat(dirfd, name, unix.O_RDWR|unix.O_CREAT|objFlags, filePerm)
+		if err != nil {
+			return err
+		}
+		f, err = b.file(fd, key)
 		return err
 	})
 	if err != nil {
 		return nil, fmt.Errorf("create chunk %s: %w", key, err)
 	}
 	// The new name is durable only once its directories are synced; leave
-	// that to Sync, which the caller needs for the data anyway.
+	// that to Sync, which the caller needs for the data anyway. Sync may
+	// come after the backend's Close, so the chunk keeps a root of its own
+	// until then.
+	root, err := unix.FcntlInt(uintptr(b.root), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("create chunk %s: %w", key, err)
+	}
+	c := &chunk{b: b, f: f, key: key, root: root}
 	c.newName.Store(true)
 	return c, nil
 }
 
-// withDirs runs create, which makes a name in the directory of key, after
-// creating the missing directories. Delete prunes empty directories, so a
-// directory may vanish before create has filled it; both steps are
-// retried then, a bounded number of times.
-func (b *Backend) withDirs(key string, create func() error) error {
-	dir := filepath.Dir(b.path(key))
+// inDir runs create, which makes the name of key's last segment in the
+// directory dirfd, after opening or creating the directories of key below
+// the root. Delete prunes empty directories, so a directory may vanish
+// before create has filled it (create then fails with ENOENT); both steps
+// are retried then, a bounded number of times.
+func (b *Backend) inDir(key string, create func(dirfd int, name string) error) error {
+	dir, name := path.Split(key)
+	dir = strings.TrimSuffix(dir, "/")
 	var err error
 	for range mkdirRetries {
-		// MkdirAll itself fails when a directory it made or found is
-		// pruned before it is done: with ENOENT making a child, or with
-		// EEXIST when the name vanished between its mkdir and its stat.
-		// (A file in the way gives ENOTDIR, which is not retried.)
-		err = os.MkdirAll(dir, dirPerm)
-		if err == nil {
-			err = create()
-		} else if errors.Is(err, fs.ErrExist) {
+		var dirfd int
+		dirfd, err = b.mkdirs(dir)
+		if err != nil {
+			if err == unix.ENOENT {
+				continue
+			}
+			return err
+		}
+		err = create(dirfd, name)
+		unix.Close(dirfd)
+		if err == unix.ENOENT {
 			continue
 		}
-		if !errors.Is(err, fs.ErrNotExist) {
-			return err
+		if inTheWay(err) {
+			if err := misplaced(b.root, key, false, err); err != errNoObject {
+				return err
+			}
 		}
-	}
-	return err
-}
-
-// syncDirs fsyncs the directory of key and every directory above it up to
-// the root, making new names along the path durable. It is only used
-// after creating names, which is rare next to data I/O.
-func (b *Backend) syncDirs(key string) error {
-	return b.syncUp(filepath.Dir(b.path(key)), true)
-}
-
-// syncUp fsyncs dir, then its parents up to the root if all is set. A
-// directory that a concurrent Delete has pruned is skipped: its removal is
-// made durable by syncing its parent, which comes next. Without all, the
-// first directory still there is the last one synced.
-func (b *Backend) syncUp(dir string, all bool) error {
-	for d := dir; ; d = filepath.Dir(d) {
-		err := syncDir(d)
-		if err != nil && !errors.Is(err, fs.ErrNotExist) {
-			return err
-		}
-		if err == nil && !all || len(d) <= len(b.dir) {
-			return nil
-		}
-	}
-}
-
-func syncDir(dir string) error {
-	f, err := os.Open(dir)
-	if err != nil {
 		return err
 	}
-	err = f.Sync()
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
 	return err
+}
+
+// mkdirs opens dir ("" for the root) below the root, creating what is
+// missing of it, and returns its descriptor. ENOENT means that a
+// concurrent Delete pruned a directory on the way; the caller retries.
+func (b *Backend) mkdirs(dir string) (int, error) {
+	if dir == "" {
+		return b.openBeneath(b.root, ".", dirFlags, 0)
+	}
+	fd, err := b.openBeneath(b.root, dir, dirFlags, 0)
+	if err == nil {
+		return fd, nil
+	}
+	if err != unix.ENOENT {
+		return -1, b.dirErr(dir, err)
+	}
+	cur := b.root
+	for _, seg := range strings.Split(dir, "/") {
+		fd, err = openat(cur, seg, dirFlags, 0)
+		if err == unix.ENOENT {
+			if err = unix.Mkdirat(cur, seg, dirPerm); err == nil || err == unix.EEXIST {
+				fd, err = openat(cur, seg, dirFlags, 0)
+			}
+		}
+		if cur != b.root {
+			unix.Close(cur)
+		}
+		if err != nil {
+			if err == unix.ENOENT {
+				return -1, err
+			}
+			return -1, b.dirErr(dir, err)
+		}
+		cur = fd
+	}
+	return cur, nil
+}
+
+// dirErr explains why dir, below the root, could not be opened as a
+// directory to create in.
+func (b *Backend) dirErr(dir string, err error) error {
+	if err := lookupErr(b.root, dir, true, err); err != errNoObject {
+		return err
+	}
+	// A regular file on the way: a key cannot be both an object and the
+	// prefix of another.
+	return fmt.Errorf("%s: an object is in the way of this directory", dir)
+}
+
+// syncDirs fsyncs the root and each directory of key below it (from
+// rootfd, the root or a copy of it), making new names along the path
+// durable. A directory that a concurrent Delete has pruned ends the walk:
+// everything below it is gone, and its removal is that Delete's to make
+// durable. It is only used after creating names, which is rare next to
+// data I/O.
+func (b *Backend) syncDirs(rootfd int, key string) error {
+	if err := fsync(rootfd); err != nil {
+		return err
+	}
+	dir := path.Dir(key)
+	if dir == "." {
+		return nil
+	}
+	cur := rootfd
+	defer func() {
+		if cur != rootfd {
+			unix.Close(cur)
+		}
+	}()
+	for _, seg := range strings.Split(dir, "/") {
+		fd, err := openat(cur, seg, dirFlags, 0)
+		if err == unix.ENOENT {
+			return nil
+		}
+		if err != nil {
+			return lookupErr(rootfd, dir, true, err)
+		}
+		if cur != rootfd {
+			unix.Close(cur)
+		}
+		cur = fd
+		if err := fsync(cur); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func fsync(fd int) error {
+	for {
+		if err := unix.Fsync(fd); err != unix.EINTR {
+			return err
+		}
+	}
 }
 
 // ReadMeta reads the file of key.
 func (b *Backend) ReadMeta(ctx context.Context, key string) ([]byte, error) {
-	if err := b.check(ctx, key, false); err != nil {
+	if err := b.enter(ctx, key, false); err != nil {
 		return nil, err
 	}
-	data, err := os.ReadFile(b.path(key))
-	if notFound(err) {
+	defer b.leave()
+	f, err := b.openObject(key, unix.O_RDONLY)
+	if err == errNoObject {
 		return nil, notFoundErr(key)
 	}
+	if err != nil {
+		return nil, fmt.Errorf("read metadata %s: %w", key, err)
+	}
+	defer f.Close()
+	data, err := io.ReadAll(f)
 	if err != nil {
 		return nil, fmt.Errorf("read metadata %s: %w", key, err)
 	}
@@ -225,83 +352,131 @@ func (b *Backend) ReadMeta(ctx context.Context, key string) ([]byte, error) {
 }
 
 // WriteMeta writes data to a hidden temporary file in the directory of
-// key, syncs it, renames it over the old file and syncs the directory. A
+// key, syncs it, renames it over the old file and syncs the directories. A
 // crash leaves the old value or the new one, and perhaps a temporary file
 // that List, ReadMeta and Usage never see.
 func (b *Backend) WriteMeta(ctx context.Context, key string, data []byte) error {
-	if err := b.check(ctx, key, false); err != nil {
+	if err := b.enter(ctx, key, false); err != nil {
 		return err
 	}
-	if err := b.writeMeta(key, data); err != nil {
+	defer b.leave()
+	if err := b.inDir(key, func(dirfd int, name string) error { return writeMeta(dirfd, name, key, data) }); err != nil {
+		return fmt.Errorf("write metadata %s: %w", key, err)
+	}
+	// The rename is durable once the directory is synced. Directories
+	// above it matter only if they are new, but telling that apart is not
+	// worth it for the few small writes metadata gets.
+	if err := b.syncDirs(b.root, key); err != nil {
 		return fmt.Errorf("write metadata %s: %w", key, err)
 	}
 	return nil
 }
 
-func (b *Backend) writeMeta(key string, data []byte) (err error) {
-	p := b.path(key)
-	var tmp *os.File
-	err = b.withDirs(key, func() error {
-		var err error
-		// CreateTemp makes the file 0600 and picks a unique name, so
-		// concurrent writers of one key never share a temporary file. The
-		// name does not repeat the key's: a segment may already be as long
-		// as a file name can be.
-		tmp, err = os.CreateTemp(filepath.Dir(p), tempPrefix+"*")
-		return err
-	})
+func writeMeta(dirfd int, name, key string, data []byte) (err error) {
+	// A unique name, so concurrent writers of one key never share a
+	// temporary file. It does not repeat the key's: a segment may already
+	// be as long as a file name can be.
+	var tmp string
+	var fd int
+	for {
+		tmp = tempName()
+		fd, err = openat(dirfd, tmp, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW, filePerm)
+		if err != unix.EEXIST {
+			break
+		}
+	}
 	if err != nil {
 		return err
 	}
+	f := os.NewFile(uintptr(fd), tmp)
 	defer func() {
 		if err != nil {
-			_ = tmp.Close()
-			_ = os.Remove(tmp.Name())
+			f.Close()
+			unix.Unlinkat(dirfd, tmp, 0)
 		}
 	}()
-	if _, err = tmp.Write(data); err != nil {
+	if _, err = f.Write(data); err != nil {
 		return err
 	}
-	if err = tmp.Sync(); err != nil {
+	if err = f.Sync(); err != nil {
 		return err
 	}
-	if err = tmp.Close(); err != nil {
+	if err = f.Close(); err != nil {
 		return err
 	}
-	if err = os.Rename(tmp.Name(), p); err != nil {
+	// rename replaces whatever has the name, without following it; but a
+	// name that is not a regular file was not put there by this backend,
+	// and replacing it would hide that.
+	var st unix.Stat_t
+	switch serr := unix.Fstatat(dirfd, name, &st, unix.AT_SYMLINK_NOFOLLOW); {
+	case serr == unix.ENOENT:
+	case serr != nil:
+		err = serr
+		return err
+	case st.Mode&unix.S_IFMT != unix.S_IFREG && st.Mode&unix.S_IFMT != unix.S_IFDIR:
+		err = notRegular(key, st.Mode, false)
 		return err
 	}
-	// The rename is durable once the directory is synced. Directories
-	// above it matter only if they are new, but telling that apart is not
-	// worth it for the few small writes metadata gets.
-	return b.syncDirs(key)
+	err = unix.Renameat(dirfd, tmp, dirfd, name)
+	return err
+}
+
+func tempName() string {
+	var r [8]byte
+	_, _ = rand.Read(r[:])
+	return tempPrefix + hex.EncodeToString(r[:])
 }
 
 // Delete removes the file of key, syncs its directory, and prunes the
 // directories left empty.
 func (b *Backend) Delete(ctx context.Context, key string) error {
-	if err := b.check(ctx, key, false); err != nil {
+	if err := b.enter(ctx, key, false); err != nil {
 		return err
 	}
-	p := b.path(key)
-	// unlink, unlike os.Remove, never removes a directory: a directory is
-	// a prefix, not an object, so it is "not found" here.
-	if err := ignoringEINTR(func() error { return unix.Unlink(p) }); err != nil {
-		if notFound(err) || errors.Is(err, syscall.EPERM) && isDir(p) {
+	defer b.leave()
+	dir, name := path.Split(key)
+	dir = strings.TrimSuffix(dir, "/")
+	rel := dir
+	if rel == "" {
+		rel = "."
+	}
+	dirfd, err := b.openBeneath(b.root, rel, dirFlags, 0)
+	if err != nil {
+		if err := lookupErr(b.root, rel, true, err); err != errNoObject {
+			return fmt.Errorf("delete %s: %w", key, err)
+		}
+		return notFoundErr(key)
+	}
+	defer unix.Close(dirfd)
+	// Only a regular file is an object: a directory is a prefix, and
+	// anything else was not put there by this backend.
+	var st unix.Stat_t
+	if err := unix.Fstatat(dirfd, name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		if err == unix.ENOENT {
 			return notFoundErr(key)
 		}
-		return fmt.Errorf("delete %s: %w", key, &fs.PathError{Op: "unlink", Path: p, Err: err})
-	}
-	if err := b.syncUp(filepath.Dir(p), false); err != nil {
 		return fmt.Errorf("delete %s: %w", key, err)
 	}
-	b.prune(filepath.Dir(p))
+	switch st.Mode & unix.S_IFMT {
+	case unix.S_IFREG:
+	case unix.S_IFDIR:
+		return notFoundErr(key)
+	default:
+		return fmt.Errorf("delete %s: %w", key, notRegular(key, st.Mode, false))
+	}
+	if err := unix.Unlinkat(dirfd, name, 0); err != nil {
+		if err == unix.ENOENT {
+			return notFoundErr(key)
+		}
+		return fmt.Errorf("delete %s: unlink: %w", key, err)
+	}
+	// The unlink is durable once its directory is synced, even if a
+	// concurrent Delete prunes that directory meanwhile.
+	if err := fsync(dirfd); err != nil {
+		return fmt.Errorf("delete %s: %w", key, err)
+	}
+	b.prune(dir)
 	return nil
-}
-
-func isDir(p string) bool {
-	fi, err := os.Lstat(p)
-	return err == nil && fi.IsDir()
 }
 
 // prune removes dir and its parents below the root while they are empty,
@@ -309,21 +484,34 @@ func isDir(p string) bool {
 // fails harmlessly on a directory that is not empty, or that a concurrent
 // create has just filled.
 func (b *Backend) prune(dir string) {
-	for len(dir) > len(b.dir) && strings.HasPrefix(dir, b.dir+string(filepath.Separator)) {
-		if os.Remove(dir) != nil {
+	for dir != "" {
+		parent, name := path.Split(dir)
+		parent = strings.TrimSuffix(parent, "/")
+		rel := parent
+		if rel == "" {
+			rel = "."
+		}
+		pfd, err := b.openBeneath(b.root, rel, dirFlags, 0)
+		if err != nil {
 			return
 		}
-		dir = filepath.Dir(dir)
+		err = unix.Unlinkat(pfd, name, unix.AT_REMOVEDIR)
+		unix.Close(pfd)
+		if err != nil {
+			return
+		}
+		dir = parent
 	}
 }
 
 // List walks the directory of prefix.
 func (b *Backend) List(ctx context.Context, prefix string) ([]string, error) {
-	if err := b.check(ctx, prefix, true); err != nil {
+	if err := b.enter(ctx, prefix, true); err != nil {
 		return nil, err
 	}
+	defer b.leave()
 	keys := []string{}
-	err := b.walk(ctx, prefix, func(key string, _ fs.DirEntry) error {
+	err := b.walk(ctx, prefix, func(key string, _ int, _ string) error {
 		keys = append(keys, key)
 		return nil
 	})
@@ -339,18 +527,23 @@ func (b *Backend) List(ctx context.Context, prefix string) ([]string, error) {
 // really allocated, so holes cost nothing. Directories and temporary
 // files are not objects and are not counted.
 func (b *Backend) Usage(ctx context.Context, prefix string) (int64, error) {
-	if err := b.check(ctx, prefix, true); err != nil {
+	if err := b.enter(ctx, prefix, true); err != nil {
 		return 0, err
 	}
+	defer b.leave()
 	var total int64
-	err := b.walk(ctx, prefix, func(_ string, d fs.DirEntry) error {
-		fi, err := d.Info()
-		if err != nil {
-			return err
+	err := b.walk(ctx, prefix, func(key string, dirfd int, name string) error {
+		var st unix.Stat_t
+		if err := unix.Fstatat(dirfd, name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+			if err == unix.ENOENT {
+				return nil // deleted meanwhile
+			}
+			return fmt.Errorf("%s: %w", key, err)
 		}
-		if st, ok := fi.Sys().(*syscall.Stat_t); ok {
-			total += st.Blocks * 512
+		if st.Mode&unix.S_IFMT != unix.S_IFREG {
+			return notRegular(key, st.Mode, false)
 		}
+		total += st.Blocks * 512
 		return nil
 	})
 	if err != nil {
@@ -359,62 +552,189 @@ func (b *Backend) Usage(ctx context.Context, prefix string) (int64, error) {
 	return total, nil
 }
 
-// walk calls fn for every object under prefix. Dot names (temporary
-// files) and anything else that is not a regular file with a valid key is
-// skipped, and names vanishing under a concurrent Delete are not errors.
-func (b *Backend) walk(ctx context.Context, prefix string, fn func(key string, d fs.DirEntry) error) error {
-	root := b.path(prefix)
-	return filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			if notFound(err) {
-				return nil
-			}
+// walk calls fn for every object under prefix, with the descriptor of its
+// directory and its name there. Dot names (temporary files and anything
+// else hidden) and names that make no valid key are skipped; names
+// vanishing under a concurrent Delete are not errors. Anything else that
+// is not a regular file or a directory is an error: it is not an object,
+// and hiding it would hide tampering.
+func (b *Backend) walk(ctx context.Context, prefix string, fn func(key string, dirfd int, name string) error) error {
+	rel := prefix
+	if rel == "" {
+		rel = "."
+	}
+	fd, err := b.openBeneath(b.root, rel, dirFlags, 0)
+	if err != nil {
+		if err := lookupErr(b.root, rel, true, err); err != errNoObject {
 			return err
 		}
-		if p == root {
-			if !d.IsDir() {
-				// The prefix itself is an object: nothing is under it.
-				return filepath.SkipDir
-			}
-			return nil
-		}
-		if strings.HasPrefix(d.Name(), ".") {
-			if d.IsDir() {
-				return filepath.SkipDir
-			}
-			return nil
-		}
-		if d.IsDir() {
-			return ctx.Err()
-		}
-		if !d.Type().IsRegular() {
-			return nil
-		}
-		rel, err := filepath.Rel(b.dir, p)
-		if err != nil {
-			return err
-		}
-		key := filepath.ToSlash(rel)
-		if storage.ValidKey(key) != nil {
-			return nil
-		}
-		err = fn(key, d)
-		if notFound(err) {
-			return nil
-		}
+		// Nothing there, or the prefix is itself an object: nothing is
+		// under it.
+		return nil
+	}
+	return walkDir(ctx, fd, prefix, fn)
+}
+
+// walkDir walks the directory fd, whose objects have keys starting with
+// prefix + "/" (or nothing, for the root), and closes fd.
+func walkDir(ctx context.Context, fd int, prefix string, fn func(key string, dirfd int, name string) error) error {
+	defer unix.Close(fd)
+	if err := ctx.Err(); err != nil {
 		return err
-	})
+	}
+	ents, err := readDir(fd)
+	if err != nil {
+		return err
+	}
+	for _, e := range ents {
+		if strings.HasPrefix(e.name, ".") {
+			continue
+		}
+		key := e.name
+		if prefix != "" {
+			key = prefix + "/" + e.name
+		}
+		if storage.ValidKey(key) != nil {
+			// Not a key, nor a prefix of one (a longer key only adds
+			// segments).
+			continue
+		}
+		typ := e.typ
+		if typ == unix.DT_UNKNOWN {
+			var st unix.Stat_t
+			if err := unix.Fstatat(fd, e.name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+				if err == unix.ENOENT {
+					continue
+				}
+				return fmt.Errorf("%s: %w", key, err)
+			}
+			typ = dtype(st.Mode)
+		}
+		switch typ {
+		case unix.DT_DIR:
+			sub, err := openat(fd, e.name, dirFlags, 0)
+			if err == unix.ENOENT {
+				continue // deleted meanwhile
+			}
+			if err != nil {
+				// Replaced since the directory was read.
+				var st unix.Stat_t
+				switch serr := unix.Fstatat(fd, e.name, &st, unix.AT_SYMLINK_NOFOLLOW); {
+				case serr == unix.ENOENT:
+					continue
+				case serr == nil && dtype(st.Mode) == unix.DT_REG:
+					if err := fn(key, fd, e.name); err != nil {
+						return err
+					}
+					continue
+				case serr == nil && dtype(st.Mode) != unix.DT_DIR:
+					return notRegular(key, st.Mode, false)
+				}
+				return fmt.Errorf("%s: %w", key, err)
+			}
+			if err := walkDir(ctx, sub, key, fn); err != nil {
+				return err
+			}
+		case unix.DT_REG:
+			if err := fn(key, fd, e.name); err != nil {
+				return err
+			}
+		default:
+			return notRegular(key, typeMode(typ), false)
+		}
+	}
+	return nil
+}
+
+type dirent struct {
+	name string
+	typ  uint8
+}
+
+// readDir reads the entries of the directory fd, with the types the file
+// system gives (DT_UNKNOWN where it gives none).
+func readDir(fd int) ([]dirent, error) {
+	var ents []dirent
+	buf := make([]byte, 16<<10)
+	for {
+		n, err := unix.Getdents(fd, buf)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		if n <= 0 {
+			return ents, nil
+		}
+		// struct linux_dirent64: ino u64, off s64, reclen u16, type u8,
+		// then the name, NUL-terminated and padded.
+		for off := 0; off+19 <= n; {
+			reclen := int(binary.NativeEndian.Uint16(buf[off+16:]))
+			if reclen < 19 || off+reclen > n {
+				return nil, errors.New("malformed directory entry")
+			}
+			name := buf[off+19 : off+reclen]
+			if i := slices.Index(name, 0); i >= 0 {
+				name = name[:i]
+			}
+			if s := string(name); s != "." && s != ".." {
+				ents = append(ents, dirent{name: s, typ: buf[off+18]})
+			}
+			off += reclen
+		}
+	}
+}
+
+func dtype(mode uint32) uint8 {
+	switch mode & unix.S_IFMT {
+	case unix.S_IFDIR:
+		return unix.DT_DIR
+	case unix.S_IFREG:
+		return unix.DT_REG
+	case unix.S_IFLNK:
+		return unix.DT_LNK
+	case unix.S_IFIFO:
+		return unix.DT_FIFO
+	case unix.S_IFSOCK:
+		return unix.DT_SOCK
+	case unix.S_IFCHR:
+		return unix.DT_CHR
+	case unix.S_IFBLK:
+		return unix.DT_BLK
+	}
+	return unix.DT_UNKNOWN
+}
+
+func typeMode(typ uint8) uint32 {
+	switch typ {
+	case unix.DT_LNK:
+		return unix.S_IFLNK
+	case unix.DT_FIFO:
+		return unix.S_IFIFO
+	case unix.DT_SOCK:
+		return unix.S_IFSOCK
+	case unix.DT_CHR:
+		return unix.S_IFCHR
+	case unix.DT_BLK:
+		return unix.S_IFBLK
+	}
+	return 0
 }
 
 // chunk is one open file. Its methods map to pread, pwrite and fallocate
 // on the descriptor, which the kernel makes safe to call concurrently, so
 // there is no lock here.
 type chunk struct {
-	b *Backend
-	f *os.File
+	b   *Backend
+	f   *os.File
+	key string
 	// newName is set while the chunk's file was created and its
-	// directory entries not yet synced.
+	// directory entries not yet synced. Until then root holds a copy of
+	// the backend's root descriptor to sync them from, under nameMu.
 	newName atomic.Bool
+	nameMu  sync.Mutex
+	root    int
 }
 
 var _ storage.Chunk = (*chunk)(nil)
@@ -507,19 +827,31 @@ func (c *chunk) Sync() error {
 		return fmt.Errorf("sync chunk %s: %w", c.f.Name(), err)
 	}
 	if c.newName.Load() {
-		rel, err := filepath.Rel(c.b.dir, c.f.Name())
-		if err != nil {
-			return err
+		c.nameMu.Lock()
+		defer c.nameMu.Unlock()
+		if c.root >= 0 {
+			if err := c.b.syncDirs(c.root, c.key); err != nil {
+				return fmt.Errorf("sync chunk %s: %w", c.f.Name(), err)
+			}
+			unix.Close(c.root)
+			c.root = -1
+			c.newName.Store(false)
 		}
-		if err := c.b.syncDirs(filepath.ToSlash(rel)); err != nil {
-			return fmt.Errorf("sync chunk %s: %w", c.f.Name(), err)
-		}
-		c.newName.Store(false)
 	}
 	return nil
 }
 
-func (c *chunk) Close() error { return c.f.Close() }
+func (c *chunk) Close() error {
+	if c.newName.Load() {
+		c.nameMu.Lock()
+		if c.root >= 0 {
+			unix.Close(c.root)
+			c.root = -1
+		}
+		c.nameMu.Unlock()
+	}
+	return c.f.Close()
+}
 
 func (c *chunk) datasync() error {
 	rc, err := c.f.SyscallConn()
@@ -537,7 +869,7 @@ func (c *chunk) datasync() error {
 
 func ignoringEINTR(f func() error) error {
 	for {
-		if err := f(); !errors.Is(err, syscall.EINTR) {
+		if err := f(); !errors.Is(err, unix.EINTR) {
 			return err
 		}
 	}

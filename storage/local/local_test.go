@@ -10,6 +10,7 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
 
 	"hostcrypt/storage"
 	"hostcrypt/storage/local"
@@ -29,7 +30,37 @@ func TestConformance(t *testing.T) {
 			require.NoError(t, err)
 			return b2
 		},
+		Foreign: PlantSymlink,
 	})
+}
+
+// PlantSymlink puts a symbolic link out of the store at key's place in the
+// directory of the local backend b (or of the one b wraps), as
+// storagetest.Options.Foreign.
+func PlantSymlink(t *testing.T, b storage.Backend, key string) {
+	p := filepath.Join(dirOf(b), filepath.FromSlash(key))
+	require.NoError(t, os.MkdirAll(filepath.Dir(p), 0o700))
+	require.NoError(t, os.Symlink(filepath.Join(t.TempDir(), "elsewhere"), p))
+}
+
+// PlantFIFO puts a FIFO at key's place, as storagetest.Options.Foreign.
+func PlantFIFO(t *testing.T, b storage.Backend, key string) {
+	p := filepath.Join(dirOf(b), filepath.FromSlash(key))
+	require.NoError(t, os.MkdirAll(filepath.Dir(p), 0o700))
+	require.NoError(t, unix.Mkfifo(p, 0o600))
+}
+
+func dirOf(b storage.Backend) string {
+	for {
+		switch v := b.(type) {
+		case *local.Backend:
+			return v.Dir()
+		case interface{ Unwrap() storage.Backend }:
+			b = v.Unwrap()
+		default:
+			panic(fmt.Sprintf("no local backend under %T", b))
+		}
+	}
 }
 
 func TestPermissions(t *testing.T) {

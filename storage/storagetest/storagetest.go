@@ -13,6 +13,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -36,6 +37,12 @@ type Options struct {
 	// then checks that holes keep sizes from growing instead of checking
 	// that they cost nothing.
 	LogicalUsage bool
+	// Foreign, if set, puts at key's place in b's backing store something
+	// the backend did not put there and must refuse (for a backend over a
+	// directory: a symbolic link out of it, or a FIFO), as someone with
+	// access to the store could. The test of that rule is skipped without
+	// it.
+	Foreign func(t *testing.T, b storage.Backend, key string)
 }
 
 // Run runs the conformance suite. open returns a new, empty Backend for
@@ -67,6 +74,7 @@ func Run(t *testing.T, open func(t *testing.T) storage.Backend, opts ...Options)
 		{"Usage", s.usage},
 		{"Closed", s.closed},
 		{"Reopen", s.reopen},
+		{"Foreign", s.foreign},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
@@ -624,4 +632,62 @@ func (s *suite) reopen(t *testing.T) {
 	clear(want[:4*kib])
 	require.True(t, bytes.Equal(want, readAt(t, c2, 10*mib, len(data))))
 	require.True(t, isZero(readAt(t, c2, 0, 64*kib)))
+}
+
+// foreign checks that something foreign at an object's place, or at a
+// directory's on the way to one, is refused by every method naming it,
+// without blocking, and leaves the other objects alone.
+func (s *suite) foreign(t *testing.T) {
+	if s.opts.Foreign == nil {
+		t.Skip("no Foreign given")
+	}
+	b := s.backend(t)
+	ctx := t.Context()
+	require.NoError(t, b.WriteMeta(ctx, "f/ok", []byte("ok")))
+	require.NoError(t, b.WriteMeta(ctx, "g/ok", []byte("ok")))
+	s.opts.Foreign(t, b, "f/x")   // at an object's place
+	s.opts.Foreign(t, b, "g/sub") // at a directory's: "g/sub/y" is below it
+
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for _, tc := range []struct{ key, named string }{{"f/x", "f/x"}, {"g/sub/y", "g/sub"}} {
+			check := func(method string, err error) {
+				if assert.ErrorIs(t, err, storage.ErrNotRegular, "%s(%q)", method, tc.key) {
+					assert.Contains(t, err.Error(), tc.named, "%s(%q): the error names the key", method, tc.key)
+				}
+			}
+			for _, create := range []bool{false, true} {
+				c, err := b.OpenChunk(ctx, tc.key, create)
+				if err == nil {
+					c.Close()
+				}
+				check(fmt.Sprintf("OpenChunk(create=%v)", create), err)
+			}
+			_, err := b.ReadMeta(ctx, tc.key)
+			check("ReadMeta", err)
+			check("WriteMeta", b.WriteMeta(ctx, tc.key, []byte("x")))
+			check("Delete", b.Delete(ctx, tc.key))
+		}
+		for _, prefix := range []string{"", "f", "g", "g/sub"} {
+			_, err := b.List(ctx, prefix)
+			assert.ErrorIs(t, err, storage.ErrNotRegular, "List(%q)", prefix)
+			_, err = b.Usage(ctx, prefix)
+			assert.ErrorIs(t, err, storage.ErrNotRegular, "Usage(%q)", prefix)
+		}
+	}()
+	select {
+	case <-done:
+	case <-time.After(time.Minute):
+		// A guard against a call that never returns, not a speed goal.
+		t.Fatal("a call blocked on what is at a foreign key")
+	}
+	for _, key := range []string{"f/ok", "g/ok"} {
+		got, err := b.ReadMeta(ctx, key)
+		require.NoError(t, err, "the other objects are still there")
+		require.Equal(t, "ok", string(got))
+	}
+	keys, err := b.List(ctx, "f/ok")
+	require.NoError(t, err, "a prefix beside the foreign thing lists")
+	require.Empty(t, keys)
 }
