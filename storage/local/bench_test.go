@@ -70,3 +70,22 @@ func BenchmarkChunkWriteAt4KRandom(b *testing.B)     { benchRandom(b, false, wri
 func BenchmarkChunkReadAt4KRandom(b *testing.B)      { benchRandom(b, true, read) }
 func BenchmarkChunkWriteAt1MSequential(b *testing.B) { benchSequential(b, false, write) }
 func BenchmarkChunkReadAt1MSequential(b *testing.B)  { benchSequential(b, true, read) }
+
+// BenchmarkOpenExistingChunk is the cost of opening a chunk that exists:
+// the lookup beneath the root and the checks on what it finds.
+func BenchmarkOpenExistingChunk(b *testing.B) {
+	be, err := local.Open(filepath.Join(b.TempDir(), "store"))
+	require.NoError(b, err)
+	defer be.Close()
+	const key = "disks/d1/chunks/00000000"
+	c, err := be.OpenChunk(b.Context(), key, true)
+	require.NoError(b, err)
+	require.NoError(b, c.Close())
+	for b.Loop() {
+		c, err := be.OpenChunk(b.Context(), key, false)
+		if err != nil {
+			b.Fatal(err)
+		}
+		c.Close()
+	}
+}
