@@ -5,14 +5,15 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"hostcrypt/internal/dirfd"
 	"hostcrypt/storage"
 )
 
@@ -57,6 +58,8 @@ type Options struct {
 	// with files 0600. It is required for ReadOnly and ReadWrite. With
 	// None it may be empty; if it names a directory left by a crashed
 	// ReadWrite cache, New still writes that cache's dirty data back.
+	// A symbolic link, FIFO or device at Dir, or at one of the cache's
+	// files in it, is an error (dirfd.ErrNotRegular), never followed.
 	Dir string
 	// MaxBytes bounds the cached data; at least MinBytes. Ignored by None.
 	MaxBytes int64
@@ -87,7 +90,6 @@ const (
 	dataName     = "data"
 	indexName    = "dirty.idx"
 	indexTmpName = "dirty.idx.tmp"
-	dirPerm      = 0o700
 	filePerm     = 0o600
 )
 
@@ -99,6 +101,9 @@ type Cache struct {
 	dir    string
 	log    *slog.Logger
 	data   *os.File // the slot file; nil with None
+	// d is the cache directory, open from New to Close; nil with None.
+	// Its files are opened through it, never following a link.
+	d      *dirfd.Dir
 	nslots int32
 
 	mu      sync.Mutex
@@ -218,10 +223,18 @@ func New(ctx context.Context, remote storage.Backend, o Options) (*Cache, error)
 	c := &Cache{remote: remote, mode: mode, dir: o.Dir, log: log, objs: map[string]*object{}}
 	if mode == None {
 		if o.Dir != "" {
-			if fi, err := os.Stat(o.Dir); err == nil && fi.IsDir() {
-				if err := c.recover(ctx); err != nil {
-					return nil, err
-				}
+			d, err := dirfd.OpenLeaf(o.Dir, false)
+			if errors.Is(err, fs.ErrNotExist) {
+				return c, nil
+			}
+			if err != nil {
+				return nil, fmt.Errorf("cache directory: %w", err)
+			}
+			c.d = d
+			err = c.recover(ctx)
+			c.d = nil
+			if err = errors.Join(err, d.Close()); err != nil {
+				return nil, err
 			}
 		}
 		return c, nil
@@ -237,21 +250,20 @@ func New(ctx context.Context, remote storage.Backend, o Options) (*Cache, error)
 		return nil, fmt.Errorf("cache size %d bytes is too large: at most %d", o.MaxBytes, int64(1<<31-1)*PageSize)
 	}
 	c.nslots = int32(o.MaxBytes / PageSize)
-	if err := os.MkdirAll(o.Dir, dirPerm); err != nil {
-		return nil, fmt.Errorf("cache directory: %w", err)
-	}
-	fi, err := os.Stat(o.Dir)
+	// The directory is the host's, made by the control plane: a link in
+	// its place, or at one of its files, is never followed.
+	c.d, err = dirfd.OpenLeaf(o.Dir, true)
 	if err != nil {
 		return nil, fmt.Errorf("cache directory: %w", err)
-	}
-	if !fi.IsDir() {
-		return nil, fmt.Errorf("cache directory %s is not a directory", o.Dir)
 	}
 	if err := c.recover(ctx); err != nil {
+		c.d.Close()
 		return nil, err
 	}
-	c.data, err = os.OpenFile(filepath.Join(o.Dir, dataName), os.O_RDWR|os.O_CREATE, filePerm)
+	// recover removed any data file left behind, so this one is new.
+	c.data, err = c.d.OpenFile(dataName, os.O_RDWR|os.O_CREATE|os.O_EXCL, filePerm)
 	if err != nil {
+		c.d.Close()
 		return nil, fmt.Errorf("cache directory %s: %w", o.Dir, err)
 	}
 	if mode == ReadWrite {
@@ -325,8 +337,9 @@ func (c *Cache) Close() error {
 		if c.data != nil {
 			c.closeErr = errors.Join(c.closeErr, c.data.Close())
 			if c.closeErr == nil {
-				c.closeErr = os.Remove(c.data.Name())
+				c.closeErr = c.d.Remove(dataName)
 			}
+			c.closeErr = errors.Join(c.closeErr, c.d.Close())
 		}
 		c.closeErr = errors.Join(c.closeErr, c.remote.Close())
 	})

@@ -11,7 +11,6 @@ import (
 	"io"
 	"io/fs"
 	"os"
-	"path/filepath"
 	"slices"
 
 	"hostcrypt/storage"
@@ -184,15 +183,18 @@ func (c *Cache) commit() error {
 // fsynced, renamed over the index, and the directory fsynced. An empty
 // index is removed instead.
 func (c *Cache) writeIndex(es []entry) error {
-	path := filepath.Join(c.dir, indexName)
 	if len(es) == 0 {
-		if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		if err := c.d.Remove(indexName); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return err
 		}
-		return syncDir(c.dir)
+		return c.d.Sync()
 	}
-	tmp := filepath.Join(c.dir, indexTmpName)
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, filePerm)
+	// Whatever has the temporary name (a file left by a crash, or
+	// anything else) is removed, and the new file made in its place.
+	if err := c.d.Remove(indexTmpName); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	f, err := c.d.OpenFile(indexTmpName, os.O_WRONLY|os.O_CREATE|os.O_EXCL, filePerm)
 	if err != nil {
 		return err
 	}
@@ -204,21 +206,12 @@ func (c *Cache) writeIndex(es []entry) error {
 		err = cerr
 	}
 	if err == nil {
-		err = os.Rename(tmp, path)
+		err = c.d.Rename(indexTmpName, indexName)
 	}
 	if err == nil {
-		err = syncDir(c.dir)
+		err = c.d.Sync()
 	}
 	return err
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	err = d.Sync()
-	return errors.Join(err, d.Close())
 }
 
 // recover writes back the dirty pages named by an index left in the
@@ -226,9 +219,7 @@ func syncDir(dir string) error {
 // directory. Run again after a crash in the middle, it does the same
 // writes again, which is harmless.
 func (c *Cache) recover(ctx context.Context) error {
-	ipath := filepath.Join(c.dir, indexName)
-	dpath := filepath.Join(c.dir, dataName)
-	b, err := os.ReadFile(ipath)
+	b, err := c.d.ReadFile(indexName)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
 	case err != nil:
@@ -238,29 +229,29 @@ func (c *Cache) recover(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("cache directory %s: %w; move the directory away to start with an empty cache (its unflushed writes are then lost)", c.dir, err)
 		}
-		if err := c.writeBackIndex(ctx, dpath, es); err != nil {
+		if err := c.writeBackIndex(ctx, es); err != nil {
 			return fmt.Errorf("cache directory %s: writing back %d dirty pages left by a crash: %w", c.dir, len(es), err)
 		}
 		c.log.Info("cache recovered: dirty pages left by a crash written back", "dir", c.dir, "pages", len(es))
-		if err := os.Remove(ipath); err != nil {
+		if err := c.d.Remove(indexName); err != nil {
 			return fmt.Errorf("cache directory %s: %w", c.dir, err)
 		}
-		if err := syncDir(c.dir); err != nil {
+		if err := c.d.Sync(); err != nil {
 			return fmt.Errorf("cache directory %s: %w", c.dir, err)
 		}
 	}
 	// Clean pages of an earlier run may be stale (the disk may have been
 	// used without this cache since), so a cache always starts empty.
 	for _, name := range []string{indexTmpName, dataName} {
-		if err := os.Remove(filepath.Join(c.dir, name)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		if err := c.d.Remove(name); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return fmt.Errorf("cache directory %s: %w", c.dir, err)
 		}
 	}
 	return nil
 }
 
-func (c *Cache) writeBackIndex(ctx context.Context, dpath string, es []entry) error {
-	f, err := os.Open(dpath)
+func (c *Cache) writeBackIndex(ctx context.Context, es []entry) error {
+	f, err := c.d.OpenFile(dataName, os.O_RDONLY, 0)
 	if err != nil {
 		return err
 	}
