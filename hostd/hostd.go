@@ -136,6 +136,13 @@ func Run(ctx context.Context, cfg Config, ready func()) (err error) {
 			return err
 		}
 	}
+	// Before anything else touches them: a second daemon on one of these
+	// would take the first one's socket, mount and state.
+	unlock, err := lockDirs(cfg)
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	// A dead mount left by a killed daemon must go first: until then even
 	// mkdir on the mount point fails.
 	if err := hfs.CleanStaleMount(cfg.MountDir); err != nil {
