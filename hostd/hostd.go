@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"hostcrypt/cache"
 	"hostcrypt/disk"
+	"hostcrypt/internal/dirfd"
 	"hostcrypt/storage/latency"
 	"log/slog"
 	"net/http"
@@ -143,6 +144,15 @@ func Run(ctx context.Context, cfg Config, ready func()) (err error) {
 		return err
 	}
 	defer unlock()
+	// The host caches live under HOST/cache, which each cache takes as
+	// given: it must be a directory of the host directory, not a link
+	// planted while the daemon was down.
+	cacheDir := filepath.Join(cfg.HostDir, "cache")
+	cd, err := dirfd.OpenLeaf(cacheDir, true)
+	if err != nil {
+		return fmt.Errorf("--host-dir: %w", err)
+	}
+	cd.Close()
 	// A dead mount left by a killed daemon must go first: until then even
 	// mkdir on the mount point fails.
 	if err := hfs.CleanStaleMount(cfg.MountDir); err != nil {
@@ -186,7 +196,7 @@ func Run(ctx context.Context, cfg Config, ready func()) (err error) {
 	}()
 	host, err := control.New(control.Config{
 		StateDir: cfg.StateDir, Storage: sb, HostLocal: hb, Keys: keys, Tree: tree, Log: log, DEKLease: cfg.DEKLease,
-		CacheDir: filepath.Join(cfg.HostDir, "cache"), CacheSize: cfg.CacheSize, FlushInterval: cfg.FlushInterval,
+		CacheDir: cacheDir, CacheSize: cfg.CacheSize, FlushInterval: cfg.FlushInterval,
 	})
 	if err != nil {
 		return err

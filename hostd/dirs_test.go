@@ -12,6 +12,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"hostcrypt/control"
+	"hostcrypt/internal/dirfd"
 	"hostcrypt/internal/dirlock"
 	"hostcrypt/keystore/server"
 )
@@ -130,4 +131,21 @@ func TestOneDirectoryForTwoFlags(t *testing.T) {
 	l, err := dirlock.Acquire(dir)
 	require.NoError(t, err, "release frees it")
 	require.NoError(t, l.Release())
+}
+
+// TestLinkedHostCacheDirIsRefused: HOST/cache replaced by a link while the
+// daemon was down would put every host cache wherever it points.
+func TestLinkedHostCacheDirIsRefused(t *testing.T) {
+	requireFUSE(t)
+	root, outside := t.TempDir(), t.TempDir()
+	cfg := daemonConfig(root, "https://127.0.0.1:1", root)
+	require.NoError(t, os.MkdirAll(cfg.HostDir, 0o700))
+	require.NoError(t, os.Symlink(outside, filepath.Join(cfg.HostDir, "cache")))
+	err := Run(context.Background(), cfg, nil)
+	require.ErrorIs(t, err, dirfd.ErrNotRegular)
+	require.Contains(t, err.Error(), filepath.Join(cfg.HostDir, "cache"))
+	require.NotContains(t, err.Error(), outside)
+	entries, err := os.ReadDir(outside)
+	require.NoError(t, err)
+	require.Empty(t, entries)
 }
