@@ -783,6 +783,38 @@ func (c *chunk) PunchHole(off, n int64) error {
 	return c.writeZeros(off, n)
 }
 
+// Allocated tells whether every byte of [off, off+n) has backing space,
+// so that writing there needs no new space: the range holds no hole, as
+// lseek(SEEK_HOLE) finds them, and ends before the end of the file. The
+// fault decorator's full mode asks it (storage/fault).
+func (c *chunk) Allocated(off, n int64) (bool, error) {
+	if off < 0 || n < 0 {
+		return false, fmt.Errorf("chunk %s: negative range %d+%d", c.f.Name(), off, n)
+	}
+	if n == 0 {
+		return true, nil
+	}
+	rc, err := c.f.SyscallConn()
+	if err != nil {
+		return false, err
+	}
+	var hole int64
+	var serr error
+	if err := rc.Control(func(fd uintptr) {
+		// The file offset it moves is never used: I/O is pread and pwrite.
+		hole, serr = unix.Seek(int(fd), off, unix.SEEK_HOLE)
+	}); err != nil {
+		return false, err
+	}
+	if serr == unix.ENXIO {
+		return false, nil // at or past the end
+	}
+	if serr != nil {
+		return false, fmt.Errorf("chunk %s: %w", c.f.Name(), serr)
+	}
+	return hole >= off+n, nil
+}
+
 func (c *chunk) fallocate(mode uint32, off, n int64) error {
 	// SyscallConn keeps the descriptor alive against a concurrent Close,
 	// which Fd would not.
