@@ -10,6 +10,7 @@ import (
 	"hostcrypt/cache"
 	"hostcrypt/disk"
 	"hostcrypt/internal/dirfd"
+	"hostcrypt/storage"
 	"hostcrypt/storage/latency"
 	"log/slog"
 	"net/http"
@@ -60,6 +61,11 @@ type Config struct {
 	Rotation      time.Duration
 	OnKeyExpiry   string
 	Log           *slog.Logger
+	// WrapStorage, if set, wraps the storage backend before anything uses
+	// it. A test hook, as control.Config.DESLimit is: no flag sets it, so
+	// only a test running the daemon in-process can, to put a
+	// fault-injecting decorator (storage/fault) under a real mount.
+	WrapStorage func(storage.Backend) storage.Backend
 }
 
 func (c *Config) check() error {
@@ -178,6 +184,9 @@ func Run(ctx context.Context, cfg Config, ready func()) (err error) {
 	defer lb.Close()
 	// latency.New returns lb itself when there is no latency to add.
 	sb := latency.New(lb, cfg.StorageLatency)
+	if cfg.WrapStorage != nil {
+		sb = cfg.WrapStorage(sb)
+	}
 	hb, err := local.Open(cfg.HostDir)
 	if err != nil {
 		return fmt.Errorf("host directory %s: %w", cfg.HostDir, err)
