@@ -14,11 +14,16 @@ import (
 	"github.com/spf13/pflag"
 
 	"hostcrypt/hostd"
+	"hostcrypt/internal/nodump"
 	"hostcrypt/internal/units"
 	"hostcrypt/storage/location"
 )
 
 func main() {
+	if err := nodump.Protect(); err != nil { // before any key is in memory
+		fmt.Fprintf(os.Stderr, "hostcryptd: %v\n", err)
+		os.Exit(1)
+	}
 	var c hostd.Config
 	fl := pflag.NewFlagSet("hostcryptd", pflag.ContinueOnError)
 	fl.StringVar(&c.StateDir, "state", "", "directory for the control plane's state and socket")

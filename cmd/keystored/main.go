@@ -16,11 +16,16 @@ import (
 
 	"github.com/spf13/pflag"
 
+	"hostcrypt/internal/nodump"
 	"hostcrypt/keystore/server"
 )
 
 func main() {
-	if err := run(os.Args[1:]); err != nil {
+	err := nodump.Protect() // before any key is in memory
+	if err == nil {
+		err = run(os.Args[1:])
+	}
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "keystored:", err)
 		os.Exit(1)
 	}
