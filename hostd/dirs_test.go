@@ -1,11 +1,17 @@
 package hostd
 
 import (
+	"bytes"
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"fmt"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -148,4 +154,107 @@ func TestLinkedHostCacheDirIsRefused(t *testing.T) {
 	entries, err := os.ReadDir(outside)
 	require.NoError(t, err)
 	require.Empty(t, entries)
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// TestPlantedLinkAtChunk is the attack end to end: a link planted at a
+// stopped VM's chunk, pointing out of the storage directory at a missing,
+// an empty or a non-empty file. Starting the VM and reading and writing
+// its disk create, write and read nothing out there, and no log line or
+// answer holds a byte of the target.
+func TestPlantedLinkAtChunk(t *testing.T) {
+	requireFUSE(t)
+	const secret = "SECRET-0123456789-never-in-a-log"
+	ksURL, ksDir := startKeystore(t)
+	for _, target := range []struct {
+		name    string
+		content *string
+	}{
+		{"missing", nil},
+		{"empty", new("")},
+		{"non-empty", new(secret)},
+	} {
+		t.Run(target.name, func(t *testing.T) {
+			cfg := daemonConfig(t.TempDir(), ksURL, ksDir)
+			logs := &syncBuffer{}
+			cfg.Log = slog.New(slog.NewTextHandler(logs, nil))
+			// The disk engine logs to the default logger.
+			prev := slog.Default()
+			slog.SetDefault(cfg.Log)
+			t.Cleanup(func() { slog.SetDefault(prev) })
+			runDaemon(t, cfg)
+			c := control.NewClient(filepath.Join(cfg.StateDir, "hostcryptd.sock"))
+			ctx := context.Background()
+			require.NoError(t, c.Do(ctx, "POST", "/vms", control.CreateVMRequest{Name: "vm1", OsDiskSizeBytes: 16 << 20, OsDiskCaching: "None"}, nil))
+			img := filepath.Join(cfg.MountDir, "vm1", "os.img")
+			data := make([]byte, 1<<20)
+			rand.Read(data)
+			src := filepath.Join(t.TempDir(), "src")
+			require.NoError(t, os.WriteFile(src, data, 0o600))
+			dd := func(args ...string) ([]byte, error) {
+				return exec.Command("dd", append(args, "status=none")...).CombinedOutput()
+			}
+			out, err := dd("if="+src, "of="+img, "bs=1M", "conv=notrunc,fsync")
+			require.NoError(t, err, string(out))
+			require.NoError(t, c.Do(ctx, "POST", "/vms/vm1/stop", nil, nil))
+
+			var d control.Disk
+			require.NoError(t, c.Do(ctx, "GET", "/disks/vm1_OsDisk", nil, &d))
+			chunk := filepath.Join(cfg.StorageDir, filepath.FromSlash(d.StoragePrefix), "chunks", "00000000")
+			require.FileExists(t, chunk)
+			outside := t.TempDir()
+			dst := filepath.Join(outside, "target")
+			if target.content != nil {
+				require.NoError(t, os.WriteFile(dst, []byte(*target.content), 0o600))
+			}
+			require.NoError(t, os.Remove(chunk))
+			require.NoError(t, os.Symlink(dst, chunk))
+
+			var answers []string
+			if err := c.Do(ctx, "POST", "/vms/vm1/start", nil, nil); err != nil {
+				answers = append(answers, err.Error())
+			} else {
+				// Started: the chunk is opened when the disk is used.
+				out, err := dd("if="+img, "of=/dev/null", "bs=1M", "count=1", "iflag=direct")
+				require.Error(t, err, "reading through the link")
+				answers = append(answers, string(out))
+				out, err = dd("if="+src, "of="+img, "bs=4k", "count=1", "conv=notrunc,fsync", "oflag=direct")
+				require.Error(t, err, "writing through the link")
+				answers = append(answers, string(out))
+			}
+			var vm control.VM
+			require.NoError(t, c.Do(ctx, "GET", "/vms/vm1", nil, &vm))
+			answers = append(answers, fmt.Sprintf("%+v", vm))
+
+			entries, err := os.ReadDir(outside)
+			require.NoError(t, err)
+			if target.content == nil {
+				require.Empty(t, entries, "no file is created out of the storage directory")
+			} else {
+				got, err := os.ReadFile(dst)
+				require.NoError(t, err)
+				require.Equal(t, *target.content, string(got), "the target is not written")
+			}
+			all := logs.String() + strings.Join(answers, "\n")
+			for _, leak := range []string{secret[:8], hex.EncodeToString([]byte(secret[:8])), fmt.Sprintf("% x", secret[:8]), outside} {
+				require.NotContains(t, all, leak)
+			}
+		})
+	}
 }
