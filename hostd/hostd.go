@@ -137,8 +137,12 @@ func Run(ctx context.Context, cfg Config, ready func()) (err error) {
 	if _, err := os.Stat("/dev/fuse"); err != nil {
 		return fmt.Errorf("FUSE is not available (/dev/fuse: %v); load the fuse module or install fuse3", err)
 	}
-	// --storage is made by its backend: it may be a rados:// location.
-	for _, d := range []string{cfg.StateDir, cfg.HostDir} {
+	// --storage may be a rados:// location, which has no directory.
+	dirs := []string{cfg.StateDir, cfg.HostDir}
+	if loc, err := location.Parse(cfg.StorageDir); err == nil && loc.Dir != "" {
+		dirs = append(dirs, loc.Dir)
+	}
+	for _, d := range dirs {
 		if err := os.MkdirAll(d, 0o700); err != nil {
 			return err
 		}

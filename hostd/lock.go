@@ -6,6 +6,7 @@ import (
 	"syscall"
 
 	"hostcrypt/internal/dirlock"
+	"hostcrypt/storage/location"
 )
 
 // lockDirs locks the state, storage and host directories, so that a second
@@ -27,9 +28,12 @@ func lockDirs(cfg Config) (release func(), err error) {
 			unlock()
 		}
 	}()
-	for _, d := range []struct{ flag, dir string }{
-		{"--state", cfg.StateDir}, {"--storage", cfg.StorageDir}, {"--host-dir", cfg.HostDir},
-	} {
+	dirs := []struct{ flag, dir string }{{"--state", cfg.StateDir}, {"--host-dir", cfg.HostDir}}
+	// A rados:// store is shared by design; only a directory is locked.
+	if loc, err := location.Parse(cfg.StorageDir); err == nil && loc.Dir != "" {
+		dirs = append(dirs, struct{ flag, dir string }{"--storage", loc.Dir})
+	}
+	for _, d := range dirs {
 		fi, err := os.Stat(d.dir)
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", d.flag, err)
