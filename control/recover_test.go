@@ -101,7 +101,7 @@ func TestStartSurvivesBadRecords(t *testing.T) {
 	for vmName, want := range map[string]string{
 		"nometa":     "meta.json is missing",
 		"badmeta":    "meta.json cannot be used",
-		"hugemeta":   "impossible size",
+		"hugemeta":   "size 4611686018427387904 bytes",
 		"ghost":      `names disk "ghost-data", which does not exist`,
 		"hugerecord": "impossible size",
 		"nulldisk":   `names disk "nulldisk-data", which does not exist`,
@@ -114,7 +114,7 @@ func TestStartSurvivesBadRecords(t *testing.T) {
 	}
 	for name, want := range map[string]string{
 		"nometa-data": "meta.json is missing", "badmeta-data": "not valid JSON",
-		"hugemeta-data": "impossible size", "hugerecord-data": "impossible size",
+		"hugemeta-data": "size 4611686018427387904 bytes", "hugerecord-data": "impossible size",
 	} {
 		d, err := f.h.ShowDisk(name)
 		require.NoError(t, err)
@@ -188,4 +188,17 @@ func TestFailedVMComesBackAtNextStart(t *testing.T) {
 	require.Empty(t, d.FailureReason)
 	_, err = disk.ReadMetadata(ctx, f.cfg.Storage, d.StoragePrefix)
 	require.NoError(t, err)
+}
+
+// A link planted at state.json is refused, and nothing of its target shows
+// in the error.
+func TestStateFileLinkRefused(t *testing.T) {
+	dir := t.TempDir()
+	secret := filepath.Join(t.TempDir(), "secret")
+	require.NoError(t, os.WriteFile(secret, []byte("SECRET-BYTES-not-json"), 0o600))
+	require.NoError(t, os.Symlink(secret, filepath.Join(dir, stateFile)))
+	_, err := loadState(dir)
+	require.Error(t, err)
+	require.NotContains(t, err.Error(), "SECRET")
+	require.NotContains(t, err.Error(), "invalid character")
 }

@@ -46,7 +46,9 @@ func loadState(dir string) (*state, error) {
 	if err := os.Chmod(dir, 0o700); err != nil {
 		return nil, err
 	}
-	raw, err := os.ReadFile(filepath.Join(dir, stateFile))
+	// Read through the directory: a link planted at state.json is refused,
+	// never followed (and none of its target's bytes reach an error).
+	raw, err := atomicfile.Read(filepath.Join(dir, stateFile))
 	if errors.Is(err, fs.ErrNotExist) {
 		return &state{Version: 1, Disks: map[string]*Disk{}, VMs: map[string]*VM{},
 			DES: map[string]*DiskEncryptionSet{}, Credentials: map[string]string{},
