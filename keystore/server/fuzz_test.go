@@ -3,8 +3,10 @@ package server
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net/http/httptest"
 	"net/url"
 	"os"
@@ -20,24 +22,8 @@ import (
 // request handlers: every answer must be a JSON envelope below 500,
 // without a panic or a hang.
 func FuzzHandlers(f *testing.F) {
-	dir := filepath.Join(f.TempDir(), "ks")
-	s, err := Open(Config{Dir: dir, Listen: "127.0.0.1:0", Clock: &fakeClock{now: time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)}, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	require.NoError(f, err)
-	f.Cleanup(func() { s.ln.Close(); s.cancel(); s.closeState() })
-	h := s.http.Handler
-	tok, _ := os.ReadFile(filepath.Join(dir, fileAdminToken))
-	admin := strings.TrimSpace(string(tok))
-	do := func(method, path, token string, body []byte) *httptest.ResponseRecorder {
-		req := httptest.NewRequest(method, path, bytes.NewReader(body))
-		if token != "" {
-			req.Header.Set("Authorization", "Bearer "+token)
-		}
-		rec := httptest.NewRecorder()
-		h.ServeHTTP(rec, req)
-		return rec
-	}
-	require.Equal(f, 201, do("PUT", "/vaults/fuzzvault", admin, []byte(`{"properties":{"sku":{"name":"premium"}}}`)).Code)
-	require.Equal(f, 200, do("POST", "/vaults/fuzzvault/keys/k/create", admin, []byte(`{"kty":"RSA","key_size":2048}`)).Code)
+	fz := newFuzzServer(f)
+	admin, do := fz.admin, fz.do
 
 	seeds := []struct {
 		method, path, body string
@@ -58,6 +44,17 @@ func FuzzHandlers(f *testing.F) {
 		{"POST", "/identities", `{"type":"User","tenantId":"t"}`},
 		{"POST", "/webhooks", `{"url":"ftp://x"}`},
 		{"GET", "/vaults/fuzzvault/keys/k/versions", `[]`},
+		// Times and durations at and beyond what can be stored.
+		{"PATCH", "/vaults/fuzzvault/keys/k", `{"attributes":{"exp":-99999999999999}}`},
+		{"PATCH", "/vaults/fuzzvault/keys/k", `{"attributes":{"nbf":9223372036854775807}}`},
+		{"POST", "/vaults/fuzzvault/keys/t/create", `{"kty":"RSA","attributes":{"exp":253402300800}}`},
+		{"PUT", "/vaults/fuzzvault/keys/k/rotationpolicy", `{"attributes":{"expiryTime":"P100000Y"}}`},
+		{"POST", "/vaults/fuzzvault/keys/k/rotate", ``},
+		// Names that only differ in case from reserved ones, ids that are paths.
+		{"PUT", "/vaults/PLATFORM", `{}`},
+		{"POST", "/identities", `{"type":"User","tenantId":"../../x"}`},
+		{"PUT", "/vaults/fuzzvault/accessPolicies/..%2F..%2Fx", `{"permissions":{"keys":["get"]}}`},
+		{"POST", "/webhooks", `{"url":"http://169.254.169.254/latest"}`},
 	}
 	for _, sd := range seeds {
 		f.Add(sd.method, sd.path, []byte(sd.body), true)
@@ -81,20 +78,99 @@ func FuzzHandlers(f *testing.F) {
 		if withToken {
 			token = admin
 		}
-		rec := do(method, path, token, body)
-		if rec.Code >= 500 {
-			t.Fatalf("%s %s %q: status %d: %s", method, path, body, rec.Code, rec.Body.String())
-		}
-		if rec.Code >= 400 {
-			var env struct {
-				Error struct {
-					Code    string `json:"code"`
-					Message string `json:"message"`
-				} `json:"error"`
-			}
-			if err := json.Unmarshal(rec.Body.Bytes(), &env); err != nil || env.Error.Code == "" || env.Error.Message == "" {
-				t.Fatalf("%s %s: status %d without an error envelope: %s", method, path, rec.Code, rec.Body.String())
-			}
-		}
+		fz.check(t, method, path, body, do(method, path, token, body))
+		// Whatever the request changed, what it left must still read and
+		// be worked on by the scheduler: no stored value may poison later
+		// requests.
+		fz.checkStateReadable(t)
 	})
+}
+
+// FuzzKeyTimes drives every path a time comes in (create, import-like
+// update, rotation policy, rotation, scheduler) with arbitrary Unix times
+// and ISO durations: nothing may answer 500 or leave a key that no longer
+// reads.
+func FuzzKeyTimes(f *testing.F) {
+	fz := newFuzzServer(f)
+	for _, v := range []int64{-99999999999999, math.MaxInt64, math.MinInt64, -1, 0, 253402300799, 253402300800, 1893456000} {
+		f.Add(v, v, "P90D")
+	}
+	f.Add(int64(0), int64(253402300799), "P100000Y")
+	f.Add(int64(1), int64(2), "P99999D")
+	f.Add(int64(1), int64(2), "PT2562047H")
+	f.Fuzz(func(t *testing.T, nbf, exp int64, expiry string) {
+		attrs := fmt.Sprintf(`{"attributes":{"nbf":%d,"exp":%d}}`, nbf, exp)
+		fz.check(t, "PATCH", "/vaults/fuzzvault/keys/k", []byte(attrs), fz.do("PATCH", "/vaults/fuzzvault/keys/k", fz.admin, []byte(attrs)))
+		body := []byte(fmt.Sprintf(`{"kty":"RSA","attributes":{"exp":%d}}`, exp))
+		fz.check(t, "POST", "/vaults/fuzzvault/keys/t/create", body, fz.do("POST", "/vaults/fuzzvault/keys/t/create", fz.admin, body))
+		pol, _ := json.Marshal(map[string]any{
+			"lifetimeActions": []any{map[string]any{"trigger": map[string]string{"timeBeforeExpiry": expiry}, "action": map[string]string{"type": "Notify"}}},
+			"attributes":      map[string]string{"expiryTime": expiry},
+		})
+		fz.check(t, "PUT", "rotationpolicy", pol, fz.do("PUT", "/vaults/fuzzvault/keys/t/rotationpolicy", fz.admin, pol))
+		fz.check(t, "POST", "rotate", nil, fz.do("POST", "/vaults/fuzzvault/keys/t/rotate", fz.admin, nil))
+		fz.checkStateReadable(t)
+	})
+}
+
+type fuzzServer struct {
+	s     *Server
+	admin string
+	do    func(method, path, token string, body []byte) *httptest.ResponseRecorder
+}
+
+// newFuzzServer opens a key store for a fuzz target with a premium vault
+// fuzzvault holding an RSA key k.
+func newFuzzServer(f *testing.F) *fuzzServer {
+	dir := filepath.Join(f.TempDir(), "ks")
+	s, err := Open(Config{Dir: dir, Listen: "127.0.0.1:0", Clock: &fakeClock{now: time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)}, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	require.NoError(f, err)
+	f.Cleanup(func() { s.ln.Close(); s.cancel(); s.closeState() })
+	h := s.http.Handler
+	tok, _ := os.ReadFile(filepath.Join(dir, fileAdminToken))
+	fz := &fuzzServer{s: s, admin: strings.TrimSpace(string(tok))}
+	fz.do = func(method, path, token string, body []byte) *httptest.ResponseRecorder {
+		req := httptest.NewRequest(method, path, bytes.NewReader(body))
+		req.RemoteAddr = "192.0.2.1:1234"
+		if token != "" {
+			req.Header.Set("Authorization", "Bearer "+token)
+		}
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, req)
+		return rec
+	}
+	require.Equal(f, 201, fz.do("PUT", "/vaults/fuzzvault", fz.admin, []byte(`{"properties":{"sku":{"name":"premium"}}}`)).Code)
+	require.Equal(f, 200, fz.do("POST", "/vaults/fuzzvault/keys/k/create", fz.admin, []byte(`{"kty":"RSA","key_size":2048}`)).Code)
+	return fz
+}
+
+// check fails on a 5xx and on an error answer without Key Vault's envelope.
+func (fz *fuzzServer) check(t *testing.T, method, path string, body []byte, rec *httptest.ResponseRecorder) {
+	t.Helper()
+	if rec.Code >= 500 {
+		t.Fatalf("%s %s %q: status %d: %s", method, path, body, rec.Code, rec.Body.String())
+	}
+	if rec.Code >= 400 {
+		var env struct {
+			Error struct {
+				Code    string `json:"code"`
+				Message string `json:"message"`
+			} `json:"error"`
+		}
+		if err := json.Unmarshal(rec.Body.Bytes(), &env); err != nil || env.Error.Code == "" || env.Error.Message == "" {
+			t.Fatalf("%s %s: status %d without an error envelope: %s", method, path, rec.Code, rec.Body.String())
+		}
+	}
+}
+
+// checkStateReadable reads back every key of fuzzvault and runs a scheduler
+// pass: a value stored by an earlier request must not make these fail.
+func (fz *fuzzServer) checkStateReadable(t *testing.T) {
+	t.Helper()
+	for _, p := range []string{"/vaults/fuzzvault/keys", "/vaults/fuzzvault/keys/k/versions", "/vaults/fuzzvault/keys/t/versions", "/vaults/fuzzvault/deletedkeys", "/events?after=0", "/vaults"} {
+		fz.check(t, "GET", p, nil, fz.do("GET", p, fz.admin, nil))
+	}
+	if err := fz.s.RunDue(); err != nil {
+		t.Fatalf("scheduler pass after the request: %v", err)
+	}
 }

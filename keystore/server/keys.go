@@ -192,7 +192,33 @@ func validKeyOps(ops []string, oct bool) ([]string, error) {
 	return out, nil
 }
 
-// applyAttributes sets nbf/exp/enabled from a request.
+// The range of nbf and exp: Unix seconds that a time can be stored and
+// shown in (RFC 3339 and JSON spell years 0000 to 9999). Times before 1970
+// mean nothing for a key's validity, so the range starts at the epoch.
+const (
+	minUnixTime = 0            // 1970-01-01T00:00:00Z
+	maxUnixTime = 253402300799 // 9999-12-31T23:59:59Z
+)
+
+// checkAttributes refuses nbf or exp outside [minUnixTime, maxUnixTime],
+// before anything is generated or stored.
+func checkAttributes(a *KeyAttributes) error {
+	if a == nil {
+		return nil
+	}
+	for _, f := range []struct {
+		name string
+		v    *int64
+	}{{"nbf", a.NBF}, {"exp", a.EXP}} {
+		if f.v != nil && (*f.v < minUnixTime || *f.v > maxUnixTime) {
+			return badParam("attributes.%s %d is out of range: use Unix seconds from %d (1970-01-01T00:00:00Z) to %d (9999-12-31T23:59:59Z)", f.name, *f.v, minUnixTime, maxUnixTime)
+		}
+	}
+	return nil
+}
+
+// applyAttributes sets nbf/exp/enabled from a request checked by
+// checkAttributes.
 func applyAttributes(kv *keyVersion, a *KeyAttributes) {
 	if a == nil {
 		return
@@ -241,6 +267,9 @@ func sealAD(vaultName, name, version string) []byte {
 func (s *Server) createKey(c *call) (any, error) {
 	var req keyCreateReq
 	if err := decode(c, &req); err != nil {
+		return nil, err
+	}
+	if err := checkAttributes(req.Attributes); err != nil {
 		return nil, err
 	}
 	name := c.r.PathValue("name")
@@ -339,6 +368,9 @@ type keyImportReq struct {
 func (s *Server) importKey(c *call) (any, error) {
 	var req keyImportReq
 	if err := decode(c, &req); err != nil {
+		return nil, err
+	}
+	if err := checkAttributes(req.Attributes); err != nil {
 		return nil, err
 	}
 	name := c.r.PathValue("name")
@@ -503,6 +535,9 @@ type keyUpdateReq struct {
 func (s *Server) updateKey(c *call) (any, error) {
 	var req keyUpdateReq
 	if err := decode(c, &req); err != nil {
+		return nil, err
+	}
+	if err := checkAttributes(req.Attributes); err != nil {
 		return nil, err
 	}
 	var out KeyBundle

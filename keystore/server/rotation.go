@@ -95,6 +95,19 @@ func (d isoDuration) approx() time.Duration {
 
 const day = 24 * time.Hour
 
+// maxPolicyDuration bounds every duration of a rotation policy: a new
+// version's exp is its creation plus expiryTime, and must stay a time that
+// can be stored (see maxUnixTime) for as long as the store runs.
+const maxPolicyDuration = 36525 * day // P100Y
+
+func checkPolicyDuration(field, v string, d isoDuration) error {
+	ref := time.Date(2001, 1, 1, 0, 0, 0, 0, time.UTC)
+	if end := d.addTo(ref); end.Year() > 2101 || end.Sub(ref) > maxPolicyDuration {
+		return badParam("%s %s is too long; the maximum is 100 years (P100Y)", field, v)
+	}
+	return nil
+}
+
 // validatePolicy checks a policy as Key Vault does and normalises it.
 func validatePolicy(p *rotationPolicy) error {
 	var expiry time.Duration
@@ -102,6 +115,9 @@ func validatePolicy(p *rotationPolicy) error {
 		d, err := parseISODuration(p.ExpiryTime)
 		if err != nil {
 			return badParam("expiryTime: %v", err)
+		}
+		if err := checkPolicyDuration("expiryTime", p.ExpiryTime, d); err != nil {
+			return err
 		}
 		if expiry = d.approx(); expiry < 28*day {
 			return badParam("expiryTime %s is too short; it must be at least 28 days (P28D)", p.ExpiryTime)
@@ -133,6 +149,9 @@ func validatePolicy(p *rotationPolicy) error {
 			d, err := parseISODuration(v)
 			if err != nil {
 				return badParam("lifetimeActions[%d].trigger.%s: %v", i, field, err)
+			}
+			if err := checkPolicyDuration(fmt.Sprintf("lifetimeActions[%d].trigger.%s", i, field), v, d); err != nil {
+				return err
 			}
 			if d.approx() < 7*day {
 				return badParam("lifetimeActions[%d].trigger.%s %s is too short; the minimum is 7 days (P7D)", i, field, v)

@@ -24,11 +24,19 @@ func (c *hookClock) Now() time.Time {
 	return time.Now().Add(c.offset)
 }
 
-func (c *hookClock) advance(d time.Duration) time.Time {
+// maxHookOffset keeps the moved clock far from where times stop being
+// storable (year 9999) and from overflowing the offset.
+const maxHookOffset = 100 * 365 * 24 * time.Hour
+
+func (c *hookClock) advance(d time.Duration) (time.Time, bool) {
 	c.mu.Lock()
+	if d > maxHookOffset-c.offset {
+		c.mu.Unlock()
+		return time.Time{}, false
+	}
 	c.offset += d
 	c.mu.Unlock()
-	return c.Now()
+	return c.Now(), true
 }
 
 type clockReq struct {
@@ -52,7 +60,10 @@ func registerTestHooks(s *Server, h func(pattern, op string, f handlerFunc)) {
 		if err != nil || d < 0 {
 			return nil, badParam("advance %q is not a non-negative duration", req.Advance)
 		}
-		now := hc.advance(d)
+		now, ok := hc.advance(d)
+		if !ok {
+			return nil, badParam("advance %q would move the clock more than 100 years (876000h) in all", req.Advance)
+		}
 		if err := s.RunDue(); err != nil {
 			return nil, err
 		}
