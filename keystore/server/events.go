@@ -72,8 +72,9 @@ func (s *Server) appendEvent(tx *bolt.Tx, typ, vaultName, subject string, d Even
 	return b.Put(seqKey(seq), raw)
 }
 
-// readEvents returns up to limit events after seq.
-func (s *Server) readEvents(after uint64, limit int, match func(*Event) bool) ([]Event, error) {
+// readEvents returns up to limit events after seq that match; match runs
+// inside the read transaction and may look at the state through tx.
+func (s *Server) readEvents(after uint64, limit int, match func(*bolt.Tx, *Event) bool) ([]Event, error) {
 	out := []Event{}
 	err := s.db.View(func(tx *bolt.Tx) error {
 		c := tx.Bucket(bucketEvents).Cursor()
@@ -85,7 +86,7 @@ func (s *Server) readEvents(after uint64, limit int, match func(*Event) bool) ([
 			if err := json.Unmarshal(v, &ev); err != nil {
 				return err
 			}
-			if match == nil || match(&ev) {
+			if match == nil || match(tx, &ev) {
 				out = append(out, ev)
 			}
 		}
@@ -96,7 +97,7 @@ func (s *Server) readEvents(after uint64, limit int, match func(*Event) bool) ([
 
 // waitEvents long-polls: it returns as soon as there are events after seq,
 // or when wait has passed or ctx ends.
-func (s *Server) waitEvents(ctx context.Context, after uint64, limit int, wait time.Duration, match func(*Event) bool) ([]Event, error) {
+func (s *Server) waitEvents(ctx context.Context, after uint64, limit int, wait time.Duration, match func(*bolt.Tx, *Event) bool) ([]Event, error) {
 	deadline := time.NewTimer(wait)
 	defer deadline.Stop()
 	for {
@@ -174,7 +175,14 @@ func (s *Server) stopWebhook(id string) {
 func (s *Server) deliver(ctx context.Context, w webhook) {
 	client := &http.Client{Timeout: 10 * time.Second}
 	backoff := s.cfg.WebhookRetryMin
-	match := func(ev *Event) bool { return w.Vault == "" || ev.Data.VaultName == w.Vault }
+	// A webhook sees its tenant's vaults only, as GET /events does.
+	match := func(tx *bolt.Tx, ev *Event) bool {
+		if w.Vault != "" && ev.Data.VaultName != w.Vault {
+			return false
+		}
+		v, err := loadVault(tx, ev.Data.VaultName)
+		return err == nil && v.TenantID == w.Tenant
+	}
 	for ctx.Err() == nil {
 		evs, err := s.waitEvents(ctx, w.Cursor, 100, time.Minute, match)
 		if err != nil || len(evs) == 0 {

@@ -4,7 +4,9 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
+	"strings"
 	"time"
+	"unicode"
 
 	bolt "go.etcd.io/bbolt"
 )
@@ -53,8 +55,11 @@ func (s *Server) createIdentity(c *call) (any, error) {
 	if tenant == "" {
 		tenant = c.p.TenantID
 	}
-	if len(tenant) > 64 || len(req.DisplayName) > 128 {
-		return nil, badParam("tenantId or displayName is too long")
+	if err := checkID("tenantId", tenant); err != nil {
+		return nil, err
+	}
+	if len(req.DisplayName) > 128 || strings.IndexFunc(req.DisplayName, unicode.IsControl) >= 0 {
+		return nil, badParam("displayName is not valid: at most 128 characters, none of them control characters")
 	}
 	token := newToken()
 	p := principal{ObjectID: newID(), TenantID: tenant, Kind: typ, DisplayName: req.DisplayName, TokenHash: tokenHash(token), Created: s.clock.Now().UTC()}
@@ -198,7 +203,7 @@ func (s *Server) readEventsAPI(c *call) (any, error) {
 			})
 		})
 	}
-	match := func(ev *Event) bool {
+	match := func(_ *bolt.Tx, ev *Event) bool {
 		if vaultName != "" && ev.Data.VaultName != vaultName {
 			return false
 		}
@@ -230,6 +235,16 @@ func (s *Server) createWebhook(c *call) (any, error) {
 	}
 	w := webhook{ID: newID(), URL: req.URL, Vault: req.Vault, Tenant: c.p.TenantID}
 	err = s.db.Update(func(tx *bolt.Tx) error {
+		if w.Vault != "" {
+			// Only a vault of the caller's tenant; another tenant's is
+			// not found, as it is to GET /events.
+			if err := checkVaultName(w.Vault); err != nil {
+				return err
+			}
+			if v, err := loadVault(tx, w.Vault); err != nil || v.TenantID != w.Tenant {
+				return vaultNotFound(w.Vault)
+			}
+		}
 		// Deliver events from now on, not the whole history.
 		if k, _ := tx.Bucket(bucketEvents).Cursor().Last(); k != nil {
 			w.Cursor = bigEndian(k)

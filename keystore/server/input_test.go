@@ -5,7 +5,9 @@ import (
 	"crypto/rsa"
 	"math"
 	"math/big"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -102,4 +104,100 @@ func testJWK(t *testing.T) client.JSONWebKey {
 	require.NoError(t, err)
 	enc := func(b *big.Int) string { return b64(b.Bytes()) }
 	return client.JSONWebKey{Kty: "RSA", N: enc(pk.N), E: enc(big.NewInt(int64(pk.E))), D: enc(pk.D), P: enc(pk.Primes[0]), Q: enc(pk.Primes[1])}
+}
+
+// TestReservedNamesAndIDs: the reserved vault name is reserved in every
+// case; vault names are unique regardless of case; tenant and object ids,
+// which end up in URLs, tokens' records and the host's files, are refused
+// unless they are plain identifiers, with a message saying what is allowed.
+func TestReservedNamesAndIDs(t *testing.T) {
+	e := startEnv(t)
+	e.vault("stdvault", "standard")
+	for _, name := range []string{"platform", "PLATFORM", "Platform", "pLaTfOrM"} {
+		_, err := e.admin.CreateVault(bg, name, client.VaultCreate{})
+		requireCode(t, err, 409, "VaultNameReserved")
+		assert.Contains(t, err.Error(), "reserved")
+	}
+	_, err := e.admin.CreateVault(bg, "StdVault", client.VaultCreate{})
+	requireCode(t, err, 409, "VaultAlreadyExists")
+	assert.Contains(t, err.Error(), "stdvault")
+
+	badIDs := []string{"../../x", "..", "a/b", `a\b`, "x y", "-lead", "t\x1b[31m", strings.Repeat("a", 65), "ten%2Fant"}
+	for _, id := range badIDs {
+		_, err := e.platform.CreateIdentity(bg, "User", id, "")
+		requireCode(t, err, 400, "BadParameter")
+		assert.Contains(t, err.Error(), "letters, digits and hyphens", "tenant %q", id)
+
+		if id != ".." { // a path segment of its own: the router cleans it away
+			_, err = e.admin.SetPolicy(bg, "stdvault", id, []string{"get"})
+			requireCode(t, err, 400, "BadParameter")
+			assert.Contains(t, err.Error(), "letters, digits and hyphens", "object id %q", id)
+		}
+
+		var vc client.VaultCreate
+		vc.Properties.AllowedTenants = []string{id}
+		_, err = e.admin.CreateVault(bg, "newvault", vc)
+		requireCode(t, err, 400, "BadParameter")
+		var vu client.VaultUpdate
+		vu.Properties.AllowedTenants = &[]string{"ok-tenant", id}
+		_, err = e.admin.UpdateVault(bg, "stdvault", vu)
+		requireCode(t, err, 400, "BadParameter")
+		assert.Contains(t, err.Error(), "allowedTenants")
+	}
+	_, err = e.platform.CreateIdentity(bg, "User", "", "des/name\x1b]0;pwned\x07")
+	requireCode(t, err, 400, "BadParameter")
+	assert.Contains(t, err.Error(), "displayName")
+	// Plain ids, UUIDs and display names with slashes (des/NAME) still work.
+	id, err := e.platform.CreateIdentity(bg, "User", "Tenant-B-01", "des/set1")
+	require.NoError(t, err)
+	assert.Equal(t, "Tenant-B-01", id.TenantID)
+	_, err = e.platform.CreateIdentity(bg, "User", "4f0c1a52-6b1e-4f7e-9d6a-0a1b2c3d4e5f", "")
+	require.NoError(t, err)
+	_, err = e.admin.SetPolicy(bg, "stdvault", id.PrincipalID, []string{"get"})
+	require.NoError(t, err)
+	v, err := e.admin.GetVault(bg, "stdvault")
+	require.NoError(t, err)
+	assert.Len(t, v.Properties.AccessPolicies, 2, "the refused calls changed nothing")
+	assert.Empty(t, v.Properties.AllowedTenants)
+}
+
+// TestWebhookStaysInItsTenant: a webhook receives events of its own
+// tenant's vaults only, as GET /events does, and cannot name another
+// tenant's vault.
+func TestWebhookStaysInItsTenant(t *testing.T) {
+	e := startEnv(t)
+	got := make(chan []client.Event, 10)
+	hook := newHookServer(t, func(evs []client.Event) int { got <- evs; return 200 })
+	e.allowWebhooks(hook)
+	e.vault("avault", "standard")
+	_, bc := e.identity("User", "tenant-b")
+	_, err := bc.CreateVault(bg, "bvault", client.VaultCreate{})
+	require.NoError(t, err)
+
+	_, err = e.admin.CreateWebhook(bg, hook+"/x", "bvault")
+	requireCode(t, err, 404, "VaultNotFound")
+	_, err = e.admin.CreateWebhook(bg, hook+"/x", "no_such/vault")
+	requireCode(t, err, 400, "BadParameter")
+	_, err = e.admin.CreateWebhook(bg, hook+"/all", "")
+	require.NoError(t, err)
+
+	_, err = bc.CreateKey(bg, "bvault", "secret-name", client.KeyCreate{Kty: "RSA"})
+	require.NoError(t, err)
+	_, err = e.admin.CreateKey(bg, "avault", "k", client.KeyCreate{Kty: "RSA"})
+	require.NoError(t, err)
+	// Events are delivered in order: once avault's arrived, bvault's would
+	// have come before or with it.
+	for {
+		select {
+		case evs := <-got:
+			for _, ev := range evs {
+				require.NotEqual(t, "bvault", ev.Data.VaultName, "an event of another tenant's vault was delivered")
+			}
+			if evs[len(evs)-1].Data.VaultName == "avault" {
+				return
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("the webhook did not get avault's event")
+		}
+	}
 }

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"fmt"
 	"net/http"
 	"regexp"
 	"sort"
@@ -10,6 +11,34 @@ import (
 )
 
 var vaultNameRE = regexp.MustCompile(`^[a-zA-Z][a-zA-Z0-9-]{1,22}[a-zA-Z0-9]$`)
+
+// idRE is what a tenant or object id may be: ids end up in URLs, in the
+// host's records and in messages, so they are plain identifiers (UUIDs
+// and names like tenant-b), never paths.
+var idRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9-]{0,63}$`)
+
+func checkID(field, id string) error {
+	if !idRE.MatchString(id) {
+		return badParam("%s %q is not valid: 1-64 letters, digits and hyphens, starting with a letter or digit (a UUID, for example)", field, id)
+	}
+	return nil
+}
+
+func checkTenants(field string, ids []string) error {
+	for i, id := range ids {
+		if err := checkID(fmt.Sprintf("%s[%d]", field, i), id); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func checkVaultName(name string) error {
+	if !vaultNameRE.MatchString(name) || strings.Contains(name, "--") {
+		return badParam("vault name %q is not valid: 3-24 letters, digits and single hyphens, starting with a letter and ending with a letter or digit", name)
+	}
+	return nil
+}
 
 // VaultJSON is a vault as the API returns it (Azure Resource Manager shape).
 type VaultJSON struct {
@@ -139,11 +168,13 @@ func (s *Server) createVault(c *call) (any, error) {
 		return nil, err
 	}
 	name := c.r.PathValue("vault")
-	if !vaultNameRE.MatchString(name) || strings.Contains(name, "--") {
-		return nil, badParam("vault name %q is not valid: 3-24 letters, digits and single hyphens, starting with a letter and ending with a letter or digit", name)
+	if err := checkVaultName(name); err != nil {
+		return nil, err
 	}
-	if name == PlatformVault {
-		return nil, errf(http.StatusConflict, "VaultNameReserved", "", "vault name %s is reserved for the platform; choose another name", name)
+	// Vault names are case-insensitive, as in Key Vault: PLATFORM is the
+	// platform's vault as much as platform is.
+	if strings.EqualFold(name, PlatformVault) {
+		return nil, errf(http.StatusConflict, "VaultNameReserved", "", "vault name %s is reserved for the platform (in any case); choose another name", name)
 	}
 	if c.p.Kind != kindAdmin && c.p.Kind != kindUser {
 		return nil, forbiddenByPolicy("caller %s (%s) may not create vaults; an administrator or user can", c.p.ObjectID, c.p.Kind)
@@ -177,11 +208,20 @@ func (s *Server) createVault(c *call) (any, error) {
 	if p.EnablePurgeProtection != nil {
 		v.EnablePurgeProtection = *p.EnablePurgeProtection
 	}
+	if err := checkTenants("properties.allowedTenants", p.AllowedTenants); err != nil {
+		return nil, err
+	}
 	v.AllowedTenants = p.AllowedTenants
 	v.AccessPolicies = []accessPolicy{{TenantID: c.p.TenantID, ObjectID: c.p.ObjectID, Permissions: permissions{Keys: append([]string(nil), allKeyPermissions...)}}}
 	err := s.db.Update(func(tx *bolt.Tx) error {
-		if tx.Bucket(bucketVaults).Get([]byte(name)) != nil {
-			return errf(http.StatusConflict, "VaultAlreadyExists", "", "vault %s already exists; choose another name or use `hostcrypt keyvault show --name %s`", name, name)
+		err := tx.Bucket(bucketVaults).ForEach(func(k, _ []byte) error {
+			if strings.EqualFold(string(k), name) {
+				return errf(http.StatusConflict, "VaultAlreadyExists", "", "vault %s already exists (vault names are case-insensitive); choose another name or use `hostcrypt keyvault show --name %s`", k, k)
+			}
+			return nil
+		})
+		if err != nil {
+			return err
 		}
 		return putJSON(tx, bucketVaults, name, v)
 	})
@@ -261,6 +301,9 @@ func (s *Server) updateVault(c *call) (any, error) {
 			v.EnablePurgeProtection = *pp
 		}
 		if at := req.Properties.AllowedTenants; at != nil {
+			if err := checkTenants("properties.allowedTenants", *at); err != nil {
+				return err
+			}
 			v.AllowedTenants = *at
 		}
 		out = s.vaultJSON(v)
@@ -280,8 +323,13 @@ func (s *Server) setPolicy(c *call) (any, error) {
 		return nil, err
 	}
 	objectID := c.r.PathValue("objectId")
-	if len(objectID) == 0 || len(objectID) > 64 {
-		return nil, badParam("object id %q is not valid", objectID)
+	if err := checkID("object id", objectID); err != nil {
+		return nil, err
+	}
+	if req.TenantID != "" {
+		if err := checkID("tenantId", req.TenantID); err != nil {
+			return nil, err
+		}
 	}
 	perms := []string{}
 	for _, p := range req.Permissions.Keys {
