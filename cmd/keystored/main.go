@@ -5,6 +5,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -37,6 +38,8 @@ func run(args []string) error {
 	dir := fs.String("dir", "", "state directory (created on first start)")
 	listen := fs.String("listen", "127.0.0.1:8443", "address to serve TLS on; port 0 picks a free port")
 	passFile := fs.String("passphrase-file", "", "file holding a passphrase that seals the master key")
+	webhookAllow := fs.StringSlice("webhook-allow", nil, "webhook destinations administrators may register: host[:port] (https), or a URL prefix https://host[:port]/path/ or http://host[:port]/path/; repeat or separate with commas (none: no webhooks)")
+	webhookCA := fs.String("webhook-ca", "", "PEM file of CA certificates that https webhook destinations are verified with (default: the system's)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, pflag.ErrHelp) {
 			return nil // asked for help, got it
@@ -49,7 +52,17 @@ func run(args []string) error {
 	if *dir == "" {
 		return fmt.Errorf("--dir is required")
 	}
-	cfg := server.Config{Dir: *dir, Listen: *listen, Logger: slog.New(slog.NewTextHandler(os.Stderr, nil))}
+	cfg := server.Config{Dir: *dir, Listen: *listen, Logger: slog.New(slog.NewTextHandler(os.Stderr, nil)), WebhookAllow: *webhookAllow}
+	if *webhookCA != "" {
+		pemData, err := os.ReadFile(*webhookCA)
+		if err != nil {
+			return fmt.Errorf("--webhook-ca: %w", err)
+		}
+		cfg.WebhookRootCAs = x509.NewCertPool()
+		if !cfg.WebhookRootCAs.AppendCertsFromPEM(pemData) {
+			return fmt.Errorf("--webhook-ca %s holds no PEM certificate", *webhookCA)
+		}
+	}
 	if *passFile != "" {
 		p, err := os.ReadFile(*passFile)
 		if err != nil {

@@ -374,8 +374,6 @@ func lastSeq(t *testing.T, e *env) uint64 {
 }
 
 func TestEventsLongPollAndWebhook(t *testing.T) {
-	e := startEnv(t)
-	e.vault("evvault", "standard")
 	got := make(chan []client.Event, 10)
 	fails := 2
 	hook := newHookServer(t, func(evs []client.Event) int {
@@ -386,6 +384,8 @@ func TestEventsLongPollAndWebhook(t *testing.T) {
 		got <- evs
 		return 200
 	})
+	e := startEnv(t, withWebhookAllow(hook+"/"))
+	e.vault("evvault", "standard")
 	_, err := e.admin.CreateWebhook(bg, hook, "evvault")
 	require.NoError(t, err)
 

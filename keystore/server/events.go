@@ -5,6 +5,8 @@ import (
 	"context"
 	"encoding/binary"
 	"encoding/json"
+	"fmt"
+	"io"
 	"net/http"
 	"sync"
 	"time"
@@ -173,7 +175,15 @@ func (s *Server) stopWebhook(id string) {
 }
 
 func (s *Server) deliver(ctx context.Context, w webhook) {
-	client := &http.Client{Timeout: 10 * time.Second}
+	// The allow list is the operator's and may have changed since the
+	// webhook was registered: a destination no longer allowed gets nothing.
+	allow, err := s.webhookEntry(w.URL)
+	if err != nil {
+		s.log.Error("webhook not delivered: its destination is not allowed by --webhook-allow", "webhook", w.ID, "url", w.URL, "err", err)
+		return
+	}
+	client := s.webhookClient(allow)
+	defer client.CloseIdleConnections()
 	backoff := s.cfg.WebhookRetryMin
 	// A webhook sees its tenant's vaults only, as GET /events does.
 	match := func(tx *bolt.Tx, ev *Event) bool {
@@ -193,10 +203,16 @@ func (s *Server) deliver(ctx context.Context, w webhook) {
 		req.Header.Set("Content-Type", "application/json")
 		resp, err := client.Do(req)
 		if err == nil {
+			io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
 			resp.Body.Close()
+			if resp.StatusCode/100 == 3 {
+				err = fmt.Errorf("the destination answered %s; redirects are not followed", resp.Status)
+			} else if resp.StatusCode/100 != 2 {
+				err = fmt.Errorf("the destination answered %s", resp.Status)
+			}
 		}
-		if err != nil || resp.StatusCode/100 != 2 {
-			s.log.Warn("webhook delivery failed; retrying", "webhook", w.ID, "url", w.URL, "backoff", backoff)
+		if err != nil {
+			s.log.Warn("webhook delivery failed; retrying", "webhook", w.ID, "url", w.URL, "backoff", backoff, "err", err)
 			select {
 			case <-time.After(backoff):
 			case <-ctx.Done():

@@ -9,6 +9,8 @@ import (
 	"hostcrypt/keystore/client"
 )
 
+// newHookServer starts a plain-http receiver on 127.0.0.1 and returns its
+// URL, http://127.0.0.1:PORT.
 func newHookServer(t *testing.T, f func([]client.Event) int) string {
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		var evs []client.Event
@@ -19,5 +21,7 @@ func newHookServer(t *testing.T, f func([]client.Event) int) string {
 	return srv.URL
 }
 
-// allowWebhooks lets the key store deliver to the given URLs' servers.
-func (e *env) allowWebhooks(urls ...string) {}
+// withWebhookAllow sets the operator's webhook allow list.
+func withWebhookAllow(entries ...string) envOpt {
+	return func(c *Config) { c.WebhookAllow = append(c.WebhookAllow, entries...) }
+}

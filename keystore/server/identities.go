@@ -229,12 +229,11 @@ func (s *Server) createWebhook(c *call) (any, error) {
 	if err := c.requireKind("register webhooks; an administrator can", kindAdmin); err != nil {
 		return nil, err
 	}
-	u, err := url.Parse(req.URL)
-	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return nil, badParam("webhook url %q is not an http(s) URL", req.URL)
+	if _, err := s.webhookEntry(req.URL); err != nil {
+		return nil, err
 	}
 	w := webhook{ID: newID(), URL: req.URL, Vault: req.Vault, Tenant: c.p.TenantID}
-	err = s.db.Update(func(tx *bolt.Tx) error {
+	err := s.db.Update(func(tx *bolt.Tx) error {
 		if w.Vault != "" {
 			// Only a vault of the caller's tenant; another tenant's is
 			// not found, as it is to GET /events.

@@ -165,10 +165,9 @@ func TestReservedNamesAndIDs(t *testing.T) {
 // tenant's vaults only, as GET /events does, and cannot name another
 // tenant's vault.
 func TestWebhookStaysInItsTenant(t *testing.T) {
-	e := startEnv(t)
 	got := make(chan []client.Event, 10)
 	hook := newHookServer(t, func(evs []client.Event) int { got <- evs; return 200 })
-	e.allowWebhooks(hook)
+	e := startEnv(t, withWebhookAllow(hook+"/"))
 	e.vault("avault", "standard")
 	_, bc := e.identity("User", "tenant-b")
 	_, err := bc.CreateVault(bg, "bvault", client.VaultCreate{})

@@ -13,7 +13,7 @@ import (
 // TestVaultAndIdentityOperations covers the management operations not
 // walked through by the lifecycle tests, with their errors.
 func TestVaultAndIdentityOperations(t *testing.T) {
-	e := startEnv(t)
+	e := startEnv(t, withWebhookAllow("http://127.0.0.1:1/hook"))
 	var vc client.VaultCreate
 	vc.Location = "WestEurope"
 	vc.Properties.Sku = &client.Sku{Name: "Premium"}

@@ -9,6 +9,7 @@ package server
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -17,6 +18,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -46,6 +48,17 @@ type Config struct {
 	TickInterval    time.Duration // how often the scheduler runs (default 1 s)
 	WebhookRetryMin time.Duration // first webhook retry delay (default 1 s)
 	MaxBodyBytes    int64         // request body limit (default 1 MiB)
+
+	// WebhookAllow lists the destinations webhooks may call (see
+	// webhook.go for the forms); empty allows none.
+	WebhookAllow []string
+	// WebhookRootCAs verifies https webhook destinations; nil uses the
+	// system's roots.
+	WebhookRootCAs *x509.CertPool
+
+	// webhookLookup resolves a webhook's host name (tests map names to
+	// local servers); nil uses the system resolver.
+	webhookLookup func(ctx context.Context, host string) ([]netip.Addr, error)
 }
 
 // Server is a running key store.
@@ -71,6 +84,9 @@ type Server struct {
 	whMu     sync.Mutex
 	webhooks map[string]context.CancelFunc
 	runMu    sync.Mutex // one scheduler pass at a time
+
+	webhookAllow  []allowEntry
+	webhookLookup func(ctx context.Context, host string) ([]netip.Addr, error)
 }
 
 // Open initialises the state directory on first start (master key, CA,
@@ -100,6 +116,10 @@ func Open(cfg Config) (*Server, error) {
 	if cfg.MaxBodyBytes == 0 {
 		cfg.MaxBodyBytes = 1 << 20
 	}
+	allow, err := parseWebhookAllow(cfg.WebhookAllow)
+	if err != nil {
+		return nil, err
+	}
 	if err := ensureDir(cfg.Dir); err != nil {
 		return nil, err
 	}
@@ -107,7 +127,8 @@ func Open(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, log: cfg.Logger, clock: cfg.Clock, master: master, created: created, hub: newHub(), webhooks: map[string]context.CancelFunc{}}
+	s := &Server{cfg: cfg, log: cfg.Logger, clock: cfg.Clock, master: master, created: created, hub: newHub(), webhooks: map[string]context.CancelFunc{},
+		webhookAllow: allow, webhookLookup: cfg.webhookLookup}
 	ok := false
 	defer func() {
 		if !ok {
