@@ -226,6 +226,45 @@ func (c *Client) Audit(ctx context.Context, after uint64, vault string, limit in
 	return l.Value, c.do(ctx, http.MethodGet, "/audit", q, nil, &l)
 }
 
+// AuditQuery reads the audit records q selects.
+func (c *Client) AuditQuery(ctx context.Context, q AuditQuery) (*AuditPage, error) {
+	v := url.Values{"after": {strconv.FormatUint(q.After, 10)}}
+	if q.Vault != "" {
+		v.Set("vault", q.Vault)
+	}
+	if q.Limit > 0 {
+		v.Set("limit", strconv.Itoa(q.Limit))
+	}
+	if q.Last > 0 {
+		v.Set("last", strconv.Itoa(q.Last))
+	}
+	if len(q.ExcludeOps) > 0 {
+		v.Set("excludeOp", strings.Join(q.ExcludeOps, ","))
+	}
+	if q.HidePolling {
+		v.Set("polling", "false")
+	}
+	var p AuditPage
+	return &p, c.do(ctx, http.MethodGet, "/audit", v, nil, &p)
+}
+
+// AuditHead returns the head of the audit log's hash chain.
+func (c *Client) AuditHead(ctx context.Context) (*AuditHead, error) {
+	var h AuditHead
+	return &h, c.do(ctx, http.MethodGet, "/audit/head", nil, nil, &h)
+}
+
+// AuditVerify has the key store verify its audit log's chain, and the log
+// against sinceHead (SEQ:HASH) if it is not empty.
+func (c *Client) AuditVerify(ctx context.Context, sinceHead string) (*AuditVerification, error) {
+	var q url.Values
+	if sinceHead != "" {
+		q = url.Values{"sinceHead": {sinceHead}}
+	}
+	var r AuditVerification
+	return &r, c.do(ctx, http.MethodGet, "/audit/verify", q, nil, &r)
+}
+
 // Events long-polls for events after seq: it returns once there are some,
 // or empty after wait.
 func (c *Client) Events(ctx context.Context, after uint64, wait time.Duration) ([]Event, error) {

@@ -188,6 +188,59 @@ type AuditRecord struct {
 	RequestID      string    `json:"requestId"`
 	DurationMs     float64   `json:"durationMs"`
 	ClientIP       string    `json:"clientIp,omitempty"`
+	// Count is how many requests a summary line stands for
+	// (AuthenticationThrottled).
+	Count int `json:"count,omitempty"`
+	// RetainedFromSeq is, on an AuditRetention line, the first seq kept.
+	RetainedFromSeq uint64 `json:"retainedFromSeq,omitempty"`
+	Message         string `json:"message,omitempty"`
+	// Hash chains the line to the one before it.
+	Hash string `json:"hash,omitempty"`
+}
+
+// AuditQuery selects audit records.
+type AuditQuery struct {
+	After       uint64   // only records after this seq
+	Vault       string   // only this vault's
+	Limit       int      // the oldest Limit after After (0: the server's default, 1000)
+	Last        int      // instead of Limit: the newest Last
+	ExcludeOps  []string // leave out these operations
+	HidePolling bool     // leave out the host's own event polling (successful EventsRead by the platform)
+}
+
+// AuditPage is an answer to AuditQuery.
+type AuditPage struct {
+	Value []AuditRecord `json:"value"`
+	// HiddenPolling counts the host's polling lines left out.
+	HiddenPolling int `json:"hiddenPolling"`
+}
+
+// AuditHead is the audit chain's head.
+type AuditHead struct {
+	Seq  uint64 `json:"seq"`
+	Hash string `json:"hash"`
+	Head string `json:"head"` // SEQ:HASH, what --since-head takes
+}
+
+// AuditVerification is the result of verifying the audit log's chain.
+type AuditVerification struct {
+	OK        bool          `json:"ok"`
+	Files     []string      `json:"files"`
+	Lines     int           `json:"lines"`
+	FirstSeq  uint64        `json:"firstSeq,omitempty"`
+	Head      string        `json:"head,omitempty"`
+	Unchained int           `json:"unchainedLines,omitempty"`
+	SinceHead string        `json:"sinceHead,omitempty"`
+	Problem   *AuditProblem `json:"problem,omitempty"`
+}
+
+// AuditProblem is the first line found altered, removed or reordered.
+type AuditProblem struct {
+	Kind    string `json:"kind"`
+	File    string `json:"file"`
+	Line    int    `json:"line"`
+	Seq     uint64 `json:"seq,omitempty"`
+	Message string `json:"message"`
 }
 
 // Event is a key event (Event Grid shape) with its sequence number.

@@ -1,13 +1,16 @@
 package server
 
 import (
+	"io"
+	"log/slog"
 	"testing"
+	"time"
 )
 
 // BenchmarkAuditAppend measures durable audit appends from parallel callers
 // (group commit shares one fsync among them).
 func BenchmarkAuditAppend(b *testing.B) {
-	a, err := openAuditLog(b.TempDir(), 16<<20)
+	a, err := openAuditLog(b.TempDir(), auditOptions{rotateSize: 16 << 20, now: time.Now, log: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -9,6 +9,8 @@ import (
 	"unicode"
 
 	bolt "go.etcd.io/bbolt"
+
+	"hostcrypt/keystore/auditchain"
 )
 
 // IdentityJSON is an identity; Token is returned once, on creation.
@@ -150,6 +152,9 @@ func queryLimit(q url.Values) (int, error) {
 	return int(n), nil
 }
 
+// maxExcludeOps bounds excludeOp: there are fewer operations than this.
+const maxExcludeOps = 64
+
 func (s *Server) readAudit(c *call) (any, error) {
 	if err := c.requireKind("read the audit log; an administrator can", kindAdmin); err != nil {
 		return nil, err
@@ -163,12 +168,72 @@ func (s *Server) readAudit(c *call) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	vaultName := q.Get("vault")
-	recs, err := s.audit.Read(after, limit, func(r *AuditRecord) bool { return vaultName == "" || r.Vault == vaultName })
+	aq := auditQuery{after: after, limit: limit, vault: q.Get("vault"), exclude: map[string]bool{}}
+	if q.Get("last") != "" {
+		if q.Get("limit") != "" {
+			return nil, badParam("give limit (the oldest records after `after`) or last (the newest), not both")
+		}
+		n, err := queryUint(q, "last")
+		if err != nil {
+			return nil, err
+		}
+		if n == 0 || n > 1000 {
+			return nil, badParam("last=%d is out of range; use 1 to 1000", n)
+		}
+		aq.limit, aq.last = int(n), true
+	}
+	for _, v := range q["excludeOp"] {
+		for _, op := range strings.Split(v, ",") {
+			if op = strings.TrimSpace(op); op != "" {
+				aq.exclude[op] = true
+			}
+		}
+	}
+	if len(aq.exclude) > maxExcludeOps {
+		return nil, badParam("excludeOp names %d operations; at most %d", len(aq.exclude), maxExcludeOps)
+	}
+	switch p := q.Get("polling"); p {
+	case "", "true":
+	case "false":
+		aq.hidePolling = true
+	default:
+		return nil, badParam("polling=%q: use true (show the host's own event polling, the default) or false", p)
+	}
+	recs, hidden, err := s.audit.Query(aq)
 	if err != nil {
 		return nil, err
 	}
-	return map[string]any{"value": recs}, nil
+	return map[string]any{"value": recs, "hiddenPolling": hidden}, nil
+}
+
+// AuditHeadJSON is the chain's head as GET /audit/head returns it.
+type AuditHeadJSON struct {
+	Seq  uint64 `json:"seq"`
+	Hash string `json:"hash"`
+	Head string `json:"head"` // SEQ:HASH, the form --since-head takes
+}
+
+func (s *Server) auditHead(c *call) (any, error) {
+	if err := c.requireKind("read the audit log's head; an administrator can", kindAdmin); err != nil {
+		return nil, err
+	}
+	h := s.audit.Head()
+	return AuditHeadJSON{Seq: h.Seq, Hash: h.Hash.String(), Head: h.String()}, nil
+}
+
+func (s *Server) auditVerify(c *call) (any, error) {
+	if err := c.requireKind("verify the audit log; an administrator can", kindAdmin); err != nil {
+		return nil, err
+	}
+	var since *auditchain.Head
+	if v := c.r.URL.Query().Get("sinceHead"); v != "" {
+		h, err := auditchain.ParseHead(v)
+		if err != nil {
+			return nil, badParam("sinceHead: %v", err)
+		}
+		since = &h
+	}
+	return s.audit.Verify(since)
 }
 
 func (s *Server) readEventsAPI(c *call) (any, error) {

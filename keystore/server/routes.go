@@ -44,6 +44,8 @@ func (s *Server) routes() http.Handler {
 	h("DELETE /identities/{id}", "IdentityDelete", s.deleteIdentity)
 
 	h("GET /audit", "AuditRead", s.readAudit)
+	h("GET /audit/head", "AuditHead", s.auditHead)
+	h("GET /audit/verify", "AuditVerify", s.auditVerify)
 	h("GET /events", "EventsRead", s.readEventsAPI)
 	h("POST /webhooks", "WebhookCreate", s.createWebhook)
 	h("GET /webhooks", "WebhookList", s.listWebhooks)

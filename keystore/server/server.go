@@ -16,11 +16,13 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -44,10 +46,24 @@ type Config struct {
 	Clock      Clock  // nil: the real clock (or the test-hook clock in testhooks builds)
 	Logger     *slog.Logger
 
-	AuditMaxBytes   int64         // rotate the audit log past this size (default 16 MiB)
-	TickInterval    time.Duration // how often the scheduler runs (default 1 s)
-	WebhookRetryMin time.Duration // first webhook retry delay (default 1 s)
-	MaxBodyBytes    int64         // request body limit (default 1 MiB)
+	AuditMaxBytes int64 // rotate the audit log past this size (default 16 MiB; at most AuditMaxTotalBytes/4)
+	// AuditMaxTotalBytes caps all audit files together: the oldest rotated
+	// files are removed beyond it (default 1 GiB; negative: no cap).
+	AuditMaxTotalBytes int64
+	// AuditMaxAge removes rotated audit files whose newest line is older
+	// (default 365 days; negative: no cap).
+	AuditMaxAge time.Duration
+	// AuthFailBurst failed authentications from one source are answered
+	// 401 and audited, then one every AuthFailEvery; more are answered 429
+	// and summarised in the audit (defaults 10 and 10 s).
+	AuthFailBurst int
+	AuthFailEvery time.Duration
+	// AuditSummaryInterval is how often suppressed failures are written
+	// as summary lines and retention runs without a rotation (default 1 min).
+	AuditSummaryInterval time.Duration
+	TickInterval         time.Duration // how often the scheduler runs (default 1 s)
+	WebhookRetryMin      time.Duration // first webhook retry delay (default 1 s)
+	MaxBodyBytes         int64         // request body limit (default 1 MiB)
 
 	// WebhookAllow lists the destinations webhooks may call (see
 	// webhook.go for the forms); empty allows none.
@@ -63,18 +79,19 @@ type Config struct {
 
 // Server is a running key store.
 type Server struct {
-	cfg     Config
-	log     *slog.Logger
-	clock   Clock
-	db      *bolt.DB
-	master  []byte
-	tenant  string
-	audit   *auditLog
-	hub     *hub
-	ln      net.Listener
-	http    *http.Server
-	baseURL string
-	created bool
+	cfg       Config
+	log       *slog.Logger
+	clock     Clock
+	db        *bolt.DB
+	master    []byte
+	tenant    string
+	audit     *auditLog
+	authLimit *authLimiter
+	hub       *hub
+	ln        net.Listener
+	http      *http.Server
+	baseURL   string
+	created   bool
 
 	privCache sync.Map // vault/name/version -> crypto key material (see ops.go)
 
@@ -106,6 +123,21 @@ func Open(cfg Config) (*Server, error) {
 	}
 	if cfg.AuditMaxBytes == 0 {
 		cfg.AuditMaxBytes = 16 << 20
+	}
+	if cfg.AuditMaxTotalBytes == 0 {
+		cfg.AuditMaxTotalBytes = 1 << 30
+	}
+	if cfg.AuditMaxAge == 0 {
+		cfg.AuditMaxAge = 365 * 24 * time.Hour
+	}
+	if cfg.AuthFailBurst == 0 {
+		cfg.AuthFailBurst = 10
+	}
+	if cfg.AuthFailEvery == 0 {
+		cfg.AuthFailEvery = 10 * time.Second
+	}
+	if cfg.AuditSummaryInterval == 0 {
+		cfg.AuditSummaryInterval = time.Minute
 	}
 	if cfg.TickInterval == 0 {
 		cfg.TickInterval = time.Second
@@ -141,9 +173,14 @@ func Open(cfg Config) (*Server, error) {
 	if s.tenant, err = initPrincipals(s.db, cfg.Dir, s.clock.Now()); err != nil {
 		return nil, err
 	}
-	if s.audit, err = openAuditLog(filepath.Join(cfg.Dir, dirAudit), cfg.AuditMaxBytes); err != nil {
+	s.audit, err = openAuditLog(filepath.Join(cfg.Dir, dirAudit), auditOptions{
+		rotateSize: cfg.AuditMaxBytes, maxTotal: cfg.AuditMaxTotalBytes, maxAge: cfg.AuditMaxAge,
+		now: s.clock.Now, log: s.log,
+	})
+	if err != nil {
 		return nil, err
 	}
+	s.authLimit = newAuthLimiter(cfg.AuthFailBurst, cfg.AuthFailEvery, time.Now)
 	ca, caKey, err := loadOrCreateCA(cfg.Dir)
 	if err != nil {
 		return nil, err
@@ -170,6 +207,7 @@ func Open(cfg Config) (*Server, error) {
 		Handler:           s.routes(),
 		TLSConfig:         &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{cert}},
 		ReadHeaderTimeout: 10 * time.Second,
+		MaxHeaderBytes:    64 << 10, // bounds what a request can put into its audit line
 		ReadTimeout:       30 * time.Second,
 		IdleTimeout:       2 * time.Minute,
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
@@ -203,6 +241,24 @@ func (s *Server) Serve() error {
 	for _, w := range hooks {
 		s.startWebhook(w)
 	}
+	s.wg.Add(2)
+	go func() {
+		defer s.wg.Done()
+		s.audit.retentionLoop(s.ctx, s.cfg.AuditSummaryInterval)
+	}()
+	go func() {
+		defer s.wg.Done()
+		t := time.NewTicker(s.cfg.AuditSummaryInterval)
+		defer t.Stop()
+		for {
+			select {
+			case <-s.ctx.Done():
+				return
+			case <-t.C:
+				s.flushAuthSummaries()
+			}
+		}
+	}()
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
@@ -234,8 +290,42 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		s.http.Close()
 	}
 	s.wg.Wait()
+	s.flushAuthSummaries()
 	s.closeState()
 	return err
+}
+
+// flushAuthSummaries writes one audit line per source whose failed
+// authentications were suppressed since the last one.
+func (s *Server) flushAuthSummaries() {
+	for _, sum := range s.authLimit.drain() {
+		if err := s.audit.Append(sum.record(s.clock.Now())); err != nil {
+			s.log.Error("audit append failed", "err", err)
+		}
+	}
+}
+
+// throttleFailure counts a failed authentication against its source and
+// returns the error to answer: the 401 while the source is within its
+// allowance, a 429 beyond it (then the call is not audited on its own).
+func (s *Server) throttleFailure(c *call, err error) error {
+	if asAPIError(err).Status != http.StatusUnauthorized {
+		return err
+	}
+	src := sourceOf(c.r.RemoteAddr)
+	allowed, retry, sum := s.authLimit.fail(src)
+	if sum != nil {
+		if aerr := s.audit.Append(sum.record(s.clock.Now())); aerr != nil {
+			s.log.Error("audit append failed", "err", aerr)
+		}
+	}
+	if allowed {
+		return err
+	}
+	c.throttled = true
+	secs := int(math.Ceil(retry.Seconds()))
+	c.w.Header().Set("Retry-After", strconv.Itoa(secs))
+	return errf(http.StatusTooManyRequests, "TooManyRequests", "", "%s; too many failed authentications came from %s, so this one is refused without a check of its own: retry after %d s with a valid token", asAPIError(err).Message, src, secs)
 }
 
 func (s *Server) closeState() {
@@ -263,6 +353,9 @@ type call struct {
 	vault  string
 	kid    string
 	status int
+	// throttled: a failed authentication beyond its source's allowance,
+	// counted in a summary line instead of audited on its own.
+	throttled bool
 }
 
 type handlerFunc func(c *call) (any, error)
@@ -297,10 +390,12 @@ func (s *Server) handle(mux *http.ServeMux, pattern, op string, h handlerFunc) {
 			}()
 			if err = s.authenticate(c); err == nil {
 				out, err = h(c)
+			} else {
+				err = s.throttleFailure(c, err)
 			}
 		}()
 		rec := &AuditRecord{
-			Time: s.clock.Now().UTC(), OperationName: op, Vault: c.vault, Kid: c.kid,
+			Time: s.clock.Now().UTC(), OperationName: op, Vault: clip(c.vault, 64), Kid: clip(c.kid, 512),
 			RequestID: c.reqID, ClientIP: r.RemoteAddr,
 		}
 		if c.p != nil {
@@ -329,7 +424,9 @@ func (s *Server) handle(mux *http.ServeMux, pattern, op string, h handlerFunc) {
 		rec.ResultCode = c.status
 		rec.ResultType = resultType(c.status)
 		rec.DurationMs = float64(time.Since(start).Microseconds()) / 1000
-		if aerr := s.audit.Append(rec); aerr != nil {
+		if c.throttled {
+			// Counted by the limiter; its summary line stands for this call.
+		} else if aerr := s.audit.Append(rec); aerr != nil {
 			// A request that cannot be audited is not answered as done.
 			s.log.Error("audit append failed", "err", aerr)
 			c.status = http.StatusServiceUnavailable
@@ -353,6 +450,8 @@ func resultType(status int) string {
 		return "Forbidden"
 	case status == 404:
 		return "NotFound"
+	case status == 429:
+		return "Throttled"
 	case status < 500:
 		return "BadRequest"
 	}
