@@ -9,9 +9,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -20,6 +23,61 @@ import (
 	"hostcrypt/internal/nodump"
 	"hostcrypt/keystore/server"
 )
+
+// parseSize reads a byte count with an optional binary suffix; 0 means no
+// cap (-1 to the server).
+func parseSize(s string) (int64, error) {
+	units := []struct {
+		suffix string
+		mult   int64
+	}{{"TiB", 1 << 40}, {"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}, {"B", 1}}
+	num, mult := strings.TrimSpace(s), int64(1)
+	for _, u := range units {
+		if n, ok := strings.CutSuffix(num, u.suffix); ok {
+			num, mult = strings.TrimSpace(n), u.mult
+			break
+		}
+	}
+	n, err := strconv.ParseInt(num, 10, 64)
+	if err != nil || n < 0 || n > math.MaxInt64/mult {
+		return 0, fmt.Errorf("%q is not a size such as 512MiB or 1GiB (binary units; 0 for no cap)", s)
+	}
+	switch {
+	case n == 0:
+		return -1, nil
+	case n*mult < 1<<20:
+		return 0, fmt.Errorf("%q is below the minimum of 1MiB (0 for no cap)", s)
+	}
+	return n * mult, nil
+}
+
+// parseAge reads a duration, also in days (90d); 0 means no cap (-1 to
+// the server).
+func parseAge(s string) (time.Duration, error) {
+	s = strings.TrimSpace(s)
+	if s == "0" {
+		return -1, nil
+	}
+	var d time.Duration
+	var err error
+	if n, ok := strings.CutSuffix(s, "d"); ok {
+		var days int64
+		days, err = strconv.ParseInt(n, 10, 64)
+		if err == nil && (days <= 0 || days > 100*365) {
+			err = errors.New("out of range")
+		}
+		d = time.Duration(days) * 24 * time.Hour
+	} else {
+		d, err = time.ParseDuration(s)
+	}
+	if err != nil || d <= 0 {
+		return 0, fmt.Errorf("%q is not an age such as 90d or 720h (0 for no cap)", s)
+	}
+	if d < time.Hour {
+		return 0, fmt.Errorf("%q is below the minimum of 1h (0 for no cap)", s)
+	}
+	return d, nil
+}
 
 func main() {
 	err := nodump.Protect() // before any key is in memory
@@ -39,6 +97,8 @@ func run(args []string) error {
 	listen := fs.String("listen", "127.0.0.1:8443", "address to serve TLS on; port 0 picks a free port")
 	passFile := fs.String("passphrase-file", "", "file holding a passphrase that seals the master key")
 	webhookAllow := fs.StringSlice("webhook-allow", nil, "webhook destinations administrators may register: host[:port] (https), or a URL prefix https://host[:port]/path/ or http://host[:port]/path/; repeat or separate with commas (none: no webhooks)")
+	auditMaxSize := fs.String("audit-max-size", "1GiB", "cap on all audit files together; the oldest rotated files are removed beyond it (KiB, MiB, GiB, TiB; 0: no cap)")
+	auditMaxAge := fs.String("audit-max-age", "365d", "rotated audit files whose newest line is older are removed (e.g. 90d, 720h; 0: no cap)")
 	webhookCA := fs.String("webhook-ca", "", "PEM file of CA certificates that https webhook destinations are verified with (default: the system's)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, pflag.ErrHelp) {
@@ -53,6 +113,13 @@ func run(args []string) error {
 		return fmt.Errorf("--dir is required")
 	}
 	cfg := server.Config{Dir: *dir, Listen: *listen, Logger: slog.New(slog.NewTextHandler(os.Stderr, nil)), WebhookAllow: *webhookAllow}
+	var err error
+	if cfg.AuditMaxTotalBytes, err = parseSize(*auditMaxSize); err != nil {
+		return fmt.Errorf("--audit-max-size: %w", err)
+	}
+	if cfg.AuditMaxAge, err = parseAge(*auditMaxAge); err != nil {
+		return fmt.Errorf("--audit-max-age: %w", err)
+	}
 	if *webhookCA != "" {
 		pemData, err := os.ReadFile(*webhookCA)
 		if err != nil {
