@@ -20,7 +20,7 @@ func record(seq uint64, op string, extra string) []byte {
 
 // testLog writes a chained log of files holding sizes[i] records each; the
 // last file is the current one. It returns the head after every seq.
-func testLog(t *testing.T, sizes ...int) (string, map[uint64]Head) {
+func testLog(t testing.TB, sizes ...int) (string, map[uint64]Head) {
 	dir := t.TempDir()
 	heads := map[uint64]Head{0: {}}
 	var prev Hash

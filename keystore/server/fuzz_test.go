@@ -55,6 +55,13 @@ func FuzzHandlers(f *testing.F) {
 		{"POST", "/identities", `{"type":"User","tenantId":"../../x"}`},
 		{"PUT", "/vaults/fuzzvault/accessPolicies/..%2F..%2Fx", `{"permissions":{"keys":["get"]}}`},
 		{"POST", "/webhooks", `{"url":"http://169.254.169.254/latest"}`},
+		{"POST", "/webhooks", `{"url":"https://hooks.example/a/../b","vault":"../x"}`},
+		// The audit log's reads, head and verification.
+		{"GET", "/audit?last=5&excludeOp=EventsRead,,x&polling=false", ``},
+		{"GET", "/audit?last=18446744073709551615", ``},
+		{"GET", "/audit/head", ``},
+		{"GET", "/audit/verify?sinceHead=1:00", ``},
+		{"GET", "/audit/verify?sinceHead=18446744073709551615:" + strings.Repeat("ab", 32), ``},
 	}
 	for _, sd := range seeds {
 		f.Add(sd.method, sd.path, []byte(sd.body), true)
