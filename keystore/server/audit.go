@@ -123,10 +123,18 @@ func openAuditLog(dir string, o auditOptions) (*auditLog, error) {
 				last = r.Seq
 			}
 		}
+		before, _, err := a.newestRotatedHead()
+		if err != nil {
+			return nil, err
+		}
+		target := filepath.Join(dir, auditchain.RotatedName(last))
+		if _, err := os.Lstat(target); last <= before.Seq || err == nil {
+			return nil, fmt.Errorf("%s holds no audit records after those of the rotated files (seq %d); it is not a log this version can continue: move it out of %s and start again", path, before.Seq, dir)
+		}
 		if err := truncateFile(path, int64(keep)); err != nil {
 			return nil, err
 		}
-		if err := os.Rename(path, filepath.Join(dir, auditchain.RotatedName(last))); err != nil {
+		if err := os.Rename(path, target); err != nil {
 			return nil, err
 		}
 		head, found, keep = auditchain.Head{Seq: last}, true, 0

@@ -478,3 +478,26 @@ func TestAuditUpgradeFromUnchainedLog(t *testing.T) {
 	require.Nil(t, rep.Problem)
 	assert.Equal(t, 7, rep.Unchained)
 }
+
+// TestAuditGarbageCurrentFileRefused: a current file that holds no records
+// after the rotated files' is not renamed over one of them; the store
+// refuses to start and says what to do.
+func TestAuditGarbageCurrentFileRefused(t *testing.T) {
+	e := startEnv(t, func(c *Config) { c.AuditMaxBytes = 2048 })
+	for i := 0; i < 20; i++ {
+		_, err := e.admin.ListVaults(bg)
+		require.NoError(t, err)
+	}
+	e.stop()
+	before := readAll(t, e.auditDir())
+	require.NoError(t, os.WriteFile(filepath.Join(e.auditDir(), auditchain.Current), []byte("not a log\n"), 0o600))
+	_, err := Open(Config{Dir: e.dir, Listen: "127.0.0.1:0", Clock: e.clock})
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "move it out of")
+	after := readAll(t, e.auditDir())
+	for name, b := range before {
+		if name != "/"+auditchain.Current {
+			assert.Equal(t, b, after[name], "%s was changed", name)
+		}
+	}
+}
