@@ -135,3 +135,18 @@ func readAll(t *testing.T, dir string) map[string][]byte {
 	})
 	return out
 }
+
+// A second key store on a directory in use is refused at once, before it
+// reads or makes the master key, and the first keeps serving.
+func TestSecondServerOnDirRefused(t *testing.T) {
+	e := startEnv(t)
+	before, err := os.ReadFile(filepath.Join(e.dir, fileAdminToken))
+	require.NoError(t, err)
+	_, err = Open(Config{Dir: e.dir, Listen: "127.0.0.1:0", Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	require.ErrorContains(t, err, "in use")
+	after, err := os.ReadFile(filepath.Join(e.dir, fileAdminToken))
+	require.NoError(t, err)
+	require.Equal(t, before, after)
+	_, err = e.admin.ListVaults(context.Background())
+	require.NoError(t, err)
+}

@@ -28,6 +28,8 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+
+	"hostcrypt/internal/dirlock"
 )
 
 // Clock tells the time. The scheduler, expiry and rotation read it; tests
@@ -86,6 +88,7 @@ type Server struct {
 	master    []byte
 	tenant    string
 	audit     *auditLog
+	lock      *dirlock.Lock // on cfg.Dir, held until closeState
 	authLimit *authLimiter
 	hub       *hub
 	ln        net.Listener
@@ -155,11 +158,18 @@ func Open(cfg Config) (*Server, error) {
 	if err := ensureDir(cfg.Dir); err != nil {
 		return nil, err
 	}
-	master, created, err := loadOrCreateMasterKey(cfg.Dir, cfg.Passphrase)
+	// Before the master key is read or made: two key stores on one
+	// directory would race to create it, and would then share a log.
+	lock, err := dirlock.Acquire(cfg.Dir)
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, log: cfg.Logger, clock: cfg.Clock, master: master, created: created, hub: newHub(), webhooks: map[string]context.CancelFunc{},
+	master, created, err := loadOrCreateMasterKey(cfg.Dir, cfg.Passphrase)
+	if err != nil {
+		lock.Release()
+		return nil, err
+	}
+	s := &Server{cfg: cfg, lock: lock, log: cfg.Logger, clock: cfg.Clock, master: master, created: created, hub: newHub(), webhooks: map[string]context.CancelFunc{},
 		webhookAllow: allow, webhookLookup: cfg.webhookLookup}
 	ok := false
 	defer func() {
@@ -337,6 +347,9 @@ func (s *Server) closeState() {
 	}
 	s.privCache.Range(func(k, _ any) bool { s.privCache.Delete(k); return true })
 	wipe(s.master)
+	if s.lock != nil {
+		s.lock.Release()
+	}
 }
 
 func (s *Server) kid(vault, name, version string) string {
