@@ -8,8 +8,12 @@ BIN       := bin
 PKGS      := ./...
 FUZZTIME  ?= 10s
 export PATH := $(dir $(GO)):$(PATH)
+# What --version prints; read once from git, or given: make VERSION=1.2.3.
+VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+COMMIT    ?= $(shell git rev-parse HEAD 2>/dev/null)
+LDFLAGS   := -X hostcrypt/internal/version.Version=$(VERSION) -X hostcrypt/internal/version.Commit=$(COMMIT)
 
-.PHONY: all build run test race fuzz bench lint deps clean
+.PHONY: all build run reset test race fuzz bench lint deps deps-qemu deps-test clean
 
 all: build
 
@@ -17,10 +21,10 @@ all: build
 # with the RADOS backend, rados:// locations) when librados' headers are
 # installed; `make build-ceph` installs them first.
 build:
-	$(GO) build -o $(BIN)/ ./cmd/...
+	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/ ./cmd/...
 	@if [ -e /usr/include/rados/librados.h ]; then \
 	  echo "$(GO) build -tags $(CEPH_TAGS) -o $(BIN)/hostcryptd-ceph ./cmd/hostcryptd"; \
-	  $(GO) build -tags $(CEPH_TAGS) -o $(BIN)/hostcryptd-ceph ./cmd/hostcryptd; \
+	  $(GO) build -ldflags "$(LDFLAGS)" -tags $(CEPH_TAGS) -o $(BIN)/hostcryptd-ceph ./cmd/hostcryptd; \
 	else \
 	  echo "build: no bin/hostcryptd-ceph: librados-dev is missing (make build-ceph installs it)"; \
 	fi
@@ -28,13 +32,29 @@ build:
 deps:
 	@scripts/deps.sh
 
-# The main job: keystored, hostcryptd and a demo VM (scripts/run.sh).
+# Also what booting a guest needs: QEMU, a kernel, busybox (scripts/mkguest.sh).
+deps-qemu:
+	@scripts/deps.sh qemu
+
+# All that `make test` needs, with one apt-get update: QEMU and a kernel for
+# the guest-boot test, Ceph for the RADOS phase.
+deps-test:
+	@timeout 10m scripts/deps.sh qemu ceph
+
+# The main job: keystored, hostcryptd and a demo VM (scripts/run.sh), on
+# var/ or $$VAR; KEYSTORE_LISTEN sets the key store's address.
 run: deps build
 	@scripts/run.sh
 
-# Everything CI runs: lint, the whole suite under the race detector, then
+# Removes var/ (or $$VAR); refuses while anything under it is mounted,
+# attached to a loop device or served by a running daemon.
+reset:
+	@scripts/reset.sh
+
+# Everything CI runs: lint, the whole suite under the race detector (the
+# guest-boot test needs QEMU and a kernel: deps-test installs them), then
 # the RADOS phase (test-ceph).
-test: deps lint
+test: deps-test lint
 	$(GO) test -race -count=1 -timeout 20m $(PKGS)
 	@$(MAKE) --no-print-directory test-ceph
 
@@ -85,7 +105,7 @@ CEPH_PKGS ?= ./storage/rados/... ./storage/location/...
 .PHONY: build-ceph test-ceph
 build-ceph:
 	@timeout 5m scripts/deps.sh ceph
-	$(GO) build -tags $(CEPH_TAGS) -o $(BIN)/hostcryptd-ceph ./cmd/hostcryptd
+	$(GO) build -ldflags "$(LDFLAGS)" -tags $(CEPH_TAGS) -o $(BIN)/hostcryptd-ceph ./cmd/hostcryptd
 
 test-ceph: build-ceph
 	$(GO) vet -tags $(CEPH_TAGS) ./storage/... ./cmd/... ./hostd/...

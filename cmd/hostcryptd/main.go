@@ -16,6 +16,7 @@ import (
 	"hostcrypt/hostd"
 	"hostcrypt/internal/nodump"
 	"hostcrypt/internal/units"
+	"hostcrypt/internal/version"
 	"hostcrypt/storage/location"
 )
 
@@ -43,6 +44,7 @@ func main() {
 	fl.DurationVar(&c.StorageLatency, "storage-latency", 0, "latency added to every storage call, as a network to remote storage would (e.g. 1ms)")
 	fl.BoolVar(&c.Debug, "debug", false, "log every FUSE request")
 	fl.StringVar(&c.Pprof, "pprof", "", "serve the Go profiler on this loopback HOST:PORT")
+	showVersion := fl.Bool("version", false, "print the version, commit, Go and go-fuse versions, and exit")
 	fl.SetOutput(os.Stdout) // only --help writes here
 	if err := fl.Parse(os.Args[1:]); err != nil {
 		if err == pflag.ErrHelp {
@@ -50,6 +52,10 @@ func main() {
 		}
 		fmt.Fprintf(os.Stderr, "hostcryptd: %v (see hostcryptd --help)\n", err)
 		os.Exit(2)
+	}
+	if *showVersion {
+		fmt.Println(version.String("hostcryptd"))
+		return
 	}
 	if fl.NArg() > 0 {
 		fmt.Fprintf(os.Stderr, "hostcryptd: unexpected argument %q\n", fl.Arg(0))

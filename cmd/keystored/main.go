@@ -21,6 +21,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"hostcrypt/internal/nodump"
+	"hostcrypt/internal/version"
 	"hostcrypt/keystore/server"
 )
 
@@ -100,11 +101,16 @@ func run(args []string) error {
 	auditMaxSize := fs.String("audit-max-size", "1GiB", "cap on all audit files together; the oldest rotated files are removed beyond it (KiB, MiB, GiB, TiB; 0: no cap)")
 	auditMaxAge := fs.String("audit-max-age", "365d", "rotated audit files whose newest line is older are removed (e.g. 90d, 720h; 0: no cap)")
 	webhookCA := fs.String("webhook-ca", "", "PEM file of CA certificates that https webhook destinations are verified with (default: the system's)")
+	showVersion := fs.Bool("version", false, "print the version, commit, Go and go-fuse versions, and exit")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, pflag.ErrHelp) {
 			return nil // asked for help, got it
 		}
 		return fmt.Errorf("%w (see keystored --help)", err)
+	}
+	if *showVersion {
+		fmt.Println(version.String("keystored"))
+		return nil
 	}
 	if fs.NArg() > 0 {
 		return fmt.Errorf("unexpected argument %q", fs.Arg(0))
