@@ -172,7 +172,11 @@ func (c *Context) callWithProgress(method, path string, in, out any, kind, name 
 	for {
 		select {
 		case err := <-done:
-			if bar != nil {
+			switch {
+			case bar == nil:
+			case err == nil:
+				bar.done()
+			default:
 				bar.finish()
 			}
 			return err

@@ -72,12 +72,13 @@ func (c *Context) transfer(path string, req any, label string) error {
 	}
 	bar := newProgressBar(c.Stderr, label)
 	d, err := control.NewClient(sock).Transfer(c.Ctx, path, req, func(p control.Progress) { bar.update(p.Done, p.Total) })
-	bar.finish()
 	if err != nil {
+		bar.finish()
 		if c.Ctx.Err() != nil {
 			return fmt.Errorf("%s: interrupted; hostcryptd cancels it and removes what it had written", label)
 		}
 		return err
 	}
+	bar.done()
 	return c.showDisk(d)
 }

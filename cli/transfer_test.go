@@ -105,7 +105,7 @@ func TestProgressBarWithoutTerminal(t *testing.T) {
 	p.finish()
 	lines := strings.Split(strings.TrimSpace(buf.String()), "\n")
 	require.Len(t, lines, 1)
-	assert.Contains(t, lines[0], "importing d1: 50% (5M of 10M)")
+	assert.Contains(t, lines[0], "importing d1: 50% (5.0 MiB of 10.0 MiB")
 	assert.NotContains(t, buf.String(), "\r")
 }
 
@@ -119,7 +119,7 @@ func TestProgressBarOnTerminal(t *testing.T) {
 	p.finish()
 	out := buf.String()
 	assert.Equal(t, 3, strings.Count(out, "\r"), "the bar is redrawn in place")
-	assert.Contains(t, out, "exporting d1 [#####...............]  25% 2M/8M")
-	assert.Contains(t, out, "[####################] 100% 8M/8M")
+	assert.Contains(t, out, "exporting d1 [#####...............]  25% 2.0 MiB of 8.0 MiB")
+	assert.Contains(t, out, "[####################] 100% 8.0 MiB of 8.0 MiB")
 	assert.True(t, strings.HasSuffix(out, "\n"), "finish ends the line")
 }
