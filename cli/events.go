@@ -16,8 +16,32 @@ func eventsCommands() []Command {
 
 var eventHeader = []string{"SEQ", "TIME", "TYPE", "VAULT", "KEY", "VERSION"}
 
+// eventWidths are the columns' widths while following, when rows are
+// printed as they come and cannot be aligned on the widest: a sequence
+// number, an RFC 3339 time, the longest event type and vault name; a
+// longer key name shifts only its own row.
+var eventWidths = []int{6, 20, 24, 24, 16}
+
 func eventRow(e *client.Event) []string {
-	return []string{strconv.FormatUint(e.Sequence, 10), e.EventTime.Format(time.RFC3339), strings.TrimPrefix(e.EventType, "Microsoft.KeyVault."), e.Data.VaultName, e.Data.ObjectName, orDash(e.Data.Version)}
+	key := e.Data.ObjectName
+	if e.Data.ObjectType != "Key" {
+		key = "" // a vault event (VaultAccessPolicyChanged) names no key
+	}
+	return []string{strconv.FormatUint(e.Sequence, 10), e.EventTime.UTC().Format(time.RFC3339), strings.TrimPrefix(e.EventType, "Microsoft.KeyVault."),
+		e.Data.VaultName, orDash(key), orDash(e.Data.Version)}
+}
+
+// fixedRow lays a row out in eventWidths, two spaces between columns.
+func fixedRow(cells []string) string {
+	var b strings.Builder
+	for i, c := range cells {
+		if i < len(eventWidths) {
+			fmt.Fprintf(&b, "%-*s  ", eventWidths[i], c)
+		} else {
+			b.WriteString(c)
+		}
+	}
+	return strings.TrimRight(b.String(), " ")
 }
 
 // eventsRun prints events after --after; with --follow (the default) it
@@ -44,7 +68,7 @@ func eventsRun(c *Context, args []string) error {
 		return showList(c, evs, eventHeader, eventRow)
 	}
 	if c.Output == "table" {
-		fmt.Fprintln(c.Stdout, strings.Join(eventHeader, "\t"))
+		fmt.Fprintln(c.Stdout, fixedRow(eventHeader))
 	}
 	cursor := *after
 	for c.Ctx.Err() == nil {
@@ -60,7 +84,7 @@ func eventsRun(c *Context, args []string) error {
 				b, _ := json.Marshal(evs[i])
 				fmt.Fprintln(c.Stdout, string(b))
 			} else {
-				fmt.Fprintln(c.Stdout, strings.Join(eventRow(&evs[i]), "\t"))
+				fmt.Fprintln(c.Stdout, fixedRow(eventRow(&evs[i])))
 			}
 			cursor = evs[i].Sequence
 		}

@@ -3,6 +3,7 @@ package cli
 import (
 	"encoding/json"
 	"fmt"
+	"io"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -58,7 +59,29 @@ func orDash(s string) string {
 	return s
 }
 
-// warnf prints a warning on stderr; it never asks anything.
+// warnf prints a warning on stderr, in yellow on a terminal; it never asks
+// anything.
 func (c *Context) warnf(format string, args ...any) {
-	fmt.Fprintf(c.Stderr, "WARNING: "+format+"\n", args...)
+	msg := fmt.Sprintf("WARNING: "+format, args...)
+	if c.colour(c.Stderr) {
+		msg = "\033[1;33m" + msg + "\033[0m"
+	}
+	fmt.Fprintln(c.Stderr, msg)
+}
+
+// colour says whether w takes ANSI colours: a terminal, unless NO_COLOR is
+// set (no-color.org) or TERM is dumb.
+func (c *Context) colour(w io.Writer) bool {
+	if c.getenv != nil && (c.getenv("NO_COLOR") != "" || c.getenv("TERM") == "dumb") {
+		return false
+	}
+	return isTerminal(w)
+}
+
+// deleted says what a delete removed, in table output; JSON output of a
+// delete stays empty.
+func (c *Context) deleted(format string, args ...any) {
+	if c.Output == "table" {
+		fmt.Fprintf(c.Stdout, "deleted "+format+"\n", args...)
+	}
 }
