@@ -3,6 +3,7 @@ package cli
 import (
 	"fmt"
 	"strconv"
+	"time"
 
 	"hostcrypt/control"
 )
@@ -20,8 +21,51 @@ func desCommands() []Command {
 var desHeader = []string{"NAME", "ENCRYPTION", "ACTIVE-KEY", "AUTO-ROTATION", "PRINCIPAL", "KEY-ACCESS"}
 
 func desRow(d *control.DiskEncryptionSet) []string {
+	access := d.KeyAccess
+	if access != "" && access != "ok" {
+		access = "no" // why, and the fix, in a warning of its own
+	}
 	return []string{d.Name, d.EncryptionType, d.ActiveKey.KeyURL, strconv.FormatBool(d.RotationToLatestKeyVersionEnabled),
-		d.Identity.PrincipalID, orDash(d.KeyAccess)}
+		d.Identity.PrincipalID, orDash(access)}
+}
+
+// showDES prints sets as a table, a warning with the fix for each whose
+// identity cannot use its key, and for a single set with auto-rotation on,
+// when it next looks for a new key version and what it found last.
+func (c *Context) showDES(v any, single bool, ds ...*control.DiskEncryptionSet) error {
+	rows := make([][]string, 0, len(ds))
+	for _, d := range ds {
+		if d.KeyAccess != "" && d.KeyAccess != "ok" {
+			c.warnf("disk encryption set %s: %s", d.Name, d.KeyAccess)
+		}
+		rows = append(rows, desRow(d))
+	}
+	if err := c.show(v, desHeader, rows); err != nil || c.Output != "table" || !single {
+		return err
+	}
+	d := ds[0]
+	if !d.RotationToLatestKeyVersionEnabled {
+		return nil
+	}
+	next := "at hostcryptd's next check"
+	if d.NextKeyVersionCheck != nil {
+		next = d.NextKeyVersionCheck.UTC().Format(time.RFC3339)
+	}
+	fmt.Fprintf(c.Stdout, "auto-rotation: next look for a new key version %s\n", next)
+	switch {
+	case d.AutoKeyRotationError != "":
+		fmt.Fprintf(c.Stdout, "auto-rotation: the last attempt failed: %s\n", d.AutoKeyRotationError)
+	case d.LastKeyVersionCheck == nil:
+		fmt.Fprintln(c.Stdout, "auto-rotation: has not looked yet")
+	default:
+		what := "a new version; the set's disks were re-wrapped to it"
+		if d.LastKeyVersionFound == d.ActiveKey.KeyURL {
+			what = "the active version"
+		}
+		fmt.Fprintf(c.Stdout, "auto-rotation: last looked at %s and found %s (%s)\n",
+			d.LastKeyVersionCheck.UTC().Format(time.RFC3339), d.LastKeyVersionFound, what)
+	}
+	return nil
 }
 
 func desCreate(c *Context, args []string) error {
@@ -40,11 +84,7 @@ func desCreate(c *Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	if d.KeyAccess != "ok" {
-		c.warnf("the identity %s cannot use the key yet; grant it access: hostcrypt keyvault set-policy --name %s --object-id %s --key-permissions get,wrapKey,unwrapKey",
-			d.Identity.PrincipalID, d.ActiveKey.SourceVault.ID, d.Identity.PrincipalID)
-	}
-	return c.show(&d, desHeader, [][]string{desRow(&d)})
+	return c.showDES(&d, true, &d)
 }
 
 func desShow(c *Context, args []string) error {
@@ -57,18 +97,22 @@ func desShow(c *Context, args []string) error {
 	if err := c.call("GET", "/des/"+esc(*name), nil, &d); err != nil {
 		return err
 	}
-	return c.show(&d, desHeader, [][]string{desRow(&d)})
+	return c.showDES(&d, true, &d)
 }
 
 func desList(c *Context, args []string) error {
 	if err := newFlags(c).parse(args); err != nil {
 		return err
 	}
-	var ds []control.DiskEncryptionSet
+	ds := []control.DiskEncryptionSet{}
 	if err := c.call("GET", "/des", nil, &ds); err != nil {
 		return err
 	}
-	return showList(c, ds, desHeader, desRow)
+	ps := make([]*control.DiskEncryptionSet, len(ds))
+	for i := range ds {
+		ps[i] = &ds[i]
+	}
+	return c.showDES(ds, false, ps...)
 }
 
 func desDelete(c *Context, args []string) error {
@@ -95,5 +139,5 @@ func desUpdate(c *Context, args []string) error {
 	if err := c.call("PATCH", "/des/"+esc(*name), control.UpdateDESRequest{KeyURL: *keyURL, EnableAutoKeyRotation: rot.ptr()}, &d); err != nil {
 		return err
 	}
-	return c.show(&d, desHeader, [][]string{desRow(&d)})
+	return c.showDES(&d, true, &d)
 }

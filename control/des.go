@@ -64,10 +64,33 @@ type DiskEncryptionSet struct {
 	RotationToLatestKeyVersionEnabled bool        `json:"rotationToLatestKeyVersionEnabled"`
 	LastKeyRotationTimestamp          *time.Time  `json:"lastKeyRotationTimestamp,omitempty"`
 	AutoKeyRotationError              string      `json:"autoKeyRotationError,omitempty"`
-	Identity                          Identity    `json:"identity"`
+	// LastKeyVersionCheck is when auto-rotation last looked for a new
+	// version of the key, and LastKeyVersionFound the version it found.
+	LastKeyVersionCheck *time.Time `json:"lastKeyVersionCheck,omitempty"`
+	LastKeyVersionFound string     `json:"lastKeyVersionFound,omitempty"`
+	// NextKeyVersionCheck is when it looks next, while auto-rotation is on;
+	// computed by show.
+	NextKeyVersionCheck *time.Time `json:"nextKeyVersionCheck,omitempty"`
+	Identity            Identity   `json:"identity"`
 	// KeyAccess says whether the identity can use the active key right now
-	// ("ok", or why not); computed by show.
+	// ("ok", or why not and what to do); computed by show.
 	KeyAccess string `json:"keyAccess,omitempty"`
+}
+
+// ErrKeyAccessDenied marks the key service's refusal of an identity for
+// want of a permission on the key's vault; the API answers it with 403 and
+// the one command that grants the permissions a set needs.
+var ErrKeyAccessDenied = errors.New("access to the key denied by the vault's access policy")
+
+// accessDenied is that answer for a set's identity and the key kid.
+func accessDenied(des *DiskEncryptionSet, kid string) *Error {
+	vault, err := parseKeyURL(kid)
+	if err != nil {
+		vault = des.ActiveKey.SourceVault.ID
+	}
+	return errorf(http.StatusForbidden, "KeyVaultAccessForbidden",
+		"disk encryption set %q may not use its key in vault %s; grant its identity access: hostcrypt keyvault set-policy --name %s --object-id %s --key-permissions get,wrapKey,unwrapKey",
+		des.Name, vault, vault, des.Identity.PrincipalID)
 }
 
 // parseKeyURL checks a versioned key id: https://HOST/vaults/V/keys/K/VERSION.
@@ -171,6 +194,9 @@ func (h *Host) checkAccess(ctx context.Context, des *DiskEncryptionSet) error {
 		back, err = ck.UnwrapKey(ctx, w)
 		hcrypto.Wipe(back)
 	}
+	if errors.Is(err, ErrKeyAccessDenied) {
+		return accessDenied(des, des.ActiveKey.KeyURL)
+	}
 	if err != nil {
 		return fmt.Errorf("the identity %s of disk encryption set %q cannot use key %s: %w (grant it get, wrapKey and unwrapKey: hostcrypt keyvault set-policy --name %s --object-id %s --key-permissions get,wrapKey,unwrapKey)",
 			des.Identity.PrincipalID, des.Name, des.ActiveKey.KeyURL, err, des.ActiveKey.SourceVault.ID, des.Identity.PrincipalID)
@@ -182,9 +208,13 @@ func (h *Host) showDES(ctx context.Context, des *DiskEncryptionSet) *DiskEncrypt
 	c := *des
 	c.PreviousKeys = append([]KeyForDES{}, des.PreviousKeys...)
 	if err := h.checkAccess(ctx, des); err != nil {
-		c.KeyAccess = err.Error()
+		c.KeyAccess = asError(err).Message
 	} else {
 		c.KeyAccess = "ok"
+	}
+	if des.RotationToLatestKeyVersionEnabled && !h.nextKeyCheck.IsZero() {
+		next := h.nextKeyCheck.UTC()
+		c.NextKeyVersionCheck = &next
 	}
 	return &c
 }
@@ -280,6 +310,9 @@ func (h *Host) unwrapperFor(d *Disk) disk.KeyUnwrapper {
 			return nil, err
 		}
 		dek, err := ck.UnwrapKey(ctx, w)
+		if errors.Is(err, ErrKeyAccessDenied) {
+			return nil, accessDenied(des, w.KeyID)
+		}
 		if err != nil {
 			return nil, fmt.Errorf("disk %q: the identity %s of disk encryption set %q cannot unwrap with key %s: %w",
 				d.Name, des.Identity.PrincipalID, des.Name, w.KeyID, err)
@@ -299,6 +332,9 @@ func (h *Host) wrappersFor(ctx context.Context, encType string, des *DiskEncrypt
 	}
 	cmk := wrapFunc(func(ctx context.Context, dek []byte) (disk.WrappedKey, error) {
 		w, err := ck.WrapKey(ctx, des.ActiveKey.KeyURL, dek)
+		if errors.Is(err, ErrKeyAccessDenied) {
+			return w, accessDenied(des, des.ActiveKey.KeyURL)
+		}
 		if err != nil {
 			return w, fmt.Errorf("the identity %s of disk encryption set %q cannot wrap with key %s: %w (grant it get, wrapKey and unwrapKey with hostcrypt keyvault set-policy --name %s --object-id %s --key-permissions get,wrapKey,unwrapKey)",
 				des.Identity.PrincipalID, des.Name, des.ActiveKey.KeyURL, err, des.ActiveKey.SourceVault.ID, des.Identity.PrincipalID)

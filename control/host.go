@@ -84,6 +84,8 @@ type Host struct {
 	bgWG     sync.WaitGroup
 	// prog holds the progress of long copies, read without mu.
 	prog progressTable
+	// nextKeyCheck is when RotateLoop next looks for new key versions.
+	nextKeyCheck time.Time
 }
 
 type runningVM struct {

@@ -63,7 +63,9 @@ func (h *Host) switchKey(ctx context.Context, des *DiskEncryptionSet, next KeyFo
 	if err != nil {
 		return err
 	}
-	if _, err := ck.WrapKey(ctx, next.KeyURL, make([]byte, 32)); err != nil {
+	if _, err := ck.WrapKey(ctx, next.KeyURL, make([]byte, 32)); errors.Is(err, ErrKeyAccessDenied) {
+		return accessDenied(des, next.KeyURL)
+	} else if err != nil {
 		return fmt.Errorf("the identity %s of disk encryption set %q cannot use key %s: %w", des.Identity.PrincipalID, des.Name, next.KeyURL, err)
 	}
 	if des.ActiveKey.KeyURL != next.KeyURL {
@@ -147,12 +149,15 @@ func (h *Host) RotateKeys(ctx context.Context) {
 			continue
 		}
 		latest, err := ck.LatestKeyID(ctx, des.ActiveKey.KeyURL)
+		now := h.cfg.Now().UTC()
+		des.LastKeyVersionCheck, des.LastKeyVersionFound = &now, latest
 		if err != nil {
 			des.AutoKeyRotationError = fmt.Sprintf("looking up the latest version of %s: %v", des.ActiveKey.KeyURL, err)
 			_ = h.save()
 			continue
 		}
 		if latest == "" || latest == des.ActiveKey.KeyURL || !strings.HasPrefix(latest, "https://") {
+			_ = h.save()
 			continue
 		}
 		h.log.Info("rotating disk encryption set to a new key version", "des", des.Name, "from", des.ActiveKey.KeyURL, "to", latest)
@@ -164,17 +169,28 @@ func (h *Host) RotateKeys(ctx context.Context) {
 	}
 }
 
-// RotateLoop runs RotateKeys every interval and when wake fires.
+// RotateLoop runs RotateKeys every interval and when wake fires; show
+// tells when the next run on the interval is.
 func (h *Host) RotateLoop(ctx context.Context, interval time.Duration, wake <-chan struct{}) {
 	t := time.NewTicker(interval)
 	defer t.Stop()
+	next := time.Now().Add(interval)
+	h.setNextKeyCheck(next)
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+			next = time.Now().Add(interval)
+			h.setNextKeyCheck(next)
 		case <-wake:
 		}
 		h.RotateKeys(ctx)
 	}
+}
+
+func (h *Host) setNextKeyCheck(t time.Time) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.nextKeyCheck = t
 }

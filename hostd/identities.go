@@ -67,7 +67,7 @@ func (c *customerKeys) WrapKey(ctx context.Context, kid string, dek []byte) (dis
 	}
 	used, wrapped, err := cl.WrapKey(ctx, kid, client.RSAOAEP256, dek)
 	if err != nil {
-		return disk.WrappedKey{}, err
+		return disk.WrappedKey{}, denied(err)
 	}
 	return disk.WrappedKey{KeyID: used, Algorithm: client.RSAOAEP256, Value: wrapped}, nil
 }
@@ -79,9 +79,18 @@ func (c *customerKeys) UnwrapKey(ctx context.Context, w disk.WrappedKey) ([]byte
 	}
 	_, dek, err := cl.UnwrapKey(ctx, w.KeyID, w.Algorithm, w.Value)
 	if err != nil {
-		return nil, fmt.Errorf("unwrapping with %s: %w", w.KeyID, err)
+		return nil, fmt.Errorf("unwrapping with %s: %w", w.KeyID, denied(err))
 	}
 	return dek, nil
+}
+
+// denied marks a refusal for want of an access-policy permission, which
+// the control plane answers with 403 and the command that grants it.
+func denied(err error) error {
+	if client.IsForbiddenByPolicy(err) {
+		return fmt.Errorf("%w: %w", control.ErrKeyAccessDenied, err)
+	}
+	return err
 }
 
 // Classify tells a revocation from an expiry and from an outage: only a
