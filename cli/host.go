@@ -200,7 +200,11 @@ func diskDelete(c *Context, args []string) error {
 	if err := f.parse(args); err != nil {
 		return err
 	}
-	return c.call("DELETE", "/disks/"+esc(*name), nil, nil)
+	if err := c.call("DELETE", "/disks/"+esc(*name), nil, nil); err != nil {
+		return err
+	}
+	c.deleted("disk %s: its wrapped keys, then its data", *name)
+	return nil
 }
 
 func vmCommands() []Command {
@@ -307,7 +311,23 @@ func vmDelete(c *Context, args []string) error {
 	if err := f.parse(args); err != nil {
 		return err
 	}
-	return c.call("DELETE", "/vms/"+esc(*name), nil, nil)
+	var vm control.VM
+	if err := c.call("GET", "/vms/"+esc(*name), nil, &vm); err != nil {
+		return err
+	}
+	if err := c.call("DELETE", "/vms/"+esc(*name), nil, nil); err != nil {
+		return err
+	}
+	disks := []string{vm.StorageProfile.OsDisk.Name}
+	for _, d := range vm.StorageProfile.DataDisks {
+		disks = append(disks, d.Name)
+	}
+	temp := ""
+	if vm.TempDiskSizeBytes > 0 {
+		temp = " and its temp disk"
+	}
+	c.deleted("VM %s%s; its disks stay, unattached: %s (hostcrypt disk delete --name DISK deletes one)", vm.Name, temp, strings.Join(disks, ", "))
+	return nil
 }
 
 func vmDiskAttach(c *Context, args []string) error {

@@ -60,7 +60,13 @@ func diskExport(c *Context, args []string) error {
 		return err
 	}
 	req := control.ExportDiskRequest{Target: dst, Force: force.val}
-	return c.transfer("/disks/"+esc(*name)+"/export", req, "exporting "+*name)
+	if err := c.transfer("/disks/"+esc(*name)+"/export", req, "exporting "+*name); err != nil {
+		return err
+	}
+	if c.Output == "table" {
+		fmt.Fprintf(c.Stdout, "wrote the plaintext of disk %s to %s (raw, sparse, mode 0600)\n", *name, dst)
+	}
+	return nil
 }
 
 // transfer runs an import or export, drawing its progress on stderr.

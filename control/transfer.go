@@ -268,7 +268,7 @@ func (h *Host) ExportDisk(ctx context.Context, name string, r ExportDiskRequest,
 	}
 	if st, err := os.Lstat(target); err == nil {
 		if !r.Force {
-			return nil, conflict("target %s exists; choose another path or pass --force to replace it", target)
+			return nil, conflict("target %s exists; choose another path or pass --force true to replace it", target)
 		}
 		if !st.Mode().IsRegular() && st.Mode()&os.ModeSymlink == 0 {
 			return nil, badRequest("target %s exists and is not a regular file; choose another path", target)
@@ -412,7 +412,7 @@ func (h *Host) copyOut(ctx context.Context, prefix string, unw disk.KeyUnwrapper
 			}
 		}
 		if errors.Is(err, syscall.EEXIST) {
-			return conflict("target %s appeared while the export ran; choose another path or pass --force to replace it", target)
+			return conflict("target %s appeared while the export ran; choose another path or pass --force true to replace it", target)
 		}
 	}
 	if err != nil {
