@@ -425,7 +425,7 @@ func vmEncryptionReport(c *Context, args []string) error {
 			dirty = units.FormatSize(e.DirtyBytes)
 		}
 		rows = append(rows, []string{e.Disk, e.Image, e.Layer, enc, orDash(e.EncryptedBy), orDash(e.Algorithm),
-			orDash(e.Key), orDash(e.Caching), dirty, e.Location})
+			orDash(e.Key), orDash(e.Caching), dirty, orDash(e.Location)})
 	}
 	return c.show(&rep, reportHeader, rows)
 }

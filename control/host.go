@@ -106,6 +106,9 @@ type openDisk struct {
 	plain storage.Chunk
 	// fr sits between the engine and what is below it, for snapshots.
 	fr *freeze.Backend
+	// cacheDirs are the disk's host cache directories, removed by close
+	// when a clean close left them empty.
+	cacheDirs []string
 }
 
 // close writes a plaintext cache back into the engine, flushes and closes
@@ -124,6 +127,14 @@ func (od *openDisk) close() error {
 	}
 	if od.plain != nil {
 		err = errors.Join(err, od.plain.Sync(), od.plain.Close())
+	}
+	if err == nil {
+		// A cache removes its files when everything was written back, not
+		// its directory; one still holding dirty pages is not empty and
+		// stays for the next open to write back.
+		for _, dir := range od.cacheDirs {
+			_ = os.Remove(dir)
+		}
 	}
 	return err
 }
@@ -182,6 +193,9 @@ func (h *Host) openAttached(ctx context.Context, d *Disk, caching string, eah bo
 	}
 	sealedDir, plainDir := h.cacheDirs(d)
 	od := &openDisk{resource: d.Name}
+	if h.cfg.CacheDir != "" {
+		od.cacheDirs = []string{sealedDir, plainDir}
+	}
 	defer func() {
 		if err != nil {
 			od.close()

@@ -3,6 +3,7 @@ package control
 import (
 	"context"
 	"fmt"
+	"path/filepath"
 	"strings"
 
 	"hostcrypt/disk"
@@ -174,13 +175,12 @@ func (h *Host) VMEncryptionReport(ctx context.Context, name string) (*Encryption
 		sealedDir, plainDir := h.cacheDirs(d)
 		switch {
 		case ad.Caching == CacheNone || h.cfg.CacheDir == "":
-			e.Location = "none (no host cache)"
-			e.Caching = CacheNone
+			e.Caching = CacheNone // nothing kept on the host: no location
 		case eah:
-			e.Location, e.Encrypted, e.EncryptedBy = "host: "+sealedDir, true, "host"
+			e.Location, e.Encrypted, e.EncryptedBy = "host: "+hostRel(h.cfg.CacheDir, sealedDir), true, "host"
 			e.Algorithm, e.Key = strings.Join(algs, " + "), strings.Join(keys, " + ")
 		default:
-			e.Location = "host: " + plainDir
+			e.Location = "host: " + hostRel(h.cfg.CacheDir, plainDir)
 		}
 		if od != nil {
 			if s, ok := od.cacheStats(); ok {
@@ -205,6 +205,16 @@ func (h *Host) VMEncryptionReport(ctx context.Context, name string) (*Encryption
 		rep.Entries = append(rep.Entries, e)
 	}
 	return rep, nil
+}
+
+// hostRel names a host cache directory as the report names every location:
+// relative to its side's root, here the host directory the cache directory
+// lies in (cache/ID, as temp disks are temp/VM).
+func hostRel(cacheDir, dir string) string {
+	if rel, err := filepath.Rel(filepath.Dir(cacheDir), dir); err == nil {
+		return rel
+	}
+	return dir
 }
 
 func plaintextWarning(vm string) string {
