@@ -82,15 +82,16 @@ type DiskEncryptionSet struct {
 // the one command that grants the permissions a set needs.
 var ErrKeyAccessDenied = errors.New("access to the key denied by the vault's access policy")
 
-// accessDenied is that answer for a set's identity and the key kid.
-func accessDenied(des *DiskEncryptionSet, kid string) *Error {
+// accessDenied is that answer for a set's identity refused the operation op
+// (wrapKey, unwrapKey) with the key kid.
+func accessDenied(des *DiskEncryptionSet, kid, op string) *Error {
 	vault, err := parseKeyURL(kid)
 	if err != nil {
 		vault = des.ActiveKey.SourceVault.ID
 	}
 	return errorf(http.StatusForbidden, "KeyVaultAccessForbidden",
-		"disk encryption set %q may not use its key in vault %s; grant its identity access: hostcrypt keyvault set-policy --name %s --object-id %s --key-permissions get,wrapKey,unwrapKey",
-		des.Name, vault, vault, des.Identity.PrincipalID)
+		"disk encryption set %q lacks key permission '%s' on vault %s; grant its identity access: hostcrypt keyvault set-policy --name %s --object-id %s --key-permissions get,wrapKey,unwrapKey",
+		des.Name, op, vault, vault, des.Identity.PrincipalID)
 }
 
 // parseKeyURL checks a versioned key id: https://HOST/vaults/V/keys/K/VERSION.
@@ -188,14 +189,16 @@ func (h *Host) checkAccess(ctx context.Context, des *DiskEncryptionSet) error {
 	}
 	probe := make([]byte, 32)
 	rand.Read(probe)
+	op := "wrapKey"
 	w, err := ck.WrapKey(ctx, des.ActiveKey.KeyURL, probe)
 	if err == nil {
 		var back []byte
+		op = "unwrapKey"
 		back, err = ck.UnwrapKey(ctx, w)
 		hcrypto.Wipe(back)
 	}
 	if errors.Is(err, ErrKeyAccessDenied) {
-		return accessDenied(des, des.ActiveKey.KeyURL)
+		return accessDenied(des, des.ActiveKey.KeyURL, op)
 	}
 	if err != nil {
 		return fmt.Errorf("the identity %s of disk encryption set %q cannot use key %s: %w (grant it get, wrapKey and unwrapKey: hostcrypt keyvault set-policy --name %s --object-id %s --key-permissions get,wrapKey,unwrapKey)",
@@ -311,7 +314,7 @@ func (h *Host) unwrapperFor(d *Disk) disk.KeyUnwrapper {
 		}
 		dek, err := ck.UnwrapKey(ctx, w)
 		if errors.Is(err, ErrKeyAccessDenied) {
-			return nil, accessDenied(des, w.KeyID)
+			return nil, accessDenied(des, w.KeyID, "unwrapKey")
 		}
 		if err != nil {
 			return nil, fmt.Errorf("disk %q: the identity %s of disk encryption set %q cannot unwrap with key %s: %w",
@@ -333,7 +336,7 @@ func (h *Host) wrappersFor(ctx context.Context, encType string, des *DiskEncrypt
 	cmk := wrapFunc(func(ctx context.Context, dek []byte) (disk.WrappedKey, error) {
 		w, err := ck.WrapKey(ctx, des.ActiveKey.KeyURL, dek)
 		if errors.Is(err, ErrKeyAccessDenied) {
-			return w, accessDenied(des, des.ActiveKey.KeyURL)
+			return w, accessDenied(des, des.ActiveKey.KeyURL, "wrapKey")
 		}
 		if err != nil {
 			return w, fmt.Errorf("the identity %s of disk encryption set %q cannot wrap with key %s: %w (grant it get, wrapKey and unwrapKey with hostcrypt keyvault set-policy --name %s --object-id %s --key-permissions get,wrapKey,unwrapKey)",

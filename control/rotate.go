@@ -64,7 +64,7 @@ func (h *Host) switchKey(ctx context.Context, des *DiskEncryptionSet, next KeyFo
 		return err
 	}
 	if _, err := ck.WrapKey(ctx, next.KeyURL, make([]byte, 32)); errors.Is(err, ErrKeyAccessDenied) {
-		return accessDenied(des, next.KeyURL)
+		return accessDenied(des, next.KeyURL, "wrapKey")
 	} else if err != nil {
 		return fmt.Errorf("the identity %s of disk encryption set %q cannot use key %s: %w", des.Identity.PrincipalID, des.Name, next.KeyURL, err)
 	}
