@@ -14,7 +14,7 @@ import (
 // hintRE finds a command a message suggests: hostcrypt (optional) GROUP
 // VERB [VERB] and its flags with their values (a list value has commas),
 // up to a closing parenthesis, a semicolon, a comma and a space, or the end.
-var hintRE = regexp.MustCompile(`(?:hostcrypt )?((?:vm|disk|des|keyvault|key|snapshot|image)(?: [a-z-]+){1,2}(?: --[a-z-]+ [^ ;)]*[^ ,;)])+)`)
+var hintRE = regexp.MustCompile("(?:hostcrypt )?((?:vm|disk|des|keyvault|key|snapshot|image)(?: [a-z-]+){1,2}(?: --[a-z-]+ [^ ;)`]*[^ ,;)`])+)")
 
 // runHint runs the command a message suggests, which must exist and work.
 func (h *host) runHint(t *testing.T, msg string) string {
@@ -97,12 +97,34 @@ func TestNewcomerHintsWork(t *testing.T) {
 	require.NoError(t, err)
 	require.EqualValues(t, 16<<20, st.Size())
 
-	// Deleting what is in use: each refusal's hint frees it.
+	// A key disabled under a running VM stops it; the reason says how to
+	// enable the key again.
+	h.ok("vm", "start", "--name", "vm1")
+	h.ok("key", "set-attributes", "--vault-name", "vault1", "--name", "k1", "--enabled", "false")
+	var vm vmState
+	waitFor(t, 60*time.Second, "vm1 to stop for its disabled key", func() bool {
+		h.json(&vm, "vm", "show", "--name", "vm1")
+		return vm.PowerState == "stopped"
+	})
+	require.Contains(t, vm.Reason, "--enabled true")
+	h.runHint(t, vm.Reason)
+	h.ok("vm", "start", "--name", "vm1")
+
+	// Using what is in use: each refusal's hint frees it.
+	msg = h.refused(t, "image", "create", "--name", "img1", "--source", "cmk1")
+	h.runHint(t, msg) // a snapshot, named as the hint names it
+	h.ok("image", "create", "--name", "img1", "--source", "S")
+	msg = h.refused(t, "disk", "delete", "--name", "cmk1")
+	require.Contains(t, msg, "detach it first")
+	h.runHint(t, msg)
+	msg = h.refused(t, "vm", "update", "--name", "vm1", "--encryption-at-host", "false")
+	h.runHint(t, msg)
+	h.ok("vm", "update", "--name", "vm1", "--encryption-at-host", "false")
 	h.ok("vm", "start", "--name", "vm1")
 	msg = h.refused(t, "vm", "delete", "--name", "vm1")
 	h.runHint(t, msg)
 	out = h.ok("vm", "delete", "--name", "vm1")
-	require.Contains(t, out, "deleted VM vm1; its disks stay, unattached: vm1_OsDisk, cmk1")
+	require.Contains(t, out, "deleted VM vm1; its disks stay, unattached: vm1_OsDisk (")
 	out = h.ok("disk", "delete", "--name", "cmk1")
 	require.Contains(t, out, "deleted disk cmk1")
 }
