@@ -48,7 +48,7 @@ func TestMakeReset(t *testing.T) {
 
 	out, err = makeReset(t, vr)
 	require.NoError(t, err, out)
-	require.Contains(t, out, "removed "+vr)
+	require.Equal(t, "reset: removed "+vr+"\n", out, "nothing else, even when a process ends while it looks")
 	require.NoDirExists(t, vr)
 
 	out, err = makeReset(t, vr)

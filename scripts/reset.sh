@@ -36,7 +36,7 @@ done < <(losetup --list --noheadings --output NAME,BACK-FILE 2>/dev/null || true
 # Daemons running on it.
 for p in /proc/[0-9]*; do
   [[ ${p#/proc/} == "$$" ]] && continue
-  cmd=$(tr '\0' ' ' <"$p/cmdline" 2>/dev/null) || continue
+  cmd=$({ tr '\0' ' ' <"$p/cmdline"; } 2>/dev/null) || continue
   case $cmd in
   *keystored*" $VAR/"* | *hostcryptd*" $VAR/"*)
     busy+=("running: pid ${p#/proc/}: ${cmd%% *}   (stop make run, or kill -TERM ${p#/proc/})")
