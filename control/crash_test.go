@@ -5,6 +5,7 @@ import (
 	"context"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -295,7 +296,14 @@ func TestEmptyStateRemovesNothing(t *testing.T) {
 	require.NoError(t, err)
 	_, err = f.tree.get("vm1/data-0.img").WriteAt([]byte("cached"), 0)
 	require.NoError(t, err)
+	d1, err := f.h.ShowDisk("d1")
+	require.NoError(t, err)
 	require.NoError(t, f.h.Shutdown())
+	// A clean shutdown writes the cache back and removes its directory; a
+	// crashed host leaves one, with pages still to write back.
+	crashed := filepath.Join(f.cfg.CacheDir, d1.UniqueID)
+	require.NoError(t, os.MkdirAll(crashed, 0o700))
+	require.NoError(t, os.WriteFile(filepath.Join(crashed, "data"), []byte("sealed pages"), 0o600))
 	storageBefore, err := f.cfg.Storage.List(ctx, "")
 	require.NoError(t, err)
 	hostBefore, err := f.cfg.HostLocal.List(ctx, "")
