@@ -31,6 +31,7 @@ type Disk struct {
 	vol    [16]byte
 	lay    layout
 	layers []hcrypto.Layer // [0] = layer 1 (data key), [1] = layer 2 (infrastructure key)
+	selKey []byte          // version 3: the MAC key of the selector state, derived from the data key
 	sector int
 	cbytes int64 // plaintext bytes per chunk
 
@@ -105,6 +106,9 @@ type chunkState struct {
 	// names, entrySize bytes per block, under the same locks. Entries of
 	// versions not synced yet exist only here until Sync writes them.
 	ent []byte
+	// gen (version 3) is the generation of the persisted selector state;
+	// read and written under the chunk's syncMu.
+	gen uint64
 	// flight is the Sync in progress, if any: the selectors it is making
 	// persistent. Set and cleared by the Sync under read locks of all the
 	// chunk's stripes, read by writers under their write locks.
@@ -146,6 +150,17 @@ func (st *chunkState) target(k int) (sel byte, ok bool) {
 	}
 	_, sel = nextSlot(p)
 	return sel, true
+}
+
+// unused reports whether block k has no version anywhere: no current, no
+// persisted and none in flight (never written, discarded, or zeroed). The
+// caller holds k's stripe lock.
+func (st *chunkState) unused(k int) bool {
+	if st.sel[k] != selNone || st.psel[k] != selNone {
+		return false
+	}
+	s, in := st.flight.at(k)
+	return !in || s == selNone
 }
 
 // scratch is one goroutine's working memory for sealing and opening blocks,
@@ -225,6 +240,17 @@ func newDisk(be storage.Backend, prefix string, m *Metadata, keys [][]byte) (*Di
 		overhead += l.Overhead()
 	}
 	d.lay = newLayout(m.Format, m.ChunkBlocks, overhead, hcrypto.LayerNonceSize*len(d.layers))
+	if m.Format >= formatV3 {
+		// The selector state's MAC key comes from the data key (layer
+		// 1), which the storage operator never holds, even with double
+		// encryption's infrastructure key.
+		k, err := hcrypto.DeriveKey(keys[0], vol[:], stateLabel, 32)
+		if err != nil {
+			d.wipeLayers()
+			return nil, fmt.Errorf("disk %s: %w", prefix, err)
+		}
+		d.selKey = k
+	}
 	d.size.Store(m.Size)
 	epoch := time.Now()
 	d.wall = time.Now
@@ -441,14 +467,38 @@ func (d *Disk) stateOf(c *chunk, create, quiet bool) (*chunkState, error) {
 	}
 	// The header, and zeros over the selector table: the object may be a
 	// blank one left by a creation that never got this far. Whole pages.
+	// Version 3 writes its first selector state and zeros over the other
+	// copy and the entries instead (which also allocates everything a
+	// Sync writes later, so that a Sync needs no new space), and makes
+	// them durable before any block goes in: a chunk whose header did not
+	// reach the device holds nothing else (see checkBlank).
+	v3 := d.lay.format >= formatV3
 	first := make([]byte, headerSize+d.lay.selBytes)
+	if v3 {
+		first = make([]byte, d.lay.entriesEnd())
+	}
 	h := d.header(c.idx)
 	copy(first, h.marshal())
+	if v3 {
+		off := d.lay.stateOffset(1)
+		d.encodeState(first[off:off+d.lay.stateBytes], c.idx, 1, make([]byte, d.lay.chunkBlocks))
+	}
 	if _, err := obj.WriteAt(first, 0); err != nil {
 		obj.Close()
 		return nil, err
 	}
+	if v3 {
+		// A failed sync here loses nothing written before: the next
+		// creation writes all of it again before it syncs.
+		if err := obj.Sync(); err != nil {
+			obj.Close()
+			return nil, err
+		}
+	}
 	st := &chunkState{obj: obj, sel: make([]byte, d.lay.chunkBlocks), psel: make([]byte, d.lay.chunkBlocks)}
+	if v3 {
+		st.gen = 1
+	}
 	if d.lay.format != formatV1 {
 		st.ent = make([]byte, d.lay.chunkBlocks*d.lay.entrySize)
 	}
@@ -491,7 +541,18 @@ func (d *Disk) load(c *chunk, obj storage.Chunk, quiet bool) (*chunkState, error
 	if _, err := obj.ReadAt(buf, 0); err != nil {
 		return nil, err
 	}
+	damaged := func(err error) error {
+		if !quiet {
+			d.alarm(c.idx*int64(d.lay.chunkBlocks), 0, err)
+		}
+		return &IOError{Disk: d.prefix, Block: c.idx * int64(d.lay.chunkBlocks), Err: fmt.Errorf("chunk %d: %w: %w", c.idx, ErrIntegrity, err)}
+	}
 	if zeros.Is(buf[:headerSize]) {
+		if d.lay.format >= formatV3 {
+			if err := d.checkBlank(obj, buf); err != nil {
+				return nil, damaged(err)
+			}
+		}
 		return nil, nil
 	}
 	h, err := parseChunkHeader(buf[:headerSize])
@@ -499,14 +560,21 @@ func (d *Disk) load(c *chunk, obj storage.Chunk, quiet bool) (*chunkState, error
 		err = fmt.Errorf("%w: it belongs to volume %x chunk %d (%d layers)", errBadHeader, h.VolumeID, h.ChunkIndex, h.Layers)
 	}
 	if err != nil {
-		if !quiet {
-			d.alarm(c.idx*int64(d.lay.chunkBlocks), 0, err)
-		}
-		return nil, &IOError{Disk: d.prefix, Block: c.idx * int64(d.lay.chunkBlocks), Err: fmt.Errorf("chunk %d: %w: %w", c.idx, ErrIntegrity, err)}
+		return nil, damaged(err)
 	}
 	// Keep only the selectors, not the header page they were read with.
-	sel := bytes.Clone(buf[headerSize : headerSize+d.lay.chunkBlocks])
-	st := &chunkState{obj: obj, sel: sel, psel: bytes.Clone(sel)}
+	var sel []byte
+	var gen uint64
+	if d.lay.format >= formatV3 {
+		g, s, err := d.pickState(buf, c.idx)
+		if err != nil {
+			return nil, damaged(err)
+		}
+		sel, gen = bytes.Clone(s), g
+	} else {
+		sel = bytes.Clone(buf[headerSize : headerSize+d.lay.chunkBlocks])
+	}
+	st := &chunkState{obj: obj, sel: sel, psel: bytes.Clone(sel), gen: gen}
 	if d.lay.format != formatV1 {
 		es := d.lay.entrySize
 		st.ent = make([]byte, d.lay.chunkBlocks*es)
@@ -1034,11 +1102,12 @@ func (d *Disk) writeBlocks(c *chunk, st *chunkState, p []byte, coff int64, b0, b
 	if !v1 {
 		ss = BlockSize
 	}
-	bp := d.getBuf(n*(ss+es+1) + 2*BlockSize)
+	bp := d.getBuf(n*(ss+es+2) + 2*BlockSize)
 	defer d.putBuf(bp)
 	buf := *bp
 	data, ents, rest := buf[:n*ss], buf[n*ss:n*(ss+es)], buf[n*(ss+es):]
 	newSel, rest := rest[:n], rest[n:]
+	fresh, rest := rest[:n], rest[n:]
 	head, tail := rest[:BlockSize], rest[BlockSize:2*BlockSize]
 
 	sc := d.getScratch()
@@ -1070,7 +1139,7 @@ func (d *Disk) writeBlocks(c *chunk, st *chunkState, p []byte, coff int64, b0, b
 	// each sealing and writing its part, so that one part's write to the
 	// backend overlaps another's sealing.
 	job := sealJob{d: d, st: st, p: p, coff: coff, base: base, b0: b0, b1: b1,
-		head: head, tail: tail, data: data, ents: ents, newSel: newSel}
+		head: head, tail: tail, data: data, ents: ents, newSel: newSel, fresh: fresh}
 	var err error
 	if n >= parallelMin {
 		big := job // only this copy escapes to the goroutines
@@ -1103,6 +1172,7 @@ type sealJob struct {
 	head, tail []byte // merged first and last block of a partial write
 	data, ents []byte // out: sealed units or pages, and entries
 	newSel     []byte // out: the selector of each block
+	fresh      []byte // out (version 3): 1 for a block with no version at all, whose other slot is reserved too
 }
 
 // seal seals blocks b0+lo .. b0+hi-1 and writes them to their slots.
@@ -1128,6 +1198,10 @@ func (j *sealJob) seal(lo, hi int, sc *scratch) error {
 		}
 		sel, _ := j.st.target(k) // free: checked by tryWriteChunk
 		j.newSel[k-j.b0] = sel
+		j.fresh[k-j.b0] = 0
+		if d.lay.format >= formatV3 && j.st.unused(k) {
+			j.fresh[k-j.b0] = 1
+		}
 		if v1 {
 			d.sealBlock(j.data[(k-j.b0)*ss:(k-j.b0+1)*ss], src, j.base+int64(k), sc)
 			continue
@@ -1157,7 +1231,38 @@ func (j *sealJob) seal(lo, hi int, sc *scratch) error {
 		if _, err := j.st.obj.WriteAt(j.data[(i-j.b0)*ss:(e-j.b0)*ss], off); err != nil {
 			return d.ioErr(j.base+int64(i), err)
 		}
+		if err := j.reserve(i, e); err != nil {
+			return err
+		}
 		i = e
+	}
+	return nil
+}
+
+// reserve writes the pages of the fresh blocks among [i, e) (which went to
+// slot A) to slot B as well (version 3). A block's first write so takes
+// the space of both its slots: its next version is an overwrite of space
+// the backing file system has already allocated, as fast as any later
+// one and never short of space (ENOSPC), and only a block never written
+// can run out of it. The same ciphertext goes to both pages (rather than
+// zeros, which a compressing or deduplicating store would not allocate);
+// slot B's entry stays zero, so until a version of its own is synced
+// there nothing in slot B opens.
+func (j *sealJob) reserve(i, e int) error {
+	d := j.d
+	for i < e {
+		if j.fresh[i-j.b0] == 0 {
+			i++
+			continue
+		}
+		f := i + 1
+		for f < e && j.fresh[f-j.b0] != 0 {
+			f++
+		}
+		if _, err := j.st.obj.WriteAt(j.data[(i-j.b0)*BlockSize:(f-j.b0)*BlockSize], d.lay.pageOffset(1, i)); err != nil {
+			return d.ioErr(j.base+int64(i), err)
+		}
+		i = f
 	}
 	return nil
 }
@@ -1299,15 +1404,26 @@ func (d *Disk) discardChunk(ci int64, b0, n int) error {
 	// left dirty for the next Sync.
 	clear(st.sel[b0 : b0+n])
 	d.markDirty(c)
-	if _, err := st.obj.WriteAt(st.sel[b0:b0+n], d.lay.selOffset(b0)); err != nil {
-		return d.ioErr(base+int64(b0), err)
-	}
-	if err := st.obj.Sync(); err != nil {
-		// The zero selectors alone would be safe either way, but the
-		// sync covered the chunk's other dirty pages too, which the
-		// file system may have dropped: fence (see fence).
-		d.fence(ci, "sync of a discard", err)
-		return d.ioErr(base+int64(b0), err)
+	if d.lay.format >= formatV3 {
+		err := d.commitState(ci, st, func(sel []byte) {
+			copy(sel, st.psel)
+			clear(sel[b0 : b0+n])
+		})
+		if err != nil {
+			return d.ioErr(base+int64(b0), err)
+		}
+	} else {
+		if _, err := st.obj.WriteAt(st.sel[b0:b0+n], d.lay.selOffset(b0)); err != nil {
+			return d.ioErr(base+int64(b0), err)
+		}
+		if err := st.obj.Sync(); err != nil {
+			// The zero selectors alone would be safe either way, but
+			// the sync covered the chunk's other dirty pages too,
+			// which the file system may have dropped: fence (see
+			// fence).
+			d.fence(ci, "sync of a discard", err)
+			return d.ioErr(base+int64(b0), err)
+		}
 	}
 	clear(st.psel[b0 : b0+n])
 	for s := 0; s < 2; s++ {
@@ -1416,7 +1532,12 @@ func (d *Disk) syncChunk(c *chunk) error {
 			d.fence(c.idx, "sync of data", err)
 		}
 	}
-	if err == nil && lo < hi {
+	if err == nil && lo < hi && d.lay.format >= formatV3 {
+		err = d.commitState(c.idx, st, func(sel []byte) {
+			copy(sel, st.psel)
+			copy(sel[lo:], f.sel)
+		})
+	} else if err == nil && lo < hi {
 		if _, err = st.obj.WriteAt(f.sel, d.lay.selOffset(lo)); err == nil {
 			if err = st.obj.Sync(); err != nil {
 				d.fence(c.idx, "sync of selectors", err)
@@ -1646,4 +1767,5 @@ func (d *Disk) wipeLayers() {
 	for _, l := range d.layers {
 		l.Close()
 	}
+	hcrypto.Wipe(d.selKey)
 }

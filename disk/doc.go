@@ -9,11 +9,19 @@
 // block to the disk's volume id and the block's index. Each block has two
 // slots; a new version always goes to the slot not holding the current one,
 // and a one-byte selector is switched only after the data is written, so a
-// write cut short never destroys the previous version. Format version 2 (new
-// disks) keeps each slot's ciphertext in its own page-aligned 4 KiB page and
-// the nonces and tags in a compact entry table written at Sync, so that the
-// data path writes whole pages of the backing file; version 1 disks keep
+// write cut short never destroys the previous version. Format version 2
+// keeps each slot's ciphertext in its own page-aligned 4 KiB page and the
+// nonces and tags in a compact entry table written at Sync, so that the data
+// path writes whole pages of the backing file. Format version 3 (new disks)
+// authenticates each chunk's selectors (a generation and an HMAC under a key
+// derived from the data key, in two copies so that a torn write leaves the
+// previous one; state.go), so that editing them is an integrity error and
+// not a rollback, and writes a block's first version into both of its
+// slots, so that no rewrite needs new space. Version 1 and 2 disks keep
 // their layout.
+//
+// The chunk table is sparse (table.go): memory and Sync follow the chunks
+// written, not the disk's size. A failed sync fences the disk (no retry).
 //
 // The engine knows nothing of key stores: keys arrive wrapped, through the
 // KeyWrapper and KeyUnwrapper interfaces, and the unwrapped keys live only in

@@ -52,28 +52,34 @@ func FuzzMetadata(f *testing.F) {
 	})
 }
 
-// FuzzStoredBlock writes arbitrary bytes over a stored sealed unit (in
-// format 2 wherever its page and entry are) and its selector: a read returns
-// the original data (the bytes did not change what counts) or an integrity
-// error, never anything else.
+// FuzzStoredBlock writes arbitrary bytes over a stored sealed unit (from
+// format 2 on wherever its page and entry are) and its selector: a read
+// returns the original data (the bytes did not change what counts) or an
+// integrity error, never anything else; in format 3 a changed selector is
+// always an integrity error.
 func FuzzStoredBlock(f *testing.F) {
-	f.Add([]byte{0x01}, uint16(0), byte(0x0F), false)
-	f.Add(bytes.Repeat([]byte{0xff}, 100), uint16(4000), byte(0xF0), false)
-	f.Add([]byte{}, uint16(0), byte(0x00), false)
-	f.Add([]byte{0x01}, uint16(0), byte(0x0F), true)
-	f.Add(bytes.Repeat([]byte{0xff}, 100), uint16(4100), byte(0x0F), true)
-	f.Fuzz(func(t *testing.T, junk []byte, at uint16, sel byte, v1 bool) {
-		format := FormatVersion
-		if v1 {
-			format = formatV1
-		}
+	for v := range uint8(3) {
+		f.Add([]byte{0x01}, uint16(0), byte(0x0F), v)
+		f.Add(bytes.Repeat([]byte{0xff}, 100), uint16(4000), byte(0xF0), v)
+		f.Add([]byte{}, uint16(0), byte(0x00), v)
+		f.Add(bytes.Repeat([]byte{0xff}, 100), uint16(4100), byte(0x0F), v)
+	}
+	f.Fuzz(func(t *testing.T, junk []byte, at uint16, sel byte, version uint8) {
+		format := formats[int(version)%len(formats)]
 		td := newTestDiskFormat(t, format, 1<<20, 1, 8)
 		data := randBytes(BlockSize)
 		_, err := td.WriteAt(data, 0)
 		require.NoError(t, err)
 		require.NoError(t, td.Sync())
 		path := chunkFile(td, 0)
-		patch(t, path, td.lay.selOffset(0), func(b []byte) { b[0] = sel })
+		selAt := td.lay.selOffset(0)
+		if format >= formatV3 {
+			raw, err := os.ReadFile(path)
+			require.NoError(t, err)
+			selAt = newestStateOffset(t, td, raw) + 16
+		}
+		var was byte
+		patch(t, path, selAt, func(b []byte) { was, b[0] = b[0], sel })
 		for i, c := range junk {
 			j := (int(at) + i) % td.lay.slotSize
 			patch(t, path, td.lay.unitOffset(0, 0, j), func(b []byte) { b[0] = c })
@@ -84,6 +90,8 @@ func FuzzStoredBlock(f *testing.F) {
 		switch {
 		case err != nil:
 			require.ErrorIs(t, err, ErrIntegrity)
+		case format >= formatV3 && sel != was:
+			t.Fatalf("format 3 read a block whose selector was changed from %#x to %#x", was, sel)
 		case sel == selNone:
 			require.Equal(t, make([]byte, BlockSize), got, "a never-written block reads as zeros")
 		default:

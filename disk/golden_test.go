@@ -76,6 +76,8 @@ func TestGolden(t *testing.T) {
 		{"v1-double-4096", 1, keyring{goldenKEK, goldenInfra}, 4096},
 		{"v2-single-512", 2, keyring{goldenKEK}, 512},
 		{"v2-double-4096", 2, keyring{goldenKEK, goldenInfra}, 4096},
+		{"v3-single-512", 3, keyring{goldenKEK}, 512},
+		{"v3-double-4096", 3, keyring{goldenKEK, goldenInfra}, 4096},
 	} {
 		t.Run(g.name, func(t *testing.T) {
 			dir := filepath.Join("testdata", "golden", g.name)

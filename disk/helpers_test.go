@@ -90,7 +90,7 @@ func newTestDisk(t testing.TB, size int64, layers, chunkBlocks int) *testDisk {
 }
 
 // formats are the format versions every engine test runs on.
-var formats = []int{formatV1, formatV2}
+var formats = []int{formatV1, formatV2, formatV3}
 
 // newTestDiskFormat is newTestDisk for a given format version.
 func newTestDiskFormat(t testing.TB, format int, size int64, layers, chunkBlocks int) *testDisk {

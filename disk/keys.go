@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"time"
 
 	hcrypto "hostcrypt/crypto"
@@ -141,13 +142,47 @@ func Create(ctx context.Context, be storage.Backend, prefix string, o CreateOpti
 	return newDisk(be, prefix, m, keys)
 }
 
+// PlatformWrap is the wrapping algorithm of platform keys (AES key wrap
+// with padding, RFC 5649).
+const PlatformWrap = "A256KWP"
+
+// OpenOption tells Open what the caller knows of the disk.
+type OpenOption func(*openConfig)
+
+type openConfig struct {
+	customerManaged bool
+}
+
+// CustomerManaged tells Open that the control state records the disk's data
+// key (layer 1) as customer-managed. A layer-1 wrap by a platform key
+// (PlatformWrap) in its metadata is then refused as an integrity error
+// before any key is unwrapped: it can only be an altered meta.json, or an
+// old one restored by someone who can write the storage (switching a disk
+// from platform to customer keys keeps its data key, so a meta.json from
+// before the switch holds a platform wrap of the same key). Unwrapping it
+// would let the host open the disk without the customer's key. Layer 2 of
+// double encryption is platform-wrapped by design and not checked.
+func CustomerManaged() OpenOption { return func(c *openConfig) { c.customerManaged = true } }
+
 // Open opens the disk stored under prefix, unwrapping each layer's key with u.
 // Each layer's wraps are tried in order; the first that opens and matches the
 // key check wins.
-func Open(ctx context.Context, be storage.Backend, prefix string, u KeyUnwrapper) (*Disk, error) {
+func Open(ctx context.Context, be storage.Backend, prefix string, u KeyUnwrapper, opts ...OpenOption) (*Disk, error) {
+	var cfg openConfig
+	for _, o := range opts {
+		o(&cfg)
+	}
 	m, err := ReadMetadata(ctx, be, prefix)
 	if err != nil {
 		return nil, err
+	}
+	if cfg.customerManaged {
+		for _, w := range m.Layers[0].WrappedKeys {
+			if w.Algorithm == PlatformWrap {
+				slog.Error("integrity alarm: a customer-managed disk's data key is wrapped by a platform key in its metadata", "disk", prefix, "kid", w.KeyID)
+				return nil, fmt.Errorf("disk %s: %w: its data key is customer-managed but meta.json holds a platform wrap of it (%s, %s): the metadata was altered, or restored from before the switch to customer keys; restore the current meta.json from a backup", prefix, ErrIntegrity, w.KeyID, w.Algorithm)
+			}
+		}
 	}
 	keys, err := unwrapLayers(ctx, prefix, m, u)
 	if err != nil {

@@ -16,14 +16,15 @@ const BlockSize = 4096
 const DefaultChunkBlocks = 1024
 
 // FormatVersion is the format of new disks, written into their metadata and
-// every chunk header. Version 1 disks are still opened, read and written in
-// their own layout (see docs/FORMAT.md).
-const FormatVersion = 2
+// every chunk header. Version 1 and 2 disks are still opened, read and
+// written in their own layout, and keep it (see docs/FORMAT.md).
+const FormatVersion = 3
 
 // The format versions this build reads and writes.
 const (
 	formatV1 = 1
 	formatV2 = 2
+	formatV3 = 3
 )
 
 const (
@@ -72,13 +73,17 @@ type layout struct {
 	selBytes    int64
 	slotBase    int64 // version 1
 
-	// Version 2. A sealed unit is head || page || tail: head is the nonces
-	// in front of the ciphertext, the tail the tags after it; the entry is
-	// head || tail.
+	// Version 2 and 3. A sealed unit is head || page || tail: head is the
+	// nonces in front of the ciphertext, the tail the tags after it; the
+	// entry is head || tail.
 	head      int
 	entrySize int
 	entryBase int64
 	pageBase  int64
+
+	// Version 3: the two copies of the selector state (see state.go), each
+	// stateBytes long, in place of version 2's selector table.
+	stateBytes int64
 }
 
 // newLayout returns the chunk geometry of a format version for a disk whose
@@ -99,14 +104,24 @@ func newLayout(format, chunkBlocks, overhead, head int) layout {
 		l.head = head
 		l.entrySize = overhead
 		l.entryBase = headerSize + sel
+		if format >= formatV3 {
+			l.selBytes = 0
+			l.stateBytes = roundPage(int64(stateLen(chunkBlocks)))
+			l.entryBase = headerSize + 2*l.stateBytes
+		}
 		l.pageBase = l.entryBase + roundPage(2*int64(chunkBlocks)*int64(overhead))
 	}
 	return l
 }
 
+// stateOffset is where copy i (0 or 1) of the selector state lives in a
+// version 3 chunk.
+func (l layout) stateOffset(i int) int64 { return headerSize + int64(i)*l.stateBytes }
+
 func roundPage(n int64) int64 { return (n + headerSize - 1) / headerSize * headerSize }
 
-// selOffset is where block i's selector byte lives in its chunk.
+// selOffset is where block i's selector byte lives in a version 1 or 2
+// chunk.
 func (l layout) selOffset(i int) int64 { return headerSize + int64(i) }
 
 // slotOffset is where slot s (0 = A, 1 = B) of block i lives in a version 1

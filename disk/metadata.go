@@ -102,8 +102,8 @@ func writeMetadata(ctx context.Context, be storage.Backend, prefix string, m *Me
 }
 
 func (m *Metadata) validate() error {
-	if m.Format != formatV1 && m.Format != formatV2 {
-		return fmt.Errorf("format version %d is not supported (this build reads versions %d and %d)", m.Format, formatV1, formatV2)
+	if m.Format < formatV1 || m.Format > formatV3 {
+		return fmt.Errorf("format version %d is not supported (this build reads versions %d to %d)", m.Format, formatV1, formatV3)
 	}
 	if err := m.validateGeometry(); err != nil {
 		return err
