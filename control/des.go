@@ -324,6 +324,16 @@ func (h *Host) unwrapperFor(d *Disk) disk.KeyUnwrapper {
 	})
 }
 
+// openOptions tells the engine what the control state records of a disk's
+// keys: a customer-managed data key must not turn up wrapped by a platform
+// key in the disk's metadata.
+func openOptions(d *Disk) []disk.OpenOption {
+	if d.Encryption.Type == EncCustomerKey || d.Encryption.Type == EncPlatformAndCustomerKey {
+		return []disk.OpenOption{disk.CustomerManaged()}
+	}
+	return nil
+}
+
 // wrappersFor returns the key wrappers of a new disk's layers.
 func (h *Host) wrappersFor(ctx context.Context, encType string, des *DiskEncryptionSet) ([]disk.KeyWrapper, error) {
 	if des == nil {

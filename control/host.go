@@ -215,7 +215,7 @@ func (h *Host) openAttached(ctx context.Context, d *Disk, caching string, eah bo
 	// Snapshots of the disk while it is in use freeze what the engine
 	// writes: copy-before-write, just under the engine.
 	od.fr = freeze.New(od.cache)
-	od.d, err = disk.Open(ctx, od.fr, d.StoragePrefix, h.unwrapperFor(d))
+	od.d, err = disk.Open(ctx, od.fr, d.StoragePrefix, h.unwrapperFor(d), openOptions(d)...)
 	if err != nil {
 		return nil, fmt.Errorf("opening disk %q: %w", d.Name, err)
 	}
@@ -572,7 +572,7 @@ func (h *Host) UpdateDisk(ctx context.Context, name string, r UpdateDiskRequest)
 			}
 		}
 	} else {
-		dd, err := disk.Open(ctx, h.cfg.Storage, d.StoragePrefix, h.unwrapperFor(d))
+		dd, err := disk.Open(ctx, h.cfg.Storage, d.StoragePrefix, h.unwrapperFor(d), openOptions(d)...)
 		if err != nil {
 			return nil, fmt.Errorf("opening disk %q: %w", name, err)
 		}
