@@ -306,12 +306,12 @@ func TestHostIntegrityAlarm(t *testing.T) {
 	var d diskJSON
 	h.json(&d, "disk", "show", "--name", "d1")
 	chunk := filepath.Join(h.storage, d.StoragePrefix, "chunks", "00000000")
-	// Format 2, one layer, 4 MiB chunks: the ciphertext pages start at
-	// 90112, slot A of block 2 at 90112 + 2*4096; flip a bit inside it.
+	// Format 3, one layer, 4 MiB chunks: the ciphertext pages start at
+	// 94208, slot A of block 2 at 94208 + 2*4096; flip a bit inside it.
 	f, err := os.OpenFile(chunk, os.O_RDWR, 0)
 	require.NoError(t, err)
 	b := make([]byte, 1)
-	off := int64(90112 + 2*4096 + 100)
+	off := int64(94208 + 2*4096 + 100)
 	_, err = f.ReadAt(b, off)
 	require.NoError(t, err)
 	b[0] ^= 0x20
