@@ -1192,13 +1192,13 @@ func (j *sealJob) seal(lo, hi int, sc *scratch) error {
 		default:
 			src = j.tail
 		}
+		j.fresh[k-j.b0] = 0
 		if zeros.Is(src) {
 			j.newSel[k-j.b0] = selNone
 			continue
 		}
 		sel, _ := j.st.target(k) // free: checked by tryWriteChunk
 		j.newSel[k-j.b0] = sel
-		j.fresh[k-j.b0] = 0
 		if d.lay.format >= formatV3 && j.st.unused(k) {
 			j.fresh[k-j.b0] = 1
 		}
