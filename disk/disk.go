@@ -488,9 +488,12 @@ func (d *Disk) stateOf(c *chunk, create, quiet bool) (*chunkState, error) {
 		return nil, err
 	}
 	if v3 {
-		// A failed sync here loses nothing written before: the next
-		// creation writes all of it again before it syncs.
+		// The object now exists with a header the kernel may have
+		// dropped after a failed sync; a later load would find it in
+		// the page cache and never write it again. Fence, as for any
+		// failed sync.
 		if err := obj.Sync(); err != nil {
+			d.fence(c.idx, "sync of a new chunk", err)
 			obj.Close()
 			return nil, err
 		}

@@ -437,3 +437,17 @@ func TestTornStateWrite(t *testing.T) {
 		})
 	}
 }
+
+// A failed sync of a chunk being created fences the disk: its header may
+// never reach the device, and a later write into the chunk would not write
+// it again.
+func TestFailedCreationSyncFences(t *testing.T) {
+	d, hb, _, _ := hookedDisk(t, formatV3)
+	hb.failSync = func() error { return errInjected }
+	_, err := d.WriteAt(randBytes(BlockSize), 0)
+	require.ErrorIs(t, err, errInjected)
+	require.ErrorContains(t, d.Fenced(), "sync of a new chunk")
+	hb.failSync = nil
+	_, err = d.WriteAt(randBytes(BlockSize), 0)
+	require.ErrorIs(t, err, ErrFenced)
+}
