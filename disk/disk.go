@@ -1540,6 +1540,14 @@ func (d *Disk) syncChunk(c *chunk) error {
 			copy(sel, st.psel)
 			copy(sel[lo:], f.sel)
 		})
+		if err == nil {
+			// The zeros over the older copy are durable only after the
+			// chunk's next sync: leave the chunk to the next Sync (the
+			// background one at the latest), so that the older copy
+			// does not stay valid on the device for as long as the
+			// chunk is not written again.
+			d.markDirty(c)
+		}
 	} else if err == nil && lo < hi {
 		if _, err = st.obj.WriteAt(f.sel, d.lay.selOffset(lo)); err == nil {
 			if err = st.obj.Sync(); err != nil {

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"sync/atomic"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -450,4 +451,21 @@ func TestFailedCreationSyncFences(t *testing.T) {
 	hb.failSync = nil
 	_, err = d.WriteAt(randBytes(BlockSize), 0)
 	require.ErrorIs(t, err, ErrFenced)
+}
+
+// A commit leaves its chunk to the next Sync, whose fdatasync makes the
+// zeros over the older state copy durable (so that a power cut cannot
+// leave the older copy valid on the device for long); after that the chunk
+// is clean and costs no sync.
+func TestCommitLeavesChunkToNextSync(t *testing.T) {
+	d, hb, _, _ := hookedDisk(t, formatV3)
+	_, err := d.WriteAt(randBytes(BlockSize), 0)
+	require.NoError(t, err)
+	require.NoError(t, d.Sync())
+	var syncs atomic.Int32
+	hb.onSync = func() { syncs.Add(1) }
+	require.NoError(t, d.Sync())
+	require.EqualValues(t, 1, syncs.Load(), "one fdatasync, and no new state")
+	require.NoError(t, d.Sync())
+	require.EqualValues(t, 1, syncs.Load(), "the chunk is clean")
 }
