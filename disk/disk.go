@@ -1755,6 +1755,11 @@ func (d *Disk) Close() error {
 		held.unlock()
 		d.dropAhead()
 		err := d.Sync()
+		if err == nil {
+			// Again, for the chunks whose selector state the first one
+			// committed: the zeros over their older copies (format 3).
+			err = d.Sync()
+		}
 		d.table.each(func(c *chunk) {
 			// A Sync that started before Close (the flusher's, a
 			// caller's) may still be writing the chunk.

@@ -469,3 +469,15 @@ func TestCommitLeavesChunkToNextSync(t *testing.T) {
 	require.NoError(t, d.Sync())
 	require.EqualValues(t, 1, syncs.Load(), "the chunk is clean")
 }
+
+// Close leaves no chunk with an older state copy whose zeros are not
+// durable: it syncs the chunks it committed once more.
+func TestCloseSyncsTheZerosOfCommits(t *testing.T) {
+	d, hb, _, _ := hookedDisk(t, formatV3)
+	_, err := d.WriteAt(randBytes(BlockSize), 0)
+	require.NoError(t, err)
+	var syncs atomic.Int32
+	hb.onSync = func() { syncs.Add(1) }
+	require.NoError(t, d.Close())
+	require.EqualValues(t, 3, syncs.Load(), "data, state, and the zeros over the older copy")
+}
