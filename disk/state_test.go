@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"sync/atomic"
 	"testing"
 
@@ -338,7 +339,12 @@ func TestDetectionTable(t *testing.T) {
 		_, err = d.WriteAt(randBytes(BlockSize), BlockSize)
 		require.NoError(t, err)
 		require.NoError(t, d.Close())
-		require.NoError(t, os.RemoveAll(f.td.dir))
+		// Emptied in place: the backend holds its root directory open.
+		entries, err := os.ReadDir(f.td.dir)
+		require.NoError(t, err)
+		for _, e := range entries {
+			require.NoError(t, os.RemoveAll(filepath.Join(f.td.dir, e.Name())))
+		}
 		require.NoError(t, os.CopyFS(f.td.dir, os.DirFS(dir)))
 		d, err = Open(ctx, f.td.be, f.td.name, f.td.ring)
 		require.NoError(t, err)
