@@ -13,7 +13,7 @@ VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo de
 COMMIT    ?= $(shell git rev-parse HEAD 2>/dev/null)
 LDFLAGS   := -X hostcrypt/internal/version.Version=$(VERSION) -X hostcrypt/internal/version.Commit=$(COMMIT)
 
-.PHONY: all build run reset test race fuzz bench lint deps deps-qemu deps-test clean
+.PHONY: all build run reset test race fuzz bench lint deps deps-qemu deps-test clean soak
 
 all: build
 
@@ -53,13 +53,24 @@ reset:
 
 # Everything CI runs: lint, the whole suite under the race detector (the
 # guest-boot test needs QEMU and a kernel: deps-test installs them), then
-# the RADOS phase (test-ceph).
+# the RADOS phase (test-ceph). The suite includes a short run of the
+# reliability suite (TestSoak in integration/, 5 rounds by default: each of
+# its disruptions once); `make soak` is the long run.
 test: deps-test lint
 	$(GO) test -race -count=1 -timeout 20m $(PKGS)
 	@$(MAKE) --no-print-directory test-ceph
 
 race:
 	$(GO) test -race -count=1 $(PKGS)
+
+# The reliability suite, long: ROUNDS rounds, each killing hostcryptd or
+# keystored with SIGKILL, stopping keystored, or filling or failing the
+# storage under fdatasync'd writers and fio, then checking every block
+# written (integration/soak_test.go). ROUNDS defaults to 100; SEED repeats
+# a run's choices.
+soak: deps
+	$(GO) test -race -count=1 -v -run '^TestSoak$$' -timeout 180m ./integration/ \
+	  -soak.rounds=$(or $(ROUNDS),100) $(if $(SEED),-soak.seed=$(SEED))
 
 # A short, bounded run of every fuzz target (FUZZTIME each).
 fuzz:
