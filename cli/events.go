@@ -3,11 +3,10 @@ package cli
 import (
 	"encoding/json"
 	"fmt"
+	ksapi "hostcrypt/keystore/api"
 	"strconv"
 	"strings"
 	"time"
-
-	"hostcrypt/keystore/client"
 )
 
 func eventsCommands() []Command {
@@ -16,7 +15,7 @@ func eventsCommands() []Command {
 
 var eventHeader = []string{"SEQ", "TIME", "TYPE", "VAULT", "KEY", "VERSION"}
 
-func eventRow(e *client.Event) []string {
+func eventRow(e *ksapi.Event) []string {
 	return []string{strconv.FormatUint(e.Sequence, 10), e.EventTime.Format(time.RFC3339), strings.TrimPrefix(e.EventType, "Microsoft.KeyVault."), e.Data.VaultName, e.Data.ObjectName, orDash(e.Data.Version)}
 }
 
