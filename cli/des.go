@@ -4,7 +4,7 @@ import (
 	"fmt"
 	"strconv"
 
-	"hostcrypt/control"
+	"hostcrypt/control/api"
 )
 
 func desCommands() []Command {
@@ -19,7 +19,7 @@ func desCommands() []Command {
 
 var desHeader = []string{"NAME", "ENCRYPTION", "ACTIVE-KEY", "AUTO-ROTATION", "PRINCIPAL", "KEY-ACCESS"}
 
-func desRow(d *control.DiskEncryptionSet) []string {
+func desRow(d *api.DiskEncryptionSet) []string {
 	return []string{d.Name, d.EncryptionType, d.ActiveKey.KeyURL, strconv.FormatBool(d.RotationToLatestKeyVersionEnabled),
 		d.Identity.PrincipalID, orDash(d.KeyAccess)}
 }
@@ -34,9 +34,9 @@ func desCreate(c *Context, args []string) error {
 	if err := f.parse(args); err != nil {
 		return err
 	}
-	var d control.DiskEncryptionSet
-	err := c.call("POST", "/des", control.CreateDESRequest{Name: *name, KeyURL: *keyURL, EncryptionType: *enc, EnableAutoKeyRotation: rot.val,
-		Subscription: *pl.subscription, ResourceGroup: *pl.resourceGroup, Location: *pl.location}, &d)
+	req := api.CreateDESRequest{Name: *name, KeyURL: *keyURL, EncryptionType: *enc, EnableAutoKeyRotation: rot.val,
+		Subscription: *pl.subscription, ResourceGroup: *pl.resourceGroup, Location: *pl.location}
+	d, err := onHost(c, func(h *api.Client) (*api.DiskEncryptionSet, error) { return h.CreateDES(c.Ctx, req) })
 	if err != nil {
 		return err
 	}
@@ -44,7 +44,7 @@ func desCreate(c *Context, args []string) error {
 		c.warnf("the identity %s cannot use the key yet; grant it access: hostcrypt keyvault set-policy --name %s --object-id %s --key-permissions get,wrapKey,unwrapKey",
 			d.Identity.PrincipalID, d.ActiveKey.SourceVault.ID, d.Identity.PrincipalID)
 	}
-	return c.show(&d, desHeader, [][]string{desRow(&d)})
+	return c.show(d, desHeader, [][]string{desRow(d)})
 }
 
 func desShow(c *Context, args []string) error {
@@ -53,19 +53,19 @@ func desShow(c *Context, args []string) error {
 	if err := f.parse(args); err != nil {
 		return err
 	}
-	var d control.DiskEncryptionSet
-	if err := c.call("GET", "/des/"+esc(*name), nil, &d); err != nil {
+	d, err := onHost(c, func(h *api.Client) (*api.DiskEncryptionSet, error) { return h.ShowDES(c.Ctx, *name) })
+	if err != nil {
 		return err
 	}
-	return c.show(&d, desHeader, [][]string{desRow(&d)})
+	return c.show(d, desHeader, [][]string{desRow(d)})
 }
 
 func desList(c *Context, args []string) error {
 	if err := newFlags(c).parse(args); err != nil {
 		return err
 	}
-	var ds []control.DiskEncryptionSet
-	if err := c.call("GET", "/des", nil, &ds); err != nil {
+	ds, err := onHost(c, func(h *api.Client) ([]api.DiskEncryptionSet, error) { return h.ListDES(c.Ctx) })
+	if err != nil {
 		return err
 	}
 	return showList(c, ds, desHeader, desRow)
@@ -77,7 +77,7 @@ func desDelete(c *Context, args []string) error {
 	if err := f.parse(args); err != nil {
 		return err
 	}
-	return c.call("DELETE", "/des/"+esc(*name), nil, nil)
+	return onHostDo(c, func(h *api.Client) error { return h.DeleteDES(c.Ctx, *name) })
 }
 
 func desUpdate(c *Context, args []string) error {
@@ -91,9 +91,10 @@ func desUpdate(c *Context, args []string) error {
 	if *keyURL == "" && !rot.set {
 		return fmt.Errorf("%s: nothing to update; give --key-url or --enable-auto-key-rotation", c.Command)
 	}
-	var d control.DiskEncryptionSet
-	if err := c.call("PATCH", "/des/"+esc(*name), control.UpdateDESRequest{KeyURL: *keyURL, EnableAutoKeyRotation: rot.ptr()}, &d); err != nil {
+	req := api.UpdateDESRequest{KeyURL: *keyURL, EnableAutoKeyRotation: rot.ptr()}
+	d, err := onHost(c, func(h *api.Client) (*api.DiskEncryptionSet, error) { return h.UpdateDES(c.Ctx, *name, req) })
+	if err != nil {
 		return err
 	}
-	return c.show(&d, desHeader, [][]string{desRow(&d)})
+	return c.show(d, desHeader, [][]string{desRow(d)})
 }
