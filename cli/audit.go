@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	ksapi "hostcrypt/keystore/api"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -83,7 +84,7 @@ func keyvaultAudit(c *Context, args []string) error {
 	if page.HiddenPolling > 0 {
 		fmt.Fprintf(c.Stderr, "(%d lines of the host's own event polling not shown; --polling shows them)\n", page.HiddenPolling)
 	}
-	return showList(c, page.Value, []string{"SEQ", "TIME", "OPERATION", "CALLER", "VAULT", "KID", "RESULT", "ERROR", "NOTE"}, func(r *client.AuditRecord) []string {
+	return showList(c, page.Value, []string{"SEQ", "TIME", "OPERATION", "CALLER", "VAULT", "KID", "RESULT", "ERROR", "NOTE"}, func(r *ksapi.AuditRecord) []string {
 		caller := r.CallerObjectID
 		if caller == "" && r.ClientIP != "" {
 			caller = "from " + r.ClientIP
@@ -153,7 +154,7 @@ func auditDir(dir string) (string, error) {
 }
 
 func auditHead(c *Context, dir string) error {
-	var h client.AuditHead
+	var h ksapi.AuditHead
 	if dir != "" {
 		d, err := auditDir(dir)
 		if err != nil {
@@ -171,7 +172,7 @@ func auditHead(c *Context, dir string) error {
 		if !ok {
 			return fmt.Errorf("%s has no hashed line to take a head from", filepath.Join(d, names[len(names)-1]))
 		}
-		h = client.AuditHead{Seq: ch.Seq, Hash: ch.Hash.String(), Head: ch.String()}
+		h = ksapi.AuditHead{Seq: ch.Seq, Hash: ch.Hash.String(), Head: ch.String()}
 	} else {
 		ks, err := c.Keystore()
 		if err != nil {
@@ -191,7 +192,7 @@ func auditHead(c *Context, dir string) error {
 }
 
 func auditVerify(c *Context, dir, since string) error {
-	var rep client.AuditVerification
+	var rep ksapi.AuditVerification
 	if dir != "" {
 		var opt auditchain.Options
 		if since != "" {

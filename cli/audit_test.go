@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	ksapi "hostcrypt/keystore/api"
 	"io"
 	"log/slog"
 	"os"
@@ -62,7 +63,7 @@ func writeTestLog(t *testing.T, dir string, n int) auditchain.Head {
 	buf.Write(auditchain.CheckpointLine(auditchain.Head{}, time.Now()))
 	buf.WriteByte('\n')
 	for seq := 1; seq <= n; seq++ {
-		rec, _ := json.Marshal(client.AuditRecord{Seq: uint64(seq), OperationName: "KeyGet", ResultCode: 200, RequestID: "r"})
+		rec, _ := json.Marshal(ksapi.AuditRecord{Seq: uint64(seq), OperationName: "KeyGet", ResultCode: 200, RequestID: "r"})
 		line, h := auditchain.Seal(prev, rec)
 		buf.Write(line)
 		buf.WriteByte('\n')
@@ -94,7 +95,7 @@ func TestAuditVerifyOffline(t *testing.T) {
 	out, _, err = runCLI(t, nil, "-o", "json", "keyvault", "audit", "--verify", "true", "--dir", dir)
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), "audit log altered: audit.log line 4")
-	var rep client.AuditVerification
+	var rep ksapi.AuditVerification
 	require.NoError(t, json.Unmarshal([]byte(out), &rep), out)
 	require.NotNil(t, rep.Problem)
 	assert.Equal(t, 4, rep.Problem.Line)
@@ -143,7 +144,7 @@ func TestAuditCommandsAgainstKeystore(t *testing.T) {
 	assert.Equal(t, 6, strings.Count(out, "EventsRead"))
 	assert.Empty(t, errOut)
 
-	var recs []client.AuditRecord
+	var recs []ksapi.AuditRecord
 	out, _, err = runCLI(t, env, "-o", "json", "keyvault", "audit", "--last", "2", "--exclude-op", "AuditRead")
 	require.NoError(t, err)
 	require.NoError(t, json.Unmarshal([]byte(out), &recs))
@@ -161,7 +162,7 @@ func TestAuditCommandsAgainstKeystore(t *testing.T) {
 	assert.Contains(t, out, "the saved head "+h.String())
 	out, _, err = runCLI(t, env, "-o", "json", "keyvault", "audit", "--head")
 	require.NoError(t, err)
-	var hj client.AuditHead
+	var hj ksapi.AuditHead
 	require.NoError(t, json.Unmarshal([]byte(out), &hj))
 	assert.Greater(t, hj.Seq, h.Seq, "the head moved with the calls since")
 }

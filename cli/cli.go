@@ -18,6 +18,7 @@ import (
 
 	"github.com/spf13/pflag"
 
+	"hostcrypt/control/api"
 	"hostcrypt/keystore/client"
 )
 
@@ -49,6 +50,7 @@ type Context struct {
 	getenv                                         func(string) string
 	resolved                                       bool
 	ks                                             *client.Client
+	hc                                             *api.Client
 }
 
 // globalFlags adds the options every command accepts, before or after

@@ -11,7 +11,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"hostcrypt/control"
+	"hostcrypt/control/api"
 )
 
 func runCLI(t *testing.T, env map[string]string, args ...string) (string, string, error) {
@@ -94,7 +94,7 @@ func TestHelpGoesToStdout(t *testing.T) {
 }
 
 func TestShowVMKeyWarning(t *testing.T) {
-	vm := &control.VM{Name: "v1", PowerState: control.PowerRunning}
+	vm := &api.VM{Name: "v1", PowerState: api.PowerRunning}
 	vm.SecurityProfile.EncryptionAtHost = true
 	var out, stderr bytes.Buffer
 	c := &Context{Stdout: &out, Stderr: &stderr, Output: "table"}

@@ -5,7 +5,7 @@ import (
 	"strconv"
 	"time"
 
-	"hostcrypt/control"
+	"hostcrypt/control/api"
 )
 
 func desCommands() []Command {
@@ -20,7 +20,7 @@ func desCommands() []Command {
 
 var desHeader = []string{"NAME", "ENCRYPTION", "ACTIVE-KEY", "AUTO-ROTATION", "PRINCIPAL", "KEY-ACCESS"}
 
-func desRow(d *control.DiskEncryptionSet) []string {
+func desRow(d *api.DiskEncryptionSet) []string {
 	access := d.KeyAccess
 	if access != "" && access != "ok" {
 		access = "no" // why, and the fix, in a warning of its own
@@ -32,7 +32,7 @@ func desRow(d *control.DiskEncryptionSet) []string {
 // showDES prints sets as a table, a warning with the fix for each whose
 // identity cannot use its key, and for a single set with auto-rotation on,
 // when it next looks for a new key version and what it found last.
-func (c *Context) showDES(v any, single bool, ds ...*control.DiskEncryptionSet) error {
+func (c *Context) showDES(v any, single bool, ds ...*api.DiskEncryptionSet) error {
 	rows := make([][]string, 0, len(ds))
 	for _, d := range ds {
 		if d.KeyAccess != "" && d.KeyAccess != "ok" {
@@ -78,13 +78,13 @@ func desCreate(c *Context, args []string) error {
 	if err := f.parse(args); err != nil {
 		return err
 	}
-	var d control.DiskEncryptionSet
-	err := c.call("POST", "/des", control.CreateDESRequest{Name: *name, KeyURL: *keyURL, EncryptionType: *enc, EnableAutoKeyRotation: rot.val,
-		Subscription: *pl.subscription, ResourceGroup: *pl.resourceGroup, Location: *pl.location}, &d)
+	req := api.CreateDESRequest{Name: *name, KeyURL: *keyURL, EncryptionType: *enc, EnableAutoKeyRotation: rot.val,
+		Subscription: *pl.subscription, ResourceGroup: *pl.resourceGroup, Location: *pl.location}
+	d, err := onHost(c, func(h *api.Client) (*api.DiskEncryptionSet, error) { return h.CreateDES(c.Ctx, req) })
 	if err != nil {
 		return err
 	}
-	return c.showDES(&d, true, &d)
+	return c.showDES(d, true, d)
 }
 
 func desShow(c *Context, args []string) error {
@@ -93,22 +93,22 @@ func desShow(c *Context, args []string) error {
 	if err := f.parse(args); err != nil {
 		return err
 	}
-	var d control.DiskEncryptionSet
-	if err := c.call("GET", "/des/"+esc(*name), nil, &d); err != nil {
+	d, err := onHost(c, func(h *api.Client) (*api.DiskEncryptionSet, error) { return h.ShowDES(c.Ctx, *name) })
+	if err != nil {
 		return err
 	}
-	return c.showDES(&d, true, &d)
+	return c.showDES(d, true, d)
 }
 
 func desList(c *Context, args []string) error {
 	if err := newFlags(c).parse(args); err != nil {
 		return err
 	}
-	ds := []control.DiskEncryptionSet{}
-	if err := c.call("GET", "/des", nil, &ds); err != nil {
+	ds, err := onHost(c, func(h *api.Client) ([]api.DiskEncryptionSet, error) { return h.ListDES(c.Ctx) })
+	if err != nil {
 		return err
 	}
-	ps := make([]*control.DiskEncryptionSet, len(ds))
+	ps := make([]*api.DiskEncryptionSet, len(ds))
 	for i := range ds {
 		ps[i] = &ds[i]
 	}
@@ -121,7 +121,7 @@ func desDelete(c *Context, args []string) error {
 	if err := f.parse(args); err != nil {
 		return err
 	}
-	return c.call("DELETE", "/des/"+esc(*name), nil, nil)
+	return onHostDo(c, func(h *api.Client) error { return h.DeleteDES(c.Ctx, *name) })
 }
 
 func desUpdate(c *Context, args []string) error {
@@ -135,9 +135,10 @@ func desUpdate(c *Context, args []string) error {
 	if *keyURL == "" && !rot.set {
 		return fmt.Errorf("%s: nothing to update; give --key-url or --enable-auto-key-rotation", c.Command)
 	}
-	var d control.DiskEncryptionSet
-	if err := c.call("PATCH", "/des/"+esc(*name), control.UpdateDESRequest{KeyURL: *keyURL, EnableAutoKeyRotation: rot.ptr()}, &d); err != nil {
+	req := api.UpdateDESRequest{KeyURL: *keyURL, EnableAutoKeyRotation: rot.ptr()}
+	d, err := onHost(c, func(h *api.Client) (*api.DiskEncryptionSet, error) { return h.UpdateDES(c.Ctx, *name, req) })
+	if err != nil {
 		return err
 	}
-	return c.showDES(&d, true, &d)
+	return c.showDES(d, true, d)
 }

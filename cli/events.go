@@ -3,11 +3,10 @@ package cli
 import (
 	"encoding/json"
 	"fmt"
+	ksapi "hostcrypt/keystore/api"
 	"strconv"
 	"strings"
 	"time"
-
-	"hostcrypt/keystore/client"
 )
 
 func eventsCommands() []Command {
@@ -22,7 +21,7 @@ var eventHeader = []string{"SEQ", "TIME", "TYPE", "VAULT", "KEY", "VERSION"}
 // longer key name shifts only its own row.
 var eventWidths = []int{6, 20, 24, 24, 16}
 
-func eventRow(e *client.Event) []string {
+func eventRow(e *ksapi.Event) []string {
 	key := e.Data.ObjectName
 	if e.Data.ObjectType != "Key" {
 		key = "" // a vault event (VaultAccessPolicyChanged) names no key

@@ -3,7 +3,7 @@ package cli
 import (
 	"fmt"
 
-	"hostcrypt/control"
+	"hostcrypt/control/api"
 )
 
 func hostCommands() []Command {
@@ -14,8 +14,8 @@ func hostCommands() []Command {
 
 var gcHeader = []string{"WHERE", "PATH", "SIZE", "REASON", "ACTION"}
 
-func gcRow(dryRun bool) func(l *control.Leftover) []string {
-	return func(l *control.Leftover) []string {
+func gcRow(dryRun bool) func(l *api.Leftover) []string {
+	return func(l *api.Leftover) []string {
 		action := "removed"
 		switch {
 		case dryRun:
@@ -37,12 +37,12 @@ func hostGC(c *Context, args []string) error {
 	if err := f.parse(args); err != nil {
 		return err
 	}
-	var rep control.GCReport
-	if err := c.call("POST", "/host/gc", control.GCRequest{DryRun: dry.val}, &rep); err != nil {
+	rep, err := onHost(c, func(h *api.Client) (*api.GCReport, error) { return h.GC(c.Ctx, api.GCRequest{DryRun: dry.val}) })
+	if err != nil {
 		return err
 	}
 	if rep.Leftovers == nil {
-		rep.Leftovers = []control.Leftover{}
+		rep.Leftovers = []api.Leftover{}
 	}
 	rows := make([][]string, 0, len(rep.Leftovers))
 	failed := 0
@@ -59,7 +59,7 @@ func hostGC(c *Context, args []string) error {
 		}
 		fmt.Fprintf(c.Stderr, "host gc: %s %d leftover(s)\n", verb, len(rep.Leftovers)-failed)
 	}
-	if err := c.show(&rep, gcHeader, rows); err != nil {
+	if err := c.show(rep, gcHeader, rows); err != nil {
 		return err
 	}
 	if failed > 0 {

@@ -1,41 +1,62 @@
 package cli
 
 import (
+	"context"
 	"fmt"
-	"net/url"
 	"strconv"
 	"strings"
 	"time"
 
-	"hostcrypt/control"
+	"hostcrypt/control/api"
 	"hostcrypt/internal/units"
 )
 
-// call sends one request to hostcryptd over its socket.
-func (c *Context) call(method, path string, in, out any) error {
+// host returns the client of hostcryptd's control API.
+func (c *Context) host() (*api.Client, error) {
+	if c.hc != nil {
+		return c.hc, nil
+	}
 	sock, err := c.HostSocket()
+	if err != nil {
+		return nil, err
+	}
+	c.hc = api.NewClient(sock)
+	return c.hc, nil
+}
+
+// onHost runs one call of the control API and returns its answer.
+func onHost[T any](c *Context, call func(*api.Client) (T, error)) (T, error) {
+	h, err := c.host()
+	if err != nil {
+		var zero T
+		return zero, err
+	}
+	return call(h)
+}
+
+// onHostDo is onHost for a call without an answer.
+func onHostDo(c *Context, call func(*api.Client) error) error {
+	h, err := c.host()
 	if err != nil {
 		return err
 	}
-	return control.NewClient(sock).Do(c.Ctx, method, path, in, out)
+	return call(h)
 }
-
-func esc(s string) string { return url.PathEscape(s) }
 
 var diskHeader = []string{"NAME", "SIZE", "SKU", "SECTOR", "ENCRYPTION", "STATE", "VM", "KEY", "INTEGRITY-ERRORS", "FAILURE"}
 
-func diskRow(d *control.Disk) []string {
+func diskRow(d *api.Disk) []string {
 	return []string{d.Name, formatSize(d.DiskSizeBytes), d.Sku.Name, strconv.Itoa(d.LogicalSectorSize),
 		d.Encryption.Type, d.DiskState, orDash(d.ManagedBy), d.KeyID, strconv.FormatUint(d.IntegrityErrors, 10), orDash(d.FailureReason)}
 }
 
-func (c *Context) showDisk(d *control.Disk) error {
+func (c *Context) showDisk(d *api.Disk) error {
 	return c.show(d, diskHeader, [][]string{diskRow(d)})
 }
 
 var vmHeader = []string{"NAME", "POWER-STATE", "ENCRYPTION-AT-HOST", "OS-DISK", "DATA-DISKS", "TEMP-DISK", "INTEGRITY-ERRORS", "REASON"}
 
-func vmRow(v *control.VM) []string {
+func vmRow(v *api.VM) []string {
 	var dd []string
 	for _, d := range v.StorageProfile.DataDisks {
 		dd = append(dd, fmt.Sprintf("%d:%s:%s", *d.Lun, d.Name, d.Caching))
@@ -48,7 +69,7 @@ func vmRow(v *control.VM) []string {
 		v.StorageProfile.OsDisk.Name + ":" + v.StorageProfile.OsDisk.Caching, orDash(strings.Join(dd, ",")), temp, strconv.FormatUint(v.IntegrityErrors, 10), orDash(v.PowerStateReason)}
 }
 
-func (c *Context) showVM(v *control.VM) error {
+func (c *Context) showVM(v *api.VM) error {
 	if !v.SecurityProfile.EncryptionAtHost {
 		c.warnf("encryption at host is off for VM %q: its host caches and temp disk are plaintext on this host; only storage is encrypted", v.Name)
 	}
@@ -73,7 +94,7 @@ func diskCreate(c *Context, args []string) error {
 	f := newFlags(c)
 	name := f.requiredString("name", "disk name")
 	size := f.size("size", "size with a binary unit, e.g. 512M or 8G (required)")
-	sku := f.String("sku", control.DefaultSku, "Standard_LRS, StandardSSD_LRS, Premium_LRS, PremiumV2_LRS or UltraSSD_LRS")
+	sku := f.String("sku", api.DefaultSku, "Standard_LRS, StandardSSD_LRS, Premium_LRS, PremiumV2_LRS or UltraSSD_LRS")
 	sector := f.Int("logical-sector-size", 512, "512 or 4096")
 	des := f.String("disk-encryption-set", "", "disk encryption set (customer-managed key)")
 	enc := f.String("encryption-type", "", "EncryptionAtRestWithPlatformKey (default), …WithCustomerKey or …WithPlatformAndCustomerKeys")
@@ -94,14 +115,14 @@ func diskCreate(c *Context, args []string) error {
 			return fmt.Errorf("%s: %w", c.Command, err)
 		}
 	}
-	var d control.Disk
-	err := c.callWithProgress("POST", "/disks", control.CreateDiskRequest{Name: *name, SizeBytes: size.v, Sku: *sku,
+	req := api.CreateDiskRequest{Name: *name, SizeBytes: size.v, Sku: *sku,
 		LogicalSectorSize: *sector, EncryptionType: *enc, DiskEncryptionSet: *des, Source: *src,
-		Subscription: *pl.subscription, ResourceGroup: *pl.resourceGroup, Location: *pl.location, ADE: ade.val}, &d, "disks", *name)
+		Subscription: *pl.subscription, ResourceGroup: *pl.resourceGroup, Location: *pl.location, ADE: ade.val}
+	d, err := withProgress(c, api.KindDisks, *name, func(h *api.Client) (*api.Disk, error) { return h.CreateDisk(c.Ctx, req) })
 	if err != nil {
 		return err
 	}
-	return c.showDisk(&d)
+	return c.showDisk(d)
 }
 
 func diskShow(c *Context, args []string) error {
@@ -110,19 +131,19 @@ func diskShow(c *Context, args []string) error {
 	if err := f.parse(args); err != nil {
 		return err
 	}
-	var d control.Disk
-	if err := c.call("GET", "/disks/"+esc(*name), nil, &d); err != nil {
+	d, err := onHost(c, func(h *api.Client) (*api.Disk, error) { return h.ShowDisk(c.Ctx, *name) })
+	if err != nil {
 		return err
 	}
-	return c.showDisk(&d)
+	return c.showDisk(d)
 }
 
 func diskList(c *Context, args []string) error {
 	if err := newFlags(c).parse(args); err != nil {
 		return err
 	}
-	var ds []control.Disk
-	if err := c.call("GET", "/disks", nil, &ds); err != nil {
+	ds, err := onHost(c, func(h *api.Client) ([]api.Disk, error) { return h.ListDisks(c.Ctx) })
+	if err != nil {
 		return err
 	}
 	return showList(c, ds, diskHeader, diskRow)
@@ -147,23 +168,23 @@ func diskUpdate(c *Context, args []string) error {
 			return fmt.Errorf("%s: %w", c.Command, err)
 		}
 	}
-	req := control.UpdateDiskRequest{SizeBytes: size.v, DiskEncryptionSet: *des, EncryptionType: *enc, ADE: ade.ptr()}
-	var d control.Disk
-	if err := c.call("PATCH", "/disks/"+esc(*name), req, &d); err != nil {
+	req := api.UpdateDiskRequest{SizeBytes: size.v, DiskEncryptionSet: *des, EncryptionType: *enc, ADE: ade.ptr()}
+	d, err := onHost(c, func(h *api.Client) (*api.Disk, error) { return h.UpdateDisk(c.Ctx, *name, req) })
+	if err != nil {
 		return err
 	}
 	if d.Conversion != nil {
-		if err := c.waitConversion(&d); err != nil {
+		if err := c.waitConversion(d); err != nil {
 			return err
 		}
 	}
-	return c.showDisk(&d)
+	return c.showDisk(d)
 }
 
 // waitConversion follows a disk's re-encryption, drawing its progress on
 // stderr, until it finishes. Interrupting the CLI does not stop it: the
 // daemon carries on (and resumes after a restart).
-func (c *Context) waitConversion(d *control.Disk) error {
+func (c *Context) waitConversion(d *api.Disk) error {
 	last := ""
 	for d.Conversion != nil {
 		cv := d.Conversion
@@ -184,11 +205,11 @@ func (c *Context) waitConversion(d *control.Disk) error {
 		case <-time.After(300 * time.Millisecond):
 		}
 		// A fresh value: a field the answer leaves out must not keep its old value.
-		var fresh control.Disk
-		if err := c.call("GET", "/disks/"+esc(d.Name), nil, &fresh); err != nil {
+		fresh, err := onHost(c, func(h *api.Client) (*api.Disk, error) { return h.ShowDisk(c.Ctx, d.Name) })
+		if err != nil {
 			return err
 		}
-		*d = fresh
+		*d = *fresh
 	}
 	fmt.Fprintf(c.Stderr, "\rconverting %s: done%s\n", d.Name, strings.Repeat(" ", 50))
 	return nil
@@ -200,7 +221,7 @@ func diskDelete(c *Context, args []string) error {
 	if err := f.parse(args); err != nil {
 		return err
 	}
-	if err := c.call("DELETE", "/disks/"+esc(*name), nil, nil); err != nil {
+	if err := onHostDo(c, func(h *api.Client) error { return h.DeleteDisk(c.Ctx, *name) }); err != nil {
 		return err
 	}
 	c.deleted("disk %s: its wrapped keys, then its data", *name)
@@ -210,10 +231,10 @@ func diskDelete(c *Context, args []string) error {
 func vmCommands() []Command {
 	return []Command{
 		{"vm", "create", "create and start a VM", vmCreate},
-		{"vm", "start", "start a VM; its images appear in the mount", vmAction("POST", "/start")},
-		{"vm", "stop", "stop a VM; its disks are flushed, its keys wiped, its images gone", vmAction("POST", "/stop")},
-		{"vm", "deallocate", "stop a VM and destroy its temp disk", vmAction("POST", "/deallocate")},
-		{"vm", "show", "show a VM", vmAction("GET", "")},
+		{"vm", "start", "start a VM; its images appear in the mount", vmAction((*api.Client).StartVM)},
+		{"vm", "stop", "stop a VM; its disks are flushed, its keys wiped, its images gone", vmAction((*api.Client).StopVM)},
+		{"vm", "deallocate", "stop a VM and destroy its temp disk", vmAction((*api.Client).DeallocateVM)},
+		{"vm", "show", "show a VM", vmAction((*api.Client).ShowVM)},
 		{"vm", "list", "list VMs", vmList},
 		{"vm", "update", "change encryption at host or disk caching of a deallocated VM", vmUpdate},
 		{"vm", "encryption-report", "show what is encrypted where: storage layers, host caches, temp disk", vmEncryptionReport},
@@ -224,15 +245,15 @@ func vmCommands() []Command {
 }
 
 // parseDataDisks reads --data-disks d1,d2:ReadOnly (LUNs 0, 1, … in order).
-func parseDataDisks(s string) ([]control.AttachedDisk, error) {
+func parseDataDisks(s string) ([]api.AttachedDisk, error) {
 	items, err := list("data-disks", s)
 	if err != nil {
 		return nil, err
 	}
-	var out []control.AttachedDisk
+	var out []api.AttachedDisk
 	for _, it := range items {
 		name, mode, _ := strings.Cut(it, ":")
-		out = append(out, control.AttachedDisk{Name: name, Caching: mode})
+		out = append(out, api.AttachedDisk{Name: name, Caching: mode})
 	}
 	return out, nil
 }
@@ -242,7 +263,7 @@ func vmCreate(c *Context, args []string) error {
 	name := f.requiredString("name", "VM name")
 	osDisk := f.String("os-disk", "", "an existing disk to boot from")
 	osSize := f.size("os-disk-size", "size of a new OS disk (instead of --os-disk)")
-	osCaching := f.String("os-disk-caching", "ReadWrite", "None, ReadOnly or ReadWrite")
+	osCaching := f.String("os-disk-caching", api.DefaultOsDiskCaching, "None, ReadOnly or ReadWrite")
 	data := f.String("data-disks", "", "data disks, LUN 0, 1, … in order, e.g. d1,d2:ReadOnly")
 	temp := f.size("temp-disk-size", "size of the temp disk (none if not given)")
 	eah := f.boolValue("encryption-at-host", "encrypt the host cache and the temp disk (true|false, default true)")
@@ -256,7 +277,7 @@ func vmCreate(c *Context, args []string) error {
 	}
 	if f.Changed("os-disk-size") {
 		// A new OS disk has the default sku and 512-byte sectors.
-		if err := checkDiskSize("os-disk-size", osSize.v, 512, control.DefaultSku); err != nil {
+		if err := checkDiskSize("os-disk-size", osSize.v, api.DefaultSectorSize, api.DefaultSku); err != nil {
 			return fmt.Errorf("%s: %w", c.Command, err)
 		}
 	}
@@ -269,28 +290,28 @@ func vmCreate(c *Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	var vm control.VM
-	err = c.call("POST", "/vms", control.CreateVMRequest{Name: *name, OsDisk: *osDisk, OsDiskSizeBytes: osSize.v,
+	req := api.CreateVMRequest{Name: *name, OsDisk: *osDisk, OsDiskSizeBytes: osSize.v,
 		OsDiskCaching: *osCaching, DataDisks: dds, TempDiskSize: temp.v, EncryptionAtHost: eah.ptr(),
-		Subscription: *pl.subscription, ResourceGroup: *pl.resourceGroup, Location: *pl.location, ADE: ade.val}, &vm)
+		Subscription: *pl.subscription, ResourceGroup: *pl.resourceGroup, Location: *pl.location, ADE: ade.val}
+	vm, err := onHost(c, func(h *api.Client) (*api.VM, error) { return h.CreateVM(c.Ctx, req) })
 	if err != nil {
 		return err
 	}
-	return c.showVM(&vm)
+	return c.showVM(vm)
 }
 
-func vmAction(method, suffix string) func(*Context, []string) error {
+func vmAction(call func(*api.Client, context.Context, string) (*api.VM, error)) func(*Context, []string) error {
 	return func(c *Context, args []string) error {
 		f := newFlags(c)
 		name := f.requiredString("name", "VM name")
 		if err := f.parse(args); err != nil {
 			return err
 		}
-		var vm control.VM
-		if err := c.call(method, "/vms/"+esc(*name)+suffix, nil, &vm); err != nil {
+		vm, err := onHost(c, func(h *api.Client) (*api.VM, error) { return call(h, c.Ctx, *name) })
+		if err != nil {
 			return err
 		}
-		return c.showVM(&vm)
+		return c.showVM(vm)
 	}
 }
 
@@ -298,8 +319,8 @@ func vmList(c *Context, args []string) error {
 	if err := newFlags(c).parse(args); err != nil {
 		return err
 	}
-	var vms []control.VM
-	if err := c.call("GET", "/vms", nil, &vms); err != nil {
+	vms, err := onHost(c, func(h *api.Client) ([]api.VM, error) { return h.ListVMs(c.Ctx) })
+	if err != nil {
 		return err
 	}
 	return showList(c, vms, vmHeader, vmRow)
@@ -311,11 +332,11 @@ func vmDelete(c *Context, args []string) error {
 	if err := f.parse(args); err != nil {
 		return err
 	}
-	var vm control.VM
-	if err := c.call("GET", "/vms/"+esc(*name), nil, &vm); err != nil {
+	vm, err := onHost(c, func(h *api.Client) (*api.VM, error) { return h.ShowVM(c.Ctx, *name) })
+	if err != nil {
 		return err
 	}
-	if err := c.call("DELETE", "/vms/"+esc(*name), nil, nil); err != nil {
+	if err := onHostDo(c, func(h *api.Client) error { return h.DeleteVM(c.Ctx, *name) }); err != nil {
 		return err
 	}
 	disks := []string{vm.StorageProfile.OsDisk.Name}
@@ -335,19 +356,19 @@ func vmDiskAttach(c *Context, args []string) error {
 	vmName := f.requiredString("vm-name", "VM name")
 	name := f.requiredString("name", "disk name")
 	lun := f.Int("lun", 0, "LUN (default: the lowest free one)")
-	caching := f.String("caching", "None", "None, ReadOnly or ReadWrite")
+	caching := f.String("caching", api.DefaultDataDiskCaching, "None, ReadOnly or ReadWrite")
 	if err := f.parse(args); err != nil {
 		return err
 	}
-	req := control.AttachRequest{Disk: *name, Caching: *caching}
+	req := api.AttachRequest{Disk: *name, Caching: *caching}
 	if f.Changed("lun") {
 		req.Lun = lun
 	}
-	var vm control.VM
-	if err := c.call("POST", "/vms/"+esc(*vmName)+"/disks", req, &vm); err != nil {
+	vm, err := onHost(c, func(h *api.Client) (*api.VM, error) { return h.AttachDisk(c.Ctx, *vmName, req) })
+	if err != nil {
 		return err
 	}
-	return c.showVM(&vm)
+	return c.showVM(vm)
 }
 
 func vmDiskDetach(c *Context, args []string) error {
@@ -357,11 +378,11 @@ func vmDiskDetach(c *Context, args []string) error {
 	if err := f.parse(args); err != nil {
 		return err
 	}
-	var vm control.VM
-	if err := c.call("DELETE", "/vms/"+esc(*vmName)+"/disks/"+esc(*name), nil, &vm); err != nil {
+	vm, err := onHost(c, func(h *api.Client) (*api.VM, error) { return h.DetachDisk(c.Ctx, *vmName, *name) })
+	if err != nil {
 		return err
 	}
-	return c.showVM(&vm)
+	return c.showVM(vm)
 }
 
 func vmUpdate(c *Context, args []string) error {
@@ -374,7 +395,7 @@ func vmUpdate(c *Context, args []string) error {
 	if err := f.parse(args); err != nil {
 		return err
 	}
-	req := control.UpdateVMRequest{EncryptionAtHost: eah.ptr(), OsDiskCaching: *osCaching, ADE: ade.ptr()}
+	req := api.UpdateVMRequest{EncryptionAtHost: eah.ptr(), OsDiskCaching: *osCaching, ADE: ade.ptr()}
 	items, err := list("data-disk-caching", *data)
 	if err != nil {
 		return err
@@ -389,11 +410,11 @@ func vmUpdate(c *Context, args []string) error {
 		}
 		req.DataDiskCaching[d] = mode
 	}
-	var vm control.VM
-	if err := c.call("PATCH", "/vms/"+esc(*name), req, &vm); err != nil {
+	vm, err := onHost(c, func(h *api.Client) (*api.VM, error) { return h.UpdateVM(c.Ctx, *name, req) })
+	if err != nil {
 		return err
 	}
-	return c.showVM(&vm)
+	return c.showVM(vm)
 }
 
 var reportHeader = []string{"DISK", "IMAGE", "LAYER", "ENCRYPTED", "BY", "ALGORITHM", "KEY", "CACHING", "DIRTY", "LOCATION"}
@@ -404,8 +425,8 @@ func vmEncryptionReport(c *Context, args []string) error {
 	if err := f.parse(args); err != nil {
 		return err
 	}
-	var rep control.EncryptionReport
-	if err := c.call("GET", "/vms/"+esc(*name)+"/encryption-report", nil, &rep); err != nil {
+	rep, err := onHost(c, func(h *api.Client) (*api.EncryptionReport, error) { return h.EncryptionReport(c.Ctx, *name) })
+	if err != nil {
 		return err
 	}
 	if rep.Warning != "" {
@@ -417,7 +438,7 @@ func vmEncryptionReport(c *Context, args []string) error {
 		switch {
 		case e.Encrypted:
 			enc = "yes"
-		case e.Layer == "host cache" && e.Caching == control.CacheNone:
+		case e.Layer == "host cache" && e.Caching == api.CacheNone:
 			enc = "- (no cache)" // nothing is kept on the host
 		}
 		dirty := "-"
@@ -427,5 +448,5 @@ func vmEncryptionReport(c *Context, args []string) error {
 		rows = append(rows, []string{e.Disk, e.Image, e.Layer, enc, orDash(e.EncryptedBy), orDash(e.Algorithm),
 			orDash(e.Key), orDash(e.Caching), dirty, orDash(e.Location)})
 	}
-	return c.show(&rep, reportHeader, rows)
+	return c.show(rep, reportHeader, rows)
 }

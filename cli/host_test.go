@@ -2,6 +2,7 @@ package cli
 
 import (
 	"encoding/json"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -11,7 +12,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"hostcrypt/control"
+	"hostcrypt/control/api"
 )
 
 func TestParseSize(t *testing.T) {
@@ -97,7 +98,7 @@ type fakeHost struct {
 
 func newFakeHost(t *testing.T) *fakeHost {
 	h := &fakeHost{socket: filepath.Join(t.TempDir(), "s.sock")}
-	l, err := control.Listen(h.socket)
+	l, err := net.Listen("unix", h.socket)
 	require.NoError(t, err)
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		var body json.RawMessage
@@ -110,9 +111,9 @@ func newFakeHost(t *testing.T) *fakeHost {
 		case r.URL.Path == "/vms" && r.Method == "GET":
 			w.Write([]byte(`[]`))
 		case r.URL.Path == "/host/gc":
-			var req control.GCRequest
+			var req api.GCRequest
 			json.Unmarshal(body, &req)
-			rep := control.GCReport{DryRun: req.DryRun, Leftovers: []control.Leftover{
+			rep := api.GCReport{DryRun: req.DryRun, Leftovers: []api.Leftover{
 				{Where: "storage", Path: "disks/abc", Reason: "creation of disk d cut short (started 2030-01-01T00:00:00Z)", UsedBytes: 8 << 20, Removed: !req.DryRun},
 				{Where: "host-cache", Path: "abc.plain", Reason: "host cache of a disk that does not exist", Error: map[bool]string{true: "", false: "permission denied"}[req.DryRun]},
 			}}
@@ -137,20 +138,20 @@ func TestHostCommands(t *testing.T) {
 		"--data-disks", "d1,d2:ReadOnly", "--encryption-at-host", "true", "--temp-disk-size", "1G")
 	require.NoError(t, err)
 	require.Equal(t, []string{"POST /vms"}, h.seen)
-	var req control.CreateVMRequest
+	var req api.CreateVMRequest
 	require.NoError(t, json.Unmarshal(h.bodies[0], &req))
 	assert.EqualValues(t, 2<<30, req.OsDiskSizeBytes)
 	assert.EqualValues(t, 1<<30, req.TempDiskSize)
-	assert.Equal(t, []control.AttachedDisk{{Name: "d1"}, {Name: "d2", Caching: "ReadOnly"}}, req.DataDisks)
+	assert.Equal(t, []api.AttachedDisk{{Name: "d1"}, {Name: "d2", Caching: "ReadOnly"}}, req.DataDisks)
 	require.NotNil(t, req.EncryptionAtHost)
 	assert.True(t, *req.EncryptionAtHost)
 
 	_, _, err = runCLI(t, env, "vm", "disk", "attach", "--vm-name", "vm1", "--name", "d3", "--lun", "0", "--caching=ReadWrite")
 	require.NoError(t, err)
-	var att control.AttachRequest
+	var att api.AttachRequest
 	require.NoError(t, json.Unmarshal(h.bodies[1], &att))
 	require.NotNil(t, att.Lun)
-	assert.Equal(t, control.AttachRequest{Disk: "d3", Lun: att.Lun, Caching: "ReadWrite"}, att)
+	assert.Equal(t, api.AttachRequest{Disk: "d3", Lun: att.Lun, Caching: "ReadWrite"}, att)
 	assert.Equal(t, 0, *att.Lun)
 	assert.Equal(t, "POST /vms/vm1/disks", h.seen[1])
 

@@ -1,6 +1,6 @@
 package cli
 
-import "hostcrypt/keystore/client"
+import ksapi "hostcrypt/keystore/api"
 
 func identityCommands() []Command {
 	return []Command{
@@ -12,7 +12,7 @@ func identityCommands() []Command {
 
 var identityHeader = []string{"PRINCIPAL-ID", "TENANT", "TYPE", "NAME", "TOKEN"}
 
-func identityRow(id *client.Identity) []string {
+func identityRow(id *ksapi.Identity) []string {
 	return []string{id.PrincipalID, id.TenantID, id.Type, orDash(id.DisplayName), orDash(id.Token)}
 }
 

@@ -8,8 +8,8 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	ksapi "hostcrypt/keystore/api"
 	"math/big"
-	"net/url"
 	"os"
 	"strings"
 
@@ -39,17 +39,17 @@ func keyCommands() []Command {
 
 var keyHeader = []string{"KID", "KTY", "ENABLED", "NOT-BEFORE", "EXPIRES", "CREATED"}
 
-func bundleRow(b *client.KeyBundle) []string {
+func bundleRow(b *ksapi.KeyBundle) []string {
 	a := b.Attributes
 	return []string{b.Key.Kid, b.Key.Kty, boolStr(a.Enabled), unixTime(a.NBF), unixTime(a.EXP), unixTime(a.Created)}
 }
 
-func itemRow(it *client.KeyItem) []string {
+func itemRow(it *ksapi.KeyItem) []string {
 	a := it.Attributes
 	return []string{it.Kid, "-", boolStr(a.Enabled), unixTime(a.NBF), unixTime(a.EXP), unixTime(a.Created)}
 }
 
-func (c *Context) showKey(b *client.KeyBundle) error {
+func (c *Context) showKey(b *ksapi.KeyBundle) error {
 	return c.show(b, keyHeader, [][]string{bundleRow(b)})
 }
 
@@ -84,15 +84,11 @@ func (r keyRef) resolve() error {
 	if *r.vault != "" || *r.name != "" || *r.version != "" {
 		return fmt.Errorf("%s: give --id or --vault-name/--name/--version, not both", r.f.c.Command)
 	}
-	u, err := url.Parse(*r.id)
-	parts := strings.Split(strings.Trim(u.Path, "/"), "/")
-	if err != nil || (len(parts) != 4 && len(parts) != 5) || parts[0] != "vaults" || parts[2] != "keys" {
-		return fmt.Errorf("--id %q is not a key id like https://HOST:PORT/vaults/V/keys/K/VERSION", *r.id)
+	k, err := ksapi.ParseKeyID(*r.id)
+	if err != nil {
+		return fmt.Errorf("--id: %w", err)
 	}
-	*r.vault, *r.name = parts[1], parts[3]
-	if len(parts) == 5 {
-		*r.version = parts[4]
-	}
+	*r.vault, *r.name, *r.version = k.Vault, k.Name, k.Version
 	return nil
 }
 
@@ -113,7 +109,7 @@ func (f *flags) attrFlags() attrFlags {
 	}
 }
 
-func (a attrFlags) build() (*client.KeyAttributes, []string, map[string]string, error) {
+func (a attrFlags) build() (*ksapi.KeyAttributes, []string, map[string]string, error) {
 	exp, err := timeArg("expires", *a.expires)
 	if err != nil {
 		return nil, nil, nil, err
@@ -130,9 +126,9 @@ func (a attrFlags) build() (*client.KeyAttributes, []string, map[string]string, 
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	var attrs *client.KeyAttributes
+	var attrs *ksapi.KeyAttributes
 	if a.enabled.set || exp != nil || nbf != nil {
-		attrs = &client.KeyAttributes{Enabled: a.enabled.ptr(), EXP: exp, NBF: nbf}
+		attrs = &ksapi.KeyAttributes{Enabled: a.enabled.ptr(), EXP: exp, NBF: nbf}
 	}
 	return attrs, ops, tg, nil
 }
@@ -154,7 +150,11 @@ func keyCreate(c *Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	b, err := ks.CreateKey(c.Ctx, *ref.vault, *ref.name, client.KeyCreate{Kty: *kty, KeySize: *size, KeyOps: ops, Attributes: attrs, Tags: tg})
+	req := ksapi.KeyCreate{Kty: *kty, KeyOps: ops, Attributes: attrs, Tags: tg}
+	if *size != 0 {
+		req.KeySize = size // else the key type's default
+	}
+	b, err := ks.CreateKey(c.Ctx, *ref.vault, *ref.name, req)
 	if err != nil {
 		return err
 	}
@@ -178,7 +178,7 @@ func keyImport(c *Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	var jwk client.JSONWebKey
+	var jwk ksapi.JSONWebKey
 	if *pemFile != "" {
 		if jwk, err = jwkFromPEM(*pemFile); err != nil {
 			return err
@@ -199,21 +199,21 @@ func keyImport(c *Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	b, err := ks.ImportKey(c.Ctx, *ref.vault, *ref.name, client.KeyImport{Key: jwk, HSM: hsm.ptr(), Attributes: attrs, Tags: tg})
+	b, err := ks.ImportKey(c.Ctx, *ref.vault, *ref.name, ksapi.KeyImport{Key: &jwk, HSM: hsm.ptr(), Attributes: attrs, Tags: tg})
 	if err != nil {
 		return err
 	}
 	return c.showKey(b)
 }
 
-func jwkFromPEM(path string) (client.JSONWebKey, error) {
+func jwkFromPEM(path string) (ksapi.JSONWebKey, error) {
 	raw, err := os.ReadFile(path)
 	if err != nil {
-		return client.JSONWebKey{}, err
+		return ksapi.JSONWebKey{}, err
 	}
 	block, _ := pem.Decode(raw)
 	if block == nil {
-		return client.JSONWebKey{}, fmt.Errorf("%s holds no PEM block", path)
+		return ksapi.JSONWebKey{}, fmt.Errorf("%s holds no PEM block", path)
 	}
 	var pk *rsa.PrivateKey
 	switch block.Type {
@@ -231,10 +231,10 @@ func jwkFromPEM(path string) (client.JSONWebKey, error) {
 		err = fmt.Errorf("PEM block %q is not a private key", block.Type)
 	}
 	if err != nil {
-		return client.JSONWebKey{}, fmt.Errorf("%s: %v", path, err)
+		return ksapi.JSONWebKey{}, fmt.Errorf("%s: %v", path, err)
 	}
 	enc := func(b *big.Int) string { return base64.RawURLEncoding.EncodeToString(b.Bytes()) }
-	return client.JSONWebKey{Kty: "RSA", N: enc(pk.N), E: enc(big.NewInt(int64(pk.E))), D: enc(pk.D), P: enc(pk.Primes[0]), Q: enc(pk.Primes[1])}, nil
+	return ksapi.JSONWebKey{Kty: "RSA", N: enc(pk.N), E: enc(big.NewInt(int64(pk.E))), D: enc(pk.D), P: enc(pk.Primes[0]), Q: enc(pk.Primes[1])}, nil
 }
 
 func keyShow(c *Context, args []string) error {
@@ -305,7 +305,7 @@ func keyListDeleted(c *Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	return showList(c, items, []string{"KID", "DELETED", "SCHEDULED-PURGE"}, func(it *client.KeyItem) []string {
+	return showList(c, items, []string{"KID", "DELETED", "SCHEDULED-PURGE"}, func(it *ksapi.KeyItem) []string {
 		return []string{it.Kid, unixTime(it.DeletedDate), unixTime(it.ScheduledPurgeDate)}
 	})
 }
@@ -331,7 +331,7 @@ func keySetAttributes(c *Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	b, err := ks.UpdateKey(c.Ctx, *ref.vault, *ref.name, *ref.version, client.KeyUpdate{Attributes: attrs, KeyOps: ops, Tags: tg})
+	b, err := ks.UpdateKey(c.Ctx, *ref.vault, *ref.name, *ref.version, ksapi.KeyUpdate{Attributes: attrs, KeyOps: ops, Tags: tg})
 	if err != nil {
 		return err
 	}
@@ -340,7 +340,7 @@ func keySetAttributes(c *Context, args []string) error {
 
 // keyAction runs a verb that takes only --vault-name and --name and answers
 // with a key.
-func keyAction(c *Context, args []string, op func(ks *client.Client, vault, name string) (*client.KeyBundle, error)) error {
+func keyAction(c *Context, args []string, op func(ks *client.Client, vault, name string) (*ksapi.KeyBundle, error)) error {
 	f := newFlags(c)
 	ref := f.keyRef(false)
 	if err := f.parse(args); err != nil {
@@ -358,7 +358,7 @@ func keyAction(c *Context, args []string, op func(ks *client.Client, vault, name
 }
 
 func keyRotate(c *Context, args []string) error {
-	return keyAction(c, args, func(ks *client.Client, vault, name string) (*client.KeyBundle, error) {
+	return keyAction(c, args, func(ks *client.Client, vault, name string) (*ksapi.KeyBundle, error) {
 		return ks.RotateKey(c.Ctx, vault, name)
 	})
 }
@@ -387,7 +387,7 @@ func keyRotationPolicy(c *Context, args []string) error {
 		}
 		return c.showPolicy(p)
 	}
-	var p client.RotationPolicy
+	var p ksapi.RotationPolicy
 	switch {
 	case reset.set && reset.val:
 	case *value != "":
@@ -404,12 +404,12 @@ func keyRotationPolicy(c *Context, args []string) error {
 		if *after != "" && *before != "" {
 			return errors.New("give one of --rotate-after and --rotate-before-expiry")
 		}
-		p.LifetimeActions = []client.LifetimeAction{}
+		p.LifetimeActions = []ksapi.LifetimeAction{}
 		if *after != "" || *before != "" {
-			p.LifetimeActions = append(p.LifetimeActions, client.LifetimeAction{Trigger: client.Trigger{TimeAfterCreate: *after, TimeBeforeExpiry: *before}, Action: client.Action{Type: "Rotate"}})
+			p.LifetimeActions = append(p.LifetimeActions, ksapi.LifetimeAction{Trigger: ksapi.Trigger{TimeAfterCreate: *after, TimeBeforeExpiry: *before}, Action: ksapi.Action{Type: "Rotate"}})
 		}
 		if *notify != "" {
-			p.LifetimeActions = append(p.LifetimeActions, client.LifetimeAction{Trigger: client.Trigger{TimeBeforeExpiry: *notify}, Action: client.Action{Type: "Notify"}})
+			p.LifetimeActions = append(p.LifetimeActions, ksapi.LifetimeAction{Trigger: ksapi.Trigger{TimeBeforeExpiry: *notify}, Action: ksapi.Action{Type: "Notify"}})
 		}
 		p.Attributes.ExpiryTime = *expiry
 	}
@@ -420,7 +420,7 @@ func keyRotationPolicy(c *Context, args []string) error {
 	return c.showPolicy(out)
 }
 
-func (c *Context) showPolicy(p *client.RotationPolicy) error {
+func (c *Context) showPolicy(p *ksapi.RotationPolicy) error {
 	rows := [][]string{}
 	for _, la := range p.LifetimeActions {
 		t := la.Trigger
@@ -451,7 +451,7 @@ func keyDelete(c *Context, args []string) error {
 }
 
 func keyRecover(c *Context, args []string) error {
-	return keyAction(c, args, func(ks *client.Client, vault, name string) (*client.KeyBundle, error) {
+	return keyAction(c, args, func(ks *client.Client, vault, name string) (*ksapi.KeyBundle, error) {
 		return ks.RecoverKey(c.Ctx, vault, name)
 	})
 }
@@ -530,7 +530,7 @@ func keyOp(c *Context, args []string, wrap bool) error {
 	vault := f.String("vault-name", "", "vault name")
 	name := f.String("name", "", "key name")
 	version := f.String("version", "", "key version (default: the current one)")
-	alg := f.String("algorithm", client.RSAOAEP256, "RSA-OAEP-256, RSA-OAEP, or A256KWP for platform keys")
+	alg := f.String("algorithm", ksapi.RSAOAEP256, "RSA-OAEP-256, RSA-OAEP, or A256KWP for platform keys")
 	value := f.String("value", "", "the input, base64 (standard or URL alphabet) (required)")
 	f.required = append(f.required, "value")
 	if err := f.parse(args); err != nil {

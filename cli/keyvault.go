@@ -1,10 +1,9 @@
 package cli
 
 import (
+	ksapi "hostcrypt/keystore/api"
 	"strconv"
 	"strings"
-
-	"hostcrypt/keystore/client"
 )
 
 func keyvaultCommands() []Command {
@@ -21,12 +20,12 @@ func keyvaultCommands() []Command {
 
 var vaultHeader = []string{"NAME", "LOCATION", "SKU", "TENANT", "RETENTION-DAYS", "PURGE-PROTECTION", "POLICIES"}
 
-func vaultRow(v *client.Vault) []string {
+func vaultRow(v *ksapi.Vault) []string {
 	p := v.Properties
 	return []string{v.Name, v.Location, p.Sku.Name, p.TenantID, strconv.Itoa(p.SoftDeleteRetentionInDays), strconv.FormatBool(p.EnablePurgeProtection), strconv.Itoa(len(p.AccessPolicies))}
 }
 
-func (c *Context) showVault(v *client.Vault) error {
+func (c *Context) showVault(v *ksapi.Vault) error {
 	return c.show(v, vaultHeader, [][]string{vaultRow(v)})
 }
 
@@ -41,9 +40,9 @@ func keyvaultCreate(c *Context, args []string) error {
 	if err := f.parse(args); err != nil {
 		return err
 	}
-	var req client.VaultCreate
+	var req ksapi.VaultCreate
 	req.Location = *location
-	req.Properties.Sku = &client.Sku{Name: *sku}
+	req.Properties.Sku = &ksapi.Sku{Name: *sku}
 	if f.Changed("retention-days") {
 		req.Properties.SoftDeleteRetentionInDays = retention
 	}
@@ -84,7 +83,7 @@ func keyvaultShow(c *Context, args []string) error {
 		return err
 	}
 	c.Stdout.Write([]byte("\n"))
-	return showList(c, v.Properties.AccessPolicies, []string{"OBJECT-ID", "TENANT", "KEY-PERMISSIONS"}, func(p *client.AccessPolicy) []string {
+	return showList(c, v.Properties.AccessPolicies, []string{"OBJECT-ID", "TENANT", "KEY-PERMISSIONS"}, func(p *ksapi.AccessPolicy) []string {
 		return []string{p.ObjectID, p.TenantID, strings.Join(p.Permissions.Keys, ",")}
 	})
 }
@@ -112,7 +111,7 @@ func keyvaultUpdate(c *Context, args []string) error {
 	if err := f.parse(args); err != nil {
 		return err
 	}
-	var req client.VaultUpdate
+	var req ksapi.VaultUpdate
 	req.Properties.EnablePurgeProtection = purge.ptr()
 	if f.Changed("allowed-tenants") {
 		ts, err := list("allowed-tenants", *tenants)

@@ -12,7 +12,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"golang.org/x/sys/unix"
 
-	"hostcrypt/keystore/client"
+	ksapi "hostcrypt/keystore/api"
 )
 
 // openPTY returns both ends of a new pseudo-terminal.
@@ -84,10 +84,10 @@ func TestWarningColour(t *testing.T) {
 
 func TestEventRows(t *testing.T) {
 	at := time.Date(2026, 12, 4, 21, 45, 57, 0, time.UTC)
-	policy := client.Event{Sequence: 7, EventType: "Microsoft.KeyVault.VaultAccessPolicyChanged", EventTime: at,
-		Data: client.EventData{VaultName: "vault1", ObjectType: "Vault", ObjectName: "vault1"}}
-	created := client.Event{Sequence: 12345, EventType: "Microsoft.KeyVault.KeyNewVersionCreated", EventTime: at,
-		Data: client.EventData{VaultName: "a-much-longer-vault-name", ObjectType: "Key", ObjectName: "k1", Version: "30210b6dae1b74da9b852a1b266ef3b0"}}
+	policy := ksapi.Event{Sequence: 7, EventType: "Microsoft.KeyVault.VaultAccessPolicyChanged", EventTime: at,
+		Data: ksapi.EventData{VaultName: "vault1", ObjectType: "Vault", ObjectName: "vault1"}}
+	created := ksapi.Event{Sequence: 12345, EventType: "Microsoft.KeyVault.KeyNewVersionCreated", EventTime: at,
+		Data: ksapi.EventData{VaultName: "a-much-longer-vault-name", ObjectType: "Key", ObjectName: "k1", Version: "30210b6dae1b74da9b852a1b266ef3b0"}}
 	require.Equal(t, []string{"7", "2026-12-04T21:45:57Z", "VaultAccessPolicyChanged", "vault1", "-", "-"}, eventRow(&policy),
 		"a vault event puts nothing in KEY")
 	lines := []string{fixedRow(eventHeader), fixedRow(eventRow(&policy)), fixedRow(eventRow(&created))}

@@ -1,7 +1,7 @@
 package cli
 
 import (
-	"hostcrypt/control"
+	"hostcrypt/control/api"
 )
 
 // placement holds the --subscription, --resource-group and --location
@@ -12,8 +12,8 @@ type placement struct {
 
 func placementFlags(f *flags) placement {
 	return placement{
-		subscription:  f.String("subscription", "", "subscription id (default "+control.DefaultSubscription+")"),
-		resourceGroup: f.String("resource-group", "", "resource group (default "+control.DefaultResourceGroup+")"),
+		subscription:  f.String("subscription", "", "subscription id (default "+api.DefaultSubscription+")"),
+		resourceGroup: f.String("resource-group", "", "resource group (default "+api.DefaultResourceGroup+")"),
 		location:      f.String("location", "", "location (default: the host's)"),
 	}
 }
@@ -26,9 +26,11 @@ func diskMove(c *Context, args []string) error {
 	if err := f.parse(args); err != nil {
 		return err
 	}
-	var d control.Disk
-	if err := c.call("POST", "/disks/"+esc(*name)+"/move", control.MoveRequest{ResourceGroup: *rg, Subscription: *sub}, &d); err != nil {
+	d, err := onHost(c, func(h *api.Client) (*api.Disk, error) {
+		return h.MoveDisk(c.Ctx, *name, api.MoveRequest{ResourceGroup: *rg, Subscription: *sub})
+	})
+	if err != nil {
 		return err
 	}
-	return c.showDisk(&d)
+	return c.showDisk(d)
 }

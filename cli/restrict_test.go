@@ -7,7 +7,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"hostcrypt/control"
+	"hostcrypt/control/api"
 )
 
 // TestPlacementAndMoveFlags: the placement and ade flags reach the requests,
@@ -20,14 +20,14 @@ func TestPlacementAndMoveFlags(t *testing.T) {
 
 	_, _, err := runCLI(t, env, append([]string{"disk", "create", "--name", "d1", "--size", "1G", "--ade", "true"}, place...)...)
 	require.NoError(t, err)
-	var dr control.CreateDiskRequest
+	var dr api.CreateDiskRequest
 	require.NoError(t, json.Unmarshal(h.bodies[0], &dr))
-	assert.Equal(t, control.CreateDiskRequest{Name: "d1", SizeBytes: 1 << 30, Sku: "Premium_LRS", LogicalSectorSize: 512,
+	assert.Equal(t, api.CreateDiskRequest{Name: "d1", SizeBytes: 1 << 30, Sku: "Premium_LRS", LogicalSectorSize: 512,
 		Subscription: sub, ResourceGroup: "rg1", Location: "westeurope", ADE: true}, dr)
 
 	_, _, err = runCLI(t, env, append([]string{"vm", "create", "--name", "vm1", "--os-disk", "d1", "--ade=true"}, place...)...)
 	require.NoError(t, err)
-	var vr control.CreateVMRequest
+	var vr api.CreateVMRequest
 	require.NoError(t, json.Unmarshal(h.bodies[1], &vr))
 	assert.Equal(t, sub, vr.Subscription)
 	assert.Equal(t, "rg1", vr.ResourceGroup)
@@ -36,14 +36,14 @@ func TestPlacementAndMoveFlags(t *testing.T) {
 
 	_, _, err = runCLI(t, env, append([]string{"des", "create", "--name", "des1", "--key-url", "https://h/vaults/v/keys/k/1"}, place...)...)
 	require.NoError(t, err)
-	var sr control.CreateDESRequest
+	var sr api.CreateDESRequest
 	require.NoError(t, json.Unmarshal(h.bodies[2], &sr))
 	assert.Equal(t, sub, sr.Subscription)
 	assert.Equal(t, "westeurope", sr.Location)
 
 	_, _, err = runCLI(t, env, "disk", "update", "--name", "d1", "--ade", "true")
 	require.NoError(t, err)
-	var ur control.UpdateDiskRequest
+	var ur api.UpdateDiskRequest
 	require.NoError(t, json.Unmarshal(h.bodies[3], &ur))
 	require.NotNil(t, ur.ADE)
 	assert.True(t, *ur.ADE)
@@ -51,14 +51,14 @@ func TestPlacementAndMoveFlags(t *testing.T) {
 	_, _, err = runCLI(t, env, "disk", "move", "--name", "d1", "--resource-group", "rg2", "--subscription", sub)
 	require.NoError(t, err)
 	assert.Equal(t, "POST /disks/d1/move", h.seen[4])
-	var mr control.MoveRequest
+	var mr api.MoveRequest
 	require.NoError(t, json.Unmarshal(h.bodies[4], &mr))
-	assert.Equal(t, control.MoveRequest{ResourceGroup: "rg2", Subscription: sub}, mr)
+	assert.Equal(t, api.MoveRequest{ResourceGroup: "rg2", Subscription: sub}, mr)
 
 	_, _, err = runCLI(t, env, "vm", "update", "--name", "vm1", "--ade", "true")
 	require.NoError(t, err)
 	assert.Equal(t, "PATCH /vms/vm1", h.seen[5])
-	var vu control.UpdateVMRequest
+	var vu api.UpdateVMRequest
 	require.NoError(t, json.Unmarshal(h.bodies[5], &vu))
 	require.NotNil(t, vu.ADE)
 	assert.True(t, *vu.ADE)

@@ -3,7 +3,7 @@ package cli
 import (
 	"fmt"
 
-	"hostcrypt/control"
+	"hostcrypt/control/api"
 	"hostcrypt/internal/units"
 )
 
@@ -45,17 +45,17 @@ func formatSize(n int64) string { return units.FormatSize(n) }
 // sector > 0), or above the largest disk of the sku (when known; the
 // largest of any sku otherwise, and the host checks the disk's own).
 func checkDiskSize(flag string, n int64, sector int, sku string) error {
-	maxb := control.MaxUltraDiskBytes
+	maxb := api.MaxUltraDiskBytes
 	if sku != "" {
-		maxb = control.MaxSizeOf(sku)
+		maxb = api.MaxSizeOf(sku)
 	}
 	what := "disk"
 	if sku != "" {
 		what = sku + " disk"
 	}
 	switch {
-	case n < control.MinDiskBytes:
-		return fmt.Errorf("--%s %s: the smallest disk is 1M (1 MiB, %d bytes)", flag, sizeArg(n), control.MinDiskBytes)
+	case n < api.MinDiskBytes:
+		return fmt.Errorf("--%s %s: the smallest disk is 1M (1 MiB, %d bytes)", flag, sizeArg(n), api.MinDiskBytes)
 	case n > maxb:
 		return fmt.Errorf("--%s %s: the largest %s is %s (%d GiB)", flag, sizeArg(n), what, formatSize(maxb), maxb>>30)
 	case sector > 0 && n%int64(sector) != 0:
@@ -67,10 +67,10 @@ func checkDiskSize(flag string, n int64, sector int, sku string) error {
 // checkTempSize is checkDiskSize for a temp disk.
 func checkTempSize(flag string, n int64) error {
 	switch {
-	case n < control.MinDiskBytes:
-		return fmt.Errorf("--%s %s: the smallest temp disk is 1M (1 MiB, %d bytes)", flag, sizeArg(n), control.MinDiskBytes)
-	case n > control.MaxTempDiskBytes:
-		return fmt.Errorf("--%s %s: the largest temp disk is %s (%d GiB)", flag, sizeArg(n), formatSize(control.MaxTempDiskBytes), control.MaxTempDiskBytes>>30)
+	case n < api.MinDiskBytes:
+		return fmt.Errorf("--%s %s: the smallest temp disk is 1M (1 MiB, %d bytes)", flag, sizeArg(n), api.MinDiskBytes)
+	case n > api.MaxTempDiskBytes:
+		return fmt.Errorf("--%s %s: the largest temp disk is %s (%d GiB)", flag, sizeArg(n), formatSize(api.MaxTempDiskBytes), api.MaxTempDiskBytes>>30)
 	case n%512 != 0:
 		return fmt.Errorf("--%s %s: the size of a temp disk is a multiple of 512 bytes", flag, sizeArg(n))
 	}

@@ -4,7 +4,7 @@ import (
 	"fmt"
 	"time"
 
-	"hostcrypt/control"
+	"hostcrypt/control/api"
 	"hostcrypt/internal/units"
 )
 
@@ -15,7 +15,7 @@ func snapshotCommands() []Command {
 		{"snapshot", "list", "list snapshots", snapshotList},
 		{"snapshot", "update", "switch a snapshot between platform and customer keys (its key is re-wrapped)", snapshotUpdate},
 		{"snapshot", "delete", "delete a snapshot: its wrapped key first, then its data", snapshotDelete},
-		{"snapshot", "move", "move a snapshot to another resource group (customer-key snapshots stay in their subscription)", moveCmd("snapshot", "snapshots")},
+		{"snapshot", "move", "move a snapshot to another resource group (customer-key snapshots stay in their subscription)", moveCmd("snapshot", api.RouteMoveSnapshot)},
 	}
 }
 
@@ -25,13 +25,13 @@ func imageCommands() []Command {
 		{"image", "show", "show an image", imageShow},
 		{"image", "list", "list images", imageList},
 		{"image", "delete", "delete an image: its wrapped key first, then its data", imageDelete},
-		{"image", "move", "move an image to another resource group (customer-key images stay in their subscription)", moveCmd("image", "images")},
+		{"image", "move", "move an image to another resource group (customer-key images stay in their subscription)", moveCmd("image", api.RouteMoveImage)},
 	}
 }
 
 var snapshotHeader = []string{"NAME", "SOURCE", "INCREMENTAL", "SIZE", "USED", "COPIED", "SHARED", "PAUSE", "KEY"}
 
-func snapshotRow(s *control.Snapshot) []string {
+func snapshotRow(s *api.Snapshot) []string {
 	return []string{s.Name, s.SourceDisk, fmt.Sprint(s.Incremental), units.FormatSize(s.DiskSizeBytes), units.FormatSize(s.UsedBytes),
 		fmt.Sprint(s.ChunksCopied), fmt.Sprint(s.ChunksShared), (time.Duration(s.FreezePauseMicros) * time.Microsecond).String(), s.KeyID}
 }
@@ -45,12 +45,12 @@ func snapshotCreate(c *Context, args []string) error {
 	if err := f.parse(args); err != nil {
 		return err
 	}
-	var s control.Snapshot
-	req := control.CreateSnapshotRequest{Name: *name, Source: *src, Incremental: *inc, DiskEncryptionSet: *des}
-	if err := c.callWithProgress("POST", "/snapshots", req, &s, "snapshots", *name); err != nil {
+	req := api.CreateSnapshotRequest{Name: *name, Source: *src, Incremental: *inc, DiskEncryptionSet: *des}
+	s, err := withProgress(c, api.KindSnapshots, *name, func(h *api.Client) (*api.Snapshot, error) { return h.CreateSnapshot(c.Ctx, req) })
+	if err != nil {
 		return err
 	}
-	return c.show(&s, snapshotHeader, [][]string{snapshotRow(&s)})
+	return c.show(s, snapshotHeader, [][]string{snapshotRow(s)})
 }
 
 func snapshotShow(c *Context, args []string) error {
@@ -59,19 +59,19 @@ func snapshotShow(c *Context, args []string) error {
 	if err := f.parse(args); err != nil {
 		return err
 	}
-	var s control.Snapshot
-	if err := c.call("GET", "/snapshots/"+esc(*name), nil, &s); err != nil {
+	s, err := onHost(c, func(h *api.Client) (*api.Snapshot, error) { return h.ShowSnapshot(c.Ctx, *name) })
+	if err != nil {
 		return err
 	}
-	return c.show(&s, snapshotHeader, [][]string{snapshotRow(&s)})
+	return c.show(s, snapshotHeader, [][]string{snapshotRow(s)})
 }
 
 func snapshotList(c *Context, args []string) error {
 	if err := newFlags(c).parse(args); err != nil {
 		return err
 	}
-	var ss []control.Snapshot
-	if err := c.call("GET", "/snapshots", nil, &ss); err != nil {
+	ss, err := onHost(c, func(h *api.Client) ([]api.Snapshot, error) { return h.ListSnapshots(c.Ctx) })
+	if err != nil {
 		return err
 	}
 	return showList(c, ss, snapshotHeader, snapshotRow)
@@ -85,11 +85,12 @@ func snapshotUpdate(c *Context, args []string) error {
 	if err := f.parse(args); err != nil {
 		return err
 	}
-	var s control.Snapshot
-	if err := c.call("PATCH", "/snapshots/"+esc(*name), control.UpdateSnapshotRequest{EncryptionType: *enc, DiskEncryptionSet: *des}, &s); err != nil {
+	req := api.UpdateSnapshotRequest{EncryptionType: *enc, DiskEncryptionSet: *des}
+	s, err := onHost(c, func(h *api.Client) (*api.Snapshot, error) { return h.UpdateSnapshot(c.Ctx, *name, req) })
+	if err != nil {
 		return err
 	}
-	return c.show(&s, snapshotHeader, [][]string{snapshotRow(&s)})
+	return c.show(s, snapshotHeader, [][]string{snapshotRow(s)})
 }
 
 func snapshotDelete(c *Context, args []string) error {
@@ -98,12 +99,12 @@ func snapshotDelete(c *Context, args []string) error {
 	if err := f.parse(args); err != nil {
 		return err
 	}
-	return c.call("DELETE", "/snapshots/"+esc(*name), nil, nil)
+	return onHostDo(c, func(h *api.Client) error { return h.DeleteSnapshot(c.Ctx, *name) })
 }
 
 var imageHeader = []string{"NAME", "SOURCE", "SIZE", "USED", "ENCRYPTION", "KEY"}
 
-func imageRow(im *control.Image) []string {
+func imageRow(im *api.Image) []string {
 	return []string{im.Name, im.SourceKind + " " + im.Source, units.FormatSize(im.DiskSizeBytes), units.FormatSize(im.UsedBytes),
 		im.Encryption.Type, im.KeyID}
 }
@@ -116,12 +117,12 @@ func imageCreate(c *Context, args []string) error {
 	if err := f.parse(args); err != nil {
 		return err
 	}
-	var im control.Image
-	req := control.CreateImageRequest{Name: *name, Source: *src, DiskEncryptionSet: *des}
-	if err := c.callWithProgress("POST", "/images", req, &im, "images", *name); err != nil {
+	req := api.CreateImageRequest{Name: *name, Source: *src, DiskEncryptionSet: *des}
+	im, err := withProgress(c, api.KindImages, *name, func(h *api.Client) (*api.Image, error) { return h.CreateImage(c.Ctx, req) })
+	if err != nil {
 		return err
 	}
-	return c.show(&im, imageHeader, [][]string{imageRow(&im)})
+	return c.show(im, imageHeader, [][]string{imageRow(im)})
 }
 
 func imageShow(c *Context, args []string) error {
@@ -130,19 +131,19 @@ func imageShow(c *Context, args []string) error {
 	if err := f.parse(args); err != nil {
 		return err
 	}
-	var im control.Image
-	if err := c.call("GET", "/images/"+esc(*name), nil, &im); err != nil {
+	im, err := onHost(c, func(h *api.Client) (*api.Image, error) { return h.ShowImage(c.Ctx, *name) })
+	if err != nil {
 		return err
 	}
-	return c.show(&im, imageHeader, [][]string{imageRow(&im)})
+	return c.show(im, imageHeader, [][]string{imageRow(im)})
 }
 
 func imageList(c *Context, args []string) error {
 	if err := newFlags(c).parse(args); err != nil {
 		return err
 	}
-	var ims []control.Image
-	if err := c.call("GET", "/images", nil, &ims); err != nil {
+	ims, err := onHost(c, func(h *api.Client) ([]api.Image, error) { return h.ListImages(c.Ctx) })
+	if err != nil {
 		return err
 	}
 	return showList(c, ims, imageHeader, imageRow)
@@ -154,38 +155,44 @@ func imageDelete(c *Context, args []string) error {
 	if err := f.parse(args); err != nil {
 		return err
 	}
-	return c.call("DELETE", "/images/"+esc(*name), nil, nil)
+	return onHostDo(c, func(h *api.Client) error { return h.DeleteImage(c.Ctx, *name) })
 }
 
-// callWithProgress makes a call that copies data and, while it runs, shows
-// the copy's progress on stderr (see progressBar).
-func (c *Context) callWithProgress(method, path string, in, out any, kind, name string) error {
-	// Resolve the endpoint once, before two goroutines use it.
-	if _, err := c.HostSocket(); err != nil {
-		return err
+// withProgress makes a call that copies data, creating the resource
+// kind/name, and while it runs shows the copy's progress on stderr (see
+// progressBar).
+func withProgress[T any](c *Context, kind, name string, call func(*api.Client) (T, error)) (T, error) {
+	h, err := c.host()
+	if err != nil {
+		var zero T
+		return zero, err
 	}
-	done := make(chan error, 1)
-	go func() { done <- c.call(method, path, in, out) }()
+	type answer struct {
+		v   T
+		err error
+	}
+	done := make(chan answer, 1)
+	go func() {
+		v, err := call(h)
+		done <- answer{v, err}
+	}()
 	t := time.NewTicker(250 * time.Millisecond)
 	defer t.Stop()
 	var bar *progressBar
 	for {
 		select {
-		case err := <-done:
+		case a := <-done:
 			switch {
 			case bar == nil:
-			case err == nil:
+			case a.err == nil:
 				bar.done()
 			default:
 				bar.finish()
 			}
-			return err
+			return a.v, a.err
 		case <-t.C:
-			var p struct {
-				Operation   string `json:"operation"`
-				Done, Total int64
-			}
-			if c.call("GET", "/progress/"+kind+"/"+esc(name), nil, &p) != nil || p.Total == 0 {
+			p, err := h.Progress(c.Ctx, kind, name)
+			if err != nil || p.Total == 0 {
 				continue
 			}
 			if bar == nil {
@@ -198,7 +205,7 @@ func (c *Context) callWithProgress(method, path string, in, out any, kind, name 
 
 // moveCmd moves a snapshot or image; it prints the resource as JSON or a
 // one-line table with its new id.
-func moveCmd(kind, path string) func(*Context, []string) error {
+func moveCmd(kind string, route string) func(*Context, []string) error {
 	return func(c *Context, args []string) error {
 		f := newFlags(c)
 		name := f.requiredString("name", kind+" name")
@@ -212,7 +219,10 @@ func moveCmd(kind, path string) func(*Context, []string) error {
 			ID   string `json:"id"`
 		}
 		var raw map[string]any
-		if err := c.call("POST", "/"+path+"/"+esc(*name)+"/move", control.MoveRequest{ResourceGroup: *rg, Subscription: *sub}, &raw); err != nil {
+		err := onHostDo(c, func(h *api.Client) error {
+			return h.Call(c.Ctx, route, api.MoveRequest{ResourceGroup: *rg, Subscription: *sub}, &raw, *name)
+		})
+		if err != nil {
 			return err
 		}
 		out.Name, _ = raw["name"].(string)

@@ -2,6 +2,7 @@ package cli
 
 import (
 	"encoding/json"
+	"net"
 	"net/http"
 	"path/filepath"
 	"sync/atomic"
@@ -11,7 +12,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"hostcrypt/control"
+	"hostcrypt/control/api"
 )
 
 // A copy that takes a while is polled for progress while the call runs; the
@@ -19,10 +20,10 @@ import (
 // once, which -race checks.
 func TestSnapshotCreatePollsProgress(t *testing.T) {
 	sock := filepath.Join(t.TempDir(), "s.sock")
-	l, err := control.Listen(sock)
+	l, err := net.Listen("unix", sock)
 	require.NoError(t, err)
 	var polls atomic.Int64
-	var body control.CreateSnapshotRequest
+	var body api.CreateSnapshotRequest
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch {
 		case r.Method == "POST" && r.URL.Path == "/snapshots":
@@ -42,7 +43,7 @@ func TestSnapshotCreatePollsProgress(t *testing.T) {
 	out, _, err := runCLI(t, map[string]string{"HOSTCRYPT_SOCKET": sock}, "-o", "json", "snapshot", "create",
 		"--name", "s1", "--source", "d1", "--incremental")
 	require.NoError(t, err)
-	assert.Equal(t, control.CreateSnapshotRequest{Name: "s1", Source: "d1", Incremental: true}, body)
+	assert.Equal(t, api.CreateSnapshotRequest{Name: "s1", Source: "d1", Incremental: true}, body)
 	assert.Contains(t, out, `"chunksCopied": 2`)
 	assert.Positive(t, polls.Load(), "the progress was never asked for")
 }

@@ -4,7 +4,7 @@ import (
 	"fmt"
 	"path/filepath"
 
-	"hostcrypt/control"
+	"hostcrypt/control/api"
 )
 
 func diskTransferCommands() []Command {
@@ -31,8 +31,8 @@ func diskImport(c *Context, args []string) error {
 	f := newFlags(c)
 	name := f.requiredString("name", "name of the new disk")
 	source := f.requiredString("source", "image file to import, raw or qcow2 (detected); its virtual size, rounded up to the sector size, is the disk's size")
-	sku := f.String("sku", "Premium_LRS", "Standard_LRS, StandardSSD_LRS, Premium_LRS, PremiumV2_LRS or UltraSSD_LRS")
-	sector := f.Int("logical-sector-size", 512, "512 or 4096")
+	sku := f.String("sku", api.DefaultSku, "Standard_LRS, StandardSSD_LRS, Premium_LRS, PremiumV2_LRS or UltraSSD_LRS")
+	sector := f.Int("logical-sector-size", api.DefaultSectorSize, "512 or 4096")
 	des := f.String("disk-encryption-set", "", "disk encryption set (customer-managed key)")
 	enc := f.String("encryption-type", "", "EncryptionAtRestWithPlatformKey (default), …WithCustomerKey or …WithPlatformAndCustomerKeys")
 	if err := f.parse(args); err != nil {
@@ -42,9 +42,11 @@ func diskImport(c *Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	req := control.ImportDiskRequest{Source: src, CreateDiskRequest: control.CreateDiskRequest{Name: *name, Sku: *sku,
+	req := api.ImportDiskRequest{Source: src, CreateDiskRequest: api.CreateDiskRequest{Name: *name, Sku: *sku,
 		LogicalSectorSize: *sector, EncryptionType: *enc, DiskEncryptionSet: *des}}
-	return c.transfer("/disks/import", req, "importing "+*name)
+	return c.transfer("importing "+*name, func(h *api.Client, p func(api.Progress)) (*api.Disk, error) {
+		return h.ImportDisk(c.Ctx, req, p)
+	})
 }
 
 func diskExport(c *Context, args []string) error {
@@ -59,8 +61,10 @@ func diskExport(c *Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	req := control.ExportDiskRequest{Target: dst, Force: force.val}
-	if err := c.transfer("/disks/"+esc(*name)+"/export", req, "exporting "+*name); err != nil {
+	req := api.ExportDiskRequest{Target: dst, Force: force.val}
+	if err := c.transfer("exporting "+*name, func(h *api.Client, p func(api.Progress)) (*api.Disk, error) {
+		return h.ExportDisk(c.Ctx, *name, req, p)
+	}); err != nil {
 		return err
 	}
 	if c.Output == "table" {
@@ -71,13 +75,13 @@ func diskExport(c *Context, args []string) error {
 
 // transfer runs an import or export, drawing its progress on stderr.
 // Interrupting the CLI cancels it: hostcryptd removes what it had made.
-func (c *Context) transfer(path string, req any, label string) error {
-	sock, err := c.HostSocket()
+func (c *Context) transfer(label string, call func(*api.Client, func(api.Progress)) (*api.Disk, error)) error {
+	h, err := c.host()
 	if err != nil {
 		return err
 	}
 	bar := newProgressBar(c.Stderr, label)
-	d, err := control.NewClient(sock).Transfer(c.Ctx, path, req, func(p control.Progress) { bar.update(p.Done, p.Total) })
+	d, err := call(h, func(p api.Progress) { bar.update(p.Done, p.Total) })
 	if err != nil {
 		bar.finish()
 		if c.Ctx.Err() != nil {

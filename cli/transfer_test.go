@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -14,14 +15,14 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"hostcrypt/control"
+	"hostcrypt/control/api"
 )
 
 // streamHost answers imports and exports as hostcryptd does: progress
 // lines, then the disk; an export of "busy" is refused before it starts.
 func streamHost(t *testing.T) (string, *[]string, *[]json.RawMessage) {
 	sock := filepath.Join(t.TempDir(), "s.sock")
-	l, err := control.Listen(sock)
+	l, err := net.Listen("unix", sock)
 	require.NoError(t, err)
 	var seen []string
 	var bodies []json.RawMessage
@@ -62,16 +63,16 @@ func TestDiskImportExport(t *testing.T) {
 	assert.Contains(t, out, "d1")
 	assert.Empty(t, errOut, "no bar and no lines when stderr is not a terminal and the transfer is short")
 	require.Equal(t, []string{"POST /disks/import"}, *seen)
-	var imp control.ImportDiskRequest
+	var imp api.ImportDiskRequest
 	require.NoError(t, json.Unmarshal((*bodies)[0], &imp))
-	assert.Equal(t, control.ImportDiskRequest{Source: filepath.Join(wd, "img/disk.qcow2"), CreateDiskRequest: control.CreateDiskRequest{
+	assert.Equal(t, api.ImportDiskRequest{Source: filepath.Join(wd, "img/disk.qcow2"), CreateDiskRequest: api.CreateDiskRequest{
 		Name: "d1", Sku: "StandardSSD_LRS", LogicalSectorSize: 512, DiskEncryptionSet: "des1"}}, imp)
 
 	_, _, err = runCLI(t, env, "-o", "json", "disk", "export", "--name", "d1", "--target", "/tmp/out.raw", "--force", "true")
 	require.NoError(t, err)
-	var exp control.ExportDiskRequest
+	var exp api.ExportDiskRequest
 	require.NoError(t, json.Unmarshal((*bodies)[1], &exp))
-	assert.Equal(t, control.ExportDiskRequest{Target: "/tmp/out.raw", Force: true}, exp)
+	assert.Equal(t, api.ExportDiskRequest{Target: "/tmp/out.raw", Force: true}, exp)
 	assert.Equal(t, "POST /disks/d1/export", (*seen)[1])
 
 	_, _, err = runCLI(t, env, "disk", "export", "--name", "busy", "--target", "/tmp/out.raw")

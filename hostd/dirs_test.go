@@ -17,7 +17,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"hostcrypt/control"
+	"hostcrypt/control/api"
 	"hostcrypt/internal/dirfd"
 	"hostcrypt/internal/dirlock"
 	"hostcrypt/keystore/server"
@@ -73,9 +73,9 @@ func TestSecondDaemonIsRefused(t *testing.T) {
 	ksURL, ksDir := startKeystore(t)
 	first := daemonConfig(t.TempDir(), ksURL, ksDir)
 	runDaemon(t, first)
-	c := control.NewClient(filepath.Join(first.StateDir, "hostcryptd.sock"))
+	c := api.NewClient(filepath.Join(first.StateDir, "hostcryptd.sock"))
 	ctx := context.Background()
-	require.NoError(t, c.Do(ctx, "POST", "/vms", control.CreateVMRequest{Name: "vm1", OsDiskSizeBytes: 16 << 20}, nil))
+	require.NoError(t, c.Do(ctx, "POST", "/vms", api.CreateVMRequest{Name: "vm1", OsDiskSizeBytes: 16 << 20}, nil))
 	img := filepath.Join(first.MountDir, "vm1", "os.img")
 	// I/O on the mount from another process: a test reading its own
 	// mount can deadlock.
@@ -110,9 +110,9 @@ func TestSecondDaemonIsRefused(t *testing.T) {
 
 			// The first daemon is untouched: its socket answers, its VM
 			// runs, its image reads back, its state is as it was.
-			var vm control.VM
+			var vm api.VM
 			require.NoError(t, c.Do(ctx, "GET", "/vms/vm1", nil, &vm))
-			require.Equal(t, control.PowerRunning, vm.PowerState)
+			require.Equal(t, api.PowerRunning, vm.PowerState)
 			got, err := exec.Command("dd", "if="+img, "bs=14", "count=1", "status=none").Output()
 			require.NoError(t, err)
 			require.Equal(t, "first daemon's", string(got))
@@ -199,9 +199,9 @@ func TestPlantedLinkAtChunk(t *testing.T) {
 			slog.SetDefault(cfg.Log)
 			t.Cleanup(func() { slog.SetDefault(prev) })
 			runDaemon(t, cfg)
-			c := control.NewClient(filepath.Join(cfg.StateDir, "hostcryptd.sock"))
+			c := api.NewClient(filepath.Join(cfg.StateDir, "hostcryptd.sock"))
 			ctx := context.Background()
-			require.NoError(t, c.Do(ctx, "POST", "/vms", control.CreateVMRequest{Name: "vm1", OsDiskSizeBytes: 16 << 20, OsDiskCaching: "None"}, nil))
+			require.NoError(t, c.Do(ctx, "POST", "/vms", api.CreateVMRequest{Name: "vm1", OsDiskSizeBytes: 16 << 20, OsDiskCaching: "None"}, nil))
 			img := filepath.Join(cfg.MountDir, "vm1", "os.img")
 			data := make([]byte, 1<<20)
 			rand.Read(data)
@@ -214,7 +214,7 @@ func TestPlantedLinkAtChunk(t *testing.T) {
 			require.NoError(t, err, string(out))
 			require.NoError(t, c.Do(ctx, "POST", "/vms/vm1/stop", nil, nil))
 
-			var d control.Disk
+			var d api.Disk
 			require.NoError(t, c.Do(ctx, "GET", "/disks/vm1_OsDisk", nil, &d))
 			chunk := filepath.Join(cfg.StorageDir, filepath.FromSlash(d.StoragePrefix), "chunks", "00000000")
 			require.FileExists(t, chunk)
@@ -238,7 +238,7 @@ func TestPlantedLinkAtChunk(t *testing.T) {
 				require.Error(t, err, "writing through the link")
 				answers = append(answers, string(out))
 			}
-			var vm control.VM
+			var vm api.VM
 			require.NoError(t, c.Do(ctx, "GET", "/vms/vm1", nil, &vm))
 			answers = append(answers, fmt.Sprintf("%+v", vm))
 

@@ -12,7 +12,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"hostcrypt/control"
+	"hostcrypt/control/api"
 	"hostcrypt/storage"
 	"hostcrypt/storage/fault"
 )
@@ -32,7 +32,7 @@ func TestStorageFaultsReachTheGuest(t *testing.T) {
 	}
 	runDaemon(t, cfg)
 	require.NotNil(t, fb)
-	c := control.NewClient(filepath.Join(cfg.StateDir, "hostcryptd.sock"))
+	c := api.NewClient(filepath.Join(cfg.StateDir, "hostcryptd.sock"))
 	ctx := context.Background()
 	// Not zeros: the engine stores nothing for a block of zeros.
 	data := make([]byte, 1<<20)
@@ -52,7 +52,7 @@ func TestStorageFaultsReachTheGuest(t *testing.T) {
 
 	// The disks have no host cache, which would take the guest's writes
 	// and syncs on the host. First, a failing sync.
-	require.NoError(t, c.Do(ctx, "POST", "/vms", control.CreateVMRequest{Name: "vm1", OsDiskSizeBytes: 16 << 20, OsDiskCaching: "None"}, nil))
+	require.NoError(t, c.Do(ctx, "POST", "/vms", api.CreateVMRequest{Name: "vm1", OsDiskSizeBytes: 16 << 20, OsDiskCaching: "None"}, nil))
 	require.NoError(t, write("vm1", 0))
 	f := fb.Arm(fault.Rule{Ops: fault.Sync, Err: syscall.EIO})
 	require.Error(t, write("vm1", 1), "the guest's fsync fails when storage's does")
@@ -60,7 +60,7 @@ func TestStorageFaultsReachTheGuest(t *testing.T) {
 	f.Disarm()
 
 	// A full store.
-	require.NoError(t, c.Do(ctx, "POST", "/vms", control.CreateVMRequest{Name: "vm2", OsDiskSizeBytes: 16 << 20, OsDiskCaching: "None"}, nil))
+	require.NoError(t, c.Do(ctx, "POST", "/vms", api.CreateVMRequest{Name: "vm2", OsDiskSizeBytes: 16 << 20, OsDiskCaching: "None"}, nil))
 	require.NoError(t, write("vm2", 0))
 	fb.SetFull(true)
 	require.Error(t, write("vm2", 4), "a write needing new space fails")

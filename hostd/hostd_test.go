@@ -14,7 +14,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"hostcrypt/control"
+	"hostcrypt/control/api"
 	"hostcrypt/keystore/server"
 )
 
@@ -68,11 +68,11 @@ func TestRunServesImages(t *testing.T) {
 		return stop
 	}
 	stop := start()
-	c := control.NewClient(cfg.Socket)
+	c := api.NewClient(cfg.Socket)
 	ctx := context.Background()
-	var vm control.VM
-	require.NoError(t, c.Do(ctx, "POST", "/vms", control.CreateVMRequest{Name: "vm1", OsDiskSizeBytes: 16 << 20, TempDiskSize: 8 << 20}, &vm))
-	require.Equal(t, control.PowerRunning, vm.PowerState)
+	var vm api.VM
+	require.NoError(t, c.Do(ctx, "POST", "/vms", api.CreateVMRequest{Name: "vm1", OsDiskSizeBytes: 16 << 20, TempDiskSize: 8 << 20}, &vm))
+	require.Equal(t, api.PowerRunning, vm.PowerState)
 
 	img := filepath.Join(cfg.MountDir, "vm1", "os.img")
 	pattern := make([]byte, 1<<20)
@@ -82,7 +82,7 @@ func TestRunServesImages(t *testing.T) {
 	out, err := exec.Command("dd", "if="+src, "of="+img, "bs=64k", "seek=1", "conv=notrunc,fsync", "oflag=direct", "status=none").CombinedOutput()
 	require.NoError(t, err, string(out))
 
-	var d control.Disk
+	var d api.Disk
 	require.NoError(t, c.Do(ctx, "GET", "/disks/vm1_OsDisk", nil, &d))
 	require.Contains(t, d.KeyID, "/vaults/platform/keys/"+platformKeyName+"/", "the data key is wrapped by a versioned platform key")
 

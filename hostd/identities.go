@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	ksapi "hostcrypt/keystore/api"
 	"log/slog"
 	"net/url"
 	"strings"
@@ -65,11 +66,11 @@ func (c *customerKeys) WrapKey(ctx context.Context, kid string, dek []byte) (dis
 	if err != nil {
 		return disk.WrappedKey{}, err
 	}
-	used, wrapped, err := cl.WrapKey(ctx, kid, client.RSAOAEP256, dek)
+	used, wrapped, err := cl.WrapKey(ctx, kid, ksapi.RSAOAEP256, dek)
 	if err != nil {
 		return disk.WrappedKey{}, denied(err)
 	}
-	return disk.WrappedKey{KeyID: used, Algorithm: client.RSAOAEP256, Value: wrapped}, nil
+	return disk.WrappedKey{KeyID: used, Algorithm: ksapi.RSAOAEP256, Value: wrapped}, nil
 }
 
 func (c *customerKeys) UnwrapKey(ctx context.Context, w disk.WrappedKey) ([]byte, error) {

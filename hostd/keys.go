@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	ksapi "hostcrypt/keystore/api"
 	"strings"
 	"sync"
 
@@ -39,7 +40,7 @@ func connectKeys(ctx context.Context, cfg Config) (*keyService, error) {
 	if err != nil {
 		return nil, fmt.Errorf("key store %s: %w", cfg.KeystoreURL, err)
 	}
-	_, err = c.GetKey(ctx, client.PlatformVault, platformKeyName, "")
+	_, err = c.GetKey(ctx, ksapi.PlatformVault, platformKeyName, "")
 	if client.IsNotFound(err) {
 		_, err = c.CreatePlatformKey(ctx, platformKeyName)
 	}
@@ -57,12 +58,12 @@ func (k *keyService) WrapKey(ctx context.Context, dek []byte) (disk.WrappedKey, 
 	if err != nil {
 		return disk.WrappedKey{}, fmt.Errorf("wrapping with the platform key: %w", err)
 	}
-	return disk.WrappedKey{KeyID: kid, Algorithm: client.A256KWP, Value: wrapped}, nil
+	return disk.WrappedKey{KeyID: kid, Algorithm: ksapi.A256KWP, Value: wrapped}, nil
 }
 
 func (k *keyService) UnwrapKey(ctx context.Context, w disk.WrappedKey) ([]byte, error) {
 	switch w.Algorithm {
-	case client.A256KWP:
+	case ksapi.A256KWP:
 		dek, err := k.c.PlatformUnwrap(ctx, w.KeyID, w.Value)
 		if client.IsNotFound(err) {
 			return nil, fmt.Errorf("unwrapping with %s: %w: %w", w.KeyID, control.ErrKeyGone, err)
@@ -97,14 +98,14 @@ func (k *keyService) TempWrapper(ctx context.Context) (disk.KeyWrapper, error) {
 		if err != nil {
 			return disk.WrappedKey{}, fmt.Errorf("wrapping with the temp disk's key: %w", err)
 		}
-		return disk.WrappedKey{KeyID: kid, Algorithm: client.A256KWP, Value: wrapped}, nil
+		return disk.WrappedKey{KeyID: kid, Algorithm: ksapi.A256KWP, Value: wrapped}, nil
 	}), nil
 }
 
 // DestroyTempKey deletes and purges the temp disk key that kid names; kids
 // of any other key are left alone.
 func (k *keyService) DestroyTempKey(ctx context.Context, kid string) error {
-	_, rest, ok := strings.Cut(kid, "/vaults/"+client.PlatformVault+"/keys/")
+	_, rest, ok := strings.Cut(kid, "/vaults/"+ksapi.PlatformVault+"/keys/")
 	if !ok {
 		return nil
 	}
@@ -112,10 +113,10 @@ func (k *keyService) DestroyTempKey(ctx context.Context, kid string) error {
 	if !strings.HasPrefix(name, tempKeyPrefix) {
 		return nil
 	}
-	if _, err := k.c.DeleteKey(ctx, client.PlatformVault, name); err != nil && !client.IsNotFound(err) {
+	if _, err := k.c.DeleteKey(ctx, ksapi.PlatformVault, name); err != nil && !client.IsNotFound(err) {
 		return err
 	}
-	if err := k.c.PurgeKey(ctx, client.PlatformVault, name); err != nil && !client.IsNotFound(err) {
+	if err := k.c.PurgeKey(ctx, ksapi.PlatformVault, name); err != nil && !client.IsNotFound(err) {
 		return err
 	}
 	return nil

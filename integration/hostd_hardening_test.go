@@ -16,7 +16,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"hostcrypt/control"
+	"hostcrypt/control/api"
 )
 
 // storageFiles lists every file under dir, relative to it.
@@ -64,7 +64,7 @@ func TestHostSizeBounds(t *testing.T) {
 		require.Contains(t, errOut, c.msg, "%v", c.args)
 	}
 	// The API refuses what a client other than the CLI may send.
-	c := control.NewClient(h.socket())
+	c := api.NewClient(h.socket())
 	ctx := context.Background()
 	for _, r := range []struct {
 		method, path string
@@ -77,7 +77,7 @@ func TestHostSizeBounds(t *testing.T) {
 		{"POST", "/vms", map[string]any{"name": "vm2", "osDiskSizeBytes": int64(math.MaxInt64 - 511)}},
 	} {
 		err := c.Do(ctx, r.method, r.path, r.body, nil)
-		var e *control.Error
+		var e *api.Error
 		require.ErrorAs(t, err, &e, "%s %s", r.method, r.path)
 		require.Equal(t, http.StatusBadRequest, e.Status, e.Message)
 		require.Contains(t, strings.ToLower(e.Message), "sizebytes")

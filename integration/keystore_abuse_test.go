@@ -3,6 +3,7 @@ package integration
 import (
 	"bytes"
 	"context"
+	ksapi "hostcrypt/keystore/api"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -60,7 +61,7 @@ func TestKeystoreAbuseAndAuditChain(t *testing.T) {
 	assert.Contains(t, admin.fails("keyvault", "create", "--name", "PLATFORM"), "reserved")
 	assert.Contains(t, platform.fails("identity", "create", "--type", "User", "--tenant", "../../x"), "letters, digits and hyphens")
 	admin.ok(nil, "key", "create", "--vault-name", "abusevault", "--name", "k")
-	_, err = ac.UpdateKey(ctx, "abusevault", "k", "", client.KeyUpdate{Attributes: &client.KeyAttributes{EXP: ptrTo(int64(-99999999999999))}})
+	_, err = ac.UpdateKey(ctx, "abusevault", "k", "", ksapi.KeyUpdate{Attributes: &ksapi.KeyAttributes{EXP: ptrTo(int64(-99999999999999))}})
 	var ce *client.Error
 	require.ErrorAs(t, err, &ce)
 	assert.Equal(t, 400, ce.Status)

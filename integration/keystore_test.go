@@ -13,6 +13,7 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"fmt"
+	ksapi "hostcrypt/keystore/api"
 	"io"
 	"os"
 	"os/exec"
@@ -64,11 +65,11 @@ func TestKeystoreAcceptance(t *testing.T) {
 	require.NoError(t, err)
 	require.NoError(t, follow.Start())
 	t.Cleanup(func() { follow.Process.Kill(); follow.Wait() })
-	streamed := make(chan client.Event, 100)
+	streamed := make(chan ksapi.Event, 100)
 	go func() {
 		sc := bufio.NewScanner(followOut)
 		for sc.Scan() {
-			var ev client.Event
+			var ev ksapi.Event
 			if json.Unmarshal(sc.Bytes(), &ev) == nil {
 				streamed <- ev
 			}
@@ -87,7 +88,7 @@ func TestKeystoreAcceptance(t *testing.T) {
 
 	// The platform creates an identity; the admin grants it get/wrapKey/unwrapKey.
 	idToken := filepath.Join(t.TempDir(), "id.token")
-	var ident client.Identity
+	var ident ksapi.Identity
 	platform.ok(&ident, "identity", "create", "--type", "SystemAssigned", "--token-out", idToken)
 	require.Empty(t, ident.Token, "the token went to the file")
 	admin.ok(nil, "keyvault", "set-policy", "--name", "accvault", "--object-id", ident.PrincipalID, "--key-permissions", "get,wrapKey,unwrapKey")
@@ -122,7 +123,7 @@ func TestKeystoreAcceptance(t *testing.T) {
 	require.Equal(t, kid2, wrapped2.Kid, "a version-less wrap uses the current version")
 	id.ok(&unwrapped, "key", "unwrap", "--id", kid1, "--value", wrapped.Value)
 	require.Equal(t, b64(dek), unwrapped.Value)
-	var versions []client.KeyItem
+	var versions []ksapi.KeyItem
 	admin.ok(&versions, "key", "list-versions", "--vault-name", "accvault", "--name", "cmk")
 	require.Len(t, versions, 2)
 	var shown kb
@@ -163,8 +164,8 @@ func TestKeystoreAcceptance(t *testing.T) {
 	// scheduler's next pass, whose moment the test does not fix: it is
 	// checked apart from the ordered list.
 	want := []string{"KeyNewVersionCreated", "VaultAccessPolicyChanged", "KeyDisabled", "KeyEnabled", "KeyNewVersionCreated", "VaultAccessPolicyChanged", "KeyNewVersionCreated", "KeyNearExpiry", "KeyExpired"}
-	var got []client.Event
-	var cmkExpired *client.Event
+	var got []ksapi.Event
+	var cmkExpired *ksapi.Event
 	var last uint64
 	timeout := time.After(30 * time.Second)
 	for len(got) < len(want) || cmkExpired == nil {
@@ -196,7 +197,7 @@ func TestKeystoreAcceptance(t *testing.T) {
 	require.NotNil(t, got[8].Data.EXP)
 
 	// The audit log shows each step with the right caller and result.
-	var recs []client.AuditRecord
+	var recs []ksapi.AuditRecord
 	admin.ok(&recs, "keyvault", "audit", "--name", "accvault")
 	type step struct {
 		op, caller string
@@ -244,12 +245,12 @@ func TestKeystoreAcceptance(t *testing.T) {
 
 	// A rotation policy set with the CLI runs by itself when its time comes.
 	admin.ok(nil, "key", "create", "--vault-name", "accvault", "--name", "auto")
-	var pol client.RotationPolicy
+	var pol ksapi.RotationPolicy
 	admin.ok(&pol, "key", "rotation-policy", "--vault-name", "accvault", "--name", "auto", "--rotate-after", "P30D", "--notify-before-expiry", "P10D", "--expiry-time", "P90D")
 	require.Len(t, pol.LifetimeActions, 2)
 	assert.Contains(t, admin.fails("key", "rotation-policy", "--vault-name", "accvault", "--name", "auto", "--rotate-after", "P1D"), "7 days")
 	require.NoError(t, hooks.AdvanceClock(ctx, 31*24*time.Hour))
-	var autoVersions []client.KeyItem
+	var autoVersions []ksapi.KeyItem
 	admin.ok(&autoVersions, "key", "list-versions", "--vault-name", "accvault", "--name", "auto")
 	require.Len(t, autoVersions, 2, "the policy rotated the key")
 	require.NotNil(t, autoVersions[1].Attributes.EXP, "the new version expires per expiryTime")
@@ -318,7 +319,7 @@ func TestKeystoreKill9DuringBurst(t *testing.T) {
 	admin, err := client.New(p.url, filepath.Join(dir, "ca.pem"), filepath.Join(dir, "admin.token"))
 	require.NoError(t, err)
 	ctx := context.Background()
-	_, err = admin.CreateVault(ctx, "burstvault", client.VaultCreate{})
+	_, err = admin.CreateVault(ctx, "burstvault", ksapi.VaultCreate{})
 	require.NoError(t, err)
 
 	var mu sync.Mutex
@@ -337,7 +338,7 @@ func TestKeystoreKill9DuringBurst(t *testing.T) {
 				default:
 				}
 				name := fmt.Sprintf("k-%d-%d", w, i)
-				if _, err := admin.CreateKey(ctx, "burstvault", name, client.KeyCreate{Kty: "RSA", KeySize: 2048}); err == nil {
+				if _, err := admin.CreateKey(ctx, "burstvault", name, ksapi.KeyCreate{Kty: "RSA", KeySize: ptrTo(2048)}); err == nil {
 					mu.Lock()
 					acked[name] = true
 					mu.Unlock()
@@ -394,9 +395,9 @@ func TestKeystoreKill9DuringBurst(t *testing.T) {
 	}
 	// Every key that exists is whole: it wraps and unwraps.
 	for _, k := range keys {
-		used, w, err := admin2.WrapKey(ctx, k.Kid, client.RSAOAEP256, []byte("0123456789abcdef0123456789abcdef"))
+		used, w, err := admin2.WrapKey(ctx, k.Kid, ksapi.RSAOAEP256, []byte("0123456789abcdef0123456789abcdef"))
 		require.NoError(t, err, k.Kid)
-		_, out, err := admin2.UnwrapKey(ctx, used, client.RSAOAEP256, w)
+		_, out, err := admin2.UnwrapKey(ctx, used, ksapi.RSAOAEP256, w)
 		require.NoError(t, err, k.Kid)
 		require.Equal(t, "0123456789abcdef0123456789abcdef", string(out))
 	}

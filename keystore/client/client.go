@@ -1,9 +1,13 @@
 // Package client is the Go client of the key store (keystored): key
 // operations for the host (wrap, unwrap, get, events), identity management
 // for disk encryption sets, and the vault and key management the CLI uses.
+// It speaks the wire types of package keystore/api.
+//
 // Every error the server returns is a *Error; network and TLS failures are
 // distinct (IsUnreachable), because the host treats an unreachable key
-// store differently from a refusal.
+// store differently from a refusal. Every call is bounded (Timeout): a key
+// store that accepts a connection and then says nothing is reported as
+// unreachable after that long, with ErrTimeout, never waited for.
 package client
 
 import (
@@ -15,10 +19,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hostcrypt/keystore/api"
 	"io"
 	"net/http"
 	"net/url"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -75,6 +81,32 @@ func IsUnauthorized(err error) bool {
 	return errors.As(err, &e) && e.Status == http.StatusUnauthorized
 }
 
+// ErrTimeout is wrapped by the error of a call the key store did not answer
+// within the client's timeout. Such an error is also IsUnreachable.
+var ErrTimeout = errors.New("the key store did not answer in time")
+
+// TimeoutError is a call the key store did not answer within After.
+type TimeoutError struct {
+	Host  string
+	After time.Duration
+}
+
+func (e *TimeoutError) Error() string {
+	return fmt.Sprintf("the key store at %s did not answer within %s", e.Host, seconds(e.After))
+}
+
+func (e *TimeoutError) Unwrap() error { return ErrTimeout }
+
+// seconds writes d as "10 s" or "1.5 s".
+func seconds(d time.Duration) string {
+	return strconv.FormatFloat(d.Seconds(), 'f', -1, 64) + " s"
+}
+
+// DefaultTimeout bounds each call of a client made by New or NewWithToken
+// (SetTimeout changes it): well above a key store's slowest answer, an RSA
+// 4096 key generation, and well below what a person waits for.
+const DefaultTimeout = 30 * time.Second
+
 // IsUnreachable reports that the key store could not be reached.
 func IsUnreachable(err error) bool {
 	var e *UnreachableError
@@ -83,9 +115,10 @@ func IsUnreachable(err error) bool {
 
 // Client talks to one key store with one bearer token.
 type Client struct {
-	base  *url.URL
-	token string
-	http  *http.Client
+	base    *url.URL
+	token   string
+	http    *http.Client
+	timeout time.Duration
 }
 
 // New makes a client from the base URL, the CA file to trust and a file
@@ -123,8 +156,15 @@ func NewWithToken(baseURL, caFile, token string) (*Client, error) {
 		TLSHandshakeTimeout: 10 * time.Second,
 		ForceAttemptHTTP2:   false,
 	}
-	return &Client{base: u, token: token, http: &http.Client{Transport: tr}}, nil
+	return &Client{base: u, token: token, http: &http.Client{Transport: tr}, timeout: DefaultTimeout}, nil
 }
+
+// SetTimeout bounds every later call to d (0: no bound). A call that gets no
+// complete answer in time fails with a *TimeoutError.
+func (c *Client) SetTimeout(d time.Duration) { c.timeout = d }
+
+// Timeout is the bound of each call.
+func (c *Client) Timeout() time.Duration { return c.timeout }
 
 // BaseURL is the key store's https://HOST:PORT.
 func (c *Client) BaseURL() string { return c.base.String() }
@@ -135,6 +175,28 @@ func (c *Client) Close() { c.http.CloseIdleConnections() }
 // do sends a request to path (or to an absolute URL on the same server)
 // and decodes the JSON answer into out.
 func (c *Client) do(ctx context.Context, method, path string, query url.Values, in, out any) error {
+	return c.doWaiting(ctx, 0, method, path, query, in, out)
+}
+
+// doWaiting is do for a request whose answer may take wait by design (a
+// long poll): the timeout counts from then.
+func (c *Client) doWaiting(ctx context.Context, wait time.Duration, method, path string, query url.Values, in, out any) error {
+	if c.timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeoutCause(ctx, wait+c.timeout, &TimeoutError{Host: c.base.Host, After: c.timeout})
+		defer cancel()
+	}
+	err := c.send(ctx, method, path, query, in, out)
+	if err != nil && ctx.Err() != nil {
+		var te *TimeoutError
+		if cause := context.Cause(ctx); errors.As(cause, &te) {
+			return &UnreachableError{Err: te}
+		}
+	}
+	return err
+}
+
+func (c *Client) send(ctx context.Context, method, path string, query url.Values, in, out any) error {
 	u := *c.base
 	if strings.HasPrefix(path, "https://") {
 		pu, err := url.Parse(path)
@@ -177,18 +239,13 @@ func (c *Client) do(ctx context.Context, method, path string, query url.Values, 
 	defer resp.Body.Close()
 	raw, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
 	if err != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
 		return &UnreachableError{Err: err}
 	}
 	if resp.StatusCode/100 != 2 {
-		var env struct {
-			Error struct {
-				Code       string `json:"code"`
-				Message    string `json:"message"`
-				InnerError *struct {
-					Code string `json:"code"`
-				} `json:"innererror"`
-			} `json:"error"`
-		}
+		var env api.ErrorEnvelope
 		e := &Error{Status: resp.StatusCode}
 		if json.Unmarshal(raw, &env) == nil && env.Error.Code != "" {
 			e.Code, e.Message = env.Error.Code, env.Error.Message

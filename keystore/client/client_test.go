@@ -21,6 +21,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"hostcrypt/keystore/api"
 	"hostcrypt/keystore/client"
 	"hostcrypt/keystore/server"
 )
@@ -84,7 +85,7 @@ func TestRefusalAndUnreachableAreDistinct(t *testing.T) {
 	assert.True(t, client.IsUnreachable(err), "%v", err)
 
 	// A kid on another server is refused before any request.
-	_, _, err = c.UnwrapKey(ctx, "https://example.invalid:1/vaults/v/keys/k/1", client.RSAOAEP256, []byte{1})
+	_, _, err = c.UnwrapKey(ctx, "https://example.invalid:1/vaults/v/keys/k/1", api.RSAOAEP256, []byte{1})
 	require.Error(t, err)
 	assert.False(t, client.IsUnreachable(err))
 
@@ -98,4 +99,44 @@ func writeCA(t *testing.T, path string) {
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &k.PublicKey, k)
 	require.NoError(t, err)
 	require.NoError(t, os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600))
+}
+
+// A key store that takes the connection and never answers (a stopped
+// process: the kernel still completes the TCP handshake) is reported as
+// unreachable once the client's timeout passes, saying so.
+func TestSilentKeyStoreTimesOut(t *testing.T) {
+	_, dir := startServer(t)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			t.Cleanup(func() { c.Close() }) // held open, never read
+		}
+	}()
+	c, err := client.New("https://"+ln.Addr().String(), filepath.Join(dir, "ca.pem"), filepath.Join(dir, "admin.token"))
+	require.NoError(t, err)
+	defer c.Close()
+	c.SetTimeout(300 * time.Millisecond)
+	done := make(chan error, 1)
+	go func() { _, err := c.ListVaults(context.Background()); done <- err }()
+	select {
+	case err = <-done:
+	case <-time.After(20 * time.Second):
+		t.Fatal("the call was not bounded by the client's timeout")
+	}
+	assert.True(t, client.IsUnreachable(err), "%v", err)
+	assert.ErrorIs(t, err, client.ErrTimeout)
+	assert.ErrorContains(t, err, "did not answer within 0.3 s")
+
+	// A caller's own cancellation stays a cancellation.
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	_, err = c.ListVaults(ctx)
+	assert.ErrorIs(t, err, context.Canceled)
+	assert.NotErrorIs(t, err, client.ErrTimeout)
 }

@@ -19,6 +19,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"hostcrypt/internal/leakscan"
+	"hostcrypt/keystore/api"
 	"hostcrypt/keystore/client"
 )
 
@@ -30,7 +31,7 @@ func ptr[T any](v T) *T { return &v }
 func TestKeyLifecycle(t *testing.T) {
 	e := startEnv(t)
 	e.vault("cmkvault", "premium")
-	kb, err := e.admin.CreateKey(bg, "cmkvault", "cmk", client.KeyCreate{Kty: "RSA-HSM", KeySize: 3072})
+	kb, err := e.admin.CreateKey(bg, "cmkvault", "cmk", api.KeyCreate{Kty: "RSA-HSM", KeySize: ptr(3072)})
 	require.NoError(t, err)
 	assert.Equal(t, "RSA-HSM", kb.Key.Kty)
 	assert.Empty(t, kb.Key.D, "no private parts in a key bundle")
@@ -42,42 +43,42 @@ func TestKeyLifecycle(t *testing.T) {
 
 	dek := make([]byte, 32)
 	rand.Read(dek)
-	kid1, wrapped, err := des.WrapKey(bg, kb.Key.Kid, client.RSAOAEP256, dek)
+	kid1, wrapped, err := des.WrapKey(bg, kb.Key.Kid, api.RSAOAEP256, dek)
 	require.NoError(t, err)
 	assert.Equal(t, kb.Key.Kid, kid1)
-	_, got, err := des.UnwrapKey(bg, kid1, client.RSAOAEP256, wrapped)
+	_, got, err := des.UnwrapKey(bg, kid1, api.RSAOAEP256, wrapped)
 	require.NoError(t, err)
 	assert.Equal(t, dek, got)
 
 	// RSA-OAEP (SHA-1) too, and on the version-less kid (current version).
 	kidNoVer := e.s.BaseURL() + "/vaults/cmkvault/keys/cmk"
-	used, w2, err := des.WrapKey(bg, kidNoVer, client.RSAOAEP, dek)
+	used, w2, err := des.WrapKey(bg, kidNoVer, api.RSAOAEP, dek)
 	require.NoError(t, err)
 	assert.Equal(t, kid1, used)
-	_, got, err = des.UnwrapKey(bg, used, client.RSAOAEP, w2)
+	_, got, err = des.UnwrapKey(bg, used, api.RSAOAEP, w2)
 	require.NoError(t, err)
 	assert.Equal(t, dek, got)
 
 	// Disable: 403 KeyDisabled; enable: works.
-	_, err = e.admin.UpdateKey(bg, "cmkvault", "cmk", "", client.KeyUpdate{Attributes: &client.KeyAttributes{Enabled: ptr(false)}})
+	_, err = e.admin.UpdateKey(bg, "cmkvault", "cmk", "", api.KeyUpdate{Attributes: &api.KeyAttributes{Enabled: ptr(false)}})
 	require.NoError(t, err)
-	_, _, err = des.UnwrapKey(bg, kid1, client.RSAOAEP256, wrapped)
+	_, _, err = des.UnwrapKey(bg, kid1, api.RSAOAEP256, wrapped)
 	requireCode(t, err, 403, "KeyDisabled")
 	assert.True(t, client.IsKeyDisabled(err))
 	assert.Contains(t, err.Error(), "cmkvault")
-	_, err = e.admin.UpdateKey(bg, "cmkvault", "cmk", "", client.KeyUpdate{Attributes: &client.KeyAttributes{Enabled: ptr(true)}})
+	_, err = e.admin.UpdateKey(bg, "cmkvault", "cmk", "", api.KeyUpdate{Attributes: &api.KeyAttributes{Enabled: ptr(true)}})
 	require.NoError(t, err)
-	_, _, err = des.UnwrapKey(bg, kid1, client.RSAOAEP256, wrapped)
+	_, _, err = des.UnwrapKey(bg, kid1, api.RSAOAEP256, wrapped)
 	require.NoError(t, err)
 
 	// Rotate: a new version; the old one still unwraps.
 	kb2, err := e.admin.RotateKey(bg, "cmkvault", "cmk")
 	require.NoError(t, err)
 	assert.NotEqual(t, kid1, kb2.Key.Kid)
-	used, _, err = des.WrapKey(bg, kidNoVer, client.RSAOAEP256, dek)
+	used, _, err = des.WrapKey(bg, kidNoVer, api.RSAOAEP256, dek)
 	require.NoError(t, err)
 	assert.Equal(t, kb2.Key.Kid, used)
-	_, got, err = des.UnwrapKey(bg, kid1, client.RSAOAEP256, wrapped)
+	_, got, err = des.UnwrapKey(bg, kid1, api.RSAOAEP256, wrapped)
 	require.NoError(t, err)
 	assert.Equal(t, dek, got)
 	versions, err := e.admin.ListKeyVersions(bg, "cmkvault", "cmk")
@@ -86,26 +87,26 @@ func TestKeyLifecycle(t *testing.T) {
 
 	// exp in the past: wrap refused, unwrap works.
 	past := e.clock.Now().Add(-time.Hour).Unix()
-	_, err = e.admin.UpdateKey(bg, "cmkvault", "cmk", "", client.KeyUpdate{Attributes: &client.KeyAttributes{EXP: &past}})
+	_, err = e.admin.UpdateKey(bg, "cmkvault", "cmk", "", api.KeyUpdate{Attributes: &api.KeyAttributes{EXP: &past}})
 	require.NoError(t, err)
-	_, _, err = des.WrapKey(bg, kb2.Key.Kid, client.RSAOAEP256, dek)
+	_, _, err = des.WrapKey(bg, kb2.Key.Kid, api.RSAOAEP256, dek)
 	requireCode(t, err, 403, "KeyExpired")
-	kid2, w3, err := des.WrapKey(bg, kid1, client.RSAOAEP256, dek) // the old version has no exp
+	kid2, w3, err := des.WrapKey(bg, kid1, api.RSAOAEP256, dek) // the old version has no exp
 	require.NoError(t, err)
-	_, _, err = des.UnwrapKey(bg, kid2, client.RSAOAEP256, w3)
+	_, _, err = des.UnwrapKey(bg, kid2, api.RSAOAEP256, w3)
 	require.NoError(t, err)
 
 	// nbf in the future: wrap refused.
 	future := e.clock.Now().Add(time.Hour).Unix()
-	_, err = e.admin.UpdateKey(bg, "cmkvault", "cmk", kid1[strings.LastIndex(kid1, "/")+1:], client.KeyUpdate{Attributes: &client.KeyAttributes{NBF: &future}})
+	_, err = e.admin.UpdateKey(bg, "cmkvault", "cmk", kid1[strings.LastIndex(kid1, "/")+1:], api.KeyUpdate{Attributes: &api.KeyAttributes{NBF: &future}})
 	require.NoError(t, err)
-	_, _, err = des.WrapKey(bg, kid1, client.RSAOAEP256, dek)
+	_, _, err = des.WrapKey(bg, kid1, api.RSAOAEP256, dek)
 	requireCode(t, err, 403, "KeyNotYetValid")
 
 	// Revoke the policy: ForbiddenByPolicy.
 	_, err = e.admin.DeletePolicy(bg, "cmkvault", id.PrincipalID)
 	require.NoError(t, err)
-	_, _, err = des.UnwrapKey(bg, kid1, client.RSAOAEP256, wrapped)
+	_, _, err = des.UnwrapKey(bg, kid1, api.RSAOAEP256, wrapped)
 	requireCode(t, err, 403, "ForbiddenByPolicy")
 	assert.True(t, client.IsForbiddenByPolicy(err))
 
@@ -154,41 +155,41 @@ func TestBadInput(t *testing.T) {
 	e := startEnv(t)
 	e.vault("stdvault", "standard")
 	e.vault("prevault", "premium")
-	kb, err := e.admin.CreateKey(bg, "stdvault", "k", client.KeyCreate{Kty: "RSA", KeySize: 2048, KeyOps: []string{"wrapKey"}})
+	kb, err := e.admin.CreateKey(bg, "stdvault", "k", api.KeyCreate{Kty: "RSA", KeySize: ptr(2048), KeyOps: []string{"wrapKey"}})
 	require.NoError(t, err)
 	_, other := e.identity("User", "other-tenant")
 
-	_, err = e.admin.CreateKey(bg, "stdvault", "small", client.KeyCreate{Kty: "RSA", KeySize: 1024})
+	_, err = e.admin.CreateKey(bg, "stdvault", "small", api.KeyCreate{Kty: "RSA", KeySize: ptr(1024)})
 	requireCode(t, err, 400, "BadParameter")
 	assert.Contains(t, err.Error(), "2048, 3072 or 4096")
-	_, err = e.admin.CreateKey(bg, "stdvault", "hsm", client.KeyCreate{Kty: "RSA-HSM", KeySize: 2048})
+	_, err = e.admin.CreateKey(bg, "stdvault", "hsm", api.KeyCreate{Kty: "RSA-HSM", KeySize: ptr(2048)})
 	requireCode(t, err, 400, "BadParameter")
 	assert.Contains(t, err.Error(), "premium")
-	_, err = e.admin.CreateKey(bg, "stdvault", "ec", client.KeyCreate{Kty: "EC"})
+	_, err = e.admin.CreateKey(bg, "stdvault", "ec", api.KeyCreate{Kty: "EC"})
 	requireCode(t, err, 400, "BadParameter")
-	_, err = e.admin.CreateKey(bg, "nosuchvault", "k", client.KeyCreate{Kty: "RSA"})
+	_, err = e.admin.CreateKey(bg, "nosuchvault", "k", api.KeyCreate{Kty: "RSA"})
 	requireCode(t, err, 404, "VaultNotFound")
 	_, err = e.admin.GetKey(bg, "stdvault", "missing", "")
 	requireCode(t, err, 404, "KeyNotFound")
 	_, err = e.admin.GetKey(bg, "stdvault", "k", "0123")
 	requireCode(t, err, 404, "KeyNotFound")
-	_, _, err = e.admin.UnwrapKey(bg, kb.Key.Kid, client.RSAOAEP256, []byte("x"))
+	_, _, err = e.admin.UnwrapKey(bg, kb.Key.Kid, api.RSAOAEP256, []byte("x"))
 	requireCode(t, err, 403, "KeyOperationForbidden")
 	_, _, err = e.admin.WrapKey(bg, kb.Key.Kid, "RSA1_5", []byte("x"))
 	requireCode(t, err, 400, "BadParameter")
 	_, err = other.GetKey(bg, "stdvault", "k", "")
 	requireCode(t, err, 403, "TenantNotAllowed")
-	var vc client.VaultCreate
+	var vc api.VaultCreate
 	vc.Properties.SoftDeleteRetentionInDays = ptr(3)
 	_, err = e.admin.CreateVault(bg, "badretention", vc)
 	requireCode(t, err, 400, "BadParameter")
-	_, err = e.admin.CreateVault(bg, "platform", client.VaultCreate{})
+	_, err = e.admin.CreateVault(bg, "platform", api.VaultCreate{})
 	requireCode(t, err, 409, "VaultNameReserved")
-	_, err = e.admin.CreateVault(bg, "stdvault", client.VaultCreate{})
+	_, err = e.admin.CreateVault(bg, "stdvault", api.VaultCreate{})
 	requireCode(t, err, 409, "VaultAlreadyExists")
 	_, err = e.admin.SetPolicy(bg, "stdvault", "someone", []string{"fly"})
 	requireCode(t, err, 400, "BadParameter")
-	_, err = e.admin.SetRotationPolicy(bg, "stdvault", "k", client.RotationPolicy{LifetimeActions: []client.LifetimeAction{{Trigger: client.Trigger{TimeAfterCreate: "P1D"}, Action: client.Action{Type: "Rotate"}}}})
+	_, err = e.admin.SetRotationPolicy(bg, "stdvault", "k", api.RotationPolicy{LifetimeActions: []api.LifetimeAction{{Trigger: api.Trigger{TimeAfterCreate: "P1D"}, Action: api.Action{Type: "Rotate"}}}})
 	requireCode(t, err, 400, "BadParameter")
 
 	// Raw HTTP: malformed JSON, unknown fields, huge bodies, tokens.
@@ -244,20 +245,20 @@ func TestBadInput(t *testing.T) {
 func TestSoftDeleteRecoverPurge(t *testing.T) {
 	e := startEnv(t)
 	e.vault("delvault", "standard")
-	var vc client.VaultCreate
+	var vc api.VaultCreate
 	vc.Properties.EnablePurgeProtection = ptr(true)
 	vc.Properties.SoftDeleteRetentionInDays = ptr(7)
 	_, err := e.admin.CreateVault(bg, "protected", vc)
 	require.NoError(t, err)
 	for _, v := range []string{"delvault", "protected"} {
-		_, err := e.admin.CreateKey(bg, v, "k", client.KeyCreate{Kty: "RSA"})
+		_, err := e.admin.CreateKey(bg, v, "k", api.KeyCreate{Kty: "RSA"})
 		require.NoError(t, err)
 		del, err := e.admin.DeleteKey(bg, v, "k")
 		require.NoError(t, err)
 		assert.NotEmpty(t, del.RecoveryID)
 		_, err = e.admin.GetKey(bg, v, "k", "")
 		requireCode(t, err, 404, "KeyNotFound")
-		_, err = e.admin.CreateKey(bg, v, "k", client.KeyCreate{Kty: "RSA"})
+		_, err = e.admin.CreateKey(bg, v, "k", api.KeyCreate{Kty: "RSA"})
 		requireCode(t, err, 409, "ObjectIsDeletedButRecoverable")
 		deleted, err := e.admin.ListDeletedKeys(bg, v)
 		require.NoError(t, err)
@@ -291,7 +292,7 @@ func TestSoftDeleteRecoverPurge(t *testing.T) {
 func TestRotationPolicy(t *testing.T) {
 	e := startEnv(t)
 	e.vault("rotvault", "standard")
-	_, err := e.admin.CreateKey(bg, "rotvault", "k", client.KeyCreate{Kty: "RSA"})
+	_, err := e.admin.CreateKey(bg, "rotvault", "k", api.KeyCreate{Kty: "RSA"})
 	require.NoError(t, err)
 	p, err := e.admin.GetRotationPolicy(bg, "rotvault", "k")
 	require.NoError(t, err)
@@ -299,14 +300,14 @@ func TestRotationPolicy(t *testing.T) {
 	assert.Equal(t, "Notify", p.LifetimeActions[0].Action.Type)
 	assert.Equal(t, "P30D", p.LifetimeActions[0].Trigger.TimeBeforeExpiry)
 
-	bad := []client.RotationPolicy{
-		{LifetimeActions: []client.LifetimeAction{{Trigger: client.Trigger{TimeAfterCreate: "P30D"}, Action: client.Action{Type: "Rotate"}}, {Trigger: client.Trigger{TimeAfterCreate: "P40D"}, Action: client.Action{Type: "Rotate"}}}},
-		{LifetimeActions: []client.LifetimeAction{{Trigger: client.Trigger{TimeAfterCreate: "P30D"}, Action: client.Action{Type: "Notify"}}}},
-		{LifetimeActions: []client.LifetimeAction{{Trigger: client.Trigger{TimeAfterCreate: "P30D", TimeBeforeExpiry: "P30D"}, Action: client.Action{Type: "Rotate"}}}},
-		{LifetimeActions: []client.LifetimeAction{{Trigger: client.Trigger{TimeAfterCreate: "30 days"}, Action: client.Action{Type: "Rotate"}}}},
-		{LifetimeActions: []client.LifetimeAction{{Trigger: client.Trigger{TimeAfterCreate: "P30D"}, Action: client.Action{Type: "Explode"}}}},
-		{Attributes: client.RotationPolicyAttributes{ExpiryTime: "P10D"}},
-		{LifetimeActions: []client.LifetimeAction{{Trigger: client.Trigger{TimeAfterCreate: "P85D"}, Action: client.Action{Type: "Rotate"}}}, Attributes: client.RotationPolicyAttributes{ExpiryTime: "P90D"}},
+	bad := []api.RotationPolicy{
+		{LifetimeActions: []api.LifetimeAction{{Trigger: api.Trigger{TimeAfterCreate: "P30D"}, Action: api.Action{Type: "Rotate"}}, {Trigger: api.Trigger{TimeAfterCreate: "P40D"}, Action: api.Action{Type: "Rotate"}}}},
+		{LifetimeActions: []api.LifetimeAction{{Trigger: api.Trigger{TimeAfterCreate: "P30D"}, Action: api.Action{Type: "Notify"}}}},
+		{LifetimeActions: []api.LifetimeAction{{Trigger: api.Trigger{TimeAfterCreate: "P30D", TimeBeforeExpiry: "P30D"}, Action: api.Action{Type: "Rotate"}}}},
+		{LifetimeActions: []api.LifetimeAction{{Trigger: api.Trigger{TimeAfterCreate: "30 days"}, Action: api.Action{Type: "Rotate"}}}},
+		{LifetimeActions: []api.LifetimeAction{{Trigger: api.Trigger{TimeAfterCreate: "P30D"}, Action: api.Action{Type: "Explode"}}}},
+		{Attributes: api.RotationPolicyAttributes{ExpiryTime: "P10D"}},
+		{LifetimeActions: []api.LifetimeAction{{Trigger: api.Trigger{TimeAfterCreate: "P85D"}, Action: api.Action{Type: "Rotate"}}}, Attributes: api.RotationPolicyAttributes{ExpiryTime: "P90D"}},
 	}
 	for i, b := range bad {
 		_, err := e.admin.SetRotationPolicy(bg, "rotvault", "k", b)
@@ -314,12 +315,12 @@ func TestRotationPolicy(t *testing.T) {
 		t.Logf("bad policy %d: %v", i, err)
 	}
 
-	_, err = e.admin.SetRotationPolicy(bg, "rotvault", "k", client.RotationPolicy{
-		LifetimeActions: []client.LifetimeAction{
-			{Trigger: client.Trigger{TimeAfterCreate: "P60D"}, Action: client.Action{Type: "rotate"}},
-			{Trigger: client.Trigger{TimeBeforeExpiry: "P10D"}, Action: client.Action{Type: "Notify"}},
+	_, err = e.admin.SetRotationPolicy(bg, "rotvault", "k", api.RotationPolicy{
+		LifetimeActions: []api.LifetimeAction{
+			{Trigger: api.Trigger{TimeAfterCreate: "P60D"}, Action: api.Action{Type: "rotate"}},
+			{Trigger: api.Trigger{TimeBeforeExpiry: "P10D"}, Action: api.Action{Type: "Notify"}},
 		},
-		Attributes: client.RotationPolicyAttributes{ExpiryTime: "P90D"},
+		Attributes: api.RotationPolicyAttributes{ExpiryTime: "P90D"},
 	})
 	require.NoError(t, err)
 	after := lastSeq(t, e)
@@ -337,8 +338,8 @@ func TestRotationPolicy(t *testing.T) {
 	assert.Equal(t, e.clock.Now().AddDate(0, 0, 90).Unix(), *vs[1].Attributes.EXP)
 
 	// Near expiry 10 days before exp (the policy's notify), then expired.
-	_, err = e.admin.SetRotationPolicy(bg, "rotvault", "k", client.RotationPolicy{
-		LifetimeActions: []client.LifetimeAction{{Trigger: client.Trigger{TimeBeforeExpiry: "P10D"}, Action: client.Action{Type: "Notify"}}},
+	_, err = e.admin.SetRotationPolicy(bg, "rotvault", "k", api.RotationPolicy{
+		LifetimeActions: []api.LifetimeAction{{Trigger: api.Trigger{TimeBeforeExpiry: "P10D"}, Action: api.Action{Type: "Notify"}}},
 	})
 	require.NoError(t, err)
 	e.clock.Advance(79 * 24 * time.Hour)
@@ -358,7 +359,7 @@ func TestRotationPolicy(t *testing.T) {
 	assert.Equal(t, *vs[1].Attributes.EXP, *evs[2].Data.EXP)
 
 	// An empty policy restores the default.
-	_, err = e.admin.SetRotationPolicy(bg, "rotvault", "k", client.RotationPolicy{})
+	_, err = e.admin.SetRotationPolicy(bg, "rotvault", "k", api.RotationPolicy{})
 	require.NoError(t, err)
 	p, _ = e.admin.GetRotationPolicy(bg, "rotvault", "k")
 	assert.Equal(t, "P30D", p.LifetimeActions[0].Trigger.TimeBeforeExpiry)
@@ -374,9 +375,9 @@ func lastSeq(t *testing.T, e *env) uint64 {
 }
 
 func TestEventsLongPollAndWebhook(t *testing.T) {
-	got := make(chan []client.Event, 10)
+	got := make(chan []api.Event, 10)
 	fails := 2
-	hook := newHookServer(t, func(evs []client.Event) int {
+	hook := newHookServer(t, func(evs []api.Event) int {
 		if fails > 0 {
 			fails--
 			return 500
@@ -389,13 +390,13 @@ func TestEventsLongPollAndWebhook(t *testing.T) {
 	_, err := e.admin.CreateWebhook(bg, hook, "evvault")
 	require.NoError(t, err)
 
-	res := make(chan []client.Event, 1)
+	res := make(chan []api.Event, 1)
 	go func() {
 		evs, _ := e.platform.Events(bg, 0, 10*time.Second)
 		res <- evs
 	}()
 	time.Sleep(50 * time.Millisecond) // let the poll park; correctness does not depend on it
-	_, err = e.admin.CreateKey(bg, "evvault", "k", client.KeyCreate{Kty: "RSA"})
+	_, err = e.admin.CreateKey(bg, "evvault", "k", api.KeyCreate{Kty: "RSA"})
 	require.NoError(t, err)
 	select {
 	case evs := <-res:
@@ -441,15 +442,15 @@ func TestPlatformKeys(t *testing.T) {
 	_, err = e.platform.PlatformUnwrap(bg, kid, wrapped)
 	requireCode(t, err, 400, "BadParameter")
 
-	_, _, err = e.admin.WrapKey(bg, kid, client.A256KWP, dek)
+	_, _, err = e.admin.WrapKey(bg, kid, api.A256KWP, dek)
 	requireCode(t, err, 403, "ForbiddenByPolicy")
 	_, id := e.identity("SystemAssigned", "")
 	_, err = id.GetKeyByID(bg, kid)
 	requireCode(t, err, 403, "ForbiddenByPolicy")
-	_, err = e.platform.CreateKey(bg, "platform", "rsa", client.KeyCreate{Kty: "RSA"})
+	_, err = e.platform.CreateKey(bg, "platform", "rsa", api.KeyCreate{Kty: "RSA"})
 	requireCode(t, err, 400, "BadParameter")
 	e.vault("custvault", "standard")
-	_, err = e.admin.CreateKey(bg, "custvault", "oct", client.KeyCreate{Kty: "oct-HSM", KeySize: 256})
+	_, err = e.admin.CreateKey(bg, "custvault", "oct", api.KeyCreate{Kty: "oct-HSM", KeySize: ptr(256)})
 	requireCode(t, err, 400, "BadParameter")
 }
 
@@ -457,11 +458,11 @@ func TestBackupRestoreAndTenants(t *testing.T) {
 	e := startEnv(t)
 	e.vault("srcvault", "premium")
 	e.vault("dstvault", "premium")
-	kb, err := e.admin.CreateKey(bg, "srcvault", "k", client.KeyCreate{Kty: "RSA-HSM", KeySize: 2048})
+	kb, err := e.admin.CreateKey(bg, "srcvault", "k", api.KeyCreate{Kty: "RSA-HSM", KeySize: ptr(2048)})
 	require.NoError(t, err)
 	dek := make([]byte, 32)
 	rand.Read(dek)
-	_, wrapped, err := e.admin.WrapKey(bg, kb.Key.Kid, client.RSAOAEP256, dek)
+	_, wrapped, err := e.admin.WrapKey(bg, kb.Key.Kid, api.RSAOAEP256, dek)
 	require.NoError(t, err)
 	blob, err := e.admin.BackupKey(bg, "srcvault", "k")
 	require.NoError(t, err)
@@ -471,7 +472,7 @@ func TestBackupRestoreAndTenants(t *testing.T) {
 	require.NoError(t, err)
 	ver := kb.Key.Kid[strings.LastIndex(kb.Key.Kid, "/")+1:]
 	assert.Equal(t, e.s.BaseURL()+"/vaults/dstvault/keys/k/"+ver, restored.Key.Kid)
-	_, got, err := e.admin.UnwrapKey(bg, restored.Key.Kid, client.RSAOAEP256, wrapped)
+	_, got, err := e.admin.UnwrapKey(bg, restored.Key.Kid, api.RSAOAEP256, wrapped)
 	require.NoError(t, err)
 	assert.Equal(t, dek, got)
 	_, err = e.admin.RestoreKey(bg, "dstvault", blob)
@@ -479,8 +480,8 @@ func TestBackupRestoreAndTenants(t *testing.T) {
 
 	// Another tenant: its user creates a vault there; the restore is refused.
 	other, oc := e.identity("User", "tenant-b")
-	var vc client.VaultCreate
-	vc.Properties.Sku = &client.Sku{Name: "premium"}
+	var vc api.VaultCreate
+	vc.Properties.Sku = &api.Sku{Name: "premium"}
 	v, err := oc.CreateVault(bg, "othervault", vc)
 	require.NoError(t, err)
 	assert.Equal(t, other.TenantID, v.Properties.TenantID)
@@ -490,13 +491,13 @@ func TestBackupRestoreAndTenants(t *testing.T) {
 	// Cross-tenant access needs the vault to allow the tenant.
 	_, err = e.admin.SetPolicy(bg, "srcvault", other.PrincipalID, []string{"get", "unwrapKey"})
 	require.NoError(t, err)
-	_, _, err = oc.UnwrapKey(bg, kb.Key.Kid, client.RSAOAEP256, wrapped)
+	_, _, err = oc.UnwrapKey(bg, kb.Key.Kid, api.RSAOAEP256, wrapped)
 	requireCode(t, err, 403, "TenantNotAllowed")
-	var vu client.VaultUpdate
+	var vu api.VaultUpdate
 	vu.Properties.AllowedTenants = &[]string{other.TenantID}
 	_, err = e.admin.UpdateVault(bg, "srcvault", vu)
 	require.NoError(t, err)
-	_, got, err = oc.UnwrapKey(bg, kb.Key.Kid, client.RSAOAEP256, wrapped)
+	_, got, err = oc.UnwrapKey(bg, kb.Key.Kid, api.RSAOAEP256, wrapped)
 	require.NoError(t, err)
 	assert.Equal(t, dek, got)
 	// The other tenant's user cannot manage our vault.
@@ -515,29 +516,29 @@ func TestImportAndNoSecretsAtRest(t *testing.T) {
 	require.NoError(t, err)
 	pk.Precompute()
 	enc := func(b *big.Int) string { return b64(b.Bytes()) }
-	jwk := client.JSONWebKey{Kty: "RSA", N: enc(pk.N), E: enc(big.NewInt(int64(pk.E))), D: enc(pk.D), P: enc(pk.Primes[0]), Q: enc(pk.Primes[1])}
-	kb, err := e.admin.ImportKey(bg, "impvault", "imp", client.KeyImport{Key: jwk})
+	jwk := api.JSONWebKey{Kty: "RSA", N: enc(pk.N), E: enc(big.NewInt(int64(pk.E))), D: enc(pk.D), P: enc(pk.Primes[0]), Q: enc(pk.Primes[1])}
+	kb, err := e.admin.ImportKey(bg, "impvault", "imp", api.KeyImport{Key: &jwk})
 	require.NoError(t, err)
 	assert.Equal(t, jwk.N, kb.Key.N)
 	assert.Empty(t, kb.Key.D)
 
 	dek := bytes.Repeat([]byte{0xA5, 0x5A, 0x3C, 0xC3}, 8)
-	_, wrapped, err := e.admin.WrapKey(bg, kb.Key.Kid, client.RSAOAEP256, dek)
+	_, wrapped, err := e.admin.WrapKey(bg, kb.Key.Kid, api.RSAOAEP256, dek)
 	require.NoError(t, err)
-	_, got, err := e.admin.UnwrapKey(bg, kb.Key.Kid, client.RSAOAEP256, wrapped)
+	_, got, err := e.admin.UnwrapKey(bg, kb.Key.Kid, api.RSAOAEP256, wrapped)
 	require.NoError(t, err)
 	require.Equal(t, dek, got)
-	_, _, err = e.admin.UnwrapKey(bg, kb.Key.Kid, client.RSAOAEP256, wrapped[:len(wrapped)-1])
+	_, _, err = e.admin.UnwrapKey(bg, kb.Key.Kid, api.RSAOAEP256, wrapped[:len(wrapped)-1])
 	require.Error(t, err)
 	blob, err := e.admin.BackupKey(bg, "impvault", "imp")
 	require.NoError(t, err)
 
 	bad := jwk
 	bad.D = enc(big.NewInt(12345))
-	_, err = e.admin.ImportKey(bg, "impvault", "bad", client.KeyImport{Key: bad})
+	_, err = e.admin.ImportKey(bg, "impvault", "bad", api.KeyImport{Key: &bad})
 	requireCode(t, err, 400, "BadParameter")
 	small, _ := rsa.GenerateKey(rand.Reader, 1024)
-	_, err = e.admin.ImportKey(bg, "impvault", "small", client.KeyImport{Key: client.JSONWebKey{Kty: "RSA", N: enc(small.N), E: "AQAB", D: enc(small.D), P: enc(small.Primes[0]), Q: enc(small.Primes[1])}})
+	_, err = e.admin.ImportKey(bg, "impvault", "small", api.KeyImport{Key: &api.JSONWebKey{Kty: "RSA", N: enc(small.N), E: "AQAB", D: enc(small.D), P: enc(small.Primes[0]), Q: enc(small.Primes[1])}})
 	requireCode(t, err, 400, "BadParameter")
 	errText := err.Error()
 
@@ -578,10 +579,10 @@ func TestRestartAndPassphrase(t *testing.T) {
 	pass := func(p string) envOpt { return func(c *Config) { c.Passphrase = []byte(p) } }
 	e := startEnvIn(t, dir, clock, pass("correct horse"))
 	e.vault("pvault", "standard")
-	kb, err := e.admin.CreateKey(bg, "pvault", "k", client.KeyCreate{Kty: "RSA"})
+	kb, err := e.admin.CreateKey(bg, "pvault", "k", api.KeyCreate{Kty: "RSA"})
 	require.NoError(t, err)
 	dek := []byte("0123456789abcdef0123456789abcdef")
-	_, wrapped, err := e.admin.WrapKey(bg, kb.Key.Kid, client.RSAOAEP256, dek)
+	_, wrapped, err := e.admin.WrapKey(bg, kb.Key.Kid, api.RSAOAEP256, dek)
 	require.NoError(t, err)
 	tenant, oldBase := e.s.TenantID(), e.s.BaseURL()
 	e.stop()
@@ -597,7 +598,7 @@ func TestRestartAndPassphrase(t *testing.T) {
 	e2 := startEnvIn(t, dir, clock, pass("correct horse"))
 	assert.Equal(t, tenant, e2.s.TenantID())
 	kid := strings.Replace(kb.Key.Kid, oldBase, e2.s.BaseURL(), 1)
-	_, got, err := e2.admin.UnwrapKey(bg, kid, client.RSAOAEP256, wrapped)
+	_, got, err := e2.admin.UnwrapKey(bg, kid, api.RSAOAEP256, wrapped)
 	require.NoError(t, err)
 	assert.Equal(t, dek, got)
 	// The audit log continues its sequence across restarts.

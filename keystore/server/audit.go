@@ -1,6 +1,8 @@
 package server
 
 import (
+	"hostcrypt/keystore/api"
+
 	"bufio"
 	"context"
 	"encoding/json"
@@ -15,35 +17,6 @@ import (
 
 	"hostcrypt/keystore/auditchain"
 )
-
-// AuditRecord is one line of the audit log: one request, allowed or denied,
-// or a line the store writes itself (failed authentications summarised,
-// retention).
-type AuditRecord struct {
-	Seq            uint64    `json:"seq"`
-	Time           time.Time `json:"time"`
-	OperationName  string    `json:"operationName"`
-	CallerObjectID string    `json:"callerObjectId"`
-	CallerTenantID string    `json:"callerTenantId"`
-	CallerType     string    `json:"callerType"`
-	Vault          string    `json:"vault,omitempty"`
-	Kid            string    `json:"kid,omitempty"`
-	ResultCode     int       `json:"resultCode"`
-	ResultType     string    `json:"resultType"`
-	ErrorCode      string    `json:"errorCode,omitempty"`
-	RequestID      string    `json:"requestId"`
-	DurationMs     float64   `json:"durationMs"`
-	ClientIP       string    `json:"clientIp,omitempty"`
-	// Count is how many requests a summary line stands for.
-	Count int `json:"count,omitempty"`
-	// RetainedFromSeq is, on an AuditRetention line, the first sequence
-	// number kept.
-	RetainedFromSeq uint64 `json:"retainedFromSeq,omitempty"`
-	Message         string `json:"message,omitempty"`
-	// Hash chains the line to the one before (package auditchain); it is
-	// the line's last member.
-	Hash string `json:"hash,omitempty"`
-}
 
 // Operation names of the lines the store writes itself.
 const (
@@ -118,7 +91,7 @@ func openAuditLog(dir string, o auditOptions) (*auditLog, error) {
 		// start the chain after it.
 		var last uint64
 		for _, l := range lines {
-			var r AuditRecord
+			var r api.AuditRecord
 			if json.Unmarshal(l, &r) == nil && r.Seq > last {
 				last = r.Seq
 			}
@@ -244,7 +217,7 @@ func (a *auditLog) rotatedFiles() ([]string, error) {
 }
 
 // Append writes r durably, assigning its sequence number and hash.
-func (a *auditLog) Append(r *AuditRecord) error {
+func (a *auditLog) Append(r *api.AuditRecord) error {
 	a.mu.Lock()
 	r.Seq, r.Hash = a.seq+1, ""
 	canonical, err := json.Marshal(r)
@@ -391,13 +364,13 @@ type auditQuery struct {
 
 // isPolling says whether r is the host's own event polling: a successful
 // EventsRead by the platform principal. It is most of a quiet log.
-func isPolling(r *AuditRecord) bool {
+func isPolling(r *api.AuditRecord) bool {
 	return r.OperationName == "EventsRead" && r.CallerType == kindPlatform && r.ResultCode == 200
 }
 
 // Query returns the records q selects in sequence order, and how many
 // lines of the host's polling it left out among those it looked at.
-func (a *auditLog) Query(q auditQuery) ([]AuditRecord, int, error) {
+func (a *auditLog) Query(q auditQuery) ([]api.AuditRecord, int, error) {
 	a.syncMu.Lock()
 	synced := a.synced
 	a.syncMu.Unlock()
@@ -406,8 +379,8 @@ func (a *auditLog) Query(q auditQuery) ([]AuditRecord, int, error) {
 		return nil, 0, err
 	}
 	defer closeAll()
-	out, hidden := []AuditRecord{}, 0
-	take := func(r *AuditRecord) bool {
+	out, hidden := []api.AuditRecord{}, 0
+	take := func(r *api.AuditRecord) bool {
 		switch {
 		case r.Seq <= q.after || r.Seq > synced:
 		case q.vault != "" && r.Vault != q.vault:
@@ -440,7 +413,7 @@ func (a *auditLog) Query(q auditQuery) ([]AuditRecord, int, error) {
 		lines, _ := auditchain.Lines(data)
 		stop := false
 		for j := len(lines) - 1; j >= 0 && !stop; j-- {
-			var r AuditRecord
+			var r api.AuditRecord
 			if json.Unmarshal(lines[j], &r) != nil || r.Seq == 0 {
 				continue
 			}
@@ -461,11 +434,11 @@ func (a *auditLog) Query(q auditQuery) ([]AuditRecord, int, error) {
 }
 
 // scan feeds the records of one file to take until it returns true.
-func scan(r io.Reader, take func(*AuditRecord) bool) (bool, error) {
+func scan(r io.Reader, take func(*api.AuditRecord) bool) (bool, error) {
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 64*1024), 1<<20)
 	for sc.Scan() {
-		var r AuditRecord
+		var r api.AuditRecord
 		if json.Unmarshal(sc.Bytes(), &r) != nil || r.Seq == 0 {
 			continue // a checkpoint, or a line being written
 		}
@@ -555,7 +528,7 @@ func (a *auditLog) retain() error {
 	if ageCut > 0 {
 		why = append(why, fmt.Sprintf("%d older than --audit-max-age %s", ageCut, a.maxAge))
 	}
-	rec := &AuditRecord{
+	rec := &api.AuditRecord{
 		Time: now.UTC(), OperationName: opRetention, ResultCode: 200, ResultType: "Success", RequestID: newID(),
 		Count: cut, RetainedFromSeq: keptFrom,
 		Message: fmt.Sprintf("removing %d audit files (%s) holding the lines before seq %d: %s … %s", cut, strings.Join(why, ", "), keptFrom, files[0].name, files[cut-1].name),
@@ -639,7 +612,7 @@ func (a *auditLog) describe(name string) (auditFile, error) {
 	}
 	lines, _ := auditchain.Lines(head)
 	for _, l := range lines {
-		var r AuditRecord
+		var r api.AuditRecord
 		if json.Unmarshal(l, &r) == nil && r.Seq > 0 {
 			af.oldest = r.Time
 			break
@@ -651,7 +624,7 @@ func (a *auditLog) describe(name string) (auditFile, error) {
 	}
 	lines, _ = auditchain.Lines(tail)
 	for i := len(lines) - 1; i >= 0; i-- {
-		var r AuditRecord
+		var r api.AuditRecord
 		if json.Unmarshal(lines[i], &r) == nil && r.Seq > 0 {
 			af.newest = r.Time
 			break

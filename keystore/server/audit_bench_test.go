@@ -1,6 +1,8 @@
 package server
 
 import (
+	"hostcrypt/keystore/api"
+
 	"io"
 	"log/slog"
 	"testing"
@@ -18,7 +20,7 @@ func BenchmarkAuditAppend(b *testing.B) {
 	b.SetParallelism(16)
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
-			if err := a.Append(&AuditRecord{OperationName: "KeyUnwrap", Vault: "v", Kid: "https://127.0.0.1:8443/vaults/v/keys/k/0123456789abcdef0123456789abcdef", RequestID: "r"}); err != nil {
+			if err := a.Append(&api.AuditRecord{OperationName: "KeyUnwrap", Vault: "v", Kid: "https://127.0.0.1:8443/vaults/v/keys/k/0123456789abcdef0123456789abcdef", RequestID: "r"}); err != nil {
 				b.Error(err)
 				return
 			}

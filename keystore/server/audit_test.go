@@ -1,6 +1,8 @@
 package server
 
 import (
+	"hostcrypt/keystore/api"
+
 	"bytes"
 	"crypto/tls"
 	"crypto/x509"
@@ -190,7 +192,7 @@ func rewriteChain(t *testing.T, dir string, drop uint64) {
 		for _, l := range lines[1:] {
 			c, _, ok := auditchain.Split(l)
 			require.True(t, ok)
-			var r AuditRecord
+			var r api.AuditRecord
 			require.NoError(t, json.Unmarshal(c, &r))
 			if r.Seq != drop {
 				records = append(records, c)
@@ -204,7 +206,7 @@ func rewriteChain(t *testing.T, dir string, drop uint64) {
 	for i, n := range sizes {
 		out := [][]byte{auditchain.CheckpointLine(auditchain.Head{Seq: seq, Hash: prev}, time.Now())}
 		for j := 0; j < n; j++ {
-			var r AuditRecord
+			var r api.AuditRecord
 			require.NoError(t, json.Unmarshal(records[seq], &r))
 			c := bytes.Replace(records[seq], []byte(fmt.Sprintf(`{"seq":%d,`, r.Seq)), []byte(fmt.Sprintf(`{"seq":%d,`, seq+1)), 1)
 			seq++
@@ -245,12 +247,12 @@ func TestAuditRetentionBySize(t *testing.T) {
 	require.NoError(t, err)
 	require.Nil(t, rep.Problem)
 	assert.Greater(t, rep.FirstSeq, uint64(1), "old lines were removed")
-	var last AuditRecord
+	var last api.AuditRecord
 	names, err := auditchain.Files(e.auditDir())
 	require.NoError(t, err)
 	for _, name := range names {
 		for _, l := range fileLines(t, filepath.Join(e.auditDir(), name)) {
-			var r AuditRecord
+			var r api.AuditRecord
 			if json.Unmarshal(l, &r) == nil && r.OperationName == "AuditRetention" {
 				last = r
 			}

@@ -1,6 +1,8 @@
 package server
 
 import (
+	"hostcrypt/keystore/api"
+
 	"fmt"
 	"net"
 	"net/netip"
@@ -132,8 +134,8 @@ func (l *authLimiter) drain() []authSummary {
 }
 
 // summaryRecord is the audit line for suppressed failures.
-func (s authSummary) record(now time.Time) *AuditRecord {
-	return &AuditRecord{
+func (s authSummary) record(now time.Time) *api.AuditRecord {
+	return &api.AuditRecord{
 		Time: now.UTC(), OperationName: opAuthThrottled, ResultCode: 429, ResultType: "Throttled",
 		ErrorCode: "Unauthorized", RequestID: newID(), ClientIP: s.source, Count: s.count,
 		Message: fmt.Sprintf("%d more failed authentications from %s suppressed (throttled) since %s", s.count, s.source, s.since.UTC().Format(time.RFC3339)),

@@ -3,11 +3,10 @@ package server
 import (
 	"crypto/rand"
 	"fmt"
+	"hostcrypt/keystore/api"
 	"testing"
 
 	"github.com/stretchr/testify/require"
-
-	"hostcrypt/keystore/client"
 )
 
 // BenchmarkUnwrap measures unwrap requests per second over TLS with kept-alive
@@ -19,17 +18,17 @@ func BenchmarkUnwrap(b *testing.B) {
 		b.Run(fmt.Sprintf("RSA-%d", size), func(b *testing.B) {
 			e := startEnv(b)
 			e.vault("benchvault", "standard")
-			kb, err := e.admin.CreateKey(bg, "benchvault", "k", client.KeyCreate{Kty: "RSA", KeySize: size})
+			kb, err := e.admin.CreateKey(bg, "benchvault", "k", api.KeyCreate{Kty: "RSA", KeySize: &size})
 			require.NoError(b, err)
 			dek := make([]byte, 32)
 			rand.Read(dek)
-			kid, wrapped, err := e.admin.WrapKey(bg, kb.Key.Kid, client.RSAOAEP256, dek)
+			kid, wrapped, err := e.admin.WrapKey(bg, kb.Key.Kid, api.RSAOAEP256, dek)
 			require.NoError(b, err)
 			b.SetParallelism(16) // many callers in flight, as a host starting many disks
 			b.ResetTimer()
 			b.RunParallel(func(pb *testing.PB) {
 				for pb.Next() {
-					if _, _, err := e.admin.UnwrapKey(bg, kid, client.RSAOAEP256, wrapped); err != nil {
+					if _, _, err := e.admin.UnwrapKey(bg, kid, api.RSAOAEP256, wrapped); err != nil {
 						b.Error(err)
 						return
 					}

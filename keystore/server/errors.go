@@ -3,6 +3,8 @@ package server
 import (
 	"errors"
 	"fmt"
+	"hostcrypt/internal/internalerr"
+	"log/slog"
 	"net/http"
 )
 
@@ -40,12 +42,13 @@ func vaultNotFound(vault string) *apiError {
 	return errf(http.StatusNotFound, "VaultNotFound", "", "vault %s not found; list vaults with `hostcrypt keyvault list`", vault)
 }
 
-// asAPIError turns any error into an envelope; an error that is not an
-// *apiError is an internal failure whose details stay in the server log.
-func asAPIError(err error) *apiError {
+// asAPIError turns any error into an envelope. An error that is not an
+// *apiError is an internal failure: its detail goes to the log under the
+// request's id, and the caller gets the id (package internalerr).
+func asAPIError(err error, log *slog.Logger, reqID string, attrs ...any) *apiError {
 	var ae *apiError
 	if errors.As(err, &ae) {
 		return ae
 	}
-	return errf(http.StatusInternalServerError, "InternalError", "", "internal error; see the key store's log")
+	return errf(http.StatusInternalServerError, "InternalError", "", "%s", internalerr.Report(log, "keystored", reqID, err, attrs...))
 }

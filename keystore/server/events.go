@@ -1,6 +1,8 @@
 package server
 
 import (
+	"hostcrypt/keystore/api"
+
 	"bytes"
 	"context"
 	"encoding/binary"
@@ -14,36 +16,11 @@ import (
 	bolt "go.etcd.io/bbolt"
 )
 
-// Event is a key event in Key Vault's Event Grid shape, with the store's
-// sequence number for resuming a stream.
-type Event struct {
-	Sequence        uint64    `json:"sequence"`
-	ID              string    `json:"id"`
-	Topic           string    `json:"topic"`
-	Subject         string    `json:"subject"`
-	EventType       string    `json:"eventType"`
-	EventTime       time.Time `json:"eventTime"`
-	Data            EventData `json:"data"`
-	DataVersion     string    `json:"dataVersion"`
-	MetadataVersion string    `json:"metadataVersion"`
-}
-
-// EventData is the data of a Key Vault event.
-type EventData struct {
-	Id         string `json:"Id"`
-	VaultName  string `json:"VaultName"`
-	ObjectType string `json:"ObjectType"`
-	ObjectName string `json:"ObjectName"`
-	Version    string `json:"Version"`
-	NBF        *int64 `json:"NBF"`
-	EXP        *int64 `json:"EXP"`
-}
-
 const eventPrefix = "Microsoft.KeyVault."
 
 // emitKeyEvent appends an event about a key version inside tx.
 func (s *Server) emitKeyEvent(tx *bolt.Tx, typ string, k *key, kv *keyVersion) error {
-	d := EventData{VaultName: k.Vault, ObjectType: "Key", ObjectName: k.Name}
+	d := api.EventData{VaultName: k.Vault, ObjectType: "Key", ObjectName: k.Name}
 	if kv != nil {
 		d.Id = s.kid(k.Vault, k.Name, kv.Version)
 		d.Version = kv.Version
@@ -55,13 +32,13 @@ func (s *Server) emitKeyEvent(tx *bolt.Tx, typ string, k *key, kv *keyVersion) e
 	return s.appendEvent(tx, typ, k.Vault, k.Name, d)
 }
 
-func (s *Server) appendEvent(tx *bolt.Tx, typ, vaultName, subject string, d EventData) error {
+func (s *Server) appendEvent(tx *bolt.Tx, typ, vaultName, subject string, d api.EventData) error {
 	b := tx.Bucket(bucketEvents)
 	seq, err := b.NextSequence()
 	if err != nil {
 		return err
 	}
-	ev := Event{
+	ev := api.Event{
 		Sequence: seq, ID: newID(), Topic: "/vaults/" + vaultName, Subject: subject,
 		EventType: eventPrefix + typ, EventTime: s.clock.Now().UTC(), Data: d,
 		DataVersion: "1", MetadataVersion: "1",
@@ -76,15 +53,15 @@ func (s *Server) appendEvent(tx *bolt.Tx, typ, vaultName, subject string, d Even
 
 // readEvents returns up to limit events after seq that match; match runs
 // inside the read transaction and may look at the state through tx.
-func (s *Server) readEvents(after uint64, limit int, match func(*bolt.Tx, *Event) bool) ([]Event, error) {
-	out := []Event{}
+func (s *Server) readEvents(after uint64, limit int, match func(*bolt.Tx, *api.Event) bool) ([]api.Event, error) {
+	out := []api.Event{}
 	err := s.db.View(func(tx *bolt.Tx) error {
 		c := tx.Bucket(bucketEvents).Cursor()
 		for k, v := c.Seek(seqKey(after + 1)); k != nil && len(out) < limit; k, v = c.Next() {
 			if binary.BigEndian.Uint64(k) <= after {
 				continue
 			}
-			var ev Event
+			var ev api.Event
 			if err := json.Unmarshal(v, &ev); err != nil {
 				return err
 			}
@@ -99,7 +76,7 @@ func (s *Server) readEvents(after uint64, limit int, match func(*bolt.Tx, *Event
 
 // waitEvents long-polls: it returns as soon as there are events after seq,
 // or when wait has passed or ctx ends.
-func (s *Server) waitEvents(ctx context.Context, after uint64, limit int, wait time.Duration, match func(*bolt.Tx, *Event) bool) ([]Event, error) {
+func (s *Server) waitEvents(ctx context.Context, after uint64, limit int, wait time.Duration, match func(*bolt.Tx, *api.Event) bool) ([]api.Event, error) {
 	deadline := time.NewTimer(wait)
 	defer deadline.Stop()
 	for {
@@ -153,6 +130,11 @@ type webhook struct {
 	Cursor uint64 `json:"cursor"`
 }
 
+// json is the webhook as the API shows it.
+func (w webhook) json() api.Webhook {
+	return api.Webhook{ID: w.ID, URL: w.URL, Vault: w.Vault, TenantID: w.Tenant, Cursor: w.Cursor}
+}
+
 func (s *Server) startWebhook(w webhook) {
 	ctx, cancel := context.WithCancel(s.ctx)
 	s.whMu.Lock()
@@ -186,7 +168,7 @@ func (s *Server) deliver(ctx context.Context, w webhook) {
 	defer client.CloseIdleConnections()
 	backoff := s.cfg.WebhookRetryMin
 	// A webhook sees its tenant's vaults only, as GET /events does.
-	match := func(tx *bolt.Tx, ev *Event) bool {
+	match := func(tx *bolt.Tx, ev *api.Event) bool {
 		if w.Vault != "" && ev.Data.VaultName != w.Vault {
 			return false
 		}

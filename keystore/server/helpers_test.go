@@ -13,6 +13,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"hostcrypt/keystore/api"
 	"hostcrypt/keystore/client"
 )
 
@@ -97,7 +98,7 @@ func (e *env) clientWithToken(token string) *client.Client {
 }
 
 // identity creates an identity and returns it with a client acting as it.
-func (e *env) identity(typ, tenant string) (*client.Identity, *client.Client) {
+func (e *env) identity(typ, tenant string) (*api.Identity, *client.Client) {
 	id, err := e.platform.CreateIdentity(context.Background(), typ, tenant, "test")
 	require.NoError(e.t, err)
 	require.NotEmpty(e.t, id.Token)
@@ -105,8 +106,8 @@ func (e *env) identity(typ, tenant string) (*client.Identity, *client.Client) {
 }
 
 func (e *env) vault(name, sku string) {
-	var req client.VaultCreate
-	req.Properties.Sku = &client.Sku{Name: sku}
+	var req api.VaultCreate
+	req.Properties.Sku = &api.Sku{Name: sku}
 	_, err := e.admin.CreateVault(context.Background(), name, req)
 	require.NoError(e.t, err)
 }

@@ -2,18 +2,17 @@ package server
 
 import (
 	"encoding/json"
+	"hostcrypt/keystore/api"
 	"net/http"
 	"net/http/httptest"
 	"testing"
-
-	"hostcrypt/keystore/client"
 )
 
 // newHookServer starts a plain-http receiver on 127.0.0.1 and returns its
 // URL, http://127.0.0.1:PORT.
-func newHookServer(t *testing.T, f func([]client.Event) int) string {
+func newHookServer(t *testing.T, f func([]api.Event) int) string {
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		var evs []client.Event
+		var evs []api.Event
 		json.NewDecoder(r.Body).Decode(&evs)
 		w.WriteHeader(f(evs))
 	}))

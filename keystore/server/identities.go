@@ -1,6 +1,8 @@
 package server
 
 import (
+	"hostcrypt/keystore/api"
+
 	"net/http"
 	"net/url"
 	"strconv"
@@ -13,22 +15,6 @@ import (
 	"hostcrypt/keystore/auditchain"
 )
 
-// IdentityJSON is an identity; Token is returned once, on creation.
-type IdentityJSON struct {
-	PrincipalID string    `json:"principalId"`
-	TenantID    string    `json:"tenantId"`
-	Type        string    `json:"type"`
-	DisplayName string    `json:"displayName,omitempty"`
-	Created     time.Time `json:"created"`
-	Token       string    `json:"token,omitempty"`
-}
-
-type identityReq struct {
-	Type        string `json:"type"`
-	TenantID    string `json:"tenantId"`
-	DisplayName string `json:"displayName"`
-}
-
 func (c *call) requireKind(what string, kinds ...string) error {
 	for _, k := range kinds {
 		if c.p.Kind == k {
@@ -39,7 +25,7 @@ func (c *call) requireKind(what string, kinds ...string) error {
 }
 
 func (s *Server) createIdentity(c *call) (any, error) {
-	var req identityReq
+	var req api.IdentityCreate
 	if err := decode(c, &req); err != nil {
 		return nil, err
 	}
@@ -75,7 +61,7 @@ func (s *Server) createIdentity(c *call) (any, error) {
 		return nil, err
 	}
 	c.status = http.StatusCreated
-	return IdentityJSON{PrincipalID: p.ObjectID, TenantID: p.TenantID, Type: p.Kind, DisplayName: p.DisplayName, Created: p.Created, Token: token}, nil
+	return api.Identity{PrincipalID: p.ObjectID, TenantID: p.TenantID, Type: p.Kind, DisplayName: p.DisplayName, Created: p.Created, Token: token}, nil
 }
 
 func (s *Server) getIdentity(c *call) (any, error) {
@@ -96,7 +82,7 @@ func (s *Server) getIdentity(c *call) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	return IdentityJSON{PrincipalID: p.ObjectID, TenantID: p.TenantID, Type: p.Kind, DisplayName: p.DisplayName, Created: p.Created}, nil
+	return api.Identity{PrincipalID: p.ObjectID, TenantID: p.TenantID, Type: p.Kind, DisplayName: p.DisplayName, Created: p.Created}, nil
 }
 
 // deleteIdentity revokes an identity: its token stops working at once.
@@ -203,14 +189,7 @@ func (s *Server) readAudit(c *call) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	return map[string]any{"value": recs, "hiddenPolling": hidden}, nil
-}
-
-// AuditHeadJSON is the chain's head as GET /audit/head returns it.
-type AuditHeadJSON struct {
-	Seq  uint64 `json:"seq"`
-	Hash string `json:"hash"`
-	Head string `json:"head"` // SEQ:HASH, the form --since-head takes
+	return api.AuditPage{Value: recs, HiddenPolling: hidden}, nil
 }
 
 func (s *Server) auditHead(c *call) (any, error) {
@@ -218,7 +197,7 @@ func (s *Server) auditHead(c *call) (any, error) {
 		return nil, err
 	}
 	h := s.audit.Head()
-	return AuditHeadJSON{Seq: h.Seq, Hash: h.Hash.String(), Head: h.String()}, nil
+	return api.AuditHead{Seq: h.Seq, Hash: h.Hash.String(), Head: h.String()}, nil
 }
 
 func (s *Server) auditVerify(c *call) (any, error) {
@@ -233,7 +212,21 @@ func (s *Server) auditVerify(c *call) (any, error) {
 		}
 		since = &h
 	}
-	return s.audit.Verify(since)
+	r, err := s.audit.Verify(since)
+	if err != nil {
+		return nil, err
+	}
+	return verificationJSON(r), nil
+}
+
+// verificationJSON is a verifier's report as the API answers it.
+func verificationJSON(r *auditchain.Report) api.AuditVerification {
+	v := api.AuditVerification{OK: r.OK, Files: r.Files, Lines: r.Lines, FirstSeq: r.FirstSeq, Head: r.Head,
+		Unchained: r.Unchained, SinceHead: r.SinceHead}
+	if p := r.Problem; p != nil {
+		v.Problem = &api.AuditProblem{Kind: p.Kind, File: p.File, Line: p.Line, Seq: p.Seq, Message: p.Message}
+	}
+	return v
 }
 
 func (s *Server) readEventsAPI(c *call) (any, error) {
@@ -268,7 +261,7 @@ func (s *Server) readEventsAPI(c *call) (any, error) {
 			})
 		})
 	}
-	match := func(_ *bolt.Tx, ev *Event) bool {
+	match := func(_ *bolt.Tx, ev *api.Event) bool {
 		if vaultName != "" && ev.Data.VaultName != vaultName {
 			return false
 		}
@@ -278,16 +271,11 @@ func (s *Server) readEventsAPI(c *call) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	return map[string]any{"value": evs}, nil
-}
-
-type webhookReq struct {
-	URL   string `json:"url"`
-	Vault string `json:"vault"`
+	return api.List[api.Event]{Value: evs}, nil
 }
 
 func (s *Server) createWebhook(c *call) (any, error) {
-	var req webhookReq
+	var req api.WebhookCreate
 	if err := decode(c, &req); err != nil {
 		return nil, err
 	}
@@ -320,14 +308,14 @@ func (s *Server) createWebhook(c *call) (any, error) {
 	}
 	s.startWebhook(w)
 	c.status = http.StatusCreated
-	return w, nil
+	return w.json(), nil
 }
 
 func (s *Server) listWebhooks(c *call) (any, error) {
 	if err := c.requireKind("list webhooks", kindAdmin); err != nil {
 		return nil, err
 	}
-	out := []webhook{}
+	out := []api.Webhook{}
 	err := s.db.View(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketWebhooks).ForEach(func(_, raw []byte) error {
 			var w webhook
@@ -335,12 +323,12 @@ func (s *Server) listWebhooks(c *call) (any, error) {
 				return err
 			}
 			if w.Tenant == c.p.TenantID {
-				out = append(out, w)
+				out = append(out, w.json())
 			}
 			return nil
 		})
 	})
-	return map[string]any{"value": out}, err
+	return api.List[api.Webhook]{Value: out}, err
 }
 
 func (s *Server) deleteWebhook(c *call) (any, error) {

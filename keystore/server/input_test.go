@@ -3,6 +3,7 @@ package server
 import (
 	"crypto/rand"
 	"crypto/rsa"
+	"hostcrypt/keystore/api"
 	"math"
 	"math/big"
 	"strings"
@@ -11,8 +12,6 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
-
-	"hostcrypt/keystore/client"
 )
 
 // TestTimesOutOfRange: nbf and exp outside the range a time can be stored
@@ -21,14 +20,14 @@ import (
 func TestTimesOutOfRange(t *testing.T) {
 	e := startEnv(t)
 	e.vault("timevault", "standard")
-	kb, err := e.admin.CreateKey(bg, "timevault", "k", client.KeyCreate{Kty: "RSA"})
+	kb, err := e.admin.CreateKey(bg, "timevault", "k", api.KeyCreate{Kty: "RSA"})
 	require.NoError(t, err)
 
 	bad := []int64{-99999999999999, math.MaxInt64, math.MinInt64, -1, maxUnixTime + 1}
 	for _, v := range bad {
 		for _, field := range []string{"exp", "nbf"} {
-			attrs := func() *client.KeyAttributes {
-				a := &client.KeyAttributes{}
+			attrs := func() *api.KeyAttributes {
+				a := &api.KeyAttributes{}
 				if field == "exp" {
 					a.EXP = ptr(v)
 				} else {
@@ -36,16 +35,16 @@ func TestTimesOutOfRange(t *testing.T) {
 				}
 				return a
 			}
-			_, err := e.admin.CreateKey(bg, "timevault", "k2", client.KeyCreate{Kty: "RSA", Attributes: attrs()})
+			_, err := e.admin.CreateKey(bg, "timevault", "k2", api.KeyCreate{Kty: "RSA", Attributes: attrs()})
 			requireCode(t, err, 400, "BadParameter")
 			assert.Contains(t, err.Error(), "attributes."+field, "create, %s=%d", field, v)
 			assert.Contains(t, err.Error(), "253402300799", "the message gives the range")
 
-			_, err = e.admin.UpdateKey(bg, "timevault", "k", "", client.KeyUpdate{Attributes: attrs()})
+			_, err = e.admin.UpdateKey(bg, "timevault", "k", "", api.KeyUpdate{Attributes: attrs()})
 			requireCode(t, err, 400, "BadParameter")
 			assert.Contains(t, err.Error(), "attributes."+field, "set-attributes, %s=%d", field, v)
 
-			_, err = e.admin.ImportKey(bg, "timevault", "imp", client.KeyImport{Key: testJWK(t), Attributes: attrs()})
+			_, err = e.admin.ImportKey(bg, "timevault", "imp", api.KeyImport{Key: ptr(testJWK(t)), Attributes: attrs()})
 			requireCode(t, err, 400, "BadParameter")
 			assert.Contains(t, err.Error(), "attributes."+field, "import, %s=%d", field, v)
 		}
@@ -62,7 +61,7 @@ func TestTimesOutOfRange(t *testing.T) {
 	requireCode(t, err, 404, "KeyNotFound")
 
 	// The ends of the range are accepted and read back.
-	b, err := e.admin.UpdateKey(bg, "timevault", "k", "", client.KeyUpdate{Attributes: &client.KeyAttributes{NBF: ptr(int64(0)), EXP: ptr(int64(maxUnixTime))}})
+	b, err := e.admin.UpdateKey(bg, "timevault", "k", "", api.KeyUpdate{Attributes: &api.KeyAttributes{NBF: ptr(int64(0)), EXP: ptr(int64(maxUnixTime))}})
 	require.NoError(t, err)
 	assert.Equal(t, int64(0), *b.Attributes.NBF)
 	assert.Equal(t, int64(maxUnixTime), *b.Attributes.EXP)
@@ -80,18 +79,18 @@ func TestTimesOutOfRange(t *testing.T) {
 func TestRotationPolicyDurationsBounded(t *testing.T) {
 	e := startEnv(t)
 	e.vault("polvault", "standard")
-	_, err := e.admin.CreateKey(bg, "polvault", "k", client.KeyCreate{Kty: "RSA"})
+	_, err := e.admin.CreateKey(bg, "polvault", "k", api.KeyCreate{Kty: "RSA"})
 	require.NoError(t, err)
-	for _, p := range []client.RotationPolicy{
-		{Attributes: client.RotationPolicyAttributes{ExpiryTime: "P100000Y"}},
-		{Attributes: client.RotationPolicyAttributes{ExpiryTime: "P101Y"}},
-		{LifetimeActions: []client.LifetimeAction{{Trigger: client.Trigger{TimeAfterCreate: "P99999D"}, Action: client.Action{Type: "Rotate"}}}},
+	for _, p := range []api.RotationPolicy{
+		{Attributes: api.RotationPolicyAttributes{ExpiryTime: "P100000Y"}},
+		{Attributes: api.RotationPolicyAttributes{ExpiryTime: "P101Y"}},
+		{LifetimeActions: []api.LifetimeAction{{Trigger: api.Trigger{TimeAfterCreate: "P99999D"}, Action: api.Action{Type: "Rotate"}}}},
 	} {
 		_, err = e.admin.SetRotationPolicy(bg, "polvault", "k", p)
 		requireCode(t, err, 400, "BadParameter")
 		assert.Contains(t, err.Error(), "P100Y")
 	}
-	_, err = e.admin.SetRotationPolicy(bg, "polvault", "k", client.RotationPolicy{Attributes: client.RotationPolicyAttributes{ExpiryTime: "P100Y"}})
+	_, err = e.admin.SetRotationPolicy(bg, "polvault", "k", api.RotationPolicy{Attributes: api.RotationPolicyAttributes{ExpiryTime: "P100Y"}})
 	require.NoError(t, err)
 	b, err := e.admin.RotateKey(bg, "polvault", "k")
 	require.NoError(t, err)
@@ -99,11 +98,11 @@ func TestRotationPolicyDurationsBounded(t *testing.T) {
 }
 
 // testJWK is a fresh RSA 2048 key with its private parts, for import.
-func testJWK(t *testing.T) client.JSONWebKey {
+func testJWK(t *testing.T) api.JSONWebKey {
 	pk, err := rsa.GenerateKey(rand.Reader, 2048)
 	require.NoError(t, err)
 	enc := func(b *big.Int) string { return b64(b.Bytes()) }
-	return client.JSONWebKey{Kty: "RSA", N: enc(pk.N), E: enc(big.NewInt(int64(pk.E))), D: enc(pk.D), P: enc(pk.Primes[0]), Q: enc(pk.Primes[1])}
+	return api.JSONWebKey{Kty: "RSA", N: enc(pk.N), E: enc(big.NewInt(int64(pk.E))), D: enc(pk.D), P: enc(pk.Primes[0]), Q: enc(pk.Primes[1])}
 }
 
 // TestReservedNamesAndIDs: the reserved vault name is reserved in every
@@ -114,11 +113,11 @@ func TestReservedNamesAndIDs(t *testing.T) {
 	e := startEnv(t)
 	e.vault("stdvault", "standard")
 	for _, name := range []string{"platform", "PLATFORM", "Platform", "pLaTfOrM"} {
-		_, err := e.admin.CreateVault(bg, name, client.VaultCreate{})
+		_, err := e.admin.CreateVault(bg, name, api.VaultCreate{})
 		requireCode(t, err, 409, "VaultNameReserved")
 		assert.Contains(t, err.Error(), "reserved")
 	}
-	_, err := e.admin.CreateVault(bg, "StdVault", client.VaultCreate{})
+	_, err := e.admin.CreateVault(bg, "StdVault", api.VaultCreate{})
 	requireCode(t, err, 409, "VaultAlreadyExists")
 	assert.Contains(t, err.Error(), "stdvault")
 
@@ -134,11 +133,11 @@ func TestReservedNamesAndIDs(t *testing.T) {
 			assert.Contains(t, err.Error(), "letters, digits and hyphens", "object id %q", id)
 		}
 
-		var vc client.VaultCreate
+		var vc api.VaultCreate
 		vc.Properties.AllowedTenants = []string{id}
 		_, err = e.admin.CreateVault(bg, "newvault", vc)
 		requireCode(t, err, 400, "BadParameter")
-		var vu client.VaultUpdate
+		var vu api.VaultUpdate
 		vu.Properties.AllowedTenants = &[]string{"ok-tenant", id}
 		_, err = e.admin.UpdateVault(bg, "stdvault", vu)
 		requireCode(t, err, 400, "BadParameter")
@@ -165,12 +164,12 @@ func TestReservedNamesAndIDs(t *testing.T) {
 // tenant's vaults only, as GET /events does, and cannot name another
 // tenant's vault.
 func TestWebhookStaysInItsTenant(t *testing.T) {
-	got := make(chan []client.Event, 10)
-	hook := newHookServer(t, func(evs []client.Event) int { got <- evs; return 200 })
+	got := make(chan []api.Event, 10)
+	hook := newHookServer(t, func(evs []api.Event) int { got <- evs; return 200 })
 	e := startEnv(t, withWebhookAllow(hook+"/"))
 	e.vault("avault", "standard")
 	_, bc := e.identity("User", "tenant-b")
-	_, err := bc.CreateVault(bg, "bvault", client.VaultCreate{})
+	_, err := bc.CreateVault(bg, "bvault", api.VaultCreate{})
 	require.NoError(t, err)
 
 	_, err = e.admin.CreateWebhook(bg, hook+"/x", "bvault")
@@ -180,9 +179,9 @@ func TestWebhookStaysInItsTenant(t *testing.T) {
 	_, err = e.admin.CreateWebhook(bg, hook+"/all", "")
 	require.NoError(t, err)
 
-	_, err = bc.CreateKey(bg, "bvault", "secret-name", client.KeyCreate{Kty: "RSA"})
+	_, err = bc.CreateKey(bg, "bvault", "secret-name", api.KeyCreate{Kty: "RSA"})
 	require.NoError(t, err)
-	_, err = e.admin.CreateKey(bg, "avault", "k", client.KeyCreate{Kty: "RSA"})
+	_, err = e.admin.CreateKey(bg, "avault", "k", api.KeyCreate{Kty: "RSA"})
 	require.NoError(t, err)
 	// Events are delivered in order: once avault's arrived, bvault's would
 	// have come before or with it.

@@ -1,6 +1,8 @@
 package server
 
 import (
+	"hostcrypt/keystore/api"
+
 	"crypto/rsa"
 	"crypto/x509"
 	"encoding/base64"
@@ -15,61 +17,13 @@ import (
 
 var keyNameRE = regexp.MustCompile(`^[0-9a-zA-Z-]{1,127}$`)
 
-// JSONWebKey is a key in JWK form. Responses carry public parts only.
-type JSONWebKey struct {
-	Kid    string   `json:"kid,omitempty"`
-	Kty    string   `json:"kty"`
-	KeyOps []string `json:"key_ops,omitempty"`
-	N      string   `json:"n,omitempty"`
-	E      string   `json:"e,omitempty"`
-	D      string   `json:"d,omitempty"`
-	DP     string   `json:"dp,omitempty"`
-	DQ     string   `json:"dq,omitempty"`
-	QI     string   `json:"qi,omitempty"`
-	P      string   `json:"p,omitempty"`
-	Q      string   `json:"q,omitempty"`
-	K      string   `json:"k,omitempty"`
-}
-
-// KeyAttributes are a key version's attributes; times are Unix seconds.
-type KeyAttributes struct {
-	Enabled         *bool  `json:"enabled,omitempty"`
-	NBF             *int64 `json:"nbf,omitempty"`
-	EXP             *int64 `json:"exp,omitempty"`
-	Created         *int64 `json:"created,omitempty"`
-	Updated         *int64 `json:"updated,omitempty"`
-	RecoveryLevel   string `json:"recoveryLevel,omitempty"`
-	RecoverableDays *int   `json:"recoverableDays,omitempty"`
-}
-
-// KeyBundle is a key version as get/create/update return it; the deleted
-// fields are set for soft-deleted keys.
-type KeyBundle struct {
-	Key                JSONWebKey        `json:"key"`
-	Attributes         KeyAttributes     `json:"attributes"`
-	Tags               map[string]string `json:"tags,omitempty"`
-	RecoveryID         string            `json:"recoveryId,omitempty"`
-	DeletedDate        *int64            `json:"deletedDate,omitempty"`
-	ScheduledPurgeDate *int64            `json:"scheduledPurgeDate,omitempty"`
-}
-
-// KeyItem is one entry of a key or version listing.
-type KeyItem struct {
-	Kid                string            `json:"kid"`
-	Attributes         KeyAttributes     `json:"attributes"`
-	Tags               map[string]string `json:"tags,omitempty"`
-	RecoveryID         string            `json:"recoveryId,omitempty"`
-	DeletedDate        *int64            `json:"deletedDate,omitempty"`
-	ScheduledPurgeDate *int64            `json:"scheduledPurgeDate,omitempty"`
-}
-
 func b64(b []byte) string { return base64.RawURLEncoding.EncodeToString(b) }
 
 func unb64(s string) ([]byte, error) {
 	return base64.RawURLEncoding.DecodeString(strings.TrimRight(s, "="))
 }
 
-func (s *Server) attributes(v *vault, kv *keyVersion) KeyAttributes {
+func (s *Server) attributes(v *vault, kv *keyVersion) api.KeyAttributes {
 	enabled := kv.Enabled
 	created, updated := kv.Created.Unix(), kv.Updated.Unix()
 	days := v.SoftDeleteRetentionInDays
@@ -77,16 +31,16 @@ func (s *Server) attributes(v *vault, kv *keyVersion) KeyAttributes {
 	if v.EnablePurgeProtection {
 		level = "Recoverable"
 	}
-	return KeyAttributes{Enabled: &enabled, NBF: unixPtr(kv.NBF), EXP: unixPtr(kv.EXP), Created: &created, Updated: &updated, RecoveryLevel: level, RecoverableDays: &days}
+	return api.KeyAttributes{Enabled: &enabled, NBF: unixPtr(kv.NBF), EXP: unixPtr(kv.EXP), Created: &created, Updated: &updated, RecoveryLevel: level, RecoverableDays: &days}
 }
 
-func (s *Server) bundle(v *vault, k *key, kv *keyVersion) KeyBundle {
-	jwk := JSONWebKey{Kid: s.kid(k.Vault, k.Name, kv.Version), Kty: kv.Kty, KeyOps: kv.KeyOps}
+func (s *Server) bundle(v *vault, k *key, kv *keyVersion) api.KeyBundle {
+	jwk := api.JSONWebKey{Kid: s.kid(k.Vault, k.Name, kv.Version), Kty: kv.Kty, KeyOps: kv.KeyOps}
 	if kv.N != nil {
 		jwk.N = b64(kv.N)
 		jwk.E = b64(big.NewInt(int64(kv.E)).Bytes())
 	}
-	b := KeyBundle{Key: jwk, Attributes: s.attributes(v, kv), Tags: kv.Tags}
+	b := api.KeyBundle{Key: jwk, Attributes: s.attributes(v, kv), Tags: kv.Tags}
 	s.deletedFields(k, &b.RecoveryID, &b.DeletedDate, &b.ScheduledPurgeDate)
 	return b
 }
@@ -137,16 +91,6 @@ func (c *call) vaultKey(tx *bolt.Tx, perm string) (*vault, *key, error) {
 	}
 	k, err := loadKey(tx, v.Name, c.r.PathValue("name"))
 	return v, k, err
-}
-
-type keyCreateReq struct {
-	Kty            string            `json:"kty"`
-	KeySize        *int              `json:"key_size"`
-	PublicExponent *int              `json:"public_exponent"`
-	KeyOps         []string          `json:"key_ops"`
-	Attributes     *KeyAttributes    `json:"attributes"`
-	Tags           map[string]string `json:"tags"`
-	Crv            string            `json:"crv"`
 }
 
 // checkKty validates a key type and size for vault v and returns the
@@ -202,7 +146,7 @@ const (
 
 // checkAttributes refuses nbf or exp outside [minUnixTime, maxUnixTime],
 // before anything is generated or stored.
-func checkAttributes(a *KeyAttributes) error {
+func checkAttributes(a *api.KeyAttributes) error {
 	if a == nil {
 		return nil
 	}
@@ -219,7 +163,7 @@ func checkAttributes(a *KeyAttributes) error {
 
 // applyAttributes sets nbf/exp/enabled from a request checked by
 // checkAttributes.
-func applyAttributes(kv *keyVersion, a *KeyAttributes) {
+func applyAttributes(kv *keyVersion, a *api.KeyAttributes) {
 	if a == nil {
 		return
 	}
@@ -265,7 +209,7 @@ func sealAD(vaultName, name, version string) []byte {
 }
 
 func (s *Server) createKey(c *call) (any, error) {
-	var req keyCreateReq
+	var req api.KeyCreate
 	if err := decode(c, &req); err != nil {
 		return nil, err
 	}
@@ -327,7 +271,7 @@ func (s *Server) createKey(c *call) (any, error) {
 // addVersion stores kv as the new current version of key name, creating
 // the key if needed, and raises KeyNewVersionCreated.
 func (s *Server) addVersion(c *call, name string, kv *keyVersion, expSet bool, perm string) (any, error) {
-	var out KeyBundle
+	var out api.KeyBundle
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		v, err := loadVault(tx, c.vault)
 		if err != nil {
@@ -358,15 +302,8 @@ func (s *Server) addVersion(c *call, name string, kv *keyVersion, expSet bool, p
 	return out, err
 }
 
-type keyImportReq struct {
-	Key        *JSONWebKey       `json:"key"`
-	HSM        *bool             `json:"hsm"`
-	Attributes *KeyAttributes    `json:"attributes"`
-	Tags       map[string]string `json:"tags"`
-}
-
 func (s *Server) importKey(c *call) (any, error) {
-	var req keyImportReq
+	var req api.KeyImport
 	if err := decode(c, &req); err != nil {
 		return nil, err
 	}
@@ -429,7 +366,7 @@ func (s *Server) importKey(c *call) (any, error) {
 	return s.addVersion(c, name, kv, req.Attributes != nil && req.Attributes.EXP != nil, "import")
 }
 
-func rsaFromJWK(j *JSONWebKey) (*rsa.PrivateKey, error) {
+func rsaFromJWK(j *api.JSONWebKey) (*rsa.PrivateKey, error) {
 	if ct, ok := canonical([]string{"RSA", "RSA-HSM"}, j.Kty); !ok || ct == "" {
 		return nil, badParam("key type %q cannot be imported; use an RSA key", j.Kty)
 	}
@@ -461,7 +398,7 @@ func rsaFromJWK(j *JSONWebKey) (*rsa.PrivateKey, error) {
 }
 
 func (s *Server) getKey(c *call) (any, error) {
-	var out KeyBundle
+	var out api.KeyBundle
 	err := s.db.View(func(tx *bolt.Tx) error {
 		v, k, err := c.vaultKey(tx, "get")
 		if err != nil {
@@ -479,7 +416,7 @@ func (s *Server) getKey(c *call) (any, error) {
 }
 
 func (s *Server) listKeys(c *call) (any, error) {
-	out := []KeyItem{}
+	out := []api.KeyItem{}
 	err := s.db.View(func(tx *bolt.Tx) error {
 		v, err := loadVault(tx, c.vault)
 		if err != nil {
@@ -491,7 +428,7 @@ func (s *Server) listKeys(c *call) (any, error) {
 		return forKeys(tx, v.Name, func(k *key) {
 			if k.Deleted == nil {
 				kv := k.current()
-				out = append(out, KeyItem{Kid: s.baseURL + "/vaults/" + v.Name + "/keys/" + k.Name, Attributes: s.attributes(v, kv), Tags: kv.Tags})
+				out = append(out, api.KeyItem{Kid: s.baseURL + "/vaults/" + v.Name + "/keys/" + k.Name, Attributes: s.attributes(v, kv), Tags: kv.Tags})
 			}
 		})
 	})
@@ -512,35 +449,29 @@ func forKeys(tx *bolt.Tx, vaultName string, f func(*key)) error {
 }
 
 func (s *Server) listVersions(c *call) (any, error) {
-	out := []KeyItem{}
+	out := []api.KeyItem{}
 	err := s.db.View(func(tx *bolt.Tx) error {
 		v, k, err := c.vaultKey(tx, "list")
 		if err != nil {
 			return err
 		}
 		for _, kv := range k.Versions {
-			out = append(out, KeyItem{Kid: s.kid(k.Vault, k.Name, kv.Version), Attributes: s.attributes(v, kv), Tags: kv.Tags})
+			out = append(out, api.KeyItem{Kid: s.kid(k.Vault, k.Name, kv.Version), Attributes: s.attributes(v, kv), Tags: kv.Tags})
 		}
 		return nil
 	})
 	return map[string]any{"value": out, "nextLink": nil}, err
 }
 
-type keyUpdateReq struct {
-	KeyOps     []string          `json:"key_ops"`
-	Attributes *KeyAttributes    `json:"attributes"`
-	Tags       map[string]string `json:"tags"`
-}
-
 func (s *Server) updateKey(c *call) (any, error) {
-	var req keyUpdateReq
+	var req api.KeyUpdate
 	if err := decode(c, &req); err != nil {
 		return nil, err
 	}
 	if err := checkAttributes(req.Attributes); err != nil {
 		return nil, err
 	}
-	var out KeyBundle
+	var out api.KeyBundle
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		v, k, err := c.vaultKey(tx, "update")
 		if err != nil {
@@ -580,7 +511,7 @@ func (s *Server) updateKey(c *call) (any, error) {
 }
 
 func (s *Server) deleteKey(c *call) (any, error) {
-	var out KeyBundle
+	var out api.KeyBundle
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		v, k, err := c.vaultKey(tx, "delete")
 		if err != nil {
@@ -631,7 +562,7 @@ func (s *Server) newVersionLike(vaultName, name string, cur *keyVersion) (*keyVe
 }
 
 func (s *Server) listDeletedKeys(c *call) (any, error) {
-	out := []KeyItem{}
+	out := []api.KeyItem{}
 	err := s.db.View(func(tx *bolt.Tx) error {
 		v, err := loadVault(tx, c.vault)
 		if err != nil {
@@ -643,7 +574,7 @@ func (s *Server) listDeletedKeys(c *call) (any, error) {
 		return forKeys(tx, v.Name, func(k *key) {
 			if k.Deleted != nil {
 				kv := k.current()
-				it := KeyItem{Kid: s.baseURL + "/vaults/" + v.Name + "/keys/" + k.Name, Attributes: s.attributes(v, kv), Tags: kv.Tags}
+				it := api.KeyItem{Kid: s.baseURL + "/vaults/" + v.Name + "/keys/" + k.Name, Attributes: s.attributes(v, kv), Tags: kv.Tags}
 				s.deletedFields(k, &it.RecoveryID, &it.DeletedDate, &it.ScheduledPurgeDate)
 				out = append(out, it)
 			}
@@ -673,7 +604,7 @@ func (c *call) deletedKey(tx *bolt.Tx, perm string) (*vault, *key, error) {
 }
 
 func (s *Server) getDeletedKey(c *call) (any, error) {
-	var out KeyBundle
+	var out api.KeyBundle
 	err := s.db.View(func(tx *bolt.Tx) error {
 		v, k, err := c.deletedKey(tx, "get")
 		if err == nil {
@@ -685,7 +616,7 @@ func (s *Server) getDeletedKey(c *call) (any, error) {
 }
 
 func (s *Server) recoverKey(c *call) (any, error) {
-	var out KeyBundle
+	var out api.KeyBundle
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		v, k, err := c.deletedKey(tx, "recover")
 		if err != nil {

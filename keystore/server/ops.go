@@ -1,6 +1,8 @@
 package server
 
 import (
+	"hostcrypt/keystore/api"
+
 	"crypto/hmac"
 	"crypto/rand"
 	"crypto/rsa"
@@ -24,18 +26,6 @@ func cacheKey(vaultName, name, version string) string {
 	return vaultName + "/" + name + "/" + version
 }
 
-// KeyOperationRequest is the body of wrapkey and unwrapkey.
-type KeyOperationRequest struct {
-	Alg   string `json:"alg"`
-	Value string `json:"value"`
-}
-
-// KeyOperationResult is their answer: the kid actually used and the result.
-type KeyOperationResult struct {
-	Kid   string `json:"kid"`
-	Value string `json:"value"`
-}
-
 // Largest value accepted for wrapping: keys, not data.
 const maxWrapInput = 512
 
@@ -43,7 +33,7 @@ func (s *Server) wrapKey(c *call) (any, error)   { return s.keyOp(c, true) }
 func (s *Server) unwrapKey(c *call) (any, error) { return s.keyOp(c, false) }
 
 func (s *Server) keyOp(c *call, wrap bool) (any, error) {
-	var req KeyOperationRequest
+	var req api.KeyOperation
 	if err := decode(c, &req); err != nil {
 		return nil, err
 	}
@@ -97,7 +87,7 @@ func (s *Server) keyOp(c *call, wrap bool) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	return KeyOperationResult{Kid: c.kid, Value: b64(out)}, nil
+	return api.KeyOperationResult{Kid: c.kid, Value: b64(out)}, nil
 }
 
 func (s *Server) cryptoOp(vaultName, name string, kv *keyVersion, alg string, wrap bool, in []byte) ([]byte, error) {
@@ -221,16 +211,12 @@ func (s *Server) backupKey(c *call) (any, error) {
 	return map[string]string{"value": b64(raw)}, nil
 }
 
-type restoreReq struct {
-	Value string `json:"value"`
-}
-
 func (s *Server) restoreKey(c *call) (any, error) {
-	var req restoreReq
+	var req api.Blob
 	if err := decode(c, &req); err != nil {
 		return nil, err
 	}
-	var out KeyBundle
+	var out api.KeyBundle
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		v, err := loadVault(tx, c.vault)
 		if err != nil {

@@ -1,22 +1,21 @@
 package server
 
 import (
+	"hostcrypt/keystore/api"
 	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
-
-	"hostcrypt/keystore/client"
 )
 
 // TestVaultAndIdentityOperations covers the management operations not
 // walked through by the lifecycle tests, with their errors.
 func TestVaultAndIdentityOperations(t *testing.T) {
 	e := startEnv(t, withWebhookAllow("http://127.0.0.1:1/hook"))
-	var vc client.VaultCreate
+	var vc api.VaultCreate
 	vc.Location = "WestEurope"
-	vc.Properties.Sku = &client.Sku{Name: "Premium"}
+	vc.Properties.Sku = &api.Sku{Name: "Premium"}
 	vc.Properties.EnablePurgeProtection = ptr(true)
 	v, err := e.admin.CreateVault(bg, "mgmtvault", vc)
 	require.NoError(t, err)
@@ -29,7 +28,7 @@ func TestVaultAndIdentityOperations(t *testing.T) {
 	assert.Equal(t, e.s.BaseURL()+"/vaults/mgmtvault", v.Properties.VaultURI)
 
 	// Purge protection cannot be turned off.
-	var vu client.VaultUpdate
+	var vu api.VaultUpdate
 	vu.Properties.EnablePurgeProtection = ptr(false)
 	_, err = e.admin.UpdateVault(bg, "mgmtvault", vu)
 	requireCode(t, err, 400, "BadParameter")
@@ -56,7 +55,7 @@ func TestVaultAndIdentityOperations(t *testing.T) {
 	// A policy holder is not a manager; system identities cannot create vaults.
 	_, err = idc.SetPolicy(bg, "mgmtvault", id.PrincipalID, []string{"get"})
 	requireCode(t, err, 403, "ForbiddenByPolicy")
-	_, err = idc.CreateVault(bg, "idvault", client.VaultCreate{})
+	_, err = idc.CreateVault(bg, "idvault", api.VaultCreate{})
 	requireCode(t, err, 403, "ForbiddenByPolicy")
 	// Setting a policy again replaces it.
 	v, err = e.admin.SetPolicy(bg, "mgmtvault", id.PrincipalID, []string{"get"})
@@ -104,7 +103,7 @@ func TestKeyOperationsMore(t *testing.T) {
 	e := startEnv(t)
 	e.vault("morevault", "standard")
 	tags := map[string]string{"owner": "team"}
-	kb, err := e.admin.CreateKey(bg, "morevault", "k", client.KeyCreate{Kty: "rsa", Tags: tags, KeyOps: []string{"wrapkey", "unwrapKey"}})
+	kb, err := e.admin.CreateKey(bg, "morevault", "k", api.KeyCreate{Kty: "rsa", Tags: tags, KeyOps: []string{"wrapkey", "unwrapKey"}})
 	require.NoError(t, err)
 	assert.Equal(t, "RSA", kb.Key.Kty)
 	assert.Equal(t, []string{"wrapKey", "unwrapKey"}, kb.Key.KeyOps)
@@ -113,7 +112,7 @@ func TestKeyOperationsMore(t *testing.T) {
 	assert.Equal(t, "Recoverable+Purgeable", kb.Attributes.RecoveryLevel)
 
 	// create on an existing name adds a version, as in Key Vault.
-	kb2, err := e.admin.CreateKey(bg, "morevault", "k", client.KeyCreate{Kty: "RSA"})
+	kb2, err := e.admin.CreateKey(bg, "morevault", "k", api.KeyCreate{Kty: "RSA"})
 	require.NoError(t, err)
 	vs, err := e.admin.ListKeyVersions(bg, "morevault", "k")
 	require.NoError(t, err)
@@ -126,22 +125,22 @@ func TestKeyOperationsMore(t *testing.T) {
 	assert.Equal(t, kb.Key.N, old.Key.N)
 
 	// Update key_ops and tags of the old version only.
-	up, err := e.admin.UpdateKey(bg, "morevault", "k", versionOf(kb.Key.Kid), client.KeyUpdate{KeyOps: []string{"wrapKey"}, Tags: map[string]string{"a": "b"}})
+	up, err := e.admin.UpdateKey(bg, "morevault", "k", versionOf(kb.Key.Kid), api.KeyUpdate{KeyOps: []string{"wrapKey"}, Tags: map[string]string{"a": "b"}})
 	require.NoError(t, err)
 	assert.Equal(t, []string{"wrapKey"}, up.Key.KeyOps)
-	_, err = e.admin.UpdateKey(bg, "morevault", "k", "", client.KeyUpdate{KeyOps: []string{"fly"}})
+	_, err = e.admin.UpdateKey(bg, "morevault", "k", "", api.KeyUpdate{KeyOps: []string{"fly"}})
 	requireCode(t, err, 400, "BadParameter")
-	_, err = e.admin.UpdateKey(bg, "morevault", "k", "ffff", client.KeyUpdate{Tags: map[string]string{}})
+	_, err = e.admin.UpdateKey(bg, "morevault", "k", "ffff", api.KeyUpdate{Tags: map[string]string{}})
 	requireCode(t, err, 404, "KeyNotFound")
-	_, _, err = e.admin.UnwrapKey(bg, kb.Key.Kid, client.RSAOAEP256, make([]byte, 256))
+	_, _, err = e.admin.UnwrapKey(bg, kb.Key.Kid, api.RSAOAEP256, make([]byte, 256))
 	requireCode(t, err, 403, "KeyOperationForbidden")
 
 	// A value wrapped by one version does not unwrap with another.
-	_, w, err := e.admin.WrapKey(bg, kb2.Key.Kid, client.RSAOAEP256, []byte("k"))
+	_, w, err := e.admin.WrapKey(bg, kb2.Key.Kid, api.RSAOAEP256, []byte("k"))
 	require.NoError(t, err)
-	_, _, err = e.admin.UnwrapKey(bg, kb2.Key.Kid, client.RSAOAEP, w)
+	_, _, err = e.admin.UnwrapKey(bg, kb2.Key.Kid, api.RSAOAEP, w)
 	requireCode(t, err, 400, "BadParameter")
-	_, _, err = e.admin.WrapKey(bg, kb2.Key.Kid, client.RSAOAEP256, make([]byte, 600))
+	_, _, err = e.admin.WrapKey(bg, kb2.Key.Kid, api.RSAOAEP256, make([]byte, 600))
 	requireCode(t, err, 400, "BadParameter")
 
 	// Keys listing shows version-less ids; deleted keys have their own list.
@@ -160,7 +159,7 @@ func TestKeyOperationsMore(t *testing.T) {
 	_, err = e.admin.RecoverKey(bg, "morevault", "nokey")
 	requireCode(t, err, 404, "KeyNotFound")
 	require.NoError(t, e.admin.PurgeKey(bg, "morevault", "k"))
-	_, err = e.admin.CreateKey(bg, "morevault", "k", client.KeyCreate{Kty: "RSA"})
+	_, err = e.admin.CreateKey(bg, "morevault", "k", api.KeyCreate{Kty: "RSA"})
 	require.NoError(t, err, "a purged name is free again")
 
 	// Per-permission refusals name the missing permission.
@@ -169,9 +168,9 @@ func TestKeyOperationsMore(t *testing.T) {
 	require.NoError(t, err)
 	for name, call := range map[string]func() error{
 		"list":   func() error { _, err := idc.ListKeys(bg, "morevault"); return err },
-		"create": func() error { _, err := idc.CreateKey(bg, "morevault", "x", client.KeyCreate{Kty: "RSA"}); return err },
+		"create": func() error { _, err := idc.CreateKey(bg, "morevault", "x", api.KeyCreate{Kty: "RSA"}); return err },
 		"update": func() error {
-			_, err := idc.UpdateKey(bg, "morevault", "k", "", client.KeyUpdate{Tags: map[string]string{}})
+			_, err := idc.UpdateKey(bg, "morevault", "k", "", api.KeyUpdate{Tags: map[string]string{}})
 			return err
 		},
 		"delete":            func() error { _, err := idc.DeleteKey(bg, "morevault", "k"); return err },
@@ -180,7 +179,7 @@ func TestKeyOperationsMore(t *testing.T) {
 		"restore":           func() error { _, err := idc.RestoreKey(bg, "morevault", "x"); return err },
 		"getrotationpolicy": func() error { _, err := idc.GetRotationPolicy(bg, "morevault", "k"); return err },
 		"setrotationpolicy": func() error {
-			_, err := idc.SetRotationPolicy(bg, "morevault", "k", client.RotationPolicy{})
+			_, err := idc.SetRotationPolicy(bg, "morevault", "k", api.RotationPolicy{})
 			return err
 		},
 	} {
@@ -191,7 +190,7 @@ func TestKeyOperationsMore(t *testing.T) {
 	require.NoError(t, err)
 }
 
-func vaultNames(vs []client.Vault) []string {
+func vaultNames(vs []api.Vault) []string {
 	out := []string{}
 	for _, v := range vs {
 		out = append(out, v.Name)

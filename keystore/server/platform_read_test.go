@@ -1,12 +1,11 @@
 package server
 
 import (
+	"hostcrypt/keystore/api"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
-
-	"hostcrypt/keystore/client"
 )
 
 // TestPlatformReadsVaultLocation: the platform reads where any vault is (the
@@ -14,7 +13,7 @@ import (
 // and it still cannot manage or use the vault.
 func TestPlatformReadsVaultLocation(t *testing.T) {
 	e := startEnv(t)
-	var vc client.VaultCreate
+	var vc api.VaultCreate
 	vc.Location = "northeurope"
 	_, err := e.admin.CreateVault(bg, "custvault", vc)
 	require.NoError(t, err)

@@ -1,6 +1,8 @@
 package server
 
 import (
+	"hostcrypt/keystore/api"
+
 	"fmt"
 	"regexp"
 	"strconv"
@@ -10,47 +12,15 @@ import (
 	bolt "go.etcd.io/bbolt"
 )
 
-// LifetimeAction is one action of a rotation policy.
-type LifetimeAction struct {
-	Trigger Trigger `json:"trigger"`
-	Action  Action  `json:"action"`
-}
-
-// Trigger says when an action runs: an ISO-8601 duration after the current
-// version's creation, or before its expiry.
-type Trigger struct {
-	TimeAfterCreate  string `json:"timeAfterCreate,omitempty"`
-	TimeBeforeExpiry string `json:"timeBeforeExpiry,omitempty"`
-}
-
-// Action is Rotate or Notify.
-type Action struct {
-	Type string `json:"type"`
-}
-
-// RotationPolicyJSON is a key's rotation policy as the API shows it.
-type RotationPolicyJSON struct {
-	ID              string                   `json:"id,omitempty"`
-	LifetimeActions []LifetimeAction         `json:"lifetimeActions"`
-	Attributes      RotationPolicyAttributes `json:"attributes"`
-}
-
-// RotationPolicyAttributes holds expiryTime, applied to new versions.
-type RotationPolicyAttributes struct {
-	ExpiryTime string `json:"expiryTime,omitempty"`
-	Created    *int64 `json:"created,omitempty"`
-	Updated    *int64 `json:"updated,omitempty"`
-}
-
 type rotationPolicy struct {
-	LifetimeActions []LifetimeAction `json:"lifetimeActions"`
-	ExpiryTime      string           `json:"expiryTime,omitempty"`
-	Created         time.Time        `json:"created"`
-	Updated         time.Time        `json:"updated"`
+	LifetimeActions []api.LifetimeAction `json:"lifetimeActions"`
+	ExpiryTime      string               `json:"expiryTime,omitempty"`
+	Created         time.Time            `json:"created"`
+	Updated         time.Time            `json:"updated"`
 }
 
 // defaultNotify is Key Vault's default: notify 30 days before expiry.
-var defaultPolicy = rotationPolicy{LifetimeActions: []LifetimeAction{{Trigger: Trigger{TimeBeforeExpiry: "P30D"}, Action: Action{Type: "Notify"}}}}
+var defaultPolicy = rotationPolicy{LifetimeActions: []api.LifetimeAction{{Trigger: api.Trigger{TimeBeforeExpiry: "P30D"}, Action: api.Action{Type: "Notify"}}}}
 
 // isoDuration is an ISO-8601 duration: calendar parts plus a clock part.
 type isoDuration struct {
@@ -164,15 +134,15 @@ func validatePolicy(p *rotationPolicy) error {
 	return nil
 }
 
-func (s *Server) policyJSON(k *key) RotationPolicyJSON {
+func (s *Server) policyJSON(k *key) api.RotationPolicy {
 	p := k.Policy
 	if p == nil {
 		p = &defaultPolicy
 	}
-	out := RotationPolicyJSON{
+	out := api.RotationPolicy{
 		ID:              s.baseURL + "/vaults/" + k.Vault + "/keys/" + k.Name + "/rotationpolicy",
 		LifetimeActions: p.LifetimeActions,
-		Attributes:      RotationPolicyAttributes{ExpiryTime: p.ExpiryTime},
+		Attributes:      api.RotationPolicyAttributes{ExpiryTime: p.ExpiryTime},
 	}
 	if k.Policy != nil {
 		out.Attributes.Created, out.Attributes.Updated = unixPtr(&p.Created), unixPtr(&p.Updated)
@@ -181,7 +151,7 @@ func (s *Server) policyJSON(k *key) RotationPolicyJSON {
 }
 
 func (s *Server) getRotationPolicy(c *call) (any, error) {
-	var out RotationPolicyJSON
+	var out api.RotationPolicy
 	err := s.db.View(func(tx *bolt.Tx) error {
 		_, k, err := c.vaultKey(tx, "getrotationpolicy")
 		if err == nil {
@@ -192,29 +162,17 @@ func (s *Server) getRotationPolicy(c *call) (any, error) {
 	return out, err
 }
 
-type policySetReq struct {
-	ID              string           `json:"id"`
-	LifetimeActions []LifetimeAction `json:"lifetimeActions"`
-	Attributes      *struct {
-		ExpiryTime string `json:"expiryTime"`
-		Created    *int64 `json:"created"`
-		Updated    *int64 `json:"updated"`
-	} `json:"attributes"`
-}
-
 func (s *Server) setRotationPolicy(c *call) (any, error) {
-	var req policySetReq
+	var req api.RotationPolicy
 	if err := decode(c, &req); err != nil {
 		return nil, err
 	}
 	p := rotationPolicy{LifetimeActions: req.LifetimeActions}
-	if req.Attributes != nil {
-		p.ExpiryTime = req.Attributes.ExpiryTime
-	}
+	p.ExpiryTime = req.Attributes.ExpiryTime
 	if err := validatePolicy(&p); err != nil {
 		return nil, err
 	}
-	var out RotationPolicyJSON
+	var out api.RotationPolicy
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		_, k, err := c.vaultKey(tx, "setrotationpolicy")
 		if err != nil {
@@ -232,7 +190,7 @@ func (s *Server) setRotationPolicy(c *call) (any, error) {
 				p.Created = k.Policy.Created
 			}
 			if p.LifetimeActions == nil {
-				p.LifetimeActions = []LifetimeAction{}
+				p.LifetimeActions = []api.LifetimeAction{}
 			}
 			k.Policy = &p
 		}
@@ -245,7 +203,7 @@ func (s *Server) setRotationPolicy(c *call) (any, error) {
 	return out, err
 }
 
-func (p *rotationPolicy) action(typ string) *Trigger {
+func (p *rotationPolicy) action(typ string) *api.Trigger {
 	for i := range p.LifetimeActions {
 		if p.LifetimeActions[i].Action.Type == typ {
 			return &p.LifetimeActions[i].Trigger

@@ -7,6 +7,8 @@
 package server
 
 import (
+	"hostcrypt/keystore/api"
+
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -319,7 +321,8 @@ func (s *Server) flushAuthSummaries() {
 // returns the error to answer: the 401 while the source is within its
 // allowance, a 429 beyond it (then the call is not audited on its own).
 func (s *Server) throttleFailure(c *call, err error) error {
-	if asAPIError(err).Status != http.StatusUnauthorized {
+	var ae *apiError
+	if !errors.As(err, &ae) || ae.Status != http.StatusUnauthorized {
 		return err
 	}
 	src := sourceOf(c.r.RemoteAddr)
@@ -335,7 +338,7 @@ func (s *Server) throttleFailure(c *call, err error) error {
 	c.throttled = true
 	secs := int(math.Ceil(retry.Seconds()))
 	c.w.Header().Set("Retry-After", strconv.Itoa(secs))
-	return errf(http.StatusTooManyRequests, "TooManyRequests", "", "%s; too many failed authentications came from %s, so this one is refused without a check of its own: retry after %d s with a valid token", asAPIError(err).Message, src, secs)
+	return errf(http.StatusTooManyRequests, "TooManyRequests", "", "%s; too many failed authentications came from %s, so this one is refused without a check of its own: retry after %d s with a valid token", ae.Message, src, secs)
 }
 
 func (s *Server) closeState() {
@@ -407,7 +410,7 @@ func (s *Server) handle(mux *http.ServeMux, pattern, op string, h handlerFunc) {
 				err = s.throttleFailure(c, err)
 			}
 		}()
-		rec := &AuditRecord{
+		rec := &api.AuditRecord{
 			Time: s.clock.Now().UTC(), OperationName: op, Vault: clip(c.vault, 64), Kid: clip(c.kid, 512),
 			RequestID: c.reqID, ClientIP: r.RemoteAddr,
 		}
@@ -416,20 +419,15 @@ func (s *Server) handle(mux *http.ServeMux, pattern, op string, h handlerFunc) {
 		}
 		var body any = out
 		if err != nil {
-			ae := asAPIError(err)
-			if ae.Status == http.StatusInternalServerError {
-				s.log.Error("request failed", "op", op, "vault", c.vault, "kid", c.kid, "err", err)
-			}
+			ae := asAPIError(err, s.log, c.reqID, "op", op, "vault", c.vault, "kid", c.kid)
 			c.status = ae.Status
 			rec.ErrorCode = ae.Code
+			env := api.ErrorBody{Code: ae.Code, Message: ae.Message}
 			if ae.Inner != "" {
 				rec.ErrorCode = ae.Inner
+				env.InnerError = &api.InnerError{Code: ae.Inner}
 			}
-			env := map[string]any{"code": ae.Code, "message": ae.Message}
-			if ae.Inner != "" {
-				env["innererror"] = map[string]string{"code": ae.Inner}
-			}
-			body = map[string]any{"error": env}
+			body = api.ErrorEnvelope{Error: env}
 			if ae.Status == http.StatusUnauthorized {
 				w.Header().Set("WWW-Authenticate", `Bearer realm="hostcrypt-keystore"`)
 			}
@@ -443,7 +441,7 @@ func (s *Server) handle(mux *http.ServeMux, pattern, op string, h handlerFunc) {
 			// A request that cannot be audited is not answered as done.
 			s.log.Error("audit append failed", "err", aerr)
 			c.status = http.StatusServiceUnavailable
-			body = map[string]any{"error": map[string]any{"code": "AuditUnavailable", "message": "the audit log cannot be written; the request may have been applied, check and retry"}}
+			body = api.ErrorEnvelope{Error: api.ErrorBody{Code: "AuditUnavailable", Message: "the audit log cannot be written; the request may have been applied, check and retry"}}
 		}
 		w.Header().Set("Content-Type", "application/json; charset=utf-8")
 		w.WriteHeader(c.status)

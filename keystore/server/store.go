@@ -20,7 +20,7 @@ var (
 	bucketTokens     = []byte("tokens")     // sha256(token) -> objectId
 	bucketVaults     = []byte("vaults")     // name -> vault
 	bucketKeys       = []byte("keys")       // vault "/" name -> key
-	bucketEvents     = []byte("events")     // seq (8 bytes BE) -> Event
+	bucketEvents     = []byte("events")     // seq (8 bytes BE) -> api.Event
 	bucketWebhooks   = []byte("webhooks")   // id -> webhook
 )
 

@@ -3,6 +3,8 @@
 package server
 
 import (
+	"hostcrypt/keystore/api"
+
 	"net/http"
 	"sync"
 	"time"
@@ -39,13 +41,9 @@ func (c *hookClock) advance(d time.Duration) (time.Time, bool) {
 	return c.Now(), true
 }
 
-type clockReq struct {
-	Advance string `json:"advance"`
-}
-
 func registerTestHooks(s *Server, h func(pattern, op string, f handlerFunc)) {
 	h("POST /testhooks/clock", "TestHookClock", func(c *call) (any, error) {
-		var req clockReq
+		var req api.ClockAdvance
 		if err := decode(c, &req); err != nil {
 			return nil, err
 		}

@@ -1,6 +1,8 @@
 package server
 
 import (
+	"hostcrypt/keystore/api"
+
 	"fmt"
 	"net/http"
 	"regexp"
@@ -40,58 +42,19 @@ func checkVaultName(name string) error {
 	return nil
 }
 
-// VaultJSON is a vault as the API returns it (Azure Resource Manager shape).
-type VaultJSON struct {
-	ID         string              `json:"id"`
-	Name       string              `json:"name"`
-	Type       string              `json:"type"`
-	Location   string              `json:"location"`
-	Properties VaultPropertiesJSON `json:"properties"`
-}
-
-// VaultPropertiesJSON are a vault's properties.
-type VaultPropertiesJSON struct {
-	TenantID                  string             `json:"tenantId"`
-	Sku                       SkuJSON            `json:"sku"`
-	AccessPolicies            []AccessPolicyJSON `json:"accessPolicies"`
-	EnableSoftDelete          bool               `json:"enableSoftDelete"`
-	SoftDeleteRetentionInDays int                `json:"softDeleteRetentionInDays"`
-	EnablePurgeProtection     bool               `json:"enablePurgeProtection"`
-	AllowedTenants            []string           `json:"allowedTenants"`
-	VaultURI                  string             `json:"vaultUri"`
-}
-
-// SkuJSON is a vault's pricing tier.
-type SkuJSON struct {
-	Family string `json:"family"`
-	Name   string `json:"name"`
-}
-
-// AccessPolicyJSON grants a principal permissions on a vault.
-type AccessPolicyJSON struct {
-	TenantID    string          `json:"tenantId"`
-	ObjectID    string          `json:"objectId"`
-	Permissions PermissionsJSON `json:"permissions"`
-}
-
-// PermissionsJSON lists permissions by object kind; only keys exist here.
-type PermissionsJSON struct {
-	Keys []string `json:"keys"`
-}
-
-func (s *Server) vaultJSON(v *vault) VaultJSON {
-	aps := []AccessPolicyJSON{}
+func (s *Server) vaultJSON(v *vault) api.Vault {
+	aps := []api.AccessPolicy{}
 	for _, ap := range v.AccessPolicies {
-		aps = append(aps, AccessPolicyJSON{TenantID: ap.TenantID, ObjectID: ap.ObjectID, Permissions: PermissionsJSON{Keys: ap.Permissions.Keys}})
+		aps = append(aps, api.AccessPolicy{TenantID: ap.TenantID, ObjectID: ap.ObjectID, Permissions: api.Permissions{Keys: ap.Permissions.Keys}})
 	}
 	allowed := v.AllowedTenants
 	if allowed == nil {
 		allowed = []string{}
 	}
-	return VaultJSON{
+	return api.Vault{
 		ID: "/vaults/" + v.Name, Name: v.Name, Type: "Microsoft.KeyVault/vaults", Location: v.Location,
-		Properties: VaultPropertiesJSON{
-			TenantID: v.TenantID, Sku: SkuJSON{Family: "A", Name: v.Sku}, AccessPolicies: aps,
+		Properties: api.VaultProperties{
+			TenantID: v.TenantID, Sku: api.Sku{Family: "A", Name: v.Sku}, AccessPolicies: aps,
 			EnableSoftDelete: true, SoftDeleteRetentionInDays: v.SoftDeleteRetentionInDays,
 			EnablePurgeProtection: v.EnablePurgeProtection, AllowedTenants: allowed,
 			VaultURI: s.baseURL + "/vaults/" + v.Name,
@@ -150,20 +113,8 @@ func (c *call) authorize(v *vault, perm string) error {
 		c.p.ObjectID, perm, v.Name, v.Name, c.p.ObjectID, perm)
 }
 
-type vaultCreateReq struct {
-	Location   string `json:"location"`
-	Properties struct {
-		Sku                       *SkuJSON `json:"sku"`
-		TenantID                  string   `json:"tenantId"`
-		EnableSoftDelete          *bool    `json:"enableSoftDelete"`
-		SoftDeleteRetentionInDays *int     `json:"softDeleteRetentionInDays"`
-		EnablePurgeProtection     *bool    `json:"enablePurgeProtection"`
-		AllowedTenants            []string `json:"allowedTenants"`
-	} `json:"properties"`
-}
-
 func (s *Server) createVault(c *call) (any, error) {
-	var req vaultCreateReq
+	var req api.VaultCreate
 	if err := decode(c, &req); err != nil {
 		return nil, err
 	}
@@ -233,7 +184,7 @@ func (s *Server) createVault(c *call) (any, error) {
 }
 
 func (s *Server) getVault(c *call) (any, error) {
-	var out VaultJSON
+	var out api.Vault
 	err := s.db.View(func(tx *bolt.Tx) error {
 		v, err := loadVault(tx, c.vault)
 		if err != nil {
@@ -248,7 +199,7 @@ func (s *Server) getVault(c *call) (any, error) {
 		}
 		out = s.vaultJSON(v)
 		if platformRead {
-			out.Properties.AccessPolicies = []AccessPolicyJSON{}
+			out.Properties.AccessPolicies = []api.AccessPolicy{}
 		}
 		return nil
 	})
@@ -256,7 +207,7 @@ func (s *Server) getVault(c *call) (any, error) {
 }
 
 func (s *Server) listVaults(c *call) (any, error) {
-	out := []VaultJSON{}
+	out := []api.Vault{}
 	err := s.db.View(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketVaults).ForEach(func(k, raw []byte) error {
 			v, err := loadVault(tx, string(k))
@@ -270,22 +221,15 @@ func (s *Server) listVaults(c *call) (any, error) {
 		})
 	})
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
-	return map[string]any{"value": out}, err
-}
-
-type vaultUpdateReq struct {
-	Properties struct {
-		EnablePurgeProtection *bool     `json:"enablePurgeProtection"`
-		AllowedTenants        *[]string `json:"allowedTenants"`
-	} `json:"properties"`
+	return api.List[api.Vault]{Value: out}, err
 }
 
 func (s *Server) updateVault(c *call) (any, error) {
-	var req vaultUpdateReq
+	var req api.VaultUpdate
 	if err := decode(c, &req); err != nil {
 		return nil, err
 	}
-	var out VaultJSON
+	var out api.Vault
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		v, err := loadVault(tx, c.vault)
 		if err != nil {
@@ -312,13 +256,8 @@ func (s *Server) updateVault(c *call) (any, error) {
 	return out, err
 }
 
-type policyReq struct {
-	TenantID    string          `json:"tenantId"`
-	Permissions PermissionsJSON `json:"permissions"`
-}
-
 func (s *Server) setPolicy(c *call) (any, error) {
-	var req policyReq
+	var req api.PolicySet
 	if err := decode(c, &req); err != nil {
 		return nil, err
 	}
@@ -343,7 +282,7 @@ func (s *Server) setPolicy(c *call) (any, error) {
 		}
 		perms = append(perms, cp)
 	}
-	var out VaultJSON
+	var out api.Vault
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		v, err := loadVault(tx, c.vault)
 		if err != nil {
@@ -370,14 +309,14 @@ func (s *Server) setPolicy(c *call) (any, error) {
 			return err
 		}
 		out = s.vaultJSON(v)
-		return s.appendEvent(tx, "VaultAccessPolicyChanged", v.Name, v.Name, EventData{Id: s.baseURL + "/vaults/" + v.Name, VaultName: v.Name, ObjectType: "Vault", ObjectName: v.Name})
+		return s.appendEvent(tx, "VaultAccessPolicyChanged", v.Name, v.Name, api.EventData{Id: s.baseURL + "/vaults/" + v.Name, VaultName: v.Name, ObjectType: "Vault", ObjectName: v.Name})
 	})
 	return out, err
 }
 
 func (s *Server) deletePolicy(c *call) (any, error) {
 	objectID := c.r.PathValue("objectId")
-	var out VaultJSON
+	var out api.Vault
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		v, err := loadVault(tx, c.vault)
 		if err != nil {
@@ -400,7 +339,7 @@ func (s *Server) deletePolicy(c *call) (any, error) {
 			return err
 		}
 		out = s.vaultJSON(v)
-		return s.appendEvent(tx, "VaultAccessPolicyChanged", v.Name, v.Name, EventData{Id: s.baseURL + "/vaults/" + v.Name, VaultName: v.Name, ObjectType: "Vault", ObjectName: v.Name})
+		return s.appendEvent(tx, "VaultAccessPolicyChanged", v.Name, v.Name, api.EventData{Id: s.baseURL + "/vaults/" + v.Name, VaultName: v.Name, ObjectType: "Vault", ObjectName: v.Name})
 	})
 	return out, err
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/x509"
 	"errors"
+	"hostcrypt/keystore/api"
 	"log/slog"
 	"net"
 	"net/http"
@@ -18,8 +19,6 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
-
-	"hostcrypt/keystore/client"
 )
 
 func TestWebhookAllowEntries(t *testing.T) {
@@ -217,7 +216,7 @@ func TestWebhookDestinations(t *testing.T) {
 		_, err := e.admin.CreateWebhook(bg, u, "")
 		require.NoError(t, err, u)
 	}
-	_, err := e.admin.CreateKey(bg, "hookvault", "k", client.KeyCreate{Kty: "RSA"})
+	_, err := e.admin.CreateKey(bg, "hookvault", "k", api.KeyCreate{Kty: "RSA"})
 	require.NoError(t, err)
 
 	waitFor(t, "deliveries and refused retries", func() bool {
@@ -235,7 +234,7 @@ func TestWebhookDestinations(t *testing.T) {
 // was allowed gets nothing after a restart without it.
 func TestWebhookNoLongerAllowed(t *testing.T) {
 	hits := &hookHits{n: map[string]int{}}
-	hook := newHookServer(t, func([]client.Event) int { hits.add("hook"); return 200 })
+	hook := newHookServer(t, func([]api.Event) int { hits.add("hook"); return 200 })
 	e := startEnv(t, withWebhookAllow(hook+"/"))
 	e.vault("hookvault", "standard")
 	_, err := e.admin.CreateWebhook(bg, hook+"/h", "")
@@ -243,7 +242,7 @@ func TestWebhookNoLongerAllowed(t *testing.T) {
 	e.stop()
 	logs := &syncBuf{}
 	e2 := startEnvIn(t, e.dir, e.clock, func(c *Config) { c.Logger = slog.New(slog.NewTextHandler(logs, nil)) })
-	_, err = e2.admin.CreateKey(bg, "hookvault", "k", client.KeyCreate{Kty: "RSA"})
+	_, err = e2.admin.CreateKey(bg, "hookvault", "k", api.KeyCreate{Kty: "RSA"})
 	require.NoError(t, err)
 	waitFor(t, "the refusal in the log", func() bool { return strings.Contains(logs.String(), "not allowed by --webhook-allow") })
 	assert.Zero(t, hits.get("hook"))
