@@ -19,7 +19,7 @@ const fuseModule = "github.com/hanwen/go-fuse/v2"
 
 // String is the line --version prints for the program prog, e.g.
 // "hostcryptd v0.4.0-3-gabc1234 (commit abc1234…, go1.26.8, go-fuse v2.12.1)";
-// keystored, which links no FUSE, says "no go-fuse".
+// keystored and the CLI, which link no FUSE, say "no go-fuse".
 func String(prog string) string {
 	bi, _ := debug.ReadBuildInfo()
 	return format(prog, bi)
