@@ -7,6 +7,7 @@ import (
 	"io"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"hostcrypt/storage"
 )
@@ -58,9 +59,21 @@ func (h *chunk) ReadAt(p []byte, off int64) (int, error) {
 		return 0, nil
 	}
 	c, o := h.c, h.o
+	admit := c.pol.admit(o, off, int64(len(p)))
+	// A read around the cache goes straight to the remote when the remote
+	// holds every completed write: always in ReadOnly (writes reach the
+	// remote first), and in ReadWrite when the object has no cached page
+	// (so none dirty) as the read starts. A page that turns dirty while it
+	// runs belongs to a write that is concurrent with it.
+	if !admit && (c.mode == ReadOnly || o.npages.Load() == 0) {
+		if _, err := c.remoteRead(o, p, off); err != nil {
+			return 0, err
+		}
+		return len(p), nil
+	}
 	first := off / PageSize
 	var missing []bool
-	missLo, missHi := int64(-1), int64(-1)
+	missLo, missHi, misses := int64(-1), int64(-1), int64(0)
 	err := span(off, int64(len(p)), func(pn, lo, hi, inPage int64) error {
 		ok, err := c.readPresent(o, pn, p[lo:hi], inPage)
 		if err != nil {
@@ -71,6 +84,7 @@ func (h *chunk) ReadAt(p []byte, off int64) (int, error) {
 			return nil
 		}
 		c.misses.Add(1)
+		misses++
 		if missing == nil {
 			missing = make([]bool, (off+int64(len(p))-1)/PageSize-first+1)
 		}
@@ -87,12 +101,21 @@ func (h *chunk) ReadAt(p []byte, off int64) (int, error) {
 	if missLo < 0 {
 		return len(p), nil
 	}
-	// Fetch the missing pages, whole, in one remote call.
+	// Fetch the missing pages, whole, in one remote call: into p itself
+	// when they are exactly p's pages (a page-aligned read that found
+	// nothing cached), so that the page is read once and copied only into
+	// its slot.
 	c.mu.Lock()
 	gen := o.gen
 	c.mu.Unlock()
-	buf := make([]byte, (missHi-missLo+1)*PageSize)
-	if _, err := o.remote.ReadAt(buf, missLo*PageSize); err != nil {
+	var buf []byte
+	direct := off == missLo*PageSize && off+int64(len(p)) == (missHi+1)*PageSize && misses == missHi-missLo+1
+	if direct {
+		buf = p
+	} else {
+		buf = make([]byte, (missHi-missLo+1)*PageSize)
+	}
+	if _, err := c.remoteRead(o, buf, missLo*PageSize); err != nil {
 		return 0, err
 	}
 	err = span(off, int64(len(p)), func(pn, lo, hi, inPage int64) error {
@@ -100,7 +123,12 @@ func (h *chunk) ReadAt(p []byte, off int64) (int, error) {
 			return nil
 		}
 		img := buf[(pn-missLo)*PageSize : (pn-missLo+1)*PageSize]
-		copy(p[lo:hi], img[inPage:])
+		if !direct {
+			copy(p[lo:hi], img[inPage:])
+		}
+		if !admit {
+			return nil
+		}
 		_, _, err := c.install(o, pn, img, gen[pn%genBuckets], false, 0, 0, true)
 		return err
 	})
@@ -108,6 +136,26 @@ func (h *chunk) ReadAt(p []byte, off int64) (int, error) {
 		return 0, err
 	}
 	return len(p), nil
+}
+
+// remoteRead and remoteWrite are the remote chunk's calls, timed for the
+// policy.
+func (c *Cache) remoteRead(o *object, p []byte, off int64) (int, error) {
+	t := time.Now()
+	n, err := o.remote.ReadAt(p, off)
+	if err == nil {
+		c.pol.observe(time.Since(t), len(p))
+	}
+	return n, err
+}
+
+func (c *Cache) remoteWrite(o *object, p []byte, off int64) (int, error) {
+	t := time.Now()
+	n, err := o.remote.WriteAt(p, off)
+	if err == nil {
+		c.pol.observe(time.Since(t), len(p))
+	}
+	return n, err
 }
 
 func (h *chunk) WriteAt(p []byte, off int64) (int, error) {
@@ -120,8 +168,8 @@ func (h *chunk) WriteAt(p []byte, off int64) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
-	if h.c.mode == ReadOnly {
-		return h.c.writeThrough(h.o, p, off)
+	if !h.c.pol.admit(h.o, off, int64(len(p))) || h.c.mode == ReadOnly {
+		return h.c.writeAround(h.o, p, off)
 	}
 	pre, gen, err := h.c.prefetchEdges(h.o, off, int64(len(p)))
 	if err != nil {
@@ -248,11 +296,18 @@ func (c *Cache) writePresent(o *object, pn int64, src []byte, inPage int64, dirt
 		err := c.writeSlot(src, pg.slot, inPage)
 		if err == nil && dirty {
 			c.mu.Lock()
-			if !pg.gone.Load() {
+			gone := pg.gone.Load()
+			if !gone {
 				pg.ver++
 				c.markDirty(pg, inPage, inPage+int64(len(src)))
 			}
 			c.mu.Unlock()
+			if gone {
+				// Dropped while written (a write around the cache
+				// drops clean pages): the write is not in the cache.
+				pg.rw.RUnlock()
+				continue
+			}
 		}
 		pg.rw.RUnlock()
 		return true, err
@@ -306,6 +361,7 @@ func (c *Cache) install(o *object, pn int64, img []byte, seq uint64, dirty bool,
 	c.slots[slot].owner = pg
 	c.slots[slot].reserved = false
 	o.pages[pn] = pg
+	o.npages.Add(1)
 	c.cached += PageSize
 	if dirty {
 		c.markDirty(pg, lo, hi)
@@ -368,6 +424,7 @@ func (c *Cache) unlink(pg *page) {
 	o := pg.obj
 	if o.pages[pg.n] == pg {
 		delete(o.pages, pg.n)
+		o.npages.Add(-1)
 	}
 	if pg.dirty {
 		delete(o.dirty, pg.n)
@@ -434,7 +491,7 @@ func (c *Cache) writePage(o *object, pn int64, src []byte, inPage int64, pre []b
 			seq = o.gen[pn%genBuckets]
 			c.mu.Unlock()
 			img = make([]byte, PageSize)
-			if _, err := o.remote.ReadAt(img, pn*PageSize); err != nil {
+			if _, err := c.remoteRead(o, img, pn*PageSize); err != nil {
 				return err
 			}
 		}
@@ -452,16 +509,9 @@ func (c *Cache) writePage(o *object, pn int64, src []byte, inPage int64, pre []b
 			continue
 		}
 		c.log.Warn("cache full of dirty or busy pages; writing through", "dir", c.dir, "key", o.key)
-		if _, err := o.remote.WriteAt(src, pn*PageSize+inPage); err != nil {
-			return err
-		}
-		c.mu.Lock()
-		o.bump(pn, pn)
-		o.remoteDirty = true
-		c.mu.Unlock()
-		// A page filled from the remote before this write may have been
-		// cached meanwhile: bring it up to date too.
-		_, err = c.writePresent(o, pn, src, inPage, true)
+		// A page cached meanwhile (filled, or written dirty) is brought
+		// up to date too.
+		_, err = c.writeAround(o, src, pn*PageSize+inPage)
 		return err
 	}
 }
@@ -490,7 +540,7 @@ func (c *Cache) prefetchEdges(o *object, off, n int64) (pre map[int64][]byte, ge
 	pre = make(map[int64][]byte, 2)
 	if len(need) == 2 && last-first < 4 {
 		buf := make([]byte, (last-first+1)*PageSize)
-		if _, err := o.remote.ReadAt(buf, first*PageSize); err != nil {
+		if _, err := c.remoteRead(o, buf, first*PageSize); err != nil {
 			return nil, gen, err
 		}
 		pre[first] = buf[:PageSize:PageSize]
@@ -503,7 +553,7 @@ func (c *Cache) prefetchEdges(o *object, off, n int64) (pre map[int64][]byte, ge
 	for i, pn := range need {
 		wg.Go(func() {
 			imgs[i] = make([]byte, PageSize)
-			_, errs[i] = o.remote.ReadAt(imgs[i], pn*PageSize)
+			_, errs[i] = c.remoteRead(o, imgs[i], pn*PageSize)
 		})
 	}
 	wg.Wait()
@@ -523,11 +573,25 @@ func (c *Cache) makeRoom() {
 	}
 }
 
-// writeThrough is a ReadOnly write: to the remote first, then into the
-// cached pages it covers. Two write-throughs overlapping on a page in time
-// could reach the remote and the cache in different orders, so such a page
-// is dropped instead of updated.
-func (c *Cache) writeThrough(o *object, p []byte, off int64) (int, error) {
+// writeAround writes to the remote first, then into the cached pages it
+// covers: every ReadOnly write, and a ReadWrite write that bypasses the
+// cache. Write-back of the object waits meanwhile (o.wb), so an older image
+// of a dirty page can never reach the remote after this write.
+//
+// In ReadOnly, a cached page is updated in place; two write-throughs
+// overlapping on a page in time could reach the remote and the cache in
+// different orders, so such a page is dropped instead. In ReadWrite, a
+// clean page is dropped, and a dirty page receives the write and stays
+// dirty over its bytes too: whatever order two writes reach the remote and
+// the page in, the page's bytes are what the remote ends up with, once
+// written back. A dirty page is never dropped here: it may hold other
+// writes that the remote has not seen.
+func (c *Cache) writeAround(o *object, p []byte, off int64) (int, error) {
+	rw := c.mode == ReadWrite
+	if rw {
+		o.wb.RLock()
+		defer o.wb.RUnlock()
+	}
 	p0, p1 := off/PageSize, (off+int64(len(p))-1)/PageSize
 	c.mu.Lock()
 	for pn := p0; pn <= p1; pn++ {
@@ -548,20 +612,29 @@ func (c *Cache) writeThrough(o *object, p []byte, off int64) (int, error) {
 		c.mu.Unlock()
 	}()
 
-	n, werr := o.remote.WriteAt(p, off)
+	n, werr := c.remoteWrite(o, p, off)
 	c.mu.Lock()
 	o.bump(p0, p1)
+	if rw {
+		o.remoteDirty = true // synced by the next Chunk.Sync or write-back
+	}
 	var victims []*page
 	var update []int64
-	for pn := p0; pn <= p1; pn++ {
-		pg := o.pages[pn]
-		switch {
-		case pg == nil:
-		case werr != nil || o.conflict[pn]:
-			c.unlink(pg)
-			victims = append(victims, pg)
-		default:
-			update = append(update, pn)
+	if o.npages.Load() > 0 {
+		for pn := p0; pn <= p1; pn++ {
+			pg := o.pages[pn]
+			switch {
+			case pg == nil:
+			case rw && pg.dirty:
+				if werr == nil {
+					update = append(update, pn)
+				}
+			case rw || werr != nil || o.conflict[pn]:
+				c.unlink(pg)
+				victims = append(victims, pg)
+			default:
+				update = append(update, pn)
+			}
 		}
 	}
 	c.mu.Unlock()
@@ -572,7 +645,14 @@ func (c *Cache) writeThrough(o *object, p []byte, off int64) (int, error) {
 	for _, pn := range update {
 		start := pn * PageSize
 		lo, hi := max(off, start), min(off+int64(len(p)), start+PageSize)
-		if _, err := c.writePresent(o, pn, p[lo-off:hi-off], lo-start, false); err != nil {
+		_, err := c.writePresent(o, pn, p[lo-off:hi-off], lo-start, rw)
+		switch {
+		case err == nil:
+		case rw:
+			// The page may hold other writes the remote has not seen:
+			// it cannot be dropped, and it is older than this write.
+			return 0, err
+		default:
 			// The remote has the data; forget the page rather than fail.
 			c.mu.Lock()
 			var v []*page

@@ -153,7 +153,7 @@ func (c *Cache) writeBack(o *object, pgs []*page) (int64, error) {
 		sem <- struct{}{}
 		wg.Go(func() {
 			defer func() { <-sem }()
-			_, errs[k] = o.remote.WriteAt(r.data, r.off)
+			_, errs[k] = c.remoteWrite(o, r.data, r.off)
 		})
 	}
 	wg.Wait()

@@ -73,6 +73,7 @@ func openImage(t *testing.T, v cache.Volume, dir string, mode cache.Mode) *cache
 	t.Helper()
 	ic, err := cache.NewImage(context.Background(), v, cache.Options{
 		Mode: mode, Dir: dir, MaxBytes: 4 * mib, FlushInterval: time.Hour,
+		SequentialCutoff: -1, SlowStorage: -1,
 	})
 	require.NoError(t, err)
 	return ic
