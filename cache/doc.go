@@ -119,8 +119,8 @@
 // in-memory maps and lists and is never held across I/O; each page has a
 // read-write lock that requests hold shared while they read or write its
 // slot, and that eviction takes exclusively (only with TryLock), so a slot
-// is never reused under I/O. Write-back of an object's pages excludes only
-// PunchHole on that object; it keeps up to 16 remote writes in flight per
+// is never reused under I/O. Write-back of an object's pages excludes
+// PunchHole on that object and writes around the cache to it; it keeps up to 16 remote writes in flight per
 // object and writes 4 objects at once, since round trips, not bandwidth,
 // bound a remote. Only write-back rounds (Flush) are serialised with each
 // other. A page filled from the remote is installed only if the remote did
