@@ -265,12 +265,22 @@ start_qemu_luks() { # DIR
   local d=$1
   mkdir -p "$d/img" "$d/mnt"
   (umask 077 && head -c 24 /dev/urandom | base64 >"$d/password")
-  if ! qemu-img create -q -f luks --object "secret,id=sec0,file=$d/password" \
-    -o key-secret=sec0,cipher-alg=aes-256,cipher-mode=xts,ivgen-alg=plain64,hash-alg=sha256,iter-time=500 \
-    "$d/img/disk.luks" "$SIZE" >"$d/create.log" 2>&1; then
-    WHY="qemu-img create -f luks failed: $(tail -n 1 "$d/create.log")"
-    return 1
-  fi
+  # qemu-img times its key derivation with the thread's CPU clock, which
+  # on a busy virtual machine sometimes reads no time at all ("Unable to
+  # get accurate CPU usage"): try again a few times.
+  local try
+  for try in 1 2 3 4 5; do
+    if qemu-img create -q -f luks --object "secret,id=sec0,file=$d/password" \
+      -o key-secret=sec0,cipher-alg=aes-256,cipher-mode=xts,ivgen-alg=plain64,hash-alg=sha256,iter-time=500 \
+      "$d/img/disk.luks" "$SIZE" >"$d/create.log" 2>&1; then
+      break
+    fi
+    rm -f "$d/img/disk.luks"
+    if ((try == 5)); then
+      WHY="qemu-img create -f luks failed: $(tail -n 1 "$d/create.log")"
+      return 1
+    fi
+  done
   : >"$d/mnt/disk.img" # the export's mount point is a file
   MOUNTS+=("$d/mnt/disk.img")
   spawn "$d/qemu-storage-daemon.log" qemu-storage-daemon \
