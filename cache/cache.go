@@ -181,6 +181,16 @@ type object struct {
 	// npages is len(pages), readable without Cache.mu: a read that
 	// bypasses the cache goes straight to the remote when it is 0.
 	npages atomic.Int64
+	// A write around the cache to an object with no cached page and no
+	// fill in flight skips Cache.mu: fills count themselves in fills
+	// while they run, such writes count themselves in arounds and bump
+	// wgen once written, and a fill installs its image only if no such
+	// write ran since it read wgen (its image may predate the write).
+	fills, arounds atomic.Int64
+	wgen           atomic.Uint64
+	// aroundDirty: such a write (ReadWrite) left the remote chunk in
+	// need of a Sync, like remoteDirty.
+	aroundDirty atomic.Bool
 	// streams are the object's recent sequential streams.
 	streams streams
 

@@ -105,6 +105,11 @@ func (h *chunk) ReadAt(p []byte, off int64) (int, error) {
 	// when they are exactly p's pages (a page-aligned read that found
 	// nothing cached), so that the page is read once and copied only into
 	// its slot.
+	if admit {
+		o.fills.Add(1)
+		defer o.fills.Add(-1)
+	}
+	w := o.wgen.Load()
 	c.mu.Lock()
 	gen := o.gen
 	c.mu.Unlock()
@@ -129,7 +134,7 @@ func (h *chunk) ReadAt(p []byte, off int64) (int, error) {
 		if !admit {
 			return nil
 		}
-		_, _, err := c.install(o, pn, img, gen[pn%genBuckets], false, 0, 0, true)
+		_, _, err := c.install(o, pn, img, seen{gen[pn%genBuckets], w}, false, 0, 0, true)
 		return err
 	})
 	if err != nil {
@@ -168,15 +173,19 @@ func (h *chunk) WriteAt(p []byte, off int64) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
-	if !h.c.pol.admit(h.o, off, int64(len(p))) || h.c.mode == ReadOnly {
-		return h.c.writeAround(h.o, p, off)
+	c, o := h.c, h.o
+	if !c.pol.admit(o, off, int64(len(p))) || c.mode == ReadOnly {
+		return c.writeAround(o, p, off)
 	}
-	pre, gen, err := h.c.prefetchEdges(h.o, off, int64(len(p)))
+	o.fills.Add(1)
+	defer o.fills.Add(-1)
+	w := o.wgen.Load()
+	pre, gen, err := c.prefetchEdges(o, off, int64(len(p)))
 	if err != nil {
 		return 0, err
 	}
 	err = span(off, int64(len(p)), func(pn, lo, hi, inPage int64) error {
-		return h.c.writePage(h.o, pn, p[lo:hi], inPage, pre[pn], gen[pn%genBuckets])
+		return c.writePage(o, pn, p[lo:hi], inPage, pre[pn], seen{gen[pn%genBuckets], w})
 	})
 	if err != nil {
 		return 0, err
@@ -216,7 +225,7 @@ func (h *chunk) Sync() error {
 	rd := o.remoteDirty
 	o.remoteDirty = false
 	c.mu.Unlock()
-	if rd {
+	if o.aroundDirty.Swap(false) || rd {
 		if err := o.remote.Sync(); err != nil {
 			c.mu.Lock()
 			o.remoteDirty = true
@@ -332,15 +341,19 @@ func (c *Cache) markDirty(pg *page, lo, hi int64) {
 	}
 }
 
+// seen is what a fill saw of the remote's changes before it read a page:
+// the page's o.gen bucket and o.wgen.
+type seen struct{ gen, w uint64 }
+
 // install caches img (one whole page) as page pn of o, unless the page is
 // cached already, the object was deleted, or (with checkSeq) the remote
-// changed since the page's o.gen bucket was seq, when img may be stale. It reports whether the page
+// changed since the fill saw seq, or changes now, when img may be stale. It reports whether the page
 // was installed, and noSlot when the cache had no room for it.
 //
 // A dirty page records the extent [lo, hi) written in it: write-back
 // writes only that, so that it never grows a remote object past what was
 // written.
-func (c *Cache) install(o *object, pn int64, img []byte, seq uint64, dirty bool, lo, hi int64, checkSeq bool) (installed, noSlot bool, err error) {
+func (c *Cache) install(o *object, pn int64, img []byte, seq seen, dirty bool, lo, hi int64, checkSeq bool) (installed, noSlot bool, err error) {
 	slot, ok := c.alloc()
 	if !ok {
 		return false, true, nil
@@ -353,7 +366,8 @@ func (c *Cache) install(o *object, pn int64, img []byte, seq uint64, dirty bool,
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if o.deleted.Load() || o.pages[pn] != nil || checkSeq && (o.gen[pn%genBuckets] != seq || o.wt[pn] > 0) {
+	if o.deleted.Load() || o.pages[pn] != nil || checkSeq && (o.gen[pn%genBuckets] != seq.gen || o.wt[pn] > 0 ||
+		o.arounds.Load() > 0 || o.wgen.Load() != seq.w) {
 		c.release(slot)
 		return false, false, nil
 	}
@@ -471,24 +485,26 @@ func (c *Cache) dropRange(o *object, lo, hi int64) {
 // not cover it. With no room even after a flush, the write goes straight to
 // the remote.
 //
-// pre, if not nil, is the page as read from the remote when its o.gen
-// bucket was preSeq, to use instead of reading it again.
-func (c *Cache) writePage(o *object, pn int64, src []byte, inPage int64, pre []byte, preSeq uint64) error {
+// pre, if not nil, is the page as read from the remote after the fill saw
+// preSeq, to use instead of reading it again. The caller counts itself in
+// o.fills.
+func (c *Cache) writePage(o *object, pn int64, src []byte, inPage int64, pre []byte, preSeq seen) error {
 	for attempt := 0; ; attempt++ {
 		if ok, err := c.writePresent(o, pn, src, inPage, true); ok || err != nil {
 			return err
 		}
 		full := len(src) == PageSize
 		var img []byte
-		var seq uint64
+		var seq seen
 		switch {
 		case pre != nil && attempt == 0:
 			img, seq = pre, preSeq
 		case full:
 			img = make([]byte, PageSize)
 		default:
+			seq.w = o.wgen.Load()
 			c.mu.Lock()
-			seq = o.gen[pn%genBuckets]
+			seq.gen = o.gen[pn%genBuckets]
 			c.mu.Unlock()
 			img = make([]byte, PageSize)
 			if _, err := c.remoteRead(o, img, pn*PageSize); err != nil {
@@ -588,6 +604,20 @@ func (c *Cache) makeRoom() {
 // writes that the remote has not seen.
 func (c *Cache) writeAround(o *object, p []byte, off int64) (int, error) {
 	rw := c.mode == ReadWrite
+	// No cached page (so none dirty, and no write-back of this object
+	// under way) and no fill in flight: nothing in the cache to update,
+	// and a fill that starts now will see this write (o.arounds, o.wgen).
+	o.arounds.Add(1)
+	if o.npages.Load() == 0 && o.fills.Load() == 0 {
+		n, err := c.remoteWrite(o, p, off)
+		if rw {
+			o.aroundDirty.Store(true) // synced by the next Chunk.Sync or write-back
+		}
+		o.wgen.Add(1)
+		o.arounds.Add(-1)
+		return n, err
+	}
+	o.arounds.Add(-1)
 	if rw {
 		o.wb.RLock()
 		defer o.wb.RUnlock()

@@ -3,10 +3,12 @@ package cache_test
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"hostcrypt/cache"
@@ -260,4 +262,33 @@ func TestBypassedReadSeesDirtyPages(t *testing.T) {
 	bypassed := c.Stats().Bypassed
 	require.Equal(t, base, readAt(t, ch, 0, len(base)))
 	require.Greater(t, c.Stats().Bypassed, bypassed)
+}
+
+// A fill (a read miss taking a page in) and a write around the cache race
+// on fresh objects, where the write takes its path without Cache.mu: the
+// fill must never install an image older than the write, or the cache would
+// serve it from then on.
+func TestFillRacesAWriteAround(t *testing.T) {
+	for _, mode := range []cache.Mode{cache.ReadOnly, cache.ReadWrite} {
+		t.Run(string(mode), func(t *testing.T) {
+			e := newEnv(t)
+			c, err := cache.New(t.Context(), &slowRemote{Backend: e.remote, d: 100 * time.Microsecond}, cache.Options{
+				Mode: mode, Dir: e.cacheDir, MaxBytes: 4 * mib, FlushInterval: time.Hour,
+				SequentialCutoff: 16 * kib, SlowStorage: -1,
+			})
+			require.NoError(t, err)
+			defer c.Close()
+			for i := range 100 {
+				ch, err := c.OpenChunk(t.Context(), fmt.Sprintf("k%03d", i), true)
+				require.NoError(t, err)
+				writeAt(t, ch, make([]byte, 16*kib), 0) // around the cache
+				newer := bytes.Repeat([]byte{byte(i + 1)}, 16*kib)
+				var wg sync.WaitGroup
+				wg.Go(func() { _, err := ch.ReadAt(make([]byte, 4*kib), 4*kib); assert.NoError(t, err) })
+				wg.Go(func() { _, err := ch.WriteAt(newer, 0); assert.NoError(t, err) })
+				wg.Wait()
+				require.Equal(t, newer, readAt(t, ch, 0, 16*kib), "object %d", i)
+			}
+		})
+	}
 }
