@@ -49,14 +49,22 @@ func span(off, n int64, fn func(pn, lo, hi, inPage int64) error) error {
 }
 
 func (h *chunk) ReadAt(p []byte, off int64) (int, error) {
+	_, n, err := h.read(p, off, nil)
+	return n, err
+}
+
+// read is ReadAt. With lend set, a read that goes straight to the remote
+// calls lend instead, which may answer with a buffer of its own (data,
+// release); otherwise data is nil.
+func (h *chunk) read(p []byte, off int64, lend lendFunc) (lent, int, error) {
 	if off < 0 {
-		return 0, fmt.Errorf("read chunk %s: negative offset %d", h.o.key, off)
+		return lent{}, 0, fmt.Errorf("read chunk %s: negative offset %d", h.o.key, off)
 	}
 	if err := h.live(); err != nil {
-		return 0, err
+		return lent{}, 0, err
 	}
 	if len(p) == 0 {
-		return 0, nil
+		return lent{}, 0, nil
 	}
 	c, o := h.c, h.o
 	admit := c.pol.admit(o, off, int64(len(p)))
@@ -66,11 +74,37 @@ func (h *chunk) ReadAt(p []byte, off int64) (int, error) {
 	// (so none dirty) as the read starts. A page that turns dirty while it
 	// runs belongs to a write that is concurrent with it.
 	if !admit && (c.mode == ReadOnly || o.npages.Load() == 0) {
-		if _, err := c.remoteRead(o, p, off); err != nil {
-			return 0, err
+		if lend != nil {
+			t := time.Now()
+			l, err := lend(p, off)
+			if err != nil {
+				return lent{}, 0, err
+			}
+			c.pol.observe(time.Since(t), len(p))
+			return l, len(p), nil
 		}
-		return len(p), nil
+		if _, err := c.remoteRead(o, p, off); err != nil {
+			return lent{}, 0, err
+		}
+		return lent{}, len(p), nil
 	}
+	n, err := h.readCached(p, off, admit)
+	return lent{}, n, err
+}
+
+// lent is a buffer a remote lent for a read, and how to give it back.
+type lent struct {
+	data    []byte
+	release func()
+}
+
+// lendFunc reads like ReadAt into p, or answers with a buffer of its own.
+type lendFunc func(p []byte, off int64) (lent, error)
+
+// readCached reads page by page: cached pages from their slots, missing
+// ones from the remote, taken in if admit.
+func (h *chunk) readCached(p []byte, off int64, admit bool) (int, error) {
+	c, o := h.c, h.o
 	first := off / PageSize
 	var missing []bool
 	missLo, missHi, misses := int64(-1), int64(-1), int64(0)
