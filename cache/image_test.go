@@ -13,6 +13,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"hostcrypt/cache"
+	hfs "hostcrypt/fs"
 )
 
 // memVolume is a volume in memory that counts the calls reaching it.
@@ -191,6 +192,9 @@ func (v *lendingVolume) ReadLent(p []byte, off int64) ([]byte, func(), error) {
 	v.out.Add(1)
 	return buf, func() { v.out.Add(-1) }, nil
 }
+
+// The tree lends what an image lends.
+var _ hfs.Lender = (*cache.ImageCache)(nil)
 
 // A read that goes around the image cache (a sequential one) is answered
 // with the volume's own buffer, without a copy; one that the cache must
