@@ -87,10 +87,12 @@ lint:
 clean:
 	rm -rf $(BIN)
 
-# The fio comparison of docs/PERFORMANCE.md: passthrough, gocryptfs and the
-# hostcryptd disks side by side (root; installs fio, fuse3 and gocryptfs).
-# TARGETS, RUNTIME, SIZE, WAIT_IDLE and UPDATE_DOCS=1 are read from the
-# environment, e.g. `TARGETS="passthrough gocryptfs" make bench-fio`.
+# The fio comparison of docs/PERFORMANCE.md: the passthroughs, gocryptfs,
+# QEMU's LUKS and the hostcryptd disks side by side, each in today's order
+# and on fresh disks (root; installs fio, fuse3, gocryptfs and QEMU's
+# storage daemon). TARGETS, STATES, FRESH_TARGETS, ROUNDS, RUNTIME, SIZE,
+# WAIT_IDLE and UPDATE_DOCS=1 are read from the environment, e.g.
+# `TARGETS="passthrough-sync qemu-luks cmk" make bench-fio`.
 .PHONY: bench-fio
 bench-fio:
 	@GO=$(GO) bench/run.sh

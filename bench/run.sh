@@ -7,8 +7,18 @@
 # the table in docs/PERFORMANCE.md). Run as root on Debian: it installs fio,
 # fuse3 and gocryptfs when they are missing.
 #
+# Every target runs in two states of its disk or file, each with fresh
+# directories: "rewritten", today's order (the file written in full, then
+# the five jobs one after another, so that every block has been rewritten
+# by seq-write-1M before the random jobs), and "fresh" (a target started
+# and its file written in full once for each job, which then runs first:
+# the writes of a fresh disk are its first rewrites).
+#
 # Environment, all optional:
 #   TARGETS       targets in run order (default: all of them, see ALL_TARGETS)
+#   STATES        disk states to run, of "rewritten fresh" (default both)
+#   FRESH_TARGETS the targets that also run fresh (default: all of TARGETS)
+#   JOBS          the suite's jobs to run (default all five, in their order)
 #   RUNTIME       seconds per fio job (default 8)
 #   ROUNDS        how many times to run every target (default 1). Each round
 #                 runs all TARGETS in order, so a target's rounds are spread
@@ -27,8 +37,14 @@
 # failure or Ctrl-C.
 set -euo pipefail
 
-ALL_TARGETS="raw passthrough passthrough-hc gocryptfs hostcrypt-pmk cmk cmk-double cmk-readonly cmk-readwrite cmk-readwrite-noeah"
+ALL_TARGETS="raw passthrough passthrough-hc passthrough-sync gocryptfs qemu-luks hostcrypt-pmk cmk cmk-double cmk-readonly cmk-readwrite cmk-readwrite-noeah"
 TARGETS=${TARGETS:-$ALL_TARGETS}
+STATES=${STATES:-rewritten fresh}
+FRESH_TARGETS=${FRESH_TARGETS:-$TARGETS}
+# hostcryptd's flush interval (its default): the same-durability
+# passthrough fdatasyncs its files as often.
+FLUSH_INTERVAL=${FLUSH_INTERVAL:-5s}
+ALL_JOBS="seq-write-1M seq-read-1M rand-write-4k rand-read-4k rand-rw-4k"
 RUNTIME=${RUNTIME:-8}
 ROUNDS=${ROUNDS:-1}
 SIZE=${SIZE:-1G}
@@ -155,6 +171,9 @@ deps() {
   command -v gocryptfs >/dev/null || need+=(gocryptfs)
   command -v python3 >/dev/null || need+=(python3)
   command -v setsid >/dev/null || need+=(util-linux)
+  # QEMU's LUKS through its storage daemon's FUSE export.
+  command -v qemu-img >/dev/null || need+=(qemu-utils)
+  command -v qemu-storage-daemon >/dev/null || need+=(qemu-system-common)
   ((${#need[@]})) || return 0
   command -v apt-get >/dev/null || die "missing ${need[*]}, and no apt-get to install them"
   say "installing ${need[*]}"
@@ -199,12 +218,12 @@ start_raw() { # DIR: the backing file system itself, no FUSE, no daemon
   FIO_TARGET=$1/data
 }
 
-start_passthrough() { # DIR tuned|stock|hostcrypt
+start_passthrough() { # DIR tuned|stock|hostcrypt [SYNC-INTERVAL]
   local d=$1
   mkdir -p "$d/backing" "$d/mnt"
   MOUNTS+=("$d/mnt")
   spawn "$d/passthrough.log" "$WORK/bin/passthrough" --backing "$d/backing" --mount "$d/mnt" \
-    --options "$2" --ready-file "$d/ready"
+    --options "$2" --sync-interval "${3:-0}" --ready-file "$d/ready"
   if ! wait_until 30 "$SPAWNED" test -e "$d/ready"; then
     WHY=$(not_started "the passthrough" "$SPAWNED" "$d/passthrough.log")
     return 1
@@ -229,6 +248,51 @@ start_gocryptfs() { # DIR
     return 1
   fi
   FIO_TARGET=$d/mnt
+  DAEMON_PIDS=$SPAWNED
+}
+
+# is_mounted PATH: a mount point of this mount namespace, directory or file.
+is_mounted() {
+  awk -v p="$1" '$5 == p { found = 1 } END { exit !found }' /proc/self/mountinfo
+}
+
+# QEMU's own encrypted format, served the way hostcryptd serves a disk:
+# a LUKS image (AES-256-XTS, plain64 IVs, no integrity) opened by
+# qemu-storage-daemon on a buffered backing file (cache.direct=off, as a
+# hostcrypt chunk file is buffered) and exported as an image file through
+# FUSE.
+start_qemu_luks() { # DIR
+  local d=$1
+  mkdir -p "$d/img" "$d/mnt"
+  (umask 077 && head -c 24 /dev/urandom | base64 >"$d/password")
+  # qemu-img times its key derivation with the thread's CPU clock, which
+  # on a busy virtual machine sometimes reads no time at all ("Unable to
+  # get accurate CPU usage"): try again a few times.
+  local try
+  for try in 1 2 3 4 5; do
+    if qemu-img create -q -f luks --object "secret,id=sec0,file=$d/password" \
+      -o key-secret=sec0,cipher-alg=aes-256,cipher-mode=xts,ivgen-alg=plain64,hash-alg=sha256,iter-time=500 \
+      "$d/img/disk.luks" "$SIZE" >"$d/create.log" 2>&1; then
+      break
+    fi
+    rm -f "$d/img/disk.luks"
+    if ((try == 5)); then
+      WHY="qemu-img create -f luks failed: $(tail -n 1 "$d/create.log")"
+      return 1
+    fi
+  done
+  : >"$d/mnt/disk.img" # the export's mount point is a file
+  MOUNTS+=("$d/mnt/disk.img")
+  spawn "$d/qemu-storage-daemon.log" qemu-storage-daemon \
+    --object "secret,id=sec0,file=$d/password" \
+    --blockdev "driver=file,node-name=file0,filename=$d/img/disk.luks,cache.direct=off,aio=threads" \
+    --blockdev driver=luks,node-name=luks0,file=file0,key-secret=sec0 \
+    --export "type=fuse,id=exp0,node-name=luks0,mountpoint=$d/mnt/disk.img,writable=on"
+  if ! wait_until 60 "$SPAWNED" is_mounted "$d/mnt/disk.img"; then
+    WHY=$(not_started qemu-storage-daemon "$SPAWNED" "$d/qemu-storage-daemon.log")
+    return 1
+  fi
+  FIO_TARGET=$d/mnt/disk.img
   DAEMON_PIDS=$SPAWNED
 }
 
@@ -363,7 +427,7 @@ hc_setup() {
 # skip_reason LABEL: prints why LABEL cannot run in this build, nothing if it can.
 skip_reason() {
   case $1 in
-  raw | passthrough | passthrough-stock | passthrough-hc | gocryptfs) ;;
+  raw | passthrough | passthrough-stock | passthrough-hc | passthrough-sync | gocryptfs | qemu-luks) ;;
   hostcrypt-* | cmk*)
     if [[ -n $HOSTCRYPT_MISSING ]]; then
       echo "$HOSTCRYPT_MISSING"
@@ -389,7 +453,9 @@ describe() {
   passthrough) echo "unencrypted go-fuse v2.12.1 loopback, kernel passthrough off, tuned options (bench/passthrough)" ;;
   passthrough-stock) echo "the same loopback with go-fuse's default options" ;;
   passthrough-hc) echo "the same loopback with hostcryptd's mount options added (default_permissions, negative entry timeout, direct mount)" ;;
+  passthrough-sync) echo "passthrough-hc that also fdatasyncs every open file every $FLUSH_INTERVAL, as hostcryptd flushes a disk: the same durability" ;;
   gocryptfs) echo "$(gocryptfs -version 2>/dev/null | cut -d';' -f1), default settings (AES-256-GCM)" ;;
+  qemu-luks) echo "$(qemu-storage-daemon --version 2>/dev/null | head -n 1 | sed 's/ (.*//; s/ version//'): a LUKS image (AES-256-XTS, plain64) on a buffered file (cache.direct=off), exported through FUSE" ;;
   hostcrypt-pmk) echo "hostcryptd data disk, platform-managed key, cache None" ;;
   cmk) echo "hostcryptd data disk, customer-managed key, cache None" ;;
   cmk-double) echo "hostcryptd data disk, platform and customer keys (double encryption), cache None" ;;
@@ -406,51 +472,83 @@ record() {
   echo "$line" >>"$OUT/targets.txt"
 }
 
-# run_target LABEL ROUND: one round of one target. The suite's output goes
-# to OUT/LABEL, or OUT/LABEL/round-N when there are several rounds.
-run_target() {
-  local label=$1 round=$2 why dir=$WORK/$1 started=0 rc=0 out=$OUT/$1
-  ((ROUNDS == 1)) || out=$OUT/$label/round-$round
-  why=$(skip_reason "$label")
-  if [[ -n $why ]]; then
-    say "$label: skipped: $why"
-    record "$label" skipped "$why"
-    return 0
-  fi
-  mkdir -p "$dir" "$out"
+# start_target LABEL DIR: starts LABEL in DIR; sets FIO_TARGET and
+# DAEMON_PIDS, or WHY and returns 1.
+start_target() {
+  local label=$1 dir=$2
   FIO_TARGET="" DAEMON_PIDS="" WHY=""
-  say "$label: starting"
   case $label in
-  raw) start_raw "$dir" && started=1 ;;
-  passthrough) start_passthrough "$dir" tuned && started=1 ;;
-  passthrough-stock) start_passthrough "$dir" stock && started=1 ;;
-  passthrough-hc) start_passthrough "$dir" hostcrypt && started=1 ;;
-  gocryptfs) start_gocryptfs "$dir" && started=1 ;;
-  *) start_hostcrypt "$dir" "$label" && started=1 ;;
+  raw) start_raw "$dir" ;;
+  passthrough) start_passthrough "$dir" tuned ;;
+  passthrough-stock) start_passthrough "$dir" stock ;;
+  passthrough-hc) start_passthrough "$dir" hostcrypt ;;
+  passthrough-sync) start_passthrough "$dir" hostcrypt "$FLUSH_INTERVAL" ;;
+  gocryptfs) start_gocryptfs "$dir" ;;
+  qemu-luks) start_qemu_luks "$dir" ;;
+  *) start_hostcrypt "$dir" "$label" ;;
   esac
-  if ((started)); then
-    say "$label: running the fio suite on ${FIO_TARGET#"$WORK/"}$( ((ROUNDS == 1)) || echo ", round $round of $ROUNDS")"
-    # In the background, so that a signal reaches this script at once; in
-    # its own process group, so that cleanup can stop fio with it.
-    DAEMON_PIDS=$DAEMON_PIDS setsid bench/fio-suite.sh "$FIO_TARGET" "$label" "$out" \
-      >"$out/lines.txt" &
-    PIDS+=("$!")
-    wait "$!" || rc=$?
-    grep -v '^#' "$out/lines.txt" | sed "s/\$/ round=$round/" >>"$OUT/lines.txt" || true
-    if grep -qv '^#' "$out/lines.txt"; then
-      record "$label" ok "$(describe "$label")"
-    else
-      record "$label" failed "the fio suite produced no result (exit $rc; see $out/)"
-    fi
-  else
-    say "$label: $WHY"
-    record "$label" failed "$WHY"
+}
+
+# run_suite LABEL SHOWN JOBS OUT ROUND: starts LABEL on fresh directories,
+# runs the suite's JOBS on it under the name SHOWN with its output in OUT,
+# stops it. Returns 1 when the target did not start (WHY says why).
+run_suite() {
+  local label=$1 shown=$2 jobs=$3 out=$4 round=$5 dir=$WORK/$1 rc=0
+  mkdir -p "$dir" "$out"
+  say "$shown: starting"
+  if ! start_target "$label" "$dir"; then
+    say "$shown: $WHY"
+    stop_all
+    cp "$dir"/*.log "$out/" 2>/dev/null || true
+    rm -rf "$dir"
+    return 1
   fi
-  say "$label: stopping"
+  say "$shown: $jobs on ${FIO_TARGET#"$WORK/"}$( ((ROUNDS == 1)) || echo ", round $round of $ROUNDS")"
+  # In the background, so that a signal reaches this script at once; in
+  # its own process group, so that cleanup can stop fio with it.
+  JOBS=$jobs DAEMON_PIDS=$DAEMON_PIDS setsid bench/fio-suite.sh "$FIO_TARGET" "$shown" "$out" \
+    >"$out/lines.txt" &
+  PIDS+=("$!")
+  wait "$!" || rc=$?
+  grep -v '^#' "$out/lines.txt" | sed "s/\$/ round=$round/" >>"$OUT/lines.txt" || true
+  [[ $rc == 0 ]] || say "$shown: the suite exited with status $rc (see $out/)"
+  say "$shown: stopping"
   stop_all
   # Keep the daemons' logs with the results, then free the disk space.
   cp "$dir"/*.log "$out/" 2>/dev/null || true
   rm -rf "$dir"
+}
+
+# run_target LABEL STATE ROUND: one round of one target in one state. The
+# suite's output goes to OUT/SHOWN[/round-N][/JOB], where SHOWN is LABEL,
+# or LABEL@fresh for the fresh state, the name the table uses.
+run_target() {
+  local label=$1 state=$2 round=$3 why shown=$1 out job
+  [[ $state == fresh ]] && shown=$label@fresh
+  out=$OUT/$shown
+  ((ROUNDS == 1)) || out=$out/round-$round
+  why=$(skip_reason "$label")
+  if [[ -n $why ]]; then
+    say "$shown: skipped: $why"
+    record "$shown" skipped "$why"
+    return 0
+  fi
+  WHY=""
+  if [[ $state == rewritten ]]; then
+    run_suite "$label" "$shown" "${JOBS:-$ALL_JOBS}" "$out" "$round" || true
+  else
+    # A target of its own for each job, started and written in full once.
+    for job in ${JOBS:-$ALL_JOBS}; do
+      run_suite "$label" "$shown" "$job" "$out/$job" "$round" || true
+    done
+  fi
+  if grep -qE "^$shown .* round=$round\$" "$OUT/lines.txt"; then
+    record "$shown" ok "$(describe "$label")$([[ $state == fresh ]] && echo "; fresh: for each job, started and written in full once, then the job")"
+  elif [[ -n $WHY ]]; then
+    record "$shown" failed "$WHY"
+  else
+    record "$shown" failed "the fio suite produced no result (see $out/)"
+  fi
 }
 
 # --- the run ------------------------------------------------------------------
@@ -465,7 +563,7 @@ date: $(date -u '+%Y-%m-%d %H:%M UTC')
 machine: ${cpu:-unknown CPU}, $(nproc) CPUs, $mem, kernel $(uname -r), backing file system $(findmnt -n -o FSTYPE -T "$BENCH_TMPDIR")
 versions: $("$GO" version | cut -d' ' -f3), go-fuse $fuse_version, $(fio --version), $(gocryptfs -version 2>/dev/null | cut -d';' -f1)
 commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD 2>/dev/null || echo " (with local changes)")
-jobs: $RUNTIME s each (fio time_based), on a $SIZE file written in full first, O_DIRECT, page cache $([[ ${DROP_CACHES:-1} == 1 ]] && echo "dropped before each job" || echo "kept between jobs"); targets run one after another$(
+jobs: $RUNTIME s each (fio time_based), on a $SIZE file written in full first, O_DIRECT, disk states: $STATES$([[ $STATES == *fresh* ]] && echo " (fresh for: $FRESH_TARGETS)"), page cache $([[ ${DROP_CACHES:-1} == 1 ]] && echo "dropped before each job" || echo "kept between jobs"); targets run one after another$(
     ((ROUNDS == 1)) || echo ", $ROUNDS rounds of all targets: every figure is the median of a target's rounds, every ratio the median of the rounds' ratios")$(
     ((${WAIT_IDLE:-0} > 0)) && echo "; each job waited up to $WAIT_IDLE s for the machine to be less than ${IDLE_BUSY_PCT:-15} % busy")
 EOF
@@ -474,9 +572,12 @@ EOF
 main() {
   [[ $(id -u) == 0 ]] || die "run as root (FUSE mounts, dropping the page cache, apt-get)"
   [[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || die "ROUNDS must be a whole number of at least 1, not '$ROUNDS'"
-  local start=$SECONDS label
+  local start=$SECONDS label state
   for label in $TARGETS; do
     [[ -n $(describe "$label") ]] || die "unknown target $label (known: $ALL_TARGETS passthrough-stock)"
+  done
+  for state in $STATES; do
+    [[ $state == rewritten || $state == fresh ]] || die "unknown state $state (known: rewritten fresh)"
   done
   deps
   mkdir -p "$BENCH_TMPDIR"
@@ -487,10 +588,15 @@ main() {
   : >"$OUT/lines.txt"
   : >"$OUT/targets.txt"
   meta >"$OUT/meta.txt"
-  local round
+  local round state
   for ((round = 1; round <= ROUNDS; round++)); do
-    for label in $TARGETS; do
-      run_target "$label" "$round"
+    for state in $STATES; do
+      for label in $TARGETS; do
+        if [[ $state == fresh ]] && ! [[ " $FRESH_TARGETS " == *" $label "* ]]; then
+          continue
+        fi
+        run_target "$label" "$state" "$round"
+      done
     done
   done
   echo "wall time: $(((SECONDS - start) / 60)) min $(((SECONDS - start) % 60)) s for the whole run" >>"$OUT/meta.txt"

@@ -36,6 +36,9 @@ func benchChunk(b *testing.B, mode cache.Mode, cold ...bool) (*cache.Cache, stor
 	}
 	c, err := cache.New(context.Background(), latency.New(l, time.Millisecond), cache.Options{
 		Mode: mode, Dir: filepath.Join(root, "cache"), MaxBytes: 64 * mib,
+		// The region is written in one sequential pass; the store's
+		// latency decides the rest.
+		SequentialCutoff: -1,
 	})
 	require.NoError(b, err)
 	b.Cleanup(func() { c.Close() })

@@ -68,12 +68,28 @@ type Options struct {
 	FlushInterval time.Duration
 	// Logger receives warnings and recovery reports; nil discards them.
 	Logger *slog.Logger
+	// SequentialCutoff: I/O of a sequential stream on a chunk object
+	// bypasses the cache once the stream has reached this many bytes, and
+	// so does a single I/O of this size (it goes to the remote, and
+	// updates the dirty pages it covers). 0 means
+	// DefaultSequentialCutoff; negative turns the cut-off off.
+	SequentialCutoff int64
+	// SlowStorage: random I/O goes through the cache only while the
+	// remote's measured latency (the fastest of its recent calls of at
+	// most 64 KiB) is at least this; a remote faster than that is read
+	// and written directly, since the cache would add its own work and
+	// save nothing. 0 means DefaultSlowStorage; negative caches random
+	// I/O whatever the latency.
+	SlowStorage time.Duration
 }
 
 // Stats are a cache's counters. Hits and Misses count pages looked up by
 // reads; Evictions counts pages dropped to make room; Flushes counts
 // write-back rounds that wrote at least one page; WrittenBackBytes counts
-// the bytes they wrote to the remote backend.
+// the bytes they wrote to the remote backend. Bypassed counts reads and
+// writes that went around the cache (sequential, or with a fast remote);
+// StorageLatency is the remote's measured latency (0 until measured) and
+// SlowStorage whether random I/O is cached for it.
 type Stats struct {
 	Mode             Mode
 	Hits             int64
@@ -83,6 +99,9 @@ type Stats struct {
 	Evictions        int64
 	Flushes          int64
 	WrittenBackBytes int64
+	Bypassed         int64
+	StorageLatency   time.Duration
+	SlowStorage      bool
 }
 
 // File names inside the cache directory.
@@ -124,6 +143,9 @@ type Cache struct {
 	flushMu  sync.Mutex // one write-back round at a time
 	commitMu sync.Mutex // one index commit at a time
 
+	// pol decides which I/O goes through the cache and which around it.
+	pol *policy
+
 	closed    atomic.Bool
 	stop      chan struct{}
 	done      chan struct{}
@@ -161,9 +183,26 @@ type object struct {
 	gen         [genBuckets]uint64
 	remoteDirty bool // the remote chunk needs a Sync of its own
 
-	// wb excludes write-back of this object's pages from a PunchHole,
-	// which would otherwise race an older page image to the remote.
-	wb sync.Mutex
+	// npages is len(pages), readable without Cache.mu: a read that
+	// bypasses the cache goes straight to the remote when it is 0.
+	npages atomic.Int64
+	// A write around the cache to an object with no cached page and no
+	// fill in flight skips Cache.mu: fills count themselves in fills
+	// while they run, such writes count themselves in arounds and bump
+	// wgen once written, and a fill installs its image only if no such
+	// write ran since it read wgen (its image may predate the write).
+	fills, arounds atomic.Int64
+	wgen           atomic.Uint64
+	// aroundDirty: such a write (ReadWrite) left the remote chunk in
+	// need of a Sync, like remoteDirty.
+	aroundDirty atomic.Bool
+	// streams are the object's recent sequential streams.
+	streams streams
+
+	// wb excludes write-back of this object's pages from a PunchHole and
+	// (held shared) from writes that bypass the cache, which would
+	// otherwise race an older page image to the remote.
+	wb sync.RWMutex
 	// deleted is set, under Cache.mu, when Delete takes the object away.
 	deleted atomic.Bool
 }
@@ -221,6 +260,7 @@ func New(ctx context.Context, remote storage.Backend, o Options) (*Cache, error)
 		log = slog.New(slog.DiscardHandler)
 	}
 	c := &Cache{remote: remote, mode: mode, dir: o.Dir, log: log, objs: map[string]*object{}}
+	c.pol = newPolicy(o)
 	if mode == None {
 		if o.Dir != "" {
 			d, err := dirfd.OpenLeaf(o.Dir, false)
@@ -290,6 +330,9 @@ func (c *Cache) Stats() Stats {
 		Evictions:        c.evictions.Load(),
 		Flushes:          c.flushes.Load(),
 		WrittenBackBytes: c.writtenBack.Load(),
+		Bypassed:         c.pol.bypassed.Load(),
+		StorageLatency:   c.pol.latency(),
+		SlowStorage:      c.pol.isSlow.Load(),
 	}
 }
 

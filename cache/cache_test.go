@@ -73,11 +73,16 @@ type env struct {
 	storeDir, cacheDir string
 	local              *local.Backend
 	remote             *counting
+	// cutoff and slow are the cache's SequentialCutoff and SlowStorage;
+	// by default -1: every I/O goes through the cache, whatever its
+	// pattern and however fast the local store is.
+	cutoff int64
+	slow   time.Duration
 }
 
 func newEnv(t testing.TB) *env {
 	root := t.TempDir()
-	e := &env{storeDir: filepath.Join(root, "store"), cacheDir: filepath.Join(root, "cache")}
+	e := &env{storeDir: filepath.Join(root, "store"), cacheDir: filepath.Join(root, "cache"), cutoff: -1, slow: -1}
 	e.reopenRemote(t)
 	return e
 }
@@ -92,6 +97,7 @@ func (e *env) reopenRemote(t testing.TB) {
 func (e *env) open(t testing.TB, mode cache.Mode, max int64) *cache.Cache {
 	c, err := cache.New(context.Background(), e.remote, cache.Options{
 		Mode: mode, Dir: e.cacheDir, MaxBytes: max, FlushInterval: time.Hour,
+		SequentialCutoff: e.cutoff, SlowStorage: e.slow,
 	})
 	require.NoError(t, err)
 	return c
@@ -126,20 +132,30 @@ func writeAt(t testing.TB, c storage.Chunk, p []byte, off int64) {
 
 func TestConformance(t *testing.T) {
 	for _, tc := range []struct {
-		mode cache.Mode
-		max  int64
+		mode     cache.Mode
+		max      int64
+		adaptive bool // the default policy: a local store is fast, so most I/O goes around
 	}{
-		{cache.None, 0},
-		{cache.ReadOnly, 64 * mib},
-		{cache.ReadWrite, 64 * mib},
+		{cache.None, 0, false},
+		{cache.ReadOnly, 64 * mib, false},
+		{cache.ReadWrite, 64 * mib, false},
 		// Smaller than the suite's data: evictions and write-back under way.
-		{cache.ReadOnly, cache.MinBytes},
-		{cache.ReadWrite, cache.MinBytes},
+		{cache.ReadOnly, cache.MinBytes, false},
+		{cache.ReadWrite, cache.MinBytes, false},
+		{cache.ReadOnly, cache.MinBytes, true},
+		{cache.ReadWrite, cache.MinBytes, true},
 	} {
-		t.Run(string(tc.mode)+"-"+byteSize(tc.max), func(t *testing.T) {
+		name := string(tc.mode) + "-" + byteSize(tc.max)
+		if tc.adaptive {
+			name += "-adaptive"
+		}
+		t.Run(name, func(t *testing.T) {
 			var envs sync.Map // *cache.Cache -> *env
 			open := func(t *testing.T) storage.Backend {
 				e := newEnv(t)
+				if tc.adaptive {
+					e.cutoff, e.slow = 0, 0
+				}
 				c := e.open(t, tc.mode, tc.max)
 				envs.Store(c, e)
 				return c
@@ -299,6 +315,7 @@ func TestBackgroundFlush(t *testing.T) {
 	e := newEnv(t)
 	c, err := cache.New(t.Context(), e.remote, cache.Options{
 		Mode: cache.ReadWrite, Dir: e.cacheDir, MaxBytes: cache.MinBytes, FlushInterval: 20 * time.Millisecond,
+		SlowStorage: -1,
 	})
 	require.NoError(t, err)
 	defer c.Close()
@@ -500,50 +517,68 @@ func TestDeleteDropsPages(t *testing.T) {
 // TestConcurrentModel runs random reads and writes of slot-sized records
 // from many goroutines, each on its own records, in both modes, with a
 // cache smaller than the data.
+//
+// In the mixed runs, two adjacent records written or read one after the
+// other make a stream that reaches the sequential cut-off: I/O goes
+// through the cache and around it on the same pages.
 func TestConcurrentModel(t *testing.T) {
 	for _, mode := range []cache.Mode{cache.ReadOnly, cache.ReadWrite} {
-		t.Run(string(mode), func(t *testing.T) {
-			e := newEnv(t)
-			c := e.open(t, mode, cache.MinBytes)
-			ch, err := c.OpenChunk(t.Context(), "k", true)
-			require.NoError(t, err)
-			const (
-				workers = 16
-				records = 64 // per worker
-				rs      = 4136
-			)
-			model := make([]byte, workers*records*rs)
-			var wg sync.WaitGroup
-			for w := range workers {
-				wg.Go(func() {
-					r := mrand.New(mrand.NewPCG(uint64(w), 1))
-					for range 300 {
-						i := r.IntN(records)*workers + w
-						off := int64(i * rs)
-						if r.IntN(3) == 0 {
-							p := make([]byte, rs)
-							for j := range p {
-								p[j] = byte(r.Uint32())
-							}
-							_, err := ch.WriteAt(p, off)
-							assert.NoError(t, err)
-							copy(model[off:], p)
-						} else {
-							p := make([]byte, rs)
-							_, err := ch.ReadAt(p, off)
-							assert.NoError(t, err)
-							assert.True(t, bytes.Equal(model[off:off+rs], p), "record %d", i)
-						}
-						if r.IntN(50) == 0 {
-							assert.NoError(t, ch.Sync())
-						}
-					}
-				})
+		for _, mixed := range []bool{false, true} {
+			name := string(mode)
+			if mixed {
+				name += "-mixed"
 			}
-			wg.Wait()
-			require.Equal(t, model, readAt(t, ch, 0, len(model)))
-			require.NoError(t, c.Close())
-			require.Equal(t, model, e.remoteBytes(t, "k", 0, len(model)))
+			t.Run(name, func(t *testing.T) { concurrentModel(t, mode, mixed) })
+		}
+	}
+}
+
+func concurrentModel(t *testing.T, mode cache.Mode, mixed bool) {
+	e := newEnv(t)
+	if mixed {
+		e.cutoff = 8 * kib
+	}
+	c := e.open(t, mode, cache.MinBytes)
+	ch, err := c.OpenChunk(t.Context(), "k", true)
+	require.NoError(t, err)
+	const (
+		workers = 16
+		records = 64 // per worker
+		rs      = 4136
+	)
+	model := make([]byte, workers*records*rs)
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Go(func() {
+			r := mrand.New(mrand.NewPCG(uint64(w), 1))
+			for range 300 {
+				i := r.IntN(records)*workers + w
+				off := int64(i * rs)
+				if r.IntN(3) == 0 {
+					p := make([]byte, rs)
+					for j := range p {
+						p[j] = byte(r.Uint32())
+					}
+					_, err := ch.WriteAt(p, off)
+					assert.NoError(t, err)
+					copy(model[off:], p)
+				} else {
+					p := make([]byte, rs)
+					_, err := ch.ReadAt(p, off)
+					assert.NoError(t, err)
+					assert.True(t, bytes.Equal(model[off:off+rs], p), "record %d", i)
+				}
+				if r.IntN(50) == 0 {
+					assert.NoError(t, ch.Sync())
+				}
+			}
 		})
+	}
+	wg.Wait()
+	require.Equal(t, model, readAt(t, ch, 0, len(model)))
+	require.NoError(t, c.Close())
+	require.Equal(t, model, e.remoteBytes(t, "k", 0, len(model)))
+	if mixed {
+		require.Positive(t, c.Stats().Bypassed)
 	}
 }

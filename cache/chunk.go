@@ -7,6 +7,7 @@ import (
 	"io"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"hostcrypt/storage"
 )
@@ -48,19 +49,65 @@ func span(off, n int64, fn func(pn, lo, hi, inPage int64) error) error {
 }
 
 func (h *chunk) ReadAt(p []byte, off int64) (int, error) {
+	_, n, err := h.read(p, off, nil)
+	return n, err
+}
+
+// read is ReadAt. With lend set, a read that goes straight to the remote
+// calls lend instead, which may answer with a buffer of its own (data,
+// release); otherwise data is nil.
+func (h *chunk) read(p []byte, off int64, lend lendFunc) (lent, int, error) {
 	if off < 0 {
-		return 0, fmt.Errorf("read chunk %s: negative offset %d", h.o.key, off)
+		return lent{}, 0, fmt.Errorf("read chunk %s: negative offset %d", h.o.key, off)
 	}
 	if err := h.live(); err != nil {
-		return 0, err
+		return lent{}, 0, err
 	}
 	if len(p) == 0 {
-		return 0, nil
+		return lent{}, 0, nil
 	}
+	c, o := h.c, h.o
+	admit := c.pol.admit(o, off, int64(len(p)))
+	// A read around the cache goes straight to the remote when the remote
+	// holds every completed write: always in ReadOnly (writes reach the
+	// remote first), and in ReadWrite when the object has no cached page
+	// (so none dirty) as the read starts. A page that turns dirty while it
+	// runs belongs to a write that is concurrent with it.
+	if !admit && (c.mode == ReadOnly || o.npages.Load() == 0) {
+		if lend != nil {
+			t := time.Now()
+			l, err := lend(p, off)
+			if err != nil {
+				return lent{}, 0, err
+			}
+			c.pol.observe(time.Since(t), len(p))
+			return l, len(p), nil
+		}
+		if _, err := c.remoteRead(o, p, off); err != nil {
+			return lent{}, 0, err
+		}
+		return lent{}, len(p), nil
+	}
+	n, err := h.readCached(p, off, admit)
+	return lent{}, n, err
+}
+
+// lent is a buffer a remote lent for a read, and how to give it back.
+type lent struct {
+	data    []byte
+	release func()
+}
+
+// lendFunc reads like ReadAt into p, or answers with a buffer of its own.
+type lendFunc func(p []byte, off int64) (lent, error)
+
+// readCached reads page by page: cached pages from their slots, missing
+// ones from the remote, taken in if admit.
+func (h *chunk) readCached(p []byte, off int64, admit bool) (int, error) {
 	c, o := h.c, h.o
 	first := off / PageSize
 	var missing []bool
-	missLo, missHi := int64(-1), int64(-1)
+	missLo, missHi, misses := int64(-1), int64(-1), int64(0)
 	err := span(off, int64(len(p)), func(pn, lo, hi, inPage int64) error {
 		ok, err := c.readPresent(o, pn, p[lo:hi], inPage)
 		if err != nil {
@@ -71,6 +118,7 @@ func (h *chunk) ReadAt(p []byte, off int64) (int, error) {
 			return nil
 		}
 		c.misses.Add(1)
+		misses++
 		if missing == nil {
 			missing = make([]bool, (off+int64(len(p))-1)/PageSize-first+1)
 		}
@@ -87,12 +135,26 @@ func (h *chunk) ReadAt(p []byte, off int64) (int, error) {
 	if missLo < 0 {
 		return len(p), nil
 	}
-	// Fetch the missing pages, whole, in one remote call.
+	// Fetch the missing pages, whole, in one remote call: into p itself
+	// when they are exactly p's pages (a page-aligned read that found
+	// nothing cached), so that the page is read once and copied only into
+	// its slot.
+	if admit {
+		o.fills.Add(1)
+		defer o.fills.Add(-1)
+	}
+	w := o.wgen.Load()
 	c.mu.Lock()
 	gen := o.gen
 	c.mu.Unlock()
-	buf := make([]byte, (missHi-missLo+1)*PageSize)
-	if _, err := o.remote.ReadAt(buf, missLo*PageSize); err != nil {
+	var buf []byte
+	direct := off == missLo*PageSize && off+int64(len(p)) == (missHi+1)*PageSize && misses == missHi-missLo+1
+	if direct {
+		buf = p
+	} else {
+		buf = make([]byte, (missHi-missLo+1)*PageSize)
+	}
+	if _, err := c.remoteRead(o, buf, missLo*PageSize); err != nil {
 		return 0, err
 	}
 	err = span(off, int64(len(p)), func(pn, lo, hi, inPage int64) error {
@@ -100,14 +162,39 @@ func (h *chunk) ReadAt(p []byte, off int64) (int, error) {
 			return nil
 		}
 		img := buf[(pn-missLo)*PageSize : (pn-missLo+1)*PageSize]
-		copy(p[lo:hi], img[inPage:])
-		_, _, err := c.install(o, pn, img, gen[pn%genBuckets], false, 0, 0, true)
+		if !direct {
+			copy(p[lo:hi], img[inPage:])
+		}
+		if !admit {
+			return nil
+		}
+		_, _, err := c.install(o, pn, img, seen{gen[pn%genBuckets], w}, false, 0, 0, true)
 		return err
 	})
 	if err != nil {
 		return 0, err
 	}
 	return len(p), nil
+}
+
+// remoteRead and remoteWrite are the remote chunk's calls, timed for the
+// policy.
+func (c *Cache) remoteRead(o *object, p []byte, off int64) (int, error) {
+	t := time.Now()
+	n, err := o.remote.ReadAt(p, off)
+	if err == nil {
+		c.pol.observe(time.Since(t), len(p))
+	}
+	return n, err
+}
+
+func (c *Cache) remoteWrite(o *object, p []byte, off int64) (int, error) {
+	t := time.Now()
+	n, err := o.remote.WriteAt(p, off)
+	if err == nil {
+		c.pol.observe(time.Since(t), len(p))
+	}
+	return n, err
 }
 
 func (h *chunk) WriteAt(p []byte, off int64) (int, error) {
@@ -120,15 +207,19 @@ func (h *chunk) WriteAt(p []byte, off int64) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
-	if h.c.mode == ReadOnly {
-		return h.c.writeThrough(h.o, p, off)
+	c, o := h.c, h.o
+	if !c.pol.admit(o, off, int64(len(p))) || c.mode == ReadOnly {
+		return c.writeAround(o, p, off)
 	}
-	pre, gen, err := h.c.prefetchEdges(h.o, off, int64(len(p)))
+	o.fills.Add(1)
+	defer o.fills.Add(-1)
+	w := o.wgen.Load()
+	pre, gen, err := c.prefetchEdges(o, off, int64(len(p)))
 	if err != nil {
 		return 0, err
 	}
 	err = span(off, int64(len(p)), func(pn, lo, hi, inPage int64) error {
-		return h.c.writePage(h.o, pn, p[lo:hi], inPage, pre[pn], gen[pn%genBuckets])
+		return c.writePage(o, pn, p[lo:hi], inPage, pre[pn], seen{gen[pn%genBuckets], w})
 	})
 	if err != nil {
 		return 0, err
@@ -168,7 +259,7 @@ func (h *chunk) Sync() error {
 	rd := o.remoteDirty
 	o.remoteDirty = false
 	c.mu.Unlock()
-	if rd {
+	if o.aroundDirty.Swap(false) || rd {
 		if err := o.remote.Sync(); err != nil {
 			c.mu.Lock()
 			o.remoteDirty = true
@@ -248,11 +339,18 @@ func (c *Cache) writePresent(o *object, pn int64, src []byte, inPage int64, dirt
 		err := c.writeSlot(src, pg.slot, inPage)
 		if err == nil && dirty {
 			c.mu.Lock()
-			if !pg.gone.Load() {
+			gone := pg.gone.Load()
+			if !gone {
 				pg.ver++
 				c.markDirty(pg, inPage, inPage+int64(len(src)))
 			}
 			c.mu.Unlock()
+			if gone {
+				// Dropped while written (a write around the cache
+				// drops clean pages): the write is not in the cache.
+				pg.rw.RUnlock()
+				continue
+			}
 		}
 		pg.rw.RUnlock()
 		return true, err
@@ -277,15 +375,19 @@ func (c *Cache) markDirty(pg *page, lo, hi int64) {
 	}
 }
 
+// seen is what a fill saw of the remote's changes before it read a page:
+// the page's o.gen bucket and o.wgen.
+type seen struct{ gen, w uint64 }
+
 // install caches img (one whole page) as page pn of o, unless the page is
 // cached already, the object was deleted, or (with checkSeq) the remote
-// changed since the page's o.gen bucket was seq, when img may be stale. It reports whether the page
+// changed since the fill saw seq, or changes now, when img may be stale. It reports whether the page
 // was installed, and noSlot when the cache had no room for it.
 //
 // A dirty page records the extent [lo, hi) written in it: write-back
 // writes only that, so that it never grows a remote object past what was
 // written.
-func (c *Cache) install(o *object, pn int64, img []byte, seq uint64, dirty bool, lo, hi int64, checkSeq bool) (installed, noSlot bool, err error) {
+func (c *Cache) install(o *object, pn int64, img []byte, seq seen, dirty bool, lo, hi int64, checkSeq bool) (installed, noSlot bool, err error) {
 	slot, ok := c.alloc()
 	if !ok {
 		return false, true, nil
@@ -298,7 +400,8 @@ func (c *Cache) install(o *object, pn int64, img []byte, seq uint64, dirty bool,
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if o.deleted.Load() || o.pages[pn] != nil || checkSeq && (o.gen[pn%genBuckets] != seq || o.wt[pn] > 0) {
+	if o.deleted.Load() || o.pages[pn] != nil || checkSeq && (o.gen[pn%genBuckets] != seq.gen || o.wt[pn] > 0 ||
+		o.arounds.Load() > 0 || o.wgen.Load() != seq.w) {
 		c.release(slot)
 		return false, false, nil
 	}
@@ -306,6 +409,7 @@ func (c *Cache) install(o *object, pn int64, img []byte, seq uint64, dirty bool,
 	c.slots[slot].owner = pg
 	c.slots[slot].reserved = false
 	o.pages[pn] = pg
+	o.npages.Add(1)
 	c.cached += PageSize
 	if dirty {
 		c.markDirty(pg, lo, hi)
@@ -368,6 +472,7 @@ func (c *Cache) unlink(pg *page) {
 	o := pg.obj
 	if o.pages[pg.n] == pg {
 		delete(o.pages, pg.n)
+		o.npages.Add(-1)
 	}
 	if pg.dirty {
 		delete(o.dirty, pg.n)
@@ -414,27 +519,29 @@ func (c *Cache) dropRange(o *object, lo, hi int64) {
 // not cover it. With no room even after a flush, the write goes straight to
 // the remote.
 //
-// pre, if not nil, is the page as read from the remote when its o.gen
-// bucket was preSeq, to use instead of reading it again.
-func (c *Cache) writePage(o *object, pn int64, src []byte, inPage int64, pre []byte, preSeq uint64) error {
+// pre, if not nil, is the page as read from the remote after the fill saw
+// preSeq, to use instead of reading it again. The caller counts itself in
+// o.fills.
+func (c *Cache) writePage(o *object, pn int64, src []byte, inPage int64, pre []byte, preSeq seen) error {
 	for attempt := 0; ; attempt++ {
 		if ok, err := c.writePresent(o, pn, src, inPage, true); ok || err != nil {
 			return err
 		}
 		full := len(src) == PageSize
 		var img []byte
-		var seq uint64
+		var seq seen
 		switch {
 		case pre != nil && attempt == 0:
 			img, seq = pre, preSeq
 		case full:
 			img = make([]byte, PageSize)
 		default:
+			seq.w = o.wgen.Load()
 			c.mu.Lock()
-			seq = o.gen[pn%genBuckets]
+			seq.gen = o.gen[pn%genBuckets]
 			c.mu.Unlock()
 			img = make([]byte, PageSize)
-			if _, err := o.remote.ReadAt(img, pn*PageSize); err != nil {
+			if _, err := c.remoteRead(o, img, pn*PageSize); err != nil {
 				return err
 			}
 		}
@@ -452,16 +559,9 @@ func (c *Cache) writePage(o *object, pn int64, src []byte, inPage int64, pre []b
 			continue
 		}
 		c.log.Warn("cache full of dirty or busy pages; writing through", "dir", c.dir, "key", o.key)
-		if _, err := o.remote.WriteAt(src, pn*PageSize+inPage); err != nil {
-			return err
-		}
-		c.mu.Lock()
-		o.bump(pn, pn)
-		o.remoteDirty = true
-		c.mu.Unlock()
-		// A page filled from the remote before this write may have been
-		// cached meanwhile: bring it up to date too.
-		_, err = c.writePresent(o, pn, src, inPage, true)
+		// A page cached meanwhile (filled, or written dirty) is brought
+		// up to date too.
+		_, err = c.writeAround(o, src, pn*PageSize+inPage)
 		return err
 	}
 }
@@ -490,7 +590,7 @@ func (c *Cache) prefetchEdges(o *object, off, n int64) (pre map[int64][]byte, ge
 	pre = make(map[int64][]byte, 2)
 	if len(need) == 2 && last-first < 4 {
 		buf := make([]byte, (last-first+1)*PageSize)
-		if _, err := o.remote.ReadAt(buf, first*PageSize); err != nil {
+		if _, err := c.remoteRead(o, buf, first*PageSize); err != nil {
 			return nil, gen, err
 		}
 		pre[first] = buf[:PageSize:PageSize]
@@ -503,7 +603,7 @@ func (c *Cache) prefetchEdges(o *object, off, n int64) (pre map[int64][]byte, ge
 	for i, pn := range need {
 		wg.Go(func() {
 			imgs[i] = make([]byte, PageSize)
-			_, errs[i] = o.remote.ReadAt(imgs[i], pn*PageSize)
+			_, errs[i] = c.remoteRead(o, imgs[i], pn*PageSize)
 		})
 	}
 	wg.Wait()
@@ -523,11 +623,39 @@ func (c *Cache) makeRoom() {
 	}
 }
 
-// writeThrough is a ReadOnly write: to the remote first, then into the
-// cached pages it covers. Two write-throughs overlapping on a page in time
-// could reach the remote and the cache in different orders, so such a page
-// is dropped instead of updated.
-func (c *Cache) writeThrough(o *object, p []byte, off int64) (int, error) {
+// writeAround writes to the remote first, then into the cached pages it
+// covers: every ReadOnly write, and a ReadWrite write that bypasses the
+// cache. Write-back of the object waits meanwhile (o.wb), so an older image
+// of a dirty page can never reach the remote after this write.
+//
+// In ReadOnly, a cached page is updated in place; two write-throughs
+// overlapping on a page in time could reach the remote and the cache in
+// different orders, so such a page is dropped instead. In ReadWrite, a
+// clean page is dropped, and a dirty page receives the write and stays
+// dirty over its bytes too: whatever order two writes reach the remote and
+// the page in, the page's bytes are what the remote ends up with, once
+// written back. A dirty page is never dropped here: it may hold other
+// writes that the remote has not seen.
+func (c *Cache) writeAround(o *object, p []byte, off int64) (int, error) {
+	rw := c.mode == ReadWrite
+	// No cached page (so none dirty, and no write-back of this object
+	// under way) and no fill in flight: nothing in the cache to update,
+	// and a fill that starts now will see this write (o.arounds, o.wgen).
+	o.arounds.Add(1)
+	if o.npages.Load() == 0 && o.fills.Load() == 0 {
+		n, err := c.remoteWrite(o, p, off)
+		if rw {
+			o.aroundDirty.Store(true) // synced by the next Chunk.Sync or write-back
+		}
+		o.wgen.Add(1)
+		o.arounds.Add(-1)
+		return n, err
+	}
+	o.arounds.Add(-1)
+	if rw {
+		o.wb.RLock()
+		defer o.wb.RUnlock()
+	}
 	p0, p1 := off/PageSize, (off+int64(len(p))-1)/PageSize
 	c.mu.Lock()
 	for pn := p0; pn <= p1; pn++ {
@@ -548,20 +676,29 @@ func (c *Cache) writeThrough(o *object, p []byte, off int64) (int, error) {
 		c.mu.Unlock()
 	}()
 
-	n, werr := o.remote.WriteAt(p, off)
+	n, werr := c.remoteWrite(o, p, off)
 	c.mu.Lock()
 	o.bump(p0, p1)
+	if rw {
+		o.remoteDirty = true // synced by the next Chunk.Sync or write-back
+	}
 	var victims []*page
 	var update []int64
-	for pn := p0; pn <= p1; pn++ {
-		pg := o.pages[pn]
-		switch {
-		case pg == nil:
-		case werr != nil || o.conflict[pn]:
-			c.unlink(pg)
-			victims = append(victims, pg)
-		default:
-			update = append(update, pn)
+	if o.npages.Load() > 0 {
+		for pn := p0; pn <= p1; pn++ {
+			pg := o.pages[pn]
+			switch {
+			case pg == nil:
+			case rw && pg.dirty:
+				if werr == nil {
+					update = append(update, pn)
+				}
+			case rw || werr != nil || o.conflict[pn]:
+				c.unlink(pg)
+				victims = append(victims, pg)
+			default:
+				update = append(update, pn)
+			}
 		}
 	}
 	c.mu.Unlock()
@@ -572,7 +709,14 @@ func (c *Cache) writeThrough(o *object, p []byte, off int64) (int, error) {
 	for _, pn := range update {
 		start := pn * PageSize
 		lo, hi := max(off, start), min(off+int64(len(p)), start+PageSize)
-		if _, err := c.writePresent(o, pn, p[lo-off:hi-off], lo-start, false); err != nil {
+		_, err := c.writePresent(o, pn, p[lo-off:hi-off], lo-start, rw)
+		switch {
+		case err == nil:
+		case rw:
+			// The page may hold other writes the remote has not seen:
+			// it cannot be dropped, and it is older than this write.
+			return 0, err
+		default:
 			// The remote has the data; forget the page rather than fail.
 			c.mu.Lock()
 			var v []*page

@@ -23,6 +23,35 @@
 //     needs their room. Chunk.Sync makes completed writes durable in the
 //     cache, not in the remote: that is what a guest's fsync waits for.
 //
+// # What goes through the cache
+//
+// A cache in front of a store as fast as itself only adds work, so the
+// cache takes in only I/O it can help, decided from what it observes,
+// never from what the remote is:
+//
+//   - Sequential cut-off (as bcache's): an I/O of a sequential stream on a
+//     chunk object, once the stream has reached Options.SequentialCutoff
+//     bytes (512 KiB by default), or a single I/O that large, goes around
+//     the cache. Each object follows its last four streams.
+//   - The remote's latency: every remote read and write of at most 64 KiB
+//     is timed, and the fastest of the last one or two windows of 32 such
+//     calls is the remote's latency (queueing makes calls slower, never
+//     faster, so the fastest is what the store itself costs). Random I/O
+//     is cached while it is at least Options.SlowStorage (250 µs by
+//     default), and goes around the cache again once it falls below half
+//     of that. Until the remote has been measured, I/O goes around.
+//
+// A read around the cache goes to the remote; in ReadWrite, an object
+// with cached pages is read page by page, so that dirty pages are served
+// from the cache, and what is missing is read from the remote without
+// being taken in. A write around the cache goes to the remote first and
+// then updates the pages it covers (a clean page is dropped in ReadWrite,
+// a dirty one takes the new bytes and stays dirty), while write-back of
+// the object waits, so the remote never receives an older image of a page
+// after a newer write. The remote chunk is then synced by the next
+// Chunk.Sync. Stats say how many I/Os went around, the measured latency,
+// and whether random I/O is being cached.
+//
 // The unit is a page: PageSize bytes of a chunk object, aligned in the
 // object (not to the engine's slots). PunchHole goes to the remote and
 // drops the pages it covers, dirty ones too (a dirty page it covers in
@@ -90,8 +119,8 @@
 // in-memory maps and lists and is never held across I/O; each page has a
 // read-write lock that requests hold shared while they read or write its
 // slot, and that eviction takes exclusively (only with TryLock), so a slot
-// is never reused under I/O. Write-back of an object's pages excludes only
-// PunchHole on that object; it keeps up to 16 remote writes in flight per
+// is never reused under I/O. Write-back of an object's pages excludes
+// PunchHole on that object and writes around the cache to it; it keeps up to 16 remote writes in flight per
 // object and writes 4 objects at once, since round trips, not bandwidth,
 // bound a remote. Only write-back rounds (Flush) are serialised with each
 // other. A page filled from the remote is installed only if the remote did

@@ -38,6 +38,9 @@ func engineDisk(b *testing.B, mode cache.Mode, region int) *disk.Disk {
 	require.NoError(b, err)
 	c, err := cache.New(ctx, latency.New(l, time.Millisecond), cache.Options{
 		Mode: mode, Dir: filepath.Join(root, "cache"), MaxBytes: 256 * mib,
+		// The region is written in one sequential pass; the store's
+		// latency decides the rest.
+		SequentialCutoff: -1,
 	})
 	require.NoError(b, err)
 	b.Cleanup(func() { c.Close() })

@@ -35,7 +35,7 @@ func (c *Cache) Flush(ctx context.Context) error {
 	c.mu.Lock()
 	work := map[*object][]*page{}
 	for _, o := range c.objs {
-		if len(o.dirty) == 0 && !o.remoteDirty {
+		if len(o.dirty) == 0 && !o.remoteDirty && !o.aroundDirty.Load() {
 			continue
 		}
 		work[o] = nil
@@ -90,6 +90,8 @@ func (c *Cache) writeBack(o *object, pgs []*page) (int64, error) {
 	c.mu.Lock()
 	o.remoteDirty = false
 	c.mu.Unlock()
+	// Writes around the cache completed before this are synced below.
+	o.aroundDirty.Store(false)
 	fail := func(err error) (int64, error) {
 		c.mu.Lock()
 		o.remoteDirty = true
@@ -153,7 +155,7 @@ func (c *Cache) writeBack(o *object, pgs []*page) (int64, error) {
 		sem <- struct{}{}
 		wg.Go(func() {
 			defer func() { <-sem }()
-			_, errs[k] = o.remote.WriteAt(r.data, r.off)
+			_, errs[k] = c.remoteWrite(o, r.data, r.off)
 		})
 	}
 	wg.Wait()

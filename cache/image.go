@@ -70,6 +70,50 @@ func (ic *ImageCache) ReadAt(p []byte, off int64) (int, error) {
 	return ic.ch.ReadAt(p, off)
 }
 
+// lender is a volume that sometimes holds the data of a read in a buffer
+// of its own already (the disk engine's read-ahead): ReadLent reads like
+// ReadAt into p, or answers with that buffer and a release to call once
+// the data was used.
+type lender interface {
+	ReadLent(p []byte, off int64) (data []byte, release func(), err error)
+}
+
+// ReadLent is ReadAt, except that a read that goes around the cache to a
+// volume that lends its buffers (the disk engine) may answer with the
+// volume's buffer instead of copying it into p: then release is not nil
+// and must be called once data was used. Otherwise data is p.
+func (ic *ImageCache) ReadLent(p []byte, off int64) (data []byte, release func(), err error) {
+	if err := ic.check(off, int64(len(p))); err != nil {
+		return nil, nil, err
+	}
+	h, ok := ic.ch.(*chunk)
+	l, lends := ic.v.(lender)
+	if !ok || !lends {
+		n, err := ic.ch.ReadAt(p, off)
+		return p[:n], nil, err
+	}
+	got, n, err := h.read(p, off, func(p []byte, off int64) (lent, error) {
+		data, release, err := l.ReadLent(p, off)
+		if err != nil {
+			if release != nil {
+				release()
+			}
+			return lent{}, err
+		}
+		return lent{data: data, release: release}, nil
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	if got.release != nil {
+		return got.data, got.release, nil
+	}
+	if got.data != nil {
+		return got.data, nil, nil
+	}
+	return p[:n], nil, nil
+}
+
 // WriteAt writes through (ReadOnly) or into the cache (ReadWrite).
 func (ic *ImageCache) WriteAt(p []byte, off int64) (int, error) {
 	if err := ic.check(off, int64(len(p))); err != nil {

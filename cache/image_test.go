@@ -13,6 +13,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"hostcrypt/cache"
+	hfs "hostcrypt/fs"
 )
 
 // memVolume is a volume in memory that counts the calls reaching it.
@@ -73,6 +74,7 @@ func openImage(t *testing.T, v cache.Volume, dir string, mode cache.Mode) *cache
 	t.Helper()
 	ic, err := cache.NewImage(context.Background(), v, cache.Options{
 		Mode: mode, Dir: dir, MaxBytes: 4 * mib, FlushInterval: time.Hour,
+		SequentialCutoff: -1, SlowStorage: -1,
 	})
 	require.NoError(t, err)
 	return ic
@@ -176,4 +178,54 @@ func TestImageCacheFailedWriteBackKeepsData(t *testing.T) {
 	ic = openImage(t, v, dir, cache.ReadWrite)
 	assert.Equal(t, p, v.bytes(0, 4*kib))
 	require.NoError(t, ic.Close())
+}
+
+// lendingVolume lends a buffer of its own for every read, as the disk
+// engine does from its read-ahead, and counts what is still lent.
+type lendingVolume struct {
+	memVolume
+	out atomic.Int64
+}
+
+func (v *lendingVolume) ReadLent(p []byte, off int64) ([]byte, func(), error) {
+	buf := v.bytes(off, int64(len(p)))
+	v.out.Add(1)
+	return buf, func() { v.out.Add(-1) }, nil
+}
+
+// The tree lends what an image lends.
+var _ hfs.Lender = (*cache.ImageCache)(nil)
+
+// A read that goes around the image cache (a sequential one) is answered
+// with the volume's own buffer, without a copy; one that the cache must
+// serve, because a dirty page lies in it, is read into p with the dirty
+// page's bytes.
+func TestImageCacheLendsReadsAroundIt(t *testing.T) {
+	v := &lendingVolume{memVolume: memVolume{b: make([]byte, 4*mib)}}
+	copy(v.b, random(t, len(v.b)))
+	ic, err := cache.NewImage(t.Context(), v, cache.Options{
+		Mode: cache.ReadWrite, Dir: t.TempDir(), MaxBytes: 4 * mib, FlushInterval: time.Hour, SlowStorage: -1,
+	})
+	require.NoError(t, err)
+	defer ic.Close()
+
+	p := make([]byte, mib)
+	data, release, err := ic.ReadLent(p, 0)
+	require.NoError(t, err)
+	require.NotNil(t, release, "lent")
+	require.Equal(t, v.bytes(0, mib), data)
+	require.NotSame(t, &p[0], &data[0])
+	release()
+	require.Zero(t, v.out.Load())
+
+	small := random(t, 4096)
+	_, err = ic.WriteAt(small, 2*mib+8192) // random, cached, dirty
+	require.NoError(t, err)
+	want := v.bytes(2*mib, mib)
+	copy(want[8192:], small)
+	data, release, err = ic.ReadLent(p, 2*mib)
+	require.NoError(t, err)
+	require.Nil(t, release, "a dirty page in the range: read through the cache")
+	require.Equal(t, want, data)
+	require.Zero(t, v.out.Load())
 }

@@ -25,7 +25,8 @@ func TestFlushedPageKeepsItsSlotUntilCommit(t *testing.T) {
 	remote, err := local.Open(filepath.Join(root, "store"))
 	require.NoError(t, err)
 	dir := filepath.Join(root, "cache")
-	c, err := New(ctx, remote, Options{Mode: ReadWrite, Dir: dir, MaxBytes: MinBytes, FlushInterval: time.Hour})
+	c, err := New(ctx, remote, Options{Mode: ReadWrite, Dir: dir, MaxBytes: MinBytes, FlushInterval: time.Hour,
+		SequentialCutoff: -1, SlowStorage: -1})
 	require.NoError(t, err)
 	ch, err := c.OpenChunk(ctx, "k", true)
 	require.NoError(t, err)

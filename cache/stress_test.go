@@ -69,7 +69,21 @@ func record(i, v int) []byte {
 // without closing it. After recovery every record must hold, page by page,
 // the version its last acknowledged Sync covered or a later one: never an
 // older version and never another record's bytes.
+//
+// In the mixed run, two adjacent records written one after the other make
+// a stream that reaches the sequential cut-off: writes go into the cache
+// and around it on the same pages.
 func TestCrashUnderLoad(t *testing.T) {
+	for _, mixed := range []bool{false, true} {
+		name := "cached"
+		if mixed {
+			name = "mixed"
+		}
+		t.Run(name, func(t *testing.T) { crashUnderLoad(t, mixed) })
+	}
+}
+
+func crashUnderLoad(t *testing.T, mixed bool) {
 	const (
 		workers = 8
 		records = 400 // 1.6 MiB of records in a 1 MiB cache
@@ -77,6 +91,9 @@ func TestCrashUnderLoad(t *testing.T) {
 		rs      = 4136
 	)
 	e := newEnv(t)
+	if mixed {
+		e.cutoff = 8 * kib
+	}
 	c := e.open(t, cache.ReadWrite, cache.MinBytes)
 	ch, err := c.OpenChunk(t.Context(), "k", true)
 	require.NoError(t, err)
@@ -111,6 +128,9 @@ func TestCrashUnderLoad(t *testing.T) {
 	}
 	wg.Wait()
 	require.Positive(t, c.Stats().Evictions+c.Stats().Flushes)
+	if mixed {
+		require.Positive(t, c.Stats().Bypassed)
+	}
 	// Abandon c: no Close, no Flush.
 
 	e.reopenRemote(t)
@@ -269,7 +289,7 @@ func (c *failingChunk) WriteAt(p []byte, off int64) (int, error) {
 func TestFlushFailureKeepsDirtyPages(t *testing.T) {
 	e := newEnv(t)
 	remote := &failing{Backend: e.remote}
-	c, err := cache.New(t.Context(), remote, cache.Options{Mode: cache.ReadWrite, Dir: e.cacheDir, MaxBytes: cache.MinBytes, FlushInterval: time.Hour})
+	c, err := cache.New(t.Context(), remote, cache.Options{Mode: cache.ReadWrite, Dir: e.cacheDir, MaxBytes: cache.MinBytes, FlushInterval: time.Hour, SlowStorage: -1})
 	require.NoError(t, err)
 	ch, err := c.OpenChunk(t.Context(), "k", true)
 	require.NoError(t, err)

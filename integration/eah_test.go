@@ -36,7 +36,7 @@ type reportJSON struct {
 // -back caches of both kinds lose nothing on a clean stop or kill -9, and
 // encryption at host changes only while deallocated.
 func TestHostEncryptionAtHost(t *testing.T) {
-	h := newHost(t, startKeystore(t))
+	h := newHost(t, startKeystore(t), slowStorage...)
 	kid, _ := cmkVM(t, h) // vm1 runs with a CMK data disk c1; not used below
 	h.ok("vm", "deallocate", "--name", "vm1")
 
@@ -65,8 +65,10 @@ func TestHostEncryptionAtHost(t *testing.T) {
 		require.NoError(t, os.WriteFile(pfile, p, 0o600))
 		sum := sh(t, "sha256sum < "+pfile)
 		for _, img := range images {
-			sh(t, "dd if="+pfile+" of="+h.img(vm, img)+" bs=64k seek=7 oflag=direct conv=notrunc,fsync status=none")
-			// Read back: fills the ReadOnly caches.
+			// Random I/O, which the caches take in; the read fills the
+			// ReadOnly caches.
+			scatteredIO(t, h.img(vm, img), p, 7*64<<10, true)
+			require.Equal(t, p, scatteredIO(t, h.img(vm, img), p, 7*64<<10, false), vm+"/"+img)
 			require.Equal(t, sum, sh(t, "dd if="+h.img(vm, img)+" bs=64k skip=7 count=16 iflag=direct status=none | sha256sum"), vm+"/"+img)
 		}
 	}

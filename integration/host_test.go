@@ -384,7 +384,7 @@ print(os.lseek(fd, 0, os.SEEK_DATA), os.lseek(fd, 16<<20, os.SEEK_HOLE))'`, img)
 // What an fsync acknowledged on a ReadWrite disk survives kill -9 (it may
 // have reached only the cache), and the cache holds no plaintext.
 func TestHostCacheModes(t *testing.T) {
-	h := newHost(t, startKeystore(t))
+	h := newHost(t, startKeystore(t), slowStorage...)
 	h.ok("disk", "create", "--name", "ro", "--size", "32M")
 	h.ok("disk", "create", "--name", "rw", "--size", "32M")
 	h.ok("vm", "create", "--name", "vm1", "--os-disk-size", "16M", "--data-disks", "ro:ReadOnly,rw:ReadWrite")
@@ -393,8 +393,9 @@ func TestHostCacheModes(t *testing.T) {
 	pfile := filepath.Join(t.TempDir(), "pattern")
 	require.NoError(t, os.WriteFile(pfile, pattern, 0o600))
 	for _, img := range []string{"data-0.img", "data-1.img"} {
-		sh(t, "dd if="+pfile+" of="+h.img("vm1", img)+" bs=64k seek=7 oflag=direct conv=notrunc,fsync status=none")
-		sh(t, "dd if="+h.img("vm1", img)+" of=/dev/null bs=64k skip=7 count=16 iflag=direct status=none") // warm
+		// Random I/O, which the caches take in (with fsync); the read warms them.
+		scatteredIO(t, h.img("vm1", img), pattern, 7*64<<10, true)
+		scatteredIO(t, h.img("vm1", img), pattern, 7*64<<10, false)
 	}
 	used := sh(t, "du -s --block-size=1 "+filepath.Join(h.hostDir, "cache")+" | cut -f1")
 	n, err := strconv.ParseInt(strings.TrimSpace(used), 10, 64)

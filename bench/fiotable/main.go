@@ -39,14 +39,33 @@ import (
 // Jobs in table order; the 1 MiB jobs are reported in MiB/s, the rest in IOPS.
 var jobs = []string{"seq-write-1M", "seq-read-1M", "rand-write-4k", "rand-read-4k", "rand-rw-4k"}
 
-// The targets every other one is compared with.
-const (
-	refPassthrough = "passthrough"
-	refGocryptfs   = "gocryptfs"
-	// refSameOptions is the passthrough with hostcryptd's mount options;
-	// its column appears when the run has it.
-	refSameOptions = "passthrough-hc"
-)
+// The targets every other one is compared with, in column order, each
+// with its column's header; a column appears when the run has its target.
+// A target run on a fresh disk ("LABEL@fresh") is compared with the
+// reference run fresh too.
+var refs = []struct{ label, header string }{
+	{"passthrough", "× passthrough"},
+	// The passthrough with hostcryptd's mount options.
+	{"passthrough-hc", "× same options"},
+	// The same, fdatasyncing its files every flush interval.
+	{"passthrough-sync", "× same durability"},
+	{"gocryptfs", "× gocryptfs"},
+	{"qemu-luks", "× QEMU LUKS"},
+	// The customer-key disk with cache None: what the cached and the
+	// double-encrypted rows are compared with.
+	{"cmk", "× cmk"},
+}
+
+// freshSuffix marks a target run on a fresh disk.
+const freshSuffix = "@fresh"
+
+// display is how the tables name a target.
+func display(label string) string {
+	if base, ok := strings.CutSuffix(label, freshSuffix); ok {
+		return base + ", fresh"
+	}
+	return label
+}
 
 func main() {
 	log.SetFlags(0)
@@ -257,7 +276,7 @@ func render(r *run) string {
 		if t.status != "ok" {
 			continue
 		}
-		cells := []string{t.label}
+		cells := []string{display(t.label)}
 		for _, job := range jobs {
 			cells = append(cells, r.cell(t.label, job, func(res result) string {
 				return formatThroughput(res.job, throughput(res))
@@ -269,14 +288,24 @@ func render(r *run) string {
 	// The machine's load just before each job, when the suite measured it
 	// (WAIT_IDLE): on a shared machine it says which numbers to trust.
 	busy := r.hasField("pre_busy")
+	var present []int // indexes in refs of the references this run has
+	for i, ref := range refs {
+		if len(r.results[ref.label]) > 0 || len(r.results[ref.label+freshSuffix]) > 0 {
+			present = append(present, i)
+		}
+	}
 	b.WriteString("\nPer job: p99 completion latency, the daemon's CPU time per I/O, " +
-		"and throughput as a multiple of the passthrough's and of gocryptfs's in this run")
+		"and throughput as a multiple of each reference's in this run (a fresh disk's, of the reference's on a fresh disk)")
 	if busy {
 		b.WriteString("; \"busy before\" is how busy the machine was with other work just before the job")
 	}
-	same := len(r.results[refSameOptions]) > 0
-	if same {
-		b.WriteString("; \"× same options\" compares with the passthrough mounted with hostcryptd's options (`" + refSameOptions + "`)")
+	for _, i := range present {
+		switch refs[i].label {
+		case "passthrough-hc":
+			b.WriteString("; \"× same options\" compares with the passthrough mounted with hostcryptd's options (`passthrough-hc`)")
+		case "passthrough-sync":
+			b.WriteString("; \"× same durability\" with that passthrough fdatasyncing its files as often as hostcryptd flushes a disk (`passthrough-sync`)")
+		}
 	}
 	several := r.rounds != nil
 	if several {
@@ -287,11 +316,10 @@ func render(r *run) string {
 	if several {
 		cols = append(cols, "range")
 	}
-	cols = append(cols, "p99 µs", "daemon CPU µs/I/O", "× passthrough")
-	if same {
-		cols = append(cols, "× same options")
+	cols = append(cols, "p99 µs", "daemon CPU µs/I/O")
+	for _, i := range present {
+		cols = append(cols, refs[i].header)
 	}
-	cols = append(cols, "× gocryptfs")
 	if busy {
 		cols = append(cols, "busy before")
 	}
@@ -312,7 +340,7 @@ func render(r *run) string {
 			}
 			if res.failed {
 				cells := make([]string, len(cols))
-				copy(cells, []string{t.label, job, "failed"})
+				copy(cells, []string{display(t.label), job, "failed"})
 				writeRow(&b, cells)
 				continue
 			}
@@ -320,16 +348,14 @@ func render(r *run) string {
 			if m := res.fields["mode"]; m != "" && m != "direct" {
 				tp += " (" + m + ")"
 			}
-			cells := []string{t.label, job, tp}
+			cells := []string{display(t.label), job, tp}
 			if several {
 				cells = append(cells, r.spread(t.label, job))
 			}
-			cells = append(cells, strconv.FormatFloat(res.p99us, 'f', 0, 64),
-				res.fields["daemon_us_per_io"], r.ratio(res, refPassthrough))
-			if same {
-				cells = append(cells, r.ratio(res, refSameOptions))
+			cells = append(cells, strconv.FormatFloat(res.p99us, 'f', 0, 64), res.fields["daemon_us_per_io"])
+			for _, i := range present {
+				cells = append(cells, r.ratio(res, refs[i].label))
 			}
-			cells = append(cells, r.ratio(res, refGocryptfs))
 			if busy {
 				cells = append(cells, res.fields["pre_busy"])
 			}
@@ -341,12 +367,12 @@ func render(r *run) string {
 	for _, t := range r.targets {
 		switch {
 		case t.status != "ok":
-			notes = append(notes, fmt.Sprintf("- `%s` %s: %s", t.label, t.status, t.why))
+			notes = append(notes, fmt.Sprintf("- `%s` %s: %s", display(t.label), t.status, t.why))
 		case t.why != "":
-			notes = append(notes, fmt.Sprintf("- `%s`: %s", t.label, t.why))
+			notes = append(notes, fmt.Sprintf("- `%s`: %s", display(t.label), t.why))
 		}
 		for _, f := range t.failures {
-			notes = append(notes, fmt.Sprintf("- `%s`, one round %s", t.label, f))
+			notes = append(notes, fmt.Sprintf("- `%s`, one round %s", display(t.label), f))
 		}
 	}
 	if len(notes) > 0 {
@@ -389,6 +415,9 @@ func (r *run) cell(label, job string, format func(result) string) string {
 // that both targets completed: a slow stretch of the machine then weighs
 // on both sides of a ratio, not on one.
 func (r *run) ratio(res result, ref string) string {
+	if strings.HasSuffix(res.label, freshSuffix) {
+		ref += freshSuffix
+	}
 	if res.label == ref {
 		return "1.00"
 	}

@@ -91,7 +91,7 @@ func TestRenderBusyColumnOnlyWhenMeasured(t *testing.T) {
 	assert.NotContains(t, render(r), "busy before")
 
 	r.results["passthrough"]["rand-read-4k"].fields["pre_busy"] = "12%"
-	assert.Contains(t, render(r), "| passthrough | rand-read-4k | 70.0k | 600 | 25.0 | 1.00 | – | 12% |\n")
+	assert.Contains(t, render(r), "| passthrough | rand-read-4k | 70.0k | 600 | 25.0 | 1.00 | 12% |\n")
 }
 
 func TestRenderSameOptionsColumn(t *testing.T) {
@@ -111,7 +111,7 @@ func TestRenderSameOptionsColumn(t *testing.T) {
 	r.results["passthrough-hc"] = map[string]result{"rand-write-4k": res("passthrough-hc", 32000)}
 	out := render(r)
 	assert.Contains(t, out, "× same options")
-	assert.Contains(t, out, "| cmk | rand-write-4k | 30.0k | 100 | 20.0 | 0.75 | 0.94 | – |\n")
+	assert.Contains(t, out, "| cmk | rand-write-4k | 30.0k | 100 | 20.0 | 0.75 | 0.94 | 1.00 |\n")
 }
 
 func TestUpdateFile(t *testing.T) {
@@ -188,11 +188,42 @@ func TestRenderRounds(t *testing.T) {
 	// the three; the ratio is the median of 0.70, 0.85 and 0.95, not the
 	// ratio of the medians (0.76). Against gocryptfs only rounds 1 and 3
 	// pair up: 7.00 and 5.43, of which the lower.
-	assert.Contains(t, out, "| cmk | rand-write-4k | 38.0k | 35.0k–51.0k | 2300 | 23.0 | – | 0.85 | 5.43 |\n")
+	assert.Contains(t, out, "| cmk | rand-write-4k | 38.0k | 35.0k–51.0k | 2300 | 23.0 | 0.85 | 5.43 | 1.00 |\n")
 	// A round that failed a job is left out of its median and range.
 	assert.Contains(t, out, "| cmk | seq-write-1M | 900 | 900–1100 | 1400 |")
 	// gocryptfs ran in two rounds of three: it has a row, and a note.
 	assert.Contains(t, out, "| gocryptfs | rand-write-4k | 5.0k | 5.0k–7.0k |")
 	assert.Contains(t, out, "- `gocryptfs`, one round failed: it did not mount\n")
 	assert.Contains(t, out, "\"range\" is the lowest and highest")
+}
+
+// A target run on a fresh disk is its own row, compared with the
+// references run fresh too; the same-durability and QEMU columns appear
+// with their targets.
+func TestRenderFreshStateAndPeers(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, text string) {
+		require.NoError(t, os.WriteFile(filepath.Join(dir, name), []byte(text), 0o644))
+	}
+	write("meta.txt", "date: 2026-12-04\n")
+	write("targets.txt", strings.Join([]string{
+		"passthrough-sync ok synced", "qemu-luks ok QEMU", "cmk ok a CMK disk",
+		"qemu-luks@fresh ok QEMU", "cmk@fresh ok a CMK disk",
+	}, "\n"))
+	write("lines.txt", strings.Join([]string{
+		"passthrough-sync rand-write-4k 200.0 50000 900.0 mode=direct daemon_us_per_io=20.0",
+		"qemu-luks rand-write-4k 80.0 20000 900.0 mode=direct daemon_us_per_io=40.0",
+		"cmk rand-write-4k 160.0 40000 900.0 mode=direct daemon_us_per_io=30.0",
+		"qemu-luks@fresh rand-write-4k 80.0 20000 900.0 mode=direct daemon_us_per_io=40.0",
+		"cmk@fresh rand-write-4k 120.0 30000 900.0 mode=direct daemon_us_per_io=30.0",
+	}, "\n"))
+	r, err := load(dir)
+	require.NoError(t, err)
+	out := render(r)
+	assert.Contains(t, out, "| target | job | throughput | p99 µs | daemon CPU µs/I/O | × same durability | × QEMU LUKS | × cmk |\n")
+	assert.Contains(t, out, "| cmk | rand-write-4k | 40.0k | 900 | 30.0 | 0.80 | 2.00 | 1.00 |\n")
+	assert.Contains(t, out, "| cmk, fresh | rand-write-4k | 30.0k | 900 | 30.0 | – | 1.50 | 1.00 |\n",
+		"compared with QEMU on a fresh disk; no fresh same-durability row")
+	assert.Contains(t, out, "| cmk, fresh | – | – | 30.0k | – | – |\n")
+	assert.Contains(t, out, "- `cmk, fresh`: a CMK disk\n")
 }

@@ -6,7 +6,13 @@
 // the kernel straight to the backing file and the daemon never sees them; an
 // encrypting daemon cannot do that, so it would not be a fair ceiling.
 //
-//	passthrough --backing DIR --mount DIR [--options tuned|stock|hostcrypt] [--ready-file F]
+//	passthrough --backing DIR --mount DIR [--options tuned|stock|hostcrypt]
+//	            [--sync-interval D] [--ready-file F]
+//
+// --sync-interval gives it the durability of a hostcrypt disk: every D it
+// fdatasyncs each open file, as hostcryptd flushes a disk every flush
+// interval, so that written data reaches the device within D. Without it
+// (0) written data stays in the page cache until the kernel writes it back.
 //
 // "hostcrypt" is tuned plus what hostcryptd's mount adds: the kernel checks
 // file modes (default_permissions), failed lookups are cached for as long
@@ -25,6 +31,8 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -40,6 +48,8 @@ type config struct {
 	hostcrypt bool // tuned, with hostcryptd's extra mount options
 	readyFile string
 	debug     bool
+	// syncEvery, when positive, fdatasyncs every open file this often.
+	syncEvery time.Duration
 }
 
 func main() {
@@ -62,6 +72,7 @@ func parseFlags(args []string) (config, error) {
 	fl.StringVar(&cfg.mount, "mount", "", "empty directory to mount on (required)")
 	fl.StringVar(&options, "options", "tuned", "FUSE options: tuned, stock or hostcrypt")
 	fl.StringVar(&cfg.readyFile, "ready-file", "", "file to create once mounted")
+	fl.DurationVar(&cfg.syncEvery, "sync-interval", 0, "fdatasync every open file this often (0: never)")
 	fl.BoolVar(&cfg.debug, "debug", false, "log every FUSE request")
 	if err := fl.Parse(args); err != nil {
 		return cfg, err
@@ -71,6 +82,9 @@ func parseFlags(args []string) (config, error) {
 	}
 	if cfg.backing == "" || cfg.mount == "" {
 		return cfg, errors.New("--backing and --mount are required")
+	}
+	if cfg.syncEvery < 0 {
+		return cfg, fmt.Errorf("--sync-interval %v is negative", cfg.syncEvery)
 	}
 	switch options {
 	case "tuned":
@@ -94,7 +108,7 @@ func run(cfg config) error {
 		return fmt.Errorf("backing directory: %w", err)
 	}
 	ln := inner.(*fs.LoopbackNode)
-	root := &node{LoopbackNode: ln, tuned: cfg.tuned}
+	root := &node{LoopbackNode: ln, tuned: cfg.tuned, open: &openFiles{files: map[*file]struct{}{}}}
 	// The loopback code finds the root through RootNode; point it at the
 	// wrapper so that every node, the root included, is one of ours.
 	ln.RootData.RootNode = root
@@ -116,6 +130,11 @@ func run(cfg config) error {
 		}
 	}
 	fmt.Println("ready")
+	if cfg.syncEvery > 0 {
+		stop := make(chan struct{})
+		defer close(stop)
+		go root.open.syncEvery(cfg.syncEvery, stop)
+	}
 
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
@@ -193,6 +212,38 @@ func withHostcryptOptions(o *fs.Options) {
 type node struct {
 	*fs.LoopbackNode
 	tuned bool
+	open  *openFiles
+}
+
+// openFiles are the files open now, for the periodic fdatasync.
+type openFiles struct {
+	mu    sync.Mutex
+	files map[*file]struct{}
+	syncs atomic.Int64 // fdatasyncs done
+}
+
+// syncEvery fdatasyncs every open file each interval until stop.
+func (o *openFiles) syncEvery(interval time.Duration, stop <-chan struct{}) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-stop:
+			return
+		case <-t.C:
+		}
+		o.mu.Lock()
+		files := make([]*file, 0, len(o.files))
+		for f := range o.files {
+			files = append(files, f)
+		}
+		o.mu.Unlock()
+		for _, f := range files {
+			if err := f.datasync(); err != nil {
+				log.Printf("fdatasync: %v", err)
+			}
+		}
+	}
 }
 
 var (
@@ -204,7 +255,7 @@ var (
 // WrapChild makes every node the loopback creates one of ours.
 func (n *node) WrapChild(_ context.Context, ops fs.InodeEmbedder) fs.InodeEmbedder {
 	if ln, ok := ops.(*fs.LoopbackNode); ok {
-		return &node{LoopbackNode: ln, tuned: n.tuned}
+		return &node{LoopbackNode: ln, tuned: n.tuned, open: n.open}
 	}
 	return ops
 }
@@ -250,7 +301,11 @@ func (n *node) wrap(fh fs.FileHandle, fuseFlags uint32) (fs.FileHandle, uint32, 
 	if n.tuned {
 		fuseFlags |= fuse.FOPEN_DIRECT_IO | fuse.FOPEN_PARALLEL_DIRECT_WRITES
 	}
-	return &file{LoopbackFile: lf, copyReads: n.tuned}, fuseFlags, 0
+	f := &file{LoopbackFile: lf, copyReads: n.tuned, open: n.open}
+	n.open.mu.Lock()
+	n.open.files[f] = struct{}{}
+	n.open.mu.Unlock()
+	return f, fuseFlags, 0
 }
 
 // file is a loopback file that refuses to hand its descriptor to the kernel
@@ -258,12 +313,46 @@ func (n *node) wrap(fh fs.FileHandle, fuseFlags uint32) (fs.FileHandle, uint32, 
 type file struct {
 	*fs.LoopbackFile
 	copyReads bool
+	open      *openFiles
+	// mu orders the periodic fdatasync before the descriptor's close.
+	mu       sync.Mutex
+	released bool
 }
 
 var (
 	_ = (fs.FilePassthroughFder)((*file)(nil))
 	_ = (fs.FileReader)((*file)(nil))
+	_ = (fs.FileReleaser)((*file)(nil))
 )
+
+// datasync fdatasyncs the backing file unless it was released.
+func (f *file) datasync() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.released {
+		return nil
+	}
+	fd, ok := f.LoopbackFile.PassthroughFd()
+	if !ok {
+		return nil
+	}
+	if err := syscall.Fdatasync(fd); err != nil {
+		return err
+	}
+	f.open.syncs.Add(1)
+	return nil
+}
+
+// Release forgets the file for the periodic fdatasync, then closes it.
+func (f *file) Release(ctx context.Context) syscall.Errno {
+	f.open.mu.Lock()
+	delete(f.open.files, f)
+	f.open.mu.Unlock()
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.released = true
+	return f.LoopbackFile.Release(ctx)
+}
 
 // Read, when tuned, reads into the request's own buffer and hands it back
 // as a vector, which go-fuse writes to the kernel with one writev. That is

@@ -12,6 +12,7 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -29,6 +30,7 @@ func TestParseFlags(t *testing.T) {
 		{name: "unknown options", args: []string{"--backing", "b", "--mount", "m", "--options", "fast"}, wantErr: true},
 		{name: "no mount", args: []string{"--backing", "b"}, wantErr: true},
 		{name: "stray argument", args: []string{"--backing", "b", "--mount", "m", "x"}, wantErr: true},
+		{name: "negative sync interval", args: []string{"--backing", "b", "--mount", "m", "--sync-interval", "-1s"}, wantErr: true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -138,4 +140,27 @@ func mounted(t *testing.T, dir string) bool {
 		}
 	}
 	return false
+}
+
+// With a sync interval, every open file is fdatasynced that often, and a
+// released file no longer is.
+func TestSyncEvery(t *testing.T) {
+	fd, err := syscall.Open(filepath.Join(t.TempDir(), "f"), syscall.O_RDWR|syscall.O_CREAT, 0o600)
+	require.NoError(t, err)
+	open := &openFiles{files: map[*file]struct{}{}}
+	f := &file{LoopbackFile: fs.NewLoopbackFile(fd).(*fs.LoopbackFile), open: open}
+	open.files[f] = struct{}{}
+	_, errno := f.Write(t.Context(), []byte("written"), 0)
+	require.Zero(t, errno)
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() { open.syncEvery(5*time.Millisecond, stop); close(done) }()
+	require.Eventually(t, func() bool { return open.syncs.Load() >= 2 }, 10*time.Second, 5*time.Millisecond)
+	require.Zero(t, f.Release(t.Context()))
+	close(stop)
+	<-done
+	require.Empty(t, open.files)
+	n := open.syncs.Load()
+	require.NoError(t, f.datasync())
+	require.Equal(t, n, open.syncs.Load(), "a released file is not synced")
 }

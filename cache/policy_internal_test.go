@@ -1,0 +1,73 @@
+package cache
+
+import (
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+)
+
+// The estimate is the fastest call of the last windows: calls that queue
+// behind others do not make a near store look far, and a far store is
+// never fast. It switches with hysteresis.
+func TestLatencyEstimate(t *testing.T) {
+	p := newPolicy(Options{})
+	require.False(t, p.isSlow.Load(), "unmeasured: as fast as the cache")
+	feed := func(d ...time.Duration) {
+		for i := 0; i < latencyWindow; i++ {
+			p.observe(d[i%len(d)], 4096)
+		}
+	}
+	// A local disk under a queue of 32: most calls wait, a few do not.
+	feed(900*time.Microsecond, 800*time.Microsecond, 40*time.Microsecond)
+	require.Equal(t, 40*time.Microsecond, p.latency())
+	require.False(t, p.isSlow.Load())
+	// Large calls are not latency samples.
+	for range 2 * latencyWindow {
+		p.observe(time.Second, 1<<20)
+	}
+	require.Equal(t, 40*time.Microsecond, p.latency())
+	// A store 1 ms away: slow once a whole window was.
+	feed(time.Millisecond)
+	require.False(t, p.isSlow.Load(), "the previous window still had a fast call")
+	feed(time.Millisecond, 3*time.Millisecond)
+	require.True(t, p.isSlow.Load())
+	require.Equal(t, time.Millisecond, p.latency())
+	// Between half the threshold and the threshold: no change either way.
+	feed(200 * time.Microsecond)
+	feed(200 * time.Microsecond)
+	require.True(t, p.isSlow.Load())
+	feed(100 * time.Microsecond)
+	require.False(t, p.isSlow.Load())
+	feed(200 * time.Microsecond)
+	feed(200 * time.Microsecond)
+	require.False(t, p.isSlow.Load())
+
+	always := newPolicy(Options{SlowStorage: -1})
+	require.True(t, always.isSlow.Load())
+	for range latencyWindow {
+		always.observe(time.Microsecond, 4096)
+	}
+	require.True(t, always.isSlow.Load(), "negative: random I/O is always cached")
+}
+
+func TestStreams(t *testing.T) {
+	var s streams
+	const cutoff = 256 << 10
+	require.False(t, s.add(0, 64<<10, cutoff))
+	require.False(t, s.add(64<<10, 64<<10, cutoff))
+	require.False(t, s.add(128<<10, 64<<10, cutoff))
+	require.True(t, s.add(192<<10, 64<<10, cutoff), "the stream reached the cut-off")
+	require.True(t, s.add(256<<10, 4096, cutoff), "and goes on")
+	require.False(t, s.add(10<<20, 4096, cutoff), "random")
+	require.True(t, s.add(20<<20, cutoff, cutoff), "large by itself")
+	// Four streams at once, interleaved, are each followed.
+	var m streams
+	for i := range int64(4) {
+		for k := range int64(4) {
+			got := m.add(k<<30+i*(64<<10), 64<<10, cutoff)
+			require.Equal(t, i == 3, got, "stream %d piece %d", k, i)
+		}
+	}
+	require.False(t, new(streams).add(0, 1<<30, 0), "no cut-off")
+}
