@@ -83,6 +83,11 @@ func (b crashBackend) WriteMeta(ctx context.Context, key string, data []byte) er
 	return b.Backend.WriteMeta(ctx, key, data)
 }
 
+func (b crashBackend) WriteMetaIf(ctx context.Context, key string, data []byte, v storage.Version) (storage.Version, error) {
+	b.c.step()
+	return b.Backend.WriteMetaIf(ctx, key, data, v)
+}
+
 func (b crashBackend) Delete(ctx context.Context, key string) error {
 	b.c.step()
 	return b.Backend.Delete(ctx, key)

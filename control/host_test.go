@@ -707,6 +707,10 @@ func (p *prefixed) ReadMeta(ctx context.Context, key string) ([]byte, error) {
 	return p.Backend.ReadMeta(ctx, p.strip(key))
 }
 
+func (p *prefixed) ReadMetaVersion(ctx context.Context, key string) ([]byte, storage.Version, error) {
+	return p.Backend.ReadMetaVersion(ctx, p.strip(key))
+}
+
 // TestFlushIntervalReachesVMDisks: the disks a VM serves sync by themselves
 // at the host's FlushInterval, not at the engine's default (5 s).
 func TestFlushIntervalReachesVMDisks(t *testing.T) {

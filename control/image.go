@@ -77,8 +77,18 @@ func (v *readOnlyView) ReadMeta(ctx context.Context, key string) ([]byte, error)
 	return v.be.ReadMeta(ctx, v.meta)
 }
 
+func (v *readOnlyView) ReadMetaVersion(ctx context.Context, key string) ([]byte, storage.Version, error) {
+	if key != v.prefix+"/meta.json" {
+		return nil, storage.NoVersion, fmt.Errorf("%w: %s", storage.ErrNotFound, key)
+	}
+	return v.be.ReadMetaVersion(ctx, v.meta)
+}
+
 func (v *readOnlyView) WriteMeta(context.Context, string, []byte) error { return errReadOnly }
-func (v *readOnlyView) Delete(context.Context, string) error            { return errReadOnly }
+func (v *readOnlyView) WriteMetaIf(context.Context, string, []byte, storage.Version) (storage.Version, error) {
+	return storage.NoVersion, errReadOnly
+}
+func (v *readOnlyView) Delete(context.Context, string) error { return errReadOnly }
 func (v *readOnlyView) List(_ context.Context, prefix string) ([]string, error) {
 	var out []string
 	for k := range v.chunks {
