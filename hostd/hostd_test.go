@@ -15,6 +15,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"hostcrypt/control/api"
+	"hostcrypt/keystore/hostkeys"
 	"hostcrypt/keystore/server"
 )
 
@@ -84,7 +85,7 @@ func TestRunServesImages(t *testing.T) {
 
 	var d api.Disk
 	require.NoError(t, c.Do(ctx, "GET", "/disks/vm1_OsDisk", nil, &d))
-	require.Contains(t, d.KeyID, "/vaults/platform/keys/"+platformKeyName+"/", "the data key is wrapped by a versioned platform key")
+	require.Contains(t, d.KeyID, "/vaults/platform/keys/"+hostkeys.PlatformKeyName+"/", "the data key is wrapped by a versioned platform key")
 
 	// A clean stop unmounts; a restart brings the VM back running.
 	require.NoError(t, stop())
