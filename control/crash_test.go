@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"hostcrypt/control/api"
+	"hostcrypt/internal/testenv"
 	"log/slog"
 	"os"
 	"runtime"
@@ -114,31 +115,13 @@ func (c crashChunk) Sync() error {
 	return c.Chunk.Sync()
 }
 
-// logBuffer collects a host's log lines.
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.String()
-}
-
 // newCrashFixture is newFixture with storage and state saves that a crasher
 // can interrupt, and the log kept.
-func newCrashFixture(t *testing.T) (*fixture, *crasher, *logBuffer) {
+func newCrashFixture(t *testing.T) (*fixture, *crasher, *testenv.Buffer) {
 	f := newFixture(t)
 	require.NoError(t, f.h.Shutdown())
 	c := &crasher{}
-	logs := &logBuffer{}
+	logs := &testenv.Buffer{}
 	f.cfg.Storage = crashBackend{f.cfg.Storage, c}
 	f.cfg.hooks.beforeSave = c.step
 	f.cfg.Log = slog.New(slog.NewTextHandler(logs, nil))
@@ -311,7 +294,7 @@ func TestEmptyStateRemovesNothing(t *testing.T) {
 	cachesBefore := cacheNames(t, f.cfg.CacheDir)
 	require.NotEmpty(t, cachesBefore)
 
-	logs := &logBuffer{}
+	logs := &testenv.Buffer{}
 	cfg := f.cfg
 	cfg.StateDir = t.TempDir()
 	cfg.Log = slog.New(slog.NewTextHandler(logs, nil))

@@ -7,38 +7,20 @@ import (
 	"fmt"
 	"hostcrypt/control/api"
 	"hostcrypt/control/store"
+	"hostcrypt/internal/testenv"
 	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
 )
 
-// clock is an injectable Config.Now.
-type clock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *clock) now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *clock) set(t time.Time) {
-	c.mu.Lock()
-	c.t = t
-	c.mu.Unlock()
-}
-
 type restrictFixture struct {
 	*fixture
-	clock *clock
+	clock *testenv.Clock
 }
 
 // newRestrictFixture is a host whose key service has identities (each one
@@ -46,9 +28,9 @@ type restrictFixture struct {
 func newRestrictFixture(t *testing.T, tweak ...func(*Config)) *restrictFixture {
 	f := newFixture(t)
 	require.NoError(t, f.h.Shutdown())
-	rf := &restrictFixture{fixture: f, clock: &clock{t: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}}
+	rf := &restrictFixture{fixture: f, clock: testenv.NewClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))}
 	f.keys.AutoGrant().OnlyVaults(map[string]string{"vault1": "local", "vault2": "westeurope"})
-	f.cfg.Now = rf.clock.now
+	f.cfg.Now = rf.clock.Now
 	for _, tw := range tweak {
 		tw(&f.cfg)
 	}
@@ -387,7 +369,7 @@ func TestUltraAndPremiumV2(t *testing.T) {
 	}, "double encryption", "UltraSSD_LRS")
 
 	// Encryption at host: 4 KiB sectors, or 512-byte sectors from 2023-05-13.
-	f.clock.set(time.Date(2023, 5, 12, 23, 59, 0, 0, time.UTC))
+	f.clock.Set(time.Date(2023, 5, 12, 23, 59, 0, 0, time.UTC))
 	for _, c := range []struct {
 		name, sku string
 		sector    int
@@ -395,10 +377,10 @@ func TestUltraAndPremiumV2(t *testing.T) {
 		_, err := f.h.CreateDisk(ctx, api.CreateDiskRequest{Name: c.name, SizeBytes: 8 << 20, Sku: c.sku, LogicalSectorSize: c.sector})
 		require.NoError(t, err)
 	}
-	f.clock.set(time.Date(2023, 5, 13, 0, 0, 0, 0, time.UTC))
+	f.clock.Set(time.Date(2023, 5, 13, 0, 0, 0, 0, time.UTC))
 	_, err = f.h.CreateDisk(ctx, api.CreateDiskRequest{Name: "new512", SizeBytes: 8 << 20, Sku: "PremiumV2_LRS"})
 	require.NoError(t, err)
-	f.clock.set(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+	f.clock.Set(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
 
 	for _, n := range []string{"old512", "oldv2"} {
 		f.refused(t, http.StatusBadRequest, func() error {
@@ -548,7 +530,7 @@ func TestVMUpdateRule(t *testing.T) {
 	require.NoError(t, err)
 	_, err = f.h.CreateDisk(ctx, api.CreateDiskRequest{Name: "cmk", SizeBytes: 8 << 20, DiskEncryptionSet: "des1"})
 	require.NoError(t, err)
-	f.clock.set(time.Date(2023, 1, 1, 0, 0, 0, 0, time.UTC))
+	f.clock.Set(time.Date(2023, 1, 1, 0, 0, 0, 0, time.UTC))
 	_, err = f.h.CreateDisk(ctx, api.CreateDiskRequest{Name: "ultra", SizeBytes: 8 << 20, Sku: "UltraSSD_LRS"})
 	require.NoError(t, err)
 	_, err = f.h.CreateDisk(ctx, api.CreateDiskRequest{Name: "ade", SizeBytes: 8 << 20, ADE: true})

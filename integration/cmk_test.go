@@ -2,6 +2,7 @@ package integration
 
 import (
 	"encoding/json"
+	"hostcrypt/internal/testenv"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -181,7 +182,7 @@ func TestHostConvertToDouble(t *testing.T) {
 	}
 	cli := exec.Command(filepath.Join(bins(t), "hostcrypt"), "--host-socket", h.socket(), "disk", "update", "--name", "big",
 		"--encryption-type", "EncryptionAtRestWithPlatformAndCustomerKeys")
-	var stderr syncBuffer
+	var stderr testenv.Buffer
 	cli.Stderr = &stderr
 	require.NoError(t, cli.Start())
 	var c conv

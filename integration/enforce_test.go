@@ -133,7 +133,7 @@ func startFio(t *testing.T, img string) *fioProc {
 	return f
 }
 
-func adminClient(t *testing.T, ks *hostKS) *client.Client {
+func adminClient(t *testing.T, ks *ksProc) *client.Client {
 	c, err := client.New(ks.url, filepath.Join(ks.dir, "ca.pem"), filepath.Join(ks.dir, "admin.token"))
 	require.NoError(t, err)
 	return c
