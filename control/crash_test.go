@@ -344,8 +344,7 @@ func TestConversionSavesProgressInBatches(t *testing.T) {
 	ctx := context.Background()
 	_, err := f.h.CreateDES(ctx, api.CreateDESRequest{Name: "des1", KeyURL: kid("vault1", "k")})
 	require.NoError(t, err)
-	_, err = f.h.CreateDisk(ctx, api.CreateDiskRequest{Name: "d", SizeBytes: 1 << 30, DiskEncryptionSet: "des1"})
-	require.NoError(t, err)
+	f.mustDisk(t, api.CreateDiskRequest{Name: "d", SizeBytes: 1 << 30, DiskEncryptionSet: "des1"})
 	data := bytes.Repeat([]byte("convert me "), 1000)
 	f.writeDisk(t, "d", data, 300<<20)
 

@@ -143,6 +143,23 @@ func must[T any](t testing.TB) func(v T, err error) T {
 	}
 }
 
+// mustDisk, mustVM and mustDES make what a test needs, failing it if they
+// cannot.
+func (f *fixture) mustDisk(t testing.TB, r api.CreateDiskRequest) *api.Disk {
+	t.Helper()
+	return must[*api.Disk](t)(f.h.CreateDisk(context.Background(), r))
+}
+
+func (f *fixture) mustVM(t testing.TB, r api.CreateVMRequest) *api.VM {
+	t.Helper()
+	return must[*api.VM](t)(f.h.CreateVM(context.Background(), r))
+}
+
+func (f *fixture) mustDES(t testing.TB, r api.CreateDESRequest) *api.DiskEncryptionSet {
+	t.Helper()
+	return must[*api.DiskEncryptionSet](t)(f.h.CreateDES(context.Background(), r))
+}
+
 func requireCode(t *testing.T, err error, status int) {
 	t.Helper()
 	var e *api.Error
@@ -180,10 +197,8 @@ func TestBadInputChangesNothing(t *testing.T) {
 	ctx := context.Background()
 	_, err := f.h.CreateDisk(ctx, api.CreateDiskRequest{Name: "d1", SizeBytes: 8 << 20})
 	require.NoError(t, err)
-	_, err = f.h.CreateDisk(ctx, api.CreateDiskRequest{Name: "d2", SizeBytes: 8 << 20})
-	require.NoError(t, err)
-	_, err = f.h.CreateVM(ctx, api.CreateVMRequest{Name: "vm1", OsDiskSizeBytes: 8 << 20, DataDisks: []api.AttachedDisk{{Name: "d1"}}})
-	require.NoError(t, err)
+	f.mustDisk(t, api.CreateDiskRequest{Name: "d2", SizeBytes: 8 << 20})
+	f.mustVM(t, api.CreateVMRequest{Name: "vm1", OsDiskSizeBytes: 8 << 20, DataDisks: []api.AttachedDisk{{Name: "d1"}}})
 	before, err := f.cfg.Storage.List(ctx, "")
 	require.NoError(t, err)
 	disks, vms := f.disks(t), f.vms(t)
@@ -323,8 +338,7 @@ func TestVMLifecycleAndPersistence(t *testing.T) {
 	check("vm1/data-0.img", pattern)
 
 	// Hot-plug.
-	_, err = f.h.CreateDisk(ctx, api.CreateDiskRequest{Name: "data2", SizeBytes: 8 << 20})
-	require.NoError(t, err)
+	f.mustDisk(t, api.CreateDiskRequest{Name: "data2", SizeBytes: 8 << 20})
 	vm, err = f.h.AttachDisk(ctx, "vm1", api.AttachRequest{Disk: "data2"})
 	require.NoError(t, err)
 	require.Contains(t, f.tree.list(), "vm1/data-1.img")
@@ -397,8 +411,7 @@ func TestDiskEncryptionSets(t *testing.T) {
 	require.Equal(t, kid, d.KeyID)
 	require.Equal(t, des.ID, d.Encryption.DiskEncryptionSetID)
 
-	_, err = f.h.CreateVM(ctx, api.CreateVMRequest{Name: "vm1", OsDisk: "c1"})
-	require.NoError(t, err)
+	f.mustVM(t, api.CreateVMRequest{Name: "vm1", OsDisk: "c1"})
 	_, err = f.h.StopVM(ctx, "vm1", "")
 	require.NoError(t, err)
 	// Access revoked: the VM cannot start, and the error names the identity.
@@ -416,10 +429,8 @@ func TestCheckKeysStopsVMAndLeases(t *testing.T) {
 	ctx := context.Background()
 	_, err := f.h.CreateDES(ctx, api.CreateDESRequest{Name: "des1", KeyURL: "https://h/vaults/v/keys/k/1"})
 	require.NoError(t, err)
-	_, err = f.h.CreateDisk(ctx, api.CreateDiskRequest{Name: "c1", SizeBytes: 8 << 20, DiskEncryptionSet: "des1"})
-	require.NoError(t, err)
-	_, err = f.h.CreateVM(ctx, api.CreateVMRequest{Name: "vm1", OsDiskSizeBytes: 8 << 20, DataDisks: []api.AttachedDisk{{Name: "c1"}}})
-	require.NoError(t, err)
+	f.mustDisk(t, api.CreateDiskRequest{Name: "c1", SizeBytes: 8 << 20, DiskEncryptionSet: "des1"})
+	f.mustVM(t, api.CreateVMRequest{Name: "vm1", OsDiskSizeBytes: 8 << 20, DataDisks: []api.AttachedDisk{{Name: "c1"}}})
 	f.h.CheckKeys(ctx)
 	vm, err := f.h.ShowVM("vm1")
 	require.NoError(t, err)
@@ -644,11 +655,8 @@ func TestFlushIntervalReachesVMDisks(t *testing.T) {
 	var err error
 	f.h, err = New(f.cfg)
 	require.NoError(t, err)
-	ctx := context.Background()
-	_, err = f.h.CreateDisk(ctx, api.CreateDiskRequest{Name: "d1", SizeBytes: 8 << 20})
-	require.NoError(t, err)
-	_, err = f.h.CreateVM(ctx, api.CreateVMRequest{Name: "vm1", OsDiskSizeBytes: 8 << 20, DataDisks: []api.AttachedDisk{{Name: "d1"}}})
-	require.NoError(t, err)
+	f.mustDisk(t, api.CreateDiskRequest{Name: "d1", SizeBytes: 8 << 20})
+	f.mustVM(t, api.CreateVMRequest{Name: "vm1", OsDiskSizeBytes: 8 << 20, DataDisks: []api.AttachedDisk{{Name: "d1"}}})
 	pattern := bytes.Repeat([]byte("flushed by itself "), 1000)[:16384]
 	_, err = f.tree.get("vm1/data-0.img").WriteAt(pattern, 0)
 	require.NoError(t, err)

@@ -48,8 +48,7 @@ func TestStartSurvivesBadRecords(t *testing.T) {
 	for _, vm := range []string{"ok", "nometa", "badmeta", "hugemeta", "ghost", "hugerecord", "nulldisk"} {
 		_, err := f.h.CreateDisk(ctx, api.CreateDiskRequest{Name: vm + "-data", SizeBytes: 8 << 20})
 		require.NoError(t, err)
-		_, err = f.h.CreateVM(ctx, api.CreateVMRequest{Name: vm, OsDiskSizeBytes: 8 << 20, DataDisks: []api.AttachedDisk{{Name: vm + "-data"}}})
-		require.NoError(t, err)
+		f.mustVM(t, api.CreateVMRequest{Name: vm, OsDiskSizeBytes: 8 << 20, DataDisks: []api.AttachedDisk{{Name: vm + "-data"}}})
 		img := f.tree.get(vm + "/data-0.img")
 		_, err = img.WriteAt(pattern, 4096)
 		require.NoError(t, err)

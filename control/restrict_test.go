@@ -168,14 +168,11 @@ func TestMoveDisk(t *testing.T) {
 	other := "11111111-2222-3333-4444-555555555555"
 	_, err := f.h.CreateDES(ctx, api.CreateDESRequest{Name: "des1", KeyURL: kid("vault1", "k")})
 	require.NoError(t, err)
-	_, err = f.h.CreateDisk(ctx, api.CreateDiskRequest{Name: "cmk", SizeBytes: 8 << 20, DiskEncryptionSet: "des1"})
-	require.NoError(t, err)
+	f.mustDisk(t, api.CreateDiskRequest{Name: "cmk", SizeBytes: 8 << 20, DiskEncryptionSet: "des1"})
 	_, err = f.h.CreateDisk(ctx, api.CreateDiskRequest{Name: "double", SizeBytes: 8 << 20, DiskEncryptionSet: "des1", EncryptionType: api.EncPlatformAndCustomerKey})
 	require.NoError(t, err)
-	_, err = f.h.CreateDisk(ctx, api.CreateDiskRequest{Name: "pmk", SizeBytes: 8 << 20})
-	require.NoError(t, err)
-	_, err = f.h.CreateVM(ctx, api.CreateVMRequest{Name: "vm1", OsDiskSizeBytes: 8 << 20, DataDisks: []api.AttachedDisk{{Name: "cmk"}, {Name: "pmk"}}})
-	require.NoError(t, err)
+	f.mustDisk(t, api.CreateDiskRequest{Name: "pmk", SizeBytes: 8 << 20})
+	f.mustVM(t, api.CreateVMRequest{Name: "vm1", OsDiskSizeBytes: 8 << 20, DataDisks: []api.AttachedDisk{{Name: "cmk"}, {Name: "pmk"}}})
 	move := func(name, rg, sub string) func() error {
 		return func() error {
 			_, err := f.h.MoveDisk(ctx, name, api.MoveRequest{ResourceGroup: rg, Subscription: sub})
@@ -281,10 +278,8 @@ func TestDESVaultLocation(t *testing.T) {
 	des, err := f.h.CreateDES(ctx, api.CreateDESRequest{Name: "des1", KeyURL: kid("vault2", "k"), Location: "westeurope"})
 	require.NoError(t, err)
 	require.Equal(t, "westeurope", des.Location)
-	_, err = f.h.CreateDES(ctx, api.CreateDESRequest{Name: "des2", KeyURL: kid("vault1", "k")})
-	require.NoError(t, err)
-	_, err = f.h.CreateDisk(ctx, api.CreateDiskRequest{Name: "c1", SizeBytes: 8 << 20, DiskEncryptionSet: "des2"})
-	require.NoError(t, err)
+	f.mustDES(t, api.CreateDESRequest{Name: "des2", KeyURL: kid("vault1", "k")})
+	f.mustDisk(t, api.CreateDiskRequest{Name: "c1", SizeBytes: 8 << 20, DiskEncryptionSet: "des2"})
 
 	// Switching a set's key to a vault elsewhere is refused; within the
 	// vault, or to another vault of the same location, it is not.
@@ -315,12 +310,10 @@ func TestDESLimit(t *testing.T) {
 	// The limit is per location and per subscription.
 	_, err := f.h.CreateDES(ctx, api.CreateDESRequest{Name: "des3", KeyURL: kid("vault2", "k"), Location: "westeurope"})
 	require.NoError(t, err)
-	_, err = f.h.CreateDES(ctx, api.CreateDESRequest{Name: "des4", KeyURL: kid("vault1", "k"), Subscription: "11111111-2222-3333-4444-555555555555"})
-	require.NoError(t, err)
+	f.mustDES(t, api.CreateDESRequest{Name: "des4", KeyURL: kid("vault1", "k"), Subscription: "11111111-2222-3333-4444-555555555555"})
 	// Deleting one makes room.
 	require.NoError(t, f.h.DeleteDES(ctx, "des1"))
-	_, err = f.h.CreateDES(ctx, api.CreateDESRequest{Name: "des5", KeyURL: kid("vault1", "k")})
-	require.NoError(t, err)
+	f.mustDES(t, api.CreateDESRequest{Name: "des5", KeyURL: kid("vault1", "k")})
 }
 
 // TestDESLimitDefault: without the test hook the limit is 5000.
@@ -347,8 +340,7 @@ func TestUltraAndPremiumV2(t *testing.T) {
 	ctx := context.Background()
 	_, err := f.h.CreateDES(ctx, api.CreateDESRequest{Name: "des1", KeyURL: kid("vault1", "k")})
 	require.NoError(t, err)
-	_, err = f.h.CreateDES(ctx, api.CreateDESRequest{Name: "dbl", KeyURL: kid("vault1", "k"), EncryptionType: api.EncPlatformAndCustomerKey})
-	require.NoError(t, err)
+	f.mustDES(t, api.CreateDESRequest{Name: "dbl", KeyURL: kid("vault1", "k"), EncryptionType: api.EncPlatformAndCustomerKey})
 
 	// No double encryption, at create (explicit, or from the set) or later.
 	for _, sku := range []string{"UltraSSD_LRS", "PremiumV2_LRS"} {
@@ -361,8 +353,7 @@ func TestUltraAndPremiumV2(t *testing.T) {
 			return err
 		}, "double encryption")
 	}
-	_, err = f.h.CreateDisk(ctx, api.CreateDiskRequest{Name: "u1", SizeBytes: 8 << 20, Sku: "UltraSSD_LRS", DiskEncryptionSet: "des1"})
-	require.NoError(t, err)
+	f.mustDisk(t, api.CreateDiskRequest{Name: "u1", SizeBytes: 8 << 20, Sku: "UltraSSD_LRS", DiskEncryptionSet: "des1"})
 	f.refused(t, http.StatusBadRequest, func() error {
 		_, err := f.h.UpdateDisk(ctx, "u1", api.UpdateDiskRequest{EncryptionType: api.EncPlatformAndCustomerKey})
 		return err
@@ -378,8 +369,7 @@ func TestUltraAndPremiumV2(t *testing.T) {
 		require.NoError(t, err)
 	}
 	f.clock.Set(time.Date(2023, 5, 13, 0, 0, 0, 0, time.UTC))
-	_, err = f.h.CreateDisk(ctx, api.CreateDiskRequest{Name: "new512", SizeBytes: 8 << 20, Sku: "PremiumV2_LRS"})
-	require.NoError(t, err)
+	f.mustDisk(t, api.CreateDiskRequest{Name: "new512", SizeBytes: 8 << 20, Sku: "PremiumV2_LRS"})
 	f.clock.Set(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
 
 	for _, n := range []string{"old512", "oldv2"} {
@@ -415,8 +405,7 @@ func TestGuestEncryptionFlag(t *testing.T) {
 	d, err := f.h.CreateDisk(ctx, api.CreateDiskRequest{Name: "ade1", SizeBytes: 8 << 20, ADE: true})
 	require.NoError(t, err)
 	require.True(t, d.ADE)
-	_, err = f.h.CreateDisk(ctx, api.CreateDiskRequest{Name: "ade2", SizeBytes: 8 << 20})
-	require.NoError(t, err)
+	f.mustDisk(t, api.CreateDiskRequest{Name: "ade2", SizeBytes: 8 << 20})
 	d, err = f.h.UpdateDisk(ctx, "ade2", api.UpdateDiskRequest{ADE: ptr(true)})
 	require.NoError(t, err)
 	require.True(t, d.ADE)
@@ -436,16 +425,14 @@ func TestGuestEncryptionFlag(t *testing.T) {
 			return err
 		}, "cannot get encryption at host", "a VM without encryption at host")
 	}
-	_, err = f.h.CreateVM(ctx, api.CreateVMRequest{Name: "vm1", OsDiskSizeBytes: 8 << 20})
-	require.NoError(t, err)
+	f.mustVM(t, api.CreateVMRequest{Name: "vm1", OsDiskSizeBytes: 8 << 20})
 	f.refused(t, http.StatusBadRequest, func() error {
 		_, err := f.h.AttachDisk(ctx, "vm1", api.AttachRequest{Disk: "ade1"})
 		return err
 	}, `disk "ade1" has used guest-level disk encryption`, "encryption at host")
 	// The flag cannot go on a disk with customer keys, or one attached to a
 	// VM with encryption at host.
-	_, err = f.h.CreateDisk(ctx, api.CreateDiskRequest{Name: "cmk", SizeBytes: 8 << 20, DiskEncryptionSet: "des1"})
-	require.NoError(t, err)
+	f.mustDisk(t, api.CreateDiskRequest{Name: "cmk", SizeBytes: 8 << 20, DiskEncryptionSet: "des1"})
 	f.refused(t, http.StatusBadRequest, func() error {
 		_, err := f.h.UpdateDisk(ctx, "cmk", api.UpdateDiskRequest{ADE: ptr(true)})
 		return err
@@ -477,8 +464,7 @@ func TestGuestEncryptionFlag(t *testing.T) {
 	}, `VM "vm2" has used guest-level disk encryption`, "customer-managed keys")
 	_, err = f.h.AttachDisk(ctx, "vm2", api.AttachRequest{Disk: "ade1"})
 	require.NoError(t, err, "an ADE disk goes on a VM without encryption at host")
-	_, err = f.h.CreateDisk(ctx, api.CreateDiskRequest{Name: "plain", SizeBytes: 8 << 20})
-	require.NoError(t, err)
+	f.mustDisk(t, api.CreateDiskRequest{Name: "plain", SizeBytes: 8 << 20})
 	_, err = f.h.AttachDisk(ctx, "vm2", api.AttachRequest{Disk: "plain"})
 	require.NoError(t, err)
 	_, err = f.h.DeallocateVM(ctx, "vm2")
@@ -528,11 +514,9 @@ func TestVMUpdateRule(t *testing.T) {
 	ctx := context.Background()
 	_, err := f.h.CreateDES(ctx, api.CreateDESRequest{Name: "des1", KeyURL: kid("vault1", "k")})
 	require.NoError(t, err)
-	_, err = f.h.CreateDisk(ctx, api.CreateDiskRequest{Name: "cmk", SizeBytes: 8 << 20, DiskEncryptionSet: "des1"})
-	require.NoError(t, err)
+	f.mustDisk(t, api.CreateDiskRequest{Name: "cmk", SizeBytes: 8 << 20, DiskEncryptionSet: "des1"})
 	f.clock.Set(time.Date(2023, 1, 1, 0, 0, 0, 0, time.UTC))
-	_, err = f.h.CreateDisk(ctx, api.CreateDiskRequest{Name: "ultra", SizeBytes: 8 << 20, Sku: "UltraSSD_LRS"})
-	require.NoError(t, err)
+	f.mustDisk(t, api.CreateDiskRequest{Name: "ultra", SizeBytes: 8 << 20, Sku: "UltraSSD_LRS"})
 	_, err = f.h.CreateDisk(ctx, api.CreateDiskRequest{Name: "ade", SizeBytes: 8 << 20, ADE: true})
 	require.NoError(t, err)
 	yes, no := ptr(true), ptr(false)

@@ -42,8 +42,7 @@ func TestSnapshotsAndImages(t *testing.T) {
 	const size = 16 << 20 // four 4 MiB chunks
 	_, err := f.h.CreateDisk(ctx, api.CreateDiskRequest{Name: "d1", SizeBytes: size})
 	require.NoError(t, err)
-	_, err = f.h.CreateVM(ctx, api.CreateVMRequest{Name: "vm1", OsDiskSizeBytes: 4 << 20, DataDisks: []api.AttachedDisk{{Name: "d1"}}})
-	require.NoError(t, err)
+	f.mustVM(t, api.CreateVMRequest{Name: "vm1", OsDiskSizeBytes: 4 << 20, DataDisks: []api.AttachedDisk{{Name: "d1"}}})
 	img := f.tree.get("vm1/data-0.img")
 	a := fill(size)
 	_, err = img.WriteAt(a, 0)
@@ -207,8 +206,7 @@ func TestSnapshotRestrictions(t *testing.T) {
 
 	// Customer keys stay on a disk with incremental snapshots, and on the
 	// incremental snapshots themselves; a full snapshot may switch.
-	_, err = f.h.CreateDisk(ctx, api.CreateDiskRequest{Name: "c1", SizeBytes: 8 << 20, DiskEncryptionSet: "des1"})
-	require.NoError(t, err)
+	f.mustDisk(t, api.CreateDiskRequest{Name: "c1", SizeBytes: 8 << 20, DiskEncryptionSet: "des1"})
 	_, err = f.h.CreateSnapshot(ctx, api.CreateSnapshotRequest{Name: "inc1", Source: "c1", Incremental: true})
 	require.NoError(t, err)
 	_, err = f.h.CreateSnapshot(ctx, api.CreateSnapshotRequest{Name: "full1", Source: "c1"})
@@ -226,8 +224,7 @@ func TestSnapshotRestrictions(t *testing.T) {
 	assert.Equal(t, api.EncPlatformKey, full.Encryption.Type)
 	assert.NotContains(t, full.KeyID, "/vaults/")
 	// Still restorable under the platform key.
-	_, err = f.h.CreateDisk(ctx, api.CreateDiskRequest{Name: "fromfull", Source: "full1"})
-	require.NoError(t, err)
+	f.mustDisk(t, api.CreateDiskRequest{Name: "fromfull", Source: "full1"})
 	require.NoError(t, f.h.DeleteSnapshot(ctx, "inc1"))
 	_, err = f.h.UpdateDisk(ctx, "c1", api.UpdateDiskRequest{EncryptionType: api.EncPlatformKey})
 	require.NoError(t, err, "with its incremental snapshots gone the disk may switch")
@@ -251,8 +248,7 @@ func TestSnapshotRestrictions(t *testing.T) {
 	require.NoError(t, err, "a platform-key snapshot moves freely")
 
 	// Guest-encrypted content never gets customer keys, also as a copy.
-	_, err = f.h.CreateDisk(ctx, api.CreateDiskRequest{Name: "a1", SizeBytes: 8 << 20, ADE: true})
-	require.NoError(t, err)
+	f.mustDisk(t, api.CreateDiskRequest{Name: "a1", SizeBytes: 8 << 20, ADE: true})
 	f.refused(t, http.StatusBadRequest, func() error {
 		_, err := f.h.CreateSnapshot(ctx, api.CreateSnapshotRequest{Name: "as", Source: "a1", DiskEncryptionSet: "des1"})
 		return err

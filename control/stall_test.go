@@ -74,15 +74,13 @@ func newStallFixture(t *testing.T) (*fixture, *heldCopy, string) {
 	f.keys.AutoGrant()
 	ctx := context.Background()
 	const kid = "https://127.0.0.1:8443/vaults/vault1/keys/k1/0123abcd"
-	_, err = f.h.CreateDES(ctx, api.CreateDESRequest{Name: "des1", KeyURL: kid})
-	require.NoError(t, err)
+	f.mustDES(t, api.CreateDESRequest{Name: "des1", KeyURL: kid})
 	for _, d := range []api.CreateDiskRequest{{Name: "c1", SizeBytes: 8 << 20, DiskEncryptionSet: "des1"}, {Name: "d1", SizeBytes: 8 << 20}} {
 		_, err = f.h.CreateDisk(ctx, d)
 		require.NoError(t, err)
 	}
 	for vm, d := range map[string]string{"cmk": "c1", "busy": "d1"} {
-		_, err = f.h.CreateVM(ctx, api.CreateVMRequest{Name: vm, OsDiskSizeBytes: 4 << 20, DataDisks: []api.AttachedDisk{{Name: d}}})
-		require.NoError(t, err)
+		f.mustVM(t, api.CreateVMRequest{Name: vm, OsDiskSizeBytes: 4 << 20, DataDisks: []api.AttachedDisk{{Name: d}}})
 	}
 	_, err = f.tree.get("busy/data-0.img").WriteAt(fill(1<<20), 0)
 	require.NoError(t, err)

@@ -133,8 +133,7 @@ func TestTransferBadInputChangesNothing(t *testing.T) {
 	src, _ := sampleImage(t)
 	_, err := f.h.CreateDisk(ctx, api.CreateDiskRequest{Name: "d1", SizeBytes: 8 << 20})
 	require.NoError(t, err)
-	_, err = f.h.CreateVM(ctx, api.CreateVMRequest{Name: "vm1", OsDiskSizeBytes: 8 << 20, DataDisks: []api.AttachedDisk{{Name: "d1"}}})
-	require.NoError(t, err)
+	f.mustVM(t, api.CreateVMRequest{Name: "vm1", OsDiskSizeBytes: 8 << 20, DataDisks: []api.AttachedDisk{{Name: "d1"}}})
 	dir := t.TempDir()
 	empty := filepath.Join(dir, "empty.raw")
 	require.NoError(t, os.WriteFile(empty, nil, 0o600))
@@ -244,8 +243,7 @@ func TestTransferRecoveryAfterCrash(t *testing.T) {
 	ctx := context.Background()
 	a, err := f.h.CreateDisk(ctx, api.CreateDiskRequest{Name: "importing", SizeBytes: 8 << 20})
 	require.NoError(t, err)
-	_, err = f.h.CreateDisk(ctx, api.CreateDiskRequest{Name: "exporting", SizeBytes: 8 << 20})
-	require.NoError(t, err)
+	f.mustDisk(t, api.CreateDiskRequest{Name: "exporting", SizeBytes: 8 << 20})
 	target := filepath.Join(t.TempDir(), "y.raw")
 	f.setRecords(t, func(r *store.Records) {
 		r.Disks["importing"].DiskState = api.DiskActiveUpload
@@ -271,8 +269,7 @@ func TestTransferRecoveryAfterCrash(t *testing.T) {
 	left, err = filepath.Glob(filepath.Join(filepath.Dir(target), "*"))
 	require.NoError(t, err)
 	require.Equal(t, []string{filepath.Join(filepath.Dir(target), "other")}, left, "the partial export is removed, nothing else")
-	_, err = f.h.CreateVM(ctx, api.CreateVMRequest{Name: "vm1", OsDisk: "exporting"})
-	require.NoError(t, err)
+	f.mustVM(t, api.CreateVMRequest{Name: "vm1", OsDisk: "exporting"})
 }
 
 func TestTransferOverTheAPI(t *testing.T) {
@@ -316,8 +313,7 @@ func TestExportOfStoppedVMDisk(t *testing.T) {
 	src, want := sampleImage(t)
 	_, err := f.h.ImportDisk(ctx, api.ImportDiskRequest{CreateDiskRequest: api.CreateDiskRequest{Name: "d1"}, Source: src}, nil)
 	require.NoError(t, err)
-	_, err = f.h.CreateVM(ctx, api.CreateVMRequest{Name: "vm1", OsDiskSizeBytes: 8 << 20, DataDisks: []api.AttachedDisk{{Name: "d1"}}})
-	require.NoError(t, err)
+	f.mustVM(t, api.CreateVMRequest{Name: "vm1", OsDiskSizeBytes: 8 << 20, DataDisks: []api.AttachedDisk{{Name: "d1"}}})
 	_, err = f.h.StopVM(ctx, "vm1", "")
 	require.NoError(t, err)
 

@@ -21,13 +21,7 @@ import (
 func TestHostCustomerKeys(t *testing.T) {
 	h := newHost(t, startKeystore(t))
 	h.ok("keyvault", "create", "--name", "vault1")
-	var key struct {
-		Key struct {
-			Kid string `json:"kid"`
-		} `json:"key"`
-	}
-	h.json(&key, "key", "create", "--vault-name", "vault1", "--name", "k1", "--size", "2048")
-	kid := key.Key.Kid
+	kid := h.kid("create", "--vault-name", "vault1", "--name", "k1", "--size", "2048")
 	require.Contains(t, kid, "/vaults/vault1/keys/k1/")
 
 	var des struct {

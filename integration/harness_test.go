@@ -172,6 +172,20 @@ func (h *host) json(v any, args ...string) {
 	require.NoError(h.t, json.Unmarshal([]byte(out), v), out)
 }
 
+// kid runs a key verb (key create, key rotate...) and returns the key id
+// with its version that it prints.
+func (h *host) kid(args ...string) string {
+	h.t.Helper()
+	var key struct {
+		Key struct {
+			Kid string `json:"kid"`
+		} `json:"key"`
+	}
+	h.json(&key, append([]string{"key"}, args...)...)
+	require.NotEmpty(h.t, key.Key.Kid, "key %v printed no kid", args)
+	return key.Key.Kid
+}
+
 func runCmd(name string, args ...string) (string, string, int) {
 	var out, errOut bytes.Buffer
 	cmd := exec.Command(name, args...)
