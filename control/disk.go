@@ -260,9 +260,7 @@ func (h *Host) resize(ctx context.Context, r *store.Records, d *store.Disk, size
 		if err := a.vol.Resize(uctx, size); err != nil {
 			return err
 		}
-		if rs, ok := h.cfg.Tree.(Resizer); ok {
-			rs.Resized(d.ManagedBy, a.file)
-		}
+		h.cfg.Tree.Resized(d.ManagedBy, a.file)
 		return nil
 	}
 	dd, err := disk.Open(ctx, h.cfg.Storage, d.StoragePrefix, h.unwrapperFor(r, "disk "+d.Name, d.Encryption))

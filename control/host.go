@@ -25,12 +25,12 @@ type Tree interface {
 	AddImage(vm, name string, img hfs.Image) error
 	RemoveImage(vm, name string) error
 	RemoveVM(vm string) error
-}
-
-// Resizer is implemented by a tree that must hear of an image's new size.
-type Resizer interface {
+	// Resized tells the tree that an image's size changed (a disk grown
+	// while its VM runs).
 	Resized(vm, name string)
 }
+
+var _ Tree = (*hfs.Tree)(nil)
 
 // Defaults of the key-state enforcement, which hostcryptd's flags refer to.
 const (

@@ -54,6 +54,8 @@ func (t *fakeTree) RemoveImage(vm, name string) error {
 
 func (t *fakeTree) RemoveVM(string) error { return nil }
 
+func (t *fakeTree) Resized(string, string) {}
+
 func (t *fakeTree) list() []string {
 	t.mu.Lock()
 	defer t.mu.Unlock()
