@@ -95,7 +95,7 @@ func (c *Config) check() error {
 	if c.FlushInterval < time.Second || c.FlushInterval > 10*time.Minute {
 		return fmt.Errorf("--flush-interval %v: use 1s to 10m (a guest's own flush always syncs at once)", c.FlushInterval)
 	}
-	if c.KeystoreTimeout < 0 || c.KeystoreTimeout > 10*time.Minute {
+	if c.KeystoreTimeout != 0 && (c.KeystoreTimeout < time.Second || c.KeystoreTimeout > 10*time.Minute) {
 		return fmt.Errorf("--keystore-timeout %v: use 1s to 10m", c.KeystoreTimeout)
 	}
 	if c.Log == nil {

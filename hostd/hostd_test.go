@@ -87,6 +87,12 @@ func TestRunRefusesBadSetups(t *testing.T) {
 	cfg.OnKeyExpiry = "later"
 	require.ErrorContains(t, Run(context.Background(), cfg, nil), "--on-key-expiry")
 
+	for _, d := range []time.Duration{-time.Second, time.Millisecond, time.Hour} {
+		cfg = base
+		cfg.KeystoreTimeout = d
+		require.ErrorContains(t, Run(context.Background(), cfg, nil), "--keystore-timeout")
+	}
+
 	// A mount point with files in it is refused.
 	cfg = base
 	require.NoError(t, os.MkdirAll(cfg.MountDir, 0o755))
