@@ -469,6 +469,22 @@ func (c *Cache) WriteMeta(ctx context.Context, key string, data []byte) error {
 	return c.remote.WriteMeta(ctx, key, data)
 }
 
+// ReadMetaVersion passes through; metadata objects are never cached.
+func (c *Cache) ReadMetaVersion(ctx context.Context, key string) ([]byte, storage.Version, error) {
+	if err := c.check(); err != nil {
+		return nil, storage.NoVersion, err
+	}
+	return c.remote.ReadMetaVersion(ctx, key)
+}
+
+// WriteMetaIf passes through.
+func (c *Cache) WriteMetaIf(ctx context.Context, key string, data []byte, ifVersion storage.Version) (storage.Version, error) {
+	if err := c.check(); err != nil {
+		return storage.NoVersion, err
+	}
+	return c.remote.WriteMetaIf(ctx, key, data, ifVersion)
+}
+
 // List passes through.
 func (c *Cache) List(ctx context.Context, prefix string) ([]string, error) {
 	if err := c.check(); err != nil {

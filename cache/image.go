@@ -171,6 +171,14 @@ func (b *volumeBackend) WriteMeta(ctx context.Context, key string, data []byte) 
 	return errVolumeOnly
 }
 
+func (b *volumeBackend) ReadMetaVersion(ctx context.Context, key string) ([]byte, storage.Version, error) {
+	return nil, storage.NoVersion, fmt.Errorf("%w: %q", storage.ErrNotFound, key)
+}
+
+func (b *volumeBackend) WriteMetaIf(ctx context.Context, key string, data []byte, ifVersion storage.Version) (storage.Version, error) {
+	return storage.NoVersion, errVolumeOnly
+}
+
 func (b *volumeBackend) Delete(ctx context.Context, key string) error { return errVolumeOnly }
 
 func (b *volumeBackend) List(ctx context.Context, prefix string) ([]string, error) {

@@ -3,6 +3,7 @@ package control
 import (
 	"context"
 	"fmt"
+	"hostcrypt/control/api"
 	"log/slog"
 	"testing"
 
@@ -20,15 +21,15 @@ func BenchmarkSnapshot(b *testing.B) {
 		b.Run(map[bool]string{false: "full", true: "incremental-after-4k-write"}[inc], func(b *testing.B) {
 			f := newFixture(b)
 			ctx := context.Background()
-			_, err := f.h.CreateDisk(ctx, CreateDiskRequest{Name: "d1", SizeBytes: size})
+			_, err := f.h.CreateDisk(ctx, api.CreateDiskRequest{Name: "d1", SizeBytes: size})
 			require.NoError(b, err)
-			_, err = f.h.CreateVM(ctx, CreateVMRequest{Name: "vm1", OsDiskSizeBytes: 4 << 20, DataDisks: []AttachedDisk{{Name: "d1"}}})
+			_, err = f.h.CreateVM(ctx, api.CreateVMRequest{Name: "vm1", OsDiskSizeBytes: 4 << 20, DataDisks: []api.AttachedDisk{{Name: "d1"}}})
 			require.NoError(b, err)
 			img := f.tree.get("vm1/data-0.img")
 			_, err = img.WriteAt(fill(size), 0)
 			require.NoError(b, err)
 			if inc {
-				_, err = f.h.CreateSnapshot(ctx, CreateSnapshotRequest{Name: "base", Source: "d1", Incremental: true})
+				_, err = f.h.CreateSnapshot(ctx, api.CreateSnapshotRequest{Name: "base", Source: "d1", Incremental: true})
 				require.NoError(b, err)
 			}
 			b.SetBytes(size)
@@ -40,7 +41,7 @@ func BenchmarkSnapshot(b *testing.B) {
 					require.NoError(b, err)
 				}
 				b.StartTimer()
-				s, err := f.h.CreateSnapshot(ctx, CreateSnapshotRequest{Name: fmt.Sprintf("s%d", i), Source: "d1", Incremental: inc})
+				s, err := f.h.CreateSnapshot(ctx, api.CreateSnapshotRequest{Name: fmt.Sprintf("s%d", i), Source: "d1", Incremental: inc})
 				require.NoError(b, err)
 				b.ReportMetric(float64(s.UsedBytes)/(1<<20), "MiB-stored")
 				b.ReportMetric(float64(s.FreezePauseMicros), "µs-pause")

@@ -5,12 +5,14 @@ import (
 	"errors"
 	"fmt"
 
+	"hostcrypt/control/api"
+	"hostcrypt/control/store"
 	"hostcrypt/disk"
 )
 
 // converting refuses what must wait for a disk's conversion (or its import
 // or export) to finish.
-func converting(d *Disk) error {
+func converting(d *store.Disk) error {
 	if err := transferring(d); err != nil {
 		return err
 	}
@@ -26,19 +28,22 @@ func converting(d *Disk) error {
 // startConversion turns double encryption on for an existing disk: its data
 // is re-encrypted, chunk by chunk, into a new disk object with a fresh data
 // key under the set's key plus an independent platform-wrapped
-// infrastructure key, in the background. The caller holds h.mu.
-func (h *Host) startConversion(ctx context.Context, d *Disk, des *DiskEncryptionSet) (*Disk, error) {
+// infrastructure key, in the background. The record's Conversion is what
+// keeps the disk from being used meanwhile.
+func (h *Host) startConversion(ctx context.Context, d *store.Disk, des *store.DES) (*api.Disk, error) {
 	if err := checkDoubleEncryptionSku(d.Name, d.Sku.Name); err != nil {
 		return nil, err
 	}
-	wrappers, err := h.wrappersFor(ctx, EncPlatformAndCustomerKey, des)
+	wrappers, err := h.wrappersFor(ctx, api.EncPlatformAndCustomerKey, des)
 	if err != nil {
 		return nil, err
 	}
 	target := "disks/" + newID()
-	if err := h.beginIntent(target, "double-encrypted copy of disk "+d.Name); err != nil {
+	done, err := h.beginIntent(ctx, target, "double-encrypted copy of disk "+d.Name, "", "", nil)
+	if err != nil {
 		return nil, err
 	}
+	defer done()
 	nd, err := disk.Create(ctx, h.cfg.Storage, target, disk.CreateOptions{
 		Size: d.DiskSizeBytes, SectorSize: d.LogicalSectorSize, Layers: wrappers,
 	})
@@ -51,19 +56,28 @@ func (h *Host) startConversion(ctx context.Context, d *Disk, des *DiskEncryption
 		h.abandonIntent(ctx, target)
 		return nil, err
 	}
-	old := *d
-	d.Encryption.DiskEncryptionSetID = des.ID
-	d.Conversion = &Conversion{TargetEncryptionType: EncPlatformAndCustomerKey, TargetPrefix: target,
-		TotalChunks: total, Started: h.cfg.Now().UTC()}
-	delete(h.st.Intents, target)
-	if err := h.save(); err != nil {
-		*d = old
+	var out *store.Disk
+	if _, err := h.update(ctx, func(r *store.Records) error {
+		d, ok := r.Disks[d.Name]
+		if !ok {
+			return notFound("disk", d.Name)
+		}
+		if err := converting(d); err != nil {
+			return err
+		}
+		d.Encryption.DiskEncryptionSetID = des.ID
+		d.Conversion = &store.Conversion{TargetEncryptionType: api.EncPlatformAndCustomerKey, TargetPrefix: target,
+			TotalChunks: total, Started: h.cfg.Now().UTC()}
+		delete(r.Intents, target)
+		out = d
+		return nil
+	}); err != nil {
 		h.abandonIntent(ctx, target)
 		return nil, err
 	}
 	h.log.Info("converting disk to double encryption", "disk", d.Name, "chunks", total)
 	h.goConvert(d.Name)
-	return h.showDisk(d), nil
+	return diskView(out, h.liveNow()), nil
 }
 
 func (h *Host) goConvert(name string) {
@@ -75,44 +89,57 @@ func (h *Host) goConvert(name string) {
 }
 
 func (h *Host) runConversion(ctx context.Context, name string) {
-	h.mu.Lock()
-	d := h.st.Disks[name]
+	r, err := h.load(ctx)
+	if err != nil {
+		h.log.Error("disk conversion: reading the state", "disk", name, "err", err)
+		return
+	}
+	d := r.Disks[name]
 	if d == nil || d.Conversion == nil {
-		h.mu.Unlock()
 		return
 	}
 	conv := *d.Conversion
-	src, dst, unw := d.StoragePrefix, conv.TargetPrefix, h.unwrapperFor(d)
-	h.mu.Unlock()
+	src, dst, unw := d.StoragePrefix, conv.TargetPrefix, h.unwrapperFor(r, "disk "+name, d.Encryption)
 
-	err := h.copyForConversion(ctx, name, src, dst, conv.NextChunk, unw)
-	h.mu.Lock()
-	defer h.mu.Unlock()
+	err = h.copyForConversion(ctx, name, src, dst, conv.NextChunk, unw, openOptions(d.Encryption)...)
 	if err != nil {
+		if _, serr := h.recordDisk(ctx, name, func(d *store.Disk) error {
+			if d.Conversion != nil && ctx.Err() == nil {
+				d.Conversion.Error = err.Error()
+			}
+			return nil
+		}); serr != nil {
+			h.log.Error("saving a conversion's state", "disk", name, "err", serr)
+		}
 		if ctx.Err() == nil {
-			d.Conversion.Error = err.Error()
 			h.log.Error("disk conversion stopped", "disk", name, "err", err)
 		}
-		_ = h.save()
 		return
 	}
 	m, err := disk.ReadMetadata(ctx, h.cfg.Storage, dst)
 	if err != nil {
-		d.Conversion.Error = err.Error()
-		_ = h.save()
+		h.recordDisk(ctx, name, func(d *store.Disk) error {
+			if d.Conversion != nil {
+				d.Conversion.Error = err.Error()
+			}
+			return nil
+		})
 		return
 	}
-	old := *d
-	d.StoragePrefix = dst
-	d.Encryption.Type = conv.TargetEncryptionType
-	d.KeyID = m.Layers[0].WrappedKeys[0].KeyID
-	d.Conversion = nil
-	// The old copy goes last, recorded in the same save (see removal.go):
-	// keys first, then data.
-	h.recordRemoval(src, "single-layer copy of disk "+name, 0)
-	if err := h.save(); err != nil {
-		*d = old
-		delete(h.st.Removals, src)
+	// The old copy goes last, recorded in the same transaction (see
+	// removal.go): keys first, then data.
+	if _, err := h.update(ctx, func(r *store.Records) error {
+		d := r.Disks[name]
+		if d == nil || d.Conversion == nil {
+			return errors.New("the disk's conversion was cancelled")
+		}
+		d.StoragePrefix = dst
+		d.Encryption.Type = conv.TargetEncryptionType
+		d.KeyID = m.Layers[0].WrappedKeys[0].KeyID
+		d.Conversion = nil
+		h.addRemoval(r, src, "single-layer copy of disk "+name, 0)
+		return nil
+	}); err != nil {
 		h.log.Error("saving a finished conversion", "disk", name, "err", err)
 		return
 	}
@@ -122,38 +149,49 @@ func (h *Host) runConversion(ctx context.Context, name string) {
 	}
 }
 
+// conversionProgress prefixes the progress key of a disk's conversion.
+const conversionProgress = "conversions/"
+
 // convertSaveEvery is how many chunks a conversion copies between two saves
 // of its progress.
 const convertSaveEvery = 64
 
-func (h *Host) copyForConversion(ctx context.Context, name, src, dst string, from int64, unw disk.KeyUnwrapper) error {
-	s, err := disk.Open(ctx, h.cfg.Storage, src, unw)
+func (h *Host) copyForConversion(ctx context.Context, name, src, dst string, from int64, unw disk.KeyUnwrapper, opts ...disk.OpenOption) error {
+	s, err := disk.Open(ctx, h.cfg.Storage, src, unw, opts...)
 	if err != nil {
 		return err
 	}
 	defer s.Close()
-	t, err := disk.Open(ctx, h.cfg.Storage, dst, unw)
+	t, err := disk.Open(ctx, h.cfg.Storage, dst, unw, opts...)
 	if err != nil {
 		return err
 	}
 	defer t.Close()
-	// Progress shows at every chunk and is saved every convertSaveEvery
-	// chunks: CopyChunks reports every chunk index, also the millions of a
-	// large disk that were never written, and each save is an fsync under
-	// the control lock. A resume from the last save copies at most that
-	// many chunks again.
+	// Progress is saved every convertSaveEvery chunks: CopyChunks reports
+	// every chunk index, also the millions of a large disk that were never
+	// written, and each save is a commit of the records. A resume from the
+	// last save copies at most that many chunks again.
 	saved := from
+	pkey := conversionProgress + name
+	defer h.prog.clear(pkey)
+	total := s.ChunkCount()
 	return disk.CopyChunks(ctx, s, t, from, func(next int64) error {
-		h.mu.Lock()
-		defer h.mu.Unlock()
-		if d := h.st.Disks[name]; d != nil && d.Conversion != nil {
-			d.Conversion.NextChunk = next
-			if next-saved < convertSaveEvery {
-				return nil
-			}
-			saved = next
-			return h.save()
+		// Shown at once (disk show), saved now and then.
+		h.prog.set(pkey, "conversion of disk "+name, next, total)
+		if err := h.copying(ctx, "conversion of disk "+name); err != nil {
+			return err
 		}
-		return errors.New("the disk's conversion was cancelled")
+		if next-saved < convertSaveEvery {
+			return nil
+		}
+		saved = next
+		_, err := h.recordDisk(ctx, name, func(d *store.Disk) error {
+			if d.Conversion == nil {
+				return errors.New("the disk's conversion was cancelled")
+			}
+			d.Conversion.NextChunk = next
+			return nil
+		})
+		return err
 	})
 }

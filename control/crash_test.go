@@ -3,6 +3,8 @@ package control
 import (
 	"bytes"
 	"context"
+	"hostcrypt/control/api"
+	"hostcrypt/internal/testenv"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -84,6 +86,11 @@ func (b crashBackend) WriteMeta(ctx context.Context, key string, data []byte) er
 	return b.Backend.WriteMeta(ctx, key, data)
 }
 
+func (b crashBackend) WriteMetaIf(ctx context.Context, key string, data []byte, v storage.Version) (storage.Version, error) {
+	b.c.step()
+	return b.Backend.WriteMetaIf(ctx, key, data, v)
+}
+
 func (b crashBackend) Delete(ctx context.Context, key string) error {
 	b.c.step()
 	return b.Backend.Delete(ctx, key)
@@ -109,33 +116,15 @@ func (c crashChunk) Sync() error {
 	return c.Chunk.Sync()
 }
 
-// logBuffer collects a host's log lines.
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.String()
-}
-
 // newCrashFixture is newFixture with storage and state saves that a crasher
 // can interrupt, and the log kept.
-func newCrashFixture(t *testing.T) (*fixture, *crasher, *logBuffer) {
+func newCrashFixture(t *testing.T) (*fixture, *crasher, *testenv.Buffer) {
 	f := newFixture(t)
 	require.NoError(t, f.h.Shutdown())
 	c := &crasher{}
-	logs := &logBuffer{}
+	logs := &testenv.Buffer{}
 	f.cfg.Storage = crashBackend{f.cfg.Storage, c}
-	f.cfg.beforeSave = c.step
+	f.cfg.hooks.beforeSave = c.step
 	f.cfg.Log = slog.New(slog.NewTextHandler(logs, nil))
 	var err error
 	f.h, err = New(f.cfg)
@@ -168,14 +157,14 @@ func TestSnapshotDeleteCrashAtEveryStep(t *testing.T) {
 	steps := 0
 	for at := 1; ; at++ {
 		f, c, _ := newCrashFixture(t)
-		_, err := f.h.CreateDisk(ctx, CreateDiskRequest{Name: "d", SizeBytes: 8 * mib})
+		_, err := f.h.CreateDisk(ctx, api.CreateDiskRequest{Name: "d", SizeBytes: 8 * mib})
 		require.NoError(t, err)
 		f.writeDisk(t, "d", a, 0)
 		f.writeDisk(t, "d", a, 4*mib)
-		s1, err := f.h.CreateSnapshot(ctx, CreateSnapshotRequest{Name: "s1", Source: "d", Incremental: true})
+		s1, err := f.h.CreateSnapshot(ctx, api.CreateSnapshotRequest{Name: "s1", Source: "d", Incremental: true})
 		require.NoError(t, err)
 		f.writeDisk(t, "d", b, 4*mib)
-		s2, err := f.h.CreateSnapshot(ctx, CreateSnapshotRequest{Name: "s2", Source: "d", Incremental: true})
+		s2, err := f.h.CreateSnapshot(ctx, api.CreateSnapshotRequest{Name: "s2", Source: "d", Incremental: true})
 		require.NoError(t, err)
 		require.EqualValues(t, 1, s2.ChunksShared, "s2 shares chunk 0 with s1")
 
@@ -186,9 +175,10 @@ func TestSnapshotDeleteCrashAtEveryStep(t *testing.T) {
 		// written, and past it.
 		read := func(name string) []byte {
 			t.Helper()
-			s, err := f.h.ShowSnapshot(name)
-			require.NoError(t, err)
-			d, err := f.h.openSnapshot(ctx, s)
+			r := f.records(t)
+			s, ok := r.Snapshots[name]
+			require.True(t, ok, name)
+			d, err := f.h.openSnapshot(ctx, r, s)
 			require.NoError(t, err, "crash before step %d: %s is listed but not usable", at, name)
 			defer d.Close()
 			got := make([]byte, 2*len(a))
@@ -207,8 +197,8 @@ func TestSnapshotDeleteCrashAtEveryStep(t *testing.T) {
 			require.NoError(t, err)
 			require.Empty(t, left, "crash before step %d: s1 is gone but its objects stayed", at)
 		}
-		require.Empty(t, f.h.st.Removals, "crash before step %d: a removal was not finished at start", at)
-		rep, err := f.h.GC(ctx, GCRequest{DryRun: true})
+		require.Empty(t, f.records(t).Removals, "crash before step %d: a removal was not finished at start", at)
+		rep, err := f.h.GC(ctx, api.GCRequest{DryRun: true})
 		require.NoError(t, err)
 		require.Empty(t, rep.Leftovers, "crash before step %d", at)
 		require.NoError(t, f.h.Shutdown())
@@ -229,12 +219,12 @@ func TestDiskCreateCrashLeavesGCableLeftover(t *testing.T) {
 	leftovers := 0
 	for at := 1; ; at++ {
 		f, c, logs := newCrashFixture(t)
-		_, err := f.h.CreateDisk(ctx, CreateDiskRequest{Name: "keep", SizeBytes: 4 << 20})
+		_, err := f.h.CreateDisk(ctx, api.CreateDiskRequest{Name: "keep", SizeBytes: 4 << 20})
 		require.NoError(t, err)
 		keep, err := f.cfg.Storage.List(ctx, "")
 		require.NoError(t, err)
 
-		crashed := c.run(at, func() { _, _ = f.h.CreateDisk(ctx, CreateDiskRequest{Name: "d", SizeBytes: 8 << 20}) })
+		crashed := c.run(at, func() { _, _ = f.h.CreateDisk(ctx, api.CreateDiskRequest{Name: "d", SizeBytes: 8 << 20}) })
 		before, err := f.cfg.Storage.List(ctx, "")
 		require.NoError(t, err)
 		f.restart(t, false)
@@ -247,7 +237,7 @@ func TestDiskCreateCrashLeavesGCableLeftover(t *testing.T) {
 			f.writeDisk(t, "d", []byte("still works"), 0)
 		} else {
 			requireCode(t, err, 404)
-			rep, err := f.h.GC(ctx, GCRequest{DryRun: true})
+			rep, err := f.h.GC(ctx, api.GCRequest{DryRun: true})
 			require.NoError(t, err)
 			if len(after) > len(keep) {
 				leftovers++
@@ -258,7 +248,7 @@ func TestDiskCreateCrashLeavesGCableLeftover(t *testing.T) {
 				require.Contains(t, logs.String(), "leftover that no record owns")
 				require.Contains(t, logs.String(), l.Path)
 			}
-			rep, err = f.h.GC(ctx, GCRequest{})
+			rep, err = f.h.GC(ctx, api.GCRequest{})
 			require.NoError(t, err)
 			for _, l := range rep.Leftovers {
 				require.True(t, l.Removed, "%+v", l)
@@ -266,7 +256,7 @@ func TestDiskCreateCrashLeavesGCableLeftover(t *testing.T) {
 			left, err := f.cfg.Storage.List(ctx, "")
 			require.NoError(t, err)
 			require.Equal(t, keep, left, "crash before step %d: gc removed too much or too little", at)
-			require.Empty(t, f.h.st.Intents)
+			require.Empty(t, f.records(t).Intents)
 		}
 		_, err = f.h.ShowDisk("keep")
 		require.NoError(t, err)
@@ -285,14 +275,14 @@ func TestDiskCreateCrashLeavesGCableLeftover(t *testing.T) {
 func TestEmptyStateRemovesNothing(t *testing.T) {
 	f, _ := newCachedFixture(t)
 	ctx := context.Background()
-	_, err := f.h.CreateDisk(ctx, CreateDiskRequest{Name: "d1", SizeBytes: 8 << 20})
+	_, err := f.h.CreateDisk(ctx, api.CreateDiskRequest{Name: "d1", SizeBytes: 8 << 20})
 	require.NoError(t, err)
-	_, err = f.h.CreateSnapshot(ctx, CreateSnapshotRequest{Name: "s1", Source: "d1"})
+	_, err = f.h.CreateSnapshot(ctx, api.CreateSnapshotRequest{Name: "s1", Source: "d1"})
 	require.NoError(t, err)
-	_, err = f.h.CreateImage(ctx, CreateImageRequest{Name: "i1", Source: "s1"})
+	_, err = f.h.CreateImage(ctx, api.CreateImageRequest{Name: "i1", Source: "s1"})
 	require.NoError(t, err)
-	_, err = f.h.CreateVM(ctx, CreateVMRequest{Name: "vm1", OsDiskSizeBytes: 8 << 20, TempDiskSize: 4 << 20,
-		DataDisks: []AttachedDisk{{Name: "d1", Caching: CacheReadWrite}}})
+	_, err = f.h.CreateVM(ctx, api.CreateVMRequest{Name: "vm1", OsDiskSizeBytes: 8 << 20, TempDiskSize: 4 << 20,
+		DataDisks: []api.AttachedDisk{{Name: "d1", Caching: api.CacheReadWrite}}})
 	require.NoError(t, err)
 	_, err = f.tree.get("vm1/data-0.img").WriteAt([]byte("cached"), 0)
 	require.NoError(t, err)
@@ -312,7 +302,7 @@ func TestEmptyStateRemovesNothing(t *testing.T) {
 	cachesBefore := cacheNames(t, f.cfg.CacheDir)
 	require.NotEmpty(t, cachesBefore)
 
-	logs := &logBuffer{}
+	logs := &testenv.Buffer{}
 	cfg := f.cfg
 	cfg.StateDir = t.TempDir()
 	cfg.Log = slog.New(slog.NewTextHandler(logs, nil))
@@ -353,31 +343,31 @@ func TestConversionSavesProgressInBatches(t *testing.T) {
 	var saves atomic.Int64
 	var counting atomic.Bool
 	f := newRestrictFixture(t, func(c *Config) {
-		c.beforeSave = func() {
+		c.hooks.beforeSave = func() {
 			if counting.Load() {
 				saves.Add(1)
 			}
 		}
 	})
 	ctx := context.Background()
-	_, err := f.h.CreateDES(ctx, CreateDESRequest{Name: "des1", KeyURL: kid("vault1", "k")})
+	_, err := f.h.CreateDES(ctx, api.CreateDESRequest{Name: "des1", KeyURL: kid("vault1", "k")})
 	require.NoError(t, err)
-	_, err = f.h.CreateDisk(ctx, CreateDiskRequest{Name: "d", SizeBytes: 1 << 30, DiskEncryptionSet: "des1"})
-	require.NoError(t, err)
+	f.mustDisk(t, api.CreateDiskRequest{Name: "d", SizeBytes: 1 << 30, DiskEncryptionSet: "des1"})
 	data := bytes.Repeat([]byte("convert me "), 1000)
 	f.writeDisk(t, "d", data, 300<<20)
 
 	counting.Store(true)
-	d, err := f.h.UpdateDisk(ctx, "d", UpdateDiskRequest{EncryptionType: EncPlatformAndCustomerKey, DiskEncryptionSet: "des1"})
+	d, err := f.h.UpdateDisk(ctx, "d", api.UpdateDiskRequest{EncryptionType: api.EncPlatformAndCustomerKey, DiskEncryptionSet: "des1"})
 	require.NoError(t, err)
 	require.NotNil(t, d.Conversion)
 	require.EqualValues(t, 256, d.Conversion.TotalChunks)
 	require.Eventually(t, func() bool {
 		d, err = f.h.ShowDisk("d")
-		return err == nil && d.Conversion == nil
+		// Done once the old copy's removal is finished too.
+		return err == nil && d.Conversion == nil && len(f.records(t).Removals) == 0
 	}, time.Minute, 10*time.Millisecond)
 	counting.Store(false)
-	require.Equal(t, EncPlatformAndCustomerKey, d.Encryption.Type)
+	require.Equal(t, api.EncPlatformAndCustomerKey, d.Encryption.Type)
 	// The intent, the conversion's start, its progress after chunks 64,
 	// 128, 192 and 256, the switch and the removal of the old copy.
 	require.Equal(t, int64(8), saves.Load(), "progress saved at every chunk")

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -16,49 +15,10 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	hcrypto "hostcrypt/crypto"
-	"hostcrypt/disk"
+	"hostcrypt/control/keys/keystest"
 	hfs "hostcrypt/fs"
 	"hostcrypt/storage/local"
 )
-
-// fuzzKeys is a key service with identities that are always granted their
-// keys and one vault, vault1, in the host's location. It is safe for the
-// concurrent use the background conversions make of it.
-type fuzzKeys struct{ *fakeKeys }
-
-func (k fuzzKeys) CreateIdentity(_ context.Context, name string) (Identity, string, error) {
-	return Identity{Type: "SystemAssigned", PrincipalID: "p-" + name, TenantID: "t"}, "cred-" + name, nil
-}
-
-func (k fuzzKeys) DeleteIdentity(context.Context, string) error { return nil }
-
-func (k fuzzKeys) As(string) CustomerKeys { return fuzzCustomer(k) }
-
-func (k fuzzKeys) VaultLocation(_ context.Context, keyURL string) (string, error) {
-	vault, err := parseKeyURL(keyURL)
-	if err != nil {
-		return "", err
-	}
-	if vault != "vault1" {
-		return "", fmt.Errorf("vault %s: %w", vault, ErrVaultNotFound)
-	}
-	return "local", nil
-}
-
-type fuzzCustomer fuzzKeys
-
-func (c fuzzCustomer) WrapKey(ctx context.Context, kid string, dek []byte) (disk.WrappedKey, error) {
-	w, err := c.fakeKeys.WrapKey(ctx, dek)
-	w.KeyID, w.Algorithm = kid, "RSA-OAEP-256"
-	return w, err
-}
-
-func (c fuzzCustomer) UnwrapKey(ctx context.Context, w disk.WrappedKey) ([]byte, error) {
-	return c.fakeKeys.UnwrapKey(ctx, w)
-}
-
-func (c fuzzCustomer) LatestKeyID(_ context.Context, kid string) (string, error) { return kid, nil }
 
 // FuzzHandlers sends arbitrary methods, paths and bodies to the control
 // API's handler of a host with disks, a running VM, a disk encryption set,
@@ -77,7 +37,7 @@ func FuzzHandlers(f *testing.F) {
 	require.NoError(f, os.WriteFile(src, bytes.Repeat([]byte("image data"), 1<<10), 0o600))
 	tree := &fakeTree{images: map[string]hfs.Image{}}
 	cfg := Config{StateDir: filepath.Join(root, "state"), Storage: sb, HostLocal: hb,
-		Keys: fuzzKeys{&fakeKeys{key: hcrypto.NewDataKey()}}, Tree: tree,
+		Keys: keystest.New().AutoGrant(), Tree: tree,
 		CacheDir: filepath.Join(root, "host", "cache"), CacheSize: 8 << 20,
 		Log: slog.New(slog.NewTextHandler(io.Discard, nil))}
 	h, err := New(cfg)

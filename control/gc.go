@@ -9,6 +9,8 @@ import (
 	"slices"
 	"strings"
 
+	"hostcrypt/control/api"
+	"hostcrypt/control/store"
 	"hostcrypt/disk"
 	"hostcrypt/storage"
 )
@@ -20,76 +22,44 @@ import (
 // never automatically, because a state directory that is not this
 // storage's own would otherwise shred every disk in it.
 
-// Where a leftover is.
-const (
-	WhereStorage = "storage"    // the storage backend (--storage)
-	WhereHost    = "host"       // the host-local backend (--host-dir): temp disks
-	WhereCache   = "host-cache" // a host cache directory (--host-dir/cache)
-)
-
-// Leftover is one thing host gc removes.
-type Leftover struct {
-	Where string `json:"where"`
-	// Path is a storage prefix, or a cache directory's name.
-	Path string `json:"path"`
-	// Reason says why it is a leftover: the creation it was for, a
-	// deletion not finished, or that no record owns it.
-	Reason string `json:"reason"`
-	// UsedBytes is the space it takes, as the backend reports it.
-	UsedBytes int64 `json:"usedBytes"`
-	// Removed is set by a gc that is not a dry run once it is gone; Error
-	// says why it could not be removed.
-	Removed bool   `json:"removed"`
-	Error   string `json:"error,omitempty"`
-}
-
-// GCRequest is the body of POST /host/gc.
-type GCRequest struct {
-	// DryRun lists what would be removed and removes nothing.
-	DryRun bool `json:"dryRun,omitempty"`
-}
-
-// GCReport is what host gc found and did.
-type GCReport struct {
-	DryRun    bool       `json:"dryRun"`
-	Leftovers []Leftover `json:"leftovers"`
-}
-
-// leftovers lists what no record owns. The caller holds h.mu.
-func (h *Host) leftovers(ctx context.Context) ([]Leftover, error) {
+// leftovers lists what no record of r owns.
+func (h *Host) leftovers(ctx context.Context, r *store.Records) ([]api.Leftover, error) {
 	owned := map[string]bool{}
-	for _, d := range h.st.Disks {
+	for _, d := range r.Disks {
 		owned[d.StoragePrefix] = true
 		if d.Conversion != nil {
 			owned[d.Conversion.TargetPrefix] = true
 		}
 	}
-	for _, s := range h.st.Snapshots {
+	for _, s := range r.Snapshots {
 		owned[s.StoragePrefix] = true
 	}
-	for _, im := range h.st.Images {
+	for _, im := range r.Images {
 		owned[im.StoragePrefix] = true
 	}
-	var out []Leftover
+	var out []api.Leftover
 	seen := map[string]bool{}
 	add := func(where, path, reason string, used int64) {
 		if seen[where+":"+path] {
 			return
 		}
 		seen[where+":"+path] = true
-		out = append(out, Leftover{Where: where, Path: path, Reason: reason, UsedBytes: used})
+		out = append(out, api.Leftover{Where: where, Path: path, Reason: reason, UsedBytes: used})
 	}
-	for _, p := range sortedKeys(h.st.Removals) {
+	for _, p := range sortedKeys(r.Removals) {
 		u, _ := h.cfg.Storage.Usage(ctx, p)
-		add(WhereStorage, p, "deletion of "+h.st.Removals[p].What+" not finished", u)
+		add(api.WhereStorage, p, "deletion of "+r.Removals[p].What+" not finished", u)
 	}
-	for _, p := range sortedKeys(h.st.Intents) {
+	for _, p := range sortedKeys(r.Intents) {
 		if owned[p] {
 			continue // the creation finished; only its intent stayed
 		}
+		if h.creating(p) {
+			continue // a creation of this host, still running
+		}
 		u, _ := h.cfg.Storage.Usage(ctx, p)
-		it := h.st.Intents[p]
-		add(WhereStorage, p, fmt.Sprintf("creation of %s cut short (started %s)", it.What, it.Since.Format("2006-01-02T15:04:05Z")), u)
+		it := r.Intents[p]
+		add(api.WhereStorage, p, fmt.Sprintf("creation of %s cut short (started %s)", it.What, it.Since.Format("2006-01-02T15:04:05Z")), u)
 	}
 	for _, root := range removalRoots {
 		keys, err := h.cfg.Storage.List(ctx, root)
@@ -97,14 +67,13 @@ func (h *Host) leftovers(ctx context.Context) ([]Leftover, error) {
 			return nil, fmt.Errorf("listing storage under %s/: %w", root, err)
 		}
 		for _, p := range prefixesOf(keys) {
-			if owned[p] || !removable(p) {
+			if owned[p] || !removable(p) || r.Intents[p] != nil {
 				continue
 			}
 			u, _ := h.cfg.Storage.Usage(ctx, p)
-			add(WhereStorage, p, "no record owns it", u)
+			add(api.WhereStorage, p, "no record owns it", u)
 		}
 	}
-	vms := h.st.VMs
 	for _, root := range []string{"temp", "temp-plain"} {
 		keys, err := h.cfg.HostLocal.List(ctx, root)
 		if err != nil {
@@ -117,18 +86,18 @@ func (h *Host) leftovers(ctx context.Context) ([]Leftover, error) {
 			prefixes = keys // temp-plain/VM is one object
 		}
 		for _, p := range prefixes {
-			if vm := strings.TrimPrefix(p, root+"/"); vms[vm] == nil && !strings.Contains(vm, "/") {
+			if vm := strings.TrimPrefix(p, root+"/"); r.VMs[vm] == nil && !strings.Contains(vm, "/") {
 				var u int64 // Usage counts what is under a prefix, not one object
 				if root == "temp" {
 					u, _ = h.cfg.HostLocal.Usage(ctx, p)
 				}
-				add(WhereHost, p, "temp disk of a VM that does not exist", u)
+				add(api.WhereHost, p, "temp disk of a VM that does not exist", u)
 			}
 		}
 	}
 	if h.cfg.CacheDir != "" {
 		uids := map[string]bool{}
-		for _, d := range h.st.Disks {
+		for _, d := range r.Disks {
 			uids[d.UniqueID] = true
 		}
 		entries, err := os.ReadDir(h.cfg.CacheDir)
@@ -138,11 +107,20 @@ func (h *Host) leftovers(ctx context.Context) ([]Leftover, error) {
 		for _, e := range entries {
 			uid := strings.TrimSuffix(e.Name(), ".plain")
 			if e.IsDir() && !uids[uid] && !strings.HasPrefix(e.Name(), ".") {
-				add(WhereCache, e.Name(), "host cache of a disk that does not exist", dirUsage(filepath.Join(h.cfg.CacheDir, e.Name())))
+				add(api.WhereCache, e.Name(), "host cache of a disk that does not exist", dirUsage(filepath.Join(h.cfg.CacheDir, e.Name())))
 			}
 		}
 	}
 	return out, nil
+}
+
+// creating tells whether a creation of this host is still making the
+// objects under prefix: it holds its name while it runs.
+func (h *Host) creating(prefix string) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	_, ok := h.busy["intent/"+prefix]
+	return ok
 }
 
 // prefixesOf returns the distinct ROOT/ID prefixes of keys, sorted.
@@ -185,72 +163,89 @@ func dirUsage(dir string) int64 {
 }
 
 // logLeftovers lists the leftovers in the log, at start. It removes
-// nothing. The caller holds h.mu.
+// nothing.
 func (h *Host) logLeftovers(ctx context.Context) {
-	left, err := h.leftovers(ctx)
-	if err != nil {
-		h.log.Error("listing what no record owns", "err", err)
-		return
+	r, err := h.load(ctx)
+	if err == nil {
+		var left []api.Leftover
+		if left, err = h.leftovers(ctx, r); err == nil {
+			for _, l := range left {
+				h.log.Warn("leftover that no record owns; hostcrypt host gc removes it (--dry-run true lists it)", "where", l.Where, "path", l.Path, "reason", l.Reason, "bytes", l.UsedBytes)
+			}
+			if len(left) > 0 {
+				h.log.Warn("leftovers found; nothing was removed", "count", len(left))
+			}
+			return
+		}
 	}
-	for _, l := range left {
-		h.log.Warn("leftover that no record owns; hostcrypt host gc removes it (--dry-run true lists it)", "where", l.Where, "path", l.Path, "reason", l.Reason, "bytes", l.UsedBytes)
-	}
-	if len(left) > 0 {
-		h.log.Warn("leftovers found; nothing was removed", "count", len(left))
-	}
+	h.log.Error("listing what no record owns", "err", err)
 }
 
 // GC lists the leftovers and, unless r.DryRun, removes them: a disk's,
 // snapshot's or image's objects are crypto-shredded (wrapped keys first), a
 // temp disk's key is destroyed in the key store before its files, a cache
 // directory is removed. Intent records of creations cut short go with
-// their objects; unfinished deletions are finished.
-func (h *Host) GC(ctx context.Context, r GCRequest) (*GCReport, error) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	left, err := h.leftovers(ctx)
+// their objects; unfinished deletions are finished. One gc runs at a time.
+func (h *Host) GC(ctx context.Context, req api.GCRequest) (*api.GCReport, error) {
+	release, err := h.claim("host gc is running", "host/gc")
 	if err != nil {
 		return nil, err
 	}
-	rep := &GCReport{DryRun: r.DryRun, Leftovers: left}
-	if r.DryRun {
+	defer release()
+	r, err := h.load(ctx)
+	if err != nil {
+		return nil, err
+	}
+	left, err := h.leftovers(ctx, r)
+	if err != nil {
+		return nil, err
+	}
+	rep := &api.GCReport{DryRun: req.DryRun, Leftovers: left}
+	if req.DryRun {
 		return rep, nil
 	}
+	var removedIntents []string
 	for i := range rep.Leftovers {
 		l := &rep.Leftovers[i]
-		if err := h.removeLeftover(ctx, l); err != nil {
+		err := h.removeLeftover(ctx, r, l)
+		if err != nil {
 			l.Error = err.Error()
 			h.log.Error("host gc: not removed", "where", l.Where, "path", l.Path, "err", err)
 			continue
 		}
+		if l.Where == api.WhereStorage {
+			removedIntents = append(removedIntents, l.Path)
+		}
 		l.Removed = true
 		h.log.Info("host gc: removed", "where", l.Where, "path", l.Path, "reason", l.Reason)
 	}
-	// An intent whose resource exists is stale (only a hand-edited state
-	// holds one: the record and the intent's end are one save).
-	for p := range h.st.Intents {
-		if !slices.ContainsFunc(left, func(l Leftover) bool { return l.Where == WhereStorage && l.Path == p }) {
-			delete(h.st.Intents, p)
+	if _, err := h.update(ctx, func(r *store.Records) error {
+		for _, p := range removedIntents {
+			delete(r.Intents, p)
 		}
-	}
-	if err := h.save(); err != nil {
+		// An intent whose resource exists is stale (only a hand-edited
+		// state holds one: the record and the intent's end are one
+		// commit).
+		for p := range r.Intents {
+			if !h.creating(p) && !slices.ContainsFunc(left, func(l api.Leftover) bool { return l.Where == api.WhereStorage && l.Path == p }) {
+				delete(r.Intents, p)
+			}
+		}
+		return nil
+	}); err != nil {
 		return rep, err
 	}
 	return rep, nil
 }
 
-func (h *Host) removeLeftover(ctx context.Context, l *Leftover) error {
+func (h *Host) removeLeftover(ctx context.Context, r *store.Records, l *api.Leftover) error {
 	switch l.Where {
-	case WhereStorage:
-		if _, ok := h.st.Removals[l.Path]; ok {
+	case api.WhereStorage:
+		if _, ok := r.Removals[l.Path]; ok {
 			return h.finishRemoval(ctx, l.Path)
 		}
-		if err := h.removeObjects(ctx, l.Path); err != nil {
-			return err
-		}
-		delete(h.st.Intents, l.Path)
-		return nil
-	case WhereHost:
+		return h.removeObjects(ctx, l.Path)
+	case api.WhereHost:
 		if strings.HasPrefix(l.Path, "temp-plain/") {
 			if err := h.cfg.HostLocal.Delete(ctx, l.Path); err != nil && !errors.Is(err, storage.ErrNotFound) {
 				return err
@@ -275,7 +270,7 @@ func (h *Host) removeLeftover(ctx context.Context, l *Leftover) error {
 			}
 		}
 		return nil
-	case WhereCache:
+	case api.WhereCache:
 		if l.Path == "" || strings.ContainsAny(l.Path, "/") || strings.HasPrefix(l.Path, ".") {
 			return fmt.Errorf("cache directory %q: not a name under the cache directory", l.Path)
 		}

@@ -3,11 +3,13 @@ package control
 import (
 	"bytes"
 	"context"
-	"crypto/aes"
-	"crypto/cipher"
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"hostcrypt/control/api"
+	"hostcrypt/control/keys"
+	"hostcrypt/control/keys/keystest"
+	"hostcrypt/control/store"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -20,81 +22,12 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	hcrypto "hostcrypt/crypto"
 	"hostcrypt/disk"
 	hfs "hostcrypt/fs"
 	"hostcrypt/internal/leakscan"
 	"hostcrypt/storage"
 	"hostcrypt/storage/local"
 )
-
-// fakeKeys wraps with an in-memory AES-GCM key: the unit tests' platform key.
-type fakeKeys struct {
-	mu      sync.Mutex
-	key     []byte
-	unwraps int
-	temp    map[string][]byte // the temp disks' own keys, by key id
-	ntemp   int
-}
-
-func (k *fakeKeys) gcm() cipher.AEAD {
-	b, _ := aes.NewCipher(k.key)
-	g, _ := cipher.NewGCM(b)
-	return g
-}
-
-func (k *fakeKeys) WrapKey(_ context.Context, dek []byte) (disk.WrappedKey, error) {
-	n := make([]byte, 12)
-	rand.Read(n)
-	return disk.WrappedKey{KeyID: "platform/test/v1", Algorithm: "A256GCM", Value: k.gcm().Seal(n, n, dek, nil)}, nil
-}
-
-func (k *fakeKeys) UnwrapKey(_ context.Context, w disk.WrappedKey) ([]byte, error) {
-	k.mu.Lock()
-	k.unwraps++
-	key := k.key
-	if strings.HasPrefix(w.KeyID, "platform/temp-") {
-		key = k.temp[w.KeyID]
-	}
-	k.mu.Unlock()
-	if key == nil {
-		return nil, fmt.Errorf("%s: %w", w.KeyID, ErrKeyGone)
-	}
-	b, _ := aes.NewCipher(key)
-	g, _ := cipher.NewGCM(b)
-	out, err := g.Open(nil, w.Value[:12], w.Value[12:], nil)
-	if err != nil {
-		return nil, hcrypto.ErrWrongKey
-	}
-	return out, nil
-}
-
-// TempWrapper gives a temp disk a key of its own, as the key service does.
-func (k *fakeKeys) TempWrapper(context.Context) (disk.KeyWrapper, error) {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	if k.temp == nil {
-		k.temp = map[string][]byte{}
-	}
-	k.ntemp++
-	kid := fmt.Sprintf("platform/temp-%d/v1", k.ntemp)
-	key := hcrypto.NewDataKey()
-	k.temp[kid] = key
-	return wrapFunc(func(_ context.Context, dek []byte) (disk.WrappedKey, error) {
-		b, _ := aes.NewCipher(key)
-		g, _ := cipher.NewGCM(b)
-		n := make([]byte, 12)
-		rand.Read(n)
-		return disk.WrappedKey{KeyID: kid, Algorithm: "A256GCM", Value: g.Seal(n, n, dek, nil)}, nil
-	}), nil
-}
-
-func (k *fakeKeys) DestroyTempKey(_ context.Context, kid string) error {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	delete(k.temp, kid)
-	return nil
-}
 
 // fakeTree records which images are visible.
 type fakeTree struct {
@@ -121,6 +54,8 @@ func (t *fakeTree) RemoveImage(vm, name string) error {
 
 func (t *fakeTree) RemoveVM(string) error { return nil }
 
+func (t *fakeTree) Resized(string, string) {}
+
 func (t *fakeTree) list() []string {
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -141,7 +76,7 @@ func (t *fakeTree) get(p string) hfs.Image {
 type fixture struct {
 	h    *Host
 	tree *fakeTree
-	keys *fakeKeys
+	keys *keystest.Service
 	cfg  Config
 }
 
@@ -151,7 +86,7 @@ func newFixture(t testing.TB) *fixture {
 	require.NoError(t, err)
 	hb, err := local.Open(filepath.Join(dir, "host"))
 	require.NoError(t, err)
-	f := &fixture{tree: &fakeTree{images: map[string]hfs.Image{}}, keys: &fakeKeys{key: hcrypto.NewDataKey()}}
+	f := &fixture{tree: &fakeTree{images: map[string]hfs.Image{}}, keys: keystest.New()}
 	f.cfg = Config{StateDir: filepath.Join(dir, "state"), Storage: sb, HostLocal: hb, Keys: f.keys, Tree: f.tree}
 	f.h, err = New(f.cfg)
 	require.NoError(t, err)
@@ -171,9 +106,65 @@ func (f *fixture) restart(t *testing.T, clean bool) {
 	f.h.Recover(context.Background())
 }
 
+// records returns the host's records as stored now.
+func (f *fixture) records(t testing.TB) *store.Records {
+	t.Helper()
+	r, err := f.h.load(context.Background())
+	require.NoError(t, err)
+	return r
+}
+
+// setRecords changes the stored records, as an operator editing state.json
+// (or another host) would.
+func (f *fixture) setRecords(t testing.TB, change func(r *store.Records)) {
+	t.Helper()
+	_, err := f.h.update(context.Background(), func(r *store.Records) error {
+		change(r)
+		return nil
+	})
+	require.NoError(t, err)
+}
+
+// The lists, for tests that compare them whole.
+func (f *fixture) disks(t testing.TB) []*api.Disk { return must[[]*api.Disk](t)(f.h.ListDisks()) }
+func (f *fixture) vms(t testing.TB) []*api.VM     { return must[[]*api.VM](t)(f.h.ListVMs()) }
+func (f *fixture) snapshots(t testing.TB) []*api.Snapshot {
+	return must[[]*api.Snapshot](t)(f.h.ListSnapshots())
+}
+func (f *fixture) images(t testing.TB) []*api.Image { return must[[]*api.Image](t)(f.h.ListImages()) }
+func (f *fixture) sets(t testing.TB) []*api.DiskEncryptionSet {
+	return must[[]*api.DiskEncryptionSet](t)(f.h.ListDES(context.Background()))
+}
+
+// must returns a function that returns v after checking err.
+func must[T any](t testing.TB) func(v T, err error) T {
+	return func(v T, err error) T {
+		t.Helper()
+		require.NoError(t, err)
+		return v
+	}
+}
+
+// mustDisk, mustVM and mustDES make what a test needs, failing it if they
+// cannot.
+func (f *fixture) mustDisk(t testing.TB, r api.CreateDiskRequest) *api.Disk {
+	t.Helper()
+	return must[*api.Disk](t)(f.h.CreateDisk(context.Background(), r))
+}
+
+func (f *fixture) mustVM(t testing.TB, r api.CreateVMRequest) *api.VM {
+	t.Helper()
+	return must[*api.VM](t)(f.h.CreateVM(context.Background(), r))
+}
+
+func (f *fixture) mustDES(t testing.TB, r api.CreateDESRequest) *api.DiskEncryptionSet {
+	t.Helper()
+	return must[*api.DiskEncryptionSet](t)(f.h.CreateDES(context.Background(), r))
+}
+
 func requireCode(t *testing.T, err error, status int) {
 	t.Helper()
-	var e *Error
+	var e *api.Error
 	require.True(t, errors.As(err, &e), "want a refusal, got %v", err)
 	require.Equal(t, status, e.Status, e.Message)
 }
@@ -181,14 +172,14 @@ func requireCode(t *testing.T, err error, status int) {
 func TestDiskLifecycle(t *testing.T) {
 	f := newFixture(t)
 	ctx := context.Background()
-	d, err := f.h.CreateDisk(ctx, CreateDiskRequest{Name: "d1", SizeBytes: 64 << 20})
+	d, err := f.h.CreateDisk(ctx, api.CreateDiskRequest{Name: "d1", SizeBytes: 64 << 20})
 	require.NoError(t, err)
-	require.Equal(t, DiskUnattached, d.DiskState)
-	require.Equal(t, EncPlatformKey, d.Encryption.Type)
-	require.Equal(t, "platform/test/v1", d.KeyID)
+	require.Equal(t, api.DiskUnattached, d.DiskState)
+	require.Equal(t, api.EncPlatformKey, d.Encryption.Type)
+	require.Equal(t, keystest.PlatformKeyID, d.KeyID)
 	require.Equal(t, 512, d.LogicalSectorSize)
 
-	d, err = f.h.UpdateDisk(ctx, "d1", UpdateDiskRequest{SizeBytes: 128 << 20})
+	d, err = f.h.UpdateDisk(ctx, "d1", api.UpdateDiskRequest{SizeBytes: 128 << 20})
 	require.NoError(t, err)
 	require.EqualValues(t, 128<<20, d.DiskSizeBytes)
 	m, err := disk.ReadMetadata(ctx, f.cfg.Storage, d.StoragePrefix)
@@ -206,15 +197,13 @@ func TestDiskLifecycle(t *testing.T) {
 func TestBadInputChangesNothing(t *testing.T) {
 	f := newFixture(t)
 	ctx := context.Background()
-	_, err := f.h.CreateDisk(ctx, CreateDiskRequest{Name: "d1", SizeBytes: 8 << 20})
+	_, err := f.h.CreateDisk(ctx, api.CreateDiskRequest{Name: "d1", SizeBytes: 8 << 20})
 	require.NoError(t, err)
-	_, err = f.h.CreateDisk(ctx, CreateDiskRequest{Name: "d2", SizeBytes: 8 << 20})
-	require.NoError(t, err)
-	_, err = f.h.CreateVM(ctx, CreateVMRequest{Name: "vm1", OsDiskSizeBytes: 8 << 20, DataDisks: []AttachedDisk{{Name: "d1"}}})
-	require.NoError(t, err)
+	f.mustDisk(t, api.CreateDiskRequest{Name: "d2", SizeBytes: 8 << 20})
+	f.mustVM(t, api.CreateVMRequest{Name: "vm1", OsDiskSizeBytes: 8 << 20, DataDisks: []api.AttachedDisk{{Name: "d1"}}})
 	before, err := f.cfg.Storage.List(ctx, "")
 	require.NoError(t, err)
-	disks, vms := f.h.ListDisks(), f.h.ListVMs()
+	disks, vms := f.disks(t), f.vms(t)
 
 	cases := []struct {
 		name   string
@@ -222,55 +211,61 @@ func TestBadInputChangesNothing(t *testing.T) {
 		call   func() error
 	}{
 		{"duplicate disk", 409, func() error {
-			_, err := f.h.CreateDisk(ctx, CreateDiskRequest{Name: "d1", SizeBytes: 8 << 20})
+			_, err := f.h.CreateDisk(ctx, api.CreateDiskRequest{Name: "d1", SizeBytes: 8 << 20})
 			return err
 		}},
-		{"size 0", 400, func() error { _, err := f.h.CreateDisk(ctx, CreateDiskRequest{Name: "x", SizeBytes: 0}); return err }},
+		{"size 0", 400, func() error {
+			_, err := f.h.CreateDisk(ctx, api.CreateDiskRequest{Name: "x", SizeBytes: 0})
+			return err
+		}},
 		{"size not sector multiple", 400, func() error {
-			_, err := f.h.CreateDisk(ctx, CreateDiskRequest{Name: "x", SizeBytes: 8<<20 + 512, LogicalSectorSize: 4096})
+			_, err := f.h.CreateDisk(ctx, api.CreateDiskRequest{Name: "x", SizeBytes: 8<<20 + 512, LogicalSectorSize: 4096})
 			return err
 		}},
 		{"bad sector size", 400, func() error {
-			_, err := f.h.CreateDisk(ctx, CreateDiskRequest{Name: "x", SizeBytes: 8 << 20, LogicalSectorSize: 1024})
+			_, err := f.h.CreateDisk(ctx, api.CreateDiskRequest{Name: "x", SizeBytes: 8 << 20, LogicalSectorSize: 1024})
 			return err
 		}},
 		{"bad sku", 400, func() error {
-			_, err := f.h.CreateDisk(ctx, CreateDiskRequest{Name: "x", SizeBytes: 8 << 20, Sku: "Gold"})
+			_, err := f.h.CreateDisk(ctx, api.CreateDiskRequest{Name: "x", SizeBytes: 8 << 20, Sku: "Gold"})
 			return err
 		}},
 		{"bad name", 400, func() error {
-			_, err := f.h.CreateDisk(ctx, CreateDiskRequest{Name: "../x", SizeBytes: 8 << 20})
+			_, err := f.h.CreateDisk(ctx, api.CreateDiskRequest{Name: "../x", SizeBytes: 8 << 20})
 			return err
 		}},
-		{"shrink", 400, func() error { _, err := f.h.UpdateDisk(ctx, "d2", UpdateDiskRequest{SizeBytes: 4 << 20}); return err }},
+		{"shrink", 400, func() error {
+			_, err := f.h.UpdateDisk(ctx, "d2", api.UpdateDiskRequest{SizeBytes: 4 << 20})
+			return err
+		}},
 		{"start running VM", 409, func() error { _, err := f.h.StartVM(ctx, "vm1"); return err }},
 		{"delete attached disk", 409, func() error { return f.h.DeleteDisk(ctx, "d1") }},
 		{"delete running VM", 409, func() error { return f.h.DeleteVM(ctx, "vm1") }},
-		{"attach attached disk", 409, func() error { _, err := f.h.AttachDisk(ctx, "vm1", AttachRequest{Disk: "d1"}); return err }},
+		{"attach attached disk", 409, func() error { _, err := f.h.AttachDisk(ctx, "vm1", api.AttachRequest{Disk: "d1"}); return err }},
 		{"unknown VM", 404, func() error { _, err := f.h.ShowVM("nope"); return err }},
-		{"unknown disk", 404, func() error { _, err := f.h.AttachDisk(ctx, "vm1", AttachRequest{Disk: "nope"}); return err }},
+		{"unknown disk", 404, func() error { _, err := f.h.AttachDisk(ctx, "vm1", api.AttachRequest{Disk: "nope"}); return err }},
 		{"LUN in use", 409, func() error {
 			lun := 0
-			_, err := f.h.AttachDisk(ctx, "vm1", AttachRequest{Disk: "d2", Lun: &lun})
+			_, err := f.h.AttachDisk(ctx, "vm1", api.AttachRequest{Disk: "d2", Lun: &lun})
 			return err
 		}},
 		{"bad caching", 400, func() error {
-			_, err := f.h.AttachDisk(ctx, "vm1", AttachRequest{Disk: "d2", Caching: "Sometimes"})
+			_, err := f.h.AttachDisk(ctx, "vm1", api.AttachRequest{Disk: "d2", Caching: "Sometimes"})
 			return err
 		}},
-		{"duplicate VM", 409, func() error { _, err := f.h.CreateVM(ctx, CreateVMRequest{Name: "vm1", OsDisk: "d2"}); return err }},
-		{"VM with attached disk", 409, func() error { _, err := f.h.CreateVM(ctx, CreateVMRequest{Name: "vm2", OsDisk: "d1"}); return err }},
+		{"duplicate VM", 409, func() error { _, err := f.h.CreateVM(ctx, api.CreateVMRequest{Name: "vm1", OsDisk: "d2"}); return err }},
+		{"VM with attached disk", 409, func() error { _, err := f.h.CreateVM(ctx, api.CreateVMRequest{Name: "vm2", OsDisk: "d1"}); return err }},
 		{"VM with two OS disks", 400, func() error {
-			_, err := f.h.CreateVM(ctx, CreateVMRequest{Name: "vm2", OsDisk: "d2", OsDiskSizeBytes: 8 << 20})
+			_, err := f.h.CreateVM(ctx, api.CreateVMRequest{Name: "vm2", OsDisk: "d2", OsDiskSizeBytes: 8 << 20})
 			return err
 		}},
 		{"detach OS disk", 409, func() error { _, err := f.h.DetachDisk(ctx, "vm1", "vm1_OsDisk"); return err }},
 		{"65 data disks", 400, func() error {
-			dds := make([]AttachedDisk, 65)
+			dds := make([]api.AttachedDisk, 65)
 			for i := range dds {
 				dds[i].Name = fmt.Sprintf("dd%d", i)
 			}
-			_, err := f.h.CreateVM(ctx, CreateVMRequest{Name: "vm2", OsDisk: "d2", DataDisks: dds})
+			_, err := f.h.CreateVM(ctx, api.CreateVMRequest{Name: "vm2", OsDisk: "d2", DataDisks: dds})
 			return err
 		}},
 	}
@@ -282,23 +277,23 @@ func TestBadInputChangesNothing(t *testing.T) {
 	after, err := f.cfg.Storage.List(ctx, "")
 	require.NoError(t, err)
 	require.Equal(t, before, after, "a refused request changed storage")
-	require.Equal(t, disks, f.h.ListDisks())
-	require.Equal(t, vms, f.h.ListVMs())
+	require.Equal(t, disks, f.disks(t))
+	require.Equal(t, vms, f.vms(t))
 }
 
 func TestVMLifecycleAndPersistence(t *testing.T) {
 	f := newFixture(t)
 	ctx := context.Background()
-	_, err := f.h.CreateDisk(ctx, CreateDiskRequest{Name: "data1", SizeBytes: 16 << 20})
+	_, err := f.h.CreateDisk(ctx, api.CreateDiskRequest{Name: "data1", SizeBytes: 16 << 20})
 	require.NoError(t, err)
-	vm, err := f.h.CreateVM(ctx, CreateVMRequest{Name: "vm1", OsDiskSizeBytes: 8 << 20,
-		DataDisks: []AttachedDisk{{Name: "data1"}}, TempDiskSize: 4 << 20})
+	vm, err := f.h.CreateVM(ctx, api.CreateVMRequest{Name: "vm1", OsDiskSizeBytes: 8 << 20,
+		DataDisks: []api.AttachedDisk{{Name: "data1"}}, TempDiskSize: 4 << 20})
 	require.NoError(t, err)
-	require.Equal(t, PowerRunning, vm.PowerState)
+	require.Equal(t, api.PowerRunning, vm.PowerState)
 	require.Equal(t, []string{"vm1/data-0.img", "vm1/os.img", "vm1/temp.img"}, f.tree.list())
 	d, err := f.h.ShowDisk("data1")
 	require.NoError(t, err)
-	require.Equal(t, DiskAttached, d.DiskState)
+	require.Equal(t, api.DiskAttached, d.DiskState)
 	require.Equal(t, "vm1", d.ManagedBy)
 
 	pattern := make([]byte, 1<<20)
@@ -313,7 +308,7 @@ func TestVMLifecycleAndPersistence(t *testing.T) {
 	f.restart(t, false)
 	vm, err = f.h.ShowVM("vm1")
 	require.NoError(t, err)
-	require.Equal(t, PowerRunning, vm.PowerState)
+	require.Equal(t, api.PowerRunning, vm.PowerState)
 	check := func(img string, want []byte) {
 		t.Helper()
 		got := make([]byte, len(want))
@@ -335,7 +330,7 @@ func TestVMLifecycleAndPersistence(t *testing.T) {
 	_, err = f.h.DeallocateVM(ctx, "vm1")
 	require.NoError(t, err)
 	d, _ = f.h.ShowDisk("data1")
-	require.Equal(t, DiskReserved, d.DiskState)
+	require.Equal(t, api.DiskReserved, d.DiskState)
 	left, err := f.cfg.HostLocal.List(ctx, "temp/vm1")
 	require.NoError(t, err)
 	require.Empty(t, left, "temp disk survived deallocation")
@@ -345,9 +340,8 @@ func TestVMLifecycleAndPersistence(t *testing.T) {
 	check("vm1/data-0.img", pattern)
 
 	// Hot-plug.
-	_, err = f.h.CreateDisk(ctx, CreateDiskRequest{Name: "data2", SizeBytes: 8 << 20})
-	require.NoError(t, err)
-	vm, err = f.h.AttachDisk(ctx, "vm1", AttachRequest{Disk: "data2"})
+	f.mustDisk(t, api.CreateDiskRequest{Name: "data2", SizeBytes: 8 << 20})
+	vm, err = f.h.AttachDisk(ctx, "vm1", api.AttachRequest{Disk: "data2"})
 	require.NoError(t, err)
 	require.Contains(t, f.tree.list(), "vm1/data-1.img")
 	require.Len(t, vm.StorageProfile.DataDisks, 2)
@@ -357,7 +351,7 @@ func TestVMLifecycleAndPersistence(t *testing.T) {
 	require.NoError(t, err)
 	require.NotContains(t, f.tree.list(), "vm1/data-1.img")
 	// Detach flushed it: reopened elsewhere, the data is there.
-	_, err = f.h.AttachDisk(ctx, "vm1", AttachRequest{Disk: "data2", Lun: ptr(5)})
+	_, err = f.h.AttachDisk(ctx, "vm1", api.AttachRequest{Disk: "data2", Lun: ptr(5)})
 	require.NoError(t, err)
 	got := make([]byte, len(pattern))
 	_, err = f.tree.get("vm1/data-5.img").ReadAt(got, 0)
@@ -365,7 +359,7 @@ func TestVMLifecycleAndPersistence(t *testing.T) {
 	require.True(t, bytes.Equal(pattern, got))
 
 	// Growing a disk of a running VM shows at once.
-	_, err = f.h.UpdateDisk(ctx, "data2", UpdateDiskRequest{SizeBytes: 32 << 20})
+	_, err = f.h.UpdateDisk(ctx, "data2", api.UpdateDiskRequest{SizeBytes: 32 << 20})
 	require.NoError(t, err)
 	require.EqualValues(t, 32<<20, f.tree.get("vm1/data-5.img").Size())
 
@@ -373,101 +367,57 @@ func TestVMLifecycleAndPersistence(t *testing.T) {
 	f.restart(t, true)
 	vm, err = f.h.ShowVM("vm1")
 	require.NoError(t, err)
-	require.Equal(t, PowerRunning, vm.PowerState)
+	require.Equal(t, api.PowerRunning, vm.PowerState)
 	require.Len(t, f.tree.list(), 4)
 
 	_, err = f.h.DeallocateVM(ctx, "vm1")
 	require.NoError(t, err)
 	require.NoError(t, f.h.DeleteVM(ctx, "vm1"))
 	d, _ = f.h.ShowDisk("data1")
-	require.Equal(t, DiskUnattached, d.DiskState)
+	require.Equal(t, api.DiskUnattached, d.DiskState)
 	require.Empty(t, d.ManagedBy)
 }
 
 func ptr[T any](v T) *T { return &v }
 
-// fakeIdentities adds identities and customer keys to fakeKeys: a customer
-// key is an AES key per kid, usable only by principals granted it.
-type fakeIdentities struct {
-	*fakeKeys
-	grants map[string]bool // credential -> may use keys
-	latest string
-}
-
-func (f *fakeIdentities) CreateIdentity(_ context.Context, name string) (Identity, string, error) {
-	cred := "cred-" + name
-	return Identity{Type: "SystemAssigned", PrincipalID: "p-" + name, TenantID: "t"}, cred, nil
-}
-
-func (f *fakeIdentities) DeleteIdentity(context.Context, string) error { return nil }
-
-func (f *fakeIdentities) As(cred string) CustomerKeys { return &fakeCustomer{f: f, cred: cred} }
-
-type fakeCustomer struct {
-	f    *fakeIdentities
-	cred string
-}
-
-func (c *fakeCustomer) WrapKey(ctx context.Context, kid string, dek []byte) (disk.WrappedKey, error) {
-	if !c.f.grants[c.cred] {
-		return disk.WrappedKey{}, errors.New("ForbiddenByPolicy: wrapKey not granted")
-	}
-	w, err := c.f.fakeKeys.WrapKey(ctx, dek)
-	w.KeyID, w.Algorithm = kid, "RSA-OAEP-256"
-	return w, err
-}
-
-func (c *fakeCustomer) UnwrapKey(ctx context.Context, w disk.WrappedKey) ([]byte, error) {
-	if !c.f.grants[c.cred] {
-		return nil, errors.New("ForbiddenByPolicy: unwrapKey not granted")
-	}
-	return c.f.fakeKeys.UnwrapKey(ctx, w)
-}
-
 func TestDiskEncryptionSets(t *testing.T) {
 	f := newFixture(t)
-	ids := &fakeIdentities{fakeKeys: f.keys, grants: map[string]bool{}}
-	f.cfg.Keys = ids
-	var err error
-	f.h, err = New(f.cfg)
-	require.NoError(t, err)
 	ctx := context.Background()
 	kid := "https://127.0.0.1:8443/vaults/vault1/keys/k1/0123abcd"
 
 	for _, bad := range []string{"", "http://x/vaults/v/keys/k/1", "https://x/vaults/v/keys/k", "https://x/keys/k/1"} {
-		_, err := f.h.CreateDES(ctx, CreateDESRequest{Name: "d", KeyURL: bad})
+		_, err := f.h.CreateDES(ctx, api.CreateDESRequest{Name: "d", KeyURL: bad})
 		requireCode(t, err, http.StatusBadRequest)
 	}
-	des, err := f.h.CreateDES(ctx, CreateDESRequest{Name: "des1", KeyURL: kid})
+	des, err := f.h.CreateDES(ctx, api.CreateDESRequest{Name: "des1", KeyURL: kid})
 	require.NoError(t, err)
 	require.Equal(t, "p-des/des1", des.Identity.PrincipalID)
 	require.NotEqual(t, "ok", des.KeyAccess)
 	require.Contains(t, des.KeyAccess, "set-policy")
 
-	_, err = f.h.CreateDisk(ctx, CreateDiskRequest{Name: "c1", SizeBytes: 8 << 20, DiskEncryptionSet: "des1"})
+	_, err = f.h.CreateDisk(ctx, api.CreateDiskRequest{Name: "c1", SizeBytes: 8 << 20, DiskEncryptionSet: "des1"})
 	require.ErrorContains(t, err, "p-des/des1")
-	_, err = f.h.CreateDisk(ctx, CreateDiskRequest{Name: "c1", SizeBytes: 8 << 20, EncryptionType: EncCustomerKey})
+	_, err = f.h.CreateDisk(ctx, api.CreateDiskRequest{Name: "c1", SizeBytes: 8 << 20, EncryptionType: api.EncCustomerKey})
 	requireCode(t, err, http.StatusBadRequest)
-	_, err = f.h.CreateDisk(ctx, CreateDiskRequest{Name: "c1", SizeBytes: 8 << 20, DiskEncryptionSet: "nope"})
+	_, err = f.h.CreateDisk(ctx, api.CreateDiskRequest{Name: "c1", SizeBytes: 8 << 20, DiskEncryptionSet: "nope"})
 	requireCode(t, err, http.StatusNotFound)
 
-	ids.grants["cred-des/des1"] = true
+	f.keys.Grant("p-des/des1", true)
 	des, err = f.h.ShowDES(ctx, "des1")
 	require.NoError(t, err)
 	require.Equal(t, "ok", des.KeyAccess)
-	_, err = f.h.CreateDisk(ctx, CreateDiskRequest{Name: "u1", SizeBytes: 8 << 20, Sku: "UltraSSD_LRS", DiskEncryptionSet: "des1", EncryptionType: EncPlatformAndCustomerKey})
+	_, err = f.h.CreateDisk(ctx, api.CreateDiskRequest{Name: "u1", SizeBytes: 8 << 20, Sku: "UltraSSD_LRS", DiskEncryptionSet: "des1", EncryptionType: api.EncPlatformAndCustomerKey})
 	requireCode(t, err, http.StatusBadRequest)
-	d, err := f.h.CreateDisk(ctx, CreateDiskRequest{Name: "c1", SizeBytes: 8 << 20, DiskEncryptionSet: "des1", EncryptionType: EncPlatformAndCustomerKey})
+	d, err := f.h.CreateDisk(ctx, api.CreateDiskRequest{Name: "c1", SizeBytes: 8 << 20, DiskEncryptionSet: "des1", EncryptionType: api.EncPlatformAndCustomerKey})
 	require.NoError(t, err)
 	require.Equal(t, kid, d.KeyID)
 	require.Equal(t, des.ID, d.Encryption.DiskEncryptionSetID)
 
-	_, err = f.h.CreateVM(ctx, CreateVMRequest{Name: "vm1", OsDisk: "c1"})
-	require.NoError(t, err)
+	f.mustVM(t, api.CreateVMRequest{Name: "vm1", OsDisk: "c1"})
 	_, err = f.h.StopVM(ctx, "vm1", "")
 	require.NoError(t, err)
 	// Access revoked: the VM cannot start, and the error names the identity.
-	ids.grants["cred-des/des1"] = false
+	f.keys.Grant("p-des/des1", false)
 	_, err = f.h.StartVM(ctx, "vm1")
 	require.ErrorContains(t, err, "p-des/des1")
 	require.Empty(t, f.tree.list())
@@ -477,48 +427,35 @@ func TestDiskEncryptionSets(t *testing.T) {
 
 func TestCheckKeysStopsVMAndLeases(t *testing.T) {
 	f := newFixture(t)
-	ids := &fakeIdentities{fakeKeys: f.keys, grants: map[string]bool{"cred-des/des1": true}}
-	f.cfg.Keys = ids
-	f.cfg.DEKLease = time.Hour
-	var err error
-	f.h, err = New(f.cfg)
-	require.NoError(t, err)
+	f.keys.AutoGrant()
 	ctx := context.Background()
-	_, err = f.h.CreateDES(ctx, CreateDESRequest{Name: "des1", KeyURL: "https://h/vaults/v/keys/k/1"})
+	_, err := f.h.CreateDES(ctx, api.CreateDESRequest{Name: "des1", KeyURL: "https://h/vaults/v/keys/k/1"})
 	require.NoError(t, err)
-	_, err = f.h.CreateDisk(ctx, CreateDiskRequest{Name: "c1", SizeBytes: 8 << 20, DiskEncryptionSet: "des1"})
-	require.NoError(t, err)
-	_, err = f.h.CreateVM(ctx, CreateVMRequest{Name: "vm1", OsDiskSizeBytes: 8 << 20, DataDisks: []AttachedDisk{{Name: "c1"}}})
-	require.NoError(t, err)
-	mc := MonitorConfig{Interval: time.Second, Lease: time.Hour, OnExpiry: ExpiryShutdown}
-
-	f.h.CheckKeys(ctx, mc)
+	f.mustDisk(t, api.CreateDiskRequest{Name: "c1", SizeBytes: 8 << 20, DiskEncryptionSet: "des1"})
+	f.mustVM(t, api.CreateVMRequest{Name: "vm1", OsDiskSizeBytes: 8 << 20, DataDisks: []api.AttachedDisk{{Name: "c1"}}})
+	f.h.CheckKeys(ctx)
 	vm, err := f.h.ShowVM("vm1")
 	require.NoError(t, err)
-	require.Equal(t, PowerRunning, vm.PowerState)
+	require.Equal(t, api.PowerRunning, vm.PowerState)
 
 	// A lease in the past fails I/O with EIO until a check renews it.
 	img := f.tree.get("vm1/data-0.img")
 	img.(interface{ SetLease(time.Time) }).SetLease(time.Now().Add(-time.Second))
 	_, err = img.ReadAt(make([]byte, 512), 0)
 	require.ErrorIs(t, err, disk.ErrLeaseExpired)
-	f.h.CheckKeys(ctx, mc)
+	f.h.CheckKeys(ctx)
 	_, err = img.ReadAt(make([]byte, 512), 0)
 	require.NoError(t, err)
 
-	ids.grants["cred-des/des1"] = false
-	f.h.CheckKeys(ctx, mc)
+	f.keys.Grant("p-des/des1", false)
+	f.h.CheckKeys(ctx)
 	vm, err = f.h.ShowVM("vm1")
 	require.NoError(t, err)
-	require.Equal(t, PowerStopped, vm.PowerState)
+	require.Equal(t, api.PowerStopped, vm.PowerState)
 	require.Contains(t, vm.PowerStateReason, "https://h/vaults/v/keys/k/1")
 	require.Empty(t, f.tree.list())
 	_, err = f.h.StartVM(ctx, "vm1")
 	require.Error(t, err)
-}
-
-func (c *fakeCustomer) LatestKeyID(context.Context, string) (string, error) {
-	return c.f.latest, nil
 }
 
 // newCachedFixture is newFixture with host caches under the host directory.
@@ -528,6 +465,9 @@ func newCachedFixture(t *testing.T) (*fixture, string) {
 	root := filepath.Dir(f.cfg.StateDir)
 	f.cfg.CacheDir = filepath.Join(root, "host", "cache")
 	f.cfg.CacheSize = 8 << 20
+	// Take everything into the caches: on this fast local storage the
+	// default policy would send the tests' I/O around them.
+	f.cfg.CacheSequentialCutoff, f.cfg.CacheSlowStorage = -1, -1
 	var err error
 	f.h, err = New(f.cfg)
 	require.NoError(t, err)
@@ -549,11 +489,11 @@ func TestEncryptionAtHostOff(t *testing.T) {
 	f, root := newCachedFixture(t)
 	ctx := context.Background()
 	for _, n := range []string{"ro", "none"} {
-		_, err := f.h.CreateDisk(ctx, CreateDiskRequest{Name: n, SizeBytes: 8 << 20})
+		_, err := f.h.CreateDisk(ctx, api.CreateDiskRequest{Name: n, SizeBytes: 8 << 20})
 		require.NoError(t, err)
 	}
-	vm, err := f.h.CreateVM(ctx, CreateVMRequest{Name: "vm1", OsDiskSizeBytes: 8 << 20, EncryptionAtHost: ptr(false),
-		DataDisks: []AttachedDisk{{Name: "ro", Caching: CacheReadOnly}, {Name: "none"}}, TempDiskSize: 4 << 20})
+	vm, err := f.h.CreateVM(ctx, api.CreateVMRequest{Name: "vm1", OsDiskSizeBytes: 8 << 20, EncryptionAtHost: ptr(false),
+		DataDisks: []api.AttachedDisk{{Name: "ro", Caching: api.CacheReadOnly}, {Name: "none"}}, TempDiskSize: 4 << 20})
 	require.NoError(t, err)
 	require.False(t, vm.SecurityProfile.EncryptionAtHost)
 
@@ -576,7 +516,7 @@ func TestEncryptionAtHostOff(t *testing.T) {
 	rep, err := f.h.VMEncryptionReport(ctx, "vm1")
 	require.NoError(t, err)
 	assert.NotEmpty(t, rep.Warning)
-	byLayer := map[string]ReportEntry{}
+	byLayer := map[string]api.ReportEntry{}
 	for _, e := range rep.Entries {
 		byLayer[e.Disk+"/"+e.Layer] = e
 	}
@@ -584,10 +524,10 @@ func TestEncryptionAtHostOff(t *testing.T) {
 	assert.Equal(t, "storage", byLayer["vm1_OsDisk/storage layer 1"].EncryptedBy)
 	assert.Equal(t, "platform", byLayer["vm1_OsDisk/storage layer 1"].Key)
 	assert.False(t, byLayer["vm1_OsDisk/host cache"].Encrypted)
-	assert.Equal(t, CacheReadWrite, byLayer["vm1_OsDisk/host cache"].Caching)
+	assert.Equal(t, api.CacheReadWrite, byLayer["vm1_OsDisk/host cache"].Caching)
 	assert.True(t, byLayer["vm1_OsDisk/host cache"].Open)
 	assert.False(t, byLayer["ro/host cache"].Encrypted)
-	assert.Equal(t, CacheNone, byLayer["none/host cache"].Caching)
+	assert.Equal(t, api.CacheNone, byLayer["none/host cache"].Caching)
 	assert.False(t, byLayer["(temp)/temp disk"].Encrypted)
 
 	// A crash: the OS disk's plaintext write-back cache is written back
@@ -600,25 +540,25 @@ func TestEncryptionAtHostOff(t *testing.T) {
 	}
 
 	// Encryption at host changes only while deallocated; nothing changes.
-	_, err = f.h.UpdateVM(ctx, "vm1", UpdateVMRequest{EncryptionAtHost: ptr(true)})
+	_, err = f.h.UpdateVM(ctx, "vm1", api.UpdateVMRequest{EncryptionAtHost: ptr(true)})
 	requireCode(t, err, 409)
 	assert.Contains(t, err.Error(), "vm deallocate --name vm1")
-	_, err = f.h.UpdateVM(ctx, "vm1", UpdateVMRequest{OsDiskCaching: "Sometimes"})
+	_, err = f.h.UpdateVM(ctx, "vm1", api.UpdateVMRequest{OsDiskCaching: "Sometimes"})
 	requireCode(t, err, 400)
-	_, err = f.h.UpdateVM(ctx, "vm1", UpdateVMRequest{DataDiskCaching: map[string]string{"nope": CacheNone}})
+	_, err = f.h.UpdateVM(ctx, "vm1", api.UpdateVMRequest{DataDiskCaching: map[string]string{"nope": api.CacheNone}})
 	requireCode(t, err, 404)
 	vm, err = f.h.ShowVM("vm1")
 	require.NoError(t, err)
 	require.False(t, vm.SecurityProfile.EncryptionAtHost)
-	require.Equal(t, PowerRunning, vm.PowerState)
+	require.Equal(t, api.PowerRunning, vm.PowerState)
 
 	_, err = f.h.DeallocateVM(ctx, "vm1")
 	require.NoError(t, err)
 	assert.Zero(t, leaks(t, filepath.Join(root, "host"), pattern), "plaintext left on the host after deallocation")
-	vm, err = f.h.UpdateVM(ctx, "vm1", UpdateVMRequest{EncryptionAtHost: ptr(true), DataDiskCaching: map[string]string{"none": CacheReadWrite}})
+	vm, err = f.h.UpdateVM(ctx, "vm1", api.UpdateVMRequest{EncryptionAtHost: ptr(true), DataDiskCaching: map[string]string{"none": api.CacheReadWrite}})
 	require.NoError(t, err)
 	require.True(t, vm.SecurityProfile.EncryptionAtHost)
-	require.Equal(t, CacheReadWrite, vm.StorageProfile.DataDisks[1].Caching)
+	require.Equal(t, api.CacheReadWrite, vm.StorageProfile.DataDisks[1].Caching)
 	_, err = f.h.StartVM(ctx, "vm1")
 	require.NoError(t, err)
 	for _, img := range images[:3] {
@@ -640,7 +580,7 @@ func TestEncryptionAtHostOff(t *testing.T) {
 	require.NoError(t, err)
 	assert.Empty(t, rep.Warning)
 	for _, e := range rep.Entries {
-		if e.Caching != CacheNone {
+		if e.Caching != api.CacheNone {
 			assert.True(t, e.Encrypted, "%s %s", e.Disk, e.Layer)
 		}
 	}
@@ -652,7 +592,7 @@ func TestEncryptionAtHostOff(t *testing.T) {
 func TestDeallocateShredsTempDisk(t *testing.T) {
 	f := newFixture(t)
 	ctx := context.Background()
-	_, err := f.h.CreateVM(ctx, CreateVMRequest{Name: "vm1", OsDiskSizeBytes: 4 << 20, TempDiskSize: 4 << 20})
+	_, err := f.h.CreateVM(ctx, api.CreateVMRequest{Name: "vm1", OsDiskSizeBytes: 4 << 20, TempDiskSize: 4 << 20})
 	require.NoError(t, err)
 	pattern := make([]byte, 64<<10)
 	rand.Read(pattern)
@@ -668,7 +608,7 @@ func TestDeallocateShredsTempDisk(t *testing.T) {
 	require.NoError(t, err)
 	kid := m.Layers[0].WrappedKeys[0].KeyID
 	assert.Contains(t, kid, "platform/temp-", "the temp disk has a key of its own")
-	assert.NotEqual(t, "platform/test/v1", kid)
+	assert.NotEqual(t, keystest.PlatformKeyID, kid)
 
 	_, err = f.h.DeallocateVM(ctx, "vm1")
 	require.NoError(t, err)
@@ -679,7 +619,7 @@ func TestDeallocateShredsTempDisk(t *testing.T) {
 	cb, err := local.Open(copied)
 	require.NoError(t, err)
 	_, err = disk.Open(ctx, &prefixed{cb, "temp/vm1"}, "temp/vm1", f.keys)
-	require.ErrorIs(t, err, ErrKeyGone)
+	require.ErrorIs(t, err, keys.ErrKeyGone)
 
 	// Put back in place, the next start replaces it with an empty one.
 	require.NoError(t, os.CopyFS(filepath.Join(root, "temp", "vm1"), os.DirFS(copied)))
@@ -707,6 +647,10 @@ func (p *prefixed) ReadMeta(ctx context.Context, key string) ([]byte, error) {
 	return p.Backend.ReadMeta(ctx, p.strip(key))
 }
 
+func (p *prefixed) ReadMetaVersion(ctx context.Context, key string) ([]byte, storage.Version, error) {
+	return p.Backend.ReadMetaVersion(ctx, p.strip(key))
+}
+
 // TestFlushIntervalReachesVMDisks: the disks a VM serves sync by themselves
 // at the host's FlushInterval, not at the engine's default (5 s).
 func TestFlushIntervalReachesVMDisks(t *testing.T) {
@@ -716,11 +660,8 @@ func TestFlushIntervalReachesVMDisks(t *testing.T) {
 	var err error
 	f.h, err = New(f.cfg)
 	require.NoError(t, err)
-	ctx := context.Background()
-	_, err = f.h.CreateDisk(ctx, CreateDiskRequest{Name: "d1", SizeBytes: 8 << 20})
-	require.NoError(t, err)
-	_, err = f.h.CreateVM(ctx, CreateVMRequest{Name: "vm1", OsDiskSizeBytes: 8 << 20, DataDisks: []AttachedDisk{{Name: "d1"}}})
-	require.NoError(t, err)
+	f.mustDisk(t, api.CreateDiskRequest{Name: "d1", SizeBytes: 8 << 20})
+	f.mustVM(t, api.CreateVMRequest{Name: "vm1", OsDiskSizeBytes: 8 << 20, DataDisks: []api.AttachedDisk{{Name: "d1"}}})
 	pattern := bytes.Repeat([]byte("flushed by itself "), 1000)[:16384]
 	_, err = f.tree.get("vm1/data-0.img").WriteAt(pattern, 0)
 	require.NoError(t, err)

@@ -3,6 +3,8 @@ package control
 import (
 	"bytes"
 	"context"
+	"hostcrypt/control/api"
+	"hostcrypt/control/store"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -33,18 +35,17 @@ func apiCall(t testing.TB, h http.Handler, method, path, body string) (int, stri
 func TestSizeBounds(t *testing.T) {
 	f := newFixture(t)
 	ctx := context.Background()
-	_, err := f.h.CreateDisk(ctx, CreateDiskRequest{Name: "d1", SizeBytes: 8 << 20})
+	_, err := f.h.CreateDisk(ctx, api.CreateDiskRequest{Name: "d1", SizeBytes: 8 << 20})
 	require.NoError(t, err)
-	_, err = f.h.CreateDisk(ctx, CreateDiskRequest{Name: "u1", SizeBytes: 8 << 20, Sku: "UltraSSD_LRS", LogicalSectorSize: 4096})
+	f.mustDisk(t, api.CreateDiskRequest{Name: "u1", SizeBytes: 8 << 20, Sku: "UltraSSD_LRS", LogicalSectorSize: 4096})
+	vm, err := f.h.CreateVM(ctx, api.CreateVMRequest{Name: "vm1", OsDiskSizeBytes: 8 << 20, DataDisks: []api.AttachedDisk{{Name: "d1"}}})
 	require.NoError(t, err)
-	vm, err := f.h.CreateVM(ctx, CreateVMRequest{Name: "vm1", OsDiskSizeBytes: 8 << 20, DataDisks: []AttachedDisk{{Name: "d1"}}})
-	require.NoError(t, err)
-	require.Equal(t, PowerRunning, vm.PowerState)
+	require.Equal(t, api.PowerRunning, vm.PowerState)
 	d1, err := f.h.ShowDisk("d1")
 	require.NoError(t, err)
 	metaBefore, err := f.cfg.Storage.ReadMeta(ctx, d1.StoragePrefix+"/meta.json")
 	require.NoError(t, err)
-	stateBefore, err := os.ReadFile(filepath.Join(f.cfg.StateDir, stateFile))
+	stateBefore, err := os.ReadFile(filepath.Join(f.cfg.StateDir, store.StateFile))
 	require.NoError(t, err)
 	objects, err := f.cfg.Storage.List(ctx, "")
 	require.NoError(t, err)
@@ -87,7 +88,7 @@ func TestSizeBounds(t *testing.T) {
 	metaAfter, err := f.cfg.Storage.ReadMeta(ctx, d1.StoragePrefix+"/meta.json")
 	require.NoError(t, err)
 	require.Equal(t, metaBefore, metaAfter, "a refused resize rewrote meta.json")
-	stateAfter, err := os.ReadFile(filepath.Join(f.cfg.StateDir, stateFile))
+	stateAfter, err := os.ReadFile(filepath.Join(f.cfg.StateDir, store.StateFile))
 	require.NoError(t, err)
 	require.Equal(t, stateBefore, stateAfter, "a refused size changed the state")
 
@@ -99,14 +100,14 @@ func TestSizeBounds(t *testing.T) {
 	require.NoError(t, err)
 
 	// The bounds themselves are sizes a disk can have.
-	d, err := f.h.UpdateDisk(ctx, "d1", UpdateDiskRequest{SizeBytes: MaxDiskBytes})
+	d, err := f.h.UpdateDisk(ctx, "d1", api.UpdateDiskRequest{SizeBytes: api.MaxDiskBytes})
 	require.NoError(t, err)
-	require.Equal(t, MaxDiskBytes, d.DiskSizeBytes)
-	require.Equal(t, MaxDiskBytes, img.Size())
+	require.Equal(t, api.MaxDiskBytes, d.DiskSizeBytes)
+	require.Equal(t, api.MaxDiskBytes, img.Size())
 	m, err := disk.ReadMetadata(ctx, f.cfg.Storage, d1.StoragePrefix)
 	require.NoError(t, err)
-	require.Equal(t, MaxDiskBytes, m.Size)
-	_, err = f.h.UpdateDisk(ctx, "d1", UpdateDiskRequest{SizeBytes: MaxDiskBytes + 512})
+	require.Equal(t, api.MaxDiskBytes, m.Size)
+	_, err = f.h.UpdateDisk(ctx, "d1", api.UpdateDiskRequest{SizeBytes: api.MaxDiskBytes + 512})
 	requireCode(t, err, http.StatusBadRequest)
 }
 
@@ -121,10 +122,10 @@ func TestImportAboveMaximum(t *testing.T) {
 	q := filepath.Join(t.TempDir(), "huge.qcow2")
 	out, err := exec.Command("qemu-img", "create", "-f", "qcow2", q, "40T").CombinedOutput()
 	require.NoError(t, err, "%s", out)
-	_, err = f.h.ImportDisk(ctx, ImportDiskRequest{CreateDiskRequest: CreateDiskRequest{Name: "huge"}, Source: q}, nil)
+	_, err = f.h.ImportDisk(ctx, api.ImportDiskRequest{CreateDiskRequest: api.CreateDiskRequest{Name: "huge"}, Source: q}, nil)
 	requireCode(t, err, http.StatusBadRequest)
 	require.ErrorContains(t, err, "virtual size")
-	require.Empty(t, f.h.ListDisks())
+	require.Empty(t, f.disks(t))
 	left, err := f.cfg.Storage.List(ctx, "")
 	require.NoError(t, err)
 	require.Empty(t, left)
@@ -134,7 +135,7 @@ func TestImportAboveMaximum(t *testing.T) {
 // The product limits must stay within what the engine can address, or a
 // size the API accepts would be refused only when the disk opens.
 func TestProductLimitsWithinEngine(t *testing.T) {
-	for _, max := range []int64{MaxDiskBytes, MaxUltraDiskBytes, MaxTempDiskBytes} {
+	for _, max := range []int64{api.MaxDiskBytes, api.MaxUltraDiskBytes, api.MaxTempDiskBytes} {
 		require.NoError(t, disk.CheckSize(max, 4096), "a product limit of %d bytes is beyond the engine's", max)
 		require.LessOrEqual(t, max, int64(disk.MaxSize))
 	}

@@ -9,32 +9,30 @@ import (
 	"slices"
 	"strings"
 
+	"hostcrypt/control/api"
+	"hostcrypt/control/store"
 	"hostcrypt/disk"
 	"hostcrypt/storage"
 )
 
 // Start-up is robust to one bad record: a disk whose record or meta.json
-// cannot be used is marked failed with the reason (Disk.FailureReason), a
-// VM that cannot come back is marked failed (PowerFailed) with the reason,
+// cannot be used is marked failed with the reason (FailureReason), a VM
+// that cannot come back is marked failed (PowerFailed) with the reason,
 // and every other VM is served. Nothing is removed for it: the reason says
 // what to fix, and a later start (or vm start) checks again.
-
-// PowerFailed is the power state of a VM that was meant to run but could
-// not start at the last start of the host: one of its disks could not be
-// opened, or its record is inconsistent. PowerStateReason says why. vm
-// start tries again; so does the next start of the host.
-const PowerFailed = "failed"
 
 // repair mends what a state file may hold and that no operation could use,
 // where mending loses nothing: records that are JSON null, names that
 // differ from their key, and disks claimed by a VM that does not list them.
 // It logs each repair.
-func (s *state) repair(log *slog.Logger) {
+func repair(s *store.Records, log *slog.Logger) {
 	dropNil(s.Disks, "disk", log)
 	dropNil(s.VMs, "VM", log)
 	dropNil(s.DES, "disk encryption set", log)
 	dropNil(s.Snapshots, "snapshot", log)
 	dropNil(s.Images, "image", log)
+	dropNil(s.Intents, "intent", log)
+	dropNil(s.Removals, "removal", log)
 	for name, d := range s.Disks {
 		if d.Name != name {
 			log.Warn("state: a disk record's name differs from its key; using the key", "disk", name, "recorded", d.Name)
@@ -46,17 +44,20 @@ func (s *state) repair(log *slog.Logger) {
 			log.Warn("state: a VM record's name differs from its key; using the key", "vm", name, "recorded", vm.Name)
 			vm.Name = name
 		}
+		if vm.StorageProfile.DataDisks == nil {
+			vm.StorageProfile.DataDisks = []store.AttachedDisk{}
+		}
 	}
 	for name, d := range s.Disks {
 		if d.ManagedBy == "" {
 			continue
 		}
 		vm := s.VMs[d.ManagedBy]
-		if vm == nil || !slices.Contains(vmDiskNames(vm), name) {
+		if vm == nil || !slices.Contains(vm.DiskNames(), name) {
 			log.Warn("state: a disk names a VM that does not list it; it is unattached now", "disk", name, "vm", d.ManagedBy)
 			d.ManagedBy = ""
-			if d.DiskState == DiskAttached || d.DiskState == DiskReserved {
-				d.DiskState = DiskUnattached
+			if d.DiskState == api.DiskAttached || d.DiskState == api.DiskReserved {
+				d.DiskState = api.DiskUnattached
 			}
 		}
 	}
@@ -73,7 +74,7 @@ func dropNil[T any](m map[string]*T, kind string, log *slog.Logger) {
 
 // recordProblem says what makes a disk record unusable whatever is in
 // storage, or "".
-func recordProblem(d *Disk) string {
+func recordProblem(d *store.Disk) string {
 	if err := checkSku(d.Sku.Name); err != nil {
 		return fmt.Sprintf("its record names sku %q, which does not exist", d.Sku.Name)
 	}
@@ -81,7 +82,7 @@ func recordProblem(d *Disk) string {
 		return fmt.Sprintf("its record names a %d-byte sector; sectors are 512 or 4096 bytes", d.LogicalSectorSize)
 	}
 	if err := checkDiskSize("diskSizeBytes", d.DiskSizeBytes, d.LogicalSectorSize, d.Sku.Name); err != nil {
-		return "its record has an impossible size: " + asError(err).Message
+		return "its record has an impossible size: " + message(err)
 	}
 	if !validPrefix(d.StoragePrefix, "disks") {
 		return fmt.Sprintf("its record names storage prefix %q, which is not one of a disk (disks/ID)", d.StoragePrefix)
@@ -100,50 +101,68 @@ func validPrefix(prefix, root string) bool {
 	return ok && id != "" && !strings.Contains(id, "/") && storage.ValidKey(prefix) == nil
 }
 
-// checkDisk checks a disk's record and its meta.json in storage, marks the
-// disk failed with the reason, or clears the mark. A meta.json of another
-// valid size than the record (a resize whose state was not saved) is
-// believed: it is what the engine serves. The caller holds h.mu and saves.
-func (h *Host) checkDisk(ctx context.Context, d *Disk) error {
-	reason := recordProblem(d)
-	if reason == "" {
-		reason = h.metaProblem(ctx, d)
+// diskProblem checks a disk's record and its meta.json in storage and
+// says what makes the disk unusable, or "". size is what meta.json says
+// (0 when it says nothing usable): a meta.json of another valid size than
+// the record (a resize whose record was not saved) is believed, as it is
+// what the engine serves.
+func (h *Host) diskProblem(ctx context.Context, d *store.Disk) (reason string, size int64) {
+	if reason := recordProblem(d); reason != "" {
+		return reason, 0
 	}
-	if reason != d.FailureReason {
-		if reason != "" {
-			h.log.Error("disk cannot be used", "disk", d.Name, "reason", reason)
-		} else {
-			h.log.Info("disk can be used again", "disk", d.Name)
-		}
-		d.FailureReason = reason
-	}
-	return diskFailed(d)
-}
-
-// metaProblem reads the disk's meta.json and says what makes it unusable,
-// or "".
-func (h *Host) metaProblem(ctx context.Context, d *Disk) string {
 	m, err := disk.ReadMetadata(ctx, h.cfg.Storage, d.StoragePrefix)
 	switch {
 	case errors.Is(err, disk.ErrNotFound):
-		return fmt.Sprintf("its meta.json is missing from storage (%s/meta.json)", d.StoragePrefix)
+		return fmt.Sprintf("its meta.json is missing from storage (%s/meta.json)", d.StoragePrefix), 0
 	case err != nil:
-		return fmt.Sprintf("its meta.json cannot be used: %v", err)
+		return fmt.Sprintf("its meta.json cannot be used: %v", err), 0
 	case m.SectorSize != d.LogicalSectorSize:
-		return fmt.Sprintf("its meta.json says %d-byte sectors, its record %d", m.SectorSize, d.LogicalSectorSize)
+		return fmt.Sprintf("its meta.json says %d-byte sectors, its record %d", m.SectorSize, d.LogicalSectorSize), 0
 	}
 	if err := checkDiskSize("size", m.Size, m.SectorSize, d.Sku.Name); err != nil {
-		return "its meta.json has an impossible size: " + asError(err).Message
+		return "its meta.json has an impossible size: " + message(err), 0
 	}
-	if m.Size != d.DiskSizeBytes {
-		h.log.Warn("disk: meta.json and the record differ in size; using meta.json's", "disk", d.Name, "record", d.DiskSizeBytes, "meta", m.Size)
-		d.DiskSizeBytes, d.DiskSizeGB = m.Size, m.Size>>30
+	return "", m.Size
+}
+
+// checkDisk checks a disk and records what it finds: the failure reason
+// (set or cleared), and meta.json's size where it differs from the record's.
+func (h *Host) checkDisk(ctx context.Context, name string) (*store.Disk, error) {
+	r, err := h.load(ctx)
+	if err != nil {
+		return nil, err
 	}
-	return ""
+	d, ok := r.Disks[name]
+	if !ok {
+		return nil, notFound("disk", name)
+	}
+	reason, size := h.diskProblem(ctx, d)
+	if reason == d.FailureReason && (size == 0 || size == d.DiskSizeBytes) {
+		return d, diskFailed(d)
+	}
+	d, err = h.recordDisk(ctx, name, func(d *store.Disk) error {
+		if reason != d.FailureReason {
+			if reason != "" {
+				h.log.Error("disk cannot be used", "disk", d.Name, "reason", reason)
+			} else {
+				h.log.Info("disk can be used again", "disk", d.Name)
+			}
+			d.FailureReason = reason
+		}
+		if size != 0 && size != d.DiskSizeBytes {
+			h.log.Warn("disk: meta.json and the record differ in size; using meta.json's", "disk", d.Name, "record", d.DiskSizeBytes, "meta", size)
+			d.DiskSizeBytes, d.DiskSizeGB = size, size>>30
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return d, diskFailed(d)
 }
 
 // diskFailed refuses the use of a disk marked failed.
-func diskFailed(d *Disk) error {
+func diskFailed(d *store.Disk) error {
 	if d.FailureReason == "" {
 		return nil
 	}
@@ -152,17 +171,20 @@ func diskFailed(d *Disk) error {
 
 // usable refuses what must wait for a disk's conversion, import or export,
 // or cannot be done on a disk marked failed; a failed disk is checked again
-// first, so that a fixed one is usable at once. The caller holds h.mu.
-func (h *Host) usable(ctx context.Context, d *Disk) error {
+// first, so that a fixed one is usable at once.
+func (h *Host) usable(ctx context.Context, d *store.Disk) error {
+	if d == nil {
+		return nil
+	}
 	if err := converting(d); err != nil {
 		return err
 	}
 	if d.FailureReason == "" {
 		return nil
 	}
-	err := h.checkDisk(ctx, d)
-	if err == nil {
-		_ = h.save()
+	fresh, err := h.checkDisk(ctx, d.Name)
+	if fresh != nil {
+		*d = *fresh
 	}
 	return err
 }
@@ -171,11 +193,11 @@ func (h *Host) usable(ctx context.Context, d *Disk) error {
 // names that does not exist or is claimed by another VM, a disk named
 // twice, a data disk without a valid LUN or two on one LUN, a caching mode
 // or temp disk size no request could have given.
-func (h *Host) checkVMRecord(vm *VM) error {
+func checkVMRecord(r *store.Records, vm *store.VM) error {
 	seen := map[string]bool{}
 	luns := map[int]string{}
-	for i, ad := range append([]AttachedDisk{vm.StorageProfile.OsDisk}, vm.StorageProfile.DataDisks...) {
-		d := h.st.Disks[ad.Name]
+	for i, ad := range append([]store.AttachedDisk{vm.StorageProfile.OsDisk}, vm.StorageProfile.DataDisks...) {
+		d := r.Disks[ad.Name]
 		switch {
 		case d == nil:
 			return conflict("VM %q names disk %q, which does not exist; detach it (hostcrypt vm disk detach --vm-name %s --name %s) or delete the VM", vm.Name, ad.Name, vm.Name, ad.Name)
@@ -188,13 +210,13 @@ func (h *Host) checkVMRecord(vm *VM) error {
 		// Records older than host caching have none: no cache.
 		if ad.Caching != "" {
 			if err := checkCaching(ad.Caching); err != nil {
-				return conflict("VM %q, disk %q: %s", vm.Name, ad.Name, asError(err).Message)
+				return conflict("VM %q, disk %q: %s", vm.Name, ad.Name, message(err))
 			}
 		}
 		if i == 0 {
 			continue
 		}
-		if ad.Lun == nil || *ad.Lun < 0 || *ad.Lun > 63 {
+		if ad.Lun == nil || *ad.Lun < 0 || *ad.Lun > api.MaxDataDisks-1 {
 			return conflict("VM %q: data disk %q has no LUN from 0 to 63 in its record", vm.Name, ad.Name)
 		}
 		if other, ok := luns[*ad.Lun]; ok {
@@ -204,7 +226,7 @@ func (h *Host) checkVMRecord(vm *VM) error {
 	}
 	if vm.TempDiskSizeBytes != 0 {
 		if err := checkTempSize("tempDiskSizeBytes", vm.TempDiskSizeBytes); err != nil {
-			return conflict("VM %q: its record has an impossible temp disk: %s", vm.Name, asError(err).Message)
+			return conflict("VM %q: its record has an impossible temp disk: %s", vm.Name, message(err))
 		}
 	}
 	return nil
@@ -217,42 +239,47 @@ func (h *Host) checkVMRecord(vm *VM) error {
 // every VM that was running (or failed at the last start). A VM that cannot
 // start is marked failed with the reason; the others are served.
 func (h *Host) Recover(ctx context.Context) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
 	h.recoverTransfers(ctx)
 	h.finishRemovals(ctx)
 	h.logLeftovers(ctx)
-	names := make([]string, 0, len(h.st.Disks))
-	for n := range h.st.Disks {
-		names = append(names, n)
+	r, err := h.load(ctx)
+	if err != nil {
+		h.log.Error("start-up: reading the state", "err", err)
+		return
 	}
-	slices.Sort(names)
+	names := sortedKeys(r.Disks)
 	for _, n := range names {
-		_ = h.checkDisk(ctx, h.st.Disks[n])
+		if _, err := h.checkDisk(ctx, n); err != nil && api.StatusOf(err) != 409 {
+			h.log.Error("checking a disk at start", "disk", n, "err", err)
+		}
+	}
+	if r, err = h.load(ctx); err != nil {
+		h.log.Error("start-up: reading the state", "err", err)
+		return
 	}
 	for _, n := range names {
-		d := h.st.Disks[n]
-		if d.Conversion != nil && d.Conversion.Error == "" && d.FailureReason == "" {
+		d := r.Disks[n]
+		if d != nil && d.Conversion != nil && d.Conversion.Error == "" && d.FailureReason == "" {
 			h.log.Info("resuming disk conversion", "disk", n, "chunk", d.Conversion.NextChunk, "of", d.Conversion.TotalChunks)
 			h.goConvert(n)
 		}
 	}
-	if err := h.save(); err != nil {
-		h.log.Error("saving the state after the start-up checks", "err", err)
-	}
-	names = names[:0]
-	for n, vm := range h.st.VMs {
-		if vm.PowerState == PowerRunning || vm.PowerState == PowerFailed {
-			names = append(names, n)
+	var vms []string
+	for n, vm := range r.VMs {
+		if vm.PowerState == api.PowerRunning || vm.PowerState == api.PowerFailed {
+			vms = append(vms, n)
 		}
 	}
-	slices.Sort(names)
-	for _, n := range names {
-		vm := h.st.VMs[n]
-		if err := h.startCaught(ctx, vm); err != nil {
-			h.log.Error("VM did not come back after restart", "vm", n, "err", err)
-			vm.PowerState, vm.PowerStateReason = PowerFailed, "could not start after a host restart: "+asError(err).Message
-			if err := h.save(); err != nil {
+	slices.Sort(vms)
+	for _, n := range vms {
+		if startErr := h.startCaught(ctx, n); startErr != nil {
+			h.log.Error("VM did not come back after restart", "vm", n, "err", startErr)
+			if _, err := h.update(ctx, func(r *store.Records) error {
+				if vm := r.VMs[n]; vm != nil {
+					vm.PowerState, vm.PowerStateReason = api.PowerFailed, "could not start after a host restart: "+message(startErr)
+				}
+				return nil
+			}); err != nil {
 				h.log.Error("saving the state", "err", err)
 			}
 		}
@@ -262,12 +289,17 @@ func (h *Host) Recover(ctx context.Context) {
 // startCaught is start for Recover: a panic while opening one VM's disks
 // fails that VM, not the host. The cause is a defect to fix; the stack is
 // in the log.
-func (h *Host) startCaught(ctx context.Context, vm *VM) (err error) {
+func (h *Host) startCaught(ctx context.Context, name string) (err error) {
+	release, err := h.claim(recoverOp, "vm/"+name)
+	if err != nil {
+		return err
+	}
+	defer release()
 	defer func() {
 		if p := recover(); p != nil {
-			h.log.Error("panic while starting a VM; the VM is marked failed", "vm", vm.Name, "panic", p, "stack", string(debug.Stack()))
+			h.log.Error("panic while starting a VM; the VM is marked failed", "vm", name, "panic", p, "stack", string(debug.Stack()))
 			err = fmt.Errorf("internal error while opening its disks: %v", p)
 		}
 	}()
-	return h.start(ctx, vm)
+	return h.start(ctx, name)
 }

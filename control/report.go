@@ -6,114 +6,76 @@ import (
 	"path/filepath"
 	"strings"
 
+	"hostcrypt/control/api"
+	"hostcrypt/control/store"
 	"hostcrypt/disk"
+	"hostcrypt/volume"
 )
-
-// UpdateVMRequest changes a deallocated VM's host-side settings. Absent
-// fields stay as they are.
-type UpdateVMRequest struct {
-	EncryptionAtHost *bool `json:"encryptionAtHost,omitempty"`
-	// OsDiskCaching is the OS disk's new host caching mode.
-	OsDiskCaching string `json:"osDiskCaching,omitempty"`
-	// DataDiskCaching maps a data disk's name to its new caching mode.
-	DataDiskCaching map[string]string `json:"dataDiskCaching,omitempty"`
-	// ADE true records that the VM uses guest-level disk encryption; the
-	// record cannot be cleared.
-	ADE *bool `json:"ade,omitempty"`
-}
 
 // UpdateVM changes encryption at host or the caching of a VM's disks. Both
 // decide what the host keeps and how, so they change only while the VM is
 // deallocated: its caches are written back and its temp disk is gone, and
 // the next start builds them anew.
-func (h *Host) UpdateVM(ctx context.Context, name string, r UpdateVMRequest) (*VM, error) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	vm, err := h.vm(name)
+func (h *Host) UpdateVM(ctx context.Context, name string, req api.UpdateVMRequest) (*api.VM, error) {
+	if req.EncryptionAtHost == nil && req.OsDiskCaching == "" && len(req.DataDiskCaching) == 0 && req.ADE == nil {
+		return nil, badRequest("nothing to update: give --encryption-at-host, --os-disk-caching, --data-disk-caching or --ade")
+	}
+	release, err := h.claim("updating", "vm/"+name)
 	if err != nil {
 		return nil, err
 	}
-	if r.EncryptionAtHost == nil && r.OsDiskCaching == "" && len(r.DataDiskCaching) == 0 && r.ADE == nil {
-		return nil, badRequest("nothing to update: give --encryption-at-host, --os-disk-caching, --data-disk-caching or --ade")
-	}
-	if r.OsDiskCaching != "" {
-		if err := checkCaching(r.OsDiskCaching); err != nil {
-			return nil, err
+	defer release()
+	var vm *store.VM
+	r, err := h.update(ctx, func(r *store.Records) error {
+		var ok bool
+		if vm, ok = r.VMs[name]; !ok {
+			return notFound("VM", name)
 		}
-	}
-	luns := map[string]int{}
-	for i, dd := range vm.StorageProfile.DataDisks {
-		luns[dd.Name] = i
-	}
-	for d, mode := range r.DataDiskCaching {
-		if _, ok := luns[d]; !ok {
-			return nil, notFound("data disk of VM "+name, d)
+		if req.OsDiskCaching != "" {
+			if err := checkCaching(req.OsDiskCaching); err != nil {
+				return err
+			}
 		}
-		if err := checkCaching(mode); err != nil {
-			return nil, err
+		luns := map[string]int{}
+		for i, dd := range vm.StorageProfile.DataDisks {
+			luns[dd.Name] = i
 		}
-	}
-	if vm.PowerState != PowerDeallocated {
-		what := "its host caching"
-		if r.EncryptionAtHost != nil {
-			what = "encryption at host"
+		for d, mode := range req.DataDiskCaching {
+			if _, ok := luns[d]; !ok {
+				return notFound("data disk of VM "+name, d)
+			}
+			if err := checkCaching(mode); err != nil {
+				return err
+			}
 		}
-		return nil, conflict("VM %q is %s: %s changes only while it is deallocated; run hostcrypt vm deallocate --name %s, update it, then start it again",
-			name, vm.PowerState, what, name)
-	}
-	if err := h.checkVMUpdate(vm, r.EncryptionAtHost, r.ADE); err != nil {
+		if vm.PowerState != api.PowerDeallocated {
+			what := "its host caching"
+			if req.EncryptionAtHost != nil {
+				what = "encryption at host"
+			}
+			return conflict("VM %q is %s: %s changes only while it is deallocated; run hostcrypt vm deallocate --name %s, update it, then start it again",
+				name, vm.PowerState, what, name)
+		}
+		if err := checkVMUpdate(r, vm, req.EncryptionAtHost, req.ADE); err != nil {
+			return err
+		}
+		if req.EncryptionAtHost != nil {
+			vm.SecurityProfile.EncryptionAtHost = *req.EncryptionAtHost
+		}
+		vm.ADE = vm.ADE || (req.ADE != nil && *req.ADE)
+		if req.OsDiskCaching != "" {
+			vm.StorageProfile.OsDisk.Caching = req.OsDiskCaching
+		}
+		for d, mode := range req.DataDiskCaching {
+			vm.StorageProfile.DataDisks[luns[d]].Caching = mode
+		}
+		return nil
+	})
+	if err != nil {
 		return nil, err
 	}
-	if r.EncryptionAtHost != nil {
-		vm.SecurityProfile.EncryptionAtHost = *r.EncryptionAtHost
-	}
-	vm.ADE = vm.ADE || (r.ADE != nil && *r.ADE)
-	if r.OsDiskCaching != "" {
-		vm.StorageProfile.OsDisk.Caching = r.OsDiskCaching
-	}
-	for d, mode := range r.DataDiskCaching {
-		vm.StorageProfile.DataDisks[luns[d]].Caching = mode
-	}
 	h.log.Info("VM updated", "vm", name, "encryptionAtHost", vm.SecurityProfile.EncryptionAtHost)
-	return h.showVM(vm), h.save()
-}
-
-// EncryptionReport says, for every place a VM's data lives, whether and how
-// it is encrypted there.
-type EncryptionReport struct {
-	VM               string `json:"vm"`
-	PowerState       string `json:"powerState"`
-	EncryptionAtHost bool   `json:"encryptionAtHost"`
-	// Warning is set when something on the host holds plaintext.
-	Warning string        `json:"warning,omitempty"`
-	Entries []ReportEntry `json:"entries"`
-}
-
-// ReportEntry is one layer of one disk.
-type ReportEntry struct {
-	Disk string `json:"disk"` // disk resource name, or "(temp)"
-	// Image is the file the disk appears as while the VM runs.
-	Image string `json:"image"`
-	// Layer is "storage layer 1", "storage layer 2", "host cache" or
-	// "temp disk".
-	Layer string `json:"layer"`
-	// Location is where the bytes are, as "storage: KEY" under the
-	// storage root or "host: PATH" under the host directory; empty when
-	// nothing is kept (a disk without a host cache).
-	Location  string `json:"location"`
-	Encrypted bool   `json:"encrypted"`
-	// EncryptedBy is "host" when the bytes leave the host already
-	// encrypted, "storage" when only the storage side encrypts them.
-	EncryptedBy string `json:"encryptedBy,omitempty"`
-	Algorithm   string `json:"algorithm,omitempty"`
-	// Key is the key id with its version that wraps the layer's key, or
-	// "platform" for a platform-managed key.
-	Key        string `json:"key,omitempty"`
-	KeyID      string `json:"keyId,omitempty"`
-	Caching    string `json:"caching,omitempty"`
-	DirtyBytes int64  `json:"dirtyBytes"`
-	// Open says whether the layer is in use now (the VM runs).
-	Open bool `json:"open"`
+	return vmView(vm, r, h.liveNow()), nil
 }
 
 // keyOf names the key protecting a wrap: customer keys wrap with RSA,
@@ -128,26 +90,28 @@ func keyOf(w disk.WrappedKey) string {
 // VMEncryptionReport reports, for every disk of the VM and every layer
 // (storage layers, host cache, temp disk), where it lives, whether it is
 // encrypted, with what and under which key.
-func (h *Host) VMEncryptionReport(ctx context.Context, name string) (*EncryptionReport, error) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	vm, err := h.vm(name)
+func (h *Host) VMEncryptionReport(ctx context.Context, name string) (*api.EncryptionReport, error) {
+	r, err := h.load(ctx)
 	if err != nil {
 		return nil, err
 	}
+	vm, ok := r.VMs[name]
+	if !ok {
+		return nil, notFound("VM", name)
+	}
 	eah := vm.SecurityProfile.EncryptionAtHost
-	rep := &EncryptionReport{VM: name, PowerState: vm.PowerState, EncryptionAtHost: eah, Entries: []ReportEntry{}}
+	rep := &api.EncryptionReport{VM: name, PowerState: vm.PowerState, EncryptionAtHost: eah, Entries: []api.ReportEntry{}}
 	if !eah {
 		rep.Warning = plaintextWarning(name)
 	}
-	rv := h.running[name]
+	images := h.runningImages(name)
+	open := images != nil
 	by := "host"
 	if !eah {
 		by = "storage"
 	}
-	attached := append([]AttachedDisk{vm.StorageProfile.OsDisk}, vm.StorageProfile.DataDisks...)
-	for _, ad := range attached {
-		d := h.st.Disks[ad.Name]
+	for _, ad := range append([]store.AttachedDisk{vm.StorageProfile.OsDisk}, vm.StorageProfile.DataDisks...) {
+		d := r.Disks[ad.Name]
 		if d == nil {
 			continue
 		}
@@ -159,39 +123,35 @@ func (h *Host) VMEncryptionReport(ctx context.Context, name string) (*Encryption
 		var algs, keys []string
 		for _, l := range m.Layers {
 			w := l.WrappedKeys[0]
-			rep.Entries = append(rep.Entries, ReportEntry{
+			rep.Entries = append(rep.Entries, api.ReportEntry{
 				Disk: d.Name, Image: file, Layer: fmt.Sprintf("storage layer %d", l.Layer),
 				Location:  "storage: " + d.StoragePrefix,
 				Encrypted: true, EncryptedBy: by, Algorithm: l.Algorithm,
-				Key: keyOf(w), KeyID: w.KeyID, Open: rv != nil,
+				Key: keyOf(w), KeyID: w.KeyID, Open: open,
 			})
 			algs = append(algs, l.Algorithm)
 			keys = append(keys, keyOf(w))
 		}
-		e := ReportEntry{Disk: d.Name, Image: file, Layer: "host cache", Caching: ad.Caching}
-		var od *openDisk
-		if rv != nil {
-			od = rv.images[file]
-		}
-		sealedDir, plainDir := h.cacheDirs(d)
+		e := api.ReportEntry{Disk: d.Name, Image: file, Layer: "host cache", Caching: ad.Caching}
+		dirs := volume.Config{CacheDir: h.cacheDir(d)}
 		switch {
-		case ad.Caching == CacheNone || h.cfg.CacheDir == "":
-			e.Caching = CacheNone // nothing kept on the host: no location
+		case ad.Caching == api.CacheNone || ad.Caching == "" || h.cfg.CacheDir == "":
+			e.Caching = api.CacheNone // nothing kept on the host: no location
 		case eah:
-			e.Location, e.Encrypted, e.EncryptedBy = "host: "+hostRel(h.cfg.CacheDir, sealedDir), true, "host"
+			e.Location, e.Encrypted, e.EncryptedBy = "host: "+hostRel(h.cfg.CacheDir, dirs.SealedDir()), true, "host"
 			e.Algorithm, e.Key = strings.Join(algs, " + "), strings.Join(keys, " + ")
 		default:
-			e.Location = "host: " + hostRel(h.cfg.CacheDir, plainDir)
+			e.Location = "host: " + hostRel(h.cfg.CacheDir, dirs.PlainDir())
 		}
-		if od != nil {
-			if s, ok := od.cacheStats(); ok {
-				e.DirtyBytes, e.Open = s.DirtyBytes, true
+		if a := images[file]; a != nil {
+			if s := a.vol.Stats(); s.HasCache {
+				e.DirtyBytes, e.Open = s.Cache.DirtyBytes, true
 			}
 		}
 		rep.Entries = append(rep.Entries, e)
 	}
 	if vm.TempDiskSizeBytes > 0 {
-		e := ReportEntry{Disk: "(temp)", Image: tempImage, Layer: "temp disk", Open: rv != nil}
+		e := api.ReportEntry{Disk: "(temp)", Image: tempImage, Layer: "temp disk", Open: open}
 		if eah {
 			e.Location = "host: " + tempPrefix(name)
 			e.Encrypted, e.EncryptedBy, e.Key = true, "host", "platform"
@@ -208,6 +168,10 @@ func (h *Host) VMEncryptionReport(ctx context.Context, name string) (*Encryption
 	return rep, nil
 }
 
+func plaintextWarning(vm string) string {
+	return fmt.Sprintf("encryption at host is off for VM %q: its host caches and temp disk are plaintext on this host; only storage is encrypted", vm)
+}
+
 // hostRel names a host cache directory as the report names every location:
 // relative to its side's root, here the host directory the cache directory
 // lies in (cache/ID, as temp disks are temp/VM).
@@ -216,8 +180,4 @@ func hostRel(cacheDir, dir string) string {
 		return rel
 	}
 	return dir
-}
-
-func plaintextWarning(vm string) string {
-	return fmt.Sprintf("encryption at host is off for VM %q: its host caches and temp disk are plaintext on this host; only storage is encrypted", vm)
 }

@@ -14,17 +14,11 @@ import (
 	"net/http"
 	"strings"
 	"time"
-)
 
-// Placement defaults: a resource created without them lands here.
-const (
-	DefaultSubscription  = "00000000-0000-0000-0000-000000000000"
-	DefaultResourceGroup = "hostcrypt"
+	"hostcrypt/control/api"
+	"hostcrypt/control/keys"
+	"hostcrypt/control/store"
 )
-
-// DefaultDESLimit is how many disk encryption sets one subscription may
-// have in one location.
-const DefaultDESLimit = 5000
 
 // Resource types, as they appear in resource ids.
 const (
@@ -39,54 +33,18 @@ const (
 // 512-byte sectors support encryption at host; older ones need 4 KiB sectors.
 var ultraCutoff = time.Date(2023, 5, 13, 0, 0, 0, 0, time.UTC)
 
-// VaultLocations tells in which location a key's vault is. The host's key
-// service implements it; a Keys without it (unit tests' fakes) skips the
-// vault location rule.
-type VaultLocations interface {
-	// VaultLocation returns the location of the vault keyURL names, or an
-	// error wrapping ErrVaultNotFound when there is no such vault.
-	VaultLocation(ctx context.Context, keyURL string) (string, error)
-}
-
-// ErrVaultNotFound: the vault a key id names does not exist.
-var ErrVaultNotFound = errors.New("vault not found")
-
-// placement is where a resource lives.
-type placement struct {
-	Subscription, ResourceGroup, Location string
-}
-
-func (p placement) id(typ, name string) string {
+// resourceID is the id of a resource of type typ at p.
+func resourceID(p store.Placement, typ, name string) string {
 	return fmt.Sprintf("/subscriptions/%s/resourceGroups/%s/providers/Microsoft.Compute/%s/%s", p.Subscription, p.ResourceGroup, typ, name)
-}
-
-func (d *Disk) placement() placement {
-	return placement{Subscription: d.Subscription, ResourceGroup: d.ResourceGroup, Location: d.Location}
-}
-
-func (v *VM) placement() placement {
-	return placement{Subscription: v.Subscription, ResourceGroup: v.ResourceGroup, Location: v.Location}
-}
-
-func (s *DiskEncryptionSet) placement() placement {
-	return placement{Subscription: s.Subscription, ResourceGroup: s.ResourceGroup, Location: s.Location}
 }
 
 // newPlacement checks a create request's placement and fills in the
 // defaults: the default subscription, resource group "hostcrypt" and the
 // host's location. Subscriptions and locations compare in lower case, as
 // Azure's do.
-func (h *Host) newPlacement(sub, rg, loc string) (placement, error) {
-	p := placement{Subscription: strings.ToLower(sub), ResourceGroup: rg, Location: strings.ToLower(loc)}
-	if p.Subscription == "" {
-		p.Subscription = DefaultSubscription
-	}
-	if p.ResourceGroup == "" {
-		p.ResourceGroup = DefaultResourceGroup
-	}
-	if p.Location == "" {
-		p.Location = h.cfg.Location
-	}
+func (h *Host) newPlacement(sub, rg, loc string) (store.Placement, error) {
+	p := store.Placement{Subscription: strings.ToLower(sub), ResourceGroup: rg, Location: strings.ToLower(loc)}
+	placementDefault(&p, h.cfg.Location)
 	if err := checkSubscription(p.Subscription); err != nil {
 		return p, err
 	}
@@ -111,7 +69,7 @@ func checkSubscription(s string) error {
 		}
 	}
 	if !ok {
-		return badRequest("subscription %q: give a subscription id, e.g. %s", s, DefaultSubscription)
+		return badRequest("subscription %q: give a subscription id, e.g. %s", s, api.DefaultSubscription)
 	}
 	return nil
 }
@@ -145,46 +103,15 @@ func checkLocation(loc string) error {
 	return nil
 }
 
-// fillPlacement gives the resources of a state file written before they had
-// a placement the defaults, which are also what their ids already say.
-func (s *state) fillPlacement(loc string) {
-	fill := func(sub, rg, l *string) {
-		if *sub == "" {
-			*sub = DefaultSubscription
-		}
-		if *rg == "" {
-			*rg = DefaultResourceGroup
-		}
-		if *l == "" {
-			*l = loc
-		}
-	}
-	for _, d := range s.Disks {
-		fill(&d.Subscription, &d.ResourceGroup, &d.Location)
-	}
-	for _, v := range s.VMs {
-		fill(&v.Subscription, &v.ResourceGroup, &v.Location)
-	}
-	for _, d := range s.DES {
-		fill(&d.Subscription, &d.ResourceGroup, &d.Location)
-	}
-}
-
-func notAllowed(status int, format string, args ...any) *Error {
-	return errorf(status, "OperationNotAllowed", format, args...)
-}
-
 func isCMK(encType string) bool {
-	return encType == EncCustomerKey || encType == EncPlatformAndCustomerKey
+	return encType == api.EncCustomerKey || encType == api.EncPlatformAndCustomerKey
 }
-
-func isUltraOrV2(sku string) bool { return sku == "UltraSSD_LRS" || sku == "PremiumV2_LRS" }
 
 // checkDoubleEncryptionSku: no double encryption on UltraSSD and PremiumV2.
 func checkDoubleEncryptionSku(disk, sku string) error {
-	if isUltraOrV2(sku) {
+	if api.IsUltraOrV2(sku) {
 		return notAllowed(http.StatusBadRequest, "disk %q is %s: double encryption (%s) is not supported on UltraSSD_LRS and PremiumV2_LRS disks; use %s, or a Premium_LRS disk for double encryption",
-			disk, sku, EncPlatformAndCustomerKey, EncCustomerKey)
+			disk, sku, api.EncPlatformAndCustomerKey, api.EncCustomerKey)
 	}
 	return nil
 }
@@ -192,8 +119,8 @@ func checkDoubleEncryptionSku(disk, sku string) error {
 // checkHostEncryptionSku: encryption at host on UltraSSD and PremiumV2
 // disks needs 4 KiB sectors, or 512-byte sectors on a disk created on or
 // after 2023-05-13.
-func checkHostEncryptionSku(d *Disk, vm string) error {
-	if !isUltraOrV2(d.Sku.Name) || d.LogicalSectorSize == 4096 || !d.TimeCreated.Before(ultraCutoff) {
+func checkHostEncryptionSku(d *store.Disk, vm string) error {
+	if !api.IsUltraOrV2(d.Sku.Name) || d.LogicalSectorSize == 4096 || !d.TimeCreated.Before(ultraCutoff) {
 		return nil
 	}
 	return notAllowed(http.StatusBadRequest, "VM %q has encryption at host, which %s disks support only with 4096-byte sectors, or 512-byte sectors when created on or after 2023-05-13; disk %q has %d-byte sectors and was created %s: use a disk created with --logical-sector-size 4096, or a VM without encryption at host",
@@ -202,12 +129,12 @@ func checkHostEncryptionSku(d *Disk, vm string) error {
 
 // checkCreateDisk checks a new disk against the restrictions and returns
 // where it goes. des is the set the request names, or nil.
-func (h *Host) checkCreateDisk(r CreateDiskRequest, des *DiskEncryptionSet) (placement, error) {
+func (h *Host) checkCreateDisk(r api.CreateDiskRequest, des *store.DES) (store.Placement, error) {
 	p, err := h.newPlacement(r.Subscription, r.ResourceGroup, r.Location)
 	if err != nil {
 		return p, err
 	}
-	if r.EncryptionType == EncPlatformAndCustomerKey {
+	if r.EncryptionType == api.EncPlatformAndCustomerKey {
 		if err := checkDoubleEncryptionSku(r.Name, r.Sku); err != nil {
 			return p, err
 		}
@@ -224,7 +151,7 @@ func (h *Host) checkCreateDisk(r CreateDiskRequest, des *DiskEncryptionSet) (pla
 }
 
 // checkDESScope: a disk uses a set of its own subscription and location.
-func checkDESScope(kind, name string, p placement, des *DiskEncryptionSet) error {
+func checkDESScope(kind, name string, p store.Placement, des *store.DES) error {
 	if !strings.EqualFold(p.Location, des.Location) {
 		return notAllowed(http.StatusBadRequest, "%s %q is in location %s but disk encryption set %q is in %s; a disk encryption set serves only its own location: use a set in %s",
 			kind, name, p.Location, des.Name, des.Location, p.Location)
@@ -236,77 +163,71 @@ func checkDESScope(kind, name string, p placement, des *DiskEncryptionSet) error
 	return nil
 }
 
-func adeRefusal(kind, name, what, instead string) *Error {
+func adeRefusal(kind, name, what, instead string) *api.Error {
 	return notAllowed(http.StatusBadRequest, "%s %q has used guest-level disk encryption (ADE); a %s that has ever used it cannot get %s: %s",
 		kind, name, kind, what, instead)
 }
 
 // checkDiskKeys checks switching disk d to customer keys of des (nil: to
 // platform keys).
-func (h *Host) checkDiskKeys(d *Disk, des *DiskEncryptionSet) error {
+func checkDiskKeys(r *store.Records, d *store.Disk, des *store.DES) error {
 	if des == nil {
 		return nil
 	}
 	if d.ADE {
 		return adeRefusal("disk", d.Name, "customer-managed keys", "keep it on platform-managed keys")
 	}
-	if vm := h.st.VMs[d.ManagedBy]; vm != nil && vm.ADE {
+	if vm := r.VMs[d.ManagedBy]; vm != nil && vm.ADE {
 		return adeRefusal("VM", vm.Name, "customer-managed keys on its disks", "keep disk "+d.Name+" on platform-managed keys, or detach it first")
 	}
-	return checkDESScope("disk", d.Name, d.placement(), des)
+	return checkDESScope("disk", d.Name, d.Placement, des)
 }
 
-// setDiskADE records that a disk uses guest-level disk encryption. The flag
-// is never cleared: once used, a disk counts as an ADE disk for good.
-func (h *Host) setDiskADE(d *Disk, ade bool) (*Disk, error) {
+// checkDiskADE checks recording that disk d uses guest-level disk
+// encryption (ade true) or clearing that record (false, never allowed once
+// set).
+func checkDiskADE(r *store.Records, d *store.Disk, ade bool) error {
 	if !ade {
 		if d.ADE {
-			return nil, notAllowed(http.StatusBadRequest, "disk %q has used guest-level disk encryption (ADE) and that record cannot be cleared: once used, a disk keeps it; create a new disk if it must get customer-managed keys or encryption at host", d.Name)
+			return notAllowed(http.StatusBadRequest, "disk %q has used guest-level disk encryption (ADE) and that record cannot be cleared: once used, a disk keeps it; create a new disk if it must get customer-managed keys or encryption at host", d.Name)
 		}
-		return h.showDisk(d), nil
+		return nil
 	}
 	if d.ADE {
-		return h.showDisk(d), nil
+		return nil
 	}
 	if isCMK(d.Encryption.Type) {
-		return nil, notAllowed(http.StatusBadRequest, "disk %q uses customer-managed keys (%s); guest-level disk encryption (ADE) cannot be used on a disk with customer-managed keys: switch it to platform-managed keys first (hostcrypt disk update --name %s --encryption-type %s)",
-			d.Name, d.Encryption.Type, d.Name, EncPlatformKey)
+		return notAllowed(http.StatusBadRequest, "disk %q uses customer-managed keys (%s); guest-level disk encryption (ADE) cannot be used on a disk with customer-managed keys: switch it to platform-managed keys first (hostcrypt disk update --name %s --encryption-type %s)",
+			d.Name, d.Encryption.Type, d.Name, api.EncPlatformKey)
 	}
-	if vm := h.st.VMs[d.ManagedBy]; vm != nil && vm.SecurityProfile.EncryptionAtHost {
-		return nil, notAllowed(http.StatusBadRequest, "disk %q is attached to VM %q, which has encryption at host; guest-level disk encryption (ADE) cannot be used with encryption at host: detach the disk first, or turn encryption at host off (deallocate the VM, then hostcrypt vm update --name %s --encryption-at-host false)",
+	if vm := r.VMs[d.ManagedBy]; vm != nil && vm.SecurityProfile.EncryptionAtHost {
+		return notAllowed(http.StatusBadRequest, "disk %q is attached to VM %q, which has encryption at host; guest-level disk encryption (ADE) cannot be used with encryption at host: detach the disk first, or turn encryption at host off (deallocate the VM, then hostcrypt vm update --name %s --encryption-at-host false)",
 			d.Name, vm.Name, vm.Name)
 	}
-	d.ADE = true
-	if err := h.save(); err != nil {
-		d.ADE = false
-		return nil, err
-	}
-	h.log.Info("disk marked as using guest-level encryption", "disk", d.Name)
-	return h.showDisk(d), nil
+	return nil
 }
 
 // checkCreateVM checks a new VM and the disks it would get (already known
 // to exist and be free) and returns where it goes.
-func (h *Host) checkCreateVM(r CreateVMRequest) (placement, error) {
-	p, err := h.newPlacement(r.Subscription, r.ResourceGroup, r.Location)
+func (h *Host) checkCreateVM(r *store.Records, req api.CreateVMRequest) (store.Placement, error) {
+	p, err := h.newPlacement(req.Subscription, req.ResourceGroup, req.Location)
 	if err != nil {
 		return p, err
 	}
-	eah := r.EncryptionAtHost == nil || *r.EncryptionAtHost
-	if r.ADE && eah {
-		return p, notAllowed(http.StatusBadRequest, "VM %q uses guest-level disk encryption (ADE), and a VM that has ever used it cannot get encryption at host: create it with --encryption-at-host false", r.Name)
+	eah := req.EncryptionAtHost == nil || *req.EncryptionAtHost
+	if req.ADE && eah {
+		return p, notAllowed(http.StatusBadRequest, "VM %q uses guest-level disk encryption (ADE), and a VM that has ever used it cannot get encryption at host: create it with --encryption-at-host false", req.Name)
 	}
-	vm := &VM{Name: r.Name, Subscription: p.Subscription, ResourceGroup: p.ResourceGroup, Location: p.Location,
-		SecurityProfile: SecurityProfile{EncryptionAtHost: eah}, ADE: r.ADE}
+	vm := &store.VM{Name: req.Name, Placement: p, SecurityProfile: store.SecurityProfile{EncryptionAtHost: eah}, ADE: req.ADE}
 	names := []string{}
-	if r.OsDisk != "" {
-		names = append(names, r.OsDisk)
+	if req.OsDisk != "" {
+		names = append(names, req.OsDisk)
 	}
-	for _, dd := range r.DataDisks {
+	for _, dd := range req.DataDisks {
 		names = append(names, dd.Name)
 	}
 	for _, n := range names {
-		if err := h.checkAttach(vm, h.st.Disks[n]); err != nil {
+		if err := checkAttach(vm, r.Disks[n]); err != nil {
 			return p, err
 		}
 	}
@@ -314,7 +235,7 @@ func (h *Host) checkCreateVM(r CreateVMRequest) (placement, error) {
 }
 
 // checkAttach checks that disk d may be attached to vm.
-func (h *Host) checkAttach(vm *VM, d *Disk) error {
+func checkAttach(vm *store.VM, d *store.Disk) error {
 	if d == nil {
 		return nil // reported as not found by the caller's own checks
 	}
@@ -334,38 +255,30 @@ func (h *Host) checkAttach(vm *VM, d *Disk) error {
 		}
 	}
 	if vm.ADE && isCMK(d.Encryption.Type) {
-		return adeRefusal("VM", vm.Name, "disks with customer-managed keys", "use disk "+d.Name+" with platform-managed keys (hostcrypt disk update --name "+d.Name+" --encryption-type "+EncPlatformKey+")")
+		return adeRefusal("VM", vm.Name, "disks with customer-managed keys", "use disk "+d.Name+" with platform-managed keys (hostcrypt disk update --name "+d.Name+" --encryption-type "+api.EncPlatformKey+")")
 	}
 	return nil
 }
 
-// checkCreateDES checks a new disk encryption set over a key of vault and
-// returns where it goes.
-func (h *Host) checkCreateDES(ctx context.Context, r CreateDESRequest) (placement, error) {
-	p, err := h.newPlacement(r.Subscription, r.ResourceGroup, r.Location)
-	if err != nil {
-		return p, err
-	}
-	limit := h.cfg.DESLimit
-	if limit <= 0 {
-		limit = DefaultDESLimit
-	}
+// checkDESLimit: a subscription has at most DESLimit sets per location.
+// It runs inside the transaction that adds a set, so it holds over every
+// writer of the store.
+func (h *Host) checkDESLimit(r *store.Records, p store.Placement) error {
 	n := 0
-	for _, d := range h.st.DES {
+	for _, d := range r.DES {
 		if strings.EqualFold(d.Location, p.Location) && strings.EqualFold(d.Subscription, p.Subscription) {
 			n++
 		}
 	}
-	if n >= limit {
-		return p, errorf(http.StatusConflict, "QuotaExceeded", "subscription %s already has %d disk encryption sets in location %s, the most allowed per location and subscription; delete sets no disk uses (hostcrypt des delete), or share one set between disks",
+	if n >= h.cfg.DESLimit {
+		return errorf(http.StatusConflict, api.CodeQuotaExceeded, "subscription %s already has %d disk encryption sets in location %s, the most allowed per location and subscription; delete sets no disk uses (hostcrypt des delete), or share one set between disks",
 			p.Subscription, n, p.Location)
 	}
-	return p, h.checkVaultLocation(ctx, r.Name, p.Location, r.KeyURL,
-		fmt.Sprintf("use a key of a vault in %s, or create the set in the vault's location (--location)", p.Location))
+	return nil
 }
 
 // checkDESKeySwitch checks switching a set to a key of another vault.
-func (h *Host) checkDESKeySwitch(ctx context.Context, des *DiskEncryptionSet, vault, keyURL string) error {
+func (h *Host) checkDESKeySwitch(ctx context.Context, des *store.DES, vault, keyURL string) error {
 	if vault == des.ActiveKey.SourceVault.ID {
 		return nil
 	}
@@ -375,17 +288,13 @@ func (h *Host) checkDESKeySwitch(ctx context.Context, des *DiskEncryptionSet, va
 
 // checkVaultLocation: a set and the vault of its key share a location.
 func (h *Host) checkVaultLocation(ctx context.Context, des, loc, keyURL, instead string) error {
-	vl, ok := h.cfg.Keys.(VaultLocations)
-	if !ok {
-		return nil
-	}
-	vloc, err := vl.VaultLocation(ctx, keyURL)
-	if errors.Is(err, ErrVaultNotFound) {
+	vloc, err := h.keys.VaultLocation(ctx, keyURL)
+	if errors.Is(err, keys.ErrVaultNotFound) {
 		vault, _ := parseKeyURL(keyURL)
 		return badRequest("the vault %q of key %s does not exist: check the key id (hostcrypt key show prints it as kid)", vault, keyURL)
 	}
 	if err != nil {
-		return fmt.Errorf("finding the location of the vault of key %s: %w", keyURL, err)
+		return fmt.Errorf("finding the location of the vault of key %s: %w", keyURL, classified(h.keys, err))
 	}
 	if !strings.EqualFold(vloc, loc) {
 		vault, _ := parseKeyURL(keyURL)
@@ -395,74 +304,71 @@ func (h *Host) checkVaultLocation(ctx context.Context, des, loc, keyURL, instead
 	return nil
 }
 
-// MoveRequest moves a resource to another resource group, and optionally
-// another subscription.
-type MoveRequest struct {
-	ResourceGroup string `json:"resourceGroup"`
-	Subscription  string `json:"subscription,omitempty"`
-}
-
 // checkCMKMove is the move rule of resources encrypted with customer-managed
 // keys (disks; snapshots and images use it too): never to another
 // subscription, and to another resource group only while unattached or while
 // the VM they are attached to (vm, nil for none) is deallocated. Resources on
 // platform-managed keys move freely.
-func checkCMKMove(kind, name, encType string, from, to placement, vm *VM) error {
+func checkCMKMove(kind, name, encType string, from, to store.Placement, vm *store.VM) error {
 	if !isCMK(encType) {
 		return nil
 	}
 	if !strings.EqualFold(from.Subscription, to.Subscription) {
 		return notAllowed(http.StatusBadRequest, "%s %q uses customer-managed keys (%s), and resources with customer-managed keys cannot move to another subscription: switch it to platform-managed keys first (hostcrypt %s update --name %s --encryption-type %s), move it, then give it a disk encryption set of subscription %s",
-			kind, name, encType, kind, name, EncPlatformKey, to.Subscription)
+			kind, name, encType, kind, name, api.EncPlatformKey, to.Subscription)
 	}
-	if !strings.EqualFold(from.ResourceGroup, to.ResourceGroup) && vm != nil && vm.PowerState != PowerDeallocated {
+	if !strings.EqualFold(from.ResourceGroup, to.ResourceGroup) && vm != nil && vm.PowerState != api.PowerDeallocated {
 		return notAllowed(http.StatusConflict, "%s %q uses customer-managed keys (%s) and is attached to VM %q, which is %s; a %s with customer-managed keys moves to another resource group only while unattached or while its VM is deallocated: deallocate the VM first (hostcrypt vm deallocate --name %s)",
 			kind, name, encType, vm.Name, vm.PowerState, kind, vm.Name)
 	}
 	return nil
 }
 
-// MoveDisk moves a disk to another resource group and, optionally, another
-// subscription; its resource id changes with it, its data and keys do not.
-func (h *Host) MoveDisk(ctx context.Context, name string, r MoveRequest) (*Disk, error) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	d, ok := h.st.Disks[name]
-	if !ok {
-		return nil, notFound("disk", name)
-	}
+// moveTarget checks a move request and returns where the resource goes.
+func (h *Host) moveTarget(kind, name string, from store.Placement, encType string, r api.MoveRequest, vm *store.VM) (store.Placement, error) {
 	if r.ResourceGroup == "" {
-		return nil, badRequest("give the resource group to move disk %q to (--resource-group)", name)
+		return from, badRequest("give the resource group to move %s %q to (--resource-group)", kind, name)
 	}
 	if r.Subscription == "" {
-		r.Subscription = d.Subscription
+		r.Subscription = from.Subscription
 	}
-	to, err := h.newPlacement(r.Subscription, r.ResourceGroup, d.Location)
+	to, err := h.newPlacement(r.Subscription, r.ResourceGroup, from.Location)
+	if err != nil {
+		return from, err
+	}
+	return to, checkCMKMove(kind, name, encType, from, to, vm)
+}
+
+// MoveDisk moves a disk to another resource group and, optionally, another
+// subscription; its resource id changes with it, its data and keys do not.
+func (h *Host) MoveDisk(ctx context.Context, name string, req api.MoveRequest) (*api.Disk, error) {
+	var moved *store.Disk
+	_, err := h.update(ctx, func(r *store.Records) error {
+		d, ok := r.Disks[name]
+		if !ok {
+			return notFound("disk", name)
+		}
+		if err := converting(d); err != nil {
+			return err
+		}
+		vm := r.VMs[d.ManagedBy]
+		to, err := h.moveTarget("disk", name, d.Placement, d.Encryption.Type, req, vm)
+		if err != nil {
+			return err
+		}
+		if vm != nil && !strings.EqualFold(vm.Subscription, to.Subscription) {
+			return notAllowed(http.StatusConflict, "disk %q is attached to VM %q of subscription %s, and a VM uses disks of its own subscription only: detach it first (hostcrypt vm disk detach --vm-name %s --name %s)",
+				name, vm.Name, vm.Subscription, vm.Name, name)
+		}
+		d.Placement, d.ID = to, resourceID(to, typeDisks, name)
+		moved = d
+		return nil
+	})
 	if err != nil {
 		return nil, err
 	}
-	if err := converting(d); err != nil {
-		return nil, err
-	}
-	from := d.placement()
-	if err := checkCMKMove("disk", name, d.Encryption.Type, from, to, h.st.VMs[d.ManagedBy]); err != nil {
-		return nil, err
-	}
-	if vm := h.st.VMs[d.ManagedBy]; vm != nil && !strings.EqualFold(vm.Subscription, to.Subscription) {
-		return nil, notAllowed(http.StatusConflict, "disk %q is attached to VM %q of subscription %s, and a VM uses disks of its own subscription only: detach it first (hostcrypt vm disk detach --vm-name %s --name %s)",
-			name, vm.Name, vm.Subscription, vm.Name, name)
-	}
-	if from == to {
-		return h.showDisk(d), nil
-	}
-	old := *d
-	d.Subscription, d.ResourceGroup, d.ID = to.Subscription, to.ResourceGroup, to.id(typeDisks, name)
-	if err := h.save(); err != nil {
-		d.Subscription, d.ResourceGroup, d.ID = old.Subscription, old.ResourceGroup, old.ID
-		return nil, err
-	}
-	h.log.Info("disk moved", "disk", name, "subscription", to.Subscription, "resourceGroup", to.ResourceGroup)
-	return h.showDisk(d), nil
+	h.log.Info("disk moved", "disk", name, "subscription", moved.Subscription, "resourceGroup", moved.ResourceGroup)
+	return diskView(moved, h.liveNow()), nil
 }
 
 // checkVMUpdate checks changing a VM's encryption at host and its ADE record
@@ -471,7 +377,7 @@ func (h *Host) MoveDisk(ctx context.Context, name string, r MoveRequest) (*Disk,
 // does not support; ADE never cleared, and not set on a VM with encryption
 // at host or with disks on customer-managed keys. UpdateVM applies the
 // change when this returns nil.
-func (h *Host) checkVMUpdate(vm *VM, encryptionAtHost, ade *bool) error {
+func checkVMUpdate(r *store.Records, vm *store.VM, encryptionAtHost, ade *bool) error {
 	next := *vm
 	if encryptionAtHost != nil {
 		next.SecurityProfile.EncryptionAtHost = *encryptionAtHost
@@ -488,9 +394,9 @@ func (h *Host) checkVMUpdate(vm *VM, encryptionAtHost, ade *bool) error {
 		}
 		return notAllowed(http.StatusBadRequest, "VM %q has encryption at host; guest-level disk encryption (ADE) cannot be used with it: turn encryption at host off in the same update (--encryption-at-host false)", vm.Name)
 	}
-	for _, n := range vmDiskNames(vm) {
-		if d := h.st.Disks[n]; d != nil {
-			if err := h.checkAttach(&next, d); err != nil {
+	for _, n := range vm.DiskNames() {
+		if d := r.Disks[n]; d != nil {
+			if err := checkAttach(&next, d); err != nil {
 				return err
 			}
 		}

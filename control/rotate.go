@@ -8,189 +8,267 @@ import (
 	"strings"
 	"time"
 
+	"hostcrypt/control/api"
+	"hostcrypt/control/store"
 	"hostcrypt/disk"
 )
-
-// UpdateDESRequest changes a disk encryption set's key or its rotation
-// setting.
-type UpdateDESRequest struct {
-	KeyURL                string `json:"keyUrl,omitempty"`
-	EnableAutoKeyRotation *bool  `json:"enableAutoKeyRotation,omitempty"`
-}
 
 // UpdateDES switches a set to another key (version) — every disk of the set
 // is re-wrapped to it, data untouched, VMs running — or changes its
 // auto-rotation setting.
-func (h *Host) UpdateDES(ctx context.Context, name string, r UpdateDESRequest) (*DiskEncryptionSet, error) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	des, ok := h.st.DES[name]
+func (h *Host) UpdateDES(ctx context.Context, name string, req api.UpdateDESRequest) (*api.DiskEncryptionSet, error) {
+	if req.KeyURL == "" && req.EnableAutoKeyRotation == nil {
+		return nil, badRequest("nothing to update: give --key-url or --enable-auto-key-rotation")
+	}
+	release, err := h.claim("re-wrapping its disks", "des/"+name)
+	if err != nil {
+		return nil, err
+	}
+	defer release()
+	r, err := h.load(ctx)
+	if err != nil {
+		return nil, err
+	}
+	des, ok := r.DES[name]
 	if !ok {
 		return nil, notFound("disk encryption set", name)
 	}
-	if r.KeyURL == "" && r.EnableAutoKeyRotation == nil {
-		return nil, badRequest("nothing to update: give --key-url or --enable-auto-key-rotation")
-	}
-	if r.KeyURL != "" {
-		vault, err := parseKeyURL(r.KeyURL)
+	if req.KeyURL != "" {
+		vault, err := parseKeyURL(req.KeyURL)
 		if err != nil {
 			return nil, err
 		}
-		if r.KeyURL != des.ActiveKey.KeyURL {
-			if err := h.checkDESKeySwitch(ctx, des, vault, r.KeyURL); err != nil {
+		if req.KeyURL != des.ActiveKey.KeyURL {
+			if err := h.checkDESKeySwitch(ctx, des, vault, req.KeyURL); err != nil {
 				return nil, err
 			}
-			if err := h.switchKey(ctx, des, KeyForDES{SourceVault: SourceVault{ID: vault}, KeyURL: r.KeyURL}); err != nil {
+			if err := h.switchKey(ctx, des, store.KeyForDES{SourceVault: store.SourceVault{ID: vault}, KeyURL: req.KeyURL}); err != nil {
 				return nil, err
 			}
 		}
 	}
-	if r.EnableAutoKeyRotation != nil {
-		des.RotationToLatestKeyVersionEnabled = *r.EnableAutoKeyRotation
-		if err := h.save(); err != nil {
+	if req.EnableAutoKeyRotation != nil {
+		if _, err := h.recordDES(ctx, name, func(d *store.DES) { d.RotationToLatestKeyVersionEnabled = *req.EnableAutoKeyRotation }); err != nil {
 			return nil, err
 		}
 	}
-	return h.showDES(ctx, des), nil
+	return h.ShowDES(ctx, name)
+}
+
+// recordDES changes the record of set name in a transaction.
+func (h *Host) recordDES(ctx context.Context, name string, change func(d *store.DES)) (*store.DES, error) {
+	var out *store.DES
+	_, err := h.update(ctx, func(r *store.Records) error {
+		d, ok := r.DES[name]
+		if !ok {
+			return notFound("disk encryption set", name)
+		}
+		change(d)
+		out = d
+		return nil
+	})
+	return out, err
 }
 
 // switchKey makes next the set's active key and re-wraps every disk of the
 // set to it. While disks are left on the old key, previousKeys names it; a
 // failure is recorded in autoKeyRotationError and the next attempt resumes.
-// The caller holds h.mu.
-func (h *Host) switchKey(ctx context.Context, des *DiskEncryptionSet, next KeyForDES) error {
-	ck, err := h.customerKeys(des.Name)
+// The caller has claimed the set.
+func (h *Host) switchKey(ctx context.Context, des *store.DES, next store.KeyForDES) error {
+	ck, err := h.customerKeys(ctx, des.Name)
 	if err != nil {
 		return err
 	}
-	if _, err := ck.WrapKey(ctx, next.KeyURL, make([]byte, 32)); errors.Is(err, ErrKeyAccessDenied) {
-		return accessDenied(des, next.KeyURL, "wrapKey")
-	} else if err != nil {
-		return fmt.Errorf("the identity %s of disk encryption set %q cannot use key %s: %w", des.Identity.PrincipalID, des.Name, next.KeyURL, err)
+	if _, err := ck.WrapKey(ctx, next.KeyURL, make([]byte, 32)); err != nil {
+		return h.keyProblem(err, des, "use key "+next.KeyURL)
 	}
 	if des.ActiveKey.KeyURL != next.KeyURL {
-		des.PreviousKeys = append(des.PreviousKeys, des.ActiveKey)
-		des.ActiveKey = next
-		if err := h.save(); err != nil {
+		if des, err = h.recordDES(ctx, des.Name, func(d *store.DES) {
+			if d.ActiveKey.KeyURL != next.KeyURL {
+				d.PreviousKeys = append(d.PreviousKeys, d.ActiveKey)
+				d.ActiveKey = next
+			}
+		}); err != nil {
 			return err
 		}
 	}
-	return h.rewrapSet(ctx, des)
+	return h.rewrapSet(ctx, des.Name)
 }
 
-// rewrapSet re-wraps every disk of the set that is not on the active key yet.
-func (h *Host) rewrapSet(ctx context.Context, des *DiskEncryptionSet) error {
-	ck, err := h.customerKeys(des.Name)
+// rewrapSet re-wraps every disk, snapshot and image of the set that is not
+// on its active key yet, with no lock held, and records the new key ids and
+// the set's rotation state in one transaction. The caller has claimed the
+// set.
+func (h *Host) rewrapSet(ctx context.Context, name string) error {
+	r, err := h.load(ctx)
 	if err != nil {
 		return err
 	}
-	wrap := wrapFunc(func(ctx context.Context, dek []byte) (disk.WrappedKey, error) {
-		return ck.WrapKey(ctx, des.ActiveKey.KeyURL, dek)
-	})
-	// Every disk, snapshot and image of the set whose key is not wrapped by
-	// the active key yet.
+	des, ok := r.DES[name]
+	if !ok {
+		return notFound("disk encryption set", name)
+	}
+	w, err := h.customerWrapper(ctx, des)
+	if err != nil {
+		return err
+	}
 	type target struct {
-		what, prefix string
-		keyID        *string
-		res          *Disk // for the unwrapper
+		kind, name, prefix string
+		enc                store.Encryption
 	}
 	var targets []target
-	for n, d := range h.st.Disks {
+	for n, d := range r.Disks {
 		if d.Encryption.DiskEncryptionSetID == des.ID && d.KeyID != des.ActiveKey.KeyURL {
-			targets = append(targets, target{"disk " + n, d.StoragePrefix, &d.KeyID, d})
+			targets = append(targets, target{"disk", n, d.StoragePrefix, d.Encryption})
 		}
 	}
-	for n, sn := range h.st.Snapshots {
+	for n, sn := range r.Snapshots {
 		if sn.Encryption.DiskEncryptionSetID == des.ID && sn.KeyID != des.ActiveKey.KeyURL {
-			targets = append(targets, target{"snapshot " + n, sn.StoragePrefix, &sn.KeyID, &Disk{Name: "snapshot " + n, Encryption: sn.Encryption}})
+			targets = append(targets, target{"snapshot", n, sn.StoragePrefix, sn.Encryption})
 		}
 	}
-	for n, im := range h.st.Images {
+	for n, im := range r.Images {
 		if im.Encryption.DiskEncryptionSetID == des.ID && im.KeyID != des.ActiveKey.KeyURL {
-			targets = append(targets, target{"image " + n, im.StoragePrefix, &im.KeyID, &Disk{Name: "image " + n, Encryption: im.Encryption}})
+			targets = append(targets, target{"image", n, im.StoragePrefix, im.Encryption})
 		}
 	}
-	sort.Slice(targets, func(i, j int) bool { return targets[i].what < targets[j].what })
+	sort.Slice(targets, func(i, j int) bool { return targets[i].kind+" "+targets[i].name < targets[j].kind+" "+targets[j].name })
 	var errs []error
+	done := map[string]string{} // "kind name" -> new key id
 	for _, t := range targets {
-		w, err := disk.Rewrap(ctx, h.cfg.Storage, t.prefix, 1, h.unwrapperFor(t.res), wrap)
+		what := t.kind + " " + t.name
+		release, err := h.claim("re-wrapping its key", t.kind+"/"+t.name)
 		if err != nil {
-			errs = append(errs, fmt.Errorf("%s: %w", t.what, err))
+			errs = append(errs, fmt.Errorf("%s: %w", what, err))
 			continue
 		}
-		*t.keyID = w.KeyID
-		h.log.Info("key re-wrapped", "resource", t.what, "des", des.Name, "key", w.KeyID)
+		nw, err := disk.Rewrap(ctx, h.cfg.Storage, t.prefix, 1, h.unwrapperFor(r, what, t.enc), w)
+		release()
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", what, err))
+			continue
+		}
+		done[what] = nw.KeyID
+		h.log.Info("key re-wrapped", "resource", what, "des", des.Name, "key", nw.KeyID)
 	}
-	if err := errors.Join(errs...); err != nil {
-		des.AutoKeyRotationError = err.Error()
-		return errors.Join(err, h.save())
-	}
+	failed := errors.Join(errs...)
 	now := h.cfg.Now().UTC()
-	des.PreviousKeys = []KeyForDES{}
-	des.LastKeyRotationTimestamp = &now
-	des.AutoKeyRotationError = ""
-	return h.save()
+	_, err = h.update(ctx, func(r *store.Records) error {
+		for what, kid := range done {
+			kind, n, _ := strings.Cut(what, " ")
+			switch kind {
+			case "disk":
+				if d := r.Disks[n]; d != nil {
+					d.KeyID = kid
+				}
+			case "snapshot":
+				if s := r.Snapshots[n]; s != nil {
+					s.KeyID = kid
+				}
+			case "image":
+				if im := r.Images[n]; im != nil {
+					im.KeyID = kid
+				}
+			}
+		}
+		d := r.DES[name]
+		if d == nil {
+			return nil
+		}
+		if failed != nil {
+			d.AutoKeyRotationError = failed.Error()
+			return nil
+		}
+		d.PreviousKeys = []store.KeyForDES{}
+		d.LastKeyRotationTimestamp = &now
+		d.AutoKeyRotationError = ""
+		return nil
+	})
+	return errors.Join(failed, err)
 }
 
 // RotateKeys moves every set with auto-rotation on to the latest version of
-// its key, and finishes re-wraps left unfinished.
+// its key, and finishes re-wraps left unfinished. A set busy with another
+// operation is left for the next round.
 func (h *Host) RotateKeys(ctx context.Context) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	for _, des := range h.st.DES {
-		if len(des.PreviousKeys) > 0 {
-			_ = h.rewrapSet(ctx, des) // resume; errors are recorded on the set
-		}
-		if !des.RotationToLatestKeyVersionEnabled {
-			continue
-		}
-		ck, err := h.customerKeys(des.Name)
+	r, err := h.load(ctx)
+	if err != nil {
+		h.log.Error("key rotation: reading the state", "err", err)
+		return
+	}
+	for _, name := range sortedKeys(r.DES) {
+		release, err := h.claim("rotating its key", "des/"+name)
 		if err != nil {
 			continue
 		}
-		latest, err := ck.LatestKeyID(ctx, des.ActiveKey.KeyURL)
-		now := h.cfg.Now().UTC()
-		des.LastKeyVersionCheck, des.LastKeyVersionFound = &now, latest
-		if err != nil {
-			des.AutoKeyRotationError = fmt.Sprintf("looking up the latest version of %s: %v", des.ActiveKey.KeyURL, err)
-			_ = h.save()
-			continue
-		}
-		if latest == "" || latest == des.ActiveKey.KeyURL || !strings.HasPrefix(latest, "https://") {
-			_ = h.save()
-			continue
-		}
-		h.log.Info("rotating disk encryption set to a new key version", "des", des.Name, "from", des.ActiveKey.KeyURL, "to", latest)
-		if err := h.switchKey(ctx, des, KeyForDES{SourceVault: des.ActiveKey.SourceVault, KeyURL: latest}); err != nil {
-			h.log.Warn("key rotation did not finish; it will be retried", "des", des.Name, "err", err)
-			des.AutoKeyRotationError = err.Error()
-			_ = h.save()
-		}
+		h.rotate(ctx, name)
+		release()
 	}
 }
 
-// RotateLoop runs RotateKeys every interval and when wake fires; show
-// tells when the next run on the interval is.
-func (h *Host) RotateLoop(ctx context.Context, interval time.Duration, wake <-chan struct{}) {
-	t := time.NewTicker(interval)
+// rotate is RotateKeys for one set, which the caller has claimed.
+func (h *Host) rotate(ctx context.Context, name string) {
+	r, err := h.load(ctx)
+	if err != nil {
+		return
+	}
+	des := r.DES[name]
+	if des == nil {
+		return
+	}
+	if len(des.PreviousKeys) > 0 {
+		_ = h.rewrapSet(ctx, name) // resume; errors are recorded on the set
+	}
+	if !des.RotationToLatestKeyVersionEnabled {
+		return
+	}
+	fail := func(msg string) {
+		if _, err := h.recordDES(ctx, name, func(d *store.DES) { d.AutoKeyRotationError = msg }); err != nil {
+			h.log.Error("recording a rotation error", "des", name, "err", err)
+		}
+	}
+	ck, err := h.customerKeys(ctx, name)
+	if err != nil {
+		fail(message(err))
+		return
+	}
+	latest, err := ck.LatestKeyID(ctx, des.ActiveKey.KeyURL)
+	now := h.cfg.Now().UTC()
+	if _, rerr := h.recordDES(ctx, name, func(d *store.DES) {
+		d.LastKeyVersionCheck, d.LastKeyVersionFound = &now, latest
+		if err == nil {
+			d.AutoKeyRotationError = ""
+		}
+	}); rerr != nil {
+		h.log.Error("recording a look for a new key version", "des", name, "err", rerr)
+	}
+	if err != nil {
+		fail(fmt.Sprintf("looking up the latest version of %s: %v", des.ActiveKey.KeyURL, err))
+		return
+	}
+	if latest == "" || latest == des.ActiveKey.KeyURL || !strings.HasPrefix(latest, "https://") {
+		return
+	}
+	h.log.Info("rotating disk encryption set to a new key version", "des", name, "from", des.ActiveKey.KeyURL, "to", latest)
+	if err := h.switchKey(ctx, des, store.KeyForDES{SourceVault: des.ActiveKey.SourceVault, KeyURL: latest}); err != nil {
+		h.log.Warn("key rotation did not finish; it will be retried", "des", name, "err", err)
+		fail(err.Error())
+	}
+}
+
+// RotateLoop runs RotateKeys every RotationInterval and when wake fires.
+func (h *Host) RotateLoop(ctx context.Context, wake <-chan struct{}) {
+	t := time.NewTicker(h.cfg.RotationInterval)
 	defer t.Stop()
-	next := time.Now().Add(interval)
-	h.setNextKeyCheck(next)
+	h.nextKeyCheck.Store(time.Now().Add(h.cfg.RotationInterval).UnixNano())
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			next = time.Now().Add(interval)
-			h.setNextKeyCheck(next)
+			h.nextKeyCheck.Store(time.Now().Add(h.cfg.RotationInterval).UnixNano())
 		case <-wake:
 		}
 		h.RotateKeys(ctx)
 	}
-}
-
-func (h *Host) setNextKeyCheck(t time.Time) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	h.nextKeyCheck = t
 }

@@ -9,53 +9,23 @@ import (
 	"fmt"
 	"net/http"
 	"path"
-	"sort"
 	"strings"
 	"sync"
 	"time"
 
+	"hostcrypt/control/api"
+	"hostcrypt/control/store"
 	"hostcrypt/disk"
 	"hostcrypt/internal/zeros"
 	"hostcrypt/storage"
 	"hostcrypt/storage/freeze"
 )
 
-// Snapshot is a point-in-time copy of a disk. It is a copy of the disk's
-// stored objects: the same volume and data key, encrypted as the disk was,
-// with its own wrap of the data key (under the set's key, or the platform
-// key). An incremental snapshot stores only the chunks that differ from the
-// previous incremental snapshot of the same disk and refers to that one's
-// for the rest.
-type Snapshot struct {
-	Name     string `json:"name"`
-	UniqueID string `json:"uniqueId"`
-	located
-	Sku               Sku        `json:"sku"`
-	SourceDisk        string     `json:"sourceDisk"`
-	SourceResourceID  string     `json:"sourceResourceId"`
-	SourceUniqueID    string     `json:"sourceUniqueId"`
-	Incremental       bool       `json:"incremental"`
-	DiskSizeBytes     int64      `json:"diskSizeBytes"`
-	LogicalSectorSize int        `json:"logicalSectorSize"`
-	Encryption        Encryption `json:"encryption"`
-	KeyID             string     `json:"keyId"`
-	TimeCreated       time.Time  `json:"timeCreated"`
-	// UsedBytes is the storage the snapshot's own chunks take; chunks it
-	// shares with an earlier incremental snapshot are not counted.
-	UsedBytes    int64 `json:"usedBytes"`
-	ChunksCopied int64 `json:"chunksCopied"`
-	ChunksShared int64 `json:"chunksShared"`
-	// FreezePauseMicros is how long writes to the disk were held back
-	// while the snapshot's point in time was fixed (0 for a disk not in
-	// use).
-	FreezePauseMicros int64  `json:"freezePauseMicroseconds"`
-	StoragePrefix     string `json:"storagePrefix"`
-	// ObjectBytes is how long a chunk object of the disk's layout can be.
-	ObjectBytes int64 `json:"objectBytes"`
-	// ADE is inherited from the disk: its content was encrypted by the
-	// guest.
-	ADE bool `json:"ade,omitempty"`
-}
+// A snapshot is a copy of the disk's stored objects: the same volume and
+// data key, encrypted as the disk was, with its own wrap of the data key
+// (under the set's key, or the platform key). An incremental snapshot
+// stores only the chunks that differ from the previous incremental snapshot
+// of the same disk and refers to that one's for the rest.
 
 // manifest maps each stored chunk of a snapshot to the object holding it
 // (its own, or an earlier snapshot's) and that object's SHA-256, which the
@@ -94,26 +64,20 @@ func (h *Host) writeManifest(ctx context.Context, prefix string, m *manifest) er
 	return h.cfg.Storage.WriteMeta(ctx, manifestKey(prefix), raw)
 }
 
-// CopyProgress is how far a long copy has got, in bytes; it is read without
-// the control lock, so that a client can watch a copy the lock is held for.
-type CopyProgress struct {
-	Operation string `json:"operation"`
-	Done      int64  `json:"done"`
-	Total     int64  `json:"total"`
-}
-
+// progressTable holds the progress of long copies, read without the
+// control lock.
 type progressTable struct {
 	mu sync.Mutex
-	m  map[string]*CopyProgress
+	m  map[string]*api.CopyProgress
 }
 
 func (t *progressTable) set(key, op string, done, total int64) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.m == nil {
-		t.m = map[string]*CopyProgress{}
+		t.m = map[string]*api.CopyProgress{}
 	}
-	t.m[key] = &CopyProgress{Operation: op, Done: done, Total: total}
+	t.m[key] = &api.CopyProgress{Operation: op, Done: done, Total: total}
 }
 
 func (t *progressTable) clear(key string) {
@@ -124,8 +88,8 @@ func (t *progressTable) clear(key string) {
 
 // Progress returns the progress of the copy that creates the resource
 // kind/name ("snapshots/s1", "disks/d2", "images/i1"), or nil when none
-// runs. It does not wait for the control lock.
-func (h *Host) Progress(kind, name string) *CopyProgress {
+// runs.
+func (h *Host) Progress(kind, name string) *api.CopyProgress {
 	h.prog.mu.Lock()
 	defer h.prog.mu.Unlock()
 	if p := h.prog.m[kind+"/"+name]; p != nil {
@@ -135,15 +99,6 @@ func (h *Host) Progress(kind, name string) *CopyProgress {
 	return nil
 }
 
-// CreateSnapshotRequest is the body of a snapshot creation.
-type CreateSnapshotRequest struct {
-	Name        string `json:"name"`
-	Source      string `json:"source"`
-	Incremental bool   `json:"incremental,omitempty"`
-	// DiskEncryptionSet wraps the snapshot's key with another set's key.
-	DiskEncryptionSet string `json:"diskEncryptionSet,omitempty"`
-}
-
 // copyPiece is the unit a snapshot copies objects in; all-zero pieces are
 // not written, so sparse objects stay sparse.
 const copyPiece = 1 << 20
@@ -151,49 +106,60 @@ const copyPiece = 1 << 20
 // CreateSnapshot takes a snapshot of a disk, also while its VM runs: the
 // engine syncs (so every write completed before, acknowledged or not, is in
 // it), writes are held back for the instant it takes to fix the point in
-// time, and then each chunk is copied before its first later change.
-func (h *Host) CreateSnapshot(ctx context.Context, r CreateSnapshotRequest) (*Snapshot, error) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	if err := checkName("snapshot", r.Name); err != nil {
+// time, and then each chunk is copied before its first later change. The
+// copy runs with no lock held: the guest writes on, and every other request
+// is answered meanwhile.
+func (h *Host) CreateSnapshot(ctx context.Context, req api.CreateSnapshotRequest) (*api.Snapshot, error) {
+	if err := checkName("snapshot", req.Name); err != nil {
 		return nil, err
 	}
-	if _, ok := h.st.Snapshots[r.Name]; ok {
-		return nil, conflict("snapshot %q already exists; choose another name or delete it first", r.Name)
-	}
-	if r.Source == "" {
+	if req.Source == "" {
 		return nil, badRequest("a snapshot needs a source disk (--source)")
 	}
-	d, ok := h.st.Disks[r.Source]
-	if !ok {
-		return nil, notFound("disk", r.Source)
+	r, err := h.load(ctx)
+	if err != nil {
+		return nil, err
 	}
+	if err := nameTaken(r, "snapshot", req.Name); err != nil {
+		return nil, err
+	}
+	d, ok := r.Disks[req.Source]
+	if !ok {
+		return nil, notFound("disk", req.Source)
+	}
+	// The disk is claimed for the copy, and so are its snapshots: a
+	// deletion of one of them hands chunks over to the others.
+	release, err := h.claim("snapshot "+req.Name+" is being taken", "disk/"+d.Name, "snapshots-of/"+d.UniqueID)
+	if err != nil {
+		return nil, err
+	}
+	defer release()
 	if err := h.usable(ctx, d); err != nil {
 		return nil, err
 	}
 	enc := d.Encryption
-	var des *DiskEncryptionSet
-	if r.DiskEncryptionSet != "" {
-		if des, ok = h.desByID(r.DiskEncryptionSet); !ok {
-			return nil, notFound("disk encryption set", r.DiskEncryptionSet)
+	var des *store.DES
+	if req.DiskEncryptionSet != "" {
+		if des, ok = desByID(r, req.DiskEncryptionSet); !ok {
+			return nil, notFound("disk encryption set", req.DiskEncryptionSet)
 		}
-		if err := checkSnapshotKey(d, des); err != nil {
+		if err := checkSnapshotKey(d.Name, d.Sku.Name, d.Encryption, des); err != nil {
 			return nil, err
 		}
 		if d.ADE {
 			return nil, adeRefusal("disk", d.Name, "snapshots under customer-managed keys", "leave out --disk-encryption-set")
 		}
-		if err := checkDESScope("snapshot", r.Name, d.placement(), des); err != nil {
+		if err := checkDESScope("snapshot", req.Name, d.Placement, des); err != nil {
 			return nil, err
 		}
 		enc.DiskEncryptionSetID = des.ID
-		if enc.Type == EncPlatformKey {
-			enc.Type = EncCustomerKey
+		if enc.Type == api.EncPlatformKey {
+			enc.Type = api.EncCustomerKey
 		}
 	}
-	var parent *Snapshot
-	if r.Incremental {
-		for _, s := range h.st.Snapshots {
+	var parent *store.Snapshot
+	if req.Incremental {
+		for _, s := range r.Snapshots {
 			if s.Incremental && s.SourceUniqueID == d.UniqueID && (parent == nil || s.TimeCreated.After(parent.TimeCreated)) {
 				parent = s
 			}
@@ -202,27 +168,29 @@ func (h *Host) CreateSnapshot(ctx context.Context, r CreateSnapshotRequest) (*Sn
 
 	uid := newID()
 	prefix := "snapshots/" + uid
-	snap := &Snapshot{
-		Name: r.Name, UniqueID: uid, Sku: d.Sku, located: locatedAt(d.placement(), typeSnapshots, r.Name),
-		SourceDisk: d.Name, SourceResourceID: d.ID, SourceUniqueID: d.UniqueID, Incremental: r.Incremental,
+	snap := &store.Snapshot{
+		Name: req.Name, UniqueID: uid, Sku: d.Sku, Located: located(d.Placement, typeSnapshots, req.Name),
+		SourceDisk: d.Name, SourceResourceID: d.ID, SourceUniqueID: d.UniqueID, Incremental: req.Incremental,
 		DiskSizeBytes: d.DiskSizeBytes, LogicalSectorSize: d.LogicalSectorSize, Encryption: enc,
 		TimeCreated: h.cfg.Now().UTC(), StoragePrefix: prefix, ADE: d.ADE,
 	}
-	if err := h.beginIntent(prefix, "snapshot "+r.Name); err != nil {
+	done, err := h.beginIntent(ctx, prefix, "snapshot "+req.Name, "snapshot", req.Name, nil)
+	if err != nil {
 		return nil, err
 	}
-	if err := h.copySnapshot(ctx, d, snap, parent); err != nil {
+	defer done()
+	if err := h.copySnapshot(ctx, r, d, snap, parent); err != nil {
 		h.abandonIntent(ctx, prefix)
-		return nil, fmt.Errorf("snapshot %q of disk %q: %w", r.Name, d.Name, err)
+		return nil, fmt.Errorf("snapshot %q of disk %q: %w", req.Name, d.Name, err)
 	}
 	if des != nil && des.ID != d.Encryption.DiskEncryptionSetID {
-		ws, err := h.wrappersFor(ctx, EncCustomerKey, des)
+		w, err := h.customerWrapper(ctx, des)
 		if err == nil {
-			_, err = disk.Rewrap(ctx, h.cfg.Storage, prefix, 1, h.unwrapperFor(d), ws[0])
+			_, err = disk.Rewrap(ctx, h.cfg.Storage, prefix, 1, h.unwrapperFor(r, "disk "+d.Name, d.Encryption), w)
 		}
 		if err != nil {
 			h.abandonIntent(ctx, prefix)
-			return nil, fmt.Errorf("snapshot %q: wrapping its key with disk encryption set %q: %w", r.Name, des.Name, err)
+			return nil, fmt.Errorf("snapshot %q: wrapping its key with disk encryption set %q: %w", req.Name, des.Name, err)
 		}
 	}
 	m, err := disk.ReadMetadata(ctx, h.cfg.Storage, prefix)
@@ -235,21 +203,24 @@ func (h *Host) CreateSnapshot(ctx context.Context, r CreateSnapshotRequest) (*Sn
 		h.abandonIntent(ctx, prefix)
 		return nil, err
 	}
-	h.st.Snapshots[r.Name] = snap
-	delete(h.st.Intents, prefix)
-	if err := h.save(); err != nil {
-		delete(h.st.Snapshots, r.Name)
+	if _, err := h.update(ctx, func(r *store.Records) error {
+		r.Snapshots[req.Name] = snap
+		delete(r.Intents, prefix)
+		return nil
+	}); err != nil {
 		h.abandonIntent(ctx, prefix)
 		return nil, err
 	}
-	h.log.Info("snapshot created", "snapshot", r.Name, "disk", d.Name, "incremental", r.Incremental,
+	h.log.Info("snapshot created", "snapshot", req.Name, "disk", d.Name, "incremental", req.Incremental,
 		"copied", snap.ChunksCopied, "shared", snap.ChunksShared, "pause", time.Duration(snap.FreezePauseMicros)*time.Microsecond)
-	return snap, nil
+	return snapshotView(snap), nil
 }
 
 // copySnapshot copies the disk's objects as of now into snap's prefix and
-// writes its manifest.
-func (h *Host) copySnapshot(ctx context.Context, d *Disk, snap *Snapshot, parent *Snapshot) error {
+// writes its manifest. A disk in use is copied through its volume (which
+// its VM's stop cancels the copy of); one not in use through a freeze of
+// its own, with the disk claimed so that no VM starts on it meanwhile.
+func (h *Host) copySnapshot(ctx context.Context, r *store.Records, d *store.Disk, snap, parent *store.Snapshot) error {
 	var pm *manifest
 	if parent != nil {
 		var err error
@@ -257,37 +228,31 @@ func (h *Host) copySnapshot(ctx context.Context, d *Disk, snap *Snapshot, parent
 			return err
 		}
 	}
-	od := h.openDiskFor(d.Name)
 	var fb *freeze.Backend
 	var objBytes int64
-	if od != nil {
-		// Everything completed before the snapshot goes into it: a
-		// plaintext cache is written back into the engine, the engine
-		// syncs its blocks and selectors.
-		if od.icache != nil {
-			if err := od.icache.Flush(ctx); err != nil {
-				return err
-			}
+	if as := h.attachmentsOf(d.Name); len(as) > 0 {
+		uctx, release, err := as[0].vol.Use(ctx)
+		if err != nil {
+			return conflict("%v", err)
 		}
-		if err := od.d.Sync(); err != nil {
+		defer release()
+		ctx = uctx
+		// Everything completed before the snapshot goes into it.
+		if fb, objBytes, err = as[0].vol.Snapshot(ctx); err != nil {
 			return err
 		}
-		fb, objBytes = od.fr, od.d.ObjectBytes()
-		snap.ObjectBytes = objBytes
 	} else {
-		// Not in use: nothing else can open it while the control lock is
-		// held, so the objects are read as they are.
-		dd, err := disk.Open(ctx, h.cfg.Storage, d.StoragePrefix, h.unwrapperFor(d))
+		dd, err := disk.Open(ctx, h.cfg.Storage, d.StoragePrefix, h.unwrapperFor(r, "disk "+d.Name, d.Encryption), openOptions(d.Encryption)...)
 		if err != nil {
 			return fmt.Errorf("opening the disk: %w", err)
 		}
 		objBytes = dd.ObjectBytes()
-		snap.ObjectBytes = objBytes
 		if err := dd.Close(); err != nil {
 			return err
 		}
 		fb = freeze.New(h.cfg.Storage)
 	}
+	snap.ObjectBytes = objBytes
 	var mu sync.Mutex
 	mf := &manifest{Chunks: map[string]manifestEntry{}}
 	meta := d.StoragePrefix + "/meta.json"
@@ -329,11 +294,15 @@ func (h *Host) copySnapshot(ctx context.Context, d *Disk, snap *Snapshot, parent
 	}
 	snap.FreezePauseMicros = sess.Pause().Microseconds()
 	keys := sess.Keys()
-	pkey := "snapshots/" + snap.Name
+	pkey := api.KindSnapshots + "/" + snap.Name
 	defer h.prog.clear(pkey)
 	for i, k := range keys {
 		h.prog.set(pkey, "snapshot of disk "+d.Name, int64(i)*objBytes, int64(len(keys))*objBytes)
-		if err := sess.Preserve(ctx, k); err != nil {
+		err := h.copying(ctx, "snapshot "+snap.Name)
+		if err == nil {
+			err = sess.Preserve(ctx, k)
+		}
+		if err != nil {
 			sess.End()
 			return err
 		}
@@ -372,43 +341,6 @@ func writeSparse(ctx context.Context, be storage.Backend, key string, buf []byte
 	return errors.Join(c.Sync(), c.Close())
 }
 
-// ShowSnapshot returns one snapshot.
-func (h *Host) ShowSnapshot(name string) (*Snapshot, error) {
-	return showCopy(h, h.st.Snapshots, "snapshot", name)
-}
-
-// ListSnapshots returns every snapshot, sorted by name.
-func (h *Host) ListSnapshots() []*Snapshot { return listCopies(h, h.st.Snapshots) }
-
-// showCopy returns a copy of the resource name of m, under the control lock.
-func showCopy[T any](h *Host, m map[string]*T, kind, name string) (*T, error) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	v, ok := m[name]
-	if !ok {
-		return nil, notFound(kind, name)
-	}
-	c := *v
-	return &c, nil
-}
-
-// listCopies returns copies of every resource of m, sorted by name.
-func listCopies[T any](h *Host, m map[string]*T) []*T {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	names := make([]string, 0, len(m))
-	for n := range m {
-		names = append(names, n)
-	}
-	sort.Strings(names)
-	out := make([]*T, 0, len(names))
-	for _, n := range names {
-		c := *m[n]
-		out = append(out, &c)
-	}
-	return out
-}
-
 // DeleteSnapshot destroys a snapshot. The deletion is recorded first (the
 // snapshot's record goes, a removal of its objects is recorded); then the
 // chunks that later incremental snapshots share are handed over to the
@@ -416,24 +348,27 @@ func listCopies[T any](h *Host, m map[string]*T) []*T {
 // key is destroyed and its objects removed. A crash at any point leaves the
 // snapshot whole, or gone with its removal finished at the next start.
 func (h *Host) DeleteSnapshot(ctx context.Context, name string) error {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	s, ok := h.st.Snapshots[name]
+	r, err := h.load(ctx)
+	if err != nil {
+		return err
+	}
+	s, ok := r.Snapshots[name]
 	if !ok {
 		return notFound("snapshot", name)
 	}
-	delete(h.st.Snapshots, name)
-	h.recordRemoval(s.StoragePrefix, "snapshot "+name, s.ObjectBytes)
-	if err := h.save(); err != nil {
-		h.st.Snapshots[name] = s
-		delete(h.st.Removals, s.StoragePrefix)
+	release, err := h.claim("snapshot "+name+" is being deleted", "snapshot/"+name, "snapshots-of/"+s.SourceUniqueID)
+	if err != nil {
 		return err
 	}
-	h.log.Info("snapshot deleted", "snapshot", name)
-	if err := h.finishRemoval(ctx, s.StoragePrefix); err != nil {
-		return fmt.Errorf("snapshot %q is deleted, but %w; the next start of hostcryptd finishes the removal", name, err)
-	}
-	return nil
+	defer release()
+	return h.deleteRecorded(ctx, "snapshot", name, func(r *store.Records) (string, int64, error) {
+		s, ok := r.Snapshots[name]
+		if !ok {
+			return "", 0, notFound("snapshot", name)
+		}
+		delete(r.Snapshots, name)
+		return s.StoragePrefix, s.ObjectBytes, nil
+	})
 }
 
 // copyObject copies the first n bytes of a chunk object, sparse.
@@ -455,111 +390,124 @@ func copyObject(ctx context.Context, be storage.Backend, from, to string, n int6
 	return writeSparse(ctx, be, to, buf)
 }
 
-// incrementalSnapshotOf names an incremental snapshot of d, or "".
-func (h *Host) incrementalSnapshotOf(d *Disk) string {
-	var names []string
-	for _, s := range h.st.Snapshots {
-		if s.Incremental && s.SourceUniqueID == d.UniqueID {
-			names = append(names, s.Name)
-		}
-	}
-	sort.Strings(names)
-	return strings.Join(names, ", ")
-}
-
 // MoveSnapshot moves a snapshot to another resource group or subscription,
 // under the rule of customer-managed keys.
-func (h *Host) MoveSnapshot(ctx context.Context, name string, r MoveRequest) (*Snapshot, error) {
-	return moveCopy(h, h.st.Snapshots, "snapshot", typeSnapshots, name, r)
+func (h *Host) MoveSnapshot(ctx context.Context, name string, req api.MoveRequest) (*api.Snapshot, error) {
+	var out *store.Snapshot
+	_, err := h.update(ctx, func(r *store.Records) error {
+		s, ok := r.Snapshots[name]
+		if !ok {
+			return notFound("snapshot", name)
+		}
+		to, err := h.moveTarget("snapshot", name, s.Placement, s.Encryption.Type, req, nil)
+		if err != nil {
+			return err
+		}
+		s.Located = located(to, typeSnapshots, name)
+		out = s
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return snapshotView(out), nil
 }
 
-func (s *Snapshot) encryptionType() string { return s.Encryption.Type }
+// located is where a snapshot or image is put, with its resource id.
+func located(p store.Placement, typ, name string) store.Located {
+	return store.Located{ID: resourceID(p, typ, name), Placement: p}
+}
 
 // checkSnapshotKey: a snapshot of an UltraSSD or PremiumV2 disk with a
 // customer-managed key uses the disk's own key.
-func checkSnapshotKey(d *Disk, des *DiskEncryptionSet) error {
-	if !isUltraOrV2(d.Sku.Name) || !isCMK(d.Encryption.Type) || des == nil || des.ID == d.Encryption.DiskEncryptionSetID {
+func checkSnapshotKey(diskName, sku string, enc store.Encryption, des *store.DES) error {
+	if !api.IsUltraOrV2(sku) || !isCMK(enc.Type) || des == nil || des.ID == enc.DiskEncryptionSetID {
 		return nil
 	}
 	return notAllowed(http.StatusBadRequest, "disk %q is %s with a customer-managed key: its snapshots use the disk's own key, not disk encryption set %q; leave out --disk-encryption-set",
-		d.Name, d.Sku.Name, des.Name)
-}
-
-// UpdateSnapshotRequest switches a snapshot between platform and customer
-// keys (its data key is re-wrapped, its data untouched).
-type UpdateSnapshotRequest struct {
-	EncryptionType    string `json:"encryptionType,omitempty"`
-	DiskEncryptionSet string `json:"diskEncryptionSet,omitempty"`
+		diskName, sku, des.Name)
 }
 
 // UpdateSnapshot re-wraps a snapshot's key under another set's key or the
 // platform key. Customer keys cannot be turned off on an incremental
 // snapshot, nor the key changed on one of an UltraSSD or PremiumV2 disk.
-func (h *Host) UpdateSnapshot(ctx context.Context, name string, r UpdateSnapshotRequest) (*Snapshot, error) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	sn, ok := h.st.Snapshots[name]
+func (h *Host) UpdateSnapshot(ctx context.Context, name string, req api.UpdateSnapshotRequest) (*api.Snapshot, error) {
+	release, err := h.claim("re-wrapping its key", "snapshot/"+name)
+	if err != nil {
+		return nil, err
+	}
+	defer release()
+	r, err := h.load(ctx)
+	if err != nil {
+		return nil, err
+	}
+	sn, ok := r.Snapshots[name]
 	if !ok {
 		return nil, notFound("snapshot", name)
 	}
-	res := &Disk{Name: "snapshot " + name, Encryption: sn.Encryption}
-	var des *DiskEncryptionSet
+	var des *store.DES
 	switch {
-	case r.DiskEncryptionSet != "":
-		if des, ok = h.desByID(r.DiskEncryptionSet); !ok {
-			return nil, notFound("disk encryption set", r.DiskEncryptionSet)
+	case req.DiskEncryptionSet != "":
+		if des, ok = desByID(r, req.DiskEncryptionSet); !ok {
+			return nil, notFound("disk encryption set", req.DiskEncryptionSet)
 		}
-		if r.EncryptionType != "" && r.EncryptionType != EncCustomerKey && r.EncryptionType != sn.Encryption.Type {
+		if req.EncryptionType != "" && req.EncryptionType != api.EncCustomerKey && req.EncryptionType != sn.Encryption.Type {
 			return nil, badRequest("a snapshot keeps its layers; with --disk-encryption-set leave out --encryption-type")
 		}
-		src := &Disk{Name: sn.SourceDisk, Sku: sn.Sku, Encryption: sn.Encryption}
-		if err := checkSnapshotKey(src, des); err != nil {
+		if err := checkSnapshotKey(sn.SourceDisk, sn.Sku.Name, sn.Encryption, des); err != nil {
 			return nil, err
 		}
 		if sn.ADE {
 			return nil, adeRefusal("snapshot", name, "customer-managed keys", "keep it on platform-managed keys")
 		}
-		if err := checkDESScope("snapshot", name, sn.placement(), des); err != nil {
+		if err := checkDESScope("snapshot", name, sn.Placement, des); err != nil {
 			return nil, err
 		}
-	case r.EncryptionType == EncPlatformKey:
-		if sn.Encryption.Type == EncPlatformKey {
-			c := *sn
-			return &c, nil
+	case req.EncryptionType == api.EncPlatformKey:
+		if sn.Encryption.Type == api.EncPlatformKey {
+			return snapshotView(sn), nil
 		}
-		if sn.Encryption.Type == EncPlatformAndCustomerKey {
+		if sn.Encryption.Type == api.EncPlatformAndCustomerKey {
 			return nil, badRequest("snapshot %q is double-encrypted; switching it to a single layer is not supported", name)
 		}
 		if sn.Incremental {
 			return nil, notAllowed(http.StatusConflict, "snapshot %q is incremental: customer-managed keys cannot be turned off on an incremental snapshot; keep its key, or take a full snapshot (without --incremental) and switch that one", name)
 		}
-		if isUltraOrV2(sn.Sku.Name) {
+		if api.IsUltraOrV2(sn.Sku.Name) {
 			return nil, notAllowed(http.StatusBadRequest, "snapshot %q is of an %s disk with a customer-managed key: it keeps the disk's key", name, sn.Sku.Name)
 		}
 	default:
-		return nil, badRequest("give --disk-encryption-set, or --encryption-type %s", EncPlatformKey)
+		return nil, badRequest("give --disk-encryption-set, or --encryption-type %s", api.EncPlatformKey)
 	}
-	var w disk.KeyWrapper = h.cfg.Keys
+	w := h.platform()
 	if des != nil {
-		ws, err := h.wrappersFor(ctx, EncCustomerKey, des)
-		if err != nil {
+		if w, err = h.customerWrapper(ctx, des); err != nil {
 			return nil, err
 		}
-		w = ws[0]
 	}
-	nw, err := disk.Rewrap(ctx, h.cfg.Storage, sn.StoragePrefix, 1, h.unwrapperFor(res), w)
+	nw, err := disk.Rewrap(ctx, h.cfg.Storage, sn.StoragePrefix, 1, h.unwrapperFor(r, "snapshot "+name, sn.Encryption), w)
 	if err != nil {
 		return nil, fmt.Errorf("snapshot %q: %w", name, err)
 	}
-	sn.KeyID = nw.KeyID
-	if des != nil {
-		sn.Encryption.DiskEncryptionSetID = des.ID
-		if sn.Encryption.Type == EncPlatformKey {
-			sn.Encryption.Type = EncCustomerKey
+	var out *store.Snapshot
+	if _, err := h.update(ctx, func(r *store.Records) error {
+		sn, ok := r.Snapshots[name]
+		if !ok {
+			return notFound("snapshot", name)
 		}
-	} else {
-		sn.Encryption = Encryption{Type: EncPlatformKey}
+		sn.KeyID = nw.KeyID
+		if des != nil {
+			sn.Encryption.DiskEncryptionSetID = des.ID
+			if sn.Encryption.Type == api.EncPlatformKey {
+				sn.Encryption.Type = api.EncCustomerKey
+			}
+		} else {
+			sn.Encryption = store.Encryption{Type: api.EncPlatformKey}
+		}
+		out = sn
+		return nil
+	}); err != nil {
+		return nil, err
 	}
-	c := *sn
-	return &c, h.save()
+	return snapshotView(out), nil
 }

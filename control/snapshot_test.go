@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"hostcrypt/control/api"
 	"net/http"
 	"sync"
 	"testing"
@@ -22,9 +23,9 @@ func fill(n int) []byte {
 func (f *fixture) restore(t *testing.T, src, as string) []byte {
 	t.Helper()
 	ctx := context.Background()
-	_, err := f.h.CreateDisk(ctx, CreateDiskRequest{Name: as, Source: src})
+	_, err := f.h.CreateDisk(ctx, api.CreateDiskRequest{Name: as, Source: src})
 	require.NoError(t, err)
-	_, err = f.h.AttachDisk(ctx, "vm1", AttachRequest{Disk: as})
+	_, err = f.h.AttachDisk(ctx, "vm1", api.AttachRequest{Disk: as})
 	require.NoError(t, err)
 	vm, err := f.h.ShowVM("vm1")
 	require.NoError(t, err)
@@ -39,10 +40,9 @@ func TestSnapshotsAndImages(t *testing.T) {
 	f := newFixture(t)
 	ctx := context.Background()
 	const size = 16 << 20 // four 4 MiB chunks
-	_, err := f.h.CreateDisk(ctx, CreateDiskRequest{Name: "d1", SizeBytes: size})
+	_, err := f.h.CreateDisk(ctx, api.CreateDiskRequest{Name: "d1", SizeBytes: size})
 	require.NoError(t, err)
-	_, err = f.h.CreateVM(ctx, CreateVMRequest{Name: "vm1", OsDiskSizeBytes: 4 << 20, DataDisks: []AttachedDisk{{Name: "d1"}}})
-	require.NoError(t, err)
+	f.mustVM(t, api.CreateVMRequest{Name: "vm1", OsDiskSizeBytes: 4 << 20, DataDisks: []api.AttachedDisk{{Name: "d1"}}})
 	img := f.tree.get("vm1/data-0.img")
 	a := fill(size)
 	_, err = img.WriteAt(a, 0)
@@ -64,7 +64,7 @@ func TestSnapshotsAndImages(t *testing.T) {
 			assert.NoError(t, err)
 		}
 	})
-	s1, err := f.h.CreateSnapshot(ctx, CreateSnapshotRequest{Name: "s1", Source: "d1"})
+	s1, err := f.h.CreateSnapshot(ctx, api.CreateSnapshotRequest{Name: "s1", Source: "d1"})
 	close(stop)
 	wg.Wait()
 	require.NoError(t, err)
@@ -94,13 +94,13 @@ func TestSnapshotsAndImages(t *testing.T) {
 
 	// Incremental chain: the first copies everything, the next only the
 	// chunk a small write changed.
-	i1, err := f.h.CreateSnapshot(ctx, CreateSnapshotRequest{Name: "i1", Source: "d1", Incremental: true})
+	i1, err := f.h.CreateSnapshot(ctx, api.CreateSnapshotRequest{Name: "i1", Source: "d1", Incremental: true})
 	require.NoError(t, err)
 	assert.Equal(t, int64(4), i1.ChunksCopied)
 	x := fill(4096)
 	_, err = img.WriteAt(x, 4096)
 	require.NoError(t, err)
-	i2, err := f.h.CreateSnapshot(ctx, CreateSnapshotRequest{Name: "i2", Source: "d1", Incremental: true})
+	i2, err := f.h.CreateSnapshot(ctx, api.CreateSnapshotRequest{Name: "i2", Source: "d1", Incremental: true})
 	require.NoError(t, err)
 	assert.Equal(t, int64(1), i2.ChunksCopied)
 	assert.Equal(t, int64(3), i2.ChunksShared)
@@ -108,7 +108,7 @@ func TestSnapshotsAndImages(t *testing.T) {
 	y := fill(4096)
 	_, err = img.WriteAt(y, 9<<20) // chunk 2
 	require.NoError(t, err)
-	i3, err := f.h.CreateSnapshot(ctx, CreateSnapshotRequest{Name: "i3", Source: "d1", Incremental: true})
+	i3, err := f.h.CreateSnapshot(ctx, api.CreateSnapshotRequest{Name: "i3", Source: "d1", Incremental: true})
 	require.NoError(t, err)
 	assert.Equal(t, int64(1), i3.ChunksCopied)
 	t.Logf("used bytes: i1 %d, i2 %d, i3 %d", i1.UsedBytes, i2.UsedBytes, i3.UsedBytes)
@@ -129,11 +129,11 @@ func TestSnapshotsAndImages(t *testing.T) {
 	require.Empty(t, left)
 
 	// Images: an independent copy of a snapshot; disks from it.
-	im, err := f.h.CreateImage(ctx, CreateImageRequest{Name: "im1", Source: "i3"})
+	im, err := f.h.CreateImage(ctx, api.CreateImageRequest{Name: "im1", Source: "i3"})
 	require.NoError(t, err)
 	got = f.restore(t, "im1", "r4")
 	require.True(t, bytes.Equal(want3, got))
-	_, err = f.h.CreateImage(ctx, CreateImageRequest{Name: "im2", Source: "d1"})
+	_, err = f.h.CreateImage(ctx, api.CreateImageRequest{Name: "im2", Source: "d1"})
 	requireCode(t, err, 409) // in use by vm1
 	require.NoError(t, f.h.DeleteImage(ctx, "im1"))
 	left, err = f.cfg.Storage.List(ctx, im.StoragePrefix)
@@ -141,17 +141,17 @@ func TestSnapshotsAndImages(t *testing.T) {
 	require.Empty(t, left)
 
 	// Bad input changes nothing.
-	_, err = f.h.CreateSnapshot(ctx, CreateSnapshotRequest{Name: "i3", Source: "d1"})
+	_, err = f.h.CreateSnapshot(ctx, api.CreateSnapshotRequest{Name: "i3", Source: "d1"})
 	requireCode(t, err, 409)
-	_, err = f.h.CreateSnapshot(ctx, CreateSnapshotRequest{Name: "s9", Source: "nope"})
+	_, err = f.h.CreateSnapshot(ctx, api.CreateSnapshotRequest{Name: "s9", Source: "nope"})
 	requireCode(t, err, 404)
-	_, err = f.h.CreateDisk(ctx, CreateDiskRequest{Name: "r9", Source: "i3", SizeBytes: 4 << 20})
+	_, err = f.h.CreateDisk(ctx, api.CreateDiskRequest{Name: "r9", Source: "i3", SizeBytes: 4 << 20})
 	requireCode(t, err, 400)
-	_, err = f.h.CreateDisk(ctx, CreateDiskRequest{Name: "r9", Source: "d1"})
+	_, err = f.h.CreateDisk(ctx, api.CreateDiskRequest{Name: "r9", Source: "d1"})
 	requireCode(t, err, 404)
 	_, err = f.h.ShowDisk("r9")
 	requireCode(t, err, 404)
-	require.Len(t, f.h.ListSnapshots(), 3)
+	require.Len(t, f.snapshots(t), 3)
 
 	// A restart keeps them, and lists (but keeps) what a crash in the
 	// middle of a copy left behind; host gc removes it, and only it.
@@ -164,7 +164,7 @@ func TestSnapshotsAndImages(t *testing.T) {
 	left, err = f.cfg.Storage.List(ctx, orphan)
 	require.NoError(t, err)
 	assert.NotEmpty(t, left, "start-up removed what no record owns")
-	rep, err := f.h.GC(ctx, GCRequest{})
+	rep, err := f.h.GC(ctx, api.GCRequest{})
 	require.NoError(t, err)
 	require.Len(t, rep.Leftovers, 1)
 	require.Equal(t, orphan, rep.Leftovers[0].Path)
@@ -185,84 +185,81 @@ func TestSnapshotRestrictions(t *testing.T) {
 	f := newRestrictFixture(t)
 	ctx := context.Background()
 	for _, n := range []string{"des1", "des2"} {
-		_, err := f.h.CreateDES(ctx, CreateDESRequest{Name: n, KeyURL: kid("vault1", n)})
+		_, err := f.h.CreateDES(ctx, api.CreateDESRequest{Name: n, KeyURL: kid("vault1", n)})
 		require.NoError(t, err)
 	}
 
 	// A snapshot of an UltraSSD disk with a customer key keeps that key.
-	_, err := f.h.CreateDisk(ctx, CreateDiskRequest{Name: "u1", SizeBytes: 8 << 20, Sku: "UltraSSD_LRS", LogicalSectorSize: 4096, DiskEncryptionSet: "des1"})
+	_, err := f.h.CreateDisk(ctx, api.CreateDiskRequest{Name: "u1", SizeBytes: 8 << 20, Sku: "UltraSSD_LRS", LogicalSectorSize: 4096, DiskEncryptionSet: "des1"})
 	require.NoError(t, err)
 	f.refused(t, http.StatusBadRequest, func() error {
-		_, err := f.h.CreateSnapshot(ctx, CreateSnapshotRequest{Name: "us", Source: "u1", DiskEncryptionSet: "des2"})
+		_, err := f.h.CreateSnapshot(ctx, api.CreateSnapshotRequest{Name: "us", Source: "u1", DiskEncryptionSet: "des2"})
 		return err
 	}, "UltraSSD_LRS", "disk's own key", "leave out --disk-encryption-set")
-	us, err := f.h.CreateSnapshot(ctx, CreateSnapshotRequest{Name: "us", Source: "u1", DiskEncryptionSet: "des1"})
+	us, err := f.h.CreateSnapshot(ctx, api.CreateSnapshotRequest{Name: "us", Source: "u1", DiskEncryptionSet: "des1"})
 	require.NoError(t, err)
 	f.refused(t, http.StatusBadRequest, func() error {
-		_, err := f.h.UpdateSnapshot(ctx, "us", UpdateSnapshotRequest{DiskEncryptionSet: "des2"})
+		_, err := f.h.UpdateSnapshot(ctx, "us", api.UpdateSnapshotRequest{DiskEncryptionSet: "des2"})
 		return err
 	}, "disk's own key")
 	assert.Equal(t, kid("vault1", "des1"), us.KeyID)
 
 	// Customer keys stay on a disk with incremental snapshots, and on the
 	// incremental snapshots themselves; a full snapshot may switch.
-	_, err = f.h.CreateDisk(ctx, CreateDiskRequest{Name: "c1", SizeBytes: 8 << 20, DiskEncryptionSet: "des1"})
+	f.mustDisk(t, api.CreateDiskRequest{Name: "c1", SizeBytes: 8 << 20, DiskEncryptionSet: "des1"})
+	_, err = f.h.CreateSnapshot(ctx, api.CreateSnapshotRequest{Name: "inc1", Source: "c1", Incremental: true})
 	require.NoError(t, err)
-	_, err = f.h.CreateSnapshot(ctx, CreateSnapshotRequest{Name: "inc1", Source: "c1", Incremental: true})
-	require.NoError(t, err)
-	_, err = f.h.CreateSnapshot(ctx, CreateSnapshotRequest{Name: "full1", Source: "c1"})
+	_, err = f.h.CreateSnapshot(ctx, api.CreateSnapshotRequest{Name: "full1", Source: "c1"})
 	require.NoError(t, err)
 	f.refused(t, http.StatusConflict, func() error {
-		_, err := f.h.UpdateDisk(ctx, "c1", UpdateDiskRequest{EncryptionType: EncPlatformKey})
+		_, err := f.h.UpdateDisk(ctx, "c1", api.UpdateDiskRequest{EncryptionType: api.EncPlatformKey})
 		return err
 	}, "incremental snapshots (inc1)", "delete its incremental snapshots first")
 	f.refused(t, http.StatusConflict, func() error {
-		_, err := f.h.UpdateSnapshot(ctx, "inc1", UpdateSnapshotRequest{EncryptionType: EncPlatformKey})
+		_, err := f.h.UpdateSnapshot(ctx, "inc1", api.UpdateSnapshotRequest{EncryptionType: api.EncPlatformKey})
 		return err
 	}, "incremental", "take a full snapshot")
-	full, err := f.h.UpdateSnapshot(ctx, "full1", UpdateSnapshotRequest{EncryptionType: EncPlatformKey})
+	full, err := f.h.UpdateSnapshot(ctx, "full1", api.UpdateSnapshotRequest{EncryptionType: api.EncPlatformKey})
 	require.NoError(t, err)
-	assert.Equal(t, EncPlatformKey, full.Encryption.Type)
+	assert.Equal(t, api.EncPlatformKey, full.Encryption.Type)
 	assert.NotContains(t, full.KeyID, "/vaults/")
 	// Still restorable under the platform key.
-	_, err = f.h.CreateDisk(ctx, CreateDiskRequest{Name: "fromfull", Source: "full1"})
-	require.NoError(t, err)
+	f.mustDisk(t, api.CreateDiskRequest{Name: "fromfull", Source: "full1"})
 	require.NoError(t, f.h.DeleteSnapshot(ctx, "inc1"))
-	_, err = f.h.UpdateDisk(ctx, "c1", UpdateDiskRequest{EncryptionType: EncPlatformKey})
+	_, err = f.h.UpdateDisk(ctx, "c1", api.UpdateDiskRequest{EncryptionType: api.EncPlatformKey})
 	require.NoError(t, err, "with its incremental snapshots gone the disk may switch")
 
 	// Customer-key snapshots and images never change subscription.
 	other := "11111111-2222-3333-4444-555555555555"
 	f.refused(t, http.StatusBadRequest, func() error {
-		_, err := f.h.MoveSnapshot(ctx, "us", MoveRequest{ResourceGroup: "rg2", Subscription: other})
+		_, err := f.h.MoveSnapshot(ctx, "us", api.MoveRequest{ResourceGroup: "rg2", Subscription: other})
 		return err
 	}, "cannot move to another subscription")
-	moved, err := f.h.MoveSnapshot(ctx, "us", MoveRequest{ResourceGroup: "rg2"})
+	moved, err := f.h.MoveSnapshot(ctx, "us", api.MoveRequest{ResourceGroup: "rg2"})
 	require.NoError(t, err)
 	assert.Contains(t, moved.ID, "/resourceGroups/rg2/providers/Microsoft.Compute/snapshots/us")
-	_, err = f.h.CreateImage(ctx, CreateImageRequest{Name: "im1", Source: "us", DiskEncryptionSet: "des1"})
+	_, err = f.h.CreateImage(ctx, api.CreateImageRequest{Name: "im1", Source: "us", DiskEncryptionSet: "des1"})
 	require.NoError(t, err)
 	f.refused(t, http.StatusBadRequest, func() error {
-		_, err := f.h.MoveImage(ctx, "im1", MoveRequest{ResourceGroup: "rg2", Subscription: other})
+		_, err := f.h.MoveImage(ctx, "im1", api.MoveRequest{ResourceGroup: "rg2", Subscription: other})
 		return err
 	}, "cannot move to another subscription")
-	_, err = f.h.MoveSnapshot(ctx, "full1", MoveRequest{ResourceGroup: "rg3", Subscription: other})
+	_, err = f.h.MoveSnapshot(ctx, "full1", api.MoveRequest{ResourceGroup: "rg3", Subscription: other})
 	require.NoError(t, err, "a platform-key snapshot moves freely")
 
 	// Guest-encrypted content never gets customer keys, also as a copy.
-	_, err = f.h.CreateDisk(ctx, CreateDiskRequest{Name: "a1", SizeBytes: 8 << 20, ADE: true})
-	require.NoError(t, err)
+	f.mustDisk(t, api.CreateDiskRequest{Name: "a1", SizeBytes: 8 << 20, ADE: true})
 	f.refused(t, http.StatusBadRequest, func() error {
-		_, err := f.h.CreateSnapshot(ctx, CreateSnapshotRequest{Name: "as", Source: "a1", DiskEncryptionSet: "des1"})
+		_, err := f.h.CreateSnapshot(ctx, api.CreateSnapshotRequest{Name: "as", Source: "a1", DiskEncryptionSet: "des1"})
 		return err
 	}, "guest-level disk encryption")
-	_, err = f.h.CreateSnapshot(ctx, CreateSnapshotRequest{Name: "as", Source: "a1"})
+	_, err = f.h.CreateSnapshot(ctx, api.CreateSnapshotRequest{Name: "as", Source: "a1"})
 	require.NoError(t, err)
 	f.refused(t, http.StatusBadRequest, func() error {
-		_, err := f.h.CreateDisk(ctx, CreateDiskRequest{Name: "a2", Source: "as", DiskEncryptionSet: "des1"})
+		_, err := f.h.CreateDisk(ctx, api.CreateDiskRequest{Name: "a2", Source: "as", DiskEncryptionSet: "des1"})
 		return err
 	}, "guest-level disk encryption")
-	a2, err := f.h.CreateDisk(ctx, CreateDiskRequest{Name: "a2", Source: "as"})
+	a2, err := f.h.CreateDisk(ctx, api.CreateDiskRequest{Name: "a2", Source: "as"})
 	require.NoError(t, err)
 	assert.True(t, a2.ADE, "a copy of guest-encrypted content is flagged too")
 }

@@ -9,10 +9,11 @@ import (
 	"path/filepath"
 	"strings"
 	"syscall"
-	"time"
 
 	"golang.org/x/sys/unix"
 
+	"hostcrypt/control/api"
+	"hostcrypt/control/store"
 	"hostcrypt/disk"
 	"hostcrypt/internal/imgfile"
 )
@@ -26,59 +27,16 @@ import (
 // While a transfer runs, the disk carries a Transfer and is in state
 // ActiveUpload (import) or ActiveSAS (export), as Azure names a disk being
 // uploaded or read through a SAS: it cannot be attached, started, updated or
-// deleted meanwhile. An
-// import that fails, is cancelled, or is cut short by a crash leaves no disk
-// behind; an export that fails leaves no file behind.
-
-// Disk states during a transfer.
-const (
-	DiskActiveUpload = "ActiveUpload"
-	DiskActiveSAS    = "ActiveSAS"
-)
-
-// ImportDiskRequest creates a disk from an image file on the host. The
-// fields of CreateDiskRequest choose the new disk's name, sku, sector size
-// and encryption as for an empty disk; its size comes from the image, so
-// sizeBytes must be left out.
-type ImportDiskRequest struct {
-	CreateDiskRequest
-	// Source is the absolute path of a raw or qcow2 image.
-	Source string `json:"source"`
-}
-
-// ExportDiskRequest writes a disk's plaintext to a raw image file.
-type ExportDiskRequest struct {
-	// Target is the absolute path of the file to write.
-	Target string `json:"target"`
-	// Force replaces an existing file.
-	Force bool `json:"force,omitempty"`
-}
-
-// Progress is how far a transfer is, in bytes of the image.
-type Progress = imgfile.Progress
-
-// Transfer kinds.
-const (
-	TransferImport = "import"
-	TransferExport = "export"
-)
-
-// Transfer is an import or export in progress. It is persisted, so that a
-// transfer cut short by a crash is cleaned up at the next start, and it is
-// what keeps the disk from being used meanwhile (the disk state alone is
-// overwritten by a detach).
-type Transfer struct {
-	Kind    string    `json:"kind"`
-	Path    string    `json:"path"`
-	Started time.Time `json:"started"`
-}
+// deleted meanwhile. An import that fails, is cancelled, or is cut short by
+// a crash leaves no disk behind; an export that fails leaves no file
+// behind.
 
 // transferring refuses what must wait for a disk's import or export.
-func transferring(d *Disk) error {
+func transferring(d *store.Disk) error {
 	switch t := d.Transfer; {
 	case t == nil:
 		return nil
-	case t.Kind == TransferImport:
+	case t.Kind == api.TransferImport:
 		return conflict("disk %q is being imported from %s; wait for the import to finish", d.Name, t.Path)
 	default:
 		return conflict("disk %q is being exported to %s; wait for the export to finish", d.Name, t.Path)
@@ -89,7 +47,7 @@ func transferring(d *Disk) error {
 // to the sector size and at least the smallest disk.
 func importSize(n int64, sector int) int64 {
 	s := int64(sector)
-	return max((n+s-1)/s*s, MinDiskBytes)
+	return max((n+s-1)/s*s, api.MinDiskBytes)
 }
 
 // imageError turns what imgfile refuses into a refusal of the request.
@@ -105,12 +63,18 @@ func imageError(err error) error {
 	return err
 }
 
+func shuttingDown(format string, args ...any) *api.Error {
+	return errorf(http.StatusServiceUnavailable, api.CodeShuttingDown, format, args...)
+}
+
 // beginTransfer registers a transfer as background work, so that Shutdown
 // cancels it and waits for its clean-up, and returns its context: cancelled
-// when the client goes away or the daemon shuts down. The caller holds h.mu.
+// when the client goes away or the daemon shuts down.
 func (h *Host) beginTransfer(ctx context.Context) (context.Context, func(), error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
 	if h.bg.Err() != nil {
-		return nil, nil, errorf(http.StatusServiceUnavailable, "ShuttingDown", "hostcryptd is shutting down; try again once it is back")
+		return nil, nil, shuttingDown("hostcryptd is shutting down; try again once it is back")
 	}
 	h.bgWG.Add(1)
 	tctx, cancel := context.WithCancel(ctx)
@@ -121,108 +85,120 @@ func (h *Host) beginTransfer(ctx context.Context) (context.Context, func(), erro
 // ImportDisk creates an encrypted disk holding the image at r.Source, with
 // the encryption choices of CreateDisk. Only the image's data is read and
 // written: holes and all-zero blocks stay holes of the new disk.
-func (h *Host) ImportDisk(ctx context.Context, r ImportDiskRequest, progress func(Progress)) (*Disk, error) {
-	if r.SizeBytes != 0 {
+func (h *Host) ImportDisk(ctx context.Context, req api.ImportDiskRequest, progress func(api.Progress)) (*api.Disk, error) {
+	if req.SizeBytes != 0 {
 		return nil, badRequest("an imported disk takes its size from the image; leave out sizeBytes (grow it afterwards with disk update)")
 	}
-	if r.Source == "" || !filepath.IsAbs(r.Source) {
-		return nil, badRequest("source %q: give the absolute path of a raw or qcow2 image file on the host", r.Source)
+	if req.Source == "" || !filepath.IsAbs(req.Source) {
+		return nil, badRequest("source %q: give the absolute path of a raw or qcow2 image file on the host", req.Source)
 	}
-	if err := checkName("disk", r.Name); err != nil {
+	if err := checkName("disk", req.Name); err != nil {
 		return nil, err
 	}
-	h.mu.Lock()
-	_, taken := h.st.Disks[r.Name]
-	h.mu.Unlock()
-	if taken {
-		return nil, conflict("disk %q already exists; choose another name or delete it first", r.Name)
+	r, err := h.load(ctx)
+	if err != nil {
+		return nil, err
 	}
-	src, err := imgfile.Open(ctx, r.Source)
+	if err := nameTaken(r, "disk", req.Name); err != nil {
+		return nil, err
+	}
+	src, err := imgfile.Open(ctx, req.Source)
 	if err != nil {
 		return nil, imageError(err)
 	}
 	defer src.Close()
-	sector := r.LogicalSectorSize
+	sector := req.LogicalSectorSize
 	if sector == 0 {
-		sector = 512
+		sector = api.DefaultSectorSize
 	}
-	if n, maxb := src.Size(), MaxSizeOf(r.Sku); n < 0 || n > maxb {
+	if n, maxb := src.Size(), api.MaxSizeOf(req.Sku); n < 0 || n > maxb {
 		hint := ""
-		if maxb < MaxUltraDiskBytes && n <= MaxUltraDiskBytes {
+		if maxb < api.MaxUltraDiskBytes && n <= api.MaxUltraDiskBytes {
 			hint = "; an UltraSSD_LRS or PremiumV2_LRS disk (--sku) takes up to 64 TiB"
 		}
-		return nil, badRequest("source %s: its virtual size, %d bytes, is above the largest disk, %d bytes (%d GiB)%s", r.Source, n, maxb, maxb>>30, hint)
+		return nil, badRequest("source %s: its virtual size, %d bytes, is above the largest disk, %d bytes (%d GiB)%s", req.Source, n, maxb, maxb>>30, hint)
 	}
-	r.SizeBytes = importSize(src.Size(), sector)
+	req.SizeBytes = importSize(src.Size(), sector)
 
-	h.mu.Lock()
-	d, err := h.createDisk(ctx, r.CreateDiskRequest)
-	if err != nil {
-		h.mu.Unlock()
-		return nil, err
-	}
-	res := h.st.Disks[r.Name]
-	res.DiskState = DiskActiveUpload
-	res.Transfer = &Transfer{Kind: TransferImport, Path: r.Source, Started: h.cfg.Now().UTC()}
 	tctx, done, err := h.beginTransfer(ctx)
-	if err == nil {
-		err = h.save()
-		if err != nil {
-			done()
-		}
-	}
 	if err != nil {
-		h.dropImport(context.WithoutCancel(ctx), res)
-		h.mu.Unlock()
 		return nil, err
 	}
-	unw := h.unwrapperFor(res)
-	h.mu.Unlock()
 	defer done()
-
-	h.log.Info("importing disk", "disk", r.Name, "source", r.Source, "format", src.Format(), "size", src.Size())
-	err = h.copyIn(tctx, d.StoragePrefix, unw, src, progress)
-	h.mu.Lock()
-	defer h.mu.Unlock()
+	// The disk's record says it is being imported from the moment it
+	// exists: nothing uses it until the import is done.
+	started := h.cfg.Now().UTC()
+	d, err := h.createDisk(ctx, req.CreateDiskRequest, func(r *store.Records, d *store.Disk) error {
+		d.DiskState = api.DiskActiveUpload
+		d.Transfer = &store.Transfer{Kind: api.TransferImport, Path: req.Source, Started: started}
+		return nil
+	})
 	if err != nil {
-		h.dropImport(context.WithoutCancel(ctx), res)
-		if ctx.Err() == nil && tctx.Err() != nil {
-			return nil, errorf(http.StatusServiceUnavailable, "ShuttingDown", "importing disk %q: hostcryptd is shutting down; the disk was removed, import it again once the daemon is back", r.Name)
-		}
-		return nil, fmt.Errorf("importing %s into disk %q (the disk was removed): %w", r.Source, r.Name, err)
-	}
-	res.DiskState, res.Transfer = DiskUnattached, nil
-	if err := h.save(); err != nil {
-		h.dropImport(context.WithoutCancel(ctx), res)
 		return nil, err
 	}
-	h.log.Info("disk imported", "disk", r.Name, "format", src.Format(), "size", res.DiskSizeBytes)
-	return h.showDisk(res), nil
+	r, err = h.load(ctx)
+	if err != nil {
+		h.dropImport(context.WithoutCancel(ctx), d)
+		return nil, err
+	}
+	unw := h.unwrapperFor(r, "disk "+d.Name, d.Encryption)
+
+	h.log.Info("importing disk", "disk", req.Name, "source", req.Source, "format", src.Format(), "size", src.Size())
+	err = h.copyIn(tctx, d.StoragePrefix, unw, src, progress)
+	if err != nil {
+		h.dropImport(context.WithoutCancel(ctx), d)
+		if ctx.Err() == nil && tctx.Err() != nil {
+			return nil, shuttingDown("importing disk %q: hostcryptd is shutting down; the disk was removed, import it again once the daemon is back", req.Name)
+		}
+		return nil, fmt.Errorf("importing %s into disk %q (the disk was removed): %w", req.Source, req.Name, err)
+	}
+	d, err = h.recordDisk(ctx, req.Name, func(d *store.Disk) error {
+		d.DiskState, d.Transfer = api.DiskUnattached, nil
+		return nil
+	})
+	if err != nil {
+		h.dropImport(context.WithoutCancel(ctx), d)
+		return nil, err
+	}
+	h.log.Info("disk imported", "disk", req.Name, "format", src.Format(), "size", d.DiskSizeBytes)
+	return diskView(d, h.liveNow()), nil
 }
 
-func (h *Host) copyIn(ctx context.Context, prefix string, unw disk.KeyUnwrapper, src imgfile.Source, progress func(Progress)) error {
+func (h *Host) copyIn(ctx context.Context, prefix string, unw disk.KeyUnwrapper, src imgfile.Source, progress func(api.Progress)) error {
 	dd, err := disk.Open(ctx, h.cfg.Storage, prefix, unw)
 	if err != nil {
 		return err
 	}
-	err = imgfile.Copy(ctx, dd, src, src.Size(), src.NextData, progress)
+	err = imgfile.Copy(ctx, dd, src, src.Size(), src.NextData, progressFunc(progress))
 	if cerr := dd.Close(); err == nil {
 		err = cerr
 	}
 	return err
 }
 
+// progressFunc adapts a progress callback of the API to imgfile's.
+func progressFunc(p func(api.Progress)) func(imgfile.Progress) {
+	if p == nil {
+		return nil
+	}
+	return func(ip imgfile.Progress) { p(api.Progress{Done: ip.Done, Total: ip.Total, Data: ip.Data}) }
+}
+
 // dropImport removes a disk whose import did not finish: keys first, then
-// data, then the resource. The caller holds h.mu.
-func (h *Host) dropImport(ctx context.Context, d *Disk) {
+// data, then the record.
+func (h *Host) dropImport(ctx context.Context, d *store.Disk) {
 	if err := disk.Destroy(ctx, h.cfg.Storage, d.StoragePrefix); err != nil && !errors.Is(err, disk.ErrNotFound) {
 		h.log.Error("removing a disk whose import failed", "disk", d.Name, "prefix", d.StoragePrefix, "err", err)
-		// The resource stays, marked as an import, so that the next start
+		// The record stays, marked as an import, so that the next start
 		// tries again.
 		return
 	}
-	delete(h.st.Disks, d.Name)
-	if err := h.save(); err != nil {
+	if _, err := h.update(ctx, func(r *store.Records) error {
+		if cur := r.Disks[d.Name]; cur != nil && cur.StoragePrefix == d.StoragePrefix {
+			delete(r.Disks, d.Name)
+		}
+		return nil
+	}); err != nil {
 		h.log.Error("saving state after removing a failed import", "disk", d.Name, "err", err)
 	}
 	h.log.Info("unfinished import removed", "disk", d.Name)
@@ -230,12 +206,17 @@ func (h *Host) dropImport(ctx context.Context, d *Disk) {
 
 // recoverTransfers cleans up after transfers that a crash cut short:
 // half-imported disks are destroyed, exported ones go back to their state.
-// The caller holds h.mu.
 func (h *Host) recoverTransfers(ctx context.Context) {
-	for _, d := range h.st.Disks {
+	r, err := h.load(ctx)
+	if err != nil {
+		h.log.Error("cleaning up transfers", "err", err)
+		return
+	}
+	for _, name := range sortedKeys(r.Disks) {
+		d := r.Disks[name]
 		switch {
 		case d.Transfer == nil:
-		case d.Transfer.Kind == TransferImport:
+		case d.Transfer.Kind == api.TransferImport:
 			h.dropImport(ctx, d)
 		default:
 			// The partial copy holds plaintext: it goes too.
@@ -248,7 +229,7 @@ func (h *Host) recoverTransfers(ctx context.Context) {
 					}
 				}
 			}
-			h.endExport(d)
+			h.endExport(ctx, d.Name)
 		}
 	}
 }
@@ -258,85 +239,95 @@ func (h *Host) recoverTransfers(ctx context.Context) {
 // in place only when complete. The disk of a running VM is refused: the
 // guest would be writing while it is read, and the copy would match no
 // moment of the disk.
-func (h *Host) ExportDisk(ctx context.Context, name string, r ExportDiskRequest, progress func(Progress)) (*Disk, error) {
-	if r.Target == "" || !filepath.IsAbs(r.Target) {
-		return nil, badRequest("target %q: give the absolute path of the file to write on the host", r.Target)
+func (h *Host) ExportDisk(ctx context.Context, name string, req api.ExportDiskRequest, progress func(api.Progress)) (*api.Disk, error) {
+	if req.Target == "" || !filepath.IsAbs(req.Target) {
+		return nil, badRequest("target %q: give the absolute path of the file to write on the host", req.Target)
 	}
-	target := filepath.Clean(r.Target)
+	target := filepath.Clean(req.Target)
 	if st, err := os.Stat(filepath.Dir(target)); err != nil || !st.IsDir() {
 		return nil, badRequest("target %s: directory %s does not exist; create it first", target, filepath.Dir(target))
 	}
 	if st, err := os.Lstat(target); err == nil {
-		if !r.Force {
+		if !req.Force {
 			return nil, conflict("target %s exists; choose another path or pass --force true to replace it", target)
 		}
 		if !st.Mode().IsRegular() && st.Mode()&os.ModeSymlink == 0 {
 			return nil, badRequest("target %s exists and is not a regular file; choose another path", target)
 		}
 	}
-
-	h.mu.Lock()
-	d, ok := h.st.Disks[name]
-	if !ok {
-		h.mu.Unlock()
-		return nil, notFound("disk", name)
-	}
-	if err := h.usable(ctx, d); err != nil {
-		h.mu.Unlock()
+	// The disk is claimed until its record says it is being exported: from
+	// then on the record keeps a VM from starting on it (see usable).
+	release, err := h.claim("its export is starting", "disk/"+name)
+	if err != nil {
 		return nil, err
 	}
-	if vm := h.st.VMs[d.ManagedBy]; vm != nil && h.running[vm.Name] != nil {
-		h.mu.Unlock()
+	r, d, err := h.diskFor(ctx, name)
+	if err != nil {
+		release()
+		return nil, err
+	}
+	if vm := r.VMs[d.ManagedBy]; vm != nil && h.isRunning(vm.Name) {
+		release()
 		return nil, conflict("disk %q is attached to VM %q, which is running; stop it first (vm stop --name %s) so that the export is a consistent image", name, vm.Name, vm.Name)
 	}
 	tctx, done, err := h.beginTransfer(ctx)
 	if err != nil {
-		h.mu.Unlock()
+		release()
 		return nil, err
 	}
 	defer done()
-	d.DiskState = DiskActiveSAS
-	d.Transfer = &Transfer{Kind: TransferExport, Path: target, Started: h.cfg.Now().UTC()}
-	if err := h.save(); err != nil {
-		h.endExport(d)
-		h.mu.Unlock()
+	_, err = h.recordDisk(ctx, name, func(d *store.Disk) error {
+		if err := converting(d); err != nil {
+			return err
+		}
+		d.DiskState = api.DiskActiveSAS
+		d.Transfer = &store.Transfer{Kind: api.TransferExport, Path: target, Started: h.cfg.Now().UTC()}
+		return nil
+	})
+	release()
+	if err != nil {
 		return nil, err
 	}
-	prefix, unw := d.StoragePrefix, h.unwrapperFor(d)
-	h.mu.Unlock()
+	prefix, unw := d.StoragePrefix, h.unwrapperFor(r, "disk "+name, d.Encryption)
 
 	h.log.Info("exporting disk", "disk", name, "target", target)
-	err = h.copyOut(tctx, prefix, unw, target, r.Force, progress)
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	h.endExport(d)
+	err = h.copyOut(tctx, prefix, unw, target, req.Force, progress, openOptions(d.Encryption)...)
+	d = h.endExport(ctx, name)
 	if err != nil {
 		if tctx.Err() != nil && ctx.Err() == nil {
-			return nil, errorf(http.StatusServiceUnavailable, "ShuttingDown", "exporting disk %q: hostcryptd is shutting down; nothing was written, export again once the daemon is back", name)
+			return nil, shuttingDown("exporting disk %q: hostcryptd is shutting down; nothing was written, export again once the daemon is back", name)
 		}
-		var e *Error
+		var e *api.Error
 		if errors.As(err, &e) {
 			return nil, e
 		}
 		return nil, fmt.Errorf("exporting disk %q to %s (nothing was written): %w", name, target, err)
 	}
 	h.log.Info("disk exported", "disk", name, "target", target)
-	return h.showDisk(d), nil
+	if d == nil {
+		return nil, notFound("disk", name)
+	}
+	return diskView(d, h.liveNow()), nil
 }
 
 // endExport puts an exported disk back in the state it had: reserved by its
-// VM, which cannot have run meanwhile, or unattached. The caller holds h.mu.
-func (h *Host) endExport(d *Disk) {
-	d.Transfer = nil
-	if d.DiskState == DiskActiveSAS {
-		d.DiskState = DiskUnattached
-		if d.ManagedBy != "" {
-			d.DiskState = DiskReserved
+// VM, which cannot have run meanwhile, or unattached.
+func (h *Host) endExport(ctx context.Context, name string) *store.Disk {
+	d, err := h.recordDisk(context.WithoutCancel(ctx), name, func(d *store.Disk) error {
+		d.Transfer = nil
+		if d.DiskState == api.DiskActiveSAS {
+			d.DiskState = api.DiskUnattached
+			if d.ManagedBy != "" {
+				d.DiskState = api.DiskReserved
+			}
 		}
+		return nil
+	})
+	if err != nil {
+		h.log.Error("saving state after an export", "disk", name, "err", err)
+		return nil
 	}
-	if err := h.save(); err != nil {
-		h.log.Error("saving state after an export", "disk", d.Name, "err", err)
-	}
+	return d
 }
 
 // exportTemp is the prefix of the name of an export's temporary file, in
@@ -347,8 +338,8 @@ func exportTemp(target string) string {
 
 // copyOut writes the disk's plaintext into a new file beside target and
 // moves it into place once it is complete and durable.
-func (h *Host) copyOut(ctx context.Context, prefix string, unw disk.KeyUnwrapper, target string, force bool, progress func(Progress)) (err error) {
-	dd, err := disk.Open(ctx, h.cfg.Storage, prefix, unw)
+func (h *Host) copyOut(ctx context.Context, prefix string, unw disk.KeyUnwrapper, target string, force bool, progress func(api.Progress), opts ...disk.OpenOption) (err error) {
+	dd, err := disk.Open(ctx, h.cfg.Storage, prefix, unw, opts...)
 	if err != nil {
 		return err
 	}
@@ -388,7 +379,7 @@ func (h *Host) copyOut(ctx context.Context, prefix string, unw disk.KeyUnwrapper
 		end, err := dd.SeekHole(start)
 		return start, end, err
 	}
-	if err := imgfile.Copy(ctx, f, dd, size, next, progress); err != nil {
+	if err := imgfile.Copy(ctx, f, dd, size, next, progressFunc(progress)); err != nil {
 		return err
 	}
 	if err := f.Sync(); err != nil {
@@ -424,9 +415,3 @@ func (h *Host) copyOut(ctx context.Context, prefix string, unw disk.KeyUnwrapper
 	}
 	return nil
 }
-
-// StopBackground cancels the imports and exports in progress (each removes
-// what it had made) and the other background work, which resumes at the
-// next start. The daemon calls it as soon as it begins shutting down, so
-// that a long transfer does not hold the shutdown up.
-func (h *Host) StopBackground() { h.cancelBg() }

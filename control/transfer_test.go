@@ -3,6 +3,8 @@ package control
 import (
 	"bytes"
 	"context"
+	"hostcrypt/control/api"
+	"hostcrypt/control/store"
 	"net/http"
 	"os"
 	"os/exec"
@@ -58,16 +60,16 @@ func TestImportExportRoundTrip(t *testing.T) {
 	f := newFixture(t)
 	ctx := context.Background()
 	src, want := sampleImage(t)
-	var seen []Progress
-	d, err := f.h.ImportDisk(ctx, ImportDiskRequest{CreateDiskRequest: CreateDiskRequest{Name: "imp", Sku: "StandardSSD_LRS"}, Source: src},
-		func(p Progress) { seen = append(seen, p) })
+	var seen []api.Progress
+	d, err := f.h.ImportDisk(ctx, api.ImportDiskRequest{CreateDiskRequest: api.CreateDiskRequest{Name: "imp", Sku: "StandardSSD_LRS"}, Source: src},
+		func(p api.Progress) { seen = append(seen, p) })
 	require.NoError(t, err)
-	require.Equal(t, DiskUnattached, d.DiskState)
+	require.Equal(t, api.DiskUnattached, d.DiskState)
 	require.Equal(t, "StandardSSD_LRS", d.Sku.Name)
-	require.Equal(t, EncPlatformKey, d.Encryption.Type)
+	require.Equal(t, api.EncPlatformKey, d.Encryption.Type)
 	require.EqualValues(t, len(want), d.DiskSizeBytes, "the size is the image's, rounded up to 512 bytes")
 	require.NotEmpty(t, seen)
-	require.Equal(t, Progress{Done: int64(len(want)), Total: int64(len(want)), Data: 2*96<<10 + 512}, seen[len(seen)-1])
+	require.Equal(t, api.Progress{Done: int64(len(want)), Total: int64(len(want)), Data: 2*96<<10 + 512}, seen[len(seen)-1])
 	require.True(t, bytes.Equal(want, f.readDisk(t, "imp")))
 
 	// Only the chunk objects holding data exist: the hole is not stored.
@@ -82,7 +84,7 @@ func TestImportExportRoundTrip(t *testing.T) {
 	require.NoError(t, dd.Close())
 
 	out := filepath.Join(t.TempDir(), "out.raw")
-	_, err = f.h.ExportDisk(ctx, "imp", ExportDiskRequest{Target: out}, nil)
+	_, err = f.h.ExportDisk(ctx, "imp", api.ExportDiskRequest{Target: out}, nil)
 	require.NoError(t, err)
 	got, err := os.ReadFile(out)
 	require.NoError(t, err)
@@ -93,10 +95,10 @@ func TestImportExportRoundTrip(t *testing.T) {
 	require.Less(t, st.Sys().(*syscall.Stat_t).Blocks*512, int64(1<<20), "the export is sparse")
 
 	// The target exists now: refused without --force, replaced with it.
-	_, err = f.h.ExportDisk(ctx, "imp", ExportDiskRequest{Target: out}, nil)
+	_, err = f.h.ExportDisk(ctx, "imp", api.ExportDiskRequest{Target: out}, nil)
 	requireCode(t, err, http.StatusConflict)
 	require.NoError(t, os.WriteFile(out, []byte("old"), 0o644))
-	_, err = f.h.ExportDisk(ctx, "imp", ExportDiskRequest{Target: out, Force: true}, nil)
+	_, err = f.h.ExportDisk(ctx, "imp", api.ExportDiskRequest{Target: out, Force: true}, nil)
 	require.NoError(t, err)
 	got, err = os.ReadFile(out)
 	require.NoError(t, err)
@@ -105,7 +107,7 @@ func TestImportExportRoundTrip(t *testing.T) {
 	require.Empty(t, left, "no temporary file stays behind")
 	d, err = f.h.ShowDisk("imp")
 	require.NoError(t, err)
-	require.Equal(t, DiskUnattached, d.DiskState)
+	require.Equal(t, api.DiskUnattached, d.DiskState)
 }
 
 func TestImportQCOW2(t *testing.T) {
@@ -117,7 +119,7 @@ func TestImportQCOW2(t *testing.T) {
 	q := filepath.Join(t.TempDir(), "src.qcow2")
 	out, err := exec.Command("qemu-img", "convert", "-f", "raw", "-O", "qcow2", src, q).CombinedOutput()
 	require.NoError(t, err, "%s", out)
-	d, err := f.h.ImportDisk(context.Background(), ImportDiskRequest{CreateDiskRequest: CreateDiskRequest{Name: "q", LogicalSectorSize: 4096}, Source: q}, nil)
+	d, err := f.h.ImportDisk(context.Background(), api.ImportDiskRequest{CreateDiskRequest: api.CreateDiskRequest{Name: "q", LogicalSectorSize: 4096}, Source: q}, nil)
 	require.NoError(t, err)
 	require.EqualValues(t, 3<<20+4096, d.DiskSizeBytes, "rounded up to the 4 KiB sector")
 	got := f.readDisk(t, "q")
@@ -129,10 +131,9 @@ func TestTransferBadInputChangesNothing(t *testing.T) {
 	f := newFixture(t)
 	ctx := context.Background()
 	src, _ := sampleImage(t)
-	_, err := f.h.CreateDisk(ctx, CreateDiskRequest{Name: "d1", SizeBytes: 8 << 20})
+	_, err := f.h.CreateDisk(ctx, api.CreateDiskRequest{Name: "d1", SizeBytes: 8 << 20})
 	require.NoError(t, err)
-	_, err = f.h.CreateVM(ctx, CreateVMRequest{Name: "vm1", OsDiskSizeBytes: 8 << 20, DataDisks: []AttachedDisk{{Name: "d1"}}})
-	require.NoError(t, err)
+	f.mustVM(t, api.CreateVMRequest{Name: "vm1", OsDiskSizeBytes: 8 << 20, DataDisks: []api.AttachedDisk{{Name: "d1"}}})
 	dir := t.TempDir()
 	empty := filepath.Join(dir, "empty.raw")
 	require.NoError(t, os.WriteFile(empty, nil, 0o600))
@@ -143,15 +144,18 @@ func TestTransferBadInputChangesNothing(t *testing.T) {
 
 	before, err := f.cfg.Storage.List(ctx, "")
 	require.NoError(t, err)
-	disks, vms := f.h.ListDisks(), f.h.ListVMs()
+	disks, vms := f.disks(t), f.vms(t)
 	imp := func(name, source string) func() error {
 		return func() error {
-			_, err := f.h.ImportDisk(ctx, ImportDiskRequest{CreateDiskRequest: CreateDiskRequest{Name: name}, Source: source}, nil)
+			_, err := f.h.ImportDisk(ctx, api.ImportDiskRequest{CreateDiskRequest: api.CreateDiskRequest{Name: name}, Source: source}, nil)
 			return err
 		}
 	}
 	exp := func(name, target string) func() error {
-		return func() error { _, err := f.h.ExportDisk(ctx, name, ExportDiskRequest{Target: target}, nil); return err }
+		return func() error {
+			_, err := f.h.ExportDisk(ctx, name, api.ExportDiskRequest{Target: target}, nil)
+			return err
+		}
 	}
 	cases := []struct {
 		name   string
@@ -167,15 +171,15 @@ func TestTransferBadInputChangesNothing(t *testing.T) {
 		{"name taken", 409, "already exists", imp("d1", src)},
 		{"bad name", 400, "name", imp("../x", src)},
 		{"bad sku", 400, "sku", func() error {
-			_, err := f.h.ImportDisk(ctx, ImportDiskRequest{CreateDiskRequest: CreateDiskRequest{Name: "x", Sku: "Gold"}, Source: src}, nil)
+			_, err := f.h.ImportDisk(ctx, api.ImportDiskRequest{CreateDiskRequest: api.CreateDiskRequest{Name: "x", Sku: "Gold"}, Source: src}, nil)
 			return err
 		}},
 		{"customer key without a set", 400, "disk encryption set", func() error {
-			_, err := f.h.ImportDisk(ctx, ImportDiskRequest{CreateDiskRequest: CreateDiskRequest{Name: "x", EncryptionType: EncCustomerKey}, Source: src}, nil)
+			_, err := f.h.ImportDisk(ctx, api.ImportDiskRequest{CreateDiskRequest: api.CreateDiskRequest{Name: "x", EncryptionType: api.EncCustomerKey}, Source: src}, nil)
 			return err
 		}},
 		{"size given", 400, "size", func() error {
-			_, err := f.h.ImportDisk(ctx, ImportDiskRequest{CreateDiskRequest: CreateDiskRequest{Name: "x", SizeBytes: 8 << 20}, Source: src}, nil)
+			_, err := f.h.ImportDisk(ctx, api.ImportDiskRequest{CreateDiskRequest: api.CreateDiskRequest{Name: "x", SizeBytes: 8 << 20}, Source: src}, nil)
 			return err
 		}},
 		{"target exists", 409, "--force", exp("d1", exists)},
@@ -194,8 +198,8 @@ func TestTransferBadInputChangesNothing(t *testing.T) {
 	after, err := f.cfg.Storage.List(ctx, "")
 	require.NoError(t, err)
 	require.Equal(t, before, after, "a refused request changed storage")
-	require.Equal(t, disks, f.h.ListDisks())
-	require.Equal(t, vms, f.h.ListVMs())
+	require.Equal(t, disks, f.disks(t))
+	require.Equal(t, vms, f.vms(t))
 	names, err := filepath.Glob(filepath.Join(dir, "*"))
 	require.NoError(t, err)
 	require.Len(t, names, 3, "a refused export wrote a file: %v", names)
@@ -210,26 +214,26 @@ func TestImportCancelledLeavesNoDisk(t *testing.T) {
 	require.NoError(t, err)
 	ctx, cancel := context.WithCancel(context.Background())
 	var state string
-	_, err = f.h.ImportDisk(ctx, ImportDiskRequest{CreateDiskRequest: CreateDiskRequest{Name: "half"}, Source: src}, func(p Progress) {
+	_, err = f.h.ImportDisk(ctx, api.ImportDiskRequest{CreateDiskRequest: api.CreateDiskRequest{Name: "half"}, Source: src}, func(p api.Progress) {
 		if p.Done > 0 && state == "" {
 			d, err := f.h.ShowDisk("half")
 			require.NoError(t, err)
 			state = d.DiskState
 			// Nothing may use the disk while it is imported.
 			requireCode(t, f.h.DeleteDisk(context.Background(), "half"), http.StatusConflict)
-			_, err = f.h.CreateVM(context.Background(), CreateVMRequest{Name: "vm1", OsDisk: "half"})
+			_, err = f.h.CreateVM(context.Background(), api.CreateVMRequest{Name: "vm1", OsDisk: "half"})
 			requireCode(t, err, http.StatusConflict)
 			cancel()
 		}
 	})
 	require.ErrorIs(t, err, context.Canceled)
-	require.Equal(t, DiskActiveUpload, state)
+	require.Equal(t, api.DiskActiveUpload, state)
 	_, err = f.h.ShowDisk("half")
 	requireCode(t, err, http.StatusNotFound)
 	after, err := f.cfg.Storage.List(context.Background(), "")
 	require.NoError(t, err)
 	require.Equal(t, before, after, "a cancelled import left storage behind")
-	require.Empty(t, f.h.ListVMs())
+	require.Empty(t, f.vms(t))
 }
 
 // A crash in the middle of a transfer: at the next start the half-imported
@@ -237,21 +241,19 @@ func TestImportCancelledLeavesNoDisk(t *testing.T) {
 func TestTransferRecoveryAfterCrash(t *testing.T) {
 	f := newFixture(t)
 	ctx := context.Background()
-	a, err := f.h.CreateDisk(ctx, CreateDiskRequest{Name: "importing", SizeBytes: 8 << 20})
+	a, err := f.h.CreateDisk(ctx, api.CreateDiskRequest{Name: "importing", SizeBytes: 8 << 20})
 	require.NoError(t, err)
-	_, err = f.h.CreateDisk(ctx, CreateDiskRequest{Name: "exporting", SizeBytes: 8 << 20})
-	require.NoError(t, err)
-	f.h.mu.Lock()
-	f.h.st.Disks["importing"].DiskState = DiskActiveUpload
-	f.h.st.Disks["importing"].Transfer = &Transfer{Kind: TransferImport, Path: "/x.raw"}
-	f.h.st.Disks["exporting"].DiskState = DiskActiveSAS
+	f.mustDisk(t, api.CreateDiskRequest{Name: "exporting", SizeBytes: 8 << 20})
 	target := filepath.Join(t.TempDir(), "y.raw")
-	f.h.st.Disks["exporting"].Transfer = &Transfer{Kind: TransferExport, Path: target}
+	f.setRecords(t, func(r *store.Records) {
+		r.Disks["importing"].DiskState = api.DiskActiveUpload
+		r.Disks["importing"].Transfer = &store.Transfer{Kind: api.TransferImport, Path: "/x.raw"}
+		r.Disks["exporting"].DiskState = api.DiskActiveSAS
+		r.Disks["exporting"].Transfer = &store.Transfer{Kind: api.TransferExport, Path: target}
+	})
 	require.NoError(t, os.WriteFile(exportTemp(target)+"123", []byte("partial plaintext"), 0o600))
 	require.NoError(t, os.WriteFile(filepath.Join(filepath.Dir(target), "other"), nil, 0o600))
-	require.NoError(t, f.h.save())
-	f.h.mu.Unlock()
-	_, err = f.h.CreateVM(ctx, CreateVMRequest{Name: "vm1", OsDisk: "exporting"})
+	_, err = f.h.CreateVM(ctx, api.CreateVMRequest{Name: "vm1", OsDisk: "exporting"})
 	requireCode(t, err, http.StatusConflict)
 
 	f.restart(t, false)
@@ -262,13 +264,12 @@ func TestTransferRecoveryAfterCrash(t *testing.T) {
 	require.Empty(t, left)
 	d, err := f.h.ShowDisk("exporting")
 	require.NoError(t, err)
-	require.Equal(t, DiskUnattached, d.DiskState)
+	require.Equal(t, api.DiskUnattached, d.DiskState)
 	require.Nil(t, d.Transfer)
 	left, err = filepath.Glob(filepath.Join(filepath.Dir(target), "*"))
 	require.NoError(t, err)
 	require.Equal(t, []string{filepath.Join(filepath.Dir(target), "other")}, left, "the partial export is removed, nothing else")
-	_, err = f.h.CreateVM(ctx, CreateVMRequest{Name: "vm1", OsDisk: "exporting"})
-	require.NoError(t, err)
+	f.mustVM(t, api.CreateVMRequest{Name: "vm1", OsDisk: "exporting"})
 }
 
 func TestTransferOverTheAPI(t *testing.T) {
@@ -279,26 +280,26 @@ func TestTransferOverTheAPI(t *testing.T) {
 	srv := &http.Server{Handler: Handler(f.h)}
 	go srv.Serve(l)
 	t.Cleanup(func() { srv.Close() })
-	c := NewClient(sock)
+	c := api.NewClient(sock)
 	ctx := context.Background()
 	src, want := sampleImage(t)
 
-	var last Progress
-	d, err := c.Transfer(ctx, "/disks/import", ImportDiskRequest{CreateDiskRequest: CreateDiskRequest{Name: "api"}, Source: src},
-		func(p Progress) { last = p })
+	var last api.Progress
+	d, err := c.ImportDisk(ctx, api.ImportDiskRequest{CreateDiskRequest: api.CreateDiskRequest{Name: "api"}, Source: src},
+		func(p api.Progress) { last = p })
 	require.NoError(t, err)
 	require.Equal(t, "api", d.Name)
 	require.Equal(t, int64(len(want)), last.Done)
 
-	_, err = c.Transfer(ctx, "/disks/import", ImportDiskRequest{CreateDiskRequest: CreateDiskRequest{Name: "api"}, Source: src}, nil)
+	_, err = c.ImportDisk(ctx, api.ImportDiskRequest{CreateDiskRequest: api.CreateDiskRequest{Name: "api"}, Source: src}, nil)
 	requireCode(t, err, http.StatusConflict)
-	_, err = c.Transfer(ctx, "/disks/import", map[string]any{"name": "x", "source": src, "sourceFormat": "raw"}, nil)
+	_, err = c.Transfer(ctx, api.RouteImportDisk, map[string]any{"name": "x", "source": src, "sourceFormat": "raw"}, nil)
 	requireCode(t, err, http.StatusBadRequest)
 
 	out := filepath.Join(t.TempDir(), "out.raw")
-	d, err = c.Transfer(ctx, "/disks/api/export", ExportDiskRequest{Target: out}, nil)
+	d, err = c.ExportDisk(ctx, "api", api.ExportDiskRequest{Target: out}, nil)
 	require.NoError(t, err)
-	require.Equal(t, DiskUnattached, d.DiskState)
+	require.Equal(t, api.DiskUnattached, d.DiskState)
 	got, err := os.ReadFile(out)
 	require.NoError(t, err)
 	require.True(t, bytes.Equal(want, got))
@@ -310,30 +311,29 @@ func TestExportOfStoppedVMDisk(t *testing.T) {
 	f := newFixture(t)
 	ctx := context.Background()
 	src, want := sampleImage(t)
-	_, err := f.h.ImportDisk(ctx, ImportDiskRequest{CreateDiskRequest: CreateDiskRequest{Name: "d1"}, Source: src}, nil)
+	_, err := f.h.ImportDisk(ctx, api.ImportDiskRequest{CreateDiskRequest: api.CreateDiskRequest{Name: "d1"}, Source: src}, nil)
 	require.NoError(t, err)
-	_, err = f.h.CreateVM(ctx, CreateVMRequest{Name: "vm1", OsDiskSizeBytes: 8 << 20, DataDisks: []AttachedDisk{{Name: "d1"}}})
-	require.NoError(t, err)
+	f.mustVM(t, api.CreateVMRequest{Name: "vm1", OsDiskSizeBytes: 8 << 20, DataDisks: []api.AttachedDisk{{Name: "d1"}}})
 	_, err = f.h.StopVM(ctx, "vm1", "")
 	require.NoError(t, err)
 
 	out := filepath.Join(t.TempDir(), "out.raw")
 	checked := false
-	_, err = f.h.ExportDisk(ctx, "d1", ExportDiskRequest{Target: out}, func(Progress) {
+	_, err = f.h.ExportDisk(ctx, "d1", api.ExportDiskRequest{Target: out}, func(api.Progress) {
 		if checked {
 			return
 		}
 		checked = true
 		d, err := f.h.ShowDisk("d1")
 		require.NoError(t, err)
-		require.Equal(t, DiskActiveSAS, d.DiskState)
+		require.Equal(t, api.DiskActiveSAS, d.DiskState)
 		_, err = f.h.StartVM(ctx, "vm1")
 		requireCode(t, err, http.StatusConflict)
 		_, err = f.h.DetachDisk(ctx, "vm1", "d1")
 		require.NoError(t, err)
-		_, err = f.h.CreateVM(ctx, CreateVMRequest{Name: "vm2", OsDiskSizeBytes: 8 << 20, DataDisks: []AttachedDisk{{Name: "d1"}}})
+		_, err = f.h.CreateVM(ctx, api.CreateVMRequest{Name: "vm2", OsDiskSizeBytes: 8 << 20, DataDisks: []api.AttachedDisk{{Name: "d1"}}})
 		requireCode(t, err, http.StatusConflict)
-		_, err = f.h.ExportDisk(ctx, "d1", ExportDiskRequest{Target: out + "2"}, nil)
+		_, err = f.h.ExportDisk(ctx, "d1", api.ExportDiskRequest{Target: out + "2"}, nil)
 		requireCode(t, err, http.StatusConflict)
 	})
 	require.NoError(t, err)
@@ -343,11 +343,11 @@ func TestExportOfStoppedVMDisk(t *testing.T) {
 	require.True(t, bytes.Equal(want, got))
 	d, err := f.h.ShowDisk("d1")
 	require.NoError(t, err)
-	require.Equal(t, DiskUnattached, d.DiskState, "detached during the export")
+	require.Equal(t, api.DiskUnattached, d.DiskState, "detached during the export")
 	require.Nil(t, d.Transfer)
 	require.Equal(t, []string{"vm1"}, func() []string {
 		var n []string
-		for _, v := range f.h.ListVMs() {
+		for _, v := range f.vms(t) {
 			n = append(n, v.Name)
 		}
 		return n

@@ -1722,19 +1722,30 @@ func (d *Disk) Resize(ctx context.Context, size int64) error {
 	// failed write leaves the disk as it was, on storage and in memory.
 	top := newTopFor(d.chunkCount(size))
 	// The stored metadata, not the copy read at open: a Rewrap since
-	// then changed the wraps, and writing the old ones back would undo it.
-	metaMu.Lock()
-	defer metaMu.Unlock()
-	m, err := ReadMetadata(ctx, d.be, d.prefix)
-	if err != nil {
-		return err
-	}
-	if m.VolumeID != d.meta.VolumeID {
-		return fmt.Errorf("disk %s: the stored metadata is of another volume (%s, opened as %s)", d.prefix, m.VolumeID, d.meta.VolumeID)
-	}
-	m.Size = size
-	if err := writeMetadata(ctx, d.be, d.prefix, m); err != nil {
-		return err
+	// then changed the wraps, and writing the old ones back would undo it;
+	// written back by compare-and-swap, so that a Rewrap racing this one
+	// is not undone either.
+	var m *Metadata
+	for attempt := 1; ; attempt++ {
+		var v storage.Version
+		var err error
+		if m, v, err = readMetadataVersion(ctx, d.be, d.prefix); err != nil {
+			return err
+		}
+		if m.VolumeID != d.meta.VolumeID {
+			return fmt.Errorf("disk %s: the stored metadata is of another volume (%s, opened as %s)", d.prefix, m.VolumeID, d.meta.VolumeID)
+		}
+		m.Size = size
+		_, err = writeMetadataIf(ctx, d.be, d.prefix, m, v)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, storage.ErrConflict) || attempt >= casRetries {
+			return err
+		}
+		if err := casBackoff(ctx, attempt); err != nil {
+			return err
+		}
 	}
 	d.meta = m
 	d.table.grow(top) // before the size: no I/O reaches a chunk the table has no room for

@@ -219,6 +219,14 @@ func (f *failingMeta) WriteMeta(ctx context.Context, key string, data []byte) er
 	return f.Backend.WriteMeta(ctx, key, data)
 }
 
+func (f *failingMeta) WriteMetaIf(ctx context.Context, key string, data []byte, v storage.Version) (storage.Version, error) {
+	f.calls++
+	if f.calls > f.failAfter {
+		return storage.NoVersion, errInjected
+	}
+	return f.Backend.WriteMetaIf(ctx, key, data, v)
+}
+
 // failingDelete fails every Delete.
 type failingDelete struct{ storage.Backend }
 

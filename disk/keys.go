@@ -235,9 +235,23 @@ func unwrapLayer(ctx context.Context, l LayerMeta, vol []byte, u KeyUnwrapper) (
 // removed, so a crash at any point leaves at least one working wrap. Data is
 // never touched. It works whether or not the disk is open.
 func Rewrap(ctx context.Context, be storage.Backend, prefix string, layer int, u KeyUnwrapper, w KeyWrapper) (WrappedKey, error) {
-	metaMu.Lock()
-	defer metaMu.Unlock()
-	m, err := ReadMetadata(ctx, be, prefix)
+	for attempt := 1; ; attempt++ {
+		nw, err := rewrap(ctx, be, prefix, layer, u, w)
+		if errors.Is(err, storage.ErrConflict) && attempt < casRetries {
+			// Another writer changed the metadata: from the top.
+			if err := casBackoff(ctx, attempt); err != nil {
+				return WrappedKey{}, err
+			}
+			continue
+		}
+		return nw, err
+	}
+}
+
+// rewrap is one attempt of Rewrap; each of its writes is a compare-and-swap
+// on the value it read.
+func rewrap(ctx context.Context, be storage.Backend, prefix string, layer int, u KeyUnwrapper, w KeyWrapper) (WrappedKey, error) {
+	m, v, err := readMetadataVersion(ctx, be, prefix)
 	if err != nil {
 		return WrappedKey{}, err
 	}
@@ -260,12 +274,13 @@ func Rewrap(ctx context.Context, be storage.Backend, prefix string, layer int, u
 	}
 	// Step 1: new wrap first, old ones kept.
 	l.WrappedKeys = append([]WrappedKey{nw}, l.WrappedKeys...)
-	if err := writeMetadata(ctx, be, prefix, m); err != nil {
+	if v, err = writeMetadataIf(ctx, be, prefix, m, v); err != nil {
 		return WrappedKey{}, err
 	}
-	// Step 2: only the new wrap.
+	// Step 2: only the new wrap. A conflict here leaves the new wrap
+	// beside the old; the next attempt adds another and drops both.
 	l.WrappedKeys = l.WrappedKeys[:1]
-	if err := writeMetadata(ctx, be, prefix, m); err != nil {
+	if _, err := writeMetadataIf(ctx, be, prefix, m, v); err != nil {
 		return WrappedKey{}, err
 	}
 	return nw, nil

@@ -6,7 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"sync"
+	mathrand "math/rand/v2"
 	"time"
 
 	"hostcrypt/storage"
@@ -62,13 +62,25 @@ func chunkKey(prefix string, idx int64) string {
 
 // ReadMetadata loads and checks the metadata of the disk stored under prefix.
 func ReadMetadata(ctx context.Context, be storage.Backend, prefix string) (*Metadata, error) {
-	raw, err := be.ReadMeta(ctx, metaKey(prefix))
+	m, _, err := readMetadataVersion(ctx, be, prefix)
+	return m, err
+}
+
+// readMetadataVersion is ReadMetadata with the stored object's version, for
+// a change written back by compare-and-swap (writeMetadataIf).
+func readMetadataVersion(ctx context.Context, be storage.Backend, prefix string) (*Metadata, storage.Version, error) {
+	raw, v, err := be.ReadMetaVersion(ctx, metaKey(prefix))
 	if err != nil {
 		if errors.Is(err, storage.ErrNotFound) {
-			return nil, fmt.Errorf("disk %s: %w", prefix, ErrNotFound)
+			return nil, v, fmt.Errorf("disk %s: %w", prefix, ErrNotFound)
 		}
-		return nil, fmt.Errorf("disk %s: reading metadata: %w", prefix, err)
+		return nil, v, fmt.Errorf("disk %s: reading metadata: %w", prefix, err)
 	}
+	m, err := parseMetadata(prefix, raw)
+	return m, v, err
+}
+
+func parseMetadata(prefix string, raw []byte) (*Metadata, error) {
 	var m Metadata
 	if err := json.Unmarshal(raw, &m); err != nil {
 		return nil, fmt.Errorf("disk %s: metadata is not valid JSON: %w", prefix, err)
@@ -82,16 +94,8 @@ func ReadMetadata(ctx context.Context, be storage.Backend, prefix string) (*Meta
 	return &m, nil
 }
 
-// metaMu serialises the changes of a stored metadata object that read it,
-// change it and write it back (Rewrap, Resize), so that neither writes
-// back what the other has just replaced.
-var metaMu sync.Mutex
-
 func writeMetadata(ctx context.Context, be storage.Backend, prefix string, m *Metadata) error {
-	if err := m.validate(); err != nil {
-		return err
-	}
-	raw, err := json.MarshalIndent(m, "", "  ")
+	raw, err := marshalMetadata(m)
 	if err != nil {
 		return err
 	}
@@ -99,6 +103,47 @@ func writeMetadata(ctx context.Context, be storage.Backend, prefix string, m *Me
 		return fmt.Errorf("disk %s: writing metadata: %w", prefix, err)
 	}
 	return nil
+}
+
+// writeMetadataIf writes m back only if the stored object is still at
+// version v, as read: a change that reads the metadata, changes it and
+// writes it back (Rewrap, Resize) never writes back what another writer, in
+// this process or another, has just replaced. On ErrConflict it reads again
+// and retries (casRetries times at most).
+func writeMetadataIf(ctx context.Context, be storage.Backend, prefix string, m *Metadata, v storage.Version) (storage.Version, error) {
+	raw, err := marshalMetadata(m)
+	if err != nil {
+		return storage.NoVersion, err
+	}
+	nv, err := be.WriteMetaIf(ctx, metaKey(prefix), raw, v)
+	if err != nil {
+		return nv, fmt.Errorf("disk %s: writing metadata: %w", prefix, err)
+	}
+	return nv, nil
+}
+
+// casRetries bounds how often a change of the metadata starts again after
+// another writer's change came first.
+const casRetries = 64
+
+// casBackoff waits a little, at random, before attempt (counted from 1)
+// starts again, so that writers that keep meeting spread out.
+func casBackoff(ctx context.Context, attempt int) error {
+	t := time.NewTimer(time.Duration(mathrand.Int64N(int64(attempt)*int64(time.Millisecond) + 1)))
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
+
+func marshalMetadata(m *Metadata) ([]byte, error) {
+	if err := m.validate(); err != nil {
+		return nil, err
+	}
+	return json.MarshalIndent(m, "", "  ")
 }
 
 func (m *Metadata) validate() error {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"hostcrypt/internal/testenv"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -15,25 +16,11 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// requireFUSE skips a mounted test on a machine without FUSE, except in CI,
-// where a mount that cannot be made must fail the test.
-func requireFUSE(t testing.TB) {
-	t.Helper()
-	if os.Getenv("CI") != "" {
-		return
-	}
-	if _, err := os.Stat("/dev/fuse"); err != nil {
-		t.Skip("no /dev/fuse on this machine")
-	}
-}
-
-// requireRoot skips tests that need root (loop devices, mount(2)) unless in CI.
-func requireRoot(t testing.TB) {
-	t.Helper()
-	if os.Geteuid() != 0 && os.Getenv("CI") == "" {
-		t.Skip("needs root")
-	}
-}
+// The machine rules are package testenv's.
+var (
+	requireFUSE = testenv.RequireFUSE
+	requireRoot = testenv.RequireRoot
+)
 
 // requireTool skips when a command is missing, except in CI.
 func requireTool(t testing.TB, name string) {

@@ -1,17 +1,16 @@
 package hostd
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"hostcrypt/internal/testenv"
 	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -156,23 +155,6 @@ func TestLinkedHostCacheDirIsRefused(t *testing.T) {
 	require.Empty(t, entries)
 }
 
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // TestPlantedLinkAtChunk is the attack end to end: a link planted at a
 // stopped VM's chunk, pointing out of the storage directory at a missing,
 // an empty or a non-empty file. Starting the VM and reading and writing
@@ -192,7 +174,7 @@ func TestPlantedLinkAtChunk(t *testing.T) {
 	} {
 		t.Run(target.name, func(t *testing.T) {
 			cfg := daemonConfig(t.TempDir(), ksURL, ksDir)
-			logs := &syncBuffer{}
+			logs := &testenv.Buffer{}
 			cfg.Log = slog.New(slog.NewTextHandler(logs, nil))
 			// The disk engine logs to the default logger.
 			prev := slog.Default()

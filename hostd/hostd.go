@@ -22,13 +22,10 @@ import (
 
 	"hostcrypt/control"
 	hfs "hostcrypt/fs"
+	"hostcrypt/keystore/hostkeys"
 	"hostcrypt/storage/local"
 	"hostcrypt/storage/location"
 )
-
-// DefaultCacheSize is each attached disk's host cache bound when
-// --cache-size is not given.
-const DefaultCacheSize = 256 << 20
 
 // DefaultFlushInterval is how often VM disks sync by themselves unless
 // --flush-interval says otherwise: the engine's own default.
@@ -60,7 +57,10 @@ type Config struct {
 	DEKLease      time.Duration
 	Rotation      time.Duration
 	OnKeyExpiry   string
-	Log           *slog.Logger
+	// KeystoreTimeout bounds every call to the key store (default
+	// keys.DefaultTimeout).
+	KeystoreTimeout time.Duration
+	Log             *slog.Logger
 	// WrapStorage, if set, wraps the storage backend before anything uses
 	// it. A test hook, as control.Config.DESLimit is: no flag sets it, so
 	// only a test running the daemon in-process can, to put a
@@ -78,13 +78,13 @@ func (c *Config) check() error {
 		}
 	}
 	if c.CacheSize == 0 {
-		c.CacheSize = DefaultCacheSize
+		c.CacheSize = control.DefaultCacheBytes
 	}
 	if c.CacheSize < cache.MinBytes {
 		return fmt.Errorf("--cache-size %d bytes is too small: a disk's host cache needs at least %d bytes (1M)", c.CacheSize, cache.MinBytes)
 	}
-	if c.OnKeyExpiry != "" && c.OnKeyExpiry != "shutdown" && c.OnKeyExpiry != "next-start" {
-		return fmt.Errorf("--on-key-expiry %q: use shutdown or next-start", c.OnKeyExpiry)
+	if c.OnKeyExpiry != "" && c.OnKeyExpiry != control.ExpiryShutdown && c.OnKeyExpiry != control.ExpiryNextStart {
+		return fmt.Errorf("--on-key-expiry %q: use %s or %s", c.OnKeyExpiry, control.ExpiryShutdown, control.ExpiryNextStart)
 	}
 	if c.Socket == "" {
 		c.Socket = filepath.Join(c.StateDir, "hostcryptd.sock")
@@ -95,17 +95,8 @@ func (c *Config) check() error {
 	if c.FlushInterval < time.Second || c.FlushInterval > 10*time.Minute {
 		return fmt.Errorf("--flush-interval %v: use 1s to 10m (a guest's own flush always syncs at once)", c.FlushInterval)
 	}
-	if c.KeyCheck <= 0 {
-		c.KeyCheck = time.Minute
-	}
-	if c.DEKLease <= 0 {
-		c.DEKLease = time.Hour
-	}
-	if c.Rotation <= 0 {
-		c.Rotation = time.Hour
-	}
-	if c.OnKeyExpiry == "" {
-		c.OnKeyExpiry = "shutdown"
+	if c.KeystoreTimeout != 0 && (c.KeystoreTimeout < time.Second || c.KeystoreTimeout > 10*time.Minute) {
+		return fmt.Errorf("--keystore-timeout %v: use 1s to 10m", c.KeystoreTimeout)
 	}
 	if c.Log == nil {
 		c.Log = slog.Default()
@@ -176,10 +167,11 @@ func Run(ctx context.Context, cfg Config, ready func()) (err error) {
 			return err
 		}
 	}
-	keys, err := connectKeys(ctx, cfg)
+	keys, err := hostkeys.Connect(ctx, hostkeys.Config{URL: cfg.KeystoreURL, CA: cfg.KeystoreCA, TokenFile: cfg.TokenFile, Timeout: cfg.KeystoreTimeout})
 	if err != nil {
 		return err
 	}
+	defer keys.Close()
 	// A directory, or a rados:// location in a build with the ceph tag.
 	lb, err := location.Open(ctx, cfg.StorageDir)
 	if err != nil {
@@ -208,22 +200,27 @@ func Run(ctx context.Context, cfg Config, ready func()) (err error) {
 		}
 	}()
 	host, err := control.New(control.Config{
-		StateDir: cfg.StateDir, Storage: sb, HostLocal: hb, Keys: keys, Tree: tree, Log: log, DEKLease: cfg.DEKLease,
+		StateDir: cfg.StateDir, Storage: sb, HostLocal: hb, Keys: keys, Tree: tree, Log: log,
 		CacheDir: cacheDir, CacheSize: cfg.CacheSize, FlushInterval: cfg.FlushInterval,
+		DEKLease: cfg.DEKLease, KeyCheckInterval: cfg.KeyCheck, RotationInterval: cfg.Rotation, OnKeyExpiry: cfg.OnKeyExpiry,
 	})
 	if err != nil {
 		return err
 	}
 	host.Recover(ctx)
 
-	// Key-state enforcement: a periodic check, woken at once by key events.
+	// Key-state enforcement: a periodic check, woken at once by key
+	// events, and rotation.
 	mctx, stopMonitor := context.WithCancel(ctx)
-	defer stopMonitor()
-	wake := make(chan struct{}, 1)
-	rotateWake := make(chan struct{}, 1)
-	go keys.watchEvents(mctx, []chan<- struct{}{wake, rotateWake}, log)
-	go host.MonitorKeys(mctx, control.MonitorConfig{Interval: cfg.KeyCheck, Lease: cfg.DEKLease, OnExpiry: cfg.OnKeyExpiry}, wake)
-	go host.RotateLoop(mctx, cfg.Rotation, rotateWake)
+	enforced := make(chan struct{})
+	go func() {
+		defer close(enforced)
+		host.Run(mctx)
+	}()
+	defer func() {
+		stopMonitor()
+		<-enforced
+	}()
 
 	l, err := control.Listen(cfg.Socket)
 	if err != nil {

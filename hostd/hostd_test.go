@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"hostcrypt/internal/testenv"
 	"log/slog"
 	"os"
 	"os/exec"
@@ -15,63 +16,26 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"hostcrypt/control/api"
-	"hostcrypt/keystore/server"
+	"hostcrypt/keystore/hostkeys"
 )
 
-func requireFUSE(t *testing.T) {
-	t.Helper()
-	_, err := os.Stat("/dev/fuse")
-	if (err != nil || os.Getuid() != 0) && os.Getenv("CI") == "" {
-		t.Skip("needs root and /dev/fuse")
-	}
-}
+// requireFUSE: the daemon mounts, as root (package testenv).
+var requireFUSE = testenv.RequireDaemonMount
 
 // TestRunServesImages starts the daemon in-process against a real key store
 // over TLS, creates a VM through the control socket, writes its image from
 // another process and reads it back after a restart.
 func TestRunServesImages(t *testing.T) {
 	requireFUSE(t)
-	ksDir := t.TempDir()
-	ks, err := server.Open(server.Config{Dir: ksDir, Listen: "127.0.0.1:0"})
-	require.NoError(t, err)
-	go ks.Serve()
-	t.Cleanup(func() { ks.Shutdown(context.Background()) })
-
-	root := t.TempDir()
-	cfg := Config{
-		StateDir: filepath.Join(root, "state"), StorageDir: filepath.Join(root, "storage"),
-		HostDir: filepath.Join(root, "host"), MountDir: filepath.Join(root, "mnt"),
-		KeystoreURL: ks.BaseURL(), KeystoreCA: filepath.Join(ksDir, "ca.pem"), TokenFile: filepath.Join(ksDir, "platform.token"),
-	}
+	ksURL, ksDir := startKeystore(t)
+	cfg := daemonConfig(t.TempDir(), ksURL, ksDir)
 	cfg.Socket = filepath.Join(cfg.StateDir, "hostcryptd.sock")
-	// start runs the daemon; the returned stop is idempotent and returns
-	// Run's result.
-	start := func() (stop func() error) {
-		ctx, cancel := context.WithCancel(context.Background())
-		ready := make(chan struct{})
-		done := make(chan struct{})
-		var runErr error
-		go func() { runErr = Run(ctx, cfg, func() { close(ready) }); close(done) }()
-		select {
-		case <-ready:
-		case <-done:
-			t.Fatalf("hostcryptd did not start: %v", runErr)
-		case <-time.After(30 * time.Second):
-			t.Fatal("hostcryptd did not get ready")
-		}
-		stop = func() error {
-			cancel()
-			<-done
-			return runErr
-		}
-		t.Cleanup(func() { stop() })
-		return stop
-	}
+	start := func() (stop func() error) { return runDaemon(t, cfg) }
 	stop := start()
 	c := api.NewClient(cfg.Socket)
 	ctx := context.Background()
-	var vm api.VM
-	require.NoError(t, c.Do(ctx, "POST", "/vms", api.CreateVMRequest{Name: "vm1", OsDiskSizeBytes: 16 << 20, TempDiskSize: 8 << 20}, &vm))
+	vm, err := c.CreateVM(ctx, api.CreateVMRequest{Name: "vm1", OsDiskSizeBytes: 16 << 20, TempDiskSize: 8 << 20})
+	require.NoError(t, err)
 	require.Equal(t, api.PowerRunning, vm.PowerState)
 
 	img := filepath.Join(cfg.MountDir, "vm1", "os.img")
@@ -82,9 +46,9 @@ func TestRunServesImages(t *testing.T) {
 	out, err := exec.Command("dd", "if="+src, "of="+img, "bs=64k", "seek=1", "conv=notrunc,fsync", "oflag=direct", "status=none").CombinedOutput()
 	require.NoError(t, err, string(out))
 
-	var d api.Disk
-	require.NoError(t, c.Do(ctx, "GET", "/disks/vm1_OsDisk", nil, &d))
-	require.Contains(t, d.KeyID, "/vaults/platform/keys/"+platformKeyName+"/", "the data key is wrapped by a versioned platform key")
+	d, err := c.ShowDisk(ctx, "vm1_OsDisk")
+	require.NoError(t, err)
+	require.Contains(t, d.KeyID, "/vaults/platform/keys/"+hostkeys.PlatformKeyName+"/", "the data key is wrapped by a versioned platform key")
 
 	// A clean stop unmounts; a restart brings the VM back running.
 	require.NoError(t, stop())
@@ -122,6 +86,12 @@ func TestRunRefusesBadSetups(t *testing.T) {
 	cfg = base
 	cfg.OnKeyExpiry = "later"
 	require.ErrorContains(t, Run(context.Background(), cfg, nil), "--on-key-expiry")
+
+	for _, d := range []time.Duration{-time.Second, time.Millisecond, time.Hour} {
+		cfg = base
+		cfg.KeystoreTimeout = d
+		require.ErrorContains(t, Run(context.Background(), cfg, nil), "--keystore-timeout")
+	}
 
 	// A mount point with files in it is refused.
 	cfg = base

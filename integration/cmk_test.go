@@ -2,6 +2,7 @@ package integration
 
 import (
 	"encoding/json"
+	"hostcrypt/internal/testenv"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -20,13 +21,7 @@ import (
 func TestHostCustomerKeys(t *testing.T) {
 	h := newHost(t, startKeystore(t))
 	h.ok("keyvault", "create", "--name", "vault1")
-	var key struct {
-		Key struct {
-			Kid string `json:"kid"`
-		} `json:"key"`
-	}
-	h.json(&key, "key", "create", "--vault-name", "vault1", "--name", "k1", "--size", "2048")
-	kid := key.Key.Kid
+	kid := h.kid("create", "--vault-name", "vault1", "--name", "k1", "--size", "2048")
 	require.Contains(t, kid, "/vaults/vault1/keys/k1/")
 
 	var des struct {
@@ -181,7 +176,7 @@ func TestHostConvertToDouble(t *testing.T) {
 	}
 	cli := exec.Command(filepath.Join(bins(t), "hostcrypt"), "--host-socket", h.socket(), "disk", "update", "--name", "big",
 		"--encryption-type", "EncryptionAtRestWithPlatformAndCustomerKeys")
-	var stderr syncBuffer
+	var stderr testenv.Buffer
 	cli.Stderr = &stderr
 	require.NoError(t, cli.Start())
 	var c conv

@@ -19,22 +19,17 @@ import (
 func cmkVM(t *testing.T, h *host) (kid, principal string) {
 	t.Helper()
 	h.ok("keyvault", "create", "--name", "vault1")
-	var key struct {
-		Key struct {
-			Kid string `json:"kid"`
-		} `json:"key"`
-	}
-	h.json(&key, "key", "create", "--vault-name", "vault1", "--name", "k1")
+	keyKid := h.kid("create", "--vault-name", "vault1", "--name", "k1")
 	var des struct {
 		Identity struct {
 			PrincipalID string `json:"principalId"`
 		} `json:"identity"`
 	}
-	h.json(&des, "des", "create", "--name", "des1", "--key-url", key.Key.Kid)
+	h.json(&des, "des", "create", "--name", "des1", "--key-url", keyKid)
 	h.ok("keyvault", "set-policy", "--name", "vault1", "--object-id", des.Identity.PrincipalID, "--key-permissions", "get,wrapKey,unwrapKey")
 	h.ok("disk", "create", "--name", "c1", "--size", "16M", "--disk-encryption-set", "des1")
 	h.ok("vm", "create", "--name", "vm1", "--os-disk-size", "8M", "--data-disks", "c1")
-	return key.Key.Kid, des.Identity.PrincipalID
+	return keyKid, des.Identity.PrincipalID
 }
 
 type vmState struct {
@@ -133,7 +128,7 @@ func startFio(t *testing.T, img string) *fioProc {
 	return f
 }
 
-func adminClient(t *testing.T, ks *hostKS) *client.Client {
+func adminClient(t *testing.T, ks *ksProc) *client.Client {
 	c, err := client.New(ks.url, filepath.Join(ks.dir, "ca.pem"), filepath.Join(ks.dir, "admin.token"))
 	require.NoError(t, err)
 	return c

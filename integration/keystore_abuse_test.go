@@ -37,7 +37,7 @@ func dirBytes(t *testing.T, dir string) int64 {
 // a flood of bad tokens; then saves the audit head, verifies the chain
 // through the key store and offline, and finds a line altered on disk.
 func TestKeystoreAbuseAndAuditChain(t *testing.T) {
-	keystored, hostcrypt := ksBinaries(t, false)
+	keystored, hostcrypt := bin(t, "keystored"), bin(t, "hostcrypt")
 	tmp := t.TempDir()
 	dir := filepath.Join(tmp, "ks")
 

@@ -1,5 +1,3 @@
-// Package integration holds end-to-end tests that build and start the real
-// binaries.
 package integration
 
 import (
@@ -52,7 +50,7 @@ func b64(b []byte) string { return base64.RawURLEncoding.EncodeToString(b) }
 // CLI through the issue's acceptance flow, following the event stream with
 // `hostcrypt events` while it runs.
 func TestKeystoreAcceptance(t *testing.T) {
-	keystored, hostcrypt := ksBinaries(t, true)
+	keystored, hostcrypt := bin(t, "keystored"), bin(t, "hostcrypt")
 	dir := filepath.Join(t.TempDir(), "ks")
 	p := startKeystored(t, keystored, dir)
 	admin := p.cli(hostcrypt, filepath.Join(dir, "admin.token"))
@@ -282,7 +280,7 @@ func TestKeystoreAcceptance(t *testing.T) {
 
 // TestKeystoreBadInputCLI: refusals through the CLI are clear, non-zero exits.
 func TestKeystoreBadInputCLI(t *testing.T) {
-	keystored, hostcrypt := ksBinaries(t, false)
+	keystored, hostcrypt := plainKeystored(t), bin(t, "hostcrypt")
 	dir := filepath.Join(t.TempDir(), "ks")
 	p := startKeystored(t, keystored, dir)
 	admin := p.cli(hostcrypt, filepath.Join(dir, "admin.token"))
@@ -313,7 +311,7 @@ func TestKeystoreBadInputCLI(t *testing.T) {
 // a burst of key creations and policy changes; after a restart every
 // acknowledged change is there and the state is readable.
 func TestKeystoreKill9DuringBurst(t *testing.T) {
-	keystored, _ := ksBinaries(t, false)
+	keystored := bin(t, "keystored")
 	dir := filepath.Join(t.TempDir(), "ks")
 	p := startKeystored(t, keystored, dir)
 	admin, err := client.New(p.url, filepath.Join(dir, "ca.pem"), filepath.Join(dir, "admin.token"))
@@ -414,7 +412,7 @@ func TestKeystoreKill9DuringBurst(t *testing.T) {
 // another vault of the same tenant unwraps what the original wrapped; a
 // restore into another tenant is refused.
 func TestKeystorePassphraseBackupRestore(t *testing.T) {
-	keystored, hostcrypt := ksBinaries(t, false)
+	keystored, hostcrypt := bin(t, "keystored"), bin(t, "hostcrypt")
 	tmp := t.TempDir()
 	dir := filepath.Join(tmp, "ks")
 	pass := filepath.Join(tmp, "pass")

@@ -62,14 +62,9 @@ func TestHostRestrictions(t *testing.T) {
 
 	// A set in another location than its key's vault.
 	h.ok("keyvault", "create", "--name", "farvault", "--location", "westeurope")
-	var far struct {
-		Key struct {
-			Kid string `json:"kid"`
-		} `json:"key"`
-	}
-	h.json(&far, "key", "create", "--vault-name", "farvault", "--name", "k2")
-	h.mustRefuse(t, []string{`key vault "farvault" is in location westeurope`, "same location"}, "des", "create", "--name", "des2", "--key-url", far.Key.Kid)
-	h.mustRefuse(t, []string{"same location", "switch to a key of a vault in local"}, "des", "update", "--name", "des1", "--key-url", far.Key.Kid)
+	farKid := h.kid("create", "--vault-name", "farvault", "--name", "k2")
+	h.mustRefuse(t, []string{`key vault "farvault" is in location westeurope`, "same location"}, "des", "create", "--name", "des2", "--key-url", farKid)
+	h.mustRefuse(t, []string{"same location", "switch to a key of a vault in local"}, "des", "update", "--name", "des1", "--key-url", farKid)
 	h.mustRefuse(t, []string{`the vault "novault"`, "does not exist"}, "des", "create", "--name", "des2", "--key-url", strings.Replace(kid, "/vault1/", "/novault/", 1))
 	require.Equal(t, "des1", listNames("des", "list"))
 	var des struct {
@@ -80,7 +75,7 @@ func TestHostRestrictions(t *testing.T) {
 	h.json(&des, "des", "show", "--name", "des1")
 	require.Equal(t, kid, des.ActiveKey.KeyURL)
 	var d2 placedJSON
-	h.json(&d2, "des", "create", "--name", "des2", "--key-url", far.Key.Kid, "--location", "westeurope", "--resource-group", "keys")
+	h.json(&d2, "des", "create", "--name", "des2", "--key-url", farKid, "--location", "westeurope", "--resource-group", "keys")
 	require.Equal(t, "westeurope", d2.Location)
 	require.Contains(t, d2.ID, "/resourceGroups/keys/providers/Microsoft.Compute/diskEncryptionSets/des2")
 

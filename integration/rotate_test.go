@@ -42,13 +42,7 @@ func TestHostKeyRotation(t *testing.T) {
 		close(done)
 	}()
 	time.Sleep(time.Second)
-	var rotated struct {
-		Key struct {
-			Kid string `json:"kid"`
-		} `json:"key"`
-	}
-	h.json(&rotated, "key", "rotate", "--vault-name", "vault1", "--name", "k1")
-	newKid := rotated.Key.Kid
+	newKid := h.kid("rotate", "--vault-name", "vault1", "--name", "k1")
 	require.NotEqual(t, kid, newKid)
 
 	var d diskJSON
@@ -92,15 +86,10 @@ func TestHostKeyRotation(t *testing.T) {
 	require.Positive(t, unwraps)
 
 	// A manual switch to another key.
-	var k2 struct {
-		Key struct {
-			Kid string `json:"kid"`
-		} `json:"key"`
-	}
-	h.json(&k2, "key", "create", "--vault-name", "vault1", "--name", "k2")
-	h.ok("des", "update", "--name", "des1", "--key-url", k2.Key.Kid)
+	k2Kid := h.kid("create", "--vault-name", "vault1", "--name", "k2")
+	h.ok("des", "update", "--name", "des1", "--key-url", k2Kid)
 	h.json(&d, "disk", "show", "--name", "c1")
-	require.Equal(t, k2.Key.Kid, d.KeyID)
+	require.Equal(t, k2Kid, d.KeyID)
 	h.ok("vm", "stop", "--name", "vm1")
 	h.ok("vm", "start", "--name", "vm1")
 }

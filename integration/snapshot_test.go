@@ -82,17 +82,12 @@ func TestHostSnapshotExt4(t *testing.T) {
 	}
 	h.json(&im, "image", "show", "--name", "img1")
 	require.Equal(t, kid, im.KeyID)
-	var rotated struct {
-		Key struct {
-			Kid string `json:"kid"`
-		} `json:"key"`
-	}
-	h.json(&rotated, "key", "rotate", "--vault-name", "vault1", "--name", "k1")
-	h.ok("des", "update", "--name", "des1", "--key-url", rotated.Key.Kid)
+	rotatedKid := h.kid("rotate", "--vault-name", "vault1", "--name", "k1")
+	h.ok("des", "update", "--name", "des1", "--key-url", rotatedKid)
 	h.json(&s, "snapshot", "show", "--name", "snap1")
-	require.Equal(t, rotated.Key.Kid, s.KeyID)
+	require.Equal(t, rotatedKid, s.KeyID)
 	h.json(&im, "image", "show", "--name", "img1")
-	require.Equal(t, rotated.Key.Kid, im.KeyID)
+	require.Equal(t, rotatedKid, im.KeyID)
 
 	// A disk from the image, after the rotation, still has the files.
 	h.ok("disk", "create", "--name", "fromimage", "--source", "img1")

@@ -116,25 +116,20 @@ func TestHostDiskImportExport(t *testing.T) {
 	qcow := filepath.Join(dir, "src.qcow2")
 	sh(t, "qemu-img convert -f raw -O qcow2 "+src+" "+qcow)
 	h.ok("keyvault", "create", "--name", "vault1")
-	var key struct {
-		Key struct {
-			Kid string `json:"kid"`
-		} `json:"key"`
-	}
-	h.json(&key, "key", "create", "--vault-name", "vault1", "--name", "k1", "--size", "2048")
+	keyKid := h.kid("create", "--vault-name", "vault1", "--name", "k1", "--size", "2048")
 	var des struct {
 		Identity struct {
 			PrincipalID string `json:"principalId"`
 		} `json:"identity"`
 	}
-	desOut, _, code := h.run("-o", "json", "des", "create", "--name", "des1", "--key-url", key.Key.Kid)
+	desOut, _, code := h.run("-o", "json", "des", "create", "--name", "des1", "--key-url", keyKid)
 	require.Equal(t, 0, code)
 	require.NoError(t, json.Unmarshal([]byte(desOut), &des))
 	h.ok("keyvault", "set-policy", "--name", "vault1", "--object-id", des.Identity.PrincipalID, "--key-permissions", "get,wrapKey,unwrapKey")
 
 	h.json(&d, "disk", "import", "--name", "impq", "--source", qcow, "--disk-encryption-set", "des1")
 	require.EqualValues(t, size, d.DiskSizeBytes)
-	require.Equal(t, key.Key.Kid, d.KeyID, "the imported disk is wrapped by the customer key")
+	require.Equal(t, keyKid, d.KeyID, "the imported disk is wrapped by the customer key")
 	require.Less(t, allocated(t, filepath.Join(h.storage, d.StoragePrefix)), int64(5<<20))
 	h.ok("vm", "start", "--name", "vm1")
 	h.ok("vm", "disk", "attach", "--vm-name", "vm1", "--name", "impq")

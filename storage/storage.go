@@ -31,6 +31,10 @@ var (
 	ErrInvalidKey = errors.New("storage: invalid key")
 	// ErrClosed is returned, wrapped, by a Backend method called after Close.
 	ErrClosed = errors.New("storage: backend closed")
+	// ErrConflict is returned, wrapped, by WriteMetaIf when the metadata
+	// object is no longer at the version the caller read: it was written,
+	// created or deleted since.
+	ErrConflict = errors.New("storage: object changed since it was read")
 	// ErrNotRegular is returned, wrapped, when the backing store holds
 	// something at a key's place, or on the way to it, that the backend
 	// did not put there and does not use: for a backend over a directory,
@@ -59,6 +63,13 @@ var (
 //   - Metadata objects are small and replaced whole with WriteMeta. A
 //     reader sees the old or the new value, never a mix, even when the
 //     writer crashes, and the new value is durable when WriteMeta returns.
+//     They can also be changed by compare-and-swap: ReadMetaVersion
+//     returns a value with its Version, and WriteMetaIf replaces it only
+//     if it is still at that version. Of several writers racing from one
+//     version exactly one succeeds; the others get ErrConflict, read
+//     again and retry. What a Version is belongs to the backend (RADOS'
+//     object version; a digest of the content for a directory); callers
+//     only compare it, and NoVersion stands for "no object".
 //
 // A prefix, as taken by List and Usage, is "" for the whole backend or a
 // valid key P, which names the objects whose keys start with P + "/", at
@@ -90,6 +101,16 @@ type Backend interface {
 	// data. The new value is durable when WriteMeta returns nil. WriteMeta
 	// does not keep data.
 	WriteMeta(ctx context.Context, key string, data []byte) error
+	// ReadMetaVersion is ReadMeta that also returns the version of the
+	// value read, for WriteMetaIf.
+	ReadMetaVersion(ctx context.Context, key string) ([]byte, Version, error)
+	// WriteMetaIf replaces the metadata object key with data, as WriteMeta
+	// does, only if it is still at version ifVersion (as ReadMetaVersion
+	// returned it), or, with NoVersion, only if it does not exist; it
+	// returns the new version. Otherwise nothing is written and the error
+	// wraps ErrConflict. A WriteMeta or Delete of the key in between makes
+	// it conflict too.
+	WriteMetaIf(ctx context.Context, key string, data []byte, ifVersion Version) (Version, error)
 	// Delete removes the object key, of either kind, durably, or returns
 	// ErrNotFound. What happens to a chunk of key still open is
 	// backend-defined; callers close it first.
@@ -115,6 +136,13 @@ type Backend interface {
 	// their chunks first.
 	Close() error
 }
+
+// Version identifies one value of a metadata object (see Backend). A
+// backend never gives an object that exists NoVersion.
+type Version uint64
+
+// NoVersion stands for an object that does not exist.
+const NoVersion Version = 0
 
 // A Chunk is random access to one chunk object.
 //

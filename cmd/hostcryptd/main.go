@@ -9,10 +9,11 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
-	"time"
 
 	"github.com/spf13/pflag"
 
+	"hostcrypt/control"
+	"hostcrypt/control/keys"
 	"hostcrypt/hostd"
 	"hostcrypt/internal/nodump"
 	"hostcrypt/internal/units"
@@ -36,11 +37,12 @@ func main() {
 	fl.StringVar(&c.TokenFile, "token-file", "", "file holding the platform bearer token")
 	fl.StringVar(&c.Socket, "socket", "", "control socket (default STATE/hostcryptd.sock)")
 	fl.DurationVar(&c.FlushInterval, "flush-interval", hostd.DefaultFlushInterval, "how often VM disks make their writes durable when the guest does not flush (1s to 10m)")
-	fl.DurationVar(&c.KeyCheck, "key-check-interval", time.Minute, "how often key states are checked")
-	fl.DurationVar(&c.DEKLease, "dek-lease", time.Hour, "how long a data key is used without a successful re-check")
-	fl.DurationVar(&c.Rotation, "rotation-interval", time.Hour, "how often new key versions are looked for")
-	fl.StringVar(&c.OnKeyExpiry, "on-key-expiry", "shutdown", "shutdown|next-start: what an expired key does to a running VM")
-	cacheSize := fl.String("cache-size", "256M", "bound of each attached disk's host cache (ReadOnly/ReadWrite), binary units")
+	fl.DurationVar(&c.KeyCheck, "key-check-interval", control.DefaultKeyCheckInterval, "how often key states are checked")
+	fl.DurationVar(&c.DEKLease, "dek-lease", control.DefaultDEKLease, "how long a data key is used without a successful re-check")
+	fl.DurationVar(&c.Rotation, "rotation-interval", control.DefaultRotationInterval, "how often new key versions are looked for")
+	fl.StringVar(&c.OnKeyExpiry, "on-key-expiry", control.DefaultOnKeyExpiry, control.ExpiryShutdown+"|"+control.ExpiryNextStart+": what an expired key does to a running VM")
+	fl.DurationVar(&c.KeystoreTimeout, "keystore-timeout", keys.DefaultTimeout, "how long a call to the key store may take before it counts as unanswered")
+	cacheSize := fl.String("cache-size", units.FormatSize(control.DefaultCacheBytes), "bound of each attached disk's host cache (ReadOnly/ReadWrite), binary units")
 	fl.DurationVar(&c.StorageLatency, "storage-latency", 0, "latency added to every storage call, as a network to remote storage would (e.g. 1ms)")
 	fl.BoolVar(&c.Debug, "debug", false, "log every FUSE request")
 	fl.StringVar(&c.Pprof, "pprof", "", "serve the Go profiler on this loopback HOST:PORT")

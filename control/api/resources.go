@@ -328,8 +328,9 @@ type ReportEntry struct {
 	// Layer is "storage layer 1", "storage layer 2", "host cache" or
 	// "temp disk".
 	Layer string `json:"layer"`
-	// Location is where the bytes are: storage or host, and the key or
-	// directory there.
+	// Location is where the bytes are, as "storage: KEY" under the
+	// storage root or "host: PATH" under the host directory; empty when
+	// nothing is kept (a disk without a host cache).
 	Location  string `json:"location"`
 	Encrypted bool   `json:"encrypted"`
 	// EncryptedBy is "host" when the bytes leave the host already

@@ -7,6 +7,7 @@ import (
 	"crypto/rsa"
 	"crypto/tls"
 	"crypto/x509"
+	"hostcrypt/internal/testenv"
 	"math/big"
 	"net/http"
 	"os"
@@ -509,7 +510,7 @@ func TestBackupRestoreAndTenants(t *testing.T) {
 // checks that neither they nor an unwrapped key appear in any file under
 // the state directory, in the log, or in an error message.
 func TestImportAndNoSecretsAtRest(t *testing.T) {
-	var logBuf lockedBuffer
+	var logBuf testenv.Buffer
 	e := startEnv(t, func(c *Config) { c.Logger = newTestLogger(&logBuf) })
 	e.vault("impvault", "standard")
 	pk, err := rsa.GenerateKey(rand.Reader, 2048)
@@ -575,7 +576,7 @@ func TestImportAndNoSecretsAtRest(t *testing.T) {
 
 func TestRestartAndPassphrase(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "ks")
-	clock := &fakeClock{now: time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)}
+	clock := testenv.NewClock(time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC))
 	pass := func(p string) envOpt { return func(c *Config) { c.Passphrase = []byte(p) } }
 	e := startEnvIn(t, dir, clock, pass("correct horse"))
 	e.vault("pvault", "standard")

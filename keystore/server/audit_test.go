@@ -1,6 +1,7 @@
 package server
 
 import (
+	"hostcrypt/internal/testenv"
 	"hostcrypt/keystore/api"
 
 	"bytes"
@@ -466,7 +467,7 @@ func TestAuditUpgradeFromUnchainedLog(t *testing.T) {
 	}
 	old.WriteString(`{"seq":8,"time":"2029-12`) // cut short by a crash
 	require.NoError(t, os.WriteFile(filepath.Join(dir, dirAudit, auditchain.Current), old.Bytes(), 0o600))
-	e := startEnvIn(t, dir, &fakeClock{now: time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)})
+	e := startEnvIn(t, dir, testenv.NewClock(time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)))
 	_, err := e.admin.ListVaults(bg)
 	require.NoError(t, err)
 	page, err := e.admin.AuditQuery(bg, client.AuditQuery{})

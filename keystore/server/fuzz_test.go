@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"hostcrypt/internal/testenv"
 	"io"
 	"log/slog"
 	"math"
@@ -130,7 +131,7 @@ type fuzzServer struct {
 // fuzzvault holding an RSA key k.
 func newFuzzServer(f *testing.F) *fuzzServer {
 	dir := filepath.Join(f.TempDir(), "ks")
-	s, err := Open(Config{Dir: dir, Listen: "127.0.0.1:0", Clock: &fakeClock{now: time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)}, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	s, err := Open(Config{Dir: dir, Listen: "127.0.0.1:0", Clock: testenv.NewClock(time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)), Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	require.NoError(f, err)
 	f.Cleanup(func() { s.ln.Close(); s.cancel(); s.closeState() })
 	h := s.http.Handler

@@ -2,12 +2,12 @@ package server
 
 import (
 	"context"
+	"hostcrypt/internal/testenv"
 	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -17,28 +17,11 @@ import (
 	"hostcrypt/keystore/client"
 )
 
-type fakeClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	c.now = c.now.Add(d)
-	c.mu.Unlock()
-}
-
 type env struct {
 	t        testing.TB
 	dir      string
 	s        *Server
-	clock    *fakeClock
+	clock    *testenv.Clock
 	admin    *client.Client
 	platform *client.Client
 	done     chan error
@@ -50,10 +33,10 @@ type envOpt func(*Config)
 func startEnv(t testing.TB, opts ...envOpt) *env {
 	t.Helper()
 	dir := filepath.Join(t.TempDir(), "ks")
-	return startEnvIn(t, dir, &fakeClock{now: time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)}, opts...)
+	return startEnvIn(t, dir, testenv.NewClock(time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)), opts...)
 }
 
-func startEnvIn(t testing.TB, dir string, clock *fakeClock, opts ...envOpt) *env {
+func startEnvIn(t testing.TB, dir string, clock *testenv.Clock, opts ...envOpt) *env {
 	t.Helper()
 	cfg := Config{Dir: dir, Listen: "127.0.0.1:0", Clock: clock, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), TickInterval: time.Hour, WebhookRetryMin: 10 * time.Millisecond}
 	for _, o := range opts {

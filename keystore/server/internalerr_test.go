@@ -3,6 +3,7 @@ package server
 import (
 	"encoding/json"
 	"errors"
+	"hostcrypt/internal/testenv"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -19,7 +20,7 @@ import (
 // An internal failure is answered with an id only; its detail is in the
 // log under that id, and the audit line says it failed.
 func TestInternalErrorAnswersAnID(t *testing.T) {
-	logs := &lockedBuffer{}
+	logs := &testenv.Buffer{}
 	e := startEnv(t, func(c *Config) { c.Logger = newTestLogger(logs) })
 	mux := http.NewServeMux()
 	e.s.handle(mux, "GET /broken", "Broken", func(*call) (any, error) {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/x509"
 	"errors"
+	"hostcrypt/internal/testenv"
 	"hostcrypt/keystore/api"
 	"log/slog"
 	"net"
@@ -177,7 +178,7 @@ func TestWebhookDestinations(t *testing.T) {
 		}
 		return nil, errors.New("no such host")
 	}
-	logs := &syncBuf{}
+	logs := &testenv.Buffer{}
 	p := strconv.Itoa
 	e := startEnv(t, withWebhookAllow(
 		"127.0.0.1:"+p(tlsPort),
@@ -240,7 +241,7 @@ func TestWebhookNoLongerAllowed(t *testing.T) {
 	_, err := e.admin.CreateWebhook(bg, hook+"/h", "")
 	require.NoError(t, err)
 	e.stop()
-	logs := &syncBuf{}
+	logs := &testenv.Buffer{}
 	e2 := startEnvIn(t, e.dir, e.clock, func(c *Config) { c.Logger = slog.New(slog.NewTextHandler(logs, nil)) })
 	_, err = e2.admin.CreateKey(bg, "hookvault", "k", api.KeyCreate{Kty: "RSA"})
 	require.NoError(t, err)
@@ -259,22 +260,4 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-}
-
-// syncBuf is a log sink tests can read while the server writes.
-type syncBuf struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuf) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuf) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

@@ -38,7 +38,8 @@ import (
 type Op uint32
 
 // The calls that can be failed or delayed. Close is never: a test has no
-// use for a close that fails, and a leak would follow.
+// use for a close that fails, and a leak would follow. ReadMetaVersion is a
+// ReadMeta and WriteMetaIf a WriteMeta to the rules.
 const (
 	OpenChunk Op = 1 << iota
 	ReadMeta
@@ -333,6 +334,25 @@ func (b *Backend) WriteMeta(ctx context.Context, key string, data []byte) error 
 		return full(WriteMeta, key)
 	}
 	return b.inner.WriteMeta(ctx, key, data)
+}
+
+// ReadMetaVersion is a ReadMeta to the rules.
+func (b *Backend) ReadMetaVersion(ctx context.Context, key string) ([]byte, storage.Version, error) {
+	if err := b.enter(ctx, ReadMeta, key); err != nil {
+		return nil, storage.NoVersion, err
+	}
+	return b.inner.ReadMetaVersion(ctx, key)
+}
+
+// WriteMetaIf is a WriteMeta to the rules and to a full store.
+func (b *Backend) WriteMetaIf(ctx context.Context, key string, data []byte, ifVersion storage.Version) (storage.Version, error) {
+	if err := b.enter(ctx, WriteMeta, key); err != nil {
+		return storage.NoVersion, err
+	}
+	if b.full.Load() && storage.ValidKey(key) == nil {
+		return storage.NoVersion, full(WriteMeta, key)
+	}
+	return b.inner.WriteMetaIf(ctx, key, data, ifVersion)
 }
 
 func (b *Backend) Delete(ctx context.Context, key string) error {

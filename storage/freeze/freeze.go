@@ -188,6 +188,21 @@ func (b *Backend) WriteMeta(ctx context.Context, key string, data []byte) error 
 	return b.below.WriteMeta(ctx, key, data)
 }
 
+func (b *Backend) ReadMetaVersion(ctx context.Context, key string) ([]byte, storage.Version, error) {
+	return b.below.ReadMetaVersion(ctx, key)
+}
+
+// WriteMetaIf preserves the frozen value first, as WriteMeta does; a
+// conflict below then changes nothing more.
+func (b *Backend) WriteMetaIf(ctx context.Context, key string, data []byte, ifVersion storage.Version) (storage.Version, error) {
+	b.mu.RLock()
+	defer b.mu.RUnlock()
+	if err := b.before(key); err != nil {
+		return storage.NoVersion, err
+	}
+	return b.below.WriteMetaIf(ctx, key, data, ifVersion)
+}
+
 func (b *Backend) Delete(ctx context.Context, key string) error {
 	b.mu.RLock()
 	defer b.mu.RUnlock()

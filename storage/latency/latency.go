@@ -67,6 +67,20 @@ func (l *backend) WriteMeta(ctx context.Context, key string, data []byte) error 
 	return l.b.WriteMeta(ctx, key, data)
 }
 
+func (l *backend) ReadMetaVersion(ctx context.Context, key string) ([]byte, storage.Version, error) {
+	if err := l.wait(ctx); err != nil {
+		return nil, storage.NoVersion, err
+	}
+	return l.b.ReadMetaVersion(ctx, key)
+}
+
+func (l *backend) WriteMetaIf(ctx context.Context, key string, data []byte, ifVersion storage.Version) (storage.Version, error) {
+	if err := l.wait(ctx); err != nil {
+		return storage.NoVersion, err
+	}
+	return l.b.WriteMetaIf(ctx, key, data, ifVersion)
+}
+
 func (l *backend) Delete(ctx context.Context, key string) error {
 	if err := l.wait(ctx); err != nil {
 		return err

@@ -360,7 +360,10 @@ func (b *Backend) WriteMeta(ctx context.Context, key string, data []byte) error 
 		return err
 	}
 	defer b.leave()
-	if err := b.inDir(key, func(dirfd int, name string) error { return writeMeta(dirfd, name, key, data) }); err != nil {
+	write := func(dirfd int, name string) error {
+		return lockedDir(dirfd, func() error { return writeMeta(dirfd, name, key, data) })
+	}
+	if err := b.inDir(key, write); err != nil {
 		return fmt.Errorf("write metadata %s: %w", key, err)
 	}
 	// The rename is durable once the directory is synced. Directories
@@ -448,27 +451,35 @@ func (b *Backend) Delete(ctx context.Context, key string) error {
 		return notFoundErr(key)
 	}
 	defer unix.Close(dirfd)
-	// Only a regular file is an object: a directory is a prefix, and
-	// anything else was not put there by this backend.
-	var st unix.Stat_t
-	if err := unix.Fstatat(dirfd, name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
-		if err == unix.ENOENT {
-			return notFoundErr(key)
+	// Under the directory's lock, as a compare-and-swap is (cas.go): an
+	// unlink between its compare and its rename would be undone.
+	err = lockedDir(dirfd, func() error {
+		// Only a regular file is an object: a directory is a prefix, and
+		// anything else was not put there by this backend.
+		var st unix.Stat_t
+		if err := unix.Fstatat(dirfd, name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+			if err == unix.ENOENT {
+				return notFoundErr(key)
+			}
+			return fmt.Errorf("delete %s: %w", key, err)
 		}
-		return fmt.Errorf("delete %s: %w", key, err)
-	}
-	switch st.Mode & unix.S_IFMT {
-	case unix.S_IFREG:
-	case unix.S_IFDIR:
-		return notFoundErr(key)
-	default:
-		return fmt.Errorf("delete %s: %w", key, notRegular(key, st.Mode, false))
-	}
-	if err := unix.Unlinkat(dirfd, name, 0); err != nil {
-		if err == unix.ENOENT {
+		switch st.Mode & unix.S_IFMT {
+		case unix.S_IFREG:
+		case unix.S_IFDIR:
 			return notFoundErr(key)
+		default:
+			return fmt.Errorf("delete %s: %w", key, notRegular(key, st.Mode, false))
 		}
-		return fmt.Errorf("delete %s: unlink: %w", key, err)
+		if err := unix.Unlinkat(dirfd, name, 0); err != nil {
+			if err == unix.ENOENT {
+				return notFoundErr(key)
+			}
+			return fmt.Errorf("delete %s: unlink: %w", key, err)
+		}
+		return nil
+	})
+	if err != nil {
+		return err
 	}
 	// The unlink is durable once its directory is synced, even if a
 	// concurrent Delete prunes that directory meanwhile.

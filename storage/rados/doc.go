@@ -5,8 +5,8 @@
 // The backend itself needs librados and is built only with the build tags
 // `ceph,pacific` (go-ceph's tag for Ceph 16 "Pacific", as Debian 12 ships
 // it): `make build-ceph`, or `go build -tags ceph,pacific`. Without them this
-// package holds only what callers need to compile against it (Config, the
-// errors and Version), and storage/location tells a user of a rados://
+// package holds only what callers need to compile against it (Config and the
+// errors), and storage/location tells a user of a rados://
 // location what to install.
 //
 // How the contract of package storage maps onto RADOS (docs/RADOS.md has the
@@ -25,10 +25,10 @@
 //     allocation per object.
 //   - Every call is bounded by Config.Timeout (librados' op timeouts) and a
 //     call that runs out reports an error wrapping ErrTimeout.
-//
-// Beyond storage.Backend, the backend offers compare-and-swap on metadata
-// objects through the object version RADOS keeps: ReadMetaVersion and
-// WriteMetaIf.
+//   - Compare-and-swap on metadata objects (ReadMetaVersion, WriteMetaIf)
+//     uses the object version RADOS keeps: a full write with a version
+//     assertion (or an exclusive create), which RADOS applies or refuses
+//     atomically.
 package rados
 
 import (
@@ -81,20 +81,8 @@ func (c *Config) Check() error {
 }
 
 var (
-	// ErrConflict is returned, wrapped, by WriteMetaIf when the object is
-	// not at the version the caller expected: someone else changed,
-	// created or deleted it since the caller read it.
-	ErrConflict = errors.New("rados: object changed since it was read")
 	// ErrTimeout is returned, wrapped, by a call that got no answer from
 	// the cluster within Config.Timeout. A write that timed out may still
 	// land later.
 	ErrTimeout = errors.New("rados: no answer from the cluster in time")
 )
-
-// Version is the version RADOS keeps for an object, which changes with
-// every write to it. NoVersion, given to WriteMetaIf, means "the object must
-// not exist"; an object that exists never has it.
-type Version uint64
-
-// NoVersion stands for an object that does not exist.
-const NoVersion Version = 0

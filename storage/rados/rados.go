@@ -267,9 +267,9 @@ func (b *Backend) WriteMeta(ctx context.Context, key string, data []byte) error 
 
 // ReadMetaVersion is ReadMeta that also returns the version of the value
 // read, for WriteMetaIf.
-func (b *Backend) ReadMetaVersion(ctx context.Context, key string) ([]byte, Version, error) {
+func (b *Backend) ReadMetaVersion(ctx context.Context, key string) ([]byte, storage.Version, error) {
 	if err := b.begin(ctx, key, false); err != nil {
-		return nil, NoVersion, err
+		return nil, storage.NoVersion, err
 	}
 	defer b.leave()
 	// librados reports versions per I/O context, so each versioned call
@@ -277,50 +277,50 @@ func (b *Backend) ReadMetaVersion(ctx context.Context, key string) ([]byte, Vers
 	// come back.
 	io, err := b.privateIOContext()
 	if err != nil {
-		return nil, NoVersion, b.fail("read", key, err)
+		return nil, storage.NoVersion, b.fail("read", key, err)
 	}
 	defer io.Destroy()
 	data, ver, err := readWhole(io, key, make([]byte, metaGuess))
 	if err != nil {
-		return nil, NoVersion, b.fail("read", key, err)
+		return nil, storage.NoVersion, b.fail("read", key, err)
 	}
-	return slices.Clone(data), Version(ver), nil
+	return slices.Clone(data), storage.Version(ver), nil
 }
 
 // WriteMetaIf replaces the object key with data only if it is still at
-// version ifVersion, as ReadMetaVersion returned it, or, with NoVersion,
+// version ifVersion, as ReadMetaVersion returned it, or, with storage.NoVersion,
 // only if it does not exist. It returns the new version. When the object is
 // elsewhere (changed, created or deleted meanwhile) nothing is written and
-// the error wraps ErrConflict; of several callers racing from one version,
+// the error wraps storage.ErrConflict; of several callers racing from one version,
 // exactly one wins.
-func (b *Backend) WriteMetaIf(ctx context.Context, key string, data []byte, ifVersion Version) (Version, error) {
+func (b *Backend) WriteMetaIf(ctx context.Context, key string, data []byte, ifVersion storage.Version) (storage.Version, error) {
 	if err := b.begin(ctx, key, false); err != nil {
-		return NoVersion, err
+		return storage.NoVersion, err
 	}
 	defer b.leave()
 	io, err := b.privateIOContext()
 	if err != nil {
-		return NoVersion, b.fail("write", key, err)
+		return storage.NoVersion, b.fail("write", key, err)
 	}
 	defer io.Destroy()
 	cond := ifAt
-	if ifVersion == NoVersion {
+	if ifVersion == storage.NoVersion {
 		cond = ifAbsent
 	}
 	nv, err := writeFull(io, key, data, cond, uint64(ifVersion))
 	switch {
 	case err == nil:
-		return Version(nv), nil
+		return storage.Version(nv), nil
 	case cond == ifAbsent && errors.Is(err, syscall.EEXIST):
-		return NoVersion, fmt.Errorf("rados write %q: it exists already: %w", key, ErrConflict)
+		return storage.NoVersion, fmt.Errorf("rados write %q: it exists already: %w", key, storage.ErrConflict)
 	// A stale version gives ERANGE (older) or EOVERFLOW (newer), a deleted
 	// object ENOENT.
 	case cond == ifAt && (errors.Is(err, syscall.ERANGE) || errors.Is(err, syscall.EOVERFLOW)):
-		return NoVersion, fmt.Errorf("rados write %q: it is no longer at version %d: %w", key, ifVersion, ErrConflict)
+		return storage.NoVersion, fmt.Errorf("rados write %q: it is no longer at version %d: %w", key, ifVersion, storage.ErrConflict)
 	case cond == ifAt && errors.Is(err, syscall.ENOENT):
-		return NoVersion, fmt.Errorf("rados write %q: it was deleted: %w", key, ErrConflict)
+		return storage.NoVersion, fmt.Errorf("rados write %q: it was deleted: %w", key, storage.ErrConflict)
 	}
-	return NoVersion, b.fail("write", key, err)
+	return storage.NoVersion, b.fail("write", key, err)
 }
 
 func (b *Backend) privateIOContext() (*rados.IOContext, error) {

@@ -238,15 +238,15 @@ func TestCompareAndSwap(t *testing.T) {
 	_, _, err := b.ReadMetaVersion(ctx, "rec")
 	require.ErrorIs(t, err, storage.ErrNotFound)
 	_, err = b.WriteMetaIf(ctx, "rec", []byte("x"), 12345)
-	require.ErrorIs(t, err, rados.ErrConflict, "a version condition on a missing object")
+	require.ErrorIs(t, err, storage.ErrConflict, "a version condition on a missing object")
 	_, err = b.ReadMeta(ctx, "rec")
 	require.ErrorIs(t, err, storage.ErrNotFound, "a failed condition writes nothing")
 
-	v1, err := b.WriteMetaIf(ctx, "rec", []byte("one"), rados.NoVersion)
+	v1, err := b.WriteMetaIf(ctx, "rec", []byte("one"), storage.NoVersion)
 	require.NoError(t, err, "creating a missing object")
-	require.NotEqual(t, rados.NoVersion, v1)
-	_, err = b.WriteMetaIf(ctx, "rec", []byte("again"), rados.NoVersion)
-	require.ErrorIs(t, err, rados.ErrConflict, "creating an object that exists")
+	require.NotEqual(t, storage.NoVersion, v1)
+	_, err = b.WriteMetaIf(ctx, "rec", []byte("again"), storage.NoVersion)
+	require.ErrorIs(t, err, storage.ErrConflict, "creating an object that exists")
 
 	data, v, err := b.ReadMetaVersion(ctx, "rec")
 	require.NoError(t, err)
@@ -257,9 +257,9 @@ func TestCompareAndSwap(t *testing.T) {
 	require.NoError(t, err, "an empty value at the right version")
 	require.NotEqual(t, v1, v2)
 	_, err = b.WriteMetaIf(ctx, "rec", []byte("stale"), v1)
-	require.ErrorIs(t, err, rados.ErrConflict, "an older version")
+	require.ErrorIs(t, err, storage.ErrConflict, "an older version")
 	_, err = b.WriteMetaIf(ctx, "rec", []byte("future"), v2+100)
-	require.ErrorIs(t, err, rados.ErrConflict, "a newer version")
+	require.ErrorIs(t, err, storage.ErrConflict, "a newer version")
 	data, v, err = b.ReadMetaVersion(ctx, "rec")
 	require.NoError(t, err)
 	require.Empty(t, data, "conflicting writes left the value alone")
@@ -268,26 +268,26 @@ func TestCompareAndSwap(t *testing.T) {
 	// A plain WriteMeta moves the version too.
 	require.NoError(t, b.WriteMeta(ctx, "rec", []byte("plain")))
 	_, err = b.WriteMetaIf(ctx, "rec", []byte("stale"), v2)
-	require.ErrorIs(t, err, rados.ErrConflict, "after a plain write")
+	require.ErrorIs(t, err, storage.ErrConflict, "after a plain write")
 
 	// A deleted object conflicts with any version it had.
 	_, v, err = b.ReadMetaVersion(ctx, "rec")
 	require.NoError(t, err)
 	require.NoError(t, b.Delete(ctx, "rec"))
 	_, err = b.WriteMetaIf(ctx, "rec", []byte("resurrect"), v)
-	require.ErrorIs(t, err, rados.ErrConflict, "after a delete")
+	require.ErrorIs(t, err, storage.ErrConflict, "after a delete")
 	_, err = b.ReadMeta(ctx, "rec")
 	require.ErrorIs(t, err, storage.ErrNotFound)
 
 	// A value larger than the first read guess comes back whole.
 	big := random(t, 300*kib)
-	_, err = b.WriteMetaIf(ctx, "big", big, rados.NoVersion)
+	_, err = b.WriteMetaIf(ctx, "big", big, storage.NoVersion)
 	require.NoError(t, err)
 	data, _, err = b.ReadMetaVersion(ctx, "big")
 	require.NoError(t, err)
 	require.True(t, bytes.Equal(big, data))
 
-	_, err = b.WriteMetaIf(ctx, "bad/../key", nil, rados.NoVersion)
+	_, err = b.WriteMetaIf(ctx, "bad/../key", nil, storage.NoVersion)
 	require.ErrorIs(t, err, storage.ErrInvalidKey)
 }
 
@@ -309,7 +309,7 @@ func TestCompareAndSwapRaces(t *testing.T) {
 		errs := make([]error, clients)
 		var wg sync.WaitGroup
 		for i, b := range bs {
-			wg.Go(func() { _, errs[i] = b.WriteMetaIf(ctx, key, []byte(strconv.Itoa(i)), rados.NoVersion) })
+			wg.Go(func() { _, errs[i] = b.WriteMetaIf(ctx, key, []byte(strconv.Itoa(i)), storage.NoVersion) })
 		}
 		wg.Wait()
 		winners := 0
@@ -320,14 +320,14 @@ func TestCompareAndSwapRaces(t *testing.T) {
 				require.NoError(t, err)
 				require.Equal(t, strconv.Itoa(i), string(got), "the value is the winner's")
 			} else {
-				require.ErrorIs(t, err, rados.ErrConflict)
+				require.ErrorIs(t, err, storage.ErrConflict)
 			}
 		}
 		require.Equal(t, 1, winners, "round %d: exactly one create wins", round)
 	}
 
 	const increments = 10
-	_, err := bs[0].WriteMetaIf(ctx, "counter", []byte("0"), rados.NoVersion)
+	_, err := bs[0].WriteMetaIf(ctx, "counter", []byte("0"), storage.NoVersion)
 	require.NoError(t, err)
 	var wg sync.WaitGroup
 	for _, b := range bs {
@@ -346,7 +346,7 @@ func TestCompareAndSwapRaces(t *testing.T) {
 					if err == nil {
 						break
 					}
-					if !assert.ErrorIs(t, err, rados.ErrConflict) {
+					if !assert.ErrorIs(t, err, storage.ErrConflict) {
 						return
 					}
 				}

@@ -65,6 +65,8 @@ func Run(t *testing.T, open func(t *testing.T) storage.Backend, opts ...Options)
 		{"NotFound", s.notFound},
 		{"Meta", s.meta},
 		{"MetaAtomicReplace", s.metaAtomicReplace},
+		{"MetaCompareAndSwap", s.metaCAS},
+		{"MetaCompareAndSwapRace", s.metaCASRace},
 		{"List", s.list},
 		{"ChunkSparse", s.chunkSparse},
 		{"ChunkOffsets", s.chunkOffsets},
@@ -178,6 +180,10 @@ func (s *suite) invalidKeys(t *testing.T) {
 			_, err := b.ReadMeta(ctx, tc.key)
 			check("ReadMeta", err)
 			check("WriteMeta", b.WriteMeta(ctx, tc.key, []byte("x")))
+			_, _, err = b.ReadMetaVersion(ctx, tc.key)
+			check("ReadMetaVersion", err)
+			_, err = b.WriteMetaIf(ctx, tc.key, []byte("x"), storage.NoVersion)
+			check("WriteMetaIf", err)
 			check("Delete", b.Delete(ctx, tc.key))
 			if tc.key != "" { // "" is the whole backend for List and Usage
 				_, err = b.List(ctx, tc.key)
@@ -315,6 +321,119 @@ func (s *suite) metaAtomicReplace(t *testing.T) {
 	keys, err := b.List(ctx, "")
 	require.NoError(t, err)
 	require.Equal(t, []string{"m"}, keys, "no temporary object may show")
+}
+
+// metaCAS checks compare-and-swap on one writer: a write from the version
+// read succeeds and returns the new version; a write from a version no
+// longer current, or to create what exists, or over what was deleted,
+// changes nothing and wraps ErrConflict.
+func (s *suite) metaCAS(t *testing.T) {
+	b := s.backend(t)
+	ctx := t.Context()
+	_, _, err := b.ReadMetaVersion(ctx, "c/rec")
+	require.ErrorIs(t, err, storage.ErrNotFound)
+	v1, err := b.WriteMetaIf(ctx, "c/rec", []byte("one"), storage.NoVersion)
+	require.NoError(t, err, "creating an object that does not exist")
+	require.NotEqual(t, storage.NoVersion, v1)
+	_, err = b.WriteMetaIf(ctx, "c/rec", []byte("again"), storage.NoVersion)
+	require.ErrorIs(t, err, storage.ErrConflict, "creating an object that exists")
+
+	data, v, err := b.ReadMetaVersion(ctx, "c/rec")
+	require.NoError(t, err)
+	require.Equal(t, "one", string(data))
+	require.Equal(t, v1, v, "the version WriteMetaIf returned is the one read")
+	v2, err := b.WriteMetaIf(ctx, "c/rec", []byte("two"), v1)
+	require.NoError(t, err)
+	require.NotEqual(t, v1, v2)
+	_, err = b.WriteMetaIf(ctx, "c/rec", []byte("stale"), v1)
+	require.ErrorIs(t, err, storage.ErrConflict, "a version no longer current")
+	got, err := b.ReadMeta(ctx, "c/rec")
+	require.NoError(t, err)
+	require.Equal(t, "two", string(got), "a conflict writes nothing")
+
+	// A plain write in between makes a compare-and-swap from before it
+	// conflict, and so does a delete.
+	_, v, err = b.ReadMetaVersion(ctx, "c/rec")
+	require.NoError(t, err)
+	require.NoError(t, b.WriteMeta(ctx, "c/rec", []byte("three")))
+	_, err = b.WriteMetaIf(ctx, "c/rec", []byte("lost"), v)
+	require.ErrorIs(t, err, storage.ErrConflict, "after a plain write")
+	_, v, err = b.ReadMetaVersion(ctx, "c/rec")
+	require.NoError(t, err)
+	require.NoError(t, b.Delete(ctx, "c/rec"))
+	_, err = b.WriteMetaIf(ctx, "c/rec", []byte("resurrected"), v)
+	require.ErrorIs(t, err, storage.ErrConflict, "after a delete")
+	_, err = b.ReadMeta(ctx, "c/rec")
+	require.ErrorIs(t, err, storage.ErrNotFound, "a conflict over a deleted object creates nothing")
+
+	// WriteMetaIf must not keep the caller's buffer either.
+	buf := []byte("kept?")
+	_, err = b.WriteMetaIf(ctx, "c/rec", buf, storage.NoVersion)
+	require.NoError(t, err)
+	copy(buf, "XXXXX")
+	got, err = b.ReadMeta(ctx, "c/rec")
+	require.NoError(t, err)
+	require.Equal(t, "kept?", string(got))
+	keys, err := b.List(ctx, "")
+	require.NoError(t, err)
+	require.Equal(t, []string{"c/rec"}, keys, "no temporary object may show")
+}
+
+// metaCASRace checks that of writers racing from one version exactly one
+// wins, and that increments made by compare-and-swap loops are never lost.
+func (s *suite) metaCASRace(t *testing.T) {
+	b := s.backend(t)
+	ctx := t.Context()
+	v0, err := b.WriteMetaIf(ctx, "race", []byte("0"), storage.NoVersion)
+	require.NoError(t, err)
+	const writers = 8
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	wins := 0
+	for w := range writers {
+		wg.Go(func() {
+			_, err := b.WriteMetaIf(ctx, "race", []byte(fmt.Sprintf("w%d", w)), v0)
+			if err == nil {
+				mu.Lock()
+				wins++
+				mu.Unlock()
+				return
+			}
+			assert.ErrorIs(t, err, storage.ErrConflict)
+		})
+	}
+	wg.Wait()
+	require.Equal(t, 1, wins, "exactly one writer from one version wins")
+
+	// A counter incremented by compare-and-swap loops loses nothing.
+	_, err = b.WriteMetaIf(ctx, "counter", []byte("0"), storage.NoVersion)
+	require.NoError(t, err)
+	const each = 10
+	for range 4 {
+		wg.Go(func() {
+			for range each {
+				for {
+					data, v, err := b.ReadMetaVersion(ctx, "counter")
+					if !assert.NoError(t, err) {
+						return
+					}
+					var n int
+					fmt.Sscan(string(data), &n)
+					_, err = b.WriteMetaIf(ctx, "counter", []byte(fmt.Sprint(n+1)), v)
+					if err == nil {
+						break
+					}
+					if !assert.ErrorIs(t, err, storage.ErrConflict) {
+						return
+					}
+				}
+			}
+		})
+	}
+	wg.Wait()
+	got, err := b.ReadMeta(ctx, "counter")
+	require.NoError(t, err)
+	require.Equal(t, fmt.Sprint(4*each), string(got))
 }
 
 func (s *suite) list(t *testing.T) {
@@ -585,6 +704,10 @@ func (s *suite) closed(t *testing.T) {
 	_, err = b.ReadMeta(ctx, "m")
 	require.ErrorIs(t, err, storage.ErrClosed)
 	require.ErrorIs(t, b.WriteMeta(ctx, "m", nil), storage.ErrClosed)
+	_, _, err = b.ReadMetaVersion(ctx, "m")
+	require.ErrorIs(t, err, storage.ErrClosed)
+	_, err = b.WriteMetaIf(ctx, "m", nil, storage.NoVersion)
+	require.ErrorIs(t, err, storage.ErrClosed)
 	require.ErrorIs(t, b.Delete(ctx, "m"), storage.ErrClosed)
 	_, err = b.List(ctx, "")
 	require.ErrorIs(t, err, storage.ErrClosed)
@@ -667,6 +790,10 @@ func (s *suite) foreign(t *testing.T) {
 			_, err := b.ReadMeta(ctx, tc.key)
 			check("ReadMeta", err)
 			check("WriteMeta", b.WriteMeta(ctx, tc.key, []byte("x")))
+			_, _, err = b.ReadMetaVersion(ctx, tc.key)
+			check("ReadMetaVersion", err)
+			_, err = b.WriteMetaIf(ctx, tc.key, []byte("x"), storage.NoVersion)
+			check("WriteMetaIf", err)
 			check("Delete", b.Delete(ctx, tc.key))
 		}
 		for _, prefix := range []string{"", "f", "g", "g/sub"} {

@@ -1,0 +1,300 @@
+// Package hostkeys is the host's key service over the key store: it
+// implements control/keys.Service with the key store's client, as the
+// platform principal for platform keys and as each disk encryption set's
+// identity for customer keys.
+//
+// Every call is bounded by Config.Timeout: a key store that stops
+// answering is reported as unreachable ("the key store at HOST did not
+// answer within 10 s") and never waited on.
+package hostkeys
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	"hostcrypt/control/keys"
+	"hostcrypt/disk"
+	"hostcrypt/keystore/api"
+	"hostcrypt/keystore/client"
+)
+
+// PlatformKeyName is the platform key that wraps the data keys of disks
+// encrypted with platform-managed keys.
+const PlatformKeyName = "disk-encryption"
+
+// tempKeyPrefix names the platform keys of temp disks, one per temp disk.
+const tempKeyPrefix = "temp-disk-"
+
+// Config says where the key store is and how the host authenticates.
+type Config struct {
+	URL       string // https://HOST:PORT
+	CA        string // file of the CA certificate that signed the key store's
+	TokenFile string // file holding the platform's bearer token
+	// Timeout bounds every call (keys.DefaultTimeout if zero).
+	Timeout time.Duration
+}
+
+// Service is the key service of a host.
+type Service struct {
+	c   *client.Client
+	cfg Config
+
+	mu sync.Mutex
+	// as holds one client per identity credential, so that the monitor's
+	// probes and every wrap and unwrap reuse a kept-alive TLS connection
+	// instead of a handshake per call.
+	as map[string]*client.Client
+}
+
+var _ keys.Service = (*Service)(nil)
+
+// Connect connects to the key store as the platform and makes sure the
+// platform key exists. It fails when the key store cannot be reached or its
+// certificate is not signed by the given CA.
+func Connect(ctx context.Context, cfg Config) (*Service, error) {
+	if cfg.Timeout <= 0 {
+		cfg.Timeout = keys.DefaultTimeout
+	}
+	c, err := client.New(cfg.URL, cfg.CA, cfg.TokenFile)
+	if err != nil {
+		return nil, fmt.Errorf("key store %s: %w", cfg.URL, err)
+	}
+	c.SetTimeout(cfg.Timeout)
+	_, err = c.GetKey(ctx, api.PlatformVault, PlatformKeyName, "")
+	if client.IsNotFound(err) {
+		_, err = c.CreatePlatformKey(ctx, PlatformKeyName)
+	}
+	if err != nil {
+		c.Close()
+		if client.IsUnreachable(err) {
+			return nil, fmt.Errorf("cannot reach or trust the key store at %s (check --keystore and --keystore-ca): %w", cfg.URL, err)
+		}
+		return nil, fmt.Errorf("key store %s: preparing the platform key: %w", cfg.URL, err)
+	}
+	return &Service{c: c, cfg: cfg}, nil
+}
+
+// Close releases the connections.
+func (k *Service) Close() {
+	k.c.Close()
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	for _, c := range k.as {
+		c.Close()
+	}
+}
+
+// WrapKey wraps with the current version of the platform key.
+func (k *Service) WrapKey(ctx context.Context, dek []byte) (disk.WrappedKey, error) {
+	kid, wrapped, err := k.c.PlatformWrap(ctx, PlatformKeyName, "", dek)
+	if err != nil {
+		return disk.WrappedKey{}, fmt.Errorf("wrapping with the platform key: %w", err)
+	}
+	return disk.WrappedKey{KeyID: kid, Algorithm: api.A256KWP, Value: wrapped}, nil
+}
+
+// UnwrapKey unwraps a platform wrap.
+func (k *Service) UnwrapKey(ctx context.Context, w disk.WrappedKey) ([]byte, error) {
+	if w.Algorithm != api.A256KWP {
+		return nil, fmt.Errorf("key %s: wrap algorithm %q is not a platform key's", w.KeyID, w.Algorithm)
+	}
+	dek, err := k.c.PlatformUnwrap(ctx, w.KeyID, w.Value)
+	if client.IsNotFound(err) {
+		return nil, fmt.Errorf("unwrapping with %s: %w: %w", w.KeyID, keys.ErrKeyGone, err)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("unwrapping with %s: %w", w.KeyID, denied(err))
+	}
+	return dek, nil
+}
+
+type wrapperFunc func(ctx context.Context, dek []byte) (disk.WrappedKey, error)
+
+func (f wrapperFunc) WrapKey(ctx context.Context, dek []byte) (disk.WrappedKey, error) {
+	return f(ctx, dek)
+}
+
+// TempWrapper creates a platform key for one temp disk and wraps with it.
+func (k *Service) TempWrapper(ctx context.Context) (disk.KeyWrapper, error) {
+	b := make([]byte, 12)
+	rand.Read(b)
+	name := tempKeyPrefix + hex.EncodeToString(b)
+	if _, err := k.c.CreatePlatformKey(ctx, name); err != nil {
+		return nil, err
+	}
+	return wrapperFunc(func(ctx context.Context, dek []byte) (disk.WrappedKey, error) {
+		kid, wrapped, err := k.c.PlatformWrap(ctx, name, "", dek)
+		if err != nil {
+			return disk.WrappedKey{}, fmt.Errorf("wrapping with the temp disk's key: %w", err)
+		}
+		return disk.WrappedKey{KeyID: kid, Algorithm: api.A256KWP, Value: wrapped}, nil
+	}), nil
+}
+
+// DestroyTempKey deletes and purges the temp disk key that kid names; kids
+// of any other key are left alone.
+func (k *Service) DestroyTempKey(ctx context.Context, kid string) error {
+	id, err := api.ParseKeyID(kid)
+	if err != nil || id.Vault != api.PlatformVault || !strings.HasPrefix(id.Name, tempKeyPrefix) {
+		return nil
+	}
+	if _, err := k.c.DeleteKey(ctx, api.PlatformVault, id.Name); err != nil && !client.IsNotFound(err) {
+		return err
+	}
+	if err := k.c.PurgeKey(ctx, api.PlatformVault, id.Name); err != nil && !client.IsNotFound(err) {
+		return err
+	}
+	return nil
+}
+
+// CreateIdentity creates the system-assigned identity of a disk encryption
+// set, as the platform.
+func (k *Service) CreateIdentity(ctx context.Context, displayName string) (keys.Identity, string, error) {
+	id, err := k.c.CreateIdentity(ctx, api.IdentitySystemAssigned, "", displayName)
+	if err != nil {
+		return keys.Identity{}, "", err
+	}
+	return keys.Identity{Type: id.Type, PrincipalID: id.PrincipalID, TenantID: id.TenantID}, id.Token, nil
+}
+
+// DeleteIdentity revokes an identity; one already gone is fine.
+func (k *Service) DeleteIdentity(ctx context.Context, principalID string) error {
+	if err := k.c.DeleteIdentity(ctx, principalID); err != nil && !client.IsNotFound(err) {
+		return err
+	}
+	return nil
+}
+
+// As returns key operations made as the identity holding credential.
+func (k *Service) As(credential string) keys.Customer {
+	return &customer{k: k, credential: credential}
+}
+
+// Classify tells a revocation from an expiry and from an outage: only a
+// clear answer of the key store revokes; no answer (a timeout included),
+// or a failure of the key store itself, is an outage.
+func (k *Service) Classify(err error) keys.Problem {
+	var ce *client.Error
+	switch {
+	case err == nil:
+		return keys.Usable
+	case client.IsUnreachable(err), errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled):
+		return keys.Unreachable
+	case !errors.As(err, &ce):
+		return keys.Other
+	case ce.Status >= 500:
+		return keys.Unreachable
+	case client.IsKeyExpired(err):
+		return keys.Expired
+	}
+	return keys.Revoked
+}
+
+// VaultLocation returns the location of the vault a key id names, as the
+// platform (which may read any vault's metadata).
+func (k *Service) VaultLocation(ctx context.Context, keyURL string) (string, error) {
+	id, err := api.ParseKeyID(keyURL)
+	if err != nil {
+		return "", err
+	}
+	v, err := k.c.GetVault(ctx, id.Vault)
+	if client.IsNotFound(err) {
+		return "", fmt.Errorf("%w: %v", keys.ErrVaultNotFound, err)
+	}
+	if err != nil {
+		return "", err
+	}
+	return v.Location, nil
+}
+
+// Events long-polls the key store's event stream.
+func (k *Service) Events(ctx context.Context, after uint64, wait time.Duration) ([]keys.Event, error) {
+	evs, err := k.c.Events(ctx, after, wait)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]keys.Event, 0, len(evs))
+	for _, e := range evs {
+		out = append(out, keys.Event{Sequence: e.Sequence, Type: e.EventType, Subject: e.Subject, Time: e.EventTime})
+	}
+	return out, nil
+}
+
+type customer struct {
+	k          *Service
+	credential string
+}
+
+func (c *customer) client() (*client.Client, error) {
+	c.k.mu.Lock()
+	defer c.k.mu.Unlock()
+	if cl, ok := c.k.as[c.credential]; ok {
+		return cl, nil
+	}
+	cl, err := client.NewWithToken(c.k.cfg.URL, c.k.cfg.CA, c.credential)
+	if err != nil {
+		return nil, err
+	}
+	cl.SetTimeout(c.k.cfg.Timeout)
+	if c.k.as == nil {
+		c.k.as = map[string]*client.Client{}
+	}
+	c.k.as[c.credential] = cl
+	return cl, nil
+}
+
+func (c *customer) WrapKey(ctx context.Context, kid string, dek []byte) (disk.WrappedKey, error) {
+	cl, err := c.client()
+	if err != nil {
+		return disk.WrappedKey{}, err
+	}
+	used, wrapped, err := cl.WrapKey(ctx, kid, api.RSAOAEP256, dek)
+	if err != nil {
+		return disk.WrappedKey{}, denied(err)
+	}
+	return disk.WrappedKey{KeyID: used, Algorithm: api.RSAOAEP256, Value: wrapped}, nil
+}
+
+func (c *customer) UnwrapKey(ctx context.Context, w disk.WrappedKey) ([]byte, error) {
+	cl, err := c.client()
+	if err != nil {
+		return nil, err
+	}
+	_, dek, err := cl.UnwrapKey(ctx, w.KeyID, w.Algorithm, w.Value)
+	if err != nil {
+		return nil, fmt.Errorf("unwrapping with %s: %w", w.KeyID, denied(err))
+	}
+	return dek, nil
+}
+
+// LatestKeyID returns the current version's id of the key kid belongs to.
+func (c *customer) LatestKeyID(ctx context.Context, kid string) (string, error) {
+	id, err := api.ParseKeyID(kid)
+	if err != nil {
+		return "", err
+	}
+	cl, err := c.client()
+	if err != nil {
+		return "", err
+	}
+	b, err := cl.GetKeyByID(ctx, id.Versionless().String())
+	if err != nil {
+		return "", denied(err)
+	}
+	return b.Key.Kid, nil
+}
+
+// denied marks a refusal for want of an access-policy permission, which
+// the control plane answers with 403 and the command that grants it.
+func denied(err error) error {
+	if client.IsForbiddenByPolicy(err) {
+		return fmt.Errorf("%w: %w", keys.ErrAccessDenied, err)
+	}
+	return err
+}
