@@ -22,6 +22,7 @@ import (
 
 	"hostcrypt/hostd"
 	"hostcrypt/internal/soak"
+	"hostcrypt/internal/testenv"
 	"hostcrypt/storage"
 	"hostcrypt/storage/fault"
 )
@@ -98,7 +99,7 @@ type soakWriter struct {
 
 	cmd     *exec.Cmd
 	logPath string
-	out     *syncBuffer
+	out     *testenv.Buffer
 	exited  chan struct{}
 }
 
@@ -114,7 +115,7 @@ func (w *soakWriter) start(round int, seed uint64) error {
 	if w.keepGoing {
 		args = append(args, "-keep-going")
 	}
-	w.out = &syncBuffer{}
+	w.out = &testenv.Buffer{}
 	w.cmd = exec.Command(os.Args[0], args...)
 	w.cmd.Env = append(os.Environ(), soakHelperEnv+"=1")
 	w.cmd.Stdout, w.cmd.Stderr = w.out, w.out
@@ -170,7 +171,7 @@ func (w *soakWriter) verify() (soak.Result, error) {
 	cmd := exec.CommandContext(ctx, os.Args[0], "read", "-path", w.img,
 		"-first", strconv.FormatInt(w.model.First, 10), "-blocks", strconv.FormatInt(w.model.Blocks, 10))
 	cmd.Env = append(os.Environ(), soakHelperEnv+"=1")
-	stderr := &syncBuffer{}
+	stderr := &testenv.Buffer{}
 	cmd.Stderr = stderr
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
@@ -194,12 +195,12 @@ func (w *soakWriter) verify() (soak.Result, error) {
 // checker of what it writes.
 type soakFio struct {
 	cmd    *exec.Cmd
-	out    *syncBuffer
+	out    *testenv.Buffer
 	exited chan struct{}
 }
 
 func startSoakFio(img string, seed uint32) (*soakFio, error) {
-	f := &soakFio{out: &syncBuffer{}, exited: make(chan struct{})}
+	f := &soakFio{out: &testenv.Buffer{}, exited: make(chan struct{})}
 	f.cmd = exec.Command("fio", "--name=soak", "--filename="+img, "--direct=1", "--ioengine=libaio", "--iodepth=4",
 		"--rw=randwrite", "--bs=4k", "--size=32M", "--verify=crc32c", "--verify_backlog=256", "--verify_fatal=1",
 		"--verify_state_save=0", "--time_based", "--runtime=600", "--rate_iops=200",
@@ -289,7 +290,7 @@ type inprocHost struct {
 	cli  *host // the CLI against its socket; its start and stop are not used
 	// logs holds what every run logged, the engine's lines too (it logs
 	// to slog's default logger, which TestSoak points here).
-	logs   *syncBuffer
+	logs   *testenv.Buffer
 	fb     *fault.Backend
 	cancel context.CancelFunc
 	done   chan struct{}
@@ -404,7 +405,7 @@ func (s *soakRun) setUp() {
 	s.kp = startKeystored(t, s.ksBin, s.ksDir)
 	// Later starts listen on the same address: the hosts keep their URL.
 	s.ksAddr = strings.TrimPrefix(s.kp.url, "https://")
-	ks := &hostKS{dir: s.ksDir, url: s.kp.url}
+	ks := &ksProc{t: t, dir: s.ksDir, url: s.kp.url}
 
 	// Host A. The key check runs every second, so that it meets the key
 	// store stopped or gone; the lease outlasts any outage of a round.
@@ -436,7 +437,7 @@ func (s *soakRun) setUp() {
 	// Host B. The engine logs to slog's default logger: in this process
 	// that must be host B's log, where its integrity alarms are counted.
 	root := t.TempDir()
-	s.b = &inprocHost{t: t, seed: s.rnd.Uint64(), logs: &syncBuffer{}, cfg: hostd.Config{
+	s.b = &inprocHost{t: t, seed: s.rnd.Uint64(), logs: &testenv.Buffer{}, cfg: hostd.Config{
 		StateDir: filepath.Join(root, "state"), StorageDir: filepath.Join(root, "storage"),
 		HostDir: filepath.Join(root, "host"), MountDir: filepath.Join(root, "mnt"),
 		KeystoreURL: s.kp.url, KeystoreCA: filepath.Join(s.ksDir, "ca.pem"), TokenFile: filepath.Join(s.ksDir, "platform.token"),
