@@ -320,7 +320,7 @@ func (h *Host) setDiskADE(ctx context.Context, name string, ade bool) (*api.Disk
 // unattached or its VM deallocated, as Azure requires.
 func (h *Host) switchDiskKeys(ctx context.Context, r *store.Records, d *store.Disk, req api.UpdateDiskRequest) (*api.Disk, error) {
 	if vm := r.VMs[d.ManagedBy]; d.ManagedBy != "" && vm != nil && vm.PowerState != api.PowerDeallocated {
-		return nil, conflict("disk %q is attached to VM %q; deallocate the VM first (vm deallocate --name %s) to change its keys", d.Name, d.ManagedBy, d.ManagedBy)
+		return nil, conflict("disk %q is attached to VM %q; deallocate the VM first (hostcrypt vm deallocate --name %s) to change its keys", d.Name, d.ManagedBy, d.ManagedBy)
 	}
 	var des *store.DES
 	switch {
@@ -408,7 +408,7 @@ func (h *Host) DeleteDisk(ctx context.Context, name string) error {
 			return "", 0, notFound("disk", name)
 		}
 		if d.ManagedBy != "" {
-			return "", 0, conflict("disk %q is attached to VM %q; detach it first (vm disk detach --vm-name %s --name %s)", name, d.ManagedBy, d.ManagedBy, name)
+			return "", 0, conflict("disk %q is attached to VM %q; detach it first (hostcrypt vm disk detach --vm-name %s --name %s)", name, d.ManagedBy, d.ManagedBy, name)
 		}
 		if err := converting(d); err != nil {
 			return "", 0, err

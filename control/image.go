@@ -144,20 +144,20 @@ func (h *Host) openSource(ctx context.Context, r *store.Records, name string, al
 		if err != nil {
 			return nil, err
 		}
-		defer func() {
-			if err != nil {
-				release()
-			}
-		}()
-		if err := h.usable(ctx, dr); err != nil {
+		// Every refusal from here on gives the claim back.
+		fail := func(err error) (*source, error) {
+			release()
 			return nil, err
 		}
+		if err := h.usable(ctx, dr); err != nil {
+			return fail(err)
+		}
 		if len(h.attachmentsOf(name)) > 0 {
-			return nil, conflict("disk %q is in use by running VM %q; take a snapshot of it (hostcrypt snapshot create --name S --source %s) and use the snapshot as the source", name, dr.ManagedBy, name)
+			return fail(conflict("disk %q is in use by running VM %q; take a snapshot of it (hostcrypt snapshot create --name S --source %s) and use the snapshot as the source", name, dr.ManagedBy, name))
 		}
 		d, err := disk.Open(ctx, h.cfg.Storage, dr.StoragePrefix, h.unwrapperFor(r, "disk "+dr.Name, dr.Encryption), openOptions(dr.Encryption)...)
 		if err != nil {
-			return nil, fmt.Errorf("opening disk %q: %w", name, err)
+			return fail(fmt.Errorf("opening disk %q: %w", name, err))
 		}
 		return &source{kind: "disk", name: name, id: dr.ID, d: d, sector: dr.LogicalSectorSize, at: dr.Placement, ade: dr.ADE, release: release}, nil
 	}

@@ -263,3 +263,16 @@ func TestSnapshotRestrictions(t *testing.T) {
 	require.NoError(t, err)
 	assert.True(t, a2.ADE, "a copy of guest-encrypted content is flagged too")
 }
+
+// A refused copy gives its claim on the source back: the snapshot that the
+// refusal of an image of a running VM's disk asks for is taken at once.
+func TestRefusedImageReleasesItsSource(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	f.mustDisk(t, api.CreateDiskRequest{Name: "d1", SizeBytes: 8 << 20})
+	f.mustVM(t, api.CreateVMRequest{Name: "vm1", OsDiskSizeBytes: 8 << 20, DataDisks: []api.AttachedDisk{{Name: "d1"}}})
+	_, err := f.h.CreateImage(ctx, api.CreateImageRequest{Name: "i1", Source: "d1"})
+	require.ErrorContains(t, err, "take a snapshot of it")
+	_, err = f.h.CreateSnapshot(ctx, api.CreateSnapshotRequest{Name: "s1", Source: "d1"})
+	require.NoError(t, err)
+}

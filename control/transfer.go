@@ -268,7 +268,7 @@ func (h *Host) ExportDisk(ctx context.Context, name string, req api.ExportDiskRe
 	}
 	if vm := r.VMs[d.ManagedBy]; vm != nil && h.isRunning(vm.Name) {
 		release()
-		return nil, conflict("disk %q is attached to VM %q, which is running; stop it first (vm stop --name %s) so that the export is a consistent image", name, vm.Name, vm.Name)
+		return nil, conflict("disk %q is attached to VM %q, which is running; stop it first (hostcrypt vm stop --name %s) so that the export is a consistent image", name, vm.Name, vm.Name)
 	}
 	tctx, done, err := h.beginTransfer(ctx)
 	if err != nil {

@@ -557,7 +557,7 @@ func (h *Host) DeleteVM(ctx context.Context, name string) error {
 		return notFound("VM", name)
 	}
 	if vm.PowerState == api.PowerRunning {
-		return conflict("VM %q is running; stop or deallocate it first (vm deallocate --name %s)", name, name)
+		return conflict("VM %q is running; stop or deallocate it first (hostcrypt vm deallocate --name %s)", name, name)
 	}
 	if err := h.destroyTemp(ctx, name); err != nil {
 		return err
@@ -568,7 +568,7 @@ func (h *Host) DeleteVM(ctx context.Context, name string) error {
 			return notFound("VM", name)
 		}
 		if vm.PowerState == api.PowerRunning {
-			return conflict("VM %q is running; stop or deallocate it first (vm deallocate --name %s)", name, name)
+			return conflict("VM %q is running; stop or deallocate it first (hostcrypt vm deallocate --name %s)", name, name)
 		}
 		for _, n := range vm.DiskNames() {
 			if d := r.Disks[n]; d != nil && d.ManagedBy == name {

@@ -2,6 +2,7 @@ package integration
 
 import (
 	"encoding/json"
+	"errors"
 	"hostcrypt/internal/testenv"
 	"os"
 	"os/exec"
@@ -211,8 +212,12 @@ func TestHostConvertToDouble(t *testing.T) {
 	raw, err := os.ReadFile(filepath.Join(h.storage, c.StoragePrefix, "meta.json"))
 	require.NoError(t, err)
 	require.Contains(t, string(raw), "XChaCha20-Poly1305")
-	_, err = os.Stat(filepath.Join(h.storage, before.StoragePrefix))
-	require.ErrorIs(t, err, os.ErrNotExist, "the single-layer copy must be destroyed after the conversion")
+	// The conversion's end records the old copy's removal with the switch,
+	// and removes it right after: wait for that.
+	waitFor(t, 30*time.Second, "the single-layer copy to be destroyed after the conversion", func() bool {
+		_, err := os.Stat(filepath.Join(h.storage, before.StoragePrefix))
+		return errors.Is(err, os.ErrNotExist)
+	})
 	h.ok("vm", "start", "--name", "vm1")
 	require.Equal(t, sum, sh(t, "dd if="+img+" bs=1M iflag=direct status=none | sha256sum"))
 }
