@@ -18,6 +18,8 @@
 #   DAEMON_PIDS  PIDs of the daemon(s) serving TARGET: their CPU time during
 #                each job is reported (daemon_cpu_s, daemon_us_per_io) and
 #                their peak resident memory (daemon_hwm_kib)
+#   PREP_PASSES  how many times the file is written in full before the jobs
+#                (default 1; 2 rewrites every block once before the first job)
 #   DROP_CACHES  1 (default): sync and drop the page cache before each job
 #   WAIT_IDLE    wait up to this many seconds before each job for the whole
 #                machine to be less than IDLE_BUSY_PCT (default 15) % busy;
@@ -49,6 +51,7 @@ OUTDIR=${3:-fio-results/$LABEL-$(date +%Y%m%d-%H%M%S)}
 RUNTIME=${RUNTIME:-8}
 SIZE=${SIZE:-1G}
 DROP_CACHES=${DROP_CACHES:-1}
+PREP_PASSES=${PREP_PASSES:-1}
 WAIT_IDLE=${WAIT_IDLE:-0}
 IDLE_BUSY_PCT=${IDLE_BUSY_PCT:-15}
 DAEMON_PIDS=${DAEMON_PIDS:-}
@@ -154,12 +157,15 @@ prep() {
   local -a args=(--name=prep --filename="$FILE" --size="$SIZE" --rw=write --bs=1M
     --ioengine=psync --output-format=json --output="$OUTDIR/prep.json")
   ((IMAGE)) && args+=(--fallocate=none)
-  say "writing $FILE in full ($SIZE)"
-  if ! "$FIO" "${args[@]}" --direct=0 --end_fsync=1 2>"$OUTDIR/prep.err"; then
-    # Some daemons take only aligned direct writes.
-    "$FIO" "${args[@]}" --direct=1 2>>"$OUTDIR/prep.err" ||
-      fail "writing $FILE failed: $(tail -n 3 "$OUTDIR/prep.err")"
-  fi
+  local pass
+  for ((pass = 1; pass <= PREP_PASSES; pass++)); do
+    say "writing $FILE in full ($SIZE)$( ((PREP_PASSES == 1)) || echo ", pass $pass of $PREP_PASSES")"
+    if ! "$FIO" "${args[@]}" --direct=0 --end_fsync=1 2>"$OUTDIR/prep.err"; then
+      # Some daemons take only aligned direct writes.
+      "$FIO" "${args[@]}" --direct=1 2>>"$OUTDIR/prep.err" ||
+        fail "writing $FILE failed: $(tail -n 3 "$OUTDIR/prep.err")"
+    fi
+  done
   local have
   have=$(stat -L -c %s "$FILE")
   ((have >= WANT)) || fail "after writing, $FILE holds $have bytes, not $WANT"
@@ -267,7 +273,7 @@ main() {
     echo "kernel: $(uname -r)"
     echo "fio: $("$FIO" --version)"
     echo "cpus: $(nproc)"
-    echo "runtime_s: $RUNTIME size: $SIZE drop_caches: $DROP_CACHES wait_idle: $WAIT_IDLE"
+    echo "runtime_s: $RUNTIME size: $SIZE prep_passes: $PREP_PASSES drop_caches: $DROP_CACHES wait_idle: $WAIT_IDLE"
     echo "daemon_pids: ${DAEMON_PIDS:-none}"
     findmnt -T "$FILE" 2>/dev/null || true
   } >"$OUTDIR/env.txt"

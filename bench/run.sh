@@ -8,11 +8,11 @@
 # fuse3 and gocryptfs when they are missing.
 #
 # Every target runs in two states of its disk or file, each with fresh
-# directories: "rewritten", today's order (the file written in full, then
-# the five jobs one after another, so that every block has been rewritten
-# by seq-write-1M before the random jobs), and "fresh" (a target started
-# and its file written in full once for each job, which then runs first:
-# the writes of a fresh disk are its first rewrites).
+# directories: "rewritten" (the file written in full twice, so that every
+# block has been rewritten once before the first job, then the five jobs
+# one after another), and "fresh" (a target started and its file written
+# in full once for each job, which then runs first: the writes of a fresh
+# disk are its first rewrites).
 #
 # Environment, all optional:
 #   TARGETS       targets in run order (default: all of them, see ALL_TARGETS)
@@ -489,11 +489,12 @@ start_target() {
   esac
 }
 
-# run_suite LABEL SHOWN JOBS OUT ROUND: starts LABEL on fresh directories,
-# runs the suite's JOBS on it under the name SHOWN with its output in OUT,
-# stops it. Returns 1 when the target did not start (WHY says why).
+# run_suite LABEL SHOWN JOBS OUT ROUND PASSES: starts LABEL on fresh
+# directories, writes its file in full PASSES times, runs the suite's JOBS
+# on it under the name SHOWN with its output in OUT, stops it. Returns 1
+# when the target did not start (WHY says why).
 run_suite() {
-  local label=$1 shown=$2 jobs=$3 out=$4 round=$5 dir=$WORK/$1 rc=0
+  local label=$1 shown=$2 jobs=$3 out=$4 round=$5 passes=$6 dir=$WORK/$1 rc=0
   mkdir -p "$dir" "$out"
   say "$shown: starting"
   if ! start_target "$label" "$dir"; then
@@ -506,7 +507,7 @@ run_suite() {
   say "$shown: $jobs on ${FIO_TARGET#"$WORK/"}$( ((ROUNDS == 1)) || echo ", round $round of $ROUNDS")"
   # In the background, so that a signal reaches this script at once; in
   # its own process group, so that cleanup can stop fio with it.
-  JOBS=$jobs DAEMON_PIDS=$DAEMON_PIDS setsid bench/fio-suite.sh "$FIO_TARGET" "$shown" "$out" \
+  JOBS=$jobs PREP_PASSES=$passes DAEMON_PIDS=$DAEMON_PIDS setsid bench/fio-suite.sh "$FIO_TARGET" "$shown" "$out" \
     >"$out/lines.txt" &
   PIDS+=("$!")
   wait "$!" || rc=$?
@@ -535,11 +536,11 @@ run_target() {
   fi
   WHY=""
   if [[ $state == rewritten ]]; then
-    run_suite "$label" "$shown" "${JOBS:-$ALL_JOBS}" "$out" "$round" || true
+    run_suite "$label" "$shown" "${JOBS:-$ALL_JOBS}" "$out" "$round" 2 || true
   else
     # A target of its own for each job, started and written in full once.
     for job in ${JOBS:-$ALL_JOBS}; do
-      run_suite "$label" "$shown" "$job" "$out/$job" "$round" || true
+      run_suite "$label" "$shown" "$job" "$out/$job" "$round" 1 || true
     done
   fi
   if grep -qE "^$shown .* round=$round\$" "$OUT/lines.txt"; then
@@ -563,7 +564,7 @@ date: $(date -u '+%Y-%m-%d %H:%M UTC')
 machine: ${cpu:-unknown CPU}, $(nproc) CPUs, $mem, kernel $(uname -r), backing file system $(findmnt -n -o FSTYPE -T "$BENCH_TMPDIR")
 versions: $("$GO" version | cut -d' ' -f3), go-fuse $fuse_version, $(fio --version), $(gocryptfs -version 2>/dev/null | cut -d';' -f1)
 commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD 2>/dev/null || echo " (with local changes)")
-jobs: $RUNTIME s each (fio time_based), on a $SIZE file written in full first, O_DIRECT, disk states: $STATES$([[ $STATES == *fresh* ]] && echo " (fresh for: $FRESH_TARGETS)"), page cache $([[ ${DROP_CACHES:-1} == 1 ]] && echo "dropped before each job" || echo "kept between jobs"); targets run one after another$(
+jobs: $RUNTIME s each (fio time_based), on a $SIZE file written in full first (twice in the rewritten state, once when fresh), O_DIRECT, disk states: $STATES$([[ $STATES == *fresh* ]] && echo " (fresh for: $FRESH_TARGETS)"), page cache $([[ ${DROP_CACHES:-1} == 1 ]] && echo "dropped before each job" || echo "kept between jobs"); targets run one after another$(
     ((ROUNDS == 1)) || echo ", $ROUNDS rounds of all targets: every figure is the median of a target's rounds, every ratio the median of the rounds' ratios")$(
     ((${WAIT_IDLE:-0} > 0)) && echo "; each job waited up to $WAIT_IDLE s for the machine to be less than ${IDLE_BUSY_PCT:-15} % busy")
 EOF
