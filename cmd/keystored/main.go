@@ -153,18 +153,8 @@ func run(args []string) error {
 	if err != nil {
 		return err
 	}
-	abs, _ := filepath.Abs(*dir)
-	if s.Created() {
-		fmt.Printf("keystored: initialised a new key store in %s\n", abs)
-	} else {
-		fmt.Printf("keystored: loaded the key store in %s\n", abs)
-	}
-	fmt.Printf("keystored: listening on %s\n", s.BaseURL())
-	fmt.Printf("keystored: CA certificate %s\n", filepath.Join(abs, "ca.pem"))
-	fmt.Printf("keystored: admin token %s\n", filepath.Join(abs, "admin.token"))
-	fmt.Printf("keystored: platform token %s\n", filepath.Join(abs, "platform.token"))
-	fmt.Printf("keystored: address file %s\n", filepath.Join(abs, "address"))
-
+	// Before the lines that say the key store is ready: whoever waits for
+	// them finds the metrics' address printed already.
 	mctx, stopMetrics := context.WithCancel(context.Background())
 	defer stopMetrics()
 	if *metricsAddr != "" {
@@ -183,6 +173,18 @@ func run(args []string) error {
 		}
 		fmt.Printf("keystored: metrics %s://%s/metrics\n", scheme, addr)
 	}
+	abs, _ := filepath.Abs(*dir)
+	if s.Created() {
+		fmt.Printf("keystored: initialised a new key store in %s\n", abs)
+	} else {
+		fmt.Printf("keystored: loaded the key store in %s\n", abs)
+	}
+	fmt.Printf("keystored: listening on %s\n", s.BaseURL())
+	fmt.Printf("keystored: CA certificate %s\n", filepath.Join(abs, "ca.pem"))
+	fmt.Printf("keystored: admin token %s\n", filepath.Join(abs, "admin.token"))
+	fmt.Printf("keystored: platform token %s\n", filepath.Join(abs, "platform.token"))
+	fmt.Printf("keystored: address file %s\n", filepath.Join(abs, "address"))
+
 	errc := make(chan error, 1)
 	go func() { errc <- s.Serve() }()
 	sig := make(chan os.Signal, 1)

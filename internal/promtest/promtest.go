@@ -128,6 +128,21 @@ func (s *Scrape) Count(name string, labels ...string) int {
 	return n
 }
 
+// Sum adds the values (counts, for histograms) of every series of family
+// name whose labels include labels.
+func (s *Scrape) Sum(name string, labels ...string) float64 {
+	var sum float64
+	if f := s.Families[name]; f != nil {
+		for _, m := range f.GetMetric() {
+			if !match(m, labels) {
+				continue
+			}
+			sum += m.GetCounter().GetValue() + m.GetGauge().GetValue() + float64(m.GetHistogram().GetSampleCount()) + m.GetUntyped().GetValue()
+		}
+	}
+	return sum
+}
+
 // LabelNames lists every label name the scrape uses, sorted.
 func (s *Scrape) LabelNames() []string {
 	set := map[string]bool{}
