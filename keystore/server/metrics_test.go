@@ -2,6 +2,8 @@ package server
 
 import (
 	"crypto/rand"
+	"os"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -63,4 +65,19 @@ func TestMetrics(t *testing.T) {
 		require.False(t, strings.Contains(s.Text, secret), "the metrics name %q", secret)
 	}
 	s.CheckMetrics(t)
+
+	// docs/OBSERVABILITY.md lists each of them, and no other.
+	doc, err := os.ReadFile("../../docs/OBSERVABILITY.md")
+	require.NoError(t, err)
+	var documented []string
+	for _, m := range regexp.MustCompile("(?m)^\\| `(hostcrypt_keystore_[a-z_]+)`").FindAllStringSubmatch(string(doc), -1) {
+		documented = append(documented, m[1])
+	}
+	var served []string
+	for name := range s.Families {
+		if strings.HasPrefix(name, "hostcrypt_") {
+			served = append(served, name)
+		}
+	}
+	require.ElementsMatch(t, served, documented)
 }
