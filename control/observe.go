@@ -6,10 +6,10 @@ import "hostcrypt/control/api"
 // methods are called from those loops, never under the control lock; they
 // must not block.
 type Recorder interface {
-	// KeyChecked is called once per customer key checked for a running
-	// VM's disk, with what the check found: usable, revoked, expired,
+	// KeyChecked is called once per check of the customer key of running
+	// VM vm's disk, with what the check found: usable, revoked, expired,
 	// unreachable or other (keys.Problem's names).
-	KeyChecked(result string)
+	KeyChecked(vm, disk, result string)
 	// Rewrapping says how far the rotation of disk encryption set des is:
 	// done of the total resources under an older key version re-wrapped
 	// (failures not counted). It is called with done 0 as a rotation
@@ -19,8 +19,8 @@ type Recorder interface {
 
 type noRecorder struct{}
 
-func (noRecorder) KeyChecked(string)           {}
-func (noRecorder) Rewrapping(string, int, int) {}
+func (noRecorder) KeyChecked(string, string, string) {}
+func (noRecorder) Rewrapping(string, int, int)       {}
 
 // Copies returns the long copies in progress (snapshots, disks from
 // snapshots, images, conversions), by the resource each creates

@@ -46,10 +46,10 @@ func (io watchedIO) Closed() {
 	io.w.open = slices.DeleteFunc(io.w.open, func(s string) bool { return s == io.name })
 }
 
-func (w *watcher) KeyChecked(result string) {
+func (w *watcher) KeyChecked(vm, disk, result string) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	w.checks = append(w.checks, result)
+	w.checks = append(w.checks, vm+"/"+disk+" "+result)
 }
 
 func (w *watcher) Rewrapping(des string, done, total int) {
@@ -86,7 +86,7 @@ func TestObserverAndRecorder(t *testing.T) {
 
 	f.h.CheckKeys(ctx)
 	_, checks, _ := w.state()
-	require.Equal(t, []string{"usable"}, checks, "one customer-key disk, one check")
+	require.Equal(t, []string{"vm1/c1 usable"}, checks, "one customer-key disk, one check")
 
 	// Both disks of the set are re-wrapped when its key changes.
 	_, err = f.h.UpdateDES(ctx, "des1", api.UpdateDESRequest{KeyURL: "https://h/vaults/v/keys/k/2"})
@@ -98,6 +98,6 @@ func TestObserverAndRecorder(t *testing.T) {
 	f.keys.Grant("p-des/des1", false)
 	f.h.CheckKeys(ctx)
 	open, checks, _ = w.state()
-	require.Equal(t, "revoked", checks[len(checks)-1])
+	require.Equal(t, "vm1/c1 revoked", checks[len(checks)-1])
 	require.Empty(t, open, "the stopped VM's disks were closed")
 }

@@ -82,7 +82,7 @@ func TestMetricsUnderFio(t *testing.T) {
 	require.Empty(t, <-fio, "fio failed")
 	// Key checks run every second; one after fio is enough.
 	waitFor(t, 30*time.Second, "a key check", func() bool {
-		v, _ := promtest.Get(t, nil, hcURL).Value("hostcrypt_key_checks_total", "result=usable")
+		v, _ := promtest.Get(t, nil, hcURL).Value("hostcrypt_disk_key_checks_total", append(disk[:2:2], "result=usable")...)
 		return v > 0
 	})
 	after := promtest.Get(t, nil, hcURL)
@@ -110,7 +110,7 @@ func TestMetricsUnderFio(t *testing.T) {
 	for _, name := range []string{"hostcrypt_disk_cache_hits_total", "hostcrypt_disk_cache_misses_total", "hostcrypt_disk_cache_dirty_bytes", "hostcrypt_disk_cache_writeback_bytes_total"} {
 		require.Equal(t, 1, after.Count(name, disk...), name)
 	}
-	moved(before, after, "hostcrypt_key_checks_total", "result=usable")
+	moved(before, after, "hostcrypt_disk_key_checks_total", append(disk[:2:2], "result=usable")...)
 	require.Positive(t, after.Must(t, "hostcrypt_disk_key_lease_remaining_seconds", disk...))
 	require.Equal(t, 0.0, after.Must(t, "hostcrypt_disk_integrity_failures_total", disk...))
 	require.Equal(t, 0.0, after.Must(t, "hostcrypt_disk_fenced", disk...))

@@ -21,6 +21,8 @@ type diskIO struct {
 	// By op: read, write, flush, discard (bytes has no flush child).
 	ops, errs, bytes [4]prometheus.Counter
 	lat              [4]prometheus.Observer
+	// By keyResults; nil for a plaintext temp disk.
+	keyChecks [len(keyResults)]prometheus.Counter
 
 	// Reads and writes, and the time they took, for Recent: the sampler
 	// reads them once a second.

@@ -3,6 +3,7 @@ package metrics
 import (
 	"context"
 	"net/http"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -94,12 +95,9 @@ func newHost(sampleEvery time.Duration) *Host {
 		Buckets: LatencyBuckets,
 	}, dl)
 	h.keyChecks = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "hostcrypt_key_checks_total",
-		Help: "Checks of the customer keys of running VMs' disks, by what they found (usable, revoked, expired, unreachable, other).",
-	}, []string{"result"})
-	for _, r := range []string{"usable", "revoked", "expired", "unreachable", "other"} {
-		h.keyChecks.WithLabelValues(r) // shown at 0 before the first check
-	}
+		Name: "hostcrypt_disk_key_checks_total",
+		Help: "Checks of the customer key of the disk, by what they found (usable, revoked, expired, unreachable, other).",
+	}, []string{"vm", "disk", "result"})
 	h.rotTotal = prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Name: "hostcrypt_key_rotation_resources",
 		Help: "Resources (disks, snapshots, images) the last rotation of the disk encryption set had to re-wrap.",
@@ -137,8 +135,21 @@ func (h *Host) Close() {
 	<-h.done
 }
 
-// KeyChecked counts a key check (control.Recorder).
-func (h *Host) KeyChecked(result string) { h.keyChecks.WithLabelValues(result).Inc() }
+// keyResults are what a key check finds (keys.Problem's names).
+var keyResults = [...]string{"usable", "revoked", "expired", "unreachable", "other"}
+
+// KeyChecked counts a check of an open disk's key (control.Recorder).
+func (h *Host) KeyChecked(vm, disk, result string) {
+	d := h.disk(vm, disk)
+	if d == nil {
+		return // closed since
+	}
+	i := slices.Index(keyResults[:], result)
+	if i < 0 {
+		i = len(keyResults) - 1
+	}
+	d.keyChecks[i].Inc()
+}
 
 // Rewrapping sets a rotation's progress (control.Recorder).
 func (h *Host) Rewrapping(des string, done, total int) {
@@ -159,6 +170,13 @@ func (h *Host) Opened(v *volume.Volume) volume.IO {
 		d.lat[i] = h.latency.WithLabelValues(k.vm, k.disk, op)
 		if op != opFlush {
 			d.bytes[i] = h.bytes.WithLabelValues(k.vm, k.disk, op)
+		}
+	}
+	if v.Encrypted() {
+		// Shown at 0 from the start; a disk with a platform key is never
+		// checked and stays at 0.
+		for i, r := range keyResults {
+			d.keyChecks[i] = h.keyChecks.WithLabelValues(k.vm, k.disk, r)
 		}
 	}
 	d.sample(time.Now()) // the history's start
@@ -182,6 +200,9 @@ func (h *Host) closed(d *diskIO) {
 		h.errs.DeleteLabelValues(d.key.vm, d.key.disk, op)
 		h.latency.DeleteLabelValues(d.key.vm, d.key.disk, op)
 		h.bytes.DeleteLabelValues(d.key.vm, d.key.disk, op)
+	}
+	for _, r := range keyResults {
+		h.keyChecks.DeleteLabelValues(d.key.vm, d.key.disk, r)
 	}
 }
 

@@ -107,14 +107,25 @@ func TestDiskMetrics(t *testing.T) {
 	require.Equal(t, 2.0, s.Must(t, "hostcrypt_disk_cache_hits_total", l...))
 	lease := s.Must(t, "hostcrypt_disk_key_lease_remaining_seconds", l...)
 	require.InDelta(t, 3600, lease, 60)
-	require.Equal(t, 0.0, s.Must(t, "hostcrypt_key_checks_total", "result=revoked"), "every result shows from the start")
+	require.Equal(t, 0.0, s.Must(t, "hostcrypt_disk_key_checks_total", append(l, "result=revoked")...), "every result shows from the start")
 	require.Subset(t, []string{"vm", "disk", "op", "le", "result", "version", "cause"}, s.LabelNames())
 	s.CheckMetrics(t)
+
+	h.KeyChecked("vm1", "d1", "usable")
+	h.KeyChecked("vm1", "d1", "usable")
+	h.KeyChecked("vm1", "d1", "unreachable")
+	h.KeyChecked("vm1", "d1", "something new")
+	h.KeyChecked("vm1", "closed-or-unknown", "usable")
+	s = promtest.Handler(t, h.Handler())
+	require.Equal(t, 2.0, s.Must(t, "hostcrypt_disk_key_checks_total", append(l, "result=usable")...))
+	require.Equal(t, 1.0, s.Must(t, "hostcrypt_disk_key_checks_total", append(l, "result=unreachable")...))
+	require.Equal(t, 1.0, s.Must(t, "hostcrypt_disk_key_checks_total", append(l, "result=other")...))
+	require.Equal(t, 5, s.Count("hostcrypt_disk_key_checks_total"), "no series for a disk that is not open")
 
 	_, err = v.Close()
 	require.NoError(t, err)
 	s = promtest.Handler(t, h.Handler())
-	for _, name := range []string{"hostcrypt_disk_operations_total", "hostcrypt_disk_operation_duration_seconds", "hostcrypt_disk_bytes_total", "hostcrypt_disk_size_bytes"} {
+	for _, name := range []string{"hostcrypt_disk_operations_total", "hostcrypt_disk_operation_duration_seconds", "hostcrypt_disk_bytes_total", "hostcrypt_disk_size_bytes", "hostcrypt_disk_key_checks_total"} {
 		require.Zero(t, s.Count(name, l...), "%s of a closed disk", name)
 	}
 	require.Nil(t, h.Recent("vm1", "d1"), "no history for a closed disk")
@@ -148,22 +159,17 @@ func TestDiskMetricsCountFailures(t *testing.T) {
 	require.Negative(t, s.Must(t, "hostcrypt_disk_key_lease_remaining_seconds", "vm=vm1", "disk=d1"))
 }
 
-// The control plane's findings: key checks by result, a rotation's
-// progress, the copies in progress.
+// The control plane's findings: a rotation's progress, the copies in
+// progress.
 func TestControlMetrics(t *testing.T) {
 	h := NewHost()
 	defer h.Close()
-	h.KeyChecked("usable")
-	h.KeyChecked("usable")
-	h.KeyChecked("unreachable")
 	h.Rewrapping("des1", 0, 3)
 	h.Rewrapping("des1", 2, 3)
 	h.SetCopies(func() map[string]api.CopyProgress {
 		return map[string]api.CopyProgress{"snapshots/s1": {Operation: "snapshot of disk d1", Done: 1 << 20, Total: 4 << 20}}
 	})
 	s := promtest.Handler(t, h.Handler())
-	require.Equal(t, 2.0, s.Must(t, "hostcrypt_key_checks_total", "result=usable"))
-	require.Equal(t, 1.0, s.Must(t, "hostcrypt_key_checks_total", "result=unreachable"))
 	require.Equal(t, 3.0, s.Must(t, "hostcrypt_key_rotation_resources", "des=des1"))
 	require.Equal(t, 2.0, s.Must(t, "hostcrypt_key_rotation_rewrapped_resources", "des=des1"))
 	require.Equal(t, 0.25, s.Must(t, "hostcrypt_copy_progress_ratio", "resource=snapshots/s1"))
