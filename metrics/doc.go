@@ -5,8 +5,10 @@
 // of the control plane; and a short history of each disk's IOPS and latency
 // for the web console (Recent).
 //
-// A scrape takes no lock but this package's own, held only to list the open
-// disks: it never waits behind the control lock, a copy or a key store call.
+// A scrape takes this package's own lock to list the open disks, and for a
+// moment each host cache's lock and the table of copies in progress, none
+// of them held across I/O: it never waits behind the control lock, a copy
+// or a key store call.
 //
 // Labels are the VM's and the disk's names (and, for copies and rotations,
 // the resource's): never an offset, a key or guest data.
