@@ -180,7 +180,10 @@ func Run(ctx context.Context, cfg Config, ready func()) (err error) {
 	if cfg.Metrics != "" {
 		m = metrics.NewHost()
 		defer m.Close()
-		addr, err := m.Serve(ctx, cfg.Metrics, listen.Options{
+		// The listener closes when Run returns, also on a failed start.
+		mctx, stopMetrics := context.WithCancel(ctx)
+		defer stopMetrics()
+		addr, err := m.Serve(mctx, cfg.Metrics, listen.Options{
 			Flag: "--metrics", AllowRemote: cfg.MetricsAllowRemote, RemoteFlag: "--metrics-allow-remote", Log: log,
 		})
 		if err != nil {
