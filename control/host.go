@@ -106,6 +106,12 @@ type Config struct {
 	// have per location (default DefaultDESLimit). A test hook: hostcryptd
 	// never sets it, so a user of the daemon cannot change it.
 	DESLimit int
+	// Observer, if set, is told of every attached disk's opening, closing
+	// and I/O (the metrics; see volume.Observer). Temp disks are not
+	// observed.
+	Observer volume.Observer
+	// Recorder, if set, is told what the key checks and rotations find.
+	Recorder Recorder
 	// hooks are the tests' hooks into operations.
 	hooks hooks
 }
@@ -165,6 +171,9 @@ type attachment struct {
 func New(cfg Config) (*Host, error) {
 	if cfg.Log == nil {
 		cfg.Log = slog.Default()
+	}
+	if cfg.Recorder == nil {
+		cfg.Recorder = noRecorder{}
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now

@@ -88,6 +88,7 @@ func (h *Host) CheckKeys(ctx context.Context) (deferred int) {
 			cctx, cancel := context.WithTimeout(ctx, keys.DefaultTimeout)
 			problem, err := h.probeKey(cctx, cd.des, cd.kid)
 			cancel()
+			h.cfg.Recorder.KeyChecked(vm, cd.name, problem.String())
 			switch {
 			case problem == keys.Usable || (problem == keys.Expired && h.cfg.OnKeyExpiry == ExpiryNextStart):
 				cd.vol.SetLease(time.Now().Add(h.cfg.DEKLease))

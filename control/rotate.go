@@ -135,7 +135,8 @@ func (h *Host) rewrapSet(ctx context.Context, name string) error {
 	sort.Slice(targets, func(i, j int) bool { return targets[i].kind+" "+targets[i].name < targets[j].kind+" "+targets[j].name })
 	var errs []error
 	done := map[string]string{} // "kind name" -> new key id
-	for _, t := range targets {
+	h.cfg.Recorder.Rewrapping(name, 0, len(targets))
+	for i, t := range targets {
 		what := t.kind + " " + t.name
 		release, err := h.claim("re-wrapping its key", t.kind+"/"+t.name)
 		if err != nil {
@@ -150,6 +151,7 @@ func (h *Host) rewrapSet(ctx context.Context, name string) error {
 		}
 		done[what] = nw.KeyID
 		h.log.Info("key re-wrapped", "resource", what, "des", des.Name, "key", nw.KeyID)
+		h.cfg.Recorder.Rewrapping(name, i+1, len(targets))
 	}
 	failed := errors.Join(errs...)
 	now := h.cfg.Now().UTC()

@@ -217,6 +217,9 @@ func TestSnapshotProgressCountsDiskBytes(t *testing.T) {
 	require.NotNil(t, p)
 	assert.Positive(t, p.Total)
 	assert.LessOrEqual(t, p.Total, int64(8<<20), "progress total %d is beyond the 8 MiB disk", p.Total)
+	// The metrics read the same table, by resource.
+	assert.Equal(t, map[string]api.CopyProgress{"snapshots/s1": *p}, f.h.Copies())
 	hc.free()
 	require.NoError(t, <-snap)
+	assert.Empty(t, f.h.Copies(), "a finished copy is no longer listed")
 }

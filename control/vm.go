@@ -243,7 +243,7 @@ func (h *Host) start(ctx context.Context, name string) error {
 	}()
 	eah := vm.SecurityProfile.EncryptionAtHost
 	for _, ad := range append([]store.AttachedDisk{vm.StorageProfile.OsDisk}, vm.StorageProfile.DataDisks...) {
-		vol, err := h.openAttached(ctx, r, r.Disks[ad.Name], ad.Caching, eah)
+		vol, err := h.openAttached(ctx, r, name, r.Disks[ad.Name], ad.Caching, eah)
 		if err != nil {
 			return err
 		}
@@ -317,9 +317,9 @@ func (h *Host) cacheDir(d *store.Disk) string {
 	return filepath.Join(h.cfg.CacheDir, d.UniqueID)
 }
 
-// openAttached opens a disk for a running VM with the host cache its
+// openAttached opens a disk for running VM vm with the host cache its
 // attachment asks for (see package volume).
-func (h *Host) openAttached(ctx context.Context, r *store.Records, d *store.Disk, caching string, eah bool) (*volume.Volume, error) {
+func (h *Host) openAttached(ctx context.Context, r *store.Records, vm string, d *store.Disk, caching string, eah bool) (*volume.Volume, error) {
 	if caching == "" {
 		caching = api.CacheNone // records older than host caching
 	}
@@ -327,7 +327,7 @@ func (h *Host) openAttached(ctx context.Context, r *store.Records, d *store.Disk
 		return nil, err
 	}
 	return volume.Open(ctx, volume.Config{
-		Name: d.Name, Storage: h.cfg.Storage, Prefix: d.StoragePrefix,
+		Name: d.Name, VM: vm, Observer: h.cfg.Observer, Storage: h.cfg.Storage, Prefix: d.StoragePrefix,
 		Keys: h.unwrapperFor(r, "disk "+d.Name, d.Encryption), OpenOptions: openOptions(d.Encryption),
 		Caching: cache.Mode(caching), EncryptionAtHost: eah,
 		CacheDir: h.cacheDir(d), CacheBytes: h.cfg.CacheSize,
@@ -616,7 +616,7 @@ func (h *Host) AttachDisk(ctx context.Context, vmName string, req api.AttachRequ
 	}
 	var a *attachment
 	if h.isRunning(vmName) {
-		vol, err := h.openAttached(ctx, r, d, req.Caching, vm.SecurityProfile.EncryptionAtHost)
+		vol, err := h.openAttached(ctx, r, vmName, d, req.Caching, vm.SecurityProfile.EncryptionAtHost)
 		if err != nil {
 			return nil, err
 		}

@@ -23,6 +23,8 @@ import (
 	"hostcrypt/control"
 	hfs "hostcrypt/fs"
 	"hostcrypt/keystore/hostkeys"
+	"hostcrypt/metrics"
+	"hostcrypt/metrics/listen"
 	"hostcrypt/storage/local"
 	"hostcrypt/storage/location"
 )
@@ -45,6 +47,13 @@ type Config struct {
 	// Pprof, when set, serves net/http/pprof on this loopback address, for
 	// profiling the data path.
 	Pprof string
+	// Metrics, when set, serves Prometheus metrics on this address
+	// (package metrics): a loopback one unless MetricsAllowRemote.
+	Metrics            string
+	MetricsAllowRemote bool
+	// MetricsReady, if set, is called with the address the metrics are
+	// served on (a test hook, for port 0).
+	MetricsReady func(addr string)
 	// CacheSize bounds each attached disk's host cache, in bytes.
 	CacheSize int64
 	// StorageLatency is added to every storage call, as a network between
@@ -167,6 +176,23 @@ func Run(ctx context.Context, cfg Config, ready func()) (err error) {
 			return err
 		}
 	}
+	var m *metrics.Host
+	if cfg.Metrics != "" {
+		m = metrics.NewHost()
+		defer m.Close()
+		// The listener closes when Run returns, also on a failed start.
+		mctx, stopMetrics := context.WithCancel(ctx)
+		defer stopMetrics()
+		addr, err := m.Serve(mctx, cfg.Metrics, listen.Options{
+			Flag: "--metrics", AllowRemote: cfg.MetricsAllowRemote, RemoteFlag: "--metrics-allow-remote", Log: log,
+		})
+		if err != nil {
+			return err
+		}
+		if cfg.MetricsReady != nil {
+			cfg.MetricsReady(addr)
+		}
+	}
 	keys, err := hostkeys.Connect(ctx, hostkeys.Config{URL: cfg.KeystoreURL, CA: cfg.KeystoreCA, TokenFile: cfg.TokenFile, Timeout: cfg.KeystoreTimeout})
 	if err != nil {
 		return err
@@ -199,13 +225,20 @@ func Run(ctx context.Context, cfg Config, ready func()) (err error) {
 			tree.Unmount()
 		}
 	}()
-	host, err := control.New(control.Config{
+	ccfg := control.Config{
 		StateDir: cfg.StateDir, Storage: sb, HostLocal: hb, Keys: keys, Tree: tree, Log: log,
 		CacheDir: cacheDir, CacheSize: cfg.CacheSize, FlushInterval: cfg.FlushInterval,
 		DEKLease: cfg.DEKLease, KeyCheckInterval: cfg.KeyCheck, RotationInterval: cfg.Rotation, OnKeyExpiry: cfg.OnKeyExpiry,
-	})
+	}
+	if m != nil {
+		ccfg.Observer, ccfg.Recorder = m, m
+	}
+	host, err := control.New(ccfg)
 	if err != nil {
 		return err
+	}
+	if m != nil {
+		m.SetCopies(host.Copies)
 	}
 	host.Recover(ctx)
 

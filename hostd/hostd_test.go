@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"hostcrypt/internal/testenv"
 	"log/slog"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -106,6 +107,24 @@ func TestRunRefusesBadSetups(t *testing.T) {
 	err := Run(context.Background(), cfg, nil)
 	require.Error(t, err)
 	require.Contains(t, err.Error(), "key store")
+
+	// --metrics: a non-loopback address is refused without
+	// --metrics-allow-remote; a start that fails later closes the listener.
+	mcfg := cfg
+	mcfg.Metrics = "0.0.0.0:0"
+	require.ErrorContains(t, Run(context.Background(), mcfg, nil), "--metrics-allow-remote")
+	mcfg.Metrics = "127.0.0.1:0"
+	var served string
+	mcfg.MetricsReady = func(addr string) { served = addr }
+	require.ErrorContains(t, Run(context.Background(), mcfg, nil), "key store")
+	require.NotEmpty(t, served)
+	require.Eventually(t, func() bool {
+		c, err := net.Dial("tcp", served)
+		if err == nil {
+			c.Close()
+		}
+		return err != nil
+	}, 5*time.Second, 10*time.Millisecond, "the metrics listener outlived the failed start")
 }
 
 // Whatever ends the daemon, its last log line says that it stopped, and

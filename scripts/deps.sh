@@ -28,6 +28,8 @@ command -v losetup >/dev/null || need+=(util-linux)
 command -v setpriv >/dev/null || need+=(util-linux)
 command -v qemu-img >/dev/null || need+=(qemu-utils)
 command -v python3 >/dev/null || need+=(python3)
+# promtool checks the metrics and tests their recording rules.
+command -v promtool >/dev/null || need+=(prometheus)
 if ((with_qemu)); then
   command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
   compgen -G '/boot/vmlinuz-*' >/dev/null || need+=(linux-image-amd64)

@@ -43,7 +43,9 @@ var ErrClosing = errors.New("the disk is being closed (its VM stops or the disk 
 // Config is what a disk's volume is opened with.
 type Config struct {
 	// Name names the disk in errors and logs.
-	Name    string
+	Name string
+	// VM is the VM the disk is attached to, for the observer.
+	VM      string
 	Storage storage.Backend
 	Prefix  string
 	Keys    disk.KeyUnwrapper
@@ -67,6 +69,9 @@ type Config struct {
 	// does not (0: the engine's default).
 	FlushInterval time.Duration
 	Log           *slog.Logger
+	// Observer, if set, is told of the volume's opening and closing and of
+	// every I/O of its image (metrics).
+	Observer Observer
 }
 
 // SealedDir and PlainDir are where the disk's host cache lives with and
@@ -89,10 +94,13 @@ func (c Config) cacheOptions(mode cache.Mode, dir string) cache.Options {
 // Volume is one open disk.
 type Volume struct {
 	name string
+	vm   string
 	// dirs are the host cache directories, removed by a clean close that
 	// left them empty.
 	dirs   []string
-	img    hfs.Image
+	img    hfs.Image // what the tree serves: raw, or raw observed
+	raw    hfs.Image // the top of the stack
+	io     IO        // the observer's, or nil
 	d      *disk.Disk
 	cache  *cache.Cache      // under the engine, sealed
 	icache *cache.ImageCache // above the engine, plaintext
@@ -130,6 +138,7 @@ func Open(ctx context.Context, c Config) (_ *Volume, err error) {
 		}
 	}
 	v := newVolume(c.Name)
+	v.vm = c.VM
 	defer func() {
 		if err != nil {
 			v.closeStack()
@@ -176,6 +185,10 @@ func Open(ctx context.Context, c Config) (_ *Volume, err error) {
 		// has no counters to show.
 		v.cache = nil
 	}
+	v.raw = v.img
+	if c.Observer != nil {
+		v.observe(c.Observer)
+	}
 	return v, nil
 }
 
@@ -186,7 +199,7 @@ func FromDisk(name string, d *disk.Disk, flushInterval time.Duration) *Volume {
 		d.SetFlushInterval(flushInterval)
 	}
 	v := newVolume(name)
-	v.d, v.img = d, d
+	v.d, v.img, v.raw = d, d, d
 	return v
 }
 
@@ -195,6 +208,7 @@ func FromDisk(name string, d *disk.Disk, flushInterval time.Duration) *Volume {
 func Plain(name string, ch storage.Chunk, size int64) *Volume {
 	v := newVolume(name)
 	v.plain, v.img = ch, &plainImage{Chunk: ch, size: size}
+	v.raw = v.img
 	return v
 }
 
@@ -243,7 +257,7 @@ type Stats struct {
 // Stats returns the volume's counters.
 func (v *Volume) Stats() Stats {
 	var s Stats
-	s.Size = v.img.Size()
+	s.Size = v.raw.Size()
 	if v.d != nil {
 		s.IntegrityErrors = v.d.Stats().IntegrityErrors
 		if err := v.d.Fenced(); err != nil {
@@ -341,6 +355,9 @@ func (v *Volume) Close() (integrityErrors uint64, err error) {
 	}
 	v.closeE = v.closeStack()
 	v.closed = true
+	if v.io != nil {
+		v.io.Closed()
+	}
 	return v.wasOpen.integrity, v.closeE
 }
 

@@ -46,6 +46,8 @@ func main() {
 	fl.DurationVar(&c.StorageLatency, "storage-latency", 0, "latency added to every storage call, as a network to remote storage would (e.g. 1ms)")
 	fl.BoolVar(&c.Debug, "debug", false, "log every FUSE request")
 	fl.StringVar(&c.Pprof, "pprof", "", "serve the Go profiler on this loopback HOST:PORT")
+	fl.StringVar(&c.Metrics, "metrics", "", "serve Prometheus metrics at http://HOST:PORT/metrics (off by default; loopback unless --metrics-allow-remote)")
+	fl.BoolVar(&c.MetricsAllowRemote, "metrics-allow-remote", false, "allow --metrics on a non-loopback address, in the clear (VM and disk names and load, no keys or data)")
 	showVersion := fl.Bool("version", false, "print the version, commit, Go and go-fuse versions, and exit")
 	fl.SetOutput(os.Stdout) // only --help writes here
 	if err := fl.Parse(os.Args[1:]); err != nil {

@@ -23,6 +23,7 @@ import (
 	"hostcrypt/internal/nodump"
 	"hostcrypt/internal/version"
 	"hostcrypt/keystore/server"
+	mlisten "hostcrypt/metrics/listen"
 )
 
 // parseSize reads a byte count with an optional binary suffix; 0 means no
@@ -101,6 +102,7 @@ func run(args []string) error {
 	auditMaxSize := fs.String("audit-max-size", "1GiB", "cap on all audit files together; the oldest rotated files are removed beyond it (KiB, MiB, GiB, TiB; 0: no cap)")
 	auditMaxAge := fs.String("audit-max-age", "365d", "rotated audit files whose newest line is older are removed (e.g. 90d, 720h; 0: no cap)")
 	webhookCA := fs.String("webhook-ca", "", "PEM file of CA certificates that https webhook destinations are verified with (default: the system's)")
+	metricsAddr := fs.String("metrics", "", "serve Prometheus metrics at HOST:PORT/metrics (off by default): plain HTTP on a loopback address, HTTPS with the key store's certificate on any other")
 	showVersion := fs.Bool("version", false, "print the version, commit, Go and go-fuse versions, and exit")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, pflag.ErrHelp) {
@@ -150,6 +152,26 @@ func run(args []string) error {
 	s, err := server.Open(cfg)
 	if err != nil {
 		return err
+	}
+	// Before the lines that say the key store is ready: whoever waits for
+	// them finds the metrics' address printed already.
+	mctx, stopMetrics := context.WithCancel(context.Background())
+	defer stopMetrics()
+	if *metricsAddr != "" {
+		o := mlisten.Options{Flag: "--metrics", Log: cfg.Logger}
+		if loop, err := mlisten.IsLoopback(*metricsAddr); err == nil && !loop {
+			o.TLS = s.MetricsTLS()
+		}
+		addr, err := mlisten.Serve(mctx, *metricsAddr, s.MetricsHandler(), o)
+		if err != nil {
+			s.Shutdown(context.Background())
+			return err
+		}
+		scheme := "http"
+		if o.TLS != nil {
+			scheme = "https"
+		}
+		fmt.Printf("keystored: metrics %s://%s/metrics\n", scheme, addr)
 	}
 	abs, _ := filepath.Abs(*dir)
 	if s.Created() {

@@ -48,6 +48,7 @@ func (s *Server) appendEvent(tx *bolt.Tx, typ, vaultName, subject string, d api.
 		return err
 	}
 	tx.OnCommit(s.hub.notify)
+	tx.OnCommit(func() { s.met.events.WithLabelValues(eventType(ev.EventType)).Inc() })
 	return b.Put(seqKey(seq), raw)
 }
 

@@ -12,6 +12,7 @@ import (
 	"math/big"
 	"net/http"
 	"strings"
+	"time"
 
 	bolt "go.etcd.io/bbolt"
 
@@ -83,7 +84,9 @@ func (s *Server) keyOp(c *call, wrap bool) (any, error) {
 	if wrap && kv.NBF != nil && now.Before(*kv.NBF) {
 		return nil, errf(http.StatusForbidden, "Forbidden", "KeyNotYetValid", "%s is not valid before %s and cannot wrap yet", where, kv.NBF.Format("2006-01-02T15:04:05Z07:00"))
 	}
+	start := time.Now()
 	out, err := s.cryptoOp(c.vault, name, &kv, req.Alg, wrap, in)
+	s.met.keyOpTimer(wrap, kv.Size).Observe(time.Since(start).Seconds())
 	if err != nil {
 		return nil, err
 	}

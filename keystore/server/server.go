@@ -93,6 +93,7 @@ type Server struct {
 	lock      *dirlock.Lock // on cfg.Dir, held until closeState
 	authLimit *authLimiter
 	hub       *hub
+	met       *serverMetrics
 	ln        net.Listener
 	http      *http.Server
 	baseURL   string
@@ -173,6 +174,7 @@ func Open(cfg Config) (*Server, error) {
 	}
 	s := &Server{cfg: cfg, lock: lock, log: cfg.Logger, clock: cfg.Clock, master: master, created: created, hub: newHub(), webhooks: map[string]context.CancelFunc{},
 		webhookAllow: allow, webhookLookup: cfg.webhookLookup}
+	s.met = newServerMetrics(s)
 	ok := false
 	defer func() {
 		if !ok {
@@ -332,6 +334,7 @@ func (s *Server) throttleFailure(c *call, err error) error {
 			s.log.Error("audit append failed", "err", aerr)
 		}
 	}
+	s.met.authFailed.Inc()
 	if allowed {
 		return err
 	}
@@ -437,18 +440,27 @@ func (s *Server) handle(mux *http.ServeMux, pattern, op string, h handlerFunc) {
 		rec.DurationMs = float64(time.Since(start).Microseconds()) / 1000
 		if c.throttled {
 			// Counted by the limiter; its summary line stands for this call.
-		} else if aerr := s.audit.Append(rec); aerr != nil {
+		} else if aerr := s.appendAudit(rec); aerr != nil {
 			// A request that cannot be audited is not answered as done.
 			s.log.Error("audit append failed", "err", aerr)
 			c.status = http.StatusServiceUnavailable
 			body = api.ErrorEnvelope{Error: api.ErrorBody{Code: "AuditUnavailable", Message: "the audit log cannot be written; the request may have been applied, check and retry"}}
 		}
+		s.met.requests.WithLabelValues(op, resultType(c.status)).Inc()
 		w.Header().Set("Content-Type", "application/json; charset=utf-8")
 		w.WriteHeader(c.status)
 		if body != nil {
 			json.NewEncoder(w).Encode(body)
 		}
 	})
+}
+
+// appendAudit appends rec to the audit log, timed for the metrics.
+func (s *Server) appendAudit(rec *api.AuditRecord) error {
+	start := time.Now()
+	err := s.audit.Append(rec)
+	s.met.auditAppend.Observe(time.Since(start).Seconds())
+	return err
 }
 
 func resultType(status int) string {
