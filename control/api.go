@@ -69,6 +69,19 @@ func Handler(h *Host) http.Handler {
 	}))
 	handle(api.RouteDeleteDES, func(r *http.Request) (any, error) { return nil, h.DeleteDES(r.Context(), name(r)) })
 
+	handle(api.RouteListIdentities, func(r *http.Request) (any, error) { return h.ListIdentities(r.Context()) })
+	handle(api.RouteCreateIdentity, withBody(func(r *http.Request, b api.CreateIdentityRequest) (any, error) {
+		return h.CreateIdentity(r.Context(), b)
+	}))
+	handle(api.RouteShowIdentity, func(r *http.Request) (any, error) { return h.ShowIdentity(r.Context(), name(r)) })
+	handle(api.RouteDeleteIdentity, func(r *http.Request) (any, error) { return nil, h.DeleteIdentity(r.Context(), name(r)) })
+
+	handle(api.RouteListSubscriptions, func(r *http.Request) (any, error) { return h.ListSubscriptions(r.Context()) })
+	handle(api.RouteShowSubscription, func(r *http.Request) (any, error) { return h.ShowSubscription(r.Context(), r.PathValue("id")) })
+	handle(api.RouteTransferSubscription, withBody(func(r *http.Request, b api.TransferSubscriptionRequest) (any, error) {
+		return h.TransferSubscription(r.Context(), r.PathValue("id"), b)
+	}))
+
 	handle(api.RouteListSnapshots, func(r *http.Request) (any, error) { return h.ListSnapshots() })
 	handle(api.RouteCreateSnapshot, withBody(func(r *http.Request, b api.CreateSnapshotRequest) (any, error) {
 		return h.CreateSnapshot(r.Context(), b)

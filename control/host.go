@@ -294,6 +294,8 @@ func kindName(k string) string {
 		return "VM"
 	case "des":
 		return "disk encryption set"
+	case "identity":
+		return "user-assigned identity"
 	}
 	return k
 }

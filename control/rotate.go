@@ -15,10 +15,11 @@ import (
 
 // UpdateDES switches a set to another key (version) — every disk of the set
 // is re-wrapped to it, data untouched, VMs running — or changes its
-// auto-rotation setting.
+// auto-rotation setting or its identities. Identities change first, so a
+// new key is checked as the identity that will use it.
 func (h *Host) UpdateDES(ctx context.Context, name string, req api.UpdateDESRequest) (*api.DiskEncryptionSet, error) {
-	if req.KeyURL == "" && req.EnableAutoKeyRotation == nil {
-		return nil, badRequest("nothing to update: give --key-url or --enable-auto-key-rotation")
+	if req.KeyURL == "" && req.EnableAutoKeyRotation == nil && req.UserAssignedIdentity == nil && req.SystemAssignedIdentity == nil {
+		return nil, badRequest("nothing to update: give --key-url, --enable-auto-key-rotation, --mi-user-assigned or --mi-system-assigned")
 	}
 	release, err := h.claim("re-wrapping its disks", "des/"+name)
 	if err != nil {
@@ -32,6 +33,15 @@ func (h *Host) UpdateDES(ctx context.Context, name string, req api.UpdateDESRequ
 	des, ok := r.DES[name]
 	if !ok {
 		return nil, notFound("disk encryption set", name)
+	}
+	if req.UserAssignedIdentity != nil || req.SystemAssignedIdentity != nil {
+		if err := h.updateDESIdentity(ctx, r, des, req); err != nil {
+			return nil, err
+		}
+		if r, err = h.load(ctx); err != nil {
+			return nil, err
+		}
+		des = r.DES[name]
 	}
 	if req.KeyURL != "" {
 		vault, err := parseKeyURL(req.KeyURL)
@@ -75,7 +85,7 @@ func (h *Host) recordDES(ctx context.Context, name string, change func(d *store.
 // failure is recorded in autoKeyRotationError and the next attempt resumes.
 // The caller has claimed the set.
 func (h *Host) switchKey(ctx context.Context, des *store.DES, next store.KeyForDES) error {
-	ck, err := h.customerKeys(ctx, des.Name)
+	ck, err := h.customerKeys(ctx, des)
 	if err != nil {
 		return err
 	}
@@ -227,7 +237,7 @@ func (h *Host) rotate(ctx context.Context, name string) {
 			h.log.Error("recording a rotation error", "des", name, "err", err)
 		}
 	}
-	ck, err := h.customerKeys(ctx, name)
+	ck, err := h.customerKeys(ctx, des)
 	if err != nil {
 		fail(message(err))
 		return

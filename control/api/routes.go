@@ -57,6 +57,16 @@ const (
 	RouteProgress = "GET /progress/{kind}/{name}" // -> CopyProgress
 
 	RouteGC = "POST /host/gc" // GCRequest -> GCReport
+
+	RouteListIdentities = "GET /identities"
+	RouteCreateIdentity = "POST /identities"          // CreateIdentityRequest -> UserAssignedIdentity
+	RouteShowIdentity   = "GET /identities/{name}"    //
+	RouteDeleteIdentity = "DELETE /identities/{name}" //
+
+	RouteListSubscriptions    = "GET /subscriptions"
+	RouteShowSubscription     = "GET /subscriptions/{id}"
+	RouteTransferSubscription = "POST /subscriptions/{id}/transfer" // TransferSubscriptionRequest -> Subscription
+
 )
 
 // Kinds of RouteProgress.

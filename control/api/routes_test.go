@@ -37,6 +37,8 @@ var allRoutes = []string{
 	RouteListSnapshots, RouteCreateSnapshot, RouteShowSnapshot, RouteUpdateSnapshot, RouteDeleteSnapshot, RouteMoveSnapshot,
 	RouteListImages, RouteCreateImage, RouteShowImage, RouteDeleteImage, RouteMoveImage,
 	RouteProgress, RouteGC,
+	RouteListIdentities, RouteCreateIdentity, RouteShowIdentity, RouteDeleteIdentity,
+	RouteListSubscriptions, RouteShowSubscription, RouteTransferSubscription,
 }
 
 // The package is for clients: it imports the standard library only.
