@@ -296,6 +296,8 @@ func kindName(k string) string {
 		return "disk encryption set"
 	case "identity":
 		return "user-assigned identity"
+	case "galleryImageVersion":
+		return "image version"
 	}
 	return k
 }

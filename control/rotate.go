@@ -105,7 +105,8 @@ func (h *Host) switchKey(ctx context.Context, des *store.DES, next store.KeyForD
 	return h.rewrapSet(ctx, des.Name)
 }
 
-// rewrapSet re-wraps every disk, snapshot and image of the set that is not
+// rewrapSet re-wraps every disk, snapshot, image and gallery image version
+// of the set that is not
 // on its active key yet, with no lock held, and records the new key ids and
 // the set's rotation state in one transaction. The caller has claimed the
 // set.
@@ -140,6 +141,11 @@ func (h *Host) rewrapSet(ctx context.Context, name string) error {
 	for n, im := range r.Images {
 		if im.Encryption.DiskEncryptionSetID == des.ID && im.KeyID != des.ActiveKey.KeyURL {
 			targets = append(targets, target{"image", n, im.StoragePrefix, im.Encryption})
+		}
+	}
+	for n, gv := range r.GalleryImageVersions {
+		if gv.Encryption.DiskEncryptionSetID == des.ID && gv.KeyID != des.ActiveKey.KeyURL {
+			targets = append(targets, target{"galleryImageVersion", n, gv.StoragePrefix, gv.Encryption})
 		}
 	}
 	sort.Slice(targets, func(i, j int) bool { return targets[i].kind+" "+targets[i].name < targets[j].kind+" "+targets[j].name })
@@ -178,6 +184,10 @@ func (h *Host) rewrapSet(ctx context.Context, name string) error {
 			case "image":
 				if im := r.Images[n]; im != nil {
 					im.KeyID = kid
+				}
+			case "galleryImageVersion":
+				if gv := r.GalleryImageVersions[n]; gv != nil {
+					gv.KeyID = kid
 				}
 			}
 		}

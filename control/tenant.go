@@ -133,6 +133,9 @@ func subscriptionsOf(r *store.Records) map[string]map[string]int {
 	for _, im := range r.Images {
 		count(im.Subscription, "images")
 	}
+	for _, g := range r.Galleries {
+		count(g.Subscription, "galleries")
+	}
 	for _, mi := range r.Identities {
 		count(mi.Subscription, "userAssignedIdentities")
 	}

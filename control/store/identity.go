@@ -2,6 +2,11 @@ package store
 
 import "time"
 
+// IdentityCredential is the name the credential of user-assigned identity
+// name is kept under in Secrets, beside the sets' credentials (kept under
+// the set's name). Resource names hold no '/', so the two never meet.
+func IdentityCredential(name string) string { return "identity/" + name }
+
 // ManagedIdentity is a user-assigned managed identity: a resource of its
 // own, backed by a principal of the key store, that disk encryption sets
 // are given to reach their keys as. Its credential is a secret

@@ -58,6 +58,11 @@ type Records struct {
 	// Subscriptions records the subscriptions moved to another tenant, by
 	// id; one not here is in the key store's own tenant.
 	Subscriptions map[string]*Subscription `json:"subscriptions,omitempty"`
+	// Galleries, their image definitions ("GALLERY/DEFINITION") and the
+	// definitions' versions ("GALLERY/DEFINITION/VERSION").
+	Galleries            map[string]*Gallery             `json:"galleries,omitempty"`
+	GalleryImages        map[string]*GalleryImage        `json:"galleryImages,omitempty"`
+	GalleryImageVersions map[string]*GalleryImageVersion `json:"galleryImageVersions,omitempty"`
 }
 
 // NewRecords returns empty records.
@@ -96,6 +101,15 @@ func (r *Records) fill() {
 	if r.Subscriptions == nil {
 		r.Subscriptions = map[string]*Subscription{}
 	}
+	if r.Galleries == nil {
+		r.Galleries = map[string]*Gallery{}
+	}
+	if r.GalleryImages == nil {
+		r.GalleryImages = map[string]*GalleryImage{}
+	}
+	if r.GalleryImageVersions == nil {
+		r.GalleryImageVersions = map[string]*GalleryImageVersion{}
+	}
 }
 
 // Clone returns a deep copy of r.
@@ -126,25 +140,17 @@ type Store interface {
 	Close() error
 }
 
-// Secrets keeps the key store credentials of the managed identities
-// (bearer tokens, never keys), on this host only: a disk encryption set's
-// system-assigned identity's under the set's name, a user-assigned
-// identity's under IdentityCredential(its name). Resource names hold no
-// '/', so the two never meet.
+// Secrets keeps the key store credentials of the disk encryption sets'
+// identities (bearer tokens, never keys), by set name, on this host only.
 type Secrets interface {
-	// Credential returns the credential stored under name, or "" if there
-	// is none.
-	Credential(ctx context.Context, name string) (string, error)
-	// SetCredential stores a credential under name, durably.
-	SetCredential(ctx context.Context, name, credential string) error
-	// DeleteCredential forgets the credential stored under name; one not
-	// there is no error.
-	DeleteCredential(ctx context.Context, name string) error
+	// Credential returns the credential of set des, or "" if it has none.
+	Credential(ctx context.Context, des string) (string, error)
+	// SetCredential stores the credential of set des, durably.
+	SetCredential(ctx context.Context, des, credential string) error
+	// DeleteCredential forgets the credential of set des; one not there is
+	// no error.
+	DeleteCredential(ctx context.Context, des string) error
 }
-
-// IdentityCredential is the name the credential of user-assigned identity
-// name is kept under in Secrets.
-func IdentityCredential(name string) string { return "identity/" + name }
 
 // maxAttempts bounds how often Update runs its function against writers
 // that keep committing first.
