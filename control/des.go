@@ -67,6 +67,9 @@ func (h *Host) CreateDES(ctx context.Context, req api.CreateDESRequest) (*api.Di
 	} else if !system {
 		return nil, badRequest("disk encryption set %q needs an identity to use its key as: give --mi-user-assigned, or leave --mi-system-assigned true", req.Name)
 	}
+	if err := h.checkIdentityTenant(ctx, r, req.Name, p, ua); err != nil {
+		return nil, err
+	}
 	var id keys.Identity
 	undo := func(err error) error { return err }
 	if system {

@@ -222,6 +222,24 @@ func (h *Host) DeleteIdentity(ctx context.Context, name string) error {
 	return h.secrets.DeleteCredential(ctx, store.IdentityCredential(mi.Name))
 }
 
+// checkIdentityTenant: a set is given only a user-assigned identity of its
+// subscription's tenant now; one of another tenant could never reach a key
+// for it.
+func (h *Host) checkIdentityTenant(ctx context.Context, r *store.Records, des string, p store.Placement, ua *store.UserAssignedRef) error {
+	if ua == nil {
+		return nil
+	}
+	tenant, err := h.subscriptionTenant(ctx, r, p.Subscription)
+	if err != nil {
+		return err
+	}
+	if ua.TenantID == tenant {
+		return nil
+	}
+	return badRequest("user-assigned identity %q is in tenant %s, and disk encryption set %q is in subscription %s of tenant %s; a set uses identities of its own tenant: create one there (hostcrypt identity create --name NAME --subscription %s)",
+		ua.Name, ua.TenantID, des, p.Subscription, tenant, p.Subscription)
+}
+
 // checkUltraUserAssigned: a customer-key UltraSSD or PremiumV2 disk cannot
 // use a set whose key access goes through a user-assigned identity.
 func checkUltraUserAssigned(disk, sku string, des *store.DES) error {
@@ -267,6 +285,11 @@ func (h *Host) updateDESIdentity(ctx context.Context, r *store.Records, des *sto
 	}
 	if !system && ua == nil {
 		return badRequest("disk encryption set %q needs an identity to use its key as: keep its system-assigned identity (--mi-system-assigned true), or give a user-assigned one (--mi-user-assigned ID)", des.Name)
+	}
+	if req.UserAssignedIdentity != nil {
+		if err := h.checkIdentityTenant(ctx, r, des.Name, des.Placement, ua); err != nil {
+			return err
+		}
 	}
 	if ua != nil {
 		if users := ultraUsers(r, des); len(users) > 0 {

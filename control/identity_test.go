@@ -28,6 +28,11 @@ func TestUserAssignedIdentityKeyAccess(t *testing.T) {
 	assert.Len(t, id.ClientID, 36)
 	_, err = f.h.CreateIdentity(ctx, api.CreateIdentityRequest{Name: "id1"})
 	requireCode(t, err, http.StatusConflict)
+	_, err = f.h.CreateDES(ctx, api.CreateDESRequest{Name: "des0", KeyURL: k, SystemAssignedIdentity: ptr(false)})
+	requireCode(t, err, http.StatusBadRequest)
+	_, err = f.h.CreateDES(ctx, api.CreateDESRequest{Name: "des0", KeyURL: k, UserAssignedIdentity: "nope"})
+	requireCode(t, err, http.StatusBadRequest)
+	assert.Empty(t, f.records(t).DES, "refusals create nothing")
 
 	des, err := f.h.CreateDES(ctx, api.CreateDESRequest{Name: "des1", KeyURL: k, UserAssignedIdentity: "id1"})
 	require.NoError(t, err)
@@ -92,6 +97,16 @@ func TestSubscriptionTransferLeavesIdentitiesBehind(t *testing.T) {
 	_, err = f.h.customerKeys(ctx, r.DES["des1"])
 	requireCode(t, err, http.StatusConflict)
 	assert.ErrorContains(t, err, "transferred to tenant "+t2)
+
+	// An identity of another tenant than the set's is refused at once.
+	const other = "11111111-2222-3333-4444-555555555555"
+	_, err = f.h.CreateIdentity(ctx, api.CreateIdentityRequest{Name: "elsewhere", Subscription: other})
+	require.NoError(t, err)
+	_, err = f.h.UpdateDES(ctx, "des1", api.UpdateDESRequest{UserAssignedIdentity: ptr("elsewhere")})
+	requireCode(t, err, http.StatusBadRequest)
+	assert.ErrorContains(t, err, "identities of its own tenant")
+	_, err = f.h.CreateDES(ctx, api.CreateDESRequest{Name: "des3", KeyURL: kid("vault1", "k1"), UserAssignedIdentity: "elsewhere"})
+	requireCode(t, err, http.StatusBadRequest)
 
 	id, err := f.h.CreateIdentity(ctx, api.CreateIdentityRequest{Name: "id2"})
 	require.NoError(t, err)
