@@ -121,21 +121,21 @@ func (h *Host) CreateIdentity(ctx context.Context, req api.CreateIdentityRequest
 	if err != nil {
 		return nil, err
 	}
-	kid, cred, err := h.keys.CreateIdentity(ctx, keys.IdentitySpec{Type: keys.UserAssigned, TenantID: tenant, DisplayName: "identity/" + req.Name})
+	p0, cred, err := h.keys.CreateIdentity(ctx, keys.IdentitySpec{Type: keys.UserAssigned, TenantID: tenant, DisplayName: "identity/" + req.Name})
 	if err != nil {
 		return nil, fmt.Errorf("creating user-assigned identity %q in the key store: %w", req.Name, classified(h.keys, err))
 	}
 	credName := store.IdentityCredential(req.Name)
 	undo := func(err error) error {
 		ctx := context.WithoutCancel(ctx)
-		return errors.Join(err, h.secrets.DeleteCredential(ctx, credName), classified(h.keys, h.keys.DeleteIdentity(ctx, kid.PrincipalID)))
+		return errors.Join(err, h.secrets.DeleteCredential(ctx, credName), classified(h.keys, h.keys.DeleteIdentity(ctx, p0.PrincipalID)))
 	}
 	if err := h.secrets.SetCredential(ctx, credName, cred); err != nil {
 		return nil, undo(fmt.Errorf("keeping the credential of user-assigned identity %q: %w", req.Name, err))
 	}
 	mi := &store.ManagedIdentity{
 		Name: req.Name, ID: identityResourceID(p, req.Name), Placement: p,
-		PrincipalID: kid.PrincipalID, ClientID: newGUID(), TenantID: kid.TenantID, TimeCreated: h.cfg.Now().UTC(),
+		PrincipalID: p0.PrincipalID, ClientID: newGUID(), TenantID: p0.TenantID, TimeCreated: h.cfg.Now().UTC(),
 	}
 	r, err = h.update(ctx, func(r *store.Records) error {
 		if _, ok := r.Identities[req.Name]; ok {
@@ -147,11 +147,11 @@ func (h *Host) CreateIdentity(ctx context.Context, req api.CreateIdentityRequest
 	if err != nil {
 		return nil, undo(err)
 	}
-	h.log.Info("user-assigned identity created", "identity", req.Name, "principal", kid.PrincipalID, "tenant", kid.TenantID)
-	return h.identityView(ctx, r, mi), nil
+	h.log.Info("user-assigned identity created", "identity", req.Name, "principal", p0.PrincipalID, "tenant", p0.TenantID)
+	return identityView(r, mi), nil
 }
 
-func (h *Host) identityView(ctx context.Context, r *store.Records, mi *store.ManagedIdentity) *api.UserAssignedIdentity {
+func identityView(r *store.Records, mi *store.ManagedIdentity) *api.UserAssignedIdentity {
 	v := &api.UserAssignedIdentity{
 		Name: mi.Name, ID: mi.ID, Type: api.UserAssignedIdentityType,
 		Location: mi.Location, Subscription: mi.Subscription, ResourceGroup: mi.ResourceGroup,
@@ -179,7 +179,7 @@ func (h *Host) ShowIdentity(ctx context.Context, name string) (*api.UserAssigned
 	if !ok {
 		return nil, notFound("user-assigned identity", name)
 	}
-	return h.identityView(ctx, r, mi), nil
+	return identityView(r, mi), nil
 }
 
 // ListIdentities returns every user-assigned identity, sorted by name.
@@ -188,7 +188,7 @@ func (h *Host) ListIdentities(ctx context.Context) ([]*api.UserAssignedIdentity,
 	if err != nil {
 		return nil, err
 	}
-	return sortedViews(r.Identities, func(mi *store.ManagedIdentity) *api.UserAssignedIdentity { return h.identityView(ctx, r, mi) }), nil
+	return sortedViews(r.Identities, func(mi *store.ManagedIdentity) *api.UserAssignedIdentity { return identityView(r, mi) }), nil
 }
 
 // DeleteIdentity deletes a user-assigned identity no set uses: the record
