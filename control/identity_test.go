@@ -3,6 +3,7 @@ package control
 import (
 	"context"
 	"net/http"
+	"sync"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -135,4 +136,52 @@ func TestUltraDiskKeepsSetOffUserAssigned(t *testing.T) {
 	requireCode(t, err, http.StatusBadRequest)
 	assert.ErrorContains(t, err, "u1")
 	assert.Nil(t, f.records(t).DES["des1"].Identity.UserAssigned)
+}
+
+// heldLoad makes the n-th Load of the store wait until released, so a test
+// can see what is claimed meanwhile.
+type heldLoad struct {
+	store.Store
+	mu       sync.Mutex
+	n        int
+	entered  chan struct{}
+	released chan struct{}
+}
+
+func (s *heldLoad) Load(ctx context.Context) (*store.Records, store.Version, error) {
+	s.mu.Lock()
+	s.n--
+	hold := s.n == 0
+	s.mu.Unlock()
+	if hold {
+		close(s.entered)
+		<-s.released
+	}
+	return s.Store.Load(ctx)
+}
+
+// A rotation round leaves a set alone that has nothing to rotate (no
+// auto-rotation, no re-wrap left), so that a des update of it, such as a
+// change of its identity right after a grant woke the round, is not turned
+// away as busy.
+func TestRotationRoundLeavesIdleSetsUnclaimed(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	_, err := f.h.CreateDES(ctx, api.CreateDESRequest{Name: "des1", KeyURL: kid("vault1", "k1")})
+	require.NoError(t, err)
+	hl := &heldLoad{Store: f.h.store, n: 2, entered: make(chan struct{}), released: make(chan struct{})}
+	f.h.store = hl
+	defer close(hl.released)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		f.h.RotateKeys(ctx)
+	}()
+	select {
+	case <-done:
+	case <-hl.entered: // a load inside the round: what does it hold?
+	}
+	release, err := f.h.claim("test", "des/des1")
+	require.NoError(t, err, "the round claimed an idle set")
+	release()
 }

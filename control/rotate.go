@@ -217,6 +217,11 @@ func (h *Host) RotateKeys(ctx context.Context) {
 		return
 	}
 	for _, name := range sortedKeys(r.DES) {
+		if d := r.DES[name]; !d.RotationToLatestKeyVersionEnabled && len(d.PreviousKeys) == 0 {
+			// Nothing to do: claiming it would only turn a user's
+			// des update away for nothing ("busy").
+			continue
+		}
 		release, err := h.claim("rotating its key", "des/"+name)
 		if err != nil {
 			continue
