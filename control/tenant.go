@@ -47,7 +47,7 @@ func (h *Host) checkTenant(ctx context.Context, des *store.DES, ki keyIdentity) 
 	if ki.ua != "" {
 		what = fmt.Sprintf("user-assigned identity %q (%s)", ki.ua, ki.principal)
 	}
-	return conflict("disk encryption set %q cannot use its key: its subscription %s was transferred to tenant %s on %s, and its %s stayed in tenant %s, as managed identities do; create an identity in the new tenant (hostcrypt identity create --name NAME --subscription %s), let vault %s take principals of tenant %s and grant the identity (hostcrypt keyvault update --name %s --allowed-tenants %s; hostcrypt keyvault set-policy --name %s --object-id PRINCIPAL --key-permissions get,wrapKey,unwrapKey), then give it to the set (hostcrypt des update --name %s --mi-user-assigned NAME)",
+	return conflict("disk encryption set %q cannot use its key: its subscription %s was transferred to tenant %s on %s, and its %s stayed in tenant %s, as managed identities do; create an identity in the new tenant (hostcrypt identity create --name NAME --subscription %s), let vault %s take principals of tenant %s and grant the identity (hostcrypt keyvault update --name %s --allowed-tenants %s, listing too any other tenant it allows already; hostcrypt keyvault set-policy --name %s --object-id PRINCIPAL --key-permissions get,wrapKey,unwrapKey), then give it to the set (hostcrypt des update --name %s --mi-user-assigned NAME)",
 		des.Name, des.Subscription, s.TenantID, last.Time.Format("2006-01-02 15:04:05Z07:00"), what, ki.tenant,
 		des.Subscription, des.ActiveKey.SourceVault.ID, s.TenantID, des.ActiveKey.SourceVault.ID, s.TenantID, des.ActiveKey.SourceVault.ID, des.Name)
 }
