@@ -30,7 +30,7 @@ type Command struct {
 }
 
 // groups lists every command group; a new group is one file and one line here.
-var groups = []func() []Command{keyvaultCommands, keyCommands, eventsCommands, identityCommands, diskCommands, diskTransferCommands, vmCommands, desCommands, snapshotCommands, imageCommands, hostCommands}
+var groups = []func() []Command{keyvaultCommands, keyCommands, eventsCommands, identityCommands, subscriptionCommands, diskCommands, diskTransferCommands, vmCommands, desCommands, snapshotCommands, imageCommands, galleryCommands, hostCommands}
 
 // Env is what a run of the CLI sees of its process.
 type Env struct {

@@ -41,6 +41,14 @@ func TestArgumentErrors(t *testing.T) {
 		{[]string{"-o", "yaml", "keyvault", "list"}, "--output"},
 		{[]string{"keyvault", "list", "-o", "xml"}, "--output"},
 		{[]string{"keyvault", "list"}, "no key store given"},
+		{[]string{"identity", "create", "--name", "id1", "--type", "User"}, "--type is for a bare key store principal"},
+		{[]string{"identity", "create", "--subscription", "s"}, "give --name too"},
+		{[]string{"identity", "show"}, "give --name (a user-assigned identity) or --id"},
+		{[]string{"identity", "delete", "--name", "id1", "--id", "p"}, "give --name (a user-assigned identity) or --id"},
+		{[]string{"des", "update", "--name", "des1"}, "--mi-user-assigned or --mi-system-assigned"},
+		{[]string{"des", "create", "--name", "des1", "--key-url", "k", "--mi-system-assigned", "no"}, "want true or false"},
+		{[]string{"subscription", "transfer", "--name", "s"}, "--tenant is required"},
+		{[]string{"gallery", "image-version", "create", "--gallery-name", "g", "--gallery-image-definition", "d", "--gallery-image-version", "1.0.0"}, "--source is required"},
 	}
 	for _, c := range cases {
 		_, _, err := runCLI(t, nil, c.args...)

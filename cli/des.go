@@ -3,6 +3,7 @@ package cli
 import (
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"hostcrypt/control/api"
@@ -10,23 +11,27 @@ import (
 
 func desCommands() []Command {
 	return []Command{
-		{"des", "create", "create a disk encryption set and its identity", desCreate},
+		{"des", "create", "create a disk encryption set with a system-assigned identity, a user-assigned one, or both", desCreate},
 		{"des", "show", "show a disk encryption set and whether its identity can use its key", desShow},
 		{"des", "list", "list disk encryption sets", desList},
-		{"des", "update", "switch to another key (version) or change auto-rotation; disks are re-wrapped", desUpdate},
+		{"des", "update", "switch to another key (version), change auto-rotation or the identities; disks are re-wrapped to a new key", desUpdate},
 		{"des", "delete", "delete a disk encryption set no disk uses", desDelete},
 	}
 }
 
-var desHeader = []string{"NAME", "ENCRYPTION", "ACTIVE-KEY", "AUTO-ROTATION", "PRINCIPAL", "KEY-ACCESS"}
+var desHeader = []string{"NAME", "ENCRYPTION", "ACTIVE-KEY", "AUTO-ROTATION", "IDENTITY", "KEY-ACCESS-AS", "PRINCIPAL", "KEY-ACCESS"}
 
 func desRow(d *api.DiskEncryptionSet) []string {
 	access := d.KeyAccess
 	if access != "" && access != "ok" {
 		access = "no" // why, and the fix, in a warning of its own
 	}
+	as := d.KeyAccessIdentity.Type
+	if ua := d.KeyAccessIdentity.UserAssignedIdentity; ua != "" {
+		as += ":" + ua[strings.LastIndex(ua, "/")+1:]
+	}
 	return []string{d.Name, d.EncryptionType, d.ActiveKey.KeyURL, strconv.FormatBool(d.RotationToLatestKeyVersionEnabled),
-		d.Identity.PrincipalID, orDash(access)}
+		strings.ReplaceAll(d.Identity.Type, " ", ""), orDash(as), orDash(d.KeyAccessIdentity.PrincipalID), orDash(access)}
 }
 
 // showDES prints sets as a table, a warning with the fix for each whose
@@ -74,12 +79,15 @@ func desCreate(c *Context, args []string) error {
 	keyURL := f.requiredString("key-url", "versioned key id, https://HOST/vaults/V/keys/K/VERSION")
 	enc := f.String("encryption-type", "EncryptionAtRestWithCustomerKey", "EncryptionAtRestWithCustomerKey or EncryptionAtRestWithPlatformAndCustomerKeys")
 	rot := f.boolValue("enable-auto-key-rotation", "re-wrap disks to new key versions automatically (true|false)")
+	ua := f.String("mi-user-assigned", "", "a user-assigned identity (name or resource id) the set uses its key as")
+	sys := f.boolValue("mi-system-assigned", "give the set a system-assigned identity (true|false; default true)")
 	pl := placementFlags(f)
 	if err := f.parse(args); err != nil {
 		return err
 	}
 	req := api.CreateDESRequest{Name: *name, KeyURL: *keyURL, EncryptionType: *enc, EnableAutoKeyRotation: rot.val,
-		Subscription: *pl.subscription, ResourceGroup: *pl.resourceGroup, Location: *pl.location}
+		Subscription: *pl.subscription, ResourceGroup: *pl.resourceGroup, Location: *pl.location,
+		UserAssignedIdentity: *ua, SystemAssignedIdentity: sys.ptr()}
 	d, err := onHost(c, func(h *api.Client) (*api.DiskEncryptionSet, error) { return h.CreateDES(c.Ctx, req) })
 	if err != nil {
 		return err
@@ -129,13 +137,18 @@ func desUpdate(c *Context, args []string) error {
 	name := f.requiredString("name", "disk encryption set name")
 	keyURL := f.String("key-url", "", "versioned key id to switch to")
 	rot := f.boolValue("enable-auto-key-rotation", "re-wrap disks to new key versions automatically (true|false)")
+	ua := f.String("mi-user-assigned", "", "give the set this user-assigned identity (name or resource id) to use its key as; '' takes it away")
+	sys := f.boolValue("mi-system-assigned", "give the set a system-assigned identity (true), or delete the one it has (false)")
 	if err := f.parse(args); err != nil {
 		return err
 	}
-	if *keyURL == "" && !rot.set {
-		return fmt.Errorf("%s: nothing to update; give --key-url or --enable-auto-key-rotation", c.Command)
+	if *keyURL == "" && !rot.set && !f.Changed("mi-user-assigned") && !sys.set {
+		return fmt.Errorf("%s: nothing to update; give --key-url, --enable-auto-key-rotation, --mi-user-assigned or --mi-system-assigned", c.Command)
 	}
-	req := api.UpdateDESRequest{KeyURL: *keyURL, EnableAutoKeyRotation: rot.ptr()}
+	req := api.UpdateDESRequest{KeyURL: *keyURL, EnableAutoKeyRotation: rot.ptr(), SystemAssignedIdentity: sys.ptr()}
+	if f.Changed("mi-user-assigned") {
+		req.UserAssignedIdentity = ua
+	}
 	d, err := onHost(c, func(h *api.Client) (*api.DiskEncryptionSet, error) { return h.UpdateDES(c.Ctx, *name, req) })
 	if err != nil {
 		return err

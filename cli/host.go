@@ -98,7 +98,7 @@ func diskCreate(c *Context, args []string) error {
 	sector := f.Int("logical-sector-size", 512, "512 or 4096")
 	des := f.String("disk-encryption-set", "", "disk encryption set (customer-managed key)")
 	enc := f.String("encryption-type", "", "EncryptionAtRestWithPlatformKey (default), …WithCustomerKey or …WithPlatformAndCustomerKeys")
-	src := f.String("source", "", "a snapshot or image to copy (the disk gets its own key; --size defaults to the source's)")
+	src := f.String("source", "", "a snapshot, an image or a gallery image version (GALLERY/DEFINITION/VERSION or its id) to copy (the disk gets its own key; --size defaults to the source's)")
 	pl := placementFlags(f)
 	ade := f.boolValue("ade", "the disk uses guest-level disk encryption (true|false); recorded for good")
 	if err := f.parse(args); err != nil {

@@ -69,6 +69,19 @@ func Handler(h *Host) http.Handler {
 	}))
 	handle(api.RouteDeleteDES, func(r *http.Request) (any, error) { return nil, h.DeleteDES(r.Context(), name(r)) })
 
+	handle(api.RouteListIdentities, func(r *http.Request) (any, error) { return h.ListIdentities(r.Context()) })
+	handle(api.RouteCreateIdentity, withBody(func(r *http.Request, b api.CreateIdentityRequest) (any, error) {
+		return h.CreateIdentity(r.Context(), b)
+	}))
+	handle(api.RouteShowIdentity, func(r *http.Request) (any, error) { return h.ShowIdentity(r.Context(), name(r)) })
+	handle(api.RouteDeleteIdentity, func(r *http.Request) (any, error) { return nil, h.DeleteIdentity(r.Context(), name(r)) })
+
+	handle(api.RouteListSubscriptions, func(r *http.Request) (any, error) { return h.ListSubscriptions(r.Context()) })
+	handle(api.RouteShowSubscription, func(r *http.Request) (any, error) { return h.ShowSubscription(r.Context(), r.PathValue("id")) })
+	handle(api.RouteTransferSubscription, withBody(func(r *http.Request, b api.TransferSubscriptionRequest) (any, error) {
+		return h.TransferSubscription(r.Context(), r.PathValue("id"), b)
+	}))
+
 	handle(api.RouteListSnapshots, func(r *http.Request) (any, error) { return h.ListSnapshots() })
 	handle(api.RouteCreateSnapshot, withBody(func(r *http.Request, b api.CreateSnapshotRequest) (any, error) {
 		return h.CreateSnapshot(r.Context(), b)
@@ -85,6 +98,31 @@ func Handler(h *Host) http.Handler {
 	handle(api.RouteShowImage, func(r *http.Request) (any, error) { return h.ShowImage(name(r)) })
 	handle(api.RouteDeleteImage, func(r *http.Request) (any, error) { return nil, h.DeleteImage(r.Context(), name(r)) })
 	handle(api.RouteMoveImage, withBody(func(r *http.Request, b api.MoveRequest) (any, error) { return h.MoveImage(r.Context(), name(r), b) }))
+
+	gallery := func(r *http.Request) string { return r.PathValue("gallery") }
+	handle(api.RouteListGalleries, func(r *http.Request) (any, error) { return h.ListGalleries(r.Context()) })
+	handle(api.RouteCreateGallery, withBody(func(r *http.Request, b api.CreateGalleryRequest) (any, error) { return h.CreateGallery(r.Context(), b) }))
+	handle(api.RouteShowGallery, func(r *http.Request) (any, error) { return h.ShowGallery(r.Context(), name(r)) })
+	handle(api.RouteDeleteGallery, func(r *http.Request) (any, error) { return nil, h.DeleteGallery(r.Context(), name(r)) })
+	handle(api.RouteMoveGallery, withBody(func(r *http.Request, b api.MoveRequest) (any, error) { return h.MoveGallery(r.Context(), name(r), b) }))
+	handle(api.RouteListGalleryImages, func(r *http.Request) (any, error) { return h.ListGalleryImages(r.Context(), gallery(r)) })
+	handle(api.RouteCreateGalleryImage, withBody(func(r *http.Request, b api.CreateGalleryImageRequest) (any, error) {
+		return h.CreateGalleryImage(r.Context(), gallery(r), b)
+	}))
+	handle(api.RouteShowGalleryImage, func(r *http.Request) (any, error) { return h.ShowGalleryImage(r.Context(), gallery(r), name(r)) })
+	handle(api.RouteDeleteGalleryImage, func(r *http.Request) (any, error) { return nil, h.DeleteGalleryImage(r.Context(), gallery(r), name(r)) })
+	handle(api.RouteListGalleryImageVersions, func(r *http.Request) (any, error) {
+		return h.ListGalleryImageVersions(r.Context(), gallery(r), r.PathValue("image"))
+	})
+	handle(api.RouteCreateGalleryImageVersion, withBody(func(r *http.Request, b api.CreateGalleryImageVersionRequest) (any, error) {
+		return h.CreateGalleryImageVersion(r.Context(), gallery(r), r.PathValue("image"), b)
+	}))
+	handle(api.RouteShowGalleryImageVersion, func(r *http.Request) (any, error) {
+		return h.ShowGalleryImageVersion(r.Context(), gallery(r), r.PathValue("image"), name(r))
+	})
+	handle(api.RouteDeleteGalleryImageVersion, func(r *http.Request) (any, error) {
+		return nil, h.DeleteGalleryImageVersion(r.Context(), gallery(r), r.PathValue("image"), name(r))
+	})
 
 	handle(api.RouteProgress, func(r *http.Request) (any, error) {
 		if p := h.Progress(r.PathValue("kind"), name(r)); p != nil {

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"hostcrypt/control/api"
+	"hostcrypt/control/keys"
 	"hostcrypt/control/store"
 )
 
@@ -55,16 +56,39 @@ func (h *Host) CreateDES(ctx context.Context, req api.CreateDESRequest) (*api.Di
 		fmt.Sprintf("use a key of a vault in %s, or create the set in the vault's location (--location)", p.Location)); err != nil {
 		return nil, err
 	}
-	id, cred, err := h.keys.CreateIdentity(ctx, "des/"+req.Name)
-	if err != nil {
-		return nil, fmt.Errorf("creating the identity of disk encryption set %q: %w", req.Name, classified(h.keys, err))
+	system := req.SystemAssignedIdentity == nil || *req.SystemAssignedIdentity
+	var ua *store.UserAssignedRef
+	if req.UserAssignedIdentity != "" {
+		mi, ok := identityByRef(r, req.UserAssignedIdentity)
+		if !ok {
+			return nil, badRequest("user-assigned identity %q does not exist: create it first (hostcrypt identity create --name NAME), or leave out --mi-user-assigned", req.UserAssignedIdentity)
+		}
+		ua = uaRef(mi)
+	} else if !system {
+		return nil, badRequest("disk encryption set %q needs an identity to use its key as: give --mi-user-assigned, or leave --mi-system-assigned true", req.Name)
 	}
-	undo := func(err error) error {
-		ctx := context.WithoutCancel(ctx)
-		return errors.Join(err, h.secrets.DeleteCredential(ctx, req.Name), classified(h.keys, h.keys.DeleteIdentity(ctx, id.PrincipalID)))
+	if err := h.checkIdentityTenant(ctx, r, req.Name, p, ua); err != nil {
+		return nil, err
 	}
-	if err := h.secrets.SetCredential(ctx, req.Name, cred); err != nil {
-		return nil, undo(fmt.Errorf("keeping the credential of disk encryption set %q: %w", req.Name, err))
+	var id keys.Identity
+	undo := func(err error) error { return err }
+	if system {
+		tenant, err := h.subscriptionTenant(ctx, r, p.Subscription)
+		if err != nil {
+			return nil, err
+		}
+		var cred string
+		id, cred, err = h.keys.CreateIdentity(ctx, keys.IdentitySpec{Type: keys.SystemAssigned, TenantID: tenant, DisplayName: "des/" + req.Name})
+		if err != nil {
+			return nil, fmt.Errorf("creating the identity of disk encryption set %q: %w", req.Name, classified(h.keys, err))
+		}
+		undo = func(err error) error {
+			ctx := context.WithoutCancel(ctx)
+			return errors.Join(err, h.secrets.DeleteCredential(ctx, req.Name), classified(h.keys, h.keys.DeleteIdentity(ctx, id.PrincipalID)))
+		}
+		if err := h.secrets.SetCredential(ctx, req.Name, cred); err != nil {
+			return nil, undo(fmt.Errorf("keeping the credential of disk encryption set %q: %w", req.Name, err))
+		}
 	}
 	des := &store.DES{
 		Name: req.Name, ID: resourceID(p, typeDES, req.Name), Placement: p,
@@ -72,7 +96,7 @@ func (h *Host) CreateDES(ctx context.Context, req api.CreateDESRequest) (*api.Di
 		ActiveKey:                         store.KeyForDES{SourceVault: store.SourceVault{ID: vault}, KeyURL: req.KeyURL},
 		PreviousKeys:                      []store.KeyForDES{},
 		RotationToLatestKeyVersionEnabled: req.EnableAutoKeyRotation,
-		Identity:                          store.Identity{Type: id.Type, PrincipalID: id.PrincipalID, TenantID: id.TenantID},
+		Identity:                          store.Identity{Type: identityType(system, ua != nil), PrincipalID: id.PrincipalID, TenantID: id.TenantID, UserAssigned: ua},
 	}
 	if _, err := h.update(ctx, func(r *store.Records) error {
 		if _, ok := r.DES[req.Name]; ok {
@@ -81,12 +105,15 @@ func (h *Host) CreateDES(ctx context.Context, req api.CreateDESRequest) (*api.Di
 		if err := h.checkDESLimit(r, p); err != nil {
 			return err
 		}
+		if ua != nil && r.Identities[ua.Name] == nil {
+			return conflict("user-assigned identity %q was deleted meanwhile; create it again, or give another", ua.Name)
+		}
 		r.DES[req.Name] = des
 		return nil
 	}); err != nil {
 		return nil, undo(err)
 	}
-	h.log.Info("disk encryption set created", "des", req.Name, "key", req.KeyURL, "principal", id.PrincipalID)
+	h.log.Info("disk encryption set created", "des", req.Name, "key", req.KeyURL, "identity", des.Identity.Type, "principal", keyIdentityOf(des).principal)
 	return h.showDES(ctx, des), nil
 }
 
@@ -128,7 +155,8 @@ func (h *Host) ListDES(ctx context.Context) ([]*api.DiskEncryptionSet, error) {
 	return sortedViews(r.DES, func(d *store.DES) *api.DiskEncryptionSet { return h.showDES(ctx, d) }), nil
 }
 
-// DeleteDES deletes a disk encryption set no disk uses, and its identity.
+// DeleteDES deletes a disk encryption set no disk uses, and its
+// system-assigned identity; a user-assigned one stays.
 func (h *Host) DeleteDES(ctx context.Context, name string) error {
 	release, err := h.claim("being deleted", "des/"+name)
 	if err != nil {
@@ -158,8 +186,11 @@ func (h *Host) DeleteDES(ctx context.Context, name string) error {
 	}); err != nil {
 		return err
 	}
+	if des.Identity.PrincipalID == "" {
+		return nil // only a user-assigned identity, which stays
+	}
 	if err := h.keys.DeleteIdentity(ctx, des.Identity.PrincipalID); err != nil {
-		return fmt.Errorf("disk encryption set %q is deleted, but its identity %s is not: %w; delete it in the key store (hostcrypt identity delete --object-id %s)",
+		return fmt.Errorf("disk encryption set %q is deleted, but its identity %s is not: %w; delete it in the key store (hostcrypt identity delete --id %s)",
 			name, des.Identity.PrincipalID, classified(h.keys, err), des.Identity.PrincipalID)
 	}
 	return h.secrets.DeleteCredential(ctx, name)

@@ -37,6 +37,9 @@ func (h *Host) leftovers(ctx context.Context, r *store.Records) ([]api.Leftover,
 	for _, im := range r.Images {
 		owned[im.StoragePrefix] = true
 	}
+	for _, gv := range r.GalleryImageVersions {
+		owned[gv.StoragePrefix] = true
+	}
 	var out []api.Leftover
 	seen := map[string]bool{}
 	add := func(where, path, reason string, used int64) {

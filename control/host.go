@@ -303,6 +303,10 @@ func kindName(k string) string {
 		return "VM"
 	case "des":
 		return "disk encryption set"
+	case "identity":
+		return "user-assigned identity"
+	case "galleryImageVersion":
+		return "image version"
 	}
 	return k
 }

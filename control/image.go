@@ -112,8 +112,9 @@ func (s *source) close() {
 	s.release()
 }
 
-// openSource claims and opens a snapshot, an image or (with allowDisk) a
-// disk that is not in use, by name, for copying.
+// openSource claims and opens a snapshot, an image, a gallery image version
+// (by path or resource id) or (with allowDisk) a disk that is not in use,
+// by name, for copying.
 func (h *Host) openSource(ctx context.Context, r *store.Records, name string, allowDisk bool) (_ *source, err error) {
 	if s, ok := r.Snapshots[name]; ok {
 		release, err := h.claim("a copy is being made of it", "snapshot/"+name)
@@ -161,9 +162,21 @@ func (h *Host) openSource(ctx context.Context, r *store.Records, name string, al
 		}
 		return &source{kind: "disk", name: name, id: dr.ID, d: d, sector: dr.LogicalSectorSize, at: dr.Placement, ade: dr.ADE, release: release}, nil
 	}
-	what := "snapshot or image"
+	if path, gv, ok := versionByRef(r, name); ok {
+		release, err := h.claim("a copy is being made of it", "galleryImageVersion/"+path)
+		if err != nil {
+			return nil, err
+		}
+		d, err := disk.Open(ctx, h.cfg.Storage, gv.StoragePrefix, h.unwrapperFor(r, "image version "+path, gv.Encryption), openOptions(gv.Encryption)...)
+		if err != nil {
+			release()
+			return nil, fmt.Errorf("opening image version %s: %w", path, err)
+		}
+		return &source{kind: "image version", name: path, id: gv.ID, d: d, sector: gv.LogicalSectorSize, at: gv.Placement, ade: gv.ADE, release: release}, nil
+	}
+	what := "snapshot, image or gallery image version (GALLERY/DEFINITION/VERSION)"
 	if allowDisk {
-		what = "disk or snapshot"
+		what = "disk, snapshot, image or gallery image version"
 	}
 	return nil, notFound(what, name)
 }

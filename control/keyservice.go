@@ -70,14 +70,23 @@ func desByID(r *store.Records, id string) (*store.DES, bool) {
 	return nil, false
 }
 
-// customerKeys acts as the identity of a disk encryption set.
-func (h *Host) customerKeys(ctx context.Context, des string) (keys.Customer, error) {
-	cred, err := h.secrets.Credential(ctx, des)
+// customerKeys acts as the identity des uses its key as (keyIdentityOf),
+// unless the set's subscription was moved to another tenant than the
+// identity's (checkTenant).
+func (h *Host) customerKeys(ctx context.Context, des *store.DES) (keys.Customer, error) {
+	ki := keyIdentityOf(des)
+	if err := h.checkTenant(ctx, des, ki); err != nil {
+		return nil, err
+	}
+	cred, err := h.secrets.Credential(ctx, ki.cred)
 	if err != nil {
-		return nil, fmt.Errorf("reading the credential of disk encryption set %q: %w", des, err)
+		return nil, fmt.Errorf("reading the credential of the %s identity of disk encryption set %q: %w", ki.typ, des.Name, err)
 	}
 	if cred == "" {
-		return nil, conflict("disk encryption set %q has no credential for its identity on this host; recreate the set, or restore the host's secrets.json", des)
+		if ki.ua != "" {
+			return nil, conflict("user-assigned identity %q of disk encryption set %q has no credential on this host; give the set another identity (hostcrypt des update --name %s --mi-user-assigned ID), or restore the host's secrets.json", ki.ua, des.Name, des.Name)
+		}
+		return nil, conflict("disk encryption set %q has no credential for its identity on this host; recreate the set, or restore the host's secrets.json", des.Name)
 	}
 	return h.keys.As(cred), nil
 }
@@ -85,7 +94,7 @@ func (h *Host) customerKeys(ctx context.Context, des string) (keys.Customer, err
 // grantHint says how to give an identity access to a key.
 func grantHint(des *store.DES) string {
 	return fmt.Sprintf("grant it get, wrapKey and unwrapKey: hostcrypt keyvault set-policy --name %s --object-id %s --key-permissions get,wrapKey,unwrapKey",
-		des.ActiveKey.SourceVault.ID, des.Identity.PrincipalID)
+		des.ActiveKey.SourceVault.ID, keyIdentityOf(des).principal)
 }
 
 // accessDenied is the answer to an identity of des refused action ("wrap
@@ -107,7 +116,7 @@ func accessDenied(des *store.DES, action string) *api.Error {
 	}
 	return errorf(http.StatusForbidden, "KeyVaultAccessForbidden",
 		"disk encryption set %q lacks key permission '%s' on vault %s; grant its identity access: hostcrypt keyvault set-policy --name %s --object-id %s --key-permissions get,wrapKey,unwrapKey",
-		des.Name, op, vault, vault, des.Identity.PrincipalID)
+		des.Name, op, vault, vault, keyIdentityOf(des).principal)
 }
 
 // keyProblem words a key service error of the identity of des, doing
@@ -123,9 +132,9 @@ func (h *Host) keyProblem(err error, des *store.DES, action string) error {
 		return &keyError{problem: p, err: fmt.Errorf("disk encryption set %q: the key store did not answer to %s: %w", des.Name, action, err)}
 	case keys.Revoked, keys.Expired:
 		return &keyError{problem: p, err: fmt.Errorf("the identity %s of disk encryption set %q cannot %s: %w (%s)",
-			des.Identity.PrincipalID, des.Name, action, err, grantHint(des))}
+			keyIdentityOf(des).principal, des.Name, action, err, grantHint(des))}
 	}
-	return fmt.Errorf("the identity %s of disk encryption set %q cannot %s: %w", des.Identity.PrincipalID, des.Name, action, err)
+	return fmt.Errorf("the identity %s of disk encryption set %q cannot %s: %w", keyIdentityOf(des).principal, des.Name, action, err)
 }
 
 // unwrapperFor opens the wraps of a disk (or a snapshot's or image's, by
@@ -143,7 +152,7 @@ func (h *Host) unwrapperFor(r *store.Records, name string, enc store.Encryption)
 		if des == nil {
 			return nil, conflict("%s is encrypted with key %s but its disk encryption set is gone", name, w.KeyID)
 		}
-		ck, err := h.customerKeys(ctx, des.Name)
+		ck, err := h.customerKeys(ctx, des)
 		if err != nil {
 			return nil, err
 		}
@@ -157,7 +166,7 @@ func (h *Host) unwrapperFor(r *store.Records, name string, enc store.Encryption)
 
 // customerWrapper wraps with the active key of des, as its identity.
 func (h *Host) customerWrapper(ctx context.Context, des *store.DES) (disk.KeyWrapper, error) {
-	ck, err := h.customerKeys(ctx, des.Name)
+	ck, err := h.customerKeys(ctx, des)
 	if err != nil {
 		return nil, err
 	}
@@ -192,7 +201,7 @@ func (h *Host) wrappersFor(ctx context.Context, encType string, des *store.DES) 
 // kid may be used now: a wrap of a throw-away key succeeds only for an
 // enabled, unexpired key the identity still has access to.
 func (h *Host) probeKey(ctx context.Context, des *store.DES, kid string) (keys.Problem, error) {
-	ck, err := h.customerKeys(ctx, des.Name)
+	ck, err := h.customerKeys(ctx, des)
 	if err != nil {
 		return keys.Revoked, err
 	}
@@ -214,7 +223,7 @@ func (h *Host) probeKey(ctx context.Context, des *store.DES, kid string) (keys.P
 // checkAccess proves the identity can get, wrap and unwrap with the active
 // key by wrapping and unwrapping a throw-away key.
 func (h *Host) checkAccess(ctx context.Context, des *store.DES) error {
-	ck, err := h.customerKeys(ctx, des.Name)
+	ck, err := h.customerKeys(ctx, des)
 	if err != nil {
 		return err
 	}

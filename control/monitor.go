@@ -165,7 +165,7 @@ func (h *Host) checkStartKeys(ctx context.Context, r *store.Records, vm *store.V
 			if errors.As(err, &e) {
 				return err
 			}
-			return conflict("VM %q cannot start: key %s of disk %q (disk encryption set %q) is not usable: %v; enable or recover the key, or restore the access policy of identity %s", vm.Name, d.KeyID, name, des.Name, err, des.Identity.PrincipalID)
+			return conflict("VM %q cannot start: key %s of disk %q (disk encryption set %q) is not usable: %v; enable or recover the key, or restore the access policy of identity %s", vm.Name, d.KeyID, name, des.Name, err, keyIdentityOf(des).principal)
 		}
 	}
 	return nil

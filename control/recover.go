@@ -33,6 +33,10 @@ func repair(s *store.Records, log *slog.Logger) {
 	dropNil(s.Images, "image", log)
 	dropNil(s.Intents, "intent", log)
 	dropNil(s.Removals, "removal", log)
+	dropNil(s.Identities, "user-assigned identity", log)
+	dropNil(s.Galleries, "gallery", log)
+	dropNil(s.GalleryImages, "image definition", log)
+	dropNil(s.GalleryImageVersions, "image version", log)
 	for name, d := range s.Disks {
 		if d.Name != name {
 			log.Warn("state: a disk record's name differs from its key; using the key", "disk", name, "recorded", d.Name)

@@ -146,6 +146,9 @@ func (h *Host) checkCreateDisk(r api.CreateDiskRequest, des *store.DES) (store.P
 		if err := checkDESScope("disk", r.Name, p, des); err != nil {
 			return p, err
 		}
+		if err := checkUltraUserAssigned(r.Name, r.Sku, des); err != nil {
+			return p, err
+		}
 	}
 	return p, nil
 }
@@ -180,7 +183,10 @@ func checkDiskKeys(r *store.Records, d *store.Disk, des *store.DES) error {
 	if vm := r.VMs[d.ManagedBy]; vm != nil && vm.ADE {
 		return adeRefusal("VM", vm.Name, "customer-managed keys on its disks", "keep disk "+d.Name+" on platform-managed keys, or detach it first")
 	}
-	return checkDESScope("disk", d.Name, d.Placement, des)
+	if err := checkDESScope("disk", d.Name, d.Placement, des); err != nil {
+		return err
+	}
+	return checkUltraUserAssigned(d.Name, d.Sku.Name, des)
 }
 
 // checkDiskADE checks recording that disk d uses guest-level disk

@@ -15,10 +15,11 @@ import (
 
 // UpdateDES switches a set to another key (version) — every disk of the set
 // is re-wrapped to it, data untouched, VMs running — or changes its
-// auto-rotation setting.
+// auto-rotation setting or its identities. Identities change first, so a
+// new key is checked as the identity that will use it.
 func (h *Host) UpdateDES(ctx context.Context, name string, req api.UpdateDESRequest) (*api.DiskEncryptionSet, error) {
-	if req.KeyURL == "" && req.EnableAutoKeyRotation == nil {
-		return nil, badRequest("nothing to update: give --key-url or --enable-auto-key-rotation")
+	if req.KeyURL == "" && req.EnableAutoKeyRotation == nil && req.UserAssignedIdentity == nil && req.SystemAssignedIdentity == nil {
+		return nil, badRequest("nothing to update: give --key-url, --enable-auto-key-rotation, --mi-user-assigned or --mi-system-assigned")
 	}
 	release, err := h.claim("re-wrapping its disks", "des/"+name)
 	if err != nil {
@@ -32,6 +33,15 @@ func (h *Host) UpdateDES(ctx context.Context, name string, req api.UpdateDESRequ
 	des, ok := r.DES[name]
 	if !ok {
 		return nil, notFound("disk encryption set", name)
+	}
+	if req.UserAssignedIdentity != nil || req.SystemAssignedIdentity != nil {
+		if err := h.updateDESIdentity(ctx, r, des, req); err != nil {
+			return nil, err
+		}
+		if r, err = h.load(ctx); err != nil {
+			return nil, err
+		}
+		des = r.DES[name]
 	}
 	if req.KeyURL != "" {
 		vault, err := parseKeyURL(req.KeyURL)
@@ -75,7 +85,7 @@ func (h *Host) recordDES(ctx context.Context, name string, change func(d *store.
 // failure is recorded in autoKeyRotationError and the next attempt resumes.
 // The caller has claimed the set.
 func (h *Host) switchKey(ctx context.Context, des *store.DES, next store.KeyForDES) error {
-	ck, err := h.customerKeys(ctx, des.Name)
+	ck, err := h.customerKeys(ctx, des)
 	if err != nil {
 		return err
 	}
@@ -95,7 +105,8 @@ func (h *Host) switchKey(ctx context.Context, des *store.DES, next store.KeyForD
 	return h.rewrapSet(ctx, des.Name)
 }
 
-// rewrapSet re-wraps every disk, snapshot and image of the set that is not
+// rewrapSet re-wraps every disk, snapshot, image and gallery image version
+// of the set that is not
 // on its active key yet, with no lock held, and records the new key ids and
 // the set's rotation state in one transaction. The caller has claimed the
 // set.
@@ -130,6 +141,11 @@ func (h *Host) rewrapSet(ctx context.Context, name string) error {
 	for n, im := range r.Images {
 		if im.Encryption.DiskEncryptionSetID == des.ID && im.KeyID != des.ActiveKey.KeyURL {
 			targets = append(targets, target{"image", n, im.StoragePrefix, im.Encryption})
+		}
+	}
+	for n, gv := range r.GalleryImageVersions {
+		if gv.Encryption.DiskEncryptionSetID == des.ID && gv.KeyID != des.ActiveKey.KeyURL {
+			targets = append(targets, target{"galleryImageVersion", n, gv.StoragePrefix, gv.Encryption})
 		}
 	}
 	sort.Slice(targets, func(i, j int) bool { return targets[i].kind+" "+targets[i].name < targets[j].kind+" "+targets[j].name })
@@ -171,6 +187,10 @@ func (h *Host) rewrapSet(ctx context.Context, name string) error {
 				if im := r.Images[n]; im != nil {
 					im.KeyID = kid
 				}
+			case "galleryImageVersion":
+				if gv := r.GalleryImageVersions[n]; gv != nil {
+					gv.KeyID = kid
+				}
 			}
 		}
 		d := r.DES[name]
@@ -199,6 +219,11 @@ func (h *Host) RotateKeys(ctx context.Context) {
 		return
 	}
 	for _, name := range sortedKeys(r.DES) {
+		if d := r.DES[name]; !d.RotationToLatestKeyVersionEnabled && len(d.PreviousKeys) == 0 {
+			// Nothing to do: claiming it would only turn a user's
+			// des update away for nothing ("busy").
+			continue
+		}
 		release, err := h.claim("rotating its key", "des/"+name)
 		if err != nil {
 			continue
@@ -229,7 +254,7 @@ func (h *Host) rotate(ctx context.Context, name string) {
 			h.log.Error("recording a rotation error", "des", name, "err", err)
 		}
 	}
-	ck, err := h.customerKeys(ctx, name)
+	ck, err := h.customerKeys(ctx, des)
 	if err != nil {
 		fail(message(err))
 		return

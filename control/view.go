@@ -131,6 +131,14 @@ func desView(d *store.DES) *api.DiskEncryptionSet {
 		LastKeyVersionFound:               d.LastKeyVersionFound,
 		Identity:                          api.Identity{Type: d.Identity.Type, PrincipalID: d.Identity.PrincipalID, TenantID: d.Identity.TenantID},
 	}
+	if ua := d.Identity.UserAssigned; ua != nil {
+		v.Identity.UserAssignedIdentities = map[string]api.UserAssignedIdentityValue{ua.ID: {PrincipalID: ua.PrincipalID, ClientID: ua.ClientID}}
+	}
+	ki := keyIdentityOf(d)
+	v.KeyAccessIdentity = api.KeyAccessIdentity{Type: ki.typ, PrincipalID: ki.principal, TenantID: ki.tenant}
+	if d.Identity.UserAssigned != nil {
+		v.KeyAccessIdentity.UserAssignedIdentity = d.Identity.UserAssigned.ID
+	}
 	for _, k := range d.PreviousKeys {
 		v.PreviousKeys = append(v.PreviousKeys, keyView(k))
 	}

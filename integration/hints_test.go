@@ -72,4 +72,11 @@ func TestRestrictionHintsWork(t *testing.T) {
 	}
 	h.json(&d, "disk", "show", "--name", "p3")
 	require.Equal(t, def, d.Subscription, "the hint moved p3 into the VM's subscription")
+
+	// A set an UltraSSD disk uses gets a user-assigned identity for its key
+	// access once that disk is on other keys.
+	h.ok("identity", "create", "--name", "id1")
+	h.ok("disk", "create", "--name", "u7", "--size", "16M", "--sku", "UltraSSD_LRS", "--logical-sector-size", "4096", "--disk-encryption-set", "des1")
+	follow("cannot use a set whose key access goes through a user-assigned identity", "des", "update", "--name", "des1", "--mi-user-assigned", "id1")
+	h.ok("des", "update", "--name", "des1", "--mi-user-assigned", "id1")
 }

@@ -101,13 +101,26 @@ type CreateDESRequest struct {
 	Location              string `json:"location,omitempty"`
 	Subscription          string `json:"subscription,omitempty"`
 	ResourceGroup         string `json:"resourceGroup,omitempty"`
+	// UserAssignedIdentity gives the set a user-assigned identity (its
+	// name or resource id), which it then uses its key as.
+	UserAssignedIdentity string `json:"userAssignedIdentity,omitempty"`
+	// SystemAssignedIdentity false creates the set without a
+	// system-assigned identity (it then needs a user-assigned one); nil
+	// or true creates one.
+	SystemAssignedIdentity *bool `json:"systemAssignedIdentity,omitempty"`
 }
 
-// UpdateDESRequest changes a disk encryption set's key or its rotation
-// setting.
+// UpdateDESRequest changes a disk encryption set's key, its rotation
+// setting or its identities. Absent fields stay as they are.
 type UpdateDESRequest struct {
 	KeyURL                string `json:"keyUrl,omitempty"`
 	EnableAutoKeyRotation *bool  `json:"enableAutoKeyRotation,omitempty"`
+	// UserAssignedIdentity gives the set this user-assigned identity (name
+	// or resource id) instead of the one it has; "" takes it away.
+	UserAssignedIdentity *string `json:"userAssignedIdentity,omitempty"`
+	// SystemAssignedIdentity true gives the set a system-assigned identity
+	// if it has none; false deletes the one it has.
+	SystemAssignedIdentity *bool `json:"systemAssignedIdentity,omitempty"`
 }
 
 // CreateSnapshotRequest is the body of a snapshot creation.

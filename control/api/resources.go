@@ -179,12 +179,39 @@ type AttachedDisk struct {
 	Caching string `json:"caching"`
 }
 
-// Identity is the identity of a disk encryption set, as Azure shows a
-// managed identity.
+// Identity types of a disk encryption set, as Azure names them.
+const (
+	IdentitySystemAssigned = "SystemAssigned"
+	IdentityUserAssigned   = "UserAssigned"
+	IdentityBoth           = "SystemAssigned, UserAssigned"
+)
+
+// Identity is the identities of a disk encryption set, as Azure shows
+// them: the system-assigned one (PrincipalID, TenantID; empty without one)
+// and the user-assigned ones by resource id.
 type Identity struct {
-	Type        string `json:"type"`
+	Type                   string                               `json:"type"`
+	PrincipalID            string                               `json:"principalId,omitempty"`
+	TenantID               string                               `json:"tenantId,omitempty"`
+	UserAssignedIdentities map[string]UserAssignedIdentityValue `json:"userAssignedIdentities,omitempty"`
+}
+
+// UserAssignedIdentityValue is a user-assigned identity of a set.
+type UserAssignedIdentityValue struct {
 	PrincipalID string `json:"principalId"`
-	TenantID    string `json:"tenantId"`
+	ClientID    string `json:"clientId"`
+}
+
+// KeyAccessIdentity is the identity a set uses its key as: its
+// user-assigned identity when it has one, else its system-assigned one.
+// Access policies must grant this principal; the key store's audit log
+// names it.
+type KeyAccessIdentity struct {
+	Type string `json:"type"` // SystemAssigned or UserAssigned
+	// UserAssignedIdentity is the resource id of the user-assigned one.
+	UserAssignedIdentity string `json:"userAssignedIdentity,omitempty"`
+	PrincipalID          string `json:"principalId"`
+	TenantID             string `json:"tenantId"`
 }
 
 // KeyForDES names a key version in a vault.
@@ -220,6 +247,8 @@ type DiskEncryptionSet struct {
 	// computed by show.
 	NextKeyVersionCheck *time.Time `json:"nextKeyVersionCheck,omitempty"`
 	Identity            Identity   `json:"identity"`
+	// KeyAccessIdentity is which of the set's identities uses its key.
+	KeyAccessIdentity KeyAccessIdentity `json:"keyAccessIdentity"`
 	// KeyAccess says whether the identity can use the active key right now
 	// ("ok", or why not and what to do); show and list check it.
 	KeyAccess string `json:"keyAccess,omitempty"`

@@ -57,6 +57,31 @@ const (
 	RouteProgress = "GET /progress/{kind}/{name}" // -> CopyProgress
 
 	RouteGC = "POST /host/gc" // GCRequest -> GCReport
+
+	RouteListIdentities = "GET /identities"
+	RouteCreateIdentity = "POST /identities"          // CreateIdentityRequest -> UserAssignedIdentity
+	RouteShowIdentity   = "GET /identities/{name}"    //
+	RouteDeleteIdentity = "DELETE /identities/{name}" //
+
+	RouteListSubscriptions    = "GET /subscriptions"
+	RouteShowSubscription     = "GET /subscriptions/{id}"
+	RouteTransferSubscription = "POST /subscriptions/{id}/transfer" // TransferSubscriptionRequest -> Subscription
+
+	RouteListGalleries = "GET /galleries"
+	RouteCreateGallery = "POST /galleries"             // CreateGalleryRequest -> Gallery
+	RouteShowGallery   = "GET /galleries/{name}"       //
+	RouteDeleteGallery = "DELETE /galleries/{name}"    //
+	RouteMoveGallery   = "POST /galleries/{name}/move" // MoveRequest -> Gallery
+
+	RouteListGalleryImages  = "GET /galleries/{gallery}/images"
+	RouteCreateGalleryImage = "POST /galleries/{gallery}/images"          // CreateGalleryImageRequest -> GalleryImage
+	RouteShowGalleryImage   = "GET /galleries/{gallery}/images/{name}"    //
+	RouteDeleteGalleryImage = "DELETE /galleries/{gallery}/images/{name}" //
+
+	RouteListGalleryImageVersions  = "GET /galleries/{gallery}/images/{image}/versions"
+	RouteCreateGalleryImageVersion = "POST /galleries/{gallery}/images/{image}/versions"          // CreateGalleryImageVersionRequest -> GalleryImageVersion
+	RouteShowGalleryImageVersion   = "GET /galleries/{gallery}/images/{image}/versions/{name}"    //
+	RouteDeleteGalleryImageVersion = "DELETE /galleries/{gallery}/images/{image}/versions/{name}" //
 )
 
 // Kinds of RouteProgress.
@@ -64,6 +89,8 @@ const (
 	KindDisks     = "disks"
 	KindSnapshots = "snapshots"
 	KindImages    = "images"
+	// KindGalleryImageVersions names a version GALLERY/DEFINITION/VERSION.
+	KindGalleryImageVersions = "galleryImageVersions"
 )
 
 // Path returns the method and the path of route with its {…} filled in

@@ -37,6 +37,11 @@ var allRoutes = []string{
 	RouteListSnapshots, RouteCreateSnapshot, RouteShowSnapshot, RouteUpdateSnapshot, RouteDeleteSnapshot, RouteMoveSnapshot,
 	RouteListImages, RouteCreateImage, RouteShowImage, RouteDeleteImage, RouteMoveImage,
 	RouteProgress, RouteGC,
+	RouteListIdentities, RouteCreateIdentity, RouteShowIdentity, RouteDeleteIdentity,
+	RouteListSubscriptions, RouteShowSubscription, RouteTransferSubscription,
+	RouteListGalleries, RouteCreateGallery, RouteShowGallery, RouteDeleteGallery, RouteMoveGallery,
+	RouteListGalleryImages, RouteCreateGalleryImage, RouteShowGalleryImage, RouteDeleteGalleryImage,
+	RouteListGalleryImageVersions, RouteCreateGalleryImageVersion, RouteShowGalleryImageVersion, RouteDeleteGalleryImageVersion,
 }
 
 // The package is for clients: it imports the standard library only.
@@ -47,4 +52,20 @@ func TestStandardLibraryOnly(t *testing.T) {
 		assert.False(t, strings.Contains(strings.SplitN(imp, "/", 2)[0], "."), "imports %s", imp)
 		assert.False(t, strings.HasPrefix(imp, "hostcrypt/"), "imports %s", imp)
 	}
+}
+
+// A gallery image version's path travels as one escaped segment and comes
+// back whole, as the progress of its creation is asked for by it.
+func TestProgressNameWithSlashes(t *testing.T) {
+	mux := http.NewServeMux()
+	var kind, name string
+	mux.HandleFunc(RouteProgress, func(_ http.ResponseWriter, r *http.Request) {
+		kind, name = r.PathValue("kind"), r.PathValue("name")
+	})
+	m, p := Path(RouteProgress, KindGalleryImageVersions, "g1/def1/1.0.0")
+	req, err := http.NewRequest(m, "http://x"+p, nil)
+	require.NoError(t, err)
+	mux.ServeHTTP(nil, req)
+	assert.Equal(t, KindGalleryImageVersions, kind)
+	assert.Equal(t, "g1/def1/1.0.0", name)
 }

@@ -38,10 +38,10 @@ type Service interface {
 	// does nothing for any other key.
 	DestroyTempKey(ctx context.Context, kid string) error
 
-	// CreateIdentity creates the system-assigned identity of a disk
-	// encryption set and returns it with its credential (a bearer token
-	// for the key store, shown once).
-	CreateIdentity(ctx context.Context, displayName string) (Identity, string, error)
+	// CreateIdentity creates a managed identity — the system-assigned one
+	// of a disk encryption set, or a user-assigned one — and returns it
+	// with its credential (a bearer token for the key store, shown once).
+	CreateIdentity(ctx context.Context, spec IdentitySpec) (Identity, string, error)
 	// DeleteIdentity revokes an identity; one already gone is no error.
 	DeleteIdentity(ctx context.Context, principalID string) error
 	// As makes key operations as the identity holding credential, so that
@@ -52,6 +52,10 @@ type Service interface {
 	// clear refusal (revoked, expired) or no answer (unreachable), or
 	// neither (Other).
 	Classify(err error) Problem
+
+	// Tenant returns the key store's own tenant, the platform's: where an
+	// identity is created unless its subscription was moved to another.
+	Tenant(ctx context.Context) (string, error)
 
 	// VaultLocation returns the location of the vault keyURL names, or an
 	// error wrapping ErrVaultNotFound.
@@ -72,7 +76,29 @@ type Customer interface {
 	LatestKeyID(ctx context.Context, kid string) (string, error)
 }
 
-// Identity is a disk encryption set's identity.
+// Managed identity types, as the key store and Azure name them.
+const (
+	// SystemAssigned is the identity a disk encryption set is created
+	// with, and deleted with.
+	SystemAssigned = "SystemAssigned"
+	// UserAssigned is a managed identity of its own, which several sets
+	// may use.
+	UserAssigned = "UserAssigned"
+)
+
+// IdentitySpec says what identity CreateIdentity makes.
+type IdentitySpec struct {
+	// Type is SystemAssigned or UserAssigned.
+	Type string
+	// TenantID is the tenant the identity is created in; "" is the key
+	// store's own (Tenant).
+	TenantID string
+	// DisplayName names it for the key store's administrators
+	// ("des/des1", "identity/id1").
+	DisplayName string
+}
+
+// Identity is a managed identity in the key store.
 type Identity struct {
 	Type        string
 	PrincipalID string

@@ -129,10 +129,27 @@ func (vm *VM) DiskNames() []string {
 	return names
 }
 
-// Identity is the identity of a disk encryption set.
+// Identity is the identities of a disk encryption set: its system-assigned
+// one (PrincipalID, TenantID; empty without one) and the user-assigned one
+// it was given. Type is "SystemAssigned", "UserAssigned" or
+// "SystemAssigned, UserAssigned". The set reaches its key as the
+// user-assigned identity when it has one, else as the system-assigned one.
 type Identity struct {
 	Type        string `json:"type"`
 	PrincipalID string `json:"principalId"`
+	TenantID    string `json:"tenantId"`
+	// UserAssigned is the user-assigned identity the set was given.
+	UserAssigned *UserAssignedRef `json:"userAssigned,omitempty"`
+}
+
+// UserAssignedRef names a user-assigned identity from a set: its name (the
+// key of Records.Identities), resource id, and the ids it has in the key
+// store, which never change.
+type UserAssignedRef struct {
+	Name        string `json:"name"`
+	ID          string `json:"id"`
+	PrincipalID string `json:"principalId"`
+	ClientID    string `json:"clientId"`
 	TenantID    string `json:"tenantId"`
 }
 

@@ -53,6 +53,16 @@ type Records struct {
 	Images    map[string]*Image    `json:"images"`
 	Intents   map[string]*Intent   `json:"intents,omitempty"`
 	Removals  map[string]*Removal  `json:"removals,omitempty"`
+	// Identities are the user-assigned managed identities, by name.
+	Identities map[string]*ManagedIdentity `json:"identities,omitempty"`
+	// Subscriptions records the subscriptions moved to another tenant, by
+	// id; one not here is in the key store's own tenant.
+	Subscriptions map[string]*Subscription `json:"subscriptions,omitempty"`
+	// Galleries, their image definitions ("GALLERY/DEFINITION") and the
+	// definitions' versions ("GALLERY/DEFINITION/VERSION").
+	Galleries            map[string]*Gallery             `json:"galleries,omitempty"`
+	GalleryImages        map[string]*GalleryImage        `json:"galleryImages,omitempty"`
+	GalleryImageVersions map[string]*GalleryImageVersion `json:"galleryImageVersions,omitempty"`
 }
 
 // NewRecords returns empty records.
@@ -84,6 +94,21 @@ func (r *Records) fill() {
 	}
 	if r.Removals == nil {
 		r.Removals = map[string]*Removal{}
+	}
+	if r.Identities == nil {
+		r.Identities = map[string]*ManagedIdentity{}
+	}
+	if r.Subscriptions == nil {
+		r.Subscriptions = map[string]*Subscription{}
+	}
+	if r.Galleries == nil {
+		r.Galleries = map[string]*Gallery{}
+	}
+	if r.GalleryImages == nil {
+		r.GalleryImages = map[string]*GalleryImage{}
+	}
+	if r.GalleryImageVersions == nil {
+		r.GalleryImageVersions = map[string]*GalleryImageVersion{}
 	}
 }
 

@@ -25,7 +25,10 @@ const PlatformVault = "platform"
 // Identity types a caller may create.
 const (
 	IdentitySystemAssigned = "SystemAssigned"
-	IdentityUser           = "User"
+	// IdentityUserAssigned is a user-assigned managed identity, a resource
+	// of the host that disk encryption sets share.
+	IdentityUserAssigned = "UserAssigned"
+	IdentityUser         = "User"
 )
 
 // List is the answer of a listing: {"value":[…]}.
@@ -265,7 +268,8 @@ type Identity struct {
 }
 
 // IdentityCreate is the body of POST /identities. Type is SystemAssigned
-// (for a disk encryption set) or User; an empty TenantID is the caller's.
+// (for a disk encryption set), UserAssigned (a managed identity of its own)
+// or User; an empty TenantID is the caller's.
 type IdentityCreate struct {
 	Type        string `json:"type"`
 	TenantID    string `json:"tenantId"`

@@ -175,7 +175,8 @@ func (c *Client) DeletePolicy(ctx context.Context, vault, objectID string) (*api
 }
 
 // CreateIdentity creates an identity; typ is "SystemAssigned" (for a disk
-// encryption set) or "User"; tenant "" means the caller's. The answer
+// encryption set), "UserAssigned" (a managed identity of its own) or
+// "User"; tenant "" means the caller's. The answer
 // carries the identity's bearer token, shown only this once.
 func (c *Client) CreateIdentity(ctx context.Context, typ, tenant, displayName string) (*api.Identity, error) {
 	var id api.Identity

@@ -50,6 +50,8 @@ type Service struct {
 	// probes and every wrap and unwrap reuse a kept-alive TLS connection
 	// instead of a handshake per call.
 	as map[string]*client.Client
+	// tenant is the key store's own tenant, once asked (Tenant).
+	tenant string
 }
 
 var _ keys.Service = (*Service)(nil)
@@ -153,14 +155,44 @@ func (k *Service) DestroyTempKey(ctx context.Context, kid string) error {
 	return nil
 }
 
-// CreateIdentity creates the system-assigned identity of a disk encryption
-// set, as the platform.
-func (k *Service) CreateIdentity(ctx context.Context, displayName string) (keys.Identity, string, error) {
-	id, err := k.c.CreateIdentity(ctx, api.IdentitySystemAssigned, "", displayName)
+// CreateIdentity creates a managed identity (a disk encryption set's
+// system-assigned one, or a user-assigned one), as the platform.
+func (k *Service) CreateIdentity(ctx context.Context, spec keys.IdentitySpec) (keys.Identity, string, error) {
+	typ := api.IdentitySystemAssigned
+	switch spec.Type {
+	case keys.SystemAssigned:
+	case keys.UserAssigned:
+		typ = api.IdentityUserAssigned
+	default:
+		return keys.Identity{}, "", fmt.Errorf("identity type %q: want %s or %s", spec.Type, keys.SystemAssigned, keys.UserAssigned)
+	}
+	id, err := k.c.CreateIdentity(ctx, typ, spec.TenantID, spec.DisplayName)
 	if err != nil {
 		return keys.Identity{}, "", err
 	}
 	return keys.Identity{Type: id.Type, PrincipalID: id.PrincipalID, TenantID: id.TenantID}, id.Token, nil
+}
+
+// Tenant returns the key store's own tenant: the platform vault's, which is
+// the platform principal's. It never changes, so it is asked once.
+func (k *Service) Tenant(ctx context.Context) (string, error) {
+	k.mu.Lock()
+	t := k.tenant
+	k.mu.Unlock()
+	if t != "" {
+		return t, nil
+	}
+	v, err := k.c.GetVault(ctx, api.PlatformVault)
+	if err != nil {
+		return "", err
+	}
+	if v.Properties.TenantID == "" {
+		return "", fmt.Errorf("the key store's platform vault names no tenant")
+	}
+	k.mu.Lock()
+	k.tenant = v.Properties.TenantID
+	k.mu.Unlock()
+	return v.Properties.TenantID, nil
 }
 
 // DeleteIdentity revokes an identity; one already gone is fine.

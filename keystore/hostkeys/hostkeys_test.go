@@ -82,8 +82,25 @@ func TestServiceOnARealKeyStore(t *testing.T) {
 	_, err = ks.VaultLocation(bg, k.String())
 	require.ErrorIs(t, err, keys.ErrVaultNotFound)
 
-	id, cred, err := ks.CreateIdentity(bg, "des/d1")
+	id, cred, err := ks.CreateIdentity(bg, keys.IdentitySpec{Type: keys.SystemAssigned, DisplayName: "des/d1"})
 	require.NoError(t, err)
+	tenant, err := ks.Tenant(bg)
+	require.NoError(t, err)
+	assert.Equal(t, tenant, id.TenantID, "created in the key store's own tenant")
+	// A user-assigned identity, here in another tenant: of that kind and
+	// tenant in the key store.
+	const t2 = "22222222-3333-4444-5555-666666666666"
+	ua, _, err := ks.CreateIdentity(bg, keys.IdentitySpec{Type: keys.UserAssigned, TenantID: t2, DisplayName: "identity/id1"})
+	require.NoError(t, err)
+	assert.Equal(t, "UserAssigned", ua.Type)
+	assert.Equal(t, t2, ua.TenantID)
+	gotID, err := admin.GetIdentity(bg, ua.PrincipalID)
+	require.NoError(t, err)
+	assert.Equal(t, "UserAssigned", gotID.Type)
+	assert.Equal(t, t2, gotID.TenantID)
+	require.NoError(t, ks.DeleteIdentity(bg, ua.PrincipalID))
+	_, _, err = ks.CreateIdentity(bg, keys.IdentitySpec{Type: "User"})
+	require.Error(t, err, "only managed identities")
 	c := ks.As(cred)
 	_, err = c.WrapKey(bg, kid, dek)
 	assert.Equal(t, keys.Revoked, ks.Classify(err), "no access policy: a refusal (%v)", err)

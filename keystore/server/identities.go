@@ -35,8 +35,8 @@ func (s *Server) createIdentity(c *call) (any, error) {
 	typ := kindSystem
 	if req.Type != "" {
 		var ok bool
-		if typ, ok = canonical([]string{kindSystem, kindUser}, req.Type); !ok {
-			return nil, badParam("identity type %q is not valid; use SystemAssigned or User", req.Type)
+		if typ, ok = canonical([]string{kindSystem, kindUserAssigned, kindUser}, req.Type); !ok {
+			return nil, badParam("identity type %q is not valid; use SystemAssigned, UserAssigned or User", req.Type)
 		}
 	}
 	tenant := req.TenantID

@@ -11,6 +11,10 @@ const (
 	kindPlatform = "Platform"
 	kindSystem   = "SystemAssigned"
 	kindUser     = "User"
+	// kindUserAssigned is a user-assigned managed identity: like a
+	// system-assigned one it only uses keys its access policies grant, but
+	// it is a resource of its own that several disk encryption sets share.
+	kindUserAssigned = "UserAssigned"
 )
 
 // PlatformVault is the reserved vault holding the platform's AES keys; only

@@ -81,6 +81,17 @@ func TestVaultAndIdentityOperations(t *testing.T) {
 	requireCode(t, err, 403, "ForbiddenByPolicy")
 	_, err = e.platform.CreateIdentity(bg, "Robot", "", "")
 	requireCode(t, err, 400, "BadParameter")
+	// A user-assigned managed identity uses what its policies grant and,
+	// like a system-assigned one, creates no vault.
+	ua, uac := e.identity("userassigned", "")
+	assert.Equal(t, "UserAssigned", ua.Type)
+	_, err = uac.CreateVault(bg, "uavault", api.VaultCreate{})
+	requireCode(t, err, 403, "ForbiddenByPolicy")
+	_, err = e.admin.SetPolicy(bg, "mgmtvault", ua.PrincipalID, []string{"get"})
+	require.NoError(t, err)
+	vs, err = uac.ListVaults(bg)
+	require.NoError(t, err)
+	assert.Equal(t, []string{"mgmtvault"}, vaultNames(vs))
 	require.NoError(t, e.platform.DeleteIdentity(bg, id.PrincipalID))
 	err = e.platform.DeleteIdentity(bg, id.PrincipalID)
 	requireCode(t, err, 404, "IdentityNotFound")

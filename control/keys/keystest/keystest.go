@@ -306,12 +306,24 @@ func (s *Service) DestroyTempKey(ctx context.Context, kid string) error {
 	return nil
 }
 
-// CreateIdentity creates identity p-NAME with credential cred-NAME.
-func (s *Service) CreateIdentity(ctx context.Context, name string) (keys.Identity, string, error) {
+// Tenant is the fake's own tenant.
+const Tenant = "t"
+
+// CreateIdentity creates identity p-NAME with credential cred-NAME, NAME
+// being the display name, in the tenant asked for (Tenant if none).
+func (s *Service) CreateIdentity(ctx context.Context, spec keys.IdentitySpec) (keys.Identity, string, error) {
 	if err := s.enter(ctx, "CreateIdentity"); err != nil {
 		return keys.Identity{}, "", err
 	}
-	id := keys.Identity{Type: "SystemAssigned", PrincipalID: "p-" + name, TenantID: "t"}
+	if spec.Type != keys.SystemAssigned && spec.Type != keys.UserAssigned {
+		return keys.Identity{}, "", fmt.Errorf("identity type %q: want %s or %s", spec.Type, keys.SystemAssigned, keys.UserAssigned)
+	}
+	tenant := spec.TenantID
+	if tenant == "" {
+		tenant = Tenant
+	}
+	name := spec.DisplayName
+	id := keys.Identity{Type: spec.Type, PrincipalID: "p-" + name, TenantID: tenant}
 	cred := "cred-" + name
 	s.mu.Lock()
 	s.ids[cred] = id
@@ -353,6 +365,25 @@ func (s *Service) Classify(err error) keys.Problem {
 		return keys.Unreachable
 	}
 	return keys.Other
+}
+
+// Tenant returns the fake's own tenant.
+func (s *Service) Tenant(ctx context.Context) (string, error) {
+	if err := s.enter(ctx, "Tenant"); err != nil {
+		return "", err
+	}
+	return Tenant, nil
+}
+
+// Identities returns the identities that exist, by principal id.
+func (s *Service) Identities() map[string]keys.Identity {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := map[string]keys.Identity{}
+	for _, id := range s.ids {
+		out[id.PrincipalID] = id
+	}
+	return out
 }
 
 // VaultLocation returns where the vault of keyURL is.

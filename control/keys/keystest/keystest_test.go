@@ -42,7 +42,7 @@ func TestPlatformAndTempKeys(t *testing.T) {
 func TestCustomerKeysFollowGrantsAndStates(t *testing.T) {
 	s := New()
 	kid := "https://ks/vaults/v1/keys/k1/1"
-	id, cred, err := s.CreateIdentity(bg, "des/d1")
+	id, cred, err := s.CreateIdentity(bg, keys.IdentitySpec{Type: keys.SystemAssigned, DisplayName: "des/d1"})
 	require.NoError(t, err)
 	c := s.As(cred)
 	_, err = c.WrapKey(bg, kid, make([]byte, 32))
