@@ -92,7 +92,9 @@ clean:
 # and on fresh disks (root; installs fio, fuse3, gocryptfs and QEMU's
 # storage daemon). TARGETS, STATES, FRESH_TARGETS, ROUNDS, RUNTIME, SIZE,
 # WAIT_IDLE and UPDATE_DOCS=1 are read from the environment, e.g.
-# `TARGETS="passthrough-sync qemu-luks cmk" make bench-fio`.
+# `TARGETS="passthrough-sync qemu-luks cmk" make bench-fio`. The targets on
+# a Ceph cluster (rbd, rados-none, rados-readonly, rados-readwrite) run when
+# named in TARGETS; bench-rados below runs them.
 .PHONY: bench-fio
 bench-fio:
 	@GO=$(GO) bench/run.sh
