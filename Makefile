@@ -92,10 +92,24 @@ clean:
 # and on fresh disks (root; installs fio, fuse3, gocryptfs and QEMU's
 # storage daemon). TARGETS, STATES, FRESH_TARGETS, ROUNDS, RUNTIME, SIZE,
 # WAIT_IDLE and UPDATE_DOCS=1 are read from the environment, e.g.
-# `TARGETS="passthrough-sync qemu-luks cmk" make bench-fio`.
+# `TARGETS="passthrough-sync qemu-luks cmk" make bench-fio`. The targets on
+# a Ceph cluster (rbd, rados-none, rados-readonly, rados-readwrite) run when
+# named in TARGETS; bench-rados below runs them.
 .PHONY: bench-fio
 bench-fio:
 	@GO=$(GO) bench/run.sh
+
+# The same comparison on a shared store, side by side: a throw-away Ceph
+# cluster (scripts/ceph-cluster.sh, destroyed at the end), an unencrypted
+# RBD image through librbd (fio --ioengine=rbd, what QEMU gets) and
+# bin/hostcryptd-ceph data disks on RADOS with cache None, ReadOnly and
+# ReadWrite; the five jobs and 4 KiB random reads and writes at queue
+# depth 1, medians of ROUNDS (default 3). UPDATE_DOCS=1 writes the table
+# into docs/PERFORMANCE.md's RADOS section. Installs Ceph's packages.
+.PHONY: bench-rados
+bench-rados:
+	@GO=$(GO) TARGETS="$${TARGETS:-rbd rados-none rados-readonly rados-readwrite}" \
+	  STATES="$${STATES:-rewritten}" ROUNDS="$${ROUNDS:-3}" DOC_SECTION=rados-table bench/run.sh
 
 # The host cache's value with remote storage: fio on None, ReadOnly and
 # ReadWrite disks behind --storage-latency (LATENCY, default 1ms).

@@ -4,9 +4,12 @@
 # Usage: fio-suite.sh TARGET LABEL [OUTDIR]
 #
 #   TARGET  a directory on the file system under test (the suite creates and
-#           uses TARGET/fio-test.img), or an existing file such as a disk image
+#           uses TARGET/fio-test.img), an existing file such as a disk image
 #           served by hostcryptd (used as it is: never created, truncated or
-#           grown, only written in full before the jobs).
+#           grown, only written in full before the jobs), or rbd:POOL/IMAGE,
+#           an existing RBD image that fio reaches through librbd itself
+#           (--ioengine=rbd, as QEMU does; the cluster from $CEPH_CONF, the
+#           cephx user from RBD_CLIENT, default admin).
 #   LABEL   the target's name, the first column of every result line.
 #   OUTDIR  where fio's JSON, stderr and command line per job go
 #           (default: ./fio-results/LABEL-DATE).
@@ -14,7 +17,14 @@
 # Environment, all optional:
 #   RUNTIME      seconds per job (default 8)
 #   SIZE         size of the test file (default 1G)
-#   JOBS         the jobs to run, in order (default: all five)
+#   JOBS         the jobs to run, in order (default: the five below; also
+#                rand-read-4k-qd1 and rand-write-4k-qd1, 4 KiB random reads
+#                and writes at queue depth 1, where each I/O waits for the
+#                storage and a host cache shows what it saves)
+#   WARM         1: before a job that reads at random, read the whole file
+#                once in random order, 4 KiB at a time, when it has been
+#                written since the last such pass, so that a host cache is
+#                warm (sequential I/O goes around it); 0 (default): do not
 #   DAEMON_PIDS  PIDs of the daemon(s) serving TARGET: their CPU time during
 #                each job is reported (daemon_cpu_s, daemon_us_per_io) and
 #                their peak resident memory (daemon_hwm_kib)
@@ -35,7 +45,7 @@
 # machine's busy and steal percentages during the job. Progress goes to
 # stderr. The exit status is 0 when every job produced a result.
 #
-# Each job runs with O_DIRECT. A file system that refuses O_DIRECT (EINVAL)
+# Each job runs with O_DIRECT (an RBD image: through librbd, no page cache). A file system that refuses O_DIRECT (EINVAL)
 # gets the job again with buffered I/O (plus an fsync at the end of writing
 # jobs) and the line says mode=buffered.
 set -euo pipefail
@@ -57,7 +67,10 @@ IDLE_BUSY_PCT=${IDLE_BUSY_PCT:-15}
 DAEMON_PIDS=${DAEMON_PIDS:-}
 FIO=${FIO:-fio}
 ALL_JOBS="seq-write-1M seq-read-1M rand-write-4k rand-read-4k rand-rw-4k"
+QD1_JOBS="rand-read-4k-qd1 rand-write-4k-qd1"
 JOBS=${JOBS:-$ALL_JOBS}
+WARM=${WARM:-0}
+RBD_CLIENT=${RBD_CLIENT:-admin}
 
 say() { printf '[fio-suite %s %s] %s\n' "$(date +%H:%M:%S)" "$LABEL" "$*" >&2; }
 fail() { say "error: $*"; exit 1; }
@@ -70,18 +83,33 @@ job_params() {
   rand-write-4k) echo "--rw=randwrite --bs=4k --ioengine=libaio --iodepth=32" ;;
   rand-read-4k) echo "--rw=randread --bs=4k --ioengine=libaio --iodepth=32" ;;
   rand-rw-4k) echo "--rw=randrw --rwmixread=70 --bs=4k --ioengine=libaio --iodepth=16 --numjobs=2" ;;
+  rand-read-4k-qd1) echo "--rw=randread --bs=4k --ioengine=libaio --iodepth=1" ;;
+  rand-write-4k-qd1) echo "--rw=randwrite --bs=4k --ioengine=libaio --iodepth=1" ;;
   *) return 1 ;;
   esac
 }
 
 for job in $JOBS; do
-  job_params "$job" >/dev/null || fail "unknown job $job (known: $ALL_JOBS)"
+  job_params "$job" >/dev/null || fail "unknown job $job (known: $ALL_JOBS $QD1_JOBS)"
 done
 command -v "$FIO" >/dev/null || fail "fio is not installed"
 command -v python3 >/dev/null || fail "python3 is not installed (it reads fio's JSON)"
 
 WANT=$(numfmt --from=iec "$SIZE")
-if [[ -d $TARGET ]]; then
+RBD=0
+if [[ $TARGET == rbd:* ]]; then
+  # fio opens the image through librbd: no file, no kernel, no page cache.
+  FILE=$TARGET
+  RBD_SPEC=${TARGET#rbd:}
+  [[ $RBD_SPEC == ?*/?* ]] || fail "$TARGET: want rbd:POOL/IMAGE"
+  IMAGE=1 RBD=1
+  command -v rbd >/dev/null || fail "the rbd tool is missing (scripts/deps.sh ceph installs it)"
+  "$FIO" --enghelp=rbd >/dev/null 2>&1 || fail "this fio has no rbd engine (Debian's has it with librbd1)"
+  have=$(timeout 60 rbd --id "$RBD_CLIENT" info --format json "$RBD_SPEC" |
+    python3 -c 'import json, sys; print(json.load(sys.stdin)["size"])') ||
+    fail "cannot read the size of RBD image $RBD_SPEC"
+  ((have >= WANT)) || fail "RBD image $RBD_SPEC holds $have bytes, less than SIZE=$SIZE"
+elif [[ -d $TARGET ]]; then
   FILE=$TARGET/fio-test.img
   IMAGE=0
 elif [[ -f $TARGET || -b $TARGET ]]; then
@@ -150,37 +178,86 @@ settle() {
   echo "$pct"
 }
 
+# where_args: the fio arguments naming the file or the RBD image.
+where_args() {
+  if ((RBD)); then
+    echo "--ioengine=rbd --pool=${RBD_SPEC%%/*} --rbdname=${RBD_SPEC#*/} --clientname=$RBD_CLIENT"
+  else
+    echo "--filename=$FILE"
+  fi
+}
+
+# engine_args JOB-PARAMS...: the job's parameters, its engine replaced by
+# librbd's for an RBD image (the queue depth stays: librbd is asynchronous).
+engine_args() {
+  local a
+  for a in "$@"; do
+    ((RBD)) && [[ $a == --ioengine=* ]] && continue
+    echo "$a"
+  done
+  where_args | tr ' ' '\n'
+}
+
 # Writes the whole test file once so that reads find real, allocated data.
 # An image file is overwritten in place; a new file is created.
 prep() {
   local start=$SECONDS
-  local -a args=(--name=prep --filename="$FILE" --size="$SIZE" --rw=write --bs=1M
-    --ioengine=psync --output-format=json --output="$OUTDIR/prep.json")
+  local -a args
+  mapfile -t args < <(engine_args --ioengine=psync)
+  args+=(--name=prep --size="$SIZE" --rw=write --bs=1M --output-format=json --output="$OUTDIR/prep.json")
   ((IMAGE)) && args+=(--fallocate=none)
   local pass
   for ((pass = 1; pass <= PREP_PASSES; pass++)); do
     say "writing $FILE in full ($SIZE)$( ((PREP_PASSES == 1)) || echo ", pass $pass of $PREP_PASSES")"
+    if ((RBD)); then
+      "$FIO" "${args[@]}" 2>"$OUTDIR/prep.err" || fail "writing $FILE failed: $(tail -n 3 "$OUTDIR/prep.err")"
+      continue
+    fi
     if ! "$FIO" "${args[@]}" --direct=0 --end_fsync=1 2>"$OUTDIR/prep.err"; then
       # Some daemons take only aligned direct writes.
       "$FIO" "${args[@]}" --direct=1 2>>"$OUTDIR/prep.err" ||
         fail "writing $FILE failed: $(tail -n 3 "$OUTDIR/prep.err")"
     fi
   done
+  if ((RBD)); then
+    say "written in $((SECONDS - start)) s"
+    return 0
+  fi
   local have
   have=$(stat -L -c %s "$FILE")
   ((have >= WANT)) || fail "after writing, $FILE holds $have bytes, not $WANT"
   say "written in $((SECONDS - start)) s"
 }
 
+# Reads the whole file once in random order, 4 KiB at a time (fio's random
+# map visits every block once), at queue depth 32.
+warm() {
+  local start=$SECONDS
+  local -a args
+  mapfile -t args < <(engine_args --ioengine=libaio)
+  args+=(--name=warm --size="$SIZE" --rw=randread --bs=4k --iodepth=32 --output-format=json
+    --output="$OUTDIR/warm-$1.json")
+  ((RBD)) || args+=(--direct=1)
+  ((IMAGE)) && args+=(--fallocate=none)
+  say "reading $FILE once in random order before $1"
+  timeout --kill-after=20 900 "$FIO" "${args[@]}" 2>"$OUTDIR/warm-$1.err" ||
+    fail "reading $FILE before $1 failed: $(tail -n 3 "$OUTDIR/warm-$1.err")"
+  say "read in $((SECONDS - start)) s"
+}
+
 # fio_job JOB direct|buffered: runs one job, fio's JSON in OUTDIR/JOB.json.
 fio_job() {
   local job=$1 mode=$2 out=$OUTDIR/$1
-  local -a args
-  read -r -a args <<<"$(job_params "$job")"
-  args+=(--name="$job" --filename="$FILE" --size="$SIZE" --runtime="$RUNTIME" --time_based
-    --group_reporting --invalidate=1 --output-format=json --output="$out.json")
+  local -a params args
+  read -r -a params <<<"$(job_params "$job")"
+  mapfile -t args < <(engine_args "${params[@]}")
+  args+=(--name="$job" --size="$SIZE" --runtime="$RUNTIME" --time_based
+    --group_reporting --output-format=json --output="$out.json")
+  ((RBD)) || args+=(--invalidate=1)
   ((IMAGE)) && args+=(--fallocate=none)
-  if [[ $mode == direct ]]; then
+  if ((RBD)); then
+    : # librbd bypasses the page cache: the same as O_DIRECT
+  elif [[ $mode == direct ]]; then
     args+=(--direct=1)
   else
     args+=(--direct=0)
@@ -232,7 +309,7 @@ run_one() {
   [[ $DROP_CACHES == 1 ]] && drop_caches
   t0=$(daemon_ticks); m0=$(machine_ticks)
   fio_job "$job" direct || rc=$?
-  if ((rc != 0)) && refused_direct "$job"; then
+  if ((rc != 0)) && ((!RBD)) && refused_direct "$job"; then
     say "$job: O_DIRECT refused, running it buffered"
     for ext in json err cmd; do
       [[ -e $OUTDIR/$job.$ext ]] && mv "$OUTDIR/$job.$ext" "$OUTDIR/$job.direct-refused.$ext"
@@ -280,9 +357,14 @@ main() {
   say "jobs: $JOBS; ${RUNTIME}s each; results in $OUTDIR"
   prep
   echo "# LABEL JOB MiB/s IOPS p99_us key=value..."
-  local job line failed=0
+  local job line failed=0 written=1
   : >"$OUTDIR/summary.txt"
   for job in $JOBS; do
+    if ((WARM && written)) && [[ $job == rand-read* || $job == rand-rw* ]]; then
+      warm "$job"
+      written=0
+    fi
+    [[ $job == *write* || $job == *rw* ]] && written=1
     say "$job"
     line=$(run_one "$job") || failed=$((failed + 1))
     echo "$line" | tee -a "$OUTDIR/summary.txt"

@@ -32,12 +32,28 @@
 #   GO            the go command (default: go)
 #   HOSTCRYPTD_FLAGS  extra flags for hostcryptd, e.g. "--pprof 127.0.0.1:6061"
 #                 to profile a target while its jobs run
+#   DOC_SECTION   the markers in docs/PERFORMANCE.md that UPDATE_DOCS=1 writes
+#                 between (default fio-table; make bench-rados: rados-table)
+#
+# On a shared store (the targets rbd and rados-*, not run unless named in
+# TARGETS; `make bench-rados` names them): a throw-away Ceph cluster
+# (scripts/ceph-cluster.sh, BlueStore on a sparse file under the run's
+# directory) is started for the run and destroyed at its end, unless
+# HOSTCRYPT_RADOS, CEPH_CONF, HOSTCRYPT_CEPH_POOL and HOSTCRYPT_CEPH_USER
+# (what the script prints) name one already running. Each target gets an
+# image or a namespace of its own in the pool, removed after it.
+#   RADOS_SIZE    their disk and image size (default 256M: every target
+#                 reads it in full, 4 KiB at a time, before its random reads)
+#   RADOS_JOBS    their jobs (default the five and 4 KiB random reads and
+#                 writes at queue depth 1, rand-read-4k-qd1 rand-write-4k-qd1)
 #
 # Every mount and process it started is gone when it exits, also after a
 # failure or Ctrl-C.
 set -euo pipefail
 
 ALL_TARGETS="raw passthrough passthrough-hc passthrough-sync gocryptfs qemu-luks hostcrypt-pmk cmk cmk-double cmk-readonly cmk-readwrite cmk-readwrite-noeah"
+# On a Ceph cluster: run when named in TARGETS.
+RADOS_TARGETS="rbd rados-none rados-readonly rados-readwrite"
 TARGETS=${TARGETS:-$ALL_TARGETS}
 STATES=${STATES:-rewritten fresh}
 FRESH_TARGETS=${FRESH_TARGETS:-$TARGETS}
@@ -51,7 +67,10 @@ SIZE=${SIZE:-1G}
 UPDATE_DOCS=${UPDATE_DOCS:-0}
 BENCH_TMPDIR=${BENCH_TMPDIR:-/var/tmp}
 GO=${GO:-go}
-export RUNTIME SIZE
+DOC_SECTION=${DOC_SECTION:-fio-table}
+RADOS_SIZE=${RADOS_SIZE:-256M}
+RADOS_JOBS=${RADOS_JOBS:-$ALL_JOBS rand-read-4k-qd1 rand-write-4k-qd1}
+export RUNTIME
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
@@ -64,6 +83,7 @@ die() { say "error: $*"; exit 1; }
 # --- what this run started, so that cleanup can undo it --------------------
 
 WORK=""
+CLUSTER_DIR="" # the Ceph cluster this run started, if any
 PIDS=()   # processes to stop, in start order
 MOUNTS=() # mount points to make sure are gone
 
@@ -113,6 +133,10 @@ cleanup() {
   local rc=$?
   trap - EXIT INT TERM
   stop_all
+  if [[ -n $CLUSTER_DIR ]]; then
+    say "destroying the Ceph cluster"
+    scripts/ceph-cluster.sh destroy "$CLUSTER_DIR" >/dev/null 2>&1 || say "warning: destroying the cluster in $CLUSTER_DIR failed"
+  fi
   if [[ -n $WORK && -d $WORK ]]; then
     if grep -qF " $WORK/" /proc/self/mountinfo; then
       say "warning: something is still mounted under $WORK; leaving it in place"
@@ -174,6 +198,11 @@ deps() {
   # QEMU's LUKS through its storage daemon's FUSE export.
   command -v qemu-img >/dev/null || need+=(qemu-utils)
   command -v qemu-storage-daemon >/dev/null || need+=(qemu-system-common)
+  if is_rados_run && [[ -z ${HOSTCRYPT_RADOS:-} ]]; then
+    # The cluster's daemons, the rbd tool and librados' headers (for
+    # bin/hostcryptd-ceph). Debian's fio has the rbd engine (it needs librbd1).
+    scripts/deps.sh ceph || die "installing Ceph's packages failed"
+  fi
   ((${#need[@]})) || return 0
   command -v apt-get >/dev/null || die "missing ${need[*]}, and no apt-get to install them"
   say "installing ${need[*]}"
@@ -202,6 +231,62 @@ build() {
     done
   fi
   [[ -z $HOSTCRYPT_MISSING ]] || say "hostcryptd targets will be skipped: $HOSTCRYPT_MISSING"
+}
+
+# --- a Ceph cluster, for the targets on a shared store ----------------------
+
+# is_rados LABEL: a target on the Ceph cluster.
+is_rados() { [[ " $RADOS_TARGETS " == *" $1 "* ]]; }
+
+# is_rados_run: TARGETS names one of them.
+is_rados_run() {
+  local label
+  for label in $TARGETS; do is_rados "$label" && return 0; done
+  return 1
+}
+
+CLUSTER_WHY="" # why no cluster could be started, empty if none was needed or it runs
+
+# cluster: makes sure a cluster serves the run (started once, destroyed by
+# cleanup; it exports HOSTCRYPT_RADOS and the rest), or sets CLUSTER_WHY and
+# returns 1.
+cluster() {
+  [[ -n ${HOSTCRYPT_RADOS:-} ]] && return 0
+  [[ -z $CLUSTER_WHY ]] || return 1
+  local env_lines
+  CLUSTER_DIR=$WORK/ceph
+  say "starting a throw-away Ceph cluster in ${CLUSTER_DIR#"$WORK/"}"
+  if ! env_lines=$(scripts/ceph-cluster.sh start "$CLUSTER_DIR" 2>"$WORK/ceph-cluster.log"); then
+    CLUSTER_WHY="scripts/ceph-cluster.sh start failed: $(tail -n 1 "$WORK/ceph-cluster.log")"
+    return 1
+  fi
+  eval "$env_lines"
+  say "$(tail -n 1 "$WORK/ceph-cluster.log")"
+}
+
+# The names this run gives to its RBD images and namespaces, and what
+# forget_rados removes when a target stops.
+RADOS_SEQ=0
+RADOS_IMAGE=""
+RADOS_NS=""
+
+rbd_() { timeout 120 rbd --id "$HOSTCRYPT_CEPH_USER" "$@"; }
+rados_() { timeout 120 rados --id "$HOSTCRYPT_CEPH_USER" -p "$HOSTCRYPT_CEPH_POOL" "$@"; }
+
+# forget_rados: removes the image or the namespace's objects of the target
+# that just stopped, so that the pool does not fill up over the rounds.
+forget_rados() {
+  if [[ -n $RADOS_IMAGE ]]; then
+    rbd_ rm --no-progress "$HOSTCRYPT_CEPH_POOL/$RADOS_IMAGE" >/dev/null 2>&1 ||
+      say "warning: cannot remove RBD image $RADOS_IMAGE"
+  fi
+  if [[ -n $RADOS_NS ]]; then
+    local obj
+    rados_ -N "$RADOS_NS" ls 2>/dev/null | while read -r obj; do
+      rados_ -N "$RADOS_NS" rm "$obj" 2>/dev/null || true
+    done
+  fi
+  RADOS_IMAGE="" RADOS_NS=""
 }
 
 # --- targets ------------------------------------------------------------------
@@ -296,6 +381,23 @@ start_qemu_luks() { # DIR
   DAEMON_PIDS=$SPAWNED
 }
 
+# The ceiling on a shared store: what QEMU gets from librbd. An RBD image in
+# the same pool, reached by fio's rbd engine (librbd in fio's own process, as
+# in QEMU's), librbd's cache off. The image has layering alone: the job with
+# two fio processes would otherwise pass the exclusive lock back and forth,
+# which a VM's single client never does.
+start_rbd() { # DIR
+  RADOS_SEQ=$((RADOS_SEQ + 1))
+  RADOS_IMAGE=bench-rbd-$RADOS_SEQ
+  if ! rbd_ create --size "$RADOS_SIZE" --image-feature layering "$HOSTCRYPT_CEPH_POOL/$RADOS_IMAGE" \
+    >"$1/rbd.log" 2>&1 ||
+    ! rbd_ config image set "$HOSTCRYPT_CEPH_POOL/$RADOS_IMAGE" rbd_cache false >>"$1/rbd.log" 2>&1; then
+    WHY="creating RBD image $RADOS_IMAGE failed: $(tail -n 1 "$1/rbd.log")"
+    return 1
+  fi
+  FIO_TARGET=rbd:$HOSTCRYPT_CEPH_POOL/$RADOS_IMAGE
+}
+
 # The hostcryptd targets: one data disk of SIZE on a VM named bench, at LUN 0.
 # Their settings differ only in what hc_setup below creates.
 KEYSTORE_URL=""
@@ -350,7 +452,17 @@ print(r)' "$1"
 }
 
 start_hostcrypt() { # DIR LABEL
-  local d=$1 label=$2 ks pid
+  local d=$1 label=$2 ks pid daemon=bin/hostcryptd storage=$1/storage
+  local -a flags=()
+  if is_rados "$label"; then
+    # bin/hostcryptd-ceph on a namespace of its own in the cluster's pool,
+    # its host cache larger than the disk.
+    RADOS_SEQ=$((RADOS_SEQ + 1))
+    RADOS_NS=bench-$label-$RADOS_SEQ
+    daemon=bin/hostcryptd-ceph
+    storage="rados://$HOSTCRYPT_CEPH_POOL/$RADOS_NS?conf=$CEPH_CONF&id=$HOSTCRYPT_CEPH_USER"
+    flags=(--cache-size "$(($(numfmt --from=iec "$RADOS_SIZE") * 2))")
+  fi
   ks=$d/keystore
   HC_KS_DIR=$ks
   mkdir -p "$ks" "$d/state" "$d/storage" "$d/host" "$d/mnt"
@@ -367,9 +479,10 @@ start_hostcrypt() { # DIR LABEL
 
   MOUNTS+=("$d/mnt")
   HC_SOCK=$d/state/hostcryptd.sock
-  spawn "$d/hostcryptd.log" bin/hostcryptd --state "$d/state" --storage "$d/storage" \
+  # shellcheck disable=SC2086 # HOSTCRYPTD_FLAGS is split on purpose
+  spawn "$d/hostcryptd.log" "$daemon" --state "$d/state" --storage "$storage" \
     --host-dir "$d/host" --mount "$d/mnt" --keystore "$KEYSTORE_URL" \
-    --keystore-ca "$ks/ca.pem" --token-file "$ks/platform.token" ${HOSTCRYPTD_FLAGS:-}
+    --keystore-ca "$ks/ca.pem" --token-file "$ks/platform.token" "${flags[@]}" ${HOSTCRYPTD_FLAGS:-}
   pid=$SPAWNED
   if ! wait_until 30 "$pid" test -S "$HC_SOCK" || ! wait_until 30 "$pid" mountpoint -q "$d/mnt"; then
     WHY=$(not_started hostcryptd "$pid" "$d/hostcryptd.log")
@@ -390,6 +503,17 @@ start_hostcrypt() { # DIR LABEL
 hc_setup() {
   local log=$1 label=$2 caching=None type="" eah=true
   case $label in
+  rados-none | rados-readonly | rados-readwrite)
+    case $label in
+    rados-none) caching=None ;;
+    rados-readonly) caching=ReadOnly ;;
+    rados-readwrite) caching=ReadWrite ;;
+    esac
+    run_hc "$log" "disk create" hc_host disk create --name d1 --size "$RADOS_SIZE" || return 1
+    run_hc "$log" "vm create" hc_host vm create --name bench --os-disk-size 16M --data-disks "d1:$caching" ||
+      return 1
+    return 0
+    ;;
   hostcrypt-pmk)
     run_hc "$log" "disk create" hc_host disk create --name d1 --size "$SIZE" || return 1
     run_hc "$log" "vm create" hc_host vm create --name bench --os-disk-size 1G --data-disks d1:None ||
@@ -428,6 +552,24 @@ hc_setup() {
 skip_reason() {
   case $1 in
   raw | passthrough | passthrough-stock | passthrough-hc | passthrough-sync | gocryptfs | qemu-luks) ;;
+  rbd)
+    if ! command -v rbd >/dev/null; then
+      echo "the rbd tool is missing (scripts/deps.sh ceph installs it)"
+    elif ! fio --enghelp=rbd >/dev/null 2>&1; then
+      echo "this fio has no rbd engine (Debian's has it, with librbd1)"
+    elif [[ -z ${HOSTCRYPT_RADOS:-} ]]; then
+      echo "${CLUSTER_WHY:-no Ceph cluster}"
+    fi
+    ;;
+  rados-*)
+    if [[ -n $HOSTCRYPT_MISSING ]]; then
+      echo "$HOSTCRYPT_MISSING"
+    elif [[ ! -x bin/hostcryptd-ceph ]]; then
+      echo "\`make build\` built no bin/hostcryptd-ceph: librados-dev is missing (scripts/deps.sh ceph installs it)"
+    elif [[ -z ${HOSTCRYPT_RADOS:-} ]]; then
+      echo "${CLUSTER_WHY:-no Ceph cluster}"
+    fi
+    ;;
   hostcrypt-* | cmk*)
     if [[ -n $HOSTCRYPT_MISSING ]]; then
       echo "$HOSTCRYPT_MISSING"
@@ -462,6 +604,10 @@ describe() {
   cmk-readonly) echo "hostcryptd data disk, customer-managed key, cache ReadOnly" ;;
   cmk-readwrite) echo "hostcryptd data disk, customer-managed key, cache ReadWrite" ;;
   cmk-readwrite-noeah) echo "hostcryptd data disk, customer-managed key, cache ReadWrite, encryption at host off" ;;
+  rbd) echo "an unencrypted RBD image (layering, rbd_cache=false) in the same pool, fio --ioengine=rbd: what QEMU gets from librbd" ;;
+  rados-none) echo "hostcryptd-ceph data disk on RADOS, platform-managed key, cache None" ;;
+  rados-readonly) echo "hostcryptd-ceph data disk on RADOS, platform-managed key, cache ReadOnly (host cache twice the disk)" ;;
+  rados-readwrite) echo "hostcryptd-ceph data disk on RADOS, platform-managed key, cache ReadWrite (host cache twice the disk)" ;;
   esac
 }
 
@@ -485,6 +631,7 @@ start_target() {
   passthrough-sync) start_passthrough "$dir" hostcrypt "$FLUSH_INTERVAL" ;;
   gocryptfs) start_gocryptfs "$dir" ;;
   qemu-luks) start_qemu_luks "$dir" ;;
+  rbd) start_rbd "$dir" ;;
   *) start_hostcrypt "$dir" "$label" ;;
   esac
 }
@@ -494,12 +641,16 @@ start_target() {
 # on it under the name SHOWN with its output in OUT, stops it. Returns 1
 # when the target did not start (WHY says why).
 run_suite() {
-  local label=$1 shown=$2 jobs=$3 out=$4 round=$5 passes=$6 dir=$WORK/$1 rc=0
+  local label=$1 shown=$2 jobs=$3 out=$4 round=$5 passes=$6 dir=$WORK/$1 rc=0 size=$SIZE warm=0
+  if is_rados "$label"; then
+    size=$RADOS_SIZE warm=1
+  fi
   mkdir -p "$dir" "$out"
   say "$shown: starting"
   if ! start_target "$label" "$dir"; then
     say "$shown: $WHY"
     stop_all
+    forget_rados
     cp "$dir"/*.log "$out/" 2>/dev/null || true
     rm -rf "$dir"
     return 1
@@ -507,14 +658,15 @@ run_suite() {
   say "$shown: $jobs on ${FIO_TARGET#"$WORK/"}$( ((ROUNDS == 1)) || echo ", round $round of $ROUNDS")"
   # In the background, so that a signal reaches this script at once; in
   # its own process group, so that cleanup can stop fio with it.
-  JOBS=$jobs PREP_PASSES=$passes DAEMON_PIDS=$DAEMON_PIDS setsid bench/fio-suite.sh "$FIO_TARGET" "$shown" "$out" \
-    >"$out/lines.txt" &
+  JOBS=$jobs PREP_PASSES=$passes DAEMON_PIDS=$DAEMON_PIDS SIZE=$size WARM=$warm RBD_CLIENT=${HOSTCRYPT_CEPH_USER:-admin} \
+    setsid bench/fio-suite.sh "$FIO_TARGET" "$shown" "$out" >"$out/lines.txt" &
   PIDS+=("$!")
   wait "$!" || rc=$?
   grep -v '^#' "$out/lines.txt" | sed "s/\$/ round=$round/" >>"$OUT/lines.txt" || true
   [[ $rc == 0 ]] || say "$shown: the suite exited with status $rc (see $out/)"
   say "$shown: stopping"
   stop_all
+  forget_rados
   # Keep the daemons' logs with the results, then free the disk space.
   cp "$dir"/*.log "$out/" 2>/dev/null || true
   rm -rf "$dir"
@@ -528,6 +680,9 @@ run_target() {
   [[ $state == fresh ]] && shown=$label@fresh
   out=$OUT/$shown
   ((ROUNDS == 1)) || out=$out/round-$round
+  # The cluster starts here, not in skip_reason's subshell: its
+  # environment must reach the targets.
+  if is_rados "$label"; then cluster || true; fi
   why=$(skip_reason "$label")
   if [[ -n $why ]]; then
     say "$shown: skipped: $why"
@@ -535,11 +690,13 @@ run_target() {
     return 0
   fi
   WHY=""
+  local jobs=${JOBS:-$ALL_JOBS}
+  is_rados "$label" && jobs=${JOBS:-$RADOS_JOBS}
   if [[ $state == rewritten ]]; then
-    run_suite "$label" "$shown" "${JOBS:-$ALL_JOBS}" "$out" "$round" 2 || true
+    run_suite "$label" "$shown" "$jobs" "$out" "$round" 2 || true
   else
     # A target of its own for each job, started and written in full once.
-    for job in ${JOBS:-$ALL_JOBS}; do
+    for job in $jobs; do
       run_suite "$label" "$shown" "$job" "$out/$job" "$round" 1 || true
     done
   fi
@@ -564,10 +721,16 @@ date: $(date -u '+%Y-%m-%d %H:%M UTC')
 machine: ${cpu:-unknown CPU}, $(nproc) CPUs, $mem, kernel $(uname -r), backing file system $(findmnt -n -o FSTYPE -T "$BENCH_TMPDIR")
 versions: $("$GO" version | cut -d' ' -f3), go-fuse $fuse_version, $(fio --version), $(gocryptfs -version 2>/dev/null | cut -d';' -f1)
 commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD 2>/dev/null || echo " (with local changes)")
-jobs: $RUNTIME s each (fio time_based), on a $SIZE file written in full first (twice in the rewritten state, once when fresh), O_DIRECT, disk states: $STATES$([[ $STATES == *fresh* ]] && echo " (fresh for: $FRESH_TARGETS)"), page cache $([[ ${DROP_CACHES:-1} == 1 ]] && echo "dropped before each job" || echo "kept between jobs"); targets run one after another$(
+jobs: $RUNTIME s each (fio time_based), on a $SIZE file$(is_rados_run && echo " ($RADOS_SIZE on the shared store)") written in full first (twice in the rewritten state, once when fresh), O_DIRECT, disk states: $STATES$([[ $STATES == *fresh* ]] && echo " (fresh for: $FRESH_TARGETS)"), page cache $([[ ${DROP_CACHES:-1} == 1 ]] && echo "dropped before each job" || echo "kept between jobs"); targets run one after another$(
     ((ROUNDS == 1)) || echo ", $ROUNDS rounds of all targets: every figure is the median of a target's rounds, every ratio the median of the rounds' ratios")$(
     ((${WAIT_IDLE:-0} > 0)) && echo "; each job waited up to $WAIT_IDLE s for the machine to be less than ${IDLE_BUSY_PCT:-15} % busy")
 EOF
+  if is_rados_run; then
+    cat <<EOF
+shared store: $(ceph-osd --version 2>/dev/null | sed 's/ (.*//; s/ version//'), $([[ -z ${HOSTCRYPT_RADOS:-} ]] && echo "a throw-away cluster (scripts/ceph-cluster.sh: one monitor, one BlueStore OSD on a sparse file on $(findmnt -n -o FSTYPE -T "$BENCH_TMPDIR"), one copy) on this machine" || echo "the cluster of HOSTCRYPT_RADOS"); $RADOS_SIZE disks and images, jobs $RADOS_JOBS; before each job that reads at random, the whole disk read once at random (4 KiB, every block once) if written since
+load average: $(cut -d' ' -f1-3 /proc/loadavg) at the start
+EOF
+  fi
 }
 
 main() {
@@ -575,7 +738,7 @@ main() {
   [[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || die "ROUNDS must be a whole number of at least 1, not '$ROUNDS'"
   local start=$SECONDS label state
   for label in $TARGETS; do
-    [[ -n $(describe "$label") ]] || die "unknown target $label (known: $ALL_TARGETS passthrough-stock)"
+    [[ -n $(describe "$label") ]] || die "unknown target $label (known: $ALL_TARGETS passthrough-stock $RADOS_TARGETS)"
   done
   for state in $STATES; do
     [[ $state == rewritten || $state == fresh ]] || die "unknown state $state (known: rewritten fresh)"
@@ -601,9 +764,10 @@ main() {
     done
   done
   echo "wall time: $(((SECONDS - start) / 60)) min $(((SECONDS - start) % 60)) s for the whole run" >>"$OUT/meta.txt"
+  is_rados_run && echo "load average: $(cut -d' ' -f1-3 /proc/loadavg) at the end" >>"$OUT/meta.txt"
   "$WORK/bin/fiotable" --dir "$OUT" >"$RESULTS/latest.md"
   if [[ $UPDATE_DOCS == 1 ]]; then
-    "$WORK/bin/fiotable" --dir "$OUT" --update docs/PERFORMANCE.md >/dev/null
+    "$WORK/bin/fiotable" --dir "$OUT" --section "$DOC_SECTION" --update docs/PERFORMANCE.md >/dev/null
     say "table written into docs/PERFORMANCE.md"
   fi
   cat "$RESULTS/latest.md"

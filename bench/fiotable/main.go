@@ -1,7 +1,7 @@
 // Command fiotable turns the result lines of bench/fio-suite.sh into the
 // Markdown table of docs/PERFORMANCE.md.
 //
-//	fiotable --dir RESULTS [--update docs/PERFORMANCE.md]
+//	fiotable --dir RESULTS [--section NAME] [--update docs/PERFORMANCE.md]
 //
 // RESULTS holds three files written by bench/run.sh:
 //
@@ -16,9 +16,10 @@
 // measured within a round.
 //
 // The table goes to stdout. With --update it also replaces the part of the
-// given file between the fio-table markers (creating the file, with a short
+// given file between the markers <!-- NAME:start --> and <!-- NAME:end -->
+// of the section NAME (default fio-table), creating the file, with a short
 // how-to-reproduce section, when it does not exist, and adding the markers at
-// its end when it has none).
+// its end when it has none.
 package main
 
 import (
@@ -37,7 +38,11 @@ import (
 )
 
 // Jobs in table order; the 1 MiB jobs are reported in MiB/s, the rest in IOPS.
-var jobs = []string{"seq-write-1M", "seq-read-1M", "rand-write-4k", "rand-read-4k", "rand-rw-4k"}
+var baseJobs = []string{"seq-write-1M", "seq-read-1M", "rand-write-4k", "rand-read-4k", "rand-rw-4k"}
+
+// Jobs some targets run besides (4 KiB random reads and writes at queue
+// depth 1, on a shared store): a column of their own when a run has them.
+var extraJobs = []string{"rand-read-4k-qd1", "rand-write-4k-qd1"}
 
 // The targets every other one is compared with, in column order, each
 // with its column's header; a column appears when the run has its target.
@@ -54,6 +59,11 @@ var refs = []struct{ label, header string }{
 	// The customer-key disk with cache None: what the cached and the
 	// double-encrypted rows are compared with.
 	{"cmk", "× cmk"},
+	// On a shared store: an unencrypted RBD image in the same pool through
+	// librbd (what QEMU gets), and the hostcrypt disk there without a host
+	// cache, what the cached ones are compared with.
+	{"rbd", "× RBD image"},
+	{"rados-none", "× RADOS None"},
 }
 
 // freshSuffix marks a target run on a fresh disk.
@@ -71,10 +81,11 @@ func main() {
 	log.SetFlags(0)
 	log.SetPrefix("fiotable: ")
 	dir := flag.String("dir", "", "directory holding meta.txt, targets.txt and lines.txt")
-	update := flag.String("update", "", "Markdown file whose fio-table section to replace")
+	update := flag.String("update", "", "Markdown file whose section to replace")
+	section := flag.String("section", "fio-table", "the section of --update's file: between <!-- NAME:start --> and <!-- NAME:end -->")
 	flag.Parse()
-	if *dir == "" || flag.NArg() != 0 {
-		log.Fatal("usage: fiotable --dir RESULTS [--update FILE]")
+	if *dir == "" || flag.NArg() != 0 || !validSection(*section) {
+		log.Fatal("usage: fiotable --dir RESULTS [--section NAME (letters, digits, '-')] [--update FILE]")
 	}
 	r, err := load(*dir)
 	if err != nil {
@@ -83,7 +94,7 @@ func main() {
 	table := render(r)
 	fmt.Print(table)
 	if *update != "" {
-		if err := updateFile(*update, table); err != nil {
+		if err := updateFile(*update, *section, table); err != nil {
 			log.Fatal(err)
 		}
 	}
@@ -264,12 +275,32 @@ func throughput(res result) float64 {
 	return res.iops
 }
 
+// columns returns the jobs of the table: the five, and those of extraJobs
+// that some target ran.
+func (r *run) columns() []string {
+	cols := slices.Clone(baseJobs)
+	for _, job := range extraJobs {
+		for _, byJob := range r.results {
+			if _, ok := byJob[job]; ok {
+				cols = append(cols, job)
+				break
+			}
+		}
+	}
+	return cols
+}
+
 func render(r *run) string {
 	var b strings.Builder
 	for _, kv := range r.meta {
 		fmt.Fprintf(&b, "- %s: %s\n", kv[0], kv[1])
 	}
-	b.WriteString("\nThroughput: MiB/s for the 1 MiB jobs, IOPS for the 4 KiB jobs.\n\n")
+	jobs := r.columns()
+	b.WriteString("\nThroughput: MiB/s for the 1 MiB jobs, IOPS for the 4 KiB jobs")
+	if len(jobs) > len(baseJobs) {
+		b.WriteString(" (`-qd1`: at queue depth 1; the others at 16 or 32)")
+	}
+	b.WriteString(".\n\n")
 	b.WriteString("| target | " + strings.Join(jobs, " | ") + " |\n")
 	b.WriteString("| --- |" + strings.Repeat(" ---: |", len(jobs)) + "\n")
 	for _, t := range r.targets {
@@ -305,6 +336,10 @@ func render(r *run) string {
 			b.WriteString("; \"× same options\" compares with the passthrough mounted with hostcryptd's options (`passthrough-hc`)")
 		case "passthrough-sync":
 			b.WriteString("; \"× same durability\" with that passthrough fdatasyncing its files as often as hostcryptd flushes a disk (`passthrough-sync`)")
+		case "rbd":
+			b.WriteString("; \"× RBD image\" compares with an unencrypted RBD image in the same pool through librbd (`rbd`)")
+		case "rados-none":
+			b.WriteString("; \"× RADOS None\" with the hostcrypt disk on RADOS without a host cache (`rados-none`)")
 		}
 	}
 	several := r.rounds != nil
@@ -471,17 +506,31 @@ func writeRow(w io.Writer, cells []string) {
 	fmt.Fprintf(w, "| %s |\n", strings.Join(cells, " | "))
 }
 
-const (
-	startMarker = "<!-- fio-table:start -->"
-	endMarker   = "<!-- fio-table:end -->"
-)
+// validSection reports whether name can name a section's markers.
+func validSection(name string) bool {
+	if name == "" {
+		return false
+	}
+	for _, c := range name {
+		if !(c == '-' || '0' <= c && c <= '9' || 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z') {
+			return false
+		}
+	}
+	return true
+}
+
+// markers returns the start and end markers of a section.
+func markers(section string) (start, end string) {
+	return "<!-- " + section + ":start -->", "<!-- " + section + ":end -->"
+}
 
 // skeleton is docs/PERFORMANCE.md before anything else was written into it.
 const skeleton = `# Performance
 
 ## fio: hostcrypt next to an unencrypted FUSE passthrough and gocryptfs
 
-` + startMarker + "\n" + endMarker + `
+<!-- fio-table:start -->
+<!-- fio-table:end -->
 
 ### How to reproduce
 
@@ -502,8 +551,10 @@ written to ` + "`bench/results/latest.md`" + `; fio's own output stays in
 ` + "`bench/results/`" + ` next to it.
 `
 
-// splice returns doc with the text between the markers replaced by table.
-func splice(doc, table string) (string, error) {
+// splice returns doc with the text between the section's markers replaced
+// by table.
+func splice(doc, section, table string) (string, error) {
+	startMarker, endMarker := markers(section)
 	start := strings.Index(doc, startMarker)
 	end := strings.Index(doc, endMarker)
 	if start < 0 || end < 0 || end < start {
@@ -512,18 +563,19 @@ func splice(doc, table string) (string, error) {
 	return doc[:start+len(startMarker)] + "\n" + table + doc[end:], nil
 }
 
-func updateFile(path, table string) error {
+func updateFile(path, section, table string) error {
 	doc, err := os.ReadFile(path)
 	if errors.Is(err, os.ErrNotExist) {
 		doc = []byte(skeleton)
 	} else if err != nil {
 		return err
 	}
+	startMarker, endMarker := markers(section)
 	if !strings.Contains(string(doc), startMarker) && !strings.Contains(string(doc), endMarker) {
 		// Someone wrote the file first: add the section at its end.
-		doc = append(doc, []byte("\n## fio comparison\n\n"+startMarker+"\n"+endMarker+"\n")...)
+		doc = append(doc, []byte("\n## fio comparison ("+section+")\n\n"+startMarker+"\n"+endMarker+"\n")...)
 	}
-	out, err := splice(string(doc), table)
+	out, err := splice(string(doc), section, table)
 	if err != nil {
 		return fmt.Errorf("%s: %w", path, err)
 	}

@@ -116,8 +116,9 @@ func TestRenderSameOptionsColumn(t *testing.T) {
 
 func TestUpdateFile(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "PERFORMANCE.md")
+	startMarker, endMarker := markers("fio-table")
 
-	require.NoError(t, updateFile(path, "first\n"))
+	require.NoError(t, updateFile(path, "fio-table", "first\n"))
 	doc, err := os.ReadFile(path)
 	require.NoError(t, err)
 	assert.Contains(t, string(doc), startMarker+"\nfirst\n"+endMarker)
@@ -127,7 +128,7 @@ func TestUpdateFile(t *testing.T) {
 	edited := strings.Replace(string(doc), "# Performance\n", "# Performance\n\nIntro by hand.\n", 1) +
 		"\n## Profiles\n"
 	require.NoError(t, os.WriteFile(path, []byte(edited), 0o644))
-	require.NoError(t, updateFile(path, "second\n"))
+	require.NoError(t, updateFile(path, "fio-table", "second\n"))
 	doc, err = os.ReadFile(path)
 	require.NoError(t, err)
 	assert.Contains(t, string(doc), startMarker+"\nsecond\n"+endMarker)
@@ -138,8 +139,9 @@ func TestUpdateFile(t *testing.T) {
 
 func TestUpdateFileWithoutMarkers(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "PERFORMANCE.md")
+	startMarker, endMarker := markers("fio-table")
 	require.NoError(t, os.WriteFile(path, []byte("# Performance\n\nWritten by hand.\n"), 0o644))
-	require.NoError(t, updateFile(path, "table\n"))
+	require.NoError(t, updateFile(path, "fio-table", "table\n"))
 	doc, err := os.ReadFile(path)
 	require.NoError(t, err)
 	assert.True(t, strings.HasPrefix(string(doc), "# Performance\n\nWritten by hand.\n"))
@@ -147,7 +149,7 @@ func TestUpdateFileWithoutMarkers(t *testing.T) {
 
 	// Markers in the wrong order are an error, not a guess.
 	require.NoError(t, os.WriteFile(path, []byte(endMarker+"\n"+startMarker+"\n"), 0o644))
-	assert.Error(t, updateFile(path, "table\n"))
+	assert.Error(t, updateFile(path, "fio-table", "table\n"))
 }
 
 func TestRenderRounds(t *testing.T) {
@@ -226,4 +228,59 @@ func TestRenderFreshStateAndPeers(t *testing.T) {
 		"compared with QEMU on a fresh disk; no fresh same-durability row")
 	assert.Contains(t, out, "| cmk, fresh | – | – | 30.0k | – | – |\n")
 	assert.Contains(t, out, "- `cmk, fresh`: a CMK disk\n")
+}
+
+// A section of its own (the shared store's table) is written between its
+// own markers and leaves the other table alone.
+func TestUpdateFileSection(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "PERFORMANCE.md")
+	doc := "# Performance\n\n<!-- fio-table:start -->\nlocal\n<!-- fio-table:end -->\n\n" +
+		"## RADOS\n\n<!-- rados-table:start -->\nold\n<!-- rados-table:end -->\n\nAfter.\n"
+	require.NoError(t, os.WriteFile(path, []byte(doc), 0o644))
+	require.NoError(t, updateFile(path, "rados-table", "new\n"))
+	got, err := os.ReadFile(path)
+	require.NoError(t, err)
+	assert.Equal(t, strings.Replace(doc, "\nold\n", "\nnew\n", 1), string(got))
+
+	assert.True(t, validSection("rados-table"))
+	for _, bad := range []string{"", "a b", "x-->", "a:start"} {
+		assert.False(t, validSection(bad), bad)
+	}
+}
+
+// The shared store's run: the jobs at queue depth 1 get columns of their
+// own, and each row is compared with the RBD image and with the disk
+// without a host cache, round by round.
+func TestRenderSharedStore(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, text string) {
+		require.NoError(t, os.WriteFile(filepath.Join(dir, name), []byte(text), 0o644))
+	}
+	write("meta.txt", "date: 2026-12-05\nload average: 3.1 2.9 2.5 at the start\n")
+	write("targets.txt", "rbd ok an RBD image\nrados-none ok None\nrados-readonly ok ReadOnly\n"+
+		"rbd ok an RBD image\nrados-none ok None\nrados-readonly ok ReadOnly\n")
+	write("lines.txt", strings.Join([]string{
+		"rbd rand-read-4k-qd1 4.0 1000 900.0 mode=direct daemon_us_per_io=n/a round=1",
+		"rados-none rand-read-4k-qd1 3.2 800 1200.0 mode=direct daemon_us_per_io=40.0 round=1",
+		"rados-readonly rand-read-4k-qd1 40.0 10000 150.0 mode=direct daemon_us_per_io=30.0 round=1",
+		"rados-none rand-write-4k 20.0 5000 9000.0 mode=direct daemon_us_per_io=50.0 round=1",
+		"rbd rand-write-4k 25.0 6400 7000.0 mode=direct daemon_us_per_io=n/a round=1",
+		"rbd rand-read-4k-qd1 4.0 1000 900.0 mode=direct daemon_us_per_io=n/a round=2",
+		"rados-none rand-read-4k-qd1 2.4 600 1300.0 mode=direct daemon_us_per_io=40.0 round=2",
+		"rados-readonly rand-read-4k-qd1 36.0 9000 160.0 mode=direct daemon_us_per_io=30.0 round=2",
+	}, "\n"))
+	r, err := load(dir)
+	require.NoError(t, err)
+	out := render(r)
+	assert.Contains(t, out, "- load average: 3.1 2.9 2.5 at the start\n")
+	// rand-read-4k-qd1 has a column; rand-write-4k-qd1, which nobody ran, has none.
+	assert.Contains(t, out, "| target | seq-write-1M | seq-read-1M | rand-write-4k | rand-read-4k | rand-rw-4k | rand-read-4k-qd1 |\n")
+	assert.Contains(t, out, "| rados-readonly | – | – | – | – | – | 9.0k |\n")
+	assert.Contains(t, out, "| target | job | throughput | range | p99 µs | daemon CPU µs/I/O | × RBD image | × RADOS None |\n")
+	// Ratios of the rounds: None 0.80 and 0.60 of RBD, the lower of the two;
+	// ReadOnly 12.5× and 15× None, the lower.
+	assert.Contains(t, out, "| rados-none | rand-read-4k-qd1 | 600 | 600–800 | 1300 | 40.0 | 0.60 | 1.00 |\n")
+	assert.Contains(t, out, "| rados-readonly | rand-read-4k-qd1 | 9.0k | 9.0k–10.0k | 160 | 30.0 | 9.00 | 12.50 |\n")
+	assert.Contains(t, out, "| rados-none | rand-write-4k | 5.0k | 5.0k–5.0k | 9000 | 50.0 | 0.78 | 1.00 |\n")
+	assert.Contains(t, out, "`-qd1`: at queue depth 1")
 }
