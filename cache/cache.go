@@ -99,9 +99,11 @@ type Stats struct {
 	Evictions        int64
 	Flushes          int64
 	WrittenBackBytes int64
-	Bypassed         int64
-	StorageLatency   time.Duration
-	SlowStorage      bool
+	// WriteBackTime is the time the write-back rounds that wrote took.
+	WriteBackTime  time.Duration
+	Bypassed       int64
+	StorageLatency time.Duration
+	SlowStorage    bool
 }
 
 // File names inside the cache directory.
@@ -139,6 +141,7 @@ type Cache struct {
 	changes, committed uint64
 
 	hits, misses, evictions, flushes, writtenBack atomic.Int64
+	writeBackNanos                                atomic.Int64
 
 	flushMu  sync.Mutex // one write-back round at a time
 	commitMu sync.Mutex // one index commit at a time
@@ -330,6 +333,7 @@ func (c *Cache) Stats() Stats {
 		Evictions:        c.evictions.Load(),
 		Flushes:          c.flushes.Load(),
 		WrittenBackBytes: c.writtenBack.Load(),
+		WriteBackTime:    time.Duration(c.writeBackNanos.Load()),
 		Bypassed:         c.pol.bypassed.Load(),
 		StorageLatency:   c.pol.latency(),
 		SlowStorage:      c.pol.isSlow.Load(),

@@ -296,6 +296,7 @@ func TestReadWriteIsWriteBack(t *testing.T) {
 	require.Zero(t, s.DirtyBytes)
 	require.EqualValues(t, 1, s.Flushes)
 	require.EqualValues(t, len(data), s.WrittenBackBytes)
+	require.Positive(t, s.WriteBackTime, "the write-back round is timed")
 	_, err = os.Stat(filepath.Join(e.cacheDir, "dirty.idx"))
 	require.ErrorIs(t, err, os.ErrNotExist, "nothing dirty, no index")
 

@@ -8,6 +8,7 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
 const (
@@ -32,6 +33,7 @@ func (c *Cache) Flush(ctx context.Context) error {
 	}
 	c.flushMu.Lock()
 	defer c.flushMu.Unlock()
+	start := time.Now()
 	c.mu.Lock()
 	work := map[*object][]*page{}
 	for _, o := range c.objs {
@@ -73,6 +75,7 @@ func (c *Cache) Flush(ctx context.Context) error {
 	if n := wrote.Load(); n > 0 {
 		c.flushes.Add(1)
 		c.writtenBack.Add(n)
+		c.writeBackNanos.Add(int64(time.Since(start)))
 	}
 	errs = append(errs, c.commit())
 	return errors.Join(errs...)
