@@ -66,6 +66,9 @@ type Config struct {
 	// only a test running the daemon in-process can, to put a
 	// fault-injecting decorator (storage/fault) under a real mount.
 	WrapStorage func(storage.Backend) storage.Backend
+
+	// Web is the web console's configuration (--web and its options).
+	Web WebConfig
 }
 
 func (c *Config) check() error {
@@ -100,6 +103,10 @@ func (c *Config) check() error {
 	}
 	if c.Log == nil {
 		c.Log = slog.Default()
+	}
+	// The web console.
+	if err := c.Web.check(); err != nil {
+		return err
 	}
 	return nil
 }
@@ -167,6 +174,19 @@ func Run(ctx context.Context, cfg Config, ready func()) (err error) {
 			return err
 		}
 	}
+	// The web console's listener, before anything runs that a failure
+	// would have to stop.
+	var web *webConsole
+	if cfg.Web.Addr != "" {
+		if web, err = listenConsole(cfg); err != nil {
+			return fmt.Errorf("--web: %w", err)
+		}
+		defer func() {
+			if !web.started {
+				web.close()
+			}
+		}()
+	}
 	keys, err := hostkeys.Connect(ctx, hostkeys.Config{URL: cfg.KeystoreURL, CA: cfg.KeystoreCA, TokenFile: cfg.TokenFile, Timeout: cfg.KeystoreTimeout})
 	if err != nil {
 		return err
@@ -230,6 +250,14 @@ func Run(ctx context.Context, cfg Config, ready func()) (err error) {
 	srv.RegisterOnShutdown(host.StopBackground)
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(l) }()
+	// The web console, once the API it reads answers.
+	stopConsole := func() {}
+	if web != nil {
+		if stopConsole, err = web.serve(ctx, cfg, host, log); err != nil {
+			log.Error("web console not started", "err", err)
+			stopConsole = func() {}
+		}
+	}
 	log.Info("hostcryptd ready", "mount", cfg.MountDir, "socket", cfg.Socket)
 	if ready != nil {
 		ready()
@@ -243,6 +271,7 @@ func Run(ctx context.Context, cfg Config, ready func()) (err error) {
 		}
 	}
 	log.Info("shutting down: flushing every disk")
+	stopConsole()
 	sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	_ = srv.Shutdown(sctx)
