@@ -201,7 +201,7 @@ function layerTable(vm, rep) {
       el('td', {}, first ? el('span', { class: 'disk-name', text: e.disk }) : '', first && e.image ? el('small', { text: ' ' + e.image }) : ''),
       el('td', { text: e.layer }),
       el('td', { class: 'loc', text: e.location || '—' }),
-      el('td', {}, e.encrypted ? e.algorithm : badge('plaintext', 'plain')),
+      el('td', {}, e.encrypted ? e.algorithm : e.location ? badge('plaintext', 'plain') : el('span', { class: 'muted', text: 'nothing kept' })),
       el('td', { class: 'kid', title: e.keyId || '', text: e.key ? e.key.split(' + ').map(keyName).join(' + ') : '' }),
       el('td', { text: e.caching || '' }),
       el('td', { text: e.layer === 'host cache' && e.caching !== 'None' ? bytes(e.dirtyBytes) : '' }),
