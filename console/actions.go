@@ -142,6 +142,11 @@ func operatorToken(t string) (string, error) {
 	if t == "" {
 		return "", errorf(http.StatusBadRequest, "this action needs your key store token: hostcryptd holds no right to change customer keys, and the key store audits the change as the token's holder")
 	}
+	for _, r := range t {
+		if r <= ' ' || r > '~' {
+			return "", errorf(http.StatusBadRequest, "that is not a key store token (a token is printable ASCII without spaces): paste the content of your token file")
+		}
+	}
 	return t, nil
 }
 

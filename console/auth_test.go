@@ -2,12 +2,15 @@ package console
 
 import (
 	"net/http"
+	"net/http/cookiejar"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
+
+	"hostcrypt/control/api"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -300,4 +303,41 @@ func TestCheckAddr(t *testing.T) {
 func TestNewRefusesAShortToken(t *testing.T) {
 	_, err := New(Config{Control: &fakeControl{}, Keys: newFakeKeys(), Token: "short", Addr: testAddr})
 	assert.Error(t, err)
+}
+
+// Under TLS the cookie is Secure and the console's origin is https://.
+func TestTLSConsole(t *testing.T) {
+	srv := httptest.NewUnstartedServer(nil)
+	addr := srv.Listener.Addr().String()
+	ctl := &fakeControl{vms: []api.VM{{Name: "vm1", PowerState: api.PowerRunning}}}
+	c, err := New(Config{Control: ctl, Keys: newFakeKeys(), Token: testToken, Addr: addr, TLS: true})
+	require.NoError(t, err)
+	srv.Config.Handler = c.Handler()
+	srv.StartTLS()
+	defer srv.Close()
+	jar, _ := cookiejar.New(nil)
+	hc := srv.Client()
+	hc.Jar = jar
+	resp, err := hc.Get("https://" + addr + "/login?token=" + testToken)
+	require.NoError(t, err)
+	resp.Body.Close()
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	require.Len(t, resp.Request.Response.Cookies(), 1)
+	ck := resp.Request.Response.Cookies()[0]
+	assert.True(t, ck.Secure)
+	assert.True(t, ck.HttpOnly)
+
+	post := func(origin string) int {
+		req, err := http.NewRequest("POST", "https://"+addr+"/api/vms/vm1/stop", strings.NewReader(`{}`))
+		require.NoError(t, err)
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("Origin", origin)
+		resp, err := hc.Do(req)
+		require.NoError(t, err)
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	assert.Equal(t, http.StatusForbidden, post("http://"+addr))
+	assert.Equal(t, http.StatusOK, post("https://"+addr))
+	assert.Equal(t, []string{"stop vm1"}, ctl.called())
 }

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"hostcrypt/control/api"
@@ -128,10 +129,14 @@ type Config struct {
 	TLS bool
 	// DemoPlaintext lets the block view show what the guest reads.
 	DemoPlaintext bool
-	// RefreshInterval is how often the control plane is read (default 1 s);
-	// DESInterval how often the disk encryption sets are (default 15 s,
-	// and at once after a key event or an action).
+	// RefreshInterval is how often the control plane is read while a page
+	// follows the events or asks for the state (default 1 s; IdleInterval,
+	// 30 s, while none has for IdleInterval); DESInterval how often the disk encryption sets are while a
+	// page follows (default 30 s, and at once after a key event or an
+	// action): their listing asks the key store about each set, and every
+	// question is a line of its audit log.
 	RefreshInterval time.Duration
+	IdleInterval    time.Duration
 	DESInterval     time.Duration
 	// ActionTimeout bounds an action (default 2 min).
 	ActionTimeout time.Duration
@@ -159,6 +164,28 @@ type Console struct {
 	desWake chan struct{}
 	// refreshWake wakes the loop reading the control plane.
 	refreshWake chan struct{}
+	// viewers counts the pages following the event stream; lastAsked is
+	// when a page last asked for the state or the rates (Unix ns).
+	viewers   atomic.Int64
+	lastAsked atomic.Int64
+}
+
+// watched tells whether a page follows the events or asked for the state
+// within IdleInterval: the readings are frequent only then.
+func (c *Console) watched() bool {
+	return c.viewers.Load() > 0 || time.Since(time.Unix(0, c.lastAsked.Load())) < c.cfg.IdleInterval
+}
+
+// asked records that a page asked for the state, and has the control plane
+// read at once if the last reading is older than two intervals.
+func (c *Console) asked() {
+	c.lastAsked.Store(time.Now().UnixNano())
+	c.mu.Lock()
+	read := c.state.Read
+	c.mu.Unlock()
+	if time.Since(read) > 2*c.cfg.RefreshInterval {
+		wake(c.refreshWake)
+	}
 }
 
 // New makes a console. It serves nothing until its Handler is served, and
@@ -179,8 +206,11 @@ func New(cfg Config) (*Console, error) {
 	if cfg.RefreshInterval <= 0 {
 		cfg.RefreshInterval = time.Second
 	}
+	if cfg.IdleInterval <= 0 {
+		cfg.IdleInterval = 30 * time.Second
+	}
 	if cfg.DESInterval <= 0 {
-		cfg.DESInterval = 15 * time.Second
+		cfg.DESInterval = 30 * time.Second
 	}
 	if cfg.ActionTimeout <= 0 {
 		cfg.ActionTimeout = 2 * time.Minute

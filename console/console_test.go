@@ -274,10 +274,13 @@ func TestKeyActionsNeedTheOperatorsToken(t *testing.T) {
 	for _, b := range []string{
 		`{"kid":"` + kid + `","enabled":false}`,
 		`{"kid":"` + kid + `","enabled":false,"token":"  "}`,
+		`{"kid":"` + kid + `","enabled":false,"token":"two words"}`,
+		`{"kid":"` + kid + `","enabled":false,"token":"line\nbreak"}`,
+		`{"kid":"` + kid + `","enabled":false,"token":"caf\u00e9"}`,
 	} {
 		w := r.post(ck, "/api/keys/enabled", b)
-		assert.Equal(t, http.StatusBadRequest, w.Code)
-		assert.Contains(t, w.Body.String(), "key store token")
+		assert.Equal(t, http.StatusBadRequest, w.Code, b)
+		assert.Contains(t, w.Body.String(), "key store token", b)
 	}
 	w := r.post(ck, "/api/keys/rotate", `{"kid":"https://ks/vaults/v1/keys/k1"}`)
 	assert.Equal(t, http.StatusBadRequest, w.Code)
@@ -285,7 +288,7 @@ func TestKeyActionsNeedTheOperatorsToken(t *testing.T) {
 
 	w = r.post(ck, "/api/keys/enabled", `{"kid":"https://ks/vaults/v1/keys/k1","enabled":false,"token":"t"}`)
 	assert.Equal(t, http.StatusBadRequest, w.Code, "disabling names a version")
-	w = r.post(ck, "/api/keys/enabled", `{"kid":"`+kid+`","enabled":false,"token":"t1"}`)
+	w = r.post(ck, "/api/keys/enabled", `{"kid":"`+kid+`","enabled":false,"token":" t1\n"}`)
 	require.Equal(t, http.StatusOK, w.Code, w.Body.String())
 	w = r.post(ck, "/api/keys/rotate", `{"kid":"https://ks/vaults/v1/keys/k1","token":"t2"}`)
 	require.Equal(t, http.StatusOK, w.Code, w.Body.String())
@@ -383,4 +386,60 @@ func TestRates(t *testing.T) {
 	r.c.refresh(t.Context(), false)
 	require.NoError(t, json.Unmarshal(r.get(ck, "/api/rates").Body.Bytes(), &a))
 	assert.Empty(t, a.Disks)
+}
+
+// With no page open the console reads the control plane seldom and asks the
+// key store nothing; a page that follows the events makes it read at once
+// and often.
+func TestReadingsFollowTheViewers(t *testing.T) {
+	r := newRig(t, func(c *Config) {
+		c.RefreshInterval, c.IdleInterval, c.DESInterval = 5*time.Millisecond, time.Hour, 5*time.Millisecond
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { r.c.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+	// newRig read once of each; Run reads once more at its start.
+	require.Eventually(t, func() bool { v, d := r.ctl.reads(); return v == 2 && d == 2 }, 10*time.Second, time.Millisecond)
+	time.Sleep(100 * time.Millisecond) // twenty intervals
+	v, d := r.ctl.reads()
+	assert.Equal(t, 2, v, "no page: no reading before the idle interval")
+	assert.Equal(t, 2, d, "no page: no question to the key store")
+
+	srv := httptest.NewServer(r.h)
+	defer srv.Close()
+	ck := r.login()
+	req, err := http.NewRequest("GET", srv.URL+"/api/events", nil)
+	require.NoError(t, err)
+	req.Host = testHost
+	req.AddCookie(ck)
+	resp, err := srv.Client().Do(req)
+	require.NoError(t, err)
+	require.Eventually(t, func() bool { v, d := r.ctl.reads(); return v > 5 && d > 5 }, 10*time.Second, time.Millisecond)
+	resp.Body.Close()
+	require.Eventually(t, func() bool { return r.c.viewers.Load() == 0 }, 10*time.Second, time.Millisecond)
+}
+
+// A page that only polls the state (no event stream) keeps the readings
+// frequent too: its first request has the control plane read at once.
+func TestAStateRequestWakesTheReadings(t *testing.T) {
+	r := newRig(t, func(c *Config) {
+		c.RefreshInterval, c.IdleInterval, c.DESInterval = 5*time.Millisecond, time.Hour, 5*time.Millisecond
+	})
+	ck := r.login()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { r.c.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+	require.Eventually(t, func() bool { v, d := r.ctl.reads(); return v == 2 && d == 2 }, 10*time.Second, time.Millisecond)
+	time.Sleep(100 * time.Millisecond)
+	v, _ := r.ctl.reads()
+	require.Equal(t, 2, v)
+	r.ctl.setPower("vm1", api.PowerStopped, "stopped by hand")
+	state(t, r, ck)
+	require.Eventually(t, func() bool {
+		s := state(t, r, ck)
+		return s.VMs[0].PowerState == api.PowerStopped
+	}, 10*time.Second, time.Millisecond)
+	require.Eventually(t, func() bool { v, d := r.ctl.reads(); return v > 5 && d > 5 }, 10*time.Second, time.Millisecond)
 }

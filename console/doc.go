@@ -8,10 +8,12 @@
 // What it reads and how:
 //   - the control plane through the control API's types (Control, which
 //     *api.Client satisfies). A background loop reads it every
-//     RefreshInterval and a page load answers from the last reading, so a
-//     page never waits behind a copy, the control lock or a key store call;
-//     the disk encryption sets, whose listing checks each set's key access
-//     with the key store, are read by a loop of their own.
+//     RefreshInterval while a page watches (every IdleInterval otherwise),
+//     and a page load answers from the last reading, so a page never waits
+//     behind a copy, the control lock or a key store call; the disk
+//     encryption sets, whose listing checks each set's key access with the
+//     key store, are read by a loop of their own, only while a page
+//     watches.
 //   - the keys from the key store's event stream, read with the platform's
 //     token hostcryptd already has (KeyStore): versions created, enabled,
 //     disabled, near expiry, expired, deleted, recovered, purged. The

@@ -29,11 +29,14 @@ type fakeControl struct {
 	desBlock  chan struct{} // ListDES waits on it when set
 	calls     []string
 	snapshots []api.Snapshot
+	// readsVMs and readsDES count the readings.
+	readsVMs, readsDES int
 }
 
 func (f *fakeControl) ListVMs(context.Context) ([]api.VM, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	f.readsVMs++
 	return append([]api.VM(nil), f.vms...), nil
 }
 
@@ -62,11 +65,18 @@ func (f *fakeControl) ListDES(ctx context.Context) ([]api.DiskEncryptionSet, err
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	f.readsDES++
 	return append([]api.DiskEncryptionSet(nil), f.des...), nil
 }
 
 func (f *fakeControl) EncryptionReport(_ context.Context, vm string) (*api.EncryptionReport, error) {
 	return &api.EncryptionReport{VM: vm, Entries: []api.ReportEntry{{Disk: "d1", Layer: "storage layer 1", Algorithm: "XAES-256-GCM", Encrypted: true}}}, nil
+}
+
+func (f *fakeControl) reads() (vms, des int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.readsVMs, f.readsDES
 }
 
 func (f *fakeControl) call(what string) {

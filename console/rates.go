@@ -31,6 +31,7 @@ type RatesAnswer struct {
 }
 
 func (c *Console) serveRates(w http.ResponseWriter, r *http.Request) {
+	c.asked()
 	ans := RatesAnswer{Available: c.cfg.Rates != nil, Disks: []RateSeries{}}
 	if c.cfg.Rates == nil {
 		ans.Note = "per-disk rates are not available on this host"

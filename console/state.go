@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"slices"
@@ -53,18 +54,27 @@ type controlPart struct {
 // key store checks have the key store's own bound.
 const readTimeout = 10 * time.Second
 
+// refreshLoop reads the control plane every RefreshInterval while a page
+// is watching, every IdleInterval while none is, and at once when woken.
 func (c *Console) refreshLoop(ctx context.Context) {
 	t := time.NewTicker(c.cfg.RefreshInterval)
 	defer t.Stop()
 	first := true
+	var last time.Time
 	for {
 		c.refresh(ctx, first)
-		first = false
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		case <-c.refreshWake:
+		first, last = false, time.Now()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				if !c.watched() && time.Since(last) < c.cfg.IdleInterval {
+					continue
+				}
+			case <-c.refreshWake:
+			}
+			break
 		}
 	}
 }
@@ -195,12 +205,19 @@ func (c *Console) diffControl(old, next *State) {
 	}
 }
 
+// desLoop reads the disk encryption sets once at start, then only while a
+// page is watching: every DESInterval, and when woken (a page connects, a
+// key event, an action).
 func (c *Console) desLoop(ctx context.Context) {
 	t := time.NewTicker(c.cfg.DESInterval)
 	defer t.Stop()
 	first := true
 	for {
-		c.refreshDES(ctx, first)
+		if first || c.watched() {
+			rctx, cancel := context.WithTimeout(ctx, desTimeout)
+			c.refreshDES(rctx, first)
+			cancel()
+		}
 		first = false
 		select {
 		case <-ctx.Done():
@@ -211,12 +228,16 @@ func (c *Console) desLoop(ctx context.Context) {
 	}
 }
 
+// desTimeout bounds one listing of the sets, whose key store questions have
+// the key store's own bound each.
+const desTimeout = 2 * time.Minute
+
 // refreshDES reads the disk encryption sets, with the key store's answer
 // on each set's key access.
 func (c *Console) refreshDES(ctx context.Context, first bool) {
 	des, err := c.cfg.Control.ListDES(ctx)
-	if ctx.Err() != nil {
-		return
+	if errors.Is(ctx.Err(), context.Canceled) {
+		return // the console stops
 	}
 	c.mu.Lock()
 	old := c.state
@@ -306,6 +327,7 @@ func sameKeyVersion(kid, vault, key, version string) bool {
 }
 
 func (c *Console) serveState(w http.ResponseWriter, r *http.Request) {
+	c.asked()
 	writeJSON(w, http.StatusOK, c.snapshot())
 }
 

@@ -108,6 +108,12 @@ func (c *Console) serveEvents(w http.ResponseWriter, r *http.Request) {
 	}
 	w.Header().Set("Content-Type", "text/event-stream")
 	w.WriteHeader(http.StatusOK)
+	// A page that follows makes the readings frequent again, fresh at
+	// once.
+	c.viewers.Add(1)
+	defer c.viewers.Add(-1)
+	wake(c.refreshWake)
+	wake(c.desWake)
 	lastState := ^uint64(0)
 	tick := time.NewTicker(heartbeat)
 	defer tick.Stop()
