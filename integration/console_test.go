@@ -154,7 +154,7 @@ func TestConsoleInABrowser(t *testing.T) {
 	require.NoError(t, err)
 
 	// Log in: the token is exchanged for a cookie and leaves the URL.
-	do("log in", chromedp.Navigate(base+"/login?token="+token), chromedp.WaitVisible(chromedp.CSS(`[data-vm="vm1"]`)))
+	do("log in", chromedp.Navigate(base+"/login?token="+token), chromedp.WaitVisible(chromedp.CSS(`[data-vm="vm1"].running`)))
 	loc, err := chromedp.Run(bctx, chromedp.Location())
 	require.NoError(t, err)
 	assert.Equal(t, base+"/", loc)
