@@ -138,7 +138,8 @@ type Config struct {
 	RefreshInterval time.Duration
 	IdleInterval    time.Duration
 	DESInterval     time.Duration
-	// ActionTimeout bounds an action (default 2 min).
+	// ActionTimeout bounds an action (default 10 min: a snapshot of a large
+	// disk copies its data before it answers).
 	ActionTimeout time.Duration
 	Log           *slog.Logger
 	// Now is the clock (default time.Now).
@@ -213,7 +214,7 @@ func New(cfg Config) (*Console, error) {
 		cfg.DESInterval = 30 * time.Second
 	}
 	if cfg.ActionTimeout <= 0 {
-		cfg.ActionTimeout = 2 * time.Minute
+		cfg.ActionTimeout = 10 * time.Minute
 	}
 	a, err := newAuth(cfg.Token, cfg.Addr, cfg.AllowedHosts, cfg.TLS)
 	if err != nil {
