@@ -110,6 +110,10 @@ function confirmThen(title, text, withToken, action) {
 
 async function loadState() {
   const r = await fetch('/api/state', { credentials: 'same-origin' });
+  if (r.status === 401) {
+    notice('The session ended (hostcryptd restarts make a new token): log in again with /login?token=… and the content of STATE/console.token.', true);
+    return;
+  }
   if (!r.ok) {
     notice('reading the state: ' + r.status + ' ' + r.statusText, true);
     return;
