@@ -257,10 +257,11 @@ func TestRunPicksAFreePort(t *testing.T) {
 }
 
 // TestRunWithWebConsole: WEB= serves the console and the run prints how to
-// log in (the token file, not the token); the printed URL logs in.
+// log in (the token file, not the token); the printed URL logs in;
+// WEB_DEMO_PLAINTEXT= turns the plaintext side of the block view on.
 func TestRunWithWebConsole(t *testing.T) {
 	t.Parallel()
-	r := startRun(t, "scripts/run.sh", "WEB=127.0.0.1:0")
+	r := startRun(t, "scripts/run.sh", "WEB=127.0.0.1:0", "WEB_DEMO_PLAINTEXT=1")
 	r.waitReady()
 	waitFor(t, 10*time.Second, "the console's line", func() bool { return strings.Contains(r.output(), "The web console: open ") })
 	m := regexp.MustCompile(`The web console: open (http://127\.0\.0\.1:\d+/)login\?token=\$\(cat (\S+)\)`).FindStringSubmatch(r.output())
@@ -277,6 +278,9 @@ func TestRunWithWebConsole(t *testing.T) {
 	resp.Body.Close()
 	require.Equal(t, http.StatusOK, resp.StatusCode)
 	require.Equal(t, "/", resp.Request.URL.Path)
+	hlog, err := os.ReadFile(filepath.Join(r.vr, "hostcryptd.log"))
+	require.NoError(t, err)
+	require.Contains(t, string(hlog), "demo_plaintext=true")
 	require.NoError(t, syscall.Kill(-r.cmd.Process.Pid, syscall.SIGTERM))
 	r.waitClean()
 }

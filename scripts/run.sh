@@ -15,7 +15,8 @@
 # Environment: VAR (default ./var), KEYSTORE_LISTEN (default 127.0.0.1:8443,
 # or the port of the previous run, or any free one when 8443 is taken),
 # BIN (default ./bin), WEB (the web console's address, e.g. 127.0.0.1:8080;
-# none by default).
+# none by default), WEB_DEMO_PLAINTEXT (non-empty: the console's block view
+# shows what the guest reads too).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VAR=${VAR:-$PWD/var}
@@ -116,6 +117,7 @@ host_off=$(size_of "$host_log")
 # The web console, when WEB names its address.
 web=()
 [[ -z ${WEB:-} ]] || web=(--web "$WEB")
+[[ -z ${WEB:-} || -z ${WEB_DEMO_PLAINTEXT:-} ]] || web+=(--web-demo-plaintext)
 start "$host_log" "$BIN/hostcryptd" --state "$VAR/state" --storage "$VAR/storage" --host-dir "$VAR/host" \
   --mount "$VAR/mnt" --keystore "$url" --keystore-ca "$VAR/keystore/ca.pem" \
   --token-file "$VAR/keystore/platform.token" "${web[@]}"
