@@ -75,6 +75,9 @@ type Config struct {
 	// only a test running the daemon in-process can, to put a
 	// fault-injecting decorator (storage/fault) under a real mount.
 	WrapStorage func(storage.Backend) storage.Backend
+
+	// Web is the web console's configuration (--web and its options).
+	Web WebConfig
 }
 
 func (c *Config) check() error {
@@ -109,6 +112,10 @@ func (c *Config) check() error {
 	}
 	if c.Log == nil {
 		c.Log = slog.Default()
+	}
+	// The web console.
+	if err := c.Web.check(); err != nil {
+		return err
 	}
 	return nil
 }
@@ -176,10 +183,14 @@ func Run(ctx context.Context, cfg Config, ready func()) (err error) {
 			return err
 		}
 	}
+	// The metrics count each disk's I/O for the metrics endpoint and for
+	// the web console's rates; nothing counts when neither is served.
 	var m *metrics.Host
-	if cfg.Metrics != "" {
+	if cfg.Metrics != "" || cfg.Web.Addr != "" {
 		m = metrics.NewHost()
 		defer m.Close()
+	}
+	if cfg.Metrics != "" {
 		// The listener closes when Run returns, also on a failed start.
 		mctx, stopMetrics := context.WithCancel(ctx)
 		defer stopMetrics()
@@ -192,6 +203,19 @@ func Run(ctx context.Context, cfg Config, ready func()) (err error) {
 		if cfg.MetricsReady != nil {
 			cfg.MetricsReady(addr)
 		}
+	}
+	// The web console's listener, before anything runs that a failure
+	// would have to stop.
+	var web *webConsole
+	if cfg.Web.Addr != "" {
+		if web, err = listenConsole(cfg); err != nil {
+			return fmt.Errorf("--web: %w", err)
+		}
+		defer func() {
+			if !web.started {
+				web.close()
+			}
+		}()
 	}
 	keys, err := hostkeys.Connect(ctx, hostkeys.Config{URL: cfg.KeystoreURL, CA: cfg.KeystoreCA, TokenFile: cfg.TokenFile, Timeout: cfg.KeystoreTimeout})
 	if err != nil {
@@ -263,6 +287,14 @@ func Run(ctx context.Context, cfg Config, ready func()) (err error) {
 	srv.RegisterOnShutdown(host.StopBackground)
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(l) }()
+	// The web console, once the API it reads answers.
+	stopConsole := func() {}
+	if web != nil {
+		if stopConsole, err = web.serve(ctx, cfg, host, m, log); err != nil {
+			log.Error("web console not started", "err", err)
+			stopConsole = func() {}
+		}
+	}
 	log.Info("hostcryptd ready", "mount", cfg.MountDir, "socket", cfg.Socket)
 	if ready != nil {
 		ready()
@@ -276,6 +308,7 @@ func Run(ctx context.Context, cfg Config, ready func()) (err error) {
 		}
 	}
 	log.Info("shutting down: flushing every disk")
+	stopConsole()
 	sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	_ = srv.Shutdown(sctx)

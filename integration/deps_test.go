@@ -40,7 +40,7 @@ exit ${FAKE_APT_STATUS:-0}
 
 	out, err := run("0")
 	require.NoError(t, err, out)
-	require.Equal(t, "deps: installing e2fsprogs fio fuse3 prometheus python3 qemu-utils util-linux (this takes a few minutes the first time)\n", out)
+	require.Equal(t, "deps: installing chromium e2fsprogs fio fuse3 prometheus python3 qemu-utils util-linux (this takes a few minutes the first time)\n", out)
 	got, err := os.ReadFile(calls)
 	require.NoError(t, err)
 	require.Contains(t, string(got), "noninteractive update -qq\n")
@@ -49,6 +49,6 @@ exit ${FAKE_APT_STATUS:-0}
 	out, err = run("100")
 	require.Error(t, err)
 	require.Contains(t, out, "debconf: delaying package configuration")
-	require.Contains(t, out, "installing e2fsprogs fio fuse3 prometheus python3 qemu-utils util-linux failed")
+	require.Contains(t, out, "installing chromium e2fsprogs fio fuse3 prometheus python3 qemu-utils util-linux failed")
 	require.Equal(t, 1, strings.Count(out, "Selecting previously unselected package"))
 }

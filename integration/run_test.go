@@ -4,9 +4,12 @@ import (
 	"bytes"
 	"fmt"
 	"net"
+	"net/http"
+	"net/http/cookiejar"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -251,4 +254,33 @@ func TestRunPicksAFreePort(t *testing.T) {
 	require.Contains(t, again.output(), "keystored listens on "+strings.TrimSpace(string(addr)))
 	require.NoError(t, syscall.Kill(-again.cmd.Process.Pid, syscall.SIGTERM))
 	again.waitClean()
+}
+
+// TestRunWithWebConsole: WEB= serves the console and the run prints how to
+// log in (the token file, not the token); the printed URL logs in;
+// WEB_DEMO_PLAINTEXT= turns the plaintext side of the block view on.
+func TestRunWithWebConsole(t *testing.T) {
+	t.Parallel()
+	r := startRun(t, "scripts/run.sh", "WEB=127.0.0.1:0", "WEB_DEMO_PLAINTEXT=1")
+	r.waitReady()
+	waitFor(t, 10*time.Second, "the console's line", func() bool { return strings.Contains(r.output(), "The web console: open ") })
+	m := regexp.MustCompile(`The web console: open (http://127\.0\.0\.1:\d+/)login\?token=\$\(cat (\S+)\)`).FindStringSubmatch(r.output())
+	require.NotNil(t, m, r.output())
+	require.Equal(t, filepath.Join(r.vr, "state", "console.token"), m[2])
+	raw, err := os.ReadFile(m[2])
+	require.NoError(t, err)
+	token := strings.TrimSpace(string(raw))
+	require.NotContains(t, r.output(), token)
+	jar, _ := cookiejar.New(nil)
+	hc := &http.Client{Jar: jar, Timeout: 30 * time.Second}
+	resp, err := hc.Get(m[1] + "login?token=" + token)
+	require.NoError(t, err)
+	resp.Body.Close()
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	require.Equal(t, "/", resp.Request.URL.Path)
+	hlog, err := os.ReadFile(filepath.Join(r.vr, "hostcryptd.log"))
+	require.NoError(t, err)
+	require.Contains(t, string(hlog), "demo_plaintext=true")
+	require.NoError(t, syscall.Kill(-r.cmd.Process.Pid, syscall.SIGTERM))
+	r.waitClean()
 }

@@ -3,7 +3,8 @@
 # (or through sudo); does nothing when everything is there already.
 #
 # usage: scripts/deps.sh [qemu] [ceph]
-#   (none)  what `make run` and the main test suite need
+#   (none)  what `make run` and the main test suite need (the web
+#           console's test included: chromium)
 #   qemu    also what booting a guest needs (scripts/mkguest.sh, the README's
 #           QEMU example and its test): QEMU, a kernel, busybox, cpio
 #   ceph    also a single-node Ceph cluster's daemons and librados' headers
@@ -30,6 +31,8 @@ command -v qemu-img >/dev/null || need+=(qemu-utils)
 command -v python3 >/dev/null || need+=(python3)
 # promtool checks the metrics and tests their recording rules.
 command -v promtool >/dev/null || need+=(prometheus)
+# The web console's browser test drives headless Chromium.
+command -v chromium >/dev/null || need+=(chromium)
 if ((with_qemu)); then
   command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
   compgen -G '/boot/vmlinuz-*' >/dev/null || need+=(linux-image-amd64)

@@ -14,7 +14,9 @@
 #
 # Environment: VAR (default ./var), KEYSTORE_LISTEN (default 127.0.0.1:8443,
 # or the port of the previous run, or any free one when 8443 is taken),
-# BIN (default ./bin).
+# BIN (default ./bin), WEB (the web console's address, e.g. 127.0.0.1:8080;
+# none by default), WEB_DEMO_PLAINTEXT (non-empty: the console's block view
+# shows what the guest reads too).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VAR=${VAR:-$PWD/var}
@@ -112,9 +114,13 @@ url=$(cat "$VAR/keystore/address")
 
 host_log=$VAR/hostcryptd.log
 host_off=$(size_of "$host_log")
+# The web console, when WEB names its address.
+web=()
+[[ -z ${WEB:-} ]] || web=(--web "$WEB")
+[[ -z ${WEB:-} || -z ${WEB_DEMO_PLAINTEXT:-} ]] || web+=(--web-demo-plaintext)
 start "$host_log" "$BIN/hostcryptd" --state "$VAR/state" --storage "$VAR/storage" --host-dir "$VAR/host" \
   --mount "$VAR/mnt" --keystore "$url" --keystore-ca "$VAR/keystore/ca.pem" \
-  --token-file "$VAR/keystore/platform.token"
+  --token-file "$VAR/keystore/platform.token" "${web[@]}"
 host_pid=$!
 # From here on a reader that goes away makes a write fail (and this script
 # stop cleanly) instead of killing it.
@@ -150,6 +156,11 @@ Try: losetup --find --show $VAR/mnt/demo/data-0.img   (then mkfs.ext4 and mount 
      hostcrypt snapshot create --name snap1 --source demo-data   # while it runs
 Logs: $ks_log, $host_log. Ctrl-C stops both daemons cleanly.
 MSG
+if [[ -n ${WEB:-} ]]; then
+  # The address as bound (WEB may say port 0), from this run's log.
+  web_url=$(tail -c +$((host_off + 1)) "$host_log" | sed -n 's/.*web console listening" url=\([^ ]*\).*/\1/p' | tail -n 1)
+  say "The web console: open ${web_url}login?token=\$(cat $VAR/state/console.token)"
+fi
 status=0
 wait "$host_pid" || status=$?
 host_pid=""

@@ -48,6 +48,13 @@ func main() {
 	fl.StringVar(&c.Pprof, "pprof", "", "serve the Go profiler on this loopback HOST:PORT")
 	fl.StringVar(&c.Metrics, "metrics", "", "serve Prometheus metrics at http://HOST:PORT/metrics (off by default; loopback unless --metrics-allow-remote)")
 	fl.BoolVar(&c.MetricsAllowRemote, "metrics-allow-remote", false, "allow --metrics on a non-loopback address, in the clear (VM and disk names and load, no keys or data)")
+	// The web console.
+	fl.StringVar(&c.Web.Addr, "web", "", "serve the web console on HOST:PORT (loopback unless TLS or --web-allow-remote); its login token is written to STATE/console.token")
+	fl.StringSliceVar(&c.Web.Hosts, "web-host", nil, "another host name the browser reaches the console by (the Host header allowlist), repeatable")
+	fl.BoolVar(&c.Web.AllowRemote, "web-allow-remote", false, "serve the console on a non-loopback address without TLS")
+	fl.StringVar(&c.Web.TLSCert, "web-tls-cert", "", "certificate (PEM) to serve the console with HTTPS")
+	fl.StringVar(&c.Web.TLSKey, "web-tls-key", "", "private key (PEM) of --web-tls-cert")
+	fl.BoolVar(&c.Web.DemoPlaintext, "web-demo-plaintext", false, "let the console's block view show what the guest reads beside the stored bytes (every view is logged)")
 	showVersion := fl.Bool("version", false, "print the version, commit, Go and go-fuse versions, and exit")
 	fl.SetOutput(os.Stdout) // only --help writes here
 	if err := fl.Parse(os.Args[1:]); err != nil {
