@@ -180,6 +180,17 @@ func TestConsoleInABrowser(t *testing.T) {
 	assert.NotContains(t, stored, hex.EncodeToString([]byte("the guest's own bytes")))
 	assert.Contains(t, h.logs.String(), "guest plaintext shown", "the plaintext view is logged")
 
+	// The disk's rates come from the metrics' counters: the block written
+	// above and the one written now are among the writes of the last
+	// minutes.
+	sh(t, "dd if="+src+" of="+h.img("vm1", "data-0.img")+" bs=4096 count=1 oflag=direct conv=notrunc,fsync status=none")
+	wrote := `#rates .rate[data-vm="vm1"][data-disk="c1"]:not([data-writes="0"])`
+	rctx, rcancel := context.WithTimeout(bctx, 15*time.Second)
+	err = chromedp.Do(rctx, chromedp.WaitVisible(chromedp.CSS(wrote)))
+	rcancel()
+	require.NoError(t, err, "the rates of vm1's disk c1 show no write")
+	assert.NotContains(t, text(`#rates`), "not available")
+
 	// Disable the key version from the page, with the operator's token.
 	do("disable the key",
 		chromedp.Click(chromedp.CSS(`tr[data-kid="`+kid+`"] button.disable`)),

@@ -323,7 +323,8 @@ async function loadRates() {
   for (const s of ans.disks) {
     const p = s.points;
     const last = p.length ? p[p.length - 1] : null;
-    box.append(el('div', { class: 'rate', 'data-disk': s.disk },
+    const writes = p.reduce((n, q) => n + q.writeOps, 0);
+    box.append(el('div', { class: 'rate', 'data-vm': s.vm, 'data-disk': s.disk, 'data-writes': writes.toFixed(0) },
       el('div', { class: 'rate-name', text: s.vm + ' / ' + s.disk }),
       spark(p),
       el('div', { class: 'rate-now' }, last
