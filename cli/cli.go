@@ -203,6 +203,8 @@ func verbList(verbs map[string]Command) string {
 
 func usage(w io.Writer, cmds map[string]map[string]Command) {
 	fmt.Fprintln(w, "usage: hostcrypt [--host-socket PATH] [--keystore URL --keystore-ca FILE --token-file FILE] [-o table|json] GROUP VERB [flags]")
+	fmt.Fprintln(w, "       hostcrypt --version                 the version, commit and Go version of this build")
+	fmt.Fprintln(w, "       hostcrypt GROUP VERB --help         the flags of one verb")
 	var gs []string
 	for g := range cmds {
 		gs = append(gs, g)

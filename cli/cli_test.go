@@ -91,6 +91,8 @@ func TestHelpGoesToStdout(t *testing.T) {
 	}
 	out, _, _ := runCLI(t, nil, "disk", "create", "--help")
 	assert.Contains(t, out, "--size")
+	out, _, _ = runCLI(t, nil, "--help")
+	assert.Contains(t, out, "hostcrypt --version", "the top-level help names --version")
 }
 
 func TestShowVMKeyWarning(t *testing.T) {

@@ -314,6 +314,11 @@ func checkCMKMove(kind, name, encType string, from, to store.Placement, vm *stor
 		return nil
 	}
 	if !strings.EqualFold(from.Subscription, to.Subscription) {
+		if kind == "image" {
+			// An image keeps the keys it was made with: it has no update.
+			return notAllowed(http.StatusBadRequest, "image %q uses customer-managed keys (%s), and resources with customer-managed keys cannot move to another subscription: make the image again in subscription %s, from a disk or snapshot there",
+				name, encType, to.Subscription)
+		}
 		return notAllowed(http.StatusBadRequest, "%s %q uses customer-managed keys (%s), and resources with customer-managed keys cannot move to another subscription: switch it to platform-managed keys first (hostcrypt %s update --name %s --encryption-type %s), move it, then give it a disk encryption set of subscription %s",
 			kind, name, encType, kind, name, api.EncPlatformKey, to.Subscription)
 	}

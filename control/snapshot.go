@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net/http"
 	"path"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -296,8 +297,23 @@ func (h *Host) copySnapshot(ctx context.Context, r *store.Records, d *store.Disk
 	keys := sess.Keys()
 	pkey := api.KindSnapshots + "/" + snap.Name
 	defer h.prog.clear(pkey)
-	for i, k := range keys {
-		h.prog.set(pkey, "snapshot of disk "+d.Name, int64(i)*objBytes, int64(len(keys))*objBytes)
+	// Progress counts the disk's bytes that the chunks hold, as the disk's
+	// size does, not their objects' bytes (two slots per block): a full
+	// 1 GiB disk is 1 GiB of copying.
+	chunkData := int64(disk.DefaultChunkBlocks) * disk.BlockSize
+	if m, err := disk.ReadMetadata(ctx, h.cfg.Storage, d.StoragePrefix); err == nil {
+		chunkData = int64(m.ChunkBlocks) * disk.BlockSize
+	}
+	chunks := int64(len(keys))
+	if slices.Contains(keys, meta) {
+		chunks-- // the metadata is no data of the disk's
+	}
+	var copied int64
+	for _, k := range keys {
+		h.prog.set(pkey, "snapshot of disk "+d.Name, copied*chunkData, chunks*chunkData)
+		if k != meta {
+			copied++
+		}
 		err := h.copying(ctx, "snapshot "+snap.Name)
 		if err == nil {
 			err = sess.Preserve(ctx, k)

@@ -198,3 +198,25 @@ func TestCheckKeysWhileSetsAreCreated(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, api.PowerRunning, vm.PowerState)
 }
+
+// A snapshot's progress counts the disk's bytes, never more than its size:
+// the chunk objects hold two slots per block, which is not what a user
+// copies. Before, a full disk showed about twice its size.
+func TestSnapshotProgressCountsDiskBytes(t *testing.T) {
+	f, hc, _ := newStallFixture(t)
+	ctx := context.Background()
+	_, err := f.tree.get("busy/data-0.img").WriteAt(fill(8<<20), 0)
+	require.NoError(t, err)
+	snap := make(chan error, 1)
+	go func() {
+		_, err := f.h.CreateSnapshot(ctx, api.CreateSnapshotRequest{Name: "s1", Source: "d1"})
+		snap <- err
+	}()
+	<-hc.entered
+	p := f.h.Progress(api.KindSnapshots, "s1")
+	require.NotNil(t, p)
+	assert.Positive(t, p.Total)
+	assert.LessOrEqual(t, p.Total, int64(8<<20), "progress total %d is beyond the 8 MiB disk", p.Total)
+	hc.free()
+	require.NoError(t, <-snap)
+}

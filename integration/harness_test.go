@@ -212,6 +212,22 @@ func sh(t *testing.T, script string) string {
 	return string(out)
 }
 
+// attachLoop attaches img to a new loop device (with losetup's options
+// opts, e.g. "--direct-io=on") and returns the device. At the test's end
+// the device is detached if it still serves img: a device the test detached
+// itself may by then serve another test's image, and must be left alone.
+func attachLoop(t *testing.T, img string, opts ...string) string {
+	t.Helper()
+	dev := strings.TrimSpace(sh(t, "losetup --find --show "+strings.Join(opts, " ")+" '"+img+"'"))
+	t.Cleanup(func() {
+		back, err := exec.Command("losetup", "--noheadings", "--output", "BACK-FILE", dev).Output()
+		if err == nil && strings.TrimSpace(string(back)) == img {
+			exec.Command("losetup", "-d", dev).Run()
+		}
+	})
+	return dev
+}
+
 func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(d)

@@ -47,8 +47,7 @@ func TestHostExt4(t *testing.T) {
 	require.EqualValues(t, 256<<20, st.Size())
 
 	mnt := t.TempDir()
-	loop := strings.TrimSpace(sh(t, "losetup --find --show --direct-io=on "+img))
-	defer exec.Command("losetup", "-d", loop).Run()
+	loop := attachLoop(t, img, "--direct-io=on")
 	sh(t, "mkfs.ext4 -q -F "+loop)
 	sh(t, "mount "+loop+" "+mnt)
 	sh(t, fmt.Sprintf(`cd %s && mkdir -p a/b c && head -c 5M /dev/urandom > a/big && for i in $(seq 1 50); do head -c $((i*1000)) /dev/urandom > a/b/f$i; done && echo hello > c/small && sync`, mnt))
@@ -66,7 +65,7 @@ func TestHostExt4(t *testing.T) {
 	require.Equal(t, "stopped", vm.PowerState)
 	h.ok("vm", "start", "--name", "vm1")
 
-	loop = strings.TrimSpace(sh(t, "losetup --find --show "+img))
+	loop = attachLoop(t, img)
 	sh(t, "e2fsck -f -n "+loop)
 	sh(t, "mount "+loop+" "+mnt)
 	defer exec.Command("umount", mnt).Run()

@@ -4,7 +4,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -36,8 +35,7 @@ func TestMakeReset(t *testing.T) {
 	require.DirExists(t, vr, "nothing is removed while it is in use")
 	sh(t, "umount '"+mnt+"'")
 
-	loop := strings.TrimSpace(sh(t, "losetup --find --show '"+img+"'"))
-	t.Cleanup(func() { exec.Command("losetup", "-d", loop).Run() })
+	loop := attachLoop(t, img)
 	out, err = makeReset(t, vr)
 	require.Error(t, err, out)
 	require.Contains(t, out, "loop device: "+loop+" on "+img)

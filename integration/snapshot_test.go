@@ -33,8 +33,7 @@ func TestHostSnapshotExt4(t *testing.T) {
 	img := h.img("vm1", "data-1.img")
 
 	mnt := t.TempDir()
-	loop := strings.TrimSpace(sh(t, "losetup --find --show --direct-io=on "+img))
-	defer exec.Command("losetup", "-d", loop).Run()
+	loop := attachLoop(t, img, "--direct-io=on")
 	sh(t, "mkfs.ext4 -q -F "+loop)
 	sh(t, "mount "+loop+" "+mnt)
 	defer exec.Command("umount", mnt).Run()
@@ -65,8 +64,7 @@ func TestHostSnapshotExt4(t *testing.T) {
 	h.ok("disk", "create", "--name", "restored", "--source", "snap1")
 	h.ok("vm", "create", "--name", "vm2", "--os-disk-size", "8M", "--data-disks", "restored")
 	mnt2 := t.TempDir()
-	loop2 := strings.TrimSpace(sh(t, "losetup --find --show "+h.img("vm2", "data-0.img")))
-	defer exec.Command("losetup", "-d", loop2).Run()
+	loop2 := attachLoop(t, h.img("vm2", "data-0.img"))
 	sh(t, "mount "+loop2+" "+mnt2)           // replays the journal of a crash-consistent copy
 	defer exec.Command("umount", mnt2).Run() // only if a check below fails first
 	require.Equal(t, atSnapshot, list(mnt2), "the restored disk is not the file system as of the snapshot")
@@ -92,8 +90,7 @@ func TestHostSnapshotExt4(t *testing.T) {
 	// A disk from the image, after the rotation, still has the files.
 	h.ok("disk", "create", "--name", "fromimage", "--source", "img1")
 	h.ok("vm", "disk", "attach", "--vm-name", "vm2", "--name", "fromimage")
-	loop3 := strings.TrimSpace(sh(t, "losetup --find --show "+h.img("vm2", "data-1.img")))
-	defer exec.Command("losetup", "-d", loop3).Run()
+	loop3 := attachLoop(t, h.img("vm2", "data-1.img"))
 	sh(t, "mount "+loop3+" "+mnt2)
 	require.Equal(t, atSnapshot, list(mnt2))
 	sh(t, "umount "+mnt2)

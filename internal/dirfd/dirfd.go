@@ -209,10 +209,12 @@ func (d *Dir) notRegular(name, want string, err error) error {
 
 func notRegular(path, want string, mode uint32) error {
 	return fmt.Errorf("%s: %w: a %s is there, where %s should be; it is never followed or used: remove it, and find out who put it there",
-		path, ErrNotRegular, kind(mode), want)
+		path, ErrNotRegular, Kind(mode), want)
 }
 
-func kind(mode uint32) string {
+// Kind names the file type in mode (unix.S_IF* bits) in words, for
+// messages: "symbolic link", "FIFO", "directory" and so on.
+func Kind(mode uint32) string {
 	switch mode & unix.S_IFMT {
 	case unix.S_IFLNK:
 		return "symbolic link"

@@ -8,6 +8,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"hostcrypt/internal/dirfd"
 	"hostcrypt/storage"
 )
 
@@ -177,27 +178,7 @@ func notRegular(rel string, mode uint32, dir bool) error {
 		want = "a directory"
 	}
 	return fmt.Errorf("%w: %s is a %s where %s should be; the store never follows or uses one: remove it, and find out who put it there",
-		storage.ErrNotRegular, rel, kind(mode), want)
-}
-
-func kind(mode uint32) string {
-	switch mode & unix.S_IFMT {
-	case unix.S_IFLNK:
-		return "symbolic link"
-	case unix.S_IFIFO:
-		return "FIFO"
-	case unix.S_IFSOCK:
-		return "socket"
-	case unix.S_IFCHR:
-		return "character device"
-	case unix.S_IFBLK:
-		return "block device"
-	case unix.S_IFDIR:
-		return "directory"
-	case unix.S_IFREG:
-		return "regular file"
-	}
-	return "special file"
+		storage.ErrNotRegular, rel, dirfd.Kind(mode), want)
 }
 
 // lookupErr turns the error of a failed lookup of rel (an object, or a
