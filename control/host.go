@@ -77,6 +77,11 @@ type Config struct {
 	Keys      keys.Service
 	Tree      Tree
 	Location  string
+	// Peers, on a store that several hosts share (Store is then a
+	// store.Shared on their common storage), tells which hosts use it;
+	// HostName names this one among them. Nil on a host's own store.
+	Peers    Peers
+	HostName string
 	// CacheDir holds the host caches of attached disks (one directory per
 	// disk); empty turns host caching off whatever the attachments ask.
 	CacheDir string
@@ -195,6 +200,9 @@ func New(cfg Config) (*Host, error) {
 	}
 	if cfg.Keys == nil {
 		return nil, errors.New("control: no key service")
+	}
+	if cfg.Peers != nil && cfg.HostName == "" {
+		return nil, errors.New("control: a shared store needs this host's name")
 	}
 	h := &Host{cfg: cfg, log: cfg.Log, keys: cfg.Keys, store: cfg.Store, secrets: cfg.Secrets,
 		running: map[string]*runningVM{}, busy: map[string]string{}, closeDirs: func() error { return nil }}

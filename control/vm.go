@@ -208,6 +208,9 @@ func (h *Host) start(ctx context.Context, name string) error {
 	if !ok {
 		return notFound("VM", name)
 	}
+	if err := h.runsElsewhere(vm); err != nil {
+		return err
+	}
 	if h.isRunning(name) || vm.PowerState == api.PowerRunning && !h.recovering(name) {
 		return conflict("VM %q is already running", name)
 	}
@@ -277,12 +280,18 @@ func (h *Host) start(ctx context.Context, name string) error {
 		if err := checkVMRecord(r, vm); err != nil {
 			return err
 		}
+		// Another host may have started it since it was read: of two
+		// hosts starting one VM, the first to commit runs it.
+		if err := h.runsElsewhere(vm); err != nil {
+			return err
+		}
 		for _, n := range vm.DiskNames() {
 			if err := converting(r.Disks[n]); err != nil {
 				return err
 			}
 		}
 		vm.PowerState, vm.PowerStateReason, vm.KeyWarning = api.PowerRunning, "", ""
+		vm.Host = h.hostTag()
 		for _, n := range vm.DiskNames() {
 			r.Disks[n].DiskState = api.DiskAttached
 		}
@@ -434,6 +443,9 @@ func (h *Host) StopVM(ctx context.Context, name, reason string) (*api.VM, error)
 	if vm.PowerState != api.PowerRunning {
 		return nil, conflict("VM %q is not running (it is %s)", name, vm.PowerState)
 	}
+	if err := h.runsElsewhere(vm); err != nil {
+		return nil, err
+	}
 	if err := h.stop(ctx, name, api.PowerStopped, reason); err != nil {
 		return nil, err
 	}
@@ -458,10 +470,10 @@ func (h *Host) stop(ctx context.Context, name, state, reason string) error {
 	_, err := h.update(ctx, func(r *store.Records) error {
 		addIntegrityErrors(r, counts)
 		vm := r.VMs[name]
-		if vm == nil {
-			return nil
+		if vm == nil || h.runsElsewhere(vm) != nil {
+			return nil // another host's to record
 		}
-		vm.PowerState, vm.PowerStateReason = state, reason
+		vm.PowerState, vm.PowerStateReason, vm.Host = state, reason, ""
 		if state == api.PowerDeallocated {
 			for _, n := range vm.DiskNames() {
 				if d := r.Disks[n]; d != nil {
@@ -493,6 +505,9 @@ func (h *Host) DeallocateVM(ctx context.Context, name string) (*api.VM, error) {
 	}
 	if vm.PowerState == api.PowerDeallocated {
 		return vmView(vm, r, h.liveNow()), nil
+	}
+	if err := h.runsElsewhere(vm); err != nil {
+		return nil, err
 	}
 	if err := h.stop(ctx, name, api.PowerDeallocated, "deallocated by the user"); err != nil {
 		return nil, err
@@ -596,6 +611,9 @@ func (h *Host) AttachDisk(ctx context.Context, vmName string, req api.AttachRequ
 	vm, ok := r.VMs[vmName]
 	if !ok {
 		return nil, notFound("VM", vmName)
+	}
+	if err := h.runsElsewhere(vm); err != nil {
+		return nil, err
 	}
 	if err := h.checkAttachable(ctx, r, req.Disk); err != nil {
 		return nil, err
@@ -715,6 +733,9 @@ func (h *Host) DetachDisk(ctx context.Context, vmName, diskName string) (*api.VM
 	vm, ok := r.VMs[vmName]
 	if !ok {
 		return nil, notFound("VM", vmName)
+	}
+	if err := h.runsElsewhere(vm); err != nil {
+		return nil, err
 	}
 	if vm.StorageProfile.OsDisk.Name == diskName {
 		return nil, conflict("disk %q is the OS disk of VM %q; an OS disk cannot be detached", diskName, vmName)

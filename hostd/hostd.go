@@ -20,6 +20,7 @@ import (
 	"syscall"
 	"time"
 
+	"hostcrypt/cluster"
 	"hostcrypt/control"
 	hfs "hostcrypt/fs"
 	"hostcrypt/keystore/hostkeys"
@@ -33,8 +34,12 @@ const DefaultFlushInterval = disk.DefaultFlushInterval
 
 // Config is hostcryptd's command line.
 type Config struct {
-	StateDir    string
-	StorageDir  string
+	StateDir   string
+	StorageDir string
+	// HostName names this host among those sharing a RADOS pool (default:
+	// the system's host name). On a directory it only names the host in
+	// hostcrypt host list.
+	HostName    string
 	HostDir     string
 	MountDir    string
 	KeystoreURL string
@@ -100,6 +105,16 @@ func (c *Config) check() error {
 	}
 	if c.Log == nil {
 		c.Log = slog.Default()
+	}
+	if c.HostName == "" {
+		name, err := os.Hostname()
+		if err != nil {
+			return fmt.Errorf("--host-name is required: the system's host name is unknown (%v)", err)
+		}
+		c.HostName = name
+	}
+	if err := cluster.CheckName(c.HostName); err != nil {
+		return fmt.Errorf("--host-name: %w", err)
 	}
 	return nil
 }
@@ -199,11 +214,22 @@ func Run(ctx context.Context, cfg Config, ready func()) (err error) {
 			tree.Unmount()
 		}
 	}()
-	host, err := control.New(control.Config{
+	ccfg := control.Config{
 		StateDir: cfg.StateDir, Storage: sb, HostLocal: hb, Keys: keys, Tree: tree, Log: log,
 		CacheDir: cacheDir, CacheSize: cfg.CacheSize, FlushInterval: cfg.FlushInterval,
 		DEKLease: cfg.DEKLease, KeyCheckInterval: cfg.KeyCheck, RotationInterval: cfg.Rotation, OnKeyExpiry: cfg.OnKeyExpiry,
-	})
+		HostName: cfg.HostName,
+	}
+	// On a RADOS pool the records are shared with every host on it.
+	if loc, err := location.Parse(cfg.StorageDir); err == nil && loc.RADOS != nil {
+		sh, err := joinShared(ctx, lb, cfg.HostName, cfg.StateDir, log)
+		if err != nil {
+			return err
+		}
+		defer sh.close(context.WithoutCancel(ctx))
+		sh.configure(&ccfg, lb, cfg.HostName)
+	}
+	host, err := control.New(ccfg)
 	if err != nil {
 		return err
 	}

@@ -57,6 +57,9 @@ const (
 	RouteProgress = "GET /progress/{kind}/{name}" // -> CopyProgress
 
 	RouteGC = "POST /host/gc" // GCRequest -> GCReport
+	// RouteListHosts lists the hosts that use the store: this one alone on
+	// a host's own store.
+	RouteListHosts = "GET /hosts" // -> []HostInfo
 )
 
 // Kinds of RouteProgress.
