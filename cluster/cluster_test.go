@@ -18,11 +18,13 @@ var bg = context.Background()
 // serverLocks keeps leased locks as a store's server would, on a clock of
 // its own that the test moves.
 type serverLocks struct {
-	mu    sync.Mutex
-	now   time.Time
-	locks map[string]held // key+name -> holder
-	// client names the caller, as a server names a connection.
+	mu       sync.Mutex
+	now      time.Time
+	locks    map[string]held // key+name -> holder
 	renewals int
+	// hang, while not nil, holds every renewal until it is closed: a
+	// store that does not answer.
+	hang chan struct{}
 }
 
 type held struct {
@@ -40,7 +42,17 @@ func (s *serverLocks) advance(d time.Duration) {
 	s.mu.Unlock()
 }
 
-func (s *serverLocks) Lock(_ context.Context, key, name, cookie, _ string, lease time.Duration, renew bool) error {
+func (s *serverLocks) Lock(ctx context.Context, key, name, cookie, _ string, lease time.Duration, renew bool) error {
+	s.mu.Lock()
+	hang := s.hang
+	s.mu.Unlock()
+	if renew && hang != nil {
+		select {
+		case <-hang:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	h, ok := s.locks[key+"\x00"+name]

@@ -4,12 +4,14 @@ package cluster
 
 import (
 	"os"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"hostcrypt/storage"
 	"hostcrypt/storage/location"
 	"hostcrypt/storage/rados"
 )
@@ -78,4 +80,44 @@ func TestHostsOnRADOS(t *testing.T) {
 	assert.True(t, alive(t, bs[1], bs[1])["host-a"])
 	require.NoError(t, a2.Close(bg))
 	assert.False(t, alive(t, bs[1], bs[1])["host-a"], "a clean stop is seen at once")
+}
+
+// A VM's writer lease on the OSD: held, a second writer is refused; with
+// renewals stopped (a frozen host), this host's writes fail with EIO once
+// the lease has run since the last renewal was sent, the OSD lets a second
+// writer take the lock, and the first cannot renew it back.
+func TestWriterLeaseOnRADOS(t *testing.T) {
+	bs := openRADOS(t, 2)
+	lease := 3 * time.Second
+	keys := []string{LockKey("disk-1")}
+	l, err := Acquire(t.Context(), bs[0], keys, "host-a", lease, nil)
+	require.NoError(t, err)
+	g := Guard(bs[0], l)
+	c, err := g.OpenChunk(t.Context(), "disks/x/c0", true)
+	require.NoError(t, err)
+	_, err = c.WriteAt([]byte("a"), 0)
+	require.NoError(t, err)
+	_, err = Acquire(t.Context(), bs[1], keys, "host-b", lease, nil)
+	require.ErrorIs(t, err, storage.ErrConflict)
+	// Renewals keep it past several leases.
+	time.Sleep(2 * lease)
+	_, err = c.WriteAt([]byte("a"), 0)
+	require.NoError(t, err, "renewed")
+
+	// Frozen: no more renewals.
+	close(l.stop)
+	l.wg.Wait()
+	stopped := time.Now()
+	require.Eventually(t, func() bool { return l.Check() != nil }, 2*lease, 20*time.Millisecond)
+	assert.Less(t, time.Since(stopped), lease+time.Second, "the deadline came from the last renewal sent")
+	_, err = c.WriteAt([]byte("late"), 0)
+	require.ErrorIs(t, err, syscall.EIO)
+	var l2 *Lease
+	require.Eventually(t, func() bool {
+		l2, err = Acquire(t.Context(), bs[1], keys, "host-b", lease, nil)
+		return err == nil
+	}, 4*lease, 100*time.Millisecond, "the OSD expires the lease: %v", err)
+	err = bs[0].Lock(t.Context(), keys[0], DiskLockName, l.cookie, "", lease, true)
+	require.ErrorIs(t, err, storage.ErrNotFound, "must renew does not take it back")
+	require.NoError(t, l2.Release(bg))
 }

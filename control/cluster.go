@@ -2,11 +2,13 @@ package control
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 
 	"hostcrypt/control/api"
 	"hostcrypt/control/store"
+	"hostcrypt/storage"
 )
 
 // Many hosts on one store. When several hosts share the storage (a RADOS
@@ -140,4 +142,63 @@ func (h *Host) hostAlive(ctx context.Context, name string) bool {
 		}
 	}
 	return false
+}
+
+// Writers gives each running VM, on a shared store, a connection to the
+// storage of its own (one client instance of the cluster, so that fencing
+// one VM's writer fences no other VM) and each of its disks a writer lock
+// under a lease.
+type Writers interface {
+	Open(ctx context.Context, vm string) (VMWriter, error)
+}
+
+// VMWriter is one running VM's connection to the shared storage.
+type VMWriter interface {
+	// Disk takes the writer lock of the disk with unique id id and returns
+	// the storage to open it on, refused once the lease is lost, and the
+	// release of the lock. A lock another writer holds is an error
+	// wrapping storage.ErrConflict. lost is called once, if the lease is
+	// lost while held.
+	Disk(ctx context.Context, id string, lost func(error)) (storage.Backend, func(), error)
+	// Close closes the connection; every lock was released before.
+	Close() error
+}
+
+// diskStorage returns the storage VM vm opens disk d on: on a shared store
+// its own connection, under the disk's writer lock, whose loss stops the
+// VM; otherwise the host's storage.
+func (h *Host) diskStorage(ctx context.Context, w VMWriter, vm string, d *store.Disk) (storage.Backend, func(), error) {
+	if w == nil {
+		return h.cfg.Storage, func() {}, nil
+	}
+	be, release, err := w.Disk(ctx, d.UniqueID, func(err error) {
+		go h.leaseLost(vm, d.Name, err)
+	})
+	if errors.Is(err, storage.ErrConflict) {
+		return nil, nil, conflict("disk %q is still locked by another writer (a host that ran it and has not let it go); "+
+			"it is free once that host closes it or its lease runs out", d.Name)
+	}
+	if err != nil {
+		return nil, nil, fmt.Errorf("disk %q: taking its writer lock: %w", d.Name, err)
+	}
+	return be, release, nil
+}
+
+// leaseLost stops VM vm, whose writer lease on disk has been lost: its
+// writes fail from then on, and another host may take the disk.
+func (h *Host) leaseLost(vm, disk string, cause error) {
+	reason := fmt.Sprintf("host %s lost its writer lease on disk %q: %v", h.cfg.HostName, disk, cause)
+	h.log.Error("stopping VM: its writer lease is lost", "vm", vm, "disk", disk, "err", cause)
+	release, err := h.claim("stopping: its writer lease is lost", "vm/"+vm)
+	if err != nil {
+		h.log.Error("stopping VM", "vm", vm, "err", err)
+		return
+	}
+	defer release()
+	if !h.isRunning(vm) {
+		return
+	}
+	if err := h.stop(context.Background(), vm, api.PowerStopped, reason); err != nil {
+		h.log.Error("stopping VM", "vm", vm, "err", err)
+	}
 }

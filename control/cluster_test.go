@@ -7,15 +7,19 @@ import (
 	"net/http"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"hostcrypt/cluster"
 	"hostcrypt/control/api"
 	"hostcrypt/control/keys/keystest"
 	"hostcrypt/control/store"
 	hfs "hostcrypt/fs"
+	"hostcrypt/storage"
 	"hostcrypt/storage/local"
 )
 
@@ -265,4 +269,135 @@ func TestHostListOnOwnStore(t *testing.T) {
 	assert.Equal(t, api.HostAlive, hosts[0].State)
 	assert.True(t, hosts[0].This)
 	assert.Equal(t, []string{"vm1"}, hosts[0].VMs)
+}
+
+// memLocks are writer locks in memory, one namespace for every host of a
+// test; drop makes a lock vanish as one the server saw expire.
+type memLocks struct {
+	mu   sync.Mutex
+	held map[string]string // key -> cookie
+}
+
+func (m *memLocks) Lock(_ context.Context, key, _, cookie, _ string, _ time.Duration, renew bool) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	c, ok := m.held[key]
+	switch {
+	case renew && c != cookie:
+		return storage.ErrNotFound
+	case !renew && ok:
+		return storage.ErrConflict
+	}
+	m.held[key] = cookie
+	return nil
+}
+
+func (m *memLocks) Unlock(_ context.Context, key, _, cookie string) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.held[key] == cookie {
+		delete(m.held, key)
+	}
+	return nil
+}
+
+func (m *memLocks) Holders(_ context.Context, key, _ string) ([]string, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if c, ok := m.held[key]; ok {
+		return []string{c}, nil
+	}
+	return nil, nil
+}
+
+func (m *memLocks) drop(key string) {
+	m.mu.Lock()
+	delete(m.held, key)
+	m.mu.Unlock()
+}
+
+func (m *memLocks) count() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return len(m.held)
+}
+
+// memWriters are Writers over one storage with memLocks; they count the
+// connections open.
+type memWriters struct {
+	be    storage.Backend
+	locks *memLocks
+	lease time.Duration
+	open  atomic.Int32
+}
+
+func (w *memWriters) Open(context.Context, string) (VMWriter, error) {
+	w.open.Add(1)
+	return memWriter{w}, nil
+}
+
+type memWriter struct{ w *memWriters }
+
+func (v memWriter) Disk(ctx context.Context, id string, lost func(error)) (storage.Backend, func(), error) {
+	l, err := cluster.Acquire(ctx, v.w.locks, []string{cluster.LockKey(id)}, "test", v.w.lease, lost)
+	if err != nil {
+		return nil, nil, err
+	}
+	return cluster.Guard(v.w.be, l), func() { l.Release(context.Background()) }, nil
+}
+
+func (v memWriter) Close() error { v.w.open.Add(-1); return nil }
+
+// On a shared store each running VM holds its disks' writer locks on a
+// connection of its own: a disk still locked by another writer is refused
+// at start, naming the disk; stopping gives the locks and the connection
+// back; a lost lease stops the VM with the reason (the EIO of its writes
+// meanwhile is cluster's test).
+func TestWriterLocks(t *testing.T) {
+	s := newSharedHosts(t, "a")
+	a := s.hosts["a"]
+	ctx := context.Background()
+	w := &memWriters{be: a.cfg.Storage, locks: &memLocks{held: map[string]string{}}, lease: time.Hour}
+	require.NoError(t, a.h.Shutdown())
+	a.cfg.Writers = w
+	var err error
+	a.h, err = New(a.cfg)
+	require.NoError(t, err)
+	t.Cleanup(func() { a.h.Shutdown() })
+
+	a.mustDisk(t, api.CreateDiskRequest{Name: "data1", SizeBytes: 16 << 20})
+	a.mustVM(t, api.CreateVMRequest{Name: "vm1", OsDiskSizeBytes: 8 << 20, DataDisks: []api.AttachedDisk{{Name: "data1"}}})
+	assert.Equal(t, 2, w.locks.count(), "a lock per persisted disk")
+	assert.Equal(t, int32(1), w.open.Load())
+	_, err = a.h.StopVM(ctx, "vm1", "")
+	require.NoError(t, err)
+	assert.Equal(t, 0, w.locks.count())
+	assert.Equal(t, int32(0), w.open.Load())
+
+	// A writer elsewhere still holds data1's lock.
+	d := a.records(t).Disks["data1"]
+	require.NoError(t, w.locks.Lock(ctx, cluster.LockKey(d.UniqueID), cluster.DiskLockName, "elsewhere", "", time.Hour, false))
+	_, err = a.h.StartVM(ctx, "vm1")
+	requireCode(t, err, http.StatusConflict)
+	assert.Contains(t, err.Error(), `disk "data1" is still locked by another writer`)
+	assert.Empty(t, a.tree.list())
+	assert.Equal(t, 1, w.locks.count(), "the OS disk's lock was given back")
+	assert.Equal(t, int32(0), w.open.Load())
+	w.locks.drop(cluster.LockKey(d.UniqueID))
+
+	// The lease on data1 is lost: I/O fails, the VM stops with the reason.
+	w.lease = 300 * time.Millisecond
+	_, err = a.h.StartVM(ctx, "vm1")
+	require.NoError(t, err)
+	w.locks.drop(cluster.LockKey(d.UniqueID))
+	require.Eventually(t, func() bool {
+		v, err := a.h.ShowVM("vm1")
+		return err == nil && v.PowerState == api.PowerStopped
+	}, 10*time.Second, 10*time.Millisecond)
+	v, err := a.h.ShowVM("vm1")
+	require.NoError(t, err)
+	assert.Contains(t, v.PowerStateReason, `lost its writer lease on disk "data1"`)
+	assert.Empty(t, a.tree.list(), "its images are gone")
+	assert.Equal(t, 0, w.locks.count())
+	assert.Equal(t, int32(0), w.open.Load())
 }

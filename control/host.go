@@ -82,6 +82,9 @@ type Config struct {
 	// HostName names this one among them. Nil on a host's own store.
 	Peers    Peers
 	HostName string
+	// Writers, on a shared store, gives each running VM a storage
+	// connection of its own and each of its disks a leased writer lock.
+	Writers Writers
 	// CacheDir holds the host caches of attached disks (one directory per
 	// disk); empty turns host caching off whatever the attachments ask.
 	CacheDir string
@@ -156,6 +159,9 @@ type Host struct {
 type runningVM struct {
 	name   string
 	images map[string]*attachment // file name in the tree -> its disk
+	// w is the VM's own storage connection on a shared store; nil
+	// otherwise.
+	w VMWriter
 }
 
 // attachment is one image of a running VM.
@@ -163,6 +169,18 @@ type attachment struct {
 	file string
 	disk string // the disk resource; "" for the temp disk
 	vol  *volume.Volume
+	// release gives up the disk's writer lock, on a shared store, once
+	// the volume is closed; nil otherwise.
+	release func()
+}
+
+// close flushes and closes the volume, then gives its writer lock up.
+func (a *attachment) close() (uint64, error) {
+	n, err := a.vol.Close()
+	if a.release != nil {
+		a.release()
+	}
+	return n, err
 }
 
 // New opens the records and returns a Host. Call Recover to bring back the

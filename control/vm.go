@@ -244,14 +244,25 @@ func (h *Host) start(ctx context.Context, name string) error {
 			h.closeAll(rv)
 		}
 	}()
+	if h.cfg.Writers != nil {
+		if rv.w, err = h.cfg.Writers.Open(ctx, name); err != nil {
+			return fmt.Errorf("VM %q: opening its own connection to the storage: %w", name, err)
+		}
+	}
 	eah := vm.SecurityProfile.EncryptionAtHost
 	for _, ad := range append([]store.AttachedDisk{vm.StorageProfile.OsDisk}, vm.StorageProfile.DataDisks...) {
-		vol, err := h.openAttached(ctx, r, r.Disks[ad.Name], ad.Caching, eah)
+		d := r.Disks[ad.Name]
+		be, release, err := h.diskStorage(ctx, rv.w, name, d)
 		if err != nil {
 			return err
 		}
+		vol, err := h.openAttached(ctx, r, d, be, ad.Caching, eah)
+		if err != nil {
+			release()
+			return err
+		}
 		file := imageName(ad.Lun)
-		rv.images[file] = &attachment{file: file, disk: ad.Name, vol: vol}
+		rv.images[file] = &attachment{file: file, disk: ad.Name, vol: vol, release: release}
 		if err := h.cfg.Tree.AddImage(name, file, vol.Image()); err != nil {
 			return err
 		}
@@ -328,7 +339,7 @@ func (h *Host) cacheDir(d *store.Disk) string {
 
 // openAttached opens a disk for a running VM with the host cache its
 // attachment asks for (see package volume).
-func (h *Host) openAttached(ctx context.Context, r *store.Records, d *store.Disk, caching string, eah bool) (*volume.Volume, error) {
+func (h *Host) openAttached(ctx context.Context, r *store.Records, d *store.Disk, be storage.Backend, caching string, eah bool) (*volume.Volume, error) {
 	if caching == "" {
 		caching = api.CacheNone // records older than host caching
 	}
@@ -336,7 +347,7 @@ func (h *Host) openAttached(ctx context.Context, r *store.Records, d *store.Disk
 		return nil, err
 	}
 	return volume.Open(ctx, volume.Config{
-		Name: d.Name, Storage: h.cfg.Storage, Prefix: d.StoragePrefix,
+		Name: d.Name, Storage: be, Prefix: d.StoragePrefix,
 		Keys: h.unwrapperFor(r, "disk "+d.Name, d.Encryption), OpenOptions: openOptions(d.Encryption),
 		Caching: cache.Mode(caching), EncryptionAtHost: eah,
 		CacheDir: h.cacheDir(d), CacheBytes: h.cfg.CacheSize,
@@ -403,12 +414,17 @@ func (h *Host) closeAll(rv *runningVM) (map[string]uint64, error) {
 	counts := map[string]uint64{}
 	for _, f := range files {
 		a := rv.images[f]
-		n, err := a.vol.Close()
+		n, err := a.close()
 		if a.disk != "" {
 			counts[a.disk] += n
 		}
 		if err != nil {
 			errs = append(errs, fmt.Errorf("flushing %s of VM %q: %w", f, rv.name, err))
+		}
+	}
+	if rv.w != nil {
+		if err := rv.w.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("closing the storage connection of VM %q: %w", rv.name, err))
 		}
 	}
 	return counts, errors.Join(errs...)
@@ -634,13 +650,24 @@ func (h *Host) AttachDisk(ctx context.Context, vmName string, req api.AttachRequ
 	}
 	var a *attachment
 	if h.isRunning(vmName) {
-		vol, err := h.openAttached(ctx, r, d, req.Caching, vm.SecurityProfile.EncryptionAtHost)
+		h.mu.Lock()
+		var w VMWriter
+		if rv := h.running[vmName]; rv != nil {
+			w = rv.w
+		}
+		h.mu.Unlock()
+		be, release, err := h.diskStorage(ctx, w, vmName, d)
 		if err != nil {
 			return nil, err
 		}
-		a = &attachment{file: imageName(&lun), disk: req.Disk, vol: vol}
+		vol, err := h.openAttached(ctx, r, d, be, req.Caching, vm.SecurityProfile.EncryptionAtHost)
+		if err != nil {
+			release()
+			return nil, err
+		}
+		a = &attachment{file: imageName(&lun), disk: req.Disk, vol: vol, release: release}
 		if err := h.cfg.Tree.AddImage(vmName, a.file, vol.Image()); err != nil {
-			vol.Close()
+			a.close()
 			return nil, err
 		}
 		if d.Encryption.DiskEncryptionSetID != "" {
@@ -675,7 +702,7 @@ func (h *Host) AttachDisk(ctx context.Context, vmName string, req api.AttachRequ
 	if a != nil {
 		if err != nil {
 			h.cfg.Tree.RemoveImage(vmName, a.file)
-			a.vol.Close()
+			a.close()
 		} else {
 			h.mu.Lock()
 			if rv := h.running[vmName]; rv != nil {
@@ -761,7 +788,7 @@ func (h *Host) DetachDisk(ctx context.Context, vmName, diskName string) (*api.VM
 			delete(rv.images, file)
 		}
 		h.mu.Unlock()
-		n, err := a.vol.Close()
+		n, err := a.close()
 		counts = map[string]uint64{diskName: n}
 		if err != nil {
 			return nil, fmt.Errorf("flushing disk %q: %w", diskName, err)

@@ -32,6 +32,11 @@ import (
 // --flush-interval says otherwise: the engine's own default.
 const DefaultFlushInterval = disk.DefaultFlushInterval
 
+// DefaultWriterLease is the lease of a running VM's writer lock on each
+// disk, on a RADOS pool: the time after which a host that stopped renewing
+// (dead, frozen, cut off) lets go of its disks.
+const DefaultWriterLease = 30 * time.Second
+
 // Config is hostcryptd's command line.
 type Config struct {
 	StateDir   string
@@ -39,7 +44,11 @@ type Config struct {
 	// HostName names this host among those sharing a RADOS pool (default:
 	// the system's host name). On a directory it only names the host in
 	// hostcrypt host list.
-	HostName    string
+	HostName string
+	// WriterLease is the lease of a running VM's writer lock on each of
+	// its disks, and of the host's registration, on a RADOS pool
+	// (DefaultWriterLease if zero).
+	WriterLease time.Duration
 	HostDir     string
 	MountDir    string
 	KeystoreURL string
@@ -105,6 +114,12 @@ func (c *Config) check() error {
 	}
 	if c.Log == nil {
 		c.Log = slog.Default()
+	}
+	if c.WriterLease == 0 {
+		c.WriterLease = DefaultWriterLease
+	}
+	if c.WriterLease < 4*time.Second || c.WriterLease > 10*time.Minute {
+		return fmt.Errorf("--writer-lease %v: use 4s to 10m (RADOS calls are bounded to at least 1s, and a renewal must fail well within a third of the lease)", c.WriterLease)
 	}
 	if c.HostName == "" {
 		name, err := os.Hostname()
@@ -222,12 +237,13 @@ func Run(ctx context.Context, cfg Config, ready func()) (err error) {
 	}
 	// On a RADOS pool the records are shared with every host on it.
 	if loc, err := location.Parse(cfg.StorageDir); err == nil && loc.RADOS != nil {
-		sh, err := joinShared(ctx, lb, cfg.HostName, cfg.StateDir, log)
+		sh, err := joinShared(ctx, lb, cfg.HostName, cfg.WriterLease, cfg.StateDir, log)
 		if err != nil {
 			return err
 		}
 		defer sh.close(context.WithoutCancel(ctx))
 		sh.configure(&ccfg, lb, cfg.HostName)
+		ccfg.Writers = writers{loc: loc, lease: cfg.WriterLease, host: cfg.HostName}
 	}
 	host, err := control.New(ccfg)
 	if err != nil {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"time"
 
 	"hostcrypt/cluster"
 	"hostcrypt/control"
@@ -22,12 +23,12 @@ type sharedStore struct {
 
 // joinShared registers host name on the shared storage be and opens this
 // host's secrets (never in the pool: see store.Shared).
-func joinShared(ctx context.Context, be storage.Backend, name, stateDir string, log *slog.Logger) (*sharedStore, error) {
+func joinShared(ctx context.Context, be storage.Backend, name string, lease time.Duration, stateDir string, log *slog.Logger) (*sharedStore, error) {
 	locks, ok := be.(cluster.Locks)
 	if !ok {
 		return nil, fmt.Errorf("--storage: this backend has no locks, so several hosts cannot share it")
 	}
-	reg, err := cluster.Join(ctx, cluster.Config{Name: name, Store: be, Locks: locks, Log: log})
+	reg, err := cluster.Join(ctx, cluster.Config{Name: name, Store: be, Locks: locks, Lease: lease, Log: log})
 	if err != nil {
 		return nil, fmt.Errorf("--host-name: %w", err)
 	}
