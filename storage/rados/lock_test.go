@@ -58,3 +58,29 @@ func TestLeasedLock(t *testing.T) {
 	require.NoError(t, err)
 	assert.Empty(t, hs, "no object, no holder")
 }
+
+// TestBlocklist: once b has blocklisted a's instance and has the OSD map
+// that says so, a's writes are refused and what b writes stays.
+func TestBlocklist(t *testing.T) {
+	cfg := cluster(t)
+	a, b := open(t, cfg), open(t, cfg)
+	ca, err := a.OpenChunk(t.Context(), "fence/c0", true)
+	require.NoError(t, err)
+	_, err = ca.WriteAt([]byte("from-a"), 0)
+	require.NoError(t, err)
+	addr, err := a.Addr()
+	require.NoError(t, err)
+	require.Contains(t, addr, "/")
+	require.NoError(t, b.Blocklist(t.Context(), addr, time.Hour))
+	cb, err := b.OpenChunk(t.Context(), "fence/c0", false)
+	require.NoError(t, err)
+	_, err = cb.WriteAt([]byte("from-b"), 0)
+	require.NoError(t, err)
+	_, err = ca.WriteAt([]byte("late-a"), 0)
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "blocklisted")
+	got := make([]byte, 6)
+	_, err = cb.ReadAt(got, 0)
+	require.NoError(t, err)
+	assert.Equal(t, "from-b", string(got))
+}
