@@ -2,6 +2,7 @@ package cli
 
 import (
 	"fmt"
+	"strings"
 
 	"hostcrypt/control/api"
 )
@@ -9,7 +10,29 @@ import (
 func hostCommands() []Command {
 	return []Command{
 		{"host", "gc", "list (--dry-run true) or remove what no record owns: leftovers of creations cut short, unfinished deletions, orphaned temp disks and host caches", hostGC},
+		{"host", "list", "list the hosts that use the store (several on a shared rados:// pool): their state (alive, lost) and the VMs they run", hostList},
 	}
+}
+
+var hostHeader = []string{"NAME", "STATE", "VMS", "THIS"}
+
+func hostRow(h *api.HostInfo) []string {
+	this := ""
+	if h.This {
+		this = "*"
+	}
+	return []string{h.Name, h.State, orDash(strings.Join(h.VMs, ",")), this}
+}
+
+func hostList(c *Context, args []string) error {
+	if err := newFlags(c).parse(args); err != nil {
+		return err
+	}
+	hs, err := onHost(c, func(h *api.Client) ([]api.HostInfo, error) { return h.ListHosts(c.Ctx) })
+	if err != nil {
+		return err
+	}
+	return showList(c, hs, hostHeader, hostRow)
 }
 
 var gcHeader = []string{"WHERE", "PATH", "SIZE", "REASON", "ACTION"}

@@ -3,6 +3,7 @@ package cli
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -75,6 +76,9 @@ func (c *Context) showVM(v *api.VM) error {
 	}
 	if v.KeyWarning != "" {
 		c.warnf("VM %q: %s", v.Name, v.KeyWarning)
+	}
+	if v.Host != "" {
+		return c.show(v, append(slices.Clone(vmHeader), "HOST"), [][]string{append(vmRow(v), v.Host)})
 	}
 	return c.show(v, vmHeader, [][]string{vmRow(v)})
 }
@@ -322,6 +326,10 @@ func vmList(c *Context, args []string) error {
 	vms, err := onHost(c, func(h *api.Client) ([]api.VM, error) { return h.ListVMs(c.Ctx) })
 	if err != nil {
 		return err
+	}
+	// On a store that several hosts share, each running VM names its host.
+	if slices.ContainsFunc(vms, func(v api.VM) bool { return v.Host != "" }) {
+		return showList(c, vms, append(slices.Clone(vmHeader), "HOST"), func(v *api.VM) []string { return append(vmRow(v), orDash(v.Host)) })
 	}
 	return showList(c, vms, vmHeader, vmRow)
 }

@@ -131,6 +131,7 @@ func Handler(h *Host) http.Handler {
 		return nil, errorf(http.StatusNotFound, "NoOperation", "no copy in progress for %s %q", r.PathValue("kind"), name(r))
 	})
 	handle(api.RouteGC, withBody(func(r *http.Request, b api.GCRequest) (any, error) { return h.GC(r.Context(), b) }))
+	handle(api.RouteListHosts, func(r *http.Request) (any, error) { return h.ListHosts(r.Context()) })
 	handle("/", func(r *http.Request) (any, error) {
 		return nil, errorf(http.StatusNotFound, "NotFound", "no API at %s %s", r.Method, r.URL.Path)
 	})

@@ -66,7 +66,7 @@ func (h *Host) startConversion(ctx context.Context, d *store.Disk, des *store.DE
 			return err
 		}
 		d.Encryption.DiskEncryptionSetID = des.ID
-		d.Conversion = &store.Conversion{TargetEncryptionType: api.EncPlatformAndCustomerKey, TargetPrefix: target,
+		d.Conversion = &store.Conversion{Host: h.hostTag(), TargetEncryptionType: api.EncPlatformAndCustomerKey, TargetPrefix: target,
 			TotalChunks: total, Started: h.cfg.Now().UTC()}
 		delete(r.Intents, target)
 		out = d

@@ -210,6 +210,9 @@ func (h *Host) UpdateDisk(ctx context.Context, name string, req api.UpdateDiskRe
 	if err != nil {
 		return nil, err
 	}
+	if err := h.diskElsewhere(r, d); err != nil {
+		return nil, err
+	}
 	if req.ADE != nil {
 		if req.SizeBytes != 0 || req.EncryptionType != "" || req.DiskEncryptionSet != "" {
 			return nil, badRequest("record guest-level disk encryption (--ade) of disk %q in an update of its own", name)

@@ -60,6 +60,9 @@ func (h *Host) leftovers(ctx context.Context, r *store.Records) ([]api.Leftover,
 		if h.creating(p) {
 			continue // a creation of this host, still running
 		}
+		if it := r.Intents[p]; !h.mine(it.Host) && h.hostAlive(ctx, it.Host) {
+			continue // a creation of another host, which is alive
+		}
 		u, _ := h.cfg.Storage.Usage(ctx, p)
 		it := r.Intents[p]
 		add(api.WhereStorage, p, fmt.Sprintf("creation of %s cut short (started %s)", it.What, it.Since.Format("2006-01-02T15:04:05Z")), u)

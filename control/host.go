@@ -77,6 +77,14 @@ type Config struct {
 	Keys      keys.Service
 	Tree      Tree
 	Location  string
+	// Peers, on a store that several hosts share (Store is then a
+	// store.Shared on their common storage), tells which hosts use it;
+	// HostName names this one among them. Nil on a host's own store.
+	Peers    Peers
+	HostName string
+	// Writers, on a shared store, gives each running VM a storage
+	// connection of its own and each of its disks a leased writer lock.
+	Writers Writers
 	// CacheDir holds the host caches of attached disks (one directory per
 	// disk); empty turns host caching off whatever the attachments ask.
 	CacheDir string
@@ -157,6 +165,9 @@ type Host struct {
 type runningVM struct {
 	name   string
 	images map[string]*attachment // file name in the tree -> its disk
+	// w is the VM's own storage connection on a shared store; nil
+	// otherwise.
+	w VMWriter
 }
 
 // attachment is one image of a running VM.
@@ -164,6 +175,18 @@ type attachment struct {
 	file string
 	disk string // the disk resource; "" for the temp disk
 	vol  *volume.Volume
+	// release gives up the disk's writer lock, on a shared store, once
+	// the volume is closed; nil otherwise.
+	release func()
+}
+
+// close flushes and closes the volume, then gives its writer lock up.
+func (a *attachment) close() (uint64, error) {
+	n, err := a.vol.Close()
+	if a.release != nil {
+		a.release()
+	}
+	return n, err
 }
 
 // New opens the records and returns a Host. Call Recover to bring back the
@@ -204,6 +227,9 @@ func New(cfg Config) (*Host, error) {
 	}
 	if cfg.Keys == nil {
 		return nil, errors.New("control: no key service")
+	}
+	if cfg.Peers != nil && cfg.HostName == "" {
+		return nil, errors.New("control: a shared store needs this host's name")
 	}
 	h := &Host{cfg: cfg, log: cfg.Log, keys: cfg.Keys, store: cfg.Store, secrets: cfg.Secrets,
 		running: map[string]*runningVM{}, busy: map[string]string{}, closeDirs: func() error { return nil }}

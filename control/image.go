@@ -153,6 +153,9 @@ func (h *Host) openSource(ctx context.Context, r *store.Records, name string, al
 		if err := h.usable(ctx, dr); err != nil {
 			return fail(err)
 		}
+		if err := h.diskElsewhere(r, dr); err != nil {
+			return fail(err)
+		}
 		if len(h.attachmentsOf(name)) > 0 {
 			return fail(conflict("disk %q is in use by running VM %q; take a snapshot of it (hostcrypt snapshot create --name S --source %s) and use the snapshot as the source", name, dr.ManagedBy, name))
 		}

@@ -116,7 +116,7 @@ func (h *Host) CheckKeys(ctx context.Context) (deferred int) {
 			continue
 		}
 		if _, err := h.update(ctx, func(r *store.Records) error {
-			if v := r.VMs[vm]; v != nil && v.PowerState == api.PowerRunning {
+			if v := r.VMs[vm]; v != nil && v.PowerState == api.PowerRunning && h.mine(v.Host) {
 				v.KeyWarning = warning
 			}
 			return nil

@@ -263,14 +263,16 @@ func (h *Host) Recover(ctx context.Context) {
 	}
 	for _, n := range names {
 		d := r.Disks[n]
-		if d != nil && d.Conversion != nil && d.Conversion.Error == "" && d.FailureReason == "" {
+		if d != nil && d.Conversion != nil && d.Conversion.Error == "" && d.FailureReason == "" && h.mine(d.Conversion.Host) {
 			h.log.Info("resuming disk conversion", "disk", n, "chunk", d.Conversion.NextChunk, "of", d.Conversion.TotalChunks)
 			h.goConvert(n)
 		}
 	}
 	var vms []string
 	for n, vm := range r.VMs {
-		if vm.PowerState == api.PowerRunning || vm.PowerState == api.PowerFailed {
+		// On a shared store, only the VMs this host ran: another host's
+		// are its own to bring back.
+		if (vm.PowerState == api.PowerRunning || vm.PowerState == api.PowerFailed) && h.mine(vm.Host) {
 			vms = append(vms, n)
 		}
 	}
@@ -279,7 +281,7 @@ func (h *Host) Recover(ctx context.Context) {
 		if startErr := h.startCaught(ctx, n); startErr != nil {
 			h.log.Error("VM did not come back after restart", "vm", n, "err", startErr)
 			if _, err := h.update(ctx, func(r *store.Records) error {
-				if vm := r.VMs[n]; vm != nil {
+				if vm := r.VMs[n]; vm != nil && h.mine(vm.Host) {
 					vm.PowerState, vm.PowerStateReason = api.PowerFailed, "could not start after a host restart: "+message(startErr)
 				}
 				return nil

@@ -212,7 +212,7 @@ func (h *Host) beginIntent(ctx context.Context, prefix, what, kind, name string,
 				return err
 			}
 		}
-		r.Intents[prefix] = &store.Intent{What: what, Since: h.cfg.Now().UTC(), Kind: kind, Name: name}
+		r.Intents[prefix] = &store.Intent{What: what, Since: h.cfg.Now().UTC(), Kind: kind, Name: name, Host: h.hostTag()}
 		return nil
 	})
 	if err != nil {

@@ -128,6 +128,9 @@ func (h *Host) CreateSnapshot(ctx context.Context, req api.CreateSnapshotRequest
 	if !ok {
 		return nil, notFound("disk", req.Source)
 	}
+	if err := h.diskElsewhere(r, d); err != nil {
+		return nil, err
+	}
 	// The disk is claimed for the copy, and so are its snapshots: a
 	// deletion of one of them hands chunks over to the others.
 	release, err := h.claim("snapshot "+req.Name+" is being taken", "disk/"+d.Name, "snapshots-of/"+d.UniqueID)

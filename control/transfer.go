@@ -130,7 +130,7 @@ func (h *Host) ImportDisk(ctx context.Context, req api.ImportDiskRequest, progre
 	started := h.cfg.Now().UTC()
 	d, err := h.createDisk(ctx, req.CreateDiskRequest, func(r *store.Records, d *store.Disk) error {
 		d.DiskState = api.DiskActiveUpload
-		d.Transfer = &store.Transfer{Kind: api.TransferImport, Path: req.Source, Started: started}
+		d.Transfer = &store.Transfer{Kind: api.TransferImport, Path: req.Source, Started: started, Host: h.hostTag()}
 		return nil
 	})
 	if err != nil {
@@ -216,6 +216,8 @@ func (h *Host) recoverTransfers(ctx context.Context) {
 		d := r.Disks[name]
 		switch {
 		case d.Transfer == nil:
+		case !h.mine(d.Transfer.Host):
+			// Another host's: its file is on that host.
 		case d.Transfer.Kind == api.TransferImport:
 			h.dropImport(ctx, d)
 		default:
@@ -266,6 +268,10 @@ func (h *Host) ExportDisk(ctx context.Context, name string, req api.ExportDiskRe
 		release()
 		return nil, err
 	}
+	if err := h.diskElsewhere(r, d); err != nil {
+		release()
+		return nil, err
+	}
 	if vm := r.VMs[d.ManagedBy]; vm != nil && h.isRunning(vm.Name) {
 		release()
 		return nil, conflict("disk %q is attached to VM %q, which is running; stop it first (hostcrypt vm stop --name %s) so that the export is a consistent image", name, vm.Name, vm.Name)
@@ -281,7 +287,7 @@ func (h *Host) ExportDisk(ctx context.Context, name string, req api.ExportDiskRe
 			return err
 		}
 		d.DiskState = api.DiskActiveSAS
-		d.Transfer = &store.Transfer{Kind: api.TransferExport, Path: target, Started: h.cfg.Now().UTC()}
+		d.Transfer = &store.Transfer{Kind: api.TransferExport, Path: target, Started: h.cfg.Now().UTC(), Host: h.hostTag()}
 		return nil
 	})
 	release()

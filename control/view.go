@@ -99,7 +99,7 @@ func attachedView(a store.AttachedDisk) api.AttachedDisk {
 func vmView(vm *store.VM, r *store.Records, l live) *api.VM {
 	v := &api.VM{
 		Name: vm.Name, ID: vm.ID, Location: vm.Location, Subscription: vm.Subscription, ResourceGroup: vm.ResourceGroup,
-		PowerState: vm.PowerState, PowerStateReason: vm.PowerStateReason, KeyWarning: vm.KeyWarning,
+		PowerState: vm.PowerState, PowerStateReason: vm.PowerStateReason, Host: vm.Host, KeyWarning: vm.KeyWarning,
 		SecurityProfile: api.SecurityProfile{EncryptionAtHost: vm.SecurityProfile.EncryptionAtHost},
 		StorageProfile: api.StorageProfile{OsDisk: attachedView(vm.StorageProfile.OsDisk),
 			DataDisks: make([]api.AttachedDisk, 0, len(vm.StorageProfile.DataDisks))},

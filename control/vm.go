@@ -208,6 +208,9 @@ func (h *Host) start(ctx context.Context, name string) error {
 	if !ok {
 		return notFound("VM", name)
 	}
+	if err := h.runsElsewhere(vm); err != nil {
+		return err
+	}
 	if h.isRunning(name) || vm.PowerState == api.PowerRunning && !h.recovering(name) {
 		return conflict("VM %q is already running", name)
 	}
@@ -241,14 +244,25 @@ func (h *Host) start(ctx context.Context, name string) error {
 			h.closeAll(rv)
 		}
 	}()
+	if h.cfg.Writers != nil {
+		if rv.w, err = h.cfg.Writers.Open(ctx, name); err != nil {
+			return fmt.Errorf("VM %q: opening its own connection to the storage: %w", name, err)
+		}
+	}
 	eah := vm.SecurityProfile.EncryptionAtHost
 	for _, ad := range append([]store.AttachedDisk{vm.StorageProfile.OsDisk}, vm.StorageProfile.DataDisks...) {
-		vol, err := h.openAttached(ctx, r, name, r.Disks[ad.Name], ad.Caching, eah)
+		d := r.Disks[ad.Name]
+		be, release, err := h.diskStorage(ctx, rv.w, name, d)
 		if err != nil {
 			return err
 		}
+		vol, err := h.openAttached(ctx, r, name, d, be, ad.Caching, eah)
+		if err != nil {
+			release()
+			return err
+		}
 		file := imageName(ad.Lun)
-		rv.images[file] = &attachment{file: file, disk: ad.Name, vol: vol}
+		rv.images[file] = &attachment{file: file, disk: ad.Name, vol: vol, release: release}
 		if err := h.cfg.Tree.AddImage(name, file, vol.Image()); err != nil {
 			return err
 		}
@@ -277,12 +291,18 @@ func (h *Host) start(ctx context.Context, name string) error {
 		if err := checkVMRecord(r, vm); err != nil {
 			return err
 		}
+		// Another host may have started it since it was read: of two
+		// hosts starting one VM, the first to commit runs it.
+		if err := h.runsElsewhere(vm); err != nil {
+			return err
+		}
 		for _, n := range vm.DiskNames() {
 			if err := converting(r.Disks[n]); err != nil {
 				return err
 			}
 		}
 		vm.PowerState, vm.PowerStateReason, vm.KeyWarning = api.PowerRunning, "", ""
+		vm.Host = h.hostTag()
 		for _, n := range vm.DiskNames() {
 			r.Disks[n].DiskState = api.DiskAttached
 		}
@@ -319,7 +339,7 @@ func (h *Host) cacheDir(d *store.Disk) string {
 
 // openAttached opens a disk for running VM vm with the host cache its
 // attachment asks for (see package volume).
-func (h *Host) openAttached(ctx context.Context, r *store.Records, vm string, d *store.Disk, caching string, eah bool) (*volume.Volume, error) {
+func (h *Host) openAttached(ctx context.Context, r *store.Records, vm string, d *store.Disk, be storage.Backend, caching string, eah bool) (*volume.Volume, error) {
 	if caching == "" {
 		caching = api.CacheNone // records older than host caching
 	}
@@ -327,7 +347,7 @@ func (h *Host) openAttached(ctx context.Context, r *store.Records, vm string, d 
 		return nil, err
 	}
 	return volume.Open(ctx, volume.Config{
-		Name: d.Name, VM: vm, Observer: h.cfg.Observer, Storage: h.cfg.Storage, Prefix: d.StoragePrefix,
+		Name: d.Name, VM: vm, Observer: h.cfg.Observer, Storage: be, Prefix: d.StoragePrefix,
 		Keys: h.unwrapperFor(r, "disk "+d.Name, d.Encryption), OpenOptions: openOptions(d.Encryption),
 		Caching: cache.Mode(caching), EncryptionAtHost: eah,
 		CacheDir: h.cacheDir(d), CacheBytes: h.cfg.CacheSize,
@@ -394,12 +414,17 @@ func (h *Host) closeAll(rv *runningVM) (map[string]uint64, error) {
 	counts := map[string]uint64{}
 	for _, f := range files {
 		a := rv.images[f]
-		n, err := a.vol.Close()
+		n, err := a.close()
 		if a.disk != "" {
 			counts[a.disk] += n
 		}
 		if err != nil {
 			errs = append(errs, fmt.Errorf("flushing %s of VM %q: %w", f, rv.name, err))
+		}
+	}
+	if rv.w != nil {
+		if err := rv.w.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("closing the storage connection of VM %q: %w", rv.name, err))
 		}
 	}
 	return counts, errors.Join(errs...)
@@ -434,6 +459,9 @@ func (h *Host) StopVM(ctx context.Context, name, reason string) (*api.VM, error)
 	if vm.PowerState != api.PowerRunning {
 		return nil, conflict("VM %q is not running (it is %s)", name, vm.PowerState)
 	}
+	if err := h.runsElsewhere(vm); err != nil {
+		return nil, err
+	}
 	if err := h.stop(ctx, name, api.PowerStopped, reason); err != nil {
 		return nil, err
 	}
@@ -458,10 +486,10 @@ func (h *Host) stop(ctx context.Context, name, state, reason string) error {
 	_, err := h.update(ctx, func(r *store.Records) error {
 		addIntegrityErrors(r, counts)
 		vm := r.VMs[name]
-		if vm == nil {
-			return nil
+		if vm == nil || h.runsElsewhere(vm) != nil {
+			return nil // another host's to record
 		}
-		vm.PowerState, vm.PowerStateReason = state, reason
+		vm.PowerState, vm.PowerStateReason, vm.Host = state, reason, ""
 		if state == api.PowerDeallocated {
 			for _, n := range vm.DiskNames() {
 				if d := r.Disks[n]; d != nil {
@@ -493,6 +521,9 @@ func (h *Host) DeallocateVM(ctx context.Context, name string) (*api.VM, error) {
 	}
 	if vm.PowerState == api.PowerDeallocated {
 		return vmView(vm, r, h.liveNow()), nil
+	}
+	if err := h.runsElsewhere(vm); err != nil {
+		return nil, err
 	}
 	if err := h.stop(ctx, name, api.PowerDeallocated, "deallocated by the user"); err != nil {
 		return nil, err
@@ -597,6 +628,9 @@ func (h *Host) AttachDisk(ctx context.Context, vmName string, req api.AttachRequ
 	if !ok {
 		return nil, notFound("VM", vmName)
 	}
+	if err := h.runsElsewhere(vm); err != nil {
+		return nil, err
+	}
 	if err := h.checkAttachable(ctx, r, req.Disk); err != nil {
 		return nil, err
 	}
@@ -616,13 +650,24 @@ func (h *Host) AttachDisk(ctx context.Context, vmName string, req api.AttachRequ
 	}
 	var a *attachment
 	if h.isRunning(vmName) {
-		vol, err := h.openAttached(ctx, r, vmName, d, req.Caching, vm.SecurityProfile.EncryptionAtHost)
+		h.mu.Lock()
+		var w VMWriter
+		if rv := h.running[vmName]; rv != nil {
+			w = rv.w
+		}
+		h.mu.Unlock()
+		be, release, err := h.diskStorage(ctx, w, vmName, d)
 		if err != nil {
 			return nil, err
 		}
-		a = &attachment{file: imageName(&lun), disk: req.Disk, vol: vol}
+		vol, err := h.openAttached(ctx, r, vmName, d, be, req.Caching, vm.SecurityProfile.EncryptionAtHost)
+		if err != nil {
+			release()
+			return nil, err
+		}
+		a = &attachment{file: imageName(&lun), disk: req.Disk, vol: vol, release: release}
 		if err := h.cfg.Tree.AddImage(vmName, a.file, vol.Image()); err != nil {
-			vol.Close()
+			a.close()
 			return nil, err
 		}
 		if d.Encryption.DiskEncryptionSetID != "" {
@@ -657,7 +702,7 @@ func (h *Host) AttachDisk(ctx context.Context, vmName string, req api.AttachRequ
 	if a != nil {
 		if err != nil {
 			h.cfg.Tree.RemoveImage(vmName, a.file)
-			a.vol.Close()
+			a.close()
 		} else {
 			h.mu.Lock()
 			if rv := h.running[vmName]; rv != nil {
@@ -716,6 +761,9 @@ func (h *Host) DetachDisk(ctx context.Context, vmName, diskName string) (*api.VM
 	if !ok {
 		return nil, notFound("VM", vmName)
 	}
+	if err := h.runsElsewhere(vm); err != nil {
+		return nil, err
+	}
 	if vm.StorageProfile.OsDisk.Name == diskName {
 		return nil, conflict("disk %q is the OS disk of VM %q; an OS disk cannot be detached", diskName, vmName)
 	}
@@ -740,7 +788,7 @@ func (h *Host) DetachDisk(ctx context.Context, vmName, diskName string) (*api.VM
 			delete(rv.images, file)
 		}
 		h.mu.Unlock()
-		n, err := a.vol.Close()
+		n, err := a.close()
 		counts = map[string]uint64{diskName: n}
 		if err != nil {
 			return nil, fmt.Errorf("flushing disk %q: %w", diskName, err)

@@ -20,6 +20,7 @@ import (
 	"syscall"
 	"time"
 
+	"hostcrypt/cluster"
 	"hostcrypt/control"
 	hfs "hostcrypt/fs"
 	"hostcrypt/keystore/hostkeys"
@@ -33,10 +34,23 @@ import (
 // --flush-interval says otherwise: the engine's own default.
 const DefaultFlushInterval = disk.DefaultFlushInterval
 
+// DefaultWriterLease is the lease of a running VM's writer lock on each
+// disk, on a RADOS pool: the time after which a host that stopped renewing
+// (dead, frozen, cut off) lets go of its disks.
+const DefaultWriterLease = 30 * time.Second
+
 // Config is hostcryptd's command line.
 type Config struct {
-	StateDir    string
-	StorageDir  string
+	StateDir   string
+	StorageDir string
+	// HostName names this host among those sharing a RADOS pool (default:
+	// the system's host name). On a directory it only names the host in
+	// hostcrypt host list.
+	HostName string
+	// WriterLease is the lease of a running VM's writer lock on each of
+	// its disks, and of the host's registration, on a RADOS pool
+	// (DefaultWriterLease if zero).
+	WriterLease time.Duration
 	HostDir     string
 	MountDir    string
 	KeystoreURL string
@@ -116,6 +130,22 @@ func (c *Config) check() error {
 	// The web console.
 	if err := c.Web.check(); err != nil {
 		return err
+	}
+	if c.WriterLease == 0 {
+		c.WriterLease = DefaultWriterLease
+	}
+	if c.WriterLease < 4*time.Second || c.WriterLease > 10*time.Minute {
+		return fmt.Errorf("--writer-lease %v: use 4s to 10m (RADOS calls are bounded to at least 1s, and a renewal must fail well within a third of the lease)", c.WriterLease)
+	}
+	if c.HostName == "" {
+		name, err := os.Hostname()
+		if err != nil {
+			return fmt.Errorf("--host-name is required: the system's host name is unknown (%v)", err)
+		}
+		c.HostName = name
+	}
+	if err := cluster.CheckName(c.HostName); err != nil {
+		return fmt.Errorf("--host-name: %w", err)
 	}
 	return nil
 }
@@ -253,9 +283,20 @@ func Run(ctx context.Context, cfg Config, ready func()) (err error) {
 		StateDir: cfg.StateDir, Storage: sb, HostLocal: hb, Keys: keys, Tree: tree, Log: log,
 		CacheDir: cacheDir, CacheSize: cfg.CacheSize, FlushInterval: cfg.FlushInterval,
 		DEKLease: cfg.DEKLease, KeyCheckInterval: cfg.KeyCheck, RotationInterval: cfg.Rotation, OnKeyExpiry: cfg.OnKeyExpiry,
+		HostName: cfg.HostName,
 	}
 	if m != nil {
 		ccfg.Observer, ccfg.Recorder = m, m
+	}
+	// On a RADOS pool the records are shared with every host on it.
+	if loc, err := location.Parse(cfg.StorageDir); err == nil && loc.RADOS != nil {
+		sh, err := joinShared(ctx, lb, cfg.HostName, cfg.WriterLease, cfg.StateDir, log)
+		if err != nil {
+			return err
+		}
+		defer sh.close(context.WithoutCancel(ctx))
+		sh.configure(&ccfg, lb, cfg.HostName)
+		ccfg.Writers = writers{loc: loc, lease: cfg.WriterLease, host: cfg.HostName}
 	}
 	host, err := control.New(ccfg)
 	if err != nil {

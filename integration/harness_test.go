@@ -33,6 +33,10 @@ var (
 	plainOnce sync.Once
 	plainDir  string
 	plainErr  error
+
+	// buildTags are the binaries' build tags: the tests' own build adds
+	// the RADOS backend's (shared_test.go).
+	buildTags = "testhooks"
 )
 
 func bins(t *testing.T) string {
@@ -42,9 +46,9 @@ func bins(t *testing.T) string {
 		if buildErr != nil {
 			return
 		}
-		cmd := exec.Command("go", "build", "-race", "-tags", "testhooks", "-o", binDir+"/", "../cmd/...")
+		cmd := exec.Command("go", "build", "-race", "-tags", buildTags, "-o", binDir+"/", "../cmd/...")
 		if os.Getenv("HOSTCRYPT_TEST_NORACE") != "" {
-			cmd = exec.Command("go", "build", "-tags", "testhooks", "-o", binDir+"/", "../cmd/...")
+			cmd = exec.Command("go", "build", "-tags", buildTags, "-o", binDir+"/", "../cmd/...")
 		}
 		out, err := cmd.CombinedOutput()
 		if err != nil {

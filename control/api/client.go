@@ -329,3 +329,8 @@ func (c *Client) Progress(ctx context.Context, kind, name string) (*CopyProgress
 func (c *Client) GC(ctx context.Context, r GCRequest) (*GCReport, error) {
 	return one[GCReport](c, ctx, RouteGC, r)
 }
+
+// ListHosts lists the hosts that use the store, with their state and VMs.
+func (c *Client) ListHosts(ctx context.Context) ([]HostInfo, error) {
+	return many[HostInfo](c, ctx, RouteListHosts)
+}

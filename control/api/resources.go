@@ -143,6 +143,9 @@ type VM struct {
 	ResourceGroup    string `json:"resourceGroup"`
 	PowerState       string `json:"powerState"`
 	PowerStateReason string `json:"powerStateReason,omitempty"`
+	// Host is the host that runs the VM, on a store that several hosts
+	// share.
+	Host string `json:"host,omitempty"`
 	// KeyWarning says that the key store could not be asked about the VM's
 	// customer keys at the last check; it is not a revocation.
 	KeyWarning        string          `json:"keyWarning,omitempty"`
@@ -404,4 +407,24 @@ type Leftover struct {
 type GCReport struct {
 	DryRun    bool       `json:"dryRun"`
 	Leftovers []Leftover `json:"leftovers"`
+}
+
+// States of a host (HostInfo.State).
+const (
+	// HostAlive: the host holds its registration lock; the store's
+	// servers see its lease running.
+	HostAlive = "alive"
+	// HostLost: nobody holds the host's lock: the host stopped, died or
+	// lost its way to the store for longer than its lease.
+	HostLost = "lost"
+)
+
+// HostInfo is a host that uses the store, as hostcrypt host list shows it.
+type HostInfo struct {
+	Name  string `json:"name"`
+	State string `json:"state"`
+	// This is the host that answered.
+	This bool `json:"this"`
+	// VMs are the VMs the records say run on the host.
+	VMs []string `json:"vms"`
 }

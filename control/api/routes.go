@@ -82,6 +82,10 @@ const (
 	RouteCreateGalleryImageVersion = "POST /galleries/{gallery}/images/{image}/versions"          // CreateGalleryImageVersionRequest -> GalleryImageVersion
 	RouteShowGalleryImageVersion   = "GET /galleries/{gallery}/images/{image}/versions/{name}"    //
 	RouteDeleteGalleryImageVersion = "DELETE /galleries/{gallery}/images/{image}/versions/{name}" //
+
+	// RouteListHosts lists the hosts that use the store: this one alone on
+	// a host's own store.
+	RouteListHosts = "GET /hosts" // -> []HostInfo
 )
 
 // Kinds of RouteProgress.

@@ -36,7 +36,7 @@ var allRoutes = []string{
 	RouteListDES, RouteCreateDES, RouteShowDES, RouteUpdateDES, RouteDeleteDES,
 	RouteListSnapshots, RouteCreateSnapshot, RouteShowSnapshot, RouteUpdateSnapshot, RouteDeleteSnapshot, RouteMoveSnapshot,
 	RouteListImages, RouteCreateImage, RouteShowImage, RouteDeleteImage, RouteMoveImage,
-	RouteProgress, RouteGC,
+	RouteProgress, RouteGC, RouteListHosts,
 	RouteListIdentities, RouteCreateIdentity, RouteShowIdentity, RouteDeleteIdentity,
 	RouteListSubscriptions, RouteShowSubscription, RouteTransferSubscription,
 	RouteListGalleries, RouteCreateGallery, RouteShowGallery, RouteDeleteGallery, RouteMoveGallery,

@@ -71,6 +71,9 @@ type Conversion struct {
 	TotalChunks          int64     `json:"totalChunks"`
 	Started              time.Time `json:"started"`
 	Error                string    `json:"error,omitempty"`
+	// Host is the host that runs the conversion, on a store that several
+	// hosts share (empty on a host's own store): only it resumes it.
+	Host string `json:"host,omitempty"`
 }
 
 // Transfer is an import or export in progress. It is kept so that a
@@ -80,6 +83,10 @@ type Transfer struct {
 	Kind    string    `json:"kind"`
 	Path    string    `json:"path"`
 	Started time.Time `json:"started"`
+	// Host is the host whose file the transfer reads or writes, on a
+	// store that several hosts share (empty on a host's own store): only
+	// it cleans the transfer up.
+	Host string `json:"host,omitempty"`
 }
 
 // VM is a virtual machine.
@@ -89,6 +96,10 @@ type VM struct {
 	Placement
 	PowerState       string `json:"powerState"`
 	PowerStateReason string `json:"powerStateReason,omitempty"`
+	// Host is the host that runs the VM (or last failed to), on a store
+	// that several hosts share; empty on a host's own store and while
+	// the VM is stopped or deallocated.
+	Host string `json:"host,omitempty"`
 	// KeyWarning says that the key store could not be asked about the VM's
 	// customer keys at the last check.
 	KeyWarning        string          `json:"keyWarning,omitempty"`
@@ -246,6 +257,9 @@ type Intent struct {
 	// empty in intents that only guard objects.
 	Kind string `json:"kind,omitempty"`
 	Name string `json:"name,omitempty"`
+	// Host is the host making it, on a store that several hosts share:
+	// another host's creation in progress is no leftover.
+	Host string `json:"host,omitempty"`
 }
 
 // Removal is a deletion whose objects are still to go, by storage prefix:
