@@ -80,11 +80,7 @@ func galleryList(c *Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	rows := make([][]string, 0, len(gs))
-	for i := range gs {
-		rows = append(rows, galleryRow(&gs[i]))
-	}
-	return c.show(gs, galleryHeader, rows)
+	return showList(c, gs, galleryHeader, galleryRow)
 }
 
 func galleryDelete(c *Context, args []string) error {
@@ -139,11 +135,7 @@ func galleryImageList(c *Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	rows := make([][]string, 0, len(gis))
-	for i := range gis {
-		rows = append(rows, galleryImageRow(&gis[i]))
-	}
-	return c.show(gis, galleryImageHeader, rows)
+	return showList(c, gis, galleryImageHeader, galleryImageRow)
 }
 
 func galleryImageDelete(c *Context, args []string) error {
@@ -207,11 +199,7 @@ func galleryVersionList(c *Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	rows := make([][]string, 0, len(vs))
-	for i := range vs {
-		rows = append(rows, galleryVersionRow(&vs[i]))
-	}
-	return c.show(vs, galleryVersionHeader, rows)
+	return showList(c, vs, galleryVersionHeader, galleryVersionRow)
 }
 
 func galleryVersionDelete(c *Context, args []string) error {

@@ -48,11 +48,7 @@ func subscriptionList(c *Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	rows := make([][]string, 0, len(ss))
-	for i := range ss {
-		rows = append(rows, subscriptionRow(&ss[i]))
-	}
-	return c.show(ss, subscriptionHeader, rows)
+	return showList(c, ss, subscriptionHeader, subscriptionRow)
 }
 
 func subscriptionTransfer(c *Context, args []string) error {
