@@ -284,6 +284,20 @@ func (h *Host) load(ctx context.Context) (*store.Records, error) {
 	return r, nil
 }
 
+// loadVM reads the records and returns them with the VM called name, or a
+// NotFound error.
+func (h *Host) loadVM(ctx context.Context, name string) (*store.Records, *store.VM, error) {
+	r, err := h.load(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	vm, ok := r.VMs[name]
+	if !ok {
+		return nil, nil, notFound("VM", name)
+	}
+	return r, vm, nil
+}
+
 // update runs fn in a transaction over the records (see store.Update) and
 // returns the records as committed. A commit is not cancelled with the
 // request that makes it: what the I/O before it did must be recorded.

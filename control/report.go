@@ -91,13 +91,9 @@ func keyOf(w disk.WrappedKey) string {
 // (storage layers, host cache, temp disk), where it lives, whether it is
 // encrypted, with what and under which key.
 func (h *Host) VMEncryptionReport(ctx context.Context, name string) (*api.EncryptionReport, error) {
-	r, err := h.load(ctx)
+	r, vm, err := h.loadVM(ctx, name)
 	if err != nil {
 		return nil, err
-	}
-	vm, ok := r.VMs[name]
-	if !ok {
-		return nil, notFound("VM", name)
 	}
 	eah := vm.SecurityProfile.EncryptionAtHost
 	rep := &api.EncryptionReport{VM: name, PowerState: vm.PowerState, EncryptionAtHost: eah, Entries: []api.ReportEntry{}}

@@ -34,13 +34,9 @@ func plainTempKey(vm string) string { return "temp-plain/" + vm }
 
 // vmView returns the API's view of VM name as the store has it now.
 func (h *Host) vmNow(ctx context.Context, name string) (*api.VM, error) {
-	r, err := h.load(ctx)
+	r, vm, err := h.loadVM(ctx, name)
 	if err != nil {
 		return nil, err
-	}
-	vm, ok := r.VMs[name]
-	if !ok {
-		return nil, notFound("VM", name)
 	}
 	return vmView(vm, r, h.liveNow()), nil
 }
@@ -448,13 +444,9 @@ func (h *Host) StopVM(ctx context.Context, name, reason string) (*api.VM, error)
 		return nil, err
 	}
 	defer release()
-	r, err := h.load(ctx)
+	_, vm, err := h.loadVM(ctx, name)
 	if err != nil {
 		return nil, err
-	}
-	vm, ok := r.VMs[name]
-	if !ok {
-		return nil, notFound("VM", name)
 	}
 	if vm.PowerState != api.PowerRunning {
 		return nil, conflict("VM %q is not running (it is %s)", name, vm.PowerState)
@@ -511,13 +503,9 @@ func (h *Host) DeallocateVM(ctx context.Context, name string) (*api.VM, error) {
 		return nil, err
 	}
 	defer release()
-	r, err := h.load(ctx)
+	r, vm, err := h.loadVM(ctx, name)
 	if err != nil {
 		return nil, err
-	}
-	vm, ok := r.VMs[name]
-	if !ok {
-		return nil, notFound("VM", name)
 	}
 	if vm.PowerState == api.PowerDeallocated {
 		return vmView(vm, r, h.liveNow()), nil
@@ -620,13 +608,9 @@ func (h *Host) AttachDisk(ctx context.Context, vmName string, req api.AttachRequ
 		return nil, err
 	}
 	defer release()
-	r, err := h.load(ctx)
+	r, vm, err := h.loadVM(ctx, vmName)
 	if err != nil {
 		return nil, err
-	}
-	vm, ok := r.VMs[vmName]
-	if !ok {
-		return nil, notFound("VM", vmName)
 	}
 	if err := h.runsElsewhere(vm); err != nil {
 		return nil, err
@@ -753,13 +737,9 @@ func (h *Host) DetachDisk(ctx context.Context, vmName, diskName string) (*api.VM
 		return nil, err
 	}
 	defer release()
-	r, err := h.load(ctx)
+	_, vm, err := h.loadVM(ctx, vmName)
 	if err != nil {
 		return nil, err
-	}
-	vm, ok := r.VMs[vmName]
-	if !ok {
-		return nil, notFound("VM", vmName)
 	}
 	if err := h.runsElsewhere(vm); err != nil {
 		return nil, err
