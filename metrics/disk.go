@@ -2,7 +2,6 @@ package metrics
 
 import (
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -24,13 +23,6 @@ type diskIO struct {
 	// By keyResults; nil for a plaintext temp disk.
 	keyChecks [len(keyResults)]prometheus.Counter
 
-	// Reads and writes, and the time they took, for Recent: the sampler
-	// reads them once a second.
-	count [2]struct {
-		ops   atomic.Uint64
-		nanos atomic.Int64
-	}
-
 	ringMu sync.Mutex
 	ring   ring
 }
@@ -44,10 +36,6 @@ func (d *diskIO) observe(i int, n int64, took time.Duration, err error) {
 		d.bytes[i].Add(float64(n))
 	}
 	d.lat[i].Observe(took.Seconds())
-	if i < 2 {
-		d.count[i].ops.Add(1)
-		d.count[i].nanos.Add(int64(took))
-	}
 }
 
 // The volume.IO methods, called on the data path.

@@ -2,6 +2,9 @@ package metrics
 
 import (
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 )
 
 // RecentWindow is how far back Recent goes: one point a second.
@@ -43,11 +46,12 @@ func (r *ring) at(i int) *sample {
 	return &r.s[(r.next-r.n+i+ringLen)%ringLen]
 }
 
-// sample records d's counters now.
+// sample records d's counters now: the count and sum of its read and write
+// latency histograms, which count every read and write and their time.
 func (d *diskIO) sample(t time.Time) {
-	s := sample{t: t,
-		reads: d.count[0].ops.Load(), readNanos: d.count[0].nanos.Load(),
-		writes: d.count[1].ops.Load(), writeNanos: d.count[1].nanos.Load()}
+	s := sample{t: t}
+	s.reads, s.readNanos = totals(d.lat[0])
+	s.writes, s.writeNanos = totals(d.lat[1])
 	d.ringMu.Lock()
 	d.ring.add(s)
 	d.ringMu.Unlock()
@@ -106,4 +110,17 @@ func (h *Host) sampleLoop(sampleEvery time.Duration) {
 			clear(disks)
 		}
 	}
+}
+
+// totals reads a latency histogram's count and sum (in nanoseconds).
+func totals(o prometheus.Observer) (n uint64, nanos int64) {
+	m, ok := o.(prometheus.Metric)
+	if !ok {
+		return 0, 0
+	}
+	var pb dto.Metric
+	if err := m.Write(&pb); err != nil || pb.Histogram == nil {
+		return 0, 0
+	}
+	return pb.Histogram.GetSampleCount(), int64(pb.Histogram.GetSampleSum() * float64(time.Second))
 }
