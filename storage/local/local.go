@@ -209,8 +209,7 @@ func (b *Backend) OpenChunk(ctx context.Context, key string, create bool) (stora
 // before create has filled it (create then fails with ENOENT); both steps
 // are retried then, a bounded number of times.
 func (b *Backend) inDir(key string, create func(dirfd int, name string) error) error {
-	dir, name := path.Split(key)
-	dir = strings.TrimSuffix(dir, "/")
+	dir, name := splitKey(key)
 	var err error
 	for range mkdirRetries {
 		var dirfd int
@@ -437,12 +436,8 @@ func (b *Backend) Delete(ctx context.Context, key string) error {
 		return err
 	}
 	defer b.leave()
-	dir, name := path.Split(key)
-	dir = strings.TrimSuffix(dir, "/")
-	rel := dir
-	if rel == "" {
-		rel = "."
-	}
+	dir, name := splitKey(key)
+	rel := relDir(dir)
 	dirfd, err := b.openBeneath(b.root, rel, dirFlags, 0)
 	if err != nil {
 		if err := lookupErr(b.root, rel, true, err); err != errNoObject {
@@ -496,13 +491,8 @@ func (b *Backend) Delete(ctx context.Context, key string) error {
 // create has just filled.
 func (b *Backend) prune(dir string) {
 	for dir != "" {
-		parent, name := path.Split(dir)
-		parent = strings.TrimSuffix(parent, "/")
-		rel := parent
-		if rel == "" {
-			rel = "."
-		}
-		pfd, err := b.openBeneath(b.root, rel, dirFlags, 0)
+		parent, name := splitKey(dir)
+		pfd, err := b.openBeneath(b.root, relDir(parent), dirFlags, 0)
 		if err != nil {
 			return
 		}
@@ -570,10 +560,7 @@ func (b *Backend) Usage(ctx context.Context, prefix string) (int64, error) {
 // is not a regular file or a directory is an error: it is not an object,
 // and hiding it would hide tampering.
 func (b *Backend) walk(ctx context.Context, prefix string, fn func(key string, dirfd int, name string) error) error {
-	rel := prefix
-	if rel == "" {
-		rel = "."
-	}
+	rel := relDir(prefix)
 	fd, err := b.openBeneath(b.root, rel, dirFlags, 0)
 	if err != nil {
 		if err := lookupErr(b.root, rel, true, err); err != errNoObject {
@@ -916,4 +903,19 @@ func ignoringEINTR(f func() error) error {
 			return err
 		}
 	}
+}
+
+// splitKey splits a key (or a directory of keys) into its directory,
+// without a trailing slash ("" at the root), and its last segment.
+func splitKey(key string) (dir, name string) {
+	dir, name = path.Split(key)
+	return strings.TrimSuffix(dir, "/"), name
+}
+
+// relDir is dir as a path relative to the root: "." for the root itself.
+func relDir(dir string) string {
+	if dir == "" {
+		return "."
+	}
+	return dir
 }
