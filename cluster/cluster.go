@@ -78,12 +78,16 @@ type Host struct {
 	Name   string
 	Alive  bool
 	Joined time.Time
+	// FencedBy names the host that fenced this one's clients to take a
+	// disk over since it last joined, or is "".
+	FencedBy string
 }
 
 // record is what a host's object holds.
 type record struct {
-	Name   string    `json:"name"`
-	Joined time.Time `json:"joined"`
+	Name     string    `json:"name"`
+	Joined   time.Time `json:"joined"`
+	FencedBy string    `json:"fencedBy,omitempty"`
 }
 
 // Registry is this host's registration: Join takes it, Close gives it up.
@@ -207,7 +211,7 @@ func List(ctx context.Context, st storage.Backend, locks Locks) ([]Host, error) 
 		if raw, err := st.ReadMeta(ctx, k); err == nil {
 			var rec record
 			if json.Unmarshal(raw, &rec) == nil {
-				h.Joined = rec.Joined
+				h.Joined, h.FencedBy = rec.Joined, rec.FencedBy
 			}
 		}
 		holders, err := locks.Holders(ctx, k, LockName)
@@ -219,6 +223,28 @@ func List(ctx context.Context, st storage.Backend, locks Locks) ([]Host, error) 
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out, nil
+}
+
+// MarkFenced records in host name's object that host by fenced its
+// clients; the mark goes when the host joins again.
+func MarkFenced(ctx context.Context, st storage.Backend, name, by string) error {
+	key := path.Join(HostsPrefix, name)
+	for range 5 {
+		raw, v, err := st.ReadMetaVersion(ctx, key)
+		if err != nil {
+			return fmt.Errorf("marking host %q fenced: %w", name, err)
+		}
+		var rec record
+		if err := json.Unmarshal(raw, &rec); err != nil {
+			return fmt.Errorf("marking host %q fenced: its object is damaged: %v", name, err)
+		}
+		rec.FencedBy = by
+		raw, _ = json.Marshal(rec)
+		if _, err = st.WriteMetaIf(ctx, key, raw, v); !errors.Is(err, storage.ErrConflict) {
+			return err
+		}
+	}
+	return fmt.Errorf("marking host %q fenced: its object kept changing", name)
 }
 
 // newCookie returns a cookie of its own for each registration, so that a

@@ -25,6 +25,8 @@ type serverLocks struct {
 	// hang, while not nil, holds every renewal until it is closed: a
 	// store that does not answer.
 	hang chan struct{}
+	// fail, while not nil, fails every renewal (a fenced client).
+	fail error
 }
 
 type held struct {
@@ -44,8 +46,11 @@ func (s *serverLocks) advance(d time.Duration) {
 
 func (s *serverLocks) Lock(ctx context.Context, key, name, cookie, _ string, lease time.Duration, renew bool) error {
 	s.mu.Lock()
-	hang := s.hang
+	hang, fail := s.hang, s.fail
 	s.mu.Unlock()
+	if renew && fail != nil {
+		return fail
+	}
 	if renew && hang != nil {
 		select {
 		case <-hang:
@@ -172,4 +177,30 @@ func TestCheckName(t *testing.T) {
 	for _, bad := range []string{"", "-a", ".a", "a/b", "a b", string(make([]byte, 64))} {
 		assert.Error(t, CheckName(bad), "%q", bad)
 	}
+}
+
+// A host whose clients another host fenced is marked so until it joins
+// again.
+func TestMarkFenced(t *testing.T) {
+	st, err := local.Open(t.TempDir())
+	require.NoError(t, err)
+	locks := newServerLocks()
+	a, err := Join(bg, Config{Name: "host-a", Store: st, Locks: locks, Lease: time.Hour})
+	require.NoError(t, err)
+	require.NoError(t, a.Close(bg))
+	require.NoError(t, MarkFenced(bg, st, "host-a", "host-b"))
+	hs, err := List(bg, st, locks)
+	require.NoError(t, err)
+	require.Len(t, hs, 1)
+	assert.Equal(t, "host-b", hs[0].FencedBy)
+	assert.False(t, hs[0].Alive)
+	require.Error(t, MarkFenced(bg, st, "host-x", "host-b"), "no such host")
+
+	a, err = Join(bg, Config{Name: "host-a", Store: st, Locks: locks, Lease: time.Hour})
+	require.NoError(t, err)
+	defer a.Close(bg)
+	hs, err = List(bg, st, locks)
+	require.NoError(t, err)
+	assert.Empty(t, hs[0].FencedBy, "joining again clears it")
+	assert.True(t, hs[0].Alive)
 }

@@ -96,6 +96,11 @@ func (l *Lease) renew() {
 			// Expired or broken: another writer may hold it now. It is
 			// never taken back.
 			l.lost = err
+		case !time.Now().Before(l.deadline):
+			// Past the deadline without a renewal (this host was frozen
+			// or cut off, or its client was fenced): another writer may
+			// hold the lock now, so it is lost for good too.
+			l.lost = fmt.Errorf("no renewal reached the store within the lease (%v): %w", l.lease, err)
 		}
 		lost := l.lost
 		l.mu.Unlock()
@@ -143,9 +148,33 @@ func (l *Lease) Release(ctx context.Context) error {
 // before it reaches be.
 func Guard(be storage.Backend, l *Lease) storage.Backend { return &guarded{be: be, l: l} }
 
+// GuardOwned is Guard for a disk that o owns (Own): besides, a metadata
+// write goes out only while the disk's owner record still names o's
+// client and epoch. (The record is read before the write, not in one
+// operation with it; what closes the gap is the taker's order: it
+// blocklists the last owner's client before it changes the record, and
+// bumps the version of the disk's metadata, so that a conditional write
+// prepared before the takeover fails.)
+func GuardOwned(be storage.Backend, l *Lease, id string, o Owner) storage.Backend {
+	return &guarded{be: be, l: l, id: id, own: &o}
+}
+
 type guarded struct {
-	be storage.Backend
-	l  *Lease
+	be  storage.Backend
+	l   *Lease
+	id  string
+	own *Owner
+}
+
+// checkWrite is Check and, for an owned disk, CheckOwner.
+func (g *guarded) checkWrite(ctx context.Context) error {
+	if err := g.l.Check(); err != nil {
+		return err
+	}
+	if g.own == nil {
+		return nil
+	}
+	return CheckOwner(ctx, g.be, g.id, *g.own)
 }
 
 func (g *guarded) OpenChunk(ctx context.Context, key string, create bool) (storage.Chunk, error) {
@@ -167,7 +196,7 @@ func (g *guarded) ReadMeta(ctx context.Context, key string) ([]byte, error) {
 }
 
 func (g *guarded) WriteMeta(ctx context.Context, key string, data []byte) error {
-	if err := g.l.Check(); err != nil {
+	if err := g.checkWrite(ctx); err != nil {
 		return err
 	}
 	return g.be.WriteMeta(ctx, key, data)
@@ -181,7 +210,7 @@ func (g *guarded) ReadMetaVersion(ctx context.Context, key string) ([]byte, stor
 }
 
 func (g *guarded) WriteMetaIf(ctx context.Context, key string, data []byte, ifVersion storage.Version) (storage.Version, error) {
-	if err := g.l.Check(); err != nil {
+	if err := g.checkWrite(ctx); err != nil {
 		return storage.NoVersion, err
 	}
 	return g.be.WriteMetaIf(ctx, key, data, ifVersion)

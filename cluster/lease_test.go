@@ -85,3 +85,31 @@ func TestLeaseLostIsNotTakenBack(t *testing.T) {
 	require.NoError(t, l.Release(bg))
 	assert.Equal(t, int32(1), lost.Load())
 }
+
+// Renewals that fail with anything (a fenced client's are refused) past
+// the deadline lose the lease for good: the writer is told, so that its VM
+// stops, and nothing is taken back.
+func TestLeaseLostWhenRenewalsFailPastTheDeadline(t *testing.T) {
+	locks := newServerLocks()
+	lease := 300 * time.Millisecond
+	lostErr := make(chan error, 1)
+	l, c := openGuarded(t, locks, lease, func(err error) { lostErr <- err })
+	locks.mu.Lock()
+	locks.fail = syscall.ESHUTDOWN
+	locks.mu.Unlock()
+	select {
+	case err := <-lostErr:
+		require.ErrorIs(t, err, syscall.ESHUTDOWN)
+		assert.Contains(t, err.Error(), "no renewal reached the store within the lease")
+	case <-time.After(10 * time.Second):
+		t.Fatal("the lease was never given up")
+	}
+	require.ErrorIs(t, l.Check(), ErrLeaseLost)
+	_, err := c.WriteAt([]byte("late"), 0)
+	require.ErrorIs(t, err, syscall.EIO)
+	locks.mu.Lock()
+	locks.fail = nil
+	locks.mu.Unlock()
+	time.Sleep(2 * lease)
+	require.ErrorIs(t, l.Check(), ErrLeaseLost, "never taken back")
+}

@@ -4,10 +4,16 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
 
 	"hostcrypt/control/api"
 	"hostcrypt/control/store"
+	"hostcrypt/disk"
 	"hostcrypt/storage"
 )
 
@@ -31,6 +37,9 @@ type Peers interface {
 type Peer struct {
 	Name  string
 	Alive bool
+	// Fenced says another host fenced its clients to take its VMs over
+	// since it last joined.
+	Fenced bool
 }
 
 // shared tells whether the records are shared with other hosts.
@@ -100,8 +109,11 @@ func (h *Host) ListHosts(ctx context.Context) ([]api.HostInfo, error) {
 	byName := map[string]*api.HostInfo{}
 	for _, p := range peers {
 		st := api.HostLost
-		if p.Alive {
+		switch {
+		case p.Alive:
 			st = api.HostAlive
+		case p.Fenced:
+			st = api.HostFenced
 		}
 		byName[p.Name] = &api.HostInfo{Name: p.Name, State: st, This: p.Name == h.cfg.HostName, VMs: []string{}}
 	}
@@ -154,24 +166,173 @@ type Writers interface {
 
 // VMWriter is one running VM's connection to the shared storage.
 type VMWriter interface {
-	// Disk takes the writer lock of the disk with unique id id and returns
-	// the storage to open it on, refused once the lease is lost, and the
-	// release of the lock. A lock another writer holds is an error
-	// wrapping storage.ErrConflict. lost is called once, if the lease is
-	// lost while held.
-	Disk(ctx context.Context, id string, lost func(error)) (storage.Backend, func(), error)
+	// Disk takes the writer lock of the disk with unique id id, then its
+	// ownership: the last owner's client fenced unless it let the disk go
+	// cleanly, the ownership epoch bumped unless the last owner was this
+	// host, and after a takeover the disk's metadata (at metaKey) given a
+	// new version. A lock another writer holds is an error wrapping
+	// storage.ErrConflict. lost is called once, if the lease is lost
+	// while held.
+	Disk(ctx context.Context, id, metaKey string, lost func(error)) (DiskWriter, error)
+	// Free fails, wrapping storage.ErrConflict, while another writer
+	// holds the disk's lock under a lease that has not run out.
+	Free(ctx context.Context, id string) error
 	// Close closes the connection; every lock was released before.
 	Close() error
 }
 
+// DiskWriter is a disk taken by a VMWriter.
+type DiskWriter struct {
+	// Storage is what the disk opens on: refused once the lease is lost,
+	// metadata writes refused once another owner took the disk.
+	Storage storage.Backend
+	// Release lets the disk go cleanly.
+	Release func()
+	// Epoch is the disk's ownership epoch under this writer.
+	Epoch uint64
+	// Fenced names the host whose client was fenced to take the disk, or
+	// is "".
+	Fenced string
+}
+
+// HealLoop, on a shared store, restarts here the VMs of hosts that are
+// lost, every interval until ctx ends (see heal).
+func (h *Host) HealLoop(ctx context.Context, interval time.Duration) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		h.HealOnce(ctx)
+	}
+}
+
+// HealOnce restarts here every VM whose records say it runs on a host that
+// is lost, once that host's writer locks have expired.
+func (h *Host) HealOnce(ctx context.Context) {
+	if !h.shared() || h.cfg.Writers == nil {
+		return
+	}
+	r, err := h.load(ctx)
+	if err != nil {
+		h.log.Error("healing: reading the records", "err", err)
+		return
+	}
+	var lost map[string]bool
+	for _, n := range sortedKeys(r.VMs) {
+		vm := r.VMs[n]
+		if vm.PowerState != api.PowerRunning || vm.Host == "" || h.mine(vm.Host) {
+			continue
+		}
+		if lost == nil {
+			peers, err := h.cfg.Peers.Hosts(ctx)
+			if err != nil {
+				h.log.Error("healing: listing the hosts", "err", err)
+				return
+			}
+			lost = map[string]bool{}
+			for _, p := range peers {
+				lost[p.Name] = !p.Alive
+			}
+		}
+		if !lost[vm.Host] {
+			continue
+		}
+		if err := h.heal(ctx, r, vm); err != nil {
+			h.log.Warn("healing: VM not taken over", "vm", n, "from", vm.Host, "err", err)
+		}
+	}
+}
+
+// heal takes VM vm over from its lost host, in the order RBD takes an
+// exclusive lock: it makes sure the key store answers (healing is refused,
+// with the reason in the VM's record, while it does not), that none of
+// the VM's disks is still locked under a live lease, records the VM as
+// this host's (of several healers the first to commit wins), and starts
+// it; starting takes each disk's lock and ownership, which fences the lost
+// host's client and bumps the disk's epoch before anything is written. A
+// VM that then fails to start is marked failed with the reason.
+func (h *Host) heal(ctx context.Context, r *store.Records, vm *store.VM) error {
+	from := vm.Host
+	// Claimed as a VM coming back: its record says running.
+	release, err := h.claim(recoverOp, "vm/"+vm.Name)
+	if err != nil {
+		return err
+	}
+	defer release()
+	if err := h.keyStoreAnswers(ctx); err != nil {
+		why := fmt.Sprintf("host %s was lost; not taken over yet: the key store does not answer (%v); healing goes on once it does", from, message(err))
+		_, uerr := h.update(ctx, func(r *store.Records) error {
+			if v := r.VMs[vm.Name]; v != nil && v.Host == from && v.PowerStateReason != why {
+				v.PowerStateReason = why
+			}
+			return nil
+		})
+		return errors.Join(errors.New(why), uerr)
+	}
+	w, err := h.cfg.Writers.Open(ctx, vm.Name)
+	if err != nil {
+		return err
+	}
+	for _, n := range vm.DiskNames() {
+		d := r.Disks[n]
+		if d == nil {
+			continue
+		}
+		if err := w.Free(ctx, d.UniqueID); err != nil {
+			w.Close()
+			return fmt.Errorf("disk %q: %w", n, err)
+		}
+	}
+	reason := fmt.Sprintf("taken over by host %s: host %s was lost (its leases ran out; its writers are fenced)", h.cfg.HostName, from)
+	if _, err := h.update(ctx, func(r *store.Records) error {
+		v := r.VMs[vm.Name]
+		if v == nil || v.PowerState != api.PowerRunning || v.Host != from {
+			return conflict("VM %q changed meanwhile", vm.Name)
+		}
+		v.Host = h.cfg.HostName
+		v.PowerStateReason = fmt.Sprintf("host %s is taking it over: host %s was lost", h.cfg.HostName, from)
+		return nil
+	}); err != nil {
+		w.Close()
+		return err
+	}
+	h.log.Warn("taking a VM over from a lost host", "vm", vm.Name, "from", from)
+	startErr := h.start(ctx, vm.Name, w)
+	state, why := api.PowerRunning, reason
+	if startErr != nil {
+		h.log.Error("VM taken over did not start", "vm", vm.Name, "err", startErr)
+		state, why = api.PowerFailed, reason+"; it did not start here: "+message(startErr)
+	}
+	_, err = h.update(ctx, func(r *store.Records) error {
+		if v := r.VMs[vm.Name]; v != nil && v.Host == h.cfg.HostName {
+			v.PowerState, v.PowerStateReason = state, why
+		}
+		return nil
+	})
+	return errors.Join(startErr, err)
+}
+
+// keyStoreAnswers asks the key store for nothing new: it fails when the
+// key store does not answer.
+func (h *Host) keyStoreAnswers(ctx context.Context) error {
+	_, err := h.keys.Events(ctx, math.MaxInt64, 0)
+	return err
+}
+
 // diskStorage returns the storage VM vm opens disk d on: on a shared store
-// its own connection, under the disk's writer lock, whose loss stops the
-// VM; otherwise the host's storage.
+// its own connection, under the disk's writer lock and ownership, whose
+// loss stops the VM; otherwise the host's storage. On a shared store the
+// disk's host cache is kept only if it was filled under the ownership
+// epoch taken now (checkCacheEpoch).
 func (h *Host) diskStorage(ctx context.Context, w VMWriter, vm string, d *store.Disk) (storage.Backend, func(), error) {
 	if w == nil {
 		return h.cfg.Storage, func() {}, nil
 	}
-	be, release, err := w.Disk(ctx, d.UniqueID, func(err error) {
+	dw, err := w.Disk(ctx, d.UniqueID, disk.MetaKey(d.StoragePrefix), func(err error) {
 		go h.leaseLost(vm, d.Name, err)
 	})
 	if errors.Is(err, storage.ErrConflict) {
@@ -181,13 +342,86 @@ func (h *Host) diskStorage(ctx context.Context, w VMWriter, vm string, d *store.
 	if err != nil {
 		return nil, nil, fmt.Errorf("disk %q: taking its writer lock: %w", d.Name, err)
 	}
-	return be, release, nil
+	if dw.Fenced != "" {
+		h.log.Warn("took a disk over: the last writer's client is fenced", "disk", d.Name, "from", dw.Fenced, "epoch", dw.Epoch)
+	}
+	if err := h.checkCacheEpoch(d, dw.Epoch); err != nil {
+		dw.Release()
+		return nil, nil, err
+	}
+	release := func() {
+		dw.Release()
+		h.dropCacheEpoch(d)
+	}
+	return dw.Storage, release, nil
+}
+
+// checkCacheEpoch keeps disk d's host cache only if it was filled under
+// ownership epoch epoch, and records that epoch for it. A cache of another
+// epoch (the disk was taken over since, by this host or another) holds
+// pages older than what the store holds: it is shredded before the disk
+// opens, never written back.
+func (h *Host) checkCacheEpoch(d *store.Disk, epoch uint64) error {
+	dir := h.cacheDir(d)
+	if dir == "" {
+		return nil
+	}
+	file := dir + ".epoch"
+	raw, err := os.ReadFile(file)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("disk %q: reading its host cache's epoch: %w", d.Name, err)
+	}
+	had, _ := strconv.ParseUint(strings.TrimSpace(string(raw)), 10, 64)
+	if had != epoch {
+		warned := false
+		for _, c := range []string{dir, dir + ".plain"} {
+			if _, err := os.Stat(c); err == nil {
+				if !warned {
+					h.log.Warn("shredding a host cache filled under another ownership epoch of its disk", "disk", d.Name, "cache_epoch", had, "epoch", epoch)
+					warned = true
+				}
+				if err := os.RemoveAll(c); err != nil {
+					return fmt.Errorf("disk %q: shredding its stale host cache: %w", d.Name, err)
+				}
+			}
+		}
+	}
+	if err := os.MkdirAll(filepath.Dir(file), 0o700); err != nil {
+		return err
+	}
+	tmp := file + ".tmp"
+	if err := os.WriteFile(tmp, []byte(strconv.FormatUint(epoch, 10)+"\n"), 0o600); err != nil {
+		return fmt.Errorf("disk %q: recording its host cache's epoch: %w", d.Name, err)
+	}
+	return os.Rename(tmp, file)
+}
+
+// dropCacheEpoch forgets the epoch of disk d's host cache once the cache
+// is gone (a clean close writes it back and removes it).
+func (h *Host) dropCacheEpoch(d *store.Disk) {
+	dir := h.cacheDir(d)
+	if dir == "" {
+		return
+	}
+	for _, c := range []string{dir, dir + ".plain"} {
+		if _, err := os.Stat(c); err == nil {
+			return
+		}
+	}
+	_ = os.Remove(dir + ".epoch")
 }
 
 // leaseLost stops VM vm, whose writer lease on disk has been lost: its
 // writes fail from then on, and another host may take the disk.
 func (h *Host) leaseLost(vm, disk string, cause error) {
 	reason := fmt.Sprintf("host %s lost its writer lease on disk %q: %v", h.cfg.HostName, disk, cause)
+	if r, err := h.load(context.Background()); err == nil {
+		if v := r.VMs[vm]; v != nil && !h.mine(v.Host) {
+			// Stopped here for good: the records give it to the other
+			// host now, and stop leaves them alone.
+			reason = fmt.Sprintf("taken over by host %s", v.Host)
+		}
+	}
 	h.log.Error("stopping VM: its writer lease is lost", "vm", vm, "disk", disk, "err", cause)
 	release, err := h.claim("stopping: its writer lease is lost", "vm/"+vm)
 	if err != nil {

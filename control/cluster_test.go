@@ -4,8 +4,12 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"fmt"
 	"net/http"
+	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -25,8 +29,9 @@ import (
 
 // fakePeers is a registry whose hosts' liveness the test sets.
 type fakePeers struct {
-	mu    sync.Mutex
-	alive map[string]bool
+	mu     sync.Mutex
+	alive  map[string]bool
+	fenced map[string]bool
 }
 
 func (p *fakePeers) Hosts(context.Context) ([]Peer, error) {
@@ -34,7 +39,7 @@ func (p *fakePeers) Hosts(context.Context) ([]Peer, error) {
 	defer p.mu.Unlock()
 	var out []Peer
 	for _, n := range sortedKeys(p.alive) {
-		out = append(out, Peer{Name: n, Alive: p.alive[n]})
+		out = append(out, Peer{Name: n, Alive: p.alive[n], Fenced: p.fenced[n]})
 	}
 	return out, nil
 }
@@ -74,7 +79,8 @@ func (s *sharedHosts) start(t *testing.T, name string) *fixture {
 	t.Cleanup(func() { secrets.Close() })
 	f := &fixture{tree: &fakeTree{images: map[string]hfs.Image{}}, keys: s.keys}
 	f.cfg = Config{Storage: sb, HostLocal: hb, Keys: s.keys, Tree: f.tree,
-		Store: store.NewShared(sb), Secrets: secrets, Peers: s.peers, HostName: name}
+		Store: store.NewShared(sb), Secrets: secrets, Peers: s.peers, HostName: name,
+		CacheDir: filepath.Join(s.dir, name, "cache")}
 	f.h, err = New(f.cfg)
 	require.NoError(t, err)
 	t.Cleanup(func() { f.h.Shutdown() })
@@ -198,6 +204,15 @@ func TestVMBelongsToItsHost(t *testing.T) {
 	hosts, err = b.h.ListHosts(ctx)
 	require.NoError(t, err)
 	assert.Equal(t, api.HostLost, hosts[0].State)
+	s.peers.mu.Lock()
+	s.peers.fenced = map[string]bool{"a": true}
+	s.peers.mu.Unlock()
+	hosts, err = b.h.ListHosts(ctx)
+	require.NoError(t, err)
+	assert.Equal(t, api.HostFenced, hosts[0].State, "a lost host whose clients were fenced")
+	s.peers.mu.Lock()
+	s.peers.fenced = nil
+	s.peers.mu.Unlock()
 	s.peers.set("a", true)
 
 	// Moved: deallocated on a, started on b, with every synced write of
@@ -323,27 +338,75 @@ func (m *memLocks) count() int {
 }
 
 // memWriters are Writers over one storage with memLocks; they count the
-// connections open.
+// connections open. Each connection is a client instance of its own
+// (cluster.Own runs as on RADOS), and blocklisting one is recorded.
 type memWriters struct {
 	be    storage.Backend
 	locks *memLocks
 	lease time.Duration
+	host  string
 	open  atomic.Int32
+	n     atomic.Int32
+
+	mu     sync.Mutex
+	fenced []string // addresses blocklisted
 }
 
-func (w *memWriters) Open(context.Context, string) (VMWriter, error) {
+func (w *memWriters) Open(_ context.Context, vm string) (VMWriter, error) {
 	w.open.Add(1)
-	return memWriter{w}, nil
+	return memWriter{w: w, vm: vm, addr: fmt.Sprintf("%s/%d", w.host, w.n.Add(1))}, nil
 }
 
-type memWriter struct{ w *memWriters }
+func (w *memWriters) blocklisted() []string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return slices.Clone(w.fenced)
+}
 
-func (v memWriter) Disk(ctx context.Context, id string, lost func(error)) (storage.Backend, func(), error) {
+type memWriter struct {
+	w    *memWriters
+	vm   string
+	addr string
+}
+
+func (v memWriter) Addr() (string, error) { return v.addr, nil }
+
+func (v memWriter) Blocklist(_ context.Context, addr string, _ time.Duration) error {
+	v.w.mu.Lock()
+	v.w.fenced = append(v.w.fenced, addr)
+	v.w.mu.Unlock()
+	return nil
+}
+
+func (v memWriter) Disk(ctx context.Context, id, _ string, lost func(error)) (DiskWriter, error) {
 	l, err := cluster.Acquire(ctx, v.w.locks, []string{cluster.LockKey(id)}, "test", v.w.lease, lost)
 	if err != nil {
-		return nil, nil, err
+		return DiskWriter{}, err
 	}
-	return cluster.Guard(v.w.be, l), func() { l.Release(context.Background()) }, nil
+	own, err := cluster.Own(ctx, v.w.be, v, id, v.w.host, v.vm)
+	if err != nil {
+		l.Release(context.Background())
+		return DiskWriter{}, err
+	}
+	dw := DiskWriter{Storage: cluster.GuardOwned(v.w.be, l, id, own.Owner), Epoch: own.Epoch}
+	if own.Fenced != nil {
+		dw.Fenced = own.Fenced.Host
+	}
+	dw.Release = func() {
+		if l.Check() == nil {
+			cluster.Disown(context.Background(), v.w.be, id, own.Owner)
+		}
+		l.Release(context.Background())
+	}
+	return dw, nil
+}
+
+func (v memWriter) Free(ctx context.Context, id string) error {
+	hs, _ := v.w.locks.Holders(ctx, cluster.LockKey(id), cluster.DiskLockName)
+	if len(hs) > 0 {
+		return storage.ErrConflict
+	}
+	return nil
 }
 
 func (v memWriter) Close() error { v.w.open.Add(-1); return nil }
@@ -400,4 +463,156 @@ func TestWriterLocks(t *testing.T) {
 	assert.Empty(t, a.tree.list(), "its images are gone")
 	assert.Equal(t, 0, w.locks.count())
 	assert.Equal(t, int32(0), w.open.Load())
+}
+
+// withWriters restarts host f of s with writers w.
+func (s *sharedHosts) withWriters(t *testing.T, f *fixture, w Writers) {
+	require.NoError(t, f.h.Shutdown())
+	f.cfg.Writers = w
+	var err error
+	f.h, err = New(f.cfg)
+	require.NoError(t, err)
+	t.Cleanup(func() { f.h.Shutdown() })
+	f.h.Recover(context.Background())
+}
+
+// Healing: a VM of a lost host is taken over by another host once the
+// lost host's writer locks have expired: its writers are fenced, the
+// records give it to the healer with the reason, and it runs there with
+// every synced write. While a lock is still held nothing is taken.
+func TestHealTakesOverALostHostsVM(t *testing.T) {
+	s := newSharedHosts(t, "a", "b")
+	a, b := s.hosts["a"], s.hosts["b"]
+	ctx := context.Background()
+	locks := &memLocks{held: map[string]string{}}
+	wa := &memWriters{be: a.cfg.Storage, locks: locks, lease: time.Hour, host: "a"}
+	wb := &memWriters{be: b.cfg.Storage, locks: locks, lease: time.Hour, host: "b"}
+	s.withWriters(t, a, wa)
+	s.withWriters(t, b, wb)
+	a.mustDisk(t, api.CreateDiskRequest{Name: "data1", SizeBytes: 16 << 20})
+	a.mustVM(t, api.CreateVMRequest{Name: "vm1", OsDiskSizeBytes: 8 << 20, DataDisks: []api.AttachedDisk{{Name: "data1"}}})
+	pattern := make([]byte, 64<<10)
+	rand.Read(pattern)
+	_, err := a.tree.get("vm1/data-0.img").WriteAt(pattern, 8192)
+	require.NoError(t, err)
+	require.NoError(t, a.tree.get("vm1/data-0.img").Sync())
+
+	// a is seen lost, but its locks are live: nothing is taken.
+	s.peers.set("a", false)
+	b.h.HealOnce(ctx)
+	v, err := b.h.ShowVM("vm1")
+	require.NoError(t, err)
+	assert.Equal(t, "a", v.Host)
+	assert.Empty(t, b.tree.list())
+
+	// Its locks expire on the server: b takes over.
+	locks.mu.Lock()
+	clear(locks.held)
+	locks.mu.Unlock()
+	b.h.HealOnce(ctx)
+	v, err = b.h.ShowVM("vm1")
+	require.NoError(t, err)
+	assert.Equal(t, api.PowerRunning, v.PowerState)
+	assert.Equal(t, "b", v.Host)
+	assert.Contains(t, v.PowerStateReason, "taken over by host b: host a was lost")
+	assert.Equal(t, []string{"a/1", "a/1"}, wb.blocklisted(), "a's client of vm1 fenced, for each disk")
+	assert.Empty(t, wa.blocklisted())
+	d1, err := b.h.ShowDisk("data1")
+	require.NoError(t, err)
+	own, _, err := cluster.ReadOwner(ctx, b.cfg.Storage, d1.UniqueID)
+	require.NoError(t, err)
+	assert.Equal(t, cluster.Owner{Host: "b", VM: "vm1", Addr: "b/2", Epoch: 2}, own, "the epoch bumped for b")
+	got := make([]byte, len(pattern))
+	_, err = b.tree.get("vm1/data-0.img").ReadAt(got, 8192)
+	require.NoError(t, err)
+	assert.True(t, bytes.Equal(pattern, got), "the synced write is there")
+	assert.Equal(t, 2, locks.count(), "b holds the writer locks")
+
+	// A second healer finds nothing to do; a restarted a brings back
+	// nothing of vm1.
+	b.h.HealOnce(ctx)
+	require.NoError(t, a.h.Shutdown())
+	a = s.start(t, "a")
+	assert.Empty(t, a.tree.list())
+
+	// Stopped on b, the disk is released cleanly: a start on a fences
+	// nobody, and the epoch grows again (another host).
+	_, err = b.h.StopVM(ctx, "vm1", "")
+	require.NoError(t, err)
+	own, _, err = cluster.ReadOwner(ctx, b.cfg.Storage, d1.UniqueID)
+	require.NoError(t, err)
+	assert.True(t, own.Released)
+	s.withWriters(t, a, wa)
+	_, err = a.h.StartVM(ctx, "vm1")
+	require.NoError(t, err)
+	assert.Empty(t, wa.blocklisted())
+	own, _, err = cluster.ReadOwner(ctx, a.cfg.Storage, d1.UniqueID)
+	require.NoError(t, err)
+	assert.Equal(t, uint64(3), own.Epoch)
+	assert.Equal(t, "a", own.Host)
+}
+
+// Healing waits, with the reason in the VM's record, while the key store
+// does not answer; it takes the VM over once it does.
+func TestHealWaitsForTheKeyStore(t *testing.T) {
+	s := newSharedHosts(t, "a", "b")
+	a, b := s.hosts["a"], s.hosts["b"]
+	ctx := context.Background()
+	locks := &memLocks{held: map[string]string{}}
+	s.withWriters(t, a, &memWriters{be: a.cfg.Storage, locks: locks, lease: time.Hour, host: "a"})
+	s.withWriters(t, b, &memWriters{be: b.cfg.Storage, locks: locks, lease: time.Hour, host: "b"})
+	a.mustVM(t, api.CreateVMRequest{Name: "vm1", OsDiskSizeBytes: 8 << 20})
+	s.peers.set("a", false)
+	clear(locks.held)
+
+	s.keys.SetUnreachable(true)
+	b.h.HealOnce(ctx)
+	v, err := b.h.ShowVM("vm1")
+	require.NoError(t, err)
+	assert.Equal(t, "a", v.Host, "not taken over")
+	assert.Contains(t, v.PowerStateReason, "not taken over yet: the key store does not answer")
+	assert.Empty(t, b.tree.list())
+
+	s.keys.SetUnreachable(false)
+	b.h.HealOnce(ctx)
+	v, err = b.h.ShowVM("vm1")
+	require.NoError(t, err)
+	assert.Equal(t, "b", v.Host)
+	assert.Equal(t, api.PowerRunning, v.PowerState)
+}
+
+// A disk's host cache filled under another ownership epoch is shredded
+// before the disk opens; one of the same epoch is kept.
+func TestCacheOfAnotherEpochIsShredded(t *testing.T) {
+	s := newSharedHosts(t, "a")
+	a := s.hosts["a"]
+	d := &store.Disk{Name: "d1", UniqueID: "u1"}
+	a.h.cfg.CacheDir = t.TempDir()
+	dir := filepath.Join(a.h.cfg.CacheDir, "u1")
+	fill := func(epoch string) {
+		require.NoError(t, os.MkdirAll(dir, 0o700))
+		require.NoError(t, os.MkdirAll(dir+".plain", 0o700))
+		require.NoError(t, os.WriteFile(filepath.Join(dir, "pages"), []byte("dirty"), 0o600))
+		if epoch != "" {
+			require.NoError(t, os.WriteFile(dir+".epoch", []byte(epoch), 0o600))
+		}
+	}
+	fill("4")
+	require.NoError(t, a.h.checkCacheEpoch(d, 4))
+	assert.FileExists(t, filepath.Join(dir, "pages"), "same epoch: kept")
+
+	require.NoError(t, a.h.checkCacheEpoch(d, 5))
+	assert.NoDirExists(t, dir, "another epoch: shredded")
+	assert.NoDirExists(t, dir+".plain")
+	raw, err := os.ReadFile(dir + ".epoch")
+	require.NoError(t, err)
+	assert.Equal(t, "5", strings.TrimSpace(string(raw)))
+
+	os.Remove(dir + ".epoch")
+	fill("")
+	require.NoError(t, a.h.checkCacheEpoch(d, 1))
+	assert.NoDirExists(t, dir, "no epoch recorded: shredded")
+
+	a.h.dropCacheEpoch(d)
+	assert.NoFileExists(t, dir+".epoch", "forgotten once the cache is gone")
 }

@@ -85,6 +85,9 @@ type Config struct {
 	// Writers, on a shared store, gives each running VM a storage
 	// connection of its own and each of its disks a leased writer lock.
 	Writers Writers
+	// HealInterval, when not zero on a shared store, is how often Run
+	// looks for VMs of lost hosts to take over (HealLoop).
+	HealInterval time.Duration
 	// CacheDir holds the host caches of attached disks (one directory per
 	// disk); empty turns host caching off whatever the attachments ask.
 	CacheDir string
@@ -433,6 +436,9 @@ func (h *Host) Run(ctx context.Context) {
 	wg.Go(func() { h.watchEvents(ctx, checkWake, rotateWake) })
 	wg.Go(func() { h.MonitorKeys(ctx, checkWake) })
 	wg.Go(func() { h.RotateLoop(ctx, rotateWake) })
+	if h.cfg.HealInterval > 0 && h.shared() {
+		wg.Go(func() { h.HealLoop(ctx, h.cfg.HealInterval) })
+	}
 	wg.Wait()
 }
 

@@ -307,5 +307,5 @@ func (h *Host) startCaught(ctx context.Context, name string) (err error) {
 			err = fmt.Errorf("internal error while opening its disks: %v", p)
 		}
 	}()
-	return h.start(ctx, name)
+	return h.start(ctx, name, nil)
 }

@@ -173,7 +173,7 @@ func (h *Host) CreateVM(ctx context.Context, req api.CreateVMRequest) (*api.VM, 
 	if err != nil {
 		return nil, err
 	}
-	if err := h.start(ctx, req.Name); err != nil {
+	if err := h.start(ctx, req.Name, nil); err != nil {
 		return nil, fmt.Errorf("VM %q was created but did not start: %w", req.Name, err)
 	}
 	return h.vmNow(ctx, req.Name)
@@ -186,7 +186,7 @@ func (h *Host) StartVM(ctx context.Context, name string) (*api.VM, error) {
 		return nil, err
 	}
 	defer release()
-	if err := h.start(ctx, name); err != nil {
+	if err := h.start(ctx, name, nil); err != nil {
 		return nil, err
 	}
 	return h.vmNow(ctx, name)
@@ -195,7 +195,16 @@ func (h *Host) StartVM(ctx context.Context, name string) (*api.VM, error) {
 // start opens every disk of VM name and shows it in the tree, then records
 // the VM running and its disks attached, in one transaction. On failure
 // nothing stays open or visible. The caller has claimed the VM.
-func (h *Host) start(ctx context.Context, name string) error {
+//
+// On a shared store the VM's disks are opened on w, a connection of the
+// VM's own (opened here when nil); start closes w when it fails.
+func (h *Host) start(ctx context.Context, name string, w VMWriter) error {
+	owned := false
+	defer func() {
+		if !owned && w != nil {
+			w.Close()
+		}
+	}()
 	r, err := h.load(ctx)
 	if err != nil {
 		return err
@@ -240,7 +249,8 @@ func (h *Host) start(ctx context.Context, name string) error {
 			h.closeAll(rv)
 		}
 	}()
-	if h.cfg.Writers != nil {
+	rv.w, owned = w, true // closeAll closes it
+	if rv.w == nil && h.cfg.Writers != nil {
 		if rv.w, err = h.cfg.Writers.Open(ctx, name); err != nil {
 			return fmt.Errorf("VM %q: opening its own connection to the storage: %w", name, err)
 		}

@@ -56,6 +56,9 @@ type WrappedKey struct {
 
 func metaKey(prefix string) string { return prefix + "/meta.json" }
 
+// MetaKey is the storage key of the metadata of the disk at prefix.
+func MetaKey(prefix string) string { return metaKey(prefix) }
+
 func chunkKey(prefix string, idx int64) string {
 	return fmt.Sprintf("%s/chunks/%08x", prefix, idx)
 }

@@ -51,6 +51,9 @@ type Config struct {
 	// its disks, and of the host's registration, on a RADOS pool
 	// (DefaultWriterLease if zero).
 	WriterLease time.Duration
+	// NoHeal keeps this host from taking over the VMs of lost hosts on a
+	// RADOS pool (--heal=false).
+	NoHeal      bool
 	HostDir     string
 	MountDir    string
 	KeystoreURL string
@@ -297,6 +300,9 @@ func Run(ctx context.Context, cfg Config, ready func()) (err error) {
 		defer sh.close(context.WithoutCancel(ctx))
 		sh.configure(&ccfg, lb, cfg.HostName)
 		ccfg.Writers = writers{loc: loc, lease: cfg.WriterLease, host: cfg.HostName}
+		if !cfg.NoHeal {
+			ccfg.HealInterval = cfg.WriterLease / 2
+		}
 	}
 	host, err := control.New(ccfg)
 	if err != nil {

@@ -63,7 +63,7 @@ func (p peers) Hosts(ctx context.Context) ([]control.Peer, error) {
 	}
 	out := make([]control.Peer, 0, len(hs))
 	for _, h := range hs {
-		out = append(out, control.Peer{Name: h.Name, Alive: h.Alive})
+		out = append(out, control.Peer{Name: h.Name, Alive: h.Alive, Fenced: h.FencedBy != ""})
 	}
 	return out, nil
 }

@@ -2,7 +2,10 @@ package hostd
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"log/slog"
+	"strings"
 	"time"
 
 	"hostcrypt/cluster"
@@ -36,27 +39,86 @@ func (w writers) Open(ctx context.Context, vm string) (control.VMWriter, error) 
 		return nil, err
 	}
 	locks, ok := be.(cluster.Locks)
-	if !ok {
+	fencer, ok2 := be.(cluster.Fencer)
+	if !ok || !ok2 {
 		be.Close()
 		return nil, fmt.Errorf("the storage backend has no locks")
 	}
-	return &vmWriter{be: be, locks: locks, lease: w.lease, desc: fmt.Sprintf("host %s, VM %s", w.host, vm)}, nil
+	return &vmWriter{be: be, locks: locks, fencer: fencer, lease: w.lease, host: w.host, vm: vm,
+		desc: fmt.Sprintf("host %s, VM %s", w.host, vm)}, nil
 }
 
 type vmWriter struct {
-	be    storage.Backend
-	locks cluster.Locks
-	lease time.Duration
-	desc  string
+	be     storage.Backend
+	locks  cluster.Locks
+	fencer cluster.Fencer
+	lease  time.Duration
+	host   string
+	vm     string
+	desc   string
 }
 
-func (v *vmWriter) Disk(ctx context.Context, id string, lost func(error)) (storage.Backend, func(), error) {
+// Disk takes the disk's lock, then its ownership (cluster.Own: the last
+// owner's client fenced unless it let the disk go, the epoch bumped), and
+// after a takeover bumps the version of the disk's metadata, so that a
+// conditional write the fenced owner prepared before cannot land.
+func (v *vmWriter) Disk(ctx context.Context, id, metaKey string, lost func(error)) (control.DiskWriter, error) {
 	l, err := cluster.Acquire(ctx, v.locks, []string{cluster.LockKey(id)}, v.desc, v.lease, lost)
 	if err != nil {
-		return nil, nil, err
+		return control.DiskWriter{}, err
 	}
-	release := func() { _ = l.Release(context.Background()) }
-	return cluster.Guard(v.be, l), release, nil
+	own, err := cluster.Own(ctx, v.be, v.fencer, id, v.host, v.vm)
+	if err == nil && own.Fenced != nil {
+		err = touchMeta(ctx, v.be, metaKey)
+	}
+	if err != nil {
+		_ = l.Release(context.WithoutCancel(ctx))
+		return control.DiskWriter{}, err
+	}
+	dw := control.DiskWriter{Storage: cluster.GuardOwned(v.be, l, id, own.Owner), Epoch: own.Epoch}
+	if own.Fenced != nil && own.Fenced.Host != v.host {
+		dw.Fenced = own.Fenced.Host
+		if err := cluster.MarkFenced(ctx, v.be, own.Fenced.Host, v.host); err != nil {
+			slog.Warn("recording a fenced host", "host", own.Fenced.Host, "err", err)
+		}
+	}
+	dw.Release = func() {
+		ctx := context.Background()
+		if l.Check() == nil {
+			_ = cluster.Disown(ctx, v.be, id, own.Owner)
+		}
+		_ = l.Release(ctx)
+	}
+	return dw, nil
+}
+
+// touchMeta rewrites the object at key as it is, which gives it a new
+// version.
+func touchMeta(ctx context.Context, be storage.Backend, key string) error {
+	raw, ver, err := be.ReadMetaVersion(ctx, key)
+	if errors.Is(err, storage.ErrNotFound) {
+		return nil
+	}
+	if err == nil {
+		_, err = be.WriteMetaIf(ctx, key, raw, ver)
+	}
+	if err != nil {
+		return fmt.Errorf("bumping the version of %s after a takeover: %w", key, err)
+	}
+	return nil
+}
+
+// Free fails, wrapping storage.ErrConflict, while someone holds the disk's
+// writer lock with a lease that has not run out on the OSD.
+func (v *vmWriter) Free(ctx context.Context, id string) error {
+	hs, err := v.locks.Holders(ctx, cluster.LockKey(id), cluster.DiskLockName)
+	if err != nil {
+		return err
+	}
+	if len(hs) > 0 {
+		return fmt.Errorf("its writer lock is still held (%s): %w", strings.Join(hs, ", "), storage.ErrConflict)
+	}
+	return nil
 }
 
 func (v *vmWriter) Close() error { return v.be.Close() }

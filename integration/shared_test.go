@@ -3,12 +3,14 @@
 package integration
 
 import (
+	"bytes"
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -215,54 +217,188 @@ func TestTwoHostsKeyDisable(t *testing.T) {
 	assert.Equal(t, sum, readBack(t, b.img("vm1", "data-0.img")), "no written byte lost")
 }
 
-// TestTwoHostsFrozenOwnerLosesItsLease: host A, running a VM, is frozen
-// (SIGSTOP) past its lease. B sees it lost, and still refuses the VM, which
-// the records give to A. Resumed, A finds its writer lease gone on the OSD
-// and stops the VM with the reason rather than write on; then B starts it
-// with every write the guest had flushed.
-func TestTwoHostsFrozenOwnerLosesItsLease(t *testing.T) {
+// ext4Files puts ext4 with files on img (through a loop device), syncs,
+// unmounts and returns the files' sha256 sums.
+func ext4Files(t *testing.T, img string) string {
+	t.Helper()
+	mnt := t.TempDir()
+	loop := attachLoop(t, img, "--direct-io=on")
+	sh(t, "mkfs.ext4 -q -F "+loop)
+	sh(t, "mount "+loop+" "+mnt)
+	sh(t, fmt.Sprintf(`cd %s && mkdir -p a/b && head -c 2M /dev/urandom > a/big && for i in $(seq 1 10); do head -c $((i*1000)) /dev/urandom > a/b/f$i; done && sync`, mnt))
+	sums := sh(t, "cd "+mnt+" && find . -type f ! -path './lost+found/*' -print0 | sort -z | xargs -0 sha256sum")
+	sh(t, "umount "+mnt)
+	sh(t, "losetup -d "+loop)
+	return sums
+}
+
+// checkExt4 checks img with e2fsck -f -n and returns its files' sums.
+func checkExt4(t *testing.T, img string) string {
+	t.Helper()
+	mnt := t.TempDir()
+	loop := attachLoop(t, img)
+	sh(t, "e2fsck -f -n "+loop)
+	sh(t, "mount -o ro "+loop+" "+mnt)
+	defer func() {
+		exec.Command("umount", mnt).Run()
+		exec.Command("losetup", "-d", loop).Run()
+	}()
+	return sh(t, "cd "+mnt+" && find . -type f ! -path './lost+found/*' -print0 | sort -z | xargs -0 sha256sum")
+}
+
+type vmView struct {
+	PowerState string `json:"powerState"`
+	Reason     string `json:"powerStateReason"`
+	Host       string `json:"host"`
+}
+
+func waitHost(t *testing.T, h *host, vm, host string) vmView {
+	t.Helper()
+	var v vmView
+	waitFor(t, 60*time.Second, vm+" to run on "+host, func() bool {
+		h.json(&v, "vm", "show", "--name", vm)
+		return v.PowerState == "running" && v.Host == host && strings.HasPrefix(v.Reason, "taken over by host "+host)
+	})
+	return v
+}
+
+// TestTwoHostsHealAfterKill: host A is killed (kill -9) with its VM
+// running; once its leases run out, B takes the VM over by itself (the
+// reason in vm show), its ext4 disk checks clean with every file; A,
+// restarted, brings back nothing of it.
+func TestTwoHostsHealAfterKill(t *testing.T) {
 	ks := startKeystore(t)
 	loc := sharedPool(t)
 	a := newPoolHost(t, ks, loc, "host-a", "--writer-lease", "4s")
 	b := newPoolHost(t, ks, loc, "host-b", "--writer-lease", "4s")
 	a.ok("disk", "create", "--name", "data1", "--size", "64M")
-	a.ok("vm", "create", "--name", "vm1", "--os-disk-size", "8M", "--data-disks", "data1")
-	src := filepath.Join(t.TempDir(), "p")
-	sh(t, "head -c 3M /dev/urandom > "+src)
-	sh(t, "dd if="+src+" of="+a.img("vm1", "data-0.img")+" bs=64k seek=5 oflag=direct conv=notrunc,fsync status=none")
-	sum := sh(t, "sha256sum < "+src)
+	a.ok("vm", "create", "--name", "vm1", "--os-disk-size", "8M", "--data-disks", "data1", "--temp-disk-size", "8M")
+	sums := ext4Files(t, a.img("vm1", "data-0.img"))
+
+	a.stop(syscall.SIGKILL)
+	v := waitHost(t, b, "vm1", "host-b")
+	assert.Contains(t, v.Reason, "taken over by host host-b: host host-a was lost")
+	assert.Equal(t, sums, checkExt4(t, b.img("vm1", "data-0.img")), "every flushed file is there")
+
+	a.start()
+	_, err := os.Stat(a.img("vm1", "data-0.img"))
+	assert.ErrorIs(t, err, os.ErrNotExist, "the restarted old owner brings back nothing of vm1")
+	assert.Equal(t, []string{"vm1"}, hostStates(a)["host-b"].VMs)
+}
+
+// TestTwoHostsHealAfterFreeze: host A, running a VM whose guest keeps
+// writing sequence-numbered blocks, each flushed before the next, is frozen
+// (SIGSTOP). B takes the VM over once A's leases ran out, fencing A's
+// client first. A, resumed, writes nothing more to the store and stops its
+// copy of the VM, leaving the record to B; on B the ext4 disk checks clean,
+// every block A acknowledged is there and none written after.
+func TestTwoHostsHealAfterFreeze(t *testing.T) {
+	ks := startKeystore(t)
+	loc := sharedPool(t)
+	a := newPoolHost(t, ks, loc, "host-a", "--writer-lease", "4s")
+	b := newPoolHost(t, ks, loc, "host-b", "--writer-lease", "4s")
+	a.ok("disk", "create", "--name", "data1", "--size", "64M")
+	a.ok("disk", "create", "--name", "seq", "--size", "16M")
+	a.ok("vm", "create", "--name", "vm1", "--os-disk-size", "8M", "--data-disks", "data1,seq")
+	sums := ext4Files(t, a.img("vm1", "data-0.img"))
+
+	// The guest's writer, a process of its own (a file of a frozen FUSE
+	// daemon must not be open in the test's process: every fork would
+	// close it and wait): block i holds "seq=i", written with O_DIRECT
+	// and fsynced; i is appended to acked once that returned.
+	acked := filepath.Join(t.TempDir(), "acked")
+	guest := exec.Command("sh", "-c", `i=0; while [ $i -lt 4096 ]; do
+		printf 'seq=%08d\n' $i | dd of="$1" bs=4096 seek=$i conv=sync,notrunc,fsync oflag=direct status=none || exit 1
+		echo $i >> "$2"; i=$((i+1)); done`, "guest", a.img("vm1", "data-1.img"), acked)
+	require.NoError(t, guest.Start())
+	done := make(chan error, 1)
+	go func() { done <- guest.Wait() }()
+	lastAcked := func() int {
+		raw, _ := os.ReadFile(acked)
+		lines := strings.Fields(string(raw))
+		if len(lines) == 0 {
+			return -1
+		}
+		n, _ := strconv.Atoi(lines[len(lines)-1])
+		return n
+	}
+	waitFor(t, 30*time.Second, "the guest to write", func() bool { return lastAcked() > 20 })
 
 	pid := a.cmd.Process.Pid
 	require.NoError(t, syscall.Kill(pid, syscall.SIGSTOP))
 	resumed := false
 	t.Cleanup(func() {
 		if !resumed {
+			abortFUSE(t, a.mount)
 			syscall.Kill(pid, syscall.SIGCONT)
 		}
 	})
-	waitFor(t, 30*time.Second, "host-a to be seen lost", func() bool { return hostStates(b)["host-a"].State == "lost" })
-	_, errOut, code := b.run("vm", "start", "--name", "vm1")
-	require.NotEqual(t, 0, code)
-	assert.Contains(t, errOut, `host "host-a"`)
-	// The disks' writer locks were last renewed before the freeze, as the
-	// registration was, but not at the same moment: one more lease and
-	// the OSD has seen them all expire.
-	time.Sleep(4 * time.Second)
+	v := waitHost(t, b, "vm1", "host-b")
+	assert.Contains(t, v.Reason, "host host-a was lost")
+	last := lastAcked()
+	assert.Equal(t, "fenced", hostStates(b)["host-a"].State)
 
 	require.NoError(t, syscall.Kill(pid, syscall.SIGCONT))
 	resumed = true
-	var vm struct {
-		PowerState string `json:"powerState"`
-		Reason     string `json:"powerStateReason"`
-		Host       string `json:"host"`
+	select {
+	case err := <-done:
+		require.Error(t, err, "the guest's next write or flush fails on A")
+	case <-time.After(60 * time.Second):
+		abortFUSE(t, a.mount)
+		<-done
+		t.Fatal("the guest's writes on A neither failed nor went on after A resumed")
 	}
-	waitFor(t, 30*time.Second, "host-a to stop vm1", func() bool {
-		b.json(&vm, "vm", "show", "--name", "vm1")
-		return vm.PowerState == "stopped"
+	assert.Equal(t, last, lastAcked(), "no write acknowledged on A after the takeover")
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("host-a's log:\n%s", a.logs.String())
+		}
 	})
-	assert.Contains(t, vm.Reason, "host-a lost its writer lease")
-	assert.Contains(t, a.logs.String(), "writer lease is lost")
-	b.ok("vm", "start", "--name", "vm1")
-	assert.Equal(t, sum, readBack(t, b.img("vm1", "data-0.img")), "every flushed write is there on B")
-	waitFor(t, 30*time.Second, "host-a to be alive again", func() bool { return hostStates(b)["host-a"].State == "alive" })
+	waitFor(t, 30*time.Second, "A to stop its copy of vm1", func() bool {
+		return strings.Contains(a.logs.String(), "taken over by host host-b")
+	})
+	b.json(&v, "vm", "show", "--name", "vm1")
+	assert.Equal(t, "running", v.PowerState)
+	assert.Equal(t, "host-b", v.Host, "A left the record alone")
+
+	// On the store, as B reads it: every acknowledged block, the one in
+	// flight at most, nothing later.
+	got, err := os.ReadFile(b.img("vm1", "data-1.img"))
+	require.NoError(t, err)
+	for i := 0; i < len(got)/4096; i++ {
+		blk := got[i*4096 : (i+1)*4096]
+		want := fmt.Sprintf("seq=%08d\n", i)
+		switch {
+		case i <= last:
+			require.Equal(t, want, string(blk[:len(want)]), "acknowledged block %d", i)
+		case i == last+1:
+			if !bytes.Equal(blk, make([]byte, 4096)) {
+				require.Equal(t, want, string(blk[:len(want)]), "the block in flight, %d", i)
+			}
+		default:
+			require.Equal(t, make([]byte, 4096), blk, "block %d was never acknowledged, yet it is on the store", i)
+		}
+	}
+	assert.Equal(t, sums, checkExt4(t, b.img("vm1", "data-0.img")))
+	_, errOut, code := a.run("vm", "start", "--name", "vm1")
+	assert.NotEqual(t, 0, code, "a second start is a Conflict")
+	assert.Contains(t, errOut, `host "host-b"`)
+	hs := hostStates(b)
+	assert.Equal(t, "alive", hs["host-a"].State, "A renewed its registration on resuming")
+}
+
+// abortFUSE aborts the FUSE connection of the file system mounted at dir
+// (through /sys/fs/fuse/connections/N/abort), failing every request that
+// waits on it.
+func abortFUSE(t *testing.T, dir string) {
+	t.Helper()
+	var st syscall.Stat_t
+	if err := syscall.Stat(dir, &st); err != nil {
+		t.Logf("abort FUSE at %s: %v", dir, err)
+		return
+	}
+	minor := (st.Dev & 0xff) | ((st.Dev >> 12) & 0xfff00)
+	if err := os.WriteFile(fmt.Sprintf("/sys/fs/fuse/connections/%d/abort", minor), []byte("1"), 0); err != nil {
+		t.Logf("abort FUSE at %s: %v", dir, err)
+	}
 }

@@ -31,6 +31,7 @@ func main() {
 	fl.StringVar(&c.StateDir, "state", "", "directory for the control plane's state and socket")
 	fl.StringVar(&c.StorageDir, "storage", "", "where the encrypted disks live: a directory, or rados://POOL[/NAMESPACE]?conf=FILE&id=USER (hostcryptd-ceph)")
 	fl.DurationVar(&c.WriterLease, "writer-lease", hostd.DefaultWriterLease, "on a rados:// pool, the lease of the host's registration and of a running VM's writer lock on each disk: past it without a renewal, the VM's I/O fails (4s to 10m)")
+	heal := fl.Bool("heal", true, "on a rados:// pool, take over (restart here) the VMs of hosts that are lost, once their leases ran out")
 	fl.StringVar(&c.HostName, "host-name", "", "this host's name among the hosts sharing a rados:// pool (default: the system's host name)")
 	fl.StringVar(&c.HostDir, "host-dir", "", "host-local directory (temp disks, host cache)")
 	fl.StringVar(&c.MountDir, "mount", "", "where the FUSE tree of VM images is mounted")
@@ -66,6 +67,7 @@ func main() {
 		fmt.Fprintf(os.Stderr, "hostcryptd: %v (see hostcryptd --help)\n", err)
 		os.Exit(2)
 	}
+	c.NoHeal = !*heal
 	if *showVersion {
 		fmt.Println(version.String("hostcryptd"))
 		return

@@ -417,6 +417,9 @@ const (
 	// HostLost: nobody holds the host's lock: the host stopped, died or
 	// lost its way to the store for longer than its lease.
 	HostLost = "lost"
+	// HostFenced: a lost host whose VMs another host took over, fencing
+	// its clients (blocklisted on the store) first.
+	HostFenced = "fenced"
 )
 
 // HostInfo is a host that uses the store, as hostcrypt host list shows it.

@@ -1,0 +1,136 @@
+package cluster
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"hostcrypt/storage"
+)
+
+// Ownership of a disk. A disk's lock object (LockKey) holds, besides the
+// lock, a record of its owner: the host and VM that hold the lock, the
+// client instance that writes for them, and the disk's ownership epoch.
+// Taking a disk runs in the order RBD uses: the lock first (refused while
+// a lease runs), then, when the last owner did not let the disk go
+// cleanly, its client instance is blocklisted and this client waits for
+// the OSD map that says so, then the epoch is bumped, and only then is
+// anything written. The epoch stays when the same host takes its own disk
+// again (a restarted daemon) with nobody else in between, and grows
+// otherwise; a host cache filled under one epoch is written back only
+// under that same epoch.
+
+// BlocklistExpiry is how long a fenced client instance stays blocklisted:
+// hours, so that a host frozen for long still cannot write when it wakes.
+const BlocklistExpiry = 12 * time.Hour
+
+// Fencer fences client instances (storage/rados.Backend is one).
+type Fencer interface {
+	// Addr is this client instance's address, as a blocklist names it.
+	Addr() (string, error)
+	// Blocklist fences the instance at addr for expire, and returns once
+	// this client has the OSD map that carries the entry.
+	Blocklist(ctx context.Context, addr string, expire time.Duration) error
+}
+
+// Owner is a disk's owner record.
+type Owner struct {
+	Host  string `json:"host"`
+	VM    string `json:"vm"`
+	Addr  string `json:"addr"`
+	Epoch uint64 `json:"epoch"`
+	// Released says the owner let the disk go cleanly (its VM stopped):
+	// its client writes no more, and nobody needs to fence it.
+	Released bool `json:"released,omitempty"`
+}
+
+// Ownership is what Own did.
+type Ownership struct {
+	Owner
+	// Fenced is the previous owner, when its client was blocklisted.
+	Fenced *Owner
+}
+
+// ReadOwner returns disk id's owner record and its version; a disk never
+// owned has a zero record.
+func ReadOwner(ctx context.Context, st storage.Backend, id string) (Owner, storage.Version, error) {
+	raw, v, err := st.ReadMetaVersion(ctx, LockKey(id))
+	if errors.Is(err, storage.ErrNotFound) {
+		return Owner{}, storage.NoVersion, nil
+	}
+	if err != nil {
+		return Owner{}, storage.NoVersion, fmt.Errorf("reading the owner of disk %s: %w", id, err)
+	}
+	if len(raw) == 0 {
+		return Owner{}, v, nil // the lock created the object
+	}
+	var o Owner
+	if err := json.Unmarshal(raw, &o); err != nil {
+		return Owner{}, storage.NoVersion, fmt.Errorf("the owner record of disk %s (%s) is damaged: %v; "+
+			"remove the object once no host runs the disk (rados rm %s)", id, LockKey(id), err, LockKey(id))
+	}
+	return o, v, nil
+}
+
+// Own makes host's VM vm the owner of disk id, whose lock the caller
+// holds: it fences the last owner's client unless that one released the
+// disk or is this very client, bumps the epoch unless the last owner was
+// this host, and records the new owner by compare-and-swap. Nothing of
+// the disk may be written before Own returns.
+func Own(ctx context.Context, st storage.Backend, f Fencer, id, host, vm string) (Ownership, error) {
+	prev, ver, err := ReadOwner(ctx, st, id)
+	if err != nil {
+		return Ownership{}, err
+	}
+	addr, err := f.Addr()
+	if err != nil {
+		return Ownership{}, err
+	}
+	own := Ownership{Owner: Owner{Host: host, VM: vm, Addr: addr, Epoch: prev.Epoch}}
+	if prev.Addr != "" && !prev.Released && prev.Addr != addr {
+		if err := f.Blocklist(ctx, prev.Addr, BlocklistExpiry); err != nil {
+			return Ownership{}, fmt.Errorf("fencing the last writer of disk %s (host %s, client %s): %w", id, prev.Host, prev.Addr, err)
+		}
+		p := prev
+		own.Fenced = &p
+	}
+	if prev.Host != host || prev.Epoch == 0 {
+		own.Epoch++
+	}
+	raw, _ := json.Marshal(own.Owner)
+	if _, err := st.WriteMetaIf(ctx, LockKey(id), raw, ver); err != nil {
+		return Ownership{}, fmt.Errorf("recording the owner of disk %s: %w", id, err)
+	}
+	return own, nil
+}
+
+// Disown records that o let disk id go cleanly. It changes nothing when
+// the record names another owner or epoch by now.
+func Disown(ctx context.Context, st storage.Backend, id string, o Owner) error {
+	cur, ver, err := ReadOwner(ctx, st, id)
+	if err != nil {
+		return err
+	}
+	if cur.Addr != o.Addr || cur.Epoch != o.Epoch {
+		return nil
+	}
+	cur.Released = true
+	raw, _ := json.Marshal(cur)
+	_, err = st.WriteMetaIf(ctx, LockKey(id), raw, ver)
+	return err
+}
+
+// CheckOwner fails, wrapping ErrLeaseLost, unless disk id's owner record
+// still names o's client and epoch.
+func CheckOwner(ctx context.Context, st storage.Backend, id string, o Owner) error {
+	cur, _, err := ReadOwner(ctx, st, id)
+	if err != nil {
+		return err
+	}
+	if cur.Addr != o.Addr || cur.Epoch != o.Epoch {
+		return fmt.Errorf("%w: disk %s is owned by host %s under epoch %d now (this writer had epoch %d)", ErrLeaseLost, id, cur.Host, cur.Epoch, o.Epoch)
+	}
+	return nil
+}
