@@ -128,7 +128,7 @@ bench-memory:
 # package at a time, and destroys the cluster, also on failure or timeout.
 # Every step is bounded: it fails loudly rather than hangs.
 CEPH_TAGS := ceph,pacific
-CEPH_PKGS ?= ./storage/rados/... ./storage/location/... ./control/store/ ./cluster/
+CEPH_PKGS ?= ./storage/rados/... ./storage/location/... ./control/store/ ./cluster/ ./volume/
 # The integration tests of hosts sharing a pool (real daemons, mounts).
 CEPH_ITESTS ?= TestTwoHosts
 .PHONY: build-ceph test-ceph
@@ -137,7 +137,7 @@ build-ceph:
 	$(GO) build -ldflags "$(LDFLAGS)" -tags $(CEPH_TAGS) -o $(BIN)/hostcryptd-ceph ./cmd/hostcryptd
 
 test-ceph: build-ceph
-	$(GO) vet -tags $(CEPH_TAGS) ./storage/... ./cmd/... ./hostd/... ./cluster/... ./control/... ./integration/...
+	$(GO) vet -tags $(CEPH_TAGS) ./storage/... ./cmd/... ./hostd/... ./cluster/... ./control/... ./volume/... ./integration/...
 	@dir=$$(mktemp -d "$${TMPDIR:-/var/tmp}/hostcrypt-ceph.XXXXXX") && \
 	  timeout -k 30s 5m scripts/ceph-cluster.sh with "$$dir" sh -c '\
 	    $(GO) test -race -count=1 -p 1 -timeout 4m -tags $(CEPH_TAGS) $(CEPH_PKGS) && \

@@ -81,12 +81,26 @@ type Options struct {
 	// save nothing. 0 means DefaultSlowStorage; negative caches random
 	// I/O whatever the latency.
 	SlowStorage time.Duration
+	// SharedStorage says that the remote is shared with other hosts (a
+	// RADOS pool), one of which takes the disk over when this host dies,
+	// and this host's cache directory dies with it. In ReadWrite,
+	// Chunk.Sync then writes the object's dirty pages back and syncs the
+	// remote before it returns, so that what a guest's flush acknowledged
+	// is in the remote, not only here. Writes between syncs are still
+	// absorbed by the cache, and a page written many times between two
+	// syncs goes back once. Without it (the host's own storage),
+	// Chunk.Sync makes writes durable in the cache directory, which the
+	// next New on this host writes back. None and ReadOnly ignore it:
+	// their Sync is the remote's.
+	SharedStorage bool
 }
 
 // Stats are a cache's counters. Hits and Misses count pages looked up by
 // reads; Evictions counts pages dropped to make room; Flushes counts
-// write-back rounds that wrote at least one page; WrittenBackBytes counts
-// the bytes they wrote to the remote backend. Bypassed counts reads and
+// write-back rounds that wrote at least one page (a Flush, background or
+// not, and with Options.SharedStorage each Chunk.Sync that wrote its
+// object back); WrittenBackBytes counts the bytes they wrote to the remote
+// backend. Bypassed counts reads and
 // writes that went around the cache (sequential, or with a fast remote);
 // StorageLatency is the remote's measured latency (0 until measured) and
 // SlowStorage whether random I/O is cached for it.
@@ -119,6 +133,8 @@ const (
 type Cache struct {
 	remote storage.Backend
 	mode   Mode
+	// shared: Chunk.Sync writes back (Options.SharedStorage).
+	shared bool
 	dir    string
 	log    *slog.Logger
 	data   *os.File // the slot file; nil with None
@@ -262,7 +278,7 @@ func New(ctx context.Context, remote storage.Backend, o Options) (*Cache, error)
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	c := &Cache{remote: remote, mode: mode, dir: o.Dir, log: log, objs: map[string]*object{}}
+	c := &Cache{remote: remote, mode: mode, shared: o.SharedStorage, dir: o.Dir, log: log, objs: map[string]*object{}}
 	c.pol = newPolicy(o)
 	if mode == None {
 		if o.Dir != "" {

@@ -78,6 +78,8 @@ type env struct {
 	// pattern and however fast the local store is.
 	cutoff int64
 	slow   time.Duration
+	// shared is the cache's SharedStorage.
+	shared bool
 }
 
 func newEnv(t testing.TB) *env {
@@ -97,7 +99,7 @@ func (e *env) reopenRemote(t testing.TB) {
 func (e *env) open(t testing.TB, mode cache.Mode, max int64) *cache.Cache {
 	c, err := cache.New(context.Background(), e.remote, cache.Options{
 		Mode: mode, Dir: e.cacheDir, MaxBytes: max, FlushInterval: time.Hour,
-		SequentialCutoff: e.cutoff, SlowStorage: e.slow,
+		SequentialCutoff: e.cutoff, SlowStorage: e.slow, SharedStorage: e.shared,
 	})
 	require.NoError(t, err)
 	return c

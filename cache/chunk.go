@@ -244,6 +244,8 @@ func (h *chunk) PunchHole(off, n int64) error {
 // write is made durable in the cache (the data file, then the dirty-page
 // index), and the remote chunk is synced only if something went to it
 // directly (its creation, or a write that found no room in the cache).
+// On shared storage (Options.SharedStorage), a ReadWrite Sync writes the
+// object's dirty pages back and syncs the remote chunk instead.
 func (h *chunk) Sync() error {
 	if err := h.live(); err != nil {
 		return err
@@ -251,6 +253,9 @@ func (h *chunk) Sync() error {
 	c, o := h.c, h.o
 	if c.mode == ReadOnly {
 		return o.remote.Sync()
+	}
+	if c.shared {
+		return c.syncBack(o)
 	}
 	if err := c.commit(); err != nil {
 		return err

@@ -22,6 +22,11 @@
 //     (every Options.FlushInterval), on Flush, on Close, and when the cache
 //     needs their room. Chunk.Sync makes completed writes durable in the
 //     cache, not in the remote: that is what a guest's fsync waits for.
+//     On storage shared with other hosts (Options.SharedStorage), a host
+//     that dies takes its cache with it while another host carries on
+//     with the disk, so Chunk.Sync writes the object's dirty pages back
+//     and syncs the remote chunk before it returns, as ReadOnly's does;
+//     between syncs, writes still land in the cache and coalesce there.
 //
 // # What goes through the cache
 //

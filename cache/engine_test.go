@@ -7,6 +7,7 @@ import (
 	"crypto/rand"
 	"errors"
 	mrand "math/rand/v2"
+	"os"
 	"sync"
 	"testing"
 
@@ -46,12 +47,22 @@ func (k testKEK) UnwrapKey(_ context.Context, w disk.WrappedKey) ([]byte, error)
 // TestEngineOverCache runs the disk engine over each cache mode: writes
 // from many goroutines, Sync, and for ReadWrite a crash (the cache and the
 // disk dropped unclosed). The disk opened straight on the remote store
-// afterwards must read back every synced write.
+// afterwards must read back every synced write. On shared storage the
+// crash takes the cache directory too: nothing is recovered from it.
 func TestEngineOverCache(t *testing.T) {
-	for _, mode := range []cache.Mode{cache.ReadOnly, cache.ReadWrite} {
-		t.Run(string(mode), func(t *testing.T) {
+	for _, tc := range []struct {
+		mode   cache.Mode
+		shared bool
+	}{{cache.ReadOnly, false}, {cache.ReadWrite, false}, {cache.ReadWrite, true}} {
+		mode := tc.mode
+		name := string(mode)
+		if tc.shared {
+			name += "-shared"
+		}
+		t.Run(name, func(t *testing.T) {
 			ctx := t.Context()
 			e := newEnv(t)
+			e.shared = tc.shared
 			c := e.open(t, mode, cache.MinBytes) // smaller than the disk
 			kek := testKEK{key: random(t, 32)}
 			const size = 4 * mib
@@ -87,7 +98,10 @@ func TestEngineOverCache(t *testing.T) {
 			require.Equal(t, model, got, "through the cache")
 			// Drop d and c without closing either.
 
-			if mode == cache.ReadWrite {
+			switch {
+			case tc.shared:
+				require.NoError(t, os.RemoveAll(e.cacheDir))
+			case mode == cache.ReadWrite:
 				e.reopenRemote(t)
 				c2 := e.open(t, mode, cache.MinBytes) // recovers
 				require.NoError(t, c2.Close())

@@ -81,6 +81,37 @@ func (c *Cache) Flush(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
+// syncBack is Chunk.Sync of a ReadWrite cache on shared storage: every
+// write to o completed before it is in the remote, and synced there, when
+// it returns, as in ReadOnly. It writes o's dirty pages back and syncs the
+// remote chunk (also when no page is dirty: a write around the cache or a
+// punched hole is synced too), counted as a write-back round, then
+// commits the dirty-page index without the pages it cleaned, as Flush
+// does: the index must not name a page whose newer bytes, written around
+// the cache since, the remote holds (see Crash safety in the package
+// comment). Only o is written back; the disk engine syncs each chunk it
+// wrote, and the other objects' dirty pages keep coalescing writes.
+func (c *Cache) syncBack(o *object) error {
+	start := time.Now()
+	c.mu.Lock()
+	pgs := make([]*page, 0, len(o.dirty))
+	for _, pg := range o.dirty {
+		pgs = append(pgs, pg)
+	}
+	c.mu.Unlock()
+	slices.SortFunc(pgs, func(a, b *page) int { return cmp.Compare(a.n, b.n) })
+	n, err := c.writeBack(o, pgs)
+	if n > 0 {
+		c.flushes.Add(1)
+		c.writtenBack.Add(n)
+		c.writeBackNanos.Add(int64(time.Since(start)))
+	}
+	if err != nil {
+		return fmt.Errorf("write back %s: %w", o.key, err)
+	}
+	return c.commit()
+}
+
 // writeBack writes pgs (dirty pages of o, in order) to the remote in runs
 // of consecutive pages, several runs at a time, syncs it, and marks clean
 // every page not written again meanwhile. It returns the bytes written.
@@ -126,9 +157,13 @@ func (c *Cache) writeBack(o *object, pgs []*page) (int64, error) {
 				break
 			}
 			c.mu.Lock()
+			dirty := pg.dirty
 			vers[j], los[j], his[j] = pg.ver, int64(pg.lo), int64(pg.hi)
 			c.mu.Unlock()
-			if j > i && los[j] != 0 {
+			// A page cleaned meanwhile was written back, and the remote
+			// synced, by another round (a Flush and a Sync on shared
+			// storage may both hold it): the remote has its bytes.
+			if !dirty || j > i && los[j] != 0 {
 				pg.rw.RUnlock()
 				break
 			}

@@ -73,17 +73,26 @@ func record(i, v int) []byte {
 // In the mixed run, two adjacent records written one after the other make
 // a stream that reaches the sequential cut-off: writes go into the cache
 // and around it on the same pages.
+//
+// On shared storage the host is lost with its cache: the cache directory
+// is removed instead of recovered, and every record must still hold what
+// its last acknowledged Sync covered, from the remote alone.
 func TestCrashUnderLoad(t *testing.T) {
-	for _, mixed := range []bool{false, true} {
-		name := "cached"
-		if mixed {
-			name = "mixed"
+	for _, shared := range []bool{false, true} {
+		for _, mixed := range []bool{false, true} {
+			name := "cached"
+			if mixed {
+				name = "mixed"
+			}
+			if shared {
+				name = "shared-" + name
+			}
+			t.Run(name, func(t *testing.T) { crashUnderLoad(t, mixed, shared) })
 		}
-		t.Run(name, func(t *testing.T) { crashUnderLoad(t, mixed) })
 	}
 }
 
-func crashUnderLoad(t *testing.T, mixed bool) {
+func crashUnderLoad(t *testing.T, mixed, shared bool) {
 	const (
 		workers = 8
 		records = 400 // 1.6 MiB of records in a 1 MiB cache
@@ -94,6 +103,7 @@ func crashUnderLoad(t *testing.T, mixed bool) {
 	if mixed {
 		e.cutoff = 8 * kib
 	}
+	e.shared = shared
 	c := e.open(t, cache.ReadWrite, cache.MinBytes)
 	ch, err := c.OpenChunk(t.Context(), "k", true)
 	require.NoError(t, err)
@@ -131,11 +141,26 @@ func crashUnderLoad(t *testing.T, mixed bool) {
 	if mixed {
 		require.Positive(t, c.Stats().Bypassed)
 	}
+	// A last acknowledged round, which no write after it pushes out of
+	// the cache.
+	for i := range 16 {
+		written[i]++
+		writeAt(t, ch, record(i, written[i]), int64(base+i*rs))
+	}
+	require.NoError(t, ch.Sync())
+	for i := range 16 {
+		acked[i] = written[i]
+	}
 	// Abandon c: no Close, no Flush.
 
-	e.reopenRemote(t)
-	c2 := e.open(t, cache.ReadWrite, cache.MinBytes)
-	defer c2.Close()
+	if shared {
+		// The host is gone, and its cache with it.
+		require.NoError(t, os.RemoveAll(e.cacheDir))
+	} else {
+		e.reopenRemote(t)
+		c2 := e.open(t, cache.ReadWrite, cache.MinBytes)
+		defer c2.Close()
+	}
 	got := e.remoteBytes(t, "k", base, records*rs)
 	for i := range records {
 		rec := got[i*rs : (i+1)*rs]

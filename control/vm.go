@@ -359,6 +359,7 @@ func (h *Host) openAttached(ctx context.Context, r *store.Records, vm string, d 
 		CacheDir: h.cacheDir(d), CacheBytes: h.cfg.CacheSize,
 		SequentialCutoff: h.cfg.CacheSequentialCutoff, SlowStorage: h.cfg.CacheSlowStorage,
 		FlushInterval: h.cfg.FlushInterval, Log: h.log,
+		SharedStorage: h.shared(),
 	})
 }
 

@@ -63,6 +63,12 @@ type Config struct {
 	// (see cache.Options); zero takes the cache's defaults.
 	SequentialCutoff int64
 	SlowStorage      time.Duration
+	// SharedStorage says Storage is shared with other hosts (a RADOS pool),
+	// one of which takes the disk over if this host dies: a guest's flush
+	// on a ReadWrite-cached disk then returns only once its writes are in
+	// Storage, not when they are durable in the host cache (see
+	// cache.Options.SharedStorage).
+	SharedStorage bool
 	// OpenOptions are the engine's (disk.CustomerManaged, ...).
 	OpenOptions []disk.OpenOption
 	// FlushInterval is how often the engine syncs by itself when the guest
@@ -88,7 +94,7 @@ func (c Config) PlainDir() string {
 
 func (c Config) cacheOptions(mode cache.Mode, dir string) cache.Options {
 	return cache.Options{Mode: mode, Dir: dir, MaxBytes: c.CacheBytes, Logger: c.Log,
-		SequentialCutoff: c.SequentialCutoff, SlowStorage: c.SlowStorage}
+		SequentialCutoff: c.SequentialCutoff, SlowStorage: c.SlowStorage, SharedStorage: c.SharedStorage}
 }
 
 // Volume is one open disk.

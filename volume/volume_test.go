@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"os"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -87,6 +88,52 @@ func TestCachePlacement(t *testing.T) {
 		assert.False(t, v.Stats().HasCache)
 		_, err = v.Close()
 		require.NoError(t, err)
+	}
+}
+
+// On shared storage a flush of a ReadWrite-cached disk returns once its
+// writes are in storage, with encryption at host (the cache under the
+// engine) and without (above it). A copy of storage taken as the flush
+// returns is what another host finds if this one dies then, its host
+// cache with it: it holds every write.
+func TestSharedStorageFlushReachesStorage(t *testing.T) {
+	for _, eah := range []bool{true, false} {
+		f := newFixture(t)
+		cfg := f.config(cache.ReadWrite, eah)
+		cfg.SharedStorage = true
+		v, err := Open(bg, cfg)
+		require.NoError(t, err)
+		want := make([]byte, 2<<20)
+		p := pattern(1 << 20)
+		_, err = v.Image().WriteAt(p, 4096)
+		require.NoError(t, err)
+		copy(want[4096:], p)
+		for i := range 16 {
+			q := pattern(512)
+			off := int64(i)*100*1024 + 512
+			_, err = v.Image().WriteAt(q, off)
+			require.NoError(t, err)
+			copy(want[off:], q)
+		}
+		require.NoError(t, v.Image().Sync())
+		assert.Positive(t, v.Stats().Cache.WrittenBackBytes, "the flush wrote the cache back")
+
+		other := filepath.Join(t.TempDir(), "storage")
+		require.NoError(t, os.CopyFS(other, os.DirFS(filepath.Join(f.root, "storage"))))
+		_, err = v.Close()
+		require.NoError(t, err)
+
+		sb, err := local.Open(other)
+		require.NoError(t, err)
+		v2, err := Open(bg, Config{Name: "d1", Storage: sb, Prefix: "disks/d1", Keys: f.keys})
+		require.NoError(t, err)
+		got := make([]byte, len(want))
+		_, err = v2.Image().ReadAt(got, 0)
+		require.NoError(t, err)
+		assert.True(t, bytes.Equal(want, got), "encryption at host %v: the flushed writes are in storage", eah)
+		_, err = v2.Close()
+		require.NoError(t, err)
+		require.NoError(t, sb.Close())
 	}
 }
 
