@@ -68,7 +68,9 @@ type Disk struct {
 	ra      readAheadState
 
 	// win decides whether short reads read the pages around them
-	// (window.go).
+	// (window.go). Every short read writes to it: it keeps off the
+	// lines of the fields around it.
+	_   [64]byte
 	win readWindows
 
 	// work counts the crypto and background syncs behind the I/O (Stats).
@@ -945,21 +947,17 @@ func (j *openJob) read(lo, hi, ss int) error {
 		return err
 	}
 	w := &d.win
-	wide, watched, sampled, now := w.choose()
+	wide, watched, sampled, start := w.choose(d.mono)
 	var tag uint64
 	covered := false
 	if watched {
 		tag = windowTag(j.base/int64(d.lay.chunkBlocks), j.slot, w0)
-		covered = w.covered(tag, first-w0, n, now)
-	}
-	var start time.Duration
-	if sampled {
-		start = d.mono()
+		covered = w.covered(tag, first-w0, n, start)
 	}
 	if !wide {
 		_, err := j.st.obj.ReadAt(j.run[lo*ss:hi*ss], j.off+int64(lo*ss))
 		if err == nil && sampled {
-			w.sample(covered, d.mono()-start)
+			d.windowSample(covered, d.mono()-start)
 		}
 		return err
 	}
@@ -970,13 +968,22 @@ func (j *openJob) read(lo, hi, ss int) error {
 		return err
 	}
 	if sampled {
-		w.sample(covered, d.mono()-start)
+		d.windowSample(covered, d.mono()-start)
 	}
 	if watched {
-		w.remember(tag, first-w0, n, w1-w0, now)
+		w.remember(tag, first-w0, n, w1-w0, start)
 	}
 	copy(j.run[lo*ss:hi*ss], win[(first-w0)*BlockSize:])
 	return nil
+}
+
+// windowSample adds a short read's time to the window's samples, and logs
+// when that turns the window on or off.
+func (d *Disk) windowSample(covered bool, took time.Duration) {
+	if flipped, cov, oth := d.win.sample(covered, took); flipped {
+		d.log.Debug("read window", "on", !d.win.off.Load(),
+			"fast_read_around_pct", cov, "fast_other_pct", oth)
+	}
 }
 
 // within returns where block i of a chunk lies in a request buffer that

@@ -1,6 +1,7 @@
 package disk
 
 import (
+	"math/bits"
 	"sync/atomic"
 	"time"
 )
@@ -15,16 +16,22 @@ import (
 // the bytes each read fetches.
 //
 // So the engine watches its own reads. It remembers the pages it read
-// around in its last windowAge short reads (seen) and times every short
-// read: one that asks for such a page is "covered", any other is not. When covered
-// reads come back no faster than the others, the backend keeps nothing the
-// window could give, and short reads read only their own pages; when they
-// come back clearly faster, the window is on. Both are measured over the
-// same stretch of reads, so a busier or quieter store moves both alike.
-// While the window is off, one short read in probeEvery still reads its
-// window, so that covered reads go on being observed and a backend that
-// starts keeping pages (a page cache emptied, then filling) turns it on
-// again.
+// around in the last windowAge (seen) and times every short read: one that
+// asks for such a page is "covered", any other is not. A read is "fast"
+// when it took at most fastFactor times what the median covered read took
+// in the stretch of reads before: on local storage, where covered reads
+// are page-cache hits, that tells a hit from a trip to the device; on a
+// store where every read is a trip, covered or not, most reads of either
+// kind are fast by it. The window pays by the share of reads it turns fast: when covered
+// reads are fast clearly more often than the others, the window is on; when
+// hardly more often, it is off, whether because the store keeps nothing
+// (RADOS) or because nearly everything is kept already (a page cache that
+// holds the whole disk, where the window's only effect is to copy 28 KiB
+// more per read). Both shares come from the same stretch of reads, so a
+// busier or quieter store moves both alike. While the window is off, one
+// short read in probeEvery still reads its window, so that covered reads go
+// on being observed and a backend that starts keeping pages (a page cache
+// emptied, then filling) turns it on again.
 //
 // The choice is made from what the reads cost, never from which backend
 // this is: a remote store with a cache of its own may well earn the window.
@@ -34,8 +41,9 @@ import (
 const readWindow = 8
 
 const (
-	// windowPeriod is how many covered reads each decision looks at.
-	windowPeriod = 64
+	// windowPeriod is how many covered reads each period looks at; a
+	// change of the window takes two periods in a row that ask for it.
+	windowPeriod = 128
 	// windowMinOthers is how many other reads a decision needs beside
 	// them; with fewer the period is dropped and nothing changes.
 	windowMinOthers = 16
@@ -45,6 +53,20 @@ const (
 	probeEvery = 64
 	// 1<<seenBits recent windows are remembered, 8 bytes each.
 	seenBits = 11
+	// fastFactor: a read is fast when it took at most this many times
+	// the median covered read of the period before (to a power of two).
+	fastFactor = 2
+	// The window goes on when covered reads are fast more often than the
+	// others by windowOn (a share, in percent), off when by less than
+	// windowOff. A read around brings in seven neighbours and costs a
+	// copy of 28 KiB (about 2 µs from the page cache) on every read: on
+	// local storage it pays while more than a few percent of the reads
+	// still go to the device, so it goes off only when hardly any do.
+	// On a store that keeps nothing both shares are the same but for
+	// the noise of 128 samples (a few percent), and a change needs two
+	// periods in a row.
+	windowOn  = 8
+	windowOff = 2
 )
 
 // windowMode fixes the choice, for tests and benchmarks that compare the
@@ -57,27 +79,38 @@ const (
 	windowNever
 )
 
-// windowAge is how many short reads a window counts for: a page read around
-// longer ago is no longer looked for, as a page cache emptied since (or a
-// store changed) would make old windows look as if they did not pay.
-const windowAge = 8192
+// windowAge is how long a window counts for: a page read around longer ago
+// is no longer looked for, so that a page cache emptied since (between two
+// jobs, say) does not make old windows look as if they did not pay. It is
+// time, not a number of reads, for that reason: a pause in the reads is
+// when such things happen.
+const windowAge = 2 * time.Second
 
 // readWindows is a disk's record of its read windows. Every field is an
 // atomic: short reads update it without a lock.
 type readWindows struct {
-	mode  atomic.Int32  // windowMode
-	off   atomic.Bool   // observed: short reads read only their pages
-	votes atomic.Int32  // periods in a row that voted to flip off
-	reads atomic.Uint64 // short reads watched
+	// Read by every short read, written seldom.
+	mode   atomic.Int32 // windowMode
+	off    atomic.Bool  // observed: short reads read only their pages
+	median atomic.Int64 // the median covered time of the period before (0: none yet)
+	votes  atomic.Int32 // periods in a row that asked for a change
+	flips  atomic.Uint64
+	last   atomic.Uint64 // the stamp of the last short read
+	_      [24]byte      // the counters below, written by every short read, on lines of their own
 
-	// The current period's samples: count and total time of covered
-	// reads, and of the others.
-	covN, covT, othN, othT atomic.Int64
-	flips                  atomic.Uint64
+	// reads counts short reads while off: one in probeEvery probes.
+	reads atomic.Uint64
+	// The current period's samples: how many covered reads and how many
+	// of them were fast; the same of the others, as count<<32 | fast;
+	// and the covered reads' times, counted by their bit length in
+	// nanoseconds.
+	covN, covFast atomic.Int64
+	oth           atomic.Int64
+	covTimes      [64]atomic.Int64
 
 	// seen holds recent windows, one per slot of a small hash table:
 	// tag<<24 | stamp<<8 | a bit for each page read around and not yet
-	// asked for, where stamp is reads/64 when it was read (16 bits).
+	// asked for, where stamp is when it was read (see stamp).
 	seen [1 << seenBits]atomic.Uint64
 }
 
@@ -92,29 +125,32 @@ func (w *readWindows) slot(tag uint64) *atomic.Uint64 {
 	return &w.seen[(tag*0x9e3779b97f4a7c15)>>(64-seenBits)]
 }
 
-func stamp(reads uint64) uint64 { return reads >> 6 & 0xffff }
+// stamp is a time on the disk's monotonic clock in units of 2^24 ns
+// (16.8 ms), 16 bits of it: it comes round every 18 minutes, when a window
+// that old, if still in seen, would count once more by mistake.
+func stamp(t time.Duration) uint64 { return uint64(t) >> 24 & 0xffff }
 
 // covered reports whether pages [i, i+n) of the window tag were all read
-// around by one of the last windowAge reads and not asked for since, and
-// forgets them: the window earned them once, a second read of the page owes
-// it nothing. now is the read's number.
-func (w *readWindows) covered(tag uint64, i, n int, now uint64) bool {
+// around within windowAge before now and not asked for since, and forgets
+// them: the window earned them once, a second read of the page owes it
+// nothing.
+func (w *readWindows) covered(tag uint64, i, n int, now time.Duration) bool {
 	s := w.slot(tag)
 	e := s.Load()
-	if e>>24 != tag || (stamp(now)-e>>8)&0xffff > windowAge>>6 {
+	if e>>24 != tag || (stamp(now)-e>>8)&0xffff > uint64(windowAge)>>24 {
 		return false
 	}
-	bits := uint64(1<<n-1) << i
-	if e&bits != bits {
+	mask := uint64(1<<n-1) << i
+	if e&mask != mask {
 		return false
 	}
-	s.CompareAndSwap(e, e&^bits) // lost to a concurrent change: no matter
+	s.CompareAndSwap(e, e&^mask) // lost to a concurrent change: no matter
 	return true
 }
 
-// remember records that read number now read the window tag for pages
+// remember records that a read at now read the window tag for pages
 // [i, i+n) of it, of pages pages.
-func (w *readWindows) remember(tag uint64, i, n, pages int, now uint64) {
+func (w *readWindows) remember(tag uint64, i, n, pages int, now time.Duration) {
 	around := uint64(1<<pages-1) &^ (uint64(1<<n-1) << i)
 	if around != 0 {
 		w.slot(tag).Store(tag<<24 | stamp(now)<<8 | around)
@@ -123,61 +159,95 @@ func (w *readWindows) remember(tag uint64, i, n, pages int, now uint64) {
 
 // choose tells how the next short read goes: whether it reads its window,
 // whether it is watched (checked against the windows seen, and its window
-// remembered; now is then its number), and whether its time belongs to the
-// period's samples (a probe's does not: it is not the kind of read the
-// others are).
-func (w *readWindows) choose() (wide, watched, sampled bool, now uint64) {
+// remembered), and whether its time belongs to the period's samples (a
+// probe's does not: it is not the kind of read the others are). A watched
+// read starts at now, read from clock.
+//
+// After a pause of windowAge without short reads the window is on again,
+// as on a disk just opened: what made it go off may have changed meanwhile
+// (a page cache emptied), and the probes of a window that is off would
+// take seconds to show it.
+func (w *readWindows) choose(clock func() time.Duration) (wide, watched, sampled bool, now time.Duration) {
 	switch windowMode(w.mode.Load()) {
 	case windowAlways:
 		return true, false, false, 0
 	case windowNever:
 		return false, false, false, 0
 	}
-	now = w.reads.Add(1)
+	now = clock()
+	if t, last := stamp(now), w.last.Load(); t != last {
+		if (t-last)&0xffff > uint64(windowAge)>>24 && w.off.Load() {
+			w.votes.Store(0)
+			w.median.Store(0)
+			w.off.Store(false)
+		}
+		w.last.Store(t)
+	}
 	if !w.off.Load() {
 		return true, true, true, now
 	}
-	if now%probeEvery == 0 {
+	if w.reads.Add(1)%probeEvery == 0 {
 		return true, true, false, now
 	}
 	return false, true, true, now
 }
 
-// sample adds the time of one short read of the current kind.
-func (w *readWindows) sample(covered bool, took time.Duration) {
-	if !covered {
-		w.othT.Add(int64(took))
-		w.othN.Add(1)
-		return
+// sample adds one short read of the current kind, which took took. When it
+// closes a period that turns the window on or off it says so, with the
+// period's shares (in percent) of fast covered and other reads.
+func (w *readWindows) sample(covered bool, took time.Duration) (flipped bool, cov, oth int64) {
+	t := max(int64(took), 1)
+	fast := int64(0)
+	if m := w.median.Load(); m != 0 && t <= fastFactor*m {
+		fast = 1
 	}
-	w.covT.Add(int64(took))
+	if !covered {
+		w.oth.Add(1<<32 | fast)
+		return false, 0, 0
+	}
+	w.covTimes[bits.Len64(uint64(t))].Add(1)
+	w.covFast.Add(fast)
 	n := w.covN.Add(1)
 	if n < windowPeriod || !w.covN.CompareAndSwap(n, 0) {
-		return
+		return false, 0, 0
 	}
 	// This read closes the period; samples added meanwhile by others fall
-	// into either period, which is no matter for an average.
-	covT, othT, othN := w.covT.Swap(0), w.othT.Swap(0), w.othN.Swap(0)
-	if othN < windowMinOthers {
-		return
+	// into either period, which is no matter for a share.
+	covFast, o := w.covFast.Swap(0), w.oth.Swap(0)
+	othN, othFast := o>>32, o&(1<<32-1)
+	var times [64]int64
+	total := int64(0)
+	for b := range times {
+		times[b] = w.covTimes[b].Swap(0)
+		total += times[b]
 	}
-	cov, oth := covT/n, othT/othN
-	if w.off.Load() {
-		// On when covered reads take less than half the time of others.
-		if 2*cov < oth && w.off.CompareAndSwap(true, false) {
-			w.flips.Add(1)
+	median := int64(0)
+	for b, seen := 0, int64(0); b < len(times); b++ {
+		if seen += times[b]; 2*seen >= total {
+			median = 1 << b // the top of the bucket: times of bit length b are below 2^b
+			break
 		}
-		return
 	}
-	// Off when they do not take a third less, two periods in a row.
-	// Between the two lines the window stays as it is, so that a ratio
-	// near either does not flip it at every period.
-	if 3*cov < 2*oth {
-		w.votes.Store(0)
-		return
+	classified := w.median.Swap(median) != 0
+	if !classified || othN < windowMinOthers {
+		return false, 0, 0
 	}
-	if w.votes.Add(1) >= 2 && w.off.CompareAndSwap(false, true) {
+	cov, oth = 100*covFast/n, 100*othFast/othN
+	ask := cov-oth > windowOn
+	if !w.off.Load() {
+		ask = cov-oth < windowOff
+	}
+	if !ask {
 		w.votes.Store(0)
+		return false, cov, oth
+	}
+	if w.votes.Add(1) < 2 {
+		return false, cov, oth
+	}
+	w.votes.Store(0)
+	off := w.off.Load()
+	if flipped = w.off.CompareAndSwap(off, !off); flipped {
 		w.flips.Add(1)
 	}
+	return flipped, cov, oth
 }

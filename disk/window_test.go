@@ -179,14 +179,38 @@ func TestReadWindowWhereItPays(t *testing.T) {
 		require.Less(t, perRead, BlockSize*1.2)
 
 		// The same store, now keeping what it reads, as the page cache
-		// does after it was emptied: the probes' neighbours come back
-		// faster, and the window is on again.
+		// does after it was emptied. With no pause in the reads the
+		// probes find the neighbours they read coming back faster, and
+		// turn the window on again; the windows of before are forgotten
+		// here as windowAge would forget them.
 		m.keep(true)
-		for i := 0; i < 40 && d.win.off.Load(); i++ {
-			randomReads(t, d, want, r, 500)
+		d.win.seen = [len(d.win.seen)]atomic.Uint64{}
+		again := 0
+		for ; again < 20000 && d.win.off.Load(); again += 100 {
+			randomReads(t, d, want, r, 100)
 		}
 		require.False(t, d.win.off.Load(), "the window stayed off on a store that keeps pages")
+		t.Logf("on again within %d reads", again)
 		require.Equal(t, uint64(2), d.win.flips.Load())
+	})
+
+	t.Run("after a pause", func(t *testing.T) {
+		m := newModelStore(t, false)
+		d, want := windowDisk(t, m, size)
+		r := mrand.New(mrand.NewPCG(5, 6))
+		randomReads(t, d, want, r, reads)
+		require.True(t, d.win.off.Load())
+		m.counted()
+		randomReads(t, d, want, r, 1)
+		bytes, _ := m.counted()
+		require.Equal(t, int64(BlockSize), bytes)
+		// A pause longer than windowAge: the next short read reads its
+		// window, as on a disk just opened.
+		m.clock.Add(int64(2 * windowAge))
+		randomReads(t, d, want, r, 1)
+		bytes, _ = m.counted()
+		require.Equal(t, int64(readWindow*BlockSize), bytes)
+		require.False(t, d.win.off.Load())
 	})
 }
 
