@@ -41,8 +41,9 @@ import (
 const readWindow = 8
 
 const (
-	// windowPeriod is how many covered reads each period looks at; a
-	// change of the window takes two periods in a row that ask for it.
+	// windowPeriod is how many covered reads each period looks at while
+	// the window is on (a quarter of it while off); a change of the
+	// window takes two periods in a row that ask for it.
 	windowPeriod = 128
 	// windowMinOthers is how many other reads a decision needs beside
 	// them; with fewer the period is dropped and nothing changes.
@@ -63,8 +64,9 @@ const (
 	// local storage it pays while more than a few percent of the reads
 	// still go to the device, so it goes off only when hardly any do.
 	// On a store that keeps nothing both shares are the same but for
-	// the noise of 128 samples (a few percent), and a change needs two
-	// periods in a row.
+	// the noise of 32 covered samples while off (about 5 points), and
+	// turning on needs two periods in a row over the line: now and then
+	// it does, for two periods of windows.
 	windowOn  = 8
 	windowOff = 2
 )
@@ -84,7 +86,16 @@ const (
 // jobs, say) does not make old windows look as if they did not pay. It is
 // time, not a number of reads, for that reason: a pause in the reads is
 // when such things happen.
-const windowAge = 2 * time.Second
+const windowAge = 500 * time.Millisecond
+
+// windowJump: when the median covered read takes this many times what it
+// took in the period before, what the store kept is gone (a page cache
+// emptied without a pause in the reads): the windows seen are forgotten and
+// the window is on, as after a pause. A page-cache hit and a trip to the
+// device differ by more than that; a store that keeps nothing keeps its
+// median within it but for a sudden change of load, which costs two
+// periods of windows.
+const windowJump = 8
 
 // readWindows is a disk's record of its read windows. Every field is an
 // atomic: short reads update it without a lock.
@@ -208,7 +219,14 @@ func (w *readWindows) sample(covered bool, took time.Duration) (flipped bool, co
 	w.covTimes[bits.Len64(uint64(t))].Add(1)
 	w.covFast.Add(fast)
 	n := w.covN.Add(1)
-	if n < windowPeriod || !w.covN.CompareAndSwap(n, 0) {
+	period := int64(windowPeriod)
+	if w.off.Load() {
+		// Covered reads are rare while off (only probes make them):
+		// shorter periods, so that a page cache being filled again is
+		// seen within a second.
+		period = windowPeriod / 4
+	}
+	if n < period || !w.covN.CompareAndSwap(n, 0) {
 		return false, 0, 0
 	}
 	// This read closes the period; samples added meanwhile by others fall
@@ -228,8 +246,18 @@ func (w *readWindows) sample(covered bool, took time.Duration) (flipped bool, co
 			break
 		}
 	}
-	classified := w.median.Swap(median) != 0
-	if !classified || othN < windowMinOthers {
+	prev := w.median.Swap(median)
+	if prev != 0 && median >= windowJump*prev {
+		for i := range w.seen {
+			w.seen[i].Store(0)
+		}
+		w.votes.Store(0)
+		if flipped = w.off.CompareAndSwap(true, false); flipped {
+			w.flips.Add(1)
+		}
+		return flipped, 0, 0
+	}
+	if prev == 0 || othN < windowMinOthers {
 		return false, 0, 0
 	}
 	cov, oth = 100*covFast/n, 100*othFast/othN

@@ -194,6 +194,24 @@ func TestReadWindowWhereItPays(t *testing.T) {
 		require.Equal(t, uint64(2), d.win.flips.Load())
 	})
 
+	t.Run("page cache emptied while reading", func(t *testing.T) {
+		m := newModelStore(t, true)
+		d, want := windowDisk(t, m, size)
+		r := mrand.New(mrand.NewPCG(7, 8))
+		randomReads(t, d, want, r, reads)
+		require.False(t, d.win.off.Load())
+		// Everything kept is dropped, with no pause: the windows seen
+		// before now name pages that are gone, and reading them is a
+		// trip like any other. They must not turn the window off.
+		m.keep(true)
+		m.counted()
+		randomReads(t, d, want, r, reads)
+		bytes, calls := m.counted()
+		require.Equal(t, int64(reads*readWindow*BlockSize), bytes, "every read reads its window")
+		require.Equal(t, int64(reads), calls)
+		require.Zero(t, d.win.flips.Load())
+	})
+
 	t.Run("after a pause", func(t *testing.T) {
 		m := newModelStore(t, false)
 		d, want := windowDisk(t, m, size)
