@@ -91,11 +91,12 @@ const windowAge = 500 * time.Millisecond
 // windowJump: when the median covered read takes this many times what it
 // took in the period before, what the store kept is gone (a page cache
 // emptied without a pause in the reads): the windows seen are forgotten and
-// the window is on, as after a pause. A page-cache hit and a trip to the
-// device differ by more than that; a store that keeps nothing keeps its
-// median within it but for a sudden change of load, which costs two
-// periods of windows.
-const windowJump = 8
+// the window is on, as after a pause. A page-cache hit (a few µs) and a
+// trip to a local device (100 µs or more) differ by more than that. A
+// store that keeps nothing moves its median less, but a sudden change of
+// load can (a store behind Go's sleep timer jumped 8× from one period to
+// the next in BenchmarkReadWindow), and costs two periods of windows.
+const windowJump = 16
 
 // readWindows is a disk's record of its read windows. Every field is an
 // atomic: short reads update it without a lock.
