@@ -22,16 +22,18 @@ import (
 // in the stretch of reads before: on local storage, where covered reads
 // are page-cache hits, that tells a hit from a trip to the device; on a
 // store where every read is a trip, covered or not, most reads of either
-// kind are fast by it. The window pays by the share of reads it turns fast: when covered
-// reads are fast clearly more often than the others, the window is on; when
-// hardly more often, it is off, whether because the store keeps nothing
-// (RADOS) or because nearly everything is kept already (a page cache that
-// holds the whole disk, where the window's only effect is to copy 28 KiB
-// more per read). Both shares come from the same stretch of reads, so a
-// busier or quieter store moves both alike. While the window is off, one
-// short read in probeEvery still reads its window, so that covered reads go
-// on being observed and a backend that starts keeping pages (a page cache
-// emptied, then filling) turns it on again.
+// kind are fast by it. The window pays by the share of reads it turns
+// fast: when covered reads are fast clearly more often than the others, the
+// window is on; when hardly more often, it is off, whether because the
+// store keeps nothing (RADOS) or because nearly everything is kept already
+// (a page cache that holds the whole disk, where the window's only effect
+// is to copy 28 KiB more per read). Both shares come from the same stretch
+// of reads, so a busier or quieter store moves both alike. While the window
+// is off, one short read in probeEvery still reads its window, so that
+// covered reads go on being observed and a backend that starts keeping
+// pages (a page cache emptied, then filling) turns it on again; after a
+// pause in the reads, or a jump of the covered reads' median (windowJump),
+// it is on at once.
 //
 // The choice is made from what the reads cost, never from which backend
 // this is: a remote store with a cache of its own may well earn the window.
