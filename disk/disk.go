@@ -67,6 +67,12 @@ type Disk struct {
 	reading atomic.Int32
 	ra      readAheadState
 
+	// win decides whether short reads read the pages around them
+	// (window.go). Every short read writes to it: it keeps off the
+	// lines of the fields around it.
+	_   [64]byte
+	win readWindows
+
 	// work counts the crypto and background syncs behind the I/O (Stats).
 	// It is written by every request, so it sits on cache lines of its own
 	// and does not evict the fields every request reads (size, closed,
@@ -855,7 +861,7 @@ func (d *Disk) readChunk(ci int64, p []byte, coff int64, quiet bool) error {
 		if d.lay.format != formatV1 {
 			off = d.lay.pageOffset(slot, i)
 		}
-		job := openJob{d: d, st: st, p: p, coff: coff, base: base, first: i, run: run, off: off, quiet: quiet}
+		job := openJob{d: d, st: st, p: p, coff: coff, base: base, first: i, run: run, off: off, slot: slot, quiet: quiet}
 		if j-i >= parallelMin {
 			big := job // only this copy escapes to the goroutines
 			err = d.parallel(j-i, big.open)
@@ -886,6 +892,7 @@ type openJob struct {
 	first int // chunk-relative block of run[0]
 	run   []byte
 	off   int64
+	slot  int  // the slot run is read from
 	quiet bool // a read-ahead: failures raise no alarm
 }
 
@@ -919,15 +926,11 @@ func (j *openJob) open(lo, hi int, sc *scratch) error {
 	return nil
 }
 
-// readWindow is how many pages around a short read of a version 2 chunk
-// are read with it (aligned, within the slot's pages of the chunk).
-const readWindow = 8
-
 // read fills run[lo:hi] (units of ss bytes) from the chunk. A short read of
-// a version 2 chunk reads the aligned window of readWindow pages around it,
-// so that neighbouring blocks whose current version is in the same slot are
-// in the page cache when they are read next: the kernel reads no more than
-// it is asked for at random offsets.
+// a version 2 chunk may read the aligned window of readWindow pages around
+// it, so that neighbouring blocks whose current version is in the same slot
+// are where the backend keeps what it read (the page cache) when they are
+// read next; window.go decides when.
 func (j *openJob) read(lo, hi, ss int) error {
 	d := j.d
 	n := hi - lo
@@ -943,14 +946,44 @@ func (j *openJob) read(lo, hi, ss int) error {
 		_, err := j.st.obj.ReadAt(j.run[lo*ss:hi*ss], j.off+int64(lo*ss))
 		return err
 	}
+	w := &d.win
+	wide, watched, sampled, start := w.choose(d.mono)
+	var tag uint64
+	covered := false
+	if watched {
+		tag = windowTag(j.base/int64(d.lay.chunkBlocks), j.slot, w0)
+		covered = w.covered(tag, first-w0, n, start)
+	}
+	if !wide {
+		_, err := j.st.obj.ReadAt(j.run[lo*ss:hi*ss], j.off+int64(lo*ss))
+		if err == nil && sampled {
+			d.windowSample(covered, d.mono()-start)
+		}
+		return err
+	}
 	bp := d.getBuf((w1 - w0) * BlockSize)
 	defer d.putBuf(bp)
 	win := (*bp)[:(w1-w0)*BlockSize]
 	if _, err := j.st.obj.ReadAt(win, j.off+int64(lo*ss)-int64(first-w0)*BlockSize); err != nil {
 		return err
 	}
+	if sampled {
+		d.windowSample(covered, d.mono()-start)
+	}
+	if watched {
+		w.remember(tag, first-w0, n, w1-w0, start)
+	}
 	copy(j.run[lo*ss:hi*ss], win[(first-w0)*BlockSize:])
 	return nil
+}
+
+// windowSample adds a short read's time to the window's samples, and logs
+// when that turns the window on or off.
+func (d *Disk) windowSample(covered bool, took time.Duration) {
+	if flipped, cov, oth := d.win.sample(covered, took); flipped {
+		d.log.Debug("read window", "on", !d.win.off.Load(),
+			"fast_read_around_pct", cov, "fast_other_pct", oth)
+	}
 }
 
 // within returns where block i of a chunk lies in a request buffer that

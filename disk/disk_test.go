@@ -479,7 +479,9 @@ func TestFlushInterval(t *testing.T) {
 
 // TestShortReadsReadTheirWindow: in format 2 a read of a few blocks reads
 // the aligned window of readWindow pages of its slot around them, one call,
-// so that the neighbours are cached; a longer read reads just what it needs.
+// so that the neighbours are cached (as a disk just opened does, until its
+// reads show that the window does not pay: window_test.go); a longer read
+// reads just what it needs.
 func TestShortReadsReadTheirWindow(t *testing.T) {
 	ctx := context.Background()
 	lb, err := local.Open(t.TempDir())
