@@ -1,0 +1,111 @@
+package control
+
+import (
+	"context"
+	"net/http"
+	"path/filepath"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"hostcrypt/control/api"
+	"hostcrypt/control/keys"
+	"hostcrypt/control/keys/keystest"
+	"hostcrypt/control/store"
+	hfs "hostcrypt/fs"
+	"hostcrypt/storage/local"
+)
+
+// startIn starts host name on s's shared store with a host identity of
+// group (keystest's): the sets' identities are made for the group, and
+// every host of it acts for them.
+func (s *sharedHosts) startIn(t *testing.T, name, group string) (*fixture, *store.Dir) {
+	sb, err := local.Open(filepath.Join(s.dir, "storage"))
+	require.NoError(t, err)
+	hb, err := local.Open(filepath.Join(s.dir, name, "host"))
+	require.NoError(t, err)
+	secrets, err := store.Open(filepath.Join(s.dir, name, "state"), nil)
+	require.NoError(t, err)
+	t.Cleanup(func() { secrets.Close() })
+	s.peers.set(name, true)
+	f := &fixture{tree: &fakeTree{images: map[string]hfs.Image{}}, keys: s.keys}
+	f.cfg = Config{Storage: sb, HostLocal: hb, Keys: s.keys, Tree: f.tree,
+		Store: store.NewShared(sb), Secrets: secrets, Peers: s.peers, HostName: name,
+		HostIdentity: s.keys.Host(group)}
+	f.h, err = New(f.cfg)
+	require.NoError(t, err)
+	t.Cleanup(func() { f.h.Shutdown() })
+	f.h.Recover(context.Background())
+	s.hosts[name] = f
+	return f, secrets
+}
+
+// A disk encryption set made on host a is used on host b: a VM with a
+// customer-managed disk moves from a to b. No host keeps a credential of
+// the set's identity (b had none to use before host identities); a host of
+// another group is refused.
+func TestSharedDESUsedOnEveryHostOfTheGroup(t *testing.T) {
+	s := &sharedHosts{dir: t.TempDir(), peers: &fakePeers{alive: map[string]bool{}}, hosts: map[string]*fixture{}}
+	s.keys = keystest.New().AutoGrant()
+	a, secretsA := s.startIn(t, "a", "g1")
+	b, secretsB := s.startIn(t, "b", "g1")
+	x, _ := s.startIn(t, "x", "g2")
+	ctx := context.Background()
+
+	k := kid("vault1", "k")
+	des := a.mustDES(t, api.CreateDESRequest{Name: "des1", KeyURL: k})
+	assert.Equal(t, "ok", des.KeyAccess)
+	for _, sec := range []*store.Dir{secretsA, secretsB} {
+		cred, err := sec.Credential(ctx, "des1")
+		require.NoError(t, err)
+		assert.Empty(t, cred, "no host keeps a credential of the set's identity")
+	}
+	a.mustDisk(t, api.CreateDiskRequest{Name: "cmk1", SizeBytes: 16 << 20, EncryptionType: api.EncCustomerKey, DiskEncryptionSet: "des1"})
+	a.mustVM(t, api.CreateVMRequest{Name: "vm1", OsDiskSizeBytes: 8 << 20, DataDisks: []api.AttachedDisk{{Name: "cmk1"}}})
+	_, err := a.tree.get("vm1/data-0.img").WriteAt([]byte("customer data"), 0)
+	require.NoError(t, err)
+	require.NoError(t, a.tree.get("vm1/data-0.img").Sync())
+	_, err = a.h.DeallocateVM(ctx, "vm1")
+	require.NoError(t, err)
+
+	// b shows the set's key access as fine, and runs the VM.
+	shown, err := b.h.ShowDES(ctx, "des1")
+	require.NoError(t, err)
+	assert.Equal(t, "ok", shown.KeyAccess)
+	v, err := b.h.StartVM(ctx, "vm1")
+	require.NoError(t, err)
+	assert.Equal(t, "b", v.Host)
+	got := make([]byte, 13)
+	_, err = b.tree.get("vm1/data-0.img").ReadAt(got, 0)
+	require.NoError(t, err)
+	assert.Equal(t, "customer data", string(got))
+	_, err = b.h.DeallocateVM(ctx, "vm1")
+	require.NoError(t, err)
+
+	// A host of another group may not act for the set's identity.
+	_, err = x.h.StartVM(ctx, "vm1")
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "ActForNotAllowed")
+
+	// A user-assigned identity made on a is used on b too.
+	_, err = a.h.CreateIdentity(ctx, api.CreateIdentityRequest{Name: "id1"})
+	require.NoError(t, err)
+	cred, err := secretsA.Credential(ctx, store.IdentityCredential("id1"))
+	require.NoError(t, err)
+	assert.Empty(t, cred)
+	_, err = a.h.CreateDES(ctx, api.CreateDESRequest{Name: "des2", KeyURL: k, UserAssignedIdentity: "id1", SystemAssignedIdentity: new(false)})
+	require.NoError(t, err)
+	b.mustDisk(t, api.CreateDiskRequest{Name: "cmk2", SizeBytes: 16 << 20, EncryptionType: api.EncCustomerKey, DiskEncryptionSet: "des2"})
+	shown, err = b.h.ShowDES(ctx, "des2")
+	require.NoError(t, err)
+	assert.Equal(t, "ok", shown.KeyAccess)
+
+	// A key disabled is refused to every host alike.
+	s.keys.SetKeyState(k, keys.Revoked)
+	for _, f := range []*fixture{a, b} {
+		_, err = f.h.StartVM(ctx, "vm1")
+		requireCode(t, err, http.StatusConflict)
+		assert.Contains(t, err.Error(), "KeyDisabled")
+	}
+}
