@@ -1,7 +1,10 @@
 package control
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
+	"log/slog"
 	"net/http"
 	"path/filepath"
 	"testing"
@@ -17,6 +20,8 @@ import (
 	"hostcrypt/storage/local"
 )
 
+var sealKey = bytes.Repeat([]byte{3}, 32)
+
 // startIn starts host name on s's shared store with a host identity of
 // group (keystest's): the sets' identities are made for the group, and
 // every host of it acts for them.
@@ -31,7 +36,7 @@ func (s *sharedHosts) startIn(t *testing.T, name, group string) (*fixture, *stor
 	s.peers.set(name, true)
 	f := &fixture{tree: &fakeTree{images: map[string]hfs.Image{}}, keys: s.keys}
 	f.cfg = Config{Storage: sb, HostLocal: hb, Keys: s.keys, Tree: f.tree,
-		Store: store.NewShared(sb), Secrets: secrets, Peers: s.peers, HostName: name,
+		Store: store.NewShared(sb, store.WithRecordKey(sealKey)), Secrets: secrets, Peers: s.peers, HostName: name,
 		HostIdentity: s.keys.Host(group)}
 	f.h, err = New(f.cfg)
 	require.NoError(t, err)
@@ -108,4 +113,38 @@ func TestSharedDESUsedOnEveryHostOfTheGroup(t *testing.T) {
 		requireCode(t, err, http.StatusConflict)
 		assert.Contains(t, err.Error(), "KeyDisabled")
 	}
+}
+
+// A customer-managed disk's record edited into a platform-managed one in
+// the shared storage: every host refuses the records, and the API's error
+// names the disk instead of hiding it as an internal failure.
+func TestSharedRecordEditRefused(t *testing.T) {
+	s := &sharedHosts{dir: t.TempDir(), peers: &fakePeers{alive: map[string]bool{}}, hosts: map[string]*fixture{}}
+	s.keys = keystest.New().AutoGrant()
+	a, _ := s.startIn(t, "a", "g1")
+	b, _ := s.startIn(t, "b", "g1")
+	ctx := context.Background()
+	a.mustDES(t, api.CreateDESRequest{Name: "des1", KeyURL: kid("vault1", "k")})
+	a.mustDisk(t, api.CreateDiskRequest{Name: "cmk1", SizeBytes: 16 << 20, EncryptionType: api.EncCustomerKey, DiskEncryptionSet: "des1"})
+
+	be := a.cfg.Storage
+	good, err := be.ReadMeta(ctx, store.RecordsKey)
+	require.NoError(t, err)
+	var top map[string]any
+	require.NoError(t, json.Unmarshal(good, &top))
+	top["disks"].(map[string]any)["cmk1"].(map[string]any)["encryption"] = map[string]any{"type": api.EncPlatformKey}
+	bad, err := json.Marshal(top)
+	require.NoError(t, err)
+	require.NoError(t, be.WriteMeta(ctx, store.RecordsKey, bad))
+
+	for _, f := range []*fixture{a, b} {
+		_, err := f.h.CreateVM(ctx, api.CreateVMRequest{Name: "vm1", OsDiskSizeBytes: 8 << 20, DataDisks: []api.AttachedDisk{{Name: "cmk1"}}})
+		require.ErrorIs(t, err, store.ErrTampered)
+		e := asError(err, slog.Default())
+		assert.Equal(t, api.CodeRecordsTampered, e.Code)
+		assert.Contains(t, e.Message, `disk "cmk1" does not match its seal`)
+	}
+	assert.Empty(t, a.tree.list())
+	require.NoError(t, be.WriteMeta(ctx, store.RecordsKey, good))
+	a.mustVM(t, api.CreateVMRequest{Name: "vm1", OsDiskSizeBytes: 8 << 20, DataDisks: []api.AttachedDisk{{Name: "cmk1"}}})
 }

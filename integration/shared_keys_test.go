@@ -1,0 +1,149 @@
+//go:build ceph
+
+package integration
+
+import (
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"hostcrypt/storage/location"
+)
+
+// The tests of customer keys on a pool that several hosts share: each host
+// has its own key store identity, acts for the disk encryption sets'
+// identities, and seals the shared records with its group's key.
+
+// hostToken has the key store's administrator create host name's identity
+// in group, and returns the file holding its token.
+func hostToken(t *testing.T, ks *ksProc, name, group string) string {
+	t.Helper()
+	f := filepath.Join(t.TempDir(), name+".token")
+	_, errOut, code := runCmd(bin(t, "hostcrypt"), "--keystore", ks.url, "--keystore-ca", filepath.Join(ks.dir, "ca.pem"),
+		"--token-file", filepath.Join(ks.dir, "admin.token"),
+		"identity", "create", "--type", "Host", "--host-group", group, "--display-name", "host/"+name, "--token-out", f)
+	require.Equal(t, 0, code, errOut)
+	return f
+}
+
+// keyedPoolHosts starts two hosts on one pool, each with its own host
+// identity of one group.
+func keyedPoolHosts(t *testing.T, extra ...string) (ks *ksProc, loc string, a, b *host) {
+	ks = startKeystore(t)
+	loc = sharedPool(t)
+	a = newPoolHost(t, ks, loc, "host-a", append([]string{"--host-token-file", hostToken(t, ks, "host-a", "itest")}, extra...)...)
+	b = newPoolHost(t, ks, loc, "host-b", append([]string{"--host-token-file", hostToken(t, ks, "host-b", "itest")}, extra...)...)
+	return ks, loc, a, b
+}
+
+type actorAudit struct {
+	Op        string `json:"operationName"`
+	Caller    string `json:"callerObjectId"`
+	Kid       string `json:"kid"`
+	Result    int    `json:"resultCode"`
+	ActorName string `json:"actorName"`
+	ActorType string `json:"actorType"`
+}
+
+// TestTwoHostsCustomerKeyMove: a disk encryption set made on host A, whose
+// identity no host keeps a credential of, serves host B: a VM with a
+// customer-managed disk deallocated on A starts on B with its data; the
+// key store's audit names the set's identity and the host for each use; a
+// key disabled then stops the VM on B.
+func TestTwoHostsCustomerKeyMove(t *testing.T) {
+	_, _, a, b := keyedPoolHosts(t, "--key-check-interval", "1s")
+	kid, principal := cmkVM(t, a)
+	version := kid[strings.LastIndex(kid, "/")+1:]
+	sum := writePattern(t, a.img("vm1", "data-0.img"))
+	for _, h := range []*host{a, b} {
+		raw, err := os.ReadFile(filepath.Join(h.state, "secrets.json"))
+		if err == nil {
+			assert.NotContains(t, string(raw), "des1", "no host keeps the set's credential")
+		}
+	}
+
+	a.ok("vm", "deallocate", "--name", "vm1")
+	b.ok("vm", "start", "--name", "vm1")
+	var vm struct {
+		PowerState string `json:"powerState"`
+		Host       string `json:"host"`
+	}
+	a.json(&vm, "vm", "show", "--name", "vm1")
+	assert.Equal(t, "host-b", vm.Host)
+	assert.Equal(t, sum, readBack(t, b.img("vm1", "data-0.img")), "the customer-managed disk's data, on B")
+
+	var recs []actorAudit
+	a.json(&recs, "keyvault", "audit", "--name", "vault1")
+	by := map[string]int{}
+	for _, r := range recs {
+		if r.Result != 200 || (r.Op != "KeyWrap" && r.Op != "KeyUnwrap") {
+			continue
+		}
+		assert.Equal(t, principal, r.Caller, "%s as the set's identity", r.Op)
+		assert.Equal(t, "Host", r.ActorType, "%s by a host", r.Op)
+		by[r.ActorName+" "+r.Op]++
+	}
+	assert.Positive(t, by["host/host-a KeyWrap"], "A wrapped the disk's key: %v", by)
+	assert.Positive(t, by["host/host-b KeyUnwrap"], "B unwrapped it: %v", by)
+
+	// Disabled in the key store: B, which runs the VM, stops it.
+	a.ok("key", "set-attributes", "--vault-name", "vault1", "--name", "k1", "--version", version, "--enabled", "false")
+	st := a.waitPower(t, "stopped", 15*time.Second)
+	assert.Contains(t, st.Reason, kid)
+	_, errOut, code := a.run("vm", "start", "--name", "vm1")
+	assert.NotEqual(t, 0, code)
+	assert.Contains(t, errOut, kid, "A refuses it too")
+}
+
+// TestTwoHostsSealedRecords: someone who writes the pool turns a
+// customer-managed disk's record into a platform-managed one. Both hosts
+// refuse the records, naming the disk, until it is put back; nothing was
+// opened with the wrong wrapper.
+func TestTwoHostsSealedRecords(t *testing.T) {
+	_, loc, a, b := keyedPoolHosts(t)
+	cmkVM(t, a)
+	a.ok("vm", "deallocate", "--name", "vm1")
+
+	ctx := context.Background()
+	be, err := location.Open(ctx, loc)
+	require.NoError(t, err)
+	defer be.Close()
+	good, err := be.ReadMeta(ctx, "cluster/records.json")
+	require.NoError(t, err)
+	require.Contains(t, string(good), `"seals"`)
+	var top map[string]any
+	require.NoError(t, json.Unmarshal(good, &top))
+	c1 := top["disks"].(map[string]any)["c1"].(map[string]any)
+	c1["encryption"] = map[string]any{"type": "EncryptionAtRestWithPlatformKey"}
+	bad, err := json.Marshal(top)
+	require.NoError(t, err)
+	require.NoError(t, be.WriteMeta(ctx, "cluster/records.json", bad))
+
+	for _, h := range []*host{a, b} {
+		_, errOut, code := h.run("vm", "start", "--name", "vm1")
+		assert.NotEqual(t, 0, code)
+		assert.Contains(t, errOut, `disk "c1" does not match its seal`)
+		_, errOut, code = h.run("disk", "show", "--name", "c1")
+		assert.NotEqual(t, 0, code)
+		assert.Contains(t, errOut, "integrity check")
+	}
+	_, err = os.Stat(b.img("vm1", "data-0.img"))
+	assert.ErrorIs(t, err, os.ErrNotExist)
+
+	require.NoError(t, be.WriteMeta(ctx, "cluster/records.json", good))
+	b.ok("vm", "start", "--name", "vm1")
+	var d struct {
+		Encryption struct {
+			Type string `json:"type"`
+		} `json:"encryption"`
+	}
+	a.json(&d, "disk", "show", "--name", "c1")
+	assert.Equal(t, "EncryptionAtRestWithCustomerKey", d.Encryption.Type)
+}
