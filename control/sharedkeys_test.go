@@ -7,7 +7,10 @@ import (
 	"log/slog"
 	"net/http"
 	"path/filepath"
+	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -147,4 +150,88 @@ func TestSharedRecordEditRefused(t *testing.T) {
 	assert.Empty(t, a.tree.list())
 	require.NoError(t, be.WriteMeta(ctx, store.RecordsKey, good))
 	a.mustVM(t, api.CreateVMRequest{Name: "vm1", OsDiskSizeBytes: 8 << 20, DataDisks: []api.AttachedDisk{{Name: "cmk1"}}})
+}
+
+// Rotation on a shared store re-wraps each disk once: two hosts' rotation
+// loops running at once agree through the records (a compare-and-swap
+// claim on the set) on which one re-wraps its stopped disks, and a disk
+// whose VM runs on host b is re-wrapped by b alone.
+func TestSharedRotationRewrapsEachDiskOnce(t *testing.T) {
+	s := &sharedHosts{dir: t.TempDir(), peers: &fakePeers{alive: map[string]bool{}}, hosts: map[string]*fixture{}}
+	s.keys = keystest.New().AutoGrant()
+	a, _ := s.startIn(t, "a", "g1")
+	b, _ := s.startIn(t, "b", "g1")
+	ctx := context.Background()
+	k1 := kid("vault1", "k")
+	a.mustDES(t, api.CreateDESRequest{Name: "des1", KeyURL: k1, EnableAutoKeyRotation: true})
+	for _, n := range []string{"s1", "s2", "s3", "r1"} {
+		a.mustDisk(t, api.CreateDiskRequest{Name: n, SizeBytes: 8 << 20, EncryptionType: api.EncCustomerKey, DiskEncryptionSet: "des1"})
+	}
+	b.mustVM(t, api.CreateVMRequest{Name: "vm1", OsDiskSizeBytes: 8 << 20, DataDisks: []api.AttachedDisk{{Name: "r1"}}})
+
+	k2 := strings.TrimSuffix(k1, "0123abcd") + "4567cdef"
+	s.keys.SetLatest(k2)
+	// Each unwrap (one per re-wrap) takes a while, so that the two loops
+	// overlap.
+	s.keys.SetHook(func(ctx context.Context, op string) error {
+		if op == "Customer.UnwrapKey" {
+			time.Sleep(20 * time.Millisecond)
+		}
+		return nil
+	})
+	before := s.keys.Calls("Customer.UnwrapKey")
+	var wg sync.WaitGroup
+	for _, f := range []*fixture{a, b} {
+		wg.Go(func() { f.h.RotateKeys(ctx) })
+	}
+	wg.Wait()
+	// The next passes finish what was left to the other host.
+	b.h.RotateKeys(ctx)
+	a.h.RotateKeys(ctx)
+
+	r := a.records(t)
+	for _, n := range []string{"s1", "s2", "s3", "r1"} {
+		assert.Equal(t, k2, r.Disks[n].KeyID, "disk %s on the new version", n)
+	}
+	d := r.DES["des1"]
+	assert.Equal(t, k2, d.ActiveKey.KeyURL)
+	assert.Empty(t, d.PreviousKeys, "the rotation is over")
+	assert.Nil(t, d.Rewrapping, "no claim left")
+	assert.Empty(t, d.AutoKeyRotationError)
+	assert.Equal(t, 4, s.keys.Calls("Customer.UnwrapKey")-before, "each disk re-wrapped once, by one host")
+
+	// The running disk still opens on b under the new wrap.
+	_, err := b.h.StopVM(ctx, "vm1", "")
+	require.NoError(t, err)
+	_, err = b.h.StartVM(ctx, "vm1")
+	require.NoError(t, err)
+}
+
+// A claim on a set's re-wrap held by a live host turns another host's
+// switch away, naming it; once that host is lost, the claim is void.
+func TestSharedRewrapClaim(t *testing.T) {
+	s := &sharedHosts{dir: t.TempDir(), peers: &fakePeers{alive: map[string]bool{}}, hosts: map[string]*fixture{}}
+	s.keys = keystest.New().AutoGrant()
+	a, _ := s.startIn(t, "a", "g1")
+	b, _ := s.startIn(t, "b", "g1")
+	ctx := context.Background()
+	k1 := kid("vault1", "k")
+	a.mustDES(t, api.CreateDESRequest{Name: "des1", KeyURL: k1})
+	a.mustDisk(t, api.CreateDiskRequest{Name: "d1", SizeBytes: 8 << 20, EncryptionType: api.EncCustomerKey, DiskEncryptionSet: "des1"})
+	release, err := a.h.claimRewrap(ctx, "des1")
+	require.NoError(t, err)
+	k2 := strings.TrimSuffix(k1, "0123abcd") + "4567cdef"
+	_, err = b.h.UpdateDES(ctx, "des1", api.UpdateDESRequest{KeyURL: k2})
+	requireCode(t, err, http.StatusConflict)
+	assert.Contains(t, err.Error(), `being re-wrapped by host "a"`)
+	assert.Equal(t, k1, b.records(t).Disks["d1"].KeyID)
+
+	s.peers.set("a", false)
+	b.h.RotateKeys(ctx) // resumes: a's claim is void
+	r := b.records(t)
+	assert.Equal(t, k2, r.Disks["d1"].KeyID)
+	assert.Empty(t, r.DES["des1"].PreviousKeys)
+	assert.Nil(t, r.DES["des1"].Rewrapping)
+	release() // a's late release leaves b's state alone
+	assert.Equal(t, k2, b.records(t).Disks["d1"].KeyID)
 }
