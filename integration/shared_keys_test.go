@@ -5,6 +5,7 @@ package integration
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -146,4 +147,62 @@ func TestTwoHostsSealedRecords(t *testing.T) {
 	}
 	a.json(&d, "disk", "show", "--name", "c1")
 	assert.Equal(t, "EncryptionAtRestWithCustomerKey", d.Encryption.Type)
+}
+
+// TestTwoHostsKeyRotationOnce: a new version of a set's key, with both
+// hosts' rotation loops running every second: each of the set's disks is
+// re-wrapped exactly once (one unwrap with the old version each, in the
+// key store's audit), the one of the VM running on B by B, and the set's
+// rotation ends with no claim left.
+func TestTwoHostsKeyRotationOnce(t *testing.T) {
+	_, _, a, b := keyedPoolHosts(t, "--rotation-interval", "1s", "--key-check-interval", "1s")
+	kid, principal := cmkVM(t, b)
+	a.ok("disk", "create", "--name", "c2", "--size", "16M", "--disk-encryption-set", "des1")
+	a.ok("disk", "create", "--name", "c3", "--size", "16M", "--disk-encryption-set", "des1")
+	sum := writePattern(t, b.img("vm1", "data-0.img"))
+
+	// (des update and des show check the set's access with a wrap and an
+	// unwrap: before the mark.)
+	a.ok("des", "update", "--name", "des1", "--enable-auto-key-rotation", "true")
+	var last []struct {
+		Seq uint64 `json:"seq"`
+	}
+	a.json(&last, "keyvault", "audit", "--name", "vault1", "--last", "1")
+	require.Len(t, last, 1)
+
+	newKid := a.kid("rotate", "--vault-name", "vault1", "--name", "k1")
+	require.NotEqual(t, kid, newKid)
+	waitFor(t, 30*time.Second, "every disk of the set on the new version", func() bool {
+		for _, n := range []string{"c1", "c2", "c3"} {
+			var d diskJSON
+			a.json(&d, "disk", "show", "--name", n)
+			if d.KeyID != newKid {
+				return false
+			}
+		}
+		var des desJSON
+		a.json(&des, "des", "show", "--name", "des1")
+		return len(des.PreviousKeys) == 0
+	})
+	// Both loops have had their passes since.
+	time.Sleep(2 * time.Second)
+
+	var recs []actorAudit
+	a.json(&recs, "keyvault", "audit", "--name", "vault1", "--after", fmt.Sprint(last[0].Seq))
+	by := map[string]int{}
+	for _, r := range recs {
+		if r.Op == "KeyUnwrap" && r.Result == 200 && r.Kid == kid {
+			assert.Equal(t, principal, r.Caller)
+			by[r.ActorName]++
+		}
+	}
+	assert.Equal(t, 3, by["host/host-a"]+by["host/host-b"], "three disks, each re-wrapped once: %v", by)
+	assert.Positive(t, by["host/host-b"], "B re-wrapped the disk of the VM it runs: %v", by)
+
+	var vm vmState
+	b.json(&vm, "vm", "show", "--name", "vm1")
+	assert.Equal(t, "running", vm.PowerState)
+	b.ok("vm", "stop", "--name", "vm1")
+	b.ok("vm", "start", "--name", "vm1")
+	assert.Equal(t, sum, readBack(t, b.img("vm1", "data-0.img")), "the disk opens under its new wrap with its data")
 }
