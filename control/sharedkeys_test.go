@@ -27,7 +27,8 @@ var sealKey = bytes.Repeat([]byte{3}, 32)
 
 // startIn starts host name on s's shared store with a host identity of
 // group (keystest's): the sets' identities are made for the group, and
-// every host of it acts for them.
+// every host of it acts for them. Every host seals the records with one
+// key, so that a host of another group gets as far as the key store.
 func (s *sharedHosts) startIn(t *testing.T, name, group string) (*fixture, *store.Dir) {
 	sb, err := local.Open(filepath.Join(s.dir, "storage"))
 	require.NoError(t, err)
@@ -39,7 +40,7 @@ func (s *sharedHosts) startIn(t *testing.T, name, group string) (*fixture, *stor
 	s.peers.set(name, true)
 	f := &fixture{tree: &fakeTree{images: map[string]hfs.Image{}}, keys: s.keys}
 	f.cfg = Config{Storage: sb, HostLocal: hb, Keys: s.keys, Tree: f.tree,
-		Store: store.NewShared(sb, store.WithRecordKey(sealKey)), Secrets: secrets, Peers: s.peers, HostName: name,
+		Store: store.NewShared(sb, store.WithRecordKey("pool", sealKey)), Secrets: secrets, Peers: s.peers, HostName: name,
 		HostIdentity: s.keys.Host(group)}
 	f.h, err = New(f.cfg)
 	require.NoError(t, err)

@@ -68,7 +68,7 @@ func (s *sharedStore) configure(ctx context.Context, cfg *control.Config, be sto
 		return fmt.Errorf("--host-token-file: %w", err)
 	}
 	s.recordKey = key
-	opts := []store.SharedOption{store.WithRecordKey(key)}
+	opts := []store.SharedOption{store.WithRecordKey(hi.Group(), key)}
 	if adopt {
 		opts = append(opts, store.AdoptUnsealed())
 	}

@@ -69,8 +69,8 @@ func fillSealed(t *testing.T, s *Shared) {
 // the refusal holds until it is put back.
 func TestSealedRecordsRefuseEdits(t *testing.T) {
 	p := newSealedPool(t)
-	a := NewShared(p.be, WithRecordKey(recordKey))
-	b := NewShared(p.be, WithRecordKey(bytes.Clone(recordKey)))
+	a := NewShared(p.be, WithRecordKey("g1", recordKey))
+	b := NewShared(p.be, WithRecordKey("g1", bytes.Clone(recordKey)))
 	fillSealed(t, a)
 	r, _, err := b.Load(bg)
 	require.NoError(t, err)
@@ -132,8 +132,11 @@ func TestSealedRecordsRefuseEdits(t *testing.T) {
 	// Another group's key (or none) does not pass: a host without a key
 	// refuses sealed records rather than drop their seals at its next
 	// commit.
-	_, _, err = NewShared(p.be, WithRecordKey(bytes.Repeat([]byte{8}, 32))).Load(bg)
+	_, _, err = NewShared(p.be, WithRecordKey("g1", bytes.Repeat([]byte{8}, 32))).Load(bg)
 	require.ErrorIs(t, err, ErrTampered)
+	_, _, err = NewShared(p.be, WithRecordKey("g2", bytes.Repeat([]byte{8}, 32))).Load(bg)
+	require.ErrorIs(t, err, ErrTampered)
+	assert.Contains(t, err.Error(), `sealed by the hosts of group "g1", and this host's identity is of group "g2"`)
 	_, _, err = NewShared(p.be).Load(bg)
 	require.ErrorContains(t, err, "--host-token-file")
 	assert.Equal(t, good, p.raw(), "no refusal wrote anything")
@@ -151,12 +154,12 @@ func TestUnsealedRecordsAdopted(t *testing.T) {
 	_, _, err := old.Load(bg)
 	require.NoError(t, err, "unsealed records, no key: as before")
 
-	sealed := NewShared(p.be, WithRecordKey(recordKey))
+	sealed := NewShared(p.be, WithRecordKey("g1", recordKey))
 	_, _, err = sealed.Load(bg)
 	require.ErrorIs(t, err, ErrTampered)
 	assert.Contains(t, err.Error(), "--adopt-unsealed-records")
 
-	adopting := NewShared(p.be, WithRecordKey(recordKey), AdoptUnsealed())
+	adopting := NewShared(p.be, WithRecordKey("g1", recordKey), AdoptUnsealed())
 	n, err := adopting.Adopt(bg)
 	require.NoError(t, err)
 	assert.Equal(t, 5, n)
@@ -181,7 +184,7 @@ func TestUnsealedRecordsAdopted(t *testing.T) {
 func TestSealedRaces(t *testing.T) {
 	stores := sharedStores(t, 4)
 	for i := range stores {
-		stores[i] = NewShared(stores[i].be, WithRecordKey(recordKey))
+		stores[i] = NewShared(stores[i].be, WithRecordKey("g1", recordKey))
 	}
 	sharedRaces(t, stores)
 	require.NoError(t, stores[0].be.WriteMeta(bg, RecordsKey, []byte(`{"version": 1, "credentials": {"des1": "tok"}}`)))

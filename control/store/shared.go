@@ -39,9 +39,11 @@ const RecordsKey = "cluster/records.json"
 type Shared struct {
 	be  storage.Backend
 	key string
-	// sealKey is the record key; nil: no seals are written or checked,
-	// and records that carry seals are refused (see Load).
+	// sealKey is the record key of host group group; nil: no seals are
+	// written or checked, and records that carry seals are refused (see
+	// Load).
 	sealKey []byte
+	group   string
 	// adopt accepts records that carry no seal at all (written before
 	// seals, by an older version); the next commit seals them.
 	adopt bool
@@ -52,9 +54,11 @@ var _ Store = (*Shared)(nil)
 // SharedOption configures a Shared store.
 type SharedOption func(*Shared)
 
-// WithRecordKey seals every record with key (see Shared). The store keeps
-// key; the caller wipes it after Close.
-func WithRecordKey(key []byte) SharedOption { return func(s *Shared) { s.sealKey = key } }
+// WithRecordKey seals every record with key, host group group's record key
+// (see Shared). The store keeps key; the caller wipes it after Close.
+func WithRecordKey(group string, key []byte) SharedOption {
+	return func(s *Shared) { s.group, s.sealKey = group, key }
+}
 
 // AdoptUnsealed lets a store with a record key load records that carry no
 // seal at all, as an older version wrote them, so that its next commit
@@ -76,7 +80,7 @@ func NewShared(be storage.Backend, opts ...SharedOption) *Shared {
 var ErrTampered = errors.New("the shared records fail their integrity check")
 
 // Members of the records object that are not records.
-var notRecords = map[string]bool{"version": true, "generation": true, "credentials": true, "seals": true}
+var notRecords = map[string]bool{"version": true, "generation": true, "credentials": true, "seals": true, "sealedFor": true}
 
 // kindNames name the records' kinds, by their member, in errors.
 var kindNames = map[string]string{
@@ -175,6 +179,13 @@ func (s *Shared) load(ctx context.Context) (*Records, Version, bool, error) {
 		f.Records.fill()
 		return f.Records, Version(v), false, nil
 	}
+	var group string
+	if g, ok := top["sealedFor"]; ok && len(seals) > 0 && json.Unmarshal(g, &group) == nil && group != s.group {
+		// Not a proof of anything (the name is not sealed): a better
+		// word for a host of another group than "every record changed".
+		return nil, NoVersion, false, fmt.Errorf("%w: %s is sealed by the hosts of group %q, and this host's identity is of group %q: give it a host identity of group %q (hostcrypt identity create --type Host --host-group %s)",
+			ErrTampered, s.key, group, s.group, group, group)
+	}
 	recs, err := records(top)
 	if err != nil {
 		return nil, NoVersion, false, fmt.Errorf("%w: %s: %v", ErrTampered, s.key, err)
@@ -233,6 +244,9 @@ func (s *Shared) encode(r *Records) ([]byte, error) {
 		seals[id] = s.seal(kind, name, e)
 	}
 	if top["seals"], err = json.Marshal(seals); err != nil {
+		return nil, err
+	}
+	if top["sealedFor"], err = json.Marshal(s.group); err != nil {
 		return nil, err
 	}
 	// Each record's bytes go out as they were sealed: a RawMessage is
