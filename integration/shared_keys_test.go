@@ -7,8 +7,10 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -205,4 +207,49 @@ func TestTwoHostsKeyRotationOnce(t *testing.T) {
 	b.ok("vm", "stop", "--name", "vm1")
 	b.ok("vm", "start", "--name", "vm1")
 	assert.Equal(t, sum, readBack(t, b.img("vm1", "data-0.img")), "the disk opens under its new wrap with its data")
+}
+
+// hostFails runs hostcryptd as h would start, and expects it to exit
+// with an error within 30 s; it returns the output.
+func hostFails(t *testing.T, ks *ksProc, loc, name string, extra ...string) string {
+	t.Helper()
+	root := t.TempDir()
+	args := append([]string{"--state", filepath.Join(root, "state"), "--storage", loc, "--host-dir", filepath.Join(root, "host"),
+		"--mount", filepath.Join(root, "mnt"), "--keystore", ks.url, "--keystore-ca", filepath.Join(ks.dir, "ca.pem"),
+		"--token-file", filepath.Join(ks.dir, "platform.token"), "--host-name", name}, extra...)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, bin(t, "hostcryptd"), args...).CombinedOutput()
+	require.Error(t, err, "hostcryptd started: %s", out)
+	require.NoError(t, ctx.Err(), "hostcryptd neither served nor exited: %s", out)
+	return string(out)
+}
+
+// TestTwoHostsAdoptUnsealedRecords: records written by hosts without an
+// identity (as an older version did) are refused by a host with one, at
+// start, until one host adopts them with --adopt-unsealed-records; then
+// every host with an identity uses them, and a host without one is
+// refused rather than drop their seals.
+func TestTwoHostsAdoptUnsealedRecords(t *testing.T) {
+	ks := startKeystore(t)
+	loc := sharedPool(t)
+	old := newPoolHost(t, ks, loc, "host-a")
+	old.ok("disk", "create", "--name", "d1", "--size", "16M")
+	old.stop(syscall.SIGTERM)
+
+	tokA, tokB := hostToken(t, ks, "host-a", "itest"), hostToken(t, ks, "host-b", "itest")
+	out := hostFails(t, ks, loc, "host-a", "--host-token-file", tokA)
+	assert.Contains(t, out, "no seal")
+	assert.Contains(t, out, "--adopt-unsealed-records")
+
+	a := newPoolHost(t, ks, loc, "host-a", "--host-token-file", tokA, "--adopt-unsealed-records")
+	assert.Contains(t, a.logs.String(), "unsealed shared records adopted")
+	b := newPoolHost(t, ks, loc, "host-b", "--host-token-file", tokB)
+	var d diskJSON
+	b.json(&d, "disk", "show", "--name", "d1")
+	assert.Equal(t, "d1", d.Name)
+
+	out = hostFails(t, ks, loc, "host-c")
+	assert.Contains(t, out, "are sealed")
+	assert.Contains(t, out, "--host-token-file")
 }
