@@ -112,6 +112,9 @@ func (h *Host) switchKey(ctx context.Context, des *store.DES, next store.KeyForD
 // set.
 func (h *Host) rewrapSet(ctx context.Context, name string) error {
 	if h.shared() {
+		if idle, err := h.rewrapLeftToOthers(ctx, name); err != nil || idle {
+			return err
+		}
 		release, err := h.claimRewrap(ctx, name)
 		if err != nil {
 			return err
@@ -253,6 +256,45 @@ func behindActiveKey(r *store.Records, d *store.DES) string {
 		}
 	}
 	return ""
+}
+
+// rewrapLeftToOthers tells whether everything of set name behind its
+// active key is a disk whose VM runs on another host: then this host has
+// nothing to re-wrap, and claims nothing (no commit at every pass while
+// it waits for that host).
+func (h *Host) rewrapLeftToOthers(ctx context.Context, name string) (bool, error) {
+	r, err := h.load(ctx)
+	if err != nil {
+		return false, err
+	}
+	des, ok := r.DES[name]
+	if !ok {
+		return false, notFound("disk encryption set", name)
+	}
+	if behindActiveKey(r, des) == "" {
+		return false, nil // the set's rotation is to be closed
+	}
+	for _, d := range r.Disks {
+		if d.Encryption.DiskEncryptionSetID == des.ID && d.KeyID != des.ActiveKey.KeyURL && h.diskElsewhere(r, d) == nil {
+			return false, nil
+		}
+	}
+	for _, x := range r.Snapshots {
+		if x.Encryption.DiskEncryptionSetID == des.ID && x.KeyID != des.ActiveKey.KeyURL {
+			return false, nil
+		}
+	}
+	for _, x := range r.Images {
+		if x.Encryption.DiskEncryptionSetID == des.ID && x.KeyID != des.ActiveKey.KeyURL {
+			return false, nil
+		}
+	}
+	for _, x := range r.GalleryImageVersions {
+		if x.Encryption.DiskEncryptionSetID == des.ID && x.KeyID != des.ActiveKey.KeyURL {
+			return false, nil
+		}
+	}
+	return true, nil
 }
 
 // errRewrapElsewhere marks a set that another host is re-wrapping.
