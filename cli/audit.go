@@ -89,6 +89,14 @@ func keyvaultAudit(c *Context, args []string) error {
 		if caller == "" && r.ClientIP != "" {
 			caller = "from " + r.ClientIP
 		}
+		if r.ActorObjectID != "" {
+			// A host acting for the caller (a set's identity).
+			by := r.ActorName
+			if by == "" {
+				by = r.ActorObjectID
+			}
+			caller += " by " + by
+		}
 		return []string{strconv.FormatUint(r.Seq, 10), r.Time.Format("2006-01-02T15:04:05.000Z"), cell(r.OperationName), orDash(cell(caller)),
 			orDash(cell(r.Vault)), orDash(cell(r.Kid)), strconv.Itoa(r.ResultCode), orDash(cell(r.ErrorCode)), orDash(cell(r.Message))}
 	})

@@ -57,7 +57,8 @@ func identityCreate(c *Context, args []string) error {
 	f := newFlags(c)
 	name := f.String("name", "", "name of a new user-assigned managed identity (kept by hostcryptd)")
 	pl := placementFlags(f)
-	typ := f.String("type", "SystemAssigned", "for a bare key store principal: SystemAssigned, UserAssigned or User")
+	typ := f.String("type", "SystemAssigned", "for a bare key store principal: SystemAssigned, UserAssigned, User or Host (a host's own identity, for hostcryptd --host-token-file; an administrator's)")
+	group := f.String("host-group", "", "for a Host: the group of hosts it belongs to (the hosts sharing one pool); its hosts act for the identities created for the group")
 	tenant := f.String("tenant", "", "for a bare key store principal: tenant id (default: the caller's)")
 	display := f.String("display-name", "", "for a bare key store principal: display name")
 	tokenOut := f.String("token-out", "", "for a bare key store principal: write its token to this file (0600) instead of printing it")
@@ -65,7 +66,7 @@ func identityCreate(c *Context, args []string) error {
 		return err
 	}
 	if f.Changed("name") {
-		for _, k := range []string{"type", "tenant", "display-name", "token-out"} {
+		for _, k := range []string{"type", "tenant", "display-name", "token-out", "host-group"} {
 			if f.Changed(k) {
 				return fmt.Errorf("%s: --%s is for a bare key store principal, not a user-assigned identity (--name); its tenant is its subscription's and its credential stays with hostcryptd", c.Command, k)
 			}
@@ -86,7 +87,7 @@ func identityCreate(c *Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	id, err := ks.CreateIdentity(c.Ctx, *typ, *tenant, *display)
+	id, err := ks.CreateIdentityWith(c.Ctx, ksapi.IdentityCreate{Type: *typ, TenantID: *tenant, DisplayName: *display, HostGroup: *group})
 	if err != nil {
 		return err
 	}

@@ -2,7 +2,6 @@ package control
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"sort"
 	"strings"
@@ -77,17 +76,9 @@ func (h *Host) CreateDES(ctx context.Context, req api.CreateDESRequest) (*api.Di
 		if err != nil {
 			return nil, err
 		}
-		var cred string
-		id, cred, err = h.keys.CreateIdentity(ctx, keys.IdentitySpec{Type: keys.SystemAssigned, TenantID: tenant, DisplayName: "des/" + req.Name})
-		if err != nil {
-			return nil, fmt.Errorf("creating the identity of disk encryption set %q: %w", req.Name, classified(h.keys, err))
-		}
-		undo = func(err error) error {
-			ctx := context.WithoutCancel(ctx)
-			return errors.Join(err, h.secrets.DeleteCredential(ctx, req.Name), classified(h.keys, h.keys.DeleteIdentity(ctx, id.PrincipalID)))
-		}
-		if err := h.secrets.SetCredential(ctx, req.Name, cred); err != nil {
-			return nil, undo(fmt.Errorf("keeping the credential of disk encryption set %q: %w", req.Name, err))
+		if id, undo, err = h.newKeyIdentity(ctx, keys.IdentitySpec{Type: keys.SystemAssigned, TenantID: tenant, DisplayName: "des/" + req.Name},
+			req.Name, fmt.Sprintf("the identity of disk encryption set %q", req.Name)); err != nil {
+			return nil, err
 		}
 	}
 	des := &store.DES{

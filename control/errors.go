@@ -8,6 +8,7 @@ import (
 
 	"hostcrypt/control/api"
 	"hostcrypt/control/keys"
+	"hostcrypt/control/store"
 	"hostcrypt/internal/internalerr"
 )
 
@@ -86,6 +87,10 @@ func asError(err error, log *slog.Logger, attrs ...any) *api.Error {
 	var ke *keyError
 	if errors.As(err, &ke) && ke.view != nil {
 		return ke.view
+	}
+	if errors.Is(err, store.ErrTampered) {
+		// Not this host's failure, and the records' names are the point.
+		return errorf(http.StatusInternalServerError, api.CodeRecordsTampered, "%v", err)
 	}
 	switch problemOf(err) {
 	case keys.Revoked, keys.Expired:

@@ -82,6 +82,12 @@ type Config struct {
 	// HostName names this one among them. Nil on a host's own store.
 	Peers    Peers
 	HostName string
+	// HostIdentity, on a shared store, is this host's own identity in the
+	// key store: the disk encryption sets' and user-assigned identities
+	// are created for its host group, with no credential, and every host
+	// of the group acts for them (customerKeys). Nil on a host's own
+	// store, where each identity's credential is kept in Secrets.
+	HostIdentity keys.HostIdentity
 	// Writers, on a shared store, gives each running VM a storage
 	// connection of its own and each of its disks a leased writer lock.
 	Writers Writers

@@ -121,17 +121,10 @@ func (h *Host) CreateIdentity(ctx context.Context, req api.CreateIdentityRequest
 	if err != nil {
 		return nil, err
 	}
-	p0, cred, err := h.keys.CreateIdentity(ctx, keys.IdentitySpec{Type: keys.UserAssigned, TenantID: tenant, DisplayName: "identity/" + req.Name})
+	p0, undo, err := h.newKeyIdentity(ctx, keys.IdentitySpec{Type: keys.UserAssigned, TenantID: tenant, DisplayName: "identity/" + req.Name},
+		store.IdentityCredential(req.Name), fmt.Sprintf("user-assigned identity %q", req.Name))
 	if err != nil {
-		return nil, fmt.Errorf("creating user-assigned identity %q in the key store: %w", req.Name, classified(h.keys, err))
-	}
-	credName := store.IdentityCredential(req.Name)
-	undo := func(err error) error {
-		ctx := context.WithoutCancel(ctx)
-		return errors.Join(err, h.secrets.DeleteCredential(ctx, credName), classified(h.keys, h.keys.DeleteIdentity(ctx, p0.PrincipalID)))
-	}
-	if err := h.secrets.SetCredential(ctx, credName, cred); err != nil {
-		return nil, undo(fmt.Errorf("keeping the credential of user-assigned identity %q: %w", req.Name, err))
+		return nil, err
 	}
 	mi := &store.ManagedIdentity{
 		Name: req.Name, ID: identityResourceID(p, req.Name), Placement: p,
@@ -304,16 +297,9 @@ func (h *Host) updateDESIdentity(ctx context.Context, r *store.Records, des *sto
 		if err != nil {
 			return err
 		}
-		var cred string
-		if id, cred, err = h.keys.CreateIdentity(ctx, keys.IdentitySpec{Type: keys.SystemAssigned, TenantID: tenant, DisplayName: "des/" + des.Name}); err != nil {
-			return fmt.Errorf("creating the system-assigned identity of disk encryption set %q: %w", des.Name, classified(h.keys, err))
-		}
-		undo = func(err error) error {
-			ctx := context.WithoutCancel(ctx)
-			return errors.Join(err, h.secrets.DeleteCredential(ctx, des.Name), classified(h.keys, h.keys.DeleteIdentity(ctx, id.PrincipalID)))
-		}
-		if err := h.secrets.SetCredential(ctx, des.Name, cred); err != nil {
-			return undo(fmt.Errorf("keeping the credential of disk encryption set %q: %w", des.Name, err))
+		if id, undo, err = h.newKeyIdentity(ctx, keys.IdentitySpec{Type: keys.SystemAssigned, TenantID: tenant, DisplayName: "des/" + des.Name},
+			des.Name, fmt.Sprintf("the system-assigned identity of disk encryption set %q", des.Name)); err != nil {
+			return err
 		}
 	}
 	if !system {
@@ -341,4 +327,33 @@ func (h *Host) updateDESIdentity(ctx context.Context, r *store.Records, des *sto
 		return h.secrets.DeleteCredential(ctx, des.Name)
 	}
 	return nil
+}
+
+// newKeyIdentity creates a managed identity in the key store. On a host's
+// own store its credential is kept in Secrets under credName; on a shared
+// one (Config.HostIdentity) the identity is created for this host's group
+// and has none: every host of the group acts for it. what names it in
+// errors. undo deletes it again.
+func (h *Host) newKeyIdentity(ctx context.Context, spec keys.IdentitySpec, credName, what string) (keys.Identity, func(error) error, error) {
+	if hi := h.cfg.HostIdentity; hi != nil {
+		spec.HostGroup = hi.Group()
+	}
+	id, cred, err := h.keys.CreateIdentity(ctx, spec)
+	if err != nil {
+		return id, nil, fmt.Errorf("creating %s in the key store: %w", what, classified(h.keys, err))
+	}
+	undo := func(err error) error {
+		ctx := context.WithoutCancel(ctx)
+		return errors.Join(err, h.secrets.DeleteCredential(ctx, credName), classified(h.keys, h.keys.DeleteIdentity(ctx, id.PrincipalID)))
+	}
+	switch {
+	case spec.HostGroup != "" && cred != "":
+		return id, nil, undo(fmt.Errorf("%s was made for host group %s, yet the key store gave it a credential: a key store older than this host's; upgrade keystored", what, spec.HostGroup))
+	case spec.HostGroup != "":
+		return id, undo, nil
+	}
+	if err := h.secrets.SetCredential(ctx, credName, cred); err != nil {
+		return id, nil, undo(fmt.Errorf("keeping the credential of %s: %w", what, err))
+	}
+	return id, undo, nil
 }

@@ -82,6 +82,11 @@ func (h *Host) customerKeys(ctx context.Context, des *store.DES) (keys.Customer,
 	if err != nil {
 		return nil, fmt.Errorf("reading the credential of the %s identity of disk encryption set %q: %w", ki.typ, des.Name, err)
 	}
+	if cred == "" && h.cfg.HostIdentity != nil {
+		// On a shared store: this host acts for the identity, which the
+		// key store allows if it was made for this host's group.
+		return h.cfg.HostIdentity.ActFor(ki.principal), nil
+	}
 	if cred == "" {
 		if ki.ua != "" {
 			return nil, conflict("user-assigned identity %q of disk encryption set %q has no credential on this host; give the set another identity (hostcrypt des update --name %s --mi-user-assigned ID), or restore the host's secrets.json", ki.ua, des.Name, des.Name)

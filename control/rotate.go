@@ -111,6 +111,16 @@ func (h *Host) switchKey(ctx context.Context, des *store.DES, next store.KeyForD
 // the set's rotation state in one transaction. The caller has claimed the
 // set.
 func (h *Host) rewrapSet(ctx context.Context, name string) error {
+	if h.shared() {
+		if idle, err := h.rewrapLeftToOthers(ctx, name); err != nil || idle {
+			return err
+		}
+		release, err := h.claimRewrap(ctx, name)
+		if err != nil {
+			return err
+		}
+		defer release()
+	}
 	r, err := h.load(ctx)
 	if err != nil {
 		return err
@@ -130,6 +140,12 @@ func (h *Host) rewrapSet(ctx context.Context, name string) error {
 	var targets []target
 	for n, d := range r.Disks {
 		if d.Encryption.DiskEncryptionSetID == des.ID && d.KeyID != des.ActiveKey.KeyURL {
+			if h.diskElsewhere(r, d) != nil {
+				// Its VM runs on another host: that host re-wraps it,
+				// at its own rotation pass (previousKeys stays).
+				h.log.Info("key re-wrap left to the host running the disk's VM", "disk", n, "des", des.Name, "host", r.VMs[d.ManagedBy].Host)
+				continue
+			}
 			targets = append(targets, target{"disk", n, d.StoragePrefix, d.Encryption})
 		}
 	}
@@ -201,12 +217,126 @@ func (h *Host) rewrapSet(ctx context.Context, name string) error {
 			d.AutoKeyRotationError = failed.Error()
 			return nil
 		}
+		if behind := behindActiveKey(r, d); behind != "" {
+			// Left to another host, or put on another key meanwhile:
+			// the set's rotation is not over.
+			h.log.Info("disk encryption set still has resources on earlier keys", "des", name, "first", behind)
+			d.AutoKeyRotationError = ""
+			return nil
+		}
 		d.PreviousKeys = []store.KeyForDES{}
 		d.LastKeyRotationTimestamp = &now
 		d.AutoKeyRotationError = ""
 		return nil
 	})
 	return errors.Join(failed, err)
+}
+
+// behindActiveKey names a disk, snapshot, image or gallery image version
+// of set d not on its active key, or is "".
+func behindActiveKey(r *store.Records, d *store.DES) string {
+	for n, x := range r.Disks {
+		if x.Encryption.DiskEncryptionSetID == d.ID && x.KeyID != d.ActiveKey.KeyURL {
+			return "disk " + n
+		}
+	}
+	for n, x := range r.Snapshots {
+		if x.Encryption.DiskEncryptionSetID == d.ID && x.KeyID != d.ActiveKey.KeyURL {
+			return "snapshot " + n
+		}
+	}
+	for n, x := range r.Images {
+		if x.Encryption.DiskEncryptionSetID == d.ID && x.KeyID != d.ActiveKey.KeyURL {
+			return "image " + n
+		}
+	}
+	for n, x := range r.GalleryImageVersions {
+		if x.Encryption.DiskEncryptionSetID == d.ID && x.KeyID != d.ActiveKey.KeyURL {
+			return "gallery image version " + n
+		}
+	}
+	return ""
+}
+
+// rewrapLeftToOthers tells whether everything of set name behind its
+// active key is a disk whose VM runs on another host: then this host has
+// nothing to re-wrap, and claims nothing (no commit at every pass while
+// it waits for that host).
+func (h *Host) rewrapLeftToOthers(ctx context.Context, name string) (bool, error) {
+	r, err := h.load(ctx)
+	if err != nil {
+		return false, err
+	}
+	des, ok := r.DES[name]
+	if !ok {
+		return false, notFound("disk encryption set", name)
+	}
+	if behindActiveKey(r, des) == "" {
+		return false, nil // the set's rotation is to be closed
+	}
+	for _, d := range r.Disks {
+		if d.Encryption.DiskEncryptionSetID == des.ID && d.KeyID != des.ActiveKey.KeyURL && h.diskElsewhere(r, d) == nil {
+			return false, nil
+		}
+	}
+	for _, x := range r.Snapshots {
+		if x.Encryption.DiskEncryptionSetID == des.ID && x.KeyID != des.ActiveKey.KeyURL {
+			return false, nil
+		}
+	}
+	for _, x := range r.Images {
+		if x.Encryption.DiskEncryptionSetID == des.ID && x.KeyID != des.ActiveKey.KeyURL {
+			return false, nil
+		}
+	}
+	for _, x := range r.GalleryImageVersions {
+		if x.Encryption.DiskEncryptionSetID == des.ID && x.KeyID != des.ActiveKey.KeyURL {
+			return false, nil
+		}
+	}
+	return true, nil
+}
+
+// errRewrapElsewhere marks a set that another host is re-wrapping.
+var errRewrapElsewhere = errors.New("re-wrapped by another host")
+
+// rewrapElsewhere is the refusal of a set another host is re-wrapping: a
+// Conflict for a client, errRewrapElsewhere for the rotation loop.
+type rewrapElsewhere struct{ refusal *api.Error }
+
+func (e rewrapElsewhere) Error() string   { return e.refusal.Error() }
+func (e rewrapElsewhere) Unwrap() []error { return []error{e.refusal, errRewrapElsewhere} }
+
+// claimRewrap claims the re-wrap of set name for this host in the shared
+// records, unless another live host holds it: the commit is a
+// compare-and-swap, so of two hosts' rotation loops exactly one re-wraps
+// the set's disks, and the other leaves them. release gives the claim up.
+func (h *Host) claimRewrap(ctx context.Context, name string) (release func(), err error) {
+	_, err = h.update(ctx, func(r *store.Records) error {
+		d, ok := r.DES[name]
+		if !ok {
+			return notFound("disk encryption set", name)
+		}
+		if c := d.Rewrapping; c != nil && c.Host != h.cfg.HostName && h.hostAlive(ctx, c.Host) {
+			return rewrapElsewhere{conflict("disk encryption set %q is being re-wrapped by host %q (since %s); its disks move to the set's active key at that host's or the next rotation pass (hostcryptd --rotation-interval)",
+				name, c.Host, c.Since.Format(time.RFC3339))}
+		}
+		d.Rewrapping = &store.RewrapClaim{Host: h.cfg.HostName, Since: h.cfg.Now().UTC()}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return func() {
+		if _, err := h.update(ctx, func(r *store.Records) error {
+			if d := r.DES[name]; d != nil && d.Rewrapping != nil && d.Rewrapping.Host == h.cfg.HostName {
+				d.Rewrapping = nil
+			}
+			return nil
+		}); err != nil {
+			h.log.Error("giving up the claim on a set's re-wrap", "des", name, "err", err)
+		}
+	}, nil
 }
 
 // RotateKeys moves every set with auto-rotation on to the latest version of
@@ -246,6 +376,9 @@ func (h *Host) rotate(ctx context.Context, name string) {
 	if len(des.PreviousKeys) > 0 {
 		_ = h.rewrapSet(ctx, name) // resume; errors are recorded on the set
 	}
+	if des.Rewrapping != nil && des.Rewrapping.Host != h.cfg.HostName && h.hostAlive(ctx, des.Rewrapping.Host) {
+		return // another host is at it; the next pass looks again
+	}
 	if !des.RotationToLatestKeyVersionEnabled {
 		return
 	}
@@ -277,7 +410,9 @@ func (h *Host) rotate(ctx context.Context, name string) {
 		return
 	}
 	h.log.Info("rotating disk encryption set to a new key version", "des", name, "from", des.ActiveKey.KeyURL, "to", latest)
-	if err := h.switchKey(ctx, des, store.KeyForDES{SourceVault: des.ActiveKey.SourceVault, KeyURL: latest}); err != nil {
+	if err := h.switchKey(ctx, des, store.KeyForDES{SourceVault: des.ActiveKey.SourceVault, KeyURL: latest}); errors.Is(err, errRewrapElsewhere) {
+		h.log.Info("key rotation: another host re-wraps the set", "des", name, "err", err)
+	} else if err != nil {
 		h.log.Warn("key rotation did not finish; it will be retried", "des", name, "err", err)
 		fail(err.Error())
 	}

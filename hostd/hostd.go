@@ -59,8 +59,16 @@ type Config struct {
 	KeystoreURL string
 	KeystoreCA  string
 	TokenFile   string
-	Socket      string // default STATE/hostcryptd.sock
-	Debug       bool
+	// HostTokenFile holds the token of the host's own key store identity
+	// (--host-token-file), on a RADOS pool: the host acts for the disk
+	// encryption sets' identities with it, and seals the shared records
+	// with its group's record key.
+	HostTokenFile string
+	// AdoptUnsealedRecords seals the shared records an older version left
+	// unsealed (--adopt-unsealed-records), once, after they were checked.
+	AdoptUnsealedRecords bool
+	Socket               string // default STATE/hostcryptd.sock
+	Debug                bool
 	// Pprof, when set, serves net/http/pprof on this loopback address, for
 	// profiling the data path.
 	Pprof string
@@ -139,6 +147,11 @@ func (c *Config) check() error {
 	}
 	if c.WriterLease < 4*time.Second || c.WriterLease > 10*time.Minute {
 		return fmt.Errorf("--writer-lease %v: use 4s to 10m (RADOS calls are bounded to at least 1s, and a renewal must fail well within a third of the lease)", c.WriterLease)
+	}
+	if c.HostTokenFile != "" || c.AdoptUnsealedRecords {
+		if loc, err := location.Parse(c.StorageDir); err == nil && loc.RADOS == nil {
+			return fmt.Errorf("--host-token-file and --adopt-unsealed-records are for a rados:// pool that several hosts share; on a directory each set's credential stays in STATE/secrets.json")
+		}
 	}
 	if c.HostName == "" {
 		name, err := os.Hostname()
@@ -250,7 +263,7 @@ func Run(ctx context.Context, cfg Config, ready func()) (err error) {
 			}
 		}()
 	}
-	keys, err := hostkeys.Connect(ctx, hostkeys.Config{URL: cfg.KeystoreURL, CA: cfg.KeystoreCA, TokenFile: cfg.TokenFile, Timeout: cfg.KeystoreTimeout})
+	keys, err := hostkeys.Connect(ctx, hostkeys.Config{URL: cfg.KeystoreURL, CA: cfg.KeystoreCA, TokenFile: cfg.TokenFile, HostTokenFile: cfg.HostTokenFile, Timeout: cfg.KeystoreTimeout})
 	if err != nil {
 		return err
 	}
@@ -298,7 +311,9 @@ func Run(ctx context.Context, cfg Config, ready func()) (err error) {
 			return err
 		}
 		defer sh.close(context.WithoutCancel(ctx))
-		sh.configure(&ccfg, lb, cfg.HostName)
+		if err := sh.configure(ctx, &ccfg, lb, cfg.HostName, keys, cfg.AdoptUnsealedRecords, log); err != nil {
+			return err
+		}
 		ccfg.Writers = writers{loc: loc, lease: cfg.WriterLease, host: cfg.HostName}
 		if !cfg.NoHeal {
 			ccfg.HealInterval = cfg.WriterLease / 2

@@ -84,6 +84,14 @@ func TestRunRefusesBadSetups(t *testing.T) {
 		require.ErrorContains(t, Run(context.Background(), cfg, nil), "--flush-interval")
 	}
 
+	// A host identity is for a pool that several hosts share.
+	cfg = base
+	cfg.HostTokenFile = filepath.Join(root, "host.token")
+	require.ErrorContains(t, Run(context.Background(), cfg, nil), "--host-token-file and --adopt-unsealed-records are for a rados:// pool")
+	cfg = base
+	cfg.AdoptUnsealedRecords = true
+	require.ErrorContains(t, Run(context.Background(), cfg, nil), "rados://")
+
 	cfg = base
 	cfg.OnKeyExpiry = "later"
 	require.ErrorContains(t, Run(context.Background(), cfg, nil), "--on-key-expiry")

@@ -38,6 +38,8 @@ func main() {
 	fl.StringVar(&c.KeystoreURL, "keystore", "", "key store URL, e.g. https://127.0.0.1:8443")
 	fl.StringVar(&c.KeystoreCA, "keystore-ca", "", "CA certificate that signed the key store's certificate")
 	fl.StringVar(&c.TokenFile, "token-file", "", "file holding the platform bearer token")
+	fl.StringVar(&c.HostTokenFile, "host-token-file", "", "on a rados:// pool: file holding this host's own key store identity's token (hostcrypt identity create --type Host --host-group GROUP): it acts for the disk encryption sets' identities and seals the shared records")
+	fl.BoolVar(&c.AdoptUnsealedRecords, "adopt-unsealed-records", false, "with --host-token-file: seal the shared records an older version left unsealed, as they are (check them first)")
 	fl.StringVar(&c.Socket, "socket", "", "control socket (default STATE/hostcryptd.sock)")
 	fl.DurationVar(&c.FlushInterval, "flush-interval", hostd.DefaultFlushInterval, "how often VM disks make their writes durable when the guest does not flush (1s to 10m)")
 	fl.DurationVar(&c.KeyCheck, "key-check-interval", control.DefaultKeyCheckInterval, "how often key states are checked")

@@ -42,6 +42,10 @@ const (
 	CodeKeyStoreUnreachable = "KeyStoreUnreachable"
 	CodeShuttingDown        = "ShuttingDown"
 	CodeInternalError       = "InternalError"
+	// CodeRecordsTampered: the shared records fail their seals (changed
+	// in the pool outside hostcryptd); nothing is done until they are put
+	// back: 500, with the records named.
+	CodeRecordsTampered = "RecordsIntegrityFailure"
 )
 
 // StatusOf returns the HTTP status of err if it is an *Error, else 0.

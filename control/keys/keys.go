@@ -96,6 +96,24 @@ type IdentitySpec struct {
 	// DisplayName names it for the key store's administrators
 	// ("des/des1", "identity/id1").
 	DisplayName string
+	// HostGroup, when set, makes an identity that the hosts of that group
+	// act for (HostIdentity.ActFor): it has no credential of its own, and
+	// CreateIdentity returns "" for it.
+	HostGroup string
+}
+
+// HostIdentity is a host's own identity in the key store, on a store that
+// several hosts share: it uses no key as itself, but acts for the managed
+// identities created for its host group, so that a disk encryption set
+// made on one host is used on every other, with no set's credential kept
+// anywhere, and the key store's audit log names the host beside the set.
+type HostIdentity interface {
+	// Group is the host group the host belongs to.
+	Group() string
+	// ActFor makes key operations as managed identity principalID, acting
+	// for it; the key store refuses them unless the identity was created
+	// for this host's group.
+	ActFor(principalID string) Customer
 }
 
 // Identity is a managed identity in the key store.

@@ -192,6 +192,16 @@ type DES struct {
 	LastKeyVersionCheck *time.Time `json:"lastKeyVersionCheck,omitempty"`
 	LastKeyVersionFound string     `json:"lastKeyVersionFound,omitempty"`
 	Identity            Identity   `json:"identity"`
+	// Rewrapping, on a store that several hosts share, names the host
+	// re-wrapping the set's disks to its active key, so that no other
+	// host re-wraps them too; it stands while that host is alive.
+	Rewrapping *RewrapClaim `json:"rewrapping,omitempty"`
+}
+
+// RewrapClaim is a host's claim on re-wrapping a set's disks.
+type RewrapClaim struct {
+	Host  string    `json:"host"`
+	Since time.Time `json:"since"`
 }
 
 // Located is where a snapshot or an image lives, with its resource id.

@@ -29,7 +29,25 @@ const (
 	// of the host that disk encryption sets share.
 	IdentityUserAssigned = "UserAssigned"
 	IdentityUser         = "User"
+	// IdentityHost is a host's own identity: it uses no key itself, but
+	// may act for the managed identities created for its host group
+	// (IdentityCreate.HostGroup), by naming one in ActForHeader.
+	IdentityHost = "Host"
 )
+
+// ActForHeader names, on a request of a host identity, the managed
+// identity it acts for: the request is authorised as that identity, and
+// the audit line names both (AuditRecord.Actor*).
+const ActForHeader = "X-Hostcrypt-Act-For"
+
+// RecordKey is the answer of GET /recordkey: the key a host group's hosts
+// authenticate their shared records with, derived by the key store from
+// its master key and the group's name, given only to the group's host
+// identities.
+type RecordKey struct {
+	HostGroup string `json:"hostGroup"`
+	Key       []byte `json:"key"`
+}
 
 // List is the answer of a listing: {"value":[…]}.
 type List[T any] struct {
@@ -259,21 +277,30 @@ type Action struct {
 
 // Identity is a principal; Token is set only in the answer that creates it.
 type Identity struct {
-	PrincipalID string    `json:"principalId"`
-	TenantID    string    `json:"tenantId"`
-	Type        string    `json:"type"`
-	DisplayName string    `json:"displayName,omitempty"`
-	Created     time.Time `json:"created"`
-	Token       string    `json:"token,omitempty"`
+	PrincipalID string `json:"principalId"`
+	TenantID    string `json:"tenantId"`
+	Type        string `json:"type"`
+	DisplayName string `json:"displayName,omitempty"`
+	// HostGroup is, on a host identity, the group it belongs to; on a
+	// managed identity, the group whose hosts may act for it.
+	HostGroup string    `json:"hostGroup,omitempty"`
+	Created   time.Time `json:"created"`
+	// Token is the bearer token, shown once at creation; a managed
+	// identity created for a host group has none (its hosts act for it).
+	Token string `json:"token,omitempty"`
 }
 
 // IdentityCreate is the body of POST /identities. Type is SystemAssigned
-// (for a disk encryption set), UserAssigned (a managed identity of its own)
-// or User; an empty TenantID is the caller's.
+// (for a disk encryption set), UserAssigned (a managed identity of its own),
+// User or Host; an empty TenantID is the caller's. HostGroup is required of
+// a Host (which only an administrator creates), and makes a SystemAssigned
+// or UserAssigned identity one that the group's hosts act for, with no
+// token of its own.
 type IdentityCreate struct {
 	Type        string `json:"type"`
 	TenantID    string `json:"tenantId"`
 	DisplayName string `json:"displayName"`
+	HostGroup   string `json:"hostGroup,omitempty"`
 }
 
 // AuditRecord is one line of the audit log: one request, allowed or denied,
@@ -286,14 +313,20 @@ type AuditRecord struct {
 	CallerObjectID string    `json:"callerObjectId"`
 	CallerTenantID string    `json:"callerTenantId"`
 	CallerType     string    `json:"callerType"`
-	Vault          string    `json:"vault,omitempty"`
-	Kid            string    `json:"kid,omitempty"`
-	ResultCode     int       `json:"resultCode"`
-	ResultType     string    `json:"resultType"`
-	ErrorCode      string    `json:"errorCode,omitempty"`
-	RequestID      string    `json:"requestId"`
-	DurationMs     float64   `json:"durationMs"`
-	ClientIP       string    `json:"clientIp,omitempty"`
+	// ActorObjectID, ActorType and ActorName name the host identity that
+	// acted for the caller (ActForHeader); empty when the caller acted
+	// itself.
+	ActorObjectID string  `json:"actorObjectId,omitempty"`
+	ActorType     string  `json:"actorType,omitempty"`
+	ActorName     string  `json:"actorName,omitempty"`
+	Vault         string  `json:"vault,omitempty"`
+	Kid           string  `json:"kid,omitempty"`
+	ResultCode    int     `json:"resultCode"`
+	ResultType    string  `json:"resultType"`
+	ErrorCode     string  `json:"errorCode,omitempty"`
+	RequestID     string  `json:"requestId"`
+	DurationMs    float64 `json:"durationMs"`
+	ClientIP      string  `json:"clientIp,omitempty"`
 	// Count is how many requests a summary line stands for
 	// (AuthenticationThrottled).
 	Count int `json:"count,omitempty"`

@@ -179,8 +179,22 @@ func (c *Client) DeletePolicy(ctx context.Context, vault, objectID string) (*api
 // "User"; tenant "" means the caller's. The answer
 // carries the identity's bearer token, shown only this once.
 func (c *Client) CreateIdentity(ctx context.Context, typ, tenant, displayName string) (*api.Identity, error) {
+	return c.CreateIdentityWith(ctx, api.IdentityCreate{Type: typ, TenantID: tenant, DisplayName: displayName})
+}
+
+// CreateIdentityWith creates an identity as req says: a host identity
+// (Type Host, HostGroup), or a managed identity that a host group's hosts
+// act for (HostGroup set), which has no token.
+func (c *Client) CreateIdentityWith(ctx context.Context, req api.IdentityCreate) (*api.Identity, error) {
 	var id api.Identity
-	return &id, c.do(ctx, http.MethodPost, "/identities", nil, api.IdentityCreate{Type: typ, TenantID: tenant, DisplayName: displayName}, &id)
+	return &id, c.do(ctx, http.MethodPost, "/identities", nil, req, &id)
+}
+
+// RecordKey returns the record key of the caller's host group; the
+// caller is a host identity acting as itself.
+func (c *Client) RecordKey(ctx context.Context) (*api.RecordKey, error) {
+	var k api.RecordKey
+	return &k, c.do(ctx, http.MethodGet, "/recordkey", nil, nil, &k)
 }
 
 // GetIdentity returns an identity (without its token).

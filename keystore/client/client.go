@@ -119,6 +119,19 @@ type Client struct {
 	token   string
 	http    *http.Client
 	timeout time.Duration
+	// actFor is the managed identity a host identity's calls act for
+	// (ActingFor), or "".
+	actFor string
+}
+
+// ActingFor returns a client that makes the calls of this one, a host
+// identity's, acting for managed identity principalID: the key store
+// authorises them as that identity and audits them naming both. It
+// shares this client's connections.
+func (c *Client) ActingFor(principalID string) *Client {
+	cc := *c
+	cc.actFor = principalID
+	return &cc
 }
 
 // New makes a client from the base URL, the CA file to trust and a file
@@ -226,6 +239,9 @@ func (c *Client) send(ctx context.Context, method, path string, query url.Values
 		return err
 	}
 	req.Header.Set("Authorization", "Bearer "+c.token)
+	if c.actFor != "" {
+		req.Header.Set(api.ActForHeader, c.actFor)
+	}
 	if in != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}

@@ -1,7 +1,9 @@
 // Package hostkeys is the host's key service over the key store: it
 // implements control/keys.Service with the key store's client, as the
 // platform principal for platform keys and as each disk encryption set's
-// identity for customer keys.
+// identity for customer keys: with that identity's credential on a host's
+// own store, or, on a shared one, as the host's own identity acting for it
+// (HostIdentity).
 //
 // Every call is bounded by Config.Timeout: a key store that stops
 // answering is reported as unreachable ("the key store at HOST did not
@@ -36,6 +38,11 @@ type Config struct {
 	URL       string // https://HOST:PORT
 	CA        string // file of the CA certificate that signed the key store's
 	TokenFile string // file holding the platform's bearer token
+	// HostTokenFile, if set, holds the token of the host's own identity
+	// (a key store principal of type Host, which an administrator
+	// creates): the host acts for the managed identities of its group and
+	// reads the group's record key with it.
+	HostTokenFile string
 	// Timeout bounds every call (keys.DefaultTimeout if zero).
 	Timeout time.Duration
 }
@@ -52,6 +59,10 @@ type Service struct {
 	as map[string]*client.Client
 	// tenant is the key store's own tenant, once asked (Tenant).
 	tenant string
+
+	// host is the host identity's client and self, if it has one.
+	host   *client.Client
+	hostID *api.Identity
 }
 
 var _ keys.Service = (*Service)(nil)
@@ -79,12 +90,87 @@ func Connect(ctx context.Context, cfg Config) (*Service, error) {
 		}
 		return nil, fmt.Errorf("key store %s: preparing the platform key: %w", cfg.URL, err)
 	}
-	return &Service{c: c, cfg: cfg}, nil
+	k := &Service{c: c, cfg: cfg}
+	if cfg.HostTokenFile != "" {
+		if err := k.connectHost(ctx); err != nil {
+			k.Close()
+			return nil, err
+		}
+	}
+	return k, nil
+}
+
+// connectHost authenticates as the host's own identity and checks it is
+// one.
+func (k *Service) connectHost(ctx context.Context) error {
+	h, err := client.New(k.cfg.URL, k.cfg.CA, k.cfg.HostTokenFile)
+	if err != nil {
+		return fmt.Errorf("--host-token-file: %w", err)
+	}
+	h.SetTimeout(k.cfg.Timeout)
+	k.host = h
+	self, err := h.GetIdentity(ctx, "self")
+	if err != nil {
+		if client.IsUnauthorized(err) {
+			return fmt.Errorf("--host-token-file %s: the key store does not accept its token (wrong file, or the host identity was deleted): %w", k.cfg.HostTokenFile, err)
+		}
+		return fmt.Errorf("--host-token-file: reading the host's identity: %w", err)
+	}
+	if self.Type != api.IdentityHost || self.HostGroup == "" {
+		return fmt.Errorf("--host-token-file %s holds the token of a %s identity (%s), not a host's; an administrator creates one: hostcrypt identity create --type Host --host-group GROUP --display-name host/NAME --token-out FILE",
+			k.cfg.HostTokenFile, self.Type, self.PrincipalID)
+	}
+	k.hostID = self
+	return nil
+}
+
+// HostIdentity is the host's own identity, or nil without
+// Config.HostTokenFile.
+func (k *Service) HostIdentity() keys.HostIdentity {
+	if k.hostID == nil {
+		return nil
+	}
+	return hostIdentity{k}
+}
+
+// HostPrincipal is the host identity's principal id ("" without one).
+func (k *Service) HostPrincipal() string {
+	if k.hostID == nil {
+		return ""
+	}
+	return k.hostID.PrincipalID
+}
+
+// RecordKey returns the record key of the host's group, read as the host
+// identity; the caller wipes it when done.
+func (k *Service) RecordKey(ctx context.Context) ([]byte, error) {
+	if k.host == nil {
+		return nil, errors.New("the record key is read as the host's identity: give --host-token-file")
+	}
+	rk, err := k.host.RecordKey(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("reading the host group's record key: %w", err)
+	}
+	if rk.HostGroup != k.hostID.HostGroup || len(rk.Key) != 32 {
+		return nil, fmt.Errorf("the key store answered a record key of group %q (%d bytes) to a host of group %q", rk.HostGroup, len(rk.Key), k.hostID.HostGroup)
+	}
+	return rk.Key, nil
+}
+
+type hostIdentity struct{ k *Service }
+
+func (h hostIdentity) Group() string { return h.k.hostID.HostGroup }
+
+func (h hostIdentity) ActFor(principalID string) keys.Customer {
+	return &customer{k: h.k, actFor: principalID}
 }
 
 // Close releases the connections.
 func (k *Service) Close() {
 	k.c.Close()
+	if k.host != nil {
+		k.host.Close()
+	}
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	for _, c := range k.as {
@@ -166,7 +252,7 @@ func (k *Service) CreateIdentity(ctx context.Context, spec keys.IdentitySpec) (k
 	default:
 		return keys.Identity{}, "", fmt.Errorf("identity type %q: want %s or %s", spec.Type, keys.SystemAssigned, keys.UserAssigned)
 	}
-	id, err := k.c.CreateIdentity(ctx, typ, spec.TenantID, spec.DisplayName)
+	id, err := k.c.CreateIdentityWith(ctx, api.IdentityCreate{Type: typ, TenantID: spec.TenantID, DisplayName: spec.DisplayName, HostGroup: spec.HostGroup})
 	if err != nil {
 		return keys.Identity{}, "", err
 	}
@@ -261,9 +347,16 @@ func (k *Service) Events(ctx context.Context, after uint64, wait time.Duration) 
 type customer struct {
 	k          *Service
 	credential string
+	// actFor is the identity the host's identity acts for, instead of a
+	// credential.
+	actFor string
 }
 
 func (c *customer) client() (*client.Client, error) {
+	if c.actFor != "" {
+		// The host's connections, with the identity named on each call.
+		return c.k.host.ActingFor(c.actFor), nil
+	}
 	c.k.mu.Lock()
 	defer c.k.mu.Unlock()
 	if cl, ok := c.k.as[c.credential]; ok {

@@ -1,6 +1,10 @@
 package server
 
 import (
+	"crypto/hmac"
+	"crypto/sha256"
+	"regexp"
+
 	"hostcrypt/keystore/api"
 
 	"net/http"
@@ -24,6 +28,9 @@ func (c *call) requireKind(what string, kinds ...string) error {
 	return forbiddenByPolicy("caller %s (%s) may not %s", c.p.ObjectID, c.p.Kind, what)
 }
 
+// hostGroupRE is what a host group's name may be.
+var hostGroupRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$`)
+
 func (s *Server) createIdentity(c *call) (any, error) {
 	var req api.IdentityCreate
 	if err := decode(c, &req); err != nil {
@@ -35,9 +42,23 @@ func (s *Server) createIdentity(c *call) (any, error) {
 	typ := kindSystem
 	if req.Type != "" {
 		var ok bool
-		if typ, ok = canonical([]string{kindSystem, kindUserAssigned, kindUser}, req.Type); !ok {
-			return nil, badParam("identity type %q is not valid; use SystemAssigned, UserAssigned or User", req.Type)
+		if typ, ok = canonical([]string{kindSystem, kindUserAssigned, kindUser, kindHost}, req.Type); !ok {
+			return nil, badParam("identity type %q is not valid; use SystemAssigned, UserAssigned, User or Host", req.Type)
 		}
+	}
+	if req.HostGroup != "" && !hostGroupRE.MatchString(req.HostGroup) {
+		return nil, badParam("hostGroup %q is not valid: 1-63 letters, digits, dots, hyphens and underscores, starting with a letter or digit", req.HostGroup)
+	}
+	switch {
+	case typ == kindHost && c.p.Kind != kindAdmin:
+		// A host acts for every identity of its group: minting one is
+		// the administrator's, never the platform token's, so that the
+		// platform token alone still reaches no customer key.
+		return nil, forbiddenByPolicy("caller %s (%s) may not create host identities; an administrator can", c.p.ObjectID, c.p.Kind)
+	case typ == kindHost && req.HostGroup == "":
+		return nil, badParam("a Host identity needs hostGroup: the group of hosts it belongs to")
+	case typ == kindUser && req.HostGroup != "":
+		return nil, badParam("hostGroup is for Host, SystemAssigned and UserAssigned identities, not User")
 	}
 	tenant := req.TenantID
 	if tenant == "" {
@@ -49,11 +70,20 @@ func (s *Server) createIdentity(c *call) (any, error) {
 	if len(req.DisplayName) > 128 || strings.IndexFunc(req.DisplayName, unicode.IsControl) >= 0 {
 		return nil, badParam("displayName is not valid: at most 128 characters, none of them control characters")
 	}
-	token := newToken()
-	p := principal{ObjectID: newID(), TenantID: tenant, Kind: typ, DisplayName: req.DisplayName, TokenHash: tokenHash(token), Created: s.clock.Now().UTC()}
+	p := principal{ObjectID: newID(), TenantID: tenant, Kind: typ, DisplayName: req.DisplayName, HostGroup: req.HostGroup, Created: s.clock.Now().UTC()}
+	// A managed identity made for a host group gets no token: its hosts
+	// act for it, and a credential that exists nowhere leaks nowhere.
+	var token string
+	if typ == kindHost || req.HostGroup == "" {
+		token = newToken()
+		p.TokenHash = tokenHash(token)
+	}
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		if err := putJSON(tx, bucketPrincipals, p.ObjectID, p); err != nil {
 			return err
+		}
+		if p.TokenHash == "" {
+			return nil
 		}
 		return tx.Bucket(bucketTokens).Put([]byte(p.TokenHash), []byte(p.ObjectID))
 	})
@@ -61,11 +91,59 @@ func (s *Server) createIdentity(c *call) (any, error) {
 		return nil, err
 	}
 	c.status = http.StatusCreated
-	return api.Identity{PrincipalID: p.ObjectID, TenantID: p.TenantID, Type: p.Kind, DisplayName: p.DisplayName, Created: p.Created, Token: token}, nil
+	return api.Identity{PrincipalID: p.ObjectID, TenantID: p.TenantID, Type: p.Kind, DisplayName: p.DisplayName, HostGroup: p.HostGroup, Created: p.Created, Token: token}, nil
+}
+
+// actFor makes call c, authenticated as a host identity, one of the
+// managed identity target: allowed only for a SystemAssigned or
+// UserAssigned identity created for the host's group. The host stays on
+// the call as its actor, for the audit line.
+func (s *Server) actFor(c *call, target string) error {
+	host := c.p
+	if host.Kind != kindHost {
+		return errf(http.StatusForbidden, "Forbidden", "ActForNotAllowed", "caller %s (%s) may not act for another identity; only a host identity may (%s)", host.ObjectID, host.Kind, api.ActForHeader)
+	}
+	var p principal
+	err := s.db.View(func(tx *bolt.Tx) error {
+		ok, err := getJSON(tx, bucketPrincipals, target, &p)
+		if err == nil && !ok {
+			err = errf(http.StatusForbidden, "Forbidden", "ActForNotAllowed", "host %s may not act for identity %s: it does not exist (deleted?)", host.ObjectID, target)
+		}
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	if (p.Kind != kindSystem && p.Kind != kindUserAssigned) || p.HostGroup == "" || p.HostGroup != host.HostGroup {
+		return errf(http.StatusForbidden, "Forbidden", "ActForNotAllowed", "host %s (group %s) may not act for identity %s: only for a managed identity created for its host group", host.ObjectID, host.HostGroup, target)
+	}
+	c.actor, c.p = host, &p
+	return nil
+}
+
+// recordKeyOf derives host group group's record key from the master key.
+func (s *Server) recordKeyOf(group string) []byte {
+	m := hmac.New(sha256.New, s.master)
+	m.Write([]byte("hostcrypt keystore record key v1\x00"))
+	m.Write([]byte(group))
+	return m.Sum(nil)
+}
+
+// recordKey gives a host identity its group's record key: what the
+// group's hosts authenticate the records they share with, so that the
+// storage that holds the records cannot change them unnoticed.
+func (s *Server) recordKey(c *call) (any, error) {
+	if c.actor != nil || c.p.Kind != kindHost {
+		return nil, forbiddenByPolicy("caller %s (%s) may not read a record key; a host identity can, acting as itself", c.p.ObjectID, c.p.Kind)
+	}
+	return api.RecordKey{HostGroup: c.p.HostGroup, Key: s.recordKeyOf(c.p.HostGroup)}, nil
 }
 
 func (s *Server) getIdentity(c *call) (any, error) {
 	id := c.r.PathValue("id")
+	if id == "self" {
+		id = c.p.ObjectID
+	}
 	if id != c.p.ObjectID {
 		if err := c.requireKind("read other identities", kindPlatform, kindAdmin); err != nil {
 			return nil, err
@@ -82,7 +160,7 @@ func (s *Server) getIdentity(c *call) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	return api.Identity{PrincipalID: p.ObjectID, TenantID: p.TenantID, Type: p.Kind, DisplayName: p.DisplayName, Created: p.Created}, nil
+	return api.Identity{PrincipalID: p.ObjectID, TenantID: p.TenantID, Type: p.Kind, DisplayName: p.DisplayName, HostGroup: p.HostGroup, Created: p.Created}, nil
 }
 
 // deleteIdentity revokes an identity: its token stops working at once.
@@ -103,8 +181,10 @@ func (s *Server) deleteIdentity(c *call) (any, error) {
 		if p.Kind == kindAdmin || p.Kind == kindPlatform {
 			return badParam("identity %s is the key store's own %s principal and cannot be deleted", id, p.Kind)
 		}
-		if err := tx.Bucket(bucketTokens).Delete([]byte(p.TokenHash)); err != nil {
-			return err
+		if p.TokenHash != "" {
+			if err := tx.Bucket(bucketTokens).Delete([]byte(p.TokenHash)); err != nil {
+				return err
+			}
 		}
 		return tx.Bucket(bucketPrincipals).Delete([]byte(id))
 	})

@@ -15,6 +15,10 @@ const (
 	// system-assigned one it only uses keys its access policies grant, but
 	// it is a resource of its own that several disk encryption sets share.
 	kindUserAssigned = "UserAssigned"
+	// kindHost is a host's own identity: it uses no key as itself, but
+	// acts for the SystemAssigned and UserAssigned identities created for
+	// its host group (see actFor).
+	kindHost = "Host"
 )
 
 // PlatformVault is the reserved vault holding the platform's AES keys; only
@@ -24,12 +28,15 @@ const PlatformVault = "platform"
 // principal is a caller the store knows. Only the SHA-256 of its bearer
 // token is stored.
 type principal struct {
-	ObjectID    string    `json:"objectId"`
-	TenantID    string    `json:"tenantId"`
-	Kind        string    `json:"type"`
-	DisplayName string    `json:"displayName,omitempty"`
-	TokenHash   string    `json:"tokenHash"`
-	Created     time.Time `json:"created"`
+	ObjectID    string `json:"objectId"`
+	TenantID    string `json:"tenantId"`
+	Kind        string `json:"type"`
+	DisplayName string `json:"displayName,omitempty"`
+	// HostGroup is a Host's group, or the group whose hosts act for a
+	// managed identity; a managed identity with one has no token.
+	HostGroup string    `json:"hostGroup,omitempty"`
+	TokenHash string    `json:"tokenHash"`
+	Created   time.Time `json:"created"`
 }
 
 // accessPolicy grants a principal key permissions on a vault.

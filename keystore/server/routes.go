@@ -42,6 +42,7 @@ func (s *Server) routes() http.Handler {
 	h("POST /identities", "IdentityCreate", s.createIdentity)
 	h("GET /identities/{id}", "IdentityGet", s.getIdentity)
 	h("DELETE /identities/{id}", "IdentityDelete", s.deleteIdentity)
+	h("GET /recordkey", "RecordKeyGet", s.recordKey)
 
 	h("GET /audit", "AuditRead", s.readAudit)
 	h("GET /audit/head", "AuditHead", s.auditHead)

@@ -364,9 +364,12 @@ func (s *Server) kid(vault, name, version string) string {
 
 // call is one request in flight: who made it and what the audit line says.
 type call struct {
-	w      http.ResponseWriter
-	r      *http.Request
-	p      *principal
+	w http.ResponseWriter
+	r *http.Request
+	p *principal
+	// actor is the host identity that acts for p (api.ActForHeader), or
+	// nil.
+	actor  *principal
 	reqID  string
 	op     string
 	vault  string
@@ -419,6 +422,9 @@ func (s *Server) handle(mux *http.ServeMux, pattern, op string, h handlerFunc) {
 		}
 		if c.p != nil {
 			rec.CallerObjectID, rec.CallerTenantID, rec.CallerType = c.p.ObjectID, c.p.TenantID, c.p.Kind
+		}
+		if c.actor != nil {
+			rec.ActorObjectID, rec.ActorType, rec.ActorName = c.actor.ObjectID, c.actor.Kind, clip(c.actor.DisplayName, 128)
 		}
 		var body any = out
 		if err != nil {
@@ -503,6 +509,9 @@ func (s *Server) authenticate(c *call) error {
 		return err
 	}
 	c.p = &p
+	if target := c.r.Header.Get(api.ActForHeader); target != "" {
+		return s.actFor(c, target)
+	}
 	return nil
 }
 

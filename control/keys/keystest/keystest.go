@@ -59,11 +59,14 @@ func (e *Error) Unwrap() error {
 type Service struct {
 	aead cipher.AEAD
 
-	mu      sync.Mutex
-	temp    map[string]bool // live temp disk key ids
-	ntemp   int
-	ids     map[string]keys.Identity // by credential
-	granted map[string]bool          // principal id -> may use customer keys
+	mu    sync.Mutex
+	temp  map[string]bool // live temp disk key ids
+	ntemp int
+	ids   map[string]keys.Identity // by credential
+	// groups is the host group of each identity made for one (by
+	// principal id); such an identity is in ids under actCred.
+	groups  map[string]string
+	granted map[string]bool // principal id -> may use customer keys
 	// AutoGrant grants every identity access when it is created.
 	autoGrant bool
 	state     map[string]keys.Problem // kid (with or without version) -> Revoked or Expired
@@ -95,7 +98,7 @@ func New() *Service {
 		panic(err)
 	}
 	hcrypto.Wipe(k)
-	return &Service{aead: g, temp: map[string]bool{}, ids: map[string]keys.Identity{}, granted: map[string]bool{},
+	return &Service{aead: g, temp: map[string]bool{}, ids: map[string]keys.Identity{}, groups: map[string]string{}, granted: map[string]bool{},
 		state: map[string]keys.Problem{}, latest: map[string]string{}, vaults: map[string]string{},
 		wake: make(chan struct{}), calls: map[string]int{}}
 }
@@ -326,7 +329,13 @@ func (s *Service) CreateIdentity(ctx context.Context, spec keys.IdentitySpec) (k
 	id := keys.Identity{Type: spec.Type, PrincipalID: "p-" + name, TenantID: tenant}
 	cred := "cred-" + name
 	s.mu.Lock()
-	s.ids[cred] = id
+	if spec.HostGroup != "" {
+		s.ids[actCred(id.PrincipalID)] = id
+		s.groups[id.PrincipalID] = spec.HostGroup
+		cred = ""
+	} else {
+		s.ids[cred] = id
+	}
 	if s.autoGrant {
 		s.granted[id.PrincipalID] = true
 	}
@@ -347,7 +356,26 @@ func (s *Service) DeleteIdentity(ctx context.Context, principal string) error {
 		}
 	}
 	delete(s.granted, principal)
+	delete(s.groups, principal)
 	return nil
+}
+
+// actCred is where an identity made for a host group is kept in ids.
+func actCred(principal string) string { return "\x00act/" + principal }
+
+// Host returns a host identity of group: it acts for the identities
+// created for that group, and is refused for any other.
+func (s *Service) Host(group string) keys.HostIdentity { return hostIdentity{s: s, group: group} }
+
+type hostIdentity struct {
+	s     *Service
+	group string
+}
+
+func (h hostIdentity) Group() string { return h.group }
+
+func (h hostIdentity) ActFor(principal string) keys.Customer {
+	return &customer{s: h.s, cred: actCred(principal), group: h.group}
 }
 
 // As acts as the identity holding credential.
@@ -438,6 +466,8 @@ func (s *Service) Events(ctx context.Context, after uint64, wait time.Duration) 
 type customer struct {
 	s    *Service
 	cred string
+	// group is, for a host acting for an identity, the host's group.
+	group string
 }
 
 // check refuses an identity without access, or a key not usable for op.
@@ -446,8 +476,14 @@ func (c *customer) check(kid string, wrap bool) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	id, ok := s.ids[c.cred]
+	if !ok && c.group != "" {
+		return &Error{keys.Revoked, "ActForNotAllowed: the identity does not exist"}
+	}
 	if !ok {
 		return &Error{keys.Revoked, "Unauthorized: the bearer token is not valid"}
+	}
+	if c.group != "" && s.groups[id.PrincipalID] != c.group {
+		return &Error{keys.Revoked, fmt.Sprintf("ActForNotAllowed: a host of group %s may not act for %s", c.group, id.PrincipalID)}
 	}
 	if !s.granted[id.PrincipalID] {
 		return &Error{keys.Revoked, fmt.Sprintf("ForbiddenByPolicy: %s has no key permission on %s", id.PrincipalID, kid)}
