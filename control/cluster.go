@@ -411,6 +411,8 @@ func (h *Host) dropCacheEpoch(d *store.Disk) {
 	_ = os.Remove(dir + ".epoch")
 }
 
+const leaseLostOp = "stopping: its writer lease is lost"
+
 // leaseLost stops VM vm, whose writer lease on disk has been lost: its
 // writes fail from then on, and another host may take the disk.
 func (h *Host) leaseLost(vm, disk string, cause error) {
@@ -423,7 +425,13 @@ func (h *Host) leaseLost(vm, disk string, cause error) {
 		}
 	}
 	h.log.Error("stopping VM: its writer lease is lost", "vm", vm, "disk", disk, "err", cause)
-	release, err := h.claim("stopping: its writer lease is lost", "vm/"+vm)
+	h.mu.Lock()
+	stopping := h.busy["vm/"+vm] == leaseLostOp
+	h.mu.Unlock()
+	if stopping {
+		return // another disk of the VM found it first
+	}
+	release, err := h.claim(leaseLostOp, "vm/"+vm)
 	if err != nil {
 		h.log.Error("stopping VM", "vm", vm, "err", err)
 		return

@@ -307,9 +307,15 @@ func TestTwoHostsHealAfterFreeze(t *testing.T) {
 	// close it and wait): block i holds "seq=i", written with O_DIRECT
 	// and fsynced; i is appended to acked once that returned.
 	acked := filepath.Join(t.TempDir(), "acked")
-	guest := exec.Command("sh", "-c", `i=0; while [ $i -lt 4096 ]; do
-		printf 'seq=%08d\n' $i | dd of="$1" bs=4096 seek=$i conv=sync,notrunc,fsync oflag=direct status=none || exit 1
-		echo $i >> "$2"; i=$((i+1)); done`, "guest", a.img("vm1", "data-1.img"), acked)
+	// It goes on past failures, 20 blocks more, so that writes A is
+	// handed after the takeover are tried too.
+	guest := exec.Command("sh", "-c", `i=0; fails=0; while [ $i -lt 4096 ]; do
+		if printf 'seq=%08d\n' $i | dd of="$1" bs=4096 seek=$i conv=sync,notrunc,fsync oflag=direct status=none 2>/dev/null; then
+			echo $i >> "$2"
+		else
+			fails=$((fails+1)); [ $fails -lt 20 ] || exit 1
+		fi
+		i=$((i+1)); done`, "guest", a.img("vm1", "data-1.img"), acked)
 	require.NoError(t, guest.Start())
 	done := make(chan error, 1)
 	go func() { done <- guest.Wait() }()
@@ -348,7 +354,11 @@ func TestTwoHostsHealAfterFreeze(t *testing.T) {
 		<-done
 		t.Fatal("the guest's writes on A neither failed nor went on after A resumed")
 	}
-	assert.Equal(t, last, lastAcked(), "no write acknowledged on A after the takeover")
+	// The write in flight at the freeze may have reached the store before
+	// the fence, and its flush then be acknowledged without a call to the
+	// store; nothing after it is.
+	final := lastAcked()
+	assert.LessOrEqual(t, final, last+1, "no write acknowledged on A after the one in flight at the takeover")
 	t.Cleanup(func() {
 		if t.Failed() {
 			t.Logf("host-a's log:\n%s", a.logs.String())
@@ -369,14 +379,15 @@ func TestTwoHostsHealAfterFreeze(t *testing.T) {
 		blk := got[i*4096 : (i+1)*4096]
 		want := fmt.Sprintf("seq=%08d\n", i)
 		switch {
-		case i <= last:
+		case i <= final:
 			require.Equal(t, want, string(blk[:len(want)]), "acknowledged block %d", i)
 		case i == last+1:
+			// In flight at the freeze: it may have landed before the fence.
 			if !bytes.Equal(blk, make([]byte, 4096)) {
 				require.Equal(t, want, string(blk[:len(want)]), "the block in flight, %d", i)
 			}
 		default:
-			require.Equal(t, make([]byte, 4096), blk, "block %d was never acknowledged, yet it is on the store", i)
+			require.Equal(t, make([]byte, 4096), blk, "block %d, written to A after the takeover, is on the store", i)
 		}
 	}
 	assert.Equal(t, sums, checkExt4(t, b.img("vm1", "data-0.img")))
