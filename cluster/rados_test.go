@@ -3,7 +3,6 @@
 package cluster
 
 import (
-	"os"
 	"syscall"
 	"testing"
 	"time"
@@ -11,26 +10,15 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"hostcrypt/internal/testenv"
 	"hostcrypt/storage"
-	"hostcrypt/storage/location"
 	"hostcrypt/storage/rados"
 )
 
 // openRADOS opens n connections to the test cluster in a namespace of the
 // test's own, each standing for a host.
 func openRADOS(t *testing.T, n int) []*rados.Backend {
-	s := os.Getenv("HOSTCRYPT_RADOS")
-	if s == "" {
-		if os.Getenv("CI") != "" {
-			t.Fatal("CI is set but HOSTCRYPT_RADOS is not: the RADOS tests need a cluster (make test-ceph starts one)")
-		}
-		t.Skip("no Ceph cluster: HOSTCRYPT_RADOS is unset")
-	}
-	l, err := location.Parse(s)
-	require.NoError(t, err)
-	require.NotNil(t, l.RADOS)
-	cfg := *l.RADOS
-	cfg.Namespace = "test-cluster-" + newCookie()[:10]
+	cfg := *testenv.RADOS(t, "test-cluster-").RADOS
 	var out []*rados.Backend
 	for range n {
 		b, err := rados.Open(t.Context(), cfg)

@@ -4,9 +4,8 @@ package integration
 
 import (
 	"bytes"
-	"crypto/rand"
-	"encoding/hex"
 	"fmt"
+	"hostcrypt/internal/testenv"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -19,8 +18,6 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
-
-	"hostcrypt/storage/location"
 )
 
 // The tests of many hosts on one RADOS pool: real hostcryptd processes
@@ -33,19 +30,7 @@ func init() { buildTags += ",ceph,pacific" }
 // test's own.
 func sharedPool(t *testing.T) string {
 	t.Helper()
-	s := os.Getenv("HOSTCRYPT_RADOS")
-	if s == "" {
-		if os.Getenv("CI") != "" {
-			t.Fatal("CI is set but HOSTCRYPT_RADOS is not: the RADOS tests need a cluster (make test-ceph starts one)")
-		}
-		t.Skip("no Ceph cluster: HOSTCRYPT_RADOS is unset")
-	}
-	l, err := location.Parse(s)
-	require.NoError(t, err)
-	require.NotNil(t, l.RADOS)
-	ns := make([]byte, 5)
-	rand.Read(ns)
-	l.RADOS.Namespace = "itest-" + hex.EncodeToString(ns)
+	l := testenv.RADOS(t, "itest-")
 	return l.String()
 }
 

@@ -4,9 +4,6 @@ package volume
 
 import (
 	"bytes"
-	"crypto/rand"
-	"encoding/hex"
-	"os"
 	"path/filepath"
 	"testing"
 
@@ -16,7 +13,7 @@ import (
 	"hostcrypt/cache"
 	"hostcrypt/control/keys/keystest"
 	"hostcrypt/disk"
-	"hostcrypt/storage/location"
+	"hostcrypt/internal/testenv"
 	"hostcrypt/storage/rados"
 )
 
@@ -25,20 +22,7 @@ import (
 // disk straight from the pool while the first still has it open, its host
 // cache never closed, and reads every flushed write.
 func TestSharedStorageFlushOnRADOS(t *testing.T) {
-	s := os.Getenv("HOSTCRYPT_RADOS")
-	if s == "" {
-		if os.Getenv("CI") != "" {
-			t.Fatal("CI is set but HOSTCRYPT_RADOS is not: the RADOS tests need a cluster (make test-ceph starts one)")
-		}
-		t.Skip("no Ceph cluster: HOSTCRYPT_RADOS is unset")
-	}
-	l, err := location.Parse(s)
-	require.NoError(t, err)
-	require.NotNil(t, l.RADOS)
-	cfg := *l.RADOS
-	ns := make([]byte, 6)
-	rand.Read(ns)
-	cfg.Namespace = "test-volume-" + hex.EncodeToString(ns)
+	cfg := *testenv.RADOS(t, "test-volume-").RADOS
 	a, err := rados.Open(t.Context(), cfg)
 	require.NoError(t, err)
 	b, err := rados.Open(t.Context(), cfg)
