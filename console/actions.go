@@ -150,15 +150,21 @@ func operatorToken(t string) (string, error) {
 	return t, nil
 }
 
+// decodeKeyAction decodes a key action's request into req and takes the
+// operator's token out of it (token points into req): the token is
+// checked and returned, and the request keeps no copy.
+func decodeKeyAction(r *http.Request, req any, token *string) (string, error) {
+	if err := decode(r, req); err != nil {
+		return "", err
+	}
+	tok, err := operatorToken(*token)
+	*token = ""
+	return tok, err
+}
+
 func (c *Console) setKeyEnabled(w http.ResponseWriter, r *http.Request) {
 	var req KeyEnabledRequest
-	err := decode(r, &req)
-	if err != nil {
-		c.fail(w, err)
-		return
-	}
-	tok, err := operatorToken(req.Token)
-	req.Token = ""
+	tok, err := decodeKeyAction(r, &req, &req.Token)
 	if err != nil {
 		c.fail(w, err)
 		return
@@ -185,13 +191,7 @@ func (c *Console) setKeyEnabled(w http.ResponseWriter, r *http.Request) {
 
 func (c *Console) rotateKey(w http.ResponseWriter, r *http.Request) {
 	var req KeyRotateRequest
-	err := decode(r, &req)
-	if err != nil {
-		c.fail(w, err)
-		return
-	}
-	tok, err := operatorToken(req.Token)
-	req.Token = ""
+	tok, err := decodeKeyAction(r, &req, &req.Token)
 	if err != nil {
 		c.fail(w, err)
 		return
