@@ -4,33 +4,83 @@ package rados
 
 // The few librados operations go-ceph does not bind, or binds in a way this
 // backend cannot use: a zero (go-ceph has none), a write that refuses to
-// recreate a deleted object, a full write that may be empty and may carry a
+// recreate a deleted object, the compare of an xattr in a write (the
+// ownership epoch guard), a full write that may be empty and may carry a
 // version condition (go-ceph's write steps need a non-empty buffer), and a
 // whole-object read that returns the size and version of what it read.
 
 /*
 #cgo LDFLAGS: -lrados
+#include <errno.h>
 #include <stdlib.h>
 #include <rados/librados.h>
 
+// hc_guard adds to op the epoch guard of a chunk write when ep is not
+// NULL: the op fails (ECANCELED) unless ep >= the object's xattr name.
+// Both are the same number of decimal digits, so the OSD's comparison of
+// strings, the only one the C API offers, orders them as numbers; an object
+// without the xattr compares as the empty string, below any epoch.
+static void hc_guard(rados_write_op_t op, const char *name, const char *ep, size_t eplen) {
+	if (ep != NULL)
+		rados_write_op_cmpxattr(op, name, LIBRADOS_CMPXATTR_OP_GTE, ep, eplen);
+}
+
 // hc_zero makes len bytes from off of an existing object read as zeros,
-// freeing their space on the OSDs.
-static int hc_zero(rados_ioctx_t io, const char *oid, uint64_t off, uint64_t len) {
+// freeing their space on the OSDs; guarded by hc_guard.
+static int hc_zero(rados_ioctx_t io, const char *oid, uint64_t off, uint64_t len,
+                   const char *name, const char *ep, size_t eplen) {
 	rados_write_op_t op = rados_create_write_op();
 	rados_write_op_assert_exists(op);
+	hc_guard(op, name, ep, eplen);
 	rados_write_op_zero(op, off, len);
 	int r = rados_write_op_operate(op, io, oid, NULL, 0);
 	rados_release_write_op(op);
 	return r;
 }
 
-// hc_write writes len bytes at off into an existing object.
-static int hc_write(rados_ioctx_t io, const char *oid, const char *buf, size_t len, uint64_t off) {
+// hc_write writes len bytes at off into an existing object; guarded by
+// hc_guard.
+static int hc_write(rados_ioctx_t io, const char *oid, const char *buf, size_t len, uint64_t off,
+                    const char *name, const char *ep, size_t eplen) {
 	rados_write_op_t op = rados_create_write_op();
 	rados_write_op_assert_exists(op);
+	hc_guard(op, name, ep, eplen);
 	rados_write_op_write(op, buf, len, off);
 	int r = rados_write_op_operate(op, io, oid, NULL, 0);
 	rados_release_write_op(op);
+	return r;
+}
+
+// hc_stamp opens a chunk for a guarded writer: unless the object carries
+// a newer epoch than ep (hc_guard), it sets the xattr name to ep; with
+// create, it makes the object first if missing. The OSD fails a compare
+// on an object that does not exist (ENOENT), even after a create in the
+// same operation, so a missing object is created exclusively and stamped
+// in one operation, and only one that exists is compared; should it be
+// deleted between the two, the create is tried again.
+static int hc_stamp(rados_ioctx_t io, const char *oid, int create,
+                    const char *name, const char *ep, size_t eplen) {
+	int r = -ENOENT;
+	for (int try = 0; try < 3 && r == -ENOENT; try++) {
+		rados_write_op_t op;
+		if (create) {
+			op = rados_create_write_op();
+			rados_write_op_create(op, LIBRADOS_CREATE_EXCLUSIVE, NULL);
+			rados_write_op_setxattr(op, name, ep, eplen);
+			r = rados_write_op_operate(op, io, oid, NULL, 0);
+			rados_release_write_op(op);
+			if (r != -EEXIST)
+				return r;
+		}
+		op = rados_create_write_op();
+		rados_write_op_assert_exists(op);
+		hc_guard(op, name, ep, eplen);
+		rados_write_op_setxattr(op, name, ep, eplen);
+		r = rados_write_op_operate(op, io, oid, NULL, 0);
+		rados_release_write_op(op);
+		if (!create)
+			return r;
+	}
 	return r;
 }
 
@@ -101,16 +151,52 @@ func bufPtr(p []byte) *C.char {
 	return (*C.char)(unsafe.Pointer(&p[0]))
 }
 
-func zero(io *rados.IOContext, oid string, off, n uint64) error {
-	coid := C.CString(oid)
-	defer C.free(unsafe.Pointer(coid))
-	return errno(C.hc_zero(cioctx(io), coid, C.uint64_t(off), C.uint64_t(n)))
+// epochArgs are the C arguments of hc_guard for ownership epoch ep; 0 is
+// no guard. free releases them.
+func epochArgs(ep uint64) (name, val *C.char, n C.size_t, free func()) {
+	if ep == 0 {
+		return nil, nil, 0, func() {}
+	}
+	s := formatEpoch(ep)
+	name, val = C.CString(EpochXattr), C.CString(s)
+	return name, val, C.size_t(len(s)), func() {
+		C.free(unsafe.Pointer(name))
+		C.free(unsafe.Pointer(val))
+	}
 }
 
-func writeExisting(io *rados.IOContext, oid string, p []byte, off uint64) error {
+// zero zeroes n bytes from off of the existing object oid; with ep not 0,
+// only unless it carries a newer epoch.
+func zero(io *rados.IOContext, oid string, off, n, ep uint64) error {
 	coid := C.CString(oid)
 	defer C.free(unsafe.Pointer(coid))
-	return errno(C.hc_write(cioctx(io), coid, bufPtr(p), C.size_t(len(p)), C.uint64_t(off)))
+	name, val, vn, free := epochArgs(ep)
+	defer free()
+	return errno(C.hc_zero(cioctx(io), coid, C.uint64_t(off), C.uint64_t(n), name, val, vn))
+}
+
+// writeExisting writes p at off into the existing object oid; with ep not
+// 0, only unless it carries a newer epoch.
+func writeExisting(io *rados.IOContext, oid string, p []byte, off, ep uint64) error {
+	coid := C.CString(oid)
+	defer C.free(unsafe.Pointer(coid))
+	name, val, vn, free := epochArgs(ep)
+	defer free()
+	return errno(C.hc_write(cioctx(io), coid, bufPtr(p), C.size_t(len(p)), C.uint64_t(off), name, val, vn))
+}
+
+// stamp marks the object oid, created first with create, as written under
+// epoch ep (not 0), unless it carries a newer one.
+func stamp(io *rados.IOContext, oid string, create bool, ep uint64) error {
+	coid := C.CString(oid)
+	defer C.free(unsafe.Pointer(coid))
+	name, val, vn, free := epochArgs(ep)
+	defer free()
+	c := C.int(0)
+	if create {
+		c = 1
+	}
+	return errno(C.hc_stamp(cioctx(io), coid, c, name, val, vn))
 }
 
 // writeCond says when writeFull may write.
