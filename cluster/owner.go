@@ -38,7 +38,7 @@ type Fencer interface {
 // EpochGuarded is a store that guards a disk's chunk writes by its
 // ownership epoch on the server (storage/rados.Backend): the store
 // WithEpoch returns has chunks whose writes and zeros the server refuses,
-// with an error wrapping syscall.EIO, once a writer of a newer epoch opened
+// with an error wrapping syscall.EIO, once a writer of a newer epoch wrote
 // the same chunk. It stops a writer of an older epoch that was not fenced
 // (a restarted host's leftover client, a fence that did not happen).
 type EpochGuarded interface {

@@ -64,11 +64,11 @@ type vmWriter struct {
 // owner's client fenced unless it let the disk go, the epoch bumped), and
 // after a takeover bumps the version of the disk's metadata, so that a
 // conditional write the fenced owner prepared before cannot land. The
-// disk's chunks are written under the epoch taken: once this writer opened
+// disk's chunks are written under the epoch taken: once this writer wrote
 // a chunk, the store refuses a write to it from any writer of an older
 // epoch, fenced or not; and should another writer take the disk under a
 // newer epoch, this one's writes fail with EIO on each chunk the other
-// opened.
+// wrote.
 func (v *vmWriter) Disk(ctx context.Context, id, metaKey string, lost func(error)) (control.DiskWriter, error) {
 	l, err := cluster.Acquire(ctx, v.locks, []string{cluster.LockKey(id)}, v.desc, v.lease, lost)
 	if err != nil {

@@ -30,7 +30,7 @@
 //     assertion (or an exclusive create), which RADOS applies or refuses
 //     atomically.
 //   - Chunk writes of a disk's owner are guarded by its ownership epoch
-//     (Backend.WithEpoch): each chunk object it opens is stamped with the
+//     (Backend.WithEpoch): each chunk object it writes is stamped with the
 //     epoch in an xattr, and each write and zero carries a compare of that
 //     xattr, so that a writer of an older epoch nobody fenced is refused
 //     by the OSD itself.
@@ -89,7 +89,7 @@ func (c *Config) Check() error {
 var (
 	// ErrStaleEpoch is returned, wrapped, by a chunk write or zero of a
 	// writer under an ownership epoch older than the one its object was
-	// opened under since (Backend.WithEpoch): another host took the disk
+	// written under since (Backend.WithEpoch): another host took the disk
 	// over. It wraps syscall.EIO, which is what the guest sees; nothing of
 	// the refused operation landed.
 	ErrStaleEpoch = fmt.Errorf("rados: the disk was taken over under a newer ownership epoch: %w", syscall.EIO)

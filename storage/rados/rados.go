@@ -224,27 +224,23 @@ func (b *Backend) OpenChunk(ctx context.Context, key string, create bool) (stora
 	return b.openChunk(ctx, key, create, 0)
 }
 
-// openChunk is OpenChunk, for a writer of ownership epoch epoch if not 0
-// (see WithEpoch): then the open stamps the object with the epoch.
+// openChunk is OpenChunk for a writer of ownership epoch epoch, if not 0
+// (see WithEpoch).
 func (b *Backend) openChunk(ctx context.Context, key string, create bool, epoch uint64) (storage.Chunk, error) {
 	if err := b.begin(ctx, key, false); err != nil {
 		return nil, err
 	}
 	defer b.leave()
-	c := &chunk{b: b, key: key, epoch: epoch}
 	var err error
-	switch {
-	case epoch != 0:
-		err = stamp(b.ioctx, key, create, epoch)
-	case create:
+	if create {
 		err = b.ioctx.Create(key, rados.CreateIdempotent)
-	default:
+	} else {
 		_, err = b.ioctx.Stat(key)
 	}
 	if err != nil {
-		return nil, c.fail("open chunk", err)
+		return nil, b.fail("open chunk", key, err)
 	}
-	return c, nil
+	return &chunk{b: b, key: key, epoch: epoch}, nil
 }
 
 // ReadMeta reads the whole object key in one operation.
@@ -452,9 +448,23 @@ type chunk struct {
 	b   *Backend
 	key string
 	// epoch, if not 0, guards each write and zero: it fails once the
-	// object carries a newer ownership epoch (WithEpoch).
-	epoch  uint64
-	closed atomic.Bool
+	// object carries a newer ownership epoch (WithEpoch). The first to
+	// succeed stamped the object with epoch; the later ones only compare.
+	epoch   uint64
+	stamped atomic.Bool
+	closed  atomic.Bool
+}
+
+// guard is the epoch guard of c's next write or zero.
+func (c *chunk) guard() guard {
+	return guard{epoch: c.epoch, stamp: c.epoch != 0 && !c.stamped.Load()}
+}
+
+// done notes that an operation under g succeeded.
+func (c *chunk) done(g guard) {
+	if g.stamp {
+		c.stamped.Store(true)
+	}
 }
 
 // fail is Backend.fail, but a guarded operation the epoch compare refused
@@ -504,9 +514,11 @@ func (c *chunk) WriteAt(p []byte, off int64) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
-	if err := writeExisting(c.b.ioctx, c.key, p, uint64(off), c.epoch); err != nil {
+	g := c.guard()
+	if err := writeExisting(c.b.ioctx, c.key, p, uint64(off), g); err != nil {
 		return 0, c.fail("write", err)
 	}
+	c.done(g)
 	return len(p), nil
 }
 
@@ -530,9 +542,11 @@ func (c *chunk) PunchHole(off, n int64) error {
 	if uint64(off) >= end {
 		return nil
 	}
-	if err := zero(c.b.ioctx, c.key, uint64(off), end-uint64(off), c.epoch); err != nil {
+	g := c.guard()
+	if err := zero(c.b.ioctx, c.key, uint64(off), end-uint64(off), g); err != nil {
 		return c.fail("punch", err)
 	}
+	c.done(g)
 	return nil
 }
 
