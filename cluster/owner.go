@@ -79,7 +79,8 @@ func ReadOwner(ctx context.Context, st storage.Backend, id string) (Owner, stora
 	var o Owner
 	if err := json.Unmarshal(raw, &o); err != nil {
 		return Owner{}, storage.NoVersion, fmt.Errorf("the owner record of disk %s (%s) is damaged: %v; "+
-			"remove the object once no host runs the disk (rados rm %s)", id, LockKey(id), err, LockKey(id))
+			"once no host runs the disk, replace it with {\"epoch\":N}, N the highest hostcrypt.epoch xattr of the disk's chunk objects "+
+			"(never remove it: epochs would start again below the chunks' and every write would fail)", id, LockKey(id), err)
 	}
 	return o, v, nil
 }
