@@ -12,6 +12,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"hostcrypt/cache"
 	"hostcrypt/cluster"
 	"hostcrypt/control"
 	"hostcrypt/internal/testenv"
@@ -28,8 +29,8 @@ func (noFence) Blocklist(context.Context, string, time.Duration) error { return 
 // A disk's writer of an older ownership epoch whose client nobody fenced
 // gets EIO on its next chunk write once another host's writer took the
 // disk, and nothing of that write lands: after a clean release (whose
-// client the next owner rightly does not fence) and after a takeover whose
-// fence did not happen. The lease is long, so that the old writer's own
+// client the next owner rightly does not fence), after a takeover whose
+// fence did not happen, and when a host cache writes back. The lease is long, so that the old writer's own
 // lease check passes throughout and only the store refuses.
 func TestOlderEpochWriterOnRADOS(t *testing.T) {
 	loc := testenv.RADOS(t, "test-hostd-")
@@ -99,13 +100,33 @@ func TestOlderEpochWriterOnRADOS(t *testing.T) {
 	c.fencer = noFence{c.fencer}
 	dc, err := c.Disk(ctx, "d1", "disks/d1/meta.json", nil)
 	require.NoError(t, err)
-	defer dc.Release()
 	require.Equal(t, uint64(3), dc.Epoch)
 	require.Equal(t, "host-b", dc.Fenced)
 	require.NoError(t, write(chunk(dc), "c-epoch3"))
 	err = write(cb, "b-late!!")
 	require.ErrorIs(t, err, syscall.EIO, "B's lease check still passes: only the store refuses")
 	assert.Equal(t, "c-epoch3", stored())
+
+	// A host cache writes back through the same guarded chunks: C's
+	// write-back cache holds a write when A takes the disk again; its
+	// write-back is refused.
+	hc, err := cache.New(ctx, dc.Storage, cache.Options{Mode: cache.ReadWrite, Dir: t.TempDir(),
+		MaxBytes: 1 << 20, FlushInterval: time.Hour, SlowStorage: -1, SequentialCutoff: -1})
+	require.NoError(t, err)
+	cc, err := hc.OpenChunk(ctx, key, false)
+	require.NoError(t, err)
+	require.NoError(t, write(cc, "c-cached"))
+	assert.Equal(t, "c-epoch3", stored(), "the write is in the cache only")
+	dc.Release()
+	da2, err := a.Disk(ctx, "d1", "disks/d1/meta.json", nil)
+	require.NoError(t, err)
+	defer da2.Release()
+	require.Equal(t, uint64(4), da2.Epoch)
+	require.NoError(t, write(chunk(da2), "a-epoch4"))
+	require.ErrorIs(t, hc.Flush(ctx), syscall.EIO)
+	assert.Equal(t, "a-epoch4", stored())
+	cc.Close()
+	hc.Close()
 }
 
 // breakLock breaks l's hold of the disk lock on key, as an administrator
