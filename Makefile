@@ -125,8 +125,8 @@ bench-memory:
 # The RADOS backend against a real cluster, as a serial phase of its own:
 # installs Ceph's packages (scripts/deps.sh ceph), builds the ceph variant,
 # starts a throw-away cluster (scripts/ceph-cluster.sh), runs CEPH_PKGS one
-# package at a time, and destroys the cluster, also on failure or timeout.
-# Every step is bounded: it fails loudly rather than hangs.
+# package at a time and hostd's RADOS tests, and destroys the cluster, also
+# on failure or timeout. Every step is bounded: it fails loudly rather than hangs.
 CEPH_TAGS := ceph,pacific
 CEPH_PKGS ?= ./storage/rados/... ./storage/location/... ./control/store/ ./cluster/ ./volume/
 # The integration tests of hosts sharing a pool (real daemons, mounts).
@@ -141,4 +141,5 @@ test-ceph: build-ceph
 	@dir=$$(mktemp -d "$${TMPDIR:-/var/tmp}/hostcrypt-ceph.XXXXXX") && \
 	  timeout -k 30s 5m scripts/ceph-cluster.sh with "$$dir" sh -c '\
 	    $(GO) test -race -count=1 -p 1 -timeout 4m -tags $(CEPH_TAGS) $(CEPH_PKGS) && \
+	    $(GO) test -race -count=1 -timeout 2m -tags $(CEPH_TAGS) -run OnRADOS ./hostd/ && \
 	    $(GO) test -count=1 -timeout 3m -tags $(CEPH_TAGS) -run "$(CEPH_ITESTS)" ./integration/' 

@@ -35,6 +35,16 @@ type Fencer interface {
 	Blocklist(ctx context.Context, addr string, expire time.Duration) error
 }
 
+// EpochGuarded is a store that guards a disk's chunk writes by its
+// ownership epoch on the server (storage/rados.Backend): the store
+// WithEpoch returns has chunks whose writes and zeros the server refuses,
+// with an error wrapping syscall.EIO, once a writer of a newer epoch wrote
+// the same chunk. It stops a writer of an older epoch that was not fenced
+// (a restarted host's leftover client, a fence that did not happen).
+type EpochGuarded interface {
+	WithEpoch(epoch uint64) storage.Backend
+}
+
 // Owner is a disk's owner record.
 type Owner struct {
 	Host  string `json:"host"`
@@ -69,7 +79,8 @@ func ReadOwner(ctx context.Context, st storage.Backend, id string) (Owner, stora
 	var o Owner
 	if err := json.Unmarshal(raw, &o); err != nil {
 		return Owner{}, storage.NoVersion, fmt.Errorf("the owner record of disk %s (%s) is damaged: %v; "+
-			"remove the object once no host runs the disk (rados rm %s)", id, LockKey(id), err, LockKey(id))
+			"once no host runs the disk, replace it with {\"epoch\":N}, N the highest hostcrypt.epoch xattr of the disk's chunk objects "+
+			"(never remove it: epochs would start again below the chunks' and every write would fail)", id, LockKey(id), err)
 	}
 	return o, v, nil
 }

@@ -40,11 +40,12 @@ func (w writers) Open(ctx context.Context, vm string) (control.VMWriter, error) 
 	}
 	locks, ok := be.(cluster.Locks)
 	fencer, ok2 := be.(cluster.Fencer)
-	if !ok || !ok2 {
+	epochs, ok3 := be.(cluster.EpochGuarded)
+	if !ok || !ok2 || !ok3 {
 		be.Close()
-		return nil, fmt.Errorf("the storage backend has no locks")
+		return nil, fmt.Errorf("the storage backend has no locks, fencing or epoch guard for writers")
 	}
-	return &vmWriter{be: be, locks: locks, fencer: fencer, lease: w.lease, host: w.host, vm: vm,
+	return &vmWriter{be: be, locks: locks, fencer: fencer, epochs: epochs, lease: w.lease, host: w.host, vm: vm,
 		desc: fmt.Sprintf("host %s, VM %s", w.host, vm)}, nil
 }
 
@@ -52,6 +53,7 @@ type vmWriter struct {
 	be     storage.Backend
 	locks  cluster.Locks
 	fencer cluster.Fencer
+	epochs cluster.EpochGuarded
 	lease  time.Duration
 	host   string
 	vm     string
@@ -61,7 +63,12 @@ type vmWriter struct {
 // Disk takes the disk's lock, then its ownership (cluster.Own: the last
 // owner's client fenced unless it let the disk go, the epoch bumped), and
 // after a takeover bumps the version of the disk's metadata, so that a
-// conditional write the fenced owner prepared before cannot land.
+// conditional write the fenced owner prepared before cannot land. The
+// disk's chunks are written under the epoch taken: once this writer wrote
+// a chunk, the store refuses a write to it from any writer of an older
+// epoch, fenced or not; and should another writer take the disk under a
+// newer epoch, this one's writes fail with EIO on each chunk the other
+// wrote.
 func (v *vmWriter) Disk(ctx context.Context, id, metaKey string, lost func(error)) (control.DiskWriter, error) {
 	l, err := cluster.Acquire(ctx, v.locks, []string{cluster.LockKey(id)}, v.desc, v.lease, lost)
 	if err != nil {
@@ -75,7 +82,7 @@ func (v *vmWriter) Disk(ctx context.Context, id, metaKey string, lost func(error
 		_ = l.Release(context.WithoutCancel(ctx))
 		return control.DiskWriter{}, err
 	}
-	dw := control.DiskWriter{Storage: cluster.GuardOwned(v.be, l, id, own.Owner), Epoch: own.Epoch}
+	dw := control.DiskWriter{Storage: cluster.GuardOwned(v.epochs.WithEpoch(own.Epoch), l, id, own.Owner), Epoch: own.Epoch}
 	if own.Fenced != nil && own.Fenced.Host != v.host {
 		dw.Fenced = own.Fenced.Host
 		if err := cluster.MarkFenced(ctx, v.be, own.Fenced.Host, v.host); err != nil {

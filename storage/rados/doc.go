@@ -29,11 +29,17 @@
 //     uses the object version RADOS keeps: a full write with a version
 //     assertion (or an exclusive create), which RADOS applies or refuses
 //     atomically.
+//   - Chunk writes of a disk's owner are guarded by its ownership epoch
+//     (Backend.WithEpoch): each chunk object it writes is stamped with the
+//     epoch in an xattr, and each write and zero carries a compare of that
+//     xattr, so that a writer of an older epoch nobody fenced is refused
+//     by the OSD itself.
 package rados
 
 import (
 	"errors"
 	"fmt"
+	"syscall"
 	"time"
 )
 
@@ -81,6 +87,12 @@ func (c *Config) Check() error {
 }
 
 var (
+	// ErrStaleEpoch is returned, wrapped, by a chunk write or zero of a
+	// writer under an ownership epoch older than the one its object was
+	// written under since (Backend.WithEpoch): another host took the disk
+	// over. It wraps syscall.EIO, which is what the guest sees; nothing of
+	// the refused operation landed.
+	ErrStaleEpoch = fmt.Errorf("rados: the disk was taken over under a newer ownership epoch: %w", syscall.EIO)
 	// ErrTimeout is returned, wrapped, by a call that got no answer from
 	// the cluster within Config.Timeout. A write that timed out may still
 	// land later.

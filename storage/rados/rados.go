@@ -221,6 +221,12 @@ func (b *Backend) fail(op, key string, err error) error {
 // the object if missing (one call either way); without, it checks that the
 // object exists.
 func (b *Backend) OpenChunk(ctx context.Context, key string, create bool) (storage.Chunk, error) {
+	return b.openChunk(ctx, key, create, 0)
+}
+
+// openChunk is OpenChunk for a writer of ownership epoch epoch, if not 0
+// (see WithEpoch).
+func (b *Backend) openChunk(ctx context.Context, key string, create bool, epoch uint64) (storage.Chunk, error) {
 	if err := b.begin(ctx, key, false); err != nil {
 		return nil, err
 	}
@@ -234,7 +240,7 @@ func (b *Backend) OpenChunk(ctx context.Context, key string, create bool) (stora
 	if err != nil {
 		return nil, b.fail("open chunk", key, err)
 	}
-	return &chunk{b: b, key: key}, nil
+	return &chunk{b: b, key: key, epoch: epoch}, nil
 }
 
 // ReadMeta reads the whole object key in one operation.
@@ -435,12 +441,39 @@ func (b *Backend) Usage(ctx context.Context, prefix string) (int64, error) {
 	return total.Load(), nil
 }
 
-// chunk is offset I/O on one object. It holds nothing but its name: each
-// call is one RADOS operation on the backend's I/O context.
+// chunk is offset I/O on one object. It holds nothing but its name and
+// its writer's epoch: each call is one RADOS operation on the backend's
+// I/O context.
 type chunk struct {
-	b      *Backend
-	key    string
-	closed atomic.Bool
+	b   *Backend
+	key string
+	// epoch, if not 0, guards each write and zero: it fails once the
+	// object carries a newer ownership epoch (WithEpoch). The first to
+	// succeed stamped the object with epoch; the later ones only compare.
+	epoch   uint64
+	stamped atomic.Bool
+	closed  atomic.Bool
+}
+
+// guard is the epoch guard of c's next write or zero.
+func (c *chunk) guard() guard {
+	return guard{epoch: c.epoch, stamp: c.epoch != 0 && !c.stamped.Load()}
+}
+
+// done notes that an operation under g succeeded.
+func (c *chunk) done(g guard) {
+	if g.stamp {
+		c.stamped.Store(true)
+	}
+}
+
+// fail is Backend.fail, but a guarded operation the epoch compare refused
+// is an error of its own (staleEpoch).
+func (c *chunk) fail(op string, err error) error {
+	if c.epoch != 0 && errors.Is(err, syscall.ECANCELED) {
+		return c.b.staleEpoch(op, c.key, c.epoch)
+	}
+	return c.b.fail(op, c.key, err)
 }
 
 func (c *chunk) enter(op string, off, n int64) error {
@@ -481,9 +514,11 @@ func (c *chunk) WriteAt(p []byte, off int64) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
-	if err := writeExisting(c.b.ioctx, c.key, p, uint64(off)); err != nil {
-		return 0, c.b.fail("write", c.key, err)
+	g := c.guard()
+	if err := writeExisting(c.b.ioctx, c.key, p, uint64(off), g); err != nil {
+		return 0, c.fail("write", err)
 	}
+	c.done(g)
 	return len(p), nil
 }
 
@@ -507,9 +542,11 @@ func (c *chunk) PunchHole(off, n int64) error {
 	if uint64(off) >= end {
 		return nil
 	}
-	if err := zero(c.b.ioctx, c.key, uint64(off), end-uint64(off)); err != nil {
-		return c.b.fail("punch", c.key, err)
+	g := c.guard()
+	if err := zero(c.b.ioctx, c.key, uint64(off), end-uint64(off), g); err != nil {
+		return c.fail("punch", err)
 	}
+	c.done(g)
 	return nil
 }
 

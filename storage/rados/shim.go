@@ -4,7 +4,8 @@ package rados
 
 // The few librados operations go-ceph does not bind, or binds in a way this
 // backend cannot use: a zero (go-ceph has none), a write that refuses to
-// recreate a deleted object, a full write that may be empty and may carry a
+// recreate a deleted object, the compare of an xattr in a write (the
+// ownership epoch guard), a full write that may be empty and may carry a
 // version condition (go-ceph's write steps need a non-empty buffer), and a
 // whole-object read that returns the size and version of what it read.
 
@@ -13,21 +14,42 @@ package rados
 #include <stdlib.h>
 #include <rados/librados.h>
 
+// hc_guard adds to op the epoch guard of a chunk write when ep is not
+// NULL: the op fails (ECANCELED) unless ep >= the object's xattr name,
+// and with stamp it also sets the xattr to ep. Both are the same number of
+// decimal digits, so the OSD's comparison of strings, the only one the C
+// API offers, orders them as numbers; an object without the xattr compares
+// as the empty string, below any epoch. (The OSD fails a compare on an
+// object that does not exist with ENOENT, even after a create in the same
+// operation: each guarded op asserts that the object exists.)
+static void hc_guard(rados_write_op_t op, const char *name, const char *ep, size_t eplen, int stamp) {
+	if (ep == NULL)
+		return;
+	rados_write_op_cmpxattr(op, name, LIBRADOS_CMPXATTR_OP_GTE, ep, eplen);
+	if (stamp)
+		rados_write_op_setxattr(op, name, ep, eplen);
+}
+
 // hc_zero makes len bytes from off of an existing object read as zeros,
-// freeing their space on the OSDs.
-static int hc_zero(rados_ioctx_t io, const char *oid, uint64_t off, uint64_t len) {
+// freeing their space on the OSDs; guarded by hc_guard.
+static int hc_zero(rados_ioctx_t io, const char *oid, uint64_t off, uint64_t len,
+                   const char *name, const char *ep, size_t eplen, int stamp) {
 	rados_write_op_t op = rados_create_write_op();
 	rados_write_op_assert_exists(op);
+	hc_guard(op, name, ep, eplen, stamp);
 	rados_write_op_zero(op, off, len);
 	int r = rados_write_op_operate(op, io, oid, NULL, 0);
 	rados_release_write_op(op);
 	return r;
 }
 
-// hc_write writes len bytes at off into an existing object.
-static int hc_write(rados_ioctx_t io, const char *oid, const char *buf, size_t len, uint64_t off) {
+// hc_write writes len bytes at off into an existing object; guarded by
+// hc_guard.
+static int hc_write(rados_ioctx_t io, const char *oid, const char *buf, size_t len, uint64_t off,
+                    const char *name, const char *ep, size_t eplen, int stamp) {
 	rados_write_op_t op = rados_create_write_op();
 	rados_write_op_assert_exists(op);
+	hc_guard(op, name, ep, eplen, stamp);
 	rados_write_op_write(op, buf, len, off);
 	int r = rados_write_op_operate(op, io, oid, NULL, 0);
 	rados_release_write_op(op);
@@ -101,16 +123,45 @@ func bufPtr(p []byte) *C.char {
 	return (*C.char)(unsafe.Pointer(&p[0]))
 }
 
-func zero(io *rados.IOContext, oid string, off, n uint64) error {
-	coid := C.CString(oid)
-	defer C.free(unsafe.Pointer(coid))
-	return errno(C.hc_zero(cioctx(io), coid, C.uint64_t(off), C.uint64_t(n)))
+// guard is the epoch guard of a chunk operation: none when epoch is 0;
+// with stamp, the operation also sets the object's epoch.
+type guard struct {
+	epoch uint64
+	stamp bool
 }
 
-func writeExisting(io *rados.IOContext, oid string, p []byte, off uint64) error {
+// args are the C arguments of hc_guard; free releases them.
+func (g guard) args() (name, val *C.char, n C.size_t, stamp C.int, free func()) {
+	if g.epoch == 0 {
+		return nil, nil, 0, 0, func() {}
+	}
+	s := formatEpoch(g.epoch)
+	name, val = C.CString(EpochXattr), C.CString(s)
+	if g.stamp {
+		stamp = 1
+	}
+	return name, val, C.size_t(len(s)), stamp, func() {
+		C.free(unsafe.Pointer(name))
+		C.free(unsafe.Pointer(val))
+	}
+}
+
+// zero zeroes n bytes from off of the existing object oid, under g.
+func zero(io *rados.IOContext, oid string, off, n uint64, g guard) error {
 	coid := C.CString(oid)
 	defer C.free(unsafe.Pointer(coid))
-	return errno(C.hc_write(cioctx(io), coid, bufPtr(p), C.size_t(len(p)), C.uint64_t(off)))
+	name, val, vn, stamp, free := g.args()
+	defer free()
+	return errno(C.hc_zero(cioctx(io), coid, C.uint64_t(off), C.uint64_t(n), name, val, vn, stamp))
+}
+
+// writeExisting writes p at off into the existing object oid, under g.
+func writeExisting(io *rados.IOContext, oid string, p []byte, off uint64, g guard) error {
+	coid := C.CString(oid)
+	defer C.free(unsafe.Pointer(coid))
+	name, val, vn, stamp, free := g.args()
+	defer free()
+	return errno(C.hc_write(cioctx(io), coid, bufPtr(p), C.size_t(len(p)), C.uint64_t(off), name, val, vn, stamp))
 }
 
 // writeCond says when writeFull may write.

@@ -1,0 +1,147 @@
+//go:build ceph
+
+package hostd
+
+import (
+	"context"
+	"syscall"
+	"testing"
+	"time"
+
+	goceph "github.com/ceph/go-ceph/rados"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"hostcrypt/cache"
+	"hostcrypt/cluster"
+	"hostcrypt/control"
+	"hostcrypt/internal/testenv"
+	"hostcrypt/storage"
+	"hostcrypt/storage/rados"
+)
+
+// noFence is a client whose fencing does not happen: Blocklist succeeds
+// and fences nobody.
+type noFence struct{ cluster.Fencer }
+
+func (noFence) Blocklist(context.Context, string, time.Duration) error { return nil }
+
+// A disk's writer of an older ownership epoch whose client nobody fenced
+// gets EIO on its next chunk write once another host's writer took the
+// disk, and nothing of that write lands: after a clean release (whose
+// client the next owner rightly does not fence), after a takeover whose
+// fence did not happen, and when a host cache writes back. The lease is long, so that the old writer's own
+// lease check passes throughout and only the store refuses.
+func TestOlderEpochWriterOnRADOS(t *testing.T) {
+	loc := testenv.RADOS(t, "test-hostd-")
+	ctx := t.Context()
+	lease := time.Hour
+	open := func(host string) *vmWriter {
+		w, err := writers{loc: loc, lease: lease, host: host}.Open(ctx, "vm1")
+		require.NoError(t, err)
+		t.Cleanup(func() { w.Close() })
+		return w.(*vmWriter)
+	}
+	a, b, c := open("host-a"), open("host-b"), open("host-c")
+	t.Cleanup(func() {
+		keys, _ := c.be.List(context.Background(), "")
+		for _, k := range keys {
+			c.be.Delete(context.Background(), k)
+		}
+	})
+	const key = "disks/d1/chunks/00000000"
+	chunk := func(dw control.DiskWriter) storage.Chunk {
+		ch, err := dw.Storage.OpenChunk(ctx, key, true)
+		require.NoError(t, err)
+		t.Cleanup(func() { ch.Close() })
+		return ch
+	}
+	write := func(ch storage.Chunk, s string) error {
+		_, err := ch.WriteAt([]byte(s), 0)
+		return err
+	}
+	stored := func() string {
+		ch, err := c.be.OpenChunk(ctx, key, false)
+		require.NoError(t, err)
+		defer ch.Close()
+		p := make([]byte, 8)
+		_, err = ch.ReadAt(p, 0)
+		require.NoError(t, err)
+		return string(p)
+	}
+
+	da, err := a.Disk(ctx, "d1", "disks/d1/meta.json", nil)
+	require.NoError(t, err)
+	require.Equal(t, uint64(1), da.Epoch)
+	ca := chunk(da)
+	require.NoError(t, write(ca, "a-epoch1"))
+	// A lets the disk go cleanly, but a write of it is still to come (a
+	// chunk left open); B takes the disk and fences nobody.
+	da.Release()
+	db, err := b.Disk(ctx, "d1", "disks/d1/meta.json", nil)
+	require.NoError(t, err)
+	require.Equal(t, uint64(2), db.Epoch)
+	require.Empty(t, db.Fenced, "a released disk's last writer is not fenced")
+	cb := chunk(db)
+	require.NoError(t, write(cb, "b-epoch2"))
+	err = write(ca, "a-late!!")
+	require.ErrorIs(t, err, syscall.EIO)
+	require.ErrorIs(t, err, rados.ErrStaleEpoch)
+	require.ErrorIs(t, ca.PunchHole(0, 8), syscall.EIO)
+	assert.Equal(t, "b-epoch2", stored())
+
+	// C takes the disk from B without a release, but its fence does not
+	// happen (B's lock broken, the blocklist lost): B's writes are refused
+	// all the same.
+	holders, err := b.be.(*rados.Backend).Lockers(ctx, cluster.LockKey("d1"), cluster.DiskLockName)
+	require.NoError(t, err)
+	require.Len(t, holders, 1)
+	breakLock(t, *loc.RADOS, cluster.LockKey("d1"), holders[0])
+	c.fencer = noFence{c.fencer}
+	dc, err := c.Disk(ctx, "d1", "disks/d1/meta.json", nil)
+	require.NoError(t, err)
+	require.Equal(t, uint64(3), dc.Epoch)
+	require.Equal(t, "host-b", dc.Fenced)
+	require.NoError(t, write(chunk(dc), "c-epoch3"))
+	err = write(cb, "b-late!!")
+	require.ErrorIs(t, err, syscall.EIO, "B's lease check still passes: only the store refuses")
+	assert.Equal(t, "c-epoch3", stored())
+
+	// A host cache writes back through the same guarded chunks: C's
+	// write-back cache holds a write when A takes the disk again; its
+	// write-back is refused.
+	hc, err := cache.New(ctx, dc.Storage, cache.Options{Mode: cache.ReadWrite, Dir: t.TempDir(),
+		MaxBytes: 1 << 20, FlushInterval: time.Hour, SlowStorage: -1, SequentialCutoff: -1})
+	require.NoError(t, err)
+	cc, err := hc.OpenChunk(ctx, key, false)
+	require.NoError(t, err)
+	require.NoError(t, write(cc, "c-cached"))
+	assert.Equal(t, "c-epoch3", stored(), "the write is in the cache only")
+	dc.Release()
+	da2, err := a.Disk(ctx, "d1", "disks/d1/meta.json", nil)
+	require.NoError(t, err)
+	defer da2.Release()
+	require.Equal(t, uint64(4), da2.Epoch)
+	require.NoError(t, write(chunk(da2), "a-epoch4"))
+	require.ErrorIs(t, hc.Flush(ctx), syscall.EIO)
+	assert.Equal(t, "a-epoch4", stored())
+	cc.Close()
+	hc.Close()
+}
+
+// breakLock breaks l's hold of the disk lock on key, as an administrator
+// would (rados lock break).
+func breakLock(t *testing.T, cfg rados.Config, key string, l rados.Locker) {
+	conn, err := goceph.NewConnWithUser(cfg.User)
+	require.NoError(t, err)
+	require.NoError(t, conn.ReadConfigFile(cfg.ConfFile))
+	require.NoError(t, conn.Connect())
+	defer conn.Shutdown()
+	io, err := conn.OpenIOContext(cfg.Pool)
+	require.NoError(t, err)
+	defer io.Destroy()
+	io.SetNamespace(cfg.Namespace)
+	ret, err := io.BreakLock(key, cluster.DiskLockName, l.Client, l.Cookie)
+	require.NoError(t, err)
+	require.Zero(t, ret)
+}
