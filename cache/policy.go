@@ -37,8 +37,8 @@ type policy struct {
 	cutoff int64         // <= 0: no sequential cut-off
 	slow   time.Duration // < 0: always slow
 
-	// win is the current window: how many samples it has (the top
-	// winBits bits) and the fastest of them (ns, the rest). Samples go in
+	// win is the current window: how many samples it has (the bits from
+	// winShift up) and the fastest of them (ns, the bits below). Samples go in
 	// with one compare-and-swap, without a lock: every remote call of a
 	// random I/O lands here.
 	win      atomic.Uint64
@@ -95,10 +95,11 @@ func (p *policy) observe(d time.Duration, n int) {
 	}
 }
 
-// The layout of policy.win.
+// The layout of policy.win: a count up to latencyWindow above winShift.
 const (
 	winShift   = 58
 	winFastest = 1<<winShift - 1
+	_          = uint(1<<(64-winShift) - 1 - latencyWindow) // the count fits
 )
 
 // close ends a window whose fastest sample was cur.
