@@ -7,7 +7,6 @@ import (
 	"io"
 	"sync"
 	"sync/atomic"
-	"time"
 
 	"hostcrypt/storage"
 )
@@ -75,12 +74,12 @@ func (h *chunk) read(p []byte, off int64, lend lendFunc) (lent, int, error) {
 	// runs belongs to a write that is concurrent with it.
 	if !admit && (c.mode == ReadOnly || o.npages.Load() == 0) {
 		if lend != nil {
-			t := time.Now()
+			t := now()
 			l, err := lend(p, off)
 			if err != nil {
 				return lent{}, 0, err
 			}
-			c.pol.observe(time.Since(t), len(p))
+			c.pol.observe(now()-t, len(p))
 			return l, len(p), nil
 		}
 		if _, err := c.remoteRead(o, p, off); err != nil {
@@ -180,19 +179,19 @@ func (h *chunk) readCached(p []byte, off int64, admit bool) (int, error) {
 // remoteRead and remoteWrite are the remote chunk's calls, timed for the
 // policy.
 func (c *Cache) remoteRead(o *object, p []byte, off int64) (int, error) {
-	t := time.Now()
+	t := now()
 	n, err := o.remote.ReadAt(p, off)
 	if err == nil {
-		c.pol.observe(time.Since(t), len(p))
+		c.pol.observe(now()-t, len(p))
 	}
 	return n, err
 }
 
 func (c *Cache) remoteWrite(o *object, p []byte, off int64) (int, error) {
-	t := time.Now()
+	t := now()
 	n, err := o.remote.WriteAt(p, off)
 	if err == nil {
-		c.pol.observe(time.Since(t), len(p))
+		c.pol.observe(now()-t, len(p))
 	}
 	return n, err
 }

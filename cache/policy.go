@@ -37,9 +37,12 @@ type policy struct {
 	cutoff int64         // <= 0: no sequential cut-off
 	slow   time.Duration // < 0: always slow
 
-	mu       sync.Mutex
-	n        int           // samples in the current window
-	cur      time.Duration // fastest sample of the current window
+	// win is the current window: how many samples it has (the bits from
+	// winShift up) and the fastest of them (ns, the bits below). Samples go in
+	// with one compare-and-swap, without a lock: every remote call of a
+	// random I/O lands here.
+	win      atomic.Uint64
+	mu       sync.Mutex    // held to close a window
 	prev     time.Duration // fastest sample of the previous window; 0 before one closed
 	estimate atomic.Int64  // the remote's latency (ns): the fastest of the last one or two windows
 	isSlow   atomic.Bool   // random I/O is cached
@@ -68,20 +71,46 @@ func (p *policy) observe(d time.Duration, n int) {
 	if n > smallCall || p.slow < 0 {
 		return
 	}
+	ns := uint64(max(d, 0))
+	if ns > winFastest {
+		ns = winFastest
+	}
+	for {
+		old := p.win.Load()
+		cnt, cur := old>>winShift, old&winFastest
+		if cnt == 0 || ns < cur {
+			cur = ns
+		}
+		cnt++
+		if cnt < latencyWindow {
+			if p.win.CompareAndSwap(old, cnt<<winShift|cur) {
+				return
+			}
+			continue
+		}
+		if p.win.CompareAndSwap(old, 0) {
+			p.close(time.Duration(cur))
+			return
+		}
+	}
+}
+
+// The layout of policy.win: a count up to latencyWindow above winShift.
+const (
+	winShift   = 58
+	winFastest = 1<<winShift - 1
+	_          = uint(1<<(64-winShift) - 1 - latencyWindow) // the count fits
+)
+
+// close ends a window whose fastest sample was cur.
+func (p *policy) close(cur time.Duration) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.n == 0 || d < p.cur {
-		p.cur = d
-	}
-	p.n++
-	if p.n < latencyWindow {
-		return
-	}
-	est := p.cur
+	est := cur
 	if p.prev > 0 && p.prev < est {
 		est = p.prev
 	}
-	p.prev, p.n = p.cur, 0
+	p.prev = cur
 	p.estimate.Store(int64(est))
 	// Hysteresis: slow from the threshold up, fast again below half of it.
 	switch {
@@ -91,6 +120,12 @@ func (p *policy) observe(d time.Duration, n int) {
 		p.isSlow.Store(false)
 	}
 }
+
+// clockBase and now time remote calls on the monotonic clock alone, which
+// is cheaper to read than time.Now's wall clock and monotonic clock both.
+var clockBase = time.Now()
+
+func now() time.Duration { return time.Since(clockBase) }
 
 // latency is the remote's measured latency, 0 before enough samples.
 func (p *policy) latency() time.Duration { return time.Duration(p.estimate.Load()) }

@@ -1,6 +1,7 @@
 package cache
 
 import (
+	"sync"
 	"testing"
 	"time"
 
@@ -70,4 +71,26 @@ func TestStreams(t *testing.T) {
 		}
 	}
 	require.False(t, new(streams).add(0, 1<<30, 0), "no cut-off")
+}
+
+// Samples from many goroutines at once are each counted once: the windows
+// close after every latencyWindow of them, and the estimate is one of the
+// samples.
+func TestLatencyConcurrent(t *testing.T) {
+	p := newPolicy(Options{})
+	const goroutines, each = 8, 2000*latencyWindow + 3
+	var wg sync.WaitGroup
+	for g := range goroutines {
+		wg.Go(func() {
+			for i := range each {
+				p.observe(time.Duration(300+g+i%7)*time.Microsecond, 4096)
+			}
+		})
+	}
+	wg.Wait()
+	require.Equal(t, uint64(goroutines*each%latencyWindow), p.win.Load()>>winShift, "samples in the open window")
+	// The fastest of the last windows, whichever samples they took.
+	require.GreaterOrEqual(t, p.latency(), 300*time.Microsecond)
+	require.LessOrEqual(t, p.latency(), (300+goroutines+6)*time.Microsecond)
+	require.True(t, p.isSlow.Load())
 }

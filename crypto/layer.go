@@ -238,7 +238,7 @@ func (s *xaesSealer) Seal(dst, plaintext, ad []byte) []byte {
 	if s.gcm == nil || s.n == sealerBatch {
 		rand.Read(s.prefix[:])
 		rand.Read(s.ctr[:])
-		s.gcm, s.n = s.x.gcm(s.prefix[:]), 0
+		s.gcm, s.n = s.x.cachedGCM(s.prefix[:]), 0
 	}
 	copy(nonce, s.prefix[:])
 	copy(nonce[gcmNonceSize:], s.ctr[:])
@@ -266,7 +266,7 @@ func (o *xaesOpener) Open(dst, sealed, ad []byte) ([]byte, error) {
 	}
 	if o.gcm == nil || [gcmNonceSize]byte(sealed[:gcmNonceSize]) != o.prefix {
 		copy(o.prefix[:], sealed[:gcmNonceSize])
-		o.gcm = o.x.gcm(o.prefix[:])
+		o.gcm = o.x.cachedGCM(o.prefix[:])
 	}
 	return o.l.opened(o.gcm.Open(dst, sealed[gcmNonceSize:xaesNonceSize], sealed[xaesNonceSize:], ad))
 }

@@ -6,6 +6,7 @@ import (
 	"crypto/subtle"
 	"fmt"
 	"sync"
+	"sync/atomic"
 )
 
 // XAES-256-GCM sizes (c2sp.org/XAES-256-GCM).
@@ -23,9 +24,30 @@ const (
 // Everything that depends on the key alone (the AES key schedule, L and the
 // CMAC subkey K1) is computed once here, so a message costs two AES block
 // encryptions for the subkey plus the AES-256-GCM set-up and the data.
+//
+// Deriving a subkey and setting up AES-256-GCM under it is most of what a
+// 4 KiB message costs beyond the AES-GCM itself, and Go's crypto/aes and
+// crypto/cipher allocate 1.3 KiB for it (a cipher cannot be re-keyed). A
+// Sealer keeps one nonce prefix for a batch of units, so the blocks of a
+// disk share far fewer prefixes than there are blocks; derived keeps the
+// AES-256-GCM of the prefixes met last, so that opening a unit under one of
+// them derives nothing. It is a cache of a deterministic function of the key
+// and the prefix: the same subkeys, nonces and ciphertexts as without it.
 type xaes256gcm struct {
-	block cipher.Block // AES-256 under the input key
-	k1    [aes.BlockSize]byte
+	block   cipher.Block // AES-256 under the input key
+	k1      [aes.BlockSize]byte
+	derived [derivedSlots]atomic.Pointer[derivedGCM]
+}
+
+// derivedSlots is how many derived keys an XAES-256-GCM key keeps, one per
+// slot of a direct-mapped table indexed by the prefix: at most about
+// 1.3 KiB each, 1.3 MiB when all are filled.
+const derivedSlots = 1024
+
+// derivedGCM is AES-256-GCM under the subkey of one nonce prefix.
+type derivedGCM struct {
+	prefix [gcmNonceSize]byte
+	gcm    cipher.AEAD
 }
 
 // NewXAES256GCM returns XAES-256-GCM under a KeySize-byte key, as specified by
@@ -98,6 +120,29 @@ func (x *xaes256gcm) gcm(nonce []byte) cipher.AEAD {
 	return g
 }
 
+// slot returns the table slot of a nonce prefix. Prefixes are random, so
+// folding their words together spreads them over the table; one a writer
+// chose to collide only costs itself derivations.
+func (x *xaes256gcm) slot(prefix []byte) *atomic.Pointer[derivedGCM] {
+	_ = prefix[gcmNonceSize-1]
+	h := uint32(prefix[0]) | uint32(prefix[1])<<8 | uint32(prefix[2])<<16 | uint32(prefix[3])<<24
+	h ^= uint32(prefix[4]) | uint32(prefix[5])<<8 | uint32(prefix[6])<<16 | uint32(prefix[7])<<24
+	h ^= uint32(prefix[8]) | uint32(prefix[9])<<8 | uint32(prefix[10])<<16 | uint32(prefix[11])<<24
+	return &x.derived[h%derivedSlots]
+}
+
+// cachedGCM is gcm for nonce[:12], from the table of derived keys when the
+// prefix is there, else derived and kept in the table.
+func (x *xaes256gcm) cachedGCM(nonce []byte) cipher.AEAD {
+	s := x.slot(nonce)
+	if e := s.Load(); e != nil && [gcmNonceSize]byte(nonce[:gcmNonceSize]) == e.prefix {
+		return e.gcm
+	}
+	g := x.gcm(nonce)
+	s.Store(&derivedGCM{prefix: [gcmNonceSize]byte(nonce[:gcmNonceSize]), gcm: g})
+	return g
+}
+
 // Seal encrypts and authenticates plaintext and ad under a 24-byte nonce and
 // appends the ciphertext and tag to dst, following the cipher.AEAD rules.
 func (x *xaes256gcm) Seal(dst, nonce, plaintext, ad []byte) []byte {
@@ -113,16 +158,20 @@ func (x *xaes256gcm) Open(dst, nonce, ciphertext, ad []byte) ([]byte, error) {
 	if len(nonce) != xaesNonceSize {
 		panic("crypto: XAES-256-GCM: incorrect nonce length")
 	}
-	out, err := x.gcm(nonce).Open(dst, nonce[gcmNonceSize:], ciphertext, ad)
+	out, err := x.cachedGCM(nonce).Open(dst, nonce[gcmNonceSize:], ciphertext, ad)
 	if err != nil {
 		return nil, ErrIntegrity
 	}
 	return out, nil
 }
 
-// wipe clears K1. The AES key schedule inside x.block is stdlib memory and
-// cannot be cleared; dropping x lets the collector reclaim it.
+// wipe clears K1 and drops the derived keys. The AES key schedules inside
+// x.block and the derived AES-GCMs are stdlib memory and cannot be cleared;
+// dropping them lets the collector reclaim them.
 func (x *xaes256gcm) wipe() {
 	Wipe(x.k1[:])
 	x.block = nil
+	for i := range x.derived {
+		x.derived[i].Store(nil)
+	}
 }

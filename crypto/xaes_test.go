@@ -103,3 +103,42 @@ func TestXAESBadInput(t *testing.T) {
 	_, err = a.Open(nil, make([]byte, 24), make([]byte, 15), nil)
 	assert.ErrorIs(t, err, ErrIntegrity)
 }
+
+// TestXAESDerivedKeys: the table of derived keys never hands out another
+// prefix's key. Two prefixes that share a slot, opened in turn, each open
+// only their own units; a prefix's key derived once is reused; and wipe
+// drops every derived key.
+func TestXAESDerivedKeys(t *testing.T) {
+	x, err := newXAES(NewDataKey())
+	require.NoError(t, err)
+	na := make([]byte, xaesNonceSize)
+	for i := range na {
+		na[i] = byte(i + 1)
+	}
+	nb := bytes.Clone(na)
+	nb[0] ^= 0x5a
+	nb[4] ^= 0x5a // the same fold: the same slot as na
+	require.Same(t, x.slot(na), x.slot(nb))
+	pt, ad := pattern(unitSize), []byte("ad")
+	ua := x.Seal(nil, na, pt, ad)
+	ub := x.Seal(nil, nb, pt, ad)
+	require.NotEqual(t, ua, ub)
+	for range 3 {
+		for _, c := range []struct{ nonce, unit, other []byte }{{na, ua, ub}, {nb, ub, ua}} {
+			got, err := x.Open(nil, c.nonce, c.unit, ad)
+			require.NoError(t, err)
+			require.Equal(t, pt, got)
+			require.Equal(t, [gcmNonceSize]byte(c.nonce[:gcmNonceSize]), x.slot(c.nonce).Load().prefix)
+			// The other prefix's unit under this nonce: the key in the
+			// slot is this prefix's, and it must not open.
+			_, err = x.Open(nil, c.nonce, c.other, ad)
+			require.ErrorIs(t, err, ErrIntegrity)
+		}
+	}
+	g := x.cachedGCM(na)
+	require.Same(t, g, x.cachedGCM(na), "a kept key is derived again")
+	x.wipe()
+	for i := range x.derived {
+		require.Nil(t, x.derived[i].Load(), "slot %d kept after wipe", i)
+	}
+}

@@ -13,7 +13,9 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"hostcrypt/cache"
 	"hostcrypt/disk"
+	"hostcrypt/storage"
 	"hostcrypt/storage/local"
 )
 
@@ -45,7 +47,10 @@ var benchJobs = []struct {
 //   - file: one plain file, like an unencrypted passthrough behind the tree;
 //   - disk: the disk engine, one layer, on local storage, with
 //     HOSTCRYPT_BENCH_FLUSH (a duration; default 5s, hostcryptd's) as its
-//     background flush interval.
+//     background flush interval, and HOSTCRYPT_BENCH_CACHE (None, ReadOnly
+//     or ReadWrite; default none at all) a host cache between the engine
+//     and the store with hostcryptd's defaults, as under a disk with
+//     encryption at host.
 //
 // file and disk live in HOSTCRYPT_BENCH_DIR (default a temporary directory),
 // are written in full before the first job, and, as root, have the page
@@ -150,8 +155,18 @@ func benchImage(b *testing.B, size int64) Image {
 		b.Cleanup(func() { f.Close() })
 		img = &fileImage{File: f, size: size}
 	case "disk":
+		var be storage.Backend
 		be, err := local.Open(dir)
 		require.NoError(b, err)
+		if mode := os.Getenv("HOSTCRYPT_BENCH_CACHE"); mode != "" {
+			m, err := cache.ParseMode(mode)
+			require.NoError(b, err, "HOSTCRYPT_BENCH_CACHE")
+			// 256 MiB: hostcryptd's default --cache-size.
+			c, err := cache.New(context.Background(), be, cache.Options{Mode: m, Dir: filepath.Join(dir, "cache"), MaxBytes: 256 << 20})
+			require.NoError(b, err)
+			b.Cleanup(func() { c.Close() })
+			be = c
+		}
 		d, err := disk.Create(context.Background(), be, "bench", disk.CreateOptions{
 			Size: size, Layers: []disk.KeyWrapper{plainWrapper{}}})
 		require.NoError(b, err)
