@@ -15,6 +15,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"runtime/pprof"
 	"strconv"
 	"sync"
 	"testing"
@@ -592,4 +593,56 @@ func TestOperationTimeout(t *testing.T) {
 	got, err := b.ReadMeta(ctx, "m")
 	require.NoError(t, err)
 	require.Equal(t, "after", string(got))
+}
+
+// TestConcurrentReads: reads of one chunk from many goroutines at once each
+// get their own bytes (the completions of asynchronous reads reach the
+// read that asked), a read past the object's end gets zeros there, and the
+// reads in flight hold no thread each: they wait for librados without
+// blocking one in C, so the process starts few threads for them.
+func TestConcurrentReads(t *testing.T) {
+	b := open(t, cluster(t))
+	defer b.Close()
+	ctx := t.Context()
+	c, err := b.OpenChunk(ctx, "r/0", true)
+	require.NoError(t, err)
+	defer c.Close()
+	const size = 1 * mib
+	want := random(t, size)
+	_, err = c.WriteAt(want, 0)
+	require.NoError(t, err)
+
+	const readers, each = 256, 8
+	threads := pprof.Lookup("threadcreate")
+	before := threads.Count()
+	var wg sync.WaitGroup
+	errs := make(chan error, readers)
+	for r := range readers {
+		wg.Go(func() {
+			p := make([]byte, 4*kib)
+			for i := range each {
+				off := int64((r*each+i)*4*kib) % (size + 8*kib) // some past the end
+				if _, err := c.ReadAt(p, off); err != nil {
+					errs <- err
+					return
+				}
+				exp := make([]byte, len(p))
+				if off < size {
+					copy(exp, want[off:])
+				}
+				if !bytes.Equal(p, exp) {
+					errs <- fmt.Errorf("read at %d got other bytes", off)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		require.NoError(t, err)
+	}
+	created := threads.Count() - before
+	t.Logf("%d threads created for %d reads, %d at a time", created, readers*each, readers)
+	assert.Less(t, created, 32, "reads in flight hold threads")
 }
