@@ -595,11 +595,12 @@ func TestOperationTimeout(t *testing.T) {
 	require.Equal(t, "after", string(got))
 }
 
-// TestConcurrentReads: reads of one chunk from many goroutines at once each
-// get their own bytes (the completions of asynchronous reads reach the
-// read that asked), a read past the object's end gets zeros there, and the
-// reads in flight hold no thread each: they wait for librados without
-// blocking one in C, so the process starts few threads for them.
+// TestConcurrentReads: reads one after another are synchronous; reads of
+// one chunk from many goroutines at once are mostly asynchronous and each
+// get their own bytes (the completions reach the read that asked), a read
+// past the object's end gets zeros there, and the reads in flight hold no
+// thread each: they wait for librados without blocking one in C, so the
+// process starts few threads for them.
 func TestConcurrentReads(t *testing.T) {
 	b := open(t, cluster(t))
 	defer b.Close()
@@ -611,6 +612,15 @@ func TestConcurrentReads(t *testing.T) {
 	want := random(t, size)
 	_, err = c.WriteAt(want, 0)
 	require.NoError(t, err)
+
+	one := make([]byte, 4*kib)
+	for i := range 16 {
+		_, err := c.ReadAt(one, int64(i)*64*kib)
+		require.NoError(t, err)
+		require.Equal(t, want[i*64*kib:i*64*kib+4*kib], one)
+	}
+	syncs, asyncs := rados.ReadPaths(b)
+	require.Equal(t, [2]uint64{16, 0}, [2]uint64{syncs, asyncs}, "reads one after another are synchronous")
 
 	const readers, each = 256, 8
 	threads := pprof.Lookup("threadcreate")
@@ -643,6 +653,11 @@ func TestConcurrentReads(t *testing.T) {
 		require.NoError(t, err)
 	}
 	created := threads.Count() - before
-	t.Logf("%d threads created for %d reads, %d at a time", created, readers*each, readers)
+	syncs, asyncs = rados.ReadPaths(b)
+	syncs -= 16
+	t.Logf("%d threads created for %d reads, %d at a time; %d synchronous, %d asynchronous",
+		created, readers*each, readers, syncs, asyncs)
+	assert.Equal(t, uint64(readers*each), syncs+asyncs)
+	assert.Greater(t, asyncs, syncs, "reads that come together are asynchronous")
 	assert.Less(t, created, 32, "reads in flight hold threads")
 }
