@@ -35,6 +35,16 @@
 #                machine to be less than IDLE_BUSY_PCT (default 15) % busy;
 #                0 (default) does not wait
 #   FIO          the fio binary (default fio)
+#   COST_PIDS    other processes whose CPU time during each job is reported
+#                per I/O, as NAME=PID words (e.g. "osd=123 mon=456": fields
+#                osd_us_per_io, mon_us_per_io); fio's own CPU time (all its
+#                threads and processes, librbd's among them for an RBD image)
+#                is always reported as fio_us_per_io
+#   OSD_PERF     a command printing a Ceph OSD's `perf dump` (e.g. "ceph
+#                daemon osd.0 perf dump"): the RADOS operations and bytes it
+#                served during each job are reported per I/O (osd_r, osd_w,
+#                osd_rw: reads, writes, and operations doing both, such as a
+#                write asserting that its object exists; osd_r_kib, osd_w_kib)
 #
 # Output, one line per job on stdout:
 #   LABEL JOB MiB/s IOPS p99_us key=value...
@@ -65,6 +75,8 @@ PREP_PASSES=${PREP_PASSES:-1}
 WAIT_IDLE=${WAIT_IDLE:-0}
 IDLE_BUSY_PCT=${IDLE_BUSY_PCT:-15}
 DAEMON_PIDS=${DAEMON_PIDS:-}
+COST_PIDS=${COST_PIDS:-}
+OSD_PERF=${OSD_PERF:-}
 FIO=${FIO:-fio}
 ALL_JOBS="seq-write-1M seq-read-1M rand-write-4k rand-read-4k rand-rw-4k"
 QD1_JOBS="rand-read-4k-qd1 rand-write-4k-qd1"
@@ -153,6 +165,60 @@ daemon_hwm() {
     sum=$((sum + ${kib:-0}))
   done
   echo "$sum"
+}
+
+# CPU clock ticks of each COST_PIDS process, as NAME=TICKS words.
+cost_ticks() {
+  local w pid rest
+  local -a f
+  for w in $COST_PIDS; do
+    pid=${w#*=}
+    rest=$(<"/proc/$pid/stat") 2>/dev/null || { say "warning: ${w%%=*} ($pid) is gone"; continue; }
+    read -r -a f <<<"${rest##*) }"
+    printf '%s=%d ' "${w%%=*}" $((f[11] + f[12]))
+  done
+}
+
+# Sets CHILD_CPU to the CPU seconds (user + system) of this shell's
+# finished children so far. Not in a subshell: a forked shell starts its
+# children's count at zero.
+children_cpu() {
+  times >"$OUTDIR/times.txt"
+  CHILD_CPU=$(awk 'NR == 2 { gsub("s", ""); for (i = 1; i <= 2; i++) { split($i, a, "m"); s += a[1] * 60 + a[2] } }
+    END { printf "%.3f", s }' "$OUTDIR/times.txt")
+}
+
+# The OSD's counters of OSD_PERF, as one JSON object on one line.
+osd_counters() {
+  [[ -n $OSD_PERF ]] || return 0
+  # shellcheck disable=SC2086 # OSD_PERF is a command line
+  timeout 30 $OSD_PERF 2>/dev/null | python3 -c 'import json, sys
+o = json.load(sys.stdin)["osd"]
+print(json.dumps({k: o[k] for k in ("op_r", "op_w", "op_rw", "op_r_out_bytes", "op_w_in_bytes", "op_rw_in_bytes", "op_rw_out_bytes")}))' ||
+    say "warning: cannot read the OSD's counters ($OSD_PERF)"
+}
+
+# cost_fields IOS COST0 COST1 OSD0 OSD1 FIO0 FIO1: the key=value fields of
+# what fio, the processes of COST_PIDS and the OSD spent per I/O.
+cost_fields() {
+  python3 - "$@" "$(getconf CLK_TCK)" <<'EOF'
+import json, sys
+ios, c0, c1, o0, o1, f0, f1, hz = sys.argv[1:]
+ios = max(int(ios), 1)
+out = ["fio_us_per_io=%.1f" % (1e6 * (float(f1) - float(f0)) / ios)]
+a = dict(w.split("=") for w in c0.split())
+for w in c1.split():
+    k, v = w.split("=")
+    if k in a:
+        out.append("%s_us_per_io=%.1f" % (k, 1e6 * (int(v) - int(a[k])) / int(hz) / ios))
+if o0 and o1:
+    x, y = json.loads(o0), json.loads(o1)
+    d = {k: y[k] - x[k] for k in x}
+    out += ["osd_r=%.2f" % (d["op_r"] / ios), "osd_w=%.2f" % (d["op_w"] / ios), "osd_rw=%.2f" % (d["op_rw"] / ios),
+            "osd_r_kib=%.2f" % ((d["op_r_out_bytes"] + d["op_rw_out_bytes"]) / 1024 / ios),
+            "osd_w_kib=%.2f" % ((d["op_w_in_bytes"] + d["op_rw_in_bytes"]) / 1024 / ios)]
+print(" ".join(out))
+EOF
 }
 
 # "busy steal total" jiffies of the whole machine.
@@ -304,10 +370,11 @@ EOF
 }
 
 run_one() {
-  local job=$1 mode=direct rc=0 busy_before=- t0 t1 m0 m1
+  local job=$1 mode=direct rc=0 busy_before=- t0 t1 m0 m1 c0 c1 o0 o1 f0 f1
   ((WAIT_IDLE > 0)) && busy_before=$(settle)%
   [[ $DROP_CACHES == 1 ]] && drop_caches
-  t0=$(daemon_ticks); m0=$(machine_ticks)
+  o0=$(osd_counters)
+  t0=$(daemon_ticks); m0=$(machine_ticks); c0=$(cost_ticks); children_cpu; f0=$CHILD_CPU
   fio_job "$job" direct || rc=$?
   if ((rc != 0)) && ((!RBD)) && refused_direct "$job"; then
     say "$job: O_DIRECT refused, running it buffered"
@@ -316,11 +383,13 @@ run_one() {
     done
     mode=buffered
     drop_caches
-    t0=$(daemon_ticks); m0=$(machine_ticks)
+    o0=$(osd_counters)
+    t0=$(daemon_ticks); m0=$(machine_ticks); c0=$(cost_ticks); children_cpu; f0=$CHILD_CPU
     rc=0
     fio_job "$job" buffered || rc=$?
   fi
-  t1=$(daemon_ticks); m1=$(machine_ticks)
+  children_cpu; f1=$CHILD_CPU; t1=$(daemon_ticks); m1=$(machine_ticks); c1=$(cost_ticks)
+  o1=$(osd_counters)
   if ((rc != 0)); then
     say "$job failed (exit $rc): $(tail -n 3 "$OUTDIR/$job.err" | tr '\n' ' ')"
     echo "$LABEL $job FAILED - - mode=$mode rc=$rc"
@@ -339,7 +408,7 @@ run_one() {
   read -r busy steal <<<"$(machine_pct "$m0" "$m1")"
   echo "$LABEL $job $bw $iops $p99 mode=$mode ios=$ios $rest daemon_cpu_s=$cpu" \
     "daemon_us_per_io=$per_io daemon_hwm_kib=$(daemon_hwm)" \
-    "sys_busy=$busy% steal=$steal% pre_busy=$busy_before"
+    "sys_busy=$busy% steal=$steal% pre_busy=$busy_before $(cost_fields "$ios" "$c0" "$c1" "$o0" "$o1" "$f0" "$f1")"
 }
 
 main() {

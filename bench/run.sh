@@ -41,9 +41,16 @@
 # directory) is started for the run and destroyed at its end, unless
 # HOSTCRYPT_RADOS, CEPH_CONF, HOSTCRYPT_CEPH_POOL and HOSTCRYPT_CEPH_USER
 # (what the script prints) name one already running. Each target gets an
-# image or a namespace of its own in the pool, removed after it.
+# image or a namespace of its own in the pool, removed after it. When the
+# cluster's OSD answers on this machine (`ceph daemon osd.0`), each job also
+# reports the CPU time per I/O of the OSD and the monitor (a cluster of
+# scripts/ceph-cluster.sh, whose pid files it finds) and of fio, and the
+# RADOS operations and bytes the OSD served per I/O (see bench/fio-suite.sh).
 #   RADOS_SIZE    their disk and image size (default 256M: every target
 #                 reads it in full, 4 KiB at a time, before its random reads)
+#   HOSTCRYPTD_CEPH  the daemon of the rados-* targets (default
+#                 bin/hostcryptd-ceph, as make build builds it): another
+#                 build, to compare two builds against the same RBD image
 #   RADOS_JOBS    their jobs (default the five and 4 KiB random reads and
 #                 writes at queue depth 1, rand-read-4k-qd1 rand-write-4k-qd1)
 #
@@ -264,6 +271,25 @@ cluster() {
   say "$(tail -n 1 "$WORK/ceph-cluster.log")"
 }
 
+# ceph_pids: "osd=PID mon=PID" of a cluster of scripts/ceph-cluster.sh (its
+# pid files beside CEPH_CONF), nothing for another cluster.
+ceph_pids() {
+  local run=${CEPH_CONF%/*}/run name pid out=""
+  for name in osd:osd.0 mon:mon.a; do
+    pid=$(cat "$run/${name#*:}.pid" 2>/dev/null) || continue
+    [[ $pid =~ ^[0-9]+$ && -r /proc/$pid/stat ]] && out+="${name%%:*}=$pid "
+  done
+  echo "$out"
+}
+
+# osd_perf: the command printing osd.0's counters, if its admin socket is on
+# this machine.
+osd_perf() {
+  local cmd="ceph --conf $CEPH_CONF daemon osd.0 perf dump"
+  # shellcheck disable=SC2086 # a command line
+  timeout 30 $cmd >/dev/null 2>&1 && echo "$cmd"
+}
+
 # The names this run gives to its RBD images and namespaces, and what
 # forget_rados removes when a target stops.
 RADOS_SEQ=0
@@ -459,7 +485,7 @@ start_hostcrypt() { # DIR LABEL
     # its host cache larger than the disk.
     RADOS_SEQ=$((RADOS_SEQ + 1))
     RADOS_NS=bench-$label-$RADOS_SEQ
-    daemon=bin/hostcryptd-ceph
+    daemon=${HOSTCRYPTD_CEPH:-bin/hostcryptd-ceph}
     storage="rados://$HOSTCRYPT_CEPH_POOL/$RADOS_NS?conf=$CEPH_CONF&id=$HOSTCRYPT_CEPH_USER"
     flags=(--cache-size "$(($(numfmt --from=iec "$RADOS_SIZE") * 2))")
   fi
@@ -658,8 +684,13 @@ run_suite() {
   say "$shown: $jobs on ${FIO_TARGET#"$WORK/"}$( ((ROUNDS == 1)) || echo ", round $round of $ROUNDS")"
   # In the background, so that a signal reaches this script at once; in
   # its own process group, so that cleanup can stop fio with it.
+  local cost="" osd_perf=""
+  if is_rados "$label"; then
+    cost=$(ceph_pids)
+    osd_perf=$(osd_perf)
+  fi
   JOBS=$jobs PREP_PASSES=$passes DAEMON_PIDS=$DAEMON_PIDS SIZE=$size WARM=$warm RBD_CLIENT=${HOSTCRYPT_CEPH_USER:-admin} \
-    setsid bench/fio-suite.sh "$FIO_TARGET" "$shown" "$out" >"$out/lines.txt" &
+    COST_PIDS=$cost OSD_PERF=$osd_perf setsid bench/fio-suite.sh "$FIO_TARGET" "$shown" "$out" >"$out/lines.txt" &
   PIDS+=("$!")
   wait "$!" || rc=$?
   grep -v '^#' "$out/lines.txt" | sed "s/\$/ round=$round/" >>"$OUT/lines.txt" || true

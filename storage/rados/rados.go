@@ -41,6 +41,7 @@ type Backend struct {
 	cfg   Config
 	conn  *rados.Conn
 	ioctx *rados.IOContext
+	aio   *aioReader // chunk reads
 
 	// state is closedBit once Close was called, plus the number of calls
 	// in flight: Close waits for those before it frees the connection that
@@ -112,7 +113,13 @@ func Open(ctx context.Context, cfg Config) (*Backend, error) {
 		return nil, classify(where, err, cfg)
 	}
 	ioctx.SetNamespace(cfg.Namespace)
-	b := &Backend{cfg: cfg, conn: conn, ioctx: ioctx, drained: make(chan struct{})}
+	aio, err := newAIOReader()
+	if err != nil {
+		ioctx.Destroy()
+		conn.Shutdown()
+		return nil, fmt.Errorf("%s: %w", where, err)
+	}
+	b := &Backend{cfg: cfg, conn: conn, ioctx: ioctx, aio: aio, drained: make(chan struct{})}
 	// The first object call finds out whether the user may use the pool
 	// and whether its OSDs answer.
 	if _, err := ioctx.Stat(probeObject); err != nil && !errors.Is(err, rados.ErrNotFound) {
@@ -136,6 +143,7 @@ func (b *Backend) Config() Config { return b.cfg }
 func (b *Backend) shutdown() {
 	b.ioctx.Destroy()
 	b.conn.Shutdown()
+	b.aio.close()
 }
 
 // enter counts a call in flight, or fails once the backend is closed.
@@ -486,8 +494,9 @@ func (c *chunk) enter(op string, off, n int64) error {
 	return c.b.enter()
 }
 
-// ReadAt reads in one call; what lies past the object's end reads as
-// zeros, and so does a range never written (RADOS objects are sparse).
+// ReadAt reads in one asynchronous call (aio.go), waiting for it without
+// holding a thread; what lies past the object's end reads as zeros, and so
+// does a range never written (RADOS objects are sparse).
 func (c *chunk) ReadAt(p []byte, off int64) (int, error) {
 	if err := c.enter("read", off, int64(len(p))); err != nil {
 		return 0, err
@@ -496,7 +505,7 @@ func (c *chunk) ReadAt(p []byte, off int64) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
-	n, err := c.b.ioctx.Read(c.key, p, uint64(off))
+	n, err := c.b.aio.read(c.b.ioctx, c.key, p, uint64(off))
 	if err != nil {
 		return 0, c.b.fail("read", c.key, err)
 	}

@@ -15,6 +15,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"runtime/pprof"
 	"strconv"
 	"sync"
 	"testing"
@@ -592,4 +593,71 @@ func TestOperationTimeout(t *testing.T) {
 	got, err := b.ReadMeta(ctx, "m")
 	require.NoError(t, err)
 	require.Equal(t, "after", string(got))
+}
+
+// TestConcurrentReads: reads one after another are synchronous; reads of
+// one chunk from many goroutines at once are mostly asynchronous and each
+// get their own bytes (the completions reach the read that asked), a read
+// past the object's end gets zeros there, and the reads in flight hold no
+// thread each: they wait for librados without blocking one in C, so the
+// process starts few threads for them.
+func TestConcurrentReads(t *testing.T) {
+	b := open(t, cluster(t))
+	defer b.Close()
+	ctx := t.Context()
+	c, err := b.OpenChunk(ctx, "r/0", true)
+	require.NoError(t, err)
+	defer c.Close()
+	const size = 1 * mib
+	want := random(t, size)
+	_, err = c.WriteAt(want, 0)
+	require.NoError(t, err)
+
+	one := make([]byte, 4*kib)
+	for i := range 16 {
+		_, err := c.ReadAt(one, int64(i)*64*kib)
+		require.NoError(t, err)
+		require.Equal(t, want[i*64*kib:i*64*kib+4*kib], one)
+	}
+	syncs, asyncs := rados.ReadPaths(b)
+	require.Equal(t, [2]uint64{16, 0}, [2]uint64{syncs, asyncs}, "reads one after another are synchronous")
+
+	const readers, each = 256, 8
+	threads := pprof.Lookup("threadcreate")
+	before := threads.Count()
+	var wg sync.WaitGroup
+	errs := make(chan error, readers)
+	for r := range readers {
+		wg.Go(func() {
+			p := make([]byte, 4*kib)
+			for i := range each {
+				off := int64((r*each+i)*4*kib) % (size + 8*kib) // some past the end
+				if _, err := c.ReadAt(p, off); err != nil {
+					errs <- err
+					return
+				}
+				exp := make([]byte, len(p))
+				if off < size {
+					copy(exp, want[off:])
+				}
+				if !bytes.Equal(p, exp) {
+					errs <- fmt.Errorf("read at %d got other bytes", off)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		require.NoError(t, err)
+	}
+	created := threads.Count() - before
+	syncs, asyncs = rados.ReadPaths(b)
+	syncs -= 16
+	t.Logf("%d threads created for %d reads, %d at a time; %d synchronous, %d asynchronous",
+		created, readers*each, readers, syncs, asyncs)
+	assert.Equal(t, uint64(readers*each), syncs+asyncs)
+	assert.Greater(t, asyncs, syncs, "reads that come together are asynchronous")
+	assert.Less(t, created, 32, "reads in flight hold threads")
 }
