@@ -45,6 +45,15 @@ type EpochGuarded interface {
 	WithEpoch(epoch uint64) storage.Backend
 }
 
+// ChunkStamper is a store WithEpoch returned that can stamp every chunk
+// object of a disk with its epoch at once, so that a writer of an older
+// epoch is refused on all of them and not only on those the new owner
+// wrote since: a taker does so when it took the disk from a writer that
+// did not let it go.
+type ChunkStamper interface {
+	StampChunks(ctx context.Context, prefix string) (int, error)
+}
+
 // Owner is a disk's owner record.
 type Owner struct {
 	Host  string `json:"host"`

@@ -59,8 +59,12 @@ func metaKey(prefix string) string { return prefix + "/meta.json" }
 // MetaKey is the storage key of the metadata of the disk at prefix.
 func MetaKey(prefix string) string { return metaKey(prefix) }
 
+// ChunksPrefix is the storage prefix of the chunk objects of the disk at
+// prefix: every chunk's key is under it.
+func ChunksPrefix(prefix string) string { return prefix + "/chunks" }
+
 func chunkKey(prefix string, idx int64) string {
-	return fmt.Sprintf("%s/chunks/%08x", prefix, idx)
+	return fmt.Sprintf("%s/%08x", ChunksPrefix(prefix), idx)
 }
 
 // ReadMetadata loads and checks the metadata of the disk stored under prefix.

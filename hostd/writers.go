@@ -5,11 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"path"
 	"strings"
 	"time"
 
 	"hostcrypt/cluster"
 	"hostcrypt/control"
+	"hostcrypt/disk"
 	"hostcrypt/storage"
 	"hostcrypt/storage/location"
 )
@@ -68,7 +70,9 @@ type vmWriter struct {
 // a chunk, the store refuses a write to it from any writer of an older
 // epoch, fenced or not; and should another writer take the disk under a
 // newer epoch, this one's writes fail with EIO on each chunk the other
-// wrote.
+// wrote. After a takeover from a writer that did not let the disk go,
+// every chunk of the disk is stamped with the new epoch before the disk
+// opens, so that writer is refused on all of them.
 func (v *vmWriter) Disk(ctx context.Context, id, metaKey string, lost func(error)) (control.DiskWriter, error) {
 	l, err := cluster.Acquire(ctx, v.locks, []string{cluster.LockKey(id)}, v.desc, v.lease, lost)
 	if err != nil {
@@ -82,7 +86,18 @@ func (v *vmWriter) Disk(ctx context.Context, id, metaKey string, lost func(error
 		_ = l.Release(context.WithoutCancel(ctx))
 		return control.DiskWriter{}, err
 	}
-	dw := control.DiskWriter{Storage: cluster.GuardOwned(v.epochs.WithEpoch(own.Epoch), l, id, own.Owner), Epoch: own.Epoch}
+	guarded := v.epochs.WithEpoch(own.Epoch)
+	if s, ok := guarded.(cluster.ChunkStamper); ok && own.Fenced != nil {
+		// The last writer did not let the disk go: from now on it is
+		// refused on every chunk, also those this writer will not write.
+		n, err := s.StampChunks(ctx, disk.ChunksPrefix(path.Dir(metaKey)))
+		if err != nil {
+			_ = l.Release(context.WithoutCancel(ctx))
+			return control.DiskWriter{}, fmt.Errorf("disk %s: stamping its chunks with ownership epoch %d after the takeover: %w", id, own.Epoch, err)
+		}
+		slog.Info("disk taken over: chunks stamped with the new ownership epoch", "disk", id, "epoch", own.Epoch, "chunks", n)
+	}
+	dw := control.DiskWriter{Storage: cluster.GuardOwned(guarded, l, id, own.Owner), Epoch: own.Epoch}
 	if own.Fenced != nil && own.Fenced.Host != v.host {
 		dw.Fenced = own.Fenced.Host
 		if err := cluster.MarkFenced(ctx, v.be, own.Fenced.Host, v.host); err != nil {

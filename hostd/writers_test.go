@@ -49,18 +49,19 @@ func TestOlderEpochWriterOnRADOS(t *testing.T) {
 			c.be.Delete(context.Background(), k)
 		}
 	})
-	const key = "disks/d1/chunks/00000000"
-	chunk := func(dw control.DiskWriter) storage.Chunk {
+	const key, key2 = "disks/d1/chunks/00000000", "disks/d1/chunks/00000001"
+	chunkAt := func(dw control.DiskWriter, key string) storage.Chunk {
 		ch, err := dw.Storage.OpenChunk(ctx, key, true)
 		require.NoError(t, err)
 		t.Cleanup(func() { ch.Close() })
 		return ch
 	}
+	chunk := func(dw control.DiskWriter) storage.Chunk { return chunkAt(dw, key) }
 	write := func(ch storage.Chunk, s string) error {
 		_, err := ch.WriteAt([]byte(s), 0)
 		return err
 	}
-	stored := func() string {
+	storedAt := func(key string) string {
 		ch, err := c.be.OpenChunk(ctx, key, false)
 		require.NoError(t, err)
 		defer ch.Close()
@@ -69,6 +70,7 @@ func TestOlderEpochWriterOnRADOS(t *testing.T) {
 		require.NoError(t, err)
 		return string(p)
 	}
+	stored := func() string { return storedAt(key) }
 
 	da, err := a.Disk(ctx, "d1", "disks/d1/meta.json", nil)
 	require.NoError(t, err)
@@ -89,6 +91,8 @@ func TestOlderEpochWriterOnRADOS(t *testing.T) {
 	require.ErrorIs(t, err, rados.ErrStaleEpoch)
 	require.ErrorIs(t, ca.PunchHole(0, 8), syscall.EIO)
 	assert.Equal(t, "b-epoch2", stored())
+	cb2 := chunkAt(db, key2)
+	require.NoError(t, write(cb2, "b2epoch2"))
 
 	// C takes the disk from B without a release, but its fence does not
 	// happen (B's lock broken, the blocklist lost): B's writes are refused
@@ -106,6 +110,11 @@ func TestOlderEpochWriterOnRADOS(t *testing.T) {
 	err = write(cb, "b-late!!")
 	require.ErrorIs(t, err, syscall.EIO, "B's lease check still passes: only the store refuses")
 	assert.Equal(t, "c-epoch3", stored())
+	// C took the disk from a writer that did not let it go, so it stamped
+	// every chunk: B is refused on one C never wrote too.
+	err = write(cb2, "b2-late!")
+	require.ErrorIs(t, err, rados.ErrStaleEpoch)
+	assert.Equal(t, "b2epoch2", storedAt(key2))
 
 	// A host cache writes back through the same guarded chunks: C's
 	// write-back cache holds a write when A takes the disk again; its

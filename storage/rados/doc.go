@@ -27,7 +27,9 @@
 //     waited for without holding an OS thread (aio.go); a read with
 //     few others in flight and every other call are synchronous.
 //   - Every call is bounded by Config.Timeout (librados' op timeouts) and a
-//     call that runs out reports an error wrapping ErrTimeout.
+//     call that runs out reports an error wrapping ErrTimeout. At most
+//     MaxInFlight calls of a Backend are in flight; a call waits for its
+//     turn at most Config.Timeout too, and then fails the same way.
 //   - Compare-and-swap on metadata objects (ReadMetaVersion, WriteMetaIf)
 //     uses the object version RADOS keeps: a full write with a version
 //     assertion (or an exclusive create), which RADOS applies or refuses
@@ -50,6 +52,15 @@ import (
 // the SCSI command timeout a Linux guest uses for its own disks: a call
 // taking longer fails the same way a stuck disk would.
 const DefaultTimeout = 30 * time.Second
+
+// MaxInFlight is how many calls of one Backend may be in flight at once;
+// the others wait for their turn. It keeps the threads held in librados
+// (each synchronous call holds one) and what librados queues bounded, so
+// that a call's timeout measures the cluster and not a queue in front of
+// it. A VM's disks share their Backend: 256 is four mounts' worth of
+// FUSE's background requests (fs.DefaultMaxBackground) and far from
+// librados' own limit (objecter_inflight_ops, 1024).
+const MaxInFlight = 256
 
 // DefaultUser is the cephx user when Config.User is empty.
 const DefaultUser = "admin"

@@ -4,8 +4,11 @@ package rados
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
+	"sync"
+	"syscall"
 
 	"hostcrypt/storage"
 )
@@ -54,6 +57,79 @@ func (e epochBackend) OpenChunk(ctx context.Context, key string, create bool) (s
 
 // Close leaves the backend open: it is the caller's of WithEpoch.
 func (e epochBackend) Close() error { return nil }
+
+// StampChunks stamps every object under prefix (a disk's chunks) with
+// e's epoch, so that from then on a writer of an older epoch is refused on
+// each of them, not only on those e writes; a taker runs it when it took
+// the disk from a writer that did not let it go. It returns how many
+// objects it stamped. An object deleted meanwhile is skipped; one that
+// carries a newer epoch already fails it with an error wrapping
+// ErrStaleEpoch (this writer is the stale one). Up to usageWorkers objects
+// are stamped at once.
+func (e epochBackend) StampChunks(ctx context.Context, prefix string) (int, error) {
+	keys, err := e.List(ctx, prefix)
+	if err != nil {
+		return 0, err
+	}
+	var (
+		mu      sync.Mutex
+		first   error
+		stamped int
+		wg      sync.WaitGroup
+		work    = make(chan string)
+	)
+	for range min(usageWorkers, len(keys)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for key := range work {
+				did, err := e.stamp(ctx, key)
+				mu.Lock()
+				if did {
+					stamped++
+				}
+				if err != nil && first == nil {
+					first = err
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	for _, key := range keys {
+		mu.Lock()
+		failed := first != nil
+		mu.Unlock()
+		if failed || ctx.Err() != nil {
+			break
+		}
+		work <- key
+	}
+	close(work)
+	wg.Wait()
+	if first == nil {
+		first = ctx.Err()
+	}
+	return stamped, first
+}
+
+// stamp stamps the object key with e's epoch, and says whether it did: a
+// missing object is skipped.
+func (e epochBackend) stamp(ctx context.Context, key string) (bool, error) {
+	if err := e.begin(ctx, key, false); err != nil {
+		return false, err
+	}
+	defer e.leave()
+	err := stamp(e.ioctx, key, e.epoch)
+	switch {
+	case err == nil:
+		return true, nil
+	case errors.Is(err, syscall.ENOENT):
+		return false, nil
+	case errors.Is(err, syscall.ECANCELED):
+		return false, e.staleEpoch("stamp", key, e.epoch)
+	}
+	return false, e.fail("stamp", key, err)
+}
 
 // staleEpoch is the error of a guarded operation op on key, of a writer
 // under epoch mine, that the epoch compare refused. It names the object's

@@ -3,6 +3,7 @@
 package rados_test
 
 import (
+	"context"
 	"syscall"
 	"testing"
 
@@ -159,4 +160,64 @@ func TestEpochGuard(t *testing.T) {
 	require.NoError(t, a.Close())
 	_, err = hostA.List(ctx, "")
 	require.NoError(t, err)
+}
+
+// A taker stamps every chunk of the disk at once (StampChunks): the older
+// writer is refused on a chunk the taker never wrote; an object that
+// carries a newer epoch already makes the stamp fail as stale.
+func TestStampChunks(t *testing.T) {
+	cfg := cluster(t)
+	ctx := t.Context()
+	hostA, hostB := open(t, cfg), open(t, cfg)
+	defer hostA.Close()
+	defer hostB.Close()
+	stampChunks := func(be storage.Backend, prefix string) (int, error) {
+		return be.(interface {
+			StampChunks(ctx context.Context, prefix string) (int, error)
+		}).StampChunks(ctx, prefix)
+	}
+	const prefix = "disks/s/chunks"
+	keys := []string{prefix + "/00000000", prefix + "/00000001", prefix + "/00000002"}
+
+	a := hostA.WithEpoch(4)
+	var chunks []storage.Chunk
+	for _, k := range keys[:2] {
+		c, err := a.OpenChunk(ctx, k, true)
+		require.NoError(t, err)
+		defer c.Close()
+		_, err = c.WriteAt([]byte("a-"+k[len(k)-1:]), 0)
+		require.NoError(t, err)
+		chunks = append(chunks, c)
+	}
+	// A chunk created and never written: no stamp yet.
+	c3, err := a.OpenChunk(ctx, keys[2], true)
+	require.NoError(t, err)
+	defer c3.Close()
+	require.Empty(t, epochOf(t, cfg, keys[2]))
+
+	b := hostB.WithEpoch(5)
+	n, err := stampChunks(b, prefix)
+	require.NoError(t, err)
+	assert.Equal(t, 3, n)
+	for _, k := range keys {
+		assert.Equal(t, "00000000000000000005", epochOf(t, cfg, k))
+	}
+	// A is refused everywhere, and nothing of it lands.
+	for i, c := range append(chunks, c3) {
+		_, err := c.WriteAt([]byte("a-late"), 0)
+		require.ErrorIs(t, err, rados.ErrStaleEpoch, keys[i])
+		require.ErrorIs(t, err, syscall.EIO)
+	}
+	assert.Equal(t, "a-0", readBack(t, hostB, keys[0], 3))
+	assert.Equal(t, "a-1", readBack(t, hostB, keys[1], 3))
+
+	// A stamping after B is the stale one.
+	_, err = stampChunks(a, prefix)
+	require.ErrorIs(t, err, rados.ErrStaleEpoch)
+	assert.Equal(t, "00000000000000000005", epochOf(t, cfg, keys[0]))
+
+	// Nothing under the prefix: nothing to do.
+	n, err = stampChunks(b, "disks/none/chunks")
+	require.NoError(t, err)
+	assert.Zero(t, n)
 }

@@ -34,10 +34,10 @@ const (
 // lock expired or was broken meanwhile. Another client holding it is an
 // error wrapping storage.ErrConflict.
 func (b *Backend) Lock(ctx context.Context, key, name, cookie, desc string, lease time.Duration, renew bool) error {
-	if err := b.begin(ctx, key, false); err != nil {
+	if err := b.beginControl(ctx, key, false); err != nil {
 		return err
 	}
-	defer b.leave()
+	defer b.done()
 	var flags *byte
 	if renew {
 		f := lockMustRenew
@@ -63,10 +63,10 @@ func (b *Backend) Lock(ctx context.Context, key, name, cookie, desc string, leas
 // Unlock releases a lock this client and cookie hold. One no longer held
 // is no error.
 func (b *Backend) Unlock(ctx context.Context, key, name, cookie string) error {
-	if err := b.begin(ctx, key, false); err != nil {
+	if err := b.beginControl(ctx, key, false); err != nil {
 		return err
 	}
-	defer b.leave()
+	defer b.done()
 	if _, err := b.ioctx.Unlock(key, name, cookie); err != nil && !isErrno(err, syscall.ENOENT) {
 		return b.fail("unlock", key, err)
 	}
@@ -86,10 +86,10 @@ type Locker struct {
 // the OSD has not seen expire; none (and no error) when the object or the
 // lock does not exist.
 func (b *Backend) Lockers(ctx context.Context, key, name string) ([]Locker, error) {
-	if err := b.begin(ctx, key, false); err != nil {
+	if err := b.beginControl(ctx, key, false); err != nil {
 		return nil, err
 	}
-	defer b.leave()
+	defer b.done()
 	info, err := b.ioctx.ListLockers(key, name)
 	if isErrno(err, syscall.ENOENT) {
 		return nil, nil
@@ -147,10 +147,10 @@ func (b *Backend) Holders(ctx context.Context, key, name string) ([]string, erro
 // Addr returns this client instance's address, as a blocklist entry names
 // it ("127.0.0.1:0/3180225512").
 func (b *Backend) Addr() (string, error) {
-	if err := b.enter(); err != nil {
+	if err := b.count(); err != nil {
 		return "", err
 	}
-	defer b.leave()
+	defer b.done()
 	s, err := b.conn.GetAddrs()
 	if err != nil {
 		return "", b.fail("addresses", "", err)
@@ -171,10 +171,10 @@ func (b *Backend) Addr() (string, error) {
 // user needs the monitor capability of "osd blocklist" (profile rbd has
 // it).
 func (b *Backend) Blocklist(ctx context.Context, addr string, expire time.Duration) error {
-	if err := b.enter(); err != nil {
+	if err := b.count(); err != nil {
 		return err
 	}
-	defer b.leave()
+	defer b.done()
 	if err := ctx.Err(); err != nil {
 		return err
 	}

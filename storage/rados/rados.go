@@ -14,6 +14,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
 
 	"github.com/ceph/go-ceph/rados"
 
@@ -42,6 +43,8 @@ type Backend struct {
 	conn  *rados.Conn
 	ioctx *rados.IOContext
 	aio   *aioReader // chunk reads
+	// slots holds a token for each call in flight (MaxInFlight at most).
+	slots chan struct{}
 
 	// state is closedBit once Close was called, plus the number of calls
 	// in flight: Close waits for those before it frees the connection that
@@ -119,7 +122,7 @@ func Open(ctx context.Context, cfg Config) (*Backend, error) {
 		conn.Shutdown()
 		return nil, fmt.Errorf("%s: %w", where, err)
 	}
-	b := &Backend{cfg: cfg, conn: conn, ioctx: ioctx, aio: aio, drained: make(chan struct{})}
+	b := &Backend{cfg: cfg, conn: conn, ioctx: ioctx, aio: aio, slots: make(chan struct{}, MaxInFlight), drained: make(chan struct{})}
 	// The first object call finds out whether the user may use the pool
 	// and whether its OSDs answer.
 	if _, err := ioctx.Stat(probeObject); err != nil && !errors.Is(err, rados.ErrNotFound) {
@@ -146,16 +149,57 @@ func (b *Backend) shutdown() {
 	b.aio.close()
 }
 
-// enter counts a call in flight, or fails once the backend is closed.
+// enter counts a call in flight and takes its turn (turn); it fails once
+// the backend is closed, and with ErrTimeout when no turn came. On success
+// the caller must call b.leave.
 func (b *Backend) enter() error {
+	if err := b.count(); err != nil {
+		return err
+	}
+	return b.turn()
+}
+
+// turn waits for one of the MaxInFlight turns of a counted call, at most
+// the configured timeout; without one, it uncounts the call.
+func (b *Backend) turn() error {
+	select {
+	case b.slots <- struct{}{}:
+		return nil
+	default:
+	}
+	t := time.NewTimer(b.cfg.Timeout)
+	defer t.Stop()
+	select {
+	case b.slots <- struct{}{}:
+		return nil
+	case <-t.C:
+		b.done()
+		return fmt.Errorf("rados pool %q: %d calls of this client were in flight for %v and this one got no turn "+
+			"(the cluster is slow or unreachable; every call is bounded by the location's timeout): %w",
+			b.cfg.Pool, cap(b.slots), b.cfg.Timeout, ErrTimeout)
+	}
+}
+
+// leave ends a call enter let in.
+func (b *Backend) leave() {
+	<-b.slots
+	b.done()
+}
+
+// count counts a call in flight without taking a turn, or fails once the
+// backend is closed; the caller calls done. The lock calls (renewals
+// above all) and the fencing take no turn: a lease must not run out
+// behind a queue of data calls.
+func (b *Backend) count() error {
 	if b.state.Add(1)&closedBit != 0 {
-		b.leave()
+		b.done()
 		return fmt.Errorf("rados pool %q: %w", b.cfg.Pool, storage.ErrClosed)
 	}
 	return nil
 }
 
-func (b *Backend) leave() {
+// done uncounts a call, and lets Close go on after the last one.
+func (b *Backend) done() {
 	if b.state.Add(-1) == closedBit {
 		b.once.Do(func() { close(b.drained) })
 	}
@@ -165,7 +209,16 @@ func (b *Backend) leave() {
 // a cancelled context and an invalid key are refused before any RADOS call.
 // On success the caller must call b.leave.
 func (b *Backend) begin(ctx context.Context, key string, prefix bool) error {
-	if err := b.enter(); err != nil {
+	if err := b.beginControl(ctx, key, prefix); err != nil {
+		return err
+	}
+	return b.turn()
+}
+
+// beginControl is begin without a turn, for the lock calls (count). On
+// success the caller must call b.done.
+func (b *Backend) beginControl(ctx context.Context, key string, prefix bool) error {
+	if err := b.count(); err != nil {
 		return err
 	}
 	err := ctx.Err()
@@ -175,7 +228,7 @@ func (b *Backend) begin(ctx context.Context, key string, prefix bool) error {
 		err = storage.ValidKey(key)
 	}
 	if err != nil {
-		b.leave()
+		b.done()
 	}
 	return err
 }
@@ -565,10 +618,10 @@ func (c *chunk) Sync() error {
 	if c.closed.Load() {
 		return fmt.Errorf("rados sync %q: %w", c.key, os.ErrClosed)
 	}
-	if err := c.b.enter(); err != nil {
+	if err := c.b.count(); err != nil {
 		return err
 	}
-	c.b.leave()
+	c.b.done()
 	return nil
 }
 

@@ -56,6 +56,17 @@ static int hc_write(rados_ioctx_t io, const char *oid, const char *buf, size_t l
 	return r;
 }
 
+// hc_stamp stamps an existing object with the epoch ep, unless it carries
+// a newer one (ECANCELED), with nothing else in the operation.
+static int hc_stamp(rados_ioctx_t io, const char *oid, const char *name, const char *ep, size_t eplen) {
+	rados_write_op_t op = rados_create_write_op();
+	rados_write_op_assert_exists(op);
+	hc_guard(op, name, ep, eplen, 1);
+	int r = rados_write_op_operate(op, io, oid, NULL, 0);
+	rados_release_write_op(op);
+	return r;
+}
+
 enum { HC_ANY = 0, HC_IF_VERSION = 1, HC_IF_ABSENT = 2 };
 
 // hc_write_full replaces the whole object with len bytes (len may be 0), if
@@ -162,6 +173,16 @@ func writeExisting(io *rados.IOContext, oid string, p []byte, off uint64, g guar
 	name, val, vn, stamp, free := g.args()
 	defer free()
 	return errno(C.hc_write(cioctx(io), coid, bufPtr(p), C.size_t(len(p)), C.uint64_t(off), name, val, vn, stamp))
+}
+
+// stamp stamps the existing object oid with epoch (not 0), unless it
+// carries a newer one.
+func stamp(io *rados.IOContext, oid string, epoch uint64) error {
+	coid := C.CString(oid)
+	defer C.free(unsafe.Pointer(coid))
+	name, val, vn, _, free := guard{epoch: epoch, stamp: true}.args()
+	defer free()
+	return errno(C.hc_stamp(cioctx(io), coid, name, val, vn))
 }
 
 // writeCond says when writeFull may write.
