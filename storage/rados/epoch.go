@@ -7,7 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
-	"sync"
+	"sync/atomic"
 	"syscall"
 
 	"hostcrypt/storage"
@@ -24,13 +24,9 @@ import (
 // or none of them.
 
 // EpochXattr is the xattr of a chunk object that holds the newest
-// ownership epoch it was written under, as formatEpoch writes it.
+// ownership epoch it was written under, in 20 zero-padded decimal digits
+// (shim.go's hc_guard writes it).
 const EpochXattr = "hostcrypt.epoch"
-
-// formatEpoch is epoch in decimal, zero-padded to the 20 digits of the
-// largest uint64: the OSD compares xattrs from the C API as strings, and
-// strings of one length and of digits only order as their numbers do.
-func formatEpoch(epoch uint64) string { return fmt.Sprintf("%020d", epoch) }
 
 // WithEpoch returns b for a writer of a disk owned under ownership epoch
 // epoch (at least 1): each of its chunks stamps its object with the epoch
@@ -67,68 +63,28 @@ func (e epochBackend) Close() error { return nil }
 // ErrStaleEpoch (this writer is the stale one). Up to usageWorkers objects
 // are stamped at once.
 func (e epochBackend) StampChunks(ctx context.Context, prefix string) (int, error) {
-	keys, err := e.List(ctx, prefix)
+	if err := e.begin(ctx, prefix, true); err != nil {
+		return 0, err
+	}
+	defer e.leave()
+	keys, err := e.list(ctx, prefix)
 	if err != nil {
 		return 0, err
 	}
-	var (
-		mu      sync.Mutex
-		first   error
-		stamped int
-		wg      sync.WaitGroup
-		work    = make(chan string)
-	)
-	for range min(usageWorkers, len(keys)) {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for key := range work {
-				did, err := e.stamp(ctx, key)
-				mu.Lock()
-				if did {
-					stamped++
-				}
-				if err != nil && first == nil {
-					first = err
-				}
-				mu.Unlock()
-			}
-		}()
-	}
-	for _, key := range keys {
-		mu.Lock()
-		failed := first != nil
-		mu.Unlock()
-		if failed || ctx.Err() != nil {
-			break
+	var stamped atomic.Int64
+	err = e.eachKey(ctx, keys, func(key string) error {
+		switch err := stamp(e.ioctx, key, e.epoch); {
+		case errors.Is(err, syscall.ENOENT):
+			return nil // deleted since the listing
+		case errors.Is(err, syscall.ECANCELED):
+			return e.staleEpoch("stamp", key, e.epoch)
+		case err != nil:
+			return e.fail("stamp", key, err)
 		}
-		work <- key
-	}
-	close(work)
-	wg.Wait()
-	if first == nil {
-		first = ctx.Err()
-	}
-	return stamped, first
-}
-
-// stamp stamps the object key with e's epoch, and says whether it did: a
-// missing object is skipped.
-func (e epochBackend) stamp(ctx context.Context, key string) (bool, error) {
-	if err := e.begin(ctx, key, false); err != nil {
-		return false, err
-	}
-	defer e.leave()
-	err := stamp(e.ioctx, key, e.epoch)
-	switch {
-	case err == nil:
-		return true, nil
-	case errors.Is(err, syscall.ENOENT):
-		return false, nil
-	case errors.Is(err, syscall.ECANCELED):
-		return false, e.staleEpoch("stamp", key, e.epoch)
-	}
-	return false, e.fail("stamp", key, err)
+		stamped.Add(1)
+		return nil
+	})
+	return int(stamped.Load()), err
 }
 
 // staleEpoch is the error of a guarded operation op on key, of a writer

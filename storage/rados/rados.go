@@ -461,8 +461,29 @@ func (b *Backend) Usage(ctx context.Context, prefix string) (int64, error) {
 	if err != nil {
 		return 0, err
 	}
+	var total atomic.Int64
+	err = b.eachKey(ctx, keys, func(key string) error {
+		st, err := b.ioctx.Stat(key)
+		if errors.Is(err, rados.ErrNotFound) {
+			return nil // deleted since the listing
+		}
+		if err != nil {
+			return b.fail("stat", key, err)
+		}
+		total.Add(int64(st.Size))
+		return nil
+	})
+	if err != nil {
+		return 0, err
+	}
+	return total.Load(), nil
+}
+
+// eachKey calls fn for every key, up to usageWorkers at once, within the
+// caller's one call in flight; it stops at the first error fn returns (or
+// when ctx is done) and returns that.
+func (b *Backend) eachKey(ctx context.Context, keys []string, fn func(key string) error) error {
 	var (
-		total atomic.Int64
 		next  atomic.Int64
 		first error
 		mu    sync.Mutex
@@ -475,31 +496,23 @@ func (b *Backend) Usage(ctx context.Context, prefix string) (int64, error) {
 				if i >= len(keys) || ctx.Err() != nil {
 					return
 				}
-				st, err := b.ioctx.Stat(keys[i])
-				if errors.Is(err, rados.ErrNotFound) {
-					continue // deleted since the listing
-				}
-				if err != nil {
+				if err := fn(keys[i]); err != nil {
 					mu.Lock()
 					if first == nil {
-						first = b.fail("stat", keys[i], err)
+						first = err
 					}
 					mu.Unlock()
 					next.Store(int64(len(keys)))
 					return
 				}
-				total.Add(int64(st.Size))
 			}
 		})
 	}
 	wg.Wait()
 	if first != nil {
-		return 0, first
+		return first
 	}
-	if err := ctx.Err(); err != nil {
-		return 0, err
-	}
-	return total.Load(), nil
+	return ctx.Err()
 }
 
 // chunk is offset I/O on one object. It holds nothing but its name and

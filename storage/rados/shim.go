@@ -11,32 +11,36 @@ package rados
 
 /*
 #cgo LDFLAGS: -lrados
+#include <stdio.h>
 #include <stdlib.h>
 #include <rados/librados.h>
 
-// hc_guard adds to op the epoch guard of a chunk write when ep is not
-// NULL: the op fails (ECANCELED) unless ep >= the object's xattr name,
-// and with stamp it also sets the xattr to ep. Both are the same number of
-// decimal digits, so the OSD's comparison of strings, the only one the C
-// API offers, orders them as numbers; an object without the xattr compares
-// as the empty string, below any epoch. (The OSD fails a compare on an
-// object that does not exist with ENOENT, even after a create in the same
-// operation: each guarded op asserts that the object exists.)
-static void hc_guard(rados_write_op_t op, const char *name, const char *ep, size_t eplen, int stamp) {
-	if (ep == NULL)
+// hc_guard adds to op the epoch guard of a chunk write when ep is not 0:
+// the op fails (ECANCELED) unless ep >= the object's xattr name, and with
+// stamp it also sets the xattr to ep. The value is ep in 20 zero-padded
+// decimal digits, written into buf (24 bytes, the caller's, alive until
+// the op is operated): the OSD's comparison of strings, the only one the C
+// API offers, then orders epochs as numbers; an object without the xattr
+// compares as the empty string, below any epoch. (The OSD fails a compare
+// on an object that does not exist with ENOENT, even after a create in the
+// same operation: each guarded op asserts that the object exists.)
+static void hc_guard(rados_write_op_t op, const char *name, uint64_t ep, int stamp, char *buf) {
+	if (ep == 0)
 		return;
-	rados_write_op_cmpxattr(op, name, LIBRADOS_CMPXATTR_OP_GTE, ep, eplen);
+	int n = snprintf(buf, 24, "%020llu", (unsigned long long)ep);
+	rados_write_op_cmpxattr(op, name, LIBRADOS_CMPXATTR_OP_GTE, buf, n);
 	if (stamp)
-		rados_write_op_setxattr(op, name, ep, eplen);
+		rados_write_op_setxattr(op, name, buf, n);
 }
 
 // hc_zero makes len bytes from off of an existing object read as zeros,
 // freeing their space on the OSDs; guarded by hc_guard.
 static int hc_zero(rados_ioctx_t io, const char *oid, uint64_t off, uint64_t len,
-                   const char *name, const char *ep, size_t eplen, int stamp) {
+                   const char *name, uint64_t ep, int stamp) {
+	char eb[24];
 	rados_write_op_t op = rados_create_write_op();
 	rados_write_op_assert_exists(op);
-	hc_guard(op, name, ep, eplen, stamp);
+	hc_guard(op, name, ep, stamp, eb);
 	rados_write_op_zero(op, off, len);
 	int r = rados_write_op_operate(op, io, oid, NULL, 0);
 	rados_release_write_op(op);
@@ -46,10 +50,11 @@ static int hc_zero(rados_ioctx_t io, const char *oid, uint64_t off, uint64_t len
 // hc_write writes len bytes at off into an existing object; guarded by
 // hc_guard.
 static int hc_write(rados_ioctx_t io, const char *oid, const char *buf, size_t len, uint64_t off,
-                    const char *name, const char *ep, size_t eplen, int stamp) {
+                    const char *name, uint64_t ep, int stamp) {
+	char eb[24];
 	rados_write_op_t op = rados_create_write_op();
 	rados_write_op_assert_exists(op);
-	hc_guard(op, name, ep, eplen, stamp);
+	hc_guard(op, name, ep, stamp, eb);
 	rados_write_op_write(op, buf, len, off);
 	int r = rados_write_op_operate(op, io, oid, NULL, 0);
 	rados_release_write_op(op);
@@ -58,10 +63,11 @@ static int hc_write(rados_ioctx_t io, const char *oid, const char *buf, size_t l
 
 // hc_stamp stamps an existing object with the epoch ep, unless it carries
 // a newer one (ECANCELED), with nothing else in the operation.
-static int hc_stamp(rados_ioctx_t io, const char *oid, const char *name, const char *ep, size_t eplen) {
+static int hc_stamp(rados_ioctx_t io, const char *oid, const char *name, uint64_t ep) {
+	char eb[24];
 	rados_write_op_t op = rados_create_write_op();
 	rados_write_op_assert_exists(op);
-	hc_guard(op, name, ep, eplen, 1);
+	hc_guard(op, name, ep, 1, eb);
 	int r = rados_write_op_operate(op, io, oid, NULL, 0);
 	rados_release_write_op(op);
 	return r;
@@ -141,38 +147,31 @@ type guard struct {
 	stamp bool
 }
 
-// args are the C arguments of hc_guard; free releases them.
-func (g guard) args() (name, val *C.char, n C.size_t, stamp C.int, free func()) {
-	if g.epoch == 0 {
-		return nil, nil, 0, 0, func() {}
-	}
-	s := formatEpoch(g.epoch)
-	name, val = C.CString(EpochXattr), C.CString(s)
+// args are the C arguments of hc_guard.
+func (g guard) args() (C.uint64_t, C.int) {
 	if g.stamp {
-		stamp = 1
+		return C.uint64_t(g.epoch), 1
 	}
-	return name, val, C.size_t(len(s)), stamp, func() {
-		C.free(unsafe.Pointer(name))
-		C.free(unsafe.Pointer(val))
-	}
+	return C.uint64_t(g.epoch), 0
 }
+
+// cEpochXattr is EpochXattr for C, made once and never freed.
+var cEpochXattr = C.CString(EpochXattr)
 
 // zero zeroes n bytes from off of the existing object oid, under g.
 func zero(io *rados.IOContext, oid string, off, n uint64, g guard) error {
 	coid := C.CString(oid)
 	defer C.free(unsafe.Pointer(coid))
-	name, val, vn, stamp, free := g.args()
-	defer free()
-	return errno(C.hc_zero(cioctx(io), coid, C.uint64_t(off), C.uint64_t(n), name, val, vn, stamp))
+	ep, stamp := g.args()
+	return errno(C.hc_zero(cioctx(io), coid, C.uint64_t(off), C.uint64_t(n), cEpochXattr, ep, stamp))
 }
 
 // writeExisting writes p at off into the existing object oid, under g.
 func writeExisting(io *rados.IOContext, oid string, p []byte, off uint64, g guard) error {
 	coid := C.CString(oid)
 	defer C.free(unsafe.Pointer(coid))
-	name, val, vn, stamp, free := g.args()
-	defer free()
-	return errno(C.hc_write(cioctx(io), coid, bufPtr(p), C.size_t(len(p)), C.uint64_t(off), name, val, vn, stamp))
+	ep, stamp := g.args()
+	return errno(C.hc_write(cioctx(io), coid, bufPtr(p), C.size_t(len(p)), C.uint64_t(off), cEpochXattr, ep, stamp))
 }
 
 // stamp stamps the existing object oid with epoch (not 0), unless it
@@ -180,9 +179,7 @@ func writeExisting(io *rados.IOContext, oid string, p []byte, off uint64, g guar
 func stamp(io *rados.IOContext, oid string, epoch uint64) error {
 	coid := C.CString(oid)
 	defer C.free(unsafe.Pointer(coid))
-	name, val, vn, _, free := guard{epoch: epoch, stamp: true}.args()
-	defer free()
-	return errno(C.hc_stamp(cioctx(io), coid, name, val, vn))
+	return errno(C.hc_stamp(cioctx(io), coid, cEpochXattr, C.uint64_t(epoch)))
 }
 
 // writeCond says when writeFull may write.
