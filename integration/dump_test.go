@@ -48,11 +48,19 @@ func TestDaemonsLeaveNoCore(t *testing.T) {
 		require.NoError(t, cmd.Start())
 		// The crash leaves the mount dead; detach it.
 		t.Cleanup(func() { exec.Command("umount", "-l", mnt).Run() })
-		waitFor(t, 30*time.Second, "hostcryptd to mount its tree", func() bool { return isMounted(mnt) })
+		cli := func(args ...string) (string, int) {
+			_, errOut, code := runCmd(filepath.Join(b, "hostcrypt"), append([]string{"--host-socket", filepath.Join(state, "hostcryptd.sock"),
+				"--keystore", ks.url, "--keystore-ca", filepath.Join(ks.dir, "ca.pem"), "--token-file", filepath.Join(ks.dir, "admin.token")},
+				args...)...)
+			return errOut, code
+		}
+		// The tree is mounted before the API socket listens: wait for both.
+		waitFor(t, 30*time.Second, "hostcryptd to serve its API", func() bool {
+			_, code := cli("vm", "list")
+			return code == 0 && isMounted(mnt)
+		})
 		// A VM running: a data key in memory.
-		_, errOut, code := runCmd(filepath.Join(b, "hostcrypt"), "--host-socket", filepath.Join(state, "hostcryptd.sock"),
-			"--keystore", ks.url, "--keystore-ca", filepath.Join(ks.dir, "ca.pem"), "--token-file", filepath.Join(ks.dir, "admin.token"),
-			"vm", "create", "--name", "vm1", "--os-disk-size", "16M")
+		errOut, code := cli("vm", "create", "--name", "vm1", "--os-disk-size", "16M")
 		require.Zero(t, code, errOut)
 		got := dumptest.Abort(t, cmd)
 		require.False(t, got.Dumped, "hostcryptd dumped core")
