@@ -50,6 +50,7 @@ func main() {
 	cacheSize := fl.String("cache-size", units.FormatSize(control.DefaultCacheBytes), "bound of each attached disk's host cache (ReadOnly/ReadWrite), binary units")
 	fl.DurationVar(&c.StorageLatency, "storage-latency", 0, "latency added to every storage call, as a network to remote storage would (e.g. 1ms)")
 	fl.BoolVar(&c.Debug, "debug", false, "log every FUSE request")
+	logLevel := fl.String("log-level", "info", "least severe messages logged: debug, info, warn or error")
 	fl.StringVar(&c.Pprof, "pprof", "", "serve the Go profiler on this loopback HOST:PORT")
 	fl.StringVar(&c.Metrics, "metrics", "", "serve Prometheus metrics at http://HOST:PORT/metrics (off by default; loopback unless --metrics-allow-remote)")
 	fl.BoolVar(&c.MetricsAllowRemote, "metrics-allow-remote", false, "allow --metrics on a non-loopback address, in the clear (VM and disk names and load, no keys or data)")
@@ -88,7 +89,12 @@ func main() {
 		os.Exit(2)
 	}
 	c.CacheSize = n
-	c.Log = slog.New(slog.NewTextHandler(os.Stderr, nil))
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
+		fmt.Fprintf(os.Stderr, "hostcryptd: --log-level %q: give debug, info, warn or error\n", *logLevel)
+		os.Exit(2)
+	}
+	c.Log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 	// A hangup (the terminal gone) stops as cleanly as SIGTERM: every disk is
 	// flushed first.
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
