@@ -1080,9 +1080,11 @@ const parallelMin = 64
 
 // parallel runs fn over [0, n) split into parts, each with its own scratch,
 // and returns the first error. Callers run short runs (below parallelMin)
-// themselves, without the goroutines and the closure this costs.
+// themselves, without the goroutines and the closure this costs. There are
+// no more parts than CPUs: hostcryptd may run more Go processors than that
+// (cmd/hostcryptd), and parts beyond the CPUs only wait for one.
 func (d *Disk) parallel(n int, fn func(lo, hi int, sc *scratch) error) error {
-	workers := min(runtime.GOMAXPROCS(0), n/(parallelMin/2))
+	workers := min(runtime.GOMAXPROCS(0), runtime.NumCPU(), n/(parallelMin/2))
 	if workers <= 1 {
 		sc := d.getScratch()
 		defer d.putScratch(sc)
