@@ -36,7 +36,8 @@ import (
 // per read, random writes 1.43 times at 0.96, mixed 1.22 times at 0.92; on
 // RADOS, writes 1.37 times at 0.85 and reads at 0.84 times the CPU. The price:
 // 1 MiB sequential writes take 1.12 times the CPU per write (idle processors
-// send threads spinning for work), at throughput within the runs' noise.
+// send threads spinning for work; 1.08 with the engine's parts of a long run
+// no more than the CPUs, disk.parallel), at throughput within the runs' noise.
 // docs/PERFORMANCE.md, "Go's processors", has the runs.
 const minProcs = 4
 
