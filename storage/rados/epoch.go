@@ -63,16 +63,8 @@ func (e epochBackend) Close() error { return nil }
 // ErrStaleEpoch (this writer is the stale one). Up to usageWorkers objects
 // are stamped at once.
 func (e epochBackend) StampChunks(ctx context.Context, prefix string) (int, error) {
-	if err := e.begin(ctx, prefix, true); err != nil {
-		return 0, err
-	}
-	defer e.leave()
-	keys, err := e.list(ctx, prefix)
-	if err != nil {
-		return 0, err
-	}
 	var stamped atomic.Int64
-	err = e.eachKey(ctx, keys, func(key string) error {
+	err := e.eachUnder(ctx, prefix, func(key string) error {
 		switch err := stamp(e.ioctx, key, e.epoch); {
 		case errors.Is(err, syscall.ENOENT):
 			return nil // deleted since the listing

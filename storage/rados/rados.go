@@ -453,16 +453,8 @@ func (b *Backend) list(ctx context.Context, prefix string) ([]string, error) {
 // RADOS reports no allocation per object, so holes count as data here.
 // It lists, then stats each object, usageWorkers at a time.
 func (b *Backend) Usage(ctx context.Context, prefix string) (int64, error) {
-	if err := b.begin(ctx, prefix, true); err != nil {
-		return 0, err
-	}
-	defer b.leave()
-	keys, err := b.list(ctx, prefix)
-	if err != nil {
-		return 0, err
-	}
 	var total atomic.Int64
-	err = b.eachKey(ctx, keys, func(key string) error {
+	err := b.eachUnder(ctx, prefix, func(key string) error {
 		st, err := b.ioctx.Stat(key)
 		if errors.Is(err, rados.ErrNotFound) {
 			return nil // deleted since the listing
@@ -479,10 +471,18 @@ func (b *Backend) Usage(ctx context.Context, prefix string) (int64, error) {
 	return total.Load(), nil
 }
 
-// eachKey calls fn for every key, up to usageWorkers at once, within the
-// caller's one call in flight; it stops at the first error fn returns (or
-// when ctx is done) and returns that.
-func (b *Backend) eachKey(ctx context.Context, keys []string, fn func(key string) error) error {
+// eachUnder lists the objects under prefix and calls fn for each, up to
+// usageWorkers at once, as one call in flight; it stops at the first error
+// fn returns (or when ctx is done) and returns that.
+func (b *Backend) eachUnder(ctx context.Context, prefix string, fn func(key string) error) error {
+	if err := b.begin(ctx, prefix, true); err != nil {
+		return err
+	}
+	defer b.leave()
+	keys, err := b.list(ctx, prefix)
+	if err != nil {
+		return err
+	}
 	var (
 		next  atomic.Int64
 		first error
