@@ -1,6 +1,7 @@
 package cache
 
 import (
+	"log/slog"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -47,10 +48,14 @@ type policy struct {
 	estimate atomic.Int64  // the remote's latency (ns): the fastest of the last one or two windows
 	isSlow   atomic.Bool   // random I/O is cached
 	bypassed atomic.Int64
+	log      *slog.Logger // debug: random I/O starts or stops going through the cache
 }
 
 func newPolicy(o Options) *policy {
-	p := &policy{cutoff: o.SequentialCutoff, slow: o.SlowStorage}
+	p := &policy{cutoff: o.SequentialCutoff, slow: o.SlowStorage, log: o.Logger}
+	if p.log == nil {
+		p.log = slog.New(slog.DiscardHandler)
+	}
 	if p.cutoff == 0 {
 		p.cutoff = DefaultSequentialCutoff
 	}
@@ -113,11 +118,16 @@ func (p *policy) close(cur time.Duration) {
 	p.prev = cur
 	p.estimate.Store(int64(est))
 	// Hysteresis: slow from the threshold up, fast again below half of it.
+	slow := p.isSlow.Load()
 	switch {
 	case est >= p.slow:
-		p.isSlow.Store(true)
+		slow = true
 	case est < p.slow/2:
-		p.isSlow.Store(false)
+		slow = false
+	}
+	if p.isSlow.Swap(slow) != slow {
+		p.log.Debug("host cache: random I/O "+map[bool]string{true: "cached", false: "goes around"}[slow],
+			"storage_latency", est)
 	}
 }
 

@@ -131,6 +131,9 @@ func main() {
 		os.Exit(2)
 	}
 	c.Log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	// Packages that log without being handed a logger (a disk's read
+	// window, at debug level) use the default: the same handler and level.
+	slog.SetDefault(c.Log)
 	// A hangup (the terminal gone) stops as cleanly as SIGTERM: every disk is
 	// flushed first.
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
