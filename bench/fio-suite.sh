@@ -34,6 +34,8 @@
 #   WAIT_IDLE    wait up to this many seconds before each job for the whole
 #                machine to be less than IDLE_BUSY_PCT (default 15) % busy;
 #                0 (default) does not wait
+#   IOPS_LOG     log each job's IOPS averaged over every IOPS_LOG ms, in
+#                OUTDIR/JOB_iops.1.log (unset: no log)
 #   FIO          the fio binary (default fio)
 #   COST_PIDS    other processes whose CPU time during each job is reported
 #                per I/O, as NAME=PID words (e.g. "osd=123 mon=456": fields
@@ -320,6 +322,9 @@ fio_job() {
   args+=(--name="$job" --size="$SIZE" --runtime="$RUNTIME" --time_based
     --group_reporting --output-format=json --output="$out.json")
   ((RBD)) || args+=(--invalidate=1)
+  # IOPS_LOG=MSEC: fio logs the job's IOPS averaged over every MSEC
+  # milliseconds, in OUTDIR/JOB_iops.1.log (to see a job change pace).
+  [[ -n ${IOPS_LOG:-} ]] && args+=(--write_iops_log="$out" --log_avg_msec="$IOPS_LOG")
   ((IMAGE)) && args+=(--fallocate=none)
   if ((RBD)); then
     : # librbd bypasses the page cache: the same as O_DIRECT

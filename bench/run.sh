@@ -32,6 +32,8 @@
 #   GO            the go command (default: go)
 #   HOSTCRYPTD_FLAGS  extra flags for hostcryptd, e.g. "--pprof 127.0.0.1:6061"
 #                 to profile a target while its jobs run
+#   IOPS_LOG      passed to the suite: log each job's IOPS every IOPS_LOG ms
+#                 (JOB_iops.1.log beside its output), to see a job change pace
 #   DOC_SECTION   the markers in docs/PERFORMANCE.md that UPDATE_DOCS=1 writes
 #                 between (default fio-table; make bench-rados: rados-table)
 #

@@ -126,8 +126,11 @@ func (p *policy) close(cur time.Duration) {
 		slow = false
 	}
 	if p.isSlow.Swap(slow) != slow {
-		p.log.Debug("host cache: random I/O "+map[bool]string{true: "cached", false: "goes around"}[slow],
-			"storage_latency", est)
+		msg := "host cache: random I/O goes around"
+		if slow {
+			msg = "host cache: random I/O cached"
+		}
+		p.log.Debug(msg, "storage_latency", est)
 	}
 }
 

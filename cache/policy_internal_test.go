@@ -1,6 +1,9 @@
 package cache
 
 import (
+	"bytes"
+	"log/slog"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -12,7 +15,8 @@ import (
 // behind others do not make a near store look far, and a far store is
 // never fast. It switches with hysteresis.
 func TestLatencyEstimate(t *testing.T) {
-	p := newPolicy(Options{})
+	var logs bytes.Buffer
+	p := newPolicy(Options{Logger: slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))})
 	require.False(t, p.isSlow.Load(), "unmeasured: as fast as the cache")
 	feed := func(d ...time.Duration) {
 		for i := 0; i < latencyWindow; i++ {
@@ -43,6 +47,10 @@ func TestLatencyEstimate(t *testing.T) {
 	feed(200 * time.Microsecond)
 	feed(200 * time.Microsecond)
 	require.False(t, p.isSlow.Load())
+	// Each change, and only a change, is logged at debug level.
+	require.Equal(t, 1, strings.Count(logs.String(), `msg="host cache: random I/O cached" storage_latency=1ms`), logs.String())
+	require.Equal(t, 1, strings.Count(logs.String(), `msg="host cache: random I/O goes around" storage_latency=100µs`), logs.String())
+	require.Equal(t, 2, strings.Count(logs.String(), "\n"), logs.String())
 
 	always := newPolicy(Options{SlowStorage: -1})
 	require.True(t, always.isSlow.Load())

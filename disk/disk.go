@@ -1743,8 +1743,10 @@ func (d *Disk) flusher(every time.Duration) {
 			}
 			start := time.Now()
 			err := d.Sync()
+			took := time.Since(start)
 			d.work.bgSyncs.Add(1)
-			d.work.bgSyncNanos.Add(int64(time.Since(start)))
+			d.work.bgSyncNanos.Add(int64(took))
+			d.log.Debug("background sync", "took", took)
 			if err != nil && !d.closed.Load() {
 				d.log.Error("background sync failed", "err", err)
 			}
