@@ -2,23 +2,26 @@
 
 package rados
 
-// Chunk reads that come together go through librados' asynchronous reads,
-// so that no thread of the daemon blocks in C while the OSD answers. A
-// synchronous rados_read holds an OS thread in a cgo call for the whole round trip; with 32 reads
-// in flight the daemon ran 68 threads, and Go's runtime kept handing
-// processors from blocked threads to others and waking them. Here a read is
-// submitted in a short cgo call and its goroutine parks; librados' finisher
-// thread runs a C callback that writes the read's id and result to a pipe,
-// which one goroutine per backend reads through Go's network poller (many
-// completions in one read when they come together) and hands on. The
-// daemon's CPU per 4 KiB read at depth 32 fell by a sixth
-// (docs/PERFORMANCE.md, "Where random I/O at depth 32 goes").
+// Chunk reads and writes that come together go through librados'
+// asynchronous calls, so that no thread of the daemon blocks in C while the
+// OSD answers. A synchronous call holds an OS thread in cgo for the whole
+// round trip; with 32 reads in flight the daemon ran 68 threads, and Go's
+// runtime kept handing processors from blocked threads to others and waking
+// them. Here a read (rados_aio_read) or a write (the guarded write operation
+// of hc_write, shim.go, through rados_aio_write_op_operate) is submitted in
+// a short cgo call and its goroutine parks; librados' finisher thread runs a
+// C callback that writes the call's id and result to a pipe, which one
+// goroutine per backend reads through Go's network poller (many completions
+// in one read when they come together) and hands on. At depth 32 the
+// daemon's CPU fell by a sixth per 4 KiB read and by a quarter per 4 KiB
+// write (docs/PERFORMANCE.md, "Where random I/O at depth 32 goes").
 //
-// That path wakes more threads per read than a synchronous one (the
-// finisher, then the poller), which only pays when reads come together:
+// That path wakes more threads per call than a synchronous one (the
+// finisher, then the poller), which only pays when calls come together:
 // reads one at a time (queue depth 1) took a quarter more of the daemon's
-// CPU each and ran 12 % fewer per second. So a read that finds fewer than syncBelow other reads in
-// flight is a synchronous rados_read, as before.
+// CPU each and ran 12 % fewer per second. So a read (a write) that finds
+// fewer than syncBelow other reads (writes) in flight is synchronous, as
+// before. Zeros and the other calls are synchronous.
 
 /*
 #cgo LDFLAGS: -lrados
