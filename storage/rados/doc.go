@@ -23,9 +23,10 @@
 //     server-side prefix) and filters and sorts here; Usage adds up the
 //     logical sizes of the objects List finds, as RADOS reports no
 //     allocation per object.
-//   - Chunk reads that come together are asynchronous librados reads,
-//     waited for without holding an OS thread (aio.go); a read with
-//     few others in flight and every other call are synchronous.
+//   - Chunk reads and writes that come together are asynchronous librados
+//     calls, waited for without holding an OS thread (aio.go); a read or a
+//     write with few others of its kind in flight and every other call are
+//     synchronous.
 //   - Every call is bounded by Config.Timeout (librados' op timeouts) and a
 //     call that runs out reports an error wrapping ErrTimeout. At most
 //     MaxInFlight calls of a Backend are in flight; a call waits for its

@@ -46,14 +46,26 @@ func readBack(t *testing.T, b storage.Backend, key string, n int) string {
 // wrote the object, and nothing of them lands; the same epoch again is
 // allowed; an object without the xattr (written by an unguarded backend)
 // is anyone's; the epoch compares as a number (9 < 10); an unguarded
-// backend is unaffected.
+// backend is unaffected. All of it holds for writes one at a time
+// (synchronous) and for writes that come together (asynchronous, here
+// forced).
 func TestEpochGuard(t *testing.T) {
+	t.Run("sync", func(t *testing.T) { testEpochGuard(t, false) })
+	t.Run("async", func(t *testing.T) { testEpochGuard(t, true) })
+}
+
+func testEpochGuard(t *testing.T, async bool) {
 	cfg := cluster(t)
 	ctx := t.Context()
 	hostA, hostB, tool := open(t, cfg), open(t, cfg), open(t, cfg)
 	defer hostA.Close()
 	defer hostB.Close()
 	defer tool.Close()
+	if async {
+		for _, b := range []*rados.Backend{hostA, hostB, tool} {
+			rados.AsyncWrites(b)
+		}
+	}
 	const key = "disks/d/chunks/00000000"
 
 	// Created and written by an unguarded backend: no xattr, which any
@@ -155,6 +167,18 @@ func TestEpochGuard(t *testing.T) {
 	require.ErrorIs(t, err, storage.ErrNotFound)
 	_, err = tool.OpenChunk(ctx, key3, false)
 	require.ErrorIs(t, err, storage.ErrNotFound)
+
+	// Every write went the way asked.
+	for _, b := range []*rados.Backend{hostA, hostB, tool} {
+		syncs, asyncs := rados.WritePaths(b)
+		if async {
+			assert.Zero(t, syncs)
+			assert.NotZero(t, asyncs)
+		} else {
+			assert.NotZero(t, syncs)
+			assert.Zero(t, asyncs)
+		}
+	}
 
 	// WithEpoch's backend leaves the connection open when closed.
 	require.NoError(t, a.Close())

@@ -42,7 +42,7 @@ type Backend struct {
 	cfg   Config
 	conn  *rados.Conn
 	ioctx *rados.IOContext
-	aio   *aioReader // chunk reads
+	aio   *aioCalls // chunk reads and writes
 	// slots holds a token for each call in flight (MaxInFlight at most).
 	slots chan struct{}
 
@@ -116,7 +116,7 @@ func Open(ctx context.Context, cfg Config) (*Backend, error) {
 		return nil, classify(where, err, cfg)
 	}
 	ioctx.SetNamespace(cfg.Namespace)
-	aio, err := newAIOReader()
+	aio, err := newAIOCalls()
 	if err != nil {
 		ioctx.Destroy()
 		conn.Shutdown()
@@ -579,8 +579,9 @@ func (c *chunk) ReadAt(p []byte, off int64) (int, error) {
 	return len(p), nil
 }
 
-// WriteAt writes in one call. The object must exist: a chunk deleted while
-// open is not brought back by a late write.
+// WriteAt writes in one call, asynchronous like ReadAt's when writes come
+// together (aio.go). The object must exist: a chunk deleted while open is
+// not brought back by a late write.
 func (c *chunk) WriteAt(p []byte, off int64) (int, error) {
 	if err := c.enter("write", off, int64(len(p))); err != nil {
 		return 0, err
@@ -590,7 +591,7 @@ func (c *chunk) WriteAt(p []byte, off int64) (int, error) {
 		return 0, nil
 	}
 	g := c.guard()
-	if err := writeExisting(c.b.ioctx, c.key, p, uint64(off), g); err != nil {
+	if err := c.b.aio.write(c.b.ioctx, c.key, p, uint64(off), g); err != nil {
 		return 0, c.fail("write", err)
 	}
 	c.done(g)

@@ -361,10 +361,19 @@ func TestCompareAndSwapRaces(t *testing.T) {
 }
 
 // TestDeletedChunk: a chunk deleted while open is not brought back by a
-// late write, and reading it says it is gone rather than inventing zeros.
+// late write, synchronous or asynchronous (here forced), and reading it
+// says it is gone rather than inventing zeros.
 func TestDeletedChunk(t *testing.T) {
+	t.Run("sync", func(t *testing.T) { testDeletedChunk(t, false) })
+	t.Run("async", func(t *testing.T) { testDeletedChunk(t, true) })
+}
+
+func testDeletedChunk(t *testing.T, async bool) {
 	b := open(t, cluster(t))
 	defer b.Close()
+	if async {
+		rados.AsyncWrites(b)
+	}
 	ctx := t.Context()
 	c, err := b.OpenChunk(ctx, "d/0", true)
 	require.NoError(t, err)
@@ -381,6 +390,12 @@ func TestDeletedChunk(t *testing.T) {
 	keys, err := b.List(ctx, "")
 	require.NoError(t, err)
 	require.Empty(t, keys, "nothing came back")
+	syncs, asyncs := rados.WritePaths(b)
+	if async {
+		require.Equal(t, [2]uint64{0, 2}, [2]uint64{syncs, asyncs})
+	} else {
+		require.Equal(t, [2]uint64{2, 0}, [2]uint64{syncs, asyncs})
+	}
 }
 
 // TestChunkAfterClose: chunks of a closed backend fail instead of reaching
@@ -660,4 +675,60 @@ func TestConcurrentReads(t *testing.T) {
 	assert.Equal(t, uint64(readers*each), syncs+asyncs)
 	assert.Greater(t, asyncs, syncs, "reads that come together are asynchronous")
 	assert.Less(t, created, 32, "reads in flight hold threads")
+}
+
+// TestConcurrentWrites: writes one after another are synchronous; writes
+// to one chunk from many goroutines at once are mostly asynchronous, each
+// lands where it was asked (the completions reach the write that made it),
+// and the writes in flight hold no thread each.
+func TestConcurrentWrites(t *testing.T) {
+	b := open(t, cluster(t))
+	defer b.Close()
+	ctx := t.Context()
+	c, err := b.OpenChunk(ctx, "w/0", true)
+	require.NoError(t, err)
+	defer c.Close()
+
+	const writers, each, block = 256, 8, 4 * kib
+	want := random(t, writers*each*block)
+	for i := range 16 {
+		_, err := c.WriteAt(want[i*block:(i+1)*block], int64(i*block))
+		require.NoError(t, err)
+	}
+	syncs, asyncs := rados.WritePaths(b)
+	require.Equal(t, [2]uint64{16, 0}, [2]uint64{syncs, asyncs}, "writes one after another are synchronous")
+
+	threads := pprof.Lookup("threadcreate")
+	before := threads.Count()
+	var wg sync.WaitGroup
+	errs := make(chan error, writers)
+	for w := range writers {
+		wg.Go(func() {
+			for i := range each {
+				off := (i*writers + w) * block // interleaved with the others'
+				if _, err := c.WriteAt(want[off:off+block], int64(off)); err != nil {
+					errs <- err
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		require.NoError(t, err)
+	}
+	created := threads.Count() - before
+	syncs, asyncs = rados.WritePaths(b)
+	syncs -= 16
+	t.Logf("%d threads created for %d writes, %d at a time; %d synchronous, %d asynchronous",
+		created, writers*each, writers, syncs, asyncs)
+	assert.Equal(t, uint64(writers*each), syncs+asyncs)
+	assert.Greater(t, asyncs, syncs, "writes that come together are asynchronous")
+	assert.Less(t, created, 32, "writes in flight hold threads")
+
+	got := make([]byte, len(want))
+	_, err = c.ReadAt(got, 0)
+	require.NoError(t, err)
+	require.True(t, bytes.Equal(want, got), "every write landed where it was asked")
 }

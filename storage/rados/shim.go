@@ -47,15 +47,23 @@ static int hc_zero(rados_ioctx_t io, const char *oid, uint64_t off, uint64_t len
 	return r;
 }
 
-// hc_write writes len bytes at off into an existing object; guarded by
-// hc_guard.
-static int hc_write(rados_ioctx_t io, const char *oid, const char *buf, size_t len, uint64_t off,
-                    const char *name, uint64_t ep, int stamp) {
-	char eb[24];
+// hc_write_op is the operation of a chunk write: len bytes at off into an
+// existing object, guarded by hc_guard (eb is its buffer). Not static: the
+// asynchronous writes (aio.go) submit it too.
+rados_write_op_t hc_write_op(const char *buf, size_t len, uint64_t off,
+                             const char *name, uint64_t ep, int stamp, char *eb) {
 	rados_write_op_t op = rados_create_write_op();
 	rados_write_op_assert_exists(op);
 	hc_guard(op, name, ep, stamp, eb);
 	rados_write_op_write(op, buf, len, off);
+	return op;
+}
+
+// hc_write writes with hc_write_op's operation.
+static int hc_write(rados_ioctx_t io, const char *oid, const char *buf, size_t len, uint64_t off,
+                    const char *name, uint64_t ep, int stamp) {
+	char eb[24];
+	rados_write_op_t op = hc_write_op(buf, len, off, name, ep, stamp, eb);
 	int r = rados_write_op_operate(op, io, oid, NULL, 0);
 	rados_release_write_op(op);
 	return r;
