@@ -31,7 +31,7 @@ const (
 // that reach it.
 type counting struct {
 	storage.Backend
-	reads, writes, syncs atomic.Int64
+	reads, writes, syncs, prefetches atomic.Int64
 }
 
 func (b *counting) OpenChunk(ctx context.Context, key string, create bool) (storage.Chunk, error) {
@@ -55,6 +55,11 @@ func (c *countingChunk) ReadAt(p []byte, off int64) (int, error) {
 func (c *countingChunk) WriteAt(p []byte, off int64) (int, error) {
 	c.b.writes.Add(1)
 	return c.Chunk.WriteAt(p, off)
+}
+
+func (c *countingChunk) Prefetch(off, n int64) {
+	c.b.prefetches.Add(1)
+	c.Chunk.(storage.Prefetcher).Prefetch(off, n)
 }
 
 func (c *countingChunk) Sync() error {
@@ -583,5 +588,33 @@ func concurrentModel(t *testing.T, mode cache.Mode, mixed bool) {
 	require.Equal(t, model, e.remoteBytes(t, "k", 0, len(model)))
 	if mixed {
 		require.Positive(t, c.Stats().Bypassed)
+	}
+}
+
+// TestPrefetchReachesTheRemote: a cached chunk passes the engine's prefetch
+// hints on to a remote that takes them, in every mode, and data read after
+// one is what was written.
+func TestPrefetchReachesTheRemote(t *testing.T) {
+	for _, mode := range []cache.Mode{cache.None, cache.ReadOnly, cache.ReadWrite} {
+		t.Run(fmt.Sprint(mode), func(t *testing.T) {
+			e := newEnv(t)
+			c := e.open(t, mode, 64*mib)
+			defer c.Close()
+			ctx := context.Background()
+			ch, err := c.OpenChunk(ctx, "c/1", true)
+			require.NoError(t, err)
+			defer ch.Close()
+			want := random(t, 64*kib)
+			_, err = ch.WriteAt(want, 0)
+			require.NoError(t, err)
+			pf, ok := ch.(storage.Prefetcher)
+			require.True(t, ok, "a chunk of a cache in mode %v takes prefetch hints", mode)
+			pf.Prefetch(0, 32*kib)
+			require.Equal(t, int64(1), e.remote.prefetches.Load())
+			got := make([]byte, len(want))
+			_, err = ch.ReadAt(got, 0)
+			require.NoError(t, err)
+			require.Equal(t, want, got)
+		})
 	}
 }

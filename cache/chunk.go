@@ -47,6 +47,14 @@ func span(off, n int64, fn func(pn, lo, hi, inPage int64) error) error {
 	return nil
 }
 
+// Prefetch passes the hint on to the remote chunk, when it takes one: it
+// changes no data, so it needs none of the cache's bookkeeping.
+func (h *chunk) Prefetch(off, n int64) {
+	if pf, ok := h.o.remote.(storage.Prefetcher); ok && h.live() == nil {
+		pf.Prefetch(off, n)
+	}
+}
+
 func (h *chunk) ReadAt(p []byte, off int64) (int, error) {
 	_, n, err := h.read(p, off, nil)
 	return n, err

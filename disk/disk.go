@@ -928,9 +928,9 @@ func (j *openJob) open(lo, hi int, sc *scratch) error {
 
 // read fills run[lo:hi] (units of ss bytes) from the chunk. A short read of
 // a version 2 chunk may read the aligned window of readWindow pages around
-// it, so that neighbouring blocks whose current version is in the same slot
-// are where the backend keeps what it read (the page cache) when they are
-// read next; window.go decides when.
+// it (or have the backend prefetch it), so that neighbouring blocks whose
+// current version is in the same slot are where the backend keeps what it
+// read (the page cache) when they are read next; window.go decides when.
 func (j *openJob) read(lo, hi, ss int) error {
 	d := j.d
 	n := hi - lo
@@ -961,11 +961,24 @@ func (j *openJob) read(lo, hi, ss int) error {
 		}
 		return err
 	}
-	bp := d.getBuf((w1 - w0) * BlockSize)
-	defer d.putBuf(bp)
-	win := (*bp)[:(w1-w0)*BlockSize]
-	if _, err := j.st.obj.ReadAt(win, j.off+int64(lo*ss)-int64(first-w0)*BlockSize); err != nil {
-		return err
+	wOff := j.off + int64(lo*ss) - int64(first-w0)*BlockSize
+	if pf, ok := j.st.obj.(storage.Prefetcher); ok {
+		// The backend fetches the window in the background, and the read
+		// waits only for its own pages: a read whose page is kept is not
+		// held up by neighbours that are not.
+		pf.Prefetch(wOff, int64(w1-w0)*BlockSize)
+		_, err := j.st.obj.ReadAt(j.run[lo*ss:hi*ss], j.off+int64(lo*ss))
+		if err != nil {
+			return err
+		}
+	} else {
+		bp := d.getBuf((w1 - w0) * BlockSize)
+		defer d.putBuf(bp)
+		win := (*bp)[:(w1-w0)*BlockSize]
+		if _, err := j.st.obj.ReadAt(win, wOff); err != nil {
+			return err
+		}
+		copy(j.run[lo*ss:hi*ss], win[(first-w0)*BlockSize:])
 	}
 	if sampled {
 		d.windowSample(covered, d.mono()-start)
@@ -973,7 +986,6 @@ func (j *openJob) read(lo, hi, ss int) error {
 	if watched {
 		w.remember(tag, first-w0, n, w1-w0, start)
 	}
-	copy(j.run[lo*ss:hi*ss], win[(first-w0)*BlockSize:])
 	return nil
 }
 

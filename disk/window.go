@@ -37,6 +37,13 @@ import (
 //
 // The choice is made from what the reads cost, never from which backend
 // this is: a remote store with a cache of its own may well earn the window.
+//
+// How a window is read depends on the chunk. One that takes prefetch hints
+// (storage.Prefetcher: a local file, whose pages the kernel reads ahead on
+// request) is asked to fetch the window in the background, and the read
+// reads and waits for its own pages only: a read whose page is in the page
+// cache is not held up by a neighbour that is not, and no neighbour is
+// copied. Any other chunk is read the whole window in one call.
 
 // readWindow is how many pages around a short read its window holds
 // (aligned, within the slot's pages of the chunk).

@@ -178,6 +178,16 @@ type Chunk interface {
 	Close() error
 }
 
+// Prefetcher is a Chunk that can start reading a range into where its
+// backend keeps what it read (the page cache of a local file) without
+// waiting for it, so that a read of it soon after is a hit. It is a hint:
+// nothing is returned, a failure is ignored, and the data a later ReadAt
+// returns is the same either way. A backend that keeps nothing near the
+// caller does not implement it.
+type Prefetcher interface {
+	Prefetch(off, n int64)
+}
+
 // ValidKey returns nil if key follows the key rules of Backend, and
 // otherwise an error wrapping ErrInvalidKey that names the key and the
 // rule.

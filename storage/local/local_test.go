@@ -1,12 +1,16 @@
 package local_test
 
 import (
+	"context"
+	"crypto/rand"
 	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"sync"
 	"testing"
+	"time"
+	"unsafe"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -209,4 +213,60 @@ func TestKeyIsObjectAndPrefix(t *testing.T) {
 	got, err := b.ReadMeta(ctx, "a")
 	require.NoError(t, err)
 	require.Equal(t, "x", string(got))
+}
+
+// TestPrefetch: Prefetch brings a range of a chunk's file into the page
+// cache without reading it: pages dropped from the cache are resident
+// again soon after, and the data is what was written.
+func TestPrefetch(t *testing.T) {
+	ctx := context.Background()
+	b := open(t)
+	c, err := b.OpenChunk(ctx, "c/x", true)
+	require.NoError(t, err)
+	defer c.Close()
+	const size = 256 << 10
+	want := make([]byte, size)
+	_, _ = rand.Read(want)
+	_, err = c.WriteAt(want, 0)
+	require.NoError(t, err)
+	require.NoError(t, c.Sync())
+
+	f, err := os.Open(filepath.Join(b.(*local.Backend).Dir(), "c", "x"))
+	require.NoError(t, err)
+	defer f.Close()
+	m, err := unix.Mmap(int(f.Fd()), 0, size, unix.PROT_READ, unix.MAP_SHARED)
+	require.NoError(t, err)
+	defer unix.Munmap(m)
+	vec := make([]byte, size/os.Getpagesize())
+	resident := func() int {
+		_, _, e := unix.Syscall(unix.SYS_MINCORE, uintptr(unsafe.Pointer(&m[0])), uintptr(len(m)), uintptr(unsafe.Pointer(&vec[0])))
+		require.Zero(t, e, "mincore: %v", e)
+		n := 0
+		for _, v := range vec {
+			n += int(v & 1)
+		}
+		return n
+	}
+	// Written and synced, the pages are clean: DONTNEED drops them.
+	require.NoError(t, unix.Fadvise(int(f.Fd()), 0, size, unix.FADV_DONTNEED))
+	if resident() != 0 {
+		t.Skipf("this file system keeps a file's clean pages after POSIX_FADV_DONTNEED (%d of %d resident)", resident(), len(vec))
+	}
+
+	pf, ok := c.(storage.Prefetcher)
+	require.True(t, ok, "a local chunk takes prefetch hints")
+	pf.Prefetch(64<<10, 64<<10)
+	deadline := time.Now().Add(5 * time.Second)
+	for resident() < 16 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	require.GreaterOrEqual(t, resident(), 16, "the 16 pages prefetched are in the page cache")
+	require.Less(t, resident(), len(vec), "pages outside the range were read too")
+
+	got := make([]byte, size)
+	_, err = c.ReadAt(got, 0)
+	require.NoError(t, err)
+	require.Equal(t, want, got)
+	pf.Prefetch(-1, 10) // out of range: ignored
+	pf.Prefetch(0, 0)
 }
