@@ -34,6 +34,8 @@
 #                 to profile a target while its jobs run
 #   IOPS_LOG      passed to the suite: log each job's IOPS every IOPS_LOG ms
 #                 (JOB_iops.1.log beside its output), to see a job change pace
+#   HOSTCRYPTD    the daemon of the local hostcrypt targets (default
+#                 bin/hostcryptd): another build, to compare two builds
 #   DOC_SECTION   the markers in docs/PERFORMANCE.md that UPDATE_DOCS=1 writes
 #                 between (default fio-table; make bench-rados: rados-table)
 #
@@ -480,7 +482,7 @@ print(r)' "$1"
 }
 
 start_hostcrypt() { # DIR LABEL
-  local d=$1 label=$2 ks pid daemon=bin/hostcryptd storage=$1/storage
+  local d=$1 label=$2 ks pid daemon=${HOSTCRYPTD:-bin/hostcryptd} storage=$1/storage
   local -a flags=()
   if is_rados "$label"; then
     # bin/hostcryptd-ceph on a namespace of its own in the cluster's pool,
