@@ -215,8 +215,10 @@ func (w *readWindows) choose(clock func() time.Duration) (wide, watched, sampled
 
 // sample adds one short read of the current kind, which took took. When it
 // closes a period that turns the window on or off it says so, with the
-// period's shares (in percent) of fast covered and other reads.
-func (w *readWindows) sample(covered bool, took time.Duration) (flipped bool, cov, oth int64) {
+// period's shares (in percent) of fast covered and other reads; when the
+// period's covered reads took windowJump times those of the one before
+// (jump), it says that too, and their medians in ns (cov and oth then).
+func (w *readWindows) sample(covered bool, took time.Duration) (flipped, jump bool, cov, oth int64) {
 	t := max(int64(took), 1)
 	fast := int64(0)
 	if m := w.median.Load(); m != 0 && t <= fastFactor*m {
@@ -224,7 +226,7 @@ func (w *readWindows) sample(covered bool, took time.Duration) (flipped bool, co
 	}
 	if !covered {
 		w.oth.Add(1<<32 | fast)
-		return false, 0, 0
+		return false, false, 0, 0
 	}
 	w.covTimes[bits.Len64(uint64(t))].Add(1)
 	w.covFast.Add(fast)
@@ -237,7 +239,7 @@ func (w *readWindows) sample(covered bool, took time.Duration) (flipped bool, co
 		period = windowPeriod / 4
 	}
 	if n < period || !w.covN.CompareAndSwap(n, 0) {
-		return false, 0, 0
+		return false, false, 0, 0
 	}
 	// This read closes the period; samples added meanwhile by others fall
 	// into either period, which is no matter for a share.
@@ -265,10 +267,10 @@ func (w *readWindows) sample(covered bool, took time.Duration) (flipped bool, co
 		if flipped = w.off.CompareAndSwap(true, false); flipped {
 			w.flips.Add(1)
 		}
-		return flipped, 0, 0
+		return flipped, true, prev, median
 	}
 	if prev == 0 || othN < windowMinOthers {
-		return false, 0, 0
+		return false, false, 0, 0
 	}
 	cov, oth = 100*covFast/n, 100*othFast/othN
 	ask := cov-oth > windowOn
@@ -277,15 +279,15 @@ func (w *readWindows) sample(covered bool, took time.Duration) (flipped bool, co
 	}
 	if !ask {
 		w.votes.Store(0)
-		return false, cov, oth
+		return false, false, cov, oth
 	}
 	if w.votes.Add(1) < 2 {
-		return false, cov, oth
+		return false, false, cov, oth
 	}
 	w.votes.Store(0)
 	off := w.off.Load()
 	if flipped = w.off.CompareAndSwap(off, !off); flipped {
 		w.flips.Add(1)
 	}
-	return flipped, cov, oth
+	return flipped, false, cov, oth
 }

@@ -1,7 +1,9 @@
 package disk
 
 import (
+	"bytes"
 	"context"
+	"log/slog"
 	mrand "math/rand/v2"
 	"sync"
 	"sync/atomic"
@@ -243,8 +245,11 @@ func TestReadWindowWhereItPays(t *testing.T) {
 		m := newModelStore(t, true)
 		d, want := windowDisk(t, m, size)
 		r := mrand.New(mrand.NewPCG(7, 8))
+		var logs bytes.Buffer
+		d.log = slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 		randomReads(t, d, want, r, reads)
 		require.False(t, d.win.off.Load())
+		require.NotContains(t, logs.String(), "windows forgotten")
 		// Everything kept is dropped, with no pause: the windows seen
 		// before now name pages that are gone, and reading them is a
 		// trip like any other. They must not turn the window off.
@@ -255,6 +260,9 @@ func TestReadWindowWhereItPays(t *testing.T) {
 		require.Equal(t, int64(reads*readWindow*BlockSize), bytes, "every read reads its window")
 		require.Equal(t, int64(reads), calls)
 		require.Zero(t, d.win.flips.Load())
+		// The jump of the covered reads' times is what told, and it is
+		// logged at debug level.
+		require.Contains(t, logs.String(), `msg="read window: reads of pages read around slowed, windows forgotten" on=true`)
 	})
 
 	t.Run("after a pause", func(t *testing.T) {
