@@ -638,27 +638,43 @@ func TestConcurrentReads(t *testing.T) {
 	require.Equal(t, [2]uint64{16, 0}, [2]uint64{syncs, asyncs}, "reads one after another are synchronous")
 
 	const readers, each = 256, 8
+	created := together(t, readers, func(r int) error {
+		p := make([]byte, 4*kib)
+		for i := range each {
+			off := int64((r*each+i)*4*kib) % (size + 8*kib) // some past the end
+			if _, err := c.ReadAt(p, off); err != nil {
+				return err
+			}
+			exp := make([]byte, len(p))
+			if off < size {
+				copy(exp, want[off:])
+			}
+			if !bytes.Equal(p, exp) {
+				return fmt.Errorf("read at %d got other bytes", off)
+			}
+		}
+		return nil
+	})
+	syncs, asyncs = rados.ReadPaths(b)
+	syncs -= 16
+	t.Logf("%d threads created for %d reads, %d at a time; %d synchronous, %d asynchronous",
+		created, readers*each, readers, syncs, asyncs)
+	assert.Equal(t, uint64(readers*each), syncs+asyncs)
+	assert.Greater(t, asyncs, syncs, "reads that come together are asynchronous")
+	assert.Less(t, created, 32, "reads in flight hold threads")
+}
+
+// together runs fn(0) to fn(n-1) in goroutines at once, fails t with the
+// first error, and returns how many threads the process started meanwhile.
+func together(t *testing.T, n int, fn func(i int) error) (created int) {
 	threads := pprof.Lookup("threadcreate")
 	before := threads.Count()
 	var wg sync.WaitGroup
-	errs := make(chan error, readers)
-	for r := range readers {
+	errs := make(chan error, n)
+	for i := range n {
 		wg.Go(func() {
-			p := make([]byte, 4*kib)
-			for i := range each {
-				off := int64((r*each+i)*4*kib) % (size + 8*kib) // some past the end
-				if _, err := c.ReadAt(p, off); err != nil {
-					errs <- err
-					return
-				}
-				exp := make([]byte, len(p))
-				if off < size {
-					copy(exp, want[off:])
-				}
-				if !bytes.Equal(p, exp) {
-					errs <- fmt.Errorf("read at %d got other bytes", off)
-					return
-				}
+			if err := fn(i); err != nil {
+				errs <- err
 			}
 		})
 	}
@@ -667,14 +683,7 @@ func TestConcurrentReads(t *testing.T) {
 	for err := range errs {
 		require.NoError(t, err)
 	}
-	created := threads.Count() - before
-	syncs, asyncs = rados.ReadPaths(b)
-	syncs -= 16
-	t.Logf("%d threads created for %d reads, %d at a time; %d synchronous, %d asynchronous",
-		created, readers*each, readers, syncs, asyncs)
-	assert.Equal(t, uint64(readers*each), syncs+asyncs)
-	assert.Greater(t, asyncs, syncs, "reads that come together are asynchronous")
-	assert.Less(t, created, 32, "reads in flight hold threads")
+	return threads.Count() - before
 }
 
 // TestConcurrentWrites: writes one after another are synchronous; writes
@@ -698,27 +707,15 @@ func TestConcurrentWrites(t *testing.T) {
 	syncs, asyncs := rados.WritePaths(b)
 	require.Equal(t, [2]uint64{16, 0}, [2]uint64{syncs, asyncs}, "writes one after another are synchronous")
 
-	threads := pprof.Lookup("threadcreate")
-	before := threads.Count()
-	var wg sync.WaitGroup
-	errs := make(chan error, writers)
-	for w := range writers {
-		wg.Go(func() {
-			for i := range each {
-				off := (i*writers + w) * block // interleaved with the others'
-				if _, err := c.WriteAt(want[off:off+block], int64(off)); err != nil {
-					errs <- err
-					return
-				}
+	created := together(t, writers, func(w int) error {
+		for i := range each {
+			off := (i*writers + w) * block // interleaved with the others'
+			if _, err := c.WriteAt(want[off:off+block], int64(off)); err != nil {
+				return err
 			}
-		})
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		require.NoError(t, err)
-	}
-	created := threads.Count() - before
+		}
+		return nil
+	})
 	syncs, asyncs = rados.WritePaths(b)
 	syncs -= 16
 	t.Logf("%d threads created for %d writes, %d at a time; %d synchronous, %d asynchronous",
