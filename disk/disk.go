@@ -992,14 +992,13 @@ func (j *openJob) read(lo, hi, ss int) error {
 // windowSample adds a short read's time to the window's samples, and logs
 // when that turns the window on or off, or starts its choice over.
 func (d *Disk) windowSample(covered bool, took time.Duration) {
-	flipped, jump, cov, oth := d.win.sample(covered, took)
-	if jump {
+	switch e := d.win.sample(covered, took); {
+	case e.restart:
 		d.log.Debug("read window: reads of pages read around slowed, windows forgotten", "on", true,
-			"median_before", time.Duration(cov), "median_now", time.Duration(oth))
-	}
-	if flipped && !jump {
+			"median_before", e.before, "median_now", e.now)
+	case e.flipped:
 		d.log.Debug("read window", "on", !d.win.off.Load(),
-			"fast_read_around_pct", cov, "fast_other_pct", oth)
+			"fast_read_around_pct", e.covPct, "fast_other_pct", e.othPct)
 	}
 }
 

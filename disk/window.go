@@ -213,12 +213,20 @@ func (w *readWindows) choose(clock func() time.Duration) (wide, watched, sampled
 	return false, true, true, now
 }
 
-// sample adds one short read of the current kind, which took took. When it
-// closes a period that turns the window on or off it says so, with the
-// period's shares (in percent) of fast covered and other reads; when the
-// period's covered reads took windowJump times those of the one before
-// (jump), it says that too, and their medians in ns (cov and oth then).
-func (w *readWindows) sample(covered bool, took time.Duration) (flipped, jump bool, cov, oth int64) {
+// periodEnd is what sample reports of the period a read closed: whether
+// the window was turned on or off (flipped), with the period's shares in
+// percent of fast covered and other reads; or whether the choice started
+// over (restart: the covered reads' median jumped windowJump times), with
+// the medians before and now. The zero value: nothing changed.
+type periodEnd struct {
+	flipped, restart bool
+	covPct, othPct   int64
+	before, now      time.Duration
+}
+
+// sample adds one short read of the current kind, which took took, and
+// says what changed if it closed a period.
+func (w *readWindows) sample(covered bool, took time.Duration) periodEnd {
 	t := max(int64(took), 1)
 	fast := int64(0)
 	if m := w.median.Load(); m != 0 && t <= fastFactor*m {
@@ -226,7 +234,7 @@ func (w *readWindows) sample(covered bool, took time.Duration) (flipped, jump bo
 	}
 	if !covered {
 		w.oth.Add(1<<32 | fast)
-		return false, false, 0, 0
+		return periodEnd{}
 	}
 	w.covTimes[bits.Len64(uint64(t))].Add(1)
 	w.covFast.Add(fast)
@@ -239,7 +247,7 @@ func (w *readWindows) sample(covered bool, took time.Duration) (flipped, jump bo
 		period = windowPeriod / 4
 	}
 	if n < period || !w.covN.CompareAndSwap(n, 0) {
-		return false, false, 0, 0
+		return periodEnd{}
 	}
 	// This read closes the period; samples added meanwhile by others fall
 	// into either period, which is no matter for a share.
@@ -264,30 +272,32 @@ func (w *readWindows) sample(covered bool, took time.Duration) (flipped, jump bo
 			w.seen[i].Store(0)
 		}
 		w.votes.Store(0)
-		if flipped = w.off.CompareAndSwap(true, false); flipped {
+		flipped := w.off.CompareAndSwap(true, false)
+		if flipped {
 			w.flips.Add(1)
 		}
-		return flipped, true, prev, median
+		return periodEnd{flipped: flipped, restart: true, before: time.Duration(prev), now: time.Duration(median)}
 	}
 	if prev == 0 || othN < windowMinOthers {
-		return false, false, 0, 0
+		return periodEnd{}
 	}
-	cov, oth = 100*covFast/n, 100*othFast/othN
+	cov, oth := 100*covFast/n, 100*othFast/othN
 	ask := cov-oth > windowOn
 	if !w.off.Load() {
 		ask = cov-oth < windowOff
 	}
 	if !ask {
 		w.votes.Store(0)
-		return false, false, cov, oth
+		return periodEnd{}
 	}
 	if w.votes.Add(1) < 2 {
-		return false, false, cov, oth
+		return periodEnd{}
 	}
 	w.votes.Store(0)
 	off := w.off.Load()
-	if flipped = w.off.CompareAndSwap(off, !off); flipped {
-		w.flips.Add(1)
+	if !w.off.CompareAndSwap(off, !off) {
+		return periodEnd{}
 	}
-	return flipped, false, cov, oth
+	w.flips.Add(1)
+	return periodEnd{flipped: true, covPct: cov, othPct: oth}
 }
