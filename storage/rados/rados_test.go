@@ -638,7 +638,7 @@ func TestConcurrentReads(t *testing.T) {
 	require.Equal(t, [2]uint64{16, 0}, [2]uint64{syncs, asyncs}, "reads one after another are synchronous")
 
 	const readers, each = 256, 8
-	created := together(t, readers, func(r int) error {
+	together(t, "reads", readers, each, func() (uint64, uint64) { return rados.ReadPaths(b) }, func(r int) error {
 		p := make([]byte, 4*kib)
 		for i := range each {
 			off := int64((r*each+i)*4*kib) % (size + 8*kib) // some past the end
@@ -655,18 +655,14 @@ func TestConcurrentReads(t *testing.T) {
 		}
 		return nil
 	})
-	syncs, asyncs = rados.ReadPaths(b)
-	syncs -= 16
-	t.Logf("%d threads created for %d reads, %d at a time; %d synchronous, %d asynchronous",
-		created, readers*each, readers, syncs, asyncs)
-	assert.Equal(t, uint64(readers*each), syncs+asyncs)
-	assert.Greater(t, asyncs, syncs, "reads that come together are asynchronous")
-	assert.Less(t, created, 32, "reads in flight hold threads")
 }
 
-// together runs fn(0) to fn(n-1) in goroutines at once, fails t with the
-// first error, and returns how many threads the process started meanwhile.
-func together(t *testing.T, n int, fn func(i int) error) (created int) {
+// together runs fn(0) to fn(n-1) in goroutines at once, each making each
+// calls of the kind paths counts (what: "reads" or "writes"), fails t with
+// the first error, and checks that the calls that came together went
+// asynchronous for the most part, without a thread each.
+func together(t *testing.T, what string, n, each int, paths func() (sync, async uint64), fn func(i int) error) {
+	syncs0, asyncs0 := paths()
 	threads := pprof.Lookup("threadcreate")
 	before := threads.Count()
 	var wg sync.WaitGroup
@@ -683,7 +679,14 @@ func together(t *testing.T, n int, fn func(i int) error) (created int) {
 	for err := range errs {
 		require.NoError(t, err)
 	}
-	return threads.Count() - before
+	created := threads.Count() - before
+	syncs, asyncs := paths()
+	syncs, asyncs = syncs-syncs0, asyncs-asyncs0
+	t.Logf("%d threads created for %d %s, %d at a time; %d synchronous, %d asynchronous",
+		created, n*each, what, n, syncs, asyncs)
+	assert.Equal(t, uint64(n*each), syncs+asyncs)
+	assert.Greater(t, asyncs, syncs, "%s that come together are asynchronous", what)
+	assert.Less(t, created, 32, "%s in flight hold threads", what)
 }
 
 // TestConcurrentWrites: writes one after another are synchronous; writes
@@ -707,7 +710,7 @@ func TestConcurrentWrites(t *testing.T) {
 	syncs, asyncs := rados.WritePaths(b)
 	require.Equal(t, [2]uint64{16, 0}, [2]uint64{syncs, asyncs}, "writes one after another are synchronous")
 
-	created := together(t, writers, func(w int) error {
+	together(t, "writes", writers, each, func() (uint64, uint64) { return rados.WritePaths(b) }, func(w int) error {
 		for i := range each {
 			off := (i*writers + w) * block // interleaved with the others'
 			if _, err := c.WriteAt(want[off:off+block], int64(off)); err != nil {
@@ -716,13 +719,6 @@ func TestConcurrentWrites(t *testing.T) {
 		}
 		return nil
 	})
-	syncs, asyncs = rados.WritePaths(b)
-	syncs -= 16
-	t.Logf("%d threads created for %d writes, %d at a time; %d synchronous, %d asynchronous",
-		created, writers*each, writers, syncs, asyncs)
-	assert.Equal(t, uint64(writers*each), syncs+asyncs)
-	assert.Greater(t, asyncs, syncs, "writes that come together are asynchronous")
-	assert.Less(t, created, 32, "writes in flight hold threads")
 
 	got := make([]byte, len(want))
 	_, err = c.ReadAt(got, 0)
