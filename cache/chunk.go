@@ -49,10 +49,8 @@ func span(off, n int64, fn func(pn, lo, hi, inPage int64) error) error {
 
 // Prefetch passes the hint on to the remote chunk, when it takes one: it
 // changes no data, so it needs none of the cache's bookkeeping.
-func (h *chunk) Prefetch(off, n int64) {
-	if pf, ok := h.o.remote.(storage.Prefetcher); ok && h.live() == nil {
-		pf.Prefetch(off, n)
-	}
+func (h *chunk) Prefetch(off, n int64) bool {
+	return h.live() == nil && storage.Prefetch(h.o.remote, off, n)
 }
 
 func (h *chunk) ReadAt(p []byte, off int64) (int, error) {

@@ -267,6 +267,11 @@ func (c *guardedChunk) PunchHole(off, n int64) error {
 	return c.c.PunchHole(off, n)
 }
 
+// Prefetch passes the hint down while the lease holds; it writes nothing.
+func (c *guardedChunk) Prefetch(off, n int64) bool {
+	return c.l.Check() == nil && storage.Prefetch(c.c, off, n)
+}
+
 func (c *guardedChunk) Sync() error {
 	if err := c.l.Check(); err != nil {
 		return err

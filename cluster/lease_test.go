@@ -50,7 +50,9 @@ func TestLeaseDeadlineWhileRenewalHangs(t *testing.T) {
 	hang := locks.hang
 	locks.mu.Unlock()
 	defer close(hang)
+	require.True(t, storage.Prefetch(c, 0, 4096), "a prefetch hint passes to local storage while the lease holds")
 	require.Eventually(t, func() bool { return l.Check() != nil }, 10*time.Second, 5*time.Millisecond)
+	require.False(t, storage.Prefetch(c, 0, 4096), "no hint passes once the lease is lost")
 	_, err = c.WriteAt([]byte("late"), 0)
 	require.ErrorIs(t, err, syscall.EIO)
 	require.ErrorIs(t, err, ErrLeaseLost)

@@ -79,6 +79,9 @@ type readOnlyChunk struct{ storage.Chunk }
 func (readOnlyChunk) WriteAt([]byte, int64) (int, error) { return 0, errReadOnly }
 func (readOnlyChunk) PunchHole(int64, int64) error       { return errReadOnly }
 
+// Prefetch passes the hint down (the embedded interface would hide it).
+func (c readOnlyChunk) Prefetch(off, n int64) bool { return storage.Prefetch(c.Chunk, off, n) }
+
 // openSnapshot opens a snapshot's content with the disk engine, read-only.
 func (h *Host) openSnapshot(ctx context.Context, r *store.Records, s *store.Snapshot) (*disk.Disk, error) {
 	m, err := h.readManifest(ctx, s.StoragePrefix)

@@ -67,13 +67,13 @@ func (m *modelStore) OpenChunk(ctx context.Context, key string, create bool) (st
 
 type prefetchChunk struct{ *modelChunk }
 
-func (c *prefetchChunk) Prefetch(off, n int64) {
+func (c *prefetchChunk) Prefetch(off, n int64) bool {
 	m := c.m
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.fetched += n
 	if !m.keeps {
-		return
+		return true
 	}
 	if m.arriving == nil {
 		m.arriving = map[string]map[int64]int64{}
@@ -89,6 +89,7 @@ func (c *prefetchChunk) Prefetch(off, n int64) {
 			pages[pg] = at
 		}
 	}
+	return true
 }
 
 // keep switches the store to keeping pages (or not), with nothing kept yet.

@@ -180,12 +180,23 @@ type Chunk interface {
 
 // Prefetcher is a Chunk that can start reading a range into where its
 // backend keeps what it read (the page cache of a local file) without
-// waiting for it, so that a read of it soon after is a hit. It is a hint:
-// nothing is returned, a failure is ignored, and the data a later ReadAt
-// returns is the same either way. A backend that keeps nothing near the
-// caller does not implement it.
+// waiting for it, so that a read of it soon after is a hit. It is a hint: a
+// failure is ignored, and the data a later ReadAt returns is the same
+// either way. Prefetch reports whether the hint was taken: a decorator
+// implements it by passing the hint down (see the function Prefetch), and
+// says false when the chunk beneath keeps nothing near the caller. A
+// backend that keeps nothing near the caller does not implement it.
 type Prefetcher interface {
-	Prefetch(off, n int64)
+	Prefetch(off, n int64) bool
+}
+
+// Prefetch passes a prefetch hint to c when c takes one, and reports
+// whether it did. Decorators call it to pass the hint on: a decorator that
+// left Prefetcher out would hide the chunk beneath from the caller, which
+// then reads the whole range itself.
+func Prefetch(c Chunk, off, n int64) bool {
+	pf, ok := c.(Prefetcher)
+	return ok && pf.Prefetch(off, n)
 }
 
 // ValidKey returns nil if key follows the key rules of Backend, and

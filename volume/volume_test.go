@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -206,4 +207,57 @@ func TestPlainTempDisk(t *testing.T) {
 	require.NoError(t, v.Image().Discard(0, 4096))
 	_, err = v.Close()
 	require.NoError(t, err)
+}
+
+// hintCounter is local storage that counts the prefetch hints reaching it.
+type hintCounter struct {
+	storage.Backend
+	hints atomic.Int64
+}
+
+func (h *hintCounter) OpenChunk(ctx context.Context, key string, create bool) (storage.Chunk, error) {
+	c, err := h.Backend.OpenChunk(ctx, key, create)
+	if err != nil {
+		return nil, err
+	}
+	return &hintChunk{Chunk: c, h: h}, nil
+}
+
+type hintChunk struct {
+	storage.Chunk
+	h *hintCounter
+}
+
+func (c *hintChunk) Prefetch(off, n int64) bool {
+	c.h.hints.Add(1)
+	return storage.Prefetch(c.Chunk, off, n)
+}
+
+// The read window of a disk opened as the daemon opens it (a host cache,
+// the freeze decorator of snapshots, the engine) reaches local storage as a
+// prefetch hint: every layer between passes it on, so a short read waits
+// for its own page only.
+func TestReadWindowHintReachesStorage(t *testing.T) {
+	for _, tc := range []struct {
+		mode cache.Mode
+		eah  bool
+	}{{cache.None, false}, {cache.None, true}, {cache.ReadOnly, true}, {cache.ReadWrite, true}} {
+		f := newFixture(t)
+		hc := &hintCounter{Backend: f.sb}
+		cfg := f.config(tc.mode, tc.eah)
+		cfg.Storage = hc
+		v, err := Open(bg, cfg)
+		require.NoError(t, err)
+		p := pattern(64 << 10)
+		_, err = v.Image().WriteAt(p, 0)
+		require.NoError(t, err)
+		require.NoError(t, v.Image().Sync())
+		got := make([]byte, 4096)
+		_, err = v.Image().ReadAt(got, 8192)
+		require.NoError(t, err)
+		assert.Equal(t, p[8192:12288], got)
+		assert.Positive(t, hc.hints.Load(), "cache %v, encryption at host %v: the read window's hint reached storage", tc.mode, tc.eah)
+		_, err = v.Close()
+		require.NoError(t, err)
+	}
 }

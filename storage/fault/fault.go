@@ -427,6 +427,9 @@ func (c *chunk) WriteAt(p []byte, off int64) (int, error) {
 	return c.c.WriteAt(p, off)
 }
 
+// Prefetch passes the hint down; it is not a call a rule applies to.
+func (c *chunk) Prefetch(off, n int64) bool { return storage.Prefetch(c.c, off, n) }
+
 func (c *chunk) PunchHole(off, n int64) error {
 	if err := c.fault(PunchHole); err != nil {
 		return err

@@ -251,3 +251,6 @@ func (c *chunk) PunchHole(off, n int64) error {
 
 func (c *chunk) Sync() error  { return c.c.Sync() }
 func (c *chunk) Close() error { return c.c.Close() }
+
+// Prefetch passes the hint down: it changes nothing to copy.
+func (c *chunk) Prefetch(off, n int64) bool { return storage.Prefetch(c.c, off, n) }

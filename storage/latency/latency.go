@@ -108,7 +108,8 @@ func (l *backend) Close() error {
 }
 
 // chunk delays each call with a plain sleep: the data path has no context
-// to cut it short.
+// to cut it short. It takes no prefetch hints (storage.Prefetcher): it
+// stands for a store that keeps nothing near the caller.
 type chunk struct {
 	c storage.Chunk
 	d time.Duration

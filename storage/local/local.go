@@ -757,10 +757,11 @@ func (c *chunk) ReadAt(p []byte, off int64) (int, error) {
 // Prefetch asks the kernel to read [off, off+n) of the chunk's file into
 // the page cache in the background (POSIX_FADV_WILLNEED): pages already
 // there are left as they are, and the call does not wait for the device.
-func (c *chunk) Prefetch(off, n int64) {
+func (c *chunk) Prefetch(off, n int64) bool {
 	if off >= 0 && n > 0 {
 		_ = unix.Fadvise(int(c.f.Fd()), off, n, unix.FADV_WILLNEED)
 	}
+	return true
 }
 
 func (c *chunk) WriteAt(p []byte, off int64) (int, error) {

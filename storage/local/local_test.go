@@ -269,7 +269,7 @@ func TestPrefetch(t *testing.T) {
 
 	pf, ok := c.(storage.Prefetcher)
 	require.True(t, ok, "a local chunk takes prefetch hints")
-	pf.Prefetch(64<<10, 64<<10)
+	require.True(t, pf.Prefetch(64<<10, 64<<10))
 	deadline := time.Now().Add(5 * time.Second)
 	for resident() < 16 && time.Now().Before(deadline) {
 		time.Sleep(10 * time.Millisecond)
