@@ -867,11 +867,6 @@ func (d *Disk) readChunk(ci int64, p []byte, coff int64, quiet bool) error {
 			err = d.parallel(j-i, big.open)
 		} else {
 			sc := d.getScratch()
-			if j-i == 1 && d.lay.format != formatV1 {
-				// One page: read it where its sealed unit is put
-				// together, so that join copies only the entry.
-				job.run = sc.unit[d.lay.head : d.lay.head+BlockSize]
-			}
 			err = job.open(0, j-i, sc)
 			d.putScratch(sc)
 		}
@@ -967,10 +962,11 @@ func (j *openJob) read(lo, hi, ss int) error {
 		return err
 	}
 	wOff := j.off + int64(lo*ss) - int64(first-w0)*BlockSize
-	if storage.Prefetch(j.st.obj, wOff, int64(w1-w0)*BlockSize) {
+	if pf, ok := j.st.obj.(storage.Prefetcher); ok {
 		// The backend fetches the window in the background, and the read
 		// waits only for its own pages: a read whose page is kept is not
 		// held up by neighbours that are not.
+		pf.Prefetch(wOff, int64(w1-w0)*BlockSize)
 		_, err := j.st.obj.ReadAt(j.run[lo*ss:hi*ss], j.off+int64(lo*ss))
 		if err != nil {
 			return err
@@ -1214,11 +1210,6 @@ func (d *Disk) writeBlocks(c *chunk, st *chunkState, p []byte, coff int64, b0, b
 
 	sc := d.getScratch()
 	defer d.putScratch(sc)
-	if n == 1 && !v1 {
-		// One page: written from where it is sealed, so that split
-		// copies only the entry.
-		data = sc.unit[d.lay.head : d.lay.head+BlockSize]
-	}
 	merge := func(k int, blk []byte) error {
 		lo, hi := d.within(k, coff, len(p))
 		if err := d.readPlain(st, k, base, blk, sc); err != nil {

@@ -174,9 +174,7 @@ func (l layout) unitOffset(s, i, j int) int64 {
 
 // split stores a sealed unit as a version 2 page and entry.
 func (l layout) split(page, entry, unit []byte) {
-	if &page[0] != &unit[l.head] { // else the page is sealed in place
-		copy(page[:BlockSize], unit[l.head:])
-	}
+	copy(page[:BlockSize], unit[l.head:])
 	copy(entry, unit[:l.head])
 	copy(entry[l.head:l.entrySize], unit[l.head+BlockSize:l.slotSize])
 }
@@ -184,9 +182,7 @@ func (l layout) split(page, entry, unit []byte) {
 // join is split in reverse: the sealed unit from a page and an entry.
 func (l layout) join(unit, page, entry []byte) {
 	copy(unit, entry[:l.head])
-	if &page[0] != &unit[l.head] { // else the page was read in place
-		copy(unit[l.head:], page[:BlockSize])
-	}
+	copy(unit[l.head:], page[:BlockSize])
 	copy(unit[l.head+BlockSize:l.slotSize], entry[l.head:l.entrySize])
 }
 
