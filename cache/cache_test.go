@@ -9,7 +9,6 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -27,46 +26,6 @@ const (
 	mib = 1 << 20
 )
 
-// counting is a storage.Backend decorator counting the data-path calls
-// that reach it.
-type counting struct {
-	storage.Backend
-	reads, writes, syncs, prefetches atomic.Int64
-}
-
-func (b *counting) OpenChunk(ctx context.Context, key string, create bool) (storage.Chunk, error) {
-	c, err := b.Backend.OpenChunk(ctx, key, create)
-	if err != nil {
-		return nil, err
-	}
-	return &countingChunk{Chunk: c, b: b}, nil
-}
-
-type countingChunk struct {
-	storage.Chunk
-	b *counting
-}
-
-func (c *countingChunk) ReadAt(p []byte, off int64) (int, error) {
-	c.b.reads.Add(1)
-	return c.Chunk.ReadAt(p, off)
-}
-
-func (c *countingChunk) WriteAt(p []byte, off int64) (int, error) {
-	c.b.writes.Add(1)
-	return c.Chunk.WriteAt(p, off)
-}
-
-func (c *countingChunk) Prefetch(off, n int64) bool {
-	c.b.prefetches.Add(1)
-	return storage.Prefetch(c.Chunk, off, n)
-}
-
-func (c *countingChunk) Sync() error {
-	c.b.syncs.Add(1)
-	return c.Chunk.Sync()
-}
-
 func random(t testing.TB, n int) []byte {
 	p := make([]byte, n)
 	_, err := rand.Read(p)
@@ -77,7 +36,7 @@ func random(t testing.TB, n int) []byte {
 type env struct {
 	storeDir, cacheDir string
 	local              *local.Backend
-	remote             *counting
+	remote             *storagetest.Counting
 	// cutoff and slow are the cache's SequentialCutoff and SlowStorage;
 	// by default -1: every I/O goes through the cache, whatever its
 	// pattern and however fast the local store is.
@@ -98,7 +57,7 @@ func (e *env) reopenRemote(t testing.TB) {
 	l, err := local.Open(e.storeDir)
 	require.NoError(t, err)
 	e.local = l
-	e.remote = &counting{Backend: l}
+	e.remote = &storagetest.Counting{Backend: l}
 }
 
 func (e *env) open(t testing.TB, mode cache.Mode, max int64) *cache.Cache {
@@ -217,8 +176,10 @@ func TestNoneIsTheRemote(t *testing.T) {
 	ch, err := c.OpenChunk(t.Context(), "k", true)
 	require.NoError(t, err)
 	defer ch.Close()
-	_, ok := ch.(*countingChunk)
-	require.True(t, ok, "None hands out the remote's chunk")
+	direct, err := e.remote.OpenChunk(t.Context(), "k", false)
+	require.NoError(t, err)
+	defer direct.Close()
+	require.IsType(t, direct, ch, "None hands out the remote's chunk")
 }
 
 func TestDirPermissions(t *testing.T) {
@@ -251,10 +212,10 @@ func TestReadOnlyServesRepeatedReads(t *testing.T) {
 	for _, off := range []int64{0, 4136, 8272, 500000, 1*mib - 4136} {
 		first := readAt(t, ch, off, 4136)
 		require.Equal(t, data[off:off+4136], first)
-		before := e.remote.reads.Load()
+		before := e.remote.Reads.Load()
 		again := readAt(t, ch, off, 4136)
 		require.Equal(t, first, again)
-		require.Equal(t, before, e.remote.reads.Load(), "a second read at %d must not reach the remote", off)
+		require.Equal(t, before, e.remote.Reads.Load(), "a second read at %d must not reach the remote", off)
 	}
 	s := c.Stats()
 	require.Positive(t, s.Hits)
@@ -278,9 +239,9 @@ func TestReadOnlyWritesAreNeverStale(t *testing.T) {
 		copy(model[off:], p)
 		require.Equal(t, p, e.remoteBytes(t, "k", int64(off), len(p)), "written through")
 	}
-	before := e.remote.reads.Load()
+	before := e.remote.Reads.Load()
 	require.Equal(t, model, readAt(t, ch, 0, len(model)))
-	require.Equal(t, before, e.remote.reads.Load(), "served from updated cached pages")
+	require.Equal(t, before, e.remote.Reads.Load(), "served from updated cached pages")
 }
 
 func TestReadWriteIsWriteBack(t *testing.T) {
@@ -289,10 +250,10 @@ func TestReadWriteIsWriteBack(t *testing.T) {
 	ch, err := c.OpenChunk(t.Context(), "k", true)
 	require.NoError(t, err)
 	data := random(t, 256*kib)
-	writes := e.remote.writes.Load()
+	writes := e.remote.Writes.Load()
 	writeAt(t, ch, data, 4*kib)
 	require.NoError(t, ch.Sync())
-	require.Equal(t, writes, e.remote.writes.Load(), "nothing reaches the remote before a flush")
+	require.Equal(t, writes, e.remote.Writes.Load(), "nothing reaches the remote before a flush")
 	require.Equal(t, make([]byte, len(data)), e.remoteBytes(t, "k", 4*kib, len(data)))
 	require.Equal(t, data, readAt(t, ch, 4*kib, len(data)), "served from the cache")
 	require.Equal(t, int64(len(data)), c.Stats().DirtyBytes)
@@ -610,7 +571,7 @@ func TestPrefetchReachesTheRemote(t *testing.T) {
 			pf, ok := ch.(storage.Prefetcher)
 			require.True(t, ok, "a chunk of a cache in mode %v takes prefetch hints", mode)
 			require.True(t, pf.Prefetch(0, 32*kib), "the remote (a local directory) took the hint")
-			require.Equal(t, int64(1), e.remote.prefetches.Load())
+			require.Equal(t, int64(1), e.remote.Prefetches.Load())
 			got := make([]byte, len(want))
 			_, err = ch.ReadAt(got, 0)
 			require.NoError(t, err)

@@ -250,12 +250,12 @@ func TestFirstWriteFetchesEdgesOnce(t *testing.T) {
 	defer c.Close()
 	ch, err := c.OpenChunk(t.Context(), "k", true)
 	require.NoError(t, err)
-	before := e.remote.reads.Load()
+	before := e.remote.Reads.Load()
 	p := random(t, 4136)
 	writeAt(t, ch, p, 8192+4136)
-	require.Equal(t, before+1, e.remote.reads.Load())
+	require.Equal(t, before+1, e.remote.Reads.Load())
 	writeAt(t, ch, random(t, 3*cache.PageSize), 64*kib)
-	require.Equal(t, before+1, e.remote.reads.Load())
+	require.Equal(t, before+1, e.remote.Reads.Load())
 	require.Equal(t, p, readAt(t, ch, 8192+4136, len(p)))
 }
 

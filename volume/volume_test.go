@@ -7,7 +7,6 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -20,6 +19,7 @@ import (
 	"hostcrypt/internal/leakscan"
 	"hostcrypt/storage"
 	"hostcrypt/storage/local"
+	"hostcrypt/storage/storagetest"
 )
 
 var bg = context.Background()
@@ -209,30 +209,6 @@ func TestPlainTempDisk(t *testing.T) {
 	require.NoError(t, err)
 }
 
-// hintCounter is local storage that counts the prefetch hints reaching it.
-type hintCounter struct {
-	storage.Backend
-	hints atomic.Int64
-}
-
-func (h *hintCounter) OpenChunk(ctx context.Context, key string, create bool) (storage.Chunk, error) {
-	c, err := h.Backend.OpenChunk(ctx, key, create)
-	if err != nil {
-		return nil, err
-	}
-	return &hintChunk{Chunk: c, h: h}, nil
-}
-
-type hintChunk struct {
-	storage.Chunk
-	h *hintCounter
-}
-
-func (c *hintChunk) Prefetch(off, n int64) bool {
-	c.h.hints.Add(1)
-	return storage.Prefetch(c.Chunk, off, n)
-}
-
 // The read window of a disk opened as the daemon opens it (a host cache,
 // the freeze decorator of snapshots, the engine) reaches local storage as a
 // prefetch hint: every layer between passes it on, so a short read waits
@@ -243,7 +219,7 @@ func TestReadWindowHintReachesStorage(t *testing.T) {
 		eah  bool
 	}{{cache.None, false}, {cache.None, true}, {cache.ReadOnly, true}, {cache.ReadWrite, true}} {
 		f := newFixture(t)
-		hc := &hintCounter{Backend: f.sb}
+		hc := &storagetest.Counting{Backend: f.sb}
 		cfg := f.config(tc.mode, tc.eah)
 		cfg.Storage = hc
 		v, err := Open(bg, cfg)
@@ -256,7 +232,7 @@ func TestReadWindowHintReachesStorage(t *testing.T) {
 		_, err = v.Image().ReadAt(got, 8192)
 		require.NoError(t, err)
 		assert.Equal(t, p[8192:12288], got)
-		assert.Positive(t, hc.hints.Load(), "cache %v, encryption at host %v: the read window's hint reached storage", tc.mode, tc.eah)
+		assert.Positive(t, hc.Prefetches.Load(), "cache %v, encryption at host %v: the read window's hint reached storage", tc.mode, tc.eah)
 		_, err = v.Close()
 		require.NoError(t, err)
 	}
