@@ -15,7 +15,10 @@
 # disk are its first rewrites).
 #
 # Environment, all optional:
-#   TARGETS       targets in run order (default: all of them, see ALL_TARGETS)
+#   TARGETS       targets in run order (default: all of them, see ALL_TARGETS;
+#                 by name only: passthrough-stock, and passthrough-aes and
+#                 passthrough-double, the same-durability passthrough paying
+#                 one or both ciphers per 4 KiB block)
 #   STATES        disk states to run, of "rewritten fresh" (default both)
 #   FRESH_TARGETS the targets that also run fresh (default: all of TARGETS)
 #   JOBS          the suite's jobs to run (default all five, in their order)
@@ -333,12 +336,12 @@ start_raw() { # DIR: the backing file system itself, no FUSE, no daemon
   FIO_TARGET=$1/data
 }
 
-start_passthrough() { # DIR tuned|stock|hostcrypt [SYNC-INTERVAL]
+start_passthrough() { # DIR tuned|stock|hostcrypt [SYNC-INTERVAL [SEAL]]
   local d=$1
   mkdir -p "$d/backing" "$d/mnt"
   MOUNTS+=("$d/mnt")
   spawn "$d/passthrough.log" "$WORK/bin/passthrough" --backing "$d/backing" --mount "$d/mnt" \
-    --options "$2" --sync-interval "${3:-0}" --ready-file "$d/ready"
+    --options "$2" --sync-interval "${3:-0}" --seal "${4:-none}" --ready-file "$d/ready"
   if ! wait_until 30 "$SPAWNED" test -e "$d/ready"; then
     WHY=$(not_started "the passthrough" "$SPAWNED" "$d/passthrough.log")
     return 1
@@ -581,7 +584,7 @@ hc_setup() {
 # skip_reason LABEL: prints why LABEL cannot run in this build, nothing if it can.
 skip_reason() {
   case $1 in
-  raw | passthrough | passthrough-stock | passthrough-hc | passthrough-sync | gocryptfs | qemu-luks) ;;
+  raw | passthrough | passthrough-stock | passthrough-hc | passthrough-sync | passthrough-aes | passthrough-double | gocryptfs | qemu-luks) ;;
   rbd)
     if ! command -v rbd >/dev/null; then
       echo "the rbd tool is missing (scripts/deps.sh ceph installs it)"
@@ -626,6 +629,8 @@ describe() {
   passthrough-stock) echo "the same loopback with go-fuse's default options" ;;
   passthrough-hc) echo "the same loopback with hostcryptd's mount options added (default_permissions, negative entry timeout, direct mount)" ;;
   passthrough-sync) echo "passthrough-hc that also fdatasyncs every open file every $FLUSH_INTERVAL, as hostcryptd flushes a disk: the same durability" ;;
+  passthrough-aes) echo "passthrough-sync that also seals (writes) or opens (reads) every 4 KiB block with AES-256-GCM and throws the result away: the cipher's cost alone" ;;
+  passthrough-double) echo "passthrough-aes with XChaCha20-Poly1305 over AES-256-GCM, as double encryption's two layers" ;;
   gocryptfs) echo "$(gocryptfs -version 2>/dev/null | cut -d';' -f1), default settings (AES-256-GCM)" ;;
   qemu-luks) echo "$(qemu-storage-daemon --version 2>/dev/null | head -n 1 | sed 's/ (.*//; s/ version//'): a LUKS image (AES-256-XTS, plain64) on a buffered file (cache.direct=off), exported through FUSE" ;;
   hostcrypt-pmk) echo "hostcryptd data disk, platform-managed key, cache None" ;;
@@ -659,6 +664,8 @@ start_target() {
   passthrough-stock) start_passthrough "$dir" stock ;;
   passthrough-hc) start_passthrough "$dir" hostcrypt ;;
   passthrough-sync) start_passthrough "$dir" hostcrypt "$FLUSH_INTERVAL" ;;
+  passthrough-aes) start_passthrough "$dir" hostcrypt "$FLUSH_INTERVAL" aes ;;
+  passthrough-double) start_passthrough "$dir" hostcrypt "$FLUSH_INTERVAL" double ;;
   gocryptfs) start_gocryptfs "$dir" ;;
   qemu-luks) start_qemu_luks "$dir" ;;
   rbd) start_rbd "$dir" ;;
@@ -773,7 +780,7 @@ main() {
   [[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || die "ROUNDS must be a whole number of at least 1, not '$ROUNDS'"
   local start=$SECONDS label state
   for label in $TARGETS; do
-    [[ -n $(describe "$label") ]] || die "unknown target $label (known: $ALL_TARGETS passthrough-stock $RADOS_TARGETS)"
+    [[ -n $(describe "$label") ]] || die "unknown target $label (known: $ALL_TARGETS passthrough-stock passthrough-aes passthrough-double $RADOS_TARGETS)"
   done
   for state in $STATES; do
     [[ $state == rewritten || $state == fresh ]] || die "unknown state $state (known: rewritten fresh)"

@@ -54,6 +54,11 @@ var refs = []struct{ label, header string }{
 	{"passthrough-hc", "× same options"},
 	// The same, fdatasyncing its files every flush interval.
 	{"passthrough-sync", "× same durability"},
+	// The same, also doing the cipher work of one layer (AES-256-GCM) or
+	// of both (and XChaCha20-Poly1305) per 4 KiB block: what an encrypting
+	// daemon cannot avoid, apart from everything else it does.
+	{"passthrough-aes", "× same durability + AES"},
+	{"passthrough-double", "× same durability + both ciphers"},
 	{"gocryptfs", "× gocryptfs"},
 	{"qemu-luks", "× QEMU LUKS"},
 	// The customer-key disk with cache None: what the cached and the

@@ -7,12 +7,18 @@
 // encrypting daemon cannot do that, so it would not be a fair ceiling.
 //
 //	passthrough --backing DIR --mount DIR [--options tuned|stock|hostcrypt]
-//	            [--sync-interval D] [--ready-file F]
+//	            [--sync-interval D] [--seal none|aes|double] [--ready-file F]
 //
 // --sync-interval gives it the durability of a hostcrypt disk: every D it
 // fdatasyncs each open file, as hostcryptd flushes a disk every flush
 // interval, so that written data reaches the device within D. Without it
 // (0) written data stays in the page cache until the kernel writes it back.
+//
+// --seal makes it pay, for every 4 KiB block it writes or reads, the cipher
+// work of an encrypting daemon (AES-256-GCM; "double" adds
+// XChaCha20-Poly1305 over it), and throws the result away: the files stay
+// plaintext. Next to the plain passthrough it shows what the cipher alone
+// costs a FUSE daemon on the machine (seal.go).
 //
 // "hostcrypt" is tuned plus what hostcryptd's mount adds: the kernel checks
 // file modes (default_permissions), failed lookups are cached for as long
@@ -50,6 +56,8 @@ type config struct {
 	debug     bool
 	// syncEvery, when positive, fdatasyncs every open file this often.
 	syncEvery time.Duration
+	// seal is the cipher work done per block: none, aes or double.
+	seal string
 }
 
 func main() {
@@ -73,6 +81,7 @@ func parseFlags(args []string) (config, error) {
 	fl.StringVar(&options, "options", "tuned", "FUSE options: tuned, stock or hostcrypt")
 	fl.StringVar(&cfg.readyFile, "ready-file", "", "file to create once mounted")
 	fl.DurationVar(&cfg.syncEvery, "sync-interval", 0, "fdatasync every open file this often (0: never)")
+	fl.StringVar(&cfg.seal, "seal", "none", "cipher work per 4 KiB block read or written, thrown away: none, aes or double")
 	fl.BoolVar(&cfg.debug, "debug", false, "log every FUSE request")
 	if err := fl.Parse(args); err != nil {
 		return cfg, err
@@ -85,6 +94,11 @@ func parseFlags(args []string) (config, error) {
 	}
 	if cfg.syncEvery < 0 {
 		return cfg, fmt.Errorf("--sync-interval %v is negative", cfg.syncEvery)
+	}
+	switch cfg.seal {
+	case "none", "aes", "double":
+	default:
+		return cfg, fmt.Errorf("--seal %q: want none, aes or double", cfg.seal)
 	}
 	switch options {
 	case "tuned":
@@ -108,7 +122,11 @@ func run(cfg config) error {
 		return fmt.Errorf("backing directory: %w", err)
 	}
 	ln := inner.(*fs.LoopbackNode)
-	root := &node{LoopbackNode: ln, tuned: cfg.tuned, open: &openFiles{files: map[*file]struct{}{}}}
+	sl, err := newSealer(cfg.seal)
+	if err != nil {
+		return err
+	}
+	root := &node{LoopbackNode: ln, tuned: cfg.tuned, open: &openFiles{files: map[*file]struct{}{}}, sealer: sl}
 	// The loopback code finds the root through RootNode; point it at the
 	// wrapper so that every node, the root included, is one of ours.
 	ln.RootData.RootNode = root
@@ -211,8 +229,9 @@ func withHostcryptOptions(o *fs.Options) {
 // tuned, are opened for parallel direct I/O.
 type node struct {
 	*fs.LoopbackNode
-	tuned bool
-	open  *openFiles
+	tuned  bool
+	open   *openFiles
+	sealer *sealer // nil: no cipher work
 }
 
 // openFiles are the files open now, for the periodic fdatasync.
@@ -255,7 +274,7 @@ var (
 // WrapChild makes every node the loopback creates one of ours.
 func (n *node) WrapChild(_ context.Context, ops fs.InodeEmbedder) fs.InodeEmbedder {
 	if ln, ok := ops.(*fs.LoopbackNode); ok {
-		return &node{LoopbackNode: ln, tuned: n.tuned, open: n.open}
+		return &node{LoopbackNode: ln, tuned: n.tuned, open: n.open, sealer: n.sealer}
 	}
 	return ops
 }
@@ -301,7 +320,7 @@ func (n *node) wrap(fh fs.FileHandle, fuseFlags uint32) (fs.FileHandle, uint32, 
 	if n.tuned {
 		fuseFlags |= fuse.FOPEN_DIRECT_IO | fuse.FOPEN_PARALLEL_DIRECT_WRITES
 	}
-	f := &file{LoopbackFile: lf, copyReads: n.tuned, open: n.open}
+	f := &file{LoopbackFile: lf, copyReads: n.tuned || n.sealer != nil, open: n.open, sealer: n.sealer}
 	n.open.mu.Lock()
 	n.open.files[f] = struct{}{}
 	n.open.mu.Unlock()
@@ -314,6 +333,7 @@ type file struct {
 	*fs.LoopbackFile
 	copyReads bool
 	open      *openFiles
+	sealer    *sealer
 	// mu orders the periodic fdatasync before the descriptor's close.
 	mu       sync.Mutex
 	released bool
@@ -322,6 +342,7 @@ type file struct {
 var (
 	_ = (fs.FilePassthroughFder)((*file)(nil))
 	_ = (fs.FileReader)((*file)(nil))
+	_ = (fs.FileWriter)((*file)(nil))
 	_ = (fs.FileReleaser)((*file)(nil))
 )
 
@@ -372,7 +393,18 @@ func (f *file) Read(ctx context.Context, buf []byte, off int64) (fuse.ReadResult
 	if err != nil {
 		return nil, fs.ToErrno(err)
 	}
+	if f.sealer != nil {
+		f.sealer.read(n)
+	}
 	return fuse.ReadResultVector([][]byte{buf[:n]}), 0
+}
+
+// Write does the cipher work of --seal, then writes the plaintext.
+func (f *file) Write(ctx context.Context, data []byte, off int64) (uint32, syscall.Errno) {
+	if f.sealer != nil {
+		f.sealer.write(data)
+	}
+	return f.LoopbackFile.Write(ctx, data, off)
 }
 
 // PassthroughFd reports that no backing descriptor is available.
