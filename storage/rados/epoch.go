@@ -217,10 +217,13 @@ func (e epochBackend) StampChunks(ctx context.Context, prefix string) (int, erro
 var errRemoved = errors.New("removed")
 
 // stampOne is StampChunks on one object: nil once stamped, errRemoved when
-// it was below the floor and is removed, or the librados error.
+// it was below the floor and is removed, or the librados error. An object
+// at or above the floor (and not above e's epoch) takes one operation,
+// the others a read of the epoch and one more.
 func (e epochBackend) stampOne(key string) error {
-	if e.floor == 0 {
-		return stamp(e.ioctx, key, e.epoch)
+	err := stamp(e.ioctx, key, e.epoch, e.floor)
+	if e.floor == 0 || !errors.Is(err, syscall.ECANCELED) {
+		return err
 	}
 	for range casTries {
 		was, err := readEpoch(e.ioctx, key)
@@ -239,7 +242,7 @@ func (e epochBackend) stampOne(key string) error {
 				return errRemoved
 			}
 		default:
-			return stamp(e.ioctx, key, e.epoch)
+			return stamp(e.ioctx, key, e.epoch, 0)
 		}
 		if !errors.Is(err, syscall.ECANCELED) {
 			return err

@@ -366,14 +366,33 @@ func TestEpochFloor(t *testing.T) {
 
 	// D takes the disk from C without a release: its stamping (floor 2
 	// before it) removes a chunk A created meanwhile instead of making it
-	// the disk's, and stamps the others.
+	// the disk's, and stamps the others, the one an unguarded backend
+	// wrote too.
 	ca5 := openOK(a, k(5), true)
 	require.NoError(t, write(ca5, "a-late-7"))
-	assert.Equal(t, 3, stampChunks(t, hostB.WithEpoch(4, 2), prefix), "chunks 0, 2, 4")
+	require.NoError(t, write(openOK(tool, k(6), true), "tool-6"))
+	assert.Equal(t, 4, stampChunks(t, hostB.WithEpoch(4, 2), prefix), "chunks 0, 2, 4, 6")
 	assert.False(t, exists(t, tool, k(5)))
-	for _, i := range []int{0, 2, 4} {
+	for _, i := range []int{0, 2, 4, 6} {
 		assert.Equal(t, "00000000000000000004", epochOf(t, cfg, k(i)), i)
 	}
+
+	// A stamping under a floor that finds a newer epoch is the stale one.
+	_, err = hostA.WithEpoch(3, 2).(interface {
+		StampChunks(ctx context.Context, prefix string) (int, error)
+	}).StampChunks(ctx, prefix)
+	require.ErrorIs(t, err, rados.ErrStaleEpoch)
+	assert.Equal(t, "00000000000000000004", epochOf(t, cfg, k(0)))
+
+	// An epoch xattr edited into something else is an error that says so.
+	io, err := admin(t, cfg).OpenIOContext(cfg.Pool)
+	require.NoError(t, err)
+	defer io.Destroy()
+	io.SetNamespace(cfg.Namespace)
+	require.NoError(t, io.SetXattr(k(6), rados.EpochXattr, []byte("junk")))
+	_, err = hostB.WithEpoch(4, 4).OpenChunk(ctx, k(6), false)
+	require.ErrorContains(t, err, "is not an ownership epoch")
+	assert.True(t, exists(t, tool, k(6)), "and nothing removed")
 
 	// A floor above the epoch is refused outright.
 	require.Panics(t, func() { hostA.WithEpoch(3, 4) })

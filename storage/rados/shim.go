@@ -74,11 +74,16 @@ static int hc_write(rados_ioctx_t io, const char *oid, const char *buf, size_t l
 }
 
 // hc_stamp stamps an existing object with the epoch ep, unless it carries
-// a newer one (ECANCELED), with nothing else in the operation.
-static int hc_stamp(rados_ioctx_t io, const char *oid, const char *name, uint64_t ep) {
-	char eb[24];
+// a newer one, or, when floor is not 0, one below floor or none (ECANCELED
+// for each), with nothing else in the operation.
+static int hc_stamp(rados_ioctx_t io, const char *oid, const char *name, uint64_t ep, uint64_t floor) {
+	char eb[24], fb[24];
 	rados_write_op_t op = rados_create_write_op();
 	rados_write_op_assert_exists(op);
+	if (floor != 0) {
+		int n = snprintf(fb, sizeof fb, "%020llu", (unsigned long long)floor);
+		rados_write_op_cmpxattr(op, name, LIBRADOS_CMPXATTR_OP_LTE, fb, n);
+	}
 	hc_guard(op, name, ep, 1, eb);
 	int r = rados_write_op_operate(op, io, oid, NULL, 0);
 	rados_release_write_op(op);
@@ -253,11 +258,12 @@ func writeExisting(io *rados.IOContext, oid string, p []byte, off uint64, g guar
 }
 
 // stamp stamps the existing object oid with epoch (not 0), unless it
-// carries a newer one.
-func stamp(io *rados.IOContext, oid string, epoch uint64) error {
+// carries a newer one, or, with a floor (not 0), one below it or none: in
+// each case it fails with ECANCELED.
+func stamp(io *rados.IOContext, oid string, epoch, floor uint64) error {
 	coid := C.CString(oid)
 	defer C.free(unsafe.Pointer(coid))
-	return errno(C.hc_stamp(cioctx(io), coid, cEpochXattr, C.uint64_t(epoch)))
+	return errno(C.hc_stamp(cioctx(io), coid, cEpochXattr, C.uint64_t(epoch), C.uint64_t(floor)))
 }
 
 // createStamped creates oid stamped with epoch (not 0), or fails with
