@@ -39,10 +39,14 @@ type Fencer interface {
 // ownership epoch on the server (storage/rados.Backend): the store
 // WithEpoch returns has chunks whose writes and zeros the server refuses,
 // with an error wrapping syscall.EIO, once a writer of a newer epoch wrote
-// the same chunk. It stops a writer of an older epoch that was not fenced
-// (a restarted host's leftover client, a fence that did not happen).
+// the same chunk, and creates chunk objects stamped with its epoch. It
+// stops a writer of an older epoch that was not fenced (a restarted host's
+// leftover client, a fence that did not happen). With a floor (the owner
+// record's Floor), a chunk object below it found at opening (created by
+// such a writer after the takeover that set the floor) is removed, never
+// read.
 type EpochGuarded interface {
-	WithEpoch(epoch uint64) storage.Backend
+	WithEpoch(epoch, floor uint64) storage.Backend
 }
 
 // ChunkStamper is a store WithEpoch returned that can stamp every chunk
@@ -63,6 +67,12 @@ type Owner struct {
 	// Released says the owner let the disk go cleanly (its VM stopped):
 	// its client writes no more, and nobody needs to fence it.
 	Released bool `json:"released,omitempty"`
+	// Floor is the epoch of the disk's last takeover from a writer that
+	// did not let it go, recorded once every chunk object of the disk was
+	// stamped with it (RaiseFloor): a chunk object below it was created
+	// after that by a writer of an older epoch. It never goes down, and
+	// is at most Epoch; 0 until the first such takeover.
+	Floor uint64 `json:"floor,omitempty"`
 }
 
 // Ownership is what Own did.
@@ -85,13 +95,26 @@ func ReadOwner(ctx context.Context, st storage.Backend, id string) (Owner, stora
 	if len(raw) == 0 {
 		return Owner{}, v, nil // the lock created the object
 	}
-	var o Owner
-	if err := json.Unmarshal(raw, &o); err != nil {
+	o, err := parseOwner(raw)
+	if err != nil {
 		return Owner{}, storage.NoVersion, fmt.Errorf("the owner record of disk %s (%s) is damaged: %v; "+
 			"once no host runs the disk, replace it with {\"epoch\":N}, N the highest hostcrypt.epoch xattr of the disk's chunk objects "+
 			"(never remove it: epochs would start again below the chunks' and every write would fail)", id, LockKey(id), err)
 	}
 	return o, v, nil
+}
+
+// parseOwner decodes an owner record and checks what a writer relies on:
+// a floor above the epoch would have the writer remove its own chunks.
+func parseOwner(raw []byte) (Owner, error) {
+	var o Owner
+	if err := json.Unmarshal(raw, &o); err != nil {
+		return Owner{}, err
+	}
+	if o.Floor > o.Epoch {
+		return Owner{}, fmt.Errorf("its floor %d is above its epoch %d", o.Floor, o.Epoch)
+	}
+	return o, nil
 }
 
 // Own makes host's VM vm the owner of disk id, whose lock the caller
@@ -108,7 +131,7 @@ func Own(ctx context.Context, st storage.Backend, f Fencer, id, host, vm string)
 	if err != nil {
 		return Ownership{}, err
 	}
-	own := Ownership{Owner: Owner{Host: host, VM: vm, Addr: addr, Epoch: prev.Epoch}}
+	own := Ownership{Owner: Owner{Host: host, VM: vm, Addr: addr, Epoch: prev.Epoch, Floor: prev.Floor}}
 	if prev.Addr != "" && !prev.Released && prev.Addr != addr {
 		if err := f.Blocklist(ctx, prev.Addr, BlocklistExpiry); err != nil {
 			return Ownership{}, fmt.Errorf("fencing the last writer of disk %s (host %s, client %s): %w", id, prev.Host, prev.Addr, err)
@@ -124,6 +147,31 @@ func Own(ctx context.Context, st storage.Backend, f Fencer, id, host, vm string)
 		return Ownership{}, fmt.Errorf("recording the owner of disk %s: %w", id, err)
 	}
 	return own, nil
+}
+
+// RaiseFloor records o's epoch as disk id's floor, once o, which took the
+// disk from a writer that did not let it go, stamped every chunk object of
+// the disk with its epoch; it returns the record as written. It fails,
+// wrapping ErrLeaseLost, when the record names another owner or epoch by
+// now. Until it ran, the record keeps the floor before, so a taker that
+// dies in between leaves a record a later taker fences and stamps again.
+func RaiseFloor(ctx context.Context, st storage.Backend, id string, o Owner) (Owner, error) {
+	cur, ver, err := ReadOwner(ctx, st, id)
+	if err != nil {
+		return Owner{}, err
+	}
+	if cur.Addr != o.Addr || cur.Epoch != o.Epoch {
+		return Owner{}, fmt.Errorf("%w: disk %s is owned by host %s under epoch %d now (this writer had epoch %d)", ErrLeaseLost, id, cur.Host, cur.Epoch, o.Epoch)
+	}
+	if cur.Floor >= cur.Epoch {
+		return cur, nil
+	}
+	cur.Floor = cur.Epoch
+	raw, _ := json.Marshal(cur)
+	if _, err := st.WriteMetaIf(ctx, LockKey(id), raw, ver); err != nil {
+		return Owner{}, fmt.Errorf("recording the epoch floor of disk %s: %w", id, err)
+	}
+	return cur, nil
 }
 
 // Disown records that o let disk id go cleanly. It changes nothing when

@@ -72,7 +72,9 @@ type vmWriter struct {
 // newer epoch, this one's writes fail with EIO on each chunk the other
 // wrote. After a takeover from a writer that did not let the disk go,
 // every chunk of the disk is stamped with the new epoch before the disk
-// opens, so that writer is refused on all of them.
+// opens, so that writer is refused on all of them, and the epoch becomes
+// the disk's floor: a chunk object that writer creates afterwards is
+// found below it and removed, never read.
 func (v *vmWriter) Disk(ctx context.Context, id, metaKey string, lost func(error)) (control.DiskWriter, error) {
 	l, err := cluster.Acquire(ctx, v.locks, []string{cluster.LockKey(id)}, v.desc, v.lease, lost)
 	if err != nil {
@@ -86,16 +88,23 @@ func (v *vmWriter) Disk(ctx context.Context, id, metaKey string, lost func(error
 		_ = l.Release(context.WithoutCancel(ctx))
 		return control.DiskWriter{}, err
 	}
-	guarded := v.epochs.WithEpoch(own.Epoch)
+	guarded := v.epochs.WithEpoch(own.Epoch, own.Floor)
 	if s, ok := guarded.(cluster.ChunkStamper); ok && own.Fenced != nil {
 		// The last writer did not let the disk go: from now on it is
 		// refused on every chunk, also those this writer will not write.
+		// Then the floor: a chunk object below it, one that writer creates
+		// from now on, is never read as the disk's. Nothing of the disk
+		// is read before both are done.
 		n, err := s.StampChunks(ctx, disk.ChunksPrefix(path.Dir(metaKey)))
+		if err == nil {
+			own.Owner, err = cluster.RaiseFloor(ctx, v.be, id, own.Owner)
+		}
 		if err != nil {
 			_ = l.Release(context.WithoutCancel(ctx))
 			return control.DiskWriter{}, fmt.Errorf("disk %s: stamping its chunks with ownership epoch %d after the takeover: %w", id, own.Epoch, err)
 		}
 		slog.Info("disk taken over: chunks stamped with the new ownership epoch", "disk", id, "epoch", own.Epoch, "chunks", n)
+		guarded = v.epochs.WithEpoch(own.Epoch, own.Floor)
 	}
 	dw := control.DiskWriter{Storage: cluster.GuardOwned(guarded, l, id, own.Owner), Epoch: own.Epoch}
 	if own.Fenced != nil && own.Fenced.Host != v.host {

@@ -115,6 +115,33 @@ func TestOlderEpochWriterOnRADOS(t *testing.T) {
 	err = write(cb2, "b2-late!")
 	require.ErrorIs(t, err, rados.ErrStaleEpoch)
 	assert.Equal(t, "b2epoch2", storedAt(key2))
+	// And C's floor is its epoch: a chunk object B creates after the
+	// takeover (a region never written before) is never read by C, nor
+	// kept, whether C finds it when it looks for the chunk or when it
+	// creates a chunk it found absent before.
+	rec, _, err := cluster.ReadOwner(ctx, c.be, "d1")
+	require.NoError(t, err)
+	require.Equal(t, uint64(3), rec.Floor)
+	const key3, key4 = "disks/d1/chunks/00000002", "disks/d1/chunks/00000003"
+	cb3 := chunkAt(db, key3)
+	require.NoError(t, write(cb3, "b3-late!"))
+	_, err = dc.Storage.OpenChunk(ctx, key3, false)
+	require.ErrorIs(t, err, storage.ErrNotFound, "as if B never created it")
+	_, err = c.be.OpenChunk(ctx, key3, false)
+	require.ErrorIs(t, err, storage.ErrNotFound, "removed")
+	require.ErrorIs(t, write(cb3, "b3-late2"), storage.ErrNotFound)
+	_, err = dc.Storage.OpenChunk(ctx, key4, false)
+	require.ErrorIs(t, err, storage.ErrNotFound)
+	cb4 := chunkAt(db, key4)
+	require.NoError(t, write(cb4, "b4-late!"))
+	cc4 := chunkAt(dc, key4)
+	p := make([]byte, 8)
+	_, err = cc4.ReadAt(p, 0)
+	require.NoError(t, err)
+	assert.Equal(t, make([]byte, 8), p, "none of B's bytes")
+	require.ErrorIs(t, write(cb4, "b4-late2"), rados.ErrStaleEpoch)
+	require.NoError(t, write(cc4, "c4epoch3"))
+	assert.Equal(t, "c4epoch3", storedAt(key4))
 
 	// A host cache writes back through the same guarded chunks: C's
 	// write-back cache holds a write when A takes the disk again; its
@@ -131,6 +158,15 @@ func TestOlderEpochWriterOnRADOS(t *testing.T) {
 	require.NoError(t, err)
 	defer da2.Release()
 	require.Equal(t, uint64(4), da2.Epoch)
+	rec, _, err = cluster.ReadOwner(ctx, a.be, "d1")
+	require.NoError(t, err)
+	assert.Equal(t, uint64(3), rec.Floor, "a clean move keeps the floor")
+	assert.Equal(t, "c4epoch3", func() string {
+		ch := chunkAt(da2, key4)
+		_, err := ch.ReadAt(p, 0)
+		require.NoError(t, err)
+		return string(p)
+	}(), "a chunk of a clean previous owner is the disk's")
 	require.NoError(t, write(chunk(da2), "a-epoch4"))
 	require.ErrorIs(t, hc.Flush(ctx), syscall.EIO)
 	assert.Equal(t, "a-epoch4", stored())

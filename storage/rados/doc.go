@@ -36,10 +36,16 @@
 //     assertion (or an exclusive create), which RADOS applies or refuses
 //     atomically.
 //   - Chunk writes of a disk's owner are guarded by its ownership epoch
-//     (Backend.WithEpoch): each chunk object it writes is stamped with the
-//     epoch in an xattr, and each write and zero carries a compare of that
+//     (Backend.WithEpoch): each chunk object it creates or writes is
+//     stamped with the epoch in an xattr (a new object in the operation
+//     that creates it), and each write and zero carries a compare of that
 //     xattr, so that a writer of an older epoch nobody fenced is refused
-//     by the OSD itself.
+//     by the OSD itself. Below the disk's epoch floor (the epoch of its
+//     last takeover from a writer that did not let it go, after which
+//     every chunk object was stamped) a chunk object was created since by
+//     such a writer: opening it removes it, conditionally on its epoch, and
+//     the chunk is absent. The C shim (shim.go) holds these operations:
+//     go-ceph binds none of them.
 package rados
 
 import (
@@ -104,8 +110,8 @@ func (c *Config) Check() error {
 var (
 	// ErrStaleEpoch is returned, wrapped, by a chunk write or zero of a
 	// writer under an ownership epoch older than the one its object was
-	// written under since (Backend.WithEpoch): another host took the disk
-	// over. It wraps syscall.EIO, which is what the guest sees; nothing of
+	// written under since (Backend.WithEpoch), and by a stamping that finds
+	// a newer epoch: another host took the disk over. It wraps syscall.EIO, which is what the guest sees; nothing of
 	// the refused operation landed.
 	ErrStaleEpoch = fmt.Errorf("rados: the disk was taken over under a newer ownership epoch: %w", syscall.EIO)
 	// ErrTimeout is returned, wrapped, by a call that got no answer from

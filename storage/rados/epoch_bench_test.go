@@ -18,13 +18,14 @@ import (
 // not, interleaved so that both see the same load of a shared machine,
 // with depth writes in flight (each writer goroutine alternates). It
 // reports each kind's mean latency and their ratio; and the same for the
-// first write of a chunk, which stamps the object when guarded.
+// first write of a chunk, which stamps the object when guarded, and for
+// opening and creating a chunk under a floor.
 func BenchmarkEpochGuard(b *testing.B) {
 	cfg := cluster(b)
 	be := open(b, cfg)
 	defer be.Close()
 	ctx := b.Context()
-	kinds := []storage.Backend{be, be.WithEpoch(1)}
+	kinds := []storage.Backend{be, be.WithEpoch(1, 0)}
 	names := []string{"unguarded", "guarded"}
 	page := random(b, 4*kib)
 	for _, depth := range []int{1, 16} {
@@ -93,6 +94,52 @@ func BenchmarkEpochGuard(b *testing.B) {
 				}
 				spent[k] += time.Since(start)
 				c.Close()
+			}
+		}
+		report(b, spent)
+	})
+	// Opening a chunk: with a floor, a guarded writer reads the object's
+	// epoch where an unguarded one stats it; creating one, it creates and
+	// stamps it in one operation. Guarded here with a floor, and the
+	// objects carry its epoch, as after a takeover.
+	floored := []storage.Backend{be, be.WithEpoch(1, 1)}
+	for k, s := range floored {
+		c, err := s.OpenChunk(ctx, "bench/open/"+names[k], true)
+		require.NoError(b, err)
+		c.Close()
+	}
+	b.Run("open", func(b *testing.B) {
+		var spent [2]time.Duration
+		for i := 0; b.Loop(); i++ {
+			for k := range floored {
+				k = (k + i) % 2
+				start := time.Now()
+				c, err := floored[k].OpenChunk(ctx, "bench/open/"+names[k], false)
+				if err != nil {
+					b.Fatal(err)
+				}
+				spent[k] += time.Since(start)
+				c.Close()
+			}
+		}
+		report(b, spent)
+	})
+	b.Run("create", func(b *testing.B) {
+		var spent [2]time.Duration
+		for i := 0; b.Loop(); i++ {
+			for k := range floored {
+				k = (k + i) % 2
+				key := "bench/create/" + names[k]
+				start := time.Now()
+				c, err := floored[k].OpenChunk(ctx, key, true)
+				if err != nil {
+					b.Fatal(err)
+				}
+				spent[k] += time.Since(start)
+				c.Close()
+				if err := be.Delete(ctx, key); err != nil {
+					b.Fatal(err)
+				}
 			}
 		}
 		report(b, spent)

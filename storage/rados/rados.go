@@ -280,14 +280,8 @@ func (b *Backend) fail(op, key string, err error) error {
 
 // OpenChunk opens the object key for offset I/O. With create set it makes
 // the object if missing (one call either way); without, it checks that the
-// object exists.
+// object exists. WithEpoch's chunks open their own way (epoch.go).
 func (b *Backend) OpenChunk(ctx context.Context, key string, create bool) (storage.Chunk, error) {
-	return b.openChunk(ctx, key, create, 0)
-}
-
-// openChunk is OpenChunk for a writer of ownership epoch epoch, if not 0
-// (see WithEpoch).
-func (b *Backend) openChunk(ctx context.Context, key string, create bool, epoch uint64) (storage.Chunk, error) {
 	if err := b.begin(ctx, key, false); err != nil {
 		return nil, err
 	}
@@ -301,7 +295,7 @@ func (b *Backend) openChunk(ctx context.Context, key string, create bool, epoch 
 	if err != nil {
 		return nil, b.fail("open chunk", key, err)
 	}
-	return &chunk{b: b, key: key, epoch: epoch}, nil
+	return &chunk{b: b, key: key}, nil
 }
 
 // ReadMeta reads the whole object key in one operation.
@@ -522,8 +516,9 @@ type chunk struct {
 	b   *Backend
 	key string
 	// epoch, if not 0, guards each write and zero: it fails once the
-	// object carries a newer ownership epoch (WithEpoch). The first to
-	// succeed stamped the object with epoch; the later ones only compare.
+	// object carries a newer ownership epoch (WithEpoch). Once the object
+	// carries epoch (stamped: since its opening, or by the first write or
+	// zero that succeeded) the later ones only compare.
 	epoch   uint64
 	stamped atomic.Bool
 	closed  atomic.Bool

@@ -5,14 +5,18 @@ package rados
 // The few librados operations go-ceph does not bind, or binds in a way this
 // backend cannot use: a zero (go-ceph has none), a write that refuses to
 // recreate a deleted object, the compare of an xattr in a write (the
-// ownership epoch guard), a full write that may be empty and may carry a
-// version condition (go-ceph's write steps need a non-empty buffer), and a
-// whole-object read that returns the size and version of what it read.
+// ownership epoch guard), a create that stamps the epoch, a removal or a
+// stamp conditional on the epoch, a read of the epoch that tells a missing
+// object from a missing xattr in one call, a full write that may be empty
+// and may carry a version condition (go-ceph's write steps need a
+// non-empty buffer), and a whole-object read that returns the size and
+// version of what it read.
 
 /*
 #cgo LDFLAGS: -lrados
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <rados/librados.h>
 
 // hc_guard adds to op the epoch guard of a chunk write when ep is not 0:
@@ -70,12 +74,83 @@ static int hc_write(rados_ioctx_t io, const char *oid, const char *buf, size_t l
 }
 
 // hc_stamp stamps an existing object with the epoch ep, unless it carries
-// a newer one (ECANCELED), with nothing else in the operation.
-static int hc_stamp(rados_ioctx_t io, const char *oid, const char *name, uint64_t ep) {
+// a newer one, or, when floor is not 0, one below floor or none (ECANCELED
+// for each), with nothing else in the operation.
+static int hc_stamp(rados_ioctx_t io, const char *oid, const char *name, uint64_t ep, uint64_t floor) {
+	char eb[24], fb[24];
+	rados_write_op_t op = rados_create_write_op();
+	rados_write_op_assert_exists(op);
+	if (floor != 0) {
+		int n = snprintf(fb, sizeof fb, "%020llu", (unsigned long long)floor);
+		rados_write_op_cmpxattr(op, name, LIBRADOS_CMPXATTR_OP_LTE, fb, n);
+	}
+	hc_guard(op, name, ep, 1, eb);
+	int r = rados_write_op_operate(op, io, oid, NULL, 0);
+	rados_release_write_op(op);
+	return r;
+}
+
+// hc_create_stamped creates oid, stamped with the epoch ep (not 0), in one
+// operation: an exclusive create and the xattr name. It fails with EEXIST,
+// creating and stamping nothing, when oid exists.
+static int hc_create_stamped(rados_ioctx_t io, const char *oid, const char *name, uint64_t ep) {
+	char eb[24];
+	int n = snprintf(eb, sizeof eb, "%020llu", (unsigned long long)ep);
+	rados_write_op_t op = rados_create_write_op();
+	rados_write_op_create(op, LIBRADOS_CREATE_EXCLUSIVE, NULL);
+	rados_write_op_setxattr(op, name, eb, n);
+	int r = rados_write_op_operate(op, io, oid, NULL, 0);
+	rados_release_write_op(op);
+	return r;
+}
+
+// hc_read_epoch reads the xattr name of oid into buf (cap bytes) in one read
+// operation, which fails with ENOENT when oid does not exist. *n is the
+// value's length, 0 when the object has no such xattr; a value longer than
+// cap is cut to cap bytes (and *n says its whole length).
+static int hc_read_epoch(rados_ioctx_t io, const char *oid, const char *name, char *buf, size_t cap, size_t *n) {
+	int rx = 0;
+	rados_xattrs_iter_t it = NULL;
+	rados_read_op_t op = rados_create_read_op();
+	rados_read_op_getxattrs(op, &it, &rx);
+	int r = rados_read_op_operate(op, io, oid, 0);
+	rados_release_read_op(op);
+	if (r == 0 && rx < 0)
+		r = rx;
+	*n = 0;
+	if (r == 0 && it != NULL) {
+		for (;;) {
+			const char *k = NULL, *v = NULL;
+			size_t len = 0;
+			if (rados_getxattrs_next(it, &k, &v, &len) < 0 || k == NULL)
+				break;
+			if (strcmp(k, name) == 0) {
+				memcpy(buf, v, len < cap ? len : cap);
+				*n = len;
+			}
+		}
+	}
+	if (it != NULL)
+		rados_getxattrs_end(it);
+	return r;
+}
+
+// hc_epoch_cas acts on oid only while its xattr name still holds exactly
+// the value was (wlen bytes; 0: the object has none): with ep not 0 it
+// stamps the object with ep, with ep 0 it removes the object. ECANCELED
+// when the value changed meanwhile, ENOENT when the object is gone.
+static int hc_epoch_cas(rados_ioctx_t io, const char *oid, const char *name,
+                        const char *was, size_t wlen, uint64_t ep) {
 	char eb[24];
 	rados_write_op_t op = rados_create_write_op();
 	rados_write_op_assert_exists(op);
-	hc_guard(op, name, ep, 1, eb);
+	rados_write_op_cmpxattr(op, name, LIBRADOS_CMPXATTR_OP_EQ, wlen ? was : "", wlen);
+	if (ep != 0) {
+		int n = snprintf(eb, sizeof eb, "%020llu", (unsigned long long)ep);
+		rados_write_op_setxattr(op, name, eb, n);
+	} else {
+		rados_write_op_remove(op);
+	}
 	int r = rados_write_op_operate(op, io, oid, NULL, 0);
 	rados_release_write_op(op);
 	return r;
@@ -183,11 +258,44 @@ func writeExisting(io *rados.IOContext, oid string, p []byte, off uint64, g guar
 }
 
 // stamp stamps the existing object oid with epoch (not 0), unless it
-// carries a newer one.
-func stamp(io *rados.IOContext, oid string, epoch uint64) error {
+// carries a newer one, or, with a floor (not 0), one below it or none: in
+// each case it fails with ECANCELED.
+func stamp(io *rados.IOContext, oid string, epoch, floor uint64) error {
 	coid := C.CString(oid)
 	defer C.free(unsafe.Pointer(coid))
-	return errno(C.hc_stamp(cioctx(io), coid, cEpochXattr, C.uint64_t(epoch)))
+	return errno(C.hc_stamp(cioctx(io), coid, cEpochXattr, C.uint64_t(epoch), C.uint64_t(floor)))
+}
+
+// createStamped creates oid stamped with epoch (not 0), or fails with
+// EEXIST when it exists.
+func createStamped(io *rados.IOContext, oid string, epoch uint64) error {
+	coid := C.CString(oid)
+	defer C.free(unsafe.Pointer(coid))
+	return errno(C.hc_create_stamped(cioctx(io), coid, cEpochXattr, C.uint64_t(epoch)))
+}
+
+// readEpoch returns the value of oid's epoch xattr, empty when it has
+// none; ENOENT when oid does not exist.
+func readEpoch(io *rados.IOContext, oid string) (string, error) {
+	coid := C.CString(oid)
+	defer C.free(unsafe.Pointer(coid))
+	buf := make([]byte, 32)
+	var n C.size_t
+	if err := errno(C.hc_read_epoch(cioctx(io), coid, cEpochXattr, bufPtr(buf), C.size_t(len(buf)), &n)); err != nil {
+		return "", err
+	}
+	return string(buf[:min(int(n), len(buf))]), nil
+}
+
+// epochCAS stamps oid with epoch, or removes it when epoch is 0, only
+// while its epoch xattr still holds was ("" for none): ECANCELED when it
+// changed meanwhile, ENOENT when oid is gone.
+func epochCAS(io *rados.IOContext, oid, was string, epoch uint64) error {
+	coid := C.CString(oid)
+	defer C.free(unsafe.Pointer(coid))
+	cwas := C.CString(was)
+	defer C.free(unsafe.Pointer(cwas))
+	return errno(C.hc_epoch_cas(cioctx(io), coid, cEpochXattr, cwas, C.size_t(len(was)), C.uint64_t(epoch)))
 }
 
 // writeCond says when writeFull may write.
