@@ -46,6 +46,19 @@ func holdOps(w *memWriters) (entered chan string, proceed chan struct{}) {
 	return entered, proceed
 }
 
+// began waits for an operation holdOps holds, and fails when none takes a
+// lock.
+func began(t *testing.T, entered chan string) string {
+	t.Helper()
+	select {
+	case op := <-entered:
+		return op
+	case <-time.After(20 * time.Second):
+		t.Fatal("no operation took the disk's writer lock")
+		return ""
+	}
+}
+
 func ownerOf(t *testing.T, f *fixture, disk string) cluster.Owner {
 	t.Helper()
 	d := f.records(t).Disks[disk]
@@ -84,7 +97,7 @@ func TestOperationHoldsTheDisksLock(t *testing.T) {
 		_, err := a.h.CreateSnapshot(ctx, api.CreateSnapshotRequest{Name: "s1", Source: "data1"})
 		snapped <- err
 	}()
-	require.Equal(t, "snapshot s1", <-entered)
+	require.Equal(t, "snapshot s1", began(t, entered))
 	assert.Equal(t, cluster.Owner{Host: "a", Op: "snapshot s1", Addr: "a/1", Epoch: 2}, ownerOf(t, a, "data1"),
 		"a owns the disk on the operation's own client, under an epoch bumped for a")
 
@@ -198,6 +211,8 @@ func TestOperationRaceOneProceeds(t *testing.T) {
 		winner, loser = "a", "b"
 	case <-enteredB:
 		winner, loser = "b", "a"
+	case <-time.After(20 * time.Second):
+		t.Fatal("no operation took the disk's writer lock")
 	}
 	err := <-done[loser]
 	requireCode(t, err, http.StatusConflict)
