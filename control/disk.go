@@ -224,7 +224,11 @@ func (h *Host) UpdateDisk(ctx context.Context, name string, req api.UpdateDiskRe
 		if req.SizeBytes != 0 {
 			return nil, badRequest("change the size and the keys of disk %q in two updates", name)
 		}
-		lk, err := h.lockForOp(ctx, d, "switch of its keys")
+		op := "switch of its keys"
+		if req.EncryptionType == api.EncPlatformAndCustomerKey {
+			op = "conversion to double encryption"
+		}
+		lk, err := h.lockForOp(ctx, d, op)
 		if err != nil {
 			return nil, err
 		}

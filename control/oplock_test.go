@@ -270,3 +270,48 @@ func TestRotationLeavesALockedDisk(t *testing.T) {
 	assert.Equal(t, k2, r.Disks["d1"].KeyID)
 	assert.Empty(t, r.DES["des1"].PreviousKeys)
 }
+
+// A conversion to double encryption keeps the writer lock its request took
+// until its background copy is done (one writer, not a second one that
+// the first would refuse), and then lets the disk go; another host's
+// resize is refused meanwhile, naming the conversion.
+func TestConversionHoldsTheDisksLock(t *testing.T) {
+	s := &sharedHosts{dir: t.TempDir(), peers: &fakePeers{alive: map[string]bool{}}, hosts: map[string]*fixture{}}
+	s.keys = keystest.New().AutoGrant()
+	a, _ := s.startIn(t, "a", "g1")
+	b, _ := s.startIn(t, "b", "g1")
+	locks := &memLocks{held: map[string]string{}}
+	wa := &memWriters{be: a.cfg.Storage, locks: locks, lease: time.Hour, host: "a", holderWait: cluster.HolderWait}
+	s.withWriters(t, a, wa)
+	s.withWriters(t, b, &memWriters{be: b.cfg.Storage, locks: locks, lease: time.Hour, host: "b", holderWait: cluster.HolderWait})
+	ctx := context.Background()
+	a.mustDES(t, api.CreateDESRequest{Name: "des1", KeyURL: kid("vault1", "k")})
+	a.mustDisk(t, api.CreateDiskRequest{Name: "d1", SizeBytes: 8 << 20, EncryptionType: api.EncCustomerKey, DiskEncryptionSet: "des1"})
+
+	entered, proceed := holdOps(wa)
+	requested := make(chan error, 1)
+	go func() {
+		_, err := a.h.UpdateDisk(ctx, "d1", api.UpdateDiskRequest{EncryptionType: api.EncPlatformAndCustomerKey, DiskEncryptionSet: "des1"})
+		requested <- err
+	}()
+	require.Equal(t, "conversion to double encryption", began(t, entered))
+	_, err := b.h.UpdateDisk(ctx, "d1", api.UpdateDiskRequest{SizeBytes: 16 << 20})
+	requireCode(t, err, http.StatusConflict)
+	assert.Contains(t, err.Error(), `disk "d1" is locked by host "a", which runs an operation on it (conversion to double encryption)`)
+	close(proceed)
+	require.NoError(t, <-requested)
+
+	require.Eventually(t, func() bool {
+		d, err := a.h.ShowDisk("d1")
+		return err == nil && d.Conversion == nil
+	}, 30*time.Second, 10*time.Millisecond)
+	d, err := a.h.ShowDisk("d1")
+	require.NoError(t, err)
+	assert.Equal(t, api.EncPlatformAndCustomerKey, d.Encryption.Type)
+	assert.Empty(t, d.Conversion)
+	require.Eventually(t, func() bool { return ownerOf(t, a, "d1").Released }, 30*time.Second, 10*time.Millisecond)
+	assert.Equal(t, "conversion to double encryption", ownerOf(t, a, "d1").Op)
+	assert.Equal(t, []string{"conversion to double encryption"}, wa.operations(), "one writer from the request to the end of the copy")
+	_, err = b.h.UpdateDisk(ctx, "d1", api.UpdateDiskRequest{SizeBytes: 16 << 20})
+	require.NoError(t, err, "free once the conversion is over")
+}
