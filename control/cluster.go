@@ -172,8 +172,8 @@ func (h *Host) hostAlive(ctx context.Context, name string) bool {
 // records on.
 type Writers interface {
 	Open(ctx context.Context, vm string) (VMWriter, error)
-	// Operation opens a writer for the operation op ("snapshot s1 of
-	// disk d1"), which its owner records and lock descriptions name.
+	// Operation opens a writer for the operation op ("snapshot s1"),
+	// which the disks' owner records and lock descriptions name.
 	Operation(ctx context.Context, op string) (VMWriter, error)
 }
 
@@ -418,7 +418,17 @@ type opLock struct {
 	// on a shared store the lock's own connection, refused once the lease
 	// is lost or another owner took the disk; otherwise the host's.
 	Storage storage.Backend
+	// InVM says no lock was taken because a VM of this host had the disk
+	// open: should the VM be gone by the time the operation opens the
+	// disk, it must refuse rather than go on without the lock.
+	InVM    bool
 	release func()
+}
+
+// vmGone is the refusal of an operation whose disk's VM stopped between
+// its start and its opening of the disk.
+func vmGone(d *store.Disk) error {
+	return conflict("disk %q: its VM stopped while the operation began; try again", d.Name)
 }
 
 // Release gives the lock up cleanly (the owner record says released) and
@@ -428,7 +438,7 @@ func (l *opLock) Release() { l.release() }
 // handOver returns the lock for another to release (an operation that
 // goes on in the background), and leaves l's Release doing nothing.
 func (l *opLock) handOver() *opLock {
-	out := &opLock{Storage: l.Storage, release: l.release}
+	out := &opLock{Storage: l.Storage, InVM: l.InVM, release: l.release}
 	l.release = func() {}
 	return out
 }
@@ -443,8 +453,11 @@ func (l *opLock) handOver() *opLock {
 // (its writer holds the lock, and the operation goes through its volume),
 // it takes nothing.
 func (h *Host) lockForOp(ctx context.Context, d *store.Disk, op string) (*opLock, error) {
-	if h.cfg.Writers == nil || !h.shared() || len(h.attachmentsOf(d.Name)) > 0 {
+	if h.cfg.Writers == nil || !h.shared() {
 		return &opLock{Storage: h.cfg.Storage, release: func() {}}, nil
+	}
+	if len(h.attachmentsOf(d.Name)) > 0 {
+		return &opLock{Storage: h.cfg.Storage, InVM: true, release: func() {}}, nil
 	}
 	w, err := h.cfg.Writers.Operation(ctx, op)
 	if err != nil {

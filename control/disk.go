@@ -9,7 +9,6 @@ import (
 	"hostcrypt/control/api"
 	"hostcrypt/control/store"
 	"hostcrypt/disk"
-	"hostcrypt/storage"
 )
 
 // CreateDisk creates a managed disk, empty or copied from a snapshot or
@@ -252,7 +251,7 @@ func (h *Host) UpdateDisk(ctx context.Context, name string, req api.UpdateDiskRe
 		return nil, err
 	}
 	defer lk.Release()
-	if err := h.resize(ctx, r, d, lk.Storage, req.SizeBytes); err != nil {
+	if err := h.resize(ctx, r, d, lk, req.SizeBytes); err != nil {
 		return nil, err
 	}
 	d, err = h.recordDisk(ctx, name, func(d *store.Disk) error {
@@ -266,9 +265,9 @@ func (h *Host) UpdateDisk(ctx context.Context, name string, req api.UpdateDiskRe
 }
 
 // resize grows the disk's stored metadata: through its open volume while
-// its VM runs (the image shows the new size at once), or opened for it on
-// be (what lockForOp gave).
-func (h *Host) resize(ctx context.Context, r *store.Records, d *store.Disk, be storage.Backend, size int64) error {
+// its VM runs (the image shows the new size at once), or opened for it
+// under lk (what lockForOp gave).
+func (h *Host) resize(ctx context.Context, r *store.Records, d *store.Disk, lk *opLock, size int64) error {
 	if as := h.attachmentsOf(d.Name); len(as) > 0 {
 		a := as[0]
 		uctx, release, err := a.vol.Use(ctx)
@@ -282,7 +281,10 @@ func (h *Host) resize(ctx context.Context, r *store.Records, d *store.Disk, be s
 		h.cfg.Tree.Resized(d.ManagedBy, a.file)
 		return nil
 	}
-	dd, err := disk.Open(ctx, be, d.StoragePrefix, h.unwrapperFor(r, "disk "+d.Name, d.Encryption), openOptions(d.Encryption)...)
+	if lk.InVM {
+		return vmGone(d)
+	}
+	dd, err := disk.Open(ctx, lk.Storage, d.StoragePrefix, h.unwrapperFor(r, "disk "+d.Name, d.Encryption), openOptions(d.Encryption)...)
 	if err != nil {
 		return fmt.Errorf("opening disk %q: %w", d.Name, err)
 	}

@@ -16,6 +16,7 @@ import (
 	"hostcrypt/cluster"
 	"hostcrypt/control/api"
 	"hostcrypt/control/keys/keystest"
+	"hostcrypt/control/store"
 	"hostcrypt/disk"
 )
 
@@ -314,4 +315,28 @@ func TestConversionHoldsTheDisksLock(t *testing.T) {
 	assert.Equal(t, []string{"conversion to double encryption"}, wa.operations(), "one writer from the request to the end of the copy")
 	_, err = b.h.UpdateDisk(ctx, "d1", api.UpdateDiskRequest{SizeBytes: 16 << 20})
 	require.NoError(t, err, "free once the conversion is over")
+}
+
+// An operation that began while a VM of its host had the disk open took
+// no lock of its own; should the VM be gone by the time it opens the
+// disk, it refuses rather than go on unlocked.
+func TestOperationRefusedWhenItsVMStoppedMeanwhile(t *testing.T) {
+	_, a, _, _, _ := opHosts(t)
+	ctx := context.Background()
+	a.mustDisk(t, api.CreateDiskRequest{Name: "data1", SizeBytes: 16 << 20})
+	r := a.records(t)
+	d := r.Disks["data1"]
+	inVM := &opLock{Storage: a.cfg.Storage, InVM: true, release: func() {}}
+	err := a.h.resize(ctx, r, d, inVM, 32<<20)
+	requireCode(t, err, http.StatusConflict)
+	assert.Contains(t, err.Error(), "its VM stopped while the operation began")
+	snap := &store.Snapshot{Name: "s1", StoragePrefix: "snapshots/x"}
+	err = a.h.copySnapshot(ctx, r, d, inVM, snap, nil)
+	requireCode(t, err, http.StatusConflict)
+	m, err := disk.ReadMetadata(ctx, a.cfg.Storage, d.StoragePrefix)
+	require.NoError(t, err)
+	assert.Equal(t, int64(16<<20), m.Size)
+	keys, err := a.cfg.Storage.List(ctx, "snapshots")
+	require.NoError(t, err)
+	assert.Empty(t, keys)
 }

@@ -188,7 +188,7 @@ func (h *Host) CreateSnapshot(ctx context.Context, req api.CreateSnapshotRequest
 		return nil, err
 	}
 	defer done()
-	if err := h.copySnapshot(ctx, r, d, lk.Storage, snap, parent); err != nil {
+	if err := h.copySnapshot(ctx, r, d, lk, snap, parent); err != nil {
 		h.abandonIntent(ctx, prefix)
 		return nil, fmt.Errorf("snapshot %q of disk %q: %w", req.Name, d.Name, err)
 	}
@@ -229,8 +229,8 @@ func (h *Host) CreateSnapshot(ctx context.Context, req api.CreateSnapshotRequest
 // writes its manifest. A disk in use is copied through its volume (which
 // its VM's stop cancels the copy of); one not in use through a freeze of
 // its own, with the disk claimed so that no VM starts on it meanwhile, read
-// through src (what lockForOp gave).
-func (h *Host) copySnapshot(ctx context.Context, r *store.Records, d *store.Disk, src storage.Backend, snap, parent *store.Snapshot) error {
+// under lk (what lockForOp gave).
+func (h *Host) copySnapshot(ctx context.Context, r *store.Records, d *store.Disk, lk *opLock, snap, parent *store.Snapshot) error {
 	var pm *manifest
 	if parent != nil {
 		var err error
@@ -252,6 +252,10 @@ func (h *Host) copySnapshot(ctx context.Context, r *store.Records, d *store.Disk
 			return err
 		}
 	} else {
+		if lk.InVM {
+			return vmGone(d)
+		}
+		src := lk.Storage
 		dd, err := disk.Open(ctx, src, d.StoragePrefix, h.unwrapperFor(r, "disk "+d.Name, d.Encryption), openOptions(d.Encryption)...)
 		if err != nil {
 			return fmt.Errorf("opening the disk: %w", err)
