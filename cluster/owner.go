@@ -60,8 +60,12 @@ type ChunkStamper interface {
 
 // Owner is a disk's owner record.
 type Owner struct {
-	Host  string `json:"host"`
-	VM    string `json:"vm"`
+	Host string `json:"host"`
+	VM   string `json:"vm"`
+	// Op, for a disk taken by an operation on it while no VM runs it (a
+	// snapshot, a copy, a resize, a re-wrap ...), says which; VM is
+	// empty then.
+	Op    string `json:"op,omitempty"`
 	Addr  string `json:"addr"`
 	Epoch uint64 `json:"epoch"`
 	// Released says the owner let the disk go cleanly (its VM stopped):
@@ -123,6 +127,12 @@ func parseOwner(raw []byte) (Owner, error) {
 // this host, and records the new owner by compare-and-swap. Nothing of
 // the disk may be written before Own returns.
 func Own(ctx context.Context, st storage.Backend, f Fencer, id, host, vm string) (Ownership, error) {
+	return OwnAs(ctx, st, f, id, Owner{Host: host, VM: vm})
+}
+
+// OwnAs is Own for the holder who names: its Host, and its VM or its Op.
+func OwnAs(ctx context.Context, st storage.Backend, f Fencer, id string, who Owner) (Ownership, error) {
+	host := who.Host
 	prev, ver, err := ReadOwner(ctx, st, id)
 	if err != nil {
 		return Ownership{}, err
@@ -131,7 +141,7 @@ func Own(ctx context.Context, st storage.Backend, f Fencer, id, host, vm string)
 	if err != nil {
 		return Ownership{}, err
 	}
-	own := Ownership{Owner: Owner{Host: host, VM: vm, Addr: addr, Epoch: prev.Epoch, Floor: prev.Floor}}
+	own := Ownership{Owner: Owner{Host: host, VM: who.VM, Op: who.Op, Addr: addr, Epoch: prev.Epoch, Floor: prev.Floor}}
 	if prev.Addr != "" && !prev.Released && prev.Addr != addr {
 		if err := f.Blocklist(ctx, prev.Addr, BlocklistExpiry); err != nil {
 			return Ownership{}, fmt.Errorf("fencing the last writer of disk %s (host %s, client %s): %w", id, prev.Host, prev.Addr, err)

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"hostcrypt/control/api"
@@ -160,8 +161,50 @@ func (h *Host) hostAlive(ctx context.Context, name string) bool {
 // storage of its own (one client instance of the cluster, so that fencing
 // one VM's writer fences no other VM) and each of its disks a writer lock
 // under a lease.
+//
+// An operation on a disk that no VM runs (a snapshot or copy of it, a
+// resize, a re-wrap of its key, its conversion, export or deletion) takes
+// the disk's writer lock too, on a connection of the operation's own
+// (Operation), for as long as it runs: a VM start on another host, or
+// another host's operation on the disk, is refused meanwhile, naming this
+// host and the operation; and should the lock be taken over, the client
+// fenced is the operation's, never the one the host reads and writes its
+// records on.
 type Writers interface {
 	Open(ctx context.Context, vm string) (VMWriter, error)
+	// Operation opens a writer for the operation op ("snapshot s1"),
+	// which the disks' owner records and lock descriptions name.
+	Operation(ctx context.Context, op string) (VMWriter, error)
+}
+
+// LockHeld is what VMWriter.Disk fails with when another writer holds the
+// disk's lock: who, as the disk's owner record says (Host is "" when the
+// record does not tell, as in the instant between another writer's lock
+// and its record). It wraps storage.ErrConflict.
+type LockHeld struct {
+	Host string
+	VM   string
+	Op   string
+}
+
+func (e *LockHeld) Error() string {
+	if e.Host == "" {
+		return "the disk's writer lock is held by another writer"
+	}
+	return "the disk's writer lock is held by host " + e.Host + " (" + e.holder() + ")"
+}
+
+func (e *LockHeld) Unwrap() error { return storage.ErrConflict }
+
+// holder says what holds the lock, as a message names it.
+func (e *LockHeld) holder() string {
+	switch {
+	case e.Op != "":
+		return e.Op
+	case e.VM != "":
+		return "VM " + e.VM
+	}
+	return "a writer"
 }
 
 // VMWriter is one running VM's connection to the shared storage.
@@ -335,12 +378,8 @@ func (h *Host) diskStorage(ctx context.Context, w VMWriter, vm string, d *store.
 	dw, err := w.Disk(ctx, d.UniqueID, disk.MetaKey(d.StoragePrefix), func(err error) {
 		go h.leaseLost(vm, d.Name, err)
 	})
-	if errors.Is(err, storage.ErrConflict) {
-		return nil, nil, conflict("disk %q is still locked by another writer (a host that ran it and has not let it go); "+
-			"it is free once that host closes it or its lease runs out", d.Name)
-	}
 	if err != nil {
-		return nil, nil, fmt.Errorf("disk %q: taking its writer lock: %w", d.Name, err)
+		return nil, nil, lockRefused(d, err)
 	}
 	if dw.Fenced != "" {
 		h.log.Warn("took a disk over: the last writer's client is fenced", "disk", d.Name, "from", dw.Fenced, "epoch", dw.Epoch)
@@ -354,6 +393,95 @@ func (h *Host) diskStorage(ctx context.Context, w VMWriter, vm string, d *store.
 		h.dropCacheEpoch(d)
 	}
 	return dw.Storage, release, nil
+}
+
+// lockRefused is the error of a writer lock on disk d that was refused
+// with err: a Conflict naming the host that holds it, and what for, when
+// its owner record tells.
+func lockRefused(d *store.Disk, err error) error {
+	var held *LockHeld
+	switch {
+	case errors.As(err, &held) && held.Host != "" && held.Op != "":
+		return conflict("disk %q is locked by host %q, which runs an operation on it (%s); try again once it has finished", d.Name, held.Host, held.Op)
+	case errors.As(err, &held) && held.Host != "":
+		return conflict("disk %q is locked by host %q (%s), which runs it; stop it there first, or wait until that host closes it or its lease runs out", d.Name, held.Host, held.holder())
+	case errors.Is(err, storage.ErrConflict):
+		return conflict("disk %q is still locked by another writer (a host that ran it and has not let it go); "+
+			"it is free once that host closes it or its lease runs out", d.Name)
+	}
+	return fmt.Errorf("disk %q: taking its writer lock: %w", d.Name, err)
+}
+
+// opLock is a disk's writer lock taken for an operation.
+type opLock struct {
+	// Storage is what the operation reaches the disk's objects through:
+	// on a shared store the lock's own connection, refused once the lease
+	// is lost or another owner took the disk; otherwise the host's.
+	Storage storage.Backend
+	// InVM says no lock was taken because a VM of this host had the disk
+	// open: should the VM be gone by the time the operation opens the
+	// disk, it must refuse rather than go on without the lock.
+	InVM    bool
+	release func()
+}
+
+// vmGone is the refusal of an operation whose disk's VM stopped between
+// its start and its opening of the disk.
+func vmGone(d *store.Disk) error {
+	return conflict("disk %q: its VM stopped while the operation began; try again", d.Name)
+}
+
+// Release gives the lock up cleanly (the owner record says released) and
+// closes its connection. It may be called more than once.
+func (l *opLock) Release() { l.release() }
+
+// handOver returns the lock for another to release (an operation that
+// goes on in the background), and leaves l's Release doing nothing.
+func (l *opLock) handOver() *opLock {
+	out := &opLock{Storage: l.Storage, InVM: l.InVM, release: l.release}
+	l.release = func() {}
+	return out
+}
+
+// lockForOp takes, on a shared store, the writer lock of disk d for the
+// operation op ("snapshot s1"), on a writer of the operation's own (see
+// Writers), and with it the disk's ownership: an operation by another host
+// than the disk's last owner bumps its ownership epoch as a start does, so
+// that a host cache of the disk filled before is never written back
+// (checkCacheEpoch). A lock another host holds is a Conflict naming it.
+// On a host's own store, or while a VM of this host has the disk open
+// (its writer holds the lock, and the operation goes through its volume),
+// it takes nothing.
+func (h *Host) lockForOp(ctx context.Context, d *store.Disk, op string) (*opLock, error) {
+	if h.cfg.Writers == nil || !h.shared() {
+		return &opLock{Storage: h.cfg.Storage, release: func() {}}, nil
+	}
+	if len(h.attachmentsOf(d.Name)) > 0 {
+		return &opLock{Storage: h.cfg.Storage, InVM: true, release: func() {}}, nil
+	}
+	w, err := h.cfg.Writers.Operation(ctx, op)
+	if err != nil {
+		return nil, fmt.Errorf("disk %q: opening a connection of its own to the storage for the %s: %w", d.Name, op, err)
+	}
+	dw, err := w.Disk(ctx, d.UniqueID, disk.MetaKey(d.StoragePrefix), func(err error) {
+		h.log.Error("an operation lost its writer lease on a disk: its writes fail from now on", "disk", d.Name, "op", op, "err", err)
+	})
+	if err != nil {
+		w.Close()
+		return nil, lockRefused(d, err)
+	}
+	if dw.Fenced != "" {
+		h.log.Warn("took a disk over for an operation: the last writer's client is fenced", "disk", d.Name, "op", op, "from", dw.Fenced, "epoch", dw.Epoch)
+	}
+	var once sync.Once
+	return &opLock{Storage: dw.Storage, release: func() {
+		once.Do(func() {
+			dw.Release()
+			if err := w.Close(); err != nil {
+				h.log.Warn("closing an operation's connection to the storage", "disk", d.Name, "op", op, "err", err)
+			}
+		})
+	}}, nil
 }
 
 // checkCacheEpoch keeps disk d's host cache only if it was filled under

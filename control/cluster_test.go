@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"errors"
 	"fmt"
 	"net/http"
 	"os"
@@ -348,13 +349,35 @@ type memWriters struct {
 	open  atomic.Int32
 	n     atomic.Int32
 
+	// holderWait is how long a refused writer waits for the holder's
+	// owner record (cluster.Holder); 0 reads it once.
+	holderWait time.Duration
+	// taken, if set, is called once a writer holds a disk and owns it
+	// (a test holds an operation there).
+	taken func(vm, op string)
+
 	mu     sync.Mutex
 	fenced []string // addresses blocklisted
+	ops    []string // operations opened
 }
 
 func (w *memWriters) Open(_ context.Context, vm string) (VMWriter, error) {
 	w.open.Add(1)
 	return memWriter{w: w, vm: vm, addr: fmt.Sprintf("%s/%d", w.host, w.n.Add(1))}, nil
+}
+
+func (w *memWriters) Operation(_ context.Context, op string) (VMWriter, error) {
+	w.open.Add(1)
+	w.mu.Lock()
+	w.ops = append(w.ops, op)
+	w.mu.Unlock()
+	return memWriter{w: w, op: op, addr: fmt.Sprintf("%s/%d", w.host, w.n.Add(1))}, nil
+}
+
+func (w *memWriters) operations() []string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return slices.Clone(w.ops)
 }
 
 func (w *memWriters) blocklisted() []string {
@@ -366,6 +389,7 @@ func (w *memWriters) blocklisted() []string {
 type memWriter struct {
 	w    *memWriters
 	vm   string
+	op   string
 	addr string
 }
 
@@ -380,13 +404,23 @@ func (v memWriter) Blocklist(_ context.Context, addr string, _ time.Duration) er
 
 func (v memWriter) Disk(ctx context.Context, id, _ string, lost func(error)) (DiskWriter, error) {
 	l, err := cluster.Acquire(ctx, v.w.locks, []string{cluster.LockKey(id)}, "test", v.w.lease, lost)
+	if errors.Is(err, storage.ErrConflict) {
+		held := &LockHeld{}
+		if o, ok := cluster.Holder(ctx, v.w.be, id, v.w.holderWait); ok {
+			held = &LockHeld{Host: o.Host, VM: o.VM, Op: o.Op}
+		}
+		return DiskWriter{}, fmt.Errorf("%w (%v)", held, err)
+	}
 	if err != nil {
 		return DiskWriter{}, err
 	}
-	own, err := cluster.Own(ctx, v.w.be, v, id, v.w.host, v.vm)
+	own, err := cluster.OwnAs(ctx, v.w.be, v, id, cluster.Owner{Host: v.w.host, VM: v.vm, Op: v.op})
 	if err != nil {
 		l.Release(context.Background())
 		return DiskWriter{}, err
+	}
+	if v.w.taken != nil {
+		v.w.taken(v.vm, v.op)
 	}
 	dw := DiskWriter{Storage: cluster.GuardOwned(v.w.be, l, id, own.Owner), Epoch: own.Epoch}
 	if own.Fenced != nil {

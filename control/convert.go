@@ -8,6 +8,7 @@ import (
 	"hostcrypt/control/api"
 	"hostcrypt/control/store"
 	"hostcrypt/disk"
+	"hostcrypt/storage"
 )
 
 // converting refuses what must wait for a disk's conversion (or its import
@@ -30,7 +31,10 @@ func converting(d *store.Disk) error {
 // key under the set's key plus an independent platform-wrapped
 // infrastructure key, in the background. The record's Conversion is what
 // keeps the disk from being used meanwhile.
-func (h *Host) startConversion(ctx context.Context, d *store.Disk, des *store.DES) (*api.Disk, error) {
+//
+// lk is the disk's writer lock (lockForOp): the conversion keeps it until
+// it is done.
+func (h *Host) startConversion(ctx context.Context, d *store.Disk, des *store.DES, lk *opLock) (*api.Disk, error) {
 	if err := checkDoubleEncryptionSku(d.Name, d.Sku.Name); err != nil {
 		return nil, err
 	}
@@ -76,19 +80,24 @@ func (h *Host) startConversion(ctx context.Context, d *store.Disk, des *store.DE
 		return nil, err
 	}
 	h.log.Info("converting disk to double encryption", "disk", d.Name, "chunks", total)
-	h.goConvert(d.Name)
+	h.goConvert(d.Name, lk.handOver())
 	return diskView(out, h.liveNow()), nil
 }
 
-func (h *Host) goConvert(name string) {
+// goConvert runs the conversion of disk name in the background, under its
+// writer lock lk, or one it takes when lk is nil (a conversion resumed).
+func (h *Host) goConvert(name string, lk *opLock) {
 	h.bgWG.Add(1)
 	go func() {
 		defer h.bgWG.Done()
-		h.runConversion(h.bg, name)
+		h.runConversion(h.bg, name, lk)
 	}()
 }
 
-func (h *Host) runConversion(ctx context.Context, name string) {
+func (h *Host) runConversion(ctx context.Context, name string, lk *opLock) {
+	if lk != nil {
+		defer lk.Release()
+	}
 	r, err := h.load(ctx)
 	if err != nil {
 		h.log.Error("disk conversion: reading the state", "disk", name, "err", err)
@@ -101,7 +110,17 @@ func (h *Host) runConversion(ctx context.Context, name string) {
 	conv := *d.Conversion
 	src, dst, unw := d.StoragePrefix, conv.TargetPrefix, h.unwrapperFor(r, "disk "+name, d.Encryption)
 
-	err = h.copyForConversion(ctx, name, src, dst, conv.NextChunk, unw, openOptions(d.Encryption)...)
+	// The copy runs under the disk's writer lock (a shared store's other
+	// hosts are kept off it), until the record names the copy.
+	if lk == nil {
+		lk, err = h.lockForOp(ctx, d, "conversion to double encryption")
+		if err == nil {
+			defer lk.Release()
+		}
+	}
+	if err == nil {
+		err = h.copyForConversion(ctx, lk.Storage, name, src, dst, conv.NextChunk, unw, openOptions(d.Encryption)...)
+	}
 	if err != nil {
 		if _, serr := h.recordDisk(ctx, name, func(d *store.Disk) error {
 			if d.Conversion != nil && ctx.Err() == nil {
@@ -143,6 +162,7 @@ func (h *Host) runConversion(ctx context.Context, name string) {
 		h.log.Error("saving a finished conversion", "disk", name, "err", err)
 		return
 	}
+	lk.Release()
 	h.log.Info("disk converted to double encryption", "disk", name)
 	if err := h.finishRemoval(context.WithoutCancel(ctx), src); err != nil {
 		h.log.Error("removing the single-layer copy after conversion; the next start tries again", "disk", name, "prefix", src, "err", err)
@@ -156,13 +176,15 @@ const conversionProgress = "conversions/"
 // of its progress.
 const convertSaveEvery = 64
 
-func (h *Host) copyForConversion(ctx context.Context, name, src, dst string, from int64, unw disk.KeyUnwrapper, opts ...disk.OpenOption) error {
-	s, err := disk.Open(ctx, h.cfg.Storage, src, unw, opts...)
+// copyForConversion copies disk name's chunks from prefix src to prefix
+// dst, both reached through be (what lockForOp gave), from chunk from on.
+func (h *Host) copyForConversion(ctx context.Context, be storage.Backend, name, src, dst string, from int64, unw disk.KeyUnwrapper, opts ...disk.OpenOption) error {
+	s, err := disk.Open(ctx, be, src, unw, opts...)
 	if err != nil {
 		return err
 	}
 	defer s.Close()
-	t, err := disk.Open(ctx, h.cfg.Storage, dst, unw, opts...)
+	t, err := disk.Open(ctx, be, dst, unw, opts...)
 	if err != nil {
 		return err
 	}

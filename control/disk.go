@@ -44,7 +44,7 @@ func (h *Host) createDisk(ctx context.Context, req api.CreateDiskRequest, finish
 	}
 	var src *source
 	if req.Source != "" {
-		if src, err = h.openSource(ctx, r, req.Source, false); err != nil {
+		if src, err = h.openSource(ctx, r, req.Source, false, "disk "+req.Name); err != nil {
 			return nil, err
 		}
 		defer src.close()
@@ -223,7 +223,16 @@ func (h *Host) UpdateDisk(ctx context.Context, name string, req api.UpdateDiskRe
 		if req.SizeBytes != 0 {
 			return nil, badRequest("change the size and the keys of disk %q in two updates", name)
 		}
-		return h.switchDiskKeys(ctx, r, d, req)
+		op := "switch of its keys"
+		if req.EncryptionType == api.EncPlatformAndCustomerKey {
+			op = "conversion to double encryption"
+		}
+		lk, err := h.lockForOp(ctx, d, op)
+		if err != nil {
+			return nil, err
+		}
+		defer lk.Release()
+		return h.switchDiskKeys(ctx, r, d, lk, req)
 	}
 	if req.SizeBytes == 0 {
 		return nil, badRequest("nothing to update: give the new size (--size), --encryption-type or --disk-encryption-set")
@@ -237,7 +246,12 @@ func (h *Host) UpdateDisk(ctx context.Context, name string, req api.UpdateDiskRe
 	if req.SizeBytes == d.DiskSizeBytes {
 		return diskView(d, h.liveNow()), nil
 	}
-	if err := h.resize(ctx, r, d, req.SizeBytes); err != nil {
+	lk, err := h.lockForOp(ctx, d, "resize")
+	if err != nil {
+		return nil, err
+	}
+	defer lk.Release()
+	if err := h.resize(ctx, r, d, lk, req.SizeBytes); err != nil {
 		return nil, err
 	}
 	d, err = h.recordDisk(ctx, name, func(d *store.Disk) error {
@@ -251,8 +265,9 @@ func (h *Host) UpdateDisk(ctx context.Context, name string, req api.UpdateDiskRe
 }
 
 // resize grows the disk's stored metadata: through its open volume while
-// its VM runs (the image shows the new size at once), or opened for it.
-func (h *Host) resize(ctx context.Context, r *store.Records, d *store.Disk, size int64) error {
+// its VM runs (the image shows the new size at once), or opened for it
+// under lk (what lockForOp gave).
+func (h *Host) resize(ctx context.Context, r *store.Records, d *store.Disk, lk *opLock, size int64) error {
 	if as := h.attachmentsOf(d.Name); len(as) > 0 {
 		a := as[0]
 		uctx, release, err := a.vol.Use(ctx)
@@ -266,7 +281,10 @@ func (h *Host) resize(ctx context.Context, r *store.Records, d *store.Disk, size
 		h.cfg.Tree.Resized(d.ManagedBy, a.file)
 		return nil
 	}
-	dd, err := disk.Open(ctx, h.cfg.Storage, d.StoragePrefix, h.unwrapperFor(r, "disk "+d.Name, d.Encryption), openOptions(d.Encryption)...)
+	if lk.InVM {
+		return vmGone(d)
+	}
+	dd, err := disk.Open(ctx, lk.Storage, d.StoragePrefix, h.unwrapperFor(r, "disk "+d.Name, d.Encryption), openOptions(d.Encryption)...)
 	if err != nil {
 		return fmt.Errorf("opening disk %q: %w", d.Name, err)
 	}
@@ -320,8 +338,9 @@ func (h *Host) setDiskADE(ctx context.Context, name string, ade bool) (*api.Disk
 
 // switchDiskKeys moves a disk between platform and customer keys by
 // re-wrapping its data key; the data is not touched. Only while the disk is
-// unattached or its VM deallocated, as Azure requires.
-func (h *Host) switchDiskKeys(ctx context.Context, r *store.Records, d *store.Disk, req api.UpdateDiskRequest) (*api.Disk, error) {
+// unattached or its VM deallocated, as Azure requires. The key is
+// re-wrapped through lk (what lockForOp gave), which a conversion keeps.
+func (h *Host) switchDiskKeys(ctx context.Context, r *store.Records, d *store.Disk, lk *opLock, req api.UpdateDiskRequest) (*api.Disk, error) {
 	if vm := r.VMs[d.ManagedBy]; d.ManagedBy != "" && vm != nil && vm.PowerState != api.PowerDeallocated {
 		return nil, conflict("disk %q is attached to VM %q; deallocate the VM first (hostcrypt vm deallocate --name %s) to change its keys", d.Name, d.ManagedBy, d.ManagedBy)
 	}
@@ -357,7 +376,7 @@ func (h *Host) switchDiskKeys(ctx context.Context, r *store.Records, d *store.Di
 	}
 	switch req.EncryptionType {
 	case api.EncPlatformAndCustomerKey:
-		return h.startConversion(ctx, d, des)
+		return h.startConversion(ctx, d, des, lk)
 	case api.EncPlatformKey, api.EncCustomerKey:
 	default:
 		return nil, badRequest("encryption type %q: use %s, %s or %s", req.EncryptionType, api.EncPlatformKey, api.EncCustomerKey, api.EncPlatformAndCustomerKey)
@@ -366,7 +385,7 @@ func (h *Host) switchDiskKeys(ctx context.Context, r *store.Records, d *store.Di
 	if err != nil {
 		return nil, err
 	}
-	w, err := disk.Rewrap(ctx, h.cfg.Storage, d.StoragePrefix, 1, h.unwrapperFor(r, "disk "+d.Name, d.Encryption), wrappers[0])
+	w, err := disk.Rewrap(ctx, lk.Storage, d.StoragePrefix, 1, h.unwrapperFor(r, "disk "+d.Name, d.Encryption), wrappers[0])
 	if err != nil {
 		return nil, fmt.Errorf("re-wrapping the key of disk %q: %w", d.Name, err)
 	}
@@ -405,6 +424,19 @@ func (h *Host) DeleteDisk(ctx context.Context, name string) error {
 		return err
 	}
 	defer release()
+	// On a shared store no other host may use the disk meanwhile: its
+	// writer lock is held until its objects are gone.
+	r, err := h.load(ctx)
+	if err != nil {
+		return err
+	}
+	if d, ok := r.Disks[name]; ok && d.ManagedBy == "" {
+		lk, err := h.lockForOp(ctx, d, "deletion")
+		if err != nil {
+			return err
+		}
+		defer lk.Release()
+	}
 	return h.deleteRecorded(ctx, "disk", name, func(r *store.Records) (string, int64, error) {
 		d, ok := r.Disks[name]
 		if !ok {

@@ -332,7 +332,7 @@ func (h *Host) CreateGalleryImageVersion(ctx context.Context, gallery, def strin
 		}
 		encType = api.EncCustomerKey
 	}
-	src, err := h.openSource(ctx, r, req.Source, true)
+	src, err := h.openSource(ctx, r, req.Source, true, "image version "+gallery+"/"+def+"/"+req.Name)
 	if err != nil {
 		return nil, err
 	}

@@ -117,8 +117,9 @@ func (s *source) close() {
 
 // openSource claims and opens a snapshot, an image, a gallery image version
 // (by path or resource id) or (with allowDisk) a disk that is not in use,
-// by name, for copying.
-func (h *Host) openSource(ctx context.Context, r *store.Records, name string, allowDisk bool) (_ *source, err error) {
+// by name, for copying into into ("image im1"). A disk is copied under its
+// writer lock on a shared store (lockForOp), held until close.
+func (h *Host) openSource(ctx context.Context, r *store.Records, name string, allowDisk bool, into string) (_ *source, err error) {
 	if s, ok := r.Snapshots[name]; ok {
 		release, err := h.claim("a copy is being made of it", "snapshot/"+name)
 		if err != nil {
@@ -162,11 +163,17 @@ func (h *Host) openSource(ctx context.Context, r *store.Records, name string, al
 		if len(h.attachmentsOf(name)) > 0 {
 			return fail(conflict("disk %q is in use by running VM %q; take a snapshot of it (hostcrypt snapshot create --name S --source %s) and use the snapshot as the source", name, dr.ManagedBy, name))
 		}
-		d, err := disk.Open(ctx, h.cfg.Storage, dr.StoragePrefix, h.unwrapperFor(r, "disk "+dr.Name, dr.Encryption), openOptions(dr.Encryption)...)
+		lk, err := h.lockForOp(ctx, dr, "copy into "+into)
 		if err != nil {
+			return fail(err)
+		}
+		d, err := disk.Open(ctx, lk.Storage, dr.StoragePrefix, h.unwrapperFor(r, "disk "+dr.Name, dr.Encryption), openOptions(dr.Encryption)...)
+		if err != nil {
+			lk.Release()
 			return fail(fmt.Errorf("opening disk %q: %w", name, err))
 		}
-		return &source{kind: "disk", name: name, id: dr.ID, d: d, sector: dr.LogicalSectorSize, at: dr.Placement, ade: dr.ADE, release: release}, nil
+		return &source{kind: "disk", name: name, id: dr.ID, d: d, sector: dr.LogicalSectorSize, at: dr.Placement, ade: dr.ADE,
+			release: func() { lk.Release(); release() }}, nil
 	}
 	if path, gv, ok := versionByRef(r, name); ok {
 		release, err := h.claim("a copy is being made of it", "galleryImageVersion/"+path)
@@ -225,7 +232,7 @@ func (h *Host) CreateImage(ctx context.Context, req api.CreateImageRequest) (*ap
 		}
 		encType = api.EncCustomerKey
 	}
-	src, err := h.openSource(ctx, r, req.Source, true)
+	src, err := h.openSource(ctx, r, req.Source, true, "image "+req.Name)
 	if err != nil {
 		return nil, err
 	}

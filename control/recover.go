@@ -265,7 +265,7 @@ func (h *Host) Recover(ctx context.Context) {
 		d := r.Disks[n]
 		if d != nil && d.Conversion != nil && d.Conversion.Error == "" && d.FailureReason == "" && h.mine(d.Conversion.Host) {
 			h.log.Info("resuming disk conversion", "disk", n, "chunk", d.Conversion.NextChunk, "of", d.Conversion.TotalChunks)
-			h.goConvert(n)
+			h.goConvert(n, nil)
 		}
 	}
 	var vms []string

@@ -136,6 +136,7 @@ func (h *Host) rewrapSet(ctx context.Context, name string) error {
 	type target struct {
 		kind, name, prefix string
 		enc                store.Encryption
+		disk               *store.Disk // a disk's record; nil for the others
 	}
 	var targets []target
 	for n, d := range r.Disks {
@@ -146,22 +147,22 @@ func (h *Host) rewrapSet(ctx context.Context, name string) error {
 				h.log.Info("key re-wrap left to the host running the disk's VM", "disk", n, "des", des.Name, "host", r.VMs[d.ManagedBy].Host)
 				continue
 			}
-			targets = append(targets, target{"disk", n, d.StoragePrefix, d.Encryption})
+			targets = append(targets, target{"disk", n, d.StoragePrefix, d.Encryption, d})
 		}
 	}
 	for n, sn := range r.Snapshots {
 		if sn.Encryption.DiskEncryptionSetID == des.ID && sn.KeyID != des.ActiveKey.KeyURL {
-			targets = append(targets, target{"snapshot", n, sn.StoragePrefix, sn.Encryption})
+			targets = append(targets, target{"snapshot", n, sn.StoragePrefix, sn.Encryption, nil})
 		}
 	}
 	for n, im := range r.Images {
 		if im.Encryption.DiskEncryptionSetID == des.ID && im.KeyID != des.ActiveKey.KeyURL {
-			targets = append(targets, target{"image", n, im.StoragePrefix, im.Encryption})
+			targets = append(targets, target{"image", n, im.StoragePrefix, im.Encryption, nil})
 		}
 	}
 	for n, gv := range r.GalleryImageVersions {
 		if gv.Encryption.DiskEncryptionSetID == des.ID && gv.KeyID != des.ActiveKey.KeyURL {
-			targets = append(targets, target{"galleryImageVersion", n, gv.StoragePrefix, gv.Encryption})
+			targets = append(targets, target{"galleryImageVersion", n, gv.StoragePrefix, gv.Encryption, nil})
 		}
 	}
 	sort.Slice(targets, func(i, j int) bool { return targets[i].kind+" "+targets[i].name < targets[j].kind+" "+targets[j].name })
@@ -175,7 +176,21 @@ func (h *Host) rewrapSet(ctx context.Context, name string) error {
 			errs = append(errs, fmt.Errorf("%s: %w", what, err))
 			continue
 		}
-		nw, err := disk.Rewrap(ctx, h.cfg.Storage, t.prefix, 1, h.unwrapperFor(r, what, t.enc), w)
+		be, unlock := h.cfg.Storage, func() {}
+		if t.disk != nil {
+			// A disk is re-wrapped under its writer lock: a host that
+			// starts its VM or works on it meanwhile is refused, and
+			// this one leaves it to the next pass while another does.
+			lk, err := h.lockForOp(ctx, t.disk, "re-wrap of its key")
+			if err != nil {
+				release()
+				errs = append(errs, fmt.Errorf("%s: %w", what, err))
+				continue
+			}
+			be, unlock = lk.Storage, lk.Release
+		}
+		nw, err := disk.Rewrap(ctx, be, t.prefix, 1, h.unwrapperFor(r, what, t.enc), w)
+		unlock()
 		release()
 		if err != nil {
 			errs = append(errs, fmt.Errorf("%s: %w", what, err))

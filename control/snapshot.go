@@ -141,6 +141,11 @@ func (h *Host) CreateSnapshot(ctx context.Context, req api.CreateSnapshotRequest
 	if err := h.usable(ctx, d); err != nil {
 		return nil, err
 	}
+	lk, err := h.lockForOp(ctx, d, "snapshot "+req.Name)
+	if err != nil {
+		return nil, err
+	}
+	defer lk.Release()
 	enc := d.Encryption
 	var des *store.DES
 	if req.DiskEncryptionSet != "" {
@@ -183,7 +188,7 @@ func (h *Host) CreateSnapshot(ctx context.Context, req api.CreateSnapshotRequest
 		return nil, err
 	}
 	defer done()
-	if err := h.copySnapshot(ctx, r, d, snap, parent); err != nil {
+	if err := h.copySnapshot(ctx, r, d, lk, snap, parent); err != nil {
 		h.abandonIntent(ctx, prefix)
 		return nil, fmt.Errorf("snapshot %q of disk %q: %w", req.Name, d.Name, err)
 	}
@@ -223,8 +228,9 @@ func (h *Host) CreateSnapshot(ctx context.Context, req api.CreateSnapshotRequest
 // copySnapshot copies the disk's objects as of now into snap's prefix and
 // writes its manifest. A disk in use is copied through its volume (which
 // its VM's stop cancels the copy of); one not in use through a freeze of
-// its own, with the disk claimed so that no VM starts on it meanwhile.
-func (h *Host) copySnapshot(ctx context.Context, r *store.Records, d *store.Disk, snap, parent *store.Snapshot) error {
+// its own, with the disk claimed so that no VM starts on it meanwhile, read
+// under lk (what lockForOp gave).
+func (h *Host) copySnapshot(ctx context.Context, r *store.Records, d *store.Disk, lk *opLock, snap, parent *store.Snapshot) error {
 	var pm *manifest
 	if parent != nil {
 		var err error
@@ -246,7 +252,11 @@ func (h *Host) copySnapshot(ctx context.Context, r *store.Records, d *store.Disk
 			return err
 		}
 	} else {
-		dd, err := disk.Open(ctx, h.cfg.Storage, d.StoragePrefix, h.unwrapperFor(r, "disk "+d.Name, d.Encryption), openOptions(d.Encryption)...)
+		if lk.InVM {
+			return vmGone(d)
+		}
+		src := lk.Storage
+		dd, err := disk.Open(ctx, src, d.StoragePrefix, h.unwrapperFor(r, "disk "+d.Name, d.Encryption), openOptions(d.Encryption)...)
 		if err != nil {
 			return fmt.Errorf("opening the disk: %w", err)
 		}
@@ -254,7 +264,7 @@ func (h *Host) copySnapshot(ctx context.Context, r *store.Records, d *store.Disk
 		if err := dd.Close(); err != nil {
 			return err
 		}
-		fb = freeze.New(h.cfg.Storage)
+		fb = freeze.New(src)
 	}
 	snap.ObjectBytes = objBytes
 	var mu sync.Mutex

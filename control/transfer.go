@@ -16,6 +16,7 @@ import (
 	"hostcrypt/control/store"
 	"hostcrypt/disk"
 	"hostcrypt/internal/imgfile"
+	"hostcrypt/storage"
 )
 
 // Disk import and export. hostcryptd runs as root on the same host as its
@@ -276,6 +277,12 @@ func (h *Host) ExportDisk(ctx context.Context, name string, req api.ExportDiskRe
 		release()
 		return nil, conflict("disk %q is attached to VM %q, which is running; stop it first (hostcrypt vm stop --name %s) so that the export is a consistent image", name, vm.Name, vm.Name)
 	}
+	lk, err := h.lockForOp(ctx, d, "export")
+	if err != nil {
+		release()
+		return nil, err
+	}
+	defer lk.Release()
 	tctx, done, err := h.beginTransfer(ctx)
 	if err != nil {
 		release()
@@ -297,7 +304,7 @@ func (h *Host) ExportDisk(ctx context.Context, name string, req api.ExportDiskRe
 	prefix, unw := d.StoragePrefix, h.unwrapperFor(r, "disk "+name, d.Encryption)
 
 	h.log.Info("exporting disk", "disk", name, "target", target)
-	err = h.copyOut(tctx, prefix, unw, target, req.Force, progress, openOptions(d.Encryption)...)
+	err = h.copyOut(tctx, lk.Storage, prefix, unw, target, req.Force, progress, openOptions(d.Encryption)...)
 	d = h.endExport(ctx, name)
 	if err != nil {
 		if tctx.Err() != nil && ctx.Err() == nil {
@@ -344,8 +351,8 @@ func exportTemp(target string) string {
 
 // copyOut writes the disk's plaintext into a new file beside target and
 // moves it into place once it is complete and durable.
-func (h *Host) copyOut(ctx context.Context, prefix string, unw disk.KeyUnwrapper, target string, force bool, progress func(api.Progress), opts ...disk.OpenOption) (err error) {
-	dd, err := disk.Open(ctx, h.cfg.Storage, prefix, unw, opts...)
+func (h *Host) copyOut(ctx context.Context, be storage.Backend, prefix string, unw disk.KeyUnwrapper, target string, force bool, progress func(api.Progress), opts ...disk.OpenOption) (err error) {
+	dd, err := disk.Open(ctx, be, prefix, unw, opts...)
 	if err != nil {
 		return err
 	}

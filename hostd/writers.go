@@ -30,6 +30,16 @@ type writers struct {
 // renewal that does not answer fails before the lease could run out
 // unnoticed.
 func (w writers) Open(ctx context.Context, vm string) (control.VMWriter, error) {
+	return w.open(ctx, vm, "", fmt.Sprintf("host %s, VM %s", w.host, vm))
+}
+
+// Operation connects a client of the operation's own, as Open does for a
+// VM: should its lock be taken over, fencing it fences nothing else.
+func (w writers) Operation(ctx context.Context, op string) (control.VMWriter, error) {
+	return w.open(ctx, "", op, fmt.Sprintf("host %s, %s", w.host, op))
+}
+
+func (w writers) open(ctx context.Context, vm, op, desc string) (control.VMWriter, error) {
 	loc := w.loc
 	cfg := *loc.RADOS
 	if cfg.Timeout == 0 || cfg.Timeout > w.lease/4 {
@@ -47,8 +57,7 @@ func (w writers) Open(ctx context.Context, vm string) (control.VMWriter, error) 
 		be.Close()
 		return nil, fmt.Errorf("the storage backend has no locks, fencing or epoch guard for writers")
 	}
-	return &vmWriter{be: be, locks: locks, fencer: fencer, epochs: epochs, lease: w.lease, host: w.host, vm: vm,
-		desc: fmt.Sprintf("host %s, VM %s", w.host, vm)}, nil
+	return &vmWriter{be: be, locks: locks, fencer: fencer, epochs: epochs, lease: w.lease, host: w.host, vm: vm, op: op, desc: desc}, nil
 }
 
 type vmWriter struct {
@@ -59,6 +68,7 @@ type vmWriter struct {
 	lease  time.Duration
 	host   string
 	vm     string
+	op     string
 	desc   string
 }
 
@@ -77,10 +87,13 @@ type vmWriter struct {
 // found below it and removed, never read.
 func (v *vmWriter) Disk(ctx context.Context, id, metaKey string, lost func(error)) (control.DiskWriter, error) {
 	l, err := cluster.Acquire(ctx, v.locks, []string{cluster.LockKey(id)}, v.desc, v.lease, lost)
+	if errors.Is(err, storage.ErrConflict) {
+		return control.DiskWriter{}, heldBy(ctx, v.be, id, err)
+	}
 	if err != nil {
 		return control.DiskWriter{}, err
 	}
-	own, err := cluster.Own(ctx, v.be, v.fencer, id, v.host, v.vm)
+	own, err := cluster.OwnAs(ctx, v.be, v.fencer, id, cluster.Owner{Host: v.host, VM: v.vm, Op: v.op})
 	if err == nil && own.Fenced != nil {
 		err = touchMeta(ctx, v.be, metaKey)
 	}
@@ -121,6 +134,16 @@ func (v *vmWriter) Disk(ctx context.Context, id, metaKey string, lost func(error
 		_ = l.Release(ctx)
 	}
 	return dw, nil
+}
+
+// heldBy is the refusal err of disk id's lock, naming the holder its owner
+// record names (cluster.Holder).
+func heldBy(ctx context.Context, be storage.Backend, id string, err error) error {
+	held := &control.LockHeld{}
+	if o, ok := cluster.Holder(ctx, be, id, cluster.HolderWait); ok {
+		held = &control.LockHeld{Host: o.Host, VM: o.VM, Op: o.Op}
+	}
+	return fmt.Errorf("disk %s: %w (%v)", id, held, err)
 }
 
 // touchMeta rewrites the object at key as it is, which gives it a new

@@ -190,3 +190,113 @@ func breakLock(t *testing.T, cfg rados.Config, key string, l rados.Locker) {
 	require.NoError(t, err)
 	require.Zero(t, ret)
 }
+
+// An operation on a stopped disk takes the disk's writer lock on a client
+// of its own, on the real store: another host's VM start and another
+// host's operation are refused, naming the host and the operation; of two
+// racing for the lock exactly one gets it; the operation lets the disk go
+// cleanly (nobody fenced, the epoch bumped for the next host). Should its
+// lease run out instead, the host that takes the disk over fences the
+// operation's client, and the host's records connection writes on.
+func TestOperationWriterOnRADOS(t *testing.T) {
+	loc := testenv.RADOS(t, "test-hostd-op-")
+	ctx := t.Context()
+	records, err := loc.Open(ctx)
+	require.NoError(t, err)
+	t.Cleanup(func() {
+		keys, _ := records.List(context.Background(), "")
+		for _, k := range keys {
+			records.Delete(context.Background(), k)
+		}
+		records.Close()
+	})
+	open := func(host, vm, op string) control.VMWriter {
+		ws := writers{loc: loc, lease: time.Hour, host: host}
+		var w control.VMWriter
+		var err error
+		if op != "" {
+			w, err = ws.Operation(ctx, op)
+		} else {
+			w, err = ws.Open(ctx, vm)
+		}
+		require.NoError(t, err)
+		t.Cleanup(func() { w.Close() })
+		return w
+	}
+	const meta = "disks/d1/meta.json"
+	refusedBy := func(err error, host, op string) {
+		t.Helper()
+		require.ErrorIs(t, err, storage.ErrConflict)
+		var held *control.LockHeld
+		require.ErrorAs(t, err, &held)
+		assert.Equal(t, control.LockHeld{Host: host, Op: op}, *held)
+	}
+
+	// Two hosts race one operation on d1: exactly one gets the lock.
+	snapA, resizeB := open("host-a", "", "snapshot s1"), open("host-b", "", "resize")
+	type took struct {
+		dw  control.DiskWriter
+		err error
+	}
+	res := make(chan took, 2)
+	for _, w := range []control.VMWriter{snapA, resizeB} {
+		go func() {
+			dw, err := w.Disk(ctx, "d1", meta, nil)
+			res <- took{dw, err}
+		}()
+	}
+	r1, r2 := <-res, <-res
+	if r1.err != nil {
+		r1, r2 = r2, r1
+	}
+	require.NoError(t, r1.err, "one of the two gets the lock")
+	require.Error(t, r2.err, "the other is refused")
+	own, _, err := cluster.ReadOwner(ctx, records, "d1")
+	require.NoError(t, err)
+	winner, loser := "host-a", "host-b"
+	if own.Host == "host-b" {
+		winner, loser = loser, winner
+	}
+	refusedBy(r2.err, winner, own.Op)
+	r1.dw.Release()
+	own, _, err = cluster.ReadOwner(ctx, records, "d1")
+	require.NoError(t, err)
+	require.True(t, own.Released)
+	require.Equal(t, uint64(1), own.Epoch)
+
+	// The loser's host takes it for its own operation: the epoch grows;
+	// a VM start on the winner's host is refused, naming the operation.
+	w := map[string]control.VMWriter{"host-a": snapA, "host-b": resizeB}[loser]
+	dw, err := w.Disk(ctx, "d1", meta, nil)
+	require.NoError(t, err)
+	assert.Equal(t, uint64(2), dw.Epoch)
+	assert.Empty(t, dw.Fenced, "the winner let the disk go cleanly")
+	_, err = open(winner, "vm1", "").Disk(ctx, "d1", meta, nil)
+	refusedBy(err, loser, map[string]string{"host-a": "snapshot s1", "host-b": "resize"}[loser])
+	require.NoError(t, dw.Storage.WriteMeta(ctx, meta, []byte(`{"by":"`+loser+`"}`)))
+
+	// Its lease is lost (the lock broken, as if it ran out): the winner's
+	// VM takes the disk over and fences the operation's client only.
+	opClient, err := w.(*vmWriter).fencer.Addr()
+	require.NoError(t, err)
+	holders, err := w.(*vmWriter).be.(*rados.Backend).Lockers(ctx, cluster.LockKey("d1"), cluster.DiskLockName)
+	require.NoError(t, err)
+	require.Len(t, holders, 1)
+	breakLock(t, *loc.RADOS, cluster.LockKey("d1"), holders[0])
+	vm := open(winner, "vm1", "")
+	dv, err := vm.Disk(ctx, "d1", meta, nil)
+	require.NoError(t, err)
+	defer dv.Release()
+	assert.Equal(t, loser, dv.Fenced)
+	assert.Equal(t, uint64(3), dv.Epoch)
+	own, _, err = cluster.ReadOwner(ctx, records, "d1")
+	require.NoError(t, err)
+	assert.Equal(t, "vm1", own.VM)
+	assert.Empty(t, own.Op)
+	assert.NotEqual(t, opClient, own.Addr)
+	require.Error(t, w.(*vmWriter).be.WriteMeta(ctx, meta, []byte(`{"late":1}`)), "the operation's client is fenced")
+	raw, err := records.ReadMeta(ctx, meta)
+	require.NoError(t, err)
+	assert.Equal(t, `{"by":"`+loser+`"}`, string(raw))
+	require.NoError(t, records.WriteMeta(ctx, "cluster/probe", []byte("x")), "the records connection writes on")
+}
