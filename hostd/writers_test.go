@@ -142,6 +142,12 @@ func TestOlderEpochWriterOnRADOS(t *testing.T) {
 	require.ErrorIs(t, write(cb4, "b4-late2"), rados.ErrStaleEpoch)
 	require.NoError(t, write(cc4, "c4epoch3"))
 	assert.Equal(t, "c4epoch3", storedAt(key4))
+	// One more chunk object B creates after the takeover, which C never
+	// opens: an operation on the stopped disk (a snapshot, an export)
+	// opens the disk through a writer of its own, under the same floor,
+	// and does not read it either.
+	const key5 = "disks/d1/chunks/00000004"
+	require.NoError(t, write(chunkAt(db, key5), "b5-late!"))
 
 	// A host cache writes back through the same guarded chunks: C's
 	// write-back cache holds a write when A takes the disk again; its
@@ -154,6 +160,17 @@ func TestOlderEpochWriterOnRADOS(t *testing.T) {
 	require.NoError(t, write(cc, "c-cached"))
 	assert.Equal(t, "c-epoch3", stored(), "the write is in the cache only")
 	dc.Release()
+	ow, err := writers{loc: loc, lease: lease, host: "host-c"}.Operation(ctx, "snapshot s1")
+	require.NoError(t, err)
+	dop, err := ow.Disk(ctx, "d1", "disks/d1/meta.json", nil)
+	require.NoError(t, err)
+	require.Equal(t, uint64(3), dop.Epoch, "the same host: the epoch stays")
+	_, err = dop.Storage.OpenChunk(ctx, key5, false)
+	require.ErrorIs(t, err, storage.ErrNotFound, "the operation reads none of B's late chunk")
+	_, err = c.be.OpenChunk(ctx, key5, false)
+	require.ErrorIs(t, err, storage.ErrNotFound, "removed")
+	dop.Release()
+	require.NoError(t, ow.Close())
 	da2, err := a.Disk(ctx, "d1", "disks/d1/meta.json", nil)
 	require.NoError(t, err)
 	defer da2.Release()
