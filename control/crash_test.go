@@ -3,6 +3,7 @@ package control
 import (
 	"bytes"
 	"context"
+	"errors"
 	"hostcrypt/control/api"
 	"hostcrypt/internal/testenv"
 	"log/slog"
@@ -14,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"hostcrypt/disk"
@@ -373,4 +375,49 @@ func TestConversionSavesProgressInBatches(t *testing.T) {
 	require.Equal(t, int64(8), saves.Load(), "progress saved at every chunk")
 	got := f.readDisk(t, "d")
 	require.True(t, bytes.Equal(data, got[300<<20:300<<20+len(data)]))
+}
+
+// A conversion that stopped with an error (here the copy failed) is taken
+// up again at the next start of hostcryptd, as its error message says,
+// from the chunk it had reached; before, the start skipped it and the disk
+// stayed unusable for good.
+func TestStoppedConversionResumesAtStart(t *testing.T) {
+	var fail atomic.Bool
+	fail.Store(true)
+	f := newRestrictFixture(t, func(c *Config) {
+		c.hooks.copying = func(_ context.Context, what string) error {
+			if fail.Load() && what == "conversion of disk d" {
+				return errors.New("the storage went away")
+			}
+			return nil
+		}
+	})
+	ctx := context.Background()
+	_, err := f.h.CreateDES(ctx, api.CreateDESRequest{Name: "des1", KeyURL: kid("vault1", "k")})
+	require.NoError(t, err)
+	f.mustDisk(t, api.CreateDiskRequest{Name: "d", SizeBytes: 64 << 20, DiskEncryptionSet: "des1"})
+	data := bytes.Repeat([]byte("convert me "), 1000)
+	f.writeDisk(t, "d", data, 9<<20)
+
+	_, err = f.h.UpdateDisk(ctx, "d", api.UpdateDiskRequest{EncryptionType: api.EncPlatformAndCustomerKey, DiskEncryptionSet: "des1"})
+	require.NoError(t, err)
+	var d *api.Disk
+	require.Eventually(t, func() bool {
+		d, err = f.h.ShowDisk("d")
+		return err == nil && d.Conversion != nil && d.Conversion.Error != ""
+	}, time.Minute, 10*time.Millisecond)
+	assert.Contains(t, d.Conversion.Error, "the storage went away")
+	_, err = f.h.UpdateDisk(ctx, "d", api.UpdateDiskRequest{SizeBytes: 128 << 20})
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "restart hostcryptd to resume")
+
+	fail.Store(false)
+	f.restart(t, true)
+	require.Eventually(t, func() bool {
+		d, err = f.h.ShowDisk("d")
+		return err == nil && d.Conversion == nil
+	}, time.Minute, 10*time.Millisecond, "the stopped conversion was not taken up at the start")
+	require.Equal(t, api.EncPlatformAndCustomerKey, d.Encryption.Type)
+	got := f.readDisk(t, "d")
+	require.True(t, bytes.Equal(data, got[9<<20:9<<20+len(data)]))
 }

@@ -239,7 +239,8 @@ func checkVMRecord(r *store.Records, vm *store.VM) error {
 // Recover brings the host back after a start, whether the last stop was
 // clean or not: it cleans up transfers cut short, finishes the removals the
 // state records, logs what storage holds that no record owns (host gc
-// removes it), checks every disk, resumes conversions and starts again
+// removes it), checks every disk, resumes conversions (also those that
+// stopped on an error: they are tried again) and starts again
 // every VM that was running (or failed at the last start). A VM that cannot
 // start is marked failed with the reason; the others are served.
 func (h *Host) Recover(ctx context.Context) {
@@ -263,10 +264,25 @@ func (h *Host) Recover(ctx context.Context) {
 	}
 	for _, n := range names {
 		d := r.Disks[n]
-		if d != nil && d.Conversion != nil && d.Conversion.Error == "" && d.FailureReason == "" && h.mine(d.Conversion.Host) {
-			h.log.Info("resuming disk conversion", "disk", n, "chunk", d.Conversion.NextChunk, "of", d.Conversion.TotalChunks)
-			h.goConvert(n, nil)
+		if d == nil || d.Conversion == nil || d.FailureReason != "" || !h.mine(d.Conversion.Host) {
+			continue
 		}
+		// One that stopped on an error is tried again, from the chunk it
+		// reached: its error tells the user that a restart resumes it.
+		if stopped := d.Conversion.Error; stopped != "" {
+			if _, err := h.recordDisk(ctx, n, func(d *store.Disk) error {
+				if d.Conversion != nil {
+					d.Conversion.Error = ""
+				}
+				return nil
+			}); err != nil {
+				h.log.Error("start-up: clearing a stopped conversion's error", "disk", n, "err", err)
+				continue
+			}
+			h.log.Info("retrying a disk conversion that stopped", "disk", n, "stopped", stopped)
+		}
+		h.log.Info("resuming disk conversion", "disk", n, "chunk", d.Conversion.NextChunk, "of", d.Conversion.TotalChunks)
+		h.goConvert(n, nil)
 	}
 	var vms []string
 	for n, vm := range r.VMs {
