@@ -147,7 +147,7 @@ func (r *aRun) waitClean() {
 	select {
 	case <-r.exited:
 	case <-time.After(60 * time.Second):
-		r.t.Fatalf("the run did not end:\n%s", r.output())
+		r.t.Fatalf("the run did not end:\n%s\n%s", r.output(), r.stuck())
 	}
 	waitFor(r.t, 30*time.Second, "both daemons to exit", func() bool { return len(r.daemons()) == 0 })
 	require.False(r.t, isMounted(filepath.Join(r.vr, "mnt")), "the mount is gone")
@@ -155,6 +155,36 @@ func (r *aRun) waitClean() {
 	require.Contains(r.t, string(hlog), "shutting down: flushing every disk", "hostcryptd stopped cleanly")
 	klog, _ := os.ReadFile(filepath.Join(r.vr, "keystored.log"))
 	require.Contains(r.t, string(klog), "keystored: stopped")
+}
+
+// stuck says what a run that does not end is doing: the processes of its
+// process group and the daemons, each with its state and where it waits in
+// the kernel, and the end of each daemon's log.
+func (r *aRun) stuck() string {
+	var b strings.Builder
+	pids := r.daemons()
+	if out, err := exec.Command("pgrep", "-g", strconv.Itoa(r.cmd.Process.Pid)).Output(); err == nil {
+		for _, f := range strings.Fields(string(out)) {
+			if pid, err := strconv.Atoi(f); err == nil {
+				pids = append(pids, pid)
+			}
+		}
+	}
+	for _, pid := range pids {
+		cl, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		st, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		wc, _ := os.ReadFile(fmt.Sprintf("/proc/%d/wchan", pid))
+		fmt.Fprintf(&b, "pid %d: %s\n  stat: %s\n  wchan: %s\n", pid,
+			strings.ReplaceAll(strings.TrimRight(string(cl), "\x00"), "\x00", " "), strings.TrimSpace(string(st)), wc)
+	}
+	for _, name := range []string{"hostcryptd.log", "keystored.log"} {
+		l, _ := os.ReadFile(filepath.Join(r.vr, name))
+		if len(l) > 4000 {
+			l = l[len(l)-4000:]
+		}
+		fmt.Fprintf(&b, "--- the end of %s:\n%s\n", name, l)
+	}
+	return b.String()
 }
 
 // runShellPid is the pid of scripts/run.sh under the run's shell.
