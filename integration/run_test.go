@@ -8,6 +8,7 @@ import (
 	"net/http/cookiejar"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -225,6 +226,13 @@ func TestRunSIGTERM(t *testing.T) {
 // with tee: SIGHUP to the whole job.
 func TestRunSIGHUP(t *testing.T) {
 	t.Parallel()
+	// Under nohup this process ignores SIGHUP, and so would make, the
+	// script and the daemons it starts: no hangup could end the run, as
+	// nohup means. A signal this process catches is reset to the default
+	// in a child, so catching it here gives the run a terminal's hangup.
+	if signal.Ignored(syscall.SIGHUP) {
+		signal.Notify(make(chan os.Signal, 1), syscall.SIGHUP)
+	}
 	r := startRun(t, "make -s run 2>&1 | tee "+filepath.Join(t.TempDir(), "log"))
 	r.waitReady()
 	require.NoError(t, syscall.Kill(-r.cmd.Process.Pid, syscall.SIGHUP))
