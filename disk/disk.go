@@ -962,11 +962,11 @@ func (j *openJob) read(lo, hi, ss int) error {
 		return err
 	}
 	wOff := j.off + int64(lo*ss) - int64(first-w0)*BlockSize
-	if pf, ok := j.st.obj.(storage.Prefetcher); ok {
+	if storage.Prefetch(j.st.obj, wOff, int64(w1-w0)*BlockSize) {
 		// The backend fetches the window in the background, and the read
 		// waits only for its own pages: a read whose page is kept is not
-		// held up by neighbours that are not.
-		pf.Prefetch(wOff, int64(w1-w0)*BlockSize)
+		// held up by neighbours that are not. A backend that declines
+		// the hint has the window read here instead.
 		_, err := j.st.obj.ReadAt(j.run[lo*ss:hi*ss], j.off+int64(lo*ss))
 		if err != nil {
 			return err

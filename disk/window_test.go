@@ -39,6 +39,9 @@ type modelStore struct {
 	prefetches bool
 	arriving   map[string]map[int64]int64 // chunk key -> page index -> clock when kept
 	fetched    int64
+	// declines: its chunks are storage.Prefetchers that take no hint, as a
+	// decorator over a store that keeps nothing near the caller is.
+	declines bool
 }
 
 const (
@@ -69,6 +72,9 @@ type prefetchChunk struct{ *modelChunk }
 
 func (c *prefetchChunk) Prefetch(off, n int64) bool {
 	m := c.m
+	if m.declines {
+		return false
+	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.fetched += n
@@ -319,6 +325,23 @@ func TestReadWindowPrefetched(t *testing.T) {
 	// their own page only when it is (about a fifth, less the neighbours
 	// prefetched meanwhile).
 	require.Less(t, perRead, modelTrip/4, "reads wait for neighbours that are not kept")
+}
+
+// TestReadWindowPrefetchDeclined: a chunk that offers prefetching but
+// declines the hint (a decorator over a store that keeps nothing near the
+// caller) has the engine read the window itself, as a chunk that offers
+// none does.
+func TestReadWindowPrefetchDeclined(t *testing.T) {
+	const reads = 500
+	m := newModelStore(t, false)
+	m.prefetches, m.declines = true, true
+	d, want := windowDisk(t, m, 16<<20)
+	r := mrand.New(mrand.NewPCG(5, 6))
+	d.win.mode.Store(int32(windowAlways))
+	randomReads(t, d, want, r, reads)
+	bytes, calls := m.counted()
+	require.Equal(t, int64(reads), calls)
+	require.Equal(t, int64(reads*readWindow*BlockSize), bytes, "each read reads its window")
 }
 
 // TestReadWindowFixed: the modes tests and benchmarks fix are kept whatever
