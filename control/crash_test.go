@@ -337,6 +337,18 @@ func cacheNames(t *testing.T, dir string) []string {
 	return out
 }
 
+// convertibleDisk makes disk "d" of size bytes under the customer-key set
+// des1 and writes a known piece at off, which it returns.
+func (f *restrictFixture) convertibleDisk(t *testing.T, size, off int64) []byte {
+	t.Helper()
+	_, err := f.h.CreateDES(context.Background(), api.CreateDESRequest{Name: "des1", KeyURL: kid("vault1", "k")})
+	require.NoError(t, err)
+	f.mustDisk(t, api.CreateDiskRequest{Name: "d", SizeBytes: size, DiskEncryptionSet: "des1"})
+	data := bytes.Repeat([]byte("convert me "), 1000)
+	f.writeDisk(t, "d", data, off)
+	return data
+}
+
 // A conversion saves its progress every convertSaveEvery chunks, not at
 // each of a large disk's chunk indices: each save is an fsync under the
 // control lock, and a 32 TiB disk has eight million of them. Before, a
@@ -352,11 +364,7 @@ func TestConversionSavesProgressInBatches(t *testing.T) {
 		}
 	})
 	ctx := context.Background()
-	_, err := f.h.CreateDES(ctx, api.CreateDESRequest{Name: "des1", KeyURL: kid("vault1", "k")})
-	require.NoError(t, err)
-	f.mustDisk(t, api.CreateDiskRequest{Name: "d", SizeBytes: 1 << 30, DiskEncryptionSet: "des1"})
-	data := bytes.Repeat([]byte("convert me "), 1000)
-	f.writeDisk(t, "d", data, 300<<20)
+	data := f.convertibleDisk(t, 1<<30, 300<<20)
 
 	counting.Store(true)
 	d, err := f.h.UpdateDisk(ctx, "d", api.UpdateDiskRequest{EncryptionType: api.EncPlatformAndCustomerKey, DiskEncryptionSet: "des1"})
@@ -393,13 +401,9 @@ func TestStoppedConversionResumesAtStart(t *testing.T) {
 		}
 	})
 	ctx := context.Background()
-	_, err := f.h.CreateDES(ctx, api.CreateDESRequest{Name: "des1", KeyURL: kid("vault1", "k")})
-	require.NoError(t, err)
-	f.mustDisk(t, api.CreateDiskRequest{Name: "d", SizeBytes: 64 << 20, DiskEncryptionSet: "des1"})
-	data := bytes.Repeat([]byte("convert me "), 1000)
-	f.writeDisk(t, "d", data, 9<<20)
+	data := f.convertibleDisk(t, 64<<20, 9<<20)
 
-	_, err = f.h.UpdateDisk(ctx, "d", api.UpdateDiskRequest{EncryptionType: api.EncPlatformAndCustomerKey, DiskEncryptionSet: "des1"})
+	_, err := f.h.UpdateDisk(ctx, "d", api.UpdateDiskRequest{EncryptionType: api.EncPlatformAndCustomerKey, DiskEncryptionSet: "des1"})
 	require.NoError(t, err)
 	var d *api.Disk
 	require.Eventually(t, func() bool {
