@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"context"
+	"errors"
 	"time"
 
 	"hostcrypt/storage"
@@ -10,6 +11,31 @@ import (
 // HolderWait bounds how long Holder waits for the owner record of a disk
 // whose lock was just taken.
 const HolderWait = 2 * time.Second
+
+// AcquireDisk takes disk id's writer lock as Acquire does. A writer that
+// lets the disk go records that (Disown) before it unlocks, so a lock
+// refused while the owner record says its last owner let the disk go is
+// being given up at that moment, or was just taken by a writer that has
+// not recorded itself yet: it is tried again every 20 ms, for up to wait,
+// until it is taken or the record names a holder. What stays refused is
+// an error wrapping storage.ErrConflict, as Acquire's; Holder tells whose.
+func AcquireDisk(ctx context.Context, locks Locks, st storage.Backend, id, desc string, lease time.Duration, onLost func(error), wait time.Duration) (*Lease, error) {
+	deadline := time.Now().Add(wait)
+	for {
+		l, err := Acquire(ctx, locks, []string{LockKey(id)}, desc, lease, onLost)
+		if !errors.Is(err, storage.ErrConflict) || !time.Now().Before(deadline) {
+			return l, err
+		}
+		if o, _, rerr := ReadOwner(ctx, st, id); rerr != nil || (o.Host != "" && !o.Released) {
+			return nil, err
+		}
+		select {
+		case <-ctx.Done():
+			return nil, err
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
 
 // Holder returns the owner record of disk id, whose lock another writer
 // holds, as its holder wrote it: a writer records itself right after it

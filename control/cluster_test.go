@@ -403,7 +403,7 @@ func (v memWriter) Blocklist(_ context.Context, addr string, _ time.Duration) er
 }
 
 func (v memWriter) Disk(ctx context.Context, id, _ string, lost func(error)) (DiskWriter, error) {
-	l, err := cluster.Acquire(ctx, v.w.locks, []string{cluster.LockKey(id)}, "test", v.w.lease, lost)
+	l, err := cluster.AcquireDisk(ctx, v.w.locks, v.w.be, id, "test", v.w.lease, lost, v.w.holderWait)
 	if errors.Is(err, storage.ErrConflict) {
 		held := &LockHeld{}
 		if o, ok := cluster.Holder(ctx, v.w.be, id, v.w.holderWait); ok {

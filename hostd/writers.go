@@ -86,7 +86,7 @@ type vmWriter struct {
 // the disk's floor: a chunk object that writer creates afterwards is
 // found below it and removed, never read.
 func (v *vmWriter) Disk(ctx context.Context, id, metaKey string, lost func(error)) (control.DiskWriter, error) {
-	l, err := cluster.Acquire(ctx, v.locks, []string{cluster.LockKey(id)}, v.desc, v.lease, lost)
+	l, err := cluster.AcquireDisk(ctx, v.locks, v.be, id, v.desc, v.lease, lost, cluster.HolderWait)
 	if errors.Is(err, storage.ErrConflict) {
 		return control.DiskWriter{}, heldBy(ctx, v.be, id, err)
 	}
