@@ -15,6 +15,7 @@ import (
 	"hostcrypt/control/api"
 	"hostcrypt/control/store"
 	"hostcrypt/disk"
+	"hostcrypt/internal/atomicfile"
 	"hostcrypt/storage"
 )
 
@@ -495,7 +496,7 @@ func (h *Host) checkCacheEpoch(d *store.Disk, epoch uint64) error {
 		return nil
 	}
 	file := dir + ".epoch"
-	raw, err := os.ReadFile(file)
+	raw, err := atomicfile.Read(file)
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("disk %q: reading its host cache's epoch: %w", d.Name, err)
 	}
@@ -517,11 +518,12 @@ func (h *Host) checkCacheEpoch(d *store.Disk, epoch uint64) error {
 	if err := os.MkdirAll(filepath.Dir(file), 0o700); err != nil {
 		return err
 	}
-	tmp := file + ".tmp"
-	if err := os.WriteFile(tmp, []byte(strconv.FormatUint(epoch, 10)+"\n"), 0o600); err != nil {
+	// Durably: a cache whose epoch file came back empty after a crash
+	// would be shredded with writes in it that were never flushed.
+	if err := atomicfile.Write(file, []byte(strconv.FormatUint(epoch, 10)+"\n"), 0o600); err != nil {
 		return fmt.Errorf("disk %q: recording its host cache's epoch: %w", d.Name, err)
 	}
-	return os.Rename(tmp, file)
+	return nil
 }
 
 // dropCacheEpoch forgets the epoch of disk d's host cache once the cache
