@@ -128,12 +128,7 @@ func (l *Lease) Check() error {
 	return nil
 }
 
-// errReleased is what Check says once the writer gave its locks up.
-var errReleased = errors.New("the writer gave its locks up")
-
-// Release stops renewing and gives the locks up. From then on Check fails,
-// so that nothing reaches the disks through a guard of the lease after
-// another writer may have taken them.
+// Release stops renewing and gives the locks up.
 func (l *Lease) Release(ctx context.Context) error {
 	select {
 	case <-l.stop:
@@ -142,11 +137,6 @@ func (l *Lease) Release(ctx context.Context) error {
 	}
 	close(l.stop)
 	l.wg.Wait()
-	l.mu.Lock()
-	if l.lost == nil {
-		l.lost = errReleased
-	}
-	l.mu.Unlock()
 	var errs []error
 	for _, k := range l.keys {
 		errs = append(errs, l.locks.Unlock(ctx, k, DiskLockName, l.cookie))

@@ -115,20 +115,3 @@ func TestLeaseLostWhenRenewalsFailPastTheDeadline(t *testing.T) {
 	time.Sleep(2 * lease)
 	require.ErrorIs(t, l.Check(), ErrLeaseLost, "never taken back")
 }
-
-// A released lease guards nothing any more: its writer's calls fail with
-// EIO at once, not only when the lease would have run out, since another
-// writer may hold the locks by then.
-func TestReleasedLeaseRefusesItsWriter(t *testing.T) {
-	locks := newServerLocks()
-	l, c := openGuarded(t, locks, time.Hour, nil)
-	require.NoError(t, l.Check())
-	require.NoError(t, l.Release(bg))
-	require.ErrorIs(t, l.Check(), ErrLeaseLost)
-	_, err := c.WriteAt([]byte("after"), 0)
-	require.ErrorIs(t, err, syscall.EIO)
-	require.NoError(t, l.Release(bg), "a second release does nothing")
-	l2, err := Acquire(bg, locks, []string{LockKey("d1"), LockKey("d2")}, "other", time.Hour, nil)
-	require.NoError(t, err, "the locks are free")
-	require.NoError(t, l2.Release(bg))
-}
