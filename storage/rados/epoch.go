@@ -117,37 +117,51 @@ func (e epochBackend) open(key string, create bool) (bool, error) {
 		if err != nil {
 			return false, e.fail("open chunk", key, err)
 		}
-		switch ep, err := e.classify(key, was); {
-		case err != nil:
-			return false, err
-		case ep == 0:
-			// An unguarded writer's object: the disk's. It takes e's
-			// epoch before e reads it, so that no older writer's write
-			// lands in it from now on.
-			switch err := epochCAS(e.ioctx, key, "", e.epoch); {
-			case err == nil:
-				return true, nil
-			case errors.Is(err, syscall.ECANCELED), errors.Is(err, syscall.ENOENT) && create:
-				continue // stamped or removed meanwhile: look again
-			default:
-				return false, e.fail("open chunk", key, err)
-			}
-		case ep < e.floor:
-			if err := e.removeStale(key, was, ep); errors.Is(err, syscall.ECANCELED) {
-				continue // stamped meanwhile: look again
-			} else if err != nil {
-				return false, err
-			}
+		ep, err := e.settle(key, was)
+		switch {
+		case err == nil:
+			return ep == e.epoch, nil
+		case errors.Is(err, syscall.ECANCELED):
+			continue // stamped or removed meanwhile: look again
+		case errors.Is(err, errRemoved), errors.Is(err, syscall.ENOENT):
 			if create {
-				continue
+				continue // gone: create it anew
 			}
 			return false, e.fail("open chunk", key, syscall.ENOENT)
 		default:
-			return ep == e.epoch, nil
+			return false, err
 		}
 	}
 	return false, fmt.Errorf("rados open chunk %q: its object changed under each of %d tries "+
 		"(another writer creates, stamps or removes it at the same time; retry once the disk has a single writer)", key, casTries)
+}
+
+// settle brings the object key, whose epoch xattr holds was, to e's
+// terms and returns the epoch it carries then. One without an epoch (an
+// unguarded writer's object: the disk's) takes e's epoch, so that no older
+// writer's write lands in it from now on; one below the floor is removed
+// (errRemoved). An error wrapping ECANCELED says the object changed since
+// was was read, one wrapping ENOENT that it is gone.
+func (e epochBackend) settle(key, was string) (uint64, error) {
+	ep, err := e.classify(key, was)
+	switch {
+	case err != nil:
+		return 0, err
+	case ep == 0:
+		if err := epochCAS(e.ioctx, key, "", e.epoch); err != nil {
+			if errors.Is(err, syscall.ECANCELED) || errors.Is(err, syscall.ENOENT) {
+				return 0, err
+			}
+			return 0, e.fail("stamp chunk", key, err)
+		}
+		return e.epoch, nil
+	case ep < e.floor:
+		if err := e.removeStale(key, was, ep); err != nil {
+			return 0, err
+		}
+		return 0, errRemoved
+	}
+	return ep, nil
 }
 
 // classify reads the epoch xattr value was of key: 0 for none.
@@ -230,23 +244,14 @@ func (e epochBackend) stampOne(key string) error {
 		if err != nil {
 			return err
 		}
-		ep, err := e.classify(key, was)
-		if err != nil {
-			return err
-		}
+		ep, err := e.settle(key, was)
 		switch {
-		case ep == 0:
-			err = epochCAS(e.ioctx, key, "", e.epoch)
-		case ep < e.floor:
-			if err = e.removeStale(key, was, ep); err == nil {
-				return errRemoved
-			}
-		default:
-			return stamp(e.ioctx, key, e.epoch, 0)
-		}
-		if !errors.Is(err, syscall.ECANCELED) {
+		case errors.Is(err, syscall.ECANCELED):
+			continue // changed meanwhile: look again
+		case err != nil, ep == e.epoch:
 			return err
 		}
+		return stamp(e.ioctx, key, e.epoch, 0)
 	}
 	return fmt.Errorf("its object changed under each of %d tries", casTries)
 }

@@ -19,6 +19,12 @@ package rados
 #include <string.h>
 #include <rados/librados.h>
 
+// hc_epoch writes ep into buf (24 bytes) in 20 zero-padded decimal digits,
+// the form of the epoch xattr, and returns its length.
+static int hc_epoch(char *buf, uint64_t ep) {
+	return snprintf(buf, 24, "%020llu", (unsigned long long)ep);
+}
+
 // hc_guard adds to op the epoch guard of a chunk write when ep is not 0:
 // the op fails (ECANCELED) unless ep >= the object's xattr name, and with
 // stamp it also sets the xattr to ep. The value is ep in 20 zero-padded
@@ -31,7 +37,7 @@ package rados
 static void hc_guard(rados_write_op_t op, const char *name, uint64_t ep, int stamp, char *buf) {
 	if (ep == 0)
 		return;
-	int n = snprintf(buf, 24, "%020llu", (unsigned long long)ep);
+	int n = hc_epoch(buf, ep);
 	rados_write_op_cmpxattr(op, name, LIBRADOS_CMPXATTR_OP_GTE, buf, n);
 	if (stamp)
 		rados_write_op_setxattr(op, name, buf, n);
@@ -81,7 +87,7 @@ static int hc_stamp(rados_ioctx_t io, const char *oid, const char *name, uint64_
 	rados_write_op_t op = rados_create_write_op();
 	rados_write_op_assert_exists(op);
 	if (floor != 0) {
-		int n = snprintf(fb, sizeof fb, "%020llu", (unsigned long long)floor);
+		int n = hc_epoch(fb, floor);
 		rados_write_op_cmpxattr(op, name, LIBRADOS_CMPXATTR_OP_LTE, fb, n);
 	}
 	hc_guard(op, name, ep, 1, eb);
@@ -95,7 +101,7 @@ static int hc_stamp(rados_ioctx_t io, const char *oid, const char *name, uint64_
 // creating and stamping nothing, when oid exists.
 static int hc_create_stamped(rados_ioctx_t io, const char *oid, const char *name, uint64_t ep) {
 	char eb[24];
-	int n = snprintf(eb, sizeof eb, "%020llu", (unsigned long long)ep);
+	int n = hc_epoch(eb, ep);
 	rados_write_op_t op = rados_create_write_op();
 	rados_write_op_create(op, LIBRADOS_CREATE_EXCLUSIVE, NULL);
 	rados_write_op_setxattr(op, name, eb, n);
@@ -146,7 +152,7 @@ static int hc_epoch_cas(rados_ioctx_t io, const char *oid, const char *name,
 	rados_write_op_assert_exists(op);
 	rados_write_op_cmpxattr(op, name, LIBRADOS_CMPXATTR_OP_EQ, wlen ? was : "", wlen);
 	if (ep != 0) {
-		int n = snprintf(eb, sizeof eb, "%020llu", (unsigned long long)ep);
+		int n = hc_epoch(eb, ep);
 		rados_write_op_setxattr(op, name, eb, n);
 	} else {
 		rados_write_op_remove(op);
