@@ -95,10 +95,8 @@ func parseFlags(args []string) (config, error) {
 	if cfg.syncEvery < 0 {
 		return cfg, fmt.Errorf("--sync-interval %v is negative", cfg.syncEvery)
 	}
-	switch cfg.seal {
-	case "none", "aes", "double":
-	default:
-		return cfg, fmt.Errorf("--seal %q: want none, aes or double", cfg.seal)
+	if err := checkSeal(cfg.seal); err != nil {
+		return cfg, err
 	}
 	switch options {
 	case "tuned":

@@ -35,35 +35,43 @@ type sealer struct {
 	seals, opens atomic.Int64
 }
 
+// checkSeal says whether mode is a --seal value.
+func checkSeal(mode string) error {
+	switch mode {
+	case "none", "aes", "double":
+		return nil
+	}
+	return fmt.Errorf("--seal %q: want none, aes or double", mode)
+}
+
 func newSealer(mode string) (*sealer, error) {
+	if err := checkSeal(mode); err != nil {
+		return nil, err
+	}
+	if mode == "none" {
+		return nil, nil
+	}
 	var key [32]byte
 	if _, err := rand.Read(key[:]); err != nil {
 		return nil, err
 	}
 	defer clear(key[:])
 	s := &sealer{}
-	switch mode {
-	case "none", "":
-		return nil, nil
-	case "aes", "double":
-		b, err := aes.NewCipher(key[:])
+	b, err := aes.NewCipher(key[:])
+	if err != nil {
+		return nil, err
+	}
+	g, err := cipher.NewGCM(b)
+	if err != nil {
+		return nil, err
+	}
+	s.layers = append(s.layers, g)
+	if mode == "double" {
+		x, err := chacha20poly1305.NewX(key[:])
 		if err != nil {
 			return nil, err
 		}
-		g, err := cipher.NewGCM(b)
-		if err != nil {
-			return nil, err
-		}
-		s.layers = append(s.layers, g)
-		if mode == "double" {
-			x, err := chacha20poly1305.NewX(key[:])
-			if err != nil {
-				return nil, err
-			}
-			s.layers = append(s.layers, x)
-		}
-	default:
-		return nil, fmt.Errorf("--seal %q: want none, aes or double", mode)
+		s.layers = append(s.layers, x)
 	}
 	s.bufs.New = func() any {
 		b := make([]byte, 2*(sealBlock+128))
