@@ -350,7 +350,7 @@ type memWriters struct {
 	n     atomic.Int32
 
 	// holderWait is how long a refused writer waits for the holder's
-	// owner record (cluster.Holder); 0 reads it once.
+	// owner record (cluster.AcquireDisk); 0 reads it once.
 	holderWait time.Duration
 	// taken, if set, is called once a writer holds a disk and owns it
 	// (a test holds an operation there).
@@ -403,13 +403,9 @@ func (v memWriter) Blocklist(_ context.Context, addr string, _ time.Duration) er
 }
 
 func (v memWriter) Disk(ctx context.Context, id, _ string, lost func(error)) (DiskWriter, error) {
-	l, err := cluster.AcquireDisk(ctx, v.w.locks, v.w.be, id, "test", v.w.lease, lost, v.w.holderWait)
+	l, holder, err := cluster.AcquireDisk(ctx, v.w.locks, v.w.be, id, "test", v.w.lease, lost, v.w.holderWait)
 	if errors.Is(err, storage.ErrConflict) {
-		held := &LockHeld{}
-		if o, ok := cluster.Holder(ctx, v.w.be, id, v.w.holderWait); ok {
-			held = &LockHeld{Host: o.Host, VM: o.VM, Op: o.Op}
-		}
-		return DiskWriter{}, fmt.Errorf("%w (%v)", held, err)
+		return DiskWriter{}, fmt.Errorf("%w (%v)", &LockHeld{Host: holder.Host, VM: holder.VM, Op: holder.Op}, err)
 	}
 	if err != nil {
 		return DiskWriter{}, err

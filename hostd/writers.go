@@ -86,9 +86,10 @@ type vmWriter struct {
 // the disk's floor: a chunk object that writer creates afterwards is
 // found below it and removed, never read.
 func (v *vmWriter) Disk(ctx context.Context, id, metaKey string, lost func(error)) (control.DiskWriter, error) {
-	l, err := cluster.AcquireDisk(ctx, v.locks, v.be, id, v.desc, v.lease, lost, cluster.HolderWait)
+	l, holder, err := cluster.AcquireDisk(ctx, v.locks, v.be, id, v.desc, v.lease, lost, cluster.HolderWait)
 	if errors.Is(err, storage.ErrConflict) {
-		return control.DiskWriter{}, heldBy(ctx, v.be, id, err)
+		held := &control.LockHeld{Host: holder.Host, VM: holder.VM, Op: holder.Op}
+		return control.DiskWriter{}, fmt.Errorf("disk %s: %w (%v)", id, held, err)
 	}
 	if err != nil {
 		return control.DiskWriter{}, err
@@ -134,16 +135,6 @@ func (v *vmWriter) Disk(ctx context.Context, id, metaKey string, lost func(error
 		_ = l.Release(ctx)
 	}
 	return dw, nil
-}
-
-// heldBy is the refusal err of disk id's lock, naming the holder its owner
-// record names (cluster.Holder).
-func heldBy(ctx context.Context, be storage.Backend, id string, err error) error {
-	held := &control.LockHeld{}
-	if o, ok := cluster.Holder(ctx, be, id, cluster.HolderWait); ok {
-		held = &control.LockHeld{Host: o.Host, VM: o.VM, Op: o.Op}
-	}
-	return fmt.Errorf("disk %s: %w (%v)", id, held, err)
 }
 
 // touchMeta rewrites the object at key as it is, which gives it a new
